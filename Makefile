@@ -1,0 +1,36 @@
+# rayfin: `make demo` runs the embedded default, `make test` runs the test suite.
+# Both create .venv and install the project on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-unit test-integration test-gpu bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and exactly: the CPU wheel is on this machine; a looser pin pulls CUDA wheels.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/rayfin demo
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest -q tests/integration
+
+test-gpu: install
+	RAYFIN_GPU_TESTS=1 $(BIN)/python -m pytest -q tests/gpu
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,232 @@
+"""`rayfin` command line: validate, hash-token, up, demo, status, jobs, explain, watch, audit."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from rayfin.config import default_config_path, hash_token, load_config
+from rayfin.errors import ConfigError, RayfinError
+
+COLOURS = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "dim": "2", "bold": "1"}
+STATE_COLOUR = {"PENDING": "yellow", "ADMITTED": "blue", "RUNNING": "blue", "SUCCEEDED": "green",
+                "FAILED": "red", "CANCELLED": "dim", "PREEMPTED": "red"}
+
+
+def colour(text: str, name: str, enabled: bool) -> str:
+    return f"\x1b[{COLOURS[name]}m{text}\x1b[0m" if enabled else text
+
+
+def _use_colour(args: argparse.Namespace) -> bool:
+    mode = getattr(args, "color", "auto")
+    return mode == "always" or (mode == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+
+
+# ------------------------------------------------------------------ tables
+def usage_lines(table: dict[str, dict[str, Any]], use_colour: bool = False) -> list[str]:
+    head = f"{'desk':<10} {'nominal':>7} {'in use':>7} {'serving':>7} {'borrowed':>8} {'lent':>5} {'queued':>6} " \
+           f"{'running':>7} {'done':>5} {'failed':>6} {'preempt':>7}"
+    lines = [colour(head, "bold", use_colour)]
+    for name, r in table.items():
+        borrowed = f"{r['borrowed']:>8g}"
+        if r["borrowed"] > 0:
+            borrowed = colour(borrowed, "yellow", use_colour)
+        queued = f"{r['queued']:>6d}"
+        if r["queued"]:
+            queued = colour(queued, "yellow", use_colour)
+        lines.append(f"{name:<10} {r['nominal']:>7g} {r['in_use']:>7g} {r['serving']:>7g} {borrowed} "
+                     f"{r['lent']:>5g} {queued} {r['running']:>7d} {r.get('succeeded', 0):>5d} "
+                     f"{r.get('failed', 0):>6d} {r.get('preempted', 0):>7d}")
+    return lines
+
+
+def job_lines(jobs: list[Any], use_colour: bool = False) -> list[str]:
+    lines = [colour(f"{'job':<22} {'desk':<9} {'state':<10} {'gpus':>4} {'prio':<8} {'progress':>8}  where / why",
+                    "bold", use_colour)]
+    for j in jobs:
+        where = ", ".join(f"{i}x{g:g}" for i, g in j.placement) or ""
+        why = j.reason if j.state.value in ("PENDING", "FAILED", "PREEMPTED", "CANCELLED") else where
+        bar = progress_bar(j.progress) if j.state.value == "RUNNING" else ""
+        lines.append(f"{j.job_id:<22} {j.desk:<9} {colour(f'{j.state.value:<10}', STATE_COLOUR[j.state.value], use_colour)} "
+                     f"{j.gpus:>4g} {j.priority:<8} {bar:>8}  {why[:90]}")
+    return lines
+
+
+def progress_bar(fraction: float, width: int = 8) -> str:
+    n = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "#" * n + "." * (width - n)
+
+
+# ------------------------------------------------------------------ commands
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file)
+    print(f"{args.file}: ok ({cfg.cluster.total_gpus} GPUs on {len(cfg.cluster.nodes)} nodes, "
+          f"{len(cfg.desks)} desks: {', '.join(cfg.desk_names)})")
+    return 0
+
+
+def cmd_hash_token(args: argparse.Namespace) -> int:
+    print(hash_token(args.token))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from rayfin.up import bring_up, with_ledger
+
+    cfg = with_ledger(load_config(args.config), args.ledger)
+    run = bring_up(cfg, address=args.address, serve=not args.no_serve, dashboard_port=args.dashboard_port,
+                   metrics_port=args.metrics_port, serve_port=args.serve_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run.write_state()
+        for line in run.endpoint_lines():
+            print(line, flush=True)
+        print("ready", flush=True)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        print("shutting down", flush=True)
+        run.shutdown()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rayfin.demo import run_demo
+
+    return run_demo(args.config, serve=not args.no_serve)
+
+
+def _client(args: argparse.Namespace):
+    from rayfin.sdk import connect
+    from rayfin.up import STATE_FILE
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address and STATE_FILE.exists():
+        address = json.loads(STATE_FILE.read_text()).get("address")
+    token = args.token or os.environ.get("RAYFIN_TOKEN")
+    return connect(desk=getattr(args, "desk", None), token=token, address=address)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    table = client.usage()
+    table = {client.desk: table} if client.desk else table
+    print("\n".join(usage_lines(table, _use_colour(args))))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    print("\n".join(job_lines(client.jobs(), _use_colour(args))))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    client = _client(args)
+    info = client._call("explain", args.job)
+    job = info["job"]
+    print(f"job {job['job_id']} of desk {job['desk']}: {job['state']} ({job['gpus']:g} GPUs)")
+    print(f"  now: {job['reason']}")
+    if info["decision"]:
+        d = info["decision"]
+        print(f"  last decision: {d['verdict']}: " + "; ".join(d["reasons"]))
+        if d["victims"]:
+            print(f"  reclaiming from: {', '.join(d['victims'])}")
+    for e in info["events"]:
+        print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['kind']:<20} {e['reason']}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    client = _client(args)
+    use = _use_colour(args)
+    try:
+        for i in range(args.count or 10**9):
+            table = client.usage()
+            table = {client.desk: table} if client.desk else table
+            jobs = [j for j in client.jobs() if not j.done]
+            out = [time.strftime("%H:%M:%S")] + usage_lines(table, use) + [""] + job_lines(jobs, use)
+            if use:
+                sys.stdout.write("\x1b[2J\x1b[H")
+            print("\n".join(out), flush=True)
+            if args.count and i + 1 >= args.count:
+                break
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    since = time.time() - args.since_s if args.since_s else None
+    for e in client._call("audit", args.desk, since, None, args.limit):
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['ts']))} {e['desk'] or '-':<9} "
+              f"{e['job_id'] or '-':<22} {e['kind']:<20} {e['reason']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rayfin", description="GPU resource manager for trading desks, on Ray.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate", help="check a config file without starting anything")
+    v.add_argument("file")
+    v.set_defaults(fn=cmd_validate)
+    h = sub.add_parser("hash-token", help="print the sha256 to put in a desk's credential_sha256")
+    h.add_argument("token")
+    h.set_defaults(fn=cmd_hash_token)
+    u = sub.add_parser("up", help="start (or attach to) a Ray cluster, the controller and Serve; Ctrl-C stops")
+    u.add_argument("--config", default=str(default_config_path()))
+    u.add_argument("--address", help="attach to this existing Ray cluster instead of starting a local one")
+    u.add_argument("--ledger", help="ledger path (overrides controller.ledger_path)")
+    u.add_argument("--no-serve", action="store_true")
+    u.add_argument("--dashboard-port", type=int)
+    u.add_argument("--metrics-port", type=int)
+    u.add_argument("--serve-port", type=int)
+    u.set_defaults(fn=cmd_up)
+    d = sub.add_parser("demo", help="bring up the embedded default, run a mixed workload, shut down")
+    d.add_argument("--config", default=str(default_config_path()))
+    d.add_argument("--no-serve", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+    for name, fn, hlp in (("status", cmd_status, "desks table"), ("jobs", cmd_jobs, "jobs and their state"),
+                          ("explain", cmd_explain, "why a job waits, runs where, or was preempted"),
+                          ("watch", cmd_watch, "live view"), ("audit", cmd_audit, "audit log")):
+        c = sub.add_parser(name, help=hlp)
+        c.add_argument("--address")
+        c.add_argument("--token", help="desk or admin token (default $RAYFIN_TOKEN)")
+        c.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+        if name in ("status", "jobs", "watch", "audit"):
+            c.add_argument("--desk")
+        if name == "explain":
+            c.add_argument("job")
+        if name == "watch":
+            c.add_argument("--interval", type=float, default=1.0)
+            c.add_argument("--count", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")
+        if name == "audit":
+            c.add_argument("--since-s", type=float, default=0)
+            c.add_argument("--limit", type=int, default=200)
+        c.set_defaults(fn=fn)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except RayfinError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

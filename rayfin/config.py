@@ -1,0 +1,336 @@
+"""One typed config tree for rayfin, validated at the edge.
+
+A config file (YAML) describes the cluster (racks, nodes, NVLink islands, link bandwidths),
+the desks (quotas, pools, credentials, serving quotas) and defaults. `load_config(path)`
+returns a frozen `RayfinConfig` or raises `ConfigError` whose message lists every problem as
+`field.path: got VALUE; allowed`. Decision code receives the parts it needs as arguments and
+never reads this module's globals.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rayfin.errors import ConfigError
+
+NAME_RE = r"^[a-z][a-z0-9-]{0,31}$"
+Name = Annotated[str, Field(pattern=NAME_RE)]
+SHA256_RE = r"^[0-9a-f]{64}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinkBandwidths(_Model):
+    """Bandwidth in GB/s of the slowest link between two GPUs at each level of the topology."""
+
+    nvlink: float = Field(300.0, gt=0, description="between GPUs of one NVLink island")
+    intra_node: float = Field(64.0, gt=0, description="same node, different islands (PCIe/UPI)")
+    intra_rack: float = Field(25.0, gt=0, description="same rack, different nodes (e.g. 200 Gb/s IB)")
+    inter_rack: float = Field(12.5, gt=0, description="across racks (spine)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LinkBandwidths":
+        if not (self.nvlink >= self.intra_node >= self.intra_rack >= self.inter_rack):
+            raise ValueError("bandwidths must not increase with distance: nvlink >= intra_node >= intra_rack >= inter_rack")
+        return self
+
+
+class NodeConfig(_Model):
+    name: Name
+    pool: Name = "general"
+    islands: list[Annotated[int, Field(gt=0, le=64)]] = Field(
+        ..., min_length=1, max_length=16, description="GPUs in each NVLink island of this node")
+    num_cpus: int = Field(1, ge=0, le=512)
+
+    @property
+    def gpus(self) -> int:
+        return sum(self.islands)
+
+
+class RackConfig(_Model):
+    name: Name
+    nodes: list[NodeConfig] = Field(..., min_length=1)
+
+
+class ClusterConfig(_Model):
+    name: Name = "local"
+    bandwidth_gbps: LinkBandwidths = LinkBandwidths()
+    racks: list[RackConfig] = Field(..., min_length=1)
+    head_num_cpus: int = Field(2, ge=1, le=512)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ClusterConfig":
+        seen: set[str] = set()
+        for rack in self.racks:
+            for node in rack.nodes:
+                if node.name in seen:
+                    raise ValueError(f"node name {node.name!r} is used twice; node names must be unique")
+                seen.add(node.name)
+        if len({r.name for r in self.racks}) != len(self.racks):
+            raise ValueError("rack names must be unique")
+        return self
+
+    @property
+    def nodes(self) -> list[NodeConfig]:
+        return [n for r in self.racks for n in r.nodes]
+
+    @property
+    def pools(self) -> set[str]:
+        return {n.pool for n in self.nodes}
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(n.gpus for n in self.nodes)
+
+    @classmethod
+    def uniform(cls, *, gpus: int, gpus_per_node: int = 8, islands_per_node: int = 2,
+                nodes_per_rack: int = 16, pool: str = "general",
+                bandwidth_gbps: LinkBandwidths | None = None) -> "ClusterConfig":
+        """A synthetic homogeneous cluster (used by the simulator and benchmarks)."""
+        if gpus % gpus_per_node or gpus_per_node % islands_per_node:
+            raise ConfigError(
+                f"gpus={gpus} must be a multiple of gpus_per_node={gpus_per_node}, itself a multiple of "
+                f"islands_per_node={islands_per_node}", path="cluster")
+        n_nodes = gpus // gpus_per_node
+        per_island = gpus_per_node // islands_per_node
+        racks = []
+        for r in range(0, n_nodes, nodes_per_rack):
+            nodes = [NodeConfig(name=f"n{i}", pool=pool, islands=[per_island] * islands_per_node)
+                     for i in range(r, min(r + nodes_per_rack, n_nodes))]
+            racks.append(RackConfig(name=f"r{r // nodes_per_rack}", nodes=nodes))
+        return cls(racks=racks, bandwidth_gbps=bandwidth_gbps or LinkBandwidths())
+
+
+class ModelQuota(_Model):
+    """Per-desk serving quota (enforced by the gateway across all its replicas)."""
+
+    requests_per_s: float = Field(50.0, gt=0, le=1_000_000)
+    burst: int = Field(100, ge=1, le=10_000_000)
+    max_in_flight: int = Field(32, ge=1, le=100_000)
+    gpu_seconds_per_window: float | None = Field(None, gt=0)
+    window_s: float = Field(60.0, gt=0, le=86_400)
+
+
+class DeskConfig(_Model):
+    name: Name
+    nominal_gpus: float = Field(..., ge=0, description="guaranteed GPUs")
+    borrowing_limit: float | None = Field(
+        None, ge=0, description="most GPUs above nominal it may borrow from others; null = no limit")
+    lending_limit: float | None = Field(
+        None, ge=0, description="most of its unused nominal GPUs others may borrow; null = all of it")
+    weight: float = Field(1.0, gt=0, le=1000)
+    pools: list[Name] = Field(default_factory=lambda: ["general"], min_length=1)
+    credential_sha256: str = Field(..., pattern=SHA256_RE, description="sha256 hex of the desk's token")
+    serving: ModelQuota = ModelQuota()
+    models: list[Name] = Field(default_factory=list, description="private models this desk may call")
+
+    @property
+    def max_gpus(self) -> float:
+        """Most GPUs this desk may ever hold (nominal + borrowing)."""
+        return float("inf") if self.borrowing_limit is None else self.nominal_gpus + self.borrowing_limit
+
+
+class AdminConfig(_Model):
+    credential_sha256: str = Field(..., pattern=SHA256_RE)
+
+
+class DefaultsConfig(_Model):
+    priority: Literal["critical", "normal", "batch"] = "normal"
+    preemption_grace_s: float = Field(30.0, ge=0, le=86_400)
+    max_retries: int = Field(0, ge=0, le=100)
+    job_timeout_s: float | None = Field(None, gt=0)
+
+
+class ControllerConfig(_Model):
+    name: Name = "rayfin-controller"
+    namespace: Name = "rayfin"
+    cycle_interval_s: float = Field(0.2, gt=0, le=60)
+    ledger_path: str = Field("~/.rayfin/ledger.db", min_length=1)
+    max_result_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+
+class ServeModelConfig(_Model):
+    name: Name
+    kind: Literal["option_pricer", "fraud_scorer"]
+    owner: Name = Field(..., description="desk the replicas are charged to")
+    public: bool = Field(True, description="callable by every desk; else only owner and desks that list it")
+    num_replicas: int = Field(1, ge=1, le=1024)
+    gpus_per_replica: float = Field(0.0, ge=0, le=8)
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+    num_cpus_per_replica: float = Field(0.25, ge=0, le=64)
+    max_queued_requests: int = Field(
+        512, ge=1, le=1_000_000, description="Serve queue per caller; beyond it the gateway answers 429")
+    seed: int = Field(0, ge=0, description="seed of the start-up fit (same seed, same weights)")
+    fit_steps: int | None = Field(None, ge=1, le=100_000, description="optimiser steps of the start-up fit; "
+                                  "null = the model's default (tests use fewer)")
+
+
+class ServeConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    gateway_replicas: int = Field(2, ge=1, le=64)
+    max_body_bytes: int = Field(64 * 1024, ge=256, le=64 * 1024 * 1024)
+    models: list[ServeModelConfig] = Field(default_factory=list)
+    lease_ttl_s: float = Field(
+        1.0, gt=0, le=60, description="quota tokens a gateway replica leased expire after this long unused")
+    quota_sync_interval_s: float = Field(
+        0.25, gt=0, le=10, description="how often gateway replicas report GPU use and return idle permits")
+
+
+class DashboardConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8265, ge=1, le=65535)
+    metrics_export_port: int = Field(8090, ge=1, le=65535)
+
+
+class RayfinConfig(_Model):
+    cluster: ClusterConfig
+    desks: list[DeskConfig] = Field(..., min_length=1)
+    admin: AdminConfig | None = None
+    defaults: DefaultsConfig = DefaultsConfig()
+    controller: ControllerConfig = ControllerConfig()
+    serve: ServeConfig = ServeConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    # Sections owned by later features; kept as free-form dicts validated by their owners.
+    telemetry: dict[str, Any] = Field(default_factory=dict)
+    autoscaling: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RayfinConfig":
+        names = [d.name for d in self.desks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"desk names must be unique; repeated: {sorted(dup)}")
+        pools = self.cluster.pools
+        for i, desk in enumerate(self.desks):
+            for pool in desk.pools:
+                if pool not in pools:
+                    raise ValueError(f"desks[{i}].pools: pool {pool!r} has no nodes; node pools are {sorted(pools)}")
+        for pool in pools:
+            cap = sum(n.gpus for n in self.cluster.nodes if n.pool == pool)
+            # Nominal quotas are guarantees: desks confined to one pool cannot be promised more than it has.
+            confined = sum(d.nominal_gpus for d in self.desks if d.pools == [pool])
+            if confined > cap:
+                raise ValueError(f"desks confined to pool {pool!r} are guaranteed {confined:g} GPUs "
+                                 f"but the pool has {cap}; lower nominal_gpus or add nodes")
+        total_nominal = sum(d.nominal_gpus for d in self.desks)
+        if total_nominal > self.cluster.total_gpus:
+            raise ValueError(f"sum of desks' nominal_gpus ({total_nominal:g}) exceeds the cluster's "
+                             f"{self.cluster.total_gpus} GPUs; nominal quotas are guarantees")
+        model_names = [m.name for m in self.serve.models]
+        for i, m in enumerate(self.serve.models):
+            if m.owner not in names:
+                raise ValueError(f"serve.models[{i}].owner: unknown desk {m.owner!r}; desks are {names}")
+        for i, desk in enumerate(self.desks):
+            for m in desk.models:
+                if m not in model_names:
+                    raise ValueError(f"desks[{i}].models: unknown model {m!r}; serve.models are {model_names}")
+        return self
+
+    def desk(self, name: str) -> DeskConfig:
+        for d in self.desks:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    @property
+    def desk_names(self) -> list[str]:
+        return [d.name for d in self.desks]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_matches(token: str | None, credential_sha256: str) -> bool:
+    """Constant-time comparison of a presented token against a stored hash."""
+    if not token:
+        return False
+    return hmac.compare_digest(hash_token(token), credential_sha256)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(root)"
+
+
+def _explain(err: dict[str, Any]) -> str:
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown field; remove it or check its spelling"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "string_pattern_mismatch":
+        pat = ctx.get("pattern", "")
+        if pat == NAME_RE:
+            return "must be a lowercase name: a letter, then letters, digits or '-', at most 32 characters"
+        if pat == SHA256_RE:
+            return "must be 64 lowercase hex characters (sha256 of the token; `rayfin hash-token TOKEN`)"
+        return f"must match {pat}"
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {op} {bound}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    msg = err.get("msg", "invalid")
+    return msg.removeprefix("Value error, ")
+
+
+def parse_config(data: Any, source: str = "<config>") -> RayfinConfig:
+    """Validate a parsed YAML/dict into a RayfinConfig, raising ConfigError with field paths."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping with keys cluster, desks, ...; got "
+                          f"{type(data).__name__}", path="(root)")
+    try:
+        return RayfinConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        lines = []
+        for err in exc.errors():
+            path = _loc(err["loc"])
+            value = err.get("input")
+            shown = "" if err.get("type") == "missing" or isinstance(value, dict) else f": got {value!r}"
+            allowed = _explain(err)
+            problems.append((path, value, allowed))
+            lines.append(f"  {path}{shown}; {allowed}")
+        head = f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError(head + "\n" + "\n".join(lines), path=problems[0][0], problems=problems) from None
+
+
+def load_config(path: str | Path) -> RayfinConfig:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file ({exc.strerror})", path=str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}", path=str(p)) from None
+    return parse_config(data, source=str(p))
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+
+
+def default_config_path() -> Path:
+    return DEFAULT_CONFIG
+
+

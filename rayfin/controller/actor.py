@@ -1,0 +1,120 @@
+"""The controller as one detached, named, restartable Ray actor: a thin shell around
+`ControllerCore`. It runs the cycle on a background thread and answers SDK calls; every call
+returns `{"ok": True, "value": ...}` or `{"ok": False, "error": <RayfinError.to_wire()>}` so the
+SDK can raise the same typed error the controller decided.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import ray
+
+from rayfin.config import RayfinConfig, parse_config
+from rayfin.errors import RayfinError
+
+log = logging.getLogger("rayfin.controller")
+
+
+def _wrap(fn, *args, **kwargs) -> dict[str, Any]:
+    try:
+        return {"ok": True, "value": fn(*args, **kwargs)}
+    except RayfinError as exc:
+        return {"ok": False, "error": exc.to_wire()}
+
+
+class RayfinController:
+    def __init__(self, config_data: dict[str, Any]) -> None:
+        from rayfin.controller.core import ControllerCore
+        from rayfin.controller.ledger import SqliteLedger
+        from rayfin.controller.ray_backend import RayBackend
+
+        self.config: RayfinConfig = parse_config(config_data, "controller config")
+        self.started_at = time.time()
+        self.ledger = SqliteLedger(self.config.controller.ledger_path)
+        self.core = ControllerCore(self.config, self.ledger, RayBackend(), recorder=self._recorder())
+        self.recovery = self.core.recover()
+        self.cycles = 0
+        self.last_report: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rayfin-cycle", daemon=True)
+        self._thread.start()
+
+    def _recorder(self):
+        try:
+            from rayfin.telemetry.recorder import TelemetryRecorder  # optional: observability package
+        except ImportError:
+            return None
+        return TelemetryRecorder(self.config)
+
+    def _loop(self) -> None:
+        interval = self.config.controller.cycle_interval_s
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            try:
+                report = self.core.cycle()
+                self.cycles += 1
+                self.last_report = report.timings_ms
+            except Exception:  # a bad cycle must not kill the loop; it is logged and retried
+                log.exception("controller cycle failed")
+            self._stop.wait(max(0.0, interval - (time.perf_counter() - t)))
+
+    # -- SDK surface --
+    def ping(self) -> dict[str, Any]:
+        return {"ok": True, "value": {"pid": __import__("os").getpid(), "started_at": self.started_at,
+                                      "cycles": self.cycles, "recovery": self.recovery,
+                                      "timings_ms": self.last_report}}
+
+    def submit(self, token, desk, spec):
+        return _wrap(self.core.submit, token, desk, spec)
+
+    def status(self, token, job_id):
+        return _wrap(self.core.status, token, job_id)
+
+    def result(self, token, job_id):
+        return _wrap(self.core.result, token, job_id)
+
+    def cancel(self, token, job_id):
+        return _wrap(self.core.cancel, token, job_id)
+
+    def jobs(self, token, desk=None, states=None, limit=1000):
+        return _wrap(self.core.jobs, token, desk, states, limit)
+
+    def usage(self, token, desk=None):
+        return _wrap(self.core.usage, token, desk)
+
+    def explain(self, token, job_id):
+        return _wrap(self.core.explain, token, job_id)
+
+    def audit(self, token, desk=None, since=None, until=None, limit=1000):
+        return _wrap(self.core.audit, token, desk, since, until, limit)
+
+    def reserve_serving(self, token=None, *, model, desk, replicas, gpus_per_replica):
+        return _wrap(self.core.reserve_serving, token, model, desk, replicas, gpus_per_replica)
+
+    def config_data(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def start_controller(config: RayfinConfig, *, admin_token: str | None = None):
+    """Create (or find) the detached controller actor, pinned to the head node so the ledger
+    file and the metrics it exports live there. Returns the actor handle."""
+    c = config.controller
+    cls = ray.remote(RayfinController)
+    handle = cls.options(name=c.name, namespace=c.namespace, lifetime="detached", get_if_exists=True,
+                         max_restarts=-1, max_task_retries=-1, max_concurrency=32, num_cpus=0,
+                         resources={"node:__internal_head__": 0.001}).remote(config.model_dump(mode="json"))
+    ray.get(handle.ping.remote(), timeout=120)
+    return handle
+
+
+def get_controller(config_or_name: RayfinConfig | str = "rayfin-controller", namespace: str = "rayfin"):
+    if isinstance(config_or_name, RayfinConfig):
+        return ray.get_actor(config_or_name.controller.name, namespace=config_or_name.controller.namespace)
+    return ray.get_actor(config_or_name, namespace=namespace)

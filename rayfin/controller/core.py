@@ -1,0 +1,489 @@
+"""The controller's state machine, apart from Ray.
+
+`ControllerCore` owns the desk queues and the ledger and runs one cycle in named steps:
+
+    observe   what the backend saw since last cycle (groups reserved, runners done or lost, nodes down)
+    snapshot  a frozen ClusterSnapshot of desks, running work and the queue
+    decide    rayfin.policy.schedule(snapshot) -> CycleDecision (pure)
+    act       reserve groups, start runners, preempt, refuse (through the backend)
+    record    ledger events, metrics, step timings
+
+Every state change is written to the ledger before anyone is told. The Ray actor
+(`rayfin.controller.actor`) is a thin shell around this class; unit tests drive it with
+`FakeBackend` and an injected clock.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from placement.topology import Topology, island_resource
+from rayfin.config import RayfinConfig, token_matches
+from rayfin.controller.backend import Backend, LaunchSpec, Observation
+from rayfin.controller.ledger import JobRecord, Ledger
+from rayfin.controller.recorder import NullRecorder, Recorder
+from rayfin.controller.validate import MAX_GPUS_PER_JOB, validate_spec
+from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
+from rayfin.policy import (ClusterSnapshot, CommProfile, Decision, DeskQuota, JobState, PendingJob, Priority,
+                           RunningJob, SchedulerConfig, check_quota, never_fits, schedule)
+
+log = logging.getLogger("rayfin.controller")
+ACTIVE = (JobState.PENDING.value, JobState.ADMITTED.value, JobState.RUNNING.value)
+ADMIN = "*admin*"
+
+
+@dataclass(frozen=True)
+class Principal:
+    desk: str | None       # None for admin
+    admin: bool = False
+
+    def may_act_for(self, desk: str) -> bool:
+        return self.admin or self.desk == desk
+
+
+@dataclass
+class CycleReport:
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    admitted: int = 0
+    preempted: int = 0
+    finished: int = 0
+
+
+def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
+    """The live controller runs the `rayfin` preset of the policy with the configured grace."""
+    preset = getattr(SchedulerConfig, "rayfin", None)
+    grace = config.defaults.preemption_grace_s
+    if callable(preset):
+        try:
+            return preset(preemption_grace_s=grace)
+        except TypeError:
+            cfg = preset()
+            return cfg.__class__(**{**cfg.__dict__, "preemption_grace_s": grace})
+    return SchedulerConfig(preemption_grace_s=grace)
+
+
+class ControllerCore:
+    def __init__(self, config: RayfinConfig, ledger: Ledger, backend: Backend, *,
+                 clock: Callable[[], float] = time.time, new_id: Callable[[str], str] | None = None,
+                 recorder: Recorder | None = None) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.backend = backend
+        self.clock = clock
+        self.new_id = new_id or (lambda desk: f"{desk}-{secrets.token_hex(4)}")
+        self.recorder = recorder or NullRecorder()
+        self.topology = Topology.from_config(config.cluster)
+        self.desks = {d.name: DeskQuota.from_config(d) for d in config.desks}
+        self.policy = scheduler_config(config)
+        self.active: dict[str, JobRecord] = {}
+        self.unavailable: dict[str, float] = {}
+        self.last_decision: dict[str, Decision] = {}
+        self.lock = threading.RLock()
+
+    # ---------------------------------------------------------------- auth
+    def authenticate(self, token: str | None, desk: str | None, action: str) -> Principal:
+        admin = self.config.admin
+        if admin is not None and token_matches(token, admin.credential_sha256):
+            if desk is not None and desk not in self.desks:
+                raise UnknownDesk(desk=desk, known=list(self.desks))
+            return Principal(desk, admin=True)
+        if desk is not None and desk not in self.desks:
+            raise UnknownDesk(desk=desk, known=list(self.desks))
+        # Compare against every desk so the time taken does not reveal which desk matched.
+        matched = [d.name for d in self.config.desks if token_matches(token, d.credential_sha256)]
+        if not matched:
+            raise Unauthorized(f"credential not valid (action: {action}); pass the desk's token", desk=desk,
+                               action=action)
+        who = matched[0]
+        if desk is not None and desk != who:
+            raise Unauthorized(f"credential of desk {who!r} may not {action} for desk {desk!r}", desk=desk,
+                               action=action)
+        return Principal(who)
+
+    def _visible(self, principal: Principal, job_id: str) -> JobRecord:
+        job = self.active.get(job_id) or self.ledger.get_job(job_id)
+        # Another desk's job is reported as absent, so ids of other desks' work do not leak.
+        if job is None or not principal.may_act_for(job.desk):
+            raise JobNotFound(job_id=job_id)
+        return job
+
+    # ---------------------------------------------------------------- API
+    def submit(self, token: str | None, desk: str, spec: dict[str, Any]) -> dict[str, Any]:
+        principal = self.authenticate(token, desk, "submit")
+        assert principal.may_act_for(desk)
+        clean = validate_spec(spec, default_priority=self.config.defaults.priority,
+                              default_retries=self.config.defaults.max_retries)
+        quota = self.desks[desk]
+        why = never_fits(quota, clean["gpus"], self.topology.pool_capacity(quota.pools))
+        if why:
+            self.recorder.refused(desk, "never_fits")
+            self.ledger.record(self.clock(), "", desk, "refused", "", why, {"gpus": clean["gpus"]})
+            raise QuotaExceeded(f"{why}; to fix: ask for fewer GPUs or raise the desk's quota", desk=desk,
+                                requested=clean["gpus"],
+                                available=min(quota.max_gpus, self.topology.pool_capacity(quota.pools)))
+        with self.lock:
+            proposed = clean["job_id"]
+            if proposed is not None:
+                if not proposed.startswith(desk + "-"):
+                    raise InvalidRequest(field="job_id", value=proposed, allowed=f"an id starting with '{desk}-'")
+                existing = self.active.get(proposed) or self.ledger.get_job(proposed)
+                if existing is not None:  # a retried submission: idempotent
+                    if existing.desk != desk:
+                        raise InvalidRequest(field="job_id", value=proposed, allowed="an unused id")
+                    return existing.public()
+            job = JobRecord(job_id=proposed or self.new_id(desk), desk=desk, name=clean["name"], kind=clean["kind"],
+                            gpus=float(clean["gpus"]), priority=int(clean["priority"]), comm=clean["comm"],
+                            state=JobState.PENDING.value, submitted_at=self.clock(),
+                            max_retries=clean["retries"], payload=clean["payload"], reason="queued",
+                            info={"entrypoint": clean["payload"]} if clean["kind"] == "entrypoint" else {})
+            self.ledger.put_job(job, ("submitted", f"{job.gpus:g} GPUs, priority "
+                                                   f"{Priority(job.priority).label}"), ts=job.submitted_at)
+            self.active[job.job_id] = job
+        self.recorder.submitted(job)
+        return job.public()
+
+    def status(self, token: str | None, job_id: str) -> dict[str, Any]:
+        principal = self.authenticate(token, None, "read")
+        with self.lock:
+            return self._visible(principal, job_id).public()
+
+    def result(self, token: str | None, job_id: str) -> dict[str, Any]:
+        principal = self.authenticate(token, None, "read")
+        job = self.ledger.get_job(job_id)
+        if job is None or not principal.may_act_for(job.desk):
+            raise JobNotFound(job_id=job_id)
+        return {"state": job.state, "reason": job.reason, "error": job.error, "result": job.result}
+
+    def cancel(self, token: str | None, job_id: str) -> dict[str, Any]:
+        principal = self.authenticate(token, None, "cancel")
+        with self.lock:
+            job = self._visible(principal, job_id)
+            if JobState(job.state).terminal:
+                return job.public()
+            if job.state != JobState.PENDING.value:
+                self.backend.release(job.job_id, job.desk)
+            job = self._finish(job, JobState.CANCELLED, "cancelled by " + ("admin" if principal.admin else job.desk))
+        return job.public()
+
+    def jobs(self, token: str | None, desk: str | None = None, states: list[str] | None = None,
+             limit: int = 1000) -> list[dict[str, Any]]:
+        principal = self.authenticate(token, desk, "list")
+        scope = desk if desk is not None else (None if principal.admin else principal.desk)
+        rows = self.ledger.jobs(desk=scope, states=states, limit=None)
+        with self.lock:
+            rows = [self.active.get(r.job_id, r) for r in rows]
+        return [r.public() for r in rows[-limit:]]
+
+    def usage(self, token: str | None, desk: str | None = None) -> dict[str, dict[str, Any]]:
+        principal = self.authenticate(token, desk, "read usage")
+        with self.lock:
+            table = self.usage_table()
+        if principal.admin:
+            return table if desk is None else {desk: table[desk]}
+        return {principal.desk: table[principal.desk]}
+
+    def explain(self, token: str | None, job_id: str) -> dict[str, Any]:
+        principal = self.authenticate(token, None, "explain")
+        with self.lock:
+            job = self._visible(principal, job_id)
+            last = self.last_decision.get(job_id)
+        events = self.ledger.events(job_id=job_id, limit=200)
+        return {"job": job.public(),
+                "decision": None if last is None else {"verdict": last.verdict.value, "reasons": list(last.reasons),
+                                                       "victims": list(last.victims)},
+                "events": [{"ts": e.ts, "kind": e.kind, "state": e.state, "reason": e.reason} for e in events]}
+
+    def audit(self, token: str | None, desk: str | None = None, since: float | None = None,
+              until: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        principal = self.authenticate(token, desk, "read audit log")
+        scope = desk if (desk is not None or principal.admin) else principal.desk
+        return [e.__dict__ for e in self.ledger.events(desk=scope, since=since, until=until, limit=limit)]
+
+    def reserve_serving(self, token: str | None, model: str, desk: str, replicas: int,
+                        gpus_per_replica: float) -> dict[str, Any]:
+        """Charge a Serve deployment's GPUs to its desk and pick the island its replicas use."""
+        self.authenticate(token, desk, "deploy")
+        if replicas < 1 or gpus_per_replica < 0:
+            raise InvalidRequest(field="replicas/gpus_per_replica", value=(replicas, gpus_per_replica),
+                                 allowed="replicas >= 1, gpus_per_replica >= 0")
+        total = replicas * gpus_per_replica
+        job_id = f"serve-{model}"
+        with self.lock:
+            old = self.active.get(job_id)
+            if old is not None:
+                if abs(old.gpus - total) < 1e-9:
+                    return self._serving_resources(old, gpus_per_replica)
+                self._finish(old, JobState.CANCELLED, "serving deployment replaced")
+            if total == 0:
+                return {"resources": {}, "num_gpus": 0.0, "island": None}
+            quota = self.desks[desk]
+            snap = self.snapshot()
+            q = check_quota(quota, total, self.desks, snap.usage(), float(self.topology.total_gpus))
+            free = snap.free()
+            options = sorted((free[i.id], i.id) for i in self.topology.in_pools(quota.pools) if free[i.id] >= total)
+            if not q.fits or not options:
+                why = q.reason if not q.fits else f"no island in pools {sorted(quota.pools)} has {total:g} free GPUs"
+                self.ledger.record(self.clock(), job_id, desk, "refused", "", why, {"gpus": total})
+                raise QuotaExceeded(f"serving deployment {model!r} ({replicas} x {gpus_per_replica:g} GPU) refused: "
+                                    f"{why}", desk=desk, requested=total, available=0.0)
+            island = options[0][1]  # best fit: the fullest island that still holds it
+            now = self.clock()
+            job = JobRecord(job_id=job_id, desk=desk, name=model, kind="serving", gpus=total,
+                            priority=int(Priority.CRITICAL), comm=CommProfile.NONE.value,
+                            state=JobState.RUNNING.value, submitted_at=now, started_at=now,
+                            placement=((island, total),), reason=q.reason,
+                            info={"replicas": replicas, "gpus_per_replica": gpus_per_replica})
+            self.ledger.put_job(job, ("serving_reserved", q.reason), ts=now)
+            self.active[job_id] = job
+        return self._serving_resources(job, gpus_per_replica)
+
+    @staticmethod
+    def _serving_resources(job: JobRecord, per_replica: float) -> dict[str, Any]:
+        island = job.placement[0][0]
+        return {"resources": {island_resource(island): per_replica}, "num_gpus": per_replica, "island": island}
+
+    # ---------------------------------------------------------------- the cycle
+    def cycle(self) -> CycleReport:
+        report = CycleReport()
+        with self.lock:
+            t0 = time.perf_counter()
+            obs = self.backend.observe([j for j, r in self.active.items() if r.state != JobState.PENDING.value
+                                        and r.kind != "serving"])
+            report.finished = self._apply(obs)
+            t1 = time.perf_counter()
+            snap = self.snapshot()
+            t2 = time.perf_counter()
+            decision = schedule(snap, self.policy)
+            t3 = time.perf_counter()
+            report.admitted, report.preempted = self._act(decision)
+            t4 = time.perf_counter()
+            report.timings_ms = {"observe": (t1 - t0) * 1e3, "snapshot": (t2 - t1) * 1e3,
+                                 "decide": (t3 - t2) * 1e3, "act": (t4 - t3) * 1e3}
+            self.recorder.cycle(report, self.usage_table(), snap)
+        return report
+
+    def _apply(self, obs: Observation) -> int:
+        """observe: fold what the backend saw into job states."""
+        now = self.clock()
+        finished = 0
+        self.unavailable = dict(obs.unavailable)
+        for job_id in obs.ready:
+            job = self.active.get(job_id)
+            if job is not None and job.state == JobState.ADMITTED.value:
+                self.backend.start(LaunchSpec(job.job_id, job.desk, job.kind, job.payload, job.placement,
+                                              self.config.controller.max_result_bytes))
+        for job_id, st in obs.statuses.items():
+            job = self.active.get(job_id)
+            if job is None:
+                continue
+            if st.state == "RUNNING" and job.state == JobState.ADMITTED.value:
+                job = job.copy(state=JobState.RUNNING.value, started_at=now, reason="running",
+                               info={**job.info, **st.info})
+                self._save(job, "started", f"running on {self._where(job)}")
+            elif st.state == "RUNNING" and abs(job.info.get("progress", 0.0) - st.progress) > 1e-6:
+                self.active[job_id] = job.copy(info={**job.info, "progress": st.progress})
+            elif st.state in ("SUCCEEDED", "FAILED"):
+                self.backend.release(job.job_id, job.desk)
+                job = job.copy(result=st.result, error=st.error, info={**job.info, "progress": st.progress})
+                ok = st.state == "SUCCEEDED"
+                self._finish(job, JobState.SUCCEEDED if ok else JobState.FAILED,
+                             "finished" if ok else "job raised: " + st.error.splitlines()[0][:300] if st.error else "failed")
+                finished += 1
+            elif st.state == "LOST":
+                self._lost(job, st.error or "runner lost")
+                finished += 1
+        for job in list(self.active.values()):
+            if job.state in (JobState.ADMITTED.value, JobState.RUNNING.value) and job.kind != "serving":
+                lost = [i for i, _ in job.placement if i in self.unavailable]
+                if lost:
+                    self._lost(job, f"node of island(s) {', '.join(lost)} lost")
+                    finished += 1
+                elif job.preempt_deadline is not None and now >= job.preempt_deadline:
+                    self._preempt_now(job)
+                    finished += 1
+        return finished
+
+    def snapshot(self) -> ClusterSnapshot:
+        running, pending = [], []
+        for job in self.active.values():
+            if job.state == JobState.PENDING.value:
+                pending.append(PendingJob(job.job_id, job.desk, int(job.gpus), Priority(job.priority),
+                                          job.submitted_at, CommProfile(job.comm)))
+            else:
+                running.append(RunningJob(job.job_id, job.desk, job.gpus, job.placement, Priority(job.priority),
+                                          job.started_at or job.submitted_at, preemptible=job.kind != "serving",
+                                          preempt_deadline=job.preempt_deadline))
+        pending.sort(key=lambda p: (p.submitted_at, p.job_id))
+        return ClusterSnapshot(now=self.clock(), topology=self.topology, desks=self.desks, running=tuple(running),
+                               pending=tuple(pending), unavailable=dict(self.unavailable))
+
+    def _act(self, decision) -> tuple[int, int]:
+        now = self.clock()
+        for d in decision.admits:
+            job = self.active.get(d.job_id)
+            if job is None or job.state != JobState.PENDING.value:
+                continue
+            self.backend.reserve(job.job_id, job.desk, d.placement)
+            job = job.copy(state=JobState.ADMITTED.value, placement=tuple(d.placement), reason=d.reason,
+                           info={**job.info, "borrowed": d.borrowed})
+            self._save(job, "admitted", d.reason)
+            self.last_decision[job.job_id] = d
+            self.recorder.decided(d)
+        for d in decision.preempts:
+            job = self.active.get(d.job_id)
+            if job is None or job.preempt_deadline is not None:
+                continue
+            deadline = d.deadline if d.deadline is not None else now + self.policy.preemption_grace_s
+            self.backend.request_stop(job.job_id)
+            job = job.copy(preempt_deadline=deadline, reason="being preempted: " + d.reason)
+            self._save(job, "preemption_planned", d.reason)
+            self.last_decision[job.job_id] = d
+            self.recorder.decided(d)
+        for d in decision.waits:
+            job = self.active.get(d.job_id)
+            prev = self.last_decision.get(d.job_id)
+            self.last_decision[d.job_id] = d
+            if job is not None and (prev is None or prev.reasons != d.reasons):
+                self._save(job.copy(reason=d.reason), "queued", d.reason)
+                self.recorder.decided(d)
+        for d in decision.refusals:
+            job = self.active.get(d.job_id)
+            if job is not None:
+                self.last_decision[d.job_id] = d
+                self._finish(job, JobState.FAILED, "refused: " + d.reason)
+                self.recorder.decided(d)
+        return len(decision.admits), len(decision.preempts)
+
+    # ---------------------------------------------------------------- transitions
+    def _save(self, job: JobRecord, event: str, reason: str) -> JobRecord:
+        self.ledger.put_job(job, (event, reason), ts=self.clock())
+        if JobState(job.state).terminal:
+            self.active.pop(job.job_id, None)
+        else:
+            self.active[job.job_id] = job
+        return job
+
+    def _finish(self, job: JobRecord, state: JobState, reason: str) -> JobRecord:
+        old = job.state
+        job = self._save(job.copy(state=state.value, reason=reason, finished_at=self.clock(), preempt_deadline=None,
+                                  payload=None if state == JobState.SUCCEEDED else job.payload),
+                         state.value.lower(), reason)
+        self.last_decision.pop(job.job_id, None)
+        self.recorder.state_changed(job, old)
+        return job
+
+    def _requeue(self, job: JobRecord, why: str) -> JobRecord:
+        job = job.copy(state=JobState.PENDING.value, attempts=job.attempts + 1, placement=(), started_at=None,
+                       preempt_deadline=None, reason=f"requeued (attempt {job.attempts + 2} of "
+                                                      f"{job.max_retries + 1}): {why}")
+        self.recorder.state_changed(job, "RUNNING")
+        return self._save(job, "requeued", why)
+
+    def _lost(self, job: JobRecord, why: str) -> None:
+        self.backend.release(job.job_id, job.desk)
+        if job.attempts < job.max_retries:
+            self._requeue(job, why)
+        else:
+            self._finish(job, JobState.FAILED, f"{why} (no retries left)")
+
+    def _preempt_now(self, job: JobRecord) -> None:
+        self.backend.release(job.job_id, job.desk)
+        why = job.reason.removeprefix("being preempted: ")
+        self.recorder.preempted(job, why)
+        if job.attempts < job.max_retries:
+            self._requeue(job, "preempted: " + why)
+        else:
+            self._finish(job, JobState.PREEMPTED, why)
+
+    @staticmethod
+    def _where(job: JobRecord) -> str:
+        gpus = job.info.get("cuda_visible_devices")
+        return ", ".join(f"{i} x{g:g}" for i, g in job.placement) + (f" (CUDA_VISIBLE_DEVICES={gpus})" if gpus else "")
+
+    # ---------------------------------------------------------------- views
+    def usage_table(self) -> dict[str, dict[str, Any]]:
+        table = {}
+        for name, q in self.desks.items():
+            table[name] = {"desk": name, "nominal": q.nominal, "max": q.max_gpus, "weight": q.weight,
+                           "in_use": 0.0, "serving": 0.0, "borrowed": 0.0, "lent": 0.0, "queued": 0, "queued_gpus": 0.0,
+                           "running": 0, "oldest_wait_s": 0.0}
+        now = self.clock()
+        for job in self.active.values():
+            row = table.get(job.desk)
+            if row is None:
+                continue
+            if job.state == JobState.PENDING.value:
+                row["queued"] += 1
+                row["queued_gpus"] += job.gpus
+                row["oldest_wait_s"] = max(row["oldest_wait_s"], now - job.submitted_at)
+            else:
+                row["in_use"] += job.gpus
+                row["serving"] += job.gpus if job.kind == "serving" else 0.0
+                row["running"] += job.kind != "serving"
+        borrowed_total = 0.0
+        for row in table.values():
+            row["borrowed"] = max(0.0, row["in_use"] - row["nominal"])
+            borrowed_total += row["borrowed"]
+        # Lent: what each desk's unused nominal is carrying of others' borrowing, in desk order.
+        left = borrowed_total - max(0.0, self.topology.total_gpus - sum(q.nominal for q in self.desks.values()))
+        for row in table.values():
+            unused = max(0.0, row["nominal"] - row["in_use"])
+            row["lent"] = min(unused, max(0.0, left))
+            left -= row["lent"]
+        counts = self.ledger_counts()
+        for name, row in table.items():
+            row.update(counts.get(name, {}))
+        return table
+
+    def ledger_counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for job in self.ledger.jobs(states=[s.value for s in JobState if s.terminal]):
+            if job.kind == "serving":
+                continue
+            row = out.setdefault(job.desk, {"succeeded": 0, "failed": 0, "cancelled": 0, "preempted": 0})
+            row[job.state.lower()] = row.get(job.state.lower(), 0) + 1
+        return out
+
+    # ---------------------------------------------------------------- recovery
+    def recover(self) -> dict[str, Any]:
+        """Rebuild state from the ledger and re-adopt what the backend still has, by name."""
+        with self.lock:
+            owned = self.backend.owned(list(self.desks))
+            adopted, requeued, released = [], [], []
+            for job in self.ledger.jobs(states=list(ACTIVE)):
+                self.active[job.job_id] = job
+                if job.kind == "serving" or job.state == JobState.PENDING.value:
+                    continue
+                has_group = job.job_id in owned.groups
+                has_runner = job.job_id in owned.runners
+                if job.state == JobState.RUNNING.value or has_runner:
+                    if has_group or has_runner:
+                        self.backend.adopt(job.job_id, job.desk, job.placement, running=True)
+                        if job.state != JobState.RUNNING.value:
+                            self._save(job.copy(state=JobState.RUNNING.value, started_at=self.clock()),
+                                       "started", "re-adopted after controller restart")
+                        adopted.append(job.job_id)
+                    else:
+                        self._lost(job, "runner gone while the controller was down")
+                        requeued.append(job.job_id)
+                elif has_group:  # ADMITTED, group reserved, runner not yet started
+                    self.backend.adopt(job.job_id, job.desk, job.placement, running=False)
+                    adopted.append(job.job_id)
+                else:
+                    self._save(job.copy(state=JobState.PENDING.value, placement=(), reason="requeued: group lost "
+                                        "while controller was down"), "requeued", "group lost during restart")
+                    requeued.append(job.job_id)
+            for job_id in (owned.groups | owned.runners) - set(self.active):
+                job = self.ledger.get_job(job_id)
+                self.backend.release(job_id, job.desk if job else "")
+                released.append(job_id)
+            summary = {"adopted": adopted, "requeued": requeued, "released": released, "active": len(self.active)}
+            self.ledger.record(self.clock(), "", "", "controller_recovered", "", str(summary), summary)
+            return summary
+
+
+__all__ = ["ControllerCore", "Principal", "CycleReport", "ADMIN", "MAX_GPUS_PER_JOB"]

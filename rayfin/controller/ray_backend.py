@@ -1,0 +1,190 @@
+"""Ray adapter of the controller backend: placement groups + detached runner actors.
+
+Names, so a restarted controller finds what it owns:
+    placement group  rayfin-job-<job_id>             (controller's namespace, detached)
+    runner actor     job-<job_id>                    (namespace rayfin-desk-<desk>, detached)
+Each bundle asks for `{"GPU": g, "rayfin_island_<id>": g}`: the island resource exists only on
+that island's Ray node, so Ray itself keeps the bundle (and the GPU ids it hands out) there.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from placement.topology import island_resource
+from rayfin.controller.backend import LaunchSpec, Observation, Owned, RunnerStatus
+from rayfin.runner import JobRunner
+
+log = logging.getLogger("rayfin.backend")
+GROUP_PREFIX = "rayfin-job-"
+
+
+def desk_namespace(desk: str) -> str:
+    return f"rayfin-desk-{desk}"
+
+
+def runner_name(job_id: str) -> str:
+    return f"job-{job_id}"
+
+
+@dataclass
+class _Live:
+    desk: str
+    pg: PlacementGroup | None = None
+    ready_ref: Any = None
+    runner: Any = None
+    poll_ref: Any = None
+    start_ref: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+    last: RunnerStatus | None = None
+
+
+class RayBackend:
+    def __init__(self, island_labels: dict[str, str] | None = None) -> None:
+        self._live: dict[str, _Live] = {}
+        self._runner_cls = ray.remote(JobRunner)
+
+    # -- reserve / start --
+    def reserve(self, job_id: str, desk: str, placement) -> None:
+        bundles = [{"GPU": float(g), island_resource(i): float(g)} for i, g in placement]
+        pg = placement_group(bundles, strategy="PACK", name=GROUP_PREFIX + job_id, lifetime="detached")
+        self._live[job_id] = _Live(desk=desk, pg=pg, ready_ref=pg.ready())
+
+    def start(self, spec: LaunchSpec) -> None:
+        live = self._live.setdefault(spec.job_id, _Live(desk=spec.desk))
+        if live.pg is None:
+            live.pg = ray.util.get_placement_group(GROUP_PREFIX + spec.job_id)
+        if live.runner is None:
+            gpus0 = float(spec.placement[0][1])
+            live.runner = self._runner_cls.options(
+                name=runner_name(spec.job_id), namespace=desk_namespace(spec.desk), lifetime="detached",
+                get_if_exists=True, num_cpus=0, num_gpus=gpus0, max_restarts=0, max_concurrency=4,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(live.pg, placement_group_bundle_index=0),
+            ).remote(spec.job_id, spec.desk, spec.kind, spec.payload, sum(g for _, g in spec.placement),
+                     [list(p) for p in spec.placement], GROUP_PREFIX + spec.job_id, spec.max_result_bytes)
+        live.start_ref = live.runner.start.remote()
+
+    # -- observe --
+    def observe(self, job_ids: list[str]) -> Observation:
+        ready: set[str] = set()
+        waiting: dict[Any, tuple[str, str]] = {}
+        for job_id in job_ids:
+            live = self._live.get(job_id)
+            if live is None:
+                continue
+            if live.ready_ref is not None:
+                waiting[live.ready_ref] = (job_id, "ready")
+            if live.start_ref is not None:
+                waiting[live.start_ref] = (job_id, "start")
+            if live.runner is not None and live.poll_ref is None and live.start_ref is None:
+                live.poll_ref = live.runner.poll.remote()
+            if live.poll_ref is not None:
+                waiting[live.poll_ref] = (job_id, "poll")
+        if waiting:
+            done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0)
+            for ref in done:
+                job_id, what = waiting[ref]
+                live = self._live[job_id]
+                try:
+                    value = ray.get(ref, timeout=0)
+                except (RayActorError, GetTimeoutError, RayError) as exc:
+                    if what == "ready":
+                        live.ready_ref = None
+                        continue
+                    live.last = RunnerStatus("LOST", error=f"runner died: {type(exc).__name__}: {str(exc)[:300]}")
+                    live.start_ref = live.poll_ref = None
+                    continue
+                if what == "ready":
+                    live.ready_ref = None
+                    ready.add(job_id)
+                elif what == "start":
+                    live.start_ref = None
+                    live.info = value
+                    live.last = RunnerStatus("RUNNING", info=value)
+                else:
+                    live.poll_ref = None
+                    live.last = RunnerStatus(value["state"], error=value.get("error", ""),
+                                             result=value.get("result"), progress=value.get("progress", 0.0),
+                                             info=live.info)
+        statuses = {j: self._live[j].last for j in job_ids if j in self._live and self._live[j].last is not None}
+        return Observation(frozenset(ready), statuses, self._unavailable())
+
+    @staticmethod
+    def _unavailable() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for node in ray.nodes():
+            island = (node.get("Labels") or {}).get("rayfin.io/island")
+            if island and not node.get("Alive", False):
+                res = node.get("Resources") or {}
+                out[island] = out.get(island, 0.0) + float(res.get("GPU", 0.0))
+        alive = {(n.get("Labels") or {}).get("rayfin.io/island") for n in ray.nodes() if n.get("Alive")}
+        return {i: g for i, g in out.items() if i not in alive}
+
+    # -- stop / release --
+    def request_stop(self, job_id: str) -> None:
+        live = self._live.get(job_id)
+        if live is not None and live.runner is not None:
+            live.runner.request_stop.remote()
+
+    def release(self, job_id: str, desk: str) -> None:
+        live = self._live.pop(job_id, None) or _Live(desk=desk)
+        runner = live.runner
+        if runner is None:
+            try:
+                runner = ray.get_actor(runner_name(job_id), namespace=desk_namespace(desk))
+            except ValueError:
+                runner = None
+        if runner is not None:
+            try:
+                ray.kill(runner, no_restart=True)
+            except RayError as exc:  # already gone
+                log.debug("kill %s: %s", job_id, exc)
+        pg = live.pg
+        if pg is None:
+            try:
+                pg = ray.util.get_placement_group(GROUP_PREFIX + job_id)
+            except ValueError:
+                pg = None
+        if pg is not None:
+            try:
+                remove_placement_group(pg)
+            except Exception as exc:  # noqa: BLE001 - already removed
+                log.debug("remove pg %s: %s", job_id, exc)
+
+    # -- recovery --
+    def owned(self, desks: list[str]) -> Owned:
+        groups = set()
+        for info in placement_group_table().values():
+            name = info.get("name") or ""
+            if name.startswith(GROUP_PREFIX) and info.get("state") != "REMOVED":
+                groups.add(name[len(GROUP_PREFIX):])
+        runners = set()
+        try:
+            from ray.util.state import list_actors
+
+            for a in list_actors(filters=[("state", "!=", "DEAD")], limit=10000, raise_on_missing_output=False):
+                if a.name and a.name.startswith("job-") and (a.ray_namespace or "").startswith("rayfin-desk-"):
+                    runners.add(a.name[4:])
+        except Exception as exc:  # noqa: BLE001 - state API needs the dashboard; fall back to lookups
+            log.info("state API unavailable (%s); runners are looked up by name", exc)
+        return Owned(frozenset(groups), frozenset(runners))
+
+    def adopt(self, job_id: str, desk: str, placement, running: bool) -> None:
+        live = self._live.setdefault(job_id, _Live(desk=desk))
+        try:
+            live.pg = ray.util.get_placement_group(GROUP_PREFIX + job_id)
+            live.ready_ref = live.pg.ready() if not running else None
+        except ValueError:
+            live.pg = None
+        if running:
+            try:
+                live.runner = ray.get_actor(runner_name(job_id), namespace=desk_namespace(desk))
+                live.info = {}
+            except ValueError:
+                live.last = RunnerStatus("LOST", error="runner not found after controller restart")

@@ -1,0 +1,212 @@
+"""Whom to preempt so that a job a desk is entitled to can start: a plan, no side effects.
+
+A job is *entitled* when it fits the desk's nominal quota counting only the desk's work of
+equal or higher priority. When such a job finds no free GPUs, the planner looks for victims:
+
+- borrowed work: running jobs of other desks whose usage is above their nominal (Kueue's
+  "reclaim within cohort"), as long as their desk is still borrowing when picked;
+- lower-priority work of the same desk (priority preemption within the desk's nominal);
+- GPUs already coming free: jobs whose preemption was decided in an earlier cycle
+  (`preempt_deadline` set). They cost nothing and are used first, so the scheduler never
+  preempts twice for one need.
+
+Victims must free GPUs *where the job can run*: the planner searches domains (islands, then
+nodes, racks, the whole cluster for the bandwidth-aware strategy; the whole cluster only for
+first fit). In each domain it takes candidates lowest priority first, then most recently
+started, until free + freed GPUs hold the job; then drops every victim that turns out not to be
+needed. Across domains it keeps the plan whose victims have the lowest top priority, then the
+fewest victims, then the least GPUs freed beyond the need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from placement.gang import FreeIndex
+from placement.topology import Layout, LinkLevel
+from rayfin.policy.model import DeskQuota, PendingJob, RunningJob
+
+_EPS = 1e-9
+
+
+@dataclass
+class ReclaimPlan:
+    level: LinkLevel | None
+    placement: list[tuple[int, int]]            # (island index, GPUs) once the victims are gone
+    reserve: list[tuple[int, int]]              # free GPUs to hold for the job meanwhile
+    draining: list[RunningJob] = field(default_factory=list)   # already being preempted
+    victims: list[RunningJob] = field(default_factory=list)    # to preempt now
+
+    @property
+    def score(self) -> tuple:
+        top = max((int(v.priority) for v in self.victims), default=-1)
+        return (top, len(self.victims), len(self.draining))
+
+
+@dataclass
+class ReclaimContext:
+    """What the planner reads from the cycle (it never mutates any of it)."""
+
+    layout: Layout
+    index: FreeIndex
+    on_island: Sequence[Sequence[RunningJob]]   # island index -> running jobs touching it
+    usage: Mapping[str, float]                  # projected usage per desk
+    desks: Mapping[str, DeskQuota]
+    taken: set                                  # job ids already claimed this cycle
+    pending_ids: set
+    reclaim: bool
+    priority_preemption: bool
+    best_fit: bool
+
+
+def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
+                 start: LinkLevel) -> ReclaimPlan | None:
+    """Cheapest plan that lets `job` start, or None. `need_own`: GPUs of the job's own desk's
+    lower-priority work that must go for the job to fit the desk's quota."""
+    desk = ctx.desks[job.desk]
+    lay = ctx.layout
+    in_pool = [i for i in range(len(lay.capacity)) if lay.island_pool[i] in desk.pools]
+    kind = _classifier(ctx, job)
+    if not ctx.best_fit:
+        return _plan_in(ctx, job, in_pool, kind, need_own, None)
+    for level in LinkLevel:
+        if level < start:
+            continue
+        best: ReclaimPlan | None = None
+        for dom in _domains(lay, level, in_pool):
+            if sum(lay.capacity[i] for i in dom) < job.gpus:
+                continue
+            plan = _plan_in(ctx, job, dom, kind, need_own, level)
+            if plan is not None and (best is None or plan.score < best.score):
+                best = plan
+                if plan.score[:2] == (-1, 0):
+                    break   # nothing new preempted: cannot do better
+        if best is not None:
+            return best
+    return None
+
+
+def _domains(lay: Layout, level: LinkLevel, in_pool: list[int]) -> list[list[int]]:
+    if level == LinkLevel.NVLINK:
+        return [[i] for i in in_pool]
+    keyf = {LinkLevel.INTRA_NODE: lay.island_node, LinkLevel.INTRA_RACK: lay.island_rack}.get(level)
+    if keyf is None:
+        return [in_pool]
+    groups: dict[int, list[int]] = {}
+    for i in in_pool:
+        groups.setdefault(keyf[i], []).append(i)
+    return list(groups.values())
+
+
+def _classifier(ctx: ReclaimContext, job: PendingJob) -> Callable[[RunningJob], int | None]:
+    """0: GPUs already coming free; 1: a new victim; None: not a candidate."""
+    def kind(v: RunningJob) -> int | None:
+        if not v.preemptible or v.job_id in ctx.taken:
+            return None
+        if v.preempt_deadline is not None:
+            mine = v.preempted_for is None or v.preempted_for == job.job_id or v.preempted_for not in ctx.pending_ids
+            return 0 if mine else None
+        if v.desk == job.desk:
+            return 1 if ctx.priority_preemption and v.priority < job.priority else None
+        if ctx.reclaim:
+            other = ctx.desks.get(v.desk)
+            if other is not None and ctx.usage.get(v.desk, 0.0) > other.nominal + _EPS:
+                return 1
+        return None
+    return kind
+
+
+def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind, need_own: float,
+             level: LinkLevel | None) -> ReclaimPlan | None:
+    idx, g = ctx.index, job.gpus
+    in_dom = set(dom)
+    cands: dict[str, tuple[int, RunningJob]] = {}
+    bound = sum(idx.whole(i) for i in dom)
+    for i in dom:
+        for v in ctx.on_island[i]:
+            if v.job_id in cands:
+                continue
+            k = kind(v)
+            if k is not None:
+                cands[v.job_id] = (k, v)
+                bound += sum(gg for isl, gg in v.placement if ctx.layout.index.get(isl) in in_dom)
+    if bound < g:
+        return None
+    order = sorted(cands.values(), key=lambda kv: (kv[0], int(kv[1].priority), -kv[1].started_at, kv[1].job_id))
+    if need_own > _EPS:   # own lower-priority work elsewhere also counts toward the quota need
+        seen = set(cands)
+        extra = [(1, v) for isl in range(len(ctx.on_island)) if isl not in in_dom for v in ctx.on_island[isl]
+                 if v.job_id not in seen and kind(v) == 1 and v.desk == job.desk]
+        order += sorted({v.job_id: (k, v) for k, v in extra}.values(),
+                        key=lambda kv: (int(kv[1].priority), -kv[1].started_at, kv[1].job_id))
+    chosen: list[tuple[int, RunningJob]] = []
+    removed: dict[str, float] = {}
+    for k, v in order:
+        if _satisfied(ctx, dom, in_dom, chosen, g, need_own, job.desk):
+            break
+        if k == 1 and v.desk != job.desk:
+            nominal = ctx.desks[v.desk].nominal
+            if ctx.usage.get(v.desk, 0.0) - removed.get(v.desk, 0.0) <= nominal + _EPS:
+                continue   # its desk is no longer borrowing
+        chosen.append((k, v))
+        removed[v.desk] = removed.get(v.desk, 0.0) + v.gpus
+    if not _satisfied(ctx, dom, in_dom, chosen, g, need_own, job.desk):
+        return None
+    for pos in range(len(chosen) - 1, -1, -1):   # drop victims the plan turns out not to need
+        trial = chosen[:pos] + chosen[pos + 1:]
+        if _satisfied(ctx, dom, in_dom, trial, g, need_own, job.desk):
+            chosen = trial
+    avail, extra_whole = _avail(ctx, dom, in_dom, chosen)
+    placement = _fill(ctx, dom, avail, g, level)
+    reserve = []
+    for i, take in placement:
+        from_free = max(0, take - extra_whole.get(i, 0))
+        if from_free:
+            reserve.append((i, from_free))
+    return ReclaimPlan(level, placement, reserve, [v for k, v in chosen if k == 0], [v for k, v in chosen if k == 1])
+
+
+def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set, chosen) -> tuple[dict[int, int], dict[int, int]]:
+    extra: dict[int, float] = {}
+    for _, v in chosen:
+        for isl, gg in v.placement:
+            i = ctx.layout.index.get(isl)
+            if i in in_dom:
+                extra[i] = extra.get(i, 0.0) + gg
+    avail = {}
+    extra_whole = {}
+    for i in dom:
+        f = ctx.index.free[i]
+        avail[i] = int(f + extra.get(i, 0.0) + _EPS)
+        extra_whole[i] = avail[i] - int(f + _EPS)
+    return avail, extra_whole
+
+
+def _satisfied(ctx, dom, in_dom, chosen, g, need_own, desk) -> bool:
+    own = sum(v.gpus for _, v in chosen if v.desk == desk)
+    if own + _EPS < need_own:
+        return False
+    avail, _ = _avail(ctx, dom, in_dom, chosen)
+    return sum(avail.values()) >= g
+
+
+def _fill(ctx: ReclaimContext, dom: list[int], avail: dict[int, int], g: int,
+          level: LinkLevel | None) -> list[tuple[int, int]]:
+    lay = ctx.layout
+    if level is None:    # first fit: islands in configuration order
+        order = sorted(dom)
+    else:                # emptiest nodes first, their emptiest islands first
+        node_avail: dict[int, int] = {}
+        for i in dom:
+            node_avail[lay.island_node[i]] = node_avail.get(lay.island_node[i], 0) + avail[i]
+        order = sorted(dom, key=lambda i: (-node_avail[lay.island_node[i]], lay.island_node[i], -avail[i], i))
+    need, out = g, []
+    for i in order:
+        if avail[i] <= 0:
+            continue
+        take = min(avail[i], need)
+        out.append((i, take))
+        need -= take
+        if need == 0:
+            break
+    return out

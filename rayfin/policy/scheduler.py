@@ -1,0 +1,260 @@
+"""One scheduling cycle: (ClusterSnapshot, SchedulerConfig) -> CycleDecision.
+
+Pure: no Ray, no clock, no I/O. The live controller and the trace simulator call this same
+function; the four benchmark policies are presets of `SchedulerConfig` (policy.settings).
+
+The cycle, in numbered steps:
+ 1. index    free GPUs per island/node/rack (capacity - unavailable - running), usage per desk
+             and priority. Jobs already being preempted still hold their GPUs.
+ 2. refuse   jobs that can never run: larger than the desk may ever hold, or than its pools.
+ 3. entitled jobs that fit the desk's nominal counting only its work of equal or higher
+             priority, in priority then submission order: admit where they fit, else plan a
+             reclaim (policy.preemption): victims get PREEMPT with a deadline (now + grace),
+             the job WAITs naming its victims, and the GPUs it will use are held for it.
+ 4. borrow   the rest, which need GPUs above nominal. FAIR_SHARE hands idle GPUs to the desk
+             with the lowest usage / weight first, re-ranked after every admission, so a heavy
+             desk cannot starve a light one; FIFO takes them in priority, submission order.
+             Borrowers never preempt.
+ Every job is tried in turn; one that cannot start does not block the next (greedy backfill).
+"""
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+
+from placement.gang import FreeIndex
+from placement.topology import LinkLevel
+from rayfin.policy.model import (ClusterSnapshot, CycleDecision, Decision, DeskQuota, PendingJob, Priority,
+                                 RunningJob, Verdict)
+from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, plan_reclaim
+from rayfin.policy.quota import check_quota, never_fits
+from rayfin.policy.settings import (PlacementStrategy, Policy, QueueOrder, QuotaMode,  # noqa: F401 (re-export)
+                                    SchedulerConfig)
+
+_EPS = 1e-9
+_LEVEL_WORDS = {LinkLevel.NVLINK: "one NVLink island", LinkLevel.INTRA_NODE: "one node",
+                LinkLevel.INTRA_RACK: "one rack", LinkLevel.INTER_RACK: "several racks"}
+
+
+def schedule(snap: ClusterSnapshot, cfg: SchedulerConfig = SchedulerConfig()) -> CycleDecision:
+    return _Cycle(snap, cfg).run()
+
+
+class _Cycle:
+    def __init__(self, snap: ClusterSnapshot, cfg: SchedulerConfig):
+        self.snap, self.cfg = snap, cfg
+        self.topo = snap.topology
+        self.lay = snap.topology.layout
+        lay = self.lay
+        free = [float(c) for c in lay.capacity]
+        for isl, g in snap.unavailable.items():
+            k = lay.index.get(isl)
+            if k is not None:
+                free[k] -= float(g)
+        self.usage: dict[str, float] = {d: 0.0 for d in snap.desks}
+        self.by_prio: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(Priority))
+        for job in snap.running:
+            for isl, g in job.placement:
+                k = lay.index.get(isl)
+                if k is not None:
+                    free[k] -= g
+            self.usage[job.desk] = self.usage.get(job.desk, 0.0) + job.gpus
+            self.by_prio[job.desk][int(job.priority)] += job.gpus
+        self.index = FreeIndex(lay, free)
+        self.capacity = float(sum(lay.capacity)) - float(sum(snap.unavailable.values()))
+        self.taken: set[str] = set()
+        self._on_island: list[list[RunningJob]] | None = None
+        self._pool_cap: dict[frozenset, int] = {}
+        self._limits: dict[str, DeskQuota] = {}
+        self.admits: list[Decision] = []
+        self.preempts: list[Decision] = []
+        self.waits: list[Decision] = []
+        self.refusals: list[Decision] = []
+
+    # ---- the cycle --------------------------------------------------------------------------
+    def run(self) -> CycleDecision:
+        cfg = self.cfg
+        order = sorted(self.snap.pending, key=lambda j: -int(j.priority))   # stable: keeps submission order
+        deferred: list[PendingJob] = []
+        for job in order:
+            desk = self.snap.desks.get(job.desk)
+            if desk is None:
+                self.refusals.append(_d(job, Verdict.REFUSE, f"unknown desk {job.desk!r}; desks are "
+                                                             f"{sorted(self.snap.desks)}"))
+                continue
+            why = self._never(job, desk)
+            if why:
+                self.refusals.append(_d(job, Verdict.REFUSE, why + "; to fix: ask for fewer GPUs"))
+                continue
+            if cfg.quota is QuotaMode.NONE:
+                self._admit_or_wait(job, desk, "no quotas", 0.0)
+            elif self._entitled(job, desk):
+                self._entitled_job(job, desk)
+            else:
+                deferred.append(job)
+        if deferred:
+            if cfg.quota is QuotaMode.STATIC:
+                for job in deferred:
+                    d = self.snap.desks[job.desk]
+                    self.waits.append(_d(job, Verdict.WAIT, f"static partition: desk {job.desk} holds "
+                                                            f"{self.usage[job.desk]:g}/{d.nominal:g} GPUs, "
+                                                            f"+{job.gpus} would exceed it"))
+            elif cfg.order is QueueOrder.FAIR_SHARE:
+                self._borrow_fair(deferred)
+            else:
+                for job in deferred:
+                    self._borrow(job)
+        return CycleDecision(tuple(self.admits), tuple(self.preempts), tuple(self.waits), tuple(self.refusals))
+
+    # ---- step 2: never fits -----------------------------------------------------------------
+    def _never(self, job: PendingJob, desk: DeskQuota) -> str | None:
+        if job.gpus <= 0:
+            return f"a job must ask for at least 1 GPU; asked for {job.gpus}"
+        cap = self._pool_cap.get(desk.pools)
+        if cap is None:
+            cap = sum(c for c, p in zip(self.lay.capacity, self.lay.island_pool) if p in desk.pools)
+            self._pool_cap[desk.pools] = cap
+        limit = self._limits.get(desk.name)
+        if limit is None:
+            if self.cfg.quota is QuotaMode.NONE:
+                limit = DeskQuota(desk.name, desk.nominal, None, desk.lending_limit, desk.weight, desk.pools)
+            elif self.cfg.quota is QuotaMode.STATIC:
+                limit = DeskQuota(desk.name, desk.nominal, 0.0, desk.lending_limit, desk.weight, desk.pools)
+            else:
+                limit = desk
+            self._limits[desk.name] = limit
+        return never_fits(limit, job.gpus, cap)
+
+    # ---- step 3: entitled work --------------------------------------------------------------
+    def _entitled(self, job: PendingJob, desk: DeskQuota) -> bool:
+        """Fits nominal counting only the desk's work of equal or higher priority."""
+        mine = sum(self.by_prio[job.desk][int(job.priority):])
+        return mine + job.gpus <= desk.nominal + _EPS
+
+    def _entitled_job(self, job: PendingJob, desk: DeskQuota) -> None:
+        excess = self.usage[job.desk] + job.gpus - desk.nominal   # > 0: lower-priority own work in the way
+        if excess <= _EPS:
+            fits, why, borrowed = True, f"within nominal quota ({self.usage[job.desk] + job.gpus:g}/{desk.nominal:g})", 0.0
+        elif self.cfg.quota is QuotaMode.BORROWING:
+            q = check_quota(desk, job.gpus, self.snap.desks, self.usage, self.capacity)
+            fits, why, borrowed = q.fits, q.reason, q.borrowed
+        else:
+            fits, why, borrowed = False, f"desk {job.desk} is at its nominal {desk.nominal:g}", 0.0
+        if fits and self._admit(job, desk, why, borrowed):
+            return
+        if self.cfg.reclaim or self.cfg.priority_preemption:
+            plan = plan_reclaim(self._reclaim_ctx(), job, 0.0 if fits else excess, self._start_level(job))
+            if plan is not None:
+                self._apply_plan(job, plan)
+                return
+        self.waits.append(_d(job, Verdict.WAIT, f"{why}; entitled, but no {job.gpus} GPUs are free in pools "
+                                                f"{sorted(desk.pools)} and none can be reclaimed"))
+
+    def _reclaim_ctx(self) -> ReclaimContext:
+        if self._on_island is None:
+            self._on_island = [[] for _ in self.lay.capacity]
+            for v in self.snap.running:
+                for isl, _ in v.placement:
+                    k = self.lay.index.get(isl)
+                    if k is not None:
+                        self._on_island[k].append(v)
+            self._pending_ids = {j.job_id for j in self.snap.pending}
+        return ReclaimContext(self.lay, self.index, self._on_island, self.usage, self.snap.desks, self.taken,
+                              self._pending_ids, self.cfg.reclaim and self.cfg.quota is QuotaMode.BORROWING,
+                              self.cfg.priority_preemption, self.cfg.placement is PlacementStrategy.BEST_FIT)
+
+    def _apply_plan(self, job: PendingJob, plan: ReclaimPlan) -> None:
+        now, deadline = self.snap.now, self.snap.now + self.cfg.preemption_grace_s
+        self.index.take(plan.reserve)
+        for v in plan.draining + plan.victims:
+            self.taken.add(v.job_id)
+            self.usage[v.desk] -= v.gpus
+            self.by_prio[v.desk][int(v.priority)] -= v.gpus
+        self.usage[job.desk] += job.gpus
+        self.by_prio[job.desk][int(job.priority)] += job.gpus
+        for v in plan.victims:
+            if v.desk == job.desk:
+                why = (f"preempted by higher-priority job {job.job_id} ({job.priority.label} > {v.priority.label}) "
+                       f"of the same desk {job.desk}")
+            else:
+                why = (f"reclaimed: desk {v.desk} is borrowing above its nominal "
+                       f"{self.snap.desks[v.desk].nominal:g}, and desk {job.desk} needs its nominal share back "
+                       f"for job {job.job_id} ({job.gpus} GPUs)")
+            self.preempts.append(Decision(v.job_id, v.desk, Verdict.PREEMPT,
+                                          (why, f"grace {self.cfg.preemption_grace_s:g}s, until t={deadline:g}"),
+                                          deadline=deadline, beneficiary=job.job_id))
+        names = [v.job_id for v in plan.draining + plan.victims]
+        where = _LEVEL_WORDS.get(plan.level, "the pool") if plan.level is not None else "the pool"
+        coming = max((v.preempt_deadline or deadline for v in plan.draining), default=now)
+        until = max(coming, deadline if plan.victims else now)
+        self.waits.append(Decision(job.job_id, job.desk, Verdict.WAIT,
+                                   (f"entitled to {job.gpus} GPUs within nominal quota; waiting for "
+                                    f"{len(names)} preempted job(s) to free GPUs in {where} (by t={until:g})",),
+                                   placement=self.index.to_placement(plan.placement), victims=tuple(names)))
+
+    # ---- step 4: borrowing ------------------------------------------------------------------
+    def _borrow_fair(self, jobs: list[PendingJob]) -> None:
+        queues: dict[str, list[PendingJob]] = {}
+        for job in jobs:
+            queues.setdefault(job.desk, []).append(job)
+        heads = {d: 0 for d in queues}
+        heap = [(self._share(d), d) for d in queues]
+        heapq.heapify(heap)
+        while heap:
+            _, d = heapq.heappop(heap)
+            q = queues[d]
+            job = q[heads[d]]
+            heads[d] += 1
+            if self.index.total <= 0:   # nothing left to hand out: the rest wait
+                for rest in [job] + [j for dd in queues for j in queues[dd][heads[dd]:]]:
+                    self.waits.append(_d(rest, Verdict.WAIT, f"borrowing: no free GPUs for {rest.gpus} more"))
+                return
+            self._borrow(job)
+            if heads[d] < len(q):
+                heapq.heappush(heap, (self._share(d), d))
+
+    def _share(self, desk: str) -> float:
+        """Weighted fair share: GPUs held over weight (lower goes first)."""
+        return self.usage.get(desk, 0.0) / self.snap.desks[desk].weight
+
+    def _borrow(self, job: PendingJob) -> None:
+        desk = self.snap.desks[job.desk]
+        q = check_quota(desk, job.gpus, self.snap.desks, self.usage, self.capacity)
+        if not q.fits:
+            self.waits.append(_d(job, Verdict.WAIT, q.reason))
+            return
+        self._admit_or_wait(job, desk, q.reason, q.borrowed)
+
+    # ---- placement --------------------------------------------------------------------------
+    def _start_level(self, job: PendingJob) -> LinkLevel:
+        return self.topo.ideal_level(job.gpus)
+
+    def _admit_or_wait(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float) -> None:
+        if not self._admit(job, desk, why, borrowed):
+            self.waits.append(_d(job, Verdict.WAIT, f"{why}; no {job.gpus} free GPUs in pools {sorted(desk.pools)} "
+                                                    f"({self.index.pool_total(desk.pools)} free)"))
+
+    def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float) -> bool:
+        if self.index.total < job.gpus:
+            return False
+        if self.cfg.placement is PlacementStrategy.BEST_FIT:
+            got = self.index.best_fit(job.gpus, desk.pools, self._start_level(job))
+            if got is None:
+                return False
+            pix, level = got
+            how = f"best fit in {_LEVEL_WORDS[level]} (ring bound by {level.name.lower()} links)"
+        else:
+            pix = self.index.first_fit(job.gpus, desk.pools)
+            if pix is None:
+                return False
+            how = "first fit"
+        self.index.take(pix)
+        self.usage[job.desk] = self.usage.get(job.desk, 0.0) + job.gpus
+        self.by_prio[job.desk][int(job.priority)] += job.gpus
+        self.admits.append(Decision(job.job_id, job.desk, Verdict.ADMIT, (why, how),
+                                    self.index.to_placement(pix), borrowed))
+        return True
+
+
+def _d(job: PendingJob, verdict: Verdict, reason: str) -> Decision:
+    return Decision(job.job_id, job.desk, verdict, (reason,))

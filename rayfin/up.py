@@ -1,0 +1,137 @@
+"""Bring rayfin up: a Ray cluster (local simulated, or an existing one), the controller, the
+Serve applications; and take down exactly what it started."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayfin.config import RayfinConfig
+
+log = logging.getLogger("rayfin.up")
+STATE_FILE = Path(os.path.expanduser("~/.rayfin/up.json"))
+
+
+@dataclass
+class Running:
+    config: RayfinConfig
+    address: str
+    dashboard_url: str | None
+    metrics_url: str | None
+    serve_url: str | None
+    controller: Any
+    local: Any = None                    # LocalCluster when we started one
+    timings_s: dict[str, float] = field(default_factory=dict)
+    serve_started: bool = False
+
+    def endpoint_lines(self) -> list[str]:
+        lines = [f"dashboard: {self.dashboard_url or 'not started'}", f"address: {self.address}"]
+        if self.metrics_url:
+            lines.append(f"metrics: {self.metrics_url}")
+        if self.serve_url:
+            lines.append(f"serve: {self.serve_url}")
+        return lines
+
+    def write_state(self, path: Path = STATE_FILE) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"address": self.address, "dashboard": self.dashboard_url,
+                                    "metrics": self.metrics_url, "serve": self.serve_url, "pid": os.getpid()}))
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self.serve_started:
+            try:
+                from ray import serve
+
+                serve.shutdown()
+            except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+                log.warning("serve shutdown: %s", exc)
+        try:
+            ray.get(self.controller.shutdown.remote(), timeout=10)
+            ray.kill(self.controller, no_restart=True)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("controller shutdown: %s", exc)
+        if ray.is_initialized():
+            ray.shutdown()
+        if self.local is not None:
+            self.local.shutdown()
+        try:
+            if STATE_FILE.exists() and json.loads(STATE_FILE.read_text()).get("pid") == os.getpid():
+                STATE_FILE.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def with_ledger(config: RayfinConfig, ledger_path: str | None) -> RayfinConfig:
+    if not ledger_path:
+        return config
+    controller = config.controller.model_copy(update={"ledger_path": ledger_path})
+    return config.model_copy(update={"controller": controller})
+
+
+def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = True,
+             dashboard: bool = True, dashboard_port: int | None = None, metrics_port: int | None = None,
+             serve_port: int | None = None) -> Running:
+    import ray
+
+    from rayfin.cluster import LocalCluster
+    from rayfin.controller.actor import start_controller
+
+    t0 = time.monotonic()
+    local = None
+    timings: dict[str, float] = {}
+    if address is None:
+        local = LocalCluster(config, dashboard=dashboard, dashboard_port=dashboard_port,
+                             metrics_export_port=metrics_port)
+        address = local.start()
+        timings["cluster_s"] = local.started_s
+    os.environ["RAY_ADDRESS"] = address  # so Ray Jobs, `rayfin status` and child processes find it
+    ray.init(address=address, namespace=config.controller.namespace, log_to_driver=False,
+             logging_level="WARNING")
+    try:
+        t1 = time.monotonic()
+        controller = start_controller(config)
+        timings["controller_s"] = time.monotonic() - t1
+        dash = local.dashboard_url if local is not None else _dashboard_url()
+        port = metrics_port if metrics_port is not None else config.dashboard.metrics_export_port
+        metrics_url = f"http://{ray.util.get_node_ip_address()}:{port}/metrics" if local is not None else None
+        run = Running(config, address, dash, metrics_url, None, controller, local, timings)
+        if serve and config.serve.enabled and config.serve.models:
+            t2 = time.monotonic()
+            run.serve_url = _deploy_serve(config, controller, serve_port)
+            run.serve_started = run.serve_url is not None
+            timings["serve_s"] = time.monotonic() - t2
+        timings["total_s"] = time.monotonic() - t0
+        return run
+    except BaseException:
+        if ray.is_initialized():
+            ray.shutdown()
+        if local is not None:
+            local.shutdown()
+        raise
+
+
+def _deploy_serve(config: RayfinConfig, controller: Any, port: int | None) -> str | None:
+    try:
+        from serve_apps.deploy import deploy_from_config
+    except ImportError as exc:
+        log.warning("serve apps not available: %s", exc)
+        return None
+    info = deploy_from_config(config, controller=controller, http_port=port)
+    return (info or {}).get("url") or f"http://{config.serve.host}:{port or config.serve.port}"
+
+
+def _dashboard_url() -> str | None:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    url = getattr(ctx, "dashboard_url", None) or (ray._private.worker.global_worker.node.webui_url
+                                                  if hasattr(ray._private.worker.global_worker, "node") else None)
+    if url and not url.startswith("http"):
+        url = "http://" + url
+    return url
