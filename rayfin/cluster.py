@@ -54,6 +54,8 @@ class LocalCluster:
         t0 = time.monotonic()
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.
         os.environ.setdefault("RAY_num_prestart_python_workers", "0")
+        # A loaded 2-core laptop can take longer than the default 30 s to register a raylet.
+        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
         d = self.config.dashboard
         head = {
             "num_cpus": self.config.cluster.head_num_cpus,

@@ -327,7 +327,8 @@ def load_config(path: str | Path) -> RayfinConfig:
     return parse_config(data, source=str(p))
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+ROOT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = ROOT_CONFIGS / "local.yaml"
 
 
 def default_config_path() -> Path:

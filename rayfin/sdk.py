@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -54,6 +55,30 @@ class JobStatus:
     @property
     def done(self) -> bool:
         return self.state.terminal
+
+
+def _ships_by_value(module_name: str | None) -> bool:
+    """A function from a module that is not part of an installed distribution (a quant's script,
+    a notebook, a test file) cannot be imported on the workers: ship its code by value."""
+    import importlib.metadata
+
+    if not module_name or module_name == "__main__":
+        return False  # cloudpickle already pickles __main__ by value
+    top = module_name.split(".")[0]
+    return top not in importlib.metadata.packages_distributions() and top not in sys.stdlib_module_names
+
+
+def _pickle_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    from ray import cloudpickle
+
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    if module is not None and _ships_by_value(module.__name__):
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            return cloudpickle.dumps((fn, args, kwargs))
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+    return cloudpickle.dumps((fn, args, kwargs))
 
 
 class Job:
@@ -124,10 +149,8 @@ class Client:
         """Run `fn(*args, **kwargs)` on `gpus` GPUs of this desk's pool. Returns at once."""
         if not callable(fn):
             raise InvalidRequest(field="fn", value=repr(fn)[:80], allowed="a Python callable")
-        from ray import cloudpickle
-
         try:
-            payload = cloudpickle.dumps((fn, args, kwargs or {}))
+            payload = _pickle_job(fn, args, kwargs or {})
         except Exception as exc:  # noqa: BLE001 - anything pickling raises is the caller's mistake
             raise InvalidRequest(f"fn or its arguments cannot be pickled ({type(exc).__name__}: {exc}); "
                                  "to fix: pass plain data, define fn at module level, open files and "

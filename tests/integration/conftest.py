@@ -1,0 +1,53 @@
+"""One local multi-node Ray cluster per test run (configs/test.yaml: 2 nodes x 2 NVLink islands
+x 4 simulated GPUs, one raylet per island), with the rayfin controller deployed on it."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from rayfin.config import load_config
+from rayfin.up import Running, bring_up, with_ledger
+
+TOKENS = {d: f"{d}-demo-token" for d in ("equities", "fx", "rates", "risk", "admin")}
+
+
+@pytest.fixture(scope="session")
+def rayfin_env(tmp_path_factory) -> Running:
+    ledger = tmp_path_factory.mktemp("ledger") / "ledger.db"
+    cfg = with_ledger(load_config("configs/test.yaml"), str(ledger))
+    run = bring_up(cfg, serve=False, dashboard=True)
+    yield run
+    run.shutdown()
+
+
+@pytest.fixture(scope="session")
+def connect_desk(rayfin_env):
+    from rayfin.sdk import connect
+
+    def _connect(desk: str | None, token: str | None = None):
+        return connect(desk=desk, token=token or TOKENS[desk or "admin"], address=rayfin_env.address,
+                       controller_name=rayfin_env.config.controller.name,
+                       namespace=rayfin_env.config.controller.namespace)
+
+    return _connect
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")

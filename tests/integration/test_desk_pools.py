@@ -1,0 +1,113 @@
+"""Desk GPU pools end to end on a real local Ray cluster with simulated GPU nodes."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from rayfin.errors import JobFailed, JobNotFound, QuotaExceeded, Unauthorized
+from tests.integration.conftest import wait_for
+
+
+def where_am_i(hold_s: float = 0.0):
+    """Runs inside a job: report what Ray gave it."""
+    import ray
+
+    rc = ray.get_runtime_context()
+    start = time.time()
+    time.sleep(hold_s)
+    return {"node_id": rc.get_node_id(), "labels": rc.get_node_labels(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "start": start, "end": time.time()}
+
+
+def boom():
+    raise ZeroDivisionError("the model diverged")
+
+
+def test_job_runs_on_its_own_group_pool_and_gpus(connect_desk):
+    risk = connect_desk("risk")
+    job = risk.submit(where_am_i, gpus=2, name="whereami")
+    info = job.result(timeout=120)
+    st = job.status()
+    assert st.state.value == "SUCCEEDED"
+    islands = [i for i, _ in st.placement]
+    assert info["labels"]["rayfin.io/island"] in islands              # ran where rayfin reserved
+    assert info["labels"]["rayfin.io/pool"] == "risk"                 # risk's own pool (node n1)
+    assert len(info["gpu_ids"]) == 2
+    assert info["cuda_visible_devices"] == ",".join(info["gpu_ids"])  # what Ray assigned is what the job sees
+    assert st.cuda_visible_devices == info["cuda_visible_devices"]     # and what rayfin recorded
+
+
+def test_two_desks_never_share_a_gpu(connect_desk):
+    eq, fx = connect_desk("equities"), connect_desk("fx")
+    jobs = [eq.submit(where_am_i, 1.5, gpus=2) for _ in range(2)] + [fx.submit(where_am_i, 1.5, gpus=2) for _ in range(2)]
+    infos = [(j, j.result(timeout=180)) for j in jobs]
+    desk_of = {j.job_id: j.job_id.split("-")[0] for j, _ in infos}
+    for a, ia in infos:
+        for b, ib in infos:
+            if a.job_id >= b.job_id:
+                continue
+            overlap = ia["start"] < ib["end"] and ib["start"] < ia["end"]
+            if overlap and ia["node_id"] == ib["node_id"]:
+                assert not set(ia["gpu_ids"]) & set(ib["gpu_ids"]), (desk_of[a.job_id], desk_of[b.job_id])
+        assert ia["labels"]["rayfin.io/pool"] == "general"
+
+
+def test_over_quota_is_refused_with_fields(connect_desk):
+    fx = connect_desk("fx")
+    with pytest.raises(QuotaExceeded) as err:
+        fx.submit(where_am_i, gpus=5)            # fx: nominal 4, borrowing 0
+    assert err.value.desk == "fx" and err.value.requested == 5 and err.value.available == 4
+
+
+def test_cancel_frees_gpus_for_next_job(connect_desk):
+    risk = connect_desk("risk")
+    first = risk.submit(time.sleep, 300, gpus=8, name="hog")
+    wait_for(lambda: first.status().state.value == "RUNNING", what="hog running")
+    second = risk.submit(where_am_i, gpus=4, name="next")
+    time.sleep(1.0)
+    st = second.status()
+    assert st.state.value == "PENDING" and "risk" in st.reason
+    assert first.cancel().state.value == "CANCELLED"
+    assert second.result(timeout=120)["labels"]["rayfin.io/pool"] == "risk"
+    assert first.status().state.value == "CANCELLED"
+
+
+def test_failing_job_ends_failed_with_error(connect_desk):
+    fx = connect_desk("fx")
+    job = fx.submit(boom, gpus=1)
+    with pytest.raises(JobFailed) as err:
+        job.result(timeout=120)
+    assert err.value.state == "FAILED" and "ZeroDivisionError: the model diverged" in err.value.reason
+    assert job.status().state.value == "FAILED"
+
+
+def test_entrypoint_job_runs_var_mc(connect_desk):
+    risk = connect_desk("risk")
+    job = risk.submit_entrypoint("python -m jobs.var_mc --paths 20000 --options 50", gpus=1)
+    out = job.result(timeout=180)
+    assert out["returncode"] == 0
+    import json
+
+    res = json.loads(out["output"].strip().splitlines()[-1])
+    assert res["var"] > 0 and res["es"] >= res["var"] and res["cuda_visible_devices"] != ""
+
+
+def test_desk_isolation_over_the_sdk(connect_desk):
+    fx, eq = connect_desk("fx"), connect_desk("equities")
+    job = fx.submit(where_am_i, gpus=1)
+    with pytest.raises(JobNotFound):
+        eq.job(job.job_id)
+    with pytest.raises(Unauthorized):
+        connect_desk("fx", token="equities-demo-token")
+    assert job.job_id not in {j.job_id for j in eq.jobs()}
+    admin = connect_desk(None)
+    assert admin.job(job.job_id).status().desk == "fx"
+    job.result(timeout=120)
+
+
+def test_usage_reports_desk_table(connect_desk):
+    risk = connect_desk("risk")
+    u = risk.usage()
+    assert u["desk"] == "risk" and u["nominal"] == 8 and "borrowed" in u and "queued" in u

@@ -1,0 +1,88 @@
+"""Config validation: every bad field is reported with its path, value and what is allowed."""
+import pytest
+import yaml
+
+from rayfin.cli import main
+from rayfin.config import hash_token, load_config, parse_config, token_matches
+from rayfin.errors import ConfigError
+from tests.unit.builders import config, config_data
+
+
+def test_shipped_configs_are_valid():
+    for name in ("local.yaml", "test.yaml"):
+        cfg = load_config(f"configs/{name}")
+        assert cfg.cluster.total_gpus >= 16
+    local = load_config("configs/local.yaml")
+    assert len(local.cluster.nodes) >= 4 and all(len(n.islands) == 2 for n in local.cluster.nodes)
+    assert len(local.desks) >= 4
+
+
+@pytest.mark.parametrize("patch, path, says", [
+    ({"desks__0__nominal_gpus": -1}, "desks[0].nominal_gpus", "must be >= 0"),
+    ({"desks__1__name": "FX Desk"}, "desks[1].name", "lowercase name"),
+    ({"desks__0__weight": 0}, "desks[0].weight", "must be > 0"),
+    ({"desks__0__credential_sha256": "abc"}, "desks[0].credential_sha256", "64 lowercase hex"),
+    ({"cluster__racks__0__nodes__0__islands": [4, 0]}, "cluster.racks[0].nodes[0].islands[1]", "must be > 0"),
+    ({"cluster__racks__0__nodes__0__gpu": 4}, "cluster.racks[0].nodes[0].gpu", "unknown field"),
+    ({"defaults__priority": "urgent"}, "defaults.priority", "'critical', 'normal' or 'batch'"),
+    ({"controller__cycle_interval_s": 0}, "controller.cycle_interval_s", "must be > 0"),
+    ({"desks__0__pools": ["gpu-farm"]}, "(root)", "pool 'gpu-farm' has no nodes"),
+    ({"desks__2__nominal_gpus": 9}, "(root)", "confined to pool 'risk' are guaranteed 9 GPUs but the pool has 8"),
+    ({"desks__2__nominal_gpus": 9, "desks__2__pools": ["risk", "general"]}, "(root)", "exceeds the cluster's 16 GPUs"),
+    ({"cluster__bandwidth_gbps": {"nvlink": 10, "intra_node": 50}}, "cluster.bandwidth_gbps", "must not increase"),
+])
+def test_bad_field_names_path_value_and_allowed(patch, path, says):
+    with pytest.raises(ConfigError) as err:
+        config(**patch)
+    msg = str(err.value)
+    assert path in msg, msg
+    assert says in msg, msg
+    assert "Traceback" not in msg
+    assert err.value.problems and err.value.problems[0][0] == path
+
+
+def test_all_problems_are_reported_at_once():
+    data = config_data(desks__0__nominal_gpus=-1, desks__1__weight=-2)
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "x.yaml")
+    assert "2 problems" in str(err.value)
+    assert {p[0] for p in err.value.problems} == {"desks[0].nominal_gpus", "desks[1].weight"}
+
+
+def test_value_shown_in_message():
+    with pytest.raises(ConfigError, match=r"desks\[0\]\.nominal_gpus: got -7"):
+        config(desks__0__nominal_gpus=-7)
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("cluster:\n  racks: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(p)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "list.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(p)
+
+
+def test_validate_command(tmp_path, capsys):
+    assert main(["validate", "configs/local.yaml"]) == 0
+    assert "ok (32 GPUs" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    data = config_data(desks__0__nominal_gpus="lots")
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "desks[0].nominal_gpus: got 'lots'" in err and "Traceback" not in err
+
+
+def test_tokens_hash_and_compare():
+    h = hash_token("fx-demo-token")
+    assert token_matches("fx-demo-token", h)
+    assert not token_matches("fx-demo-tokeN", h)
+    assert not token_matches(None, h) and not token_matches("", h)

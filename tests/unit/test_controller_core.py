@@ -1,0 +1,230 @@
+"""The controller's state machine on the in-package FakeBackend: no Ray, injected clock."""
+import pytest
+
+from rayfin.controller.backend import FakeBackend
+from rayfin.controller.core import ControllerCore
+from rayfin.controller.ledger import SqliteLedger
+from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
+from tests.unit.builders import Clock, config
+
+TOK = {d: f"{d}-demo-token" for d in ("equities", "fx", "risk", "admin")}
+
+
+def spec(gpus=1, **kw):
+    return {"kind": "callable", "payload": b"x", "gpus": gpus, **kw}
+
+
+@pytest.fixture
+def env(tmp_path):
+    clock = Clock()
+    ids = iter(range(1000))
+    backend = FakeBackend()
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    core = ControllerCore(config(), ledger, backend, clock=clock, new_id=lambda d: f"{d}-{next(ids):08x}")
+    return core, backend, clock, ledger
+
+
+def run(core, n=1):
+    for _ in range(n):
+        core.cycle()
+
+
+def test_submit_admit_start_finish(env):
+    core, backend, clock, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(2))
+    assert job["state"] == "PENDING"
+    run(core)                                   # decide: admitted, group reserved
+    assert core.status(TOK["fx"], job["job_id"])["state"] == "ADMITTED"
+    assert sum(g for _, g in backend.groups[job["job_id"]]) == 2
+    run(core)                                   # observe: group ready -> runner started -> RUNNING
+    run(core)
+    st = core.status(TOK["fx"], job["job_id"])
+    assert st["state"] == "RUNNING" and backend.starts[job["job_id"]] == 1
+    backend.finish(job["job_id"], result=b"42")
+    run(core)
+    st = core.status(TOK["fx"], job["job_id"])
+    assert st["state"] == "SUCCEEDED"
+    assert core.result(TOK["fx"], job["job_id"])["result"] == b"42"
+    assert job["job_id"] in backend.released
+
+
+def test_failing_job_ends_failed_with_its_error(env):
+    core, backend, _, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(1))
+    run(core, 3)
+    backend.finish(job["job_id"], ok=False, error="ZeroDivisionError: division by zero\n...")
+    run(core)
+    st = core.status(TOK["fx"], job["job_id"])
+    assert st["state"] == "FAILED" and "ZeroDivisionError" in st["reason"]
+
+
+def test_over_ceiling_is_refused_at_once_with_fields(env):
+    core, *_ = env
+    with pytest.raises(QuotaExceeded) as err:
+        core.submit(TOK["fx"], "fx", spec(5))   # fx: nominal 4 + borrowing 0
+    assert (err.value.desk, err.value.requested, err.value.available) == ("fx", 5, 4)
+    assert core.jobs(TOK["fx"], "fx") == []     # nothing queued
+
+
+def test_within_ceiling_but_busy_waits_with_reason(env):
+    core, *_ = env
+    a = core.submit(TOK["fx"], "fx", spec(4))
+    b = core.submit(TOK["fx"], "fx", spec(1))
+    run(core)
+    assert core.status(TOK["fx"], a["job_id"])["state"] == "ADMITTED"
+    st = core.status(TOK["fx"], b["job_id"])
+    assert st["state"] == "PENDING" and "fx" in st["reason"] and "4" in st["reason"]
+    assert core.explain(TOK["fx"], b["job_id"])["decision"]["verdict"] == "wait"
+
+
+def test_cancel_frees_gpus_for_next_job(env):
+    core, backend, _, _ = env
+    a = core.submit(TOK["risk"], "risk", spec(8))
+    b = core.submit(TOK["risk"], "risk", spec(4))
+    run(core, 3)
+    assert core.status(TOK["risk"], b["job_id"])["state"] == "PENDING"
+    assert core.cancel(TOK["risk"], a["job_id"])["state"] == "CANCELLED"
+    assert a["job_id"] in backend.released
+    run(core)
+    assert core.status(TOK["risk"], b["job_id"])["state"] == "ADMITTED"
+
+
+def test_pools_confine_placement(env):
+    core, backend, _, _ = env
+    r = core.submit(TOK["risk"], "risk", spec(4))
+    e = core.submit(TOK["equities"], "equities", spec(4))
+    run(core)
+    assert all(i.startswith("n1-") for i, _ in backend.groups[r["job_id"]])   # risk pool is node n1
+    assert all(i.startswith("n0-") for i, _ in backend.groups[e["job_id"]])
+
+
+@pytest.mark.parametrize("token, desk, error", [
+    ("nope", "fx", Unauthorized),
+    (TOK["equities"], "fx", Unauthorized),       # a desk cannot submit as another desk
+    (TOK["fx"], "commodities", UnknownDesk),
+    (None, "fx", Unauthorized),
+])
+def test_submit_auth(env, token, desk, error):
+    core, *_ = env
+    with pytest.raises(error):
+        core.submit(token, desk, spec(1))
+
+
+def test_desk_cannot_see_or_cancel_other_desks_job_but_admin_can(env):
+    core, *_ = env
+    job = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
+    with pytest.raises(JobNotFound):
+        core.status(TOK["equities"], job)
+    with pytest.raises(JobNotFound):
+        core.cancel(TOK["equities"], job)
+    assert core.jobs(TOK["equities"]) == []
+    assert core.status(TOK["admin"], job)["desk"] == "fx"
+    assert [j["job_id"] for j in core.jobs(TOK["admin"])] == [job]
+    assert core.cancel(TOK["admin"], job)["state"] == "CANCELLED"
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"gpus": 0}, "gpus"), ({"gpus": -3}, "gpus"), ({"gpus": 10**9}, "gpus"), ({"gpus": 1.5}, "gpus"),
+    ({"gpus": "2"}, "gpus"), ({"priority": "urgent"}, "priority"), ({"comm": "nvlink"}, "comm"),
+    ({"retries": -1}, "retries"), ({"name": "../../etc"}, "name"), ({"kind": "shell"}, "kind"),
+    ({"payload": b""}, "fn"), ({"colour": "red"}, "colour"),
+])
+def test_bad_spec_names_field(env, bad, field):
+    core, *_ = env
+    with pytest.raises(InvalidRequest) as err:
+        core.submit(TOK["fx"], "fx", {**spec(1), **bad})
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("command", ["", "   ", "python -c 'unterminated", "a\x00b"])
+def test_bad_entrypoint(env, command):
+    core, *_ = env
+    with pytest.raises(InvalidRequest) as err:
+        core.submit(TOK["fx"], "fx", {"kind": "entrypoint", "payload": command, "gpus": 1})
+    assert err.value.field == "entrypoint"
+
+
+def test_resubmission_with_same_id_is_idempotent(env):
+    core, *_ = env
+    a = core.submit(TOK["fx"], "fx", spec(1, job_id="fx-0123456789ab"))
+    b = core.submit(TOK["fx"], "fx", spec(1, job_id="fx-0123456789ab"))
+    assert a["job_id"] == b["job_id"] == "fx-0123456789ab"
+    assert len(core.jobs(TOK["fx"])) == 1
+
+
+def test_lost_runner_is_retried_within_budget_then_fails(env):
+    core, backend, _, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(1, retries=1))["job_id"]
+    run(core, 3)
+    backend.lose(job, "node n0 lost")
+    run(core)
+    st = core.status(TOK["fx"], job)
+    assert st["attempts"] == 1 and st["state"] == "ADMITTED"     # requeued, then admitted again at once
+    assert any(e["kind"] == "requeued" and "node n0 lost" in e["reason"] for e in core.audit(TOK["fx"]))
+    run(core, 3)
+    backend.lose(job, "node n0 lost again")
+    run(core)
+    st = core.status(TOK["fx"], job)
+    assert st["state"] == "FAILED" and "no retries left" in st["reason"]
+
+
+def test_node_loss_fails_jobs_on_that_island(env):
+    core, backend, _, _ = env
+    job = core.submit(TOK["risk"], "risk", spec(4))["job_id"]
+    run(core, 3)
+    island = backend.groups[job][0][0]
+    backend.unavailable = {island: 4.0}
+    run(core)
+    st = core.status(TOK["risk"], job)
+    assert st["state"] == "FAILED" and island in st["reason"]
+    # The lost island's GPUs are not offered again while it is down.
+    other = core.submit(TOK["risk"], "risk", spec(8))["job_id"]
+    run(core)
+    assert core.status(TOK["risk"], other)["state"] == "PENDING"
+
+
+def test_restart_rebuilds_from_ledger_and_adopts(tmp_path):
+    clock = Clock()
+    backend = FakeBackend()
+    ledger = SqliteLedger(tmp_path / "l.db")
+    core = ControllerCore(config(), ledger, backend, clock=clock)
+    running = core.submit(TOK["fx"], "fx", spec(2))["job_id"]
+    run(core, 3)
+    queued = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    backend.groups["orphan-1"] = (("n0-i0", 1.0),)            # a group nobody owns any more
+    ledger.close()
+    # A new controller process: fresh memory, same ledger file, same cluster.
+    core2 = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    summary = core2.recover()
+    assert running in summary["adopted"] and "orphan-1" in summary["released"]
+    assert core2.status(TOK["fx"], running)["state"] == "RUNNING"
+    assert core2.status(TOK["fx"], queued)["state"] == "PENDING"
+    backend.finish(running)
+    run(core2, 4)
+    assert core2.status(TOK["fx"], running)["state"] == "SUCCEEDED"
+    assert backend.starts[running] == 1                        # never run twice
+    assert core2.status(TOK["fx"], queued)["state"] in ("ADMITTED", "RUNNING")
+
+
+def test_serving_reservation_charges_desk_quota(env):
+    core, *_ = env
+    res = core.reserve_serving(TOK["admin"], "pricer", "fx", 2, 0.5)
+    assert res["num_gpus"] == 0.5 and list(res["resources"].values()) == [0.5]
+    assert core.usage(TOK["fx"])["fx"]["serving"] == 1.0
+    # fx nominal 4, no borrowing: 1 GPU of serving leaves 3 for batch.
+    with pytest.raises(QuotaExceeded):
+        core.reserve_serving(TOK["admin"], "big", "fx", 4, 1.0)
+    job = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    run(core)
+    assert core.status(TOK["fx"], job)["state"] == "PENDING"
+
+
+def test_audit_log_records_decisions_by_desk(env):
+    core, backend, clock, ledger = env
+    core.submit(TOK["fx"], "fx", spec(1))
+    with pytest.raises(QuotaExceeded):
+        core.submit(TOK["fx"], "fx", spec(9))
+    run(core)
+    kinds = [e["kind"] for e in core.audit(TOK["fx"])]
+    assert kinds[:3] == ["submitted", "refused", "admitted"]
+    assert core.audit(TOK["equities"]) == []
