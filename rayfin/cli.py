@@ -118,7 +118,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     table = client.usage()
     table = {client.desk: table} if client.desk else table
-    print("\n".join(usage_lines(table, _use_colour(args))))
+    use = _use_colour(args)
+    print("\n".join(usage_lines(table, use)))
+    pools = client.pools()
+    print("\n" + colour(f"{'pool':<10} {'capacity':>8} {'lost':>5} {'in use':>7} {'free':>6}", "bold", use))
+    for name, p in pools.items():
+        lost = f"{p['lost']:>5g}"
+        print(f"{name:<10} {p['capacity']:>8g} {colour(lost, 'red', use) if p['lost'] else lost} "
+              f"{p['in_use']:>7g} {p['free']:>6g}")
     return 0
 
 

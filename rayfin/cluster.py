@@ -34,6 +34,14 @@ def island_node_args(island: Island) -> dict[str, Any]:
     }
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @dataclass
 class LocalCluster:
     config: RayfinConfig
@@ -54,8 +62,6 @@ class LocalCluster:
         t0 = time.monotonic()
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.
         os.environ.setdefault("RAY_num_prestart_python_workers", "0")
-        # A loaded 2-core laptop can take longer than the default 30 s to register a raylet.
-        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
         d = self.config.dashboard
         head = {
             "num_cpus": self.config.cluster.head_num_cpus,
@@ -67,7 +73,11 @@ class LocalCluster:
             else d.metrics_export_port,
             "labels": {LABEL + "role": "head"},
             "object_store_memory": 200 * 1024 * 1024,
-            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5},
+            # Its own agent port: the default (52365) clashes with any other Ray head on the machine.
+            "dashboard_agent_listen_port": free_port(),
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5,
+                               # a busy laptop can take longer than 30 s to start a node's agent
+                               "agent_register_timeout_ms": 120_000},
         }
         self.cluster = Cluster(initialize_head=True, head_node_args=head, shutdown_at_exit=True)
         for island in self.topology.islands:

@@ -194,6 +194,10 @@ class Client:
         table = self._call("usage", self.desk)
         return table[self.desk] if self.desk else table
 
+    def pools(self) -> dict[str, dict[str, float]]:
+        """GPUs per node pool: capacity, lost (nodes down), in use, free."""
+        return self._call("pools")
+
     def audit(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
         return self._call("audit", self.desk, since, until)
 

@@ -34,7 +34,10 @@ class RayfinController:
         self.config: RayfinConfig = parse_config(config_data, "controller config")
         self.started_at = time.time()
         self.ledger = SqliteLedger(self.config.controller.ledger_path)
-        self.core = ControllerCore(self.config, self.ledger, RayBackend(), recorder=self._recorder())
+        from placement.topology import Topology
+
+        backend = RayBackend(Topology.from_config(self.config.cluster))
+        self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder())
         self.recovery = self.core.recover()
         self.cycles = 0
         self.last_report: dict[str, float] = {}
@@ -87,6 +90,9 @@ class RayfinController:
 
     def explain(self, token, job_id):
         return _wrap(self.core.explain, token, job_id)
+
+    def pools(self, token):
+        return _wrap(self.core.pools, token)
 
     def audit(self, token, desk=None, since=None, until=None, limit=1000):
         return _wrap(self.core.audit, token, desk, since, until, limit)

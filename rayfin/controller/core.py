@@ -81,6 +81,10 @@ class ControllerCore:
         self.policy = scheduler_config(config)
         self.active: dict[str, JobRecord] = {}
         self.unavailable: dict[str, float] = {}
+        # Islands where a runner was just lost: cordoned until Ray's failure detector has had
+        # time to declare the node dead, so a requeued job is not placed straight back there.
+        self.cordoned: dict[str, float] = {}
+        self.cordon_s = 20.0
         self.last_decision: dict[str, Decision] = {}
         self.lock = threading.RLock()
 
@@ -197,6 +201,22 @@ class ControllerCore:
                                                        "victims": list(last.victims)},
                 "events": [{"ts": e.ts, "kind": e.kind, "state": e.state, "reason": e.reason} for e in events]}
 
+    def pools(self, token: str | None) -> dict[str, dict[str, float]]:
+        """Capacity per node pool: configured, lost (nodes down), in use, free. A pool that lost
+        nodes shows it here, and the scheduler plans on what is left."""
+        self.authenticate(token, None, "read pools")
+        with self.lock:
+            free = self.snapshot().free()
+            out: dict[str, dict[str, float]] = {}
+            for isl in self.topology.islands:
+                row = out.setdefault(isl.pool, {"capacity": 0.0, "lost": 0.0, "free": 0.0, "in_use": 0.0})
+                lost = min(float(isl.gpus), self.unavailable.get(isl.id, 0.0))
+                row["capacity"] += isl.gpus
+                row["lost"] += lost
+                row["free"] += max(0.0, free[isl.id])
+                row["in_use"] += isl.gpus - lost - max(0.0, free[isl.id])
+            return out
+
     def audit(self, token: str | None, desk: str | None = None, since: float | None = None,
               until: float | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         principal = self.authenticate(token, desk, "read audit log")
@@ -270,7 +290,10 @@ class ControllerCore:
         """observe: fold what the backend saw into job states."""
         now = self.clock()
         finished = 0
+        self.cordoned = {i: until for i, until in self.cordoned.items() if until > now}
         self.unavailable = dict(obs.unavailable)
+        for island in self.cordoned:
+            self.unavailable.setdefault(island, float(self.topology.island(island).gpus))
         for job_id in obs.ready:
             job = self.active.get(job_id)
             if job is not None and job.state == JobState.ADMITTED.value:
@@ -294,6 +317,8 @@ class ControllerCore:
                              "finished" if ok else "job raised: " + st.error.splitlines()[0][:300] if st.error else "failed")
                 finished += 1
             elif st.state == "LOST":
+                for island, _ in job.placement:
+                    self.cordoned[island] = now + self.cordon_s
                 self._lost(job, st.error or "runner lost")
                 finished += 1
         for job in list(self.active.values()):
@@ -385,6 +410,11 @@ class ControllerCore:
 
     def _lost(self, job: JobRecord, why: str) -> None:
         self.backend.release(job.job_id, job.desk)
+        if job.state == JobState.ADMITTED.value:
+            # Its GPUs went away before it started: nothing ran, so no retry is spent.
+            self._save(job.copy(state=JobState.PENDING.value, placement=(), reason=f"requeued before start: {why}"),
+                       "requeued", why)
+            return
         if job.attempts < job.max_retries:
             self._requeue(job, why)
         else:

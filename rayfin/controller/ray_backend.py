@@ -3,8 +3,9 @@
 Names, so a restarted controller finds what it owns:
     placement group  rayfin-job-<job_id>             (controller's namespace, detached)
     runner actor     job-<job_id>                    (namespace rayfin-desk-<desk>, detached)
-Each bundle asks for `{"GPU": g, "rayfin_island_<id>": g}`: the island resource exists only on
-that island's Ray node, so Ray itself keeps the bundle (and the GPU ids it hands out) there.
+Each bundle asks for `{"GPU": g, "rayfin_island_<id>": g, "rayfin_pool_<pool>": g}`: the island
+resource exists only on that island's Ray node, so Ray itself keeps the bundle (and the GPU ids
+it hands out) there, and the pool resource means Ray would refuse to place it outside the pool.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from placement.topology import island_resource
+from placement.topology import Topology, island_resource, pool_resource
 from rayfin.controller.backend import LaunchSpec, Observation, Owned, RunnerStatus
 from rayfin.runner import JobRunner
 
@@ -46,13 +47,15 @@ class _Live:
 
 
 class RayBackend:
-    def __init__(self, island_labels: dict[str, str] | None = None) -> None:
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
         self._live: dict[str, _Live] = {}
         self._runner_cls = ray.remote(JobRunner)
 
     # -- reserve / start --
     def reserve(self, job_id: str, desk: str, placement) -> None:
-        bundles = [{"GPU": float(g), island_resource(i): float(g)} for i, g in placement]
+        bundles = [{"GPU": float(g), island_resource(i): float(g),
+                    pool_resource(self.topology.island(i).pool): float(g)} for i, g in placement]
         pg = placement_group(bundles, strategy="PACK", name=GROUP_PREFIX + job_id, lifetime="detached")
         self._live[job_id] = _Live(desk=desk, pg=pg, ready_ref=pg.ready())
 
@@ -115,16 +118,10 @@ class RayBackend:
         statuses = {j: self._live[j].last for j in job_ids if j in self._live and self._live[j].last is not None}
         return Observation(frozenset(ready), statuses, self._unavailable())
 
-    @staticmethod
-    def _unavailable() -> dict[str, float]:
-        out: dict[str, float] = {}
-        for node in ray.nodes():
-            island = (node.get("Labels") or {}).get("rayfin.io/island")
-            if island and not node.get("Alive", False):
-                res = node.get("Resources") or {}
-                out[island] = out.get(island, 0.0) + float(res.get("GPU", 0.0))
+    def _unavailable(self) -> dict[str, float]:
+        """Configured islands with no live Ray node (crashed, removed, or not up yet)."""
         alive = {(n.get("Labels") or {}).get("rayfin.io/island") for n in ray.nodes() if n.get("Alive")}
-        return {i: g for i, g in out.items() if i not in alive}
+        return {i.id: float(i.gpus) for i in self.topology.islands if i.id not in alive}
 
     # -- stop / release --
     def request_stop(self, job_id: str) -> None:

@@ -1,0 +1,195 @@
+"""Live demo: capacity ahead of a forecast burst on a real local autoscaling cluster.
+
+    python -m benchmarks.autoscaling_live --out live.json
+
+Starts `RAY_FAKE_CLUSTER=1 ray start --head` (Ray's fake multi-node provider) with GPU worker
+node types per pool, in a new session we own; seeds the planner with a short synthetic history
+(a 120 s "day" with an 8-GPU burst in pool fx), then runs the controller loop once a second:
+`step(...)` -> `RayAutoscalerAdapter.apply(...)` -> `request_resources`. It records when the
+request went out, when a node of pool fx joined, when the burst started, and when the request
+was released. Every process of the session is killed at the end (never `ray stop`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# A driver talking to a `ray start` cluster needs token auth; Ray reads this when imported.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+PORT = 16420
+SEASON_S = 120.0
+BURST_S = 25.0
+
+
+def fake_cluster_config(gcs: str) -> dict:
+    def worker(pool: str) -> dict:
+        return {"resources": {"CPU": 1, "GPU": 4, f"rayfin_pool_{pool}": 4}, "node_config": {},
+                "min_workers": 0, "max_workers": 2}
+
+    return {
+        "cluster_name": "rayfin-fake", "max_workers": 4, "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.25,
+        "provider": {"type": "fake_multinode", "gcs_address": gcs, "disable_launch_config_check": True},
+        "auth": {"ssh_user": "nobody"}, "docker": {},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "gpu_fx": worker("fx"), "gpu_risk": worker("risk")},
+        "head_node_type": "ray.head.default",
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
+        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+def start_head(workdir: Path, ip: str) -> subprocess.Popen:
+    cfg = workdir / "autoscaling.json"
+    cfg.write_text(json.dumps(fake_cluster_config(f"{ip}:{PORT}")))
+    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "token"}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={PORT}", "--num-cpus=1",
+           "--num-gpus=0", "--include-dashboard=false", f"--autoscaling-config={cfg}",
+           f"--ray-client-server-port={PORT + 1}", f"--node-manager-port={PORT + 2}",
+           f"--object-manager-port={PORT + 3}", f"--metrics-export-port={PORT + 4}",
+           f"--dashboard-agent-listen-port={PORT + 5}", f"--dashboard-agent-grpc-port={PORT + 6}",
+           f"--runtime-env-agent-port={PORT + 7}", "--min-worker-port=16600", "--max-worker-port=16699",
+           "--block"]
+    log = open(workdir / "head.log", "w")
+    # A new session: every Ray process it starts (incl. fake worker nodes) carries its id.
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def session_pids(sid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.getsid(int(d)) == sid:
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def kill_session(sid: int, grace_s: float = 5.0) -> int:
+    pids = session_pids(sid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + grace_s
+        while time.time() < deadline and session_pids(sid):
+            time.sleep(0.2)
+        pids = session_pids(sid)
+        if not pids:
+            break
+    return len(pids)
+
+
+def seeded_state(now: float, burst_in_s: float):
+    from rayfin.autoscale import AutoscaleState
+    from rayfin.forecast import ForecastParams, init, update
+
+    p = ForecastParams(bin_s=5.0, season_s=SEASON_S, week_seasons=0, kernel_bins=0)
+    start = (now + burst_in_s) % SEASON_S
+    fs = init(p)
+    t = now - 5 * SEASON_S
+    while t < now - 1:
+        fs = update(fs, t, 8.0 if (t - start) % SEASON_S < BURST_S else 0.0)
+        t += 1.0
+    return AutoscaleState(forecasts={"pool/fx": fs})
+
+
+def pool_nodes(ray, pool: str) -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(f"rayfin_pool_{pool}", 0) > 0)
+
+
+def run(out: Path, burst_in_s: float = 40.0, lead_s: float = 15.0, budget_s: float = 150.0) -> dict:
+    import ray
+
+    from rayfin.autoscale import Observations, parse_autoscaling, step
+    from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
+
+    ip = ray.util.get_node_ip_address()
+    workdir = Path(tempfile.mkdtemp(prefix="rayfin-live-"))
+    t0 = time.time()
+    head = start_head(workdir, ip)
+    rec: dict = {"workdir": str(workdir)}
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                ray.init(address=f"{ip}:{PORT}", namespace="rayfin-live", log_to_driver=False)
+                break
+            except Exception:  # noqa: BLE001 - head still starting
+                if time.time() > deadline or head.poll() is not None:
+                    raise
+                time.sleep(1.0)
+        rec["head_up_s"] = round(time.time() - t0, 2)
+        settings = parse_autoscaling({
+            "release_after_s": 5, "quantile": 0.9,
+            "forecast": {"bin_s": 5, "season_s": SEASON_S, "week_seasons": 0, "kernel_bins": 0},
+            "pools": {"fx": {"lead_time_s": lead_s, "max_gpus": 8}}})
+        now = time.time()
+        state = seeded_state(now, burst_in_s)
+        burst_at, burst_end = now + burst_in_s, now + burst_in_s + BURST_S
+        adapter = RayAutoscalerAdapter()
+        log = []
+        while time.time() < now + budget_s:
+            t = time.time()
+            demand = 8.0 if burst_at <= t < burst_end else 0.0
+            req, state = step(state, Observations({"fx": demand}), t, settings)
+            sent = adapter.apply(req).sent
+            nodes = pool_nodes(ray, "fx")
+            gpus = req.pools["fx"].gpus
+            log.append({"t": round(t - burst_at, 1), "demand": demand, "requested_gpus": gpus,
+                        "forecast": round(req.pools["fx"].forecast_gpus, 2), "fx_nodes": nodes, "sent": sent})
+            if sent and gpus > 0 and "requested_at" not in rec:
+                rec["requested_at"] = round(t - burst_at, 1)
+            if nodes and "node_up_at" not in rec:
+                rec["node_up_at"] = round(t - burst_at, 1)
+            if sent and gpus == 0 and "requested_at" in rec and "released_at" not in rec:
+                rec["released_at"] = round(t - burst_at, 1)
+            if "released_at" in rec and t > burst_end + 5:
+                break
+            time.sleep(max(0.0, 1.0 - (time.time() - t)))
+        adapter.release()
+        rec.update({"times_relative_to_burst_s": True, "lead_time_s": lead_s, "burst_s": BURST_S,
+                    "node_ready_before_burst": rec.get("node_up_at", 1e9) < 0, "log": log})
+    finally:
+        try:
+            ray.shutdown()
+        finally:
+            kill_session(head.pid)
+            try:
+                head.wait(5)  # reap `ray start` itself so it does not linger as a zombie
+            except subprocess.TimeoutExpired:
+                pass
+            rec["left_over_processes"] = len(session_pids(head.pid))
+            rec["total_s"] = round(time.time() - t0, 2)
+    out.write_text(json.dumps(rec, indent=2))
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="autoscaling_live.json")
+    ap.add_argument("--burst-in-s", type=float, default=40.0)
+    ap.add_argument("--lead-s", type=float, default=15.0)
+    args = ap.parse_args(argv)
+    rec = run(Path(args.out), args.burst_in_s, args.lead_s)
+    print(json.dumps({k: v for k, v in rec.items() if k != "log"}, indent=2))
+    return 0 if rec.get("node_ready_before_burst") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

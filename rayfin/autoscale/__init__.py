@@ -1,0 +1,33 @@
+"""Predictive autoscaling: capacity ahead of forecast demand, per desk pool.
+
+Controller-facing API (pure; the controller persists `state.to_dict()`):
+
+    settings = parse_autoscaling(config.autoscaling)
+    state = AutoscaleState.from_dict(persisted)             # or AutoscaleState()
+    request, state = step(state, Observations(pool_demand_gpus={"risk": 6.0},
+                                              desk_request_rate={"fx": 40.0}), now, settings)
+    adapter.apply(request)                                  # RayAutoscalerAdapter: request_resources
+    metrics.record_capacity(request)                        # forecast vs actual gauges
+"""
+from rayfin.autoscale.config import (
+    AutoscalingSettings,
+    DeskAutoscaling,
+    ForecastSettings,
+    PoolAutoscaling,
+    parse_autoscaling,
+)
+from rayfin.autoscale.planner import (
+    AutoscaleState,
+    CapacityRequest,
+    DeskForecast,
+    Observations,
+    PoolPlan,
+    step,
+)
+from rayfin.autoscale.replicas import ReplicaDecision, ReplicaParams, decide_replicas
+
+__all__ = [
+    "AutoscaleState", "AutoscalingSettings", "CapacityRequest", "DeskAutoscaling", "DeskForecast",
+    "ForecastSettings", "Observations", "PoolAutoscaling", "PoolPlan", "ReplicaDecision",
+    "ReplicaParams", "decide_replicas", "parse_autoscaling", "step",
+]

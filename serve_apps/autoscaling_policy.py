@@ -1,0 +1,105 @@
+"""Predictive Ray Serve autoscaling policy (Ray 2.60 public `AutoscalingPolicy`).
+
+Each Serve control-loop tick the policy
+  1. feeds the deployment's load, `ctx.total_num_requests` (ongoing = running + queued), to an
+     online forecaster (daily + weekly seasonality, level-shift detection; rayfin.forecast)
+     whose state lives in `ctx.policy_state["forecast"]`;
+  2. predicts the `quantile` peak of that load over the next `lead_time_s` (a replica's start
+     time);
+  3. sets replicas = ceil(max(load now, forecast) / target_ongoing_requests), up at once, down
+     only after `downscale_hold_s` below one replica fewer with a `downscale_band` margin,
+     never above the desk's quota (`quota_replicas`) or the deployment's max_replicas.
+
+Use it with Serve's own delays off, since the policy does its own smoothing:
+
+    from serve_apps.autoscaling_policy import predictive_autoscaling_config
+    @serve.deployment(autoscaling_config=predictive_autoscaling_config(
+        min_replicas=1, max_replicas=8, desk="fx", quota_replicas=6, lead_time_s=60))
+
+or by import path: `AutoscalingPolicy(policy_function="serve_apps.autoscaling_policy:PredictivePolicy",
+policy_kwargs={...})`, or the plain function `serve_apps.autoscaling_policy:predictive_policy`
+(all defaults). `initial_state` (a `ForecastState.to_dict()`) seeds the forecaster with history the
+rayfin controller persisted, so a redeploy or a Serve controller restart loses nothing.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rayfin.autoscale.replicas import ReplicaParams, decide_replicas
+from rayfin.forecast import ForecastParams, ForecastState, init, predict, update
+
+STATE_KEY = "forecast"
+
+
+class PredictivePolicy:
+    """Serve instantiates it once with `policy_kwargs` and calls it every tick."""
+
+    def __init__(self, desk: str = "", lead_time_s: float = 60.0, quantile: float = 0.9,
+                 target_ongoing_requests: float | None = None, quota_replicas: int | None = None,
+                 downscale_hold_s: float = 120.0, downscale_band: float = 0.1,
+                 forecast: dict[str, Any] | None = None, initial_state: dict[str, Any] | None = None):
+        if not 0 < quantile < 1:
+            raise ValueError(f"quantile must be in (0, 1); got {quantile}")
+        self.desk = desk
+        self.lead_time_s = float(lead_time_s)
+        self.quantile = float(quantile)
+        self.target = target_ongoing_requests
+        self.quota_replicas = quota_replicas
+        self.downscale_hold_s = float(downscale_hold_s)
+        self.downscale_band = float(downscale_band)
+        self.params = ForecastParams(**(forecast or {}))
+        self.initial_state = initial_state
+
+    def _forecaster(self, policy_state: dict[str, Any]) -> ForecastState:
+        fs = policy_state.get(STATE_KEY)
+        if isinstance(fs, ForecastState):
+            return fs
+        if isinstance(fs, dict):
+            return ForecastState.from_dict(fs)
+        if self.initial_state:
+            return ForecastState.from_dict(self.initial_state)
+        return init(self.params)
+
+    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+        state = dict(ctx.policy_state or {})
+        now = ctx.current_time if ctx.current_time is not None else time.time()
+        load = float(ctx.total_num_requests or 0.0)
+        fs = update(self._forecaster(state), now, load)
+        pred = predict(fs, self.lead_time_s, self.quantile, now=now)
+        target = self.target or ctx.config.get_target_ongoing_requests()
+        params = ReplicaParams(
+            load_per_replica=float(target),
+            min_replicas=int(ctx.capacity_adjusted_min_replicas),
+            max_replicas=int(ctx.capacity_adjusted_max_replicas),
+            quota_replicas=self.quota_replicas,
+            downscale_hold_s=self.downscale_hold_s,
+            downscale_band=self.downscale_band,
+        )
+        d = decide_replicas(load, pred.peak, int(ctx.target_num_replicas), now, params,
+                            state.get("below_since"))
+        state.update({STATE_KEY: fs, "below_since": d.below_since, "forecast_load": pred.peak,
+                      "current_load": load, "reason": d.reason, "desk": self.desk})
+        return d.replicas, state
+
+
+_DEFAULT = PredictivePolicy()
+
+
+def predictive_policy(ctx: Any) -> tuple[int, dict[str, Any]]:
+    """The policy with default settings, for `policy_function="serve_apps.autoscaling_policy:predictive_policy"`."""
+    return _DEFAULT(ctx)
+
+
+def predictive_autoscaling_config(*, min_replicas: int = 1, max_replicas: int = 8,
+                                  target_ongoing_requests: float = 2.0, look_back_period_s: float = 10.0,
+                                  **policy_kwargs: Any):
+    """An `AutoscalingConfig` running `PredictivePolicy` with Serve's own delays off."""
+    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
+
+    return AutoscalingConfig(
+        min_replicas=min_replicas, max_replicas=max_replicas,
+        target_ongoing_requests=target_ongoing_requests, look_back_period_s=look_back_period_s,
+        upscale_delay_s=0.0, downscale_delay_s=0.0,
+        policy=AutoscalingPolicy(policy_function=f"{__name__}:PredictivePolicy", policy_kwargs=policy_kwargs),
+    )
