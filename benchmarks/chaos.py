@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         refused = 0
         recoveries: list[float] = []
         chaos_log: list[str] = []
-        done_submitting = threading.Event()
 
         def submitter() -> None:
             nonlocal refused
@@ -91,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
                 except QuotaExceeded:
                     refused += 1
                 time.sleep(rng.uniform(0.0, 0.15))
-            done_submitting.set()
 
         def chaos() -> None:
             victim_island = cfg.cluster.nodes[0].name + "-i0"
@@ -117,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                     chaos_log.append(f"re-added node of island {victim_island}")
                     print(chaos_log[-1], flush=True)
 
-        threads = [threading.Thread(target=submitter), threading.Thread(target=chaos)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        # Ray adds nodes only from the main thread (it installs signal handlers): chaos runs here.
+        sub = threading.Thread(target=submitter, daemon=True)
+        sub.start()
+        chaos()
+        sub.join()
         deadline = time.monotonic() + a.timeout
         states: dict[str, str] = {}
         while time.monotonic() < deadline:

@@ -107,11 +107,13 @@ def _client(args: argparse.Namespace):
     from rayfin.sdk import connect
     from rayfin.up import STATE_FILE
 
-    address = args.address or os.environ.get("RAY_ADDRESS")
-    if not address and STATE_FILE.exists():
-        address = json.loads(STATE_FILE.read_text()).get("address")
+    state = json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {}
+    address = args.address or os.environ.get("RAY_ADDRESS") or state.get("address")
     token = args.token or os.environ.get("RAYFIN_TOKEN")
-    return connect(desk=getattr(args, "desk", None), token=token, address=address)
+    name = os.environ.get("RAYFIN_CONTROLLER") or state.get("controller") or "rayfin-controller"
+    namespace = os.environ.get("RAYFIN_NAMESPACE") or state.get("namespace") or "rayfin"
+    return connect(desk=getattr(args, "desk", None), token=token, address=address, controller_name=name,
+                   namespace=namespace)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

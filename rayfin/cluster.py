@@ -79,6 +79,12 @@ class LocalCluster:
                                # a busy laptop can take longer than 30 s to start a node's agent
                                "agent_register_timeout_ms": 120_000},
         }
+        from rayfin.telemetry.tracing import ray_hook, tracing_env
+
+        hook = ray_hook(self.config)
+        if hook:  # Ray's own tracing hook: Ray tasks join the job's OpenTelemetry trace
+            os.environ.update(tracing_env(self.config))  # every raylet and worker inherits these
+            head["tracing_startup_hook"] = hook
         self.cluster = Cluster(initialize_head=True, head_node_args=head, shutdown_at_exit=True)
         for island in self.topology.islands:
             self.nodes[island.id] = self.cluster.add_node(wait=False, **island_node_args(island))

@@ -226,6 +226,11 @@ class RayfinConfig(_Model):
         if total_nominal > self.cluster.total_gpus:
             raise ValueError(f"sum of desks' nominal_gpus ({total_nominal:g}) exceeds the cluster's "
                              f"{self.cluster.total_gpus} GPUs; nominal quotas are guarantees")
+        # Sections whose models live with their features are validated here too, so
+        # `rayfin validate` catches every problem before anything starts.
+        from rayfin.autoscale.config import parse_autoscaling
+
+        parse_autoscaling(self.autoscaling)
         model_names = [m.name for m in self.serve.models]
         for i, m in enumerate(self.serve.models):
             if m.owner not in names:

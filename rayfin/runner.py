@@ -10,6 +10,7 @@ Inside a callable, `rayfin.job_context()` gives the job id, desk, GPUs and place
 """
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
 import shlex
@@ -89,12 +90,18 @@ class JobRunner:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
+    def __repr__(self) -> str:  # shown in the Ray dashboard's actor list
+        return f"JobRunner(job={self.ctx.job_id}, desk={self.ctx.desk}, gpus={self.ctx.gpus:g})"
+
     def start(self) -> dict[str, Any]:
         with self._lock:
             if self._thread is None:
                 self.started_at = time.time()
                 self.state = "RUNNING"
-                self._thread = threading.Thread(target=self._run, name=f"rayfin-job-{self.ctx.job_id}", daemon=True)
+                # Run in a copy of this context so the job's own Ray calls join the job's trace.
+                ctx = contextvars.copy_context()
+                self._thread = threading.Thread(target=ctx.run, args=(self._run,), name=f"rayfin-job-{self.ctx.job_id}",
+                                                daemon=True)
                 self._thread.start()
         return self.describe()
 

@@ -1,5 +1,9 @@
 """Bring rayfin up: a Ray cluster (local simulated, or an existing one), the controller, the
-Serve applications; and take down exactly what it started."""
+Serve applications; and take down exactly what it started.
+
+With `--address` (an existing cluster, e.g. KubeRay) Ray's tracing hook cannot be set from
+here: start that cluster's head with `--tracing-startup-hook=rayfin.telemetry.tracing:setup_tracing`
+(configs/kuberay/raycluster.yaml does)."""
 from __future__ import annotations
 
 import json
@@ -39,7 +43,9 @@ class Running:
     def write_state(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"address": self.address, "dashboard": self.dashboard_url,
-                                    "metrics": self.metrics_url, "serve": self.serve_url, "pid": os.getpid()}))
+                                    "metrics": self.metrics_url, "serve": self.serve_url, "pid": os.getpid(),
+                                    "controller": self.config.controller.name,
+                                    "namespace": self.config.controller.namespace}))
 
     def shutdown(self) -> None:
         import ray
@@ -99,7 +105,8 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
         timings["controller_s"] = time.monotonic() - t1
         dash = local.dashboard_url if local is not None else _dashboard_url()
         port = metrics_port if metrics_port is not None else config.dashboard.metrics_export_port
-        metrics_url = f"http://{ray.util.get_node_ip_address()}:{port}/metrics" if local is not None else None
+        metrics_url = (f"http://{ray.util.get_node_ip_address()}:{port}/metrics" if local is not None
+                       else _head_metrics_url())
         run = Running(config, address, dash, metrics_url, None, controller, local, timings)
         if serve and config.serve.enabled and config.serve.models:
             t2 = time.monotonic()
@@ -124,6 +131,17 @@ def _deploy_serve(config: RayfinConfig, controller: Any, port: int | None) -> st
         return None
     info = deploy_from_config(config, controller=controller, http_port=port)
     return (info or {}).get("url") or f"http://{config.serve.host}:{port or config.serve.port}"
+
+
+def _head_metrics_url() -> str | None:
+    """Prometheus endpoint of the head node of an attached cluster (where the controller runs)."""
+    import ray
+
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in (node.get("Resources") or {}):
+            port = node.get("MetricsExportPort")
+            return f"http://{node['NodeManagerAddress']}:{port}/metrics" if port else None
+    return None
 
 
 def _dashboard_url() -> str | None:

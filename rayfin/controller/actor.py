@@ -5,6 +5,7 @@ SDK can raise the same typed error the controller decided.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ class RayfinController:
         backend = RayBackend(Topology.from_config(self.config.cluster))
         self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder())
         self.recovery = self.core.recover()
+        self.capacity = CapacityLoop(self.config, self.ledger)
         self.cycles = 0
         self.last_report: dict[str, float] = {}
         self._stop = threading.Event()
@@ -60,6 +62,9 @@ class RayfinController:
                 report = self.core.cycle()
                 self.cycles += 1
                 self.last_report = report.timings_ms
+                with self.core.lock:
+                    demand = self.core.pool_demand()
+                self.capacity.maybe_step(demand, time.time())
             except Exception:  # a bad cycle must not kill the loop; it is logged and retried
                 log.exception("controller cycle failed")
             self._stop.wait(max(0.0, interval - (time.perf_counter() - t)))
@@ -91,6 +96,16 @@ class RayfinController:
     def explain(self, token, job_id):
         return _wrap(self.core.explain, token, job_id)
 
+    def capacity(self, token):
+        def _view(_token):
+            self.core.authenticate(_token, None, "read capacity plan")
+            req = self.capacity.last_request
+            if req is None:
+                return {}
+            return {p: {"requested_gpus": plan.gpus, "demand_gpus": plan.demand_gpus, "forecast_gpus": plan.forecast_gpus,
+                        "reasons": list(plan.reasons)} for p, plan in req.pools.items()}
+        return _wrap(_view, token)
+
     def pools(self, token):
         return _wrap(self.core.pools, token)
 
@@ -106,6 +121,42 @@ class RayfinController:
     def shutdown(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+class CapacityLoop:
+    """Asks Ray's autoscaler for capacity ahead of forecast demand, per desk pool, once per
+    forecast bin. The planner is pure (`rayfin.autoscale.step`); its state is persisted in the
+    ledger so a restarted controller keeps its history."""
+
+    KEY = "autoscale_state"
+
+    def __init__(self, config: RayfinConfig, ledger) -> None:
+        from rayfin.autoscale import AutoscaleState, parse_autoscaling
+        from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
+
+        self.settings = parse_autoscaling(config.autoscaling)
+        self.ledger = ledger
+        raw = ledger.get_kv(self.KEY)
+        self.state = AutoscaleState.from_dict(json.loads(raw)) if raw else AutoscaleState()
+        self.adapter = RayAutoscalerAdapter()
+        self.next_at = 0.0
+        self.last_request = None
+
+    def maybe_step(self, demand: dict[str, float], now: float) -> None:
+        if not self.settings.enabled or now < self.next_at:
+            return
+        from rayfin.autoscale import Observations, step
+        from rayfin.autoscale import metrics as autoscale_metrics
+
+        self.next_at = now + self.settings.forecast.bin_s
+        request, self.state = step(self.state, Observations(pool_demand_gpus=demand), now, self.settings)
+        self.ledger.put_kv(self.KEY, json.dumps(self.state.to_dict()).encode())
+        self.last_request = request
+        try:
+            self.adapter.apply(request)
+            autoscale_metrics.record_capacity(request)
+        except RayfinError as exc:  # an autoscaler that is not there must not stop scheduling
+            log.warning("capacity request not sent: %s", exc)
 
 
 def start_controller(config: RayfinConfig, *, admin_token: str | None = None):

@@ -307,6 +307,7 @@ class ControllerCore:
                 job = job.copy(state=JobState.RUNNING.value, started_at=now, reason="running",
                                info={**job.info, **st.info})
                 self._save(job, "started", f"running on {self._where(job)}")
+                self.recorder.state_changed(job, JobState.ADMITTED.value)
             elif st.state == "RUNNING" and abs(job.info.get("progress", 0.0) - st.progress) > 1e-6:
                 self.active[job_id] = job.copy(info={**job.info, "progress": st.progress})
             elif st.state in ("SUCCEEDED", "FAILED"):
@@ -478,6 +479,20 @@ class ControllerCore:
             row[job.state.lower()] = row.get(job.state.lower(), 0) + 1
         return out
 
+    def pool_demand(self) -> dict[str, float]:
+        """GPUs each node pool is asked for now: running placements plus queued requests (a queued
+        job counts against its desk's first pool). What the capacity planner forecasts."""
+        demand = {i.pool: 0.0 for i in self.topology.islands}
+        for job in self.active.values():
+            if job.state == JobState.PENDING.value:
+                pools = self.config.desk(job.desk).pools
+                demand[pools[0]] = demand.get(pools[0], 0.0) + job.gpus
+            else:
+                for island, g in job.placement:
+                    pool = self.topology.island(island).pool
+                    demand[pool] = demand.get(pool, 0.0) + g
+        return demand
+
     # ---------------------------------------------------------------- recovery
     def recover(self) -> dict[str, Any]:
         """Rebuild state from the ledger and re-adopt what the backend still has, by name."""
@@ -494,8 +509,9 @@ class ControllerCore:
                     if has_group or has_runner:
                         self.backend.adopt(job.job_id, job.desk, job.placement, running=True)
                         if job.state != JobState.RUNNING.value:
-                            self._save(job.copy(state=JobState.RUNNING.value, started_at=self.clock()),
-                                       "started", "re-adopted after controller restart")
+                            job = self._save(job.copy(state=JobState.RUNNING.value, started_at=self.clock()),
+                                             "started", "re-adopted after controller restart")
+                            self.recorder.state_changed(job, JobState.ADMITTED.value)
                         adopted.append(job.job_id)
                     else:
                         self._lost(job, "runner gone while the controller was down")

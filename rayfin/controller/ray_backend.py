@@ -21,6 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from placement.topology import Topology, island_resource, pool_resource
 from rayfin.controller.backend import LaunchSpec, Observation, Owned, RunnerStatus
 from rayfin.runner import JobRunner
+from rayfin.telemetry.tracing import job_context
 
 log = logging.getLogger("rayfin.backend")
 GROUP_PREFIX = "rayfin-job-"
@@ -56,10 +57,15 @@ class RayBackend:
     def reserve(self, job_id: str, desk: str, placement) -> None:
         bundles = [{"GPU": float(g), island_resource(i): float(g),
                     pool_resource(self.topology.island(i).pool): float(g)} for i, g in placement]
-        pg = placement_group(bundles, strategy="PACK", name=GROUP_PREFIX + job_id, lifetime="detached")
-        self._live[job_id] = _Live(desk=desk, pg=pg, ready_ref=pg.ready())
+        with job_context(job_id):
+            pg = placement_group(bundles, strategy="PACK", name=GROUP_PREFIX + job_id, lifetime="detached")
+            self._live[job_id] = _Live(desk=desk, pg=pg, ready_ref=pg.ready())
 
     def start(self, spec: LaunchSpec) -> None:
+        with job_context(spec.job_id):  # the runner's Ray calls join the job's trace
+            self._start(spec)
+
+    def _start(self, spec: LaunchSpec) -> None:
         live = self._live.setdefault(spec.job_id, _Live(desk=spec.desk))
         if live.pg is None:
             live.pg = ray.util.get_placement_group(GROUP_PREFIX + spec.job_id)

@@ -17,7 +17,10 @@ TOKENS = {d: f"{d}-demo-token" for d in ("equities", "fx", "rates", "risk", "adm
 def rayfin_env(tmp_path_factory) -> Running:
     ledger = tmp_path_factory.mktemp("ledger") / "ledger.db"
     cfg = with_ledger(load_config("configs/test.yaml"), str(ledger))
-    run = bring_up(cfg, serve=False, dashboard=True)
+    from rayfin.cluster import free_port
+
+    # Free ports, so a second Ray on this machine (another test run, a demo) cannot clash.
+    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port())
     yield run
     run.shutdown()
 

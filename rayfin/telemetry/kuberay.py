@@ -1,0 +1,213 @@
+"""KubeRay manifests from a rayfin config: the embedded default's layout on a real cluster.
+
+    python -m rayfin.telemetry.kuberay configs/local.yaml configs/kuberay/ \
+        [--image IMAGE] [--otlp-endpoint URL]
+
+writes `raycluster.yaml` (head + one worker group per NVLink island) and `rayservice.yaml`
+(the same cluster running the Serve applications). The mapping is the one `rayfin.cluster`
+uses locally, so placement groups, island resources and labels mean the same thing:
+
+    one Ray worker pod per NVLink island      worker group `<node>-i<k>`, replicas 1
+    GPUs of the island                        num-gpus and the pod's nvidia.com/gpu limit
+    island / pool resources                   rayfin_island_<node>_i<k>, rayfin_pool_<pool>
+    node labels                               rayfin.io/{rack,node,island,pool} (Ray labels,
+                                              pod labels, and a nodeSelector on rayfin.io/node)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from placement.topology import Island, Topology, island_resource, pool_resource
+from rayfin.config import RayfinConfig, load_config
+from rayfin.telemetry.config import TelemetryConfig, telemetry_config
+from rayfin.telemetry.tracing import HOOK
+
+LABEL = "rayfin.io/"
+RAY_VERSION = "2.60.0"
+DEFAULT_IMAGE = f"registry.internal.bank/rayfin/rayfin:0.1.0-ray{RAY_VERSION}-py311-cu124"
+CONFIG_MOUNT = "/etc/rayfin"
+PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "serve": 8000}
+
+
+def island_labels(island: Island) -> dict[str, str]:
+    return {LABEL + "rack": island.rack, LABEL + "node": island.node, LABEL + "island": island.id,
+            LABEL + "pool": island.pool}
+
+
+def island_resources(island: Island) -> dict[str, float]:
+    return {island_resource(island.id): float(island.gpus), pool_resource(island.pool): float(island.gpus)}
+
+
+def _num(v: float) -> float | int:
+    return int(v) if float(v).is_integer() else v
+
+
+def _env(tel: TelemetryConfig) -> list[dict[str, Any]]:
+    env = [{"name": "RAY_AUTH_MODE", "value": "token"},
+           {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "rayfin-ray-auth", "key": "token"}}},
+           {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"}]
+    env += [{"name": k, "value": v} for k, v in sorted(tel.env().items())]
+    return env
+
+
+def _container(name: str, image: str, tel: TelemetryConfig, *, cpu: int, memory: str, gpus: int,
+               ports: dict[str, int] | None = None) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": str(cpu), "memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = gpus
+    c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "env": _env(tel),
+                         "resources": {"limits": limits, "requests": dict(limits)},
+                         "volumeMounts": [{"name": "rayfin-config", "mountPath": CONFIG_MOUNT, "readOnly": True}]}
+    if ports:
+        c["ports"] = [{"name": k, "containerPort": v} for k, v in ports.items()]
+    return c
+
+
+def _volumes() -> list[dict[str, Any]]:
+    return [{"name": "rayfin-config", "configMap": {"name": "rayfin-config"}}]
+
+
+def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[str, Any]:
+    params = {"dashboard-host": "0.0.0.0", "num-gpus": "0", "num-cpus": str(config.cluster.head_num_cpus),
+              "metrics-export-port": str(PORTS["metrics"]), "labels": f"{LABEL}role=head"}
+    if tel.exporter != "none" and tel.ray_tracing:
+        params["tracing-startup-hook"] = HOOK
+    return {
+        "serviceType": "ClusterIP",
+        "rayStartParams": params,
+        "template": {
+            "metadata": {"labels": {LABEL + "role": "head"},
+                         "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORTS["metrics"]),
+                                         "prometheus.io/path": "/metrics"}},
+            "spec": {"containers": [_container("ray-head", image, tel, cpu=max(2, config.cluster.head_num_cpus),
+                                               memory="16Gi", gpus=0, ports=PORTS)],
+                     "volumes": _volumes()},
+        },
+    }
+
+
+def worker_group(island: Island, node_cpus: int, image: str, tel: TelemetryConfig) -> dict[str, Any]:
+    labels = island_labels(island)
+    return {
+        "groupName": island.id,
+        "replicas": 1, "minReplicas": 1, "maxReplicas": 1,   # an island is one pod: its resource names are unique
+        "rayStartParams": {
+            "num-gpus": str(island.gpus),
+            "num-cpus": str(node_cpus),
+            # KubeRay passes this through to `ray start --resources`; the outer quotes are KubeRay's convention
+            "resources": '"' + json.dumps({k: _num(v) for k, v in island_resources(island).items()},
+                                          sort_keys=True).replace('"', '\\"') + '"',
+            "labels": ",".join(f"{k}={v}" for k, v in labels.items()),
+        },
+        "template": {
+            "metadata": {"labels": dict(labels)},
+            "spec": {
+                # Pods of one physical node's islands land on that node, pool nodes only.
+                "nodeSelector": {LABEL + "node": island.node, LABEL + "pool": island.pool},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [_container("ray-worker", image, tel, cpu=node_cpus, memory=f"{32 * island.gpus}Gi",
+                                          gpus=island.gpus)],
+                "volumes": _volumes(),
+            },
+        },
+    }
+
+
+def raycluster_spec(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[str, Any]:
+    topo = Topology.from_config(config.cluster)
+    cpus = {n.name: max(1, n.num_cpus) for n in config.cluster.nodes}
+    return {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": False,
+            "headGroupSpec": head_group(config, image, tel),
+            "workerGroupSpecs": [worker_group(i, cpus[i.node], image, tel) for i in topo.islands]}
+
+
+def raycluster(config: RayfinConfig, *, image: str = DEFAULT_IMAGE, telemetry: TelemetryConfig | None = None,
+               name: str | None = None) -> dict[str, Any]:
+    tel = telemetry or telemetry_config(config)
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster",
+            "metadata": {"name": name or f"rayfin-{config.cluster.name}", "labels": {LABEL + "cluster":
+                                                                                    config.cluster.name}},
+            "spec": raycluster_spec(config, image, tel)}
+
+
+def rayservice(config: RayfinConfig, *, image: str = DEFAULT_IMAGE, telemetry: TelemetryConfig | None = None,
+               name: str | None = None) -> dict[str, Any]:
+    """RayService: the same cluster plus the Serve applications (models and the gateway).
+
+    Each application is built by `serve_apps.deploy:rayservice_app` from the mounted config.
+    """
+    tel = telemetry or telemetry_config(config)
+    config_path = f"{CONFIG_MOUNT}/config.yaml"
+    apps = [{"name": f"model-{m.name}", "import_path": "serve_apps.deploy:rayservice_app",
+             "route_prefix": None, "args": {"config": config_path, "app": "model", "model": m.name}}
+            for m in config.serve.models]
+    apps.append({"name": "gateway", "import_path": "serve_apps.deploy:rayservice_app", "route_prefix": "/",
+                 "args": {"config": config_path, "app": "gateway"}})
+    for a in apps:
+        if a["route_prefix"] is None:
+            del a["route_prefix"]
+    return {"apiVersion": "ray.io/v1", "kind": "RayService",
+            "metadata": {"name": name or f"rayfin-{config.cluster.name}-serve",
+                         "labels": {LABEL + "cluster": config.cluster.name}},
+            "spec": {"serveConfigV2": _Block(yaml.safe_dump({"http_options": {"host": "0.0.0.0", "port": PORTS["serve"]},
+                                                             "applications": apps}, sort_keys=False)),
+                     "rayClusterConfig": raycluster_spec(config, image, tel)}}
+
+
+class _Block(str):
+    """A multi-line string written as a YAML literal block (`|`), as KubeRay's examples do."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Block, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", str(v), style="|"))
+
+
+HEADER = """# Generated by `python -m rayfin.telemetry.kuberay {command}`; do not edit by hand.
+# One Ray worker pod per NVLink island; see docs/observability.md ("From the embedded default to KubeRay").
+# Before applying: a ConfigMap `rayfin-config` holding config.yaml, a Secret `rayfin-ray-auth` (key `token`),
+# Kubernetes nodes labelled rayfin.io/node=<node> and rayfin.io/pool=<pool>.
+"""
+
+
+def write(config_path: str, out_dir: str, *, image: str = DEFAULT_IMAGE, otlp_endpoint: str | None = None) -> list[Path]:
+    config = load_config(config_path)
+    tel = telemetry_config(config)
+    if otlp_endpoint:
+        tel = tel.model_copy(update={"exporter": "otlp", "otlp_endpoint": otlp_endpoint})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    command = f"{config_path} {out_dir}" + (f" --otlp-endpoint {otlp_endpoint}" if otlp_endpoint else "") + (
+        f" --image {image}" if image != DEFAULT_IMAGE else "")
+    head = HEADER.format(command=command)
+    paths = []
+    for fname, doc in (("raycluster.yaml", raycluster(config, image=image, telemetry=tel)),
+                       ("rayservice.yaml", rayservice(config, image=image, telemetry=tel))):
+        p = out / fname
+        p.write_text(head + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120))
+        paths.append(p)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rayfin.telemetry.kuberay", description=__doc__.splitlines()[0])
+    ap.add_argument("config")
+    ap.add_argument("out_dir")
+    ap.add_argument("--image", default=DEFAULT_IMAGE)
+    ap.add_argument("--otlp-endpoint", default=None, help="send traces to this OTLP/HTTP collector URL")
+    args = ap.parse_args(argv)
+    for p in write(args.config, args.out_dir, image=args.image, otlp_endpoint=args.otlp_endpoint):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Every metric rayfin exports, declared once, and the sinks that record them.
+
+Names here are Ray metric names; Ray's Prometheus endpoint prefixes them with `ray_`, and a
+Counter appears as `ray_<name>_total` (histograms as `_bucket`, `_sum`, `_count`). The Grafana
+dashboard (configs/grafana/) is generated from `METRICS` and a test checks it queries nothing
+else. Tags are bounded: desks, pools, states and short reason codes, never job ids.
+
+`RayMetrics` records through `ray.util.metrics` (the controller actor, the gateway replicas);
+`MemoryMetrics` keeps values in a dict for unit tests that run without Ray.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Protocol
+
+Kind = Literal["gauge", "counter", "histogram"]
+
+SECONDS_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600)
+CYCLE_MS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
+REQUEST_S_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: Kind
+    description: str
+    tags: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+    def prometheus_names(self) -> tuple[str, ...]:
+        """The series names this metric has on Ray's Prometheus endpoint."""
+        base = "ray_" + self.name
+        if self.kind == "counter":
+            return (base + "_total", base)  # Ray also exports counters as a gauge, for compatibility
+        if self.kind == "histogram":
+            return (base + "_bucket", base + "_sum", base + "_count")
+        return (base,)
+
+
+def _g(name: str, desc: str, *tags: str) -> MetricSpec:
+    return MetricSpec(name, "gauge", desc, tags)
+
+
+def _c(name: str, desc: str, *tags: str) -> MetricSpec:
+    return MetricSpec(name, "counter", desc, tags)
+
+
+def _h(name: str, desc: str, buckets: tuple[float, ...], *tags: str) -> MetricSpec:
+    return MetricSpec(name, "histogram", desc, tags, buckets)
+
+
+METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    # desk pools, re-published from the controller's usage table
+    _g("rayfin_gpus_nominal", "GPUs guaranteed to the desk (nominal quota).", "desk"),
+    _g("rayfin_gpus_max", "Most GPUs the desk may hold (nominal + borrowing limit; -1 = no limit).", "desk"),
+    _g("rayfin_gpus_in_use", "GPUs the desk holds now (batch jobs and serving replicas).", "desk"),
+    _g("rayfin_gpus_serving", "GPUs of the desk's Serve deployments.", "desk"),
+    _g("rayfin_gpus_borrowed", "GPUs the desk holds above its nominal quota.", "desk"),
+    _g("rayfin_gpus_lent", "Unused nominal GPUs of the desk that other desks are borrowing.", "desk"),
+    _g("rayfin_queue_depth", "Jobs of the desk waiting for GPUs.", "desk"),
+    _g("rayfin_queue_gpus", "GPUs asked for by the desk's waiting jobs.", "desk"),
+    _g("rayfin_queue_oldest_wait_seconds", "How long the desk's oldest waiting job has waited.", "desk"),
+    _g("rayfin_jobs_running", "Batch jobs of the desk admitted or running.", "desk"),
+    # cluster
+    _g("rayfin_pool_gpus_capacity", "GPUs of the pool's islands that are up.", "pool"),
+    _g("rayfin_pool_gpus_free", "Free GPUs of the pool.", "pool"),
+    _g("rayfin_pool_gpus_unavailable", "GPUs of the pool on lost or cordoned nodes.", "pool"),
+    # job life
+    _c("rayfin_jobs_submitted", "Jobs accepted into a desk's queue.", "desk", "priority"),
+    _c("rayfin_admissions", "Jobs admitted (GPUs reserved).", "desk", "borrowing"),
+    _c("rayfin_refusals", "Jobs refused, by reason code.", "desk", "reason"),
+    _c("rayfin_preemptions", "Jobs preempted (grace over, GPUs taken back), by reason code.", "desk", "reason"),
+    _c("rayfin_preemptions_planned", "Preemptions decided (grace period started), by reason code.", "desk", "reason"),
+    _c("rayfin_jobs_requeued", "Jobs sent back to the queue (preempted or lost with retries left).", "desk"),
+    _c("rayfin_jobs_finished", "Jobs that reached a terminal state, by state.", "desk", "state"),
+    _h("rayfin_job_wait_seconds", "Time from submission to admission.", SECONDS_BUCKETS, "desk"),
+    _h("rayfin_job_duration_seconds", "Run time of finished jobs (start to end), by final state.",
+       SECONDS_BUCKETS, "desk", "state"),
+    # controller
+    _h("rayfin_controller_cycle_ms", "Controller cycle time by step (observe, snapshot, decide, act, total).",
+       CYCLE_MS_BUCKETS, "step"),
+    _c("rayfin_controller_cycles", "Controller cycles run."),
+    # serving gateway (recorded by rayfin.telemetry.serving)
+    _c("rayfin_serve_requests", "Gateway requests by outcome (accepted, refused, error) and reason code.",
+       "desk", "model", "outcome", "reason"),
+    _h("rayfin_serve_request_seconds", "Gateway request latency of accepted requests.", REQUEST_S_BUCKETS,
+       "desk", "model"),
+)}
+
+
+# ---------------------------------------------------------------------------------- reason codes
+_REASON_CODES: tuple[tuple[str, str], ...] = (
+    # (substring of the policy's human reason, short code) -- first match wins
+    ("higher-priority", "priority"),
+    ("reclaimed", "reclaim"),
+    ("may hold at most", "over_ceiling"),
+    ("would exceed its ceiling", "over_ceiling"),
+    ("gpus in all", "pool_too_small"),
+    ("at least 1 gpu", "invalid"),
+    ("never_fits", "never_fits"),
+    ("lost", "node_lost"),
+)
+
+
+def reason_code(reason: str) -> str:
+    """A short, bounded tag value for a human reason ("reclaimed: desk fx is borrowing ..." -> reclaim).
+
+    Metrics need few distinct tag values; the full reason goes to traces and the audit log.
+    """
+    text = (reason or "").lower()
+    for needle, code in _REASON_CODES:
+        if needle in text:
+            return code
+    # A reason that is already a short code ("rate_limited", "in_flight") is kept as it is.
+    return text if re.fullmatch(r"[a-z][a-z0-9_]{0,31}", text) else "other"
+
+
+# ---------------------------------------------------------------------------------- sinks
+class MetricsSink(Protocol):
+    def set(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None: ...
+    def inc(self, name: str, value: float = 1.0, tags: Mapping[str, str] | None = None) -> None: ...
+    def observe(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None: ...
+
+
+def _check(name: str, kind: Kind, tags: Mapping[str, str] | None) -> tuple[MetricSpec, dict[str, str]]:
+    spec = METRICS.get(name)
+    if spec is None:
+        raise KeyError(f"metric {name!r} is not declared in rayfin.telemetry.metrics.METRICS")
+    if spec.kind != kind:
+        raise TypeError(f"metric {name!r} is a {spec.kind}, not a {kind}")
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    if set(tags) != set(spec.tags):
+        raise ValueError(f"metric {name!r} takes tags {spec.tags}; got {tuple(sorted(tags))}")
+    return spec, tags
+
+
+class MemoryMetrics:
+    """Values in a dict, keyed by (name, sorted tag items). For tests."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+
+    @staticmethod
+    def _key(name: str, tags: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return name, tuple(sorted(tags.items()))
+
+    def set(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+        _, t = _check(name, "gauge", tags)
+        self.values[self._key(name, t)] = float(value)
+
+    def inc(self, name: str, value: float = 1.0, tags: Mapping[str, str] | None = None) -> None:
+        _, t = _check(name, "counter", tags)
+        k = self._key(name, t)
+        self.values[k] = self.values.get(k, 0.0) + float(value)
+
+    def observe(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+        _, t = _check(name, "histogram", tags)
+        self.values.setdefault(self._key(name, t), []).append(float(value))
+
+    def get(self, name: str, **tags: str) -> Any:
+        return self.values.get(self._key(name, {k: str(v) for k, v in tags.items()}))
+
+    def series(self, name: str) -> dict[tuple[tuple[str, str], ...], Any]:
+        return {t: v for (n, t), v in self.values.items() if n == name}
+
+
+class RayMetrics:
+    """Records through `ray.util.metrics`; the metric objects are made on first use."""
+
+    def __init__(self) -> None:
+        self._objs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _obj(self, spec: MetricSpec) -> Any:
+        obj = self._objs.get(spec.name)
+        if obj is None:
+            from ray.util import metrics as m
+
+            with self._lock:
+                obj = self._objs.get(spec.name)
+                if obj is None:
+                    if spec.kind == "gauge":
+                        obj = m.Gauge(spec.name, description=spec.description, tag_keys=spec.tags)
+                    elif spec.kind == "counter":
+                        obj = m.Counter(spec.name, description=spec.description, tag_keys=spec.tags)
+                    else:
+                        obj = m.Histogram(spec.name, description=spec.description, boundaries=list(spec.buckets),
+                                          tag_keys=spec.tags)
+                    self._objs[spec.name] = obj
+        return obj
+
+    def set(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+        spec, t = _check(name, "gauge", tags)
+        self._obj(spec).set(float(value), tags=t)
+
+    def inc(self, name: str, value: float = 1.0, tags: Mapping[str, str] | None = None) -> None:
+        spec, t = _check(name, "counter", tags)
+        if value > 0:
+            self._obj(spec).inc(float(value), tags=t)
+
+    def observe(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+        spec, t = _check(name, "histogram", tags)
+        self._obj(spec).observe(float(value), tags=t)
+
+
+_DEFAULT: RayMetrics | None = None
+
+
+def ray_metrics() -> RayMetrics:
+    """One RayMetrics per process (Ray metric objects are per-process anyway)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = RayMetrics()
+    return _DEFAULT
+
+
+def prometheus_names(specs: Mapping[str, MetricSpec] | None = None) -> set[str]:
+    """Every series name rayfin's metrics have on Ray's Prometheus endpoint."""
+    return {n for s in (specs or METRICS).values() for n in s.prometheus_names()}
