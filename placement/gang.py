@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from placement.topology import Island, Layout, LinkLevel
 
 Placement = tuple[tuple[str, float], ...]
@@ -45,50 +47,47 @@ def first_fit(islands: Iterable[Island], free: Mapping[str, float], gpus: int) -
 
 
 class FreeIndex:
-    """Free GPUs of one cycle, indexed for placement: per island, per node, per rack, and buckets
-    of islands by whole free GPUs (so best fit looks at the smallest bucket that fits, not at
-    every island). Mutable on purpose: it is the cycle's scratch copy, never the snapshot."""
+    """Free GPUs of one cycle, indexed for placement: per island, per node, per rack (numpy
+    arrays, so best fit is a vectorised arg-min, not a Python scan over every island). Mutable on
+    purpose: it is the cycle's scratch copy, never the snapshot."""
 
     def __init__(self, layout: Layout, free: Sequence[float]):
         self.lay = layout
-        self.free = [max(0.0, float(f)) for f in free]
-        whole = [int(f + _EPS) for f in self.free]
-        self.nfree = [sum(whole[i] for i in isl) for isl in layout.node_islands]
-        self.rfree = [sum(self.nfree[n] for n in nodes) for nodes in layout.rack_nodes]
-        self.total = sum(whole)
-        self.buckets: list[set[int]] = [set() for _ in range(layout.max_island + 1)]
-        for i, w in enumerate(whole):
-            self.buckets[min(w, layout.max_island)].add(i)
+        _, self._inode, self._irack, self._nrack = layout.arrays()
+        self.free = np.maximum(np.asarray(free, dtype=np.float64), 0.0)
+        self._whole = np.floor(self.free + _EPS).astype(np.int64)
+        n_nodes, n_racks = len(layout.node_islands), len(layout.rack_nodes)
+        self.nfree = np.bincount(self._inode, weights=self._whole, minlength=n_nodes).astype(np.int64)
+        self.rfree = np.bincount(self._nrack, weights=self.nfree, minlength=n_racks).astype(np.int64)
+        self.total = int(self._whole.sum())
         self.all_pools = frozenset(layout.island_pool)
+        self._k2 = int(layout.max_rack) + 1
+        self._k1 = (int(layout.max_node) + 1) * self._k2
 
     # ---- queries --------------------------------------------------------------------------
     def whole(self, i: int) -> int:
-        return int(self.free[i] + _EPS)
+        return int(self._whole[i])
 
     def pool_total(self, pools: frozenset[str]) -> int:
         if self.all_pools <= pools:
             return self.total
-        return sum(self.whole(i) for i, p in enumerate(self.lay.island_pool) if p in pools)
+        return int(self._whole[self.lay.pool_mask(pools)].sum())
 
     def max_island_free(self) -> int:
-        for s in range(len(self.buckets) - 1, 0, -1):
-            if self.buckets[s]:
-                return s
-        return 0
+        return int(self._whole.max(initial=0))
 
     # ---- updates --------------------------------------------------------------------------
     def take(self, placement_ix: Iterable[tuple[int, float]]) -> None:
-        lay = self.lay
         for i, g in placement_ix:
-            before = self.whole(i)
-            self.free[i] = max(0.0, self.free[i] - g)
-            after = self.whole(i)
+            before = int(self._whole[i])
+            f = max(0.0, float(self.free[i]) - g)
+            self.free[i] = f
+            after = int(f + _EPS)
             if after != before:
                 d = before - after
-                self.buckets[min(before, lay.max_island)].discard(i)
-                self.buckets[min(after, lay.max_island)].add(i)
-                self.nfree[lay.island_node[i]] -= d
-                self.rfree[lay.island_rack[i]] -= d
+                self._whole[i] = after
+                self.nfree[self._inode[i]] -= d
+                self.rfree[self._irack[i]] -= d
                 self.total -= d
 
     def to_placement(self, placement_ix: Iterable[tuple[int, float]]) -> Placement:
@@ -97,101 +96,98 @@ class FreeIndex:
 
     # ---- strategies -----------------------------------------------------------------------
     def first_fit(self, gpus: int, pools: frozenset[str]) -> list[tuple[int, int]] | None:
-        if self.pool_total(pools) < gpus:
+        if gpus <= 0 or self.pool_total(pools) < gpus:
             return None
-        restricted = not self.all_pools <= pools
-        need, out = gpus, []
-        for i in range(len(self.free)):
-            have = self.whole(i)
-            if have <= 0 or (restricted and self.lay.island_pool[i] not in pools):
-                continue
-            take = min(have, need)
-            out.append((i, take))
-            need -= take
-            if need == 0:
-                return out
-        return None
+        have = self._whole if self.all_pools <= pools else np.where(self.lay.pool_mask(pools), self._whole, 0)
+        cand = np.flatnonzero(have > 0)
+        csum = np.cumsum(have[cand])
+        last = int(np.searchsorted(csum, gpus))
+        out = [(int(i), int(have[i])) for i in cand[:last]]
+        out.append((int(cand[last]), gpus - (int(csum[last - 1]) if last else 0)))
+        return out
 
     def best_fit(self, gpus: int, pools: frozenset[str], start: LinkLevel = LinkLevel.NVLINK,
                  stop: LinkLevel = LinkLevel.INTER_RACK) -> tuple[list[tuple[int, int]], LinkLevel] | None:
         """Nearest-level placement, trying levels from `start` to `stop`; returns (placement, level)."""
         if gpus <= 0 or self.pool_total(pools) < gpus:
             return None
-        restricted = not self.all_pools <= pools
+        mask = None if self.all_pools <= pools else self.lay.pool_mask(pools)
         for level in LinkLevel:
             if level < start or level > stop:
                 continue
-            got = (self._island, self._node, self._rack, self._cluster)[level](gpus, pools, restricted)
+            got = (self._island, self._node, self._rack, self._cluster)[level](gpus, mask)
             if got is not None:
                 return got, level
         return None
 
-    def _island(self, g: int, pools, restricted) -> list[tuple[int, int]] | None:
-        lay = self.lay
-        if g > lay.max_island:
+    def _island(self, g: int, mask) -> list[tuple[int, int]] | None:
+        if g > self.lay.max_island:
             return None
-        for s in range(g, lay.max_island + 1):
-            best, best_key = -1, None
-            for i in self.buckets[s]:
-                if restricted and lay.island_pool[i] not in pools:
-                    continue
-                key = (self.nfree[lay.island_node[i]], self.rfree[lay.island_rack[i]], i)
-                if best_key is None or key < best_key:
-                    best, best_key = i, key
-            if best >= 0:
-                return [(best, g)]
-        return None
-
-    def _node_ok(self, n: int, pools, restricted) -> bool:
-        return not restricted or self.lay.island_pool[self.lay.node_islands[n][0]] in pools
-
-    def _node(self, g: int, pools, restricted) -> list[tuple[int, int]] | None:
-        lay = self.lay
-        if g > lay.max_node:
+        ok = self._whole >= g
+        if mask is not None:
+            ok &= mask
+        cand = np.flatnonzero(ok)
+        if cand.size == 0:
             return None
-        best, best_key = -1, None
-        for n, f in enumerate(self.nfree):
-            if f >= g and self._node_ok(n, pools, restricted):
-                key = (f, self.rfree[lay.node_rack[n]], n)
-                if best_key is None or key < best_key:
-                    best, best_key = n, key
-        return None if best < 0 else self._fill_nodes([best], g)
+        key = (self._whole[cand] * self._k1 + self.nfree[self._inode[cand]] * self._k2
+               + self.rfree[self._irack[cand]])
+        return [(int(cand[int(np.argmin(key))]), g)]
 
-    def _rack_nodes(self, r: int, pools, restricted) -> list[int]:
-        nodes = [n for n in self.lay.rack_nodes[r] if self.nfree[n] > 0 and self._node_ok(n, pools, restricted)]
-        nodes.sort(key=lambda n: (-self.nfree[n], n))
+    def _node_mask(self, mask):
+        if mask is None:
+            return None
+        first = np.array([isl[0] for isl in self.lay.node_islands], dtype=np.int64)
+        return mask[first]
+
+    def _node(self, g: int, mask) -> list[tuple[int, int]] | None:
+        if g > self.lay.max_node:
+            return None
+        ok = self.nfree >= g
+        nmask = self._node_mask(mask)
+        if nmask is not None:
+            ok &= nmask
+        cand = np.flatnonzero(ok)
+        if cand.size == 0:
+            return None
+        key = self.nfree[cand] * self._k2 + self.rfree[self._nrack[cand]]
+        return self._fill_nodes([int(cand[int(np.argmin(key))])], g)
+
+    def _rack_nodes(self, r: int, nmask) -> list[int]:
+        nodes = [n for n in self.lay.rack_nodes[r] if self.nfree[n] > 0 and (nmask is None or nmask[n])]
+        nodes.sort(key=lambda n: (-int(self.nfree[n]), n))
         return nodes
 
-    def _rack(self, g: int, pools, restricted) -> list[tuple[int, int]] | None:
-        best, best_key, best_nodes = -1, None, None
-        for r, f in enumerate(self.rfree):
-            if f < g:
-                continue
-            nodes = self._rack_nodes(r, pools, restricted)
-            need, used, have = g, 0, 0
+    def _rack(self, g: int, mask) -> list[tuple[int, int]] | None:
+        nmask = self._node_mask(mask)
+        best_key, best_nodes = None, None
+        for r in np.flatnonzero(self.rfree >= g):
+            r = int(r)
+            nodes = self._rack_nodes(r, nmask)
+            have, used = 0, 0
             for n in nodes:
                 used += 1
-                have += self.nfree[n]
-                if have >= need:
+                have += int(self.nfree[n])
+                if have >= g:
                     break
             if have < g:
                 continue
-            key = (used, f, r)
+            key = (used, int(self.rfree[r]), r)
             if best_key is None or key < best_key:
-                best, best_key, best_nodes = r, key, nodes
-        return None if best < 0 else self._fill_nodes(best_nodes, g)
+                best_key, best_nodes = key, nodes
+        return None if best_nodes is None else self._fill_nodes(best_nodes, g)
 
-    def _cluster(self, g: int, pools, restricted) -> list[tuple[int, int]] | None:
-        racks = sorted(range(len(self.rfree)), key=lambda r: (-self.rfree[r], r))
-        nodes = [n for r in racks if self.rfree[r] > 0 for n in self._rack_nodes(r, pools, restricted)]
+    def _cluster(self, g: int, mask) -> list[tuple[int, int]] | None:
+        nmask = self._node_mask(mask)
+        racks = sorted(np.flatnonzero(self.rfree > 0).tolist(), key=lambda r: (-int(self.rfree[r]), r))
+        nodes = [n for r in racks for n in self._rack_nodes(r, nmask)]
         return self._fill_nodes(nodes, g)
 
     def _fill_nodes(self, nodes: Iterable[int], g: int) -> list[tuple[int, int]] | None:
         need, out = g, []
         for n in nodes:
-            isl = sorted(self.lay.node_islands[n], key=lambda i: (-self.whole(i), i))
+            isl = sorted(self.lay.node_islands[n], key=lambda i: (-int(self._whole[i]), i))
             for i in isl:
-                have = self.whole(i)
+                have = int(self._whole[i])
                 if have <= 0:
                     break
                 take = min(have, need)

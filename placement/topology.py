@@ -160,6 +160,31 @@ class Layout:
     max_island: int
     max_node: int
     max_rack: int
+    _memo: dict = field(default_factory=dict, compare=False, repr=False)   # derived arrays, per pool set
+
+    def pool_mask(self, pools: frozenset[str]):
+        """Boolean numpy mask of the islands in `pools` (memoised)."""
+        key = ("mask", pools)
+        if key not in self._memo:
+            import numpy as np
+            self._memo[key] = np.array([p in pools for p in self.island_pool], dtype=bool)
+        return self._memo[key]
+
+    def pool_capacity(self, pools: frozenset[str]) -> int:
+        key = ("cap", pools)
+        if key not in self._memo:
+            self._memo[key] = sum(c for c, p in zip(self.capacity, self.island_pool) if p in pools)
+        return self._memo[key]
+
+    def arrays(self):
+        """(capacity, island_node, island_rack, node_rack) as numpy arrays (memoised)."""
+        if "arrays" not in self._memo:
+            import numpy as np
+            self._memo["arrays"] = (np.array(self.capacity, dtype=np.float64),
+                                    np.array(self.island_node, dtype=np.int64),
+                                    np.array(self.island_rack, dtype=np.int64),
+                                    np.array(self.node_rack, dtype=np.int64))
+        return self._memo["arrays"]
 
     @classmethod
     def build(cls, topo: "Topology") -> "Layout":

@@ -1,5 +1,7 @@
 """The one seam between the controller and Ray.
 
+Everything is keyed by a reservation key, "<job_id>~<generation>": a requeued job gets a new
+generation, so its names never collide with an earlier attempt's that Ray is still removing.
 The controller core speaks only this protocol; `RayBackend` (ray_backend.py) implements it
 with placement groups and detached runner actors, `FakeBackend` (here) in memory for unit tests
 of the controller's state machine. Calls never block on Ray: `observe()` reports what finished
@@ -43,20 +45,26 @@ class LaunchSpec:
     payload: bytes | str | None
     placement: tuple[tuple[str, float], ...]
     max_result_bytes: int = 64 * 1024 * 1024
+    key: str = ""            # the reservation's name: "<job_id>~<generation>"
+
+    @property
+    def name(self) -> str:
+        return self.key or self.job_id
 
 
 class Backend(Protocol):
-    def reserve(self, job_id: str, desk: str, placement: tuple[tuple[str, float], ...]) -> None: ...
+    def reserve(self, key: str, desk: str, placement: tuple[tuple[str, float], ...]) -> None: ...
     def start(self, spec: LaunchSpec) -> None: ...
-    def observe(self, job_ids: list[str]) -> Observation: ...
-    def request_stop(self, job_id: str) -> None: ...
-    def release(self, job_id: str, desk: str) -> None: ...
+    def observe(self, keys: list[str]) -> Observation: ...
+    def request_stop(self, key: str) -> None: ...
+    def release(self, key: str, desk: str) -> None: ...
     def owned(self, desks: list[str]) -> Owned: ...
-    def adopt(self, job_id: str, desk: str, placement: tuple[tuple[str, float], ...], running: bool) -> None: ...
+    def adopt(self, key: str, desk: str, placement: tuple[tuple[str, float], ...], running: bool) -> None: ...
 
 
 class FakeBackend:
-    """In-memory backend. Tests drive it: `finish(job_id, ...)`, `lose_island(...)`."""
+    """In-memory backend keyed like the real one. Tests drive it by job id:
+    `finish(job_id, ...)`, `lose(job_id)`, `group_of(job_id)`, `start_count(job_id)`."""
 
     def __init__(self) -> None:
         self.groups: dict[str, tuple[tuple[str, float], ...]] = {}
@@ -68,39 +76,57 @@ class FakeBackend:
         self._statuses: dict[str, RunnerStatus] = {}
         self.unavailable: dict[str, float] = {}
 
-    def reserve(self, job_id, desk, placement):
-        self.groups[job_id] = placement
-        self._ready.add(job_id)
+    def _key(self, job_id: str) -> str:
+        keys = [k for k in list(self.groups) + list(self._statuses) if k.split("~")[0] == job_id]
+        return max(keys, key=lambda k: int(k.split("~")[1]) if "~" in k else -1) if keys else job_id
 
-    def start(self, spec):
-        self.starts[spec.job_id] = self.starts.get(spec.job_id, 0) + 1
-        self.runners[spec.job_id] = spec
-        self._statuses[spec.job_id] = RunnerStatus("RUNNING")
+    # -- test helpers --
+    def group_of(self, job_id: str) -> tuple[tuple[str, float], ...]:
+        return self.groups[self._key(job_id)]
+
+    def start_count(self, job_id: str) -> int:
+        return sum(n for k, n in self.starts.items() if k.split("~")[0] == job_id)
+
+    def was_released(self, job_id: str) -> bool:
+        return any(k.split("~")[0] == job_id for k in self.released)
+
+    def never_ready(self, job_id: str) -> None:
+        self._ready.discard(self._key(job_id))
 
     def finish(self, job_id: str, ok: bool = True, result: bytes | None = None, error: str = "") -> None:
-        self._statuses[job_id] = RunnerStatus("SUCCEEDED" if ok else "FAILED", error=error, result=result)
+        self._statuses[self._key(job_id)] = RunnerStatus("SUCCEEDED" if ok else "FAILED", error=error, result=result)
 
     def lose(self, job_id: str, why: str = "node lost") -> None:
-        self._statuses[job_id] = RunnerStatus("LOST", error=why)
+        self._statuses[self._key(job_id)] = RunnerStatus("LOST", error=why)
 
-    def observe(self, job_ids):
-        ready = frozenset(j for j in self._ready if j in job_ids)
+    # -- the protocol --
+    def reserve(self, key, desk, placement):
+        self.groups[key] = placement
+        self._ready.add(key)
+
+    def start(self, spec):
+        self.starts[spec.name] = self.starts.get(spec.name, 0) + 1
+        self.runners[spec.name] = spec
+        self._statuses[spec.name] = RunnerStatus("RUNNING")
+
+    def observe(self, keys):
+        ready = frozenset(k for k in self._ready if k in keys)
         self._ready -= ready
-        return Observation(ready, {j: s for j, s in self._statuses.items() if j in job_ids}, dict(self.unavailable))
+        return Observation(ready, {k: s for k, s in self._statuses.items() if k in keys}, dict(self.unavailable))
 
-    def request_stop(self, job_id):
-        self.stops.append(job_id)
+    def request_stop(self, key):
+        self.stops.append(key)
 
-    def release(self, job_id, desk):
-        self.released.append(job_id)
-        self.groups.pop(job_id, None)
-        self.runners.pop(job_id, None)
-        self._statuses.pop(job_id, None)
-        self._ready.discard(job_id)
+    def release(self, key, desk):
+        self.released.append(key)
+        self.groups.pop(key, None)
+        self.runners.pop(key, None)
+        self._statuses.pop(key, None)
+        self._ready.discard(key)
 
     def owned(self, desks):
         return Owned(frozenset(self.groups), frozenset(self.runners))
 
-    def adopt(self, job_id, desk, placement, running):
-        if running and job_id not in self._statuses:
-            self._statuses[job_id] = RunnerStatus("RUNNING")
+    def adopt(self, key, desk, placement, running):
+        if running and key not in self._statuses:
+            self._statuses[key] = RunnerStatus("RUNNING")

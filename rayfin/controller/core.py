@@ -53,6 +53,11 @@ class CycleReport:
     finished: int = 0
 
 
+def group_key(job: JobRecord) -> str:
+    """The backend's name for a job's current reservation: job id and generation."""
+    return f"{job.job_id}~{int(job.info.get('gen', 0))}"
+
+
 def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
     """The live controller runs the `rayfin` preset of the policy with the configured grace."""
     preset = getattr(SchedulerConfig, "rayfin", None)
@@ -85,6 +90,9 @@ class ControllerCore:
         # time to declare the node dead, so a requeued job is not placed straight back there.
         self.cordoned: dict[str, float] = {}
         self.cordon_s = 20.0
+        # An admitted job whose group or runner never comes up (e.g. its node vanished mid-way)
+        # goes back to the queue after this long; nothing ran, so no retry is spent.
+        self.admit_timeout_s = 180.0
         self.last_decision: dict[str, Decision] = {}
         self.lock = threading.RLock()
 
@@ -169,7 +177,7 @@ class ControllerCore:
             if JobState(job.state).terminal:
                 return job.public()
             if job.state != JobState.PENDING.value:
-                self.backend.release(job.job_id, job.desk)
+                self._release(job)
             job = self._finish(job, JobState.CANCELLED, "cancelled by " + ("admin" if principal.admin else job.desk))
         return job.public()
 
@@ -271,9 +279,10 @@ class ControllerCore:
         report = CycleReport()
         with self.lock:
             t0 = time.perf_counter()
-            obs = self.backend.observe([j for j, r in self.active.items() if r.state != JobState.PENDING.value
-                                        and r.kind != "serving"])
-            report.finished = self._apply(obs)
+            live = {group_key(r): r.job_id for r in self.active.values()
+                    if r.state != JobState.PENDING.value and r.kind != "serving"}
+            obs = self.backend.observe(list(live))
+            report.finished = self._apply(obs, live)
             t1 = time.perf_counter()
             snap = self.snapshot()
             t2 = time.perf_counter()
@@ -286,7 +295,7 @@ class ControllerCore:
             self.recorder.cycle(report, self.usage_table(), snap)
         return report
 
-    def _apply(self, obs: Observation) -> int:
+    def _apply(self, obs: Observation, live: dict[str, str]) -> int:
         """observe: fold what the backend saw into job states."""
         now = self.clock()
         finished = 0
@@ -294,15 +303,20 @@ class ControllerCore:
         self.unavailable = dict(obs.unavailable)
         for island in self.cordoned:
             self.unavailable.setdefault(island, float(self.topology.island(island).gpus))
-        for job_id in obs.ready:
-            job = self.active.get(job_id)
+        for key in obs.ready:
+            job = self.active.get(live.get(key, ""))
             if job is not None and job.state == JobState.ADMITTED.value:
-                self.backend.start(LaunchSpec(job.job_id, job.desk, job.kind, job.payload, job.placement,
-                                              self.config.controller.max_result_bytes))
-        for job_id, st in obs.statuses.items():
-            job = self.active.get(job_id)
-            if job is None:
+                try:
+                    self.backend.start(LaunchSpec(job.job_id, job.desk, job.kind, job.payload, job.placement,
+                                                  self.config.controller.max_result_bytes, key=key))
+                except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the cycle
+                    log.warning("start %s failed: %s", key, exc)
+                    self._lost(job, f"runner could not be started: {type(exc).__name__}: {str(exc)[:200]}")
+        for key, st in obs.statuses.items():
+            job = self.active.get(live.get(key, ""))
+            if job is None or group_key(job) != key:
                 continue
+            job_id = job.job_id
             if st.state == "RUNNING" and job.state == JobState.ADMITTED.value:
                 job = job.copy(state=JobState.RUNNING.value, started_at=now, reason="running",
                                info={**job.info, **st.info})
@@ -311,7 +325,7 @@ class ControllerCore:
             elif st.state == "RUNNING" and abs(job.info.get("progress", 0.0) - st.progress) > 1e-6:
                 self.active[job_id] = job.copy(info={**job.info, "progress": st.progress})
             elif st.state in ("SUCCEEDED", "FAILED"):
-                self.backend.release(job.job_id, job.desk)
+                self._release(job)
                 job = job.copy(result=st.result, error=st.error, info={**job.info, "progress": st.progress})
                 ok = st.state == "SUCCEEDED"
                 self._finish(job, JobState.SUCCEEDED if ok else JobState.FAILED,
@@ -328,6 +342,10 @@ class ControllerCore:
                 if lost:
                     self._lost(job, f"node of island(s) {', '.join(lost)} lost")
                     finished += 1
+                elif (job.state == JobState.ADMITTED.value
+                      and now - job.info.get("admitted_at", now) > self.admit_timeout_s):
+                    self._lost(job, f"not started within {self.admit_timeout_s:g}s of admission")
+                    finished += 1
                 elif job.preempt_deadline is not None and now >= job.preempt_deadline:
                     self._preempt_now(job)
                     finished += 1
@@ -342,7 +360,8 @@ class ControllerCore:
             else:
                 running.append(RunningJob(job.job_id, job.desk, job.gpus, job.placement, Priority(job.priority),
                                           job.started_at or job.submitted_at, preemptible=job.kind != "serving",
-                                          preempt_deadline=job.preempt_deadline))
+                                          preempt_deadline=job.preempt_deadline,
+                                          preempted_for=job.info.get("preempted_for")))
         pending.sort(key=lambda p: (p.submitted_at, p.job_id))
         return ClusterSnapshot(now=self.clock(), topology=self.topology, desks=self.desks, running=tuple(running),
                                pending=tuple(pending), unavailable=dict(self.unavailable))
@@ -353,9 +372,18 @@ class ControllerCore:
             job = self.active.get(d.job_id)
             if job is None or job.state != JobState.PENDING.value:
                 continue
-            self.backend.reserve(job.job_id, job.desk, d.placement)
+            # Each reservation gets a new generation, so its group and runner names never collide
+            # with those of an earlier attempt that Ray is still tearing down.
+            job = job.copy(info={**job.info, "gen": int(job.info.get("gen", -1)) + 1})
+            try:
+                self.backend.reserve(group_key(job), job.desk, d.placement)
+            except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the cycle
+                log.warning("reserve %s failed: %s", job.job_id, exc)
+                self._save(job.copy(reason=f"placement group not created: {type(exc).__name__}: {str(exc)[:200]}"),
+                           "reserve_failed", str(exc)[:300])
+                continue
             job = job.copy(state=JobState.ADMITTED.value, placement=tuple(d.placement), reason=d.reason,
-                           info={**job.info, "borrowed": d.borrowed})
+                           info={**job.info, "borrowed": d.borrowed, "admitted_at": now})
             self._save(job, "admitted", d.reason)
             self.last_decision[job.job_id] = d
             self.recorder.decided(d)
@@ -364,8 +392,9 @@ class ControllerCore:
             if job is None or job.preempt_deadline is not None:
                 continue
             deadline = d.deadline if d.deadline is not None else now + self.policy.preemption_grace_s
-            self.backend.request_stop(job.job_id)
-            job = job.copy(preempt_deadline=deadline, reason="being preempted: " + d.reason)
+            self.backend.request_stop(group_key(job))
+            job = job.copy(preempt_deadline=deadline, reason="being preempted: " + d.reason,
+                           info={**job.info, "preempted_for": getattr(d, "beneficiary", None)})
             self._save(job, "preemption_planned", d.reason)
             self.last_decision[job.job_id] = d
             self.recorder.decided(d)
@@ -409,8 +438,14 @@ class ControllerCore:
         self.recorder.state_changed(job, "RUNNING")
         return self._save(job, "requeued", why)
 
+    def _release(self, job: JobRecord) -> None:
+        try:
+            self.backend.release(group_key(job), job.desk)
+        except Exception as exc:  # noqa: BLE001 - recovery's orphan sweep retries it
+            log.warning("release %s failed: %s", job.job_id, exc)
+
     def _lost(self, job: JobRecord, why: str) -> None:
-        self.backend.release(job.job_id, job.desk)
+        self._release(job)
         if job.state == JobState.ADMITTED.value:
             # Its GPUs went away before it started: nothing ran, so no retry is spent.
             self._save(job.copy(state=JobState.PENDING.value, placement=(), reason=f"requeued before start: {why}"),
@@ -422,7 +457,7 @@ class ControllerCore:
             self._finish(job, JobState.FAILED, f"{why} (no retries left)")
 
     def _preempt_now(self, job: JobRecord) -> None:
-        self.backend.release(job.job_id, job.desk)
+        self._release(job)
         why = job.reason.removeprefix("being preempted: ")
         self.recorder.preempted(job, why)
         if job.attempts < job.max_retries:
@@ -503,11 +538,12 @@ class ControllerCore:
                 self.active[job.job_id] = job
                 if job.kind == "serving" or job.state == JobState.PENDING.value:
                     continue
-                has_group = job.job_id in owned.groups
-                has_runner = job.job_id in owned.runners
+                key = group_key(job)
+                has_group = key in owned.groups
+                has_runner = key in owned.runners
                 if job.state == JobState.RUNNING.value or has_runner:
                     if has_group or has_runner:
-                        self.backend.adopt(job.job_id, job.desk, job.placement, running=True)
+                        self.backend.adopt(key, job.desk, job.placement, running=True)
                         if job.state != JobState.RUNNING.value:
                             job = self._save(job.copy(state=JobState.RUNNING.value, started_at=self.clock()),
                                              "started", "re-adopted after controller restart")
@@ -517,16 +553,17 @@ class ControllerCore:
                         self._lost(job, "runner gone while the controller was down")
                         requeued.append(job.job_id)
                 elif has_group:  # ADMITTED, group reserved, runner not yet started
-                    self.backend.adopt(job.job_id, job.desk, job.placement, running=False)
+                    self.backend.adopt(key, job.desk, job.placement, running=False)
                     adopted.append(job.job_id)
                 else:
                     self._save(job.copy(state=JobState.PENDING.value, placement=(), reason="requeued: group lost "
                                         "while controller was down"), "requeued", "group lost during restart")
                     requeued.append(job.job_id)
-            for job_id in (owned.groups | owned.runners) - set(self.active):
-                job = self.ledger.get_job(job_id)
-                self.backend.release(job_id, job.desk if job else "")
-                released.append(job_id)
+            expected = {group_key(j) for j in self.active.values() if j.state != JobState.PENDING.value}
+            for key in (owned.groups | owned.runners) - expected:
+                job = self.ledger.get_job(key.split("~")[0])
+                self.backend.release(key, job.desk if job else "")
+                released.append(key)
             summary = {"adopted": adopted, "requeued": requeued, "released": released, "active": len(self.active)}
             self.ledger.record(self.clock(), "", "", "controller_recovered", "", str(summary), summary)
             return summary

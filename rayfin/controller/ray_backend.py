@@ -1,8 +1,8 @@
 """Ray adapter of the controller backend: placement groups + detached runner actors.
 
-Names, so a restarted controller finds what it owns:
-    placement group  rayfin-job-<job_id>             (controller's namespace, detached)
-    runner actor     job-<job_id>                    (namespace rayfin-desk-<desk>, detached)
+Names, so a restarted controller finds what it owns (key = "<job_id>~<generation>"):
+    placement group  rayfin-job-<key>                (controller's namespace, detached)
+    runner actor     job-<key>                       (namespace rayfin-desk-<desk>, detached)
 Each bundle asks for `{"GPU": g, "rayfin_island_<id>": g, "rayfin_pool_<pool>": g}`: the island
 resource exists only on that island's Ray node, so Ray itself keeps the bundle (and the GPU ids
 it hands out) there, and the pool resource means Ray would refuse to place it outside the pool.
@@ -31,8 +31,8 @@ def desk_namespace(desk: str) -> str:
     return f"rayfin-desk-{desk}"
 
 
-def runner_name(job_id: str) -> str:
-    return f"job-{job_id}"
+def runner_name(key: str) -> str:
+    return f"job-{key}"
 
 
 @dataclass
@@ -54,36 +54,36 @@ class RayBackend:
         self._runner_cls = ray.remote(JobRunner)
 
     # -- reserve / start --
-    def reserve(self, job_id: str, desk: str, placement) -> None:
+    def reserve(self, key: str, desk: str, placement) -> None:
         bundles = [{"GPU": float(g), island_resource(i): float(g),
                     pool_resource(self.topology.island(i).pool): float(g)} for i, g in placement]
-        with job_context(job_id):
-            pg = placement_group(bundles, strategy="PACK", name=GROUP_PREFIX + job_id, lifetime="detached")
-            self._live[job_id] = _Live(desk=desk, pg=pg, ready_ref=pg.ready())
+        with job_context(key.split("~")[0]):
+            pg = placement_group(bundles, strategy="PACK", name=GROUP_PREFIX + key, lifetime="detached")
+            self._live[key] = _Live(desk=desk, pg=pg, ready_ref=pg.ready())
 
     def start(self, spec: LaunchSpec) -> None:
         with job_context(spec.job_id):  # the runner's Ray calls join the job's trace
             self._start(spec)
 
     def _start(self, spec: LaunchSpec) -> None:
-        live = self._live.setdefault(spec.job_id, _Live(desk=spec.desk))
+        live = self._live.setdefault(spec.name, _Live(desk=spec.desk))
         if live.pg is None:
-            live.pg = ray.util.get_placement_group(GROUP_PREFIX + spec.job_id)
+            live.pg = ray.util.get_placement_group(GROUP_PREFIX + spec.name)
         if live.runner is None:
             gpus0 = float(spec.placement[0][1])
             live.runner = self._runner_cls.options(
-                name=runner_name(spec.job_id), namespace=desk_namespace(spec.desk), lifetime="detached",
+                name=runner_name(spec.name), namespace=desk_namespace(spec.desk), lifetime="detached",
                 get_if_exists=True, num_cpus=0, num_gpus=gpus0, max_restarts=0, max_concurrency=4,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(live.pg, placement_group_bundle_index=0),
             ).remote(spec.job_id, spec.desk, spec.kind, spec.payload, sum(g for _, g in spec.placement),
-                     [list(p) for p in spec.placement], GROUP_PREFIX + spec.job_id, spec.max_result_bytes)
+                     [list(p) for p in spec.placement], GROUP_PREFIX + spec.name, spec.max_result_bytes)
         live.start_ref = live.runner.start.remote()
 
     # -- observe --
-    def observe(self, job_ids: list[str]) -> Observation:
+    def observe(self, keys: list[str]) -> Observation:
         ready: set[str] = set()
         waiting: dict[Any, tuple[str, str]] = {}
-        for job_id in job_ids:
+        for job_id in keys:
             live = self._live.get(job_id)
             if live is None:
                 continue
@@ -121,7 +121,7 @@ class RayBackend:
                     live.last = RunnerStatus(value["state"], error=value.get("error", ""),
                                              result=value.get("result"), progress=value.get("progress", 0.0),
                                              info=live.info)
-        statuses = {j: self._live[j].last for j in job_ids if j in self._live and self._live[j].last is not None}
+        statuses = {j: self._live[j].last for j in keys if j in self._live and self._live[j].last is not None}
         return Observation(frozenset(ready), statuses, self._unavailable())
 
     def _unavailable(self) -> dict[str, float]:
@@ -130,35 +130,35 @@ class RayBackend:
         return {i.id: float(i.gpus) for i in self.topology.islands if i.id not in alive}
 
     # -- stop / release --
-    def request_stop(self, job_id: str) -> None:
-        live = self._live.get(job_id)
+    def request_stop(self, key: str) -> None:
+        live = self._live.get(key)
         if live is not None and live.runner is not None:
             live.runner.request_stop.remote()
 
-    def release(self, job_id: str, desk: str) -> None:
-        live = self._live.pop(job_id, None) or _Live(desk=desk)
+    def release(self, key: str, desk: str) -> None:
+        live = self._live.pop(key, None) or _Live(desk=desk)
         runner = live.runner
         if runner is None:
             try:
-                runner = ray.get_actor(runner_name(job_id), namespace=desk_namespace(desk))
+                runner = ray.get_actor(runner_name(key), namespace=desk_namespace(desk))
             except ValueError:
                 runner = None
         if runner is not None:
             try:
                 ray.kill(runner, no_restart=True)
             except RayError as exc:  # already gone
-                log.debug("kill %s: %s", job_id, exc)
+                log.debug("kill %s: %s", key, exc)
         pg = live.pg
         if pg is None:
             try:
-                pg = ray.util.get_placement_group(GROUP_PREFIX + job_id)
+                pg = ray.util.get_placement_group(GROUP_PREFIX + key)
             except ValueError:
                 pg = None
         if pg is not None:
             try:
                 remove_placement_group(pg)
             except Exception as exc:  # noqa: BLE001 - already removed
-                log.debug("remove pg %s: %s", job_id, exc)
+                log.debug("remove pg %s: %s", key, exc)
 
     # -- recovery --
     def owned(self, desks: list[str]) -> Owned:
@@ -178,16 +178,19 @@ class RayBackend:
             log.info("state API unavailable (%s); runners are looked up by name", exc)
         return Owned(frozenset(groups), frozenset(runners))
 
-    def adopt(self, job_id: str, desk: str, placement, running: bool) -> None:
-        live = self._live.setdefault(job_id, _Live(desk=desk))
+    def adopt(self, key: str, desk: str, placement, running: bool) -> None:
+        live = self._live.setdefault(key, _Live(desk=desk))
         try:
-            live.pg = ray.util.get_placement_group(GROUP_PREFIX + job_id)
+            live.pg = ray.util.get_placement_group(GROUP_PREFIX + key)
             live.ready_ref = live.pg.ready() if not running else None
         except ValueError:
             live.pg = None
         if running:
             try:
-                live.runner = ray.get_actor(runner_name(job_id), namespace=desk_namespace(desk))
-                live.info = {}
+                live.runner = ray.get_actor(runner_name(key), namespace=desk_namespace(desk))
             except ValueError:
                 live.last = RunnerStatus("LOST", error="runner not found after controller restart")
+                return
+            # start() is idempotent: if the old controller died between creating the runner and
+            # starting it, this starts it; otherwise it only returns where the job runs.
+            live.start_ref = live.runner.start.remote()

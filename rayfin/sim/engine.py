@@ -1,0 +1,250 @@
+"""Discrete-event replay of a job trace through the policy core (`rayfin.policy.schedule`).
+
+Events are arrivals, completions and preemption deadlines. At every instant where at least one
+happens (all events at one instant are applied together), the simulator builds the same
+`ClusterSnapshot` the live controller builds and applies the `CycleDecision` the way the
+controller does: admits start at once on their placement; a PREEMPT marks the victim with
+`preempt_deadline` and `preempted_for`, and at the deadline the victim is stopped and
+re-queued (it keeps its place: its original submission time); refusals end the job.
+
+Runtime model (placement.allreduce.stretch_factor), the same for every policy: the trace
+duration is the job's runtime on an ideal placement; on a placement whose ring is bound by
+bandwidth B it runs D * ((1 - f) + f * B_ideal / B), f = `comm_fraction` for multi-GPU jobs.
+A preempted job checkpoints during its grace period and later resumes the work it had left.
+
+Deterministic: decisions never see the wall clock; `time.perf_counter` only measures how long
+each `schedule` call took (the decision latency).
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+from placement.allreduce import stretch_factor
+from placement.topology import Topology
+from rayfin.policy.model import ClusterSnapshot, CommProfile, DeskQuota, PendingJob, RunningJob
+from rayfin.policy.scheduler import schedule
+from rayfin.policy.settings import SchedulerConfig
+from rayfin.sim.trace import TraceJob
+
+_EPS = 1e-6
+_COMPLETE, _DEADLINE = 0, 1
+
+
+@dataclass
+class _Rec:
+    """Mutable per-job bookkeeping of the simulator (never shown to the policy)."""
+
+    job: TraceJob
+    desk: str
+    work_left: float
+    queued_since: float
+    first_start: float | None = None
+    run_time: float = 0.0
+    started: float = 0.0
+    stretch: float = 1.0
+    epoch: int = 0
+    end: float | None = None
+    refused: str | None = None
+
+
+@dataclass
+class SimResult:
+    policy: str
+    capacity: int
+    desks: tuple[str, ...]
+    jct_s: list[float]
+    wait_s: list[float]
+    busy_gpu_s: float                 # GPU-seconds allocated to jobs, whole run
+    busy_window_gpu_s: float          # ... within [0, last submission]
+    useful_window_gpu_s: float        # ideal-placement work done within the window
+    window_s: float
+    makespan_s: float
+    violation_gpu_s: float
+    preemptions: int
+    single_island: int                # placements of multi-GPU jobs that fit one island, in one
+    single_island_eligible: int
+    decision_s: list[float]           # wall time of each schedule() call (perf_counter)
+    decision_cpu_s: list[float]       # CPU time of the same calls (thread_time): immune to a busy host
+    completed: int
+    refused: int
+    unfinished: int
+    desk_series: list[tuple[float, tuple[float, ...]]] = field(default_factory=list)
+
+
+class Simulator:
+    def __init__(self, topology: Topology, desks: Mapping[str, DeskQuota], cfg: SchedulerConfig,
+                 desk_of: Mapping[str, str], comm_fraction: float = 0.3, record_desks: bool = False,
+                 name: str = ""):
+        self.topo, self.desks, self.cfg = topology, dict(desks), cfg
+        self.desk_of = desk_of
+        self.comm_fraction = comm_fraction
+        self.record_desks = record_desks
+        self.name = name
+        self.capacity = topology.total_gpus
+        self.max_island = topology.layout.max_island
+
+    # ---- the event loop -----------------------------------------------------------------------
+    def run(self, jobs: Sequence[TraceJob]) -> SimResult:
+        jobs = sorted(jobs, key=lambda j: j.submit_s)
+        self.recs: dict[str, _Rec] = {}
+        self.running: dict[str, RunningJob] = {}
+        self.pending: dict[str, PendingJob] = {}
+        self.by_desk_pending: dict[str, dict[str, _Rec]] = {d: {} for d in self.desks}
+        self.usage = {d: 0.0 for d in self.desks}
+        self.events: list[tuple[float, int, str, int]] = []
+        self.busy = self.busy_win = self.useful_win = self.viol = 0.0
+        self.alloc = 0.0
+        self.useful_rate = 0.0
+        self.preemptions = self.si = self.si_elig = 0
+        self.decision_s: list[float] = []
+        self.decision_cpu_s: list[float] = []
+        self.series: list[tuple[float, tuple[float, ...]]] = []
+        self._pending_sorted = True
+        window = jobs[-1].submit_s if jobs else 0.0
+        self.window = window
+        t, ai, n = 0.0, 0, len(jobs)
+        while True:
+            nxt = min(jobs[ai].submit_s if ai < n else float("inf"), self.events[0][0] if self.events else float("inf"))
+            if nxt == float("inf"):
+                break
+            self._account(t, nxt)
+            t = nxt
+            while self.events and self.events[0][0] <= t + _EPS:
+                _, kind, jid, epoch = heapq.heappop(self.events)
+                (self._complete if kind == _COMPLETE else self._kill)(jid, epoch, t)
+            while ai < n and jobs[ai].submit_s <= t + _EPS:
+                self._arrive(jobs[ai], t)
+                ai += 1
+            if self.pending:
+                self._cycle(t)
+            if self.record_desks:
+                self.series.append((t, tuple(self.usage[d] for d in self.desks)))
+        return self._result(t)
+
+    def _cycle(self, t: float) -> None:
+        if not self._pending_sorted:
+            self.pending = dict(sorted(self.pending.items(), key=lambda kv: (kv[1].submitted_at, kv[0])))
+            self._pending_sorted = True
+        snap = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values()), tuple(self.pending.values()))
+        c0, t0 = time.thread_time(), time.perf_counter()
+        dec = schedule(snap, self.cfg)
+        self.decision_s.append(time.perf_counter() - t0)
+        self.decision_cpu_s.append(time.thread_time() - c0)
+        for d in dec.refusals:
+            rec = self.recs[d.job_id]
+            rec.refused = d.reason
+            self._unqueue(rec)
+        for d in dec.preempts:
+            rj = self.running[d.job_id]
+            self.running[d.job_id] = replace(rj, preempt_deadline=d.deadline, preempted_for=d.beneficiary)
+            heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id, self.recs[d.job_id].epoch))
+        for d in dec.admits:
+            self._start(self.recs[d.job_id], d.placement, t)
+
+    # ---- state changes ------------------------------------------------------------------------
+    def _arrive(self, job: TraceJob, t: float) -> None:
+        desk = self.desk_of[job.tenant]
+        rec = _Rec(job, desk, job.duration_s, t)
+        self.recs[job.job_id] = rec
+        self._queue(rec)
+
+    def _queue(self, rec: _Rec) -> None:
+        j = rec.job
+        comm = CommProfile.ALLREDUCE if j.gpus > 1 else CommProfile.NONE
+        self.pending[j.job_id] = PendingJob(j.job_id, rec.desk, j.gpus, j.priority, j.submit_s, comm)
+        self.by_desk_pending.setdefault(rec.desk, {})[j.job_id] = rec
+
+    def _unqueue(self, rec: _Rec) -> None:
+        del self.pending[rec.job.job_id]
+        del self.by_desk_pending[rec.desk][rec.job.job_id]
+
+    def _start(self, rec: _Rec, placement, t: float) -> None:
+        j = rec.job
+        self._unqueue(rec)
+        f = self.comm_fraction if j.gpus > 1 else 0.0
+        rec.stretch = stretch_factor(self.topo, placement, f)
+        rec.started = t
+        if rec.first_start is None:
+            rec.first_start = t
+        rec.epoch += 1
+        if 1 < j.gpus <= self.max_island:
+            self.si_elig += 1
+            self.si += len(placement) == 1
+        self.running[j.job_id] = RunningJob(j.job_id, rec.desk, float(j.gpus), placement, j.priority, t)
+        self._alloc(rec, +1)
+        heapq.heappush(self.events, (t + rec.work_left * rec.stretch, _COMPLETE, j.job_id, rec.epoch))
+
+    def _alloc(self, rec: _Rec, sign: int) -> None:
+        g = rec.job.gpus
+        self.alloc += sign * g
+        self.useful_rate += sign * g / rec.stretch
+        self.usage[rec.desk] += sign * g
+
+    def _stop(self, rec: _Rec, t: float) -> None:
+        del self.running[rec.job.job_id]
+        self._alloc(rec, -1)
+        rec.run_time += t - rec.started
+        rec.work_left = max(0.0, rec.work_left - (t - rec.started) / rec.stretch)
+
+    def _complete(self, jid: str, epoch: int, t: float) -> None:
+        rec = self.recs[jid]
+        if rec.epoch != epoch or jid not in self.running:
+            return
+        self._stop(rec, t)
+        rec.end = t
+
+    def _kill(self, jid: str, epoch: int, t: float) -> None:
+        rec = self.recs[jid]
+        if rec.epoch != epoch or jid not in self.running:
+            return   # finished within its grace period
+        self._stop(rec, t)
+        self.preemptions += 1
+        rec.queued_since = t
+        self._queue(rec)
+        self._pending_sorted = False
+
+    # ---- metrics ------------------------------------------------------------------------------
+    def _account(self, t0: float, t1: float) -> None:
+        dt = t1 - t0
+        if dt <= 0:
+            return
+        self.busy += self.alloc * dt
+        if t0 < self.window:
+            w = min(t1, self.window) - t0
+            self.busy_win += self.alloc * w
+            self.useful_win += self.useful_rate * w
+        grace = self.cfg.preemption_grace_s
+        for desk, queue in self.by_desk_pending.items():
+            if not queue:
+                continue
+            unused = self.desks[desk].nominal - self.usage[desk]
+            if unused < 1 - _EPS:
+                continue
+            # Pending work that fits the unused nominal (oldest first) and has waited past the grace.
+            for rec in queue.values():
+                g = rec.job.gpus
+                if g > unused + _EPS:
+                    continue
+                unused -= g
+                late = t1 - max(t0, rec.queued_since + grace)
+                if late > 0:
+                    self.viol += g * late
+                if unused < 1 - _EPS:
+                    break
+
+    def _result(self, t_end: float) -> SimResult:
+        jct, wait = [], []
+        done = refused = 0
+        for rec in self.recs.values():
+            if rec.end is not None:
+                done += 1
+                jct.append(rec.end - rec.job.submit_s)
+                wait.append(rec.end - rec.job.submit_s - rec.run_time)
+            elif rec.refused:
+                refused += 1
+        return SimResult(self.name, self.capacity, tuple(self.desks), jct, wait, self.busy, self.busy_win,
+                         self.useful_win, self.window, t_end, self.viol, self.preemptions, self.si, self.si_elig,
+                         self.decision_s, self.decision_cpu_s, done, refused, len(self.recs) - done - refused, self.series)
