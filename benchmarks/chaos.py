@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     marker = str(work / "starts.txt")
     cfg = with_ledger(load_config(a.config), str(work / "ledger.db"))
     t0 = time.monotonic()
-    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=17265, metrics_port=17090)
+    from rayfin.cluster import free_port
+
+    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port())
     print(f"cluster up in {time.monotonic() - t0:.1f}s ({cfg.cluster.total_gpus} GPUs)", flush=True)
     try:
         clients = {d.name: connect(d.name, f"{d.name}-demo-token", run.address,
