@@ -324,6 +324,11 @@ class ControllerCore:
                 self.recorder.state_changed(job, JobState.ADMITTED.value)
             elif st.state == "RUNNING" and abs(job.info.get("progress", 0.0) - st.progress) > 1e-6:
                 self.active[job_id] = job.copy(info={**job.info, "progress": st.progress})
+            elif st.state in ("SUCCEEDED", "FAILED") and job.preempt_deadline is not None:
+                # It stopped because it was asked to (grace period): it was preempted, and what it
+                # returned (e.g. a checkpoint path) is kept.
+                self._preempt_now(job.copy(result=st.result, error=st.error))
+                finished += 1
             elif st.state in ("SUCCEEDED", "FAILED"):
                 self._release(job)
                 job = job.copy(result=st.result, error=st.error, info={**job.info, "progress": st.progress})

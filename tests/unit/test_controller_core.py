@@ -272,3 +272,22 @@ def test_one_failing_reservation_does_not_stop_the_cycle(env):
     backend.reserve = real
     run(core)
     assert core.status(TOK["fx"], bad)["state"] == "ADMITTED"
+
+
+def test_job_that_stops_during_grace_ends_preempted_with_its_result(env):
+    core, backend, clock, _ = env
+    # equities (nominal 4, may borrow 4) borrows fx's nominal; fx then claims it back.
+    borrower = core.submit(TOK["equities"], "equities", spec(8, priority="batch"))["job_id"]
+    run(core, 3)
+    assert core.usage(TOK["equities"])["equities"]["borrowed"] == 4
+    lender = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    run(core)
+    assert core.status(TOK["equities"], borrower)["reason"].startswith("being preempted")
+    assert backend.stops                                   # the runner was asked to stop
+    backend.finish(borrower, result=b"checkpoint-17")      # it stops cleanly inside the grace period
+    run(core)
+    st = core.status(TOK["equities"], borrower)
+    assert st["state"] == "PREEMPTED" and "fx" in st["reason"]
+    assert core.result(TOK["equities"], borrower)["result"] == b"checkpoint-17"
+    run(core)
+    assert core.status(TOK["fx"], lender)["state"] in ("ADMITTED", "RUNNING")
