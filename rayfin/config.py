@@ -229,8 +229,10 @@ class RayfinConfig(_Model):
         # Sections whose models live with their features are validated here too, so
         # `rayfin validate` catches every problem before anything starts.
         from rayfin.autoscale.config import parse_autoscaling
+        from rayfin.telemetry.config import parse_telemetry
 
         parse_autoscaling(self.autoscaling)
+        parse_telemetry(self.telemetry)
         model_names = [m.name for m in self.serve.models]
         for i, m in enumerate(self.serve.models):
             if m.owner not in names:
@@ -296,6 +298,23 @@ def _explain(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def config_error_from(exc: ValidationError, source: str, prefix: str = "") -> ConfigError:
+    """One ConfigError listing every problem as `path: got VALUE; what is allowed`. `prefix` is
+    the section a free-form part of the tree was validated under (e.g. "autoscaling")."""
+    problems = []
+    lines = []
+    for err in exc.errors():
+        loc = _loc(err["loc"]) if err["loc"] else ""
+        path = ".".join(p for p in (prefix, loc) if p) or "(root)"
+        value = err.get("input")
+        shown = "" if err.get("type") == "missing" or isinstance(value, dict) else f": got {value!r}"
+        allowed = _explain(err)
+        problems.append((path, value, allowed))
+        lines.append(f"  {path}{shown}; {allowed}")
+    head = f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    return ConfigError(head + "\n" + "\n".join(lines), path=problems[0][0], problems=problems)
+
+
 def parse_config(data: Any, source: str = "<config>") -> RayfinConfig:
     """Validate a parsed YAML/dict into a RayfinConfig, raising ConfigError with field paths."""
     if not isinstance(data, dict):
@@ -304,17 +323,7 @@ def parse_config(data: Any, source: str = "<config>") -> RayfinConfig:
     try:
         return RayfinConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        lines = []
-        for err in exc.errors():
-            path = _loc(err["loc"])
-            value = err.get("input")
-            shown = "" if err.get("type") == "missing" or isinstance(value, dict) else f": got {value!r}"
-            allowed = _explain(err)
-            problems.append((path, value, allowed))
-            lines.append(f"  {path}{shown}; {allowed}")
-        head = f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise ConfigError(head + "\n" + "\n".join(lines), path=problems[0][0], problems=problems) from None
+        raise config_error_from(exc, source) from None
 
 
 def load_config(path: str | Path) -> RayfinConfig:

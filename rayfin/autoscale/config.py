@@ -105,13 +105,6 @@ def parse_autoscaling(data: dict[str, Any] | None, source: str = "autoscaling") 
     try:
         return AutoscalingSettings.model_validate(data)
     except ValidationError as exc:
-        problems, lines = [], []
-        for err in exc.errors():
-            path = ".".join([source, *(str(p) for p in err["loc"])])
-            msg = err.get("msg", "invalid").removeprefix("Value error, ")
-            if err.get("type") == "extra_forbidden":
-                msg = "unknown field; remove it or check its spelling"
-            problems.append((path, err.get("input"), msg))
-            lines.append(f"  {path}: {msg}")
-        raise ConfigError(f"{source}: {len(problems)} problem(s)\n" + "\n".join(lines),
-                          path=problems[0][0], problems=problems) from None
+        from rayfin.config import config_error_from  # rayfin.config imports this module
+
+        raise config_error_from(exc, source, prefix=source) from None

@@ -66,7 +66,7 @@ class TelemetryConfig(BaseModel):
 
 def parse_telemetry(data: Any, source: str = "telemetry") -> TelemetryConfig:
     """Validate the `telemetry:` section; errors name each field as `telemetry.<field>`."""
-    from rayfin.config import _explain, _loc
+    from rayfin.config import config_error_from
 
     if data is None:
         data = {}
@@ -78,16 +78,7 @@ def parse_telemetry(data: Any, source: str = "telemetry") -> TelemetryConfig:
     try:
         return TelemetryConfig.model_validate(data)
     except ValidationError as exc:
-        problems, lines = [], []
-        for err in exc.errors():
-            path = "telemetry" + ("." + _loc(err["loc"]) if err["loc"] else "")
-            value = err.get("input")
-            shown = "" if err.get("type") == "missing" or isinstance(value, dict) else f": got {value!r}"
-            allowed = _explain(err)
-            problems.append((path, value, allowed))
-            lines.append(f"  {path}{shown}; {allowed}")
-        head = f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise ConfigError(head + "\n" + "\n".join(lines), path=problems[0][0], problems=problems) from None
+        raise config_error_from(exc, source, prefix="telemetry") from None
 
 
 def telemetry_config(config: Any) -> TelemetryConfig:

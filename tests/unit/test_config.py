@@ -86,3 +86,14 @@ def test_tokens_hash_and_compare():
     assert token_matches("fx-demo-token", h)
     assert not token_matches("fx-demo-tokeN", h)
     assert not token_matches(None, h) and not token_matches("", h)
+
+
+@pytest.mark.parametrize("section, value, path", [
+    ("autoscaling", {"quantile": 2}, "autoscaling.quantile"),
+    ("autoscaling", {"pools": {"risk": {"lead_time_s": -5}}}, "autoscaling.pools.risk.lead_time_s"),
+    ("telemetry", {"exporter": "zipkin"}, "telemetry.exporter"),
+])
+def test_feature_sections_are_validated_at_load(section, value, path):
+    with pytest.raises(ConfigError) as err:
+        parse_config(config_data(**{section: value}), "x.yaml")
+    assert path in str(err.value)
