@@ -34,6 +34,22 @@ def island_node_args(island: Island) -> dict[str, Any]:
     }
 
 
+def ensure_ray_token_auth() -> bool:
+    """Keep Ray's own token authentication on for the cluster we start.
+
+    `ray start` and a local `ray.init()` enable it by default in Ray 2.60, but
+    `ray.cluster_utils.Cluster` does not; so we do what `ray start` does: unless RAY_AUTH_MODE
+    says otherwise, set RAY_AUTH_MODE=token for this process (raylets and workers inherit it)
+    and create ~/.ray/auth_token if there is none. Returns whether token auth is on."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return False
+    from ray._private.authentication import authentication_token_setup as auth
+
+    auth.enable_token_auth_by_default()
+    auth.ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+    return True
+
+
 def free_port() -> int:
     import socket
 
@@ -51,6 +67,7 @@ class LocalCluster:
     cluster: Any = None
     nodes: dict[str, Any] = field(default_factory=dict)   # island id -> ray Node
     started_s: float = 0.0
+    token_auth: bool = False
 
     @property
     def topology(self) -> Topology:
@@ -60,6 +77,7 @@ class LocalCluster:
         from ray.cluster_utils import Cluster
 
         t0 = time.monotonic()
+        self.token_auth = ensure_ray_token_auth()
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.
         os.environ.setdefault("RAY_num_prestart_python_workers", "0")
         d = self.config.dashboard

@@ -202,6 +202,17 @@ class Client:
         return self._call("audit", self.desk, since, until)
 
 
+def _use_ray_token_if_present() -> None:
+    """As `ray start` does: with RAY_AUTH_MODE unset, a Ray token on this machine
+    (~/.ray/auth_token or RAY_AUTH_TOKEN) means the cluster expects it."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # an older Ray without token auth
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def connect(desk: str | None, token: str | None = None, address: str | None = None, *,
             controller_name: str = "rayfin-controller", namespace: str = "rayfin") -> Client:
     """Connect to a running rayfin (started by `rayfin up`). `token` defaults to $RAYFIN_TOKEN,
@@ -213,6 +224,7 @@ def connect(desk: str | None, token: str | None = None, address: str | None = No
     token = token if token is not None else os.environ.get("RAYFIN_TOKEN")
     address = address or os.environ.get("RAY_ADDRESS") or "auto"
     if not ray.is_initialized():
+        _use_ray_token_if_present()
         try:
             ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as exc:
