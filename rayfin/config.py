@@ -184,6 +184,9 @@ class ServeConfig(_Model):
         1.0, gt=0, le=60, description="quota tokens a gateway replica leased expire after this long unused")
     quota_sync_interval_s: float = Field(
         0.25, gt=0, le=10, description="how often gateway replicas report GPU use and return idle permits")
+    quota_local_share: float = Field(
+        0.75, ge=0, le=0.9, description="part of each desk's rate and burst split evenly over gateway replicas "
+        "(admitted with no broker call); the quota broker lends out the rest")
 
 
 class DashboardConfig(_Model):

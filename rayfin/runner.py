@@ -76,7 +76,9 @@ class JobRunner:
     """Runs one job. Decorated with @ray.remote by the Ray backend (kept plain for testing)."""
 
     def __init__(self, job_id: str, desk: str, kind: str, payload: bytes | str, gpus: float,
-                 placement: list[tuple[str, float]], placement_group_name: str, max_result_bytes: int) -> None:
+                 placement: list[tuple[str, float]], placement_group_name: str, max_result_bytes: int,
+                 priority: str = "normal") -> None:
+        self.priority = priority
         self.ctx = JobContext(job_id, desk, gpus, tuple(tuple(p) for p in placement), placement_group_name)
         self.kind = kind
         self.payload = payload
@@ -91,7 +93,8 @@ class JobRunner:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # shown in the Ray dashboard's actor list
-        return f"JobRunner(job={self.ctx.job_id}, desk={self.ctx.desk}, gpus={self.ctx.gpus:g})"
+        return (f"JobRunner(job={self.ctx.job_id}, desk={self.ctx.desk}, priority={self.priority}, "
+                f"gpus={self.ctx.gpus:g})")
 
     def start(self) -> dict[str, Any]:
         with self._lock:

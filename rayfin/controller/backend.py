@@ -46,6 +46,7 @@ class LaunchSpec:
     placement: tuple[tuple[str, float], ...]
     max_result_bytes: int = 64 * 1024 * 1024
     key: str = ""            # the reservation's name: "<job_id>~<generation>"
+    priority: str = "normal"
 
     @property
     def name(self) -> str:

@@ -308,7 +308,8 @@ class ControllerCore:
             if job is not None and job.state == JobState.ADMITTED.value:
                 try:
                     self.backend.start(LaunchSpec(job.job_id, job.desk, job.kind, job.payload, job.placement,
-                                                  self.config.controller.max_result_bytes, key=key))
+                                                  self.config.controller.max_result_bytes, key=key,
+                                                  priority=Priority(job.priority).label))
                 except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the cycle
                     log.warning("start %s failed: %s", key, exc)
                     self._lost(job, f"runner could not be started: {type(exc).__name__}: {str(exc)[:200]}")

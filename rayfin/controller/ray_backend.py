@@ -76,7 +76,8 @@ class RayBackend:
                 get_if_exists=True, num_cpus=0, num_gpus=gpus0, max_restarts=0, max_concurrency=4,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(live.pg, placement_group_bundle_index=0),
             ).remote(spec.job_id, spec.desk, spec.kind, spec.payload, sum(g for _, g in spec.placement),
-                     [list(p) for p in spec.placement], GROUP_PREFIX + spec.name, spec.max_result_bytes)
+                     [list(p) for p in spec.placement], GROUP_PREFIX + spec.name, spec.max_result_bytes,
+                     spec.priority)
         live.start_ref = live.runner.start.remote()
 
     # -- observe --
