@@ -1,0 +1,69 @@
+"""The Serve deployment that runs one fitted model, with dynamic batching (`@serve.batch`).
+
+Called by the gateway through a DeploymentHandle (`predict(rows)`); `__call__` answers plain
+HTTP only when the application is given a route (benchmarks measure the model without the
+gateway that way; `deploy_from_config` gives model applications no route in production).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import torch
+from pydantic import ValidationError
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from serve_apps.models import build
+from serve_apps.schemas import REQUEST_SCHEMAS, rows_of
+
+
+@serve.deployment
+class ModelServer:
+    def __init__(self, spec: dict) -> None:
+        torch.set_num_threads(int(spec.get("torch_threads", 1)))
+        self.name, self.kind = spec["name"], spec["kind"]
+        self.gpus = float(spec.get("gpus_per_replica", 0.0))
+        self.model = build(self.kind, seed=int(spec.get("seed", 0)), steps=spec.get("fit_steps"))
+        self.schema = REQUEST_SCHEMAS[self.kind]
+        self.predict_batch.set_max_batch_size(int(spec["max_batch_size"]))
+        self.predict_batch.set_batch_wait_timeout_s(float(spec["batch_wait_timeout_s"]))
+        self.batch_sizes: Counter[int] = Counter()
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, items: list[list[list[float]]]) -> list[dict]:
+        sizes = [len(rows) for rows in items]
+        flat = torch.tensor([r for rows in items for r in rows], dtype=torch.float32)
+        start = time.perf_counter()
+        out = self.model.predict(flat).tolist()
+        elapsed = time.perf_counter() - start
+        self.batch_sizes[len(items)] += 1
+        total = max(1, sum(sizes))
+        results, at = [], 0
+        for n in sizes:
+            # A fractional replica is charged its fraction, shared by rows across the batch.
+            results.append({"model": self.name, "predictions": out[at:at + n], "batch_size": len(items),
+                            "gpu_seconds": elapsed * self.gpus * n / total, "device": self.model.device})
+            at += n
+        return results
+
+    async def predict(self, rows: list[list[float]]) -> dict:
+        return await self.predict_batch(rows)
+
+    async def predict_many(self, batch: list[list[list[float]]]) -> list[dict]:
+        """Several requests in one call (the gateway's own batch); they still join `predict_batch`."""
+        return list(await asyncio.gather(*[self.predict_batch(rows) for rows in batch]))
+
+    async def __call__(self, request: Request):
+        try:
+            body = self.schema.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return JSONResponse({"error": "invalid_body", "detail": exc.errors(include_url=False, include_input=False)},
+                                status_code=422)
+        return await self.predict(rows_of(body))
+
+    def info(self) -> dict:
+        return {"model": self.name, "kind": self.kind, "device": self.model.device, "gpus": self.gpus,
+                "fit": self.model.fit_metrics, "batch_sizes": dict(self.batch_sizes)}

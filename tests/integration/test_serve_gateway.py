@@ -1,0 +1,233 @@
+"""The serving gateway over real HTTP against a running Serve (2 gateway replicas, 2 models)."""
+import asyncio
+import socket
+import time
+
+import httpx
+import pytest
+
+from rayfin.config import hash_token, parse_config
+from rayfin.errors import QuotaExceeded
+from serve_apps.schemas import example_body
+
+pytestmark = pytest.mark.integration
+
+PRICER = "/v1/models/option-pricer:predict"
+FRAUD = "/v1/models/fraud-scorer:predict"
+
+
+def auth(desk: str) -> dict:
+    return {"Authorization": f"Bearer {desk}-demo-token"}
+
+
+def free_port() -> int:
+    for port in range(18040, 18100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port in 18040-18099")
+
+
+def desk(name, models=(), **serving):
+    return {"name": name, "nominal_gpus": 0, "credential_sha256": hash_token(f"{name}-demo-token"),
+            "serving": serving, "models": list(models)}
+
+
+def serve_config(port: int, gpu: bool):
+    return parse_config({
+        "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
+        "desks": [
+            desk("fx", requests_per_s=1000, burst=1000, max_in_flight=200),
+            desk("rates", requests_per_s=1, burst=2, max_in_flight=8),
+            desk("shared", requests_per_s=0.5, burst=4, max_in_flight=8),
+            desk("equities", models=["fraud-scorer"], requests_per_s=100, burst=50, max_in_flight=32),
+            desk("risk", requests_per_s=100, burst=50, max_in_flight=32,
+                 **({"gpu_seconds_per_window": 1e-6, "window_s": 30} if gpu else {})),
+        ],
+        "serve": {"port": port, "gateway_replicas": 2, "max_body_bytes": 4096, "models": [
+            {"name": "option-pricer", "kind": "option_pricer", "owner": "fx", "num_cpus_per_replica": 0,
+             "fit_steps": 30, "max_batch_size": 16, "batch_wait_timeout_s": 0.05},
+            {"name": "fraud-scorer", "kind": "fraud_scorer", "owner": "risk", "public": False,
+             "num_cpus_per_replica": 0, "fit_steps": 30, "gpus_per_replica": 0.25 if gpu else 0.0},
+        ]},
+    })
+
+
+@pytest.fixture(scope="module")
+def stack():
+    import ray
+    from ray import serve
+
+    from serve_apps.deploy import deploy_from_config
+
+    started = False
+    if not ray.is_initialized():
+        # address="local": a private cluster, never someone else's running one.
+        ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+        started = True
+    gpu = ray.cluster_resources().get("GPU", 0) >= 0.25
+    port = free_port()
+    config = serve_config(port, gpu)
+    try:
+        info = deploy_from_config(config, http_port=port, access_log=False)
+        with httpx.Client(base_url=info["url"], timeout=30) as client:
+            yield {"client": client, "url": info["url"], "config": config, "gpu": gpu}
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
+
+
+def test_healthz(stack):
+    r = stack["client"].get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic fx-demo-token"},
+                                     {"Authorization": "Bearer"}])
+def test_bad_credential_is_401(stack, headers):
+    r = stack["client"].post(PRICER, headers=headers, json=example_body("option_pricer"))
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert stack["client"].get("/v1/models", headers=headers).status_code == 401
+
+
+def test_models_lists_what_the_desk_may_call(stack):
+    fx = stack["client"].get("/v1/models", headers=auth("fx")).json()
+    eq = stack["client"].get("/v1/models", headers=auth("equities")).json()
+    assert [m["name"] for m in fx["models"]] == ["option-pricer"]
+    assert sorted(m["name"] for m in eq["models"]) == ["fraud-scorer", "option-pricer"]
+
+
+def test_predict_ok(stack):
+    r = stack["client"].post(PRICER, headers=auth("fx"), json=example_body("option_pricer", 3))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "option-pricer" and body["desk"] == "fx" and len(body["predictions"]) == 3
+    assert r.headers["x-rayfin-gateway"]
+
+
+def test_unknown_model_is_404(stack):
+    r = stack["client"].post("/v1/models/nope:predict", headers=auth("fx"), json=example_body("option_pricer"))
+    assert r.status_code == 404 and r.json()["error"] == "unknown_model"
+
+
+def test_private_model_of_another_desk_is_403(stack):
+    c = stack["client"]
+    r = c.post(FRAUD, headers=auth("fx"), json=example_body("fraud_scorer"))
+    assert r.status_code == 403 and "risk" in r.json()["message"]
+    assert c.post(FRAUD, headers=auth("equities"), json=example_body("fraud_scorer")).status_code == 200  # listed
+
+
+def test_bad_body_is_422_naming_the_field(stack):
+    body = {"inputs": [{"spot": 100, "strike": 100, "maturity_years": 1, "volatility": 7}]}
+    r = stack["client"].post(PRICER, headers=auth("fx"), json=body)
+    assert r.status_code == 422
+    assert [d["field"] for d in r.json()["detail"]] == ["inputs[0].volatility"]
+
+
+def test_body_over_limit_is_413(stack):
+    c = stack["client"]
+    big = example_body("option_pricer", 200)          # > max_body_bytes 4096
+    assert c.post(PRICER, headers=auth("fx"), json=big).status_code == 413
+
+    def chunks():                                     # no Content-Length: counted while read
+        for _ in range(10):
+            yield b" " * 1000
+    r = c.post(PRICER, headers={**auth("fx"), "content-type": "application/json"}, content=chunks())
+    assert r.status_code == 413 and r.json()["limit_bytes"] == 4096
+
+
+@pytest.mark.parametrize("content, ctype", [
+    (b"not json", "application/json"), (b"[]", "application/json"), (b"{}", "text/plain"),
+    (b'{"inputs": [{"spot": 1e400}]}', "application/json"), (b'{"inputs": "x"}', "application/json"),
+])
+def test_client_mistakes_are_never_5xx(stack, content, ctype):
+    r = stack["client"].post(PRICER, headers={**auth("fx"), "content-type": ctype}, content=content)
+    assert 400 <= r.status_code < 500, r.text
+    assert stack["client"].get(PRICER, headers=auth("fx")).status_code == 405
+
+
+def test_over_quota_is_429_with_retry_after(stack):
+    c = stack["client"]
+    codes, refused = [], None
+    for _ in range(6):                                # burst 2, 1/s
+        r = c.post(PRICER, headers=auth("rates"), json=example_body("option_pricer"))
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            refused = r
+    assert codes.count(200) >= 2 and 429 in codes
+    body = refused.json()
+    assert body["limit"] == "requests_per_s" and body["desk"] == "rates"
+    assert 0 < body["retry_after_s"] <= 1.0           # next token of a 1/s bucket
+    assert refused.headers["retry-after"] == "1"
+
+
+async def _burst(url: str, n: int) -> list[httpx.Response]:
+    # One connection per request so the proxy spreads them over both gateway replicas.
+    async def one():
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            return await c.post(PRICER, headers=auth("shared"), json=example_body("option_pricer"))
+    return await asyncio.gather(*[one() for _ in range(n)])
+
+
+def test_quota_is_one_budget_across_two_gateway_replicas(stack):
+    start = time.monotonic()
+    responses = asyncio.run(_burst(stack["url"], 24)) + asyncio.run(_burst(stack["url"], 24))
+    elapsed = time.monotonic() - start
+    admitted = [r for r in responses if r.status_code == 200]
+    replicas = {r.headers["x-rayfin-gateway"] for r in responses}
+    assert len(replicas) == 2, "the proxy should have used both gateway replicas"
+    # One budget: burst 4 + 0.5/s. Two separate budgets would let up to 8 through at once.
+    assert len(admitted) <= 4 + 0.5 * elapsed
+    assert all(r.status_code in (200, 429) for r in responses)
+
+
+def test_batching_batches_under_concurrent_load(stack):
+    async def go():
+        async with httpx.AsyncClient(base_url=stack["url"], timeout=30) as c:
+            return await asyncio.gather(*[c.post(PRICER, headers=auth("fx"), json=example_body("option_pricer"))
+                                          for _ in range(32)])
+    responses = asyncio.run(go())
+    bad = [r for r in responses if r.status_code != 200]
+    quotas = [stack["client"].get("/v1/quota", headers=auth("fx")).text for _ in range(4)] if bad else []
+    assert not bad, (bad[0].text, quotas)
+    assert max(r.json()["batch_size"] for r in responses) > 1
+
+
+def test_gpu_seconds_budget(stack):
+    if not stack["gpu"]:
+        pytest.skip("no (simulated) GPU in this Ray cluster")
+    c = stack["client"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = c.post(FRAUD, headers=auth("risk"), json=example_body("fraud_scorer"))
+        if r.status_code == 429:
+            assert r.json()["limit"] == "gpu_seconds_per_window"
+            assert 1 <= int(r.headers["retry-after"]) <= 30
+            return
+        assert r.status_code == 200 and r.json()["gpu_seconds"] > 0
+        time.sleep(0.05)
+    pytest.fail("GPU-seconds budget never refused")
+
+
+def test_controller_refusal_stops_the_deployment(stack):
+    import ray
+
+    from serve_apps.deploy import deploy_from_config
+
+    @ray.remote(num_cpus=0)
+    class RefusingController:
+        def reserve_serving(self, *, model, desk, replicas, gpus_per_replica):
+            return {"ok": False, "error": QuotaExceeded(desk=desk, requested=replicas * gpus_per_replica,
+                                                        available=0.0).to_wire()}
+
+    ctl = RefusingController.remote()
+    with pytest.raises(QuotaExceeded) as info:
+        deploy_from_config(stack["config"], controller=ctl, http_port=int(stack["url"].rsplit(":", 1)[1]))
+    assert info.value.desk == "fx"
+    assert stack["client"].get("/healthz").status_code == 200   # what runs is untouched
+    ray.kill(ctl)
