@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class Running:
     local: Any = None                    # LocalCluster when we started one
     timings_s: dict[str, float] = field(default_factory=dict)
     serve_started: bool = False
+    deploy_key: str | None = field(default=None, repr=False)
 
     def endpoint_lines(self) -> list[str]:
         lines = [f"dashboard: {self.dashboard_url or 'not started'}", f"address: {self.address}"]
@@ -101,16 +103,17 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
              logging_level="WARNING")
     try:
         t1 = time.monotonic()
-        controller = start_controller(config)
+        deploy_key = secrets.token_hex(16)
+        controller = start_controller(config, deploy_key=deploy_key)
         timings["controller_s"] = time.monotonic() - t1
         dash = local.dashboard_url if local is not None else _dashboard_url()
         port = metrics_port if metrics_port is not None else config.dashboard.metrics_export_port
         metrics_url = (f"http://{ray.util.get_node_ip_address()}:{port}/metrics" if local is not None
                        else _head_metrics_url())
-        run = Running(config, address, dash, metrics_url, None, controller, local, timings)
+        run = Running(config, address, dash, metrics_url, None, controller, local, timings, deploy_key=deploy_key)
         if serve and config.serve.enabled and config.serve.models:
             t2 = time.monotonic()
-            run.serve_url = _deploy_serve(config, controller, serve_port)
+            run.serve_url = _deploy_serve(config, controller, serve_port, deploy_key)
             run.serve_started = run.serve_url is not None
             timings["serve_s"] = time.monotonic() - t2
         timings["total_s"] = time.monotonic() - t0
@@ -123,13 +126,13 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
         raise
 
 
-def _deploy_serve(config: RayfinConfig, controller: Any, port: int | None) -> str | None:
+def _deploy_serve(config: RayfinConfig, controller: Any, port: int | None, token: str) -> str | None:
     try:
         from serve_apps.deploy import deploy_from_config
     except ImportError as exc:
         log.warning("serve apps not available: %s", exc)
         return None
-    info = deploy_from_config(config, controller=controller, http_port=port)
+    info = deploy_from_config(config, controller=controller, http_port=port, token=token)
     return (info or {}).get("url") or f"http://{config.serve.host}:{port or config.serve.port}"
 
 

@@ -1,7 +1,14 @@
 """Deploy the serving stack from a RayfinConfig: one Serve application per model, plus the gateway.
 
-    rayfin-model-<name>   ModelServer (batched torch model), no HTTP route in production
-    rayfin-gateway        Gateway (FastAPI ingress, route "/") + QuotaBroker (one replica)
+Layout "gated" (the default):
+
+    rayfin-model-<name>   GatedModel (auth, quota, validation and batched torch model in one
+                          replica), route "/v1/models/<name>:predict"
+    rayfin-gateway        Gateway (FastAPI ingress, route "/": GET /v1/models, /v1/quota,
+                          /healthz, 404 for unknown models) + QuotaBroker (one replica)
+
+Layout "hop" (the previous one, kept for comparison): the gateway admits every predict request
+and forwards it to `ModelServer` (no HTTP route) with a DeploymentHandle call.
 
 With a controller handle, every model is first reserved in the controller's GPU ledger against
 its owning desk (`reserve_serving`); a refusal raises the controller's typed error
@@ -18,6 +25,7 @@ from rayfin.errors import ConfigError, RayfinError, from_wire
 log = logging.getLogger(__name__)
 
 GATEWAY_APP = "rayfin-gateway"
+LAYOUTS = ("gated", "hop")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -25,20 +33,40 @@ def model_app_name(model: str) -> str:
     return f"rayfin-model-{model}"
 
 
+def direct_app_name(model: str) -> str:
+    return f"rayfin-direct-{model}"
+
+
 def direct_route(model: str) -> str:
     return f"/direct/{model}"
 
 
-def gateway_spec(config: RayfinConfig) -> dict[str, Any]:
-    """Plain data the gateway replicas are built from (no secrets beyond the token hashes)."""
+def admitting_replicas(config: RayfinConfig) -> dict[str, int]:
+    """Gated layout: per desk, the replicas that can admit its requests (those of the models it
+    may call). Each holds 1/R of the desk's local share and permits (see docs/serving.md)."""
+    from serve_apps.access import AccessPolicy
+
+    policy = AccessPolicy.from_config(config)
+    by_name = {m.name: m for m in config.serve.models}
+    return {d.name: max(1, sum(by_name[e.name].num_replicas for e in policy.callable_models(d.name)))
+            for d in config.desks}
+
+
+def gateway_spec(config: RayfinConfig, layout: str = "gated", gateway_app: str = GATEWAY_APP) -> dict[str, Any]:
+    """Plain data the gateway (and gated model) replicas are built from (no secrets beyond the
+    token hashes)."""
     from serve_apps.access import AccessPolicy
     from serve_apps.quota import QuotaSpec
 
+    if layout not in LAYOUTS:
+        raise ConfigError(f"serving layout: got {layout!r}; one of {', '.join(LAYOUTS)}", path="serve")
     sc = config.serve
     return {
+        "layout": layout,
+        "broker_app": gateway_app,
         "access": AccessPolicy.from_config(config).to_dict(),
         "quotas": {d.name: vars(QuotaSpec.from_config(d.serving)) for d in config.desks},
-        "replicas": sc.gateway_replicas,
+        "replicas": admitting_replicas(config) if layout == "gated" else sc.gateway_replicas,
         "max_body_bytes": sc.max_body_bytes,
         "sync_interval_s": sc.quota_sync_interval_s,
         "local_fraction": sc.quota_local_share,
@@ -70,13 +98,35 @@ def build_model_app(m: ServeModelConfig, resources: dict[str, float] | None = No
     ).bind(model_spec(m))
 
 
-def build_gateway_app(config: RayfinConfig):
+def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[str, float] | None = None,
+                    gateway_app: str = GATEWAY_APP):
+    """The model's own application: gate + batched model in one replica (route: predict_route)."""
+    from ray.serve.config import BackpressureConfig
+
+    from serve_apps.gated import GatedModel
+
+    actor_options: dict[str, Any] = {"num_cpus": m.num_cpus_per_replica, "num_gpus": m.gpus_per_replica}
+    if resources:
+        actor_options["resources"] = dict(resources)
+    # Quota refusals are answered by the replica itself, so it must accept more at once than the
+    # model alone: a flood of refused requests must not queue behind admitted ones.
+    return GatedModel.options(
+        name=m.name,
+        num_replicas=m.num_replicas,
+        ray_actor_options=actor_options,
+        max_ongoing_requests=max(256, 4 * m.max_batch_size),
+        max_queued_requests=m.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
+    ).bind(gateway_spec(config, "gated", gateway_app), model_spec(m))
+
+
+def build_gateway_app(config: RayfinConfig, layout: str = "gated", gateway_app: str = GATEWAY_APP):
     from ray.serve.config import BackpressureConfig
 
     from serve_apps.broker import QuotaBroker
     from serve_apps.gateway import Gateway
 
-    spec = gateway_spec(config)
+    spec = gateway_spec(config, layout, gateway_app)
     broker = QuotaBroker.bind(spec["quotas"], replicas=spec["replicas"], local_fraction=spec["local_fraction"],
                               token_ttl_s=config.serve.lease_ttl_s,
                               holder_ttl_s=max(5.0, 10 * config.serve.quota_sync_interval_s))
@@ -95,17 +145,19 @@ def _check_loopback(sc: ServeConfig) -> None:
                           path="serve.host")
 
 
-def _reserve(controller, m: ServeModelConfig) -> dict[str, float]:
+def _reserve(controller, m: ServeModelConfig, token: str | None) -> dict[str, float]:
+    """Charge the model's replicas to its owner desk; returns the custom resources (the island the
+    controller accounted them on) to add to the replicas' actor options."""
     import ray
 
-    reply = ray.get(controller.reserve_serving.remote(model=m.name, desk=m.owner, replicas=m.num_replicas,
+    reply = ray.get(controller.reserve_serving.remote(token, model=m.name, desk=m.owner, replicas=m.num_replicas,
                                                       gpus_per_replica=m.gpus_per_replica))
     if not reply.get("ok"):
         raise from_wire(reply.get("error") or {"type": "RayfinError", "message": f"reserve_serving refused {m.name}"})
-    return dict(reply.get("resources") or {})
+    return dict((reply.get("value") or {}).get("resources") or {})
 
 
-def _release_quietly(controller, names: list[str]) -> None:
+def _release_quietly(controller, names: list[str], token: str | None) -> None:
     release = getattr(controller, "release_serving", None)
     if release is None:
         return
@@ -113,18 +165,21 @@ def _release_quietly(controller, names: list[str]) -> None:
 
     for name in names:
         try:
-            ray.get(release.remote(model=name))
+            ray.get(release.remote(token, model=name))
         except Exception:  # noqa: BLE001 - best effort while already failing
             log.warning("could not release serving reservation of %s", name)
 
 
 def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int | None = None,
-                       expose_models_http: bool = False, access_log: bool = True) -> dict[str, Any]:
+                       expose_models_http: bool = False, access_log: bool = True,
+                       token: str | None = None, layout: str = "gated") -> dict[str, Any]:
     """Deploy every model of `config.serve.models` and the gateway; return where they are.
 
     `expose_models_http` also routes each model at /direct/<name> with no gateway in front
     (benchmarks only: that path has no quota). `access_log=False` turns off Serve's per-request
-    log lines (benchmarks and tests; production keeps them as the audit trail).
+    log lines (benchmarks and tests; production keeps them as the audit trail). `layout`: "gated"
+    (default; serve_apps.gated) or "hop" (the gateway forwards to the model). `token` is the
+    deploy key (or admin token) the controller accepts for reserving serving GPUs.
     """
     from ray import serve
     from ray.serve.api import RunTarget
@@ -132,35 +187,49 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
     sc = config.serve
     _check_loopback(sc)
     port = http_port or sc.port
+    if layout not in LAYOUTS:
+        raise ConfigError(f"serving layout: got {layout!r}; one of {', '.join(LAYOUTS)}", path="serve")
 
     resources: dict[str, dict[str, float]] = {}
     if controller is not None:
         reserved: list[str] = []
         try:
             for m in sc.models:
-                resources[m.name] = _reserve(controller, m)
+                resources[m.name] = _reserve(controller, m, token)
                 reserved.append(m.name)
         except RayfinError:
-            _release_quietly(controller, reserved)
+            _release_quietly(controller, reserved, token)
             raise
 
     serve.start(http_options={"host": sc.host, "port": port})
     logging_config = {"enable_access_log": access_log}
-    targets = [RunTarget(build_model_app(m, resources.get(m.name)), name=model_app_name(m.name),
-                         route_prefix=direct_route(m.name) if expose_models_http else None,
-                         logging_config=logging_config)
-               for m in sc.models]
-    targets.append(RunTarget(build_gateway_app(config), name=GATEWAY_APP, route_prefix="/",
+    if layout == "gated":
+        from serve_apps.gated import predict_route
+
+        targets = [RunTarget(build_gated_app(config, m, resources.get(m.name)), name=model_app_name(m.name),
+                             route_prefix=predict_route(m.name), logging_config=logging_config)
+                   for m in sc.models]
+        if expose_models_http:  # benchmark baseline: the plain model, no gate, not in the GPU ledger
+            targets += [RunTarget(build_model_app(m), name=direct_app_name(m.name), route_prefix=direct_route(m.name),
+                                  logging_config=logging_config) for m in sc.models]
+    else:
+        targets = [RunTarget(build_model_app(m, resources.get(m.name)), name=model_app_name(m.name),
+                             route_prefix=direct_route(m.name) if expose_models_http else None,
+                             logging_config=logging_config)
+                   for m in sc.models]
+    targets.append(RunTarget(build_gateway_app(config, layout), name=GATEWAY_APP, route_prefix="/",
                              logging_config=logging_config))
     serve.run_many(targets)
 
     base = f"http://{sc.host}:{port}"
     return {
         "url": base,
+        "layout": layout,
         "gateway": {"app": GATEWAY_APP, "replicas": sc.gateway_replicas, "url": base + "/v1/models"},
         "models": {m.name: {"app": model_app_name(m.name), "kind": m.kind, "owner": m.owner,
                             "replicas": m.num_replicas, "gpus_per_replica": m.gpus_per_replica,
                             "resources": resources.get(m.name, {}),
+                            "predict_url": base + f"/v1/models/{m.name}:predict",
                             "direct_url": base + direct_route(m.name) if expose_models_http else None}
                    for m in sc.models},
     }
@@ -170,8 +239,42 @@ def undeploy(config: RayfinConfig) -> None:
     """Delete the gateway and model applications (Serve itself keeps running)."""
     from ray import serve
 
-    for name in [GATEWAY_APP] + [model_app_name(m.name) for m in config.serve.models]:
+    for name in [GATEWAY_APP] + [n for m in config.serve.models for n in (model_app_name(m.name),
+                                                                          direct_app_name(m.name))]:
         try:
             serve.delete(name)
         except Exception:  # noqa: BLE001 - already gone
             pass
+
+
+def rayservice_app(args: dict):
+    """Application builder for KubeRay's RayService (`import_path: serve_apps.deploy:rayservice_app`).
+
+    `args`: `config` (path of the rayfin config), `app` (`gateway` or `model`), `model` (the
+    model's name, for `app: model`), optional `gateway_app` (the Serve application name of the
+    gateway, which holds the quota broker; `gateway` as in configs/kuberay/rayservice.yaml) and
+    `layout` (`gated`, the default, or `hop`). Routes come from the RayService's serveConfigV2:
+    the gateway at "/", each gated model at "/v1/models/<name>:predict" (`serve_apps.gated`).
+    GPU reservations in the controller's ledger are made by `deploy_from_config` only.
+    """
+    from rayfin.config import load_config
+
+    args = dict(args or {})
+    if "config" not in args:
+        raise ConfigError("rayservice_app: args.config (path of the rayfin config) is required", path="args.config")
+    config = load_config(args["config"])
+    layout = str(args.get("layout", "gated"))
+    gateway_app = str(args.get("gateway_app", "gateway"))
+    kind = args.get("app")
+    if kind == "gateway":
+        return build_gateway_app(config, layout, gateway_app)
+    if kind == "model":
+        name = args.get("model")
+        models = {m.name: m for m in config.serve.models}
+        if name not in models:
+            raise ConfigError(f"rayservice_app: args.model: got {name!r}; one of {', '.join(models) or '(none)'}",
+                              path="args.model")
+        if layout == "gated":
+            return build_gated_app(config, models[name], gateway_app=gateway_app)
+        return build_model_app(models[name])
+    raise ConfigError(f"rayservice_app: args.app: got {kind!r}; one of gateway, model", path="args.app")

@@ -27,7 +27,7 @@ def _wrap(fn, *args, **kwargs) -> dict[str, Any]:
 
 
 class RayfinController:
-    def __init__(self, config_data: dict[str, Any]) -> None:
+    def __init__(self, config_data: dict[str, Any], deploy_key: str | None = None) -> None:
         from rayfin.controller.core import ControllerCore
         from rayfin.controller.ledger import SqliteLedger
         from rayfin.controller.ray_backend import RayBackend
@@ -38,7 +38,8 @@ class RayfinController:
         from placement.topology import Topology
 
         backend = RayBackend(Topology.from_config(self.config.cluster))
-        self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder())
+        self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder(),
+                                   deploy_key=deploy_key)
         self.recovery = self.core.recover()
         self.capacity = CapacityLoop(self.config, self.ledger)
         self.cycles = 0
@@ -106,6 +107,9 @@ class RayfinController:
                         "reasons": list(plan.reasons)} for p, plan in req.pools.items()}
         return _wrap(_view, token)
 
+    def release_serving(self, token=None, *, model):
+        return _wrap(self.core.release_serving, token, model)
+
     def pools(self, token):
         return _wrap(self.core.pools, token)
 
@@ -159,14 +163,18 @@ class CapacityLoop:
             log.warning("capacity request not sent: %s", exc)
 
 
-def start_controller(config: RayfinConfig, *, admin_token: str | None = None):
+def start_controller(config: RayfinConfig, *, deploy_key: str | None = None):
     """Create (or find) the detached controller actor, pinned to the head node so the ledger
-    file and the metrics it exports live there. Returns the actor handle."""
+    file and the metrics it exports live there. Returns the actor handle.
+
+    `deploy_key` is a secret of the starting process that lets it reserve serving capacity;
+    it is a constructor argument, so a restarted controller keeps it."""
     c = config.controller
     cls = ray.remote(RayfinController)
     handle = cls.options(name=c.name, namespace=c.namespace, lifetime="detached", get_if_exists=True,
                          max_restarts=-1, max_task_retries=-1, max_concurrency=32, num_cpus=0,
-                         resources={"node:__internal_head__": 0.001}).remote(config.model_dump(mode="json"))
+                         resources={"node:__internal_head__": 0.001}).remote(config.model_dump(mode="json"),
+                                                                              deploy_key)
     ray.get(handle.ping.remote(), timeout=120)
     return handle
 

@@ -14,6 +14,7 @@ Every state change is written to the ledger before anyone is told. The Ray actor
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import secrets
 import threading
@@ -74,8 +75,11 @@ def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
 class ControllerCore:
     def __init__(self, config: RayfinConfig, ledger: Ledger, backend: Backend, *,
                  clock: Callable[[], float] = time.time, new_id: Callable[[str], str] | None = None,
-                 recorder: Recorder | None = None) -> None:
+                 recorder: Recorder | None = None, deploy_key: str | None = None) -> None:
         self.config = config
+        # Held by the process that started the controller (`rayfin up`): it may deploy and
+        # release serving capacity, nothing else.
+        self.deploy_key = deploy_key
         self.ledger = ledger
         self.backend = backend
         self.clock = clock
@@ -98,6 +102,9 @@ class ControllerCore:
 
     # ---------------------------------------------------------------- auth
     def authenticate(self, token: str | None, desk: str | None, action: str) -> Principal:
+        if (action == "deploy" and self.deploy_key and token
+                and hmac.compare_digest(token.encode(), self.deploy_key.encode())):
+            return Principal(desk, admin=True)
         admin = self.config.admin
         if admin is not None and token_matches(token, admin.credential_sha256):
             if desk is not None and desk not in self.desks:
@@ -115,6 +122,13 @@ class ControllerCore:
             raise Unauthorized(f"credential of desk {who!r} may not {action} for desk {desk!r}", desk=desk,
                                action=action)
         return Principal(who)
+
+    def _require_operator(self, token: str | None, desk: str | None) -> Principal:
+        principal = self.authenticate(token, desk, "deploy")
+        if not principal.admin:
+            raise Unauthorized("deploying serving capacity needs the admin credential or the deploy key of "
+                               "`rayfin up`; desks call models over HTTP", desk=desk, action="deploy")
+        return principal
 
     def _visible(self, principal: Principal, job_id: str) -> JobRecord:
         job = self.active.get(job_id) or self.ledger.get_job(job_id)
@@ -233,8 +247,9 @@ class ControllerCore:
 
     def reserve_serving(self, token: str | None, model: str, desk: str, replicas: int,
                         gpus_per_replica: float) -> dict[str, Any]:
-        """Charge a Serve deployment's GPUs to its desk and pick the island its replicas use."""
-        self.authenticate(token, desk, "deploy")
+        """Charge a Serve deployment's GPUs to its desk and pick the island its replicas use.
+        A platform action: needs the deploy key of `rayfin up` or the admin credential."""
+        self._require_operator(token, desk)
         if replicas < 1 or gpus_per_replica < 0:
             raise InvalidRequest(field="replicas/gpus_per_replica", value=(replicas, gpus_per_replica),
                                  allowed="replicas >= 1, gpus_per_replica >= 0")
@@ -268,6 +283,16 @@ class ControllerCore:
             self.ledger.put_job(job, ("serving_reserved", q.reason), ts=now)
             self.active[job_id] = job
         return self._serving_resources(job, gpus_per_replica)
+
+    def release_serving(self, token: str | None, model: str) -> dict[str, Any]:
+        """Give a serving deployment's GPUs back to its desk (undeploy, or a failed deploy)."""
+        self._require_operator(token, None)
+        with self.lock:
+            job = self.active.get(f"serve-{model}")
+            if job is None:
+                return {"released": False}
+            self._finish(job, JobState.CANCELLED, "serving deployment released")
+        return {"released": True, "gpus": job.gpus, "desk": job.desk}
 
     @staticmethod
     def _serving_resources(job: JobRecord, per_replica: float) -> dict[str, Any]:

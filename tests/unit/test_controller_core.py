@@ -208,6 +208,8 @@ def test_restart_rebuilds_from_ledger_and_adopts(tmp_path):
 
 def test_serving_reservation_charges_desk_quota(env):
     core, *_ = env
+    with pytest.raises(Unauthorized):                      # a desk cannot reserve serving capacity itself
+        core.reserve_serving(TOK["fx"], "pricer", "fx", 2, 0.5)
     res = core.reserve_serving(TOK["admin"], "pricer", "fx", 2, 0.5)
     assert res["num_gpus"] == 0.5 and list(res["resources"].values()) == [0.5]
     assert core.usage(TOK["fx"])["fx"]["serving"] == 1.0
