@@ -3,7 +3,10 @@
     python -m benchmarks.serve_quota --out result.json [--trace PATH --rate-scale 0.5]
 
 Starts a private Ray cluster and Serve on loopback, deploys one option-pricer model reachable
-both through the gateway and directly (/direct/option-pricer, no gateway), then measures:
+both through the gateway and directly (/direct/option-pricer: a plain model deployment with no
+gate, its own application), then measures ("through the gateway" is, with --layout gated, the
+default, the model's own gated application at /v1/models/option-pricer:predict: quota, auth and
+validation in the model replica; with --layout hop, the old gateway -> model hop):
 
 - gateway_throughput_ratio: closed-loop requests/s through the gateway / directly, same
   concurrency, rounds alternated (direct, gateway, direct, ...) so machine noise hits both;
@@ -36,7 +39,7 @@ PRICER = "/v1/models/option-pricer:predict"
 DIRECT = "/direct/option-pricer"
 
 
-def free_port(lo: int = 18000, hi: int = 18040) -> int:
+def free_port(lo: int = 18150, hi: int = 18200) -> int:
     for port in range(lo, hi):
         with socket.socket() as s:
             try:
@@ -233,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood-burst", type=int, default=5)
     p.add_argument("--gateway-replicas", type=int, default=2 if (os.cpu_count() or 1) >= 4 else 1)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--layout", choices=("gated", "hop"), default="gated",
+                   help="gated: each model's replica admits and predicts (default); hop: gateway -> model")
     args = p.parse_args(argv)
 
     import ray
@@ -245,12 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         started = time.time()
-        info = deploy_from_config(config, http_port=port, expose_models_http=True, access_log=False)
+        info = deploy_from_config(config, http_port=port, expose_models_http=True, access_log=False,
+                                  layout=args.layout)
         result = asyncio.run(measure(info["url"], args))
     finally:
         serve.shutdown()
         ray.shutdown()
-    result["setup"] = {"gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
+    result["setup"] = {"layout": args.layout, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
                        "load_avg_1m": os.getloadavg()[0], "wall_s": round(time.time() - started, 1),
                        "targets": {"gateway_throughput_ratio": ">= 0.9", "quiet_p99_ratio": "<= 1.25",
                                    "flood_admitted": "<= flood_allowed"}}

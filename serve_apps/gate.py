@@ -21,16 +21,24 @@ log = logging.getLogger(__name__)
 BrokerCall = Callable[[Sequence[LeaseRequest]], Awaitable[Sequence[Grant]]]
 
 
+def replicas_of(replicas: int | Mapping[str, int], desk: str) -> int:
+    """R for one desk: a single count for every desk, or a count per desk (the replicas that
+    can admit that desk's requests: those of the models it may call)."""
+    if isinstance(replicas, Mapping):
+        return max(1, int(replicas.get(desk, 1)))
+    return max(1, int(replicas))
+
+
 class LocalBroker:
     """The broker's state and logic without Ray: the Serve deployment wraps one of these."""
 
-    def __init__(self, specs: Mapping[str, QuotaSpec], *, replicas: int = 1, local_fraction: float = 0.0,
-                 token_ttl_s: float = 1.0, holder_ttl_s: float = 5.0,
+    def __init__(self, specs: Mapping[str, QuotaSpec], *, replicas: int | Mapping[str, int] = 1,
+                 local_fraction: float = 0.0, token_ttl_s: float = 1.0, holder_ttl_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.token_ttl_s, self.holder_ttl_s = token_ttl_s, holder_ttl_s
         now = clock()
-        self.budgets = {d: DeskBudget.new(d, s, now, replicas=replicas, local_fraction=local_fraction)
+        self.budgets = {d: DeskBudget.new(d, s, now, replicas=replicas_of(replicas, d), local_fraction=local_fraction)
                         for d, s in specs.items()}
 
     def lease(self, requests: Sequence[LeaseRequest]) -> list[Grant]:
@@ -61,18 +69,19 @@ class QuotaGate:
     broker_timeout_s = 0.5  # a slower broker reply counts as a failed one (local share used)
     max_wait_s = 3.0  # longest a request waits for tokens the broker keeps giving to others
 
-    def __init__(self, specs: Mapping[str, QuotaSpec], *, replicas: int, replica_id: str, call_broker: BrokerCall,
-                 clock: Callable[[], float] = time.monotonic, sync_interval_s: float = 0.25,
-                 local_fraction: float = 0.0) -> None:
+    def __init__(self, specs: Mapping[str, QuotaSpec], *, replicas: int | Mapping[str, int], replica_id: str,
+                 call_broker: BrokerCall, clock: Callable[[], float] = time.monotonic, sync_interval_s: float = 0.25,
+                 local_fraction: float = 0.0, permits_local: bool = False) -> None:
         self.replica_id = replica_id
-        self.replicas = max(1, replicas)
+        self.replicas = replicas
         self._call = call_broker
         self._clock = clock
         self.sync_interval_s = sync_interval_s
         now = clock()
         # Each lease has its own bucket (local_fraction of the quota / R): while the broker is
         # slow or down, that share is what the replica admits, and the total still holds.
-        self.leases = {d: LocalLease(d, s, replicas, now, local_fraction) for d, s in specs.items()}
+        self.leases = {d: LocalLease(d, s, replicas_of(replicas, d), now, local_fraction, permits_local)
+                       for d, s in specs.items()}
         self._syncing: dict[str, asyncio.Task] = {}
         self._waiters: dict[str, int] = defaultdict(int)
         self.broker_calls = 0
@@ -96,6 +105,9 @@ class QuotaGate:
                 if lease.wants_prefetch(now) and desk not in self._syncing:
                     self._start_sync(desk, Shortage.NONE, prefetch=True)
                 return None
+            if short is Shortage.PERMITS and lease.permits_local:  # ours are all in use: no one to ask
+                self.refusals["permits:local"] += 1
+                break
             if lease.blocked(short, now):
                 self.refusals[f"{short.value}:blocked"] += 1
                 break
@@ -154,7 +166,7 @@ class QuotaGate:
         """No tokens from the broker (the local bucket is the fallback); permits up to 1/R."""
         now = self._clock()
         lease = self.leases[req.desk]
-        permits = min(req.permits_target, max(1, lease.spec.max_in_flight // self.replicas))
+        permits = min(req.permits_target, max(1, lease.spec.max_in_flight // replicas_of(self.replicas, req.desk)))
         return Grant(desk=req.desk, tokens=0, token_ttl_s=1.0, permits_held=permits,
                      gpu_used=lease.gpu_used_known, gpu_window_end=now + max(0.0, lease.gpu_window_end - now),
                      retry_after_s=self.broker_timeout_s, now=now)

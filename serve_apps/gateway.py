@@ -21,7 +21,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from serve_apps.access import AccessPolicy, ModelEntry, bearer_token
-from serve_apps.gate import QuotaGate
+from serve_apps.gate import QuotaGate, replicas_of as spec_replicas
 from serve_apps.quota import Limit, QuotaSpec, Refusal
 from serve_apps.schemas import REQUEST_SCHEMAS, rows_of
 
@@ -48,14 +48,15 @@ def _refused(refusal: Refusal) -> JSONResponse:
 class GatewayCore:
     """Everything the gateway does, independent of how it is hosted (Serve replica or a test)."""
 
-    def __init__(self, spec: dict, *, call_broker, call_model, replica_id: str) -> None:
+    def __init__(self, spec: dict, *, call_broker, call_model, replica_id: str, permits_local: bool = False) -> None:
         self.policy = AccessPolicy.from_dict(spec["access"])
         self.max_body_bytes = int(spec["max_body_bytes"])
         self._call_model_fn = call_model  # async (model name, rows) -> result dict
         self.gate = QuotaGate({d: QuotaSpec(**q) for d, q in spec["quotas"].items()},
-                              replicas=int(spec["replicas"]), replica_id=replica_id, call_broker=call_broker,
+                              replicas=spec["replicas"], replica_id=replica_id, call_broker=call_broker,
                               sync_interval_s=float(spec.get("sync_interval_s", 0.25)),
-                              local_fraction=float(spec.get("local_fraction", 0.0)))
+                              local_fraction=float(spec.get("local_fraction", 0.0)),
+                              permits_local=permits_local)
         self._background: asyncio.Task | None = None
 
     def _ensure_background(self) -> None:
@@ -65,17 +66,19 @@ class GatewayCore:
     def authenticate(self, request: Request) -> str | None:
         return self.policy.authenticate(bearer_token(request.headers.get("authorization")))
 
-    async def predict(self, model_name: str, request: Request) -> JSONResponse:
-        response = await self._predict(model_name, request)
+    async def predict(self, model_name: str, request: Request, span=None) -> JSONResponse:
+        response = await self._predict(model_name, request, span)
         if isinstance(response, dict):
             response = JSONResponse(response)
         # Which gateway replica answered: operators (and tests) see the budget is shared.
         response.headers["X-Rayfin-Gateway"] = self.gate.replica_id
         return response
 
-    async def _predict(self, model_name: str, request: Request) -> JSONResponse | dict:
+    async def _predict(self, model_name: str, request: Request, span=None) -> JSONResponse | dict:
         self._ensure_background()
         desk = self.authenticate(request)
+        if span is not None and desk is not None:
+            span.desk = desk
         if desk is None:
             return _error(401, "unauthorized", "missing or unknown desk credential; send "
                           "`Authorization: Bearer <desk token>`", headers={"WWW-Authenticate": "Bearer"})
@@ -106,6 +109,25 @@ class GatewayCore:
             return response
         finally:
             self.gate.release(desk, gpu_seconds)
+
+    def route_only(self, model_name: str, request: Request, span=None) -> JSONResponse:
+        """Gated layout: predictions are served by each model's own application, so a predict
+        request reaching the gateway is for an unknown model (404), or for a model whose
+        application is not serving its route right now (503). Same checks, same order."""
+        desk = self.authenticate(request)
+        if span is not None and desk is not None:
+            span.desk = desk
+        if desk is None:
+            return _error(401, "unauthorized", "missing or unknown desk credential; send "
+                          "`Authorization: Bearer <desk token>`", headers={"WWW-Authenticate": "Bearer"})
+        model = self.policy.model(model_name)
+        if model is None:
+            return _error(404, "unknown_model", f"no model {model_name!r}; GET /v1/models lists yours")
+        if not self.policy.may_call(desk, model):
+            return _error(403, "forbidden", f"desk {desk!r} may not call model {model_name!r}; it is private "
+                          f"to desk {model.owner!r} (ask for it to be added to your desk's `models`)")
+        return _error(503, "model_unavailable", f"model {model_name!r} is not serving right now",
+                      headers={"Retry-After": "1"})
 
     async def _call_model(self, model: ModelEntry, desk: str,
                           rows: list[list[float]]) -> tuple[JSONResponse | dict, float]:
@@ -154,6 +176,9 @@ class Gateway:
         self._handles: dict[str, Any] = {}
         self._apps = dict(spec["model_apps"])
         self._batch_hop = bool(spec.get("batch_hop", False))
+        # "gated": each model's own application serves its predict route (serve_apps.gated);
+        # "hop": this gateway admits and forwards to the model application (the old layout).
+        self._gated = spec.get("layout", "hop") == "gated"
         ctx = serve.get_replica_context()
         self.core = GatewayCore(spec, call_broker=self._call_broker, call_model=self._call_model,
                                 replica_id=ctx.replica_id.unique_id)
@@ -208,7 +233,19 @@ class Gateway:
 
     @app.post("/v1/models/{model}:predict")
     async def predict(self, model: str, request: Request):
-        return await self.core.predict(model, request)
+        from rayfin.telemetry.serving import request_span
+
+        with request_span(model) as span:
+            if self._gated:
+                response = self.core.route_only(model, request, span)
+            else:
+                response = await self.core.predict(model, request, span=span)
+            desk = span.desk if span.desk != "unknown" else None
+            if response.status_code == 200:
+                span.finish(status=200, desk=desk)
+            else:
+                span.finish(response, desk=desk)
+            return response
 
     @app.get("/v1/quota")
     async def quota(self, request: Request):
@@ -216,6 +253,10 @@ class Gateway:
         desk = self.core.authenticate(request)
         if desk is None:
             return _error(401, "unauthorized", "missing or unknown desk credential")
+        if self._gated:  # admission happens in the model replicas: show the broker's central view
+            snapshot = await self._broker.snapshot.remote()
+            return {"desk": desk, "broker": snapshot.get(desk), "quota": vars(self.core.gate.leases[desk].spec),
+                    "admitting_replicas": spec_replicas(self.core.gate.replicas, desk)}
         lease = self.core.gate.leases[desk]
         now = time.monotonic()
         return {"desk": desk, "replica": self.core.gate.replica_id, "tokens": lease.tokens(now),

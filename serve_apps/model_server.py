@@ -2,7 +2,8 @@
 
 Called by the gateway through a DeploymentHandle (`predict(rows)`); `__call__` answers plain
 HTTP only when the application is given a route (benchmarks measure the model without the
-gateway that way; `deploy_from_config` gives model applications no route in production).
+gateway that way: in the gated layout as its own `rayfin-direct-<name>` application; production
+serves models through `serve_apps.gated.GatedModel`, which subclasses this class).
 """
 from __future__ import annotations
 

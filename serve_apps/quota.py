@@ -86,6 +86,15 @@ def central_share(spec: QuotaSpec, replicas: int, fraction: float) -> tuple[floa
     return spec.requests_per_s - r * rate, spec.burst - r * burst
 
 
+def local_permits(spec: QuotaSpec, replicas: int) -> int:
+    """In-flight permits a replica owns outright when permits are local (no broker involved).
+
+    `floor(max_in_flight / R)`, at least 1 so every replica can serve: the permits of all R
+    replicas add up to at most `max(max_in_flight, R)`.
+    """
+    return max(1, int(spec.max_in_flight // max(1, replicas)))
+
+
 def permit_spare(spec: QuotaSpec, replicas: int) -> int:
     """Idle in-flight permits a replica keeps so that most requests need no broker call."""
     return max(0, min(8, spec.max_in_flight // (4 * max(1, replicas))))
@@ -253,13 +262,17 @@ class LocalLease:
     LEASE_HORIZON_S = 0.5    # lease about this much of the recent local rate at once (< token ttl)
     PERMIT_RETRY_S = 0.02    # after the broker had no permit free, ask again no sooner
 
-    def __init__(self, desk: str, spec: QuotaSpec, replicas: int, now: float, local_fraction: float = 0.0) -> None:
+    def __init__(self, desk: str, spec: QuotaSpec, replicas: int, now: float, local_fraction: float = 0.0,
+                 permits_local: bool = False) -> None:
         self.desk, self.spec = desk, spec
+        # permits_local: this replica owns floor(max_in_flight / R) permits outright and never asks
+        # the broker for any, so a request is never held up by a broker call for a permit.
+        self.permits_local = permits_local
         self.local = TokenBucket.full(*local_share(spec, replicas, local_fraction), now)
         self.cap = lease_cap(spec, replicas)
         self.spare = permit_spare(spec, replicas)
         self._chunks: list[list[float]] = []   # [expires_at, tokens], oldest first
-        self.permits = 0
+        self.permits = local_permits(spec, replicas) if permits_local else 0
         self.in_use = 0
         self.gpu_used_known = 0.0
         self.gpu_unreported = 0.0
@@ -356,6 +369,8 @@ class LocalLease:
 
     def needs_sync(self, now: float, idle_s: float, heartbeat_s: float = 1.0) -> bool:
         """Background sync: give back idle permits, report GPU use, keep the holding alive."""
+        if self.permits_local:
+            return self.gpu_unreported > 0 or (now - self.last_sync >= heartbeat_s and self.observed_rate(now) > 0.01)
         if self.gpu_unreported > 0 or self.permits > self.in_use + self.spare:
             return True
         if self.permits > 0 and now - self.last_sync >= heartbeat_s:
@@ -373,6 +388,8 @@ class LocalLease:
             want = max(0, min(self.cap, self.lease_target(now) - self.tokens(now)))
         spare = 0 if idle else self.spare
         target = self.in_use + spare + (max(1, waiters) if short is Shortage.PERMITS else 0)
+        if self.permits_local:
+            target = 0  # the broker holds none of this replica's permits
         return LeaseRequest(desk=self.desk, replica=replica, want_tokens=want,
                             permits_target=min(self.spec.max_in_flight, target),
                             gpu_seconds=self.gpu_unreported)
@@ -387,6 +404,8 @@ class LocalLease:
             self._chunks.append([now + grant.token_ttl_s, float(grant.tokens)])
         if grant.tokens < req.want_tokens and grant.tokens == 0:
             self.tokens_blocked_until = now + grant.retry_after_s
+        if self.permits_local:
+            return
         # Permits still in use stay ours even if the broker lost track of us (restart).
         self.permits = max(grant.permits_held, self.in_use)
         if req.permits_target > grant.permits_held:

@@ -144,8 +144,11 @@ def rayservice(config: RayfinConfig, *, image: str = DEFAULT_IMAGE, telemetry: T
     """
     tel = telemetry or telemetry_config(config)
     config_path = f"{CONFIG_MOUNT}/config.yaml"
+    # Gated layout (serve_apps.gated): each model's application serves its own predict route and
+    # leases quota from the broker in the application named "gateway".
     apps = [{"name": f"model-{m.name}", "import_path": "serve_apps.deploy:rayservice_app",
-             "route_prefix": None, "args": {"config": config_path, "app": "model", "model": m.name}}
+             "route_prefix": f"/v1/models/{m.name}:predict",
+             "args": {"config": config_path, "app": "model", "model": m.name, "gateway_app": "gateway"}}
             for m in config.serve.models]
     apps.append({"name": "gateway", "import_path": "serve_apps.deploy:rayservice_app", "route_prefix": "/",
                  "args": {"config": config_path, "app": "gateway"}})

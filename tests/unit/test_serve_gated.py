@@ -1,0 +1,191 @@
+"""Gated layout without Ray: local in-flight permits, the gate core in a model replica, the
+gateway's 404/401/403 fallback, per-desk admitting replicas and the RayService builder."""
+import asyncio
+import json
+import pathlib
+
+import pytest
+import yaml
+
+from rayfin.config import hash_token, parse_config
+from serve_apps.gate import LocalBroker, QuotaGate, replicas_of
+from serve_apps.quota import LocalLease, QuotaSpec, Shortage, local_permits
+from serve_apps.schemas import example_body
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def spec(rate=100.0, burst=50, in_flight=8) -> QuotaSpec:
+    return QuotaSpec(requests_per_s=rate, burst=burst, max_in_flight=in_flight)
+
+
+@pytest.mark.parametrize("in_flight, replicas, each, total_bound", [
+    (8, 2, 4, 8), (9, 2, 4, 9), (64, 1, 64, 64), (1, 3, 1, 3),   # at least 1 each: max(m, R)
+])
+def test_local_permits_add_up(in_flight, replicas, each, total_bound):
+    s = spec(in_flight=in_flight)
+    assert local_permits(s, replicas) == each
+    assert replicas * local_permits(s, replicas) <= max(in_flight, replicas) == total_bound
+
+
+def test_replicas_per_desk():
+    assert replicas_of(3, "fx") == 3
+    assert replicas_of({"fx": 2}, "fx") == 2 and replicas_of({"fx": 2}, "rates") == 1
+
+
+def test_local_permits_never_call_the_broker():
+    calls = []
+    broker = LocalBroker({"fx": spec(in_flight=4)}, replicas=2, local_fraction=0.75)
+
+    async def call(reqs):
+        calls.append(list(reqs))
+        return broker.lease(reqs)
+
+    async def go():
+        gate = QuotaGate({"fx": spec(in_flight=4)}, replicas=2, replica_id="a", call_broker=call,
+                         local_fraction=0.75, permits_local=True)
+        got = [await gate.acquire("fx") for _ in range(3)]
+        return gate, got
+
+    gate, got = asyncio.run(go())
+    assert got[0] is None and got[1] is None           # 2 of 4 permits are this replica's
+    assert got[2] is not None and got[2].limit.value == "max_in_flight"
+    assert gate.refusals["permits:local"] == 1
+    assert all(r.permits_target == 0 for batch in calls for r in batch)   # no permits asked for, ever
+    assert broker.budgets["fx"].permits_held() == 0
+    gate.release("fx")
+    assert asyncio.run(gate.acquire("fx")) is None
+
+
+def test_local_lease_ignores_broker_permits():
+    lease = LocalLease("fx", spec(in_flight=6), 3, 0.0, 0.75, permits_local=True)
+    assert lease.permits == 2
+    req = lease.request("a", 0.0, short=Shortage.PERMITS, waiters=3)
+    assert req.permits_target == 0
+    b = LocalBroker({"fx": spec(in_flight=6)}, replicas=3, local_fraction=0.75, clock=lambda: 0.0)
+    lease.apply(req, b.lease([req])[0], 0.0)
+    assert lease.permits == 2
+
+
+# -- the core, as a gated replica and as the gateway's fallback -------------------------------
+
+def _config():
+    def desk(name, models=(), **serving):
+        return {"name": name, "nominal_gpus": 0, "credential_sha256": hash_token(f"{name}-t"), "serving": serving,
+                "models": list(models)}
+    return parse_config({
+        "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
+        "desks": [desk("fx", requests_per_s=1000, burst=1000, max_in_flight=4),
+                  desk("rates", requests_per_s=1, burst=2, max_in_flight=8),
+                  desk("risk", requests_per_s=10, burst=10, max_in_flight=8)],
+        "serve": {"gateway_replicas": 2, "max_body_bytes": 4096, "models": [
+            {"name": "option-pricer", "kind": "option_pricer", "owner": "fx", "num_replicas": 2},
+            {"name": "fraud-scorer", "kind": "fraud_scorer", "owner": "risk", "public": False}]},
+    })
+
+
+def test_admitting_replicas_are_those_of_callable_models():
+    from serve_apps.deploy import admitting_replicas, gateway_spec
+
+    cfg = _config()
+    assert admitting_replicas(cfg) == {"fx": 2, "rates": 2, "risk": 3}
+    assert gateway_spec(cfg)["replicas"] == {"fx": 2, "rates": 2, "risk": 3}
+    assert gateway_spec(cfg, "hop")["replicas"] == 2
+
+
+def _request(path: str, body: bytes, headers: dict, method: str = "POST"):
+    from starlette.requests import Request
+
+    sent = []
+
+    async def receive():
+        if sent:
+            return {"type": "http.disconnect"}
+        sent.append(1)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    hdrs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    hdrs.append((b"content-length", str(len(body)).encode()))
+    return Request({"type": "http", "method": method, "path": path, "headers": hdrs, "query_string": b""}, receive)
+
+
+def _core(layout="gated"):
+    from serve_apps.deploy import gateway_spec
+    from serve_apps.gateway import GatewayCore
+    from serve_apps.quota import QuotaSpec as QS
+
+    s = gateway_spec(_config(), layout)
+    broker = LocalBroker({d: QS(**q) for d, q in s["quotas"].items()}, replicas=s["replicas"],
+                         local_fraction=s["local_fraction"])
+
+    async def model(name, rows):
+        return {"model": name, "predictions": [0.0] * len(rows), "batch_size": 1, "gpu_seconds": 0.0, "device": "cpu"}
+    return GatewayCore(s, call_broker=broker.alease, call_model=model, replica_id="r1", permits_local=True)
+
+
+def _post(core, desk, model="option-pricer", body=None, gateway=False):
+    kind = "fraud_scorer" if model == "fraud-scorer" else "option_pricer"
+    body = json.dumps(example_body(kind) if body is None else body).encode()
+    headers = {"authorization": f"Bearer {desk}-t"} if desk else {}
+    req = _request(f"/v1/models/{model}:predict", body, headers)
+
+    async def go():
+        if gateway:
+            return core.route_only(model, req)
+        return await core.predict(model, req)
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("desk, model, status", [
+    (None, "option-pricer", 401), ("nobody", "option-pricer", 401), ("fx", "nope", 404),
+    ("fx", "fraud-scorer", 403), ("fx", "option-pricer", 200), ("risk", "fraud-scorer", 200),
+])
+def test_gated_core_status_codes(desk, model, status):
+    assert _post(_core(), desk, model).status_code == status
+
+
+def test_gated_core_422_and_429():
+    core = _core()
+    r = _post(core, "fx", body={"inputs": [{"spot": 1, "strike": 1, "maturity_years": 1, "volatility": 7}]})
+    assert r.status_code == 422 and json.loads(r.body)["detail"][0]["field"] == "inputs[0].volatility"
+    codes = [_post(core, "rates").status_code for _ in range(4)]
+    assert codes.count(200) <= 2 and codes[-1] == 429
+
+
+@pytest.mark.parametrize("desk, model, status", [
+    (None, "nope", 401), ("fx", "nope", 404), ("fx", "fraud-scorer", 403), ("fx", "option-pricer", 503),
+])
+def test_gateway_fallback_in_gated_layout(desk, model, status):
+    r = _post(_core(), desk, model, gateway=True)
+    assert r.status_code == status
+    if status == 503:
+        assert r.headers["retry-after"] == "1"
+
+
+# -- RayService ------------------------------------------------------------------------------
+
+def test_rayservice_app_builds_every_application_in_the_manifest(tmp_path):
+    from ray.serve import Application
+
+    from serve_apps.deploy import rayservice_app
+    from serve_apps.gated import predict_route
+
+    rs = yaml.safe_load((ROOT / "configs" / "kuberay" / "rayservice.yaml").read_text())
+    apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    for a in apps:
+        assert a["import_path"] == "serve_apps.deploy:rayservice_app"
+        args = {**a["args"], "config": str(ROOT / "configs" / "local.yaml")}
+        assert isinstance(rayservice_app(args), Application), a["name"]
+        if a["args"]["app"] == "model":
+            assert a["route_prefix"] == predict_route(a["args"]["model"])
+            assert a["args"]["gateway_app"] == "gateway"
+    assert "gateway" in {a["name"] for a in apps}
+
+
+@pytest.mark.parametrize("args", [{}, {"app": "model", "model": "nope"}, {"app": "other"}])
+def test_rayservice_app_refuses_bad_args(args):
+    from rayfin.errors import ConfigError
+    from serve_apps.deploy import rayservice_app
+
+    with pytest.raises(ConfigError):
+        rayservice_app({"config": str(ROOT / "configs" / "local.yaml"), **args} if args else {})
