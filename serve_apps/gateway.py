@@ -11,6 +11,7 @@ Checks run cheapest first, and a request refused by quota never has its body par
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -142,6 +143,12 @@ class GatewayCore:
             log.exception("model %s failed", model.name)
             return _error(503, "model_unavailable", f"model {model.name!r} failed: {type(exc).__name__}",
                           headers={"Retry-After": "1"}), 0.0
+        if not all(math.isfinite(v) for v in result.get("predictions", ())):
+            # Valid-looking input the model cannot price (e.g. float32 under/overflow): the
+            # client's data is outside the model's domain; never a 500 with a NaN in JSON.
+            return _error(422, "outside_model_domain",
+                          f"model {model.name!r} has no finite answer for these inputs; "
+                          "check units and magnitudes"), float(result.get("gpu_seconds", 0.0))
         result["desk"] = desk
         return result, float(result.get("gpu_seconds", 0.0))
 

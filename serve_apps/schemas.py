@@ -19,8 +19,9 @@ class _Strict(BaseModel):
 
 
 class OptionInput(_Strict):
-    spot: float = Field(..., gt=0, le=1e9)
-    strike: float = Field(..., gt=0, le=1e9)
+    # Prices below a millionth of a currency unit are not prices (and vanish in float32).
+    spot: float = Field(..., ge=1e-6, le=1e9)
+    strike: float = Field(..., ge=1e-6, le=1e9)
     maturity_years: float = Field(..., ge=option_pricer.MATURITY[0], le=option_pricer.MATURITY[1])
     volatility: float = Field(..., ge=option_pricer.VOL[0], le=option_pricer.VOL[1])
     rate: float = Field(0.0, ge=option_pricer.RATE[0], le=option_pricer.RATE[1])

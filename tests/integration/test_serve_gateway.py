@@ -286,7 +286,9 @@ def test_fuzzed_requests_never_get_a_server_error(stack):
     for path, method in [("/v1/models/option-pricer:predict", "POST"), ("/v1/models/fraud-scorer:predict", "POST"),
                          ("/v1/models/no-such-model:predict", "POST"), ("/v1/models", "GET")]:
         op = schema[path][method]
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        # A GET with only a free-form header has no invalid form to generate: positive only.
+        modes = (GenerationMode.POSITIVE,) if method == "GET" else (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+        for mode in modes:
 
             @hypothesis.settings(max_examples=25, deadline=None, database=None,
                                  suppress_health_check=list(hypothesis.HealthCheck))
