@@ -75,20 +75,28 @@ class GatewayCore:
         response.headers["X-Rayfin-Gateway"] = self.gate.replica_id
         return response
 
-    async def _predict(self, model_name: str, request: Request, span=None) -> JSONResponse | dict:
-        self._ensure_background()
+    def _check_access(self, model_name: str, request: Request, span=None):
+        """401, then 404, then 403, in that order for every predict path. Returns
+        (refusal, None, None) or (None, desk, model)."""
         desk = self.authenticate(request)
         if span is not None and desk is not None:
             span.desk = desk
         if desk is None:
             return _error(401, "unauthorized", "missing or unknown desk credential; send "
-                          "`Authorization: Bearer <desk token>`", headers={"WWW-Authenticate": "Bearer"})
+                          "`Authorization: Bearer <desk token>`", headers={"WWW-Authenticate": "Bearer"}), None, None
         model = self.policy.model(model_name)
         if model is None:
-            return _error(404, "unknown_model", f"no model {model_name!r}; GET /v1/models lists yours")
+            return _error(404, "unknown_model", f"no model {model_name!r}; GET /v1/models lists yours"), None, None
         if not self.policy.may_call(desk, model):
             return _error(403, "forbidden", f"desk {desk!r} may not call model {model_name!r}; it is private "
-                          f"to desk {model.owner!r} (ask for it to be added to your desk's `models`)")
+                          f"to desk {model.owner!r} (ask for it to be added to your desk's `models`)"), None, None
+        return None, desk, model
+
+    async def _predict(self, model_name: str, request: Request, span=None) -> JSONResponse | dict:
+        self._ensure_background()
+        refused, desk, model = self._check_access(model_name, request, span)
+        if refused is not None:
+            return refused
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return self._too_large(int(declared))
@@ -115,18 +123,9 @@ class GatewayCore:
         """Gated layout: predictions are served by each model's own application, so a predict
         request reaching the gateway is for an unknown model (404), or for a model whose
         application is not serving its route right now (503). Same checks, same order."""
-        desk = self.authenticate(request)
-        if span is not None and desk is not None:
-            span.desk = desk
-        if desk is None:
-            return _error(401, "unauthorized", "missing or unknown desk credential; send "
-                          "`Authorization: Bearer <desk token>`", headers={"WWW-Authenticate": "Bearer"})
-        model = self.policy.model(model_name)
-        if model is None:
-            return _error(404, "unknown_model", f"no model {model_name!r}; GET /v1/models lists yours")
-        if not self.policy.may_call(desk, model):
-            return _error(403, "forbidden", f"desk {desk!r} may not call model {model_name!r}; it is private "
-                          f"to desk {model.owner!r} (ask for it to be added to your desk's `models`)")
+        refused, _, _ = self._check_access(model_name, request, span)
+        if refused is not None:
+            return refused
         return _error(503, "model_unavailable", f"model {model_name!r} is not serving right now",
                       headers={"Retry-After": "1"})
 

@@ -8,17 +8,7 @@ from serve_apps.access import AccessPolicy, ModelEntry, bearer_token
 from serve_apps.gate import LocalBroker, QuotaGate
 from serve_apps.quota import (DeskBudget, LeaseRequest, Limit, LocalLease, QuotaSpec, Refusal, Shortage, TokenBucket,
                               central_share, decide_grant, lease_cap, local_share, permit_spare)
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
+from tests.unit.builders import Clock
 
 
 def spec(rate=10.0, burst=5, in_flight=4, gpu=None, window=60.0) -> QuotaSpec:
