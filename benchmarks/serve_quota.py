@@ -24,7 +24,6 @@ import csv
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import time
@@ -34,20 +33,12 @@ import aiohttp
 
 from rayfin.config import hash_token, parse_config
 from serve_apps.schemas import example_body
+from rayfin.cluster import free_port
 
 PRICER = "/v1/models/option-pricer:predict"
 DIRECT = "/direct/option-pricer"
 
 
-def free_port(lo: int = 18150, hi: int = 18200) -> int:
-    for port in range(lo, hi):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError(f"no free port in {lo}-{hi - 1}")
 
 
 def bench_config(args, port: int):

@@ -84,18 +84,24 @@ def build_model_app(m: ServeModelConfig, resources: dict[str, float] | None = No
 
     from serve_apps.model_server import ModelServer
 
-    actor_options: dict[str, Any] = {"num_cpus": m.num_cpus_per_replica, "num_gpus": m.gpus_per_replica}
-    if resources:
-        actor_options["resources"] = dict(resources)
     return ModelServer.options(
         name=m.name,
         num_replicas=m.num_replicas,
-        ray_actor_options=actor_options,
+        ray_actor_options=replica_options(m, resources),
         # A batch can only fill up to max_ongoing_requests; leave room for the next batch to queue.
         max_ongoing_requests=max(64, 4 * m.max_batch_size),
         max_queued_requests=m.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
     ).bind(model_spec(m))
+
+
+def replica_options(m: ServeModelConfig, resources: dict[str, float] | None) -> dict[str, Any]:
+    """CPUs and (fractional) GPUs of one replica, plus the island resource the controller
+    accounted the model on, so Ray places the replica where the ledger says."""
+    options: dict[str, Any] = {"num_cpus": m.num_cpus_per_replica, "num_gpus": m.gpus_per_replica}
+    if resources:
+        options["resources"] = dict(resources)
+    return options
 
 
 def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[str, float] | None = None,
@@ -105,15 +111,12 @@ def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[s
 
     from serve_apps.gated import GatedModel
 
-    actor_options: dict[str, Any] = {"num_cpus": m.num_cpus_per_replica, "num_gpus": m.gpus_per_replica}
-    if resources:
-        actor_options["resources"] = dict(resources)
     # Quota refusals are answered by the replica itself, so it must accept more at once than the
     # model alone: a flood of refused requests must not queue behind admitted ones.
     return GatedModel.options(
         name=m.name,
         num_replicas=m.num_replicas,
-        ray_actor_options=actor_options,
+        ray_actor_options=replica_options(m, resources),
         max_ongoing_requests=max(256, 4 * m.max_batch_size),
         max_queued_requests=m.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),

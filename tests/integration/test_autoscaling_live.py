@@ -3,7 +3,6 @@ forecast burst on Ray's fake multi-node autoscaling cluster. Same code as
 `python -m benchmarks.autoscaling_live`; it owns and kills its own `ray start` session."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

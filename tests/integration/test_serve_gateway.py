@@ -2,7 +2,6 @@
 application (2 replicas of the option pricer, 1 of the fraud scorer) admits and predicts at
 /v1/models/<name>:predict; the gateway (2 replicas) at "/" lists models and answers 404."""
 import asyncio
-import socket
 import time
 
 import httpx
@@ -11,6 +10,7 @@ import pytest
 from rayfin.config import hash_token, parse_config
 from rayfin.errors import QuotaExceeded
 from serve_apps.schemas import example_body
+from rayfin.cluster import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +22,6 @@ def auth(desk: str) -> dict:
     return {"Authorization": f"Bearer {desk}-demo-token"}
 
 
-def free_port() -> int:
-    for port in range(18100, 18150):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port in 18100-18149")
 
 
 def desk(name, models=(), **serving):
