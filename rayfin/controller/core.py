@@ -98,6 +98,9 @@ class ControllerCore:
         # goes back to the queue after this long; nothing ran, so no retry is spent.
         self.admit_timeout_s = 180.0
         self.last_decision: dict[str, Decision] = {}
+        # desk -> state -> ended batch jobs: counted in SQLite once here, then kept up to date
+        # by `_finish`, so the per-cycle usage table never rescans the ledger.
+        self._finished = ledger.counts([s.value for s in JobState if s.terminal], exclude_kind="serving")
         self.lock = threading.RLock()
 
     # ---------------------------------------------------------------- auth
@@ -199,7 +202,7 @@ class ControllerCore:
              limit: int = 1000) -> list[dict[str, Any]]:
         principal = self.authenticate(token, desk, "list")
         scope = desk if desk is not None else (None if principal.admin else principal.desk)
-        rows = self.ledger.jobs(desk=scope, states=states, limit=None)
+        rows = self.ledger.jobs(desk=scope, states=states, limit=None, blobs=False)
         with self.lock:
             rows = [self.active.get(r.job_id, r) for r in rows]
         return [r.public() for r in rows[-limit:]]
@@ -459,6 +462,9 @@ class ControllerCore:
                                   payload=None if state == JobState.SUCCEEDED else job.payload),
                          state.value.lower(), reason)
         self.last_decision.pop(job.job_id, None)
+        if job.kind != "serving":
+            counts = self.finished_counts(job.desk)
+            counts[state.value] += 1
         self.recorder.state_changed(job, old)
         return job
 
@@ -531,19 +537,17 @@ class ControllerCore:
             unused = max(0.0, row["nominal"] - row["in_use"])
             row["lent"] = min(unused, max(0.0, left))
             left -= row["lent"]
-        counts = self.ledger_counts()
         for name, row in table.items():
-            row.update(counts.get(name, {}))
+            row.update({state.lower(): n for state, n in self.finished_counts(name).items()})
         return table
 
-    def ledger_counts(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for job in self.ledger.jobs(states=[s.value for s in JobState if s.terminal]):
-            if job.kind == "serving":
-                continue
-            row = out.setdefault(job.desk, {"succeeded": 0, "failed": 0, "cancelled": 0, "preempted": 0})
-            row[job.state.lower()] = row.get(job.state.lower(), 0) + 1
-        return out
+    def finished_counts(self, desk: str) -> dict[str, int]:
+        """Ended batch jobs of a desk by state."""
+        counts = self._finished.setdefault(desk, {})
+        for s in JobState:
+            if s.terminal:
+                counts.setdefault(s.value, 0)
+        return counts
 
     def pool_demand(self) -> dict[str, float]:
         """GPUs each node pool is asked for now: running placements plus queued requests (a queued

@@ -76,7 +76,8 @@ class Ledger(Protocol):
     def put_job(self, job: JobRecord, event: tuple[str, str] | None = None) -> None: ...
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def jobs(self, *, desk: str | None = None, states: Iterable[str] | None = None,
-             limit: int | None = None) -> list[JobRecord]: ...
+             limit: int | None = None, blobs: bool = True) -> list[JobRecord]: ...
+    def counts(self, states: Iterable[str], exclude_kind: str | None = None) -> dict[str, dict[str, int]]: ...
     def record(self, ts: float, job_id: str, desk: str, kind: str, state: str, reason: str,
                data: dict[str, Any] | None = None) -> None: ...
     def events(self, *, desk: str | None = None, job_id: str | None = None, since: float | None = None,
@@ -167,8 +168,10 @@ class SqliteLedger:
         return self._job(row) if row else None
 
     def jobs(self, *, desk: str | None = None, states: Iterable[str] | None = None,
-             limit: int | None = None) -> list[JobRecord]:
-        q, args = f"SELECT {','.join(_COLS)} FROM jobs WHERE 1=1", []
+             limit: int | None = None, blobs: bool = True) -> list[JobRecord]:
+        """Jobs in submission order. `blobs=False` leaves payload and result out (listings)."""
+        cols = _COLS if blobs else tuple("NULL" if c in ("payload", "result") else c for c in _COLS)
+        q, args = f"SELECT {','.join(cols)} FROM jobs WHERE 1=1", []
         if desk is not None:
             q += " AND desk=?"
             args.append(desk)
@@ -182,6 +185,21 @@ class SqliteLedger:
         with self._lock:
             rows = self._db.execute(q, args).fetchall()
         return [self._job(r) for r in rows]
+
+    def counts(self, states: Iterable[str], exclude_kind: str | None = None) -> dict[str, dict[str, int]]:
+        """{desk: {state: n}} for the given states, counted by SQLite."""
+        st = list(states)
+        q = f"SELECT desk, state, COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(st))})"
+        args: list[Any] = list(st)
+        if exclude_kind is not None:
+            q += " AND kind != ?"
+            args.append(exclude_kind)
+        with self._lock:
+            rows = self._db.execute(q + " GROUP BY desk, state", args).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for desk, state, n in rows:
+            out.setdefault(desk, {})[state] = n
+        return out
 
     # -- audit events --
     def record(self, ts: float, job_id: str, desk: str, kind: str, state: str, reason: str,

@@ -293,3 +293,20 @@ def test_job_that_stops_during_grace_ends_preempted_with_its_result(env):
     assert core.result(TOK["equities"], borrower)["result"] == b"checkpoint-17"
     run(core)
     assert core.status(TOK["fx"], lender)["state"] in ("ADMITTED", "RUNNING")
+
+
+def test_done_counts_survive_a_restart_and_are_not_double_counted(tmp_path):
+    clock = Clock()
+    backend = FakeBackend()
+    core = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    a = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
+    b = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
+    run(core, 3)
+    backend.finish(a)
+    backend.finish(b, ok=False, error="boom")
+    run(core)
+    row = core.usage(TOK["fx"])["fx"]
+    assert (row["succeeded"], row["failed"]) == (1, 1)
+    again = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    row = again.usage(TOK["fx"])["fx"]
+    assert (row["succeeded"], row["failed"], row["cancelled"]) == (1, 1, 0)
