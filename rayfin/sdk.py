@@ -12,6 +12,7 @@ controller, which is the authority. Refusals arrive as typed errors with fields
 """
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import sys
@@ -57,15 +58,21 @@ class JobStatus:
         return self.state.terminal
 
 
+@functools.lru_cache(maxsize=1)
+def _installed_top_level_names() -> frozenset[str]:
+    """Importable names of installed distributions (scanning them is slow: once per process)."""
+    import importlib.metadata
+
+    return frozenset(importlib.metadata.packages_distributions())
+
+
 def _ships_by_value(module_name: str | None) -> bool:
     """A function from a module that is not part of an installed distribution (a quant's script,
     a notebook, a test file) cannot be imported on the workers: ship its code by value."""
-    import importlib.metadata
-
     if not module_name or module_name == "__main__":
         return False  # cloudpickle already pickles __main__ by value
     top = module_name.split(".")[0]
-    return top not in importlib.metadata.packages_distributions() and top not in sys.stdlib_module_names
+    return top not in _installed_top_level_names() and top not in sys.stdlib_module_names
 
 
 def _pickle_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:

@@ -63,9 +63,11 @@ class RayfinController:
                 report = self.core.cycle()
                 self.cycles += 1
                 self.last_report = report.timings_ms
-                with self.core.lock:
-                    demand = self.core.pool_demand()
-                self.capacity.maybe_step(demand, time.time())
+                now = time.time()
+                if self.capacity.due(now):
+                    with self.core.lock:
+                        demand = self.core.pool_demand()
+                    self.capacity.step(demand, now)
             except Exception:  # a bad cycle must not kill the loop; it is logged and retried
                 log.exception("controller cycle failed")
             self._stop.wait(max(0.0, interval - (time.perf_counter() - t)))
@@ -146,9 +148,10 @@ class CapacityLoop:
         self.next_at = 0.0
         self.last_request = None
 
-    def maybe_step(self, demand: dict[str, float], now: float) -> None:
-        if not self.settings.enabled or now < self.next_at:
-            return
+    def due(self, now: float) -> bool:
+        return self.settings.enabled and now >= self.next_at
+
+    def step(self, demand: dict[str, float], now: float) -> None:
         from rayfin.autoscale import Observations, step
         from rayfin.autoscale import metrics as autoscale_metrics
 

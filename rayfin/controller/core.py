@@ -27,14 +27,14 @@ from rayfin.config import RayfinConfig, token_matches
 from rayfin.controller.backend import Backend, LaunchSpec, Observation
 from rayfin.controller.ledger import JobRecord, Ledger
 from rayfin.controller.recorder import NullRecorder, Recorder
-from rayfin.controller.validate import MAX_GPUS_PER_JOB, validate_spec
+from rayfin.controller.validate import validate_spec
 from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
+from rayfin.policy.settings import Policy
 from rayfin.policy import (ClusterSnapshot, CommProfile, Decision, DeskQuota, JobState, PendingJob, Priority,
                            RunningJob, SchedulerConfig, check_quota, never_fits, schedule)
 
 log = logging.getLogger("rayfin.controller")
 ACTIVE = (JobState.PENDING.value, JobState.ADMITTED.value, JobState.RUNNING.value)
-ADMIN = "*admin*"
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,7 @@ def group_key(job: JobRecord) -> str:
 
 def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
     """The live controller runs the `rayfin` preset of the policy with the configured grace."""
-    preset = getattr(SchedulerConfig, "rayfin", None)
-    grace = config.defaults.preemption_grace_s
-    if callable(preset):
-        try:
-            return preset(preemption_grace_s=grace)
-        except TypeError:
-            cfg = preset()
-            return cfg.__class__(**{**cfg.__dict__, "preemption_grace_s": grace})
-    return SchedulerConfig(preemption_grace_s=grace)
+    return SchedulerConfig.preset(Policy.RAYFIN, preemption_grace_s=config.defaults.preemption_grace_s)
 
 
 class ControllerCore:
@@ -604,4 +596,4 @@ class ControllerCore:
             return summary
 
 
-__all__ = ["ControllerCore", "Principal", "CycleReport", "ADMIN", "MAX_GPUS_PER_JOB"]
+__all__ = ["ControllerCore", "Principal", "CycleReport", "group_key", "scheduler_config"]

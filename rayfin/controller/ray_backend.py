@@ -84,23 +84,23 @@ class RayBackend:
     def observe(self, keys: list[str]) -> Observation:
         ready: set[str] = set()
         waiting: dict[Any, tuple[str, str]] = {}
-        for job_id in keys:
-            live = self._live.get(job_id)
+        for key in keys:
+            live = self._live.get(key)
             if live is None:
                 continue
             if live.ready_ref is not None:
-                waiting[live.ready_ref] = (job_id, "ready")
+                waiting[live.ready_ref] = (key, "ready")
             if live.start_ref is not None:
-                waiting[live.start_ref] = (job_id, "start")
+                waiting[live.start_ref] = (key, "start")
             if live.runner is not None and live.poll_ref is None and live.start_ref is None:
                 live.poll_ref = live.runner.poll.remote()
             if live.poll_ref is not None:
-                waiting[live.poll_ref] = (job_id, "poll")
+                waiting[live.poll_ref] = (key, "poll")
         if waiting:
             done, _ = ray.wait(list(waiting), num_returns=len(waiting), timeout=0)
             for ref in done:
-                job_id, what = waiting[ref]
-                live = self._live[job_id]
+                key, what = waiting[ref]
+                live = self._live[key]
                 try:
                     value = ray.get(ref, timeout=0)
                 except (RayActorError, GetTimeoutError, RayError) as exc:
@@ -112,7 +112,7 @@ class RayBackend:
                     continue
                 if what == "ready":
                     live.ready_ref = None
-                    ready.add(job_id)
+                    ready.add(key)
                 elif what == "start":
                     live.start_ref = None
                     live.info = value
