@@ -11,8 +11,11 @@ validation in the model replica; with --layout hop, the old gateway -> model hop
 - gateway_throughput_ratio: closed-loop requests/s through the gateway / directly, same
   concurrency, rounds alternated (direct, gateway, direct, ...) so machine noise hits both;
 - quiet_p99_alone_ms, quiet_p99_flood_ms, quiet_p99_ratio: open-loop Poisson arrivals of a
-  "quiet" desk at half its quota, alone, then while a "flood" desk sends at 10x its quota;
-- flood_admitted <= flood_allowed = burst + rate * (flood duration);
+  "quiet" desk at half its quota in --phases pairs of phases, alone and while a "flood" desk
+  sends at 10x its quota from its own client process, alternated; latencies pooled per condition;
+- flood_admitted <= flood_allowed = sum over flood phases of burst + rate * (phase's flood span);
+- cpu_cores: CPU cores used per process role in each condition (what the flood costs, where);
+- --no-edge turns off serve.edge_shedding (the flood then reaches the replicas) for comparison;
 - with --trace: arrivals replayed from an inference trace (arrival_time_s column), time-scaled
   by --rate-scale, requests dealt to desks round-robin; accepted / refused per desk.
 """
@@ -31,9 +34,9 @@ from pathlib import Path
 
 import aiohttp
 
+from rayfin.cluster import free_port
 from rayfin.config import hash_token, parse_config
 from serve_apps.schemas import example_body
-from rayfin.cluster import free_port
 
 PRICER = "/v1/models/option-pricer:predict"
 DIRECT = "/direct/option-pricer"
@@ -52,7 +55,7 @@ def bench_config(args, port: int):
             desk("quiet", requests_per_s=args.quiet_rate, burst=args.quiet_burst, max_in_flight=64),
             desk("flood", requests_per_s=args.flood_rate, burst=args.flood_burst, max_in_flight=64),
         ],
-        "serve": {"port": port, "gateway_replicas": args.gateway_replicas, "models": [
+        "serve": {"port": port, "gateway_replicas": args.gateway_replicas, "edge_shedding": args.edge, "models": [
             {"name": "option-pricer", "kind": "option_pricer", "owner": "bench", "num_cpus_per_replica": 0,
              "max_batch_size": 32, "batch_wait_timeout_s": 0.002}]},
     })
@@ -88,17 +91,18 @@ async def closed_loop(session: aiohttp.ClientSession, url: str, headers: dict, c
 
 
 async def open_loop(session: aiohttp.ClientSession, url: str, headers: dict, times: list[float],
-                    t0: float, results: list) -> None:
-    """Send one request at each time (seconds after t0), without waiting for earlier ones."""
+                    t0: float, results: list, clock=time.perf_counter) -> None:
+    """Send one request at each time (seconds after t0 on `clock`), without waiting for earlier ones."""
     async def one(at: float):
-        await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
-        sent = time.perf_counter()
+        await asyncio.sleep(max(0.0, t0 + at - clock()))
+        sent = clock()
         try:
             async with session.post(url, data=BODY, headers=headers) as r:
-                await r.read()
-                results.append((sent, r.status, time.perf_counter() - sent))
+                body = await r.read()
+                status = "429_edge" if r.status == 429 and b'"refused_by":"edge"' in body else r.status
+                results.append((sent, status, clock() - sent))
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            results.append((sent, 0, time.perf_counter() - sent))
+            results.append((sent, 0, clock() - sent))
 
     await asyncio.gather(*[one(at) for at in times])
 
@@ -112,11 +116,15 @@ def poisson(rate: float, seconds: float, rng: random.Random) -> list[float]:
         out.append(t)
 
 
-def p99_ms(results: list) -> float:
+def pct_ms(results: list, q: float) -> float:
     lat = sorted(x[2] for x in results if x[1] == 200)
     if not lat:
         return float("nan")
-    return 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]
+
+
+def p99_ms(results: list) -> float:
+    return pct_ms(results, 0.99)
 
 
 def read_trace(path: Path, scale: float, seconds: float) -> list[float]:
@@ -154,33 +162,9 @@ async def measure(base: str, args) -> dict:
         out["gateway_throughput_ratio"] = g_rps / d_rps
         print("throughput", out["throughput"], flush=True)
 
-        rng = random.Random(args.seed)
-        quiet_times = poisson(args.quiet_rate / 2, args.phase_s, rng)
-        alone: list = []
-        await open_loop(s, PRICER, auth("quiet"), quiet_times, time.perf_counter() + 0.05, alone)
-        print("quiet alone", _codes(alone), p99_ms(alone), flush=True)
-        await asyncio.sleep(1.0)
-
-        flood_times = poisson(args.flood_rate * 10, args.phase_s, rng)
-        quiet_times2 = poisson(args.quiet_rate / 2, args.phase_s, rng)
-        with_flood: list = []
-        flood: list = []
-        t0 = time.perf_counter() + 0.05
-        await asyncio.gather(open_loop(s, PRICER, auth("quiet"), quiet_times2, t0, with_flood),
-                             open_loop(s, PRICER, auth("flood"), flood_times, t0, flood))
-        sent = [x[0] for x in flood]
-        flood_span = max(sent) - min(sent) if sent else 0.0
-        out["quiet"] = {"rate": args.quiet_rate / 2, "quota": args.quiet_rate,
-                        "alone_codes": _codes(alone), "flood_codes": _codes(with_flood),
-                        "alone_p50_ms": _p50(alone), "flood_p50_ms": _p50(with_flood)}
-        out["quiet_p99_alone_ms"] = p99_ms(alone)
-        out["quiet_p99_flood_ms"] = p99_ms(with_flood)
-        out["quiet_p99_ratio"] = out["quiet_p99_flood_ms"] / out["quiet_p99_alone_ms"]
-        out["flood"] = {"offered_rps": args.flood_rate * 10, "quota_rps": args.flood_rate, "burst": args.flood_burst,
-                        "sent": len(flood), "span_s": round(flood_span, 3), "codes": _codes(flood)}
-        out["flood_admitted"] = sum(1 for x in flood if x[1] == 200)
-        print("flood", out["flood"], "quiet", _codes(with_flood), p99_ms(with_flood), flush=True)
-        out["flood_allowed"] = int(args.flood_burst + args.flood_rate * flood_span)
+        iso = await isolation(s, base, args)
+        out.update(iso)
+        print("isolation", {k: v for k, v in iso.items() if k != "phases"}, flush=True)
 
         if args.trace:
             await asyncio.sleep(1.0)
@@ -193,10 +177,153 @@ async def measure(base: str, args) -> dict:
             out["trace"] = {"path": str(args.trace), "rate_scale": args.rate_scale, "seconds": args.trace_s,
                             "requests": len(times),
                             "per_desk": {d: {"accepted": sum(1 for x in r if x[1] == 200),
-                                             "refused": sum(1 for x in r if x[1] == 429),
-                                             "other": sum(1 for x in r if x[1] not in (200, 429)),
+                                             "refused": sum(1 for x in r if x[1] in (429, "429_edge")),
+                                             "refused_at_edge": sum(1 for x in r if x[1] == "429_edge"),
+                                             "other": sum(1 for x in r if x[1] not in (200, 429, "429_edge")),
                                              "p99_ms": p99_ms(r)} for d, r in per.items()}}
     return out
+
+
+def _flood_client(base: str, commands, results) -> None:
+    """Child process: the flooding desk's own client (another desk is another program). Started
+    once and told when to send, so its start-up is never inside a phase."""
+    async def phase(s, times, t0):
+        out: list = []
+        await open_loop(s, PRICER, auth("flood"), times, t0, out, clock=time.monotonic)
+        return out
+
+    async def go():
+        conn = aiohttp.TCPConnector(limit=512)
+        async with aiohttp.ClientSession(base_url=base, connector=conn,
+                                         timeout=aiohttp.ClientTimeout(total=30)) as s:
+            results.put("ready")
+            loop = asyncio.get_running_loop()
+            while True:
+                command = await loop.run_in_executor(None, commands.get)
+                if command is None:
+                    return
+                times, t0 = command
+                results.put(await phase(s, times, t0))
+    asyncio.run(go())
+
+
+class CpuMeter:
+    """CPU seconds used by each Ray Serve / client process between two reads (psutil)."""
+
+    def __init__(self, extra: dict[str, int]) -> None:
+        import ray  # noqa: F401 - puts Ray's own copy of psutil (ray/thirdparty_files) on sys.path
+        import psutil
+
+        self.procs: dict[str, list] = {}
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            name = _role(" ".join(proc.info.get("cmdline") or []))
+            if name:
+                self.procs.setdefault(name, []).append(proc)
+        for name, pid in extra.items():
+            self.procs.setdefault(name, []).append(psutil.Process(pid))
+        self.last = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for name, procs in self.procs.items():
+            total = 0.0
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+                except Exception:  # noqa: BLE001 - process gone
+                    pass
+            out[name] = total
+        return out
+
+    def delta(self) -> dict[str, float]:
+        now = self._read()
+        d = {k: round(now[k] - self.last.get(k, 0.0), 3) for k in now}
+        self.last = now
+        return d
+
+
+def _role(cmdline: str) -> str | None:
+    for key, name in (("ProxyActor", "serve_proxy"), ("rayfin-model-option-pricer", "gated_replica"),
+                      ("rayfin-direct-option-pricer", "direct_replica"), ("rayfin-gateway", "gateway_app"),
+                      ("ServeController", "serve_controller"), ("raylet", "raylet"), ("gcs_server", "gcs")):
+        if key in cmdline:
+            return name
+    return None
+
+
+async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
+    """Quiet desk at half its quota; phases alternate alone / with a flood (another process sending
+    at 10x the flood desk's quota), so machine noise falls on both conditions alike. Latencies of
+    each condition are pooled over its phases."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    commands, replies = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=_flood_client, args=(base, commands, replies), daemon=True)
+    proc.start()
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, replies.get, True, 120) == "ready"
+    meter = CpuMeter({"bench_client": os.getpid(), "flood_client": proc.pid})
+    rng = random.Random(args.seed)
+    alone: list = []
+    flooded: list = []
+    flood_all: list = []
+    phases = []
+    cpu: dict[str, dict[str, float]] = {"alone": {}, "flood": {}}
+    for i in range(args.phases):
+        for condition in ("alone", "flood"):
+            quiet_times = poisson(args.quiet_rate / 2, args.phase_s, rng)
+            results: list = []
+            t0 = time.monotonic() + 0.05
+            if condition == "flood":
+                commands.put((poisson(args.flood_rate * 10, args.phase_s, rng), t0))
+            meter.delta()
+            started = time.monotonic()
+            await open_loop(s, PRICER, auth("quiet"), quiet_times, t0, results, clock=time.monotonic)
+            phase = {"condition": condition, "quiet_codes": _codes(results), "quiet_p50_ms": _p50(results),
+                     "quiet_p99_ms": round(p99_ms(results), 2)}
+            if condition == "flood":
+                flood = await loop.run_in_executor(None, replies.get, True, 120)
+                sent = [x[0] for x in flood]
+                span = max(sent) - min(sent) if sent else 0.0
+                admitted = sum(1 for x in flood if x[1] == 200)
+                phase.update({"flood_sent": len(flood), "flood_codes": _codes(flood), "flood_span_s": round(span, 3),
+                              "flood_admitted": admitted,
+                              "flood_allowed": int(args.flood_burst + args.flood_rate * span)})
+                flood_all.extend(flood)
+                flooded.extend(results)
+            else:
+                alone.extend(results)
+            wall = time.monotonic() - started
+            used = meter.delta()
+            for k, v in used.items():
+                cpu[condition][k] = cpu[condition].get(k, 0.0) + v / wall / args.phases
+            phase["cpu_cores"] = {k: round(v / wall, 3) for k, v in used.items()}
+            phases.append(phase)
+            print("phase", i, phase, flush=True)
+            await asyncio.sleep(args.gap_s)           # the flood desk's bucket refills to its burst
+    commands.put(None)
+    proc.join(10)
+    return {
+        "quiet": {"rate": args.quiet_rate / 2, "quota": args.quiet_rate, "phases": args.phases,
+                  "phase_s": args.phase_s, "samples_alone": len(alone), "samples_flood": len(flooded),
+                  "alone_codes": _codes(alone), "flood_codes": _codes(flooded),
+                  "alone_p50_ms": _p50(alone), "flood_p50_ms": _p50(flooded),
+                  "alone_p95_ms": round(pct_ms(alone, 0.95), 2), "flood_p95_ms": round(pct_ms(flooded, 0.95), 2)},
+        "quiet_p99_alone_ms": p99_ms(alone),
+        "quiet_p99_flood_ms": p99_ms(flooded),
+        "quiet_p99_ratio": p99_ms(flooded) / p99_ms(alone),
+        "flood": {"offered_rps": args.flood_rate * 10, "quota_rps": args.flood_rate, "burst": args.flood_burst,
+                  "sent": len(flood_all), "span_s": round(sum(p.get("flood_span_s", 0) for p in phases), 3),
+                  "codes": _codes(flood_all), "client": "separate process"},
+        # Each flood phase starts from at most a full bucket: burst + rate * span per phase.
+        "flood_admitted": sum(p.get("flood_admitted", 0) for p in phases),
+        "flood_allowed": sum(p.get("flood_allowed", 0) for p in phases),
+        # Mean CPU cores used per process role during each condition's phases (what the flood costs).
+        "cpu_cores": {c: {k: round(v, 3) for k, v in d.items()} for c, d in cpu.items()},
+        "phases": phases,
+    }
 
 
 def _codes(results: list) -> dict:
@@ -220,13 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--round-s", type=float, default=5.0)
-    p.add_argument("--phase-s", type=float, default=20.0)
-    p.add_argument("--quiet-rate", type=float, default=10.0)
-    p.add_argument("--quiet-burst", type=int, default=10)
+    p.add_argument("--phase-s", type=float, default=10.0, help="seconds of each alone / flood phase")
+    p.add_argument("--phases", type=int, default=6, help="alone + flood phase pairs, alternated")
+    p.add_argument("--gap-s", type=float, default=1.0, help="pause after each phase")
+    p.add_argument("--quiet-rate", type=float, default=40.0, help="quiet desk's quota (it sends at half)")
+    p.add_argument("--quiet-burst", type=int, default=20)
     p.add_argument("--flood-rate", type=float, default=5.0)
     p.add_argument("--flood-burst", type=int, default=5)
     p.add_argument("--gateway-replicas", type=int, default=2 if (os.cpu_count() or 1) >= 4 else 1)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--edge", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve.edge_shedding: shed over-quota desks in Serve's proxy (default on)")
     p.add_argument("--layout", choices=("gated", "hop"), default="gated",
                    help="gated: each model's replica admits and predicts (default); hop: gateway -> model")
     args = p.parse_args(argv)
@@ -247,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
-    result["setup"] = {"layout": args.layout, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
+    result["setup"] = {"layout": args.layout, "edge_shedding": args.edge, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
                        "load_avg_1m": os.getloadavg()[0], "wall_s": round(time.time() - started, 1),
                        "targets": {"gateway_throughput_ratio": ">= 0.9", "quiet_p99_ratio": "<= 1.25",
                                    "flood_admitted": "<= flood_allowed"}}

@@ -111,16 +111,29 @@ def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[s
 
     from serve_apps.gated import GatedModel
 
+    spec = gateway_spec(config, "gated", gateway_app)
     # Quota refusals are answered by the replica itself, so it must accept more at once than the
     # model alone: a flood of refused requests must not queue behind admitted ones.
-    return GatedModel.options(
+    options: dict[str, Any] = dict(
         name=m.name,
         num_replicas=m.num_replicas,
         ray_actor_options=replica_options(m, resources),
         max_ongoing_requests=max(256, 4 * m.max_batch_size),
         max_queued_requests=m.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
-    ).bind(gateway_spec(config, "gated", gateway_app), model_spec(m))
+    )
+    if config.serve.edge_shedding:
+        options["request_router_config"] = edge_router_config(spec)
+    return GatedModel.options(**options).bind(spec, model_spec(m))
+
+
+def edge_router_config(spec: dict[str, Any]):
+    """Serve's request router for a gated model: sheds desks beyond their whole quota in the
+    proxy (serve_apps/desk_router.py, serve_apps/edge.py), else Serve's default routing."""
+    from ray.serve.config import RequestRouterConfig
+
+    return RequestRouterConfig(request_router_class="serve_apps.desk_router:DeskQuotaRouter",
+                               request_router_kwargs={"access": spec["access"], "quotas": spec["quotas"]})
 
 
 def build_gateway_app(config: RayfinConfig, layout: str = "gated", gateway_app: str = GATEWAY_APP):
@@ -204,8 +217,10 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
             _release_quietly(controller, reserved, token)
             raise
 
-    serve.start(http_options={"host": sc.host, "port": port})
     logging_config = {"enable_access_log": access_log}
+    # Also the proxy's own per-request log lines (global logging config, used when this call
+    # starts Serve); production keeps them with access_log=True.
+    serve.start(http_options={"host": sc.host, "port": port}, logging_config=logging_config)
     if layout == "gated":
         from serve_apps.gated import predict_route
 

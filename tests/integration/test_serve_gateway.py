@@ -1,6 +1,8 @@
 """The serving stack over real HTTP against a running Serve, gated layout: each model's own
 application (2 replicas of the option pricer, 1 of the fraud scorer) admits and predicts at
-/v1/models/<name>:predict; the gateway (2 replicas) at "/" lists models and answers 404."""
+/v1/models/<name>:predict; the gateway (2 replicas) at "/" lists models and answers 404; edge
+shedding is on (a desk beyond its whole quota is refused in Serve's proxy). That the replicas
+alone hold one budget between them is tested without Ray in tests/unit/test_serve_quota.py."""
 import asyncio
 import time
 
@@ -29,7 +31,7 @@ def desk(name, models=(), **serving):
             "serving": serving, "models": list(models)}
 
 
-def serve_config(port: int, gpu: bool):
+def serve_config(port: int, gpu: bool, edge: bool = True):
     return parse_config({
         "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
         "desks": [
@@ -40,7 +42,7 @@ def serve_config(port: int, gpu: bool):
             desk("risk", requests_per_s=100, burst=50, max_in_flight=32,
                  **({"gpu_seconds_per_window": 1e-6, "window_s": 30} if gpu else {})),
         ],
-        "serve": {"port": port, "gateway_replicas": 2, "max_body_bytes": 4096, "models": [
+        "serve": {"port": port, "gateway_replicas": 2, "max_body_bytes": 4096, "edge_shedding": edge, "models": [
             {"name": "option-pricer", "kind": "option_pricer", "owner": "fx", "num_cpus_per_replica": 0,
              "fit_steps": 30, "num_replicas": 2, "max_batch_size": 16, "batch_wait_timeout_s": 0.05},
             {"name": "fraud-scorer", "kind": "fraud_scorer", "owner": "risk", "public": False,
@@ -67,7 +69,7 @@ def stack():
     try:
         info = deploy_from_config(config, http_port=port, access_log=False)
         with httpx.Client(base_url=info["url"], timeout=30) as client:
-            yield {"client": client, "url": info["url"], "config": config, "gpu": gpu}
+            yield {"client": client, "url": info["url"], "config": config, "gpu": gpu, "port": port}
     finally:
         serve.shutdown()
         if started:
@@ -176,11 +178,46 @@ def test_quota_is_one_budget_across_two_replicas(stack):
     responses = asyncio.run(_burst(stack["url"], 24)) + asyncio.run(_burst(stack["url"], 24))
     elapsed = time.monotonic() - start
     admitted = [r for r in responses if r.status_code == 200]
-    replicas = {r.headers["x-rayfin-gateway"] for r in responses}
-    assert len(replicas) == 2, "the proxy should have used both option-pricer replicas"
     # One budget: burst 4 + 0.5/s. Two separate budgets would let up to 8 through at once.
     assert len(admitted) <= 4 + 0.5 * elapsed
     assert all(r.status_code in (200, 429) for r in responses)
+    # Most of the excess never reached a replica: Serve's proxy refused it (edge shedding).
+    edge = [r for r in responses if r.status_code == 429 and r.json().get("refused_by") == "edge"]
+    assert len(edge) >= 48 - 2 * (4 + 0.5 * elapsed)
+
+
+def test_flood_is_refused_in_the_proxy_before_any_replica(stack):
+    """Edge shedding (serve_apps/desk_router.py): a desk beyond its whole quota gets Serve's
+    proxy's 429 with our JSON body and a Retry-After from the edge bucket; no replica answers
+    (a replica's answers always carry X-Rayfin-Gateway), and other desks are served meanwhile."""
+    async def go():
+        async with httpx.AsyncClient(base_url=stack["url"], timeout=30) as c:
+            flood = [c.post(PRICER, headers=auth("rates"), json=example_body("option_pricer")) for _ in range(60)]
+            quiet = [c.post(PRICER, headers=auth("fx"), json=example_body("option_pricer")) for _ in range(10)]
+            return await asyncio.gather(*flood), await asyncio.gather(*quiet)
+
+    start = time.monotonic()
+    flood, quiet = asyncio.run(go())
+    elapsed = time.monotonic() - start
+    assert all(r.status_code == 200 for r in quiet)
+    admitted = [r for r in flood if r.status_code == 200]
+    edge = [r for r in flood if r.status_code == 429 and r.json().get("refused_by") == "edge"]
+    assert len(admitted) <= 2 + 1 * elapsed                  # rates: burst 2, 1/s
+    assert len(edge) >= 60 - 2 * (2 + 1 * elapsed)           # the edge passes at most a quota
+    r = edge[0]
+    assert r.headers["content-type"] == "application/json"
+    assert "x-rayfin-gateway" not in r.headers
+    body = r.json()
+    assert body["error"] == "quota_exceeded" and body["desk"] == "rates" and body["limit"] == "requests_per_s"
+    assert 0 < body["retry_after_s"] <= 1.0                   # next token of a 1/s bucket
+    assert r.headers["retry-after"] == "1"
+
+
+def test_edge_passes_what_it_cannot_attribute(stack):
+    """Unknown credentials are not shed at the edge: the replica answers 401, every time."""
+    codes = {stack["client"].post(PRICER, headers={"Authorization": "Bearer nobody"},
+                                  json=example_body("option_pricer")).status_code for _ in range(20)}
+    assert codes == {401}
 
 
 def test_batching_batches_under_concurrent_load(stack):
@@ -296,3 +333,4 @@ def test_fuzzed_requests_never_get_a_server_error(stack):
             run()
     assert not failures, failures[:5]
     assert seen.get(200, 0) > 0 and seen.get(401, 0) > 0 and seen.get(422, 0) > 0, seen   # it really exercised them
+

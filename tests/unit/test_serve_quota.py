@@ -306,3 +306,27 @@ def test_bearer_token(header, token):
 def test_decision_code_does_not_import_ray(module):
     src = (pathlib.Path(__file__).resolve().parents[2] / "serve_apps" / module).read_text()
     assert "import ray" not in src and "from ray" not in src
+
+
+def test_a_small_desk_is_not_starved_by_a_token_fetched_ahead():
+    """Burst 2 over 2 replicas (one token per lease): replica a must not lease the desk's second
+    token ahead, or the desk's second request, landing on replica b, is refused within quota."""
+    clock = Clock()
+    broker = LocalBroker({"rates": spec(rate=1.0, burst=2, in_flight=8)}, replicas=2, local_fraction=0.75,
+                         clock=clock)
+
+    async def call(reqs):
+        return broker.lease(reqs)
+
+    async def go():
+        a, b = (QuotaGate({"rates": spec(rate=1.0, burst=2, in_flight=8)}, replicas=2, replica_id=r,
+                          call_broker=call, clock=clock, local_fraction=0.75) for r in "ab")
+        first = await a.acquire("rates")
+        await asyncio.sleep(0.01)               # let any prefetch run
+        second = await b.acquire("rates")
+        third = await b.acquire("rates")
+        return first, second, third
+
+    first, second, third = run(go())
+    assert first is None and second is None     # both within the burst of 2
+    assert third is not None and third.limit is Limit.RATE

@@ -1,0 +1,70 @@
+"""Load shedding at the edge: a desk far over its request rate is refused in Serve's proxy.
+
+No Ray here (`serve_apps.desk_router` hosts it in Serve's request router). The exact quota
+accounting stays where it was, in the admitting replicas and the quota broker
+(`serve_apps.gate`); the edge only sheds what is certainly over quota, so that a flooding
+desk's excess never costs a replica call (about 4 ms of replica and proxy CPU per request on
+the dev machine, measured by `benchmarks.serve_quota`'s `cpu_cores`).
+
+Each desk gets one full-size token bucket (its whole `requests_per_s` and `burst`) in every
+edge (one per proxy per model application). So:
+
+- a desk that stays within its rate and burst is never refused here: from a full bucket, the
+  edge passes every request of any run of length T up to `burst + rate * T`, and a desk within
+  quota sends no more than that;
+- what the edge passes is still admitted or refused exactly by the replicas; the edge can only
+  refuse earlier, never admit more;
+- under a flood of k x quota, the edge passes about 1/k of it (burst + rate * T) and answers
+  the rest itself with the same 429 body and a `Retry-After` computed from its bucket.
+
+A request the edge cannot attribute to a desk (no or unknown credential, not HTTP) passes
+through: the replica answers it (401, or whatever the call is).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Mapping
+
+from serve_apps.quota import Limit, QuotaSpec, Refusal, TokenBucket
+
+EDGE = "edge"
+
+
+class EdgeFilter:
+    """Per-desk token buckets in front of the replicas. Single-threaded (one event loop)."""
+
+    def __init__(self, quotas: Mapping[str, QuotaSpec], authenticate: Callable[[str | None], str | None], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._authenticate = authenticate
+        self._clock = clock
+        now = clock()
+        self.specs = dict(quotas)
+        self.buckets = {d: TokenBucket.full(s.requests_per_s, float(s.burst), now) for d, s in quotas.items()}
+        self.passed: dict[str, int] = {d: 0 for d in quotas}
+        self.refused: dict[str, int] = {d: 0 for d in quotas}
+
+    def check(self, token: str | None) -> Refusal | None:
+        """None: pass the request on to a replica. A Refusal: answer 429 here."""
+        desk = self._authenticate(token)
+        if desk is None or desk not in self.buckets:
+            return None
+        now = self._clock()
+        taken, self.buckets[desk] = self.buckets[desk].take(1, now)
+        if taken:
+            self.passed[desk] += 1
+            return None
+        self.refused[desk] += 1
+        spec = self.specs[desk]
+        wait = self.buckets[desk].seconds_until(1.0, now)
+        wait = 1.0 if math.isinf(wait) else max(wait, 1e-3)
+        return Refusal(desk, Limit.RATE, wait, f"desk {desk!r} is over {spec.requests_per_s:g} requests/s "
+                       f"(burst {spec.burst}); retry after {wait:.3f}s")
+
+    def stats(self) -> dict:
+        return {"passed": dict(self.passed), "refused": dict(self.refused)}
+
+
+def edge_body(refusal: Refusal) -> dict:
+    """The 429 body the edge sends: the replicas' body, plus where it was refused."""
+    return {**refusal.body(), "refused_by": EDGE}
