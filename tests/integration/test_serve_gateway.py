@@ -165,6 +165,13 @@ def test_over_quota_is_429_with_retry_after(stack):
     assert refused.headers["retry-after"] == "1"
 
 
+def proxies() -> int:
+    """Serve's proxies (one per node, sharing the port): each holds its own edge buckets."""
+    from ray import serve
+
+    return max(1, len(serve.status().proxies))
+
+
 async def _burst(url: str, n: int) -> list[httpx.Response]:
     # One connection per request so the proxy spreads them over both gateway replicas.
     async def one():
@@ -181,9 +188,10 @@ def test_quota_is_one_budget_across_two_replicas(stack):
     # One budget: burst 4 + 0.5/s. Two separate budgets would let up to 8 through at once.
     assert len(admitted) <= 4 + 0.5 * elapsed
     assert all(r.status_code in (200, 429) for r in responses)
-    # Most of the excess never reached a replica: Serve's proxy refused it (edge shedding).
+    # Most of the excess never reached a replica: Serve's proxy refused it (edge shedding). Each
+    # proxy's edge passes at most a whole quota (on a multi-node cluster, one proxy per node).
     edge = [r for r in responses if r.status_code == 429 and r.json().get("refused_by") == "edge"]
-    assert len(edge) >= 48 - 2 * (4 + 0.5 * elapsed)
+    assert len(edge) >= 48 - proxies() * (4 + 0.5 * elapsed)
 
 
 def test_flood_is_refused_in_the_proxy_before_any_replica(stack):
@@ -203,7 +211,7 @@ def test_flood_is_refused_in_the_proxy_before_any_replica(stack):
     admitted = [r for r in flood if r.status_code == 200]
     edge = [r for r in flood if r.status_code == 429 and r.json().get("refused_by") == "edge"]
     assert len(admitted) <= 2 + 1 * elapsed                  # rates: burst 2, 1/s
-    assert len(edge) >= 60 - 2 * (2 + 1 * elapsed)           # the edge passes at most a quota
+    assert len(edge) >= 60 - proxies() * (2 + 1 * elapsed)   # each proxy's edge passes at most a quota
     r = edge[0]
     assert r.headers["content-type"] == "application/json"
     assert "x-rayfin-gateway" not in r.headers
