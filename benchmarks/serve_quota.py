@@ -144,10 +144,8 @@ async def measure(base: str, args) -> dict:
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(base_url=base, connector=conn, timeout=timeout) as s:
         # Warm both paths (first calls set up routing).
-        for _ in range(20):
-            await closed_loop(s, DIRECT, {"Content-Type": "application/json"}, 4, 0.05)
-            await closed_loop(s, PRICER, auth("bench"), 4, 0.05)
-            break
+        await closed_loop(s, DIRECT, {"Content-Type": "application/json"}, 4, 0.05)
+        await closed_loop(s, PRICER, auth("bench"), 4, 0.05)
         direct, gateway = [], []
         for _ in range(args.rounds):
             direct.append(await closed_loop(s, DIRECT, {"Content-Type": "application/json"}, args.concurrency,

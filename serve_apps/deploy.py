@@ -80,19 +80,21 @@ def model_spec(m: ServeModelConfig) -> dict[str, Any]:
 
 
 def build_model_app(m: ServeModelConfig, resources: dict[str, float] | None = None):
-    from ray.serve.config import BackpressureConfig
-
     from serve_apps.model_server import ModelServer
 
-    return ModelServer.options(
-        name=m.name,
-        num_replicas=m.num_replicas,
-        ray_actor_options=replica_options(m, resources),
-        # A batch can only fill up to max_ongoing_requests; leave room for the next batch to queue.
-        max_ongoing_requests=max(64, 4 * m.max_batch_size),
-        max_queued_requests=m.max_queued_requests,
-        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
-    ).bind(model_spec(m))
+    # A batch can only fill up to max_ongoing_requests; leave room for the next batch to queue.
+    return ModelServer.options(**model_options(m, resources, max_ongoing=max(64, 4 * m.max_batch_size))
+                               ).bind(model_spec(m))
+
+
+def model_options(m: ServeModelConfig, resources: dict[str, float] | None, *, max_ongoing: int) -> dict[str, Any]:
+    """Serve options shared by a model's deployments (plain and gated): replicas, resources,
+    and Serve's own 429 (`Retry-After: 1`) when the model's queue is full."""
+    from ray.serve.config import BackpressureConfig
+
+    return dict(name=m.name, num_replicas=m.num_replicas, ray_actor_options=replica_options(m, resources),
+                max_ongoing_requests=max_ongoing, max_queued_requests=m.max_queued_requests,
+                backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1))
 
 
 def replica_options(m: ServeModelConfig, resources: dict[str, float] | None) -> dict[str, Any]:
@@ -107,21 +109,12 @@ def replica_options(m: ServeModelConfig, resources: dict[str, float] | None) -> 
 def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[str, float] | None = None,
                     gateway_app: str = GATEWAY_APP):
     """The model's own application: gate + batched model in one replica (route: predict_route)."""
-    from ray.serve.config import BackpressureConfig
-
     from serve_apps.gated import GatedModel
 
     spec = gateway_spec(config, "gated", gateway_app)
     # Quota refusals are answered by the replica itself, so it must accept more at once than the
     # model alone: a flood of refused requests must not queue behind admitted ones.
-    options: dict[str, Any] = dict(
-        name=m.name,
-        num_replicas=m.num_replicas,
-        ray_actor_options=replica_options(m, resources),
-        max_ongoing_requests=max(256, 4 * m.max_batch_size),
-        max_queued_requests=m.max_queued_requests,
-        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
-    )
+    options = model_options(m, resources, max_ongoing=max(256, 4 * m.max_batch_size))
     if config.serve.edge_shedding:
         options["request_router_config"] = edge_router_config(spec)
     return GatedModel.options(**options).bind(spec, model_spec(m))
