@@ -78,6 +78,9 @@ class LocalCluster:
 
         t0 = time.monotonic()
         self.token_auth = ensure_ray_token_auth()
+        # Serve's proxy runs rayfin's edge middleware (sheds a desk's flood before Serve handles it).
+        from serve_apps.edge_asgi import install_env
+        install_env()
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.
         os.environ.setdefault("RAY_num_prestart_python_workers", "0")
         d = self.config.dashboard

@@ -109,24 +109,25 @@ def replica_options(m: ServeModelConfig, resources: dict[str, float] | None) -> 
 def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[str, float] | None = None,
                     gateway_app: str = GATEWAY_APP):
     """The model's own application: gate + batched model in one replica (route: predict_route)."""
-    from serve_apps.gated import GatedModel
+    from serve_apps.gated import GatedModel, predict_route
 
     spec = gateway_spec(config, "gated", gateway_app)
     # Quota refusals are answered by the replica itself, so it must accept more at once than the
     # model alone: a flood of refused requests must not queue behind admitted ones.
     options = model_options(m, resources, max_ongoing=max(256, 4 * m.max_batch_size))
     if config.serve.edge_shedding:
-        options["request_router_config"] = edge_router_config(spec)
+        options["request_router_config"] = edge_router_config(spec, predict_route(m.name))
     return GatedModel.options(**options).bind(spec, model_spec(m))
 
 
-def edge_router_config(spec: dict[str, Any]):
+def edge_router_config(spec: dict[str, Any], route: str | None = None):
     """Serve's request router for a gated model: sheds desks beyond their whole quota in the
     proxy (serve_apps/desk_router.py, serve_apps/edge.py), else Serve's default routing."""
     from ray.serve.config import RequestRouterConfig
 
     return RequestRouterConfig(request_router_class="serve_apps.desk_router:DeskQuotaRouter",
-                               request_router_kwargs={"access": spec["access"], "quotas": spec["quotas"]})
+                               request_router_kwargs={"access": spec["access"], "quotas": spec["quotas"],
+                                                      "route": route})
 
 
 def build_gateway_app(config: RayfinConfig, layout: str = "gated", gateway_app: str = GATEWAY_APP):

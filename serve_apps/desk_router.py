@@ -10,7 +10,10 @@ non-string `message` as JSON). The request never costs a replica call. Otherwise
 Serve's default router does (power of two choices over the replicas, locality first).
 
 Configured by `serve_apps.deploy.build_gated_app` through `RequestRouterConfig` with kwargs
-`access` (AccessPolicy.to_dict()) and `quotas` ({desk: {requests_per_s, burst, ...}}).
+`access` (AccessPolicy.to_dict()), `quotas` ({desk: {requests_per_s, burst, ...}}) and `route`
+(the application's predict path). Where Serve's proxy runs rayfin's ASGI middleware
+(serve_apps/edge_asgi.py), the router registers its filter there and the middleware sheds
+first, cheaper still; the router then skips requests the middleware marked as checked.
 
 Relies on Ray Serve 2.60 internals, pinned in pyproject.toml and covered by
 tests/integration/test_serve_gateway.py: HTTP requests reach the router with the pickled
@@ -30,6 +33,7 @@ from ray.serve.request_router import (FIFOMixin, LocalityMixin, MultiplexMixin, 
 
 from rayfin.telemetry.metrics import ray_metrics
 from serve_apps.access import AccessPolicy, bearer_token
+from serve_apps import edge_asgi
 from serve_apps.edge import EdgeFilter, edge_body
 from serve_apps.quota import QuotaSpec, Refusal
 
@@ -51,18 +55,21 @@ class EdgeRefusal(BackPressureError):
         return (EdgeRefusal, (self.refusal,))
 
 
-def authorization_of(pending_request: PendingRequest) -> str | None:
-    """The Authorization header of an HTTP request from Serve's proxy, else None."""
+def request_headers(pending_request: PendingRequest):
+    """The ASGI headers of an HTTP request from Serve's proxy, else None."""
     meta = pending_request.metadata
     if not meta.is_http_request or not pending_request.args:
         return None
     arg = pending_request.args[0]
     try:
         request = pickle.loads(arg) if isinstance(arg, (bytes, bytearray)) else arg
-        headers = request.asgi_scope.get("headers", ())
+        return list(request.asgi_scope.get("headers", ()))
     except Exception:  # noqa: BLE001 - not a request we understand: let the replica answer it
         return None
-    for key, value in headers:
+
+
+def authorization_of(headers) -> str | None:
+    for key, value in headers or ():
         if key == b"authorization":
             return value.decode("latin-1")
     return None
@@ -71,16 +78,23 @@ def authorization_of(pending_request: PendingRequest) -> str | None:
 class DeskQuotaRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
     edge: EdgeFilter | None = None
 
-    def initialize_state(self, access: dict | None = None, quotas: dict | None = None, **_unused) -> None:
+    def initialize_state(self, access: dict | None = None, quotas: dict | None = None, route: str | None = None,
+                         **_unused) -> None:
         if access is None or not quotas:
             return
         policy = AccessPolicy.from_dict(access)
         self.edge = EdgeFilter({d: QuotaSpec(**q) for d, q in quotas.items()}, policy.authenticate)
+        if route:   # the proxy's ASGI middleware (if Serve runs it) sheds before this router
+            edge_asgi.register(route, self.edge, self._count)
 
     async def choose_replicas(self, candidate_replicas: List[RunningReplica],
                               pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
         if pending_request is not None and self.edge is not None and not pending_request.future.done():
-            refusal = self.edge.check(bearer_token(authorization_of(pending_request)))
+            headers = request_headers(pending_request)
+            if headers is not None and edge_asgi.marked_checked(headers):
+                return self._power_of_two(pending_request)     # the middleware passed it
+            with edge_asgi._lock:
+                refusal = self.edge.check(bearer_token(authorization_of(headers)))
             if refusal is not None:
                 pending_request.future.set_exception(EdgeRefusal(refusal))
                 self._count(refusal)

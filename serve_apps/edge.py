@@ -1,6 +1,7 @@
 """Load shedding at the edge: a desk far over its request rate is refused in Serve's proxy.
 
-No Ray here (`serve_apps.desk_router` hosts it in Serve's request router). The exact quota
+No Ray here: `serve_apps.edge_asgi` hosts it in an ASGI middleware of Serve's proxy, and
+`serve_apps.desk_router` in Serve's request router (where the middleware is not run). The exact quota
 accounting stays where it was, in the admitting replicas and the quota broker
 (`serve_apps.gate`); the edge only sheds what is certainly over quota, so that a flooding
 desk's excess never costs a replica call (about 4 ms of replica and proxy CPU per request on

@@ -363,13 +363,16 @@ class LocalLease:
 
     # -- talking to the broker -------------------------------------------------------------------
     def wants_prefetch(self, now: float) -> bool:
-        """Lease ahead only at a rate that spends two or more tokens per lease horizon: below it,
-        a token fetched ahead sits in this replica while the desk's next request, landing on
-        another replica, finds the broker empty (a burst-2 desk on 2 replicas got 1 request)."""
+        """Lease ahead only when what this replica holds, leased tokens plus its own bucket,
+        would not last the lease horizon, and only at a rate that spends two or more tokens per
+        horizon: below it, a token fetched ahead sits in this replica while the desk's next
+        request, landing on another replica, finds the broker empty (a burst-2 desk on 2
+        replicas got 1 request). A desk within its local share so makes no broker call at all."""
         if now < self.tokens_blocked_until:
             return False
         target = self.lease_target(now)
-        return target >= 2 and self.tokens(now) <= target // 2 and self.observed_rate(now) > 0.5
+        held = self.tokens(now) + math.floor(self.local.refill(now).level + 1e-9)
+        return target >= 2 and held <= target // 2 and self.observed_rate(now) > 0.5
 
     def needs_sync(self, now: float, idle_s: float, heartbeat_s: float = 1.0) -> bool:
         """Background sync: give back idle permits, report GPU use, keep the holding alive."""

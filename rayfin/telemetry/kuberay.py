@@ -27,6 +27,7 @@ from placement.topology import Island, Topology, island_resource, pool_resource
 from rayfin.config import RayfinConfig, load_config
 from rayfin.telemetry.config import TelemetryConfig, telemetry_config
 from rayfin.telemetry.tracing import HOOK
+from serve_apps.edge_asgi import CALLBACK as EDGE_CALLBACK, ENV as EDGE_ENV
 
 LABEL = "rayfin.io/"
 RAY_VERSION = "2.60.0"
@@ -51,7 +52,9 @@ def _num(v: float) -> float | int:
 def _env(tel: TelemetryConfig) -> list[dict[str, Any]]:
     env = [{"name": "RAY_AUTH_MODE", "value": "token"},
            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "rayfin-ray-auth", "key": "token"}}},
-           {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"}]
+           {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"},
+           # Serve's proxy runs rayfin's edge middleware (serve_apps/edge_asgi.py)
+           {"name": EDGE_ENV, "value": EDGE_CALLBACK}]
     env += [{"name": k, "value": v} for k, v in sorted(tel.env().items())]
     return env
 

@@ -60,7 +60,10 @@ def stack():
 
     started = False
     if not ray.is_initialized():
-        # address="local": a private cluster, never someone else's running one.
+        # address="local": a private cluster, never someone else's running one. Its Serve proxy
+        # runs rayfin's edge middleware, as on a cluster rayfin starts.
+        from serve_apps.edge_asgi import install_env
+        install_env()
         ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
         started = True
     gpu = ray.cluster_resources().get("GPU", 0) >= 0.25
@@ -195,11 +198,16 @@ def test_quota_is_one_budget_across_two_replicas(stack):
 
 
 def test_flood_is_refused_in_the_proxy_before_any_replica(stack):
-    """Edge shedding (serve_apps/desk_router.py): a desk beyond its whole quota gets Serve's
-    proxy's 429 with our JSON body and a Retry-After from the edge bucket; no replica answers
-    (a replica's answers always carry X-Rayfin-Gateway), and other desks are served meanwhile."""
+    """Edge shedding (serve_apps/edge_asgi.py, serve_apps/desk_router.py): a desk beyond its
+    whole quota gets a 429 from Serve's proxy with our JSON body and a Retry-After from the edge
+    bucket; no replica answers (a replica's answers always carry X-Rayfin-Gateway), and other
+    desks are served meanwhile. On a cluster rayfin starts, the proxy's ASGI middleware answers
+    it (X-Rayfin-Edge: proxy) before Serve routes the request at all."""
     async def go():
         async with httpx.AsyncClient(base_url=stack["url"], timeout=30) as c:
+            # The route's request router exists (and hands its filter to the middleware) once
+            # the proxy has routed one request to the application.
+            assert (await c.post(PRICER, headers=auth("fx"), json=example_body("option_pricer"))).status_code == 200
             flood = [c.post(PRICER, headers=auth("rates"), json=example_body("option_pricer")) for _ in range(60)]
             quiet = [c.post(PRICER, headers=auth("fx"), json=example_body("option_pricer")) for _ in range(10)]
             return await asyncio.gather(*flood), await asyncio.gather(*quiet)
@@ -219,6 +227,7 @@ def test_flood_is_refused_in_the_proxy_before_any_replica(stack):
     assert body["error"] == "quota_exceeded" and body["desk"] == "rates" and body["limit"] == "requests_per_s"
     assert 0 < body["retry_after_s"] <= 1.0                   # next token of a 1/s bucket
     assert r.headers["retry-after"] == "1"
+    assert all(r.headers.get("x-rayfin-edge") == "proxy" for r in edge)   # the middleware, not the router
 
 
 def test_edge_passes_what_it_cannot_attribute(stack):

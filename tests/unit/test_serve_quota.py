@@ -330,3 +330,28 @@ def test_a_small_desk_is_not_starved_by_a_token_fetched_ahead():
     first, second, third = run(go())
     assert first is None and second is None     # both within the burst of 2
     assert third is not None and third.limit is Limit.RATE
+
+
+@pytest.mark.parametrize("rate_sent, calls_expected", [
+    (20.0, False),   # within the replica's own share (30/s, burst 15): the broker is never asked
+    (45.0, True),    # beyond it: the replica leases ahead from the broker's share
+])
+def test_a_desk_within_its_local_share_never_calls_the_broker(rate_sent, calls_expected):
+    clock = Clock()
+    quota = {"quiet": spec(rate=40.0, burst=20, in_flight=64)}
+    broker = LocalBroker(quota, replicas=1, local_fraction=0.75, clock=clock)
+
+    async def go():
+        gate = QuotaGate(quota, replicas=1, replica_id="r", call_broker=broker.alease, clock=clock,
+                         local_fraction=0.75, permits_local=True)
+        admitted = 0
+        for _ in range(int(rate_sent * 5)):          # five seconds of steady arrivals
+            clock.advance(1.0 / rate_sent)
+            admitted += await gate.acquire("quiet") is None
+            gate.release("quiet")
+            await asyncio.sleep(0)                   # let a prefetch, if any, run
+        return gate.broker_calls, admitted
+
+    calls, admitted = run(go())
+    assert admitted >= min(rate_sent, 40.0) * 5 - 1
+    assert (calls > 0) is calls_expected

@@ -1,0 +1,138 @@
+"""The edge as an ASGI middleware in Serve's proxy: a flood is refused before Serve handles it.
+
+Serve's proxy calls the function named by `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` when it
+starts and wraps its HTTP app in the Starlette middlewares that function returns (Serve's own
+proxy callback). `proxy_middlewares` returns `EdgeMiddleware`: for a `POST` to a gated model's
+predict path it asks that model's `EdgeFilter` (serve_apps/edge.py) and, when the desk is beyond
+its whole rate and burst, answers 429 itself, straight after uvicorn has parsed the request:
+no request context, no handle call, no router hop and no Serve metrics for a request that was
+never going to run. On the dev machine that is about a quarter of the proxy CPU the same
+refusal costs in the request router (`benchmarks.serve_quota`, `cpu_cores`).
+
+The filters come from the request routers (`serve_apps.desk_router.DeskQuotaRouter`), which
+Serve creates in the same proxy process with each gated application's quota kwargs: a router
+registers its filter under its route (`register`). Until it has, requests to that route pass
+the middleware unchecked and the router checks them. A request is checked once, by one of the
+two: the middleware marks what it passed with a header holding a random per-process value
+(`CHECKED_HEADER`, any client copy is dropped first), and the router skips marked requests.
+Without the environment variable (a cluster started elsewhere), the router alone sheds.
+
+`install_env` sets the variable for a cluster rayfin starts (raylets and the Serve proxy
+inherit the environment of the process that starts Ray). No Ray import here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import uuid
+from typing import Any, Callable
+
+from serve_apps.access import bearer_token
+from serve_apps.edge import EdgeFilter, edge_body
+from serve_apps.quota import Refusal
+
+log = logging.getLogger("ray.serve")
+
+ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+CALLBACK = "serve_apps.edge_asgi.proxy_middlewares"
+CHECKED_HEADER = b"x-rayfin-edge-checked"
+NONCE = secrets.token_hex(16).encode()     # never leaves this process: clients cannot forge it
+
+Counter = Callable[[Refusal], None]
+
+_lock = threading.Lock()
+_filters: dict[str, tuple[EdgeFilter, Counter]] = {}
+
+
+def register(route: str, edge: EdgeFilter, count: Counter) -> None:
+    """A request router hands its filter to the middleware of its process (the proxy)."""
+    with _lock:
+        _filters[route] = (edge, count)
+
+
+def unregister(route: str) -> None:
+    with _lock:
+        _filters.pop(route, None)
+
+
+def install_env(environ: dict | None = None) -> bool:
+    """Point Serve's proxy callback at `proxy_middlewares` unless another callback is set."""
+    env = os.environ if environ is None else environ
+    current = env.get(ENV)
+    if current and current != CALLBACK:
+        log.warning("%s is %s: rayfin's edge sheds in the request router only", ENV, current)
+        return False
+    env[ENV] = CALLBACK
+    return True
+
+
+def proxy_middlewares() -> list:
+    """Serve's proxy callback: the middlewares the proxy wraps its HTTP app in."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(EdgeMiddleware)]
+
+
+def marked_checked(headers) -> bool:
+    """Whether the proxy's middleware already took this request past the edge."""
+    return any(k == CHECKED_HEADER and v == NONCE for k, v in headers)
+
+
+class EdgeMiddleware:
+    """Pure ASGI middleware (no Starlette request objects on the hot path)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        headers = scope.get("headers") or []
+        if any(k == CHECKED_HEADER for k, _ in headers):         # a client's copy never counts
+            headers = [(k, v) for k, v in headers if k != CHECKED_HEADER]
+            scope = {**scope, "headers": headers}
+        entry = _filters.get(scope.get("path", "")) if scope.get("method") == "POST" else None
+        if entry is None:
+            return await self.app(scope, receive, send)
+        edge, count = entry
+        authorization = None
+        for k, v in headers:
+            if k == b"authorization":
+                authorization = v.decode("latin-1")
+                break
+        with _lock:
+            refusal = edge.check(bearer_token(authorization))
+        if refusal is None:
+            scope = {**scope, "headers": [*headers, (CHECKED_HEADER, NONCE)]}
+            return await self.app(scope, receive, send)
+        try:
+            count(refusal)
+        except Exception:  # noqa: BLE001 - metrics must never fail a response
+            pass
+        await send_refusal(send, refusal, _request_id(headers))
+
+
+def _request_id(headers) -> bytes:
+    for k, v in headers:
+        if k == b"x-request-id":
+            return v
+    return str(uuid.uuid4()).encode()
+
+
+async def send_refusal(send, refusal: Refusal, request_id: bytes) -> None:
+    body = json.dumps(edge_body(refusal), separators=(",", ":")).encode()
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", refusal.retry_after_header().encode()), (b"x-request-id", request_id),
+        (b"x-rayfin-edge", b"proxy")]   # where it was refused: the proxy's middleware, not the router
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def registered() -> dict[str, Any]:
+    """Routes with a filter in this process (diagnostics and tests)."""
+    with _lock:
+        return {route: edge.stats() for route, (edge, _) in _filters.items()}
