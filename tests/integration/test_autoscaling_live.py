@@ -25,5 +25,6 @@ def test_node_of_the_pool_is_up_before_the_forecast_burst(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["node_ready_before_burst"], proc.stdout[-2000:] + proc.stderr[-2000:]
     assert rec["requested_at"] < rec["node_up_at"] < 0
-    assert "released_at" in rec
+    assert "released_at" in rec, [(x["t"], x["demand"], x["requested_gpus"], x["forecast"], x["sent"])
+                                  for x in rec["log"]][-40:]
     assert rec["left_over_processes"] == 0
