@@ -39,10 +39,8 @@ from rayfin.config import hash_token, parse_config
 from serve_apps.schemas import example_body
 
 PRICER = "/v1/models/option-pricer:predict"
-STALL_FACTOR = 4.0
 DIRECT = "/direct/option-pricer"
-
-
+STALL_FACTOR = 4.0
 
 
 def bench_config(args, port: int):
@@ -219,14 +217,9 @@ class CpuMeter:
     """CPU seconds used by each Ray Serve / client process between two reads (psutil)."""
 
     def __init__(self, extra: dict[str, int]) -> None:
-        import ray  # noqa: F401 - puts Ray's own copy of psutil (ray/thirdparty_files) on sys.path
-        import psutil
+        self.procs = serve_processes()
+        import psutil  # Ray's copy, on sys.path now
 
-        self.procs: dict[str, list] = {}
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            name = _role(" ".join(proc.info.get("cmdline") or []))
-            if name:
-                self.procs.setdefault(name, []).append(proc)
         for name, pid in extra.items():
             self.procs.setdefault(name, []).append(psutil.Process(pid))
         self.last = self._read()
@@ -251,15 +244,23 @@ class CpuMeter:
         return d
 
 
-def _proxy_niceness() -> int:
-    """The niceness Ray runs Serve's proxy at (Ray starts its workers at nice 15 by default)."""
-    import ray  # noqa: F401 - Ray's own copy of psutil
+def serve_processes() -> dict[str, list]:
+    """This machine's Ray and Serve processes by role (`_role`), as psutil processes."""
+    import ray  # noqa: F401 - puts Ray's own copy of psutil (ray/thirdparty_files) on sys.path
     import psutil
 
-    for proc in psutil.process_iter(["cmdline", "nice"]):
-        if _role(" ".join(proc.info.get("cmdline") or [])) == "serve_proxy":
-            return int(proc.info["nice"])
-    return 0
+    procs: dict[str, list] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        name = _role(" ".join(proc.info.get("cmdline") or []))
+        if name:
+            procs.setdefault(name, []).append(proc)
+    return procs
+
+
+def _proxy_niceness() -> int:
+    """The niceness Ray runs Serve's proxy at (Ray starts its workers at nice 15 by default)."""
+    proxies = serve_processes().get("serve_proxy", [])
+    return proxies[0].nice() if proxies else 0
 
 
 def _role(cmdline: str) -> str | None:
@@ -290,10 +291,9 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
     rng = random.Random(args.seed)
     conditions = ("alone", "flood", "within") if args.within else ("alone", "flood")
     offered = {"flood": args.flood_rate * 10, "within": args.flood_rate}
-    quiet: dict[str, list] = {c: [] for c in conditions}
     other: dict[str, list] = {c: [] for c in conditions}
     phases = []
-    cycle_results: list[dict[str, list]] = [{} for _ in range(args.phases)]
+    cycle_results: list[dict[str, list]] = [{} for _ in range(args.phases)]   # cycle -> condition -> quiet
     cpu: dict[str, dict[str, float]] = {c: {} for c in conditions}
     for i in range(args.phases):
         for condition in conditions:
@@ -316,7 +316,6 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
                               "flood_admitted": sum(1 for x in sent_by_other if x[1] == 200),
                               "flood_allowed": int(args.flood_burst + args.flood_rate * span)})
                 other[condition].extend(sent_by_other)
-            quiet[condition].extend(results)
             cycle_results[i][condition] = results
             wall = time.monotonic() - started
             used = meter.delta()
@@ -328,8 +327,14 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
             await asyncio.sleep(args.gap_s)           # the flood desk's bucket refills to its burst
     commands.put(None)
     proc.join(10)
+
+    def pooled(cycles) -> dict[str, list]:
+        return {c: [x for i in cycles for x in cycle_results[i][c]] for c in conditions}
+
+    quiet = pooled(range(args.phases))
     alone, flooded = quiet["alone"], quiet["flood"]
     flood_phases = [p for p in phases if p["condition"] == "flood"]
+    flood_span = sum(p["flood_span_s"] for p in flood_phases)
     by_cycle = [phases[i:i + len(conditions)] for i in range(0, len(phases), len(conditions))]
     out = {
         "quiet": {"rate": args.quiet_rate / 2, "quota": args.quiet_rate, "phases": args.phases,
@@ -346,10 +351,10 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
         "quiet_p99_ratio_pair_median": statistics.median(
             c[1]["quiet_p99_ms"] / c[0]["quiet_p99_ms"] for c in by_cycle),
         "flood": {"offered_rps": args.flood_rate * 10, "quota_rps": args.flood_rate, "burst": args.flood_burst,
-                  "sent": len(other["flood"]), "span_s": round(sum(p["flood_span_s"] for p in flood_phases), 3),
+                  "sent": len(other["flood"]), "span_s": round(flood_span, 3),
                   "codes": _codes(other["flood"]), "client": "separate process", "client_nice": flood_nice,
                   "serve_proxy_nice": proxy_nice,
-                  "achieved_rps": round(len(other["flood"]) / max(1e-9, sum(p["flood_span_s"] for p in flood_phases)), 1)},
+                  "achieved_rps": round(len(other["flood"]) / max(1e-9, flood_span), 1)},
         # Each flood phase starts from at most a full bucket: burst + rate * span per phase.
         "flood_admitted": sum(p["flood_admitted"] for p in flood_phases),
         "flood_allowed": sum(p["flood_allowed"] for p in flood_phases),
@@ -365,11 +370,11 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
     kept = [i for i in range(len(by_cycle)) if i not in stalled]
     out["stalls"] = {"factor": STALL_FACTOR, "median_phase_p99_ms": round(median_p99, 2), "stalled_cycles": stalled}
     if stalled and kept:
-        pooled = {c: [x for i in kept for x in cycle_results[i][c]] for c in conditions}
-        out["stalls"]["quiet_p99_ratio_without_stalled_cycles"] = p99_ms(pooled["flood"]) / p99_ms(pooled["alone"])
+        steady = pooled(kept)
+        out["stalls"]["quiet_p99_ratio_without_stalled_cycles"] = p99_ms(steady["flood"]) / p99_ms(steady["alone"])
         if args.within:
             out["stalls"]["quiet_p99_flood_over_within_without_stalled_cycles"] = (
-                p99_ms(pooled["flood"]) / p99_ms(pooled["within"]))
+                p99_ms(steady["flood"]) / p99_ms(steady["within"]))
     if args.within:
         within = quiet["within"]
         # The control: the flood desk sending at its quota, all of it admitted work. flood / within

@@ -188,8 +188,9 @@ class ServeConfig(_Model):
         0.75, ge=0, le=0.9, description="part of each desk's rate and burst split evenly over gateway replicas "
         "(admitted with no broker call); the quota broker lends out the rest")
     edge_shedding: bool = Field(
-        True, description="refuse a desk beyond its whole request rate and burst in Serve's proxy (request "
-        "router), before any model replica is called; replicas still account quotas exactly")
+        True, description="refuse a desk beyond its whole request rate and burst in Serve's proxy (ASGI "
+        "middleware, or the request router), before any model replica is called; replicas still account "
+        "quotas exactly")
 
 
 class DashboardConfig(_Model):

@@ -120,9 +120,10 @@ def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[s
     return GatedModel.options(**options).bind(spec, model_spec(m))
 
 
-def edge_router_config(spec: dict[str, Any], route: str | None = None):
+def edge_router_config(spec: dict[str, Any], route: str):
     """Serve's request router for a gated model: sheds desks beyond their whole quota in the
-    proxy (serve_apps/desk_router.py, serve_apps/edge.py), else Serve's default routing."""
+    proxy (serve_apps/desk_router.py, serve_apps/edge.py), else Serve's default routing; it hands
+    its filter to the proxy's ASGI middleware for `route` (serve_apps/edge_asgi.py)."""
     from ray.serve.config import RequestRouterConfig
 
     return RequestRouterConfig(request_router_class="serve_apps.desk_router:DeskQuotaRouter",

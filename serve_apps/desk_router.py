@@ -32,7 +32,7 @@ from ray.serve.request_router import (FIFOMixin, LocalityMixin, MultiplexMixin, 
                                       RunningReplica)
 
 from rayfin.telemetry.metrics import ray_metrics
-from serve_apps.access import AccessPolicy, bearer_token
+from serve_apps.access import AccessPolicy
 from serve_apps import edge_asgi
 from serve_apps.edge import EdgeFilter, edge_body
 from serve_apps.quota import QuotaSpec, Refusal
@@ -68,13 +68,6 @@ def request_headers(pending_request: PendingRequest):
         return None
 
 
-def authorization_of(headers) -> str | None:
-    for key, value in headers or ():
-        if key == b"authorization":
-            return value.decode("latin-1")
-    return None
-
-
 class DeskQuotaRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
     edge: EdgeFilter | None = None
 
@@ -93,8 +86,7 @@ class DeskQuotaRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
             headers = request_headers(pending_request)
             if headers is not None and edge_asgi.marked_checked(headers):
                 return self._power_of_two(pending_request)     # the middleware passed it
-            with edge_asgi._lock:
-                refusal = self.edge.check(bearer_token(authorization_of(headers)))
+            refusal = self.edge.check(edge_asgi.bearer_of(headers))
             if refusal is not None:
                 pending_request.future.set_exception(EdgeRefusal(refusal))
                 self._count(refusal)

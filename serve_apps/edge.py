@@ -24,6 +24,7 @@ through: the replica answers it (401, or whatever the call is).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Callable, Mapping
 
@@ -33,7 +34,8 @@ EDGE = "edge"
 
 
 class EdgeFilter:
-    """Per-desk token buckets in front of the replicas. Single-threaded (one event loop)."""
+    """Per-desk token buckets in front of the replicas. Thread-safe: in Serve's proxy the ASGI
+    middleware (main event loop) and the request router (its own loop thread) share one."""
 
     def __init__(self, quotas: Mapping[str, QuotaSpec], authenticate: Callable[[str | None], str | None], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -44,20 +46,22 @@ class EdgeFilter:
         self.buckets = {d: TokenBucket.full(s.requests_per_s, float(s.burst), now) for d, s in quotas.items()}
         self.passed: dict[str, int] = {d: 0 for d in quotas}
         self.refused: dict[str, int] = {d: 0 for d in quotas}
+        self._lock = threading.Lock()
 
     def check(self, token: str | None) -> Refusal | None:
         """None: pass the request on to a replica. A Refusal: answer 429 here."""
         desk = self._authenticate(token)
         if desk is None or desk not in self.buckets:
             return None
-        now = self._clock()
-        taken, self.buckets[desk] = self.buckets[desk].take(1, now)
-        if taken:
-            self.passed[desk] += 1
-            return None
-        self.refused[desk] += 1
+        with self._lock:
+            now = self._clock()
+            taken, self.buckets[desk] = self.buckets[desk].take(1, now)
+            if taken:
+                self.passed[desk] += 1
+                return None
+            self.refused[desk] += 1
+            wait = self.buckets[desk].seconds_until(1.0, now)
         spec = self.specs[desk]
-        wait = self.buckets[desk].seconds_until(1.0, now)
         wait = 1.0 if math.isinf(wait) else max(wait, 1e-3)
         return Refusal(desk, Limit.RATE, wait, f"desk {desk!r} is over {spec.requests_per_s:g} requests/s "
                        f"(burst {spec.burst}); retry after {wait:.3f}s")

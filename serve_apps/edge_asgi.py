@@ -28,7 +28,7 @@ import os
 import secrets
 import threading
 import uuid
-from typing import Any, Callable
+from typing import Callable
 
 from serve_apps.access import bearer_token
 from serve_apps.edge import EdgeFilter, edge_body
@@ -43,7 +43,7 @@ NONCE = secrets.token_hex(16).encode()     # never leaves this process: clients 
 
 Counter = Callable[[Refusal], None]
 
-_lock = threading.Lock()
+_lock = threading.Lock()                     # guards the registry (the filters lock themselves)
 _filters: dict[str, tuple[EdgeFilter, Counter]] = {}
 
 
@@ -76,6 +76,20 @@ def proxy_middlewares() -> list:
     return [Middleware(EdgeMiddleware)]
 
 
+def header_value(headers, name: bytes) -> bytes | None:
+    """The first value of a header in ASGI form ([(lowercase name, value)]), else None."""
+    for k, v in headers or ():
+        if k == name:
+            return v
+    return None
+
+
+def bearer_of(headers) -> str | None:
+    """The bearer token of a request's Authorization header, else None."""
+    authorization = header_value(headers, b"authorization")
+    return bearer_token(authorization.decode("latin-1")) if authorization is not None else None
+
+
 def marked_checked(headers) -> bool:
     """Whether the proxy's middleware already took this request past the edge."""
     return any(k == CHECKED_HEADER and v == NONCE for k, v in headers)
@@ -98,13 +112,7 @@ class EdgeMiddleware:
         if entry is None:
             return await self.app(scope, receive, send)
         edge, count = entry
-        authorization = None
-        for k, v in headers:
-            if k == b"authorization":
-                authorization = v.decode("latin-1")
-                break
-        with _lock:
-            refusal = edge.check(bearer_token(authorization))
+        refusal = edge.check(bearer_of(headers))
         if refusal is None:
             scope = {**scope, "headers": [*headers, (CHECKED_HEADER, NONCE)]}
             return await self.app(scope, receive, send)
@@ -112,14 +120,7 @@ class EdgeMiddleware:
             count(refusal)
         except Exception:  # noqa: BLE001 - metrics must never fail a response
             pass
-        await send_refusal(send, refusal, _request_id(headers))
-
-
-def _request_id(headers) -> bytes:
-    for k, v in headers:
-        if k == b"x-request-id":
-            return v
-    return str(uuid.uuid4()).encode()
+        await send_refusal(send, refusal, header_value(headers, b"x-request-id") or str(uuid.uuid4()).encode())
 
 
 async def send_refusal(send, refusal: Refusal, request_id: bytes) -> None:
@@ -131,8 +132,3 @@ async def send_refusal(send, refusal: Refusal, request_id: bytes) -> None:
     await send({"type": "http.response.start", "status": 429, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
-
-def registered() -> dict[str, Any]:
-    """Routes with a filter in this process (diagnostics and tests)."""
-    with _lock:
-        return {route: edge.stats() for route, (edge, _) in _filters.items()}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections import defaultdict
 import secrets
 import threading
 import time
@@ -92,7 +93,10 @@ class ControllerCore:
         self.last_decision: dict[str, Decision] = {}
         # desk -> state -> ended batch jobs: counted in SQLite once here, then kept up to date
         # by `_finish`, so the per-cycle usage table never rescans the ledger.
-        self._finished = ledger.counts([s.value for s in JobState if s.terminal], exclude_kind="serving")
+        terminal = [s.value for s in JobState if s.terminal]
+        self._finished: defaultdict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(terminal, 0))
+        for desk, counts in ledger.counts(terminal, exclude_kind="serving").items():
+            self._finished[desk].update(counts)
         self.lock = threading.RLock()
 
     # ---------------------------------------------------------------- auth
@@ -455,8 +459,7 @@ class ControllerCore:
                          state.value.lower(), reason)
         self.last_decision.pop(job.job_id, None)
         if job.kind != "serving":
-            counts = self.finished_counts(job.desk)
-            counts[state.value] += 1
+            self._finished[job.desk][state.value] += 1
         self.recorder.state_changed(job, old)
         return job
 
@@ -530,16 +533,8 @@ class ControllerCore:
             row["lent"] = min(unused, max(0.0, left))
             left -= row["lent"]
         for name, row in table.items():
-            row.update({state.lower(): n for state, n in self.finished_counts(name).items()})
+            row.update({state.lower(): n for state, n in self._finished[name].items()})
         return table
-
-    def finished_counts(self, desk: str) -> dict[str, int]:
-        """Ended batch jobs of a desk by state."""
-        counts = self._finished.setdefault(desk, {})
-        for s in JobState:
-            if s.terminal:
-                counts.setdefault(s.value, 0)
-        return counts
 
     def pool_demand(self) -> dict[str, float]:
         """GPUs each node pool is asked for now: running placements plus queued requests (a queued
