@@ -222,9 +222,9 @@ def _flood_client(base: str, commands, results, nice: int = 0) -> None:
 class CpuMeter:
     """CPU seconds used by each Ray Serve / client process between two reads (psutil)."""
 
-    def __init__(self, extra: dict[str, int]) -> None:
-        self.procs = serve_processes()
-        import psutil  # Ray's copy, on sys.path now
+    def __init__(self, procs: dict[str, list], extra: dict[str, int]) -> None:
+        self.procs = {name: list(ps) for name, ps in procs.items()}
+        import psutil  # Ray's copy, on sys.path once serve_processes() has run
 
         for name, pid in extra.items():
             self.procs.setdefault(name, []).append(psutil.Process(pid))
@@ -263,9 +263,9 @@ def serve_processes() -> dict[str, list]:
     return procs
 
 
-def _proxy_niceness() -> int:
+def _proxy_niceness(procs: dict[str, list]) -> int:
     """The niceness Ray runs Serve's proxy at (Ray starts its workers at nice 15 by default)."""
-    proxies = serve_processes().get("serve_proxy", [])
+    proxies = procs.get("serve_proxy", [])
     return proxies[0].nice() if proxies else 0
 
 
@@ -287,13 +287,14 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
 
     ctx = mp.get_context("spawn")
     commands, replies = ctx.Queue(), ctx.Queue()
-    proxy_nice = _proxy_niceness()
+    procs = serve_processes()                  # one scan: niceness now, CPU metering below
+    proxy_nice = _proxy_niceness(procs)
     flood_nice = proxy_nice if args.flood_nice < 0 else args.flood_nice
     proc = ctx.Process(target=_flood_client, args=(base, commands, replies, flood_nice), daemon=True)
     proc.start()
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, replies.get, True, 120) == "ready"
-    meter = CpuMeter({"bench_client": os.getpid(), "flood_client": proc.pid})
+    meter = CpuMeter(procs, {"bench_client": os.getpid(), "flood_client": proc.pid})
     rng = random.Random(args.seed)
     conditions = ("alone", "flood", "within") if args.within else ("alone", "flood")
     offered = {"flood": args.flood_rate * 10, "within": args.flood_rate}
@@ -347,6 +348,7 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
 
     quiet = pooled(range(args.phases))
     alone, flooded = quiet["alone"], quiet["flood"]
+    p99 = {c: p99_ms(r) for c, r in quiet.items()}
     flood_phases = [p for p in phases if p["condition"] == "flood"]
     flood_span = sum(p["flood_span_s"] for p in flood_phases)
     by_cycle = [phases[i:i + len(conditions)] for i in range(0, len(phases), len(conditions))]
@@ -356,9 +358,9 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
                   "alone_codes": _codes(alone), "flood_codes": _codes(flooded),
                   "alone_p50_ms": _p50(alone), "flood_p50_ms": _p50(flooded),
                   "alone_p95_ms": round(pct_ms(alone, 0.95), 2), "flood_p95_ms": round(pct_ms(flooded, 0.95), 2)},
-        "quiet_p99_alone_ms": p99_ms(alone),
-        "quiet_p99_flood_ms": p99_ms(flooded),
-        "quiet_p99_ratio": p99_ms(flooded) / p99_ms(alone),
+        "quiet_p99_alone_ms": p99["alone"],
+        "quiet_p99_flood_ms": p99["flood"],
+        "quiet_p99_ratio": p99["flood"] / p99["alone"],
         # The quiet desk's requests sent in the other desk's first `lead_in_s` (its burst passing
         # at once), pooled over cycles: reported, not part of the steady-state ratio above.
         "onset": {c: {"samples": len(r), "codes": _codes(r), "p50_ms": _p50(r), "p99_ms": round(p99_ms(r), 2),
@@ -389,11 +391,10 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
     kept = [i for i in range(len(by_cycle)) if i not in stalled]
     out["stalls"] = {"factor": STALL_FACTOR, "median_phase_p99_ms": round(median_p99, 2), "stalled_cycles": stalled}
     if stalled and kept:
-        steady = pooled(kept)
-        out["stalls"]["quiet_p99_ratio_without_stalled_cycles"] = p99_ms(steady["flood"]) / p99_ms(steady["alone"])
+        steady = {c: p99_ms(r) for c, r in pooled(kept).items()}
+        out["stalls"]["quiet_p99_ratio_without_stalled_cycles"] = steady["flood"] / steady["alone"]
         if args.within:
-            out["stalls"]["quiet_p99_flood_over_within_without_stalled_cycles"] = (
-                p99_ms(steady["flood"]) / p99_ms(steady["within"]))
+            out["stalls"]["quiet_p99_flood_over_within_without_stalled_cycles"] = steady["flood"] / steady["within"]
     if args.within:
         within = quiet["within"]
         # The control: the flood desk sending at its quota, all of it admitted work. flood / within
@@ -401,9 +402,9 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
         out["within"] = {"offered_rps": args.flood_rate, "samples": len(within), "codes": _codes(within),
                          "p50_ms": _p50(within), "p95_ms": round(pct_ms(within, 0.95), 2),
                          "other_desk_codes": _codes(other["within"])}
-        out["quiet_p99_within_ms"] = p99_ms(within)
-        out["quiet_p99_within_ratio"] = p99_ms(within) / p99_ms(alone)
-        out["quiet_p99_flood_over_within"] = p99_ms(flooded) / p99_ms(within)
+        out["quiet_p99_within_ms"] = p99["within"]
+        out["quiet_p99_within_ratio"] = p99["within"] / p99["alone"]
+        out["quiet_p99_flood_over_within"] = p99["flood"] / p99["within"]
     return out
 
 

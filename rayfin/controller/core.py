@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections import defaultdict
 import secrets
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
