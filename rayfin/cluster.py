@@ -18,6 +18,7 @@ from typing import Any
 
 from placement.topology import Island, Topology, island_resource, pool_resource
 from rayfin.config import RayfinConfig
+from rayfin.errors import ConfigError
 
 log = logging.getLogger("rayfin.cluster")
 LABEL = "rayfin.io/"
@@ -68,6 +69,7 @@ class LocalCluster:
     nodes: dict[str, Any] = field(default_factory=dict)   # island id -> ray Node
     started_s: float = 0.0
     token_auth: bool = False
+    ingress_env: dict[str, str] = field(default_factory=dict)   # what serve_apps.ingress set for it
 
     @property
     def topology(self) -> Topology:
@@ -78,9 +80,14 @@ class LocalCluster:
 
         t0 = time.monotonic()
         self.token_auth = ensure_ray_token_auth()
-        # Serve's proxy runs rayfin's edge middleware (sheds a desk's flood before Serve handles it).
-        from serve_apps.edge_asgi import install_env
-        install_env()
+        # How HTTP reaches the replicas (HAProxy by default) and rayfin's edge middleware, which
+        # sheds a desk's flood before Serve handles it: set before Ray starts, as Serve reads them
+        # from each process's environment (serve_apps/ingress.py).
+        from serve_apps import ingress
+        try:
+            self.ingress_env = ingress.install(self.config.serve.ingress)
+        except ValueError as exc:   # no HAProxy here, or a conflicting variable: the field to change
+            raise ConfigError(str(exc), path="serve.ingress") from None
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.
         os.environ.setdefault("RAY_num_prestart_python_workers", "0")
         d = self.config.dashboard
@@ -140,3 +147,5 @@ class LocalCluster:
             finally:
                 self.cluster = None
                 self.nodes.clear()
+                from serve_apps import ingress
+                ingress.remove_run_dir(self.ingress_env)

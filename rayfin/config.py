@@ -187,10 +187,14 @@ class ServeConfig(_Model):
     quota_local_share: float = Field(
         0.75, ge=0, le=0.9, description="part of each desk's rate and burst split evenly over gateway replicas "
         "(admitted with no broker call); the quota broker lends out the rest")
+    ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy", description="how HTTP reaches the model replicas: 'haproxy' (Serve's HAProxy ingress: "
+        "HAProxy forwards to replicas that serve HTTP themselves) or 'proxy' (Serve's Python proxy actor); "
+        "see serve_apps/ingress.py")
     edge_shedding: bool = Field(
-        True, description="refuse a desk beyond its whole request rate and burst in Serve's proxy (ASGI "
-        "middleware, or the request router), before any model replica is called; replicas still account "
-        "quotas exactly")
+        True, description="refuse a desk beyond its whole request rate and burst before Serve handles the "
+        "request (ASGI middleware in each gated replica's HTTP server with 'haproxy', in Serve's proxy or "
+        "its request router with 'proxy'); replicas still account quotas exactly")
 
 
 class DashboardConfig(_Model):

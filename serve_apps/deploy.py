@@ -71,6 +71,8 @@ def gateway_spec(config: RayfinConfig, layout: str = "gated", gateway_app: str =
         "sync_interval_s": sc.quota_sync_interval_s,
         "local_fraction": sc.quota_local_share,
         "model_apps": {m.name: model_app_name(m.name) for m in sc.models},
+        # HAProxy ingress: each gated replica sheds floods in the middleware of its own HTTP server.
+        "edge_in_replica": sc.edge_shedding and sc.ingress == "haproxy",
     }
 
 
@@ -115,7 +117,9 @@ def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[s
     # Quota refusals are answered by the replica itself, so it must accept more at once than the
     # model alone: a flood of refused requests must not queue behind admitted ones.
     options = model_options(m, resources, max_ongoing=max(256, 4 * m.max_batch_size))
-    if config.serve.edge_shedding:
+    if config.serve.edge_shedding and config.serve.ingress == "proxy":
+        # HAProxy picks the replica itself (Serve refuses a custom router there): with that
+        # ingress each replica hands its edge filter to the middleware of its own HTTP server.
         options["request_router_config"] = edge_router_config(spec, predict_route(m.name))
     return GatedModel.options(**options).bind(spec, model_spec(m))
 
@@ -215,7 +219,11 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
     logging_config = {"enable_access_log": access_log}
     # Also the proxy's own per-request log lines (global logging config, used when this call
     # starts Serve); production keeps them with access_log=True.
-    serve.start(http_options={"host": sc.host, "port": port}, logging_config=logging_config)
+    # HAProxy ingress: one HAProxy, on the head node. Several on one host (rayfin's simulated
+    # nodes) would all bind the same ports; on a real multi-host cluster (KubeRay) the manifests
+    # run one per pod. Serve's Python proxy: its default, one per node sharing the port.
+    start_options: dict[str, Any] = {"proxy_location": "HeadOnly"} if sc.ingress == "haproxy" else {}
+    serve.start(http_options={"host": sc.host, "port": port}, logging_config=logging_config, **start_options)
     if layout == "gated":
         from serve_apps.gated import predict_route
 

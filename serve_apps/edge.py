@@ -50,9 +50,17 @@ class EdgeFilter:
 
     def check(self, token: str | None) -> Refusal | None:
         """None: pass the request on to a replica. A Refusal: answer 429 here."""
+        return self.screen(token)[1]
+
+    def screen(self, token: str | None) -> tuple[str | None, Refusal | None]:
+        """(the token's desk or None, `check`'s answer): the middleware hands the desk on to the
+        gate of its own process, which then need not hash the token again."""
         desk = self._authenticate(token)
         if desk is None or desk not in self.buckets:
-            return None
+            return desk, None
+        return desk, self._take(desk)
+
+    def _take(self, desk: str) -> Refusal | None:
         with self._lock:
             now = self._clock()
             taken, self.buckets[desk] = self.buckets[desk].take(1, now)

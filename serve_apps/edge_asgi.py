@@ -1,4 +1,10 @@
-"""The edge as an ASGI middleware in Serve's proxy: a flood is refused before Serve handles it.
+"""The edge as an ASGI middleware: a flood is refused before Serve handles it.
+
+Where it runs depends on `serve.ingress` (serve_apps/ingress.py). With HAProxy ingress each
+gated replica serves HTTP itself, Serve wraps that server in the same proxy-callback
+middlewares, and the replica registers its filter here (`where="replica"`); the desk the
+middleware authenticated is handed to the gate of the same process (`desk_of`), so the token
+is hashed once per request. With Serve's Python proxy, as follows.
 
 Serve's proxy calls the function named by `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` when it
 starts and wraps its HTTP app in the Starlette middlewares that function returns (Serve's own
@@ -40,17 +46,20 @@ ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "serve_apps.edge_asgi.proxy_middlewares"
 CHECKED_HEADER = b"x-rayfin-edge-checked"
 NONCE = secrets.token_hex(16).encode()     # never leaves this process: clients cannot forge it
+SCOPE_DESK = "rayfin.edge.desk"            # ASGI scope key: (NONCE, desk) the middleware authenticated
 
 Counter = Callable[[Refusal], None]
 
 _lock = threading.Lock()                     # guards the registry (the filters lock themselves)
-_filters: dict[str, tuple[EdgeFilter, Counter]] = {}
+_filters: dict[str, tuple[EdgeFilter, Counter, bytes]] = {}
 
 
-def register(route: str, edge: EdgeFilter, count: Counter) -> None:
-    """A request router hands its filter to the middleware of its process (the proxy)."""
+def register(route: str, edge: EdgeFilter, count: Counter, where: str = "proxy") -> None:
+    """Hand a filter to the middleware of this process: a request router does in Serve's proxy
+    (`where` "proxy"); with HAProxy ingress a gated replica does in its own HTTP server
+    ("replica"). `where` is the `X-Rayfin-Edge` header of the refusals."""
     with _lock:
-        _filters[route] = (edge, count)
+        _filters[route] = (edge, count, where.encode())
 
 
 def unregister(route: str) -> None:
@@ -90,6 +99,16 @@ def bearer_of(headers) -> str | None:
     return bearer_token(authorization.decode("latin-1")) if authorization is not None else None
 
 
+def desk_of(scope) -> tuple[bool, str | None]:
+    """(known, desk): the desk this process's middleware authenticated the request as (None:
+    no desk's credential), if it did. A client cannot set scope keys, and the value carries this
+    process's nonce, so a scope pickled from Serve's proxy to a replica is never trusted."""
+    mark = scope.get(SCOPE_DESK)
+    if isinstance(mark, tuple) and len(mark) == 2 and mark[0] == NONCE:
+        return True, mark[1]
+    return False, None
+
+
 def marked_checked(headers) -> bool:
     """Whether the proxy's middleware already took this request past the edge."""
     return any(k == CHECKED_HEADER and v == NONCE for k, v in headers)
@@ -111,24 +130,27 @@ class EdgeMiddleware:
         entry = _filters.get(scope.get("path", "")) if scope.get("method") == "POST" else None
         if entry is None:
             return await self.app(scope, receive, send)
-        edge, count = entry
-        refusal = edge.check(bearer_of(headers))
+        edge, count, where = entry
+        desk, refusal = edge.screen(bearer_of(headers))
         if refusal is None:
-            scope = {**scope, "headers": [*headers, (CHECKED_HEADER, NONCE)]}
+            # Marked for the router (proxy ingress), and the desk handed to the gate when the
+            # gate runs in this same process (HAProxy ingress; `desk_of`).
+            scope = {**scope, "headers": [*headers, (CHECKED_HEADER, NONCE)], SCOPE_DESK: (NONCE, desk)}
             return await self.app(scope, receive, send)
         try:
             count(refusal)
         except Exception:  # noqa: BLE001 - metrics must never fail a response
             pass
-        await send_refusal(send, refusal, header_value(headers, b"x-request-id") or str(uuid.uuid4()).encode())
+        await send_refusal(send, refusal, header_value(headers, b"x-request-id") or str(uuid.uuid4()).encode(),
+                           where)
 
 
-async def send_refusal(send, refusal: Refusal, request_id: bytes) -> None:
+async def send_refusal(send, refusal: Refusal, request_id: bytes, where: bytes = b"proxy") -> None:
     body = json.dumps(edge_body(refusal), separators=(",", ":")).encode()
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"retry-after", refusal.retry_after_header().encode()), (b"x-request-id", request_id),
-        (b"x-rayfin-edge", b"proxy")]   # where it was refused: the proxy's middleware, not the router
+        (b"x-rayfin-edge", where)]   # where: the proxy's or a replica's middleware (the router says nothing)
     await send({"type": "http.response.start", "status": 429, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -2,8 +2,9 @@
 
     rayfin-gated-<name>   GatedModel, route_prefix "/v1/models/<name>:predict"
 
-Serve's proxy matches a route prefix exactly or followed by '/', so every model gets its own
-application at its predict path and the proxy hands the HTTP request straight to a replica that
+Serve's ingress (HAProxy, or Serve's Python proxy; serve_apps/ingress.py) matches a route prefix
+exactly or followed by '/', so every model gets its own application at its predict path and the
+ingress hands the HTTP request straight to a replica that
 checks the desk's credential, access and quota (`GatewayCore`, the same code and status codes
 as the gateway's), parses the body and joins the `@serve.batch` of the model (inherited from
 `ModelServer`), with no second Serve hop. The desk budget is still one budget: every gated
@@ -19,7 +20,10 @@ from typing import Any
 from ray import serve
 from starlette.requests import Request
 
+from serve_apps import edge_asgi
+from serve_apps.edge import EdgeFilter
 from serve_apps.gateway import GatewayCore, _error
+from serve_apps.quota import QuotaSpec, Refusal
 from serve_apps.model_server import ModelServer
 
 BROKER_DEPLOYMENT = "QuotaBroker"
@@ -40,6 +44,20 @@ class GatedModel(ModelServer.func_or_class):
         ctx = serve.get_replica_context()
         self.core = GatewayCore(gate_spec, call_broker=self._call_broker, call_model=self._call_local,
                                 replica_id=ctx.replica_id.unique_id, permits_local=True)
+        if gate_spec.get("edge_in_replica"):
+            # HAProxy ingress: this replica serves HTTP itself, and Serve wraps its HTTP server in
+            # rayfin's edge middleware (serve_apps/edge_asgi.py), which sheds with this filter
+            # before Serve's request handling; everything it passes still meets the gate above.
+            edge = EdgeFilter({d: QuotaSpec(**q) for d, q in gate_spec["quotas"].items()},
+                              self.core.policy.authenticate)
+            edge_asgi.register(self.route, edge, self._count_edge_refusal, where="replica")
+
+    def _count_edge_refusal(self, refusal: Refusal) -> None:
+        """Edge refusals count in rayfin_serve_requests like the gate's (reason requests_per_s)."""
+        from rayfin.telemetry.metrics import ray_metrics
+
+        ray_metrics().inc("rayfin_serve_requests", 1, {"desk": refusal.desk, "model": self.name,
+                                                       "outcome": "refused", "reason": refusal.limit.value})
 
     async def _call_broker(self, requests):
         if self._broker is None:
@@ -53,9 +71,10 @@ class GatedModel(ModelServer.func_or_class):
         from rayfin.telemetry.serving import request_span
 
         with request_span(self.name) as span:
-            if request.url.path != self.route:
-                response = _error(404, "not_found", f"no such path {request.url.path!r}")
-            elif request.method != "POST":
+            scope = request.scope            # not request.url: that builds a URL object per request
+            if scope["path"] != self.route:
+                response = _error(404, "not_found", f"no such path {scope['path']!r}")
+            elif scope["method"] != "POST":
                 response = _error(405, "method_not_allowed", "use POST", headers={"Allow": "POST"})
             else:
                 response = await self.core.predict(self.name, request, span=span)

@@ -22,6 +22,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from serve_apps.access import AccessPolicy, ModelEntry, bearer_token
+from serve_apps.edge_asgi import desk_of
 from serve_apps.gate import QuotaGate, replicas_of as spec_replicas
 from serve_apps.quota import Limit, QuotaSpec, Refusal
 from serve_apps.schemas import REQUEST_SCHEMAS, rows_of
@@ -65,6 +66,9 @@ class GatewayCore:
             self._background = asyncio.get_running_loop().create_task(self.gate.run_background())
 
     def authenticate(self, request: Request) -> str | None:
+        known, desk = desk_of(request.scope)   # the edge middleware of this process did already
+        if known:
+            return desk
         return self.policy.authenticate(bearer_token(request.headers.get("authorization")))
 
     async def predict(self, model_name: str, request: Request, span=None) -> JSONResponse:
@@ -153,12 +157,18 @@ class GatewayCore:
 
     async def _read_body(self, request: Request) -> bytes | None:
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:            # ASGI messages straight off `receive` (no stream generator per request)
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
                 return None
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self, size: int | None) -> JSONResponse:
         got = f"{size} bytes" if size is not None else "more"

@@ -285,8 +285,12 @@ class LocalLease:
 
     # -- state ------------------------------------------------------------------------------
     def tokens(self, now: float) -> int:
-        self._chunks = [c for c in self._chunks if c[0] > now and c[1] > 0]
-        return int(sum(c[1] for c in self._chunks))
+        chunks = self._chunks
+        if not chunks:
+            return 0
+        if any(c[0] <= now or c[1] <= 0 for c in chunks):     # rebuild only when one is gone
+            chunks = self._chunks = [c for c in chunks if c[0] > now and c[1] > 0]
+        return int(sum(c[1] for c in chunks))
 
     def observed_rate(self, now: float) -> float:
         dt = max(0.0, now - self._rate_at)

@@ -28,6 +28,7 @@ from rayfin.config import RayfinConfig, load_config
 from rayfin.telemetry.config import TelemetryConfig, telemetry_config
 from rayfin.telemetry.tracing import HOOK
 from serve_apps.edge_asgi import CALLBACK as EDGE_CALLBACK, ENV as EDGE_ENV
+from serve_apps.ingress import HA_PROXY as HA_PROXY_ENV
 
 LABEL = "rayfin.io/"
 RAY_VERSION = "2.60.0"
@@ -49,22 +50,27 @@ def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else v
 
 
-def _env(tel: TelemetryConfig) -> list[dict[str, Any]]:
+def _env(tel: TelemetryConfig, ingress: str = "haproxy") -> list[dict[str, Any]]:
     env = [{"name": "RAY_AUTH_MODE", "value": "token"},
            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "rayfin-ray-auth", "key": "token"}}},
            {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"},
-           # Serve's proxy runs rayfin's edge middleware (serve_apps/edge_asgi.py)
+           # serve.ingress (serve_apps/ingress.py): HAProxy on every pod forwards to the replicas,
+           # which serve HTTP themselves; or Serve's Python proxy. HAProxy's files and ports keep
+           # Serve's defaults here, one HAProxy per pod.
+           {"name": HA_PROXY_ENV, "value": "1" if ingress == "haproxy" else "0"},
+           # Serve's ingress (each gated replica's HTTP server, or the proxy) runs rayfin's edge
+           # middleware (serve_apps/edge_asgi.py)
            {"name": EDGE_ENV, "value": EDGE_CALLBACK}]
     env += [{"name": k, "value": v} for k, v in sorted(tel.env().items())]
     return env
 
 
 def _container(name: str, image: str, tel: TelemetryConfig, *, cpu: int, memory: str, gpus: int,
-               ports: dict[str, int] | None = None) -> dict[str, Any]:
+               ports: dict[str, int] | None = None, ingress: str = "haproxy") -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": str(cpu), "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = gpus
-    c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "env": _env(tel),
+    c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "env": _env(tel, ingress),
                          "resources": {"limits": limits, "requests": dict(limits)},
                          "volumeMounts": [{"name": "rayfin-config", "mountPath": CONFIG_MOUNT, "readOnly": True}]}
     if ports:
@@ -89,13 +95,15 @@ def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[s
                          "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORTS["metrics"]),
                                          "prometheus.io/path": "/metrics"}},
             "spec": {"containers": [_container("ray-head", image, tel, cpu=max(2, config.cluster.head_num_cpus),
-                                               memory="16Gi", gpus=0, ports=PORTS)],
+                                               memory="16Gi", gpus=0, ports=PORTS,
+                                               ingress=config.serve.ingress)],
                      "volumes": _volumes()},
         },
     }
 
 
-def worker_group(island: Island, node_cpus: int, image: str, tel: TelemetryConfig) -> dict[str, Any]:
+def worker_group(island: Island, node_cpus: int, image: str, tel: TelemetryConfig,
+                 ingress: str = "haproxy") -> dict[str, Any]:
     labels = island_labels(island)
     return {
         "groupName": island.id,
@@ -115,7 +123,7 @@ def worker_group(island: Island, node_cpus: int, image: str, tel: TelemetryConfi
                 "nodeSelector": {LABEL + "node": island.node, LABEL + "pool": island.pool},
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                 "containers": [_container("ray-worker", image, tel, cpu=node_cpus, memory=f"{32 * island.gpus}Gi",
-                                          gpus=island.gpus)],
+                                          gpus=island.gpus, ingress=ingress)],
                 "volumes": _volumes(),
             },
         },
@@ -127,7 +135,8 @@ def raycluster_spec(config: RayfinConfig, image: str, tel: TelemetryConfig) -> d
     cpus = {n.name: max(1, n.num_cpus) for n in config.cluster.nodes}
     return {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": False,
             "headGroupSpec": head_group(config, image, tel),
-            "workerGroupSpecs": [worker_group(i, cpus[i.node], image, tel) for i in topo.islands]}
+            "workerGroupSpecs": [worker_group(i, cpus[i.node], image, tel, config.serve.ingress)
+                             for i in topo.islands]}
 
 
 def raycluster(config: RayfinConfig, *, image: str = DEFAULT_IMAGE, telemetry: TelemetryConfig | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Protocol
 
@@ -204,6 +205,52 @@ class RayMetrics:
     def observe(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None:
         spec, t = _check(name, "histogram", tags)
         self._obj(spec).observe(float(value), tags=t)
+
+
+class BufferedCounters:
+    """Counter increments summed per series and handed to `sink` every `interval_s` by a daemon
+    thread (and by `flush`); gauges and histograms pass straight through. For counters bumped on
+    every request: one record per series per interval instead of one per request. Counts reach
+    the sink up to `interval_s` late, and those of a process killed in between are lost.
+    Names and tags are checked when counted, as by the other sinks."""
+
+    def __init__(self, sink: MetricsSink, interval_s: float = 1.0) -> None:
+        self._sink = sink
+        self.interval_s = interval_s
+        self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def set(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+        self._sink.set(name, value, tags)
+
+    def observe(self, name: str, value: float, tags: Mapping[str, str] | None = None) -> None:
+        self._sink.observe(name, value, tags)
+
+    def inc(self, name: str, value: float = 1.0, tags: Mapping[str, str] | None = None) -> None:
+        key = (name, tuple(sorted((tags or {}).items())))
+        with self._lock:
+            if key not in self._pending:
+                _check(name, "counter", tags)          # a new series: same errors as the sink's
+            self._pending[key] = self._pending.get(key, 0.0) + float(value)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rayfin-metrics-flush", daemon=True)
+                self._thread.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending = {k: v for k, v in self._pending.items() if v}
+            self._pending = {k: 0.0 for k in self._pending}     # known series: no re-check
+        for (name, tags), value in pending.items():
+            self._sink.inc(name, value, dict(tags))
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - a metrics backend hiccup must not end the thread
+                pass
 
 
 _DEFAULT: RayMetrics | None = None

@@ -17,15 +17,14 @@ caller's desk `unknown`, a refusal's reason is its `limit` (429) or `error` code
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from rayfin.telemetry.metrics import MetricsSink, ray_metrics, reason_code
+from rayfin.telemetry.metrics import BufferedCounters, MetricsSink, ray_metrics, reason_code
 from rayfin.telemetry.tracing import TRACER_NAME
 
 UNKNOWN = "unknown"
@@ -69,28 +68,76 @@ class ServeRequest:
         self.finished = True
 
 
-@contextlib.contextmanager
-def request_span(model: str, *, desk: str | None = None, metrics: MetricsSink | None = None,
+_TRACER: Any = None           # this process's tracer: a ProxyTracer, so it follows a provider set later
+_COUNTS: BufferedCounters | None = None
+
+
+def _default_tracer() -> Any:
+    global _TRACER
+    if _TRACER is None:
+        _TRACER = trace.get_tracer(TRACER_NAME)
+    return _TRACER
+
+
+def _default_sink() -> MetricsSink:
+    """Ray metrics, with the per-request counter summed in-process and recorded once a second
+    (a Ray metric record costs more than the rest of the span together, measured in a replica)."""
+    global _COUNTS
+    if _COUNTS is None:
+        _COUNTS = BufferedCounters(ray_metrics())
+    return _COUNTS
+
+
+class _NoSpan:
+    """What a span context manager gives when tracing is not set up: the invalid span."""
+
+    def __enter__(self) -> Any:
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc: Any) -> bool:
+        return False
+
+
+_NO_SPAN = _NoSpan()
+
+
+class request_span:
+    """Trace and count one gateway request; see the module docstring. A context manager:
+
+        with request_span(model) as req: ...; req.finish(response)
+    """
+
+    __slots__ = ("_model", "_desk", "_sink", "_clock", "_span_cm", "_req", "_t0")
+
+    def __init__(self, model: str, *, desk: str | None = None, metrics: MetricsSink | None = None,
                  tracer_provider: Any = None, clock: Callable[[], float] = time.perf_counter,
-                 **attributes: Any) -> Iterator[ServeRequest]:
-    """Trace and count one gateway request; see the module docstring."""
-    tracer = (tracer_provider.get_tracer(TRACER_NAME) if tracer_provider is not None
-              else trace.get_tracer(TRACER_NAME))
-    sink = metrics if metrics is not None else ray_metrics()
-    t0 = clock()
-    with tracer.start_as_current_span("rayfin.serve.request", kind=SpanKind.SERVER,
-                                      attributes={"rayfin.model": model, **attributes},
-                                      record_exception=True, set_status_on_exception=True) as span:
-        req = ServeRequest(span, model)
-        if desk:
-            req.desk = desk
-        try:
-            yield req
-        except BaseException:
+                 **attributes: Any) -> None:
+        self._model, self._desk, self._clock = model, desk, clock
+        self._sink = metrics if metrics is not None else _default_sink()
+        if tracer_provider is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            # No tracing set up in this process (no SDK provider): every span would be a no-op.
+            self._span_cm = _NO_SPAN
+            return
+        tracer = tracer_provider.get_tracer(TRACER_NAME) if tracer_provider is not None else _default_tracer()
+        self._span_cm = tracer.start_as_current_span(
+            "rayfin.serve.request", kind=SpanKind.SERVER, attributes={"rayfin.model": model, **attributes},
+            record_exception=True, set_status_on_exception=True)
+
+    def __enter__(self) -> ServeRequest:
+        self._t0 = self._clock()
+        span = self._span_cm.__enter__()
+        self._req = ServeRequest(span, self._model)
+        if self._desk:
+            self._req.desk = self._desk
+        return self._req
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        req = self._req
+        if exc_type is not None:
             req.outcome, req.reason, req.status = "error", "exception", 500
-            raise
-        finally:
-            elapsed = clock() - t0
+        try:
+            elapsed = self._clock() - self._t0
+            span = req.span
             span.set_attributes({"rayfin.desk": req.desk, "rayfin.model": req.model,
                                  "rayfin.serve.outcome": req.outcome, "rayfin.serve.reason": req.reason,
                                  "http.response.status_code": req.status})
@@ -98,11 +145,14 @@ def request_span(model: str, *, desk: str | None = None, metrics: MetricsSink | 
                 span.set_status(Status(StatusCode.ERROR, req.reason))
             tags = {"desk": req.desk, "model": req.model}
             try:
-                sink.inc("rayfin_serve_requests", 1, {**tags, "outcome": req.outcome, "reason": req.reason})
+                self._sink.inc("rayfin_serve_requests", 1, {**tags, "outcome": req.outcome, "reason": req.reason})
                 if req.outcome == "accepted":
-                    sink.observe("rayfin_serve_request_seconds", elapsed, tags)
+                    self._sink.observe("rayfin_serve_request_seconds", elapsed, tags)
             except Exception:  # noqa: BLE001 - metrics must never fail a request
                 pass
+        finally:
+            self._span_cm.__exit__(exc_type, exc, tb)   # records the exception, ends the span
+        return False
 
 
 __all__ = ["request_span", "ServeRequest"]

@@ -31,7 +31,7 @@ def desk(name, models=(), **serving):
             "serving": serving, "models": list(models)}
 
 
-def serve_config(port: int, gpu: bool, edge: bool = True):
+def serve_config(port: int, gpu: bool, edge: bool = True, ingress: str = "haproxy"):
     return parse_config({
         "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
         "desks": [
@@ -42,7 +42,8 @@ def serve_config(port: int, gpu: bool, edge: bool = True):
             desk("risk", requests_per_s=100, burst=50, max_in_flight=32,
                  **({"gpu_seconds_per_window": 1e-6, "window_s": 30} if gpu else {})),
         ],
-        "serve": {"port": port, "gateway_replicas": 2, "max_body_bytes": 4096, "edge_shedding": edge, "models": [
+        "serve": {"port": port, "gateway_replicas": 2, "max_body_bytes": 4096, "edge_shedding": edge,
+                  "ingress": ingress, "models": [
             {"name": "option-pricer", "kind": "option_pricer", "owner": "fx", "num_cpus_per_replica": 0,
              "fit_steps": 30, "num_replicas": 2, "max_batch_size": 16, "batch_wait_timeout_s": 0.05},
             {"name": "fraud-scorer", "kind": "fraud_scorer", "owner": "risk", "public": False,
@@ -51,32 +52,35 @@ def serve_config(port: int, gpu: bool, edge: bool = True):
     })
 
 
-@pytest.fixture(scope="module")
-def stack():
+@pytest.fixture(scope="module", params=["haproxy", "proxy"])
+def stack(request):
+    """The stack behind each ingress (serve_apps/ingress.py): HAProxy forwarding to replicas that
+    serve HTTP themselves (the default), and Serve's Python proxy."""
     import ray
     from ray import serve
 
+    from serve_apps import ingress
     from serve_apps.deploy import deploy_from_config
 
-    started = False
-    if not ray.is_initialized():
-        # address="local": a private cluster, never someone else's running one. Its Serve proxy
-        # runs rayfin's edge middleware, as on a cluster rayfin starts.
-        from serve_apps.edge_asgi import install_env
-        install_env()
-        ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
-        started = True
+    mode = request.param
+    if ray.is_initialized():
+        ray.shutdown()      # the ingress is fixed when a cluster starts: each mode gets its own
+    # address="local": a private cluster, never someone else's running one. Its ingress runs
+    # rayfin's edge middleware, as on a cluster rayfin starts.
+    installed = ingress.install(mode)
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     gpu = ray.cluster_resources().get("GPU", 0) >= 0.25
     port = free_port()
-    config = serve_config(port, gpu)
+    config = serve_config(port, gpu, ingress=mode)
     try:
         info = deploy_from_config(config, http_port=port, access_log=False)
         with httpx.Client(base_url=info["url"], timeout=30) as client:
-            yield {"client": client, "url": info["url"], "config": config, "gpu": gpu, "port": port}
+            yield {"client": client, "url": info["url"], "config": config, "gpu": gpu, "port": port,
+                   "ingress": mode}
     finally:
         serve.shutdown()
-        if started:
-            ray.shutdown()
+        ray.shutdown()
+        ingress.remove_run_dir(installed)
 
 
 def test_healthz(stack):
@@ -168,11 +172,20 @@ def test_over_quota_is_429_with_retry_after(stack):
     assert refused.headers["retry-after"] == "1"
 
 
-def proxies() -> int:
-    """Serve's proxies (one per node, sharing the port): each holds its own edge buckets."""
+def edges(stack) -> int:
+    """How many edge filters a desk's requests to the option pricer can meet, each with its own
+    buckets: one per gated replica with HAProxy ingress, one per Serve proxy (one per node,
+    sharing the port) with Serve's proxy."""
     from ray import serve
 
+    if stack["ingress"] == "haproxy":
+        return 2            # the option pricer's replicas
     return max(1, len(serve.status().proxies))
+
+
+def edge_where(stack) -> str:
+    """The X-Rayfin-Edge header of edge refusals: which middleware answered."""
+    return "replica" if stack["ingress"] == "haproxy" else "proxy"
 
 
 async def _burst(url: str, n: int) -> list[httpx.Response]:
@@ -194,7 +207,7 @@ def test_quota_is_one_budget_across_two_replicas(stack):
     # Most of the excess never reached a replica: Serve's proxy refused it (edge shedding). Each
     # proxy's edge passes at most a whole quota (on a multi-node cluster, one proxy per node).
     edge = [r for r in responses if r.status_code == 429 and r.json().get("refused_by") == "edge"]
-    assert len(edge) >= 48 - proxies() * (4 + 0.5 * elapsed)
+    assert len(edge) >= 48 - edges(stack) * (4 + 0.5 * elapsed)
 
 
 def test_flood_is_refused_in_the_proxy_before_any_replica(stack):
@@ -219,7 +232,7 @@ def test_flood_is_refused_in_the_proxy_before_any_replica(stack):
     admitted = [r for r in flood if r.status_code == 200]
     edge = [r for r in flood if r.status_code == 429 and r.json().get("refused_by") == "edge"]
     assert len(admitted) <= 2 + 1 * elapsed                  # rates: burst 2, 1/s
-    assert len(edge) >= 60 - proxies() * (2 + 1 * elapsed)   # each proxy's edge passes at most a quota
+    assert len(edge) >= 60 - edges(stack) * (2 + 1 * elapsed)   # each edge passes at most a quota
     r = edge[0]
     assert r.headers["content-type"] == "application/json"
     assert "x-rayfin-gateway" not in r.headers
@@ -227,7 +240,7 @@ def test_flood_is_refused_in_the_proxy_before_any_replica(stack):
     assert body["error"] == "quota_exceeded" and body["desk"] == "rates" and body["limit"] == "requests_per_s"
     assert 0 < body["retry_after_s"] <= 1.0                   # next token of a 1/s bucket
     assert r.headers["retry-after"] == "1"
-    assert all(r.headers.get("x-rayfin-edge") == "proxy" for r in edge)   # the middleware, not the router
+    assert all(r.headers.get("x-rayfin-edge") == edge_where(stack) for r in edge)   # a middleware, not the router
 
 
 def test_edge_passes_what_it_cannot_attribute(stack):

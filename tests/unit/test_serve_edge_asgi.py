@@ -124,3 +124,29 @@ def test_proxy_callback_returns_a_starlette_middleware_list():
     mws = edge_asgi.proxy_middlewares()
     assert isinstance(mws, list) and mws
     assert all(isinstance(m, Middleware) and m.cls is EdgeMiddleware for m in mws)
+
+
+def test_a_replica_registered_filter_says_so_in_its_refusals():
+    """With HAProxy ingress the gated replica registers the filter of its own HTTP server."""
+    clock = Clock()
+    edge_asgi.register(ROUTE, edge(clock, fx=(1.0, 1)), lambda r: None, where="replica")
+    try:
+        app = EdgeMiddleware(Downstream())
+        assert call(app)[0] == 200
+        status, headers, _ = call(app)
+        assert status == 429 and headers[b"x-rayfin-edge"] == b"replica"
+    finally:
+        edge_asgi.unregister(ROUTE)
+
+
+def test_the_desk_is_handed_to_the_gate_of_this_process_only(registered):
+    """The middleware authenticated the token; the gate in the same process reuses that, and a
+    scope from elsewhere (another process's nonce, or none) is never trusted."""
+    down = Downstream()
+    app = EdgeMiddleware(down)
+    assert call(app)[0] == 200
+    assert edge_asgi.desk_of(down.scopes[-1]) == (True, "fx")
+    assert call(app, token="nobody")[0] == 200                 # unknown credential: passed on...
+    assert edge_asgi.desk_of(down.scopes[-1]) == (True, None)   # ...known to be no desk's (401)
+    assert edge_asgi.desk_of({edge_asgi.SCOPE_DESK: (b"another-process", "fx")}) == (False, None)
+    assert edge_asgi.desk_of({"type": "http"}) == (False, None)

@@ -124,3 +124,39 @@ def test_metric_registry_is_consistent():
         assert not name.endswith("_total"), "Ray adds _total to counters itself"
         assert spec.kind != "histogram" or list(spec.buckets) == sorted(spec.buckets)
         assert "job_id" not in spec.tags, "job ids are unbounded: put them in traces, not tags"
+
+
+def test_buffered_counters_sum_per_series_and_pass_the_rest_through():
+    from rayfin.telemetry.metrics import BufferedCounters
+
+    m = MemoryMetrics()
+    b = BufferedCounters(m, interval_s=3600)      # no flush by the thread during the test
+    tags = {"desk": "fx", "model": "option-pricer", "outcome": "accepted", "reason": "ok"}
+    for _ in range(5):
+        b.inc("rayfin_serve_requests", 1, tags)
+    b.inc("rayfin_serve_requests", 1, {**tags, "outcome": "refused", "reason": "requests_per_s"})
+    b.observe("rayfin_serve_request_seconds", 0.01, {"desk": "fx", "model": "option-pricer"})
+    assert m.get("rayfin_serve_requests", **tags) is None                       # not yet recorded
+    assert m.get("rayfin_serve_request_seconds", desk="fx", model="option-pricer") == [0.01]  # at once
+    b.flush()
+    assert m.get("rayfin_serve_requests", **tags) == 5                         # one record of 5
+    assert m.get("rayfin_serve_requests", **{**tags, "outcome": "refused", "reason": "requests_per_s"}) == 1
+    b.flush()                                                                  # nothing new: nothing added
+    assert m.get("rayfin_serve_requests", **tags) == 5
+    with pytest.raises(ValueError):                  # a wrong series fails when counted, not later
+        b.inc("rayfin_serve_requests", 1, {"desk": "fx"})
+
+
+def test_buffered_counters_flush_on_their_own():
+    import time
+
+    from rayfin.telemetry.metrics import BufferedCounters
+
+    m = MemoryMetrics()
+    b = BufferedCounters(m, interval_s=0.05)
+    tags = {"desk": "fx", "model": "option-pricer", "outcome": "accepted", "reason": "ok"}
+    b.inc("rayfin_serve_requests", 2, tags)
+    deadline = time.monotonic() + 5
+    while m.get("rayfin_serve_requests", **tags) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert m.get("rayfin_serve_requests", **tags) == 2

