@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.edge and args.edge_in == "proxy":
         installed = ingress.install(args.ingress)   # as LocalCluster does: the ingress, and the edge middleware
     else:                                           # no middleware: the router alone sheds, or nothing does
-        installed = ingress.ingress_env(args.ingress, ingress.new_run_dir(), free_port)
+        installed = ingress.ingress_env(args.ingress, ingress.new_run_dir() if args.ingress == "haproxy" else "",
+                                        free_port)
         os.environ.update(installed)
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:

@@ -113,10 +113,15 @@ class LocalCluster:
         if hook:  # Ray's own tracing hook: Ray tasks join the job's OpenTelemetry trace
             os.environ.update(tracing_env(self.config))  # every raylet and worker inherits these
             head["tracing_startup_hook"] = hook
-        self.cluster = Cluster(initialize_head=True, head_node_args=head, shutdown_at_exit=True)
-        for island in self.topology.islands:
-            self.nodes[island.id] = self.cluster.add_node(wait=False, **island_node_args(island))
-        self.cluster.wait_for_nodes()
+        try:
+            self.cluster = Cluster(initialize_head=True, head_node_args=head, shutdown_at_exit=True)
+            for island in self.topology.islands:
+                self.nodes[island.id] = self.cluster.add_node(wait=False, **island_node_args(island))
+            self.cluster.wait_for_nodes()
+        except BaseException:
+            self.shutdown()
+            ingress.remove_run_dir(self.ingress_env)     # shutdown() skips it when no head started
+            raise
         self.started_s = time.monotonic() - t0
         return self.address
 

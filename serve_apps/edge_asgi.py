@@ -45,7 +45,7 @@ log = logging.getLogger("ray.serve")
 ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 CALLBACK = "serve_apps.edge_asgi.proxy_middlewares"
 CHECKED_HEADER = b"x-rayfin-edge-checked"
-NONCE = secrets.token_hex(16).encode()     # never leaves this process: clients cannot forge it
+NONCE = secrets.token_hex(16).encode()     # never sent to clients: they cannot forge it
 SCOPE_DESK = "rayfin.edge.desk"            # ASGI scope key: (NONCE, desk) the middleware authenticated
 
 Counter = Callable[[Refusal], None]

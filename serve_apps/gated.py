@@ -54,10 +54,10 @@ class GatedModel(ModelServer.func_or_class):
 
     def _count_edge_refusal(self, refusal: Refusal) -> None:
         """Edge refusals count in rayfin_serve_requests like the gate's (reason requests_per_s)."""
-        from rayfin.telemetry.metrics import ray_metrics
+        from rayfin.telemetry.serving import serving_metrics   # summed, recorded once a second: a flood's path
 
-        ray_metrics().inc("rayfin_serve_requests", 1, {"desk": refusal.desk, "model": self.name,
-                                                       "outcome": "refused", "reason": refusal.limit.value})
+        serving_metrics().inc("rayfin_serve_requests", 1, {"desk": refusal.desk, "model": self.name,
+                                                           "outcome": "refused", "reason": refusal.limit.value})
 
     async def _call_broker(self, requests):
         if self._broker is None:

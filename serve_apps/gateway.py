@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
@@ -160,7 +161,7 @@ class GatewayCore:
         while True:            # ASGI messages straight off `receive` (no stream generator per request)
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                break
+                raise ClientDisconnect()      # as Starlette's request.stream(): no answer to a client gone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

@@ -10,6 +10,7 @@ else. Tags are bounded: desks, pools, states and short reason codes, never job i
 """
 from __future__ import annotations
 
+import atexit
 import re
 import threading
 import time
@@ -211,7 +212,8 @@ class BufferedCounters:
     """Counter increments summed per series and handed to `sink` every `interval_s` by a daemon
     thread (and by `flush`); gauges and histograms pass straight through. For counters bumped on
     every request: one record per series per interval instead of one per request. Counts reach
-    the sink up to `interval_s` late, and those of a process killed in between are lost.
+    the sink up to `interval_s` late; a process that exits normally flushes at exit, and one
+    killed in between loses what it had not flushed.
     Names and tags are checked when counted, as by the other sinks."""
 
     def __init__(self, sink: MetricsSink, interval_s: float = 1.0) -> None:
@@ -236,6 +238,7 @@ class BufferedCounters:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="rayfin-metrics-flush", daemon=True)
                 self._thread.start()
+                atexit.register(self._flush_quietly)   # a process stopped normally hands in its last counts
 
     def flush(self) -> None:
         with self._lock:
@@ -244,13 +247,16 @@ class BufferedCounters:
         for (name, tags), value in pending.items():
             self._sink.inc(name, value, dict(tags))
 
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - a metrics backend hiccup must not end the thread or the exit
+            pass
+
     def _run(self) -> None:
         while True:
             time.sleep(self.interval_s)
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - a metrics backend hiccup must not end the thread
-                pass
+            self._flush_quietly()
 
 
 _DEFAULT: RayMetrics | None = None

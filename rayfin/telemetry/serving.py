@@ -79,7 +79,7 @@ def _default_tracer() -> Any:
     return _TRACER
 
 
-def _default_sink() -> MetricsSink:
+def serving_metrics() -> MetricsSink:
     """Ray metrics, with the per-request counter summed in-process and recorded once a second
     (a Ray metric record costs more than the rest of the span together, measured in a replica)."""
     global _COUNTS
@@ -113,7 +113,7 @@ class request_span:
                  tracer_provider: Any = None, clock: Callable[[], float] = time.perf_counter,
                  **attributes: Any) -> None:
         self._model, self._desk, self._clock = model, desk, clock
-        self._sink = metrics if metrics is not None else _default_sink()
+        self._sink = metrics if metrics is not None else serving_metrics()
         if tracer_provider is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
             # No tracing set up in this process (no SDK provider): every span would be a no-op.
             self._span_cm = _NO_SPAN
@@ -155,4 +155,4 @@ class request_span:
         return False
 
 
-__all__ = ["request_span", "ServeRequest"]
+__all__ = ["request_span", "serving_metrics", "ServeRequest"]

@@ -189,3 +189,47 @@ def test_rayservice_app_refuses_bad_args(args):
 
     with pytest.raises(ConfigError):
         rayservice_app({"config": str(ROOT / "configs" / "local.yaml"), **args} if args else {})
+
+
+def test_the_edge_desk_mark_is_trusted_from_this_process_only():
+    """The middleware's mark (this process's nonce) stands for the token; a mark with another
+    nonce (pickled from Serve's proxy, say) is ignored and the token is checked again."""
+    from serve_apps import edge_asgi
+
+    core = _core()
+    req = _request("/v1/models/option-pricer:predict", b"{}", {"authorization": "Bearer nobody-t"})
+    req.scope[edge_asgi.SCOPE_DESK] = (edge_asgi.NONCE, "fx")
+    assert core.authenticate(req) == "fx"                    # the edge hashed the token already
+    req.scope[edge_asgi.SCOPE_DESK] = (b"another-process", "fx")
+    assert core.authenticate(req) is None                    # re-checked: "nobody-t" is no desk's
+
+
+def test_a_client_gone_before_its_body_arrived_gets_no_answer():
+    from starlette.requests import ClientDisconnect
+
+    core = _core()
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    from starlette.requests import Request
+    req = Request({"type": "http", "method": "POST", "path": "/v1/models/option-pricer:predict",
+                   "headers": [(b"authorization", b"Bearer fx-t")], "query_string": b""}, receive)
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(core.predict("option-pricer", req))
+    assert core.gate.leases["fx"].in_use == 0                # its permit went back
+
+
+def test_a_body_in_several_messages_is_joined():
+    core = _core()
+    body = json.dumps(example_body("option_pricer")).encode()
+    parts = [body[:7], body[7:20], body[20:]]
+
+    async def receive():
+        chunk = parts.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(parts)}
+
+    from starlette.requests import Request
+    req = Request({"type": "http", "method": "POST", "path": "/v1/models/option-pricer:predict",
+                   "headers": [(b"authorization", b"Bearer fx-t")], "query_string": b""}, receive)
+    assert asyncio.run(core.predict("option-pricer", req)).status_code == 200

@@ -160,3 +160,17 @@ def test_buffered_counters_flush_on_their_own():
     while m.get("rayfin_serve_requests", **tags) is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert m.get("rayfin_serve_requests", **tags) == 2
+
+
+def test_request_span_without_tracing_set_up_still_counts(monkeypatch):
+    """No SDK tracer provider in the process: no span is made (it would be a no-op), and the
+    request is still counted and timed."""
+    from opentelemetry import trace
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
+    m = MemoryMetrics()
+    with request_span("option-pricer", metrics=m) as req:
+        assert req.span is trace.INVALID_SPAN
+        req.finish(status=200, desk="fx")
+    assert m.get("rayfin_serve_requests", desk="fx", model="option-pricer", outcome="accepted", reason="ok") == 1
+    assert len(m.get("rayfin_serve_request_seconds", desk="fx", model="option-pricer")) == 1
