@@ -40,6 +40,7 @@ import aiohttp
 
 from rayfin.cluster import free_port
 from rayfin.config import hash_token, parse_config
+from serve_apps.ingress import INGRESSES
 from serve_apps.schemas import example_body
 
 PRICER = "/v1/models/option-pricer:predict"
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--edge", action=argparse.BooleanOptionalAction, default=True,
                    help="serve.edge_shedding: shed over-quota desks in Serve's proxy (default on)")
-    p.add_argument("--ingress", choices=("haproxy", "proxy"), default="haproxy",
+    p.add_argument("--ingress", choices=INGRESSES, default="haproxy",
                    help="serve.ingress: haproxy = Serve's HAProxy ingress, replicas serve HTTP (default, as "
                         "rayfin's clusters run it); proxy = Serve's Python proxy actor")
     p.add_argument("--edge-in", choices=("proxy", "router"), default="proxy",

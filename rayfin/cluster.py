@@ -120,7 +120,6 @@ class LocalCluster:
             self.cluster.wait_for_nodes()
         except BaseException:
             self.shutdown()
-            ingress.remove_run_dir(self.ingress_env)     # shutdown() skips it when no head started
             raise
         self.started_s = time.monotonic() - t0
         return self.address
@@ -146,11 +145,12 @@ class LocalCluster:
         self.nodes[island_id] = self.cluster.add_node(wait=True, **island_node_args(island))
 
     def shutdown(self) -> None:
-        if self.cluster is not None:
-            try:
+        from serve_apps import ingress
+
+        try:
+            if self.cluster is not None:
                 self.cluster.shutdown()
-            finally:
-                self.cluster = None
-                self.nodes.clear()
-                from serve_apps import ingress
-                ingress.remove_run_dir(self.ingress_env)
+        finally:
+            self.cluster = None
+            self.nodes.clear()
+            ingress.remove_run_dir(self.ingress_env)

@@ -31,7 +31,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.request_router import (FIFOMixin, LocalityMixin, MultiplexMixin, PendingRequest, RequestRouter,
                                       RunningReplica)
 
-from rayfin.telemetry.metrics import ray_metrics
+from rayfin.telemetry.serving import count_edge_refusal
 from serve_apps.access import AccessPolicy
 from serve_apps import edge_asgi
 from serve_apps.edge import EdgeFilter, edge_body
@@ -99,13 +99,7 @@ class DeskQuotaRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
         return self._power_of_two(pending_request)
 
     def _count(self, refusal: Refusal) -> None:
-        """Edge refusals count in rayfin_serve_requests like the replicas' (outcome refused,
-        reason requests_per_s), so dashboards see one figure wherever a request was refused."""
-        try:
-            ray_metrics().inc("rayfin_serve_requests", 1, {"desk": refusal.desk, "model": self._deployment_id.name,
-                                                           "outcome": "refused", "reason": refusal.limit.value})
-        except Exception:  # noqa: BLE001 - metrics must never fail routing
-            pass
+        count_edge_refusal(self._deployment_id.name, refusal)
 
     def _power_of_two(self, pending_request: Optional[PendingRequest]) -> List[List[RunningReplica]]:
         """Serve's default: two random candidates (same node or multiplexed model first)."""

@@ -15,16 +15,18 @@ never waits on the broker for a permit. The gateway application at "/" keeps `GE
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ray import serve
 from starlette.requests import Request
 
+from rayfin.telemetry.serving import count_edge_refusal, request_span
 from serve_apps import edge_asgi
 from serve_apps.edge import EdgeFilter
 from serve_apps.gateway import GatewayCore, _error
-from serve_apps.quota import QuotaSpec, Refusal
 from serve_apps.model_server import ModelServer
+from serve_apps.quota import QuotaSpec
 
 BROKER_DEPLOYMENT = "QuotaBroker"
 
@@ -50,14 +52,7 @@ class GatedModel(ModelServer.func_or_class):
             # before Serve's request handling; everything it passes still meets the gate above.
             edge = EdgeFilter({d: QuotaSpec(**q) for d, q in gate_spec["quotas"].items()},
                               self.core.policy.authenticate)
-            edge_asgi.register(self.route, edge, self._count_edge_refusal, where="replica")
-
-    def _count_edge_refusal(self, refusal: Refusal) -> None:
-        """Edge refusals count in rayfin_serve_requests like the gate's (reason requests_per_s)."""
-        from rayfin.telemetry.serving import serving_metrics   # summed, recorded once a second: a flood's path
-
-        serving_metrics().inc("rayfin_serve_requests", 1, {"desk": refusal.desk, "model": self.name,
-                                                           "outcome": "refused", "reason": refusal.limit.value})
+            edge_asgi.register(self.route, edge, functools.partial(count_edge_refusal, self.name), where="replica")
 
     async def _call_broker(self, requests):
         if self._broker is None:
@@ -68,8 +63,6 @@ class GatedModel(ModelServer.func_or_class):
         return dict(await self.predict_batch(rows))
 
     async def __call__(self, request: Request) -> Any:
-        from rayfin.telemetry.serving import request_span
-
         with request_span(self.name) as span:
             scope = request.scope            # not request.url: that builds a URL object per request
             if scope["path"] != self.route:

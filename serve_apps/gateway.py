@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
+from rayfin.telemetry.serving import request_span
 from serve_apps.access import AccessPolicy, ModelEntry, bearer_token
 from serve_apps.edge_asgi import desk_of
 from serve_apps.gate import QuotaGate, replicas_of as spec_replicas
@@ -250,8 +251,6 @@ class Gateway:
 
     @app.post("/v1/models/{model}:predict")
     async def predict(self, model: str, request: Request):
-        from rayfin.telemetry.serving import request_span
-
         with request_span(model) as span:
             if self._gated:
                 response = self.core.route_only(model, request, span)

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable, Literal, MutableMapping
+from typing import Callable, Literal, MutableMapping, get_args
 
 Ingress = Literal["haproxy", "proxy"]
-INGRESSES: tuple[str, ...] = ("haproxy", "proxy")
+INGRESSES: tuple[str, ...] = get_args(Ingress)
 
 HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 # How long a stopping replica keeps serving so the load balancer can drop it first. Serve's

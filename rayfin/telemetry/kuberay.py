@@ -50,7 +50,7 @@ def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else v
 
 
-def _env(tel: TelemetryConfig, ingress: str = "haproxy") -> list[dict[str, Any]]:
+def _env(tel: TelemetryConfig, ingress: str) -> list[dict[str, Any]]:
     env = [{"name": "RAY_AUTH_MODE", "value": "token"},
            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "rayfin-ray-auth", "key": "token"}}},
            {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"},
@@ -66,7 +66,7 @@ def _env(tel: TelemetryConfig, ingress: str = "haproxy") -> list[dict[str, Any]]
 
 
 def _container(name: str, image: str, tel: TelemetryConfig, *, cpu: int, memory: str, gpus: int,
-               ports: dict[str, int] | None = None, ingress: str = "haproxy") -> dict[str, Any]:
+               ingress: str, ports: dict[str, int] | None = None) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": str(cpu), "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = gpus
@@ -103,7 +103,7 @@ def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[s
 
 
 def worker_group(island: Island, node_cpus: int, image: str, tel: TelemetryConfig,
-                 ingress: str = "haproxy") -> dict[str, Any]:
+                 ingress: str) -> dict[str, Any]:
     labels = island_labels(island)
     return {
         "groupName": island.id,

@@ -88,6 +88,18 @@ def serving_metrics() -> MetricsSink:
     return _COUNTS
 
 
+def count_edge_refusal(model: str, refusal: Any) -> None:
+    """An edge refusal (serve_apps/edge.py) counted like the gate's: rayfin_serve_requests,
+    outcome refused, reason its limit (requests_per_s), so dashboards see one figure wherever a
+    request was refused. Through `serving_metrics` (summed, recorded once a second): this is a
+    flood's path. Never raises: metrics must not fail a refusal."""
+    try:
+        serving_metrics().inc("rayfin_serve_requests", 1, {"desk": refusal.desk, "model": model,
+                                                           "outcome": "refused", "reason": refusal.limit.value})
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class _NoSpan:
     """What a span context manager gives when tracing is not set up: the invalid span."""
 
@@ -155,4 +167,4 @@ class request_span:
         return False
 
 
-__all__ = ["request_span", "serving_metrics", "ServeRequest"]
+__all__ = ["count_edge_refusal", "request_span", "serving_metrics", "ServeRequest"]
