@@ -9,7 +9,9 @@ default, the model's own gated application at /v1/models/option-pricer:predict: 
 validation in the model replica; with --layout hop, the old gateway -> model hop):
 
 - gateway_throughput_ratio: closed-loop requests/s through the gateway / directly, same
-  concurrency, rounds alternated (direct, gateway, direct, ...) so machine noise hits both;
+  concurrency, many short rounds alternated (direct, gateway, direct, ...) so machine noise hits
+  both; with the CPU each process role used per request served on each path
+  (`throughput.cpu_us_per_request`);
 - quiet_p99_alone_ms, quiet_p99_flood_ms, quiet_p99_ratio: open-loop Poisson arrivals of a
   "quiet" desk at half its quota in --phases pairs of phases, alone and while a "flood" desk
   sends at 10x its quota from its own client process, alternated; latencies pooled per condition.
@@ -154,10 +156,22 @@ async def measure(base: str, args) -> dict:
         await closed_loop(s, DIRECT, {"Content-Type": "application/json"}, 4, 0.05)
         await closed_loop(s, PRICER, auth("bench"), 4, 0.05)
         direct, gateway = [], []
+        procs = serve_processes()
+        meter = CpuMeter(procs, {"bench_client": os.getpid()})
+        cpu = {"direct": {}, "gateway": {}}           # CPU seconds per process role, summed over rounds
+
+        def metered(path: str, result: dict) -> dict:
+            for k, v in meter.delta().items():
+                cpu[path][k] = cpu[path].get(k, 0.0) + v
+            return result
+
         for _ in range(args.rounds):
-            direct.append(await closed_loop(s, DIRECT, {"Content-Type": "application/json"}, args.concurrency,
-                                            args.round_s))
-            gateway.append(await closed_loop(s, PRICER, auth("bench"), args.concurrency, args.round_s))
+            meter.delta()
+            direct.append(metered("direct", await closed_loop(s, DIRECT, {"Content-Type": "application/json"},
+                                                              args.concurrency, args.round_s)))
+            meter.delta()
+            gateway.append(metered("gateway", await closed_loop(s, PRICER, auth("bench"), args.concurrency,
+                                                                args.round_s)))
         d_rps = sum(r["requests"] for r in direct) / (args.rounds * args.round_s)
         g_rps = sum(r["requests"] for r in gateway) / (args.rounds * args.round_s)
         out["throughput"] = {"concurrency": args.concurrency, "rounds": args.rounds, "round_s": args.round_s,
@@ -165,12 +179,19 @@ async def measure(base: str, args) -> dict:
                              "gateway_rps": [round(r["rps"], 1) for r in gateway],
                              "gateway_codes": [r["codes"] for r in gateway]}
         out["gateway_throughput_ratio"] = g_rps / d_rps
+        # Where the CPU went, per request served (µs, by process role): less noisy than requests/s
+        # on a shared machine, and it says what the gate costs (gated_replica against
+        # direct_replica) and what it does not (HAProxy, the client).
+        served = {"direct": sum(r["requests"] for r in direct), "gateway": sum(r["requests"] for r in gateway)}
+        out["throughput"]["cpu_us_per_request"] = {
+            path: {k: round(1e6 * v / max(1, served[path]), 1) for k, v in sorted(used.items()) if v > 0}
+            for path, used in cpu.items()}
         # Each gateway round over the direct round just before it: how much one noisy round moved it.
         out["throughput"]["pair_ratios"] = [round(g["requests"] / max(1, d["requests"]), 3)
                                             for d, g in zip(direct, gateway)]
         print("throughput", out["throughput"], flush=True)
 
-        iso = await isolation(s, base, args)
+        iso = await isolation(s, base, args, procs)
         out.update(iso)
         print("isolation", {k: v for k, v in iso.items() if k != "phases"}, flush=True)
 
@@ -282,7 +303,7 @@ def _role(cmdline: str) -> str | None:
     return None
 
 
-async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
+async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, list]) -> dict:
     """Quiet desk at half its quota; phases alternate alone / with a flood (another process sending
     at 10x the flood desk's quota) / with that desk sending at its quota ("within", the control:
     what any second desk using its quota costs), so machine noise falls on every condition alike.
@@ -291,7 +312,6 @@ async def isolation(s: aiohttp.ClientSession, base: str, args) -> dict:
 
     ctx = mp.get_context("spawn")
     commands, replies = ctx.Queue(), ctx.Queue()
-    procs = serve_processes()                  # one scan: niceness now, CPU metering below
     proxy_nice = _proxy_niceness(procs)
     flood_nice = proxy_nice if args.flood_nice < 0 else args.flood_nice
     proc = ctx.Process(target=_flood_client, args=(base, commands, replies, flood_nice), daemon=True)
@@ -435,8 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-scale", type=float, default=1.0, help="divide trace arrival times by this (2 = twice as fast)")
     p.add_argument("--trace-s", type=float, default=20.0, help="seconds of (scaled) trace to replay")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--round-s", type=float, default=4.0)
+    p.add_argument("--rounds", type=int, default=10,
+                   help="throughput rounds per path, alternated (direct, gateway, direct, ...)")
+    p.add_argument("--round-s", type=float, default=2.0,
+                   help="seconds per round: short rounds, many of them, so a burst of noise from the rest "
+                        "of a shared machine falls on both paths alike")
     p.add_argument("--phase-s", type=float, default=10.0, help="seconds of each alone / flood phase")
     p.add_argument("--phases", type=int, default=6, help="cycles of alone, flood (and within) phases, alternated")
     p.add_argument("--gap-s", type=float, default=1.0, help="pause after each phase")

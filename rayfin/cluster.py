@@ -51,9 +51,54 @@ def ensure_ray_token_auth() -> bool:
     return True
 
 
-def free_port() -> int:
+# Ray's worker ports (--min/max-worker-port defaults) and its fixed ports stay below this.
+PORT_FLOOR = 20000
+
+
+def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The kernel's range for port-0 binds and outgoing connections (Linux default 32768-60999)."""
+    try:
+        low, high = (int(x) for x in open(path).read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def pick_port(rng, is_free, low: int, high: int, tries: int = 64) -> int | None:
+    """A random port in [low, high) that `is_free` accepts, or None after `tries` (pure)."""
+    for _ in range(tries if high > low else 0):
+        port = rng.randrange(low, high)
+        if is_free(port):
+            return port
+    return None
+
+
+def _bindable(port: int) -> bool:
     import socket
 
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))      # all interfaces: HAProxy's stats and metrics bind there
+            return True
+        except OSError:
+            return False
+
+
+def free_port(rng=None) -> int:
+    """A port to hand to a process that starts later (the dashboard, Serve, HAProxy).
+
+    Not one from the kernel's ephemeral range: a port found free there by binding port 0 can be
+    taken, before its owner binds it, by any process binding port 0 or opening a connection, and
+    Ray does both by the hundred while it starts (seen: HAProxy's metrics port taken, the Serve
+    start failing with 'Address already in use'). So: a free port between PORT_FLOOR and the
+    ephemeral range, falling back to the kernel's choice when that span is empty or full."""
+    import random
+    import socket
+
+    low, _ = ephemeral_range()
+    port = pick_port(rng or random.SystemRandom(), _bindable, PORT_FLOOR, low)
+    if port is not None:
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

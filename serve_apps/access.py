@@ -6,6 +6,7 @@ time taken does not reveal which desk (if any) a token nearly matched.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -65,7 +66,11 @@ class AccessPolicy:
     def may_call(self, desk: str, model: ModelEntry) -> bool:
         if model.public or model.owner == desk:
             return True
-        return model.name in dict(self.grants).get(desk, ())
+        return model.name in self._grants_by_desk.get(desk, ())
+
+    @functools.cached_property
+    def _grants_by_desk(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.grants)
 
     def callable_models(self, desk: str) -> list[ModelEntry]:
         return [m for m in self.models if self.may_call(desk, m)]

@@ -21,6 +21,7 @@ registers its filter under its route (`register`). Until it has, requests to tha
 the middleware unchecked and the router checks them. A request is checked once, by one of the
 two: the middleware marks what it passed with a header holding a random per-process value
 (`CHECKED_HEADER`, any client copy is dropped first), and the router skips marked requests.
+A replica's middleware adds no such header (no router runs there): it hands the desk on.
 Without the environment variable (a cluster started elsewhere), the router alone sheds.
 
 `install_env` sets the variable for a cluster rayfin starts (raylets and the Serve proxy
@@ -47,6 +48,7 @@ CALLBACK = "serve_apps.edge_asgi.proxy_middlewares"
 CHECKED_HEADER = b"x-rayfin-edge-checked"
 NONCE = secrets.token_hex(16).encode()     # never sent to clients: they cannot forge it
 SCOPE_DESK = "rayfin.edge.desk"            # ASGI scope key: (NONCE, desk) the middleware authenticated
+REPLICA = b"replica"                       # `register(where=...)` of a gated replica's own filter
 
 Counter = Callable[[Refusal], None]
 
@@ -124,18 +126,28 @@ class EdgeMiddleware:
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
         headers = scope.get("headers") or []
-        if any(k == CHECKED_HEADER for k, _ in headers):         # a client's copy never counts
+        authorization, forged = None, False
+        for k, v in headers:                       # one pass (this runs on every request)
+            if k == b"authorization":
+                if authorization is None:
+                    authorization = v
+            elif k == CHECKED_HEADER:
+                forged = True
+        if forged:                                  # a client's copy never counts
             headers = [(k, v) for k, v in headers if k != CHECKED_HEADER]
             scope = {**scope, "headers": headers}
         entry = _filters.get(scope.get("path", "")) if scope.get("method") == "POST" else None
         if entry is None:
             return await self.app(scope, receive, send)
         edge, count, where = entry
-        desk, refusal = edge.screen(bearer_of(headers))
+        desk, refusal = edge.screen(bearer_token(authorization.decode("latin-1")) if authorization else None)
         if refusal is None:
-            # Marked for the router (proxy ingress), and the desk handed to the gate when the
-            # gate runs in this same process (HAProxy ingress; `desk_of`).
-            scope = {**scope, "headers": [*headers, (CHECKED_HEADER, NONCE)], SCOPE_DESK: (NONCE, desk)}
+            # In a replica (HAProxy ingress) the desk goes to the gate of this same process
+            # (`desk_of`); in Serve's proxy the mark tells the request router it was checked.
+            if where == REPLICA:
+                scope = {**scope, SCOPE_DESK: (NONCE, desk)}
+            else:
+                scope = {**scope, "headers": [*headers, (CHECKED_HEADER, NONCE)], SCOPE_DESK: (NONCE, desk)}
             return await self.app(scope, receive, send)
         try:
             count(refusal)

@@ -24,7 +24,7 @@ from ray.serve.exceptions import BackPressureError
 
 from rayfin.telemetry.serving import request_span
 from serve_apps.access import AccessPolicy, ModelEntry, bearer_token
-from serve_apps.edge_asgi import desk_of
+from serve_apps.edge_asgi import desk_of, header_value
 from serve_apps.gate import QuotaGate, replicas_of as spec_replicas
 from serve_apps.quota import Limit, QuotaSpec, Refusal
 from serve_apps.schemas import REQUEST_SCHEMAS, rows_of
@@ -75,9 +75,9 @@ class GatewayCore:
 
     async def predict(self, model_name: str, request: Request, span=None) -> JSONResponse:
         response = await self._predict(model_name, request, span)
-        if isinstance(response, dict):
-            response = JSONResponse(response)
         # Which gateway replica answered: operators (and tests) see the budget is shared.
+        if isinstance(response, dict):      # the common case: the header goes in with the response
+            return JSONResponse(response, headers={"X-Rayfin-Gateway": self.gate.replica_id})
         response.headers["X-Rayfin-Gateway"] = self.gate.replica_id
         return response
 
@@ -103,7 +103,7 @@ class GatewayCore:
         refused, desk, model = self._check_access(model_name, request, span)
         if refused is not None:
             return refused
-        declared = request.headers.get("content-length")
+        declared = header_value(request.scope.get("headers"), b"content-length")   # no Headers object
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return self._too_large(int(declared))
         refusal = await self.gate.acquire(desk)

@@ -32,6 +32,7 @@ Ingress = Literal["haproxy", "proxy"]
 INGRESSES: tuple[str, ...] = get_args(Ingress)
 
 HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
+THROUGHPUT = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 # How long a stopping replica keeps serving so the load balancer can drop it first. Serve's
 # default (30 s) suits HAProxy on other machines; here HAProxy is on the same host and reloads
 # its configuration in milliseconds, and 30 s would hold every redeploy and shutdown.
@@ -51,6 +52,13 @@ def ingress_env(ingress: str, run_dir: str, free_port: Callable[[], int]) -> dic
     join = os.path.join
     return {
         HA_PROXY: "1",
+        # Ray's documented companion of HAProxy ingress ("high throughput mode"): user code on the
+        # replica's main event loop instead of a second thread, gRPC between deployments, Serve's
+        # request-path logs buffered. One thread per replica matters most here: with two, the
+        # thread serving HTTP (and a flood's refusals) and the thread running the model take turns
+        # holding the GIL, and a quiet desk's request waits up to a switch interval (5 ms) at each
+        # hand-over (docs/serving.md).
+        THROUGHPUT: "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": join(run_dir, "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": join(run_dir, "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": run_dir,

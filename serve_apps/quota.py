@@ -115,17 +115,23 @@ class TokenBucket:
     def full(cls, rate: float, burst: float, now: float) -> "TokenBucket":
         return cls(rate=rate, burst=burst, level=float(burst), updated_at=now)
 
+    # Both run on every request of a gated replica and its edge: they construct the new bucket
+    # directly (dataclasses.replace costs about five times as much).
     def refill(self, now: float) -> "TokenBucket":
         if now <= self.updated_at:
             return self
         level = min(self.burst, self.level + (now - self.updated_at) * self.rate)
-        return replace(self, level=level, updated_at=now)
+        return TokenBucket(self.rate, self.burst, level, now)
 
     def take(self, want: int, now: float) -> tuple[int, "TokenBucket"]:
         """Take up to `want` whole tokens; returns (taken, new bucket)."""
-        b = self.refill(now)
-        taken = max(0, min(int(want), int(math.floor(b.level + 1e-9))))
-        return taken, replace(b, level=b.level - taken)
+        level, at = self.level, self.updated_at
+        if now > at:
+            level, at = min(self.burst, level + (now - at) * self.rate), now
+        taken = max(0, min(int(want), int(math.floor(level + 1e-9))))
+        if taken == 0 and at == self.updated_at:
+            return 0, self
+        return taken, TokenBucket(self.rate, self.burst, level - taken, at)
 
     def seconds_until(self, tokens: float, now: float) -> float:
         """Time until `tokens` are in the bucket (0 if they already are; inf if never)."""

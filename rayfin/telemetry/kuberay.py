@@ -28,7 +28,7 @@ from rayfin.config import RayfinConfig, load_config
 from rayfin.telemetry.config import TelemetryConfig, telemetry_config
 from rayfin.telemetry.tracing import HOOK
 from serve_apps.edge_asgi import CALLBACK as EDGE_CALLBACK, ENV as EDGE_ENV
-from serve_apps.ingress import HA_PROXY as HA_PROXY_ENV
+from serve_apps.ingress import HA_PROXY as HA_PROXY_ENV, THROUGHPUT as THROUGHPUT_ENV
 
 LABEL = "rayfin.io/"
 RAY_VERSION = "2.60.0"
@@ -56,8 +56,9 @@ def _env(tel: TelemetryConfig, ingress: str) -> list[dict[str, Any]]:
            {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"},
            # serve.ingress (serve_apps/ingress.py): HAProxy on every pod forwards to the replicas,
            # which serve HTTP themselves; or Serve's Python proxy. HAProxy's files and ports keep
-           # Serve's defaults here, one HAProxy per pod.
+           # Serve's defaults here, one HAProxy per pod. With HAProxy, Ray's high-throughput mode too.
            {"name": HA_PROXY_ENV, "value": "1" if ingress == "haproxy" else "0"},
+           *([{"name": THROUGHPUT_ENV, "value": "1"}] if ingress == "haproxy" else []),
            # Serve's ingress (each gated replica's HTTP server, or the proxy) runs rayfin's edge
            # middleware (serve_apps/edge_asgi.py)
            {"name": EDGE_ENV, "value": EDGE_CALLBACK}]

@@ -142,6 +142,7 @@ def test_worker_groups_match_the_config_islands():
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["RAY_AUTH_MODE"] == "token" and env["OTEL_TRACES_EXPORTER"] == "otlp"
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"                 # serve.ingress: haproxy (the default)
+        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"            # and Ray's high-throughput mode with it
     # every desk's pools have worker groups
     pools = {islands[g["groupName"]].pool for g in groups}
     assert all(set(d.pools) <= pools for d in cfg.desks)

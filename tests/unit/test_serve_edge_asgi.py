@@ -131,8 +131,14 @@ def test_a_replica_registered_filter_says_so_in_its_refusals():
     clock = Clock()
     edge_asgi.register(ROUTE, edge(clock, fx=(1.0, 1)), lambda r: None, where="replica")
     try:
-        app = EdgeMiddleware(Downstream())
-        assert call(app)[0] == 200
+        down = Downstream()
+        app = EdgeMiddleware(down)
+        assert call(app, extra=[(CHECKED_HEADER, NONCE)])[0] == 200    # even a copy of the real mark
+        passed = down.scopes[-1]
+        # No request router runs in a replica: no mark for one, and a client's copy is dropped;
+        # the desk goes to the gate of this process instead.
+        assert not any(k == CHECKED_HEADER for k, _ in passed["headers"])
+        assert edge_asgi.desk_of(passed) == (True, "fx")
         status, headers, _ = call(app)
         assert status == 429 and headers[b"x-rayfin-edge"] == b"replica"
     finally:

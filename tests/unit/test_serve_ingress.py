@@ -21,6 +21,7 @@ def test_haproxy_env_keeps_each_cluster_apart():
                                    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")]
     assert ports_used == ["20000", "20001", "20002", "20003"]
     assert env[ingress.DRAIN_S] == ingress.LOCAL_DRAIN_S
+    assert env[ingress.THROUGHPUT] == "1"          # Ray's high-throughput mode: user code on one loop
 
 
 def test_proxy_env_turns_haproxy_off():
