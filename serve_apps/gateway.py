@@ -17,7 +17,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.requests import ClientDisconnect
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic_core import to_json
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -45,6 +46,22 @@ def _field_path(loc: tuple) -> str:
     return out or "body"
 
 
+class PredictionResponse(Response):
+    """A 200 with a prediction: the bytes Starlette's JSONResponse would send (compact JSON, UTF-8),
+    rendered by pydantic-core (about a seventh of `json.dumps`'s time) with the headers built
+    directly. Every admitted request ends here. Only finite numbers reach it (`_call_model`
+    answers 422 otherwise), so it never has a NaN to write."""
+
+    media_type = "application/json"
+
+    def __init__(self, content: dict, *headers: tuple[bytes, bytes]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = to_json(content)
+        self.raw_headers = [(b"content-length", str(len(self.body)).encode()),
+                            (b"content-type", b"application/json"), *headers]
+
+
 def _refused(refusal: Refusal) -> JSONResponse:
     return JSONResponse(refusal.body(), status_code=429, headers={"Retry-After": refusal.retry_after_header()})
 
@@ -62,6 +79,7 @@ class GatewayCore:
                               local_fraction=float(spec.get("local_fraction", 0.0)),
                               permits_local=permits_local)
         self._background: asyncio.Task | None = None
+        self._gateway_header = (b"x-rayfin-gateway", replica_id.encode("latin-1"))
 
     def _ensure_background(self) -> None:
         if self._background is None or self._background.done():
@@ -77,7 +95,7 @@ class GatewayCore:
         response = await self._predict(model_name, request, span)
         # Which gateway replica answered: operators (and tests) see the budget is shared.
         if isinstance(response, dict):      # the common case: the header goes in with the response
-            return JSONResponse(response, headers={"X-Rayfin-Gateway": self.gate.replica_id})
+            return PredictionResponse(response, self._gateway_header)
         response.headers["X-Rayfin-Gateway"] = self.gate.replica_id
         return response
 

@@ -261,6 +261,9 @@ class Shortage(str, Enum):
     PERMITS = "permits"
 
 
+_LN2 = math.log(2)
+
+
 class LocalLease:
     """A gateway replica's share of one desk's budget. Single-threaded (one event loop)."""
 
@@ -299,16 +302,20 @@ class LocalLease:
         return int(sum(c[1] for c in chunks))
 
     def observed_rate(self, now: float) -> float:
-        dt = max(0.0, now - self._rate_at)
-        return self._rate * 0.5 ** (dt / self.RATE_HALF_LIFE_S)
+        if now <= self._rate_at:            # just noted (the hot path asks right after admitting)
+            return self._rate
+        return self._rate * 0.5 ** ((now - self._rate_at) / self.RATE_HALF_LIFE_S)
 
     def _note_arrival(self, now: float) -> None:
         # Exponentially decayed count, scaled to a rate: sum of 2^(-age/h) * ln2/h per arrival.
-        self._rate = self.observed_rate(now) + math.log(2) / self.RATE_HALF_LIFE_S
+        self._rate = self.observed_rate(now) + _LN2 / self.RATE_HALF_LIFE_S
         self._rate_at = now
 
     def lease_target(self, now: float) -> int:
-        return max(1, min(self.cap, math.ceil(self.observed_rate(now) * self.LEASE_HORIZON_S)))
+        return self._target(self.observed_rate(now))
+
+    def _target(self, rate: float) -> int:
+        return max(1, min(self.cap, math.ceil(rate * self.LEASE_HORIZON_S)))
 
     # -- decisions ------------------------------------------------------------------------------
     def gpu_refusal(self, now: float) -> Refusal | None:
@@ -358,9 +365,12 @@ class LocalLease:
     def admit(self, now: float) -> None:
         """Spend one token and one permit; call only when `shortage(now)` is NONE."""
         self._note_arrival(now)
-        for c in self._chunks:
+        chunks = self._chunks
+        for i, c in enumerate(chunks):
             if c[0] > now and c[1] >= 1:
                 c[1] -= 1
+                if c[1] <= 0:               # spent: gone now, not rebuilt for by `tokens` later
+                    del chunks[i]
                 break
         self.in_use += 1
 
@@ -380,9 +390,12 @@ class LocalLease:
         replicas got 1 request). A desk within its local share so makes no broker call at all."""
         if now < self.tokens_blocked_until:
             return False
-        target = self.lease_target(now)
+        rate = self.observed_rate(now)
+        target = self._target(rate)
+        if target < 2 or rate <= 0.5:       # cheap tests first: this runs on every admission
+            return False
         held = self.tokens(now) + math.floor(self.local.refill(now).level + 1e-9)
-        return target >= 2 and held <= target // 2 and self.observed_rate(now) > 0.5
+        return held <= target // 2
 
     def needs_sync(self, now: float, idle_s: float, heartbeat_s: float = 1.0) -> bool:
         """Background sync: give back idle permits, report GPU use, keep the holding alive."""

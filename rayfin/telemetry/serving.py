@@ -164,17 +164,18 @@ class request_span:
             req.outcome, req.reason, req.status = "error", "exception", 500
         try:
             elapsed = self._clock() - self._t0
-            span = req.span
-            span.set_attributes({"rayfin.desk": req.desk, "rayfin.model": req.model,
-                                 "rayfin.serve.outcome": req.outcome, "rayfin.serve.reason": req.reason,
-                                 "http.response.status_code": req.status})
-            if req.outcome == "error":
-                span.set_status(Status(StatusCode.ERROR, req.reason))
-            tags = {"desk": req.desk, "model": req.model}
+            if self._span_cm is not _NO_SPAN:          # tracing set up: a real span to annotate
+                span = req.span
+                span.set_attributes({"rayfin.desk": req.desk, "rayfin.model": req.model,
+                                     "rayfin.serve.outcome": req.outcome, "rayfin.serve.reason": req.reason,
+                                     "http.response.status_code": req.status})
+                if req.outcome == "error":
+                    span.set_status(Status(StatusCode.ERROR, req.reason))
             try:
-                self._sink.inc("rayfin_serve_requests", 1, {**tags, "outcome": req.outcome, "reason": req.reason})
+                self._sink.inc("rayfin_serve_requests", 1, {"desk": req.desk, "model": req.model,
+                                                            "outcome": req.outcome, "reason": req.reason})
                 if req.outcome == "accepted":
-                    self._sink.observe("rayfin_serve_request_seconds", elapsed, tags)
+                    self._sink.observe("rayfin_serve_request_seconds", elapsed, {"desk": req.desk, "model": req.model})
             except Exception:  # noqa: BLE001 - metrics must never fail a request
                 pass
         finally:

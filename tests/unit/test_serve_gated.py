@@ -233,3 +233,30 @@ def test_a_body_in_several_messages_is_joined():
     req = Request({"type": "http", "method": "POST", "path": "/v1/models/option-pricer:predict",
                    "headers": [(b"authorization", b"Bearer fx-t")], "query_string": b""}, receive)
     assert asyncio.run(core.predict("option-pricer", req)).status_code == 200
+
+
+def test_an_admitted_prediction_is_sent_as_jsonresponse_would_send_it():
+    """The 200 path renders with pydantic-core: same bytes as Starlette's JSONResponse, the
+    gateway header included, sent as two ASGI messages."""
+    from starlette.responses import JSONResponse
+
+    from serve_apps.gateway import PredictionResponse
+
+    result = {"model": "option-pricer", "predictions": [12.345678901234, 1e-300, 0.1 + 0.2], "batch_size": 9,
+              "gpu_seconds": 0.0, "device": "cpu", "desk": "fx", "note": "déjà vu ✓"}
+    ours = PredictionResponse(result, (b"x-rayfin-gateway", b"r1"))
+    theirs = JSONResponse(result, headers={"X-Rayfin-Gateway": "r1"})
+    assert ours.body == theirs.body
+    assert sorted(ours.raw_headers) == sorted(theirs.raw_headers)
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(ours({"type": "http"}, None, send))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 200 and sent[1]["body"] == theirs.body
+
+    r = _post(_core(), "fx")                         # what the gate's 200 path returns
+    assert isinstance(r, PredictionResponse) and r.headers["x-rayfin-gateway"] == "r1"
+    assert json.loads(r.body)["desk"] == "fx"
