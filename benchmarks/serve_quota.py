@@ -13,8 +13,9 @@ validation in the model replica; with --layout hop, the old gateway -> model hop
   both; with the CPU each process role used per request served on each path
   (`throughput.cpu_us_per_request`);
 - quiet_p99_alone_ms, quiet_p99_flood_ms, quiet_p99_ratio: open-loop Poisson arrivals of a
-  "quiet" desk at half its quota in --phases pairs of phases, alone and while a "flood" desk
-  sends at 10x its quota from its own client process, alternated; latencies pooled per condition.
+  "quiet" desk at half its quota in --phases cycles of short phases (4 s), alone, while a "flood"
+  desk sends at 10x its quota from its own client process, and ("within", the control) while
+  that desk sends at its quota, in a shuffled order per cycle; latencies pooled per condition.
   The other desk starts --lead-in-s (1 s) before each measured phase: its bucket's burst passes
   at once when it starts, a transient that a real flood causes once and a cycled benchmark would
   repeat every cycle. The quiet desk's requests in that first second are kept apart and reported
@@ -327,8 +328,12 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     phases = []
     cycle_results: list[dict[str, list]] = [{} for _ in range(args.phases)]   # cycle -> condition -> quiet
     cpu: dict[str, dict[str, float]] = {c: {} for c in conditions}
+    shuffler = random.Random(args.seed + 1)   # its own stream: the arrival times stay those of the seed
     for i in range(args.phases):
-        for condition in conditions:
+        order = list(conditions)
+        if args.shuffle:                          # no condition always follows the same one
+            shuffler.shuffle(order)
+        for condition in order:
             # With another desk, its first `lead` s are the onset (its bucket's burst passes at once):
             # the quiet desk sends then too, and those samples are kept apart (`onset`); the phase
             # proper is the steady state after it.
@@ -344,7 +349,7 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
             results = [x for x in sent_all if x[0] >= t0 + lead]
             if condition in onset:
                 onset[condition].extend(x for x in sent_all if x[0] < t0 + lead)
-            phase = {"condition": condition, "quiet_codes": _codes(results), "quiet_p50_ms": _p50(results),
+            phase = {"cycle": i, "condition": condition, "quiet_codes": _codes(results), "quiet_p50_ms": _p50(results),
                      "quiet_p99_ms": round(p99_ms(results), 2),
                      # the slowest quiet requests: (seconds into the phase, ms), to tell a one-off
                      # stall (all at one moment) from a steady cost (spread over the phase)
@@ -379,7 +384,7 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     p99 = {c: p99_ms(r) for c, r in quiet.items()}
     flood_phases = [p for p in phases if p["condition"] == "flood"]
     flood_span = sum(p["flood_span_s"] for p in flood_phases)
-    by_cycle = [phases[i:i + len(conditions)] for i in range(0, len(phases), len(conditions))]
+    by_cycle = [{p["condition"]: p for p in phases if p["cycle"] == i} for i in range(args.phases)]
     out = {
         "quiet": {"rate": args.quiet_rate / 2, "quota": args.quiet_rate, "phases": args.phases,
                   "phase_s": args.phase_s, "lead_in_s": args.lead_in_s, "samples_alone": len(alone), "samples_flood": len(flooded),
@@ -398,7 +403,7 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
         # same cycle. One stall of the (shared, virtual) machine lands in one phase and moves the
         # pooled ratio a lot; it moves this one little.
         "quiet_p99_ratio_pair_median": statistics.median(
-            c[1]["quiet_p99_ms"] / c[0]["quiet_p99_ms"] for c in by_cycle),
+            c["flood"]["quiet_p99_ms"] / c["alone"]["quiet_p99_ms"] for c in by_cycle),
         "flood": {"offered_rps": args.flood_rate * 10, "quota_rps": args.flood_rate, "burst": args.flood_burst,
                   "sent": len(other["flood"]), "span_s": round(flood_span, 3),
                   "codes": _codes(other["flood"]), "client": "separate process", "client_nice": flood_nice,
@@ -415,7 +420,8 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     # at once were seen) land in one phase: a phase whose p99 is over STALL_FACTOR x the median
     # phase p99 is flagged, and the ratios are also given without the cycles that hold one.
     median_p99 = statistics.median(p["quiet_p99_ms"] for p in phases)
-    stalled = [i for i, c in enumerate(by_cycle) if any(p["quiet_p99_ms"] > STALL_FACTOR * median_p99 for p in c)]
+    stalled = [i for i, c in enumerate(by_cycle)
+               if any(p["quiet_p99_ms"] > STALL_FACTOR * median_p99 for p in c.values())]
     kept = [i for i in range(len(by_cycle)) if i not in stalled]
     out["stalls"] = {"factor": STALL_FACTOR, "median_phase_p99_ms": round(median_p99, 2), "stalled_cycles": stalled}
     if stalled and kept:
@@ -455,13 +461,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-scale", type=float, default=1.0, help="divide trace arrival times by this (2 = twice as fast)")
     p.add_argument("--trace-s", type=float, default=20.0, help="seconds of (scaled) trace to replay")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=10,
+    p.add_argument("--rounds", type=int, default=30,
                    help="throughput rounds per path, alternated (direct, gateway, direct, ...)")
-    p.add_argument("--round-s", type=float, default=2.0,
+    p.add_argument("--round-s", type=float, default=1.0,
                    help="seconds per round: short rounds, many of them, so a burst of noise from the rest "
                         "of a shared machine falls on both paths alike")
-    p.add_argument("--phase-s", type=float, default=10.0, help="seconds of each alone / flood phase")
-    p.add_argument("--phases", type=int, default=6, help="cycles of alone, flood (and within) phases, alternated")
+    p.add_argument("--phase-s", type=float, default=4.0, help="seconds of each alone / flood phase")
+    p.add_argument("--phases", type=int, default=15,
+                   help="cycles of alone, flood (and within) phases: many short ones, so that a spell of noise "
+                        "from the rest of a shared machine falls on every condition alike")
+    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                   help="shuffle the order of the conditions in each cycle (seeded)")
     p.add_argument("--gap-s", type=float, default=1.0, help="pause after each phase")
     p.add_argument("--lead-in-s", type=float, default=1.0,
                    help="the other desk starts sending this long before the quiet desk's phase is measured, so "
