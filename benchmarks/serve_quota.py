@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-scale", type=float, default=1.0, help="divide trace arrival times by this (2 = twice as fast)")
     p.add_argument("--trace-s", type=float, default=20.0, help="seconds of (scaled) trace to replay")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=30,
+    p.add_argument("--rounds", type=int, default=60,
                    help="throughput rounds per path, alternated (direct, gateway, direct, ...)")
     p.add_argument("--round-s", type=float, default=1.0,
                    help="seconds per round: short rounds, many of them, so a burst of noise from the rest "

@@ -133,6 +133,12 @@ class TokenBucket:
             return 0, self
         return taken, TokenBucket(self.rate, self.burst, level - taken, at)
 
+    def available(self, now: float) -> float:
+        """The level `refill(now)` would have, without making a new bucket."""
+        if now <= self.updated_at:
+            return self.level
+        return min(self.burst, self.level + (now - self.updated_at) * self.rate)
+
     def seconds_until(self, tokens: float, now: float) -> float:
         """Time until `tokens` are in the bucket (0 if they already are; inf if never)."""
         b = self.refill(now)
@@ -334,11 +340,8 @@ class LocalLease:
     def shortage(self, now: float) -> Shortage:
         if self.in_use >= self.permits:
             return Shortage.PERMITS
-        if self.tokens(now) < 1:
-            taken, self.local = self.local.take(1, now)   # own share first: no remote call
-            if taken < 1:
-                return Shortage.TOKENS
-            self._chunks.append([now + 1.0, 1.0])
+        if self.tokens(now) < 1 and self.local.available(now) < 1 - 1e-9:   # leased, else own share
+            return Shortage.TOKENS
         return Shortage.NONE
 
     def blocked(self, short: Shortage, now: float) -> bool:
@@ -363,7 +366,8 @@ class LocalLease:
                        f"(burst {self.spec.burst}); retry after {wait:.3f}s")
 
     def admit(self, now: float) -> None:
-        """Spend one token and one permit; call only when `shortage(now)` is NONE."""
+        """Spend one token and one permit; call only when `shortage(now)` is NONE. The token is a
+        leased one if this replica holds any, else one of its own share (no remote call)."""
         self._note_arrival(now)
         chunks = self._chunks
         for i, c in enumerate(chunks):
@@ -372,6 +376,8 @@ class LocalLease:
                 if c[1] <= 0:               # spent: gone now, not rebuilt for by `tokens` later
                     del chunks[i]
                 break
+        else:
+            _, self.local = self.local.take(1, now)
         self.in_use += 1
 
     def note_refused(self, now: float) -> None:
@@ -394,7 +400,7 @@ class LocalLease:
         target = self._target(rate)
         if target < 2 or rate <= 0.5:       # cheap tests first: this runs on every admission
             return False
-        held = self.tokens(now) + math.floor(self.local.refill(now).level + 1e-9)
+        held = self.tokens(now) + math.floor(self.local.available(now) + 1e-9)
         return held <= target // 2
 
     def needs_sync(self, now: float, idle_s: float, heartbeat_s: float = 1.0) -> bool:
