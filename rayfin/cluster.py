@@ -51,14 +51,18 @@ def ensure_ray_token_auth() -> bool:
     return True
 
 
-# Ray's worker ports (--min/max-worker-port defaults) and its fixed ports stay below this.
+# Ray's worker ports (--min/max-worker-port defaults) and its fixed ports stay below PORT_FLOOR;
+# Serve's replicas take their own HTTP ports from PORT_CEILING up (direct ingress, lowest first).
 PORT_FLOOR = 20000
+PORT_CEILING = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
+_handed_out: set[int] = set()       # ports this process gave out: never the same one twice
 
 
 def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
     """The kernel's range for port-0 binds and outgoing connections (Linux default 32768-60999)."""
     try:
-        low, high = (int(x) for x in open(path).read().split())
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split())
         return low, high
     except (OSError, ValueError):
         return 32768, 60999
@@ -90,18 +94,22 @@ def free_port(rng=None) -> int:
     Not one from the kernel's ephemeral range: a port found free there by binding port 0 can be
     taken, before its owner binds it, by any process binding port 0 or opening a connection, and
     Ray does both by the hundred while it starts (seen: HAProxy's metrics port taken, the Serve
-    start failing with 'Address already in use'). So: a free port between PORT_FLOOR and the
-    ephemeral range, falling back to the kernel's choice when that span is empty or full."""
+    start failing with 'Address already in use'). Nor one of the ports Serve's replicas take for
+    their own HTTP servers (PORT_CEILING up). So: a free port between PORT_FLOOR and the lower
+    of the two, not handed out before by this process, falling back to the kernel's choice when
+    that span is empty or full."""
     import random
     import socket
 
     low, _ = ephemeral_range()
-    port = pick_port(rng or random.SystemRandom(), _bindable, PORT_FLOOR, low)
-    if port is not None:
-        return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    port = pick_port(rng or random.SystemRandom(), lambda p: p not in _handed_out and _bindable(p),
+                     PORT_FLOOR, min(low, PORT_CEILING))
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    _handed_out.add(port)
+    return port
 
 
 @dataclass

@@ -47,10 +47,11 @@ def _field_path(loc: tuple) -> str:
 
 
 class PredictionResponse(Response):
-    """A 200 with a prediction: the bytes Starlette's JSONResponse would send (compact JSON, UTF-8),
-    rendered by pydantic-core (about a seventh of `json.dumps`'s time) with the headers built
-    directly. Every admitted request ends here. Only finite numbers reach it (`_call_model`
-    answers 422 otherwise), so it never has a NaN to write."""
+    """A 200 with a prediction: the JSON Starlette's JSONResponse would send (compact, UTF-8, same
+    keys, values and headers; a tiny float may be spelled `1e-7` where `json.dumps` writes
+    `1e-07`), rendered by pydantic-core (about a seventh of `json.dumps`'s time) with the headers
+    built directly. Every admitted request ends here. Only finite predictions reach it
+    (`_call_model` answers 422 otherwise)."""
 
     media_type = "application/json"
 

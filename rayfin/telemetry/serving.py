@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from rayfin.telemetry.metrics import BufferedCounters, MetricsSink, ray_metrics, reason_code
-from rayfin.telemetry.tracing import TRACER_NAME
+from rayfin.telemetry.tracing import TRACER_NAME, provider_set_up
 
 UNKNOWN = "unknown"
 
@@ -100,21 +100,6 @@ def count_edge_refusal(model: str, refusal: Any) -> None:
         pass
 
 
-_TRACING: list = [False, -1.0]     # [an SDK tracer provider is set in this process, checked at]
-
-
-def _tracing_set_up(clock: Callable[[], float] = time.monotonic) -> bool:
-    """Whether this process has a real tracer provider, checked at most once a second:
-    `trace.get_tracer_provider()` reads the environment on every call, and this runs on every
-    request. A provider set up later (tracing turned on in a running replica) counts from the
-    next check on."""
-    now = clock()
-    if now - _TRACING[1] >= 1.0 or now < _TRACING[1]:
-        _TRACING[0] = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-        _TRACING[1] = now
-    return _TRACING[0]
-
-
 class _NoSpan:
     """What a span context manager gives when tracing is not set up: the invalid span."""
 
@@ -141,7 +126,7 @@ class request_span:
                  **attributes: Any) -> None:
         self._model, self._desk, self._clock = model, desk, clock
         self._sink = metrics if metrics is not None else serving_metrics()
-        if tracer_provider is None and not _tracing_set_up():
+        if tracer_provider is None and not provider_set_up():
             # No tracing set up in this process (no SDK provider): every span would be a no-op.
             self._span_cm = _NO_SPAN
             return

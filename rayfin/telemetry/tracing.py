@@ -19,7 +19,8 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -62,6 +63,26 @@ def _otlp_exporter(cfg: TelemetryConfig) -> Any:
     return OTLPSpanExporter(endpoint=cfg.otlp_endpoint)
 
 
+_SET_UP: list = [False, float("-inf")]   # [an SDK tracer provider is set in this process, checked at]
+
+
+def provider_set_up(clock: Callable[[], float] = time.monotonic) -> bool:
+    """Whether this process has a real (SDK) tracer provider, checked at most once a second:
+    `trace.get_tracer_provider()` reads the environment on every call, and the serving path asks
+    on every request. `install` makes the next call check again; a provider set by other code
+    counts from the next check on (within a second)."""
+    now = clock()
+    if now - _SET_UP[1] >= 1.0 or now < _SET_UP[1]:
+        _SET_UP[0] = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        _SET_UP[1] = now
+    return _SET_UP[0]
+
+
+def recheck_provider() -> None:
+    """Make the next `provider_set_up` look again (after a provider was set or replaced)."""
+    _SET_UP[1] = float("-inf")
+
+
 def install(cfg: TelemetryConfig) -> Any:
     """Set this process's global tracer provider from `cfg`, once. Returns the provider, or None
     when the exporter is `none` (OpenTelemetry's no-op tracer is then used)."""
@@ -74,6 +95,7 @@ def install(cfg: TelemetryConfig) -> Any:
         provider = None if cfg.exporter == "none" else build_provider(cfg)
         if provider is not None:
             trace.set_tracer_provider(provider)
+            recheck_provider()
         _installed = (cfg, provider)
         return provider
 

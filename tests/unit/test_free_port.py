@@ -26,12 +26,13 @@ def test_ephemeral_range_is_read_from_the_kernel_file(tmp_path):
     assert cluster.ephemeral_range(str(tmp_path / "missing")) == (32768, 60999)   # Linux's default
 
 
-def test_free_port_is_below_the_ephemeral_range_and_bindable():
+def test_free_port_is_below_the_ephemeral_range_and_serves_replica_ports_and_bindable():
     low, _ = cluster.ephemeral_range()
-    for _ in range(5):
-        port = cluster.free_port()
-        if low > cluster.PORT_FLOOR:
-            assert cluster.PORT_FLOOR <= port < low
+    ports = [cluster.free_port() for _ in range(20)]
+    assert len(set(ports)) == len(ports)                  # never the same port twice
+    for port in ports:
+        if min(low, cluster.PORT_CEILING) > cluster.PORT_FLOOR:
+            assert cluster.PORT_FLOOR <= port < min(low, cluster.PORT_CEILING)
         with socket.socket() as s:                 # on every interface, as HAProxy binds its stats
             s.bind(("0.0.0.0", port))
 
@@ -41,12 +42,13 @@ def test_free_port_skips_a_port_in_use(monkeypatch):
         held.bind(("0.0.0.0", 0))
         held.listen()
         busy = held.getsockname()[1]
-        choices = iter([busy, busy + 1 if busy + 1 < 65536 else busy - 1])
+        choices = iter([busy] + list(range(1024, 65536)))     # the busy one first, then any
 
         class Seq:
             def randrange(self, low, high):
                 return next(choices)
 
         monkeypatch.setattr(cluster, "ephemeral_range", lambda: (65536, 65536))
+        monkeypatch.setattr(cluster, "PORT_CEILING", 65536)
         monkeypatch.setattr(cluster, "PORT_FLOOR", 1024)
         assert cluster.free_port(Seq()) != busy

@@ -70,3 +70,27 @@ def test_example_bodies_are_valid(kind):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown model kind"):
         build("llm")
+
+
+def test_a_gpu_batch_runs_off_the_event_loop_and_a_cpu_batch_on_it():
+    """The replica's one event loop also serves HTTP and the edge (high-throughput mode): a batch
+    on a GPU waits in a worker thread, on the CPU it runs inline; the answers are the same."""
+    import asyncio
+    import threading
+
+    from serve_apps.model_server import offload_inference, run_batch
+
+    assert offload_inference("cuda") and offload_inference("cuda:1") and not offload_inference("cpu")
+    model = build("option_pricer", seed=0, steps=5, device="cpu")
+    flat = torch.tensor(rows_of(REQUEST_SCHEMAS["option_pricer"].model_validate(example_body("option_pricer"))),
+                        dtype=torch.float32)
+    threads = []
+
+    def forward(x):
+        threads.append(threading.current_thread())
+        return model.predict(x).tolist()
+
+    inline = asyncio.run(run_batch(forward, flat, False))
+    offloaded = asyncio.run(run_batch(forward, flat, True))
+    assert inline == offloaded
+    assert threads[0] is threading.main_thread() and threads[1] is not threading.main_thread()

@@ -167,10 +167,34 @@ def test_request_span_without_tracing_set_up_still_counts(monkeypatch):
     request is still counted and timed."""
     from opentelemetry import trace
 
+    from rayfin.telemetry import tracing
+
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
+    tracing.recheck_provider()                      # the answer is kept for a second: ask again now
     m = MemoryMetrics()
     with request_span("option-pricer", metrics=m) as req:
         assert req.span is trace.INVALID_SPAN
         req.finish(status=200, desk="fx")
     assert m.get("rayfin_serve_requests", desk="fx", model="option-pricer", outcome="accepted", reason="ok") == 1
     assert len(m.get("rayfin_serve_request_seconds", desk="fx", model="option-pricer")) == 1
+
+
+def test_the_tracer_provider_check_is_kept_a_second_and_redone_on_request(monkeypatch):
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from rayfin.telemetry import tracing
+
+    now = [100.0]
+    provider = [trace.ProxyTracerProvider()]
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider[0])
+    tracing.recheck_provider()
+    assert tracing.provider_set_up(lambda: now[0]) is False
+    provider[0] = TracerProvider()
+    now[0] += 0.5
+    assert tracing.provider_set_up(lambda: now[0]) is False      # kept for a second
+    now[0] += 0.6
+    assert tracing.provider_set_up(lambda: now[0]) is True       # looked again
+    provider[0] = trace.ProxyTracerProvider()
+    tracing.recheck_provider()                                   # what install() does after setting one
+    assert tracing.provider_set_up(lambda: now[0]) is False
