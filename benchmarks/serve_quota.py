@@ -166,11 +166,10 @@ async def measure(base: str, args) -> dict:
                 cpu[path][k] = cpu[path].get(k, 0.0) + v
             return result
 
-        for _ in range(args.rounds):
-            meter.delta()
+        meter.delta()
+        for _ in range(args.rounds):                 # each round's CPU read right after it
             direct.append(metered("direct", await closed_loop(s, DIRECT, {"Content-Type": "application/json"},
                                                               args.concurrency, args.round_s)))
-            meter.delta()
             gateway.append(metered("gateway", await closed_loop(s, PRICER, auth("bench"), args.concurrency,
                                                                 args.round_s)))
         d_rps = sum(r["requests"] for r in direct) / (args.rounds * args.round_s)

@@ -97,7 +97,11 @@ def header_value(headers, name: bytes) -> bytes | None:
 
 def bearer_of(headers) -> str | None:
     """The bearer token of a request's Authorization header, else None."""
-    authorization = header_value(headers, b"authorization")
+    return _bearer(header_value(headers, b"authorization"))
+
+
+def _bearer(authorization: bytes | None) -> str | None:
+    """The token of an Authorization header's raw value, else None."""
     return bearer_token(authorization.decode("latin-1")) if authorization is not None else None
 
 
@@ -140,7 +144,7 @@ class EdgeMiddleware:
         if entry is None:
             return await self.app(scope, receive, send)
         edge, count, where = entry
-        desk, refusal = edge.screen(bearer_token(authorization.decode("latin-1")) if authorization else None)
+        desk, refusal = edge.screen(_bearer(authorization))
         if refusal is None:
             # In a replica (HAProxy ingress) the desk goes to the gate of this same process
             # (`desk_of`); in Serve's proxy the mark tells the request router it was checked.

@@ -24,8 +24,8 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from rayfin.telemetry.serving import request_span
-from serve_apps.access import AccessPolicy, ModelEntry, bearer_token
-from serve_apps.edge_asgi import desk_of, header_value
+from serve_apps.access import AccessPolicy, ModelEntry
+from serve_apps.edge_asgi import bearer_of, desk_of, header_value
 from serve_apps.gate import QuotaGate, replicas_of as spec_replicas
 from serve_apps.quota import Limit, QuotaSpec, Refusal
 from serve_apps.schemas import REQUEST_SCHEMAS, rows_of
@@ -90,14 +90,14 @@ class GatewayCore:
         known, desk = desk_of(request.scope)   # the edge middleware of this process did already
         if known:
             return desk
-        return self.policy.authenticate(bearer_token(request.headers.get("authorization")))
+        return self.policy.authenticate(bearer_of(request.scope.get("headers")))
 
     async def predict(self, model_name: str, request: Request, span=None) -> JSONResponse:
         response = await self._predict(model_name, request, span)
         # Which gateway replica answered: operators (and tests) see the budget is shared.
         if isinstance(response, dict):      # the common case: the header goes in with the response
             return PredictionResponse(response, self._gateway_header)
-        response.headers["X-Rayfin-Gateway"] = self.gate.replica_id
+        response.raw_headers.append(self._gateway_header)
         return response
 
     def _check_access(self, model_name: str, request: Request, span=None):

@@ -120,18 +120,15 @@ class TokenBucket:
     def refill(self, now: float) -> "TokenBucket":
         if now <= self.updated_at:
             return self
-        level = min(self.burst, self.level + (now - self.updated_at) * self.rate)
-        return TokenBucket(self.rate, self.burst, level, now)
+        return TokenBucket(self.rate, self.burst, self.available(now), now)
 
     def take(self, want: int, now: float) -> tuple[int, "TokenBucket"]:
         """Take up to `want` whole tokens; returns (taken, new bucket)."""
-        level, at = self.level, self.updated_at
-        if now > at:
-            level, at = min(self.burst, level + (now - at) * self.rate), now
+        level = self.available(now)
         taken = max(0, min(int(want), int(math.floor(level + 1e-9))))
-        if taken == 0 and at == self.updated_at:
+        if taken == 0 and now <= self.updated_at:
             return 0, self
-        return taken, TokenBucket(self.rate, self.burst, level - taken, at)
+        return taken, TokenBucket(self.rate, self.burst, level - taken, max(now, self.updated_at))
 
     def available(self, now: float) -> float:
         """The level `refill(now)` would have, without making a new bucket."""
