@@ -4,6 +4,9 @@ Simulates correlated log-normal moves of the underlyings over the horizon, repri
 option with Black-Scholes at the horizon, and reports VaR and expected shortfall of the
 portfolio P&L. Runs on the GPU it was given (CUDA when present, CPU otherwise).
 
+In a gang (`workers=W`), rank r simulates its own 1/W of the paths from its own random stream,
+the ranks all-gather their losses, and every rank computes the same VaR and ES over all paths.
+
     python -m jobs.var_mc --paths 200000 --options 500 --underlyings 20 --seed 7
     client.submit_entrypoint("python -m jobs.var_mc --paths 200000", gpus=1)
     client.submit(jobs.var_mc.run_var, paths=200000, gpus=1)
@@ -18,10 +21,9 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from jobs.dist import context, join, leave
 
 
 def _norm_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -66,8 +68,11 @@ def run_var(paths: int = 100_000, options: int = 200, underlyings: int = 10, hor
     if not 0.5 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0.5, 1); got {confidence}")
     t0 = time.perf_counter()
-    dev = device()
-    gen = torch.Generator().manual_seed(seed)
+    started_group = not dist.is_initialized()
+    gang = join()
+    started_group = started_group and dist.is_initialized()
+    dev = gang.device
+    gen = torch.Generator().manual_seed(seed)   # the same book on every rank
     book = make_book(options, underlyings, gen, dev)
     chol = torch.linalg.cholesky(correlation(underlyings, rho, dev))
     dt = horizon_days / 252.0
@@ -75,11 +80,13 @@ def run_var(paths: int = 100_000, options: int = 200, underlyings: int = 10, hor
     value0 = (book["qty"] * black_scholes(book["spot0"][book["under"]], book["strike"], book["vol"][book["under"]],
                                           torch.tensor(rate, device=dev), tau0, book["is_call"])).sum()
     pnl_chunks = []
-    sim_gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    share = -(-paths // gang.world_size)                       # ceil: every rank's slot is this long
+    mine = max(0, min(share, paths - gang.rank * share))
+    sim_gen = torch.Generator(device=dev).manual_seed(seed + 1 + 7919 * gang.rank)
     done = 0
-    ctx = _context()
-    while done < paths:
-        n = min(batch, paths - done)
+    ctx = context()
+    while done < mine:
+        n = min(batch, mine - done)
         z = torch.randn(n, underlyings, generator=sim_gen, device=dev) @ chol.T
         vol = book["vol"]
         spot_t = book["spot0"] * torch.exp((rate - 0.5 * vol**2) * dt + vol * math.sqrt(dt) * z)  # (n, U)
@@ -89,25 +96,25 @@ def run_var(paths: int = 100_000, options: int = 200, underlyings: int = 10, hor
         pnl_chunks.append((prices * book["qty"]).sum(dim=1) - value0)
         done += n
         if ctx is not None:
-            ctx.report_progress(done / paths)
+            ctx.report_progress(done / max(mine, 1))
             if ctx.should_stop():
-                raise RuntimeError(f"stopped by rayfin after {done} of {paths} paths")
-    pnl = torch.cat(pnl_chunks)
-    losses = -pnl
+                raise RuntimeError(f"stopped by rayfin after {done} of {mine} paths (rank {gang.rank})")
+    losses = -torch.cat(pnl_chunks) if pnl_chunks else torch.empty(0, device=dev)
+    if gang.backend is not None:   # gather every rank's losses: NaN pads the short last slot
+        padded = torch.full((share,), float("nan"), device=dev)
+        padded[:losses.numel()] = losses
+        parts = [torch.empty_like(padded) for _ in range(gang.world_size)]
+        dist.all_gather(parts, padded)
+        losses = torch.cat(parts)
+        losses = losses[~torch.isnan(losses)]
     var = torch.quantile(losses, confidence).item()
     es = losses[losses >= var].mean().item()
-    return {"var": var, "es": es, "confidence": confidence, "paths": paths, "options": options,
-            "portfolio_value": value0.item(), "device": str(dev),
+    leave(gang, started_group)
+    return {"var": var, "es": es, "confidence": confidence, "paths": int(losses.numel()), "options": options,
+            "portfolio_value": value0.item(), "device": str(dev), "rank": gang.rank, "world_size": gang.world_size,
+            "paths_simulated_here": mine,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def _context():
-    try:
-        from rayfin.runner import job_context
-    except ImportError:
-        return None
-    return job_context()
 
 
 def main(argv: list[str] | None = None) -> int:

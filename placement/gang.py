@@ -76,6 +76,13 @@ class FreeIndex:
     def max_island_free(self) -> int:
         return int(self._whole.max(initial=0))
 
+    def in_units(self, unit: int) -> "FreeIndex":
+        """A scratch copy whose islands offer only whole `unit`-GPU workers: any placement found on
+        it gives every island a multiple of `unit` GPUs (a gang worker never spans islands)."""
+        if unit <= 1:
+            return self
+        return FreeIndex(self.lay, np.floor((self.free + _EPS) / unit) * unit)
+
     # ---- updates --------------------------------------------------------------------------
     def take(self, placement_ix: Iterable[tuple[int, float]]) -> None:
         for i, g in placement_ix:

@@ -1,4 +1,4 @@
-"""`rayfin` command line: validate, hash-token, up, demo, status, jobs, explain, watch, audit."""
+"""`rayfin` command line: validate, hash-token, up, demo, status, jobs, explain, logs, watch, audit."""
 from __future__ import annotations
 
 import argparse
@@ -148,9 +148,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"  last decision: {d['verdict']}: " + "; ".join(d["reasons"]))
         if d["victims"]:
             print(f"  reclaiming from: {', '.join(d['victims'])}")
+    ranks = (job.get("info") or {}).get("ranks") or []
+    if ranks:
+        print(f"  workers: {len(ranks)} (ranks in topology order)")
+        for r in ranks:
+            print(f"    rank {r['rank']:>3}  {r['island']:<10} CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']:<8} "
+                  f"pid {r['pid']}")
     for e in info["events"]:
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['kind']:<20} {e['reason']}")
     return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a job's output; with --follow, keep printing new lines until the job ends."""
+    client = _client(args)
+    job = client.job(args.job)
+    seen = 0
+    while True:
+        lines = job.logs(rank=args.rank)
+        fresh = lines[seen:] if args.follow or seen else (lines[-args.tail:] if args.tail else lines)
+        for ln in fresh:
+            print(f"[rank {ln.rank}] {ln.text}" if args.rank is None else ln.text, flush=True)
+        seen = len(lines)
+        if not args.follow or job.status().done:
+            if args.follow:   # what arrived between the last read and the end
+                for ln in job.logs(rank=args.rank)[seen:]:
+                    print(f"[rank {ln.rank}] {ln.text}" if args.rank is None else ln.text, flush=True)
+            return 0
+        time.sleep(args.interval)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -206,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
     for name, fn, hlp in (("status", cmd_status, "desks table"), ("jobs", cmd_jobs, "jobs and their state"),
                           ("explain", cmd_explain, "why a job waits, runs where, or was preempted"),
+                          ("logs", cmd_logs, "a job's output, every rank's or one rank's"),
                           ("watch", cmd_watch, "live view"), ("audit", cmd_audit, "audit log")):
         c = sub.add_parser(name, help=hlp)
         c.add_argument("--address")
@@ -213,8 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--color", choices=["auto", "always", "never"], default="auto")
         if name in ("status", "jobs", "watch", "audit"):
             c.add_argument("--desk")
-        if name == "explain":
+        if name in ("explain", "logs"):
             c.add_argument("job")
+        if name == "logs":
+            c.add_argument("--rank", type=int, help="one rank's output (default: every rank, prefixed)")
+            c.add_argument("--tail", type=int, default=0, help="only the last N lines")
+            c.add_argument("--follow", action="store_true", help="keep printing new output until the job ends")
+            c.add_argument("--interval", type=float, default=1.0)
         if name == "watch":
             c.add_argument("--interval", type=float, default=1.0)
             c.add_argument("--count", type=int, default=0, help="stop after N refreshes (0: until Ctrl-C)")

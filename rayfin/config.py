@@ -154,6 +154,18 @@ class ControllerConfig(_Model):
     cycle_interval_s: float = Field(0.2, gt=0, le=60)
     ledger_path: str = Field("~/.rayfin/ledger.db", min_length=1)
     max_result_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_log_bytes: int = Field(1024 * 1024, ge=1024, description="output kept per job and rank (newest kept)")
+    checkpoint_dir: str = Field("", description="root of per-job checkpoint directories, on storage every "
+                                                "worker node sees; empty = 'checkpoints' beside the ledger")
+
+    @property
+    def checkpoint_root(self) -> str:
+        import os
+
+        if self.checkpoint_dir:
+            return os.path.expanduser(self.checkpoint_dir)
+        base = os.path.dirname(os.path.expanduser(self.ledger_path)) if self.ledger_path != ":memory:" else ""
+        return os.path.join(base or os.path.expanduser("~/.rayfin"), "checkpoints")
 
 
 class ServeModelConfig(_Model):

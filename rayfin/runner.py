@@ -1,30 +1,49 @@
-"""What runs inside a job's placement group: one detached `JobRunner` actor per job.
+"""What runs inside a job's placement group: one worker process per gang rank.
 
-The runner holds the GPUs of the job's first bundle (Ray sets CUDA_VISIBLE_DEVICES for it) and
-runs either a pickled Python callable or a command line. It is detached and named
-(`job-<id>` in the desk's namespace) so a controller restart can find it again, and `start()`
-is idempotent so a re-adopting controller can never run a job twice.
+A job of W workers has one bundle per worker (bundle i = rank i, ranks in topology order, see
+placement.ranks). Rank 0 runs in the `JobRunner` actor, which is also the job's coordinator: it
+is detached and named (`job-<key>` in the desk's namespace) so a restarted controller finds it
+again, and it starts one `GangWorker` actor for every other rank. The workers are owned by the
+runner, so when the runner goes (released by the controller, or its node dies) Ray stops them
+too: no worker outlives its job.
 
-Inside a callable, `rayfin.job_context()` gives the job id, desk, GPUs and placement group, and
-`should_stop()` turns true when the job is being preempted or cancelled (grace period).
+Every actor holds exactly its bundle's GPUs (Ray sets CUDA_VISIBLE_DEVICES) and gets the
+torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR,
+MASTER_PORT). Rank 0 binds the rendezvous port and the runner hands it to the others before any
+rank starts (asking rank 0 for it while it sits inside `init_process_group` would deadlock).
+
+All or nothing: the runner watches every rank on its own thread, so a failing rank stops the
+whole gang within seconds even while the controller is down. Only the controller drives a
+runner: every call carries a per-job secret, and the workers have no names to look them up by.
 """
 from __future__ import annotations
 
 import contextvars
 import ctypes
+import hmac
+import importlib.util
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 _CONTEXT: "JobContext | None" = None
 _PR_SET_PDEATHSIG = 1
+STOP_WAIT_S = 3.0        # after one rank fails: how long the others get to stop before they are killed
+MONITOR_INTERVAL_S = 0.25
+
+
+class RunnerAccessDenied(PermissionError):
+    """A call to a job's runner without the job's secret (only the controller holds it)."""
 
 
 @dataclass
@@ -34,6 +53,13 @@ class JobContext:
     gpus: float
     placement: tuple[tuple[str, float], ...]
     placement_group_name: str
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    node_rank: int = 0
+    checkpoint_dir: str = ""
+    attempt: int = 0
     stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
     progress: float = 0.0
 
@@ -41,8 +67,25 @@ class JobContext:
         """True once rayfin asked this job to stop (preemption grace or cancel)."""
         return self.stop_event.is_set()
 
+    def should_stop_all(self) -> bool:
+        """`should_stop()` agreed by every rank (an all-reduce of the flag): call it at the same
+        step on every rank, so all ranks leave the training loop at the same step and none is left
+        waiting in a collective. Without a process group it is `should_stop()`."""
+        try:
+            import torch
+            import torch.distributed as dist
+        except ImportError:
+            return self.should_stop()
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.should_stop()
+        flag = torch.tensor([1.0 if self.should_stop() else 0.0])
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
     def report_progress(self, fraction: float) -> None:
-        """Report progress in [0, 1]; `rayfin watch` and `job.status()` show it."""
+        """Report progress in [0, 1]; `rayfin watch` and `job.status()` show rank 0's."""
         self.progress = max(0.0, min(1.0, float(fraction)))
 
     @property
@@ -72,17 +115,101 @@ def entrypoint_argv(command: str) -> list[str]:
     return argv
 
 
-class JobRunner:
-    """Runs one job. Decorated with @ray.remote by the Ray backend (kept plain for testing)."""
+def _check(secret: str, given: str | None) -> None:
+    if not secret or not isinstance(given, str) or not hmac.compare_digest(secret.encode(), given.encode()):
+        raise RunnerAccessDenied("this job's runner answers only the rayfin controller")
 
-    def __init__(self, job_id: str, desk: str, kind: str, payload: bytes | str, gpus: float,
-                 placement: list[tuple[str, float]], placement_group_name: str, max_result_bytes: int,
-                 priority: str = "normal") -> None:
-        self.priority = priority
-        self.ctx = JobContext(job_id, desk, gpus, tuple(tuple(p) for p in placement), placement_group_name)
+
+# ---------------------------------------------------------------------------------- logs
+class LogBuffer:
+    """The last `limit` bytes of a rank's output, with a running offset so a reader can ask for
+    what came after what it already has."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1024, int(limit))
+        self._chunks: list[str] = []
+        self._size = 0
+        self._start = 0          # offset of the first kept character
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            self._chunks.append(text)
+            self._size += len(text)
+            while self._size > self.limit and len(self._chunks) > 1:
+                dropped = self._chunks.pop(0)
+                self._size -= len(dropped)
+                self._start += len(dropped)
+            if self._size > self.limit:   # one huge chunk: keep its tail
+                keep = self._chunks[0][-self.limit:]
+                self._start += len(self._chunks[0]) - len(keep)
+                self._chunks[0], self._size = keep, len(keep)
+
+    @property
+    def end(self) -> int:
+        return self._start + self._size
+
+    def read(self, offset: int, most: int = 256 * 1024) -> tuple[str, int]:
+        """Text from `offset` (or the oldest kept, if that was dropped), at most `most` chars."""
+        with self._lock:
+            text = "".join(self._chunks)
+            begin = max(0, offset - self._start)
+            out = text[begin:begin + most]
+            return out, self._start + begin + len(out)
+
+
+class _Tee:
+    """sys.stdout / sys.stderr of a rank's process: writes go to Ray's log file and the buffer."""
+
+    def __init__(self, inner: Any, buffer: LogBuffer) -> None:
+        self._inner, self._buffer = inner, buffer
+
+    def write(self, text: str) -> int:
+        self._buffer.write(text)
+        return self._inner.write(text)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+# ---------------------------------------------------------------------------------- one rank
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _node_ip() -> str:
+    import ray.util
+
+    return ray.util.get_node_ip_address()
+
+
+def _wants_process_group(dist_backend: str | None, world_size: int) -> bool:
+    """Initialise torch.distributed for a callable when torch is there: always for a gang, and for
+    a single worker only if the job's code already imported torch (so plain jobs pay no import)."""
+    if dist_backend is None:
+        return False
+    if world_size > 1:
+        return importlib.util.find_spec("torch") is not None
+    return "torch" in sys.modules
+
+
+class _Rank:
+    """One rank's execution in its own process: the callable or the command, its output, its state."""
+
+    def __init__(self, ctx: JobContext, kind: str, payload: bytes | str, max_result_bytes: int,
+                 max_log_bytes: int) -> None:
+        self.ctx = ctx
         self.kind = kind
         self.payload = payload
         self.max_result_bytes = max_result_bytes
+        self.logs = LogBuffer(max_log_bytes)
         self.state = "STARTING"
         self.result: bytes | None = None
         self.error = ""
@@ -91,40 +218,60 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
-
-    def __repr__(self) -> str:  # shown in the Ray dashboard's actor list
-        return (f"JobRunner(job={self.ctx.job_id}, desk={self.ctx.desk}, priority={self.priority}, "
-                f"gpus={self.ctx.gpus:g})")
-
-    def start(self) -> dict[str, Any]:
-        with self._lock:
-            if self._thread is None:
-                self.started_at = time.time()
-                self.state = "RUNNING"
-                # Run in a copy of this context so the job's own Ray calls join the job's trace.
-                ctx = contextvars.copy_context()
-                self._thread = threading.Thread(target=ctx.run, args=(self._run,), name=f"rayfin-job-{self.ctx.job_id}",
-                                                daemon=True)
-                self._thread.start()
-        return self.describe()
+        self.env: dict[str, str] = {}
 
     def describe(self) -> dict[str, Any]:
         import ray
 
         rc = ray.get_runtime_context()
         labels = rc.get_node_labels() or {}
-        return {
-            "node_id": rc.get_node_id(),
-            "island": labels.get("rayfin.io/island", ""),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-            "pid": os.getpid(),
-        }
+        return {"rank": self.ctx.rank, "node_id": rc.get_node_id(), "island": labels.get("rayfin.io/island", ""),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "pid": os.getpid()}
 
-    def poll(self) -> dict[str, Any]:
-        out = {"state": self.state, "error": self.error, "progress": self.ctx.progress,
-               "started_at": self.started_at, "finished_at": self.finished_at}
-        if self.state in ("SUCCEEDED", "FAILED"):
+    @staticmethod
+    def _island() -> str:
+        try:
+            import ray
+
+            return (ray.get_runtime_context().get_node_labels() or {}).get("rayfin.io/island", "")
+        except Exception:  # noqa: BLE001 - outside Ray (unit tests)
+            return ""
+
+    def prepare(self) -> dict[str, Any]:
+        out = self.describe()
+        if self.ctx.rank == 0:
+            out["master_addr"], out["master_port"] = _node_ip(), _free_port()
+        return out
+
+    def start(self, master_addr: str, master_port: int, dist_backend: str | None) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            c = self.ctx
+            self.env = {"RANK": str(c.rank), "WORLD_SIZE": str(c.world_size), "LOCAL_RANK": str(c.local_rank),
+                        "LOCAL_WORLD_SIZE": str(c.local_world_size), "NODE_RANK": str(c.node_rank),
+                        "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
+                        "RAYFIN_JOB_ID": c.job_id, "RAYFIN_DESK": c.desk, "RAYFIN_ATTEMPT": str(c.attempt),
+                        "RAYFIN_CHECKPOINT_DIR": c.checkpoint_dir, "RAYFIN_ISLAND": self._island(),
+                        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+            os.environ.update(self.env)   # this process runs only this rank
+            sys.stdout = _Tee(sys.__stdout__ if not isinstance(sys.stdout, _Tee) else sys.stdout._inner, self.logs)
+            sys.stderr = _Tee(sys.__stderr__ if not isinstance(sys.stderr, _Tee) else sys.stderr._inner, self.logs)
+            self.started_at = time.time()
+            self.state = "RUNNING"
+            # A copy of this context, so the job's own Ray calls join the job's trace.
+            run = contextvars.copy_context().run
+            self._thread = threading.Thread(target=run, args=(self._run, dist_backend),
+                                            name=f"rayfin-job-{c.job_id}-r{c.rank}", daemon=True)
+            self._thread.start()
+
+    def poll(self, log_offset: int) -> dict[str, Any]:
+        state = self.state   # before the logs: a finished rank's poll then carries all of its output
+        text, offset = self.logs.read(log_offset)
+        out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": text,
+               "log_offset": offset, "finished_at": self.finished_at}
+        if state in ("SUCCEEDED", "FAILED"):
             out["result"] = self.result
         return out
 
@@ -134,12 +281,13 @@ class JobRunner:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
 
-    # -- execution --
-    def _run(self) -> None:
+    def _run(self, dist_backend: str | None) -> None:
         global _CONTEXT
         _CONTEXT = self.ctx
         try:
-            value = self._run_entrypoint() if self.kind == "entrypoint" else self._run_callable()
+            if self.ctx.checkpoint_dir:
+                Path(self.ctx.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            value = self._run_entrypoint() if self.kind == "entrypoint" else self._run_callable(dist_backend)
             from ray import cloudpickle
 
             blob = cloudpickle.dumps(value)
@@ -151,24 +299,276 @@ class JobRunner:
         except BaseException as exc:  # the job's own failure: report it, never crash the runner
             tb = traceback.format_exc(limit=8)
             self.error = f"{type(exc).__name__}: {exc}\n{tb[-4000:]}"
+            self.logs.write(tb)
             self.state = "FAILED"
         finally:
             self.finished_at = time.time()
             self.ctx.progress = 1.0 if self.state == "SUCCEEDED" else self.ctx.progress
 
-    def _run_callable(self) -> Any:
+    def _run_callable(self, dist_backend: str | None) -> Any:
         from ray import cloudpickle
 
         fn, args, kwargs = cloudpickle.loads(self.payload)
-        return fn(*args, **kwargs)
+        if not _wants_process_group(dist_backend, self.ctx.world_size):
+            return fn(*args, **kwargs)
+        import torch
+        import torch.distributed as dist
+
+        backend = dist_backend if dist_backend in ("gloo", "nccl") else (
+            "nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(0)   # Ray's CUDA_VISIBLE_DEVICES: device 0 is this worker's first GPU
+        dist.init_process_group(backend, init_method=f"tcp://{self.env['MASTER_ADDR']}:{self.env['MASTER_PORT']}",
+                                rank=self.ctx.rank, world_size=self.ctx.world_size, timeout=timedelta(minutes=30))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
     def _run_entrypoint(self) -> dict[str, Any]:
         argv = entrypoint_argv(str(self.payload))
-        env = dict(os.environ, RAYFIN_JOB_ID=self.ctx.job_id, RAYFIN_DESK=self.ctx.desk)
+        env = dict(os.environ, **self.env)
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                      preexec_fn=_die_with_parent, text=True)
-        out, _ = self._proc.communicate()
-        tail = (out or "")[-16000:]
-        if self._proc.returncode != 0:
-            raise RuntimeError(f"entrypoint exited with code {self._proc.returncode}; output tail:\n{tail[-2000:]}")
-        return {"returncode": 0, "output": tail}
+                                      preexec_fn=_die_with_parent, text=True, bufsize=1)
+        tail: list[str] = []
+        size = 0
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self.logs.write(line)
+            tail.append(line)
+            size += len(line)
+            while size > 16000 and len(tail) > 1:
+                size -= len(tail.pop(0))
+        rc = self._proc.wait()
+        out = "".join(tail)[-16000:]
+        if rc != 0:
+            raise RuntimeError(f"entrypoint exited with code {rc}; output tail:\n{out[-2000:]}")
+        return {"returncode": 0, "output": out}
+
+
+def _context(job_id: str, desk: str, placement, pg_name: str, slot: dict[str, Any], world_size: int,
+             checkpoint_dir: str, attempt: int) -> JobContext:
+    return JobContext(job_id, desk, float(slot.get("gpus", 0.0)) * world_size,
+                      tuple(tuple(p) for p in placement), pg_name, rank=int(slot["rank"]), world_size=world_size,
+                      local_rank=int(slot.get("local_rank", 0)), local_world_size=int(slot.get("local_world_size", 1)),
+                      node_rank=int(slot.get("node_rank", 0)), checkpoint_dir=checkpoint_dir, attempt=attempt)
+
+
+class GangWorker:
+    """Rank r >= 1 of a gang. Decorated with @ray.remote by the runner (kept plain for testing)."""
+
+    def __init__(self, secret: str, job_id: str, desk: str, kind: str, payload: bytes | str,
+                 placement: list[tuple[str, float]], placement_group_name: str, slot: dict[str, Any],
+                 world_size: int, checkpoint_dir: str, attempt: int, max_result_bytes: int,
+                 max_log_bytes: int) -> None:
+        self._secret = secret
+        ctx = _context(job_id, desk, placement, placement_group_name, slot, world_size, checkpoint_dir, attempt)
+        self.rank = _Rank(ctx, kind, payload, max_result_bytes, max_log_bytes)
+
+    def __repr__(self) -> str:  # the Ray dashboard's actor list
+        c = self.rank.ctx
+        return f"GangWorker(job={c.job_id}, desk={c.desk}, rank={c.rank}/{c.world_size})"
+
+    def prepare(self, secret: str) -> dict[str, Any]:
+        _check(self._secret, secret)
+        return self.rank.prepare()
+
+    def start(self, secret: str, master_addr: str, master_port: int, dist_backend: str | None) -> None:
+        _check(self._secret, secret)
+        self.rank.start(master_addr, master_port, dist_backend)
+
+    def poll(self, secret: str, log_offset: int = 0) -> dict[str, Any]:
+        _check(self._secret, secret)
+        return self.rank.poll(log_offset)
+
+    def request_stop(self, secret: str) -> None:
+        _check(self._secret, secret)
+        self.rank.request_stop()
+
+
+# ---------------------------------------------------------------------------------- the runner
+class JobRunner:
+    """Rank 0 and the gang's coordinator. Decorated with @ray.remote by the Ray backend.
+
+    The controller calls `start`, `poll` and `request_stop`, each with the job's secret. `start`
+    is idempotent, so a re-adopting controller can never run a job twice."""
+
+    def __init__(self, secret: str, job_id: str, desk: str, kind: str, payload: bytes | str,
+                 placement: list[tuple[str, float]], placement_group_name: str, slots: list[dict[str, Any]],
+                 *, max_result_bytes: int, max_log_bytes: int = 1 << 20, priority: str = "normal",
+                 dist_backend: str | None = "auto", checkpoint_dir: str = "", attempt: int = 0) -> None:
+        self._secret = secret
+        self.priority = priority
+        self.slots = [dict(s) for s in slots] or [{"rank": 0, "gpus": sum(g for _, g in placement)}]
+        self.world_size = len(self.slots)
+        self.dist_backend = dist_backend
+        self._spec = (job_id, desk, kind, payload, [list(p) for p in placement], placement_group_name,
+                      checkpoint_dir, attempt, max_result_bytes, max_log_bytes)
+        ctx = _context(job_id, desk, placement, placement_group_name, self.slots[0], self.world_size,
+                       checkpoint_dir, attempt)
+        self.rank0 = _Rank(ctx, kind, payload, max_result_bytes, max_log_bytes)
+        self.ctx = ctx
+        self.workers: list[Any] = []         # handles of ranks 1..W-1
+        self.where: list[dict[str, Any]] = []
+        self.state = "STARTING"
+        self.error = ""
+        self.results: list[bytes | None] = [None] * self.world_size
+        self.rank_state = ["STARTING"] * self.world_size
+        self.rank_error = [""] * self.world_size
+        self.rank_finished: list[float | None] = [None] * self.world_size
+        self._offsets = [0] * self.world_size
+        self._pending_logs: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    def __repr__(self) -> str:  # shown in the Ray dashboard's actor list
+        return (f"JobRunner(job={self.ctx.job_id}, desk={self.ctx.desk}, priority={self.priority}, "
+                f"gpus={self.ctx.gpus:g}, workers={self.world_size})")
+
+    # -- the controller's calls --
+    def start(self, secret: str) -> dict[str, Any]:
+        _check(self._secret, secret)
+        with self._lock:
+            if not self._started:
+                self._started = True
+                try:
+                    self._launch()
+                except Exception as exc:  # noqa: BLE001 - a rank that cannot start fails the gang
+                    self._fail(-1, "LOST", f"gang could not start: {type(exc).__name__}: {str(exc)[:500]}")
+        return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        info = self.rank0.describe()
+        info["workers"] = self.where or [info]
+        info["world_size"] = self.world_size
+        return info
+
+    def poll(self, secret: str) -> dict[str, Any]:
+        _check(self._secret, secret)
+        with self._lock:
+            logs, self._pending_logs = self._pending_logs, []
+            state = self.state
+        out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": logs,
+               "rank_states": list(self.rank_state), "started_at": self.rank0.started_at,
+               "finished_at": self.rank0.finished_at}
+        if state == "SUCCEEDED":
+            out["result"] = self.results[0]
+            out["results"] = list(self.results)
+        elif state == "FAILED":
+            out["result"] = self.results[0]
+        return out
+
+    def request_stop(self, secret: str) -> None:
+        _check(self._secret, secret)
+        self._stop_all()
+
+    # -- inside --
+    def _launch(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        (job_id, desk, kind, payload, placement, pg_name, ckpt, attempt, max_result, max_log) = self._spec
+        if self.world_size > 1:
+            pg = ray.util.get_placement_group(pg_name)
+            cls = ray.remote(GangWorker)
+            for slot in self.slots[1:]:
+                self.workers.append(cls.options(
+                    num_cpus=0, num_gpus=float(slot["gpus"]), max_restarts=0, max_concurrency=4,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=slot["rank"]),
+                ).remote(self._secret, job_id, desk, kind, payload, placement, pg_name, slot, self.world_size, ckpt,
+                         attempt, max_result, max_log))
+        me = self.rank0.prepare()
+        others = ray.get([w.prepare.remote(self._secret) for w in self.workers], timeout=300)
+        self.where = [me] + list(others)
+        addr, port = me["master_addr"], me["master_port"]
+        ray.get([w.start.remote(self._secret, addr, port, self.dist_backend) for w in self.workers], timeout=60)
+        self.rank0.start(addr, port, self.dist_backend)
+        self.state = "RUNNING"
+        self.rank_state = ["RUNNING"] * self.world_size
+        self._monitor = threading.Thread(target=self._watch, name=f"rayfin-gang-{job_id}", daemon=True)
+        self._monitor.start()
+
+    def _watch(self) -> None:
+        """Poll every rank until the gang ends; the first failure stops the others."""
+        import ray
+        from ray.exceptions import RayError
+
+        while self.state == "RUNNING":
+            refs = {w.poll.remote(self._secret, self._offsets[r + 1]): r + 1 for r, w in enumerate(self.workers)
+                    if self.rank_state[r + 1] == "RUNNING"}
+            replies: dict[int, dict[str, Any]] = {0: self.rank0.poll(self._offsets[0])}
+            if refs:
+                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=10)
+                for ref in ready:
+                    r = refs[ref]
+                    try:
+                        replies[r] = ray.get(ref)
+                    except RayError as exc:
+                        where = self.where[r] if r < len(self.where) else {}
+                        self._fail(r, "LOST", f"worker died ({where.get('island', '?')}, pid "
+                                              f"{where.get('pid', '?')}): {type(exc).__name__}: {str(exc)[:300]}")
+                        return
+            for r, rep in sorted(replies.items()):
+                self._take(r, rep)
+            failed = [r for r, s in enumerate(self.rank_state) if s == "FAILED"]
+            if failed:
+                # The first to fail is the cause; the others usually fail after it, in a collective
+                # whose peer went away.
+                r = min(failed, key=lambda k: (self.rank_finished[k] or float("inf"), k))
+                self._fail(r, "FAILED", self.rank_error[r] or "failed")
+                return
+            if all(s == "SUCCEEDED" for s in self.rank_state):
+                with self._lock:
+                    self.state = "SUCCEEDED"
+                return
+            time.sleep(MONITOR_INTERVAL_S)
+
+    def _take(self, rank: int, reply: dict[str, Any]) -> None:
+        if reply.get("logs"):
+            with self._lock:
+                self._pending_logs.append((rank, reply["logs"]))
+        self._offsets[rank] = reply.get("log_offset", self._offsets[rank])
+        self.rank_state[rank] = reply["state"]
+        if reply["state"] in ("SUCCEEDED", "FAILED"):
+            self.results[rank] = reply.get("result")
+            self.rank_error[rank] = reply.get("error", "")
+            self.rank_finished[rank] = reply.get("finished_at")
+
+    def _fail(self, rank: int, state: str, error: str) -> None:
+        """End the gang: tell every rank to stop, give them STOP_WAIT_S, then kill the workers."""
+        import ray
+
+        if self.world_size == 1:
+            self.error = error
+        else:
+            who = f"rank {rank}" if rank >= 0 else "gang"
+            if 0 <= rank < len(self.where):
+                who += f" on {self.where[rank].get('island', '?')}"
+            self.error = f"{who} of {self.world_size}: {error}"
+        self._stop_all()
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline and self.rank0.state == "RUNNING":
+            time.sleep(0.05)
+        for w in self.workers:
+            try:
+                ray.kill(w, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        with self._lock:
+            self.state = state
+
+    def _stop_all(self) -> None:
+        self._stopping.set()
+        self.rank0.request_stop()
+        for w in self.workers:
+            try:
+                w.request_stop.remote(self._secret)
+            except Exception:  # noqa: BLE001 - a dead worker needs no stop
+                pass
+
+
+__all__ = ["GangWorker", "JobContext", "JobRunner", "LogBuffer", "RunnerAccessDenied", "entrypoint_argv",
+           "job_context"]

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rayfin.controller.validate import validate_entrypoint, validate_gpus, validate_priority
+from rayfin.controller.validate import (validate_dist_backend, validate_entrypoint, validate_gpus, validate_priority,
+                                       validate_workers)
 from rayfin.errors import (ControllerUnavailable, InvalidRequest, JobFailed, JobTimeout, RayfinError, from_wire)
 from rayfin.policy.model import CommProfile, JobState
 
@@ -56,6 +57,16 @@ class JobStatus:
     @property
     def done(self) -> bool:
         return self.state.terminal
+
+
+@dataclass(frozen=True)
+class LogLine:
+    rank: int
+    ts: float
+    text: str
+
+    def __str__(self) -> str:
+        return f"[rank {self.rank}] {self.text}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -129,6 +140,24 @@ class Job:
                             job_id=self.job_id, state=r["state"], reason=r["error"] or r["reason"])
         return cloudpickle.loads(r["result"]) if r["result"] is not None else None
 
+    def results(self, timeout: float | None = None) -> list[Any]:
+        """Every rank's return value, in rank order (one element for a one-worker job).
+        Raises like `result()`."""
+        from ray import cloudpickle
+
+        self.wait(timeout)
+        r = self._client._call("results", self.job_id)
+        if r["state"] != JobState.SUCCEEDED.value:
+            raise JobFailed(f"job {self.job_id} ended {r['state']}: {r['error'] or r['reason']}",
+                            job_id=self.job_id, state=r["state"], reason=r["error"] or r["reason"])
+        return [None if b is None else cloudpickle.loads(b) for b in r["results"]]
+
+    def logs(self, rank: int | None = None, tail: int | None = None) -> list[LogLine]:
+        """The job's output lines (every rank's, or one rank's), the last `tail` when given. Kept
+        in the ledger, bounded per rank (controller.max_log_bytes): readable after the job ended."""
+        reply = self._client._call("logs", self.job_id, rank, tail)
+        return [LogLine(int(d["rank"]), float(d["ts"]), d["text"]) for d in reply["lines"]]
+
 
 class Client:
     def __init__(self, desk: str, token: str | None, controller: Any, address: str | None) -> None:
@@ -150,10 +179,16 @@ class Client:
         return reply["value"]
 
     # -- submit --
-    def submit(self, fn: Callable[..., Any], *args: Any, gpus: int = 1, priority: str = "normal",
-               name: str | None = None, comm: str = "none", retries: int | None = None,
-               kwargs: dict[str, Any] | None = None) -> Job:
-        """Run `fn(*args, **kwargs)` on `gpus` GPUs of this desk's pool. Returns at once."""
+    def submit(self, fn: Callable[..., Any], *args: Any, gpus: int = 1, workers: int | str = 1,
+               priority: str = "normal", name: str | None = None, comm: str = "none", retries: int | None = None,
+               dist_backend: str | None = "auto", kwargs: dict[str, Any] | None = None) -> Job:
+        """Run `fn(*args, **kwargs)` on `gpus` GPUs of this desk's pool. Returns at once.
+
+        `workers` processes run `fn`, each on gpus / workers GPUs inside one NVLink island
+        (`"per_gpu"`: one per GPU), with ranks in topology order and the torchrun variables set.
+        With torch installed, each worker joins the default process group before `fn` runs (nccl
+        with CUDA, else gloo; `dist_backend=None` turns that off). `result()` is rank 0's value,
+        `results()` every rank's."""
         if not callable(fn):
             raise InvalidRequest(field="fn", value=repr(fn)[:80], allowed="a Python callable")
         try:
@@ -164,19 +199,24 @@ class Client:
                                  "connections inside fn", field="fn", value=getattr(fn, "__name__", repr(fn)[:80]),
                                  allowed="a picklable callable and arguments") from None
         return self._submit({"kind": "callable", "payload": payload, "gpus": gpus, "priority": priority,
-                             "name": name or getattr(fn, "__name__", "job"), "comm": comm, "retries": retries})
+                             "name": name or getattr(fn, "__name__", "job"), "comm": comm, "retries": retries,
+                             "workers": workers, "dist_backend": dist_backend})
 
-    def submit_entrypoint(self, command: str, *, gpus: int = 1, priority: str = "normal", name: str | None = None,
-                          comm: str = "none", retries: int | None = None) -> Job:
-        """Run a command line (e.g. "python -m jobs.var_mc --paths 100000") on `gpus` GPUs."""
+    def submit_entrypoint(self, command: str, *, gpus: int = 1, workers: int | str = 1, priority: str = "normal",
+                          name: str | None = None, comm: str = "none", retries: int | None = None) -> Job:
+        """Run a command line (e.g. "python -m jobs.var_mc --paths 100000") on `gpus` GPUs, once per
+        worker, with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and
+        MASTER_PORT set as torchrun sets them (`init_process_group("env://")` works unchanged)."""
         validate_entrypoint(command)
         return self._submit({"kind": "entrypoint", "payload": command, "gpus": gpus, "priority": priority,
-                             "name": name or "entrypoint", "comm": comm, "retries": retries})
+                             "name": name or "entrypoint", "comm": comm, "retries": retries, "workers": workers,
+                             "dist_backend": None})
 
     def _submit(self, spec: dict[str, Any]) -> Job:
         if not self.desk:
             raise InvalidRequest(field="desk", value=None, allowed="connect(desk=...) to submit work for a desk")
-        validate_gpus(spec["gpus"])
+        validate_workers(spec["workers"], validate_gpus(spec["gpus"]))
+        validate_dist_backend(spec["dist_backend"])
         spec["priority"] = validate_priority(spec["priority"]).label
         try:
             CommProfile(spec["comm"])
@@ -246,4 +286,4 @@ def connect(desk: str | None, token: str | None = None, address: str | None = No
     return client
 
 
-__all__ = ["connect", "Client", "Job", "JobStatus", "RayfinError"]
+__all__ = ["connect", "Client", "Job", "JobStatus", "LogLine", "RayfinError"]

@@ -37,7 +37,7 @@ class RayfinController:
         self.ledger = SqliteLedger(self.config.controller.ledger_path)
         from placement.topology import Topology
 
-        backend = RayBackend(Topology.from_config(self.config.cluster))
+        backend = RayBackend(Topology.from_config(self.config.cluster), runner_key=self._runner_key())
         self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder(),
                                    deploy_key=deploy_key)
         self.recovery = self.core.recover()
@@ -47,6 +47,17 @@ class RayfinController:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rayfin-cycle", daemon=True)
         self._thread.start()
+
+    def _runner_key(self) -> bytes:
+        """The key job secrets are derived from; kept in the ledger so a restarted controller can
+        still drive the runners it re-adopts."""
+        key = self.ledger.get_kv("runner_key")
+        if key is None:
+            import secrets
+
+            key = secrets.token_bytes(32)
+            self.ledger.put_kv("runner_key", key)
+        return key
 
     def _recorder(self):
         try:
@@ -86,6 +97,12 @@ class RayfinController:
 
     def result(self, token, job_id):
         return _wrap(self.core.result, token, job_id)
+
+    def results(self, token, job_id):
+        return _wrap(self.core.results, token, job_id)
+
+    def logs(self, token, job_id, rank=None, tail=None):
+        return _wrap(self.core.logs, token, job_id, rank, tail)
 
     def cancel(self, token, job_id):
         return _wrap(self.core.cancel, token, job_id)

@@ -20,6 +20,8 @@ class RunnerStatus:
     result: bytes | None = None
     progress: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    results: tuple[bytes | None, ...] = ()          # every rank's value, in rank order (when SUCCEEDED)
+    logs: tuple[tuple[int, str], ...] = ()          # (rank, text) output since the last observation
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class LaunchSpec:
     max_result_bytes: int = 64 * 1024 * 1024
     key: str = ""            # the reservation's name: "<job_id>~<generation>"
     priority: str = "normal"
+    unit: int = 1            # GPUs per worker: the placement runs as sum(gpus) / unit workers
+    dist_backend: str | None = "auto"
+    checkpoint_dir: str = ""
+    attempt: int = 0
+    max_log_bytes: int = 1 << 20
 
     @property
     def name(self) -> str:
@@ -54,7 +61,7 @@ class LaunchSpec:
 
 
 class Backend(Protocol):
-    def reserve(self, key: str, desk: str, placement: tuple[tuple[str, float], ...]) -> None: ...
+    def reserve(self, key: str, desk: str, placement: tuple[tuple[str, float], ...], unit: int = 1) -> None: ...
     def start(self, spec: LaunchSpec) -> None: ...
     def observe(self, keys: list[str]) -> Observation: ...
     def request_stop(self, key: str) -> None: ...
@@ -69,6 +76,7 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.groups: dict[str, tuple[tuple[str, float], ...]] = {}
+        self.units: dict[str, int] = {}
         self.runners: dict[str, LaunchSpec] = {}
         self.starts: dict[str, int] = {}
         self.stops: list[str] = []
@@ -101,8 +109,9 @@ class FakeBackend:
         self._statuses[self._key(job_id)] = RunnerStatus("LOST", error=why)
 
     # -- the protocol --
-    def reserve(self, key, desk, placement):
+    def reserve(self, key, desk, placement, unit=1):
         self.groups[key] = placement
+        self.units[key] = unit
         self._ready.add(key)
 
     def start(self, spec):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import secrets
 import threading
 import time
@@ -23,6 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from placement.ranks import WorkerRuleError, check_unit_fits
 from placement.topology import Topology, island_resource
 from rayfin.config import RayfinConfig, token_matches
 from rayfin.controller.backend import Backend, LaunchSpec, Observation
@@ -58,6 +60,21 @@ class CycleReport:
 def group_key(job: JobRecord) -> str:
     """The backend's name for a job's current reservation: job id and generation."""
     return f"{job.job_id}~{int(job.info.get('gen', 0))}"
+
+
+def _unit(job: JobRecord) -> int:
+    """GPUs per gang worker of a job (a job without the field is one worker)."""
+    return max(1, int(job.gpus) // max(1, int(job.info.get("workers", 1))))
+
+
+def _ran_on(info: dict[str, Any]) -> dict[str, Any]:
+    """What the job record keeps of a runner's start reply: rank 0's devices and the rank layout."""
+    out = {k: info[k] for k in ("node_id", "island", "gpu_ids", "cuda_visible_devices", "pid") if k in info}
+    workers = info.get("workers") or []
+    if workers:
+        out["ranks"] = [{k: w.get(k) for k in ("rank", "island", "node_id", "cuda_visible_devices", "pid")}
+                        for w in workers]
+    return out
 
 
 def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
@@ -150,6 +167,10 @@ class ControllerCore:
             raise QuotaExceeded(f"{why}; to fix: ask for fewer GPUs or raise the desk's quota", desk=desk,
                                 requested=clean["gpus"],
                                 available=min(quota.max_gpus, self.topology.pool_capacity(quota.pools)))
+        try:   # a worker never spans islands: refuse what no placement could ever give
+            check_unit_fits(self.topology, quota.pools, clean["gpus"], clean["gpus"] // clean["workers"])
+        except WorkerRuleError as exc:
+            raise InvalidRequest(field=exc.field, value=exc.value, allowed=exc.allowed) from None
         with self.lock:
             proposed = clean["job_id"]
             if proposed is not None:
@@ -164,7 +185,8 @@ class ControllerCore:
                             gpus=float(clean["gpus"]), priority=int(clean["priority"]), comm=clean["comm"],
                             state=JobState.PENDING.value, submitted_at=self.clock(),
                             max_retries=clean["retries"], payload=clean["payload"], reason="queued",
-                            info={"entrypoint": clean["payload"]} if clean["kind"] == "entrypoint" else {})
+                            info={**({"entrypoint": clean["payload"]} if clean["kind"] == "entrypoint" else {}),
+                                  "workers": clean["workers"], "dist_backend": clean["dist_backend"]})
             self.ledger.put_job(job, ("submitted", f"{job.gpus:g} GPUs, priority "
                                                    f"{Priority(job.priority).label}"), ts=job.submitted_at)
             self.active[job.job_id] = job
@@ -182,6 +204,30 @@ class ControllerCore:
         if job is None or not principal.may_act_for(job.desk):
             raise JobNotFound(job_id=job_id)
         return {"state": job.state, "reason": job.reason, "error": job.error, "result": job.result}
+
+    def results(self, token: str | None, job_id: str) -> dict[str, Any]:
+        """Every rank's value in rank order (rank 0's alone for a one-worker job)."""
+        principal = self.authenticate(token, None, "read")
+        job = self.ledger.get_job(job_id)
+        if job is None or not principal.may_act_for(job.desk):
+            raise JobNotFound(job_id=job_id)
+        blobs = self.ledger.results(job_id) if job.state == JobState.SUCCEEDED.value else []
+        if not blobs and job.result is not None:
+            blobs = [job.result]
+        return {"state": job.state, "reason": job.reason, "error": job.error, "results": blobs}
+
+    def logs(self, token: str | None, job_id: str, rank: int | None = None, tail: int | None = None) -> dict[str, Any]:
+        """The job's output, every rank's or one rank's, the last `tail` lines (all kept when None)."""
+        principal = self.authenticate(token, None, "read logs")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+            raise InvalidRequest(field="rank", value=rank, allowed="a rank >= 0, or None for every rank")
+        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
+            raise InvalidRequest(field="tail", value=tail, allowed="a number of lines >= 0, or None for all")
+        with self.lock:
+            job = self._visible(principal, job_id)
+        lines = self.ledger.logs(job_id, rank, tail)
+        return {"job_id": job_id, "state": job.state, "workers": int(job.info.get("workers", 1)),
+                "lines": [{"rank": ln.rank, "ts": ln.ts, "text": ln.text} for ln in lines]}
 
     def cancel(self, token: str | None, job_id: str) -> dict[str, Any]:
         principal = self.authenticate(token, None, "cancel")
@@ -331,9 +377,7 @@ class ControllerCore:
             job = self.active.get(live.get(key, ""))
             if job is not None and job.state == JobState.ADMITTED.value:
                 try:
-                    self.backend.start(LaunchSpec(job.job_id, job.desk, job.kind, job.payload, job.placement,
-                                                  self.config.controller.max_result_bytes, key=key,
-                                                  priority=Priority(job.priority).label))
+                    self.backend.start(self._launch_spec(job, key))
                 except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the cycle
                     log.warning("start %s failed: %s", key, exc)
                     self._lost(job, f"runner could not be started: {type(exc).__name__}: {str(exc)[:200]}")
@@ -342,9 +386,13 @@ class ControllerCore:
             if job is None or group_key(job) != key:
                 continue
             job_id = job.job_id
+            if st.logs:
+                self.ledger.append_logs(job_id, st.logs, now, self.config.controller.max_log_bytes)
+            if st.state == "SUCCEEDED" and len(st.results) > 1:
+                self.ledger.put_results(job_id, st.results)
             if st.state == "RUNNING" and job.state == JobState.ADMITTED.value:
                 job = job.copy(state=JobState.RUNNING.value, started_at=now, reason="running",
-                               info={**job.info, **st.info})
+                               info={**job.info, **_ran_on(st.info)})
                 self._save(job, "started", f"running on {self._where(job)}")
                 self.recorder.state_changed(job, JobState.ADMITTED.value)
             elif st.state == "RUNNING" and abs(job.info.get("progress", 0.0) - st.progress) > 1e-6:
@@ -386,7 +434,7 @@ class ControllerCore:
         for job in self.active.values():
             if job.state == JobState.PENDING.value:
                 pending.append(PendingJob(job.job_id, job.desk, int(job.gpus), Priority(job.priority),
-                                          job.submitted_at, CommProfile(job.comm)))
+                                          job.submitted_at, CommProfile(job.comm), _unit(job)))
             else:
                 running.append(RunningJob(job.job_id, job.desk, job.gpus, job.placement, Priority(job.priority),
                                           job.started_at or job.submitted_at, preemptible=job.kind != "serving",
@@ -406,7 +454,7 @@ class ControllerCore:
             # with those of an earlier attempt that Ray is still tearing down.
             job = job.copy(info={**job.info, "gen": int(job.info.get("gen", -1)) + 1})
             try:
-                self.backend.reserve(group_key(job), job.desk, d.placement)
+                self.backend.reserve(group_key(job), job.desk, d.placement, unit=_unit(job))
             except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the cycle
                 log.warning("reserve %s failed: %s", job.job_id, exc)
                 self._save(job.copy(reason=f"placement group not created: {type(exc).__name__}: {str(exc)[:200]}"),
@@ -497,10 +545,22 @@ class ControllerCore:
         else:
             self._finish(job, JobState.PREEMPTED, why)
 
+    def _launch_spec(self, job: JobRecord, key: str) -> LaunchSpec:
+        c = self.config.controller
+        return LaunchSpec(job.job_id, job.desk, job.kind, job.payload, job.placement, c.max_result_bytes, key=key,
+                          priority=Priority(job.priority).label, unit=_unit(job),
+                          dist_backend=job.info.get("dist_backend", "auto"),
+                          checkpoint_dir=os.path.join(c.checkpoint_root, job.desk, job.job_id),
+                          attempt=job.attempts, max_log_bytes=c.max_log_bytes)
+
     @staticmethod
     def _where(job: JobRecord) -> str:
+        where = ", ".join(f"{i} x{g:g}" for i, g in job.placement)
+        ranks = job.info.get("ranks") or []
+        if len(ranks) > 1:
+            return f"{len(ranks)} workers on {where}"
         gpus = job.info.get("cuda_visible_devices")
-        return ", ".join(f"{i} x{g:g}" for i, g in job.placement) + (f" (CUDA_VISIBLE_DEVICES={gpus})" if gpus else "")
+        return where + (f" (CUDA_VISIBLE_DEVICES={gpus})" if gpus else "")
 
     # ---------------------------------------------------------------- views
     def usage_table(self) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,8 @@ Tables
     events  append-only audit trail: every admission, refusal, preemption, state change, with
             its reason; queryable by desk and time
     kv      small blobs of controller state (e.g. forecaster state)
+    results every rank's return value of a gang job (rank 0's is also jobs.result)
+    logs    each rank's output, in chunks, bounded per (job, rank) to the newest `max_bytes`
 """
 from __future__ import annotations
 
@@ -85,7 +87,24 @@ class Ledger(Protocol):
                limit: int = 1000) -> list[Event]: ...
     def put_kv(self, key: str, value: bytes) -> None: ...
     def get_kv(self, key: str) -> bytes | None: ...
+    def put_results(self, job_id: str, results: Iterable[bytes | None]) -> None: ...
+    def results(self, job_id: str) -> list[bytes | None]: ...
+    def append_logs(self, job_id: str, chunks: Iterable[tuple[int, str]], ts: float, max_bytes: int) -> None: ...
+    def logs(self, job_id: str, rank: int | None = None, tail: int | None = None) -> list[LogLine]: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LogLine:
+    rank: int
+    ts: float
+    text: str
+
+
+def tail_lines(chunks: Iterable[LogLine], tail: int | None) -> list[LogLine]:
+    """Split chunks into lines and keep the last `tail` of them (all when None)."""
+    lines = [LogLine(c.rank, c.ts, line) for c in chunks for line in c.text.splitlines()]
+    return lines if tail is None else lines[-tail:] if tail > 0 else []
 
 
 _SCHEMA = """
@@ -106,6 +125,11 @@ CREATE TRIGGER IF NOT EXISTS events_append_only_u BEFORE UPDATE ON events
 CREATE TRIGGER IF NOT EXISTS events_append_only_d BEFORE DELETE ON events
   BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
 CREATE TABLE IF NOT EXISTS kv(key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS results(job_id TEXT NOT NULL, rank INTEGER NOT NULL, value BLOB,
+  PRIMARY KEY(job_id, rank));
+CREATE TABLE IF NOT EXISTS logs(seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, rank INTEGER NOT NULL,
+  ts REAL NOT NULL, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS logs_job_rank ON logs(job_id, rank, seq);
 """
 
 _COLS = ("job_id", "desk", "name", "kind", "gpus", "priority", "comm", "state", "submitted_at", "max_retries",
@@ -234,6 +258,49 @@ class SqliteLedger:
         with self._lock:
             row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
+
+    # -- gang outputs --
+    def put_results(self, job_id: str, results: Iterable[bytes | None]) -> None:
+        rows = [(job_id, r, v) for r, v in enumerate(results)]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM results WHERE job_id=?", (job_id,))
+            self._db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", rows)
+            self._db.execute("COMMIT")
+
+    def results(self, job_id: str) -> list[bytes | None]:
+        with self._lock:
+            rows = self._db.execute("SELECT value FROM results WHERE job_id=? ORDER BY rank", (job_id,)).fetchall()
+        return [r[0] for r in rows]
+
+    def append_logs(self, job_id: str, chunks: Iterable[tuple[int, str]], ts: float, max_bytes: int) -> None:
+        """Append output chunks; then drop each touched rank's oldest chunks beyond `max_bytes`."""
+        rows = [(job_id, int(r), ts, t) for r, t in chunks if t]
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT INTO logs(job_id, rank, ts, text) VALUES(?,?,?,?)", rows)
+            for rank in {r[1] for r in rows}:
+                kept, cut = 0, None
+                for k, (seq, n) in enumerate(self._db.execute("SELECT seq, LENGTH(text) FROM logs WHERE job_id=? "
+                                                              "AND rank=? ORDER BY seq DESC", (job_id, rank)).fetchall()):
+                    kept += n
+                    if kept > max_bytes and k > 0:   # the newest chunk is always kept
+                        cut = seq
+                        break
+                if cut is not None:
+                    self._db.execute("DELETE FROM logs WHERE job_id=? AND rank=? AND seq<=?", (job_id, rank, cut))
+            self._db.execute("COMMIT")
+
+    def logs(self, job_id: str, rank: int | None = None, tail: int | None = None) -> list[LogLine]:
+        q, args = "SELECT rank, ts, text FROM logs WHERE job_id=?", [job_id]
+        if rank is not None:
+            q += " AND rank=?"
+            args.append(rank)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY seq", args).fetchall()
+        return tail_lines((LogLine(r[0], r[1], r[2]) for r in rows), tail)
 
     def close(self) -> None:
         with self._lock:

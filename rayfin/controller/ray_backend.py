@@ -2,15 +2,22 @@
 
 Names, so a restarted controller finds what it owns (key = "<job_id>~<generation>"):
     placement group  rayfin-job-<key>                (controller's namespace, detached)
-    runner actor     job-<key>                       (namespace rayfin-desk-<desk>, detached)
-Each bundle asks for `{"GPU": g, "rayfin_island_<id>": g, "rayfin_pool_<pool>": g}`: the island
-resource exists only on that island's Ray node, so Ray itself keeps the bundle (and the GPU ids
-it hands out) there, and the pool resource means Ray would refuse to place it outside the pool.
+    runner actor     job-<key>                       (namespace rayfin-desk-<desk>, detached; rank 0)
+    gang workers     unnamed, owned by the runner    (ranks 1..W-1; they die with it)
+One bundle per worker, in rank order (placement.ranks.rank_layout), each asking for
+`{"GPU": u, "rayfin_island_<id>": u, "rayfin_pool_<pool>": u}`: the island resource exists only
+on that island's Ray node, so Ray itself keeps the bundle (and the GPU ids it hands out) there,
+and the pool resource means Ray would refuse to place it outside the pool.
+
+Every call to a runner carries the job's secret, an HMAC of the reservation key under the
+controller's runner key: desk code that looks the runner up by name cannot drive it.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -18,6 +25,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from placement.ranks import rank_layout
 from placement.topology import Topology, island_resource, pool_resource
 from rayfin.controller.backend import LaunchSpec, Observation, Owned, RunnerStatus
 from rayfin.runner import JobRunner
@@ -47,16 +55,25 @@ class _Live:
     last: RunnerStatus | None = None
 
 
+def bundles_for(topology: Topology, placement, unit: int) -> list[dict[str, float]]:
+    """One bundle per worker, in rank order: bundle index = rank."""
+    return [{"GPU": s.gpus, island_resource(s.island): s.gpus, pool_resource(topology.island(s.island).pool): s.gpus}
+            for s in rank_layout(topology, placement, unit)]
+
+
 class RayBackend:
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, runner_key: bytes = b"") -> None:
         self.topology = topology
         self._live: dict[str, _Live] = {}
         self._runner_cls = ray.remote(JobRunner)
+        self._runner_key = runner_key
+
+    def secret(self, key: str) -> str:
+        return hmac.new(self._runner_key, key.encode(), hashlib.sha256).hexdigest()
 
     # -- reserve / start --
-    def reserve(self, key: str, desk: str, placement) -> None:
-        bundles = [{"GPU": float(g), island_resource(i): float(g),
-                    pool_resource(self.topology.island(i).pool): float(g)} for i, g in placement]
+    def reserve(self, key: str, desk: str, placement, unit: int = 1) -> None:
+        bundles = bundles_for(self.topology, placement, unit)
         with job_context(key.split("~")[0]):
             pg = placement_group(bundles, strategy="PACK", name=GROUP_PREFIX + key, lifetime="detached")
             self._live[key] = _Live(desk=desk, pg=pg, ready_ref=pg.ready())
@@ -70,15 +87,18 @@ class RayBackend:
         if live.pg is None:
             live.pg = ray.util.get_placement_group(GROUP_PREFIX + spec.name)
         if live.runner is None:
-            gpus0 = float(spec.placement[0][1])
+            slots = [s.to_dict() for s in rank_layout(self.topology, spec.placement, spec.unit)]
             live.runner = self._runner_cls.options(
                 name=runner_name(spec.name), namespace=desk_namespace(spec.desk), lifetime="detached",
-                get_if_exists=True, num_cpus=0, num_gpus=gpus0, max_restarts=0, max_concurrency=4,
+                get_if_exists=True, num_cpus=0, num_gpus=float(slots[0]["gpus"]), max_restarts=0,
+                max_concurrency=8,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(live.pg, placement_group_bundle_index=0),
-            ).remote(spec.job_id, spec.desk, spec.kind, spec.payload, sum(g for _, g in spec.placement),
-                     [list(p) for p in spec.placement], GROUP_PREFIX + spec.name, spec.max_result_bytes,
-                     spec.priority)
-        live.start_ref = live.runner.start.remote()
+            ).remote(self.secret(spec.name), spec.job_id, spec.desk, spec.kind, spec.payload,
+                     [list(p) for p in spec.placement], GROUP_PREFIX + spec.name, slots,
+                     max_result_bytes=spec.max_result_bytes, max_log_bytes=spec.max_log_bytes,
+                     priority=spec.priority, dist_backend=spec.dist_backend, checkpoint_dir=spec.checkpoint_dir,
+                     attempt=spec.attempt)
+        live.start_ref = live.runner.start.remote(self.secret(spec.name))
 
     # -- observe --
     def observe(self, keys: list[str]) -> Observation:
@@ -93,7 +113,7 @@ class RayBackend:
             if live.start_ref is not None:
                 waiting[live.start_ref] = (key, "start")
             if live.runner is not None and live.poll_ref is None and live.start_ref is None:
-                live.poll_ref = live.runner.poll.remote()
+                live.poll_ref = live.runner.poll.remote(self.secret(key))
             if live.poll_ref is not None:
                 waiting[live.poll_ref] = (key, "poll")
         if waiting:
@@ -121,8 +141,12 @@ class RayBackend:
                     live.poll_ref = None
                     live.last = RunnerStatus(value["state"], error=value.get("error", ""),
                                              result=value.get("result"), progress=value.get("progress", 0.0),
-                                             info=live.info)
+                                             info=live.info, results=tuple(value.get("results") or ()),
+                                             logs=tuple((int(r), t) for r, t in value.get("logs") or ()))
         statuses = {j: self._live[j].last for j in keys if j in self._live and self._live[j].last is not None}
+        for j, st in statuses.items():
+            if st.logs:   # output is handed over once; the status itself is reported every cycle
+                self._live[j].last = replace(st, logs=())
         return Observation(frozenset(ready), statuses, self._unavailable())
 
     def _unavailable(self) -> dict[str, float]:
@@ -134,7 +158,7 @@ class RayBackend:
     def request_stop(self, key: str) -> None:
         live = self._live.get(key)
         if live is not None and live.runner is not None:
-            live.runner.request_stop.remote()
+            live.runner.request_stop.remote(self.secret(key))
 
     def release(self, key: str, desk: str) -> None:
         live = self._live.pop(key, None) or _Live(desk=desk)
@@ -194,4 +218,4 @@ class RayBackend:
                 return
             # start() is idempotent: if the old controller died between creating the runner and
             # starting it, this starts it; otherwise it only returns where the job runs.
-            live.start_ref = live.runner.start.remote()
+            live.start_ref = live.runner.start.remote(self.secret(key))

@@ -8,6 +8,7 @@ import re
 import shlex
 from typing import Any
 
+from placement.ranks import WorkerRuleError, worker_count
 from rayfin.errors import InvalidRequest
 from rayfin.policy.model import CommProfile, Priority
 
@@ -16,6 +17,8 @@ MAX_NAME = 128
 MAX_ENTRYPOINT = 8192
 MAX_PAYLOAD = 256 * 1024 * 1024
 JOB_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}-[0-9a-f]{8,32}$")
+SPEC_FIELDS = ("kind", "payload", "gpus", "priority", "name", "comm", "retries", "job_id", "workers", "dist_backend")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -26,6 +29,23 @@ def validate_gpus(gpus: Any) -> int:
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= MAX_GPUS_PER_JOB:
         raise bad
     return gpus
+
+
+def validate_workers(workers: Any, gpus: int) -> int:
+    """The number of gang workers (`"per_gpu"` = one per GPU); each holds gpus / workers GPUs."""
+    if isinstance(workers, float) and workers.is_integer():
+        workers = int(workers)
+    try:
+        return worker_count(gpus, workers)
+    except WorkerRuleError as exc:
+        raise InvalidRequest(field=exc.field, value=exc.value, allowed=exc.allowed) from None
+
+
+def validate_dist_backend(backend: Any) -> str | None:
+    if backend is None or backend in DIST_BACKENDS:
+        return backend
+    raise InvalidRequest(field="dist_backend", value=backend,
+                         allowed="'auto' (nccl with CUDA, else gloo), 'gloo', 'nccl', or None (no process group)")
 
 
 def validate_priority(priority: Any) -> Priority:
@@ -55,10 +75,10 @@ def validate_spec(spec: Any, *, default_priority: str = "normal", default_retrie
     """Check a submission; returns the normalised spec or raises InvalidRequest."""
     if not isinstance(spec, dict):
         raise InvalidRequest(field="spec", value=type(spec).__name__, allowed="a mapping")
-    unknown = set(spec) - {"kind", "payload", "gpus", "priority", "name", "comm", "retries", "job_id"}
+    unknown = set(spec) - set(SPEC_FIELDS)
     if unknown:
         raise InvalidRequest(field=sorted(unknown)[0], value=spec[sorted(unknown)[0]],
-                             allowed="fields kind, payload, gpus, priority, name, comm, retries, job_id")
+                             allowed="fields " + ", ".join(SPEC_FIELDS))
     kind = spec.get("kind")
     if kind not in ("callable", "entrypoint"):
         raise InvalidRequest(field="kind", value=kind, allowed="'callable' or 'entrypoint'")
@@ -90,6 +110,8 @@ def validate_spec(spec: Any, *, default_priority: str = "normal", default_retrie
     job_id = spec.get("job_id")
     if job_id is not None and (not isinstance(job_id, str) or not JOB_ID_RE.match(job_id)):
         raise InvalidRequest(field="job_id", value=job_id, allowed="<desk>-<8 to 32 hex digits>")
-    return {"job_id": job_id, "kind": kind, "payload": payload, "gpus": validate_gpus(spec.get("gpus", 1)),
+    gpus = validate_gpus(spec.get("gpus", 1))
+    return {"job_id": job_id, "kind": kind, "payload": payload, "gpus": gpus,
             "priority": validate_priority(spec.get("priority") or default_priority), "name": name,
-            "comm": comm, "retries": retries}
+            "comm": comm, "retries": retries, "workers": validate_workers(spec.get("workers", 1), gpus),
+            "dist_backend": validate_dist_backend(spec.get("dist_backend", "auto"))}

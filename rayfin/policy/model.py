@@ -81,6 +81,7 @@ class PendingJob:
     priority: Priority = Priority.NORMAL
     submitted_at: float = 0.0
     comm: CommProfile = CommProfile.NONE
+    unit: int = 1        # GPUs per worker: each island of its placement must hold a multiple of it
 
 
 @dataclass(frozen=True)

@@ -250,14 +250,15 @@ class _Cycle:
     def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float) -> bool:
         if self.index.total < job.gpus:
             return False
+        index = self.index.in_units(job.unit)
         if self.cfg.placement is PlacementStrategy.BEST_FIT:
-            got = self.index.best_fit(job.gpus, desk.pools, self._start_level(job))
+            got = index.best_fit(job.gpus, desk.pools, self._start_level(job))
             if got is None:
                 return False
             pix, level = got
             how = f"best fit in {_LEVEL_WORDS[level]} (ring bound by {level.name.lower()} links)"
         else:
-            pix = self.index.first_fit(job.gpus, desk.pools)
+            pix = index.first_fit(job.gpus, desk.pools)
             if pix is None:
                 return False
             how = "first fit"

@@ -10,7 +10,7 @@ import pytest
 from rayfin.config import load_config
 from rayfin.up import Running, bring_up, with_ledger
 
-TOKENS = {d: f"{d}-demo-token" for d in ("equities", "fx", "rates", "risk", "admin")}
+TOKENS = {d: f"{d}-demo-token" for d in ("equities", "fx", "rates", "risk", "quant", "admin")}
 
 
 @pytest.fixture(scope="session")

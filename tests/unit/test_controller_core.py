@@ -79,7 +79,7 @@ def test_within_ceiling_but_busy_waits_with_reason(env):
 
 def test_cancel_frees_gpus_for_next_job(env):
     core, backend, _, _ = env
-    a = core.submit(TOK["risk"], "risk", spec(8))
+    a = core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
     b = core.submit(TOK["risk"], "risk", spec(4))
     run(core, 3)
     assert core.status(TOK["risk"], b["job_id"])["state"] == "PENDING"
@@ -178,7 +178,7 @@ def test_node_loss_fails_jobs_on_that_island(env):
     st = core.status(TOK["risk"], job)
     assert st["state"] == "FAILED" and island in st["reason"]
     # The lost island's GPUs are not offered again while it is down.
-    other = core.submit(TOK["risk"], "risk", spec(8))["job_id"]
+    other = core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))["job_id"]
     run(core)
     assert core.status(TOK["risk"], other)["state"] == "PENDING"
 
@@ -259,10 +259,10 @@ def test_one_failing_reservation_does_not_stop_the_cycle(env):
     core, backend, _, _ = env
     real = backend.reserve
 
-    def flaky(key, desk, placement):
+    def flaky(key, desk, placement, unit=1):
         if desk == "fx":
             raise RuntimeError("name already exists")
-        return real(key, desk, placement)
+        return real(key, desk, placement, unit)
 
     backend.reserve = flaky
     bad = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
@@ -279,7 +279,7 @@ def test_one_failing_reservation_does_not_stop_the_cycle(env):
 def test_job_that_stops_during_grace_ends_preempted_with_its_result(env):
     core, backend, clock, _ = env
     # equities (nominal 4, may borrow 4) borrows fx's nominal; fx then claims it back.
-    borrower = core.submit(TOK["equities"], "equities", spec(8, priority="batch"))["job_id"]
+    borrower = core.submit(TOK["equities"], "equities", spec(8, priority="batch", workers="per_gpu"))["job_id"]
     run(core, 3)
     assert core.usage(TOK["equities"])["equities"]["borrowed"] == 4
     lender = core.submit(TOK["fx"], "fx", spec(4))["job_id"]

@@ -96,7 +96,7 @@ def test_job_life_is_one_trace_with_reasons(env):
 
 def test_preemption_span_and_metrics_carry_the_reason(tmp_path):
     env = Env(tmp_path)
-    big = env.core.submit(TOK["equities"], "equities", spec(8, priority="batch"))["job_id"]
+    big = env.core.submit(TOK["equities"], "equities", spec(8, priority="batch", workers="per_gpu"))["job_id"]
     env.run(3)
     assert env.core.status(TOK["equities"], big)["state"] == "RUNNING"
     assert env.metrics.get("rayfin_admissions", desk="equities", borrowing="yes") == 1
@@ -219,7 +219,7 @@ def test_job_context_makes_the_job_root_span_current(env):
 
 def test_every_recorded_metric_is_declared_with_its_tags(env):
     # MemoryMetrics rejects undeclared names and wrong tag sets, so a full life exercises the registry
-    env.core.submit(TOK["equities"], "equities", spec(8, priority="batch"))
+    env.core.submit(TOK["equities"], "equities", spec(8, priority="batch", workers="per_gpu"))
     env.run(3)
     env.core.submit(TOK["fx"], "fx", spec(4))
     env.run(4, dt=1.0)

@@ -1,0 +1,168 @@
+"""Gang jobs on the local multi-node cluster: one worker per GPU bundle, torch.distributed wired
+(gloo on CPU), ranks in topology order, all or nothing, and nothing left behind.
+
+The `quant` desk of configs/test.yaml owns no GPUs and borrows across both pools, so a 10-GPU
+job spans three islands on two nodes."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from rayfin.errors import InvalidRequest
+from rayfin.policy.model import JobState
+from tests.integration.conftest import wait_for
+
+
+def probe(hold_s: float = 0.0):
+    """Every rank: who am I, where, which GPUs; all-reduce rank + 1 over the gang."""
+    import ray
+    import torch
+    import torch.distributed as dist
+
+    from rayfin.runner import job_context
+
+    ctx = job_context()
+    t = torch.tensor([float(ctx.rank + 1)])
+    dist.all_reduce(t)
+    print(f"rank {ctx.rank} of {ctx.world_size} says hello", flush=True)
+    time.sleep(hold_s)
+    rc = ray.get_runtime_context()
+    return {"rank": ctx.rank, "world_size": ctx.world_size, "local_rank": ctx.local_rank,
+            "sum": t.item(), "node_id": rc.get_node_id(), "island": (rc.get_node_labels() or {}).get("rayfin.io/island"),
+            "cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"], "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "env": {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
+                                               "MASTER_ADDR", "MASTER_PORT")}}
+
+
+def fail_on_rank(bad: int):
+    import torch.distributed as dist
+
+    from rayfin.runner import job_context
+
+    ctx = job_context()
+    if ctx.rank == bad:
+        raise ValueError(f"rank {ctx.rank} cannot price this book")
+    dist.barrier()   # the others wait for a peer that never comes: rayfin must stop them
+    return ctx.rank
+
+
+def until_stopped():
+    """Loop until every rank agrees to stop; return how each rank left."""
+    from rayfin.runner import job_context
+
+    ctx = job_context()
+    steps = 0
+    while not ctx.should_stop_all():
+        steps += 1
+        time.sleep(0.05)
+    return {"rank": ctx.rank, "steps": steps}
+
+
+def _gang_actors(job_id: str) -> list:
+    """The job's runner (named job-<id>~<gen>) and any gang worker still alive (workers have no
+    name; the tests in this file run one gang at a time, so any live one would be a leak)."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10000, raise_on_missing_output=False)
+    return [a for a in alive if a.class_name == "GangWorker"
+            or (a.class_name == "JobRunner" and (a.name or "").startswith(f"job-{job_id}~"))]
+
+
+def _no_gang_workers_left(job_id: str, timeout: float = 30.0) -> None:
+    wait_for(lambda: not _gang_actors(job_id), timeout=timeout, what=f"every worker of {job_id} to be gone")
+
+
+def test_per_gpu_gang_uses_every_reserved_gpu(connect_desk, rayfin_env):
+    quant = connect_desk("quant")
+    job = quant.submit(probe, gpus=10, workers="per_gpu", comm="allreduce", name="gang-probe")
+    out = job.results(timeout=240)
+    st = job.status()
+    assert st.state is JobState.SUCCEEDED
+    assert len(out) == 10 and [r["rank"] for r in out] == list(range(10))
+    assert len(st.placement) == 3, st.placement                        # three islands
+    # Every worker holds exactly one GPU, no (node, GPU) pair twice.
+    assert all(len(r["cuda_visible_devices"].split(",")) == 1 for r in out)
+    pairs = {(r["node_id"], r["cuda_visible_devices"]) for r in out}
+    assert len(pairs) == 10
+    # What ran is what the ledger recorded: workers per island = GPUs reserved there.
+    ran: dict[str, int] = {}
+    for r in out:
+        ran[r["island"]] = ran.get(r["island"], 0) + 1
+    assert ran == {i: int(g) for i, g in st.placement}
+    # torch.distributed works over the whole gang: sum of rank + 1 over 10 ranks.
+    assert all(r["sum"] == 55.0 for r in out)
+    # Ranks of one island are contiguous (the ring crosses each island boundary once).
+    islands = [r["island"] for r in out]
+    assert sum(1 for a, b in zip(islands, islands[1:]) if a != b) == 2
+    # torchrun variables, and one rendezvous for all.
+    assert all(r["env"]["RANK"] == str(r["rank"]) and r["env"]["WORLD_SIZE"] == "10" for r in out)
+    assert len({(r["env"]["MASTER_ADDR"], r["env"]["MASTER_PORT"]) for r in out}) == 1
+    assert job.result() == out[0]
+    # The rank layout is on the job (rayfin explain shows it), and every rank's output is kept.
+    ranks = st.info["ranks"]
+    assert [r["island"] for r in ranks] == islands
+    lines = job.logs()
+    assert {ln.rank for ln in lines if "says hello" in ln.text} == set(range(10))
+    assert [ln.text for ln in job.logs(rank=3)] == ["rank 3 of 10 says hello"]
+    _no_gang_workers_left(job.job_id)
+
+
+def test_entrypoint_gang_with_env_rendezvous(connect_desk):
+    fx = connect_desk("fx")
+    job = fx.submit_entrypoint("python -m jobs.allreduce_bench --size-mb 0.25 --iters 2 --warmup 1", gpus=4,
+                               workers="per_gpu", comm="allreduce", name="allreduce-bench")
+    res = job.result(timeout=240)
+    assert res["returncode"] == 0
+    import json
+
+    report = json.loads(res["output"].strip().splitlines()[-1])
+    assert report["world_size"] == 4 and report["backend"] == "gloo"
+    assert report["allreduce"]["busbw_gbps"] > 0 and len(report["pairs"]) == 4
+    assert len(job.results()) == 4
+
+
+def test_one_failing_rank_fails_the_gang_and_leaves_no_worker(connect_desk):
+    fx = connect_desk("fx")
+    t0 = time.monotonic()
+    job = fx.submit(fail_on_rank, 2, gpus=4, workers="per_gpu", name="one-bad-rank")
+    st = job.wait(timeout=240)
+    assert st.state is JobState.FAILED
+    assert "rank 2" in st.reason and "cannot price this book" in st.reason, st.reason
+    assert time.monotonic() - t0 < 200
+    _no_gang_workers_left(job.job_id)
+    assert any("cannot price this book" in ln.text for ln in job.logs(rank=2))
+
+
+def test_cancel_stops_every_worker_and_frees_the_gpus(connect_desk):
+    fx = connect_desk("fx")
+    job = fx.submit(until_stopped, gpus=4, workers=2, name="cancel-me")
+    wait_for(lambda: job.status().state is JobState.RUNNING, timeout=180, what="gang running")
+    assert len(job.status().info["ranks"]) == 2
+    job.cancel()
+    _no_gang_workers_left(job.job_id)
+    nxt = fx.submit(probe, gpus=4, workers="per_gpu", name="after-cancel")
+    assert [r["sum"] for r in nxt.results(timeout=240)] == [10.0] * 4
+
+
+def test_preempted_gang_stops_on_every_rank(connect_desk):
+    quant, risk = connect_desk("quant"), connect_desk("risk")
+    gang = quant.submit(until_stopped, gpus=10, workers="per_gpu", priority="batch", name="borrowing-gang")
+    wait_for(lambda: gang.status().state is JobState.RUNNING, timeout=240, what="gang running")
+    assert any(i.startswith("n1") for i, _ in gang.status().placement)     # it borrowed risk's GPUs
+    owner = risk.submit(probe, gpus=8, workers="per_gpu", name="reclaims")
+    st = gang.wait(timeout=120)
+    assert st.state is JobState.PREEMPTED, st
+    _no_gang_workers_left(gang.job_id)
+    assert [r["sum"] for r in owner.results(timeout=240)] == [36.0] * 8
+
+
+def test_bad_worker_counts_are_refused_with_the_field(connect_desk):
+    fx = connect_desk("fx")
+    with pytest.raises(InvalidRequest) as bad:
+        fx.submit(probe, gpus=4, workers=3)
+    assert bad.value.field == "workers" and "divisor" in str(bad.value)
+    with pytest.raises(InvalidRequest) as span:
+        connect_desk("quant").submit(probe, gpus=8, workers=1)  # islands hold 4 GPUs
+    assert span.value.field == "workers"
