@@ -20,7 +20,20 @@ def _p(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 150.0) -> int:
+def workers_line(st) -> str:
+    """How many workers a job ran and on which islands (from the rank layout on the job)."""
+    ranks = st.info.get("ranks") or []
+    on: dict[str, int] = {}
+    for r in ranks:
+        on[r["island"]] = on.get(r["island"], 0) + 1
+    workers = len(ranks) or 1
+    held = workers * (st.gpus / workers)
+    where = ", ".join(f"{n} on {i}" for i, n in on.items()) or "?"
+    return (f"{workers} worker(s) x {st.gpus / workers:g} GPU, holding {held:g} of {st.gpus:g} reserved GPUs; "
+            f"islands: {where}")
+
+
+def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 300.0) -> int:
     import jobs.train_signal as train_signal
     import jobs.var_mc as var_mc
     from rayfin.sdk import connect
@@ -49,18 +62,22 @@ def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 150
                    f"available={exc.available:g})")
 
         _p("submitting a mixed workload:")
-        submit("risk", "overnight VaR, 4 GPUs (entrypoint)", lambda c: c.submit_entrypoint(
-            "python -m jobs.var_mc --paths 200000 --options 300", gpus=4, name="overnight-var", priority="critical"))
-        submit("fx", "signal model training, 2 GPUs, all-reduce", lambda c: c.submit(
-            train_signal.train, gpus=2, comm="allreduce", name="fx-signal", kwargs={"steps": 300}))
-        submit("equities", "back-test VaR, 4 GPUs, all-reduce", lambda c: c.submit(
-            var_mc.run_var, gpus=4, comm="allreduce", name="eq-backtest", kwargs={"paths": 100000}))
+        submit("risk", "overnight VaR, 4 workers (entrypoint)", lambda c: c.submit_entrypoint(
+            "python -m jobs.var_mc --paths 200000 --options 300", gpus=4, workers="per_gpu", name="overnight-var",
+            priority="critical"))
+        submit("fx", "signal model DDP training, 2 workers x 1 GPU", lambda c: c.submit(
+            train_signal.train, gpus=2, workers="per_gpu", comm="allreduce", name="fx-signal",
+            kwargs={"steps": 300}))
+        submit("equities", "back-test VaR, 4 workers x 1 GPU", lambda c: c.submit(
+            var_mc.run_var, gpus=4, workers="per_gpu", comm="allreduce", name="eq-backtest",
+            kwargs={"paths": 100000}))
         submit("equities", "large calibration, 10 GPUs (borrows 6)", lambda c: c.submit(
-            train_signal.train, gpus=10, name="eq-calibration", priority="batch", kwargs={"steps": 150}))
+            train_signal.train, gpus=10, workers="per_gpu", name="eq-calibration", priority="batch",
+            kwargs={"steps": 150}))
         submit("fx", "grid search, 12 GPUs (queued: fx ceiling 12)", lambda c: c.submit(
-            train_signal.train, gpus=12, name="fx-grid", priority="batch", kwargs={"steps": 100}))
+            train_signal.train, gpus=12, workers=6, name="fx-grid", priority="batch", kwargs={"steps": 100}))
         submit("rates", "curve fit, 16 GPUs (rates may hold 8)", lambda c: c.submit(
-            train_signal.train, gpus=16, name="rates-curve"))
+            train_signal.train, gpus=16, workers="per_gpu", name="rates-curve"))
         time.sleep(1.0)
         for job in submitted:
             st = job.status()
@@ -90,6 +107,7 @@ def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 150
                 if isinstance(r, dict) and "output" in r:
                     r = r["output"].strip().splitlines()[-1][:160]
                 _p(f"  {st.name}: {r}")
+                _p(f"    {workers_line(st)}")
             else:
                 _p(f"  {st.name}: {st.state.value}: {st.reason[:160]}")
         _p("\nper-desk GPUs:")

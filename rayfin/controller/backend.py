@@ -9,7 +9,7 @@ since last time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 
@@ -84,6 +84,7 @@ class FakeBackend:
         self._ready: set[str] = set()
         self._statuses: dict[str, RunnerStatus] = {}
         self.unavailable: dict[str, float] = {}
+        self._logs: dict[str, list[tuple[int, str]]] = {}
 
     def _key(self, job_id: str) -> str:
         keys = [k for k in list(self.groups) + list(self._statuses) if k.split("~")[0] == job_id]
@@ -102,8 +103,14 @@ class FakeBackend:
     def never_ready(self, job_id: str) -> None:
         self._ready.discard(self._key(job_id))
 
-    def finish(self, job_id: str, ok: bool = True, result: bytes | None = None, error: str = "") -> None:
-        self._statuses[self._key(job_id)] = RunnerStatus("SUCCEEDED" if ok else "FAILED", error=error, result=result)
+    def finish(self, job_id: str, ok: bool = True, result: bytes | None = None, error: str = "",
+               results: tuple[bytes | None, ...] = ()) -> None:
+        self._statuses[self._key(job_id)] = RunnerStatus("SUCCEEDED" if ok else "FAILED", error=error, result=result,
+                                                         results=results)
+
+    def output(self, job_id: str, rank: int, text: str) -> None:
+        """The job's rank `rank` printed `text`: reported once, at the next observe."""
+        self._logs.setdefault(self._key(job_id), []).append((rank, text))
 
     def lose(self, job_id: str, why: str = "node lost") -> None:
         self._statuses[self._key(job_id)] = RunnerStatus("LOST", error=why)
@@ -122,7 +129,11 @@ class FakeBackend:
     def observe(self, keys):
         ready = frozenset(k for k in self._ready if k in keys)
         self._ready -= ready
-        return Observation(ready, {k: s for k, s in self._statuses.items() if k in keys}, dict(self.unavailable))
+        statuses = {k: s for k, s in self._statuses.items() if k in keys}
+        for k in list(self._logs):
+            if k in statuses:
+                statuses[k] = replace(statuses[k], logs=tuple(self._logs.pop(k)))
+        return Observation(ready, statuses, dict(self.unavailable))
 
     def request_stop(self, key):
         self.stops.append(key)

@@ -63,7 +63,7 @@ def test_over_quota_is_refused_with_fields(connect_desk):
 
 def test_cancel_frees_gpus_for_next_job(connect_desk):
     risk = connect_desk("risk")
-    first = risk.submit(time.sleep, 300, gpus=8, name="hog")
+    first = risk.submit(time.sleep, 300, gpus=8, workers=2, dist_backend=None, name="hog")
     wait_for(lambda: first.status().state.value == "RUNNING", what="hog running")
     second = risk.submit(where_am_i, gpus=4, name="next")
     time.sleep(1.0)

@@ -52,3 +52,44 @@ def test_runner_lives_in_desk_namespace_and_bundles_ask_for_the_pool(connect_des
                           if (g.get("name") or "").startswith(f"rayfin-job-{job.job_id}~") and g["state"] != "REMOVED"],
              30, what="group released")
     assert ray.is_initialized()
+
+
+def hostile_fx_code():
+    """Desk fx's job, written as a hostile desk would: find risk's runners through Ray itself and
+    try to stop, read and start them. Returns what each attempt gave."""
+    import ray as _ray
+
+    seen = [a for a in _ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "rayfin-desk-risk" and a["name"].startswith("job-")]
+    out = {"found": len(seen), "refused": 0, "obeyed": 0}
+    for a in seen:
+        handle = _ray.get_actor(a["name"], namespace=a["namespace"])
+        for call in (lambda: handle.request_stop.remote(""), lambda: handle.poll.remote("guess"),
+                     lambda: handle.start.remote(None)):
+            try:
+                _ray.get(call(), timeout=30)
+                out["obeyed"] += 1
+            except Exception as exc:  # noqa: BLE001 - the refusal arrives as a RayTaskError
+                out["refused"] += "RunnerAccessDenied" in repr(exc) or "answers only the rayfin controller" in str(exc)
+    return out
+
+
+def risk_book(seconds: float):
+    from rayfin.runner import job_context
+
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        if job_context().should_stop():
+            return "stopped early"
+        time.sleep(0.1)
+    return "risk numbers"
+
+
+def test_a_desk_cannot_drive_another_desks_runner_through_ray(connect_desk):
+    risk, fx = connect_desk("risk"), connect_desk("fx")
+    victim = risk.submit(risk_book, 8.0, gpus=1, name="eod-risk")
+    wait_for(lambda: victim.status().state.value == "RUNNING", 90, what="risk job running")
+    attack = fx.submit(hostile_fx_code, gpus=1, name="hostile")
+    got = attack.result(timeout=120)
+    assert got["found"] >= 1 and got["obeyed"] == 0 and got["refused"] == 3 * got["found"], got
+    assert victim.result(timeout=120) == "risk numbers"

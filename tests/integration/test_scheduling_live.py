@@ -21,7 +21,7 @@ def hold(seconds: float) -> str:
 def test_borrowed_job_is_reclaimed_when_lender_needs_its_nominal(connect_desk):
     eq, fx = connect_desk("equities"), connect_desk("fx")
     # equities (nominal 4, may borrow 4) takes all 8 GPUs of the general pool: 4 are fx's nominal.
-    borrower = eq.submit(hold, 300, gpus=8, priority="batch", name="borrower")
+    borrower = eq.submit(hold, 300, gpus=8, workers=2, dist_backend=None, priority="batch", name="borrower")
     wait_for(lambda: borrower.status().state.value == "RUNNING", 90, what="borrower running")
     assert eq.usage()["borrowed"] == 4
     # fx asks for its own nominal share back.
