@@ -27,7 +27,8 @@ def workers_line(st) -> str:
     for r in ranks:
         on[r["island"]] = on.get(r["island"], 0) + 1
     workers = len(ranks) or 1
-    held = workers * (st.gpus / workers)
+    # GPUs the workers actually hold: what Ray put in each one's CUDA_VISIBLE_DEVICES.
+    held = sum(len([g for g in (r.get("cuda_visible_devices") or "").split(",") if g]) for r in ranks)
     where = ", ".join(f"{n} on {i}" for i, n in on.items()) or "?"
     return (f"{workers} worker(s) x {st.gpus / workers:g} GPU, holding {held:g} of {st.gpus:g} reserved GPUs; "
             f"islands: {where}")

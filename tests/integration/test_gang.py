@@ -61,13 +61,11 @@ def until_stopped():
 
 
 def _gang_actors(job_id: str) -> list:
-    """The job's runner (named job-<id>~<gen>) and any gang worker still alive (workers have no
-    name; the tests in this file run one gang at a time, so any live one would be a leak)."""
+    """The job's runner and workers still alive (found by the repr they show on the dashboard)."""
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10000, raise_on_missing_output=False)
-    return [a for a in alive if a.class_name == "GangWorker"
-            or (a.class_name == "JobRunner" and (a.name or "").startswith(f"job-{job_id}~"))]
+    alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10000, raise_on_missing_output=False)
+    return [a for a in alive if a.class_name in ("GangWorker", "JobRunner") and f"job={job_id}," in (a.repr_name or "")]
 
 
 def _no_gang_workers_left(job_id: str, timeout: float = 30.0) -> None:
@@ -156,6 +154,27 @@ def test_preempted_gang_stops_on_every_rank(connect_desk):
     assert st.state is JobState.PREEMPTED, st
     _no_gang_workers_left(gang.job_id)
     assert [r["sum"] for r in owner.results(timeout=240)] == [36.0] * 8
+
+
+def test_preempted_training_checkpoints_and_resumes(connect_desk):
+    """jobs/train_signal: stopped in its grace period, it saves a checkpoint; requeued, it resumes."""
+    import jobs.train_signal as train_signal
+
+    quant, risk = connect_desk("quant"), connect_desk("risk")
+    job = quant.submit(train_signal.train, gpus=10, workers=5, priority="batch", retries=1, name="resumable",
+                       kwargs={"steps": 400, "batch": 32, "checkpoint_every": 0})
+    wait_for(lambda: (s := job.status()).state is JobState.RUNNING and s.progress > 0.05, timeout=240,
+             what="training under way")
+    owner = risk.submit(probe, 3.0, gpus=8, workers="per_gpu", name="takes-its-gpus-back")
+    wait_for(lambda: job.status().state is JobState.PENDING, timeout=120, what="training requeued")
+    _no_gang_workers_left(job.job_id)          # the first attempt's workers are gone before the next
+    assert owner.results(timeout=240)[0]["sum"] == 36.0
+    out = job.results(timeout=300)
+    assert job.status().attempts == 1
+    assert len(out) == 5 and all(r["world_size"] == 5 and r["backend"] == "gloo" for r in out)
+    assert 0 < out[0]["resumed_from"] < 400 and out[0]["stopped_at"] is None
+    events = [e["kind"] for e in quant._call("explain", job.job_id)["events"]]
+    assert "preemption_planned" in events and "requeued" in events
 
 
 def test_bad_worker_counts_are_refused_with_the_field(connect_desk):
