@@ -40,6 +40,7 @@ _CONTEXT: "JobContext | None" = None
 _PR_SET_PDEATHSIG = 1
 STOP_WAIT_S = 3.0        # after one rank fails: how long the others get to stop before they are killed
 MONITOR_INTERVAL_S = 0.25
+SETTLE_S = 1.0          # after a rank fails: wait this long for a peer's death to show before blaming it
 
 
 class RunnerAccessDenied(PermissionError):
@@ -215,6 +216,7 @@ class _Rank:
         self.error = ""
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self.raised_at: float | None = None    # when the job's code raised (orders a gang's failures)
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -270,7 +272,7 @@ class _Rank:
         state = self.state   # before the logs: a finished rank's poll then carries all of its output
         text, offset = self.logs.read(log_offset)
         out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": text,
-               "log_offset": offset, "finished_at": self.finished_at}
+               "log_offset": offset, "failed_at": self.raised_at}
         if state in ("SUCCEEDED", "FAILED"):
             out["result"] = self.result
         return out
@@ -297,6 +299,7 @@ class _Rank:
             self.result = blob
             self.state = "SUCCEEDED"
         except BaseException as exc:  # the job's own failure: report it, never crash the runner
+            self.raised_at = self.raised_at or time.time()
             tb = traceback.format_exc(limit=8)
             self.error = f"{type(exc).__name__}: {exc}\n{tb[-4000:]}"
             self.logs.write(tb)
@@ -322,6 +325,9 @@ class _Rank:
                                 rank=self.ctx.rank, world_size=self.ctx.world_size, timeout=timedelta(minutes=30))
         try:
             return fn(*args, **kwargs)
+        except BaseException:
+            self.raised_at = time.time()   # before the group goes: its peers fail right after this
+            raise
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -493,27 +499,19 @@ class JobRunner:
 
     def _watch(self) -> None:
         """Poll every rank until the gang ends; the first failure stops the others."""
-        import ray
-        from ray.exceptions import RayError
-
         while self.state == "RUNNING":
-            refs = {w.poll.remote(self._secret, self._offsets[r + 1]): r + 1 for r, w in enumerate(self.workers)
-                    if self.rank_state[r + 1] == "RUNNING"}
-            replies: dict[int, dict[str, Any]] = {0: self.rank0.poll(self._offsets[0])}
-            if refs:
-                ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=10)
-                for ref in ready:
-                    r = refs[ref]
-                    try:
-                        replies[r] = ray.get(ref)
-                    except RayError as exc:
-                        where = self.where[r] if r < len(self.where) else {}
-                        self._fail(r, "LOST", f"worker died ({where.get('island', '?')}, pid "
-                                              f"{where.get('pid', '?')}): {type(exc).__name__}: {str(exc)[:300]}")
-                        return
-            for r, rep in sorted(replies.items()):
-                self._take(r, rep)
+            dead = self._poll_ranks()
             failed = [r for r, s in enumerate(self.rank_state) if s == "FAILED"]
+            if failed and not dead:
+                # A dead peer often shows first as a collective error in the others: look again
+                # before blaming the rank that merely noticed.
+                time.sleep(SETTLE_S)
+                dead = self._poll_ranks()
+                failed = [r for r, s in enumerate(self.rank_state) if s == "FAILED"]
+            if dead:
+                r = min(dead)
+                self._fail(r, "LOST", dead[r])
+                return
             if failed:
                 # The first to fail is the cause; the others usually fail after it, in a collective
                 # whose peer went away.
@@ -526,6 +524,29 @@ class JobRunner:
                 return
             time.sleep(MONITOR_INTERVAL_S)
 
+    def _poll_ranks(self) -> dict[int, str]:
+        """One poll of every running rank; returns the ranks whose worker died, with why."""
+        import ray
+        from ray.exceptions import RayError
+
+        refs = {w.poll.remote(self._secret, self._offsets[r + 1]): r + 1 for r, w in enumerate(self.workers)
+                if self.rank_state[r + 1] == "RUNNING"}
+        replies: dict[int, dict[str, Any]] = {0: self.rank0.poll(self._offsets[0])}
+        dead: dict[int, str] = {}
+        if refs:
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=10)
+            for ref in ready:
+                r = refs[ref]
+                try:
+                    replies[r] = ray.get(ref)
+                except RayError as exc:
+                    where = self.where[r] if r < len(self.where) else {}
+                    dead[r] = (f"worker died (pid {where.get('pid', '?')}): {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300]}")
+        for r, rep in sorted(replies.items()):
+            self._take(r, rep)
+        return dead
+
     def _take(self, rank: int, reply: dict[str, Any]) -> None:
         if reply.get("logs"):
             with self._lock:
@@ -535,7 +556,7 @@ class JobRunner:
         if reply["state"] in ("SUCCEEDED", "FAILED"):
             self.results[rank] = reply.get("result")
             self.rank_error[rank] = reply.get("error", "")
-            self.rank_finished[rank] = reply.get("finished_at")
+            self.rank_finished[rank] = reply.get("failed_at")
 
     def _fail(self, rank: int, state: str, error: str) -> None:
         """End the gang: tell every rank to stop, give them STOP_WAIT_S, then kill the workers."""

@@ -185,3 +185,59 @@ def test_bad_worker_counts_are_refused_with_the_field(connect_desk):
     with pytest.raises(InvalidRequest) as span:
         connect_desk("quant").submit(probe, gpus=8, workers=1)  # islands hold 4 GPUs
     assert span.value.field == "workers"
+
+
+def test_a_dead_worker_fails_the_gang_whole_and_it_is_retried(connect_desk):
+    import signal
+
+    fx = connect_desk("fx")
+    job = fx.submit(until_stopped, gpus=4, workers="per_gpu", retries=1, name="loses-a-worker")
+    st = wait_for(lambda: (s := job.status()).state is JobState.RUNNING and s, timeout=240, what="gang running")
+    victim = st.info["ranks"][2]
+    os.kill(int(victim["pid"]), signal.SIGKILL)             # rank 2's process dies (as with its node)
+    st = wait_for(lambda: (s := job.status()).attempts == 1 and s, timeout=120, what="gang requeued whole")
+    events = fx._call("explain", job.job_id)["events"]
+    requeued = [e["reason"] for e in events if e["kind"] == "requeued"]
+    assert requeued and "rank 2" in requeued[0] and "worker died" in requeued[0], requeued
+    st = wait_for(lambda: (s := job.status()).state is JobState.RUNNING and s, timeout=240, what="second attempt")
+    assert len(st.info["ranks"]) == 4 and victim["pid"] not in {r["pid"] for r in st.info["ranks"]}
+    job.cancel()
+    _no_gang_workers_left(job.job_id)
+
+
+def mark_rank(marker: str, seconds: float) -> int:
+    from rayfin.runner import job_context
+
+    ctx = job_context()
+    with open(marker, "a") as f:
+        f.write(f"rank{ctx.rank}\n")
+    time.sleep(seconds)
+    print(f"rank {ctx.rank} done", flush=True)
+    return ctx.rank
+
+
+def test_controller_restart_readopts_a_running_gang(rayfin_env, connect_desk, tmp_path):
+    import ray
+
+    fx = connect_desk("fx")
+    marker = str(tmp_path / "ranks.txt")
+    job = fx.submit(mark_rank, marker, 8.0, gpus=4, workers=2, dist_backend=None, name="survives-restart")
+    wait_for(lambda: job.status().state is JobState.RUNNING, timeout=240, what="gang running")
+    before = ray.get(rayfin_env.controller.ping.remote())["value"]["pid"]
+    ray.kill(rayfin_env.controller, no_restart=False)
+    after = wait_for(lambda: (p := _ping(rayfin_env.controller)) and p["pid"] != before and p, 90,
+                     what="controller restarted")
+    assert job.job_id in after["recovery"]["adopted"]
+    assert job.results(timeout=120) == [0, 1]
+    assert sorted(open(marker).read().split()) == ["rank0", "rank1"]        # each rank ran once
+    assert {ln.text for ln in job.logs()} >= {"rank 0 done", "rank 1 done"}
+    _no_gang_workers_left(job.job_id)
+
+
+def _ping(controller):
+    import ray
+
+    try:
+        return ray.get(controller.ping.remote(), timeout=5)["value"]
+    except Exception:  # noqa: BLE001 - restarting
+        return None
