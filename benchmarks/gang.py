@@ -153,15 +153,16 @@ def _plot(out: dict, path: Path) -> None:
         return
     ws = sorted(int(w) for w in out["by_workers"])
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("samples_per_s", "samples/s (global)"), ("steps_per_s", "steps/s")):
+    for axis, key, label, col in ((ax[0], "samples_per_s", "samples/s (global batch)", "tab:blue"),
+                                  (ax[0].twinx(), "steps_per_s", "steps/s", "tab:orange")):
         med = [out["by_workers"][str(w)][key]["median"] for w in ws]
         lo = [out["by_workers"][str(w)][key]["min"] for w in ws]
         hi = [out["by_workers"][str(w)][key]["max"] for w in ws]
-        ax[0].errorbar(ws, med, yerr=[[m - l for m, l in zip(med, lo)], [h - m for m, h in zip(med, hi)]],
-                       marker="o", capsize=3, label=label)
-    ax[0].set_xlabel("workers")
+        axis.errorbar(ws, med, yerr=[[m - l for m, l in zip(med, lo)], [h - m for m, h in zip(med, hi)]],
+                      marker="o", capsize=3, color=col, label=label)
+        axis.set_ylabel(label, color=col)
+    ax[0].set_xlabel("workers (median, min-max over repeats)")
     ax[0].set_title(f"DDP throughput ({out['backend']}, {out['cpu_cores']} CPU cores)")
-    ax[0].legend()
     start = [out["by_workers"][str(w)]["start_s"]["median"] for w in ws]
     ax[1].plot(ws, start, marker="o", label="admission -> all workers running")
     td = out["teardown"].get("teardown_s", {}).get("median")

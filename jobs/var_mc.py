@@ -63,7 +63,7 @@ def correlation(n: int, rho: float, dev: torch.device) -> torch.Tensor:
 
 def run_var(paths: int = 100_000, options: int = 200, underlyings: int = 10, horizon_days: float = 1.0,
             confidence: float = 0.99, rho: float = 0.3, rate: float = 0.03, seed: int = 7,
-            batch: int = 50_000) -> dict[str, float | str | int]:
+            batch: int = 50_000, device: str | None = None) -> dict[str, float | str | int]:
     """Returns VaR and ES (positive numbers = loss) of the book's P&L over the horizon."""
     if not 0.5 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0.5, 1); got {confidence}")
@@ -71,7 +71,7 @@ def run_var(paths: int = 100_000, options: int = 200, underlyings: int = 10, hor
     started_group = not dist.is_initialized()
     gang = join()
     started_group = started_group and dist.is_initialized()
-    dev = gang.device
+    dev = torch.device(device) if device else gang.device   # `device="cpu"` forces the CPU on a GPU node
     gen = torch.Generator().manual_seed(seed)   # the same book on every rank
     book = make_book(options, underlyings, gen, dev)
     chol = torch.linalg.cholesky(correlation(underlyings, rho, dev))

@@ -498,6 +498,12 @@ class JobRunner:
         self._monitor.start()
 
     def _watch(self) -> None:
+        try:
+            self._watch_ranks()
+        except Exception as exc:  # noqa: BLE001 - a broken watch must end the gang, not leave it RUNNING
+            self._fail(-1, "LOST", f"gang monitor failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+    def _watch_ranks(self) -> None:
         """Poll every rank until the gang ends; the first failure stops the others."""
         while self.state == "RUNNING":
             dead = self._poll_ranks()

@@ -20,15 +20,7 @@ def need_cuda():
 def test_var_mc_on_cuda_matches_cpu_statistically():
     gpu = run_var(paths=400_000, options=300, underlyings=20, seed=3)
     assert gpu["device"] == "cuda"
-    cpu_dev = torch.device("cpu")
-    import jobs.var_mc as vm
-
-    orig = vm.device
-    vm.device = lambda: cpu_dev
-    try:
-        cpu = run_var(paths=400_000, options=300, underlyings=20, seed=3)
-    finally:
-        vm.device = orig
+    cpu = run_var(paths=400_000, options=300, underlyings=20, seed=3, device="cpu")
     assert cpu["device"] == "cpu"
     assert math.isfinite(gpu["var"]) and gpu["es"] >= gpu["var"] > 0
     # Same book, different RNG streams: the 99% quantile agrees to a few percent at 400k paths.
@@ -51,6 +43,7 @@ def _inside_job():
 
 def test_job_through_rayfin_sees_exactly_its_gpu(tmp_path):
     """One real GPU node: the job's CUDA_VISIBLE_DEVICES is what Ray reserved, and torch uses it."""
+    from rayfin.cluster import free_port
     from rayfin.config import parse_config
     from rayfin.sdk import connect
     from rayfin.up import bring_up
@@ -61,12 +54,53 @@ def test_job_through_rayfin_sees_exactly_its_gpu(tmp_path):
         "desks": [{"name": "risk", "nominal_gpus": n, "credential_sha256": __import__("hashlib").sha256(
             b"risk-demo-token").hexdigest()}],
         "controller": {"ledger_path": str(tmp_path / "ledger.db"), "name": "rayfin-gpu-test"},
-        "serve": {"enabled": False}, "dashboard": {"port": 18365, "metrics_export_port": 18190},
+        "serve": {"enabled": False}, "dashboard": {"port": free_port(), "metrics_export_port": free_port()},
     }, "gpu-test")
     run = bring_up(cfg, serve=False)
     try:
         client = connect("risk", "risk-demo-token", run.address, controller_name="rayfin-gpu-test")
         info = client.submit(_inside_job, gpus=1).result(timeout=300)
         assert info["count"] == 1 and info["var"] == "cuda" and info["visible"] not in (None, "")
+    finally:
+        run.shutdown()
+
+
+def _nccl_rank():
+    import os
+
+    import torch as t
+    import torch.distributed as dist
+
+    from rayfin.runner import job_context
+
+    ctx = job_context()
+    x = t.tensor([float(ctx.rank + 1)], device="cuda")
+    dist.all_reduce(x)
+    return {"rank": ctx.rank, "backend": dist.get_backend(), "sum": x.item(),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "name": t.cuda.get_device_name(0)}
+
+
+def test_gang_with_nccl_on_real_gpus(tmp_path):
+    """One worker per real GPU, the default process group on nccl, an all-reduce across them."""
+    from rayfin.cluster import free_port
+    from rayfin.config import parse_config
+    from rayfin.sdk import connect
+    from rayfin.up import bring_up
+
+    n = torch.cuda.device_count()
+    cfg = parse_config({
+        "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [n]}]}]},
+        "desks": [{"name": "risk", "nominal_gpus": n, "credential_sha256": __import__("hashlib").sha256(
+            b"risk-demo-token").hexdigest()}],
+        "controller": {"ledger_path": str(tmp_path / "ledger.db"), "name": "rayfin-gpu-gang"},
+        "serve": {"enabled": False}, "dashboard": {"port": free_port(), "metrics_export_port": free_port()},
+    }, "gpu-gang")
+    run = bring_up(cfg, serve=False)
+    try:
+        client = connect("risk", "risk-demo-token", run.address, controller_name="rayfin-gpu-gang")
+        out = client.submit(_nccl_rank, gpus=n, workers="per_gpu", comm="allreduce").results(timeout=600)
+        assert [r["rank"] for r in out] == list(range(n))
+        assert all(r["backend"] == "nccl" and r["sum"] == n * (n + 1) / 2 for r in out)
+        assert len({r["visible"] for r in out}) == n            # one distinct GPU per worker
     finally:
         run.shutdown()

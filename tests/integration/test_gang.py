@@ -72,7 +72,23 @@ def _no_gang_workers_left(job_id: str, timeout: float = 30.0) -> None:
     wait_for(lambda: not _gang_actors(job_id), timeout=timeout, what=f"every worker of {job_id} to be gone")
 
 
-def test_per_gpu_gang_uses_every_reserved_gpu(connect_desk, rayfin_env):
+def _cli(rayfin_env, monkeypatch, *argv: str) -> str:
+    """A `rayfin` CLI command in this process, against the test controller."""
+    import contextlib
+    import io
+
+    from rayfin import cli
+
+    monkeypatch.setenv("RAYFIN_CONTROLLER", rayfin_env.config.controller.name)
+    monkeypatch.setenv("RAYFIN_NAMESPACE", rayfin_env.config.controller.namespace)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = cli.main([argv[0], "--address", rayfin_env.address, "--color", "never", *argv[1:]])
+    assert rc == 0, buf.getvalue()
+    return buf.getvalue()
+
+
+def test_per_gpu_gang_uses_every_reserved_gpu(connect_desk, rayfin_env, monkeypatch):
     quant = connect_desk("quant")
     job = quant.submit(probe, gpus=10, workers="per_gpu", comm="allreduce", name="gang-probe")
     out = job.results(timeout=240)
@@ -104,6 +120,13 @@ def test_per_gpu_gang_uses_every_reserved_gpu(connect_desk, rayfin_env):
     lines = job.logs()
     assert {ln.rank for ln in lines if "says hello" in ln.text} == set(range(10))
     assert [ln.text for ln in job.logs(rank=3)] == ["rank 3 of 10 says hello"]
+    # The CLI shows the same: the rank layout in `rayfin explain`, one rank's output in `rayfin logs`.
+    explain = _cli(rayfin_env, monkeypatch, "explain", job.job_id, "--token", "quant-demo-token")
+    assert "workers: 10" in explain and all(f"rank {r:>3}  {islands[r]}" in explain for r in range(10))
+    logs = _cli(rayfin_env, monkeypatch, "logs", job.job_id, "--rank", "7", "--token", "quant-demo-token")
+    assert logs.strip() == "rank 7 of 10 says hello"
+    every = _cli(rayfin_env, monkeypatch, "logs", job.job_id, "--tail", "2", "--token", "quant-demo-token")
+    assert len(every.strip().splitlines()) == 2 and every.startswith("[rank ")
     _no_gang_workers_left(job.job_id)
 
 
