@@ -169,7 +169,7 @@ def test_cancel_stops_every_worker_and_frees_the_gpus(connect_desk):
 
 def test_preempted_gang_stops_on_every_rank(connect_desk):
     quant, risk = connect_desk("quant"), connect_desk("risk")
-    gang = quant.submit(until_stopped, gpus=10, workers="per_gpu", priority="batch", name="borrowing-gang")
+    gang = quant.submit(until_stopped, gpus=10, workers=5, priority="batch", name="borrowing-gang")
     wait_for(lambda: gang.status().state is JobState.RUNNING, timeout=240, what="gang running")
     assert any(i.startswith("n1") for i, _ in gang.status().placement)     # it borrowed risk's GPUs
     owner = risk.submit(probe, gpus=8, workers="per_gpu", name="reclaims")

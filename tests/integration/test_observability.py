@@ -68,7 +68,7 @@ def test_metrics_endpoint_has_rayfin_metrics_with_desk_tags(rayfin_env, connect_
 
     series = wait_for(seen, timeout=40, interval=1.0, what="rayfin metrics on Ray's endpoint")
     nominal = {s["desk"]: s["__value__"] for s in series["ray_rayfin_gpus_nominal"]}
-    assert nominal == {"equities": 4.0, "fx": 4.0, "risk": 8.0}
+    assert nominal == {"equities": 4.0, "fx": 4.0, "risk": 8.0, "quant": 0.0}
     for name in ("ray_rayfin_gpus_in_use", "ray_rayfin_gpus_borrowed", "ray_rayfin_gpus_lent",
                  "ray_rayfin_queue_depth", "ray_rayfin_queue_oldest_wait_seconds", "ray_rayfin_jobs_submitted_total",
                  "ray_rayfin_admissions_total"):
