@@ -355,6 +355,16 @@ def _explain(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _redacted(value: Any) -> Any:
+    """A value fit to echo in an error: a password inside a URL is replaced by ***."""
+    if isinstance(value, str) and "://" in value:
+        import re
+
+        value = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", value)
+        return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", value)
+    return value
+
+
 def config_error_from(exc: ValidationError, source: str, prefix: str = "") -> ConfigError:
     """One ConfigError listing every problem as `path: got VALUE; what is allowed`. `prefix` is
     the section a free-form part of the tree was validated under (e.g. "autoscaling")."""
@@ -363,7 +373,7 @@ def config_error_from(exc: ValidationError, source: str, prefix: str = "") -> Co
     for err in exc.errors():
         loc = _loc(err["loc"]) if err["loc"] else ""
         path = ".".join(p for p in (prefix, loc) if p) or "(root)"
-        value = err.get("input")
+        value = _redacted(err.get("input"))
         shown = "" if err.get("type") == "missing" or isinstance(value, dict) else f": got {value!r}"
         allowed = _explain(err)
         problems.append((path, value, allowed))
