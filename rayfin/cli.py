@@ -81,7 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = with_ledger(load_config(args.config), args.ledger, password_env=args.ledger_password_env,
                       password_file=args.ledger_password_file)
     run = bring_up(cfg, address=args.address, serve=not args.no_serve, dashboard_port=args.dashboard_port,
-                   metrics_port=args.metrics_port, serve_port=args.serve_port)
+                   metrics_port=args.metrics_port, serve_port=args.serve_port, gcs_redis=args.gcs_redis)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -40,6 +40,9 @@ class Running:
             lines.append(f"metrics: {self.metrics_url}")
         if self.serve_url:
             lines.append(f"serve: {self.serve_url}")
+        if self.local is not None and self.local.gcs_redis:
+            lines.append(f"gcs: fault tolerant, in Redis {self.local.gcs_redis} "
+                         f"(namespace {self.local.storage_namespace})")
         return lines
 
     def write_state(self, path: Path = STATE_FILE) -> None:
@@ -105,7 +108,9 @@ def controller_with_ledger(controller: ControllerConfig, ledger: str, *, passwor
 
 def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = True,
              dashboard: bool = True, dashboard_port: int | None = None, metrics_port: int | None = None,
-             serve_port: int | None = None) -> Running:
+             serve_port: int | None = None, gcs_redis: str | None = None) -> Running:
+    """Start (or attach to) the cluster, the controller and Serve. `gcs_redis` (HOST:PORT, or
+    $RAY_REDIS_ADDRESS) keeps a local cluster's GCS in that Redis (GCS fault tolerance)."""
     import ray
 
     from rayfin.cluster import LocalCluster
@@ -116,7 +121,8 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
     timings: dict[str, float] = {}
     if address is None:
         local = LocalCluster(config, dashboard=dashboard, dashboard_port=dashboard_port,
-                             metrics_export_port=metrics_port)
+                             metrics_export_port=metrics_port,
+                             gcs_redis=gcs_redis or os.environ.get("RAY_REDIS_ADDRESS") or None)
         address = local.start()
         timings["cluster_s"] = local.started_s
     os.environ["RAY_ADDRESS"] = address  # so Ray Jobs, `rayfin status` and child processes find it

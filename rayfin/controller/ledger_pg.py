@@ -8,7 +8,9 @@ starting at once do not both migrate. The audit table refuses UPDATE, DELETE and
 trigger, whoever connects.
 
 Connections are checked when taken from the pool, so a ledger outlives a database restart or
-fail-over: the call that finds a dead connection gets a fresh one.
+fail-over: the call that finds a dead connection gets a fresh one. Connections run in
+autocommit: `put_job` writes the job row and its event in one statement (a CTE), atomic by
+itself, in one round trip.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ _UPSERT = (f"INSERT INTO jobs({','.join(JOB_COLUMNS)}) VALUES("
            "ON CONFLICT (job_id) DO UPDATE SET "
            + ",".join(f"{c}=EXCLUDED.{c}" for c in JOB_COLUMNS if c != "job_id"))
 _INSERT_EVENT = "INSERT INTO events(ts, job_id, desk, kind, state, reason, data) VALUES(%s,%s,%s,%s,%s,%s,%s::jsonb)"
+# The job row and its audit event in one statement: atomic on its own, one round trip.
+_UPSERT_WITH_EVENT = (f"WITH j AS ({_UPSERT} RETURNING 1) INSERT INTO events(ts, job_id, desk, kind, state, reason, "
+                      "data) SELECT %s,%s,%s,%s,%s,%s,%s::jsonb FROM j")
 
 
 def redact(url: str) -> str:
@@ -53,8 +58,10 @@ class PostgresLedger:
         from psycopg_pool import ConnectionPool, PoolTimeout
 
         self.url = redact(url)
+        # Autocommit: a single statement is its own transaction (one round trip, no BEGIN/COMMIT);
+        # the operations that need several statements open one explicitly.
         kwargs: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout_s)),
-                                  "application_name": "rayfin-ledger"}
+                                  "application_name": "rayfin-ledger", "autocommit": True}
         if password is not None:
             kwargs["password"] = password
         # One plain connection first: its error says why (bad password, no such database)
@@ -104,10 +111,11 @@ class PostgresLedger:
     # -- jobs --
     def put_job(self, job: JobRecord, event: tuple[str, str] | None = None, ts: float | None = None) -> None:
         """Upsert a job; with `event=(kind, reason)` also append an audit event, in one transaction."""
-        with self._conn() as conn, conn.transaction():
-            conn.execute(_UPSERT, job_row(job))
-            if event is not None:
-                conn.execute(_INSERT_EVENT, job_event(job, event, ts))
+        with self._conn() as conn:
+            if event is None:
+                conn.execute(_UPSERT, job_row(job))
+            else:
+                conn.execute(_UPSERT_WITH_EVENT, job_row(job) + job_event(job, event, ts))
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._conn() as conn:
