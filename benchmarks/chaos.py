@@ -8,7 +8,7 @@ from every desk while it injects faults, then waits for every job to end. Each j
 id to a marker file when it starts, so a second start is seen. The faults, in a shuffled order:
 
     controller  SIGKILL of the controller's process (Ray restarts the actor)      `--kills`
-    node        a worker node (an NVLink island) crashes, then comes back           once, mid-run
+    node        a worker node (an NVLink island) crashes, then comes back           `--node-losses` (1)
     head        the head's control plane dies: Ray's GCS server and the controller   `--head-kills`
                 are SIGKILLed together; the GCS restarts after `--head-outage-s` and
                 reloads the cluster from Redis (GCS fault tolerance, a Redis this
@@ -98,11 +98,12 @@ def _wait_new_controller(controller, old_pid: int | None, timeout: float = 300.0
     raise RuntimeError(f"controller did not come back within {timeout:g}s")
 
 
-def fault_schedule(kills: int, head_kills: int, rng: random.Random) -> list[str]:
-    """Controller and head kills in a shuffled order, the node crash in the middle."""
+def fault_schedule(kills: int, head_kills: int, node_losses: int, rng: random.Random) -> list[str]:
+    """Controller and head kills in a shuffled order, the node crash (if any) in the middle."""
     faults = ["controller"] * kills + ["head"] * head_kills
     rng.shuffle(faults)
-    faults.insert(len(faults) // 2, "node")
+    for _ in range(node_losses):
+        faults.insert(len(faults) // 2, "node")
     return faults
 
 
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-kills", type=int, default=0, help="head (GCS + controller) kills; turns on GCS "
                     "fault tolerance on a Redis this benchmark starts")
     ap.add_argument("--head-outage-s", type=float, default=3.0)
+    ap.add_argument("--node-losses", type=int, choices=[0, 1], default=1, help="crash and re-add a worker node")
     ap.add_argument("--ledger", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--config", default="configs/local.yaml")
     ap.add_argument("--seed", type=int, default=0)
@@ -264,7 +266,7 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
         sub.start()
         # Ray adds nodes only from the main thread (it installs signal handlers): chaos runs here.
         counts = {"controller": 0, "head": 0}
-        for fault in fault_schedule(a.kills, a.head_kills, rng):
+        for fault in fault_schedule(a.kills, a.head_kills, a.node_losses, rng):
             time.sleep(rng.uniform(2.0, 5.0))
             if fault == "node":
                 chaos.node()
@@ -300,7 +302,7 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
             "failed": sum(1 for s in statuses.values() if s.state.value == "FAILED"),
             "lost": len(accepted) - finished, "duplicated": duplicated, "leaked_gpus": leaked,
             "retried_jobs": sum(1 for s in statuses.values() if s.attempts > 0),
-            "faults": {"controller": a.kills, "head": a.head_kills, "node": 1},
+            "faults": {"controller": a.kills, "head": a.head_kills, "node": a.node_losses},
             "recovery": {kind: _spread(v) for kind, v in chaos.recovery.items()},
             "wall_s": time.monotonic() - t0, "chaos": chaos_log,
         }
