@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration test-gpu bench clean
+.PHONY: install system-deps demo test test-unit test-ledger test-integration test-gpu bench clean
 
 install: $(STAMP)
 
@@ -17,16 +17,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# PostgreSQL, Redis and Prometheus from the system's packages: the tests start their own servers
+# from them (tests/conftest.py). Installs only what is missing; a no-op otherwise.
+system-deps:
+	bash .ci/system-deps.sh
+
 demo: install
 	$(BIN)/rayfin demo
 
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: install
+test-ledger: install system-deps
+	$(BIN)/python -m pytest -q tests/ledger
+
+test-integration: install system-deps
 	$(BIN)/python -m pytest -q tests/integration
 
 test-gpu: install

@@ -1,29 +1,46 @@
 """Chaos benchmark: nothing accepted is lost, nothing runs twice, no GPU leaks.
 
     python -m benchmarks.chaos --jobs 200 --kills 10 --out result.json
+    python -m benchmarks.chaos --jobs 200 --kills 10 --head-kills 2 --ledger postgresql
 
 On the local multi-node cluster (configs/local.yaml by default): submits `--jobs` short jobs
-from every desk while killing the controller `--kills` times and removing and re-adding a
-worker node (an NVLink island), then waits for every job to end. Each job appends its id to a
-marker file when it starts, so a second start is seen.
+from every desk while it injects faults, then waits for every job to end. Each job appends its
+id to a marker file when it starts, so a second start is seen. The faults, in a shuffled order:
 
-JSON: {"accepted", "finished", "lost", "duplicated", "leaked_gpus", "recovery_p99_s", ...}
+    controller  SIGKILL of the controller's process (Ray restarts the actor)      `--kills`
+    node        a worker node (an NVLink island) crashes, then comes back           `--node-losses` (1)
+    head        the head's control plane dies: Ray's GCS server and the controller   `--head-kills`
+                are SIGKILLed together; the GCS restarts after `--head-outage-s` and
+                reloads the cluster from Redis (GCS fault tolerance, a Redis this
+                benchmark starts); the controller comes back and reads its ledger
+
+`--ledger postgresql` keeps the ledger in a PostgreSQL this benchmark starts (system package,
+temporary directory, free port); `sqlite` (the default) in a file.
+
+JSON: {"accepted", "finished", "lost", "duplicated", "leaked_gpus", "recovery": {kind: ...}, ...}
     lost         accepted jobs that never reached a terminal state or vanished from the ledger
     duplicated   jobs that started more often than their attempts (1 + requeues) allow
     leaked_gpus  GPUs still reserved by rayfin groups/runners once everything ended
-    recovery_s   kill -> first answer from the restarted controller (p50/p99/max)
+    recovery     per fault kind: fault -> first answer from a restarted controller (controller,
+                 head), or node crash -> capacity loss seen by the controller and re-add ->
+                 capacity back (node); p50 / p99 / max and every sample
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED")
 
 
 def chaos_job(marker: str, job_tag: str, seconds: float) -> str:
@@ -33,6 +50,35 @@ def chaos_job(marker: str, job_tag: str, seconds: float) -> str:
     return job_tag
 
 
+# ---------------------------------------------------------------- the job mix (one place)
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of job the submitter draws: GPUs, run time range, how often (weight)."""
+
+    name: str
+    gpus: int
+    seconds: tuple[float, float]
+    weight: float
+    priority: str = "normal"
+
+
+JOB_MIX: tuple[JobKind, ...] = (
+    JobKind("single-gpu", 1, (0.5, 3.0), 2.0),
+    JobKind("two-gpu", 2, (0.5, 3.0), 2.0),
+    JobKind("island", 4, (0.5, 3.0), 1.0),
+)
+
+
+def draw_job(rng: random.Random) -> JobKind:
+    return rng.choices(JOB_MIX, weights=[k.weight for k in JOB_MIX])[0]
+
+
+def submit_one(client, marker: str, i: int, kind: JobKind, rng: random.Random):
+    return client.submit(chaos_job, marker, f"j{i}", rng.uniform(*kind.seconds), gpus=kind.gpus,
+                         priority=kind.priority, retries=3, name=f"chaos-{i}")
+
+
+# ---------------------------------------------------------------- faults
 def _ping(controller, timeout: float = 2.0):
     import ray
 
@@ -42,32 +88,154 @@ def _ping(controller, timeout: float = 2.0):
         return None
 
 
+def _wait_new_controller(controller, old_pid: int | None, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        after = _ping(controller)
+        if after is not None and after["pid"] != old_pid:
+            return after
+        time.sleep(0.05)
+    raise RuntimeError(f"controller did not come back within {timeout:g}s")
+
+
+def fault_schedule(kills: int, head_kills: int, node_losses: int, rng: random.Random) -> list[str]:
+    """Controller and head kills in a shuffled order, the node crash (if any) in the middle."""
+    faults = ["controller"] * kills + ["head"] * head_kills
+    rng.shuffle(faults)
+    for _ in range(node_losses):
+        faults.insert(len(faults) // 2, "node")
+    return faults
+
+
+class Chaos:
+    def __init__(self, run, admin, cfg, head_outage_s: float, log: list[str]) -> None:
+        self.run, self.admin, self.cfg, self.head_outage_s, self.log = run, admin, cfg, head_outage_s, log
+        self.recovery: dict[str, list[float]] = {"controller": [], "head": [], "node_loss_seen": [],
+                                                 "node_back": []}
+
+    def _note(self, line: str) -> None:
+        self.log.append(line)
+        print(line, flush=True)
+
+    def controller(self, k: int) -> None:
+        import ray
+
+        before = _ping(self.run.controller)
+        t = time.monotonic()
+        ray.kill(self.run.controller, no_restart=False)
+        after = _wait_new_controller(self.run.controller, before and before["pid"])
+        self.recovery["controller"].append(time.monotonic() - t)
+        self._note(f"controller kill {k}: recovered in {self.recovery['controller'][-1]:.2f}s ({after['recovery']})")
+
+    def head(self, k: int) -> None:
+        before = _ping(self.run.controller)
+        t = time.monotonic()
+        self.run.local.kill_gcs()
+        if before:
+            try:
+                os.kill(before["pid"], signal.SIGKILL)     # the controller lives on the head node
+            except ProcessLookupError:
+                pass
+        time.sleep(self.head_outage_s)                      # the head pod being rescheduled
+        self.run.local.restart_gcs()
+        after = _wait_new_controller(self.run.controller, before and before["pid"])
+        self.recovery["head"].append(time.monotonic() - t)
+        self._note(f"head kill {k}: GCS down {self.head_outage_s:g}s, controller answering after "
+                   f"{self.recovery['head'][-1]:.2f}s ({after['recovery']})")
+
+    def node(self) -> None:
+        island = self.cfg.cluster.nodes[0].name + "-i0"
+        pool = self.cfg.cluster.nodes[0].pool
+        lost_before = self.admin.pools()[pool]["lost"]
+        t = time.monotonic()
+        self.run.local.remove_island(island, graceful=False)
+        self._wait(lambda: self.admin.pools()[pool]["lost"] > lost_before, "node loss seen")
+        self.recovery["node_loss_seen"].append(time.monotonic() - t)
+        self._note(f"node of island {island} crashed: loss seen by the controller after "
+                   f"{self.recovery['node_loss_seen'][-1]:.2f}s")
+        time.sleep(3.0)
+        t = time.monotonic()
+        self.run.local.add_island(island)
+        self._wait(lambda: self.admin.pools()[pool]["lost"] <= lost_before, "node back")
+        self.recovery["node_back"].append(time.monotonic() - t)
+        self._note(f"node of island {island} re-added: capacity back after {self.recovery['node_back'][-1]:.2f}s")
+
+    @staticmethod
+    def _wait(pred, what: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if pred():
+                    return
+            except Exception:  # noqa: BLE001 - controller restarting
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _spread(samples: list[float]) -> dict[str, object]:
+    if not samples:
+        return {"n": 0}
+    a = np.array(samples)
+    return {"n": len(samples), "p50_s": float(np.percentile(a, 50)), "p99_s": float(np.percentile(a, 99)),
+            "max_s": float(a.max()), "samples_s": [round(x, 3) for x in samples]}
+
+
+# ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=200)
-    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--kills", type=int, default=10, help="controller kills")
+    ap.add_argument("--head-kills", type=int, default=0, help="head (GCS + controller) kills; turns on GCS "
+                    "fault tolerance on a Redis this benchmark starts")
+    ap.add_argument("--head-outage-s", type=float, default=3.0)
+    ap.add_argument("--node-losses", type=int, choices=[0, 1], default=1, help="crash and re-add a worker node")
+    ap.add_argument("--ledger", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--config", default="configs/local.yaml")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--out", default="chaos_result.json")
     a = ap.parse_args(argv)
 
-    import ray
-
     from rayfin.config import load_config
-    from rayfin.errors import QuotaExceeded
-    from rayfin.sdk import connect
-    from rayfin.up import bring_up, with_ledger
+    from rayfin.local_servers import PostgresServer, RedisServer
 
     rng = random.Random(a.seed)
     work = Path(tempfile.mkdtemp(prefix="rayfin-chaos-"))
-    marker = str(work / "starts.txt")
-    cfg = with_ledger(load_config(a.config), str(work / "ledger.db"))
-    t0 = time.monotonic()
-    from rayfin.cluster import free_port
+    servers: list = []
+    try:
+        cfg = load_config(a.config)
+        from rayfin.up import with_ledger
 
-    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port())
-    print(f"cluster up in {time.monotonic() - t0:.1f}s ({cfg.cluster.total_gpus} GPUs)", flush=True)
+        if a.ledger == "postgresql":
+            pg = PostgresServer().start()
+            servers.append(pg)
+            os.environ["RAYFIN_CHAOS_LEDGER_PASSWORD"] = pg.password
+            cfg = with_ledger(cfg, pg.create_database("rayfin_chaos"), password_env="RAYFIN_CHAOS_LEDGER_PASSWORD")
+        else:
+            cfg = with_ledger(cfg, str(work / "ledger.db"))
+        redis = None
+        if a.head_kills:
+            redis = RedisServer().start()
+            servers.append(redis)
+        return _run(a, cfg, rng, work, redis)
+    finally:
+        for s in reversed(servers):
+            s.stop()
+
+
+def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
+    from rayfin.cluster import free_port
+    from rayfin.errors import QuotaExceeded
+    from rayfin.sdk import connect
+    from rayfin.up import bring_up
+
+    marker = str(work / "starts.txt")
+    t0 = time.monotonic()
+    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port(),
+                   gcs_redis=redis.address if redis else None)
+    print(f"cluster up in {time.monotonic() - t0:.1f}s ({cfg.cluster.total_gpus} GPUs, ledger "
+          f"{a.ledger}, GCS {'in Redis ' + redis.address if redis else 'in memory'})", flush=True)
     try:
         clients = {d.name: connect(d.name, f"{d.name}-demo-token", run.address,
                                    controller_name=cfg.controller.name, namespace=cfg.controller.namespace)
@@ -75,86 +243,71 @@ def main(argv: list[str] | None = None) -> int:
         admin = connect(None, "admin-demo-token", run.address, controller_name=cfg.controller.name,
                         namespace=cfg.controller.namespace)
         accepted: dict[str, object] = {}
-        refused = 0
-        recoveries: list[float] = []
+        refused = unavailable = 0
         chaos_log: list[str] = []
 
         def submitter() -> None:
-            nonlocal refused
+            nonlocal refused, unavailable
             desks = list(clients)
             for i in range(a.jobs):
                 desk = desks[i % len(desks)]
-                gpus = rng.choice([1, 1, 2, 2, 4])
+                kind = draw_job(rng)
                 try:
-                    job = clients[desk].submit(chaos_job, marker, f"j{i}", rng.uniform(0.5, 3.0), gpus=gpus,
-                                               retries=3, name=f"chaos-{i}")
+                    job = submit_one(clients[desk], marker, i, kind, rng)
                     accepted[job.job_id] = job
                 except QuotaExceeded:
                     refused += 1
+                except Exception:  # noqa: BLE001 - controller or GCS down: not accepted, not acknowledged
+                    unavailable += 1
                 time.sleep(rng.uniform(0.0, 0.15))
 
-        def chaos() -> None:
-            victim_island = cfg.cluster.nodes[0].name + "-i0"
-            for k in range(a.kills):
-                time.sleep(rng.uniform(2.0, 5.0))
-                before = _ping(run.controller)
-                t = time.monotonic()
-                ray.kill(run.controller, no_restart=False)
-                while True:
-                    after = _ping(run.controller)
-                    if after is not None and (before is None or after["pid"] != before["pid"]):
-                        break
-                    time.sleep(0.05)
-                recoveries.append(time.monotonic() - t)
-                chaos_log.append(f"kill {k + 1}: recovered in {recoveries[-1]:.2f}s ({after['recovery']})")
-                print(chaos_log[-1], flush=True)
-                if k == a.kills // 2:
-                    run.local.remove_island(victim_island, graceful=False)
-                    chaos_log.append(f"removed node of island {victim_island}")
-                    print(chaos_log[-1], flush=True)
-                    time.sleep(8.0)
-                    run.local.add_island(victim_island)
-                    chaos_log.append(f"re-added node of island {victim_island}")
-                    print(chaos_log[-1], flush=True)
-
-        # Ray adds nodes only from the main thread (it installs signal handlers): chaos runs here.
+        chaos = Chaos(run, admin, cfg, a.head_outage_s, chaos_log)
         sub = threading.Thread(target=submitter, daemon=True)
         sub.start()
-        chaos()
+        # Ray adds nodes only from the main thread (it installs signal handlers): chaos runs here.
+        counts = {"controller": 0, "head": 0}
+        for fault in fault_schedule(a.kills, a.head_kills, a.node_losses, rng):
+            time.sleep(rng.uniform(2.0, 5.0))
+            if fault == "node":
+                chaos.node()
+            else:
+                counts[fault] += 1
+                getattr(chaos, fault)(counts[fault])
         sub.join()
         deadline = time.monotonic() + a.timeout
-        states: dict[str, str] = {}
         while time.monotonic() < deadline:
-            states = {j.job_id: j.job_id and admin.job(j.job_id).status().state.value for j in accepted.values()}
-            if all(s in ("SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED") for s in states.values()):
-                break
+            try:
+                states = {jid: admin.job(jid).status().state.value for jid in accepted}
+                if all(s in TERMINAL for s in states.values()):
+                    break
+            except Exception:  # noqa: BLE001 - a restart in progress
+                pass
             time.sleep(2.0)
         statuses = {jid: admin.job(jid).status() for jid in accepted}
         starts = Path(marker).read_text().splitlines() if Path(marker).exists() else []
-        counts: dict[str, int] = {}
+        started: dict[str, int] = {}
         for tag in starts:
-            counts[tag] = counts.get(tag, 0) + 1
-        duplicated = 0
-        for st in statuses.values():
-            tag = "j" + st.name.split("-")[-1]
-            if counts.get(tag, 0) > 1 + st.attempts:
-                duplicated += 1
+            started[tag] = started.get(tag, 0) + 1
+        duplicated = sum(1 for st in statuses.values()
+                         if started.get("j" + st.name.split("-")[-1], 0) > 1 + st.attempts)
         finished = sum(1 for s in statuses.values() if s.state.terminal)
         time.sleep(2.0)
-        leaked = _leaked_gpus(cfg)
-        rec = np.array(recoveries) if recoveries else np.array([0.0])
+        leaked = _leaked_gpus()
         result = {
-            "accepted": len(accepted), "refused_at_submit": refused, "finished": finished,
+            "ledger": a.ledger, "gcs_fault_tolerance": bool(redis), "head_outage_s": a.head_outage_s,
+            "job_mix": [k.__dict__ | {"seconds": list(k.seconds)} for k in JOB_MIX],
+            "accepted": len(accepted), "refused_at_submit": refused, "unavailable_at_submit": unavailable,
+            "finished": finished,
             "succeeded": sum(1 for s in statuses.values() if s.state.value == "SUCCEEDED"),
             "failed": sum(1 for s in statuses.values() if s.state.value == "FAILED"),
             "lost": len(accepted) - finished, "duplicated": duplicated, "leaked_gpus": leaked,
             "retried_jobs": sum(1 for s in statuses.values() if s.attempts > 0),
-            "kills": len(recoveries), "recovery_p50_s": float(np.percentile(rec, 50)),
-            "recovery_p99_s": float(np.percentile(rec, 99)), "recovery_max_s": float(rec.max()),
+            "faults": {"controller": a.kills, "head": a.head_kills, "node": a.node_losses},
+            "recovery": {kind: _spread(v) for kind, v in chaos.recovery.items()},
             "wall_s": time.monotonic() - t0, "chaos": chaos_log,
         }
         Path(a.out).write_text(json.dumps(result, indent=2))
-        print(json.dumps({k: v for k, v in result.items() if k != "chaos"}, indent=2))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("chaos", "job_mix")}, indent=2))
         ok = result["lost"] == 0 and result["duplicated"] == 0 and result["leaked_gpus"] == 0
         print("targets: lost = duplicated = leaked_gpus = 0:", "met" if ok else "MISSED")
         return 0 if ok else 1
@@ -162,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         run.shutdown()
 
 
-def _leaked_gpus(cfg) -> float:
+def _leaked_gpus() -> float:
     """GPUs held by rayfin placement groups that are not REMOVED, plus GPUs not free in Ray."""
     import ray
     from ray.util.placement_group import placement_group_table

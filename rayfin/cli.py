@@ -1,4 +1,4 @@
-"""`rayfin` command line: validate, hash-token, up, demo, status, jobs, explain, logs, watch, audit."""
+"""`rayfin` command line: validate, hash-token, up, ledger, demo, status, jobs, explain, logs, watch, audit."""
 from __future__ import annotations
 
 import argparse
@@ -78,9 +78,10 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from rayfin.up import bring_up, with_ledger
 
-    cfg = with_ledger(load_config(args.config), args.ledger)
+    cfg = with_ledger(load_config(args.config), args.ledger, password_env=args.ledger_password_env,
+                      password_file=args.ledger_password_file)
     run = bring_up(cfg, address=args.address, serve=not args.no_serve, dashboard_port=args.dashboard_port,
-                   metrics_port=args.metrics_port, serve_port=args.serve_port)
+                   metrics_port=args.metrics_port, serve_port=args.serve_port, gcs_redis=args.gcs_redis)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -94,6 +95,42 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         print("shutting down", flush=True)
         run.shutdown()
+    return 0
+
+
+def _ledger_controller(args: argparse.Namespace):
+    from rayfin.config import ControllerConfig
+    from rayfin.up import controller_with_ledger
+
+    if args.ledger:
+        return controller_with_ledger(ControllerConfig(), args.ledger, password_env=args.password_env,
+                                      password_file=args.password_file)
+    controller = load_config(args.config).controller
+    if args.password_env or args.password_file:
+        target = controller.ledger or controller.ledger_path
+        return controller_with_ledger(controller, target, password_env=args.password_env,
+                                      password_file=args.password_file)
+    return controller
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from rayfin.controller.ledger import open_ledger
+    from rayfin.controller.ledger_io import export_ledger, import_ledger
+
+    controller = _ledger_controller(args)
+    where = controller.ledger or controller.ledger_path
+    ledger = open_ledger(controller)
+    try:
+        if args.action == "export":
+            snap = export_ledger(ledger, args.file, source=where)
+            verb = f"exported from {where} to {args.file}"
+        else:
+            snap = import_ledger(ledger, args.file)
+            verb = f"imported from {args.file} into {where}"
+    finally:
+        ledger.close()
+    print(f"{verb}: {len(snap.jobs)} jobs, {len(snap.events)} events, {len(snap.kv)} kv entries "
+          f"(schema version {snap.schema_version})")
     return 0
 
 
@@ -219,12 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="start (or attach to) a Ray cluster, the controller and Serve; Ctrl-C stops")
     u.add_argument("--config", default=str(default_config_path()))
     u.add_argument("--address", help="attach to this existing Ray cluster instead of starting a local one")
-    u.add_argument("--ledger", help="ledger path (overrides controller.ledger_path)")
+    u.add_argument("--ledger", help="ledger: a SQLite file path or a postgresql://USER@HOST:PORT/DB URL "
+                   "(overrides the config's controller.ledger / ledger_path)")
+    u.add_argument("--ledger-password-env", help="environment variable holding the PostgreSQL password")
+    u.add_argument("--ledger-password-file", help="file holding the PostgreSQL password")
+    u.add_argument("--gcs-redis", metavar="HOST:PORT",
+                   help="keep Ray's GCS state in this Redis (GCS fault tolerance; default $RAY_REDIS_ADDRESS)")
     u.add_argument("--no-serve", action="store_true")
     u.add_argument("--dashboard-port", type=int)
     u.add_argument("--metrics-port", type=int)
     u.add_argument("--serve-port", type=int)
     u.set_defaults(fn=cmd_up)
+    led = sub.add_parser("ledger", help="export or import a ledger snapshot (SQLite <-> PostgreSQL, backups)")
+    led.add_argument("action", choices=["export", "import"],
+                     help="export: write a consistent snapshot of jobs, events, kv to FILE; "
+                     "import: load FILE into an empty ledger")
+    led.add_argument("file", help="snapshot file (JSON Lines)")
+    led.add_argument("--config", default=str(default_config_path()),
+                     help="take the ledger from this config's controller section")
+    led.add_argument("--ledger", help="a SQLite file path or a postgresql:// URL (instead of the config's)")
+    led.add_argument("--password-env", help="environment variable holding the PostgreSQL password")
+    led.add_argument("--password-file", help="file holding the PostgreSQL password")
+    led.set_defaults(fn=cmd_ledger)
     d = sub.add_parser("demo", help="bring up the embedded default, run a mixed workload, shut down")
     d.add_argument("--config", default=str(default_config_path()))
     d.add_argument("--no-serve", action="store_true")

@@ -7,6 +7,10 @@ then never leave the island rayfin chose. Each island node carries
     resources  GPU: n, rayfin_island_<node>_i<k>: n, rayfin_pool_<pool>: n
 and the head node (no GPUs) runs the controller, Serve and the dashboard.
 We stop only the processes this object started; never `ray stop`.
+
+With `gcs_redis` (HOST:PORT) Ray's control store (GCS) keeps its tables in that Redis (Ray's GCS
+fault tolerance, `RAY_REDIS_ADDRESS`), under a storage namespace unique to this cluster: a GCS
+that dies and restarts finds its nodes, actors and placement groups again.
 """
 from __future__ import annotations
 
@@ -123,6 +127,9 @@ class LocalCluster:
     started_s: float = 0.0
     token_auth: bool = False
     ingress_env: dict[str, str] = field(default_factory=dict)   # what serve_apps.ingress set for it
+    gcs_redis: str | None = None         # HOST:PORT of the Redis for GCS fault tolerance
+    storage_namespace: str = ""
+    _env_before: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     @property
     def topology(self) -> Topology:
@@ -143,6 +150,8 @@ class LocalCluster:
             raise ConfigError(str(exc), path="serve.ingress") from None
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.
         os.environ.setdefault("RAY_num_prestart_python_workers", "0")
+        if self.gcs_redis:
+            self._use_gcs_redis()
         d = self.config.dashboard
         head = {
             "num_cpus": self.config.cluster.head_num_cpus,
@@ -188,6 +197,29 @@ class LocalCluster:
             return None
         return url if url.startswith("http") else "http://" + url
 
+    def _use_gcs_redis(self) -> None:
+        """Read by Ray when the head starts (ray/_private/node.py) and by the GCS it launches. A
+        namespace of its own: a new cluster on a namespace another used restores stale state."""
+        import secrets
+
+        self.storage_namespace = self.storage_namespace or f"rayfin-{self.config.cluster.name}-{secrets.token_hex(4)}"
+        for key, value in (("RAY_REDIS_ADDRESS", self.gcs_redis),
+                           ("RAY_external_storage_namespace", self.storage_namespace)):
+            self._env_before.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    @property
+    def gcs_running(self) -> bool:
+        return self.cluster is not None and self.cluster.head_node._gcs_address is not None
+
+    def kill_gcs(self) -> None:
+        """SIGKILL Ray's GCS server on the head (a head failure, as far as the control store goes)."""
+        self.cluster.head_node.kill_gcs_server()
+
+    def restart_gcs(self) -> None:
+        """Start the GCS again on its port; with `gcs_redis` it reloads the cluster's state."""
+        self.cluster.head_node.start_gcs_server()
+
     def remove_island(self, island_id: str, graceful: bool = True) -> None:
         """Take an island's node away (a node failure when graceful=False)."""
         node = self.nodes.pop(island_id)
@@ -202,8 +234,28 @@ class LocalCluster:
 
         try:
             if self.cluster is not None:
+                if not self.gcs_running:
+                    self.restart_gcs()      # else the node agents, waiting for it, are orphaned
                 self.cluster.shutdown()
         finally:
             self.cluster = None
             self.nodes.clear()
             ingress.remove_run_dir(self.ingress_env)
+            self._forget_gcs_redis()
+
+    def _forget_gcs_redis(self) -> None:
+        if self.gcs_redis and self.storage_namespace:
+            try:
+                from ray._private.gcs_utils import cleanup_redis_storage
+
+                host, port = self.gcs_redis.rsplit(":", 1)
+                cleanup_redis_storage(host, int(port), os.environ.get("RAY_REDIS_PASSWORD", ""), False,
+                                      self.storage_namespace)
+            except Exception as exc:  # noqa: BLE001 - Redis gone already: nothing left to clean
+                log.warning("GCS storage in Redis not cleaned: %s", exc)
+        for key, value in self._env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._env_before.clear()

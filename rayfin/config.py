@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rayfin.errors import ConfigError
 
@@ -152,7 +152,15 @@ class ControllerConfig(_Model):
     name: Name = "rayfin-controller"
     namespace: Name = "rayfin"
     cycle_interval_s: float = Field(0.2, gt=0, le=60)
-    ledger_path: str = Field("~/.rayfin/ledger.db", min_length=1)
+    ledger_path: str = Field("~/.rayfin/ledger.db", min_length=1, description="the SQLite ledger file "
+                             "(the embedded default), used when `ledger` is not set")
+    ledger: str | None = Field(None, description="postgresql://USER@HOST:PORT/DATABASE selects a PostgreSQL "
+                               "ledger; the password comes from ledger_password_env or ledger_password_file")
+    ledger_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                            description="environment variable holding the PostgreSQL password")
+    ledger_password_file: str | None = Field(None, min_length=1,
+                                             description="file holding the PostgreSQL password")
+    ledger_pool_size: int = Field(4, ge=1, le=64, description="PostgreSQL connections the controller keeps")
     max_result_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_log_bytes: int = Field(1024 * 1024, ge=1024, description="output kept per job and rank (newest kept)")
     checkpoint_dir: str = Field("", description="root of per-job checkpoint directories, on storage every "
@@ -166,6 +174,44 @@ class ControllerConfig(_Model):
             return os.path.expanduser(self.checkpoint_dir)
         base = os.path.dirname(os.path.expanduser(self.ledger_path)) if self.ledger_path != ":memory:" else ""
         return os.path.join(base or os.path.expanduser("~/.rayfin"), "checkpoints")
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return check_ledger_url(value)
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> "ControllerConfig":
+        if self.ledger_password_env and self.ledger_password_file:
+            raise ValueError("set one of controller.ledger_password_env and controller.ledger_password_file, "
+                             "not both")
+        if (self.ledger_password_env or self.ledger_password_file) and not self.ledger:
+            raise ValueError("controller.ledger_password_env/_file apply to a PostgreSQL ledger: set "
+                             "controller.ledger to a postgresql:// URL, or remove them")
+        return self
+
+
+def check_ledger_url(value: str) -> str:
+    """A PostgreSQL URL with no password in it (the password lives in an env var or a file)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql://USER@HOST:PORT/DATABASE URL (leave it unset for the SQLite "
+                         "ledger at controller.ledger_path)")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from None
+    if parts.password is not None or "password" in {k.lower() for k in parse_qs(parts.query)}:
+        raise ValueError("must not contain a password; put it in an environment variable "
+                         "(controller.ledger_password_env) or a file (controller.ledger_password_file)")
+    if not parts.hostname and "host" not in parse_qs(parts.query):
+        raise ValueError("must name a host: postgresql://USER@HOST:PORT/DATABASE")
+    return value
 
 
 class ServeModelConfig(_Model):
@@ -321,6 +367,16 @@ def _explain(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _redacted(value: Any) -> Any:
+    """A value fit to echo in an error: a password inside a URL is replaced by ***."""
+    if isinstance(value, str) and "://" in value:
+        import re
+
+        value = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", value)
+        return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", value)
+    return value
+
+
 def config_error_from(exc: ValidationError, source: str, prefix: str = "") -> ConfigError:
     """One ConfigError listing every problem as `path: got VALUE; what is allowed`. `prefix` is
     the section a free-form part of the tree was validated under (e.g. "autoscaling")."""
@@ -329,7 +385,7 @@ def config_error_from(exc: ValidationError, source: str, prefix: str = "") -> Co
     for err in exc.errors():
         loc = _loc(err["loc"]) if err["loc"] else ""
         path = ".".join(p for p in (prefix, loc) if p) or "(root)"
-        value = err.get("input")
+        value = _redacted(err.get("input"))
         shown = "" if err.get("type") == "missing" or isinstance(value, dict) else f": got {value!r}"
         allowed = _explain(err)
         problems.append((path, value, allowed))

@@ -10,7 +10,8 @@
     │   └── JobNotFound        (job_id)
     ├── JobFailed              (job_id, state, reason)  raised by Job.result()
     ├── JobTimeout             (job_id, timeout_s)
-    └── ControllerUnavailable  (address, reason)
+    ├── ControllerUnavailable  (address, reason)
+    └── LedgerError            (ledger, reason)  the ledger database refused or cannot be reached
 
 Every error carries its fields as attributes and a message that says what was wrong and how
 to fix it. Errors cross the Ray boundary as plain dicts (`to_wire` / `from_wire`) so the SDK
@@ -117,6 +118,16 @@ class ControllerUnavailable(RayfinError):
     def __init__(self, message: str | None = None, *, address: str | None = None, reason: str = ""):
         super().__init__(message or f"rayfin controller not reachable at {address or 'auto'}: {reason}; "
                          "to fix: start it with `rayfin up` or pass the right address", address=address, reason=reason)
+
+
+class LedgerError(RayfinError):
+    """The ledger database cannot be reached, or refused an operation (e.g. an import into a
+    ledger that is not empty). `ledger` names it without any credential."""
+
+    fields = ("ledger", "reason")
+
+    def __init__(self, message: str | None = None, *, ledger: str = "", reason: str = ""):
+        super().__init__(message or f"ledger {ledger}: {reason}", ledger=ledger, reason=reason)
 
 
 _TYPES: dict[str, type[RayfinError]] = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayfin.config import RayfinConfig
+from rayfin.config import ControllerConfig, RayfinConfig
 
 log = logging.getLogger("rayfin.up")
 STATE_FILE = Path(os.path.expanduser("~/.rayfin/up.json"))
@@ -40,6 +40,9 @@ class Running:
             lines.append(f"metrics: {self.metrics_url}")
         if self.serve_url:
             lines.append(f"serve: {self.serve_url}")
+        if self.local is not None and self.local.gcs_redis:
+            lines.append(f"gcs: fault tolerant, in Redis {self.local.gcs_redis} "
+                         f"(namespace {self.local.storage_namespace})")
         return lines
 
     def write_state(self, path: Path = STATE_FILE) -> None:
@@ -75,16 +78,39 @@ class Running:
             pass
 
 
-def with_ledger(config: RayfinConfig, ledger_path: str | None) -> RayfinConfig:
-    if not ledger_path:
+def with_ledger(config: RayfinConfig, ledger: str | None, *, password_env: str | None = None,
+                password_file: str | None = None) -> RayfinConfig:
+    """The config with another ledger: a postgresql:// URL (password from `password_env` or
+    `password_file`) or a SQLite file path."""
+    if not ledger:
         return config
-    controller = config.controller.model_copy(update={"ledger_path": ledger_path})
-    return config.model_copy(update={"controller": controller})
+    return config.model_copy(update={"controller": controller_with_ledger(
+        config.controller, ledger, password_env=password_env, password_file=password_file)})
+
+
+def controller_with_ledger(controller: ControllerConfig, ledger: str, *, password_env: str | None = None,
+                           password_file: str | None = None) -> ControllerConfig:
+    from pydantic import ValidationError
+
+    from rayfin.config import config_error_from
+    from rayfin.controller.ledger import is_postgres_url
+
+    data = controller.model_dump()
+    if is_postgres_url(ledger):
+        data.update(ledger=ledger, ledger_password_env=password_env, ledger_password_file=password_file)
+    else:
+        data.update(ledger=None, ledger_path=ledger, ledger_password_env=None, ledger_password_file=None)
+    try:
+        return ControllerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise config_error_from(exc, "--ledger", prefix="controller") from None
 
 
 def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = True,
              dashboard: bool = True, dashboard_port: int | None = None, metrics_port: int | None = None,
-             serve_port: int | None = None) -> Running:
+             serve_port: int | None = None, gcs_redis: str | None = None) -> Running:
+    """Start (or attach to) the cluster, the controller and Serve. `gcs_redis` (HOST:PORT, or
+    $RAY_REDIS_ADDRESS) keeps a local cluster's GCS in that Redis (GCS fault tolerance)."""
     import ray
 
     from rayfin.cluster import LocalCluster
@@ -95,7 +121,8 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
     timings: dict[str, float] = {}
     if address is None:
         local = LocalCluster(config, dashboard=dashboard, dashboard_port=dashboard_port,
-                             metrics_export_port=metrics_port)
+                             metrics_export_port=metrics_port,
+                             gcs_redis=gcs_redis or os.environ.get("RAY_REDIS_ADDRESS") or None)
         address = local.start()
         timings["cluster_s"] = local.started_s
     os.environ["RAY_ADDRESS"] = address  # so Ray Jobs, `rayfin status` and child processes find it

@@ -29,12 +29,12 @@ def _wrap(fn, *args, **kwargs) -> dict[str, Any]:
 class RayfinController:
     def __init__(self, config_data: dict[str, Any], deploy_key: str | None = None) -> None:
         from rayfin.controller.core import ControllerCore
-        from rayfin.controller.ledger import SqliteLedger
+        from rayfin.controller.ledger import open_ledger
         from rayfin.controller.ray_backend import RayBackend
 
         self.config: RayfinConfig = parse_config(config_data, "controller config")
         self.started_at = time.time()
-        self.ledger = SqliteLedger(self.config.controller.ledger_path)
+        self.ledger = open_ledger(self.config.controller)
         from placement.topology import Topology
 
         backend = RayBackend(Topology.from_config(self.config.cluster), runner_key=self._runner_key())

@@ -1,11 +1,13 @@
 """Durable ledger: every accepted submission, state change and decision, written before it is
-acknowledged. The embedded default is SQLite in WAL mode; `Ledger` is the interface a server
-database would implement.
+acknowledged. Two backends behind one `Ledger` protocol: SQLite in WAL mode (the embedded
+default, `controller.ledger_path`) and PostgreSQL (`controller.ledger: postgresql://...`,
+rayfin/controller/ledger_pg.py). Both build their schema from the versioned SQL files in
+rayfin/controller/migrations/ and pass one contract suite (tests/ledger).
 
 Tables
     jobs    one row per job (its spec, payload, state, placement, result)
     events  append-only audit trail: every admission, refusal, preemption, state change, with
-            its reason; queryable by desk and time
+            its reason; queryable by desk and time. The database refuses UPDATE and DELETE.
     kv      small blobs of controller state (e.g. forecaster state)
     results every rank's return value of a gang job (rank 0's is also jobs.result)
     logs    each rank's output, in chunks, bounded per (job, rank) to the newest `max_bytes`
@@ -18,9 +20,14 @@ import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
+from rayfin.controller.migrations import migrations
+from rayfin.errors import ConfigError, LedgerError
 from rayfin.policy.model import JobState
+
+if TYPE_CHECKING:
+    from rayfin.config import ControllerConfig
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,16 @@ class Event:
     data: dict[str, Any]
 
 
+
+
 class Ledger(Protocol):
-    def put_job(self, job: JobRecord, event: tuple[str, str] | None = None) -> None: ...
+    """What the controller needs from durable storage. Implementations: `SqliteLedger` (the
+    embedded default) and `rayfin.controller.ledger_pg.PostgresLedger`. Both pass the contract
+    suite in tests/ledger; a new method goes here, in both, and gets a contract test there."""
+
+    schema_version: int
+
+    def put_job(self, job: JobRecord, event: tuple[str, str] | None = None, ts: float | None = None) -> None: ...
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def jobs(self, *, desk: str | None = None, states: Iterable[str] | None = None,
              limit: int | None = None, blobs: bool = True) -> list[JobRecord]: ...
@@ -90,8 +105,30 @@ class Ledger(Protocol):
     def put_results(self, job_id: str, results: Iterable[bytes | None]) -> None: ...
     def results(self, job_id: str) -> list[bytes | None]: ...
     def append_logs(self, job_id: str, chunks: Iterable[tuple[int, str]], ts: float, max_bytes: int) -> None: ...
-    def logs(self, job_id: str, rank: int | None = None, tail: int | None = None) -> list[LogLine]: ...
+    def logs(self, job_id: str, rank: int | None = None, tail: int | None = None) -> list["LogLine"]: ...
+    def snapshot(self) -> "LedgerSnapshot": ...
+    def restore(self, snapshot: "LedgerSnapshot") -> None: ...
+    def tables(self) -> set[str]: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """Every row of a ledger as of one instant (read in one transaction): what
+    `rayfin ledger export` writes and `rayfin ledger import` restores (controller/ledger_io.py).
+    Serving reservations are jobs of kind "serving", so they travel with the jobs."""
+
+    schema_version: int
+    jobs: tuple[JobRecord, ...]
+    events: tuple[Event, ...]
+    kv: tuple[tuple[str, bytes], ...]
+    results: tuple[tuple[str, int, bytes | None], ...] = ()        # (job_id, rank, value)
+    logs: tuple[tuple[int, str, int, float, str], ...] = ()          # (seq, job_id, rank, ts, text)
+
+
+# The tables a snapshot carries. A contract test checks that every table of the schema is here,
+# so a migration that adds a table cannot be forgotten by export/import.
+SNAPSHOT_TABLES = ("jobs", "events", "kv", "results", "logs")
 
 
 @dataclass(frozen=True)
@@ -107,34 +144,139 @@ def tail_lines(chunks: Iterable[LogLine], tail: int | None) -> list[LogLine]:
     return lines if tail is None else lines[-tail:] if tail > 0 else []
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs(
-  job_id TEXT PRIMARY KEY, desk TEXT NOT NULL, name TEXT, kind TEXT, gpus REAL, priority INTEGER,
-  comm TEXT, state TEXT NOT NULL, submitted_at REAL, max_retries INTEGER, attempts INTEGER,
-  reason TEXT, started_at REAL, finished_at REAL, placement TEXT, preempt_deadline REAL,
-  payload BLOB, result BLOB, error TEXT, info TEXT);
-CREATE INDEX IF NOT EXISTS jobs_desk_state ON jobs(desk, state);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS events(
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, job_id TEXT, desk TEXT, kind TEXT NOT NULL,
-  state TEXT, reason TEXT, data TEXT);
-CREATE INDEX IF NOT EXISTS events_desk_ts ON events(desk, ts);
-CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
-CREATE TRIGGER IF NOT EXISTS events_append_only_u BEFORE UPDATE ON events
-  BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_append_only_d BEFORE DELETE ON events
-  BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
-CREATE TABLE IF NOT EXISTS kv(key TEXT PRIMARY KEY, value BLOB);
-CREATE TABLE IF NOT EXISTS results(job_id TEXT NOT NULL, rank INTEGER NOT NULL, value BLOB,
-  PRIMARY KEY(job_id, rank));
-CREATE TABLE IF NOT EXISTS logs(seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, rank INTEGER NOT NULL,
-  ts REAL NOT NULL, text TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS logs_job_rank ON logs(job_id, rank, seq);
-"""
+def logs_query(job_id: str, rank: int | None, mark: str) -> tuple[str, list[Any]]:
+    q, args = f"SELECT rank, ts, text FROM logs WHERE job_id={mark}", [job_id]
+    if rank is not None:
+        q += f" AND rank={mark}"
+        args.append(rank)
+    return q + " ORDER BY seq", args
 
-_COLS = ("job_id", "desk", "name", "kind", "gpus", "priority", "comm", "state", "submitted_at", "max_retries",
-         "attempts", "reason", "started_at", "finished_at", "placement", "preempt_deadline", "payload", "result",
-         "error", "info")
+
+def chunks_to_drop(sizes_newest_first: Iterable[tuple[int, int]], max_bytes: int) -> int | None:
+    """Given (seq, length) of one rank's chunks, newest first: the seq at and below which the
+    chunks go so the rest fit in `max_bytes` (the newest chunk is always kept), or None."""
+    kept = 0
+    for k, (seq, n) in enumerate(sizes_newest_first):
+        kept += n
+        if kept > max_bytes and k > 0:
+            return seq
+    return None
+
+
+# -- one row codec and one set of queries for every backend ----------------------------------
+JOB_COLUMNS = ("job_id", "desk", "name", "kind", "gpus", "priority", "comm", "state", "submitted_at",
+               "max_retries", "attempts", "reason", "started_at", "finished_at", "placement",
+               "preempt_deadline", "payload", "result", "error", "info")
+EVENT_COLUMNS = ("seq", "ts", "job_id", "desk", "kind", "state", "reason", "data")
+
+
+def job_row(job: JobRecord) -> tuple[Any, ...]:
+    """The values of `JOB_COLUMNS` for a job; the JSON columns as JSON text."""
+    return (job.job_id, job.desk, job.name, job.kind, job.gpus, job.priority, job.comm, job.state,
+            job.submitted_at, job.max_retries, job.attempts, job.reason, job.started_at, job.finished_at,
+            json.dumps([list(p) for p in job.placement]), job.preempt_deadline, job.payload, job.result,
+            job.error, json.dumps(job.info, default=str))
+
+
+def _json(value: Any, empty: Any) -> Any:
+    """A JSON column as read back: text from SQLite, already decoded from PostgreSQL's jsonb."""
+    if value is None:
+        return empty
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def job_from_row(row: Iterable[Any]) -> JobRecord:
+    d = dict(zip(JOB_COLUMNS, row))
+    d["placement"] = tuple((str(i), float(g)) for i, g in _json(d["placement"], []))
+    d["info"] = _json(d["info"], {})
+    d["reason"] = d["reason"] or ""
+    d["error"] = d["error"] or ""
+    for blob in ("payload", "result"):
+        if d[blob] is not None:
+            d[blob] = bytes(d[blob])   # PostgreSQL hands back memoryview
+    return JobRecord(**d)
+
+
+def event_from_row(r: tuple[Any, ...]) -> Event:
+    return Event(int(r[0]), float(r[1]), r[2] or "", r[3] or "", r[4], r[5] or "", r[6] or "", _json(r[7], {}))
+
+
+def event_row(e: Event) -> tuple[Any, ...]:
+    return (e.seq, e.ts, e.job_id, e.desk, e.kind, e.state, e.reason, json.dumps(e.data, default=str))
+
+
+def job_event(job: JobRecord, event: tuple[str, str], ts: float | None) -> tuple[Any, ...]:
+    """(ts, job_id, desk, kind, state, reason, data) of the audit event `put_job` appends."""
+    kind, reason = event
+    when = ts if ts is not None else (job.finished_at or job.started_at or job.submitted_at)
+    data = json.dumps({"gpus": job.gpus, "placement": job.placement, "attempts": job.attempts})
+    return (when, job.job_id, job.desk, kind, job.state, reason, data)
+
+
+def jobs_query(desk: str | None, states: Iterable[str] | None, limit: int | None, blobs: bool,
+               mark: str) -> tuple[str, list[Any]]:
+    """The SELECT of `Ledger.jobs`; `mark` is the driver's placeholder ('?' or '%s')."""
+    cols = JOB_COLUMNS if blobs else tuple("NULL" if c in ("payload", "result") else c for c in JOB_COLUMNS)
+    q, args = f"SELECT {','.join(cols)} FROM jobs WHERE 1=1", []
+    if desk is not None:
+        q += f" AND desk={mark}"
+        args.append(desk)
+    if states is not None:
+        st = list(states)
+        q += f" AND state IN ({','.join([mark] * len(st))})" if st else " AND 1=0"
+        args.extend(st)
+    q += " ORDER BY submitted_at, job_id"
+    if limit:
+        q += f" LIMIT {int(limit)}"
+    return q, args
+
+
+def counts_query(states: Iterable[str], exclude_kind: str | None, mark: str) -> tuple[str, list[Any]]:
+    st = list(states)
+    q = f"SELECT desk, state, COUNT(*) FROM jobs WHERE state IN ({','.join([mark] * len(st))})" if st \
+        else "SELECT desk, state, COUNT(*) FROM jobs WHERE 1=0"
+    args: list[Any] = list(st)
+    if exclude_kind is not None:
+        q += f" AND kind != {mark}"
+        args.append(exclude_kind)
+    return q + " GROUP BY desk, state", args
+
+
+def counts_table(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for desk, state, n in rows:
+        out.setdefault(desk, {})[state] = int(n)
+    return out
+
+
+def events_query(desk: str | None, job_id: str | None, since: float | None, until: float | None,
+                 kinds: Iterable[str] | None, limit: int, mark: str) -> tuple[str, list[Any]]:
+    q, args = f"SELECT {','.join(EVENT_COLUMNS)} FROM events WHERE 1=1", []
+    for col, op, val in (("desk", "=", desk), ("job_id", "=", job_id), ("ts", ">=", since), ("ts", "<=", until)):
+        if val is not None:
+            q += f" AND {col}{op}{mark}"
+            args.append(val)
+    if kinds is not None:
+        ks = list(kinds)
+        q += f" AND kind IN ({','.join([mark] * len(ks))})" if ks else " AND 1=0"
+        args.extend(ks)
+    return q + f" ORDER BY seq LIMIT {int(limit)}", args
+
+
+def require_empty(held: dict[str, int], where: str) -> None:
+    """A snapshot is restored only into an empty ledger: the audit trail cannot be merged into
+    or overwritten (it is append-only), and a half-merged job table would be neither ledger."""
+    if any(held.values()):
+        what = ", ".join(f"{n} {t}" for t, n in held.items() if n)
+        raise LedgerError(f"cannot import into {where}: it already holds {what}; to fix: import into a new, "
+                          "empty ledger", ledger=where, reason="not empty")
+
+
+def require_schema(snapshot: LedgerSnapshot, version: int, where: str) -> None:
+    if snapshot.schema_version > version:
+        raise LedgerError(f"the snapshot has schema version {snapshot.schema_version} but {where} is at "
+                          f"{version}; to fix: import with the rayfin release that exported it or a newer one",
+                          ledger=where, reason="schema too new")
 
 
 class SqliteLedger:
@@ -150,80 +292,63 @@ class SqliteLedger:
         self._db = sqlite3.connect(p, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a commit survives power loss: acknowledged == durable
-        self._db.executescript(_SCHEMA)
+        self.schema_version = self._migrate()
+
+    def _migrate(self) -> int:
+        """Apply the migrations above `PRAGMA user_version`, each with its version bump in one
+        transaction (an immediate one, so two processes opening one file do not both migrate)."""
+        with self._lock:
+            for mig in migrations("sqlite"):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    if self._db.execute("PRAGMA user_version").fetchone()[0] >= mig.version:
+                        self._db.execute("COMMIT")
+                        continue
+                    # executescript would commit first; run the file statement by statement instead.
+                    for stmt in _statements(mig.sql):
+                        self._db.execute(stmt)
+                    self._db.execute(f"PRAGMA user_version={mig.version}")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     # -- jobs --
     def put_job(self, job: JobRecord, event: tuple[str, str] | None = None, ts: float | None = None) -> None:
         """Upsert a job; with `event=(kind, reason)` also append an audit event, in one transaction."""
-        row = (job.job_id, job.desk, job.name, job.kind, job.gpus, job.priority, job.comm, job.state,
-               job.submitted_at, job.max_retries, job.attempts, job.reason, job.started_at, job.finished_at,
-               json.dumps([list(p) for p in job.placement]), job.preempt_deadline, job.payload, job.result,
-               job.error, json.dumps(job.info, default=str))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(f"INSERT OR REPLACE INTO jobs({','.join(_COLS)}) VALUES({','.join('?' * len(_COLS))})",
-                                 row)
+                self._db.execute(f"INSERT OR REPLACE INTO jobs({','.join(JOB_COLUMNS)}) "
+                                 f"VALUES({','.join('?' * len(JOB_COLUMNS))})", job_row(job))
                 if event is not None:
-                    kind, reason = event
                     self._db.execute("INSERT INTO events(ts, job_id, desk, kind, state, reason, data) "
-                                     "VALUES(?,?,?,?,?,?,?)",
-                                     (ts if ts is not None else (job.finished_at or job.started_at or job.submitted_at),
-                                      job.job_id, job.desk, kind, job.state, reason,
-                                      json.dumps({"gpus": job.gpus, "placement": job.placement,
-                                                  "attempts": job.attempts})))
+                                     "VALUES(?,?,?,?,?,?,?)", job_event(job, event, ts))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
-    @staticmethod
-    def _job(row: tuple[Any, ...]) -> JobRecord:
-        d = dict(zip(_COLS, row))
-        d["placement"] = tuple((str(i), float(g)) for i, g in json.loads(d["placement"] or "[]"))
-        d["info"] = json.loads(d["info"] or "{}")
-        d["reason"] = d["reason"] or ""
-        d["error"] = d["error"] or ""
-        return JobRecord(**d)
-
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {','.join(_COLS)} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-        return self._job(row) if row else None
+            row = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return job_from_row(row) if row else None
 
     def jobs(self, *, desk: str | None = None, states: Iterable[str] | None = None,
              limit: int | None = None, blobs: bool = True) -> list[JobRecord]:
         """Jobs in submission order. `blobs=False` leaves payload and result out (listings)."""
-        cols = _COLS if blobs else tuple("NULL" if c in ("payload", "result") else c for c in _COLS)
-        q, args = f"SELECT {','.join(cols)} FROM jobs WHERE 1=1", []
-        if desk is not None:
-            q += " AND desk=?"
-            args.append(desk)
-        if states is not None:
-            st = list(states)
-            q += f" AND state IN ({','.join('?' * len(st))})"
-            args.extend(st)
-        q += " ORDER BY submitted_at, job_id"
-        if limit:
-            q += f" LIMIT {int(limit)}"
+        q, args = jobs_query(desk, states, limit, blobs, "?")
         with self._lock:
             rows = self._db.execute(q, args).fetchall()
-        return [self._job(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     def counts(self, states: Iterable[str], exclude_kind: str | None = None) -> dict[str, dict[str, int]]:
-        """{desk: {state: n}} for the given states, counted by SQLite."""
-        st = list(states)
-        q = f"SELECT desk, state, COUNT(*) FROM jobs WHERE state IN ({','.join('?' * len(st))})"
-        args: list[Any] = list(st)
-        if exclude_kind is not None:
-            q += " AND kind != ?"
-            args.append(exclude_kind)
+        """{desk: {state: n}} for the given states, counted by the database."""
+        q, args = counts_query(states, exclude_kind, "?")
         with self._lock:
-            rows = self._db.execute(q + " GROUP BY desk, state", args).fetchall()
-        out: dict[str, dict[str, int]] = {}
-        for desk, state, n in rows:
-            out.setdefault(desk, {})[state] = n
-        return out
+            rows = self._db.execute(q, args).fetchall()
+        return counts_table(rows)
 
     # -- audit events --
     def record(self, ts: float, job_id: str, desk: str, kind: str, state: str, reason: str,
@@ -234,20 +359,10 @@ class SqliteLedger:
 
     def events(self, *, desk: str | None = None, job_id: str | None = None, since: float | None = None,
                until: float | None = None, kinds: Iterable[str] | None = None, limit: int = 1000) -> list[Event]:
-        q, args = "SELECT seq, ts, job_id, desk, kind, state, reason, data FROM events WHERE 1=1", []
-        for col, op, val in (("desk", "=", desk), ("job_id", "=", job_id), ("ts", ">=", since), ("ts", "<=", until)):
-            if val is not None:
-                q += f" AND {col}{op}?"
-                args.append(val)
-        if kinds is not None:
-            ks = list(kinds)
-            q += f" AND kind IN ({','.join('?' * len(ks))})"
-            args.extend(ks)
-        q += f" ORDER BY seq LIMIT {int(limit)}"
+        q, args = events_query(desk, job_id, since, until, kinds, limit, "?")
         with self._lock:
             rows = self._db.execute(q, args).fetchall()
-        return [Event(r[0], r[1], r[2] or "", r[3] or "", r[4], r[5] or "", r[6] or "", json.loads(r[7] or "{}"))
-                for r in rows]
+        return [event_from_row(r) for r in rows]
 
     # -- kv --
     def put_kv(self, key: str, value: bytes) -> None:
@@ -264,14 +379,18 @@ class SqliteLedger:
         rows = [(job_id, r, v) for r, v in enumerate(results)]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM results WHERE job_id=?", (job_id,))
-            self._db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", rows)
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("DELETE FROM results WHERE job_id=?", (job_id,))
+                self._db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def results(self, job_id: str) -> list[bytes | None]:
         with self._lock:
             rows = self._db.execute("SELECT value FROM results WHERE job_id=? ORDER BY rank", (job_id,)).fetchall()
-        return [r[0] for r in rows]
+        return [None if r[0] is None else bytes(r[0]) for r in rows]
 
     def append_logs(self, job_id: str, chunks: Iterable[tuple[int, str]], ts: float, max_bytes: int) -> None:
         """Append output chunks; then drop each touched rank's oldest chunks beyond `max_bytes`."""
@@ -280,28 +399,140 @@ class SqliteLedger:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT INTO logs(job_id, rank, ts, text) VALUES(?,?,?,?)", rows)
-            for rank in {r[1] for r in rows}:
-                kept, cut = 0, None
-                for k, (seq, n) in enumerate(self._db.execute("SELECT seq, LENGTH(text) FROM logs WHERE job_id=? "
-                                                              "AND rank=? ORDER BY seq DESC", (job_id, rank)).fetchall()):
-                    kept += n
-                    if kept > max_bytes and k > 0:   # the newest chunk is always kept
-                        cut = seq
-                        break
-                if cut is not None:
-                    self._db.execute("DELETE FROM logs WHERE job_id=? AND rank=? AND seq<=?", (job_id, rank, cut))
-            self._db.execute("COMMIT")
+            try:
+                self._db.executemany("INSERT INTO logs(job_id, rank, ts, text) VALUES(?,?,?,?)", rows)
+                for rank in {r[1] for r in rows}:
+                    sizes = self._db.execute("SELECT seq, LENGTH(text) FROM logs WHERE job_id=? AND rank=? "
+                                             "ORDER BY seq DESC", (job_id, rank)).fetchall()
+                    cut = chunks_to_drop(sizes, max_bytes)
+                    if cut is not None:
+                        self._db.execute("DELETE FROM logs WHERE job_id=? AND rank=? AND seq<=?", (job_id, rank, cut))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def logs(self, job_id: str, rank: int | None = None, tail: int | None = None) -> list[LogLine]:
-        q, args = "SELECT rank, ts, text FROM logs WHERE job_id=?", [job_id]
-        if rank is not None:
-            q += " AND rank=?"
-            args.append(rank)
+        q, args = logs_query(job_id, rank, "?")
         with self._lock:
-            rows = self._db.execute(q + " ORDER BY seq", args).fetchall()
+            rows = self._db.execute(q, args).fetchall()
         return tail_lines((LogLine(r[0], r[1], r[2]) for r in rows), tail)
+
+    # -- backup and restore --
+    def snapshot(self) -> LedgerSnapshot:
+        """All rows as of one instant: one read transaction (WAL keeps writers going meanwhile)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                jobs = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs ORDER BY submitted_at, job_id")
+                jobs = tuple(job_from_row(r) for r in jobs.fetchall())
+                events = self._db.execute(f"SELECT {','.join(EVENT_COLUMNS)} FROM events ORDER BY seq").fetchall()
+                kv = self._db.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
+                results = self._db.execute("SELECT job_id, rank, value FROM results ORDER BY job_id, rank").fetchall()
+                logs = self._db.execute("SELECT seq, job_id, rank, ts, text FROM logs ORDER BY seq").fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return LedgerSnapshot(self.schema_version, jobs, tuple(event_from_row(r) for r in events),
+                              tuple((k, bytes(v)) for k, v in kv), _results(results), _logs(logs))
+
+    def restore(self, snapshot: LedgerSnapshot) -> None:
+        """Load a snapshot into this (empty) ledger, in one transaction; event numbers kept."""
+        require_schema(snapshot, self.schema_version, self.path)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                require_empty({t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                               for t in SNAPSHOT_TABLES}, self.path)
+                self._db.executemany(f"INSERT INTO jobs({','.join(JOB_COLUMNS)}) "
+                                     f"VALUES({','.join('?' * len(JOB_COLUMNS))})",
+                                     [job_row(j) for j in snapshot.jobs])
+                self._db.executemany(f"INSERT INTO events({','.join(EVENT_COLUMNS)}) "
+                                     f"VALUES({','.join('?' * len(EVENT_COLUMNS))})",
+                                     [event_row(e) for e in snapshot.events])
+                self._db.executemany("INSERT INTO kv(key, value) VALUES(?, ?)", list(snapshot.kv))
+                self._db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", list(snapshot.results))
+                self._db.executemany("INSERT INTO logs(seq, job_id, rank, ts, text) VALUES(?,?,?,?,?)",
+                                     list(snapshot.logs))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def tables(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                    "AND name NOT LIKE 'sqlite_%'").fetchall()
+        return {r[0] for r in rows}
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _results(rows: Iterable[tuple[Any, ...]]) -> tuple[tuple[str, int, bytes | None], ...]:
+    return tuple((str(j), int(r), None if v is None else bytes(v)) for j, r, v in rows)
+
+
+def _logs(rows: Iterable[tuple[Any, ...]]) -> tuple[tuple[int, str, int, float, str], ...]:
+    return tuple((int(q), str(j), int(r), float(t), str(x)) for q, j, r, t, x in rows)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration file into statements (sqlite3 runs one per execute). A CREATE TRIGGER
+    body holds ';' of its own and ends with 'END;'."""
+    out, buf = [], ""
+    for line in script.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        buf += line + "\n"
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
+
+
+# -- choosing a backend ------------------------------------------------------------------------
+def is_postgres_url(value: str | None) -> bool:
+    return bool(value) and value.split("://", 1)[0] in ("postgresql", "postgres")
+
+
+def ledger_password(controller: "ControllerConfig", environ: dict[str, str] | None = None) -> str | None:
+    """The PostgreSQL password, from the environment variable or file the config names (never
+    from the config itself). None when neither is named: libpq's own sources then apply
+    (PGPASSWORD, ~/.pgpass, or no password for trust/peer authentication)."""
+    env = os.environ if environ is None else environ
+    if controller.ledger_password_env:
+        value = env.get(controller.ledger_password_env)
+        if not value:
+            raise ConfigError(f"controller.ledger_password_env: environment variable "
+                              f"{controller.ledger_password_env!r} is not set (or empty) in the controller's "
+                              "process; to fix: export it before `rayfin up`, or name a file in "
+                              "controller.ledger_password_file", path="controller.ledger_password_env")
+        return value
+    if controller.ledger_password_file:
+        path = Path(os.path.expanduser(controller.ledger_password_file))
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"controller.ledger_password_file: cannot read {str(path)!r} ({exc.strerror}); to "
+                              "fix: create it (mode 0600) with the password on one line",
+                              path="controller.ledger_password_file") from None
+        if not value:
+            raise ConfigError(f"controller.ledger_password_file: {str(path)!r} is empty",
+                              path="controller.ledger_password_file")
+        return value
+    return None
+
+
+def open_ledger(controller: "ControllerConfig") -> Ledger:
+    """The ledger the config selects: PostgreSQL when `controller.ledger` is a postgresql:// URL,
+    else SQLite at `controller.ledger_path`."""
+    if is_postgres_url(controller.ledger):
+        from rayfin.controller.ledger_pg import PostgresLedger
+
+        return PostgresLedger(controller.ledger, password=ledger_password(controller),
+                              pool_size=controller.ledger_pool_size)
+    return SqliteLedger(controller.ledger_path)

@@ -13,10 +13,26 @@ from rayfin.up import Running, bring_up, with_ledger
 TOKENS = {d: f"{d}-demo-token" for d in ("equities", "fx", "rates", "risk", "quant", "admin")}
 
 
+# The session cluster's controller keeps its ledger in a real PostgreSQL (the session's server,
+# tests/conftest.py), so every integration test, controller kills included, runs on it.
+# RAYFIN_TEST_LEDGER=sqlite runs them on the embedded SQLite ledger instead.
+LEDGER_PASSWORD_ENV = "RAYFIN_TEST_LEDGER_PASSWORD"
+
+
 @pytest.fixture(scope="session")
-def rayfin_env(tmp_path_factory) -> Running:
-    ledger = tmp_path_factory.mktemp("ledger") / "ledger.db"
-    cfg = with_ledger(load_config("configs/test.yaml"), str(ledger))
+def ledger_target(request, tmp_path_factory) -> str:
+    if os.environ.get("RAYFIN_TEST_LEDGER", "postgresql") == "sqlite":
+        return str(tmp_path_factory.mktemp("ledger") / "ledger.db")
+    server = request.getfixturevalue("postgres_server")
+    # The controller actor reads it on the head node, whose processes inherit this environment.
+    os.environ[LEDGER_PASSWORD_ENV] = server.password
+    return server.create_database("rayfin_integration")
+
+
+@pytest.fixture(scope="session")
+def rayfin_env(ledger_target) -> Running:
+    cfg = with_ledger(load_config("configs/test.yaml"), ledger_target, password_env=LEDGER_PASSWORD_ENV
+                      if ledger_target.startswith("postgresql://") else None)
     from rayfin.cluster import free_port
 
     # Free ports, so a second Ray on this machine (another test run, a demo) cannot clash.

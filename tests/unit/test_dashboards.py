@@ -160,7 +160,11 @@ def test_rayservice_runs_every_configured_model_and_the_gateway():
     apps = {a["name"]: a for a in serve_cfg["applications"]}
     assert set(apps) == {"gateway"} | {f"model-{m.name}" for m in cfg.serve.models}
     assert apps["gateway"]["route_prefix"] == "/"
-    assert rs["spec"]["rayClusterConfig"] == docs["raycluster.yaml"]["spec"]
+    # the same cluster; a RayService leaves the GCS storage namespace to KubeRay (see gcs_fault_tolerance)
+    cluster = dict(docs["raycluster.yaml"]["spec"])
+    cluster["gcsFaultToleranceOptions"] = {k: v for k, v in cluster["gcsFaultToleranceOptions"].items()
+                                           if k != "externalStorageNamespace"}
+    assert rs["spec"]["rayClusterConfig"] == cluster
 
 
 def test_generator_follows_a_different_config(tmp_path):
