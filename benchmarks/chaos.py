@@ -21,6 +21,7 @@ JSON: {"accepted", "finished", "lost", "duplicated", "leaked_gpus", "recovery": 
     lost         accepted jobs that never reached a terminal state or vanished from the ledger
     duplicated   jobs that started more often than their attempts (1 + requeues) allow
     leaked_gpus  GPUs still reserved by rayfin groups/runners once everything ended
+    leaked_workers  runner and gang-worker actors still alive once everything ended
     recovery     per fault kind: fault -> first answer from a restarted controller (controller,
                  head), or node crash -> capacity loss seen by the controller and re-add ->
                  capacity back (node); p50 / p99 / max and every sample
@@ -44,8 +45,13 @@ TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED")
 
 
 def chaos_job(marker: str, job_tag: str, seconds: float) -> str:
-    with open(marker, "a") as f:
-        f.write(job_tag + "\n")
+    """One start line per attempt (rank 0 writes it; every rank of a gang runs this)."""
+    from rayfin.runner import job_context
+
+    ctx = job_context()
+    if ctx is None or ctx.rank == 0:
+        with open(marker, "a") as f:
+            f.write(job_tag + "\n")
     time.sleep(seconds)
     return job_tag
 
@@ -60,12 +66,15 @@ class JobKind:
     seconds: tuple[float, float]
     weight: float
     priority: str = "normal"
+    workers: int = 1       # gang workers (each gpus / workers GPUs)
 
 
 JOB_MIX: tuple[JobKind, ...] = (
     JobKind("single-gpu", 1, (0.5, 3.0), 2.0),
     JobKind("two-gpu", 2, (0.5, 3.0), 2.0),
     JobKind("island", 4, (0.5, 3.0), 1.0),
+    JobKind("gang", 4, (0.5, 3.0), 1.0, workers=4),
+    JobKind("multi-island-gang", 8, (0.5, 3.0), 0.5, workers=4),
 )
 
 
@@ -75,7 +84,8 @@ def draw_job(rng: random.Random) -> JobKind:
 
 def submit_one(client, marker: str, i: int, kind: JobKind, rng: random.Random):
     return client.submit(chaos_job, marker, f"j{i}", rng.uniform(*kind.seconds), gpus=kind.gpus,
-                         priority=kind.priority, retries=3, name=f"chaos-{i}")
+                         workers=kind.workers, dist_backend=None, priority=kind.priority, retries=3,
+                         name=f"chaos-{i}")
 
 
 # ---------------------------------------------------------------- faults
@@ -293,6 +303,7 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
         finished = sum(1 for s in statuses.values() if s.state.terminal)
         time.sleep(2.0)
         leaked = _leaked_gpus()
+        leaked_workers = _leaked_workers()
         result = {
             "ledger": a.ledger, "gcs_fault_tolerance": bool(redis), "head_outage_s": a.head_outage_s,
             "job_mix": [k.__dict__ | {"seconds": list(k.seconds)} for k in JOB_MIX],
@@ -301,6 +312,7 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
             "succeeded": sum(1 for s in statuses.values() if s.state.value == "SUCCEEDED"),
             "failed": sum(1 for s in statuses.values() if s.state.value == "FAILED"),
             "lost": len(accepted) - finished, "duplicated": duplicated, "leaked_gpus": leaked,
+            "leaked_workers": leaked_workers,
             "retried_jobs": sum(1 for s in statuses.values() if s.attempts > 0),
             "faults": {"controller": a.kills, "head": a.head_kills, "node": a.node_losses},
             "recovery": {kind: _spread(v) for kind, v in chaos.recovery.items()},
@@ -308,11 +320,20 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
         }
         Path(a.out).write_text(json.dumps(result, indent=2))
         print(json.dumps({k: v for k, v in result.items() if k not in ("chaos", "job_mix")}, indent=2))
-        ok = result["lost"] == 0 and result["duplicated"] == 0 and result["leaked_gpus"] == 0
-        print("targets: lost = duplicated = leaked_gpus = 0:", "met" if ok else "MISSED")
+        ok = (result["lost"] == 0 and result["duplicated"] == 0 and result["leaked_gpus"] == 0
+              and result["leaked_workers"] == 0)
+        print("targets: lost = duplicated = leaked_gpus = leaked_workers = 0:", "met" if ok else "MISSED")
         return 0 if ok else 1
     finally:
         run.shutdown()
+
+
+def _leaked_workers() -> int:
+    """Runner and gang-worker actors still alive once every job ended (none may outlive its job)."""
+    from ray.util.state import list_actors
+
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=10000, raise_on_missing_output=False)
+    return sum(1 for a in alive if a.class_name in ("JobRunner", "GangWorker"))
 
 
 def _leaked_gpus() -> float:
