@@ -67,9 +67,20 @@ def test_desk_mapping_is_a_stable_hash():
 
 def test_benchmark_command_writes_json_and_png(tmp_path):
     out = tmp_path / "r.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.scheduling", "--trace", str(DEV), "--gpus", "128",
-                    "--gpus-per-node", "8", "--desks", "3", "--limit", "100", "--out", str(out)],
-                   check=True, cwd=ROOT, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "benchmarks.scheduling", "--trace", str(DEV), "--load", "1.0",
+                    "--desks", "3", "--limit", "200", "--windows", "4", "--latency-depths", "50", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
     data = json.loads(out.read_text())
-    assert set(data["policies"]) == {"fifo", "static", "kueue", "rayfin"}
+    assert set(data["policies"]) == {"fifo", "static_demand", "kueue_tas_fs", "kueue_node", "tiresias",
+                                     "sjf_oracle", "rayfin"}
+    assert data["load"] == 1.0 and data["placement_model"] == "calibrated" and data["fabric"] == "nvlink-ib"
+    m = data["policies"]["rayfin"]
+    for key in ("mean_jct_s", "p95_jct_s", "mean_wait_s", "mean_bounded_slowdown", "p99_bounded_slowdown",
+                "jain_fairness", "guarantee_violation_gpu_hours", "total_gpu_hours", "lost_work_gpu_hours",
+                "decision_p99_ms", "decision_p99_ms_at_50"):
+        assert m[key] is not None, key
+    # three scored windows (window 0 is for tuning) give a confidence interval
+    assert m["ci95"]["mean_bounded_slowdown"]["n"] == 3 and len(m["windows"]) == 4
+    assert m["vs_kueue_tas_fs"]["mean_bounded_slowdown"]["full_trace"] > 0
+    assert set(m["by_size"]) == {"1", "2-8", ">8"}
     assert out.with_suffix(".png").exists()
