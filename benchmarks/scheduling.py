@@ -37,6 +37,7 @@ from rayfin.policy.model import ClusterSnapshot, CommProfile, DeskQuota, Pending
 from rayfin.policy.scheduler import schedule
 from rayfin.policy.settings import PlacementStrategy, Policy, SchedulerConfig
 from rayfin.sim import Simulator, desk_of, equal_desks, load_trace, summarize
+from rayfin.sim.elastic import ScalingCurves
 from rayfin.sim.load import gpus_for_load, in_window_demand, windows
 from rayfin.sim.placement_model import PROFILE_DIR, Fabric, PlacementModel, Stretch
 
@@ -71,7 +72,8 @@ def demand_desks(jobs, capacity: int, mapping: dict[str, str], names) -> dict[st
     return {d: DeskQuota(d, capacity * share[d] / total, 0.0, None) for d in names}
 
 
-def run_one(jobs, gpus: int, args, name: str, stretch: Stretch, record: bool = False):
+def run_one(jobs, gpus: int, args, name: str, stretch: Stretch, record: bool = False, curves=None,
+            share: float = 0.5):
     cluster = ClusterConfig.uniform(gpus=gpus, gpus_per_node=args.gpus_per_node,
                                     islands_per_node=args.islands_per_node, nodes_per_rack=args.nodes_per_rack)
     topo = Topology.from_config(cluster)
@@ -82,9 +84,13 @@ def run_one(jobs, gpus: int, args, name: str, stretch: Stretch, record: bool = F
     cfg = policy_config(name, args.grace)
     predictor = "oracle" if name == "sjf_oracle" else (DurationPredictor() if name == "rayfin" else None)
     sim = Simulator(topo, desks, cfg, mapping, record_desks=record, name=name, stretch=stretch,
-                    predictor=predictor, checkpoint_interval_s=args.checkpoint_interval)
+                    predictor=predictor, checkpoint_interval_s=args.checkpoint_interval, elastic=curves,
+                    elastic_share=share)
     r = sim.run(jobs)
     s = summarize(r)
+    if curves is not None:
+        s["elastic_share"] = share
+        s["resizes"] = sim.resizes
     s["guarantee_violation_fraction"] = (round(s["guarantee_violation_gpu_hours"] / s["total_gpu_hours"], 6)
                                          if s["total_gpu_hours"] else None)
     return s, r
@@ -170,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="jobs checkpoint every this many seconds of running; a preemption loses the rest")
     ap.add_argument("--windows", type=int, default=4, help="trace windows; window 0 is for tuning, not scored")
     ap.add_argument("--latency-depths", default="1000,10000")
+    ap.add_argument("--elastic", action="store_true", help="also run rayfin with elastic gangs (policies_elastic)")
+    ap.add_argument("--elastic-share", type=float, default=0.5, help="share of multi-GPU jobs that are elastic")
+    ap.add_argument("--elastic-sweep", default="0.25,0.5,1.0", help="shares for the full-trace sweep")
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--out", default="result.json")
     ap.add_argument("--no-plot", action="store_true")
@@ -215,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     "ci95": ci95([ratio(a.get(m), b.get(m)) for a, b in zip(scored, per_window[BASELINE][1:])])}
                 for m in RATIOS}
 
+    elastic = run_elastic(jobs, gpus, wins, per_window, results, args, stretch) if args.elastic else None
+
     depths = [int(x) for x in args.latency_depths.split(",") if x.strip()]
     latency = decision_latency(jobs, gpus, args, names, depths) if depths else {}
     for name in names:
@@ -231,13 +242,51 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"policies": results, "load": args.load if args.gpus is None else round(demand / gpus, 3),
            "placement_model": args.placement_model, "fabric": args.fabric, "config": meta,
            "decision_latency": latency}
+    if elastic is not None:
+        doc["policies_elastic"], doc["elastic_share_sweep"] = elastic
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"trace {args.trace}: {len(jobs)} jobs, in-window demand {demand:.0f} GPUs, cluster {gpus} GPUs "
           f"(load {demand / gpus:.2f}), placement model {args.placement_model} / {args.fabric}")
     print(table(results))
+    if elastic is not None:
+        print(f"elastic gangs (share {args.elastic_share} of multi-GPU jobs; Pollux scaling curves):")
+        print(table(elastic[0]))
+        print("share sweep (full trace): " + ", ".join(
+            f"{k}: mean JCT {v['mean_jct_s']:.0f} s ({v['mean_jct_vs_' + BASELINE]:.3f}x {BASELINE})"
+            for k, v in elastic[1].items()))
     if not args.no_plot:
         plot(raw, results, out.with_suffix(".png"), f"load {demand / gpus:.2f}, {gpus} GPUs, {args.placement_model}")
     return 0
+
+
+def run_elastic(jobs, gpus, wins, per_window, results, args, stretch):
+    """rayfin with elastic gangs: the full trace and the scored windows at --elastic-share (with
+    ratios to kueue_tas_fs, which has none), and a full-trace sweep over shares."""
+    curves = ScalingCurves.load(args.profiles)
+    s, _ = run_one(jobs, gpus, args, "rayfin", stretch, curves=curves, share=args.elastic_share)
+    scored = []
+    for k, wj in enumerate(wins):
+        if k == 0:
+            continue
+        g = args.gpus or gpus_for_load(wj, args.load, args.gpus_per_node)
+        scored.append(run_one(wj, g, args, "rayfin", stretch, curves=curves, share=args.elastic_share)[0])
+    s["ci95"] = {m: ci95([w.get(m) for w in scored]) for m in CI_METRICS}
+    if BASELINE in results:
+        base = results[BASELINE]
+        s["vs_" + BASELINE] = {m: {"full_trace": _round(ratio(s.get(m), base.get(m))),
+                                   "ci95": ci95([ratio(a.get(m), b.get(m))
+                                                 for a, b in zip(scored, per_window[BASELINE][1:])])}
+                               for m in RATIOS}
+    sweep = {}
+    for share in [float(x) for x in args.elastic_sweep.split(",") if x.strip()]:
+        r = s if share == args.elastic_share else run_one(jobs, gpus, args, "rayfin", stretch, curves=curves,
+                                                           share=share)[0]
+        sweep[str(share)] = {"mean_jct_s": r["mean_jct_s"], "mean_bounded_slowdown": r["mean_bounded_slowdown"],
+                             "mean_wait_s": r["mean_wait_s"], "resizes": r["resizes"],
+                             "mean_jct_vs_" + BASELINE: _round(ratio(r["mean_jct_s"],
+                                                                     results.get(BASELINE, {}).get("mean_jct_s")))}
+    print("  elastic done", file=sys.stderr, flush=True)
+    return {"rayfin": s}, sweep
 
 
 def _round(v, nd=4):

@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import heapq
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from placement.allreduce import stretch_factor
+from placement.gang import FreeIndex
 from placement.topology import Topology
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
 from rayfin.policy.hints import JobHint
-from rayfin.policy.model import ClusterSnapshot, CommProfile, DeskQuota, PendingJob, RunningJob
+from rayfin.policy.model import ClusterSnapshot, CommProfile, DeskQuota, PendingJob, Priority, RunningJob
 from rayfin.policy.ordering import JobRank
 from rayfin.policy.scheduler import schedule
 from rayfin.policy.settings import SchedulerConfig
@@ -59,6 +61,11 @@ class _Rec:
     started: float = 0.0
     stretch: float = 1.0
     epoch: int = 0
+    cepoch: int = 0          # completion events: bumped whenever the job's speed changes
+    speed: float = 1.0       # elastic: speed over its asked size (measured scaling curve)
+    seg_start: float = 0.0   # when the current speed began
+    extra: int = 0           # elastic: workers above the asked size
+    elastic: bool = False
     end: float | None = None
     refused: str | None = None
     predicted: float | None = None
@@ -98,11 +105,13 @@ class Simulator:
     def __init__(self, topology: Topology, desks: Mapping[str, DeskQuota], cfg: SchedulerConfig,
                  desk_of: Mapping[str, str], comm_fraction: float = 0.3, record_desks: bool = False,
                  name: str = "", stretch=None, predictor: "DurationPredictor | str | None" = None,
-                 checkpoint_interval_s: float | None = None):
+                 checkpoint_interval_s: float | None = None, elastic=None, elastic_share: float = 0.5):
         self.topo, self.desks, self.cfg = topology, dict(desks), cfg
         self.stretch = stretch
         self.predictor = predictor
         self.ckpt = checkpoint_interval_s
+        self.curves = elastic                  # rayfin.sim.elastic.ScalingCurves, or None: no elastic gangs
+        self.elastic_share = elastic_share
         self.wants_hints = (cfg.rank is not JobRank.SUBMISSION or cfg.las_preemption or cfg.victims_by_lost_work)
         self.desk_of = desk_of
         self.comm_fraction = comm_fraction
@@ -132,6 +141,8 @@ class Simulator:
         self.dstate = DurationState()
         self.lost = 0.0
         self.predictions: list[tuple[float, float]] = []
+        self.extra_of: dict[str, str] = {}     # extra-workers id -> job id
+        self.resizes = 0
         window = jobs[-1].submit_s if jobs else 0.0
         self.window = window
         t, ai, n = 0.0, 0, len(jobs)
@@ -143,12 +154,20 @@ class Simulator:
             t = nxt
             while self.events and self.events[0][0] <= t + _EPS:
                 _, kind, jid, epoch = heapq.heappop(self.events)
-                (self._complete if kind == _COMPLETE else self._kill)(jid, epoch, t)
+                if kind == _COMPLETE:
+                    self._complete(jid, epoch, t)
+                elif jid.endswith("+x"):
+                    if jid in self.extra_of:
+                        self._shrink(self.recs[self.extra_of[jid]], t)
+                else:
+                    self._kill(jid, epoch, t)
             while ai < n and jobs[ai].submit_s <= t + _EPS:
                 self._arrive(jobs[ai], t)
                 ai += 1
             if self.pending:
                 self._cycle(t)
+            if self.curves is not None:
+                self._resize(t)
             if self.record_desks:
                 self.series.append((t, tuple(self.usage[d] for d in self.desks)))
         return self._result(t)
@@ -170,7 +189,8 @@ class Simulator:
         for d in dec.preempts:
             rj = self.running[d.job_id]
             self.running[d.job_id] = replace(rj, preempt_deadline=d.deadline, preempted_for=d.beneficiary)
-            heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id, self.recs[d.job_id].epoch))
+            heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id,
+                                         0 if d.job_id in self.extra_of else self.recs[d.job_id].epoch))
         for d in dec.admits:
             self._start(self.recs[d.job_id], d.placement, t)
 
@@ -180,6 +200,8 @@ class Simulator:
         hints = dict(self.hints)
         if self.cfg.las_preemption or self.cfg.victims_by_lost_work:
             for jid in self.running:
+                if jid in self.extra_of:
+                    continue
                 rec = self.recs[jid]
                 ran = t - rec.started
                 age = ran % self.ckpt if self.ckpt else 0.0
@@ -201,6 +223,7 @@ class Simulator:
     def _arrive(self, job: TraceJob, t: float) -> None:
         desk = self.desk_of[job.tenant]
         rec = _Rec(job, desk, job.duration_s, t)
+        rec.elastic = self.curves is not None and self._is_elastic(job)
         self.recs[job.job_id] = rec
         self._queue(rec)
 
@@ -231,12 +254,14 @@ class Simulator:
         if rec.first_start is None:
             rec.first_start = t
         rec.epoch += 1
+        rec.cepoch += 1
+        rec.speed, rec.seg_start, rec.extra = 1.0, t, 0
         if 1 < j.gpus <= self.max_island:
             self.si_elig += 1
             self.si += len(placement) == 1
         self.running[j.job_id] = RunningJob(j.job_id, rec.desk, float(j.gpus), placement, j.priority, t)
         self._alloc(rec, +1)
-        heapq.heappush(self.events, (t + rec.work_left * rec.stretch, _COMPLETE, j.job_id, rec.epoch))
+        heapq.heappush(self.events, (t + rec.work_left * rec.stretch, _COMPLETE, j.job_id, rec.cepoch))
 
     def _alloc(self, rec: _Rec, sign: int) -> None:
         g = rec.job.gpus
@@ -247,17 +272,20 @@ class Simulator:
     def _stop(self, rec: _Rec, t: float, preempted: bool = False) -> None:
         del self.running[rec.job.job_id]
         self._alloc(rec, -1)
+        if rec.extra:
+            self._drop_extra(rec, t)
         ran = t - rec.started
         rec.run_time += ran
-        kept = ran
+        full = rec.work_left - (t - rec.seg_start) * rec.speed / rec.stretch
         if preempted and self.ckpt:
             kept = (ran // self.ckpt) * self.ckpt    # back to the last checkpoint
             self.lost += (ran - kept) * rec.job.gpus
-        rec.work_left = max(0.0, rec.work_left - kept / rec.stretch)
+            full += (ran - kept) * rec.speed / rec.stretch
+        rec.work_left = max(0.0, full)
 
     def _complete(self, jid: str, epoch: int, t: float) -> None:
         rec = self.recs[jid]
-        if rec.epoch != epoch or jid not in self.running:
+        if rec.cepoch != epoch or jid not in self.running:
             return
         self._stop(rec, t)
         rec.end = t
@@ -273,6 +301,79 @@ class Simulator:
         rec.queued_since = t
         self._queue(rec)
         self._pending_sorted = False
+
+    # ---- elastic gangs ------------------------------------------------------------------------
+    def _is_elastic(self, j: TraceJob) -> bool:
+        """A stable share of multi-GPU jobs declare workers=(asked, 2 x asked)."""
+        return j.gpus >= 2 and (zlib.crc32(("elastic:" + j.job_id).encode()) % 1000) < self.elastic_share * 1000
+
+    def _set_speed(self, rec: _Rec, t: float, speed: float) -> None:
+        rec.work_left = max(0.0, rec.work_left - (t - rec.seg_start) * rec.speed / rec.stretch)
+        rec.seg_start, rec.speed = t, speed
+        rec.cepoch += 1
+        heapq.heappush(self.events, (t + rec.work_left * rec.stretch / speed, _COMPLETE, rec.job.job_id, rec.cepoch))
+
+    def _resize(self, t: float) -> None:
+        """Shrink while anyone waits; grow into idle GPUs when no one does. Extra workers run as
+        a separate lowest-priority (BATCH) gang `<id>+x`, so reclaim and priority preemption take
+        them first, and a shrink waits the same grace (the job sees its new world size at a
+        checkpoint boundary: no work is lost)."""
+        if self.pending:
+            for xid, jid in self.extra_of.items():
+                x = self.running.get(xid)
+                if x is not None and x.preempt_deadline is None:
+                    self.running[xid] = replace(x, preempt_deadline=t + self.cfg.preemption_grace_s)
+                    heapq.heappush(self.events, (t + self.cfg.preemption_grace_s, _DEADLINE, xid, 0))
+            return
+        free = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values())).free()
+        idle = int(sum(max(0.0, f) for f in free.values()))
+        if idle <= 0:
+            return
+        lay = self.topo.layout
+        index = FreeIndex(lay, [free[i] for i in lay.island_ids])
+        for jid, rj in list(self.running.items()):
+            rec = self.recs.get(jid)
+            if rec is None or not rec.elastic or rec.extra or rj.preempt_deadline is not None:
+                continue
+            g = rec.job.gpus
+            best, gain = 0, 1.05        # grow only for a measured speed-up of 5% or more
+            for k in range(g + 1, min(2 * g, g + index.total) + 1):
+                s = self.curves.speedup(jid, g, k)
+                if s > gain:
+                    best, gain = k, s
+            if not best:
+                continue
+            got = index.best_fit(best - g, frozenset(lay.island_pool))
+            if got is None:
+                continue
+            index.take(got[0])
+            xid = jid + "+x"
+            self.extra_of[xid] = jid
+            rec.extra = best - g
+            self.running[xid] = RunningJob(xid, rec.desk, float(rec.extra), index.to_placement(got[0]),
+                                           Priority.BATCH, t)
+            self.alloc += rec.extra
+            self.usage[rec.desk] += rec.extra
+            self.resizes += 1
+            self._set_speed(rec, t, gain)
+            if index.total <= 0:
+                break
+
+    def _drop_extra(self, rec: _Rec, t: float) -> None:
+        xid = rec.job.job_id + "+x"
+        if self.running.pop(xid, None) is not None:
+            self.alloc -= rec.extra
+            self.usage[rec.desk] -= rec.extra
+        self.extra_of.pop(xid, None)
+        rec.extra = 0
+
+    def _shrink(self, rec: _Rec, t: float) -> None:
+        if not rec.extra:
+            return
+        self._drop_extra(rec, t)
+        self.resizes += 1
+        if rec.job.job_id in self.running:
+            self._set_speed(rec, t, 1.0)
 
     # ---- metrics ------------------------------------------------------------------------------
     def _account(self, t0: float, t1: float) -> None:

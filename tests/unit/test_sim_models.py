@@ -135,3 +135,32 @@ def test_jain(values, expected):
 
 def test_bounded_slowdown_floors_short_jobs():
     assert list(bounded_slowdown([20.0, 300.0], [1.0, 100.0])) == pytest.approx([2.0, 3.0])
+
+
+@pytest.mark.parametrize("bsz, expected", [
+    (2.0, 1.0),     # below the smallest measured batch: its step time
+    (4.0, 1.0),
+    (6.0, 1.5),     # halfway between (4, 1.0) and (8, 2.0)
+    (16.0, 4.0),    # above the largest: gradient accumulation, 2.0 * 16 / 8
+])
+def test_step_time_interpolates(bsz, expected):
+    from rayfin.sim.elastic import step_time
+    assert step_time([(4.0, 1.0), (8.0, 2.0)], bsz) == pytest.approx(expected)
+
+
+def test_throughput_keeps_the_global_batch():
+    from rayfin.sim.elastic import throughput
+    # 1 worker: batch 8 in 2.0 s; 2 workers: local batch 4 in 1.2 s -> 8 / 1.2; 3 workers interpolated
+    table = {1: [(4.0, 1.0), (8.0, 2.0)], 2: [(4.0, 1.2), (8.0, 2.2)], 4: [(2.0, 1.0), (4.0, 1.5)]}
+    assert throughput(table, 1, 8.0) == pytest.approx(4.0)
+    assert throughput(table, 2, 8.0) == pytest.approx(8.0 / 1.2)
+    assert throughput(table, 3, 8.0) == pytest.approx((8.0 / 1.2 + 8.0 / 1.0) / 2)
+
+
+@pytest.mark.skipif(not PROFILES.exists(), reason="shared/profiles not present")
+def test_measured_curves_are_not_linear():
+    from rayfin.sim.elastic import ScalingCurves
+    c = ScalingCurves.load(PROFILES)
+    gains = [c.speedup(str(k), 4, 8) for k in range(12)]
+    assert all(g < 1.9 for g in gains)          # doubling never doubles the speed
+    assert c.speedup("0", 4, 4) == pytest.approx(1.0)
