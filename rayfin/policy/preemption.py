@@ -74,19 +74,27 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     desk = ctx.desks[job.desk]
     lay = ctx.layout
     in_pool = np.flatnonzero(lay.pool_mask(desk.pools)).tolist()
-    kind = _classifier(ctx, job)
+    kind = _memo(_classifier(ctx, job))
     if not ctx.best_fit:
         return _plan_in(ctx, job, in_pool, kind, need_own, None)
     # A domain is a subset of the pool: if even the whole pool cannot be freed for the job, no
     # island, node or rack can (checked once here instead of in every domain of every level).
     if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK) is None:
         return None
+    # Upper bound per island: its free GPUs plus every candidate's GPUs on it. A domain whose
+    # bound is below the job's size is skipped (the same test `_plan_in` makes, without building
+    # its candidate list).
+    reach = {i: ctx.index.whole(i) for i in in_pool}
+    for i in in_pool:
+        for v in ctx.on_island[i]:
+            if kind(v) is not None:
+                reach[i] += sum(gg for isl, gg in v.placement if lay.index.get(isl) == i)
     for level in LinkLevel:
         if level < start or level > stop:
             continue
         best: ReclaimPlan | None = None
         for dom in _domains(lay, level, in_pool):
-            if sum(lay.capacity[i] for i in dom) < job.gpus:
+            if sum(lay.capacity[i] for i in dom) < job.gpus or sum(reach[i] for i in dom) < job.gpus:
                 continue
             plan = _plan_in(ctx, job, dom, kind, need_own, level)
             if plan is not None and (best is None or plan.score < best.score):
@@ -108,6 +116,17 @@ def _domains(lay: Layout, level: LinkLevel, in_pool: list[int]) -> list[list[int
     for i in in_pool:
         groups.setdefault(keyf[i], []).append(i)
     return list(groups.values())
+
+
+def _memo(kind: Callable[[RunningJob], int | None]) -> Callable[[RunningJob], int | None]:
+    """`kind` of each running job computed once per plan (it reads only what the plan never changes)."""
+    seen: dict[str, int | None] = {}
+
+    def cached(v: RunningJob) -> int | None:
+        if v.job_id not in seen:
+            seen[v.job_id] = kind(v)
+        return seen[v.job_id]
+    return cached
 
 
 def _classifier(ctx: ReclaimContext, job: PendingJob) -> Callable[[RunningJob], int | None]:
@@ -157,21 +176,26 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind, need_ow
                         key=lambda kv: (int(kv[1].priority), cost(kv[1]), -kv[1].started_at, kv[1].job_id))
     chosen: list[tuple[int, RunningJob]] = []
     removed: dict[str, float] = {}
+    tally = _Tally(ctx, dom, in_dom, job.desk)
     for k, v in order:
-        if _satisfied(ctx, dom, in_dom, chosen, g, need_own, job.desk):
+        if tally.satisfied(g, need_own):
             break
         if k == 1 and v.desk != job.desk:
             nominal = ctx.desks[v.desk].nominal
             if ctx.usage.get(v.desk, 0.0) - removed.get(v.desk, 0.0) <= nominal + _EPS:
                 continue   # its desk is no longer borrowing
         chosen.append((k, v))
+        tally.add(v, +1)
         removed[v.desk] = removed.get(v.desk, 0.0) + v.gpus
-    if not _satisfied(ctx, dom, in_dom, chosen, g, need_own, job.desk):
+    if not tally.satisfied(g, need_own):
         return None
     for pos in range(len(chosen) - 1, -1, -1):   # drop victims the plan turns out not to need
-        trial = chosen[:pos] + chosen[pos + 1:]
-        if _satisfied(ctx, dom, in_dom, trial, g, need_own, job.desk):
-            chosen = trial
+        v = chosen[pos][1]
+        tally.add(v, -1)
+        if tally.satisfied(g, need_own):
+            del chosen[pos]
+        else:
+            tally.add(v, +1)
     avail, extra_whole = _avail(ctx, dom, in_dom, chosen)
     placement = _fill(ctx, dom, avail, g, level)
     reserve = []
@@ -198,6 +222,35 @@ def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set, chosen) -> tuple[di
         avail[i] = int(f + extra.get(i, 0.0) + _EPS)
         extra_whole[i] = avail[i] - int(f + _EPS)
     return avail, extra_whole
+
+
+class _Tally:
+    """Free + freed whole GPUs of a domain and the job's own desk's freed GPUs, kept up to date as
+    victims are added and dropped (the same sums as `_avail` / `_satisfied`, without recounting
+    the whole domain at every step)."""
+
+    def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set, desk: str):
+        self.ctx, self.in_dom, self.desk = ctx, in_dom, desk
+        self.free = ctx.index.free
+        self.extra: dict[int, float] = {}
+        self.total = sum(int(self.free[i] + _EPS) for i in dom)
+        self.own = 0.0
+
+    def add(self, v: RunningJob, sign: int) -> None:
+        if v.desk == self.desk:
+            self.own += sign * v.gpus
+        at = self.ctx.layout.index.get
+        for isl, gg in v.placement:
+            i = at(isl)
+            if i in self.in_dom:
+                e = self.extra.get(i, 0.0)
+                before = int(self.free[i] + e + _EPS)
+                e += sign * gg
+                self.extra[i] = e
+                self.total += int(self.free[i] + e + _EPS) - before
+
+    def satisfied(self, g: int, need_own: float) -> bool:
+        return self.own + _EPS >= need_own and self.total >= g
 
 
 def _satisfied(ctx, dom, in_dom, chosen, g, need_own, desk) -> bool:
