@@ -32,6 +32,8 @@ from rayfin.controller.ledger import JobRecord, Ledger
 from rayfin.controller.recorder import NullRecorder, Recorder
 from rayfin.controller.validate import validate_spec
 from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
+from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
+from rayfin.policy.hints import JobHint
 from rayfin.policy.settings import Policy
 from rayfin.policy import (ClusterSnapshot, CommProfile, Decision, DeskQuota, JobState, PendingJob, Priority,
                            RunningJob, SchedulerConfig, check_quota, never_fits, schedule)
@@ -114,6 +116,9 @@ class ControllerCore:
         self._finished: defaultdict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(terminal, 0))
         for desk, counts in ledger.counts(terminal, exclude_kind="serving").items():
             self._finished[desk].update(counts)
+        # Duration-aware order (issue 17): runtimes of finished jobs, learnt online; see `_hints`.
+        self.durations = DurationPredictor()
+        self.duration_state = DurationState()
         self.lock = threading.RLock()
 
     # ---------------------------------------------------------------- auth
@@ -441,8 +446,30 @@ class ControllerCore:
                                           preempt_deadline=job.preempt_deadline,
                                           preempted_for=job.info.get("preempted_for")))
         pending.sort(key=lambda p: (p.submitted_at, p.job_id))
-        return ClusterSnapshot(now=self.clock(), topology=self.topology, desks=self.desks, running=tuple(running),
-                               pending=tuple(pending), unavailable=dict(self.unavailable))
+        now = self.clock()
+        return ClusterSnapshot(now=now, topology=self.topology, desks=self.desks, running=tuple(running),
+                               pending=tuple(pending), unavailable=dict(self.unavailable), hints=self._hints(now))
+
+    # ---- hints for the policy (issue 17): predicted runtimes, attained service, checkpoint age ----
+    def _duration_key(self, job: JobRecord) -> JobKey:
+        return JobKey(job.desk, job.desk, job.name, int(job.gpus))
+
+    def _hints(self, now: float) -> dict[str, JobHint]:
+        out = {}
+        for job in self.active.values():
+            if job.kind == "serving":
+                continue
+            p = self.durations.predict(self.duration_state, self._duration_key(job))
+            ran = float(job.info.get("attained_s", 0.0)) + (now - job.started_at if job.started_at else 0.0)
+            ckpt = job.info.get("checkpoint_at")
+            age = now - float(ckpt) if ckpt is not None and job.started_at else None
+            out[job.job_id] = JobHint(p.seconds if p else None, ran, age)
+        return out
+
+    def _learn_duration(self, job: JobRecord) -> None:
+        if job.kind != "serving" and job.state == JobState.SUCCEEDED.value and job.started_at and job.finished_at:
+            self.duration_state = self.durations.observe(self.duration_state, self._duration_key(job),
+                                                         max(0.0, job.finished_at - job.started_at))
 
     def _act(self, decision) -> tuple[int, int]:
         now = self.clock()
@@ -506,6 +533,7 @@ class ControllerCore:
                                   payload=None if state == JobState.SUCCEEDED else job.payload),
                          state.value.lower(), reason)
         self.last_decision.pop(job.job_id, None)
+        self._learn_duration(job)
         if job.kind != "serving":
             self._finished[job.desk][state.value] += 1
         self.recorder.state_changed(job, old)

@@ -11,6 +11,7 @@ from enum import Enum, IntEnum
 from typing import Mapping
 
 from placement.topology import Topology
+from rayfin.policy.hints import JobHint  # noqa: F401 (used in annotations)
 
 Placement = tuple[tuple[str, float], ...]  # ((island_id, gpus), ...) sorted by island id
 
@@ -107,6 +108,7 @@ class ClusterSnapshot:
     running: tuple[RunningJob, ...] = ()
     pending: tuple[PendingJob, ...] = ()
     unavailable: Mapping[str, float] = field(default_factory=dict)  # island -> GPUs lost/cordoned
+    hints: Mapping[str, "JobHint"] = field(default_factory=dict)   # job id -> prediction, history (optional)
 
     def free(self) -> dict[str, float]:
         """Free GPUs per island: capacity minus running placements minus unavailable."""

@@ -38,14 +38,15 @@ class ReclaimPlan:
     reserve: list[tuple[int, int]]              # free GPUs to hold for the job meanwhile
     draining: list[RunningJob] = field(default_factory=list)   # already being preempted
     victims: list[RunningJob] = field(default_factory=list)    # to preempt now
+    lost: float = 0.0                                          # summed victim cost (work lost)
 
     @property
     def score(self) -> tuple:
-        """Lower is better: lowest top priority, fewest victims, most recently started, then fewest
-        GPUs already coming free taken from others."""
+        """Lower is better: lowest top priority, fewest victims, least work lost (when victims are
+        costed), most recently started, then fewest GPUs already coming free taken from others."""
         top = max((int(v.priority) for v in self.victims), default=-1)
         oldest = min((v.started_at for v in self.victims), default=0.0)
-        return (top, len(self.victims), -oldest, len(self.draining))
+        return (top, len(self.victims), self.lost, -oldest, len(self.draining))
 
 
 @dataclass
@@ -62,29 +63,43 @@ class ReclaimContext:
     reclaim: bool
     priority_preemption: bool
     best_fit: bool
+    victim_cost: Callable[[RunningJob], float] | None = None   # equal-priority victims, lower first (per GPU)
+    victim_ok: Callable[[RunningJob], bool] | None = None      # extra victims (LAS: a lower queue)
 
 
 def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
-                 start: LinkLevel) -> ReclaimPlan | None:
+                 start: LinkLevel, stop: LinkLevel = LinkLevel.INTER_RACK) -> ReclaimPlan | None:
     """Cheapest plan that lets `job` start, or None. `need_own`: GPUs of the job's own desk's
     lower-priority work that must go for the job to fit the desk's quota."""
     desk = ctx.desks[job.desk]
     lay = ctx.layout
     in_pool = np.flatnonzero(lay.pool_mask(desk.pools)).tolist()
-    kind = _classifier(ctx, job)
+    kind = _memo(_classifier(ctx, job))
     if not ctx.best_fit:
         return _plan_in(ctx, job, in_pool, kind, need_own, None)
+    # A domain is a subset of the pool: if even the whole pool cannot be freed for the job, no
+    # island, node or rack can (checked once here instead of in every domain of every level).
+    if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK) is None:
+        return None
+    # Upper bound per island: its free GPUs plus every candidate's GPUs on it. A domain whose
+    # bound is below the job's size is skipped (the same test `_plan_in` makes, without building
+    # its candidate list).
+    reach = {i: ctx.index.whole(i) for i in in_pool}
+    for i in in_pool:
+        for v in ctx.on_island[i]:
+            if kind(v) is not None:
+                reach[i] += sum(gg for isl, gg in v.placement if lay.index.get(isl) == i)
     for level in LinkLevel:
-        if level < start:
+        if level < start or level > stop:
             continue
         best: ReclaimPlan | None = None
         for dom in _domains(lay, level, in_pool):
-            if sum(lay.capacity[i] for i in dom) < job.gpus:
+            if sum(lay.capacity[i] for i in dom) < job.gpus or sum(reach[i] for i in dom) < job.gpus:
                 continue
             plan = _plan_in(ctx, job, dom, kind, need_own, level)
             if plan is not None and (best is None or plan.score < best.score):
                 best = plan
-                if plan.score[:2] == (-1, 0):
+                if plan.score[0] == -1 and not plan.victims:
                     break   # nothing new preempted: cannot do better
         if best is not None:
             return best
@@ -103,6 +118,17 @@ def _domains(lay: Layout, level: LinkLevel, in_pool: list[int]) -> list[list[int
     return list(groups.values())
 
 
+def _memo(kind: Callable[[RunningJob], int | None]) -> Callable[[RunningJob], int | None]:
+    """`kind` of each running job computed once per plan (it reads only what the plan never changes)."""
+    seen: dict[str, int | None] = {}
+
+    def cached(v: RunningJob) -> int | None:
+        if v.job_id not in seen:
+            seen[v.job_id] = kind(v)
+        return seen[v.job_id]
+    return cached
+
+
 def _classifier(ctx: ReclaimContext, job: PendingJob) -> Callable[[RunningJob], int | None]:
     """0: GPUs already coming free; 1: a new victim; None: not a candidate."""
     def kind(v: RunningJob) -> int | None:
@@ -111,6 +137,8 @@ def _classifier(ctx: ReclaimContext, job: PendingJob) -> Callable[[RunningJob], 
         if v.preempt_deadline is not None:
             mine = v.preempted_for is None or v.preempted_for == job.job_id or v.preempted_for not in ctx.pending_ids
             return 0 if mine else None
+        if ctx.victim_ok is not None and v.priority <= job.priority and ctx.victim_ok(v):
+            return 1
         if v.desk == job.desk:
             return 1 if ctx.priority_preemption and v.priority < job.priority else None
         if ctx.reclaim:
@@ -137,30 +165,37 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind, need_ow
                 bound += sum(gg for isl, gg in v.placement if ctx.layout.index.get(isl) in in_dom)
     if bound < g:
         return None
-    order = sorted(cands.values(), key=lambda kv: (kv[0], int(kv[1].priority), -kv[1].started_at, kv[1].job_id))
+    cost = ctx.victim_cost or (lambda v: 0.0)
+    order = sorted(cands.values(), key=lambda kv: (kv[0], int(kv[1].priority), cost(kv[1]), -kv[1].started_at,
+                                                   kv[1].job_id))
     if need_own > _EPS:   # own lower-priority work elsewhere also counts toward the quota need
         seen = set(cands)
         extra = [(1, v) for isl in range(len(ctx.on_island)) if isl not in in_dom for v in ctx.on_island[isl]
                  if v.job_id not in seen and kind(v) == 1 and v.desk == job.desk]
         order += sorted({v.job_id: (k, v) for k, v in extra}.values(),
-                        key=lambda kv: (int(kv[1].priority), -kv[1].started_at, kv[1].job_id))
+                        key=lambda kv: (int(kv[1].priority), cost(kv[1]), -kv[1].started_at, kv[1].job_id))
     chosen: list[tuple[int, RunningJob]] = []
     removed: dict[str, float] = {}
+    tally = _Tally(ctx, dom, in_dom, job.desk)
     for k, v in order:
-        if _satisfied(ctx, dom, in_dom, chosen, g, need_own, job.desk):
+        if tally.satisfied(g, need_own):
             break
         if k == 1 and v.desk != job.desk:
             nominal = ctx.desks[v.desk].nominal
             if ctx.usage.get(v.desk, 0.0) - removed.get(v.desk, 0.0) <= nominal + _EPS:
                 continue   # its desk is no longer borrowing
         chosen.append((k, v))
+        tally.add(v, +1)
         removed[v.desk] = removed.get(v.desk, 0.0) + v.gpus
-    if not _satisfied(ctx, dom, in_dom, chosen, g, need_own, job.desk):
+    if not tally.satisfied(g, need_own):
         return None
     for pos in range(len(chosen) - 1, -1, -1):   # drop victims the plan turns out not to need
-        trial = chosen[:pos] + chosen[pos + 1:]
-        if _satisfied(ctx, dom, in_dom, trial, g, need_own, job.desk):
-            chosen = trial
+        v = chosen[pos][1]
+        tally.add(v, -1)
+        if tally.satisfied(g, need_own):
+            del chosen[pos]
+        else:
+            tally.add(v, +1)
     avail, extra_whole = _avail(ctx, dom, in_dom, chosen)
     placement = _fill(ctx, dom, avail, g, level)
     reserve = []
@@ -168,7 +203,9 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind, need_ow
         from_free = max(0, take - extra_whole.get(i, 0))
         if from_free:
             reserve.append((i, from_free))
-    return ReclaimPlan(level, placement, reserve, [v for k, v in chosen if k == 0], [v for k, v in chosen if k == 1])
+    victims = [v for k, v in chosen if k == 1]
+    lost = sum(cost(v) * v.gpus for v in victims) if ctx.victim_cost is not None else 0.0
+    return ReclaimPlan(level, placement, reserve, [v for k, v in chosen if k == 0], victims, lost)
 
 
 def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set, chosen) -> tuple[dict[int, int], dict[int, int]]:
@@ -185,6 +222,35 @@ def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set, chosen) -> tuple[di
         avail[i] = int(f + extra.get(i, 0.0) + _EPS)
         extra_whole[i] = avail[i] - int(f + _EPS)
     return avail, extra_whole
+
+
+class _Tally:
+    """Free + freed whole GPUs of a domain and the job's own desk's freed GPUs, kept up to date as
+    victims are added and dropped (the same sums as `_avail` / `_satisfied`, without recounting
+    the whole domain at every step)."""
+
+    def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set, desk: str):
+        self.ctx, self.in_dom, self.desk = ctx, in_dom, desk
+        self.free = ctx.index.free
+        self.extra: dict[int, float] = {}
+        self.total = sum(int(self.free[i] + _EPS) for i in dom)
+        self.own = 0.0
+
+    def add(self, v: RunningJob, sign: int) -> None:
+        if v.desk == self.desk:
+            self.own += sign * v.gpus
+        at = self.ctx.layout.index.get
+        for isl, gg in v.placement:
+            i = at(isl)
+            if i in self.in_dom:
+                e = self.extra.get(i, 0.0)
+                before = int(self.free[i] + e + _EPS)
+                e += sign * gg
+                self.extra[i] = e
+                self.total += int(self.free[i] + e + _EPS) - before
+
+    def satisfied(self, g: int, need_own: float) -> bool:
+        return self.own + _EPS >= need_own and self.total >= g
 
 
 def _satisfied(ctx, dom, in_dom, chosen, g, need_own, desk) -> bool:

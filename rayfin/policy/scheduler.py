@@ -28,6 +28,8 @@ from placement.gang import FreeIndex
 from placement.topology import LinkLevel
 from rayfin.policy.model import (ClusterSnapshot, CycleDecision, Decision, DeskQuota, PendingJob, Priority,
                                  RunningJob, Verdict)
+from rayfin.policy.node_fit import node_fit
+from rayfin.policy.ordering import JobRank, las_queue, rank_key
 from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, plan_reclaim
 from rayfin.policy.quota import check_quota, never_fits
 from rayfin.policy.settings import (PlacementStrategy, Policy, QueueOrder, QuotaMode,  # noqa: F401 (re-export)
@@ -74,6 +76,9 @@ class _Cycle:
         self._on_island: list[list[RunningJob]] | None = None
         self._limits: dict[str, DeskQuota] = {}
         self._never_memo: dict[tuple[str, int], str | None] = {}
+        self._gen = 0                                   # bumps on every admit or reclaim (see _plan)
+        self._failed: dict[tuple, tuple[int, int]] = {}  # plan key -> (generation, fewest GPUs that failed)
+        self._beneficiaries: set | None = None
         self.admits: list[Decision] = []
         self.preempts: list[Decision] = []
         self.waits: list[Decision] = []
@@ -82,7 +87,7 @@ class _Cycle:
     # ---- the cycle --------------------------------------------------------------------------
     def run(self) -> CycleDecision:
         cfg = self.cfg
-        order = sorted(self.snap.pending, key=lambda j: -int(j.priority))   # stable: keeps submission order
+        order = self._order()
         deferred: list[PendingJob] = []
         for job in order:
             desk = self.snap.desks.get(job.desk)
@@ -95,7 +100,10 @@ class _Cycle:
                 self.refusals.append(_d(job, Verdict.REFUSE, why + "; to fix: ask for fewer GPUs"))
                 continue
             if cfg.quota is QuotaMode.NONE:
-                self._admit_or_wait(job, desk, "no quotas", 0.0)
+                if cfg.las_preemption:
+                    self._las_job(job, desk)
+                else:
+                    self._admit_or_wait(job, desk, "no quotas", 0.0)
             elif self._entitled(job, desk):
                 self._entitled_job(job, desk)
             else:
@@ -115,6 +123,16 @@ class _Cycle:
                 for job in deferred:
                     self._borrow(job)
         return CycleDecision(tuple(self.admits), tuple(self.preempts), tuple(self.waits), tuple(self.refusals))
+
+    # ---- step 1b: order ---------------------------------------------------------------------
+    def _order(self) -> list[PendingJob]:
+        """Priority first, then the configured rank (policy.ordering); stable, so ties keep
+        submission order."""
+        cfg, hints, now = self.cfg, self.snap.hints, self.snap.now
+        if cfg.rank is JobRank.SUBMISSION:
+            return sorted(self.snap.pending, key=lambda j: -int(j.priority))
+        return sorted(self.snap.pending, key=lambda j: (-int(j.priority),) + rank_key(
+            cfg.rank, j, hints.get(j.job_id), now, aging_s=cfg.aging_s, las_threshold_gpu_s=cfg.las_threshold_gpu_s))
 
     # ---- step 2: never fits -----------------------------------------------------------------
     def _never(self, job: PendingJob, desk: DeskQuota) -> str | None:
@@ -156,7 +174,7 @@ class _Cycle:
         if fits and self._admit(job, desk, why, borrowed):
             return
         if self.cfg.reclaim or self.cfg.priority_preemption:
-            plan = plan_reclaim(self._reclaim_ctx(), job, 0.0 if fits else excess, self._start_level(job))
+            plan = self._plan(None, job, 0.0 if fits else excess, ("entitled", fits))
             if plan is not None:
                 self._apply_plan(job, plan)
                 return
@@ -174,9 +192,74 @@ class _Cycle:
             self._pending_ids = {j.job_id for j in self.snap.pending}
         return ReclaimContext(self.lay, self.index, self._on_island, self.usage, self.snap.desks, self.taken,
                               self._pending_ids, self.cfg.reclaim and self.cfg.quota is QuotaMode.BORROWING,
-                              self.cfg.priority_preemption, self.cfg.placement is PlacementStrategy.BEST_FIT)
+                              self.cfg.priority_preemption, self.cfg.placement is not PlacementStrategy.FIRST_FIT,
+                              victim_cost=self._victim_cost())
+
+    def _victim_cost(self):
+        """Order of equal-priority victims (lower first): the most recent checkpoint (seconds of
+        work at stake per GPU), or None for the default (most recently started first)."""
+        if not self.cfg.victims_by_lost_work or not self.snap.hints:
+            return None
+        hints, now = self.snap.hints, self.snap.now
+
+        def lost(v: RunningJob) -> float:   # no checkpoint reported: all work since its start is at stake
+            h = hints.get(v.job_id)
+            age = h.checkpoint_age_s if h is not None and h.checkpoint_age_s is not None else now - v.started_at
+            left = h.remaining_s(60.0) if h is not None else None
+            return max(0.0, age) / (left or 60.0)
+        return lost
+
+    def _stop_level(self, job: PendingJob) -> LinkLevel:
+        if self.cfg.placement is PlacementStrategy.NODE_FIT and job.gpus <= self.lay.max_node:
+            return LinkLevel.INTRA_NODE   # a pod never spans nodes
+        return LinkLevel.INTER_RACK
+
+    # ---- step 3b: least attained service (Tiresias) -----------------------------------------
+    def _las_job(self, job: PendingJob, desk: DeskQuota) -> None:
+        """No quotas; a job in LAS queue 0 that finds no room preempts queue-1 jobs (most
+        attained service first)."""
+        if self._admit(job, desk, "no quotas", 0.0):
+            return
+        hints, thr = self.snap.hints, self.cfg.las_threshold_gpu_s
+
+        def queue(job_id: str, gpus: float) -> int:
+            h = hints.get(job_id)
+            return las_queue((h.attained_s if h else 0.0) * gpus, thr)
+        if queue(job.job_id, job.gpus) == 0:
+            def attained(v: RunningJob) -> float:
+                h = hints.get(v.job_id)
+                return -(h.attained_s if h else 0.0)
+            ctx = self._reclaim_ctx()
+            ctx.reclaim = ctx.priority_preemption = False
+            ctx.victim_ok = lambda v: queue(v.job_id, v.gpus) > 0
+            ctx.victim_cost = attained
+            plan = self._plan(ctx, job, 0.0, ("las",))
+            if plan is not None:
+                self._apply_plan(job, plan)
+                return
+        self.waits.append(_d(job, Verdict.WAIT, f"no {job.gpus} free GPUs and no job with more attained "
+                                                f"service to preempt"))
+
+    def _plan(self, ctx: ReclaimContext | None, job: PendingJob, need_own: float,
+              kind: tuple) -> ReclaimPlan | None:
+        """plan_reclaim, with failures remembered within the cycle: while nothing was admitted or
+        reclaimed since, a job of the same desk, priority and kind that asks for at least as many
+        GPUs (so at a level no nearer, with no smaller own-work need) cannot succeed either. Jobs
+        that GPUs already coming free were reclaimed for are always planned (their victims differ)."""
+        if self._beneficiaries is None:
+            self._beneficiaries = {v.preempted_for for v in self.snap.running if v.preempt_deadline is not None}
+        key = (job.desk, int(job.priority), self._stop_level(job)) + kind
+        failed = self._failed.get(key)
+        if failed is not None and failed[0] == self._gen and failed[1] <= job.gpus \
+                and job.job_id not in self._beneficiaries:
+            return None
+        plan = plan_reclaim(ctx or self._reclaim_ctx(), job, need_own, self._start_level(job), self._stop_level(job))
+        if plan is None and (failed is None or failed[0] != self._gen or job.gpus < failed[1]):
+            self._failed[key] = (self._gen, job.gpus)
+        return plan
 
     def _apply_plan(self, job: PendingJob, plan: ReclaimPlan) -> None:
+        self._gen += 1
         now, deadline = self.snap.now, self.snap.now + self.cfg.preemption_grace_s
         self.index.take(plan.reserve)
         for v in plan.draining + plan.victims:
@@ -257,12 +340,18 @@ class _Cycle:
                 return False
             pix, level = got
             how = f"best fit in {_LEVEL_WORDS[level]} (ring bound by {level.name.lower()} links)"
+        elif self.cfg.placement is PlacementStrategy.NODE_FIT:
+            pix = node_fit(self.index, job.gpus, desk.pools)
+            if pix is None:
+                return False
+            how = "first node with room for each pod"
         else:
             pix = index.first_fit(job.gpus, desk.pools)
             if pix is None:
                 return False
             how = "first fit"
         self.index.take(pix)
+        self._gen += 1
         self.usage[job.desk] = self.usage.get(job.desk, 0.0) + job.gpus
         self.by_prio[job.desk][int(job.priority)] += job.gpus
         self.admits.append(Decision(job.job_id, job.desk, Verdict.ADMIT, (why, how),

@@ -1,11 +1,21 @@
-"""Scheduler settings: strategies are enums, and the four policies the benchmark compares are
+"""Scheduler settings: strategies are enums, and the policies the benchmark compares are
 presets of one `SchedulerConfig`, so the live controller and the simulator run one `schedule`.
 
-    preset   quota        order        placement   reclaim  priority preemption
-    fifo     NONE         FIFO         FIRST_FIT   no       no      (a bare Ray cluster)
-    static   STATIC       FIFO         FIRST_FIT   no       yes     (hard partitions at nominal)
-    kueue    BORROWING    FIFO         FIRST_FIT   yes      yes     (Kueue-style cohort)
-    rayfin   BORROWING    FAIR_SHARE   BEST_FIT    yes      yes     (the default)
+    preset         quota      order       placement   reclaim prio  rank                 victims
+    fifo           NONE       FIFO        FIRST_FIT   no      no    submission           -
+    static         STATIC     FIFO        FIRST_FIT   no      yes   submission           -
+    kueue          BORROWING  FIFO        FIRST_FIT   yes     yes   submission           newest
+    kueue_tas_fs   BORROWING  FAIR_SHARE  BEST_FIT    yes     yes   submission           newest
+    kueue_node     BORROWING  FAIR_SHARE  NODE_FIT    yes     yes   submission           newest
+    tiresias       NONE       FIFO        BEST_FIT    -       -     attained service     LAS queue 1
+    sjf_oracle     NONE       FIFO        BEST_FIT    no      no    true duration (hint) -
+    rayfin         BORROWING  FAIR_SHARE  BEST_FIT    yes     yes   predicted remaining  least lost work
+                                                                    (with aging)
+
+`static_demand` is `static` with partitions sized to each desk's demand: a quota choice, made
+by the caller (the benchmark), not a scheduler setting. `kueue_tas_fs` is Kueue with
+Topology-Aware Scheduling (BestFit over island/node/rack domains), borrowing, reclaim and fair
+sharing: the same policy as the rayfin preset of before the duration-aware order.
 
 Every preset shares the queue mechanics: jobs are tried in order and a job that cannot start
 does not block later ones (greedy backfill), and preemption grants the same grace period.
@@ -15,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import Enum
+
+from rayfin.policy.ordering import JobRank
 
 
 class QuotaMode(Enum):
@@ -31,12 +43,17 @@ class QueueOrder(Enum):
 class PlacementStrategy(Enum):
     FIRST_FIT = "first_fit"  # topology blind
     BEST_FIT = "best_fit"    # bandwidth aware: nearest link level, smallest free domain that fits
+    NODE_FIT = "node_fit"    # Kubernetes pods without TAS: never split below a node, first node that fits
 
 
 class Policy(Enum):
     FIFO = "fifo"
     STATIC = "static"
     KUEUE = "kueue"
+    KUEUE_TAS_FS = "kueue_tas_fs"
+    KUEUE_NODE = "kueue_node"
+    TIRESIAS = "tiresias"
+    SJF_ORACLE = "sjf_oracle"
     RAYFIN = "rayfin"
 
 
@@ -48,17 +65,34 @@ class SchedulerConfig:
     placement: PlacementStrategy = PlacementStrategy.BEST_FIT
     reclaim: bool = True               # a desk below nominal preempts borrowed work of other desks
     priority_preemption: bool = True   # within a desk's nominal, higher priority preempts lower
+    rank: JobRank = JobRank.PREDICTED_REMAINING   # order of equal-priority pending jobs (policy.ordering)
+    aging_s: float = 36000.0           # PREDICTED_REMAINING: wait that halves a job's key (0: no aging);
+                                       # chosen on window 0 of the dev trace only (docs/scheduling.md)
+    las_threshold_gpu_s: float = 3600.0   # ATTAINED_SERVICE: GPU-seconds after which a job drops to queue 1
+    las_preemption: bool = False       # queue-0 jobs preempt queue-1 jobs (Tiresias; quota NONE only)
+    victims_by_lost_work: bool = True  # among equal-priority victims, least work since checkpoint first
 
     @classmethod
     def preset(cls, policy: "Policy | str", **changes) -> "SchedulerConfig":
         policy = Policy(policy) if isinstance(policy, str) else policy
         base = {
             Policy.FIFO: cls(quota=QuotaMode.NONE, order=QueueOrder.FIFO, placement=PlacementStrategy.FIRST_FIT,
-                             reclaim=False, priority_preemption=False),
+                             reclaim=False, priority_preemption=False, rank=JobRank.SUBMISSION,
+                             victims_by_lost_work=False),
             Policy.STATIC: cls(quota=QuotaMode.STATIC, order=QueueOrder.FIFO,
-                               placement=PlacementStrategy.FIRST_FIT, reclaim=False),
+                               placement=PlacementStrategy.FIRST_FIT, reclaim=False, rank=JobRank.SUBMISSION,
+                               victims_by_lost_work=False),
             Policy.KUEUE: cls(quota=QuotaMode.BORROWING, order=QueueOrder.FIFO,
-                              placement=PlacementStrategy.FIRST_FIT),
+                              placement=PlacementStrategy.FIRST_FIT, rank=JobRank.SUBMISSION,
+                              victims_by_lost_work=False),
+            Policy.KUEUE_TAS_FS: cls(rank=JobRank.SUBMISSION, victims_by_lost_work=False),
+            Policy.KUEUE_NODE: cls(placement=PlacementStrategy.NODE_FIT, rank=JobRank.SUBMISSION,
+                                   victims_by_lost_work=False),
+            Policy.TIRESIAS: cls(quota=QuotaMode.NONE, order=QueueOrder.FIFO, reclaim=False,
+                                 priority_preemption=False, rank=JobRank.ATTAINED_SERVICE, las_preemption=True,
+                                 victims_by_lost_work=False),
+            Policy.SJF_ORACLE: cls(quota=QuotaMode.NONE, order=QueueOrder.FIFO, reclaim=False,
+                                   priority_preemption=False, rank=JobRank.PREDICTED_REMAINING, aging_s=0.0),
             Policy.RAYFIN: cls(),
         }[policy]
         return base.copy(**changes) if changes else base

@@ -7,10 +7,20 @@ controller does: admits start at once on their placement; a PREEMPT marks the vi
 `preempt_deadline` and `preempted_for`, and at the deadline the victim is stopped and
 re-queued (it keeps its place: its original submission time); refusals end the job.
 
-Runtime model (placement.allreduce.stretch_factor), the same for every policy: the trace
-duration is the job's runtime on an ideal placement; on a placement whose ring is bound by
-bandwidth B it runs D * ((1 - f) + f * B_ideal / B), f = `comm_fraction` for multi-GPU jobs.
-A preempted job checkpoints during its grace period and later resumes the work it had left.
+Runtime model, the same for every policy: the trace duration is the job's runtime on an ideal
+placement; a spread placement stretches it by `stretch` (rayfin.sim.placement_model: calibrated
+from measured step times, linear, or none; default: the linear model of
+placement.allreduce.stretch_factor with f = `comm_fraction`).
+
+Preemption: with `checkpoint_interval_s` None a preempted job checkpoints during its grace period
+and later resumes the work it had left. With an interval C, a job checkpoints every C seconds of
+running (from each start), and a preemption loses the work since its last checkpoint (counted as
+lost GPU-seconds); that is what makes a victim with a recent checkpoint cheaper.
+
+Hints (rayfin.policy.hints) for policies that read them: `predictor` "oracle" gives every job its
+true duration (the SJF oracle only); a `DurationPredictor` learns online from completed jobs (the
+same predictor the controller runs); None gives no predictions. Attained service and checkpoint
+age come from the simulator's own records.
 
 Deterministic: decisions never see the wall clock; `time.perf_counter` only measures how long
 each `schedule` call took (the decision latency).
@@ -19,12 +29,17 @@ from __future__ import annotations
 
 import heapq
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from placement.allreduce import stretch_factor
+from placement.gang import FreeIndex
 from placement.topology import Topology
-from rayfin.policy.model import ClusterSnapshot, CommProfile, DeskQuota, PendingJob, RunningJob
+from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
+from rayfin.policy.hints import JobHint
+from rayfin.policy.model import ClusterSnapshot, CommProfile, DeskQuota, PendingJob, Priority, RunningJob
+from rayfin.policy.ordering import JobRank
 from rayfin.policy.scheduler import schedule
 from rayfin.policy.settings import SchedulerConfig
 from rayfin.sim.trace import TraceJob
@@ -46,8 +61,14 @@ class _Rec:
     started: float = 0.0
     stretch: float = 1.0
     epoch: int = 0
+    cepoch: int = 0          # completion events: bumped whenever the job's speed changes
+    speed: float = 1.0       # elastic: speed over its asked size (measured scaling curve)
+    seg_start: float = 0.0   # when the current speed began
+    extra: int = 0           # elastic: workers above the asked size
+    elastic: bool = False
     end: float | None = None
     refused: str | None = None
+    predicted: float | None = None
 
 
 @dataclass
@@ -72,13 +93,26 @@ class SimResult:
     refused: int
     unfinished: int
     desk_series: list[tuple[float, tuple[float, ...]]] = field(default_factory=list)
+    # per completed job, aligned with jct_s: trace duration, GPUs, desk
+    duration_s: list[float] = field(default_factory=list)
+    gpus: list[int] = field(default_factory=list)
+    job_desk: list[str] = field(default_factory=list)
+    lost_gpu_s: float = 0.0           # work thrown away by preemptions (since the last checkpoint)
+    predictions: list[tuple[float, float]] = field(default_factory=list)   # (predicted, true) at queueing
 
 
 class Simulator:
     def __init__(self, topology: Topology, desks: Mapping[str, DeskQuota], cfg: SchedulerConfig,
                  desk_of: Mapping[str, str], comm_fraction: float = 0.3, record_desks: bool = False,
-                 name: str = ""):
+                 name: str = "", stretch=None, predictor: "DurationPredictor | str | None" = None,
+                 checkpoint_interval_s: float | None = None, elastic=None, elastic_share: float = 0.5):
         self.topo, self.desks, self.cfg = topology, dict(desks), cfg
+        self.stretch = stretch
+        self.predictor = predictor
+        self.ckpt = checkpoint_interval_s
+        self.curves = elastic                  # rayfin.sim.elastic.ScalingCurves, or None: no elastic gangs
+        self.elastic_share = elastic_share
+        self.wants_hints = (cfg.rank is not JobRank.SUBMISSION or cfg.las_preemption or cfg.victims_by_lost_work)
         self.desk_of = desk_of
         self.comm_fraction = comm_fraction
         self.record_desks = record_desks
@@ -103,6 +137,12 @@ class Simulator:
         self.decision_cpu_s: list[float] = []
         self.series: list[tuple[float, tuple[float, ...]]] = []
         self._pending_sorted = True
+        self.hints: dict[str, JobHint] = {}
+        self.dstate = DurationState()
+        self.lost = 0.0
+        self.predictions: list[tuple[float, float]] = []
+        self.extra_of: dict[str, str] = {}     # extra-workers id -> job id
+        self.resizes = 0
         window = jobs[-1].submit_s if jobs else 0.0
         self.window = window
         t, ai, n = 0.0, 0, len(jobs)
@@ -114,12 +154,20 @@ class Simulator:
             t = nxt
             while self.events and self.events[0][0] <= t + _EPS:
                 _, kind, jid, epoch = heapq.heappop(self.events)
-                (self._complete if kind == _COMPLETE else self._kill)(jid, epoch, t)
+                if kind == _COMPLETE:
+                    self._complete(jid, epoch, t)
+                elif jid.endswith("+x"):
+                    if jid in self.extra_of:
+                        self._shrink(self.recs[self.extra_of[jid]], t)
+                else:
+                    self._kill(jid, epoch, t)
             while ai < n and jobs[ai].submit_s <= t + _EPS:
                 self._arrive(jobs[ai], t)
                 ai += 1
             if self.pending:
                 self._cycle(t)
+            if self.curves is not None:
+                self._resize(t)
             if self.record_desks:
                 self.series.append((t, tuple(self.usage[d] for d in self.desks)))
         return self._result(t)
@@ -128,7 +176,8 @@ class Simulator:
         if not self._pending_sorted:
             self.pending = dict(sorted(self.pending.items(), key=lambda kv: (kv[1].submitted_at, kv[0])))
             self._pending_sorted = True
-        snap = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values()), tuple(self.pending.values()))
+        snap = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values()), tuple(self.pending.values()),
+                               hints=self._hints(t) if self.wants_hints else {})
         c0, t0 = time.thread_time(), time.perf_counter()
         dec = schedule(snap, self.cfg)
         self.decision_s.append(time.perf_counter() - t0)
@@ -140,14 +189,41 @@ class Simulator:
         for d in dec.preempts:
             rj = self.running[d.job_id]
             self.running[d.job_id] = replace(rj, preempt_deadline=d.deadline, preempted_for=d.beneficiary)
-            heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id, self.recs[d.job_id].epoch))
+            heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id,
+                                         0 if d.job_id in self.extra_of else self.recs[d.job_id].epoch))
         for d in dec.admits:
             self._start(self.recs[d.job_id], d.placement, t)
+
+    def _hints(self, t: float) -> dict[str, JobHint]:
+        """Pending jobs' hints are fixed while they wait (made at queueing); running jobs' attained
+        service and checkpoint age move with the clock."""
+        hints = dict(self.hints)
+        if self.cfg.las_preemption or self.cfg.victims_by_lost_work:
+            for jid in self.running:
+                if jid in self.extra_of:
+                    continue
+                rec = self.recs[jid]
+                ran = t - rec.started
+                age = ran % self.ckpt if self.ckpt else 0.0
+                hints[jid] = JobHint(rec.predicted, rec.run_time + ran, age)
+        return hints
+
+    def _predict(self, rec: _Rec) -> float | None:
+        if self.predictor is None:
+            return None
+        if self.predictor == "oracle":
+            return rec.job.duration_s
+        p = self.predictor.predict(self.dstate, self._key(rec))
+        return None if p is None else p.seconds
+
+    def _key(self, rec: _Rec) -> JobKey:
+        return JobKey(rec.desk, rec.job.tenant, rec.job.name, rec.job.gpus)
 
     # ---- state changes ------------------------------------------------------------------------
     def _arrive(self, job: TraceJob, t: float) -> None:
         desk = self.desk_of[job.tenant]
         rec = _Rec(job, desk, job.duration_s, t)
+        rec.elastic = self.curves is not None and self._is_elastic(job)
         self.recs[job.job_id] = rec
         self._queue(rec)
 
@@ -156,26 +232,36 @@ class Simulator:
         comm = CommProfile.ALLREDUCE if j.gpus > 1 else CommProfile.NONE
         self.pending[j.job_id] = PendingJob(j.job_id, rec.desk, j.gpus, j.priority, j.submit_s, comm)
         self.by_desk_pending.setdefault(rec.desk, {})[j.job_id] = rec
+        if self.wants_hints:
+            rec.predicted = self._predict(rec)
+            if rec.run_time == 0.0 and rec.predicted is not None:
+                self.predictions.append((rec.predicted, j.duration_s))
+            self.hints[j.job_id] = JobHint(rec.predicted, rec.run_time)
 
     def _unqueue(self, rec: _Rec) -> None:
         del self.pending[rec.job.job_id]
         del self.by_desk_pending[rec.desk][rec.job.job_id]
+        self.hints.pop(rec.job.job_id, None)
 
     def _start(self, rec: _Rec, placement, t: float) -> None:
         j = rec.job
         self._unqueue(rec)
-        f = self.comm_fraction if j.gpus > 1 else 0.0
-        rec.stretch = stretch_factor(self.topo, placement, f)
+        if self.stretch is not None:
+            rec.stretch = self.stretch.factor(self.topo, j.job_id, placement)
+        else:
+            rec.stretch = stretch_factor(self.topo, placement, self.comm_fraction if j.gpus > 1 else 0.0)
         rec.started = t
         if rec.first_start is None:
             rec.first_start = t
         rec.epoch += 1
+        rec.cepoch += 1
+        rec.speed, rec.seg_start, rec.extra = 1.0, t, 0
         if 1 < j.gpus <= self.max_island:
             self.si_elig += 1
             self.si += len(placement) == 1
         self.running[j.job_id] = RunningJob(j.job_id, rec.desk, float(j.gpus), placement, j.priority, t)
         self._alloc(rec, +1)
-        heapq.heappush(self.events, (t + rec.work_left * rec.stretch, _COMPLETE, j.job_id, rec.epoch))
+        heapq.heappush(self.events, (t + rec.work_left * rec.stretch, _COMPLETE, j.job_id, rec.cepoch))
 
     def _alloc(self, rec: _Rec, sign: int) -> None:
         g = rec.job.gpus
@@ -183,28 +269,111 @@ class Simulator:
         self.useful_rate += sign * g / rec.stretch
         self.usage[rec.desk] += sign * g
 
-    def _stop(self, rec: _Rec, t: float) -> None:
+    def _stop(self, rec: _Rec, t: float, preempted: bool = False) -> None:
         del self.running[rec.job.job_id]
         self._alloc(rec, -1)
-        rec.run_time += t - rec.started
-        rec.work_left = max(0.0, rec.work_left - (t - rec.started) / rec.stretch)
+        if rec.extra:
+            self._drop_extra(rec, t)
+        ran = t - rec.started
+        rec.run_time += ran
+        full = rec.work_left - (t - rec.seg_start) * rec.speed / rec.stretch
+        if preempted and self.ckpt:
+            kept = (ran // self.ckpt) * self.ckpt    # back to the last checkpoint
+            self.lost += (ran - kept) * rec.job.gpus
+            full += (ran - kept) * rec.speed / rec.stretch
+        rec.work_left = max(0.0, full)
 
     def _complete(self, jid: str, epoch: int, t: float) -> None:
         rec = self.recs[jid]
-        if rec.epoch != epoch or jid not in self.running:
+        if rec.cepoch != epoch or jid not in self.running:
             return
         self._stop(rec, t)
         rec.end = t
+        if isinstance(self.predictor, DurationPredictor):
+            self.dstate = self.predictor.observe(self.dstate, self._key(rec), rec.job.duration_s)
 
     def _kill(self, jid: str, epoch: int, t: float) -> None:
         rec = self.recs[jid]
         if rec.epoch != epoch or jid not in self.running:
             return   # finished within its grace period
-        self._stop(rec, t)
+        self._stop(rec, t, preempted=True)
         self.preemptions += 1
         rec.queued_since = t
         self._queue(rec)
         self._pending_sorted = False
+
+    # ---- elastic gangs ------------------------------------------------------------------------
+    def _is_elastic(self, j: TraceJob) -> bool:
+        """A stable share of multi-GPU jobs declare workers=(asked, 2 x asked)."""
+        return j.gpus >= 2 and (zlib.crc32(("elastic:" + j.job_id).encode()) % 1000) < self.elastic_share * 1000
+
+    def _set_speed(self, rec: _Rec, t: float, speed: float) -> None:
+        rec.work_left = max(0.0, rec.work_left - (t - rec.seg_start) * rec.speed / rec.stretch)
+        rec.seg_start, rec.speed = t, speed
+        rec.cepoch += 1
+        heapq.heappush(self.events, (t + rec.work_left * rec.stretch / speed, _COMPLETE, rec.job.job_id, rec.cepoch))
+
+    def _resize(self, t: float) -> None:
+        """Shrink while anyone waits; grow into idle GPUs when no one does. Extra workers run as
+        a separate lowest-priority (BATCH) gang `<id>+x`, so reclaim and priority preemption take
+        them first, and a shrink waits the same grace (the job sees its new world size at a
+        checkpoint boundary: no work is lost)."""
+        if self.pending:
+            for xid, jid in self.extra_of.items():
+                x = self.running.get(xid)
+                if x is not None and x.preempt_deadline is None:
+                    self.running[xid] = replace(x, preempt_deadline=t + self.cfg.preemption_grace_s)
+                    heapq.heappush(self.events, (t + self.cfg.preemption_grace_s, _DEADLINE, xid, 0))
+            return
+        free = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values())).free()
+        idle = int(sum(max(0.0, f) for f in free.values()))
+        if idle <= 0:
+            return
+        lay = self.topo.layout
+        index = FreeIndex(lay, [free[i] for i in lay.island_ids])
+        for jid, rj in list(self.running.items()):
+            rec = self.recs.get(jid)
+            if rec is None or not rec.elastic or rec.extra or rj.preempt_deadline is not None:
+                continue
+            g = rec.job.gpus
+            best, gain = 0, 1.05        # grow only for a measured speed-up of 5% or more
+            for k in range(g + 1, min(2 * g, g + index.total) + 1):
+                s = self.curves.speedup(jid, g, k)
+                if s > gain:
+                    best, gain = k, s
+            if not best:
+                continue
+            got = index.best_fit(best - g, frozenset(lay.island_pool))
+            if got is None:
+                continue
+            index.take(got[0])
+            xid = jid + "+x"
+            self.extra_of[xid] = jid
+            rec.extra = best - g
+            self.running[xid] = RunningJob(xid, rec.desk, float(rec.extra), index.to_placement(got[0]),
+                                           Priority.BATCH, t)
+            self.alloc += rec.extra
+            self.usage[rec.desk] += rec.extra
+            self.resizes += 1
+            self._set_speed(rec, t, gain)
+            if index.total <= 0:
+                break
+
+    def _drop_extra(self, rec: _Rec, t: float) -> None:
+        xid = rec.job.job_id + "+x"
+        if self.running.pop(xid, None) is not None:
+            self.alloc -= rec.extra
+            self.usage[rec.desk] -= rec.extra
+        self.extra_of.pop(xid, None)
+        rec.extra = 0
+
+    def _shrink(self, rec: _Rec, t: float) -> None:
+        if not rec.extra:
+            return
+        self._drop_extra(rec, t)
+        self.resizes += 1
+        if rec.job.job_id in self.running:
+            self._set_speed(rec, t, 1.0)
 
     # ---- metrics ------------------------------------------------------------------------------
     def _account(self, t0: float, t1: float) -> None:
@@ -236,15 +405,19 @@ class Simulator:
                     break
 
     def _result(self, t_end: float) -> SimResult:
-        jct, wait = [], []
+        jct, wait, dur, gpus, desk = [], [], [], [], []
         done = refused = 0
         for rec in self.recs.values():
             if rec.end is not None:
                 done += 1
                 jct.append(rec.end - rec.job.submit_s)
                 wait.append(rec.end - rec.job.submit_s - rec.run_time)
+                dur.append(rec.job.duration_s)
+                gpus.append(rec.job.gpus)
+                desk.append(rec.desk)
             elif rec.refused:
                 refused += 1
         return SimResult(self.name, self.capacity, tuple(self.desks), jct, wait, self.busy, self.busy_win,
                          self.useful_win, self.window, t_end, self.viol, self.preemptions, self.si, self.si_elig,
-                         self.decision_s, self.decision_cpu_s, done, refused, len(self.recs) - done - refused, self.series)
+                         self.decision_s, self.decision_cpu_s, done, refused, len(self.recs) - done - refused, self.series,
+                         dur, gpus, desk, self.lost, self.predictions)

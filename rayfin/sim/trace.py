@@ -2,7 +2,7 @@
 
     job_id,tenant,submit_time_s,duration_s,num_gpus[,...]
 
-Optional columns: `priority` (critical / normal / batch; default normal). Tenants map to desks by a
+Optional columns: `priority` (critical / normal / batch; default normal), `name`. Tenants map to desks by a
 stable hash of the tenant name (crc32, not Python's per-process `hash`), so a tenant always lands
 on the same desk across runs and machines.
 """
@@ -24,6 +24,7 @@ class TraceJob:
     duration_s: float    # runtime with an ideal placement
     gpus: int
     priority: Priority = Priority.NORMAL
+    name: str = ""       # job name (optional column `name`): the duration predictor's most specific key
 
 
 def load_trace(path: str | Path, replicate: int = 1, limit: int | None = None) -> list[TraceJob]:
@@ -37,11 +38,11 @@ def load_trace(path: str | Path, replicate: int = 1, limit: int | None = None) -
                 continue
             prio = Priority.parse(row["priority"]) if row.get("priority") else Priority.NORMAL
             jobs.append(TraceJob(str(row["job_id"]), str(row["tenant"]), float(row["submit_time_s"]),
-                                 max(1.0, float(row["duration_s"])), gpus, prio))
+                                 max(1.0, float(row["duration_s"])), gpus, prio, str(row.get("name") or "")))
             if limit is not None and len(jobs) >= limit:
                 break
     if replicate > 1:
-        jobs = [TraceJob(f"{j.job_id}.r{k}", j.tenant, j.submit_s, j.duration_s, j.gpus, j.priority)
+        jobs = [TraceJob(f"{j.job_id}.r{k}", j.tenant, j.submit_s, j.duration_s, j.gpus, j.priority, j.name)
                 for j in jobs for k in range(replicate)]
     jobs.sort(key=lambda j: j.submit_s)   # stable: keeps file order among equal times
     return jobs

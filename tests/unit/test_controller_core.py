@@ -310,3 +310,23 @@ def test_done_counts_survive_a_restart_and_are_not_double_counted(tmp_path):
     again = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
     row = again.usage(TOK["fx"])["fx"]
     assert (row["succeeded"], row["failed"], row["cancelled"]) == (1, 1, 0)
+
+
+def test_finished_runtimes_become_predictions_in_the_snapshot(env):
+    # issue 17: the controller learns runtimes online and hands them to the policy as hints
+    core, backend, clock, _ = env
+    for _ in range(2):                                  # two runs of "train", 300 s each
+        job = core.submit(TOK["fx"], "fx", spec(1, name="train"))
+        run(core, 3)
+        clock.advance(300.0)
+        backend.finish(job["job_id"])
+        run(core)
+        assert core.status(TOK["fx"], job["job_id"])["state"] == "SUCCEEDED"
+    nxt = core.submit(TOK["fx"], "fx", spec(1, name="train"))
+    other = core.submit(TOK["equities"], "equities", spec(1, name="train"))
+    hints = core.snapshot().hints
+    assert hints[nxt["job_id"]].predicted_s == pytest.approx(300.0) and hints[nxt["job_id"]].attained_s == 0.0
+    assert hints[other["job_id"]].predicted_s is None          # no history for that desk: LAS fallback
+    run(core, 3)
+    clock.advance(50.0)
+    assert core.snapshot().hints[nxt["job_id"]].attained_s == pytest.approx(50.0)

@@ -38,8 +38,9 @@ def pend(job_id: str, desk: str, gpus: int, prio: Priority = N, t: float = 0.0) 
     return PendingJob(job_id, desk, gpus, prio, t, CommProfile.ALLREDUCE if gpus > 1 else CommProfile.NONE)
 
 
-def snap(topology: Topology, quotas: dict, running=(), pending=(), now: float = 100.0, unavailable=None):
-    return ClusterSnapshot(now, topology, quotas, tuple(running), tuple(pending), dict(unavailable or {}))
+def snap(topology: Topology, quotas: dict, running=(), pending=(), now: float = 100.0, unavailable=None, hints=None):
+    return ClusterSnapshot(now, topology, quotas, tuple(running), tuple(pending), dict(unavailable or {}),
+                           dict(hints or {}))
 
 
 def by_id(decisions) -> dict:

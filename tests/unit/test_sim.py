@@ -67,9 +67,59 @@ def test_desk_mapping_is_a_stable_hash():
 
 def test_benchmark_command_writes_json_and_png(tmp_path):
     out = tmp_path / "r.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.scheduling", "--trace", str(DEV), "--gpus", "128",
-                    "--gpus-per-node", "8", "--desks", "3", "--limit", "100", "--out", str(out)],
-                   check=True, cwd=ROOT, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "benchmarks.scheduling", "--trace", str(DEV), "--load", "1.0",
+                    "--desks", "3", "--limit", "200", "--windows", "4", "--latency-depths", "50", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
     data = json.loads(out.read_text())
-    assert set(data["policies"]) == {"fifo", "static", "kueue", "rayfin"}
+    assert set(data["policies"]) == {"fifo", "static_demand", "kueue_tas_fs", "kueue_node", "tiresias",
+                                     "sjf_oracle", "rayfin"}
+    assert data["load"] == 1.0 and data["placement_model"] == "calibrated" and data["fabric"] == "nvlink-ib"
+    m = data["policies"]["rayfin"]
+    for key in ("mean_jct_s", "p95_jct_s", "mean_wait_s", "mean_bounded_slowdown", "p99_bounded_slowdown",
+                "jain_fairness", "guarantee_violation_gpu_hours", "total_gpu_hours", "lost_work_gpu_hours",
+                "decision_p99_ms", "decision_p99_ms_at_50"):
+        assert m[key] is not None, key
+    # three scored windows (window 0 is for tuning) give a confidence interval
+    assert m["ci95"]["mean_bounded_slowdown"]["n"] == 3 and len(m["windows"]) == 4
+    assert m["vs_kueue_tas_fs"]["mean_bounded_slowdown"]["full_trace"] > 0
+    assert set(m["by_size"]) == {"1", "2-8", ">8"}
     assert out.with_suffix(".png").exists()
+
+
+class _Curve:
+    """A stand-in scaling curve: 8 workers run a 4-GPU job 1.6x as fast, nothing else helps."""
+
+    def speedup(self, job_id, asked, workers):
+        return 1.6 if workers == 8 else 1.0
+
+
+def test_elastic_gang_grows_into_idle_gpus_and_shrinks_when_someone_waits():
+    quotas = {"a": DeskQuota("a", 16.0)}
+    jobs = [TraceJob("j", "ta", 0.0, 1000.0, 4)]
+    sim = Simulator(topo(), quotas, SchedulerConfig.preset("rayfin"), {"ta": "a"}, elastic=_Curve(), elastic_share=1.0)
+    r = sim.run(jobs)
+    # grows to 8 at t=0: 1000 / 1.6 = 625 s
+    assert r.jct_s == [pytest.approx(625.0)] and sim.resizes == 1
+    # a 12-GPU job at t=100 cannot start (8 free): the extra workers go after the 30 s grace.
+    # By t=130 the job did 130 * 1.6 = 208 s of work; it runs at 1x until k ends (t=180: 258 s done),
+    # then grows again: 742 / 1.6 = 463.75 s more, ending at 643.75.
+    jobs.append(TraceJob("k", "ta", 100.0, 50.0, 12))
+    sim = Simulator(topo(), quotas, SchedulerConfig.preset("rayfin"), {"ta": "a"}, elastic=_Curve(), elastic_share=1.0)
+    r = sim.run(jobs)
+    assert sorted(r.jct_s) == [pytest.approx(80.0), pytest.approx(643.75)]   # k: 130 - 100 + 50
+    assert sim.resizes == 3                                                   # grow, shrink, grow
+    assert summarize(r)["lost_work_gpu_hours"] == 0.0 and summarize(r)["preemptions"] == 0
+
+
+def test_preemption_loses_the_work_since_the_last_checkpoint():
+    # a fills 16 GPUs (4 x 4-GPU jobs of 5000 s); b reclaims 4 at t=2500 (+30 s grace).
+    # With checkpoints every 1000 s the victim ran 2530 s and kept 2000: 530 s x 4 GPUs lost.
+    jobs = [TraceJob(f"a{k}", "ta", 0.0, 5000.0, 4) for k in range(4)] + [TraceJob("b1", "tb", 2500.0, 100.0, 4)]
+    t = topo()
+    quotas = {"a": DeskQuota("a", 8.0), "b": DeskQuota("b", 8.0)}
+    r = Simulator(t, quotas, SchedulerConfig.preset("kueue_tas_fs"), {"ta": "a", "tb": "b"},
+                  checkpoint_interval_s=1000.0).run(jobs)
+    s = summarize(r)
+    assert s["preemptions"] == 1 and s["lost_work_gpu_hours"] == pytest.approx(530 * 4 / 3600, abs=0.01)
+    # the victim restarts at t=2630 (b1 done) with 3000 s left: ends at 5630
+    assert max(r.jct_s) == pytest.approx(5630.0)
