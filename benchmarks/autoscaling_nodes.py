@@ -16,8 +16,10 @@ Policies:
 - serve_pack: pack placement (the fullest node with room), as Serve's opt-in compact
   scheduling places new replicas (its migration of running replicas is not modelled);
 - rayfin_drain: `rayfin.autoscale.drain.plan_drain` every step on the forecast (replicas the
-  policy's forecast needs): new replicas pack onto nodes that are not draining, and the nodes
-  the plan keeps are requested ahead of demand, so the idle timeout takes only released nodes.
+  policy's forecast needs): new replicas pack onto nodes that are not draining, the nodes the
+  plan keeps are requested ahead of demand (so the idle timeout takes only released nodes), and
+  nodes are started when the forecast x (1 + headroom) exceeds the kept GPUs (the planner's
+  capacity ahead of demand).
 """
 from __future__ import annotations
 
@@ -38,7 +40,9 @@ class NodeConfig:
     idle_timeout_s: float = 300.0       # Ray's idle_timeout_minutes default: 5
     idle_w: float = 70.0                # per GPU, idle (an H100 idles at about 60-80 W)
     busy_w: float = 400.0               # per GPU, holding a replica
-    headroom: float = 0.25              # rayfin_drain: kept above the forecast
+    headroom: float = 0.0               # rayfin_drain: kept above the forecast (the replica
+                                        # series already holds the policy's calibrated margin)
+    release_after_s: float = 300.0      # rayfin_drain: surplus this long before release
 
 
 @dataclass
@@ -47,6 +51,7 @@ class _Node:
     ready_at: float
     used: int = 0
     draining: bool = False
+    draining_since: float | None = None
     empty_since: float | None = None
 
 
@@ -86,7 +91,7 @@ def simulate_nodes(policy: str, replicas: np.ndarray, forecast_replicas: np.ndar
     pending = 0
     wait_start: float | None = None
     run = NodeRun(policy)
-    drain_params = DrainParams(headroom=cfg.headroom, min_nodes=1)
+    drain_params = DrainParams(headroom=cfg.headroom, min_nodes=1, release_after_s=cfg.release_after_s)
     for k in range(len(replicas)):
         t = k * dt
         want = int(replicas[k])
@@ -107,14 +112,18 @@ def simulate_nodes(policy: str, replicas: np.ndarray, forecast_replicas: np.ndar
         if policy == "rayfin_drain":
             fc = forecast_replicas[k]
             fc = float(want) if not math.isfinite(fc) else max(float(fc), float(want))
-            plan = plan_drain([NodeLoad(n.id, "pool", G, n.used, n.draining)
-                               for n in nodes], {"pool": fc + pending}, drain_params)
+            plan = plan_drain([NodeLoad(n.id, "pool", G, n.used, n.draining, n.draining_since)
+                               for n in nodes], {"pool": fc + pending}, drain_params, now=t)
             draining = plan.draining
+            released = set(plan.release)
             for n in nodes:
                 if n.id in draining and not n.draining:
                     run.drains += 1 if scored[k] else 0
+                    n.draining_since = t
                 n.draining = n.id in draining
-            keep_requested = {n.id for n in nodes if not n.draining}
+                if not n.draining:
+                    n.draining_since = None
+            keep_requested = {n.id for n in nodes if n.id not in released}
         # Place pending replicas on ready nodes with room.
         while pending > 0:
             room = [n for n in nodes if t >= n.ready_at and n.used < G and not n.draining]
@@ -126,10 +135,16 @@ def simulate_nodes(policy: str, replicas: np.ndarray, forecast_replicas: np.ndar
                 n = max(room, key=lambda n: (n.used, n.id))
             n.used += 1
             pending -= 1
-        # Ray's autoscaler: start nodes for pending replicas not covered by nodes starting.
+        # Ray's autoscaler: start nodes for pending replicas not covered by nodes starting; under
+        # rayfin also for the forecast (the planner's request_resources of the pool's bundles).
         starting_room = sum(G - n.used for n in nodes if t < n.ready_at)
-        if pending > starting_room:
-            for _ in range(math.ceil((pending - starting_room) / G)):
+        short = pending - starting_room
+        if policy == "rayfin_drain":
+            # Draining nodes count: the plan brings them back before a new node is worth starting.
+            have = sum(G for n in nodes)
+            short = max(short, math.ceil(fc * (1.0 + cfg.headroom) - have - 1e-9))
+        if short > 0:
+            for _ in range(math.ceil(short / G)):
                 seq += 1
                 nodes.append(_Node(f"n{seq}", ready_at=t + cfg.node_start_s))
                 run.node_starts += 1 if scored[k] else 0

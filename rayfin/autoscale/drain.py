@@ -10,7 +10,8 @@ is the planner's quantile peak over a node's start time). Nodes are kept fullest
 node is the costliest to empty; a draining node that still holds work is preferred to an empty
 one, since bringing it back costs nothing) until the kept GPUs cover the need and at least
 `min_nodes` are kept. Every other node drains (no new work lands there) and is released once
-nothing runs on it; an empty one is released at once. Each node gets a verdict with a reason code and text.
+nothing runs on it and it has been surplus for `release_after_s` (hysteresis: a load that dips
+for a few minutes does not cost a node start when it comes back). Each node gets a verdict with a reason code and text.
 
 A drain never moves work: it waits for jobs to end and for Serve's downscale, which stops
 replicas on the nodes with the fewest replicas first, so the emptiest nodes empty first.
@@ -48,14 +49,18 @@ class NodeLoad:
     gpus: float                 # the node's GPUs
     used: float                 # GPUs held by running work (jobs, replicas)
     draining: bool = False
+    draining_since: float | None = None   # when its drain began (None: not draining or unknown)
 
 
 @dataclass(frozen=True)
 class DrainParams:
     headroom: float = 0.25      # extra fraction kept above the forecast
     min_nodes: int = 1          # never fewer nodes per pool
+    release_after_s: float = 300.0   # a surplus node drains this long before it is released
 
     def __post_init__(self) -> None:
+        if self.release_after_s < 0:
+            raise ValueError(f"release_after_s must be >= 0; got {self.release_after_s}")
         if self.headroom < 0:
             raise ValueError(f"headroom must be >= 0; got {self.headroom}")
         if self.min_nodes < 0:
@@ -103,19 +108,19 @@ class DrainPlan:
 
 
 def plan_drain(nodes: Sequence[NodeLoad], forecast_gpus: Mapping[str, float],
-               params: DrainParams = DrainParams()) -> DrainPlan:
+               params: DrainParams = DrainParams(), now: float = 0.0) -> DrainPlan:
     """One verdict per node; see the module docstring. Pools without a forecast keep every node."""
     verdicts: list[NodeVerdict] = []
     by_pool: dict[str, list[NodeLoad]] = {}
     for n in nodes:
         by_pool.setdefault(n.pool, []).append(n)
     for pool in sorted(by_pool):
-        verdicts.extend(_plan_pool(pool, by_pool[pool], forecast_gpus.get(pool), params))
+        verdicts.extend(_plan_pool(pool, by_pool[pool], forecast_gpus.get(pool), params, now))
     return DrainPlan(tuple(verdicts))
 
 
 def _plan_pool(pool: str, nodes: list[NodeLoad], forecast: float | None,
-               params: DrainParams) -> list[NodeVerdict]:
+               params: DrainParams, now: float) -> list[NodeVerdict]:
     if forecast is None:
         return [NodeVerdict(n.node, pool, DrainAction.UNDRAIN if n.draining else DrainAction.KEEP,
                             DrainReason.NEEDED, "no forecast for the pool: every node kept") for n in nodes]
@@ -144,11 +149,15 @@ def _plan_pool(pool: str, nodes: list[NodeLoad], forecast: float | None,
             if n.draining:
                 reason = DrainReason.DEMAND_RETURNED
             out.append(NodeVerdict(n.node, pool, action, reason, f"{why}; kept ({n.used:g}/{n.gpus:g} GPUs used)"))
-        elif n.used <= _EPS:
-            # Empty already: nothing to wait for, released (and cordoned until Ray removes it).
-            out.append(NodeVerdict(n.node, pool, DrainAction.RELEASE,
-                                   DrainReason.EMPTY if n.draining else DrainReason.FORECAST_LOW,
+        elif n.used <= _EPS and n.draining and now - (n.draining_since if n.draining_since is not None else now) \
+                + _EPS >= params.release_after_s:
+            # Surplus for release_after_s and empty: released (cordoned until Ray removes it).
+            out.append(NodeVerdict(n.node, pool, DrainAction.RELEASE, DrainReason.EMPTY,
                                    f"{why}; {have:g} GPUs kept elsewhere; node empty"))
+        elif n.used <= _EPS and n.draining:
+            waited = now - (n.draining_since if n.draining_since is not None else now)
+            out.append(NodeVerdict(n.node, pool, DrainAction.WAIT, DrainReason.DRAINING,
+                                   f"{why}; empty, surplus for {waited:.0f}s of {params.release_after_s:g}s"))
         else:
             out.append(NodeVerdict(n.node, pool, DrainAction.WAIT if n.draining else DrainAction.DRAIN,
                                    DrainReason.DRAINING if n.draining else DrainReason.FORECAST_LOW,
