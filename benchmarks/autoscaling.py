@@ -63,6 +63,8 @@ class SimResult:
     ready: np.ndarray
     forecast_load: np.ndarray       # the policy's forecast (ongoing requests), NaN if none
     metrics: dict[str, float] = field(default_factory=dict)
+    p_viol: np.ndarray | None = None   # per step: share of that step's requests over the SLO
+    calibration: np.ndarray | None = None   # per step: cumulative (bins scored, forecast misses)
 
 
 def load_trace(path: str, column: str) -> np.ndarray:
@@ -104,18 +106,41 @@ def ray_policy(autoscaling_config: Any) -> Callable:
     return _apply_autoscaling_config(_resolve_policy_callable(autoscaling_config.policy))
 
 
-def policy_configs(sim: SimConfig, lead_s: float, quantile: float, hold_s: float) -> dict[str, Any]:
+FAMILIES = {
+    # family: (knob name, values). Ray's knob is its only one that trades cost for latency;
+    # rayfin's fixed quantile and its miss budget are each swept over the same kind of range.
+    "ray_default": ("target_ongoing_requests", (0.75, 1.0, 1.5, 2.0, 3.0, 4.0)),
+    "rayfin_quantile": ("quantile", (0.5, 0.7, 0.85, 0.95, 0.99)),
+    "rayfin_calibrated": ("miss_budget", (0.3, 0.15, 0.1, 0.05, 0.02, 0.01)),
+}
+DEFAULT_BUDGET = 0.1        # the calibrated policy's configured budget (set before any run)
+
+
+def make_config(family: str, knob: float, sim: SimConfig, lead_s: float, hold_s: float) -> Any:
+    """The AutoscalingConfig of one member of a family."""
     from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
     base = dict(min_replicas=sim.min_replicas, max_replicas=sim.max_replicas,
                 target_ongoing_requests=sim.target_ongoing, look_back_period_s=sim.look_back_s)
-    rayfin = AutoscalingConfig(
-        **base, upscale_delay_s=0.0, downscale_delay_s=0.0,
-        policy=AutoscalingPolicy(
-            policy_function="serve_apps.autoscaling_policy:PredictivePolicy",
-            policy_kwargs={"desk": "bench", "lead_time_s": lead_s, "quantile": quantile,
-                           "downscale_hold_s": hold_s, "forecast": {"bin_s": 60.0}}))
-    return {"ray_default": AutoscalingConfig(**base), "rayfin": rayfin}
+    if family == "ray_default":
+        return AutoscalingConfig(**{**base, "target_ongoing_requests": knob})
+    kwargs: dict[str, Any] = {"desk": "bench", "lead_time_s": lead_s, "quantile": 0.9,
+                              "downscale_hold_s": hold_s, "forecast": {"bin_s": 60.0}}
+    if family == "rayfin_quantile":
+        kwargs["quantile"] = knob
+    elif family == "rayfin_calibrated":
+        kwargs["miss_budget"] = knob
+    else:
+        raise ValueError(f"unknown policy family {family!r}; families are {sorted(FAMILIES)}")
+    return AutoscalingConfig(**base, upscale_delay_s=0.0, downscale_delay_s=0.0,
+                             policy=AutoscalingPolicy(policy_function="serve_apps.autoscaling_policy:PredictivePolicy",
+                                                      policy_kwargs=kwargs))
+
+
+def policy_configs(sim: SimConfig, lead_s: float, quantile: float, hold_s: float) -> dict[str, Any]:
+    """The two single points of earlier versions: Ray's defaults and rayfin at one quantile."""
+    return {"ray_default": make_config("ray_default", sim.target_ongoing, sim, lead_s, hold_s),
+            "rayfin": make_config("rayfin_quantile", quantile, sim, lead_s, hold_s)}
 
 
 def simulate(name: str, autoscaling_config: Any, rate: np.ndarray, arrivals: np.ndarray,
@@ -137,6 +162,7 @@ def simulate(name: str, autoscaling_config: Any, rate: np.ndarray, arrivals: np.
     out_rep = np.zeros(steps)
     out_ready = np.zeros(steps)
     out_fc = np.full(steps, np.nan)
+    out_cal = np.zeros((steps, 2))         # calibrated policy: cumulative (bins scored, misses)
     backlog0 = np.zeros(steps)
     with simulated_time(clock):
         for k in range(steps):
@@ -170,7 +196,12 @@ def simulate(name: str, autoscaling_config: Any, rate: np.ndarray, arrivals: np.
             out_ready[k] = n_ready
             if "forecast_load" in state:
                 out_fc[k] = state["forecast_load"]
+            cs = state.get("conformal")
+            if cs is not None:
+                out_cal[k] = (cs.bins, cs.misses)
     res = SimResult(name, out_rep, out_ready, out_fc)
+    res.p_viol = violation_prob(arrivals, out_ready, backlog0, sim)
+    res.calibration = out_cal
     res.metrics = score(arrivals, out_ready, backlog0, sim)
     res.metrics["replica_hours"] = float(out_rep.sum() * sim.dt / 3600.0)
     res.metrics["mean_replicas"] = float(out_rep.mean())
@@ -192,6 +223,14 @@ def _erlang_c(n: np.ndarray, a: np.ndarray) -> np.ndarray:
 
 
 def score(arrivals: np.ndarray, ready: np.ndarray, backlog0: np.ndarray, sim: SimConfig) -> dict[str, float]:
+    p = violation_prob(arrivals, ready, backlog0, sim)
+    total = float(arrivals.sum())
+    viol = float((p * arrivals).sum())
+    return {"slo_violation_rate": viol / total if total else 0.0, "requests": total}
+
+
+def violation_prob(arrivals: np.ndarray, ready: np.ndarray, backlog0: np.ndarray, sim: SimConfig) -> np.ndarray:
+    """Per step, the share of its requests whose queueing delay exceeds the SLO."""
     dt, s = sim.dt, sim.service_s
     slots = ready * sim.concurrency
     cap = slots / s                                           # requests/s
@@ -210,10 +249,7 @@ def score(arrivals: np.ndarray, ready: np.ndarray, backlog0: np.ndarray, sim: Si
     pc = _erlang_c(slots, a)
     tail = pc * np.exp(-np.maximum(cap - lam, 0.0) * sim.slo_s)
     tail = np.where(cap <= 0, 1.0, tail)
-    p = frac_fluid + (1 - frac_fluid) * tail
-    total = float(arrivals.sum())
-    viol = float((p * arrivals).sum())
-    return {"slo_violation_rate": viol / total if total else 0.0, "requests": total}
+    return frac_fluid + (1 - frac_fluid) * tail
 
 
 def evaluate_forecast(series_min: np.ndarray, rate_scale: float, bin_min: int, warmup_days: float,
@@ -271,6 +307,89 @@ def plot(path: Path, rate: np.ndarray, results: dict[str, SimResult], sim: SimCo
     plt.close(fig)
 
 
+def _run_member(job: tuple) -> tuple[str, float, SimResult]:
+    """One family member over the whole trace (a process-pool task: arguments are plain values)."""
+    family, knob, sim, lead, hold, rate, arrivals = job
+    cfg = make_config(family, knob, sim, lead, hold)
+    res = simulate(f"{family}:{knob:g}", cfg, rate, arrivals, sim)
+    return family, knob, res
+
+
+def run_frontiers(sim: SimConfig, lead: float, hold: float, rate: np.ndarray, arrivals: np.ndarray,
+                  workers: int) -> dict[tuple[str, float], SimResult]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(f, k, sim, lead, hold, rate, arrivals) for f, (_, knobs) in FAMILIES.items() for k in knobs]
+    if workers <= 1:
+        done = [_run_member(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            done = list(ex.map(_run_member, jobs))
+    return {(f, k): r for f, k, r in done}
+
+
+def frontier_report(runs: dict[tuple[str, float], SimResult], arrivals: np.ndarray, sim: SimConfig,
+                    fold_days: list[int]) -> tuple[dict, dict, dict]:
+    """Pooled and per-fold frontiers and the equal-cost ratios (see benchmarks.autoscaling_frontier)."""
+    from benchmarks import autoscaling_frontier as fr
+
+    def points(days) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for (fam, knob), r in runs.items():
+            rh, slo = fr.day_metrics(r.replicas, r.p_viol, arrivals, sim.dt, days)
+            out.setdefault(fam, []).append(fr.Point(fam, knob, rh, slo))
+        return out
+
+    pooled = points(fold_days)
+    folds = {d: points([d]) for d in fold_days}
+    report: dict[str, Any] = {"fold_days": fold_days, "families": {f: k for f, (k, _) in FAMILIES.items()},
+                              "points": {f: [p.as_dict() for p in sorted(v, key=lambda p: p.knob)]
+                                         for f, v in pooled.items()}}
+    for fam in ("rayfin_calibrated", "rayfin_quantile"):
+        pooled_ratio = fr.ratio_at_equal_cost(pooled[fam], pooled["ray_default"])
+        per_fold = {d: fr.ratio_at_equal_cost(folds[d][fam], folds[d]["ray_default"]) for d in fold_days}
+        default_knob = DEFAULT_BUDGET if fam == "rayfin_calibrated" else 0.85
+        at_default = [next((x["ratio"] for x in per_fold[d]["per_point"] if x["knob"] == default_knob), None)
+                      for d in fold_days]
+        report[fam] = {
+            "slo_ratio_at_equal_cost_pooled": pooled_ratio,
+            "slo_ratio_at_equal_cost_over_folds": fr.spread([per_fold[d]["geomean"] for d in fold_days]),
+            "per_fold": {str(d): per_fold[d]["geomean"] for d in fold_days},
+            f"at_{FAMILIES[fam][0]}_{default_knob:g}_over_folds": fr.spread(at_default),
+        }
+    cal = report["rayfin_calibrated"]
+    report["slo_ratio_at_equal_cost"] = cal["slo_ratio_at_equal_cost_pooled"]["geomean"]
+    report["slo_ratio_at_equal_cost_over_folds"] = cal["slo_ratio_at_equal_cost_over_folds"]
+    # The calibrated policy's realised forecast-miss share against its budget, on the scored days.
+    report["calibration"] = {
+        f"{k:g}": {"budget": k, **{m: round(v, 6) for m, v in zip(
+            ("replica_hours", "slo_violation_rate"),
+            fr.day_metrics(r.replicas, r.p_viol, arrivals, sim.dt, fold_days))},
+            "forecast_miss_share": r.metrics.get("forecast_miss_share")}
+        for (f, k), r in sorted(runs.items()) if f == "rayfin_calibrated"}
+    return report, pooled, folds
+
+
+def node_report(res: SimResult, sim: SimConfig, ncfg: Any, fold_days: list[int]) -> dict:
+    from benchmarks.autoscaling_nodes import POLICIES, simulate_nodes
+
+    fc = res.forecast_load / sim.target_ongoing
+    runs = {p: simulate_nodes(p, res.replicas, fc, sim.dt, ncfg, days=fold_days) for p in POLICIES}
+    out: dict[str, Any] = {"replica_series": res.name, "config": ncfg.__dict__,
+                           "policies": {p: r.as_dict() for p, r in runs.items()}}
+    rd = runs["rayfin_drain"]
+    for base in ("serve_spread", "serve_pack"):
+        b = runs[base]
+        out[f"vs_{base}"] = {
+            "node_hours_released": round(b.node_hours - rd.node_hours, 3),
+            "node_hours_ratio": round(rd.node_hours / b.node_hours, 4) if b.node_hours else None,
+            "energy_saved_kwh": round(b.energy_kwh - rd.energy_kwh, 3),
+            "energy_ratio": round(rd.energy_kwh / b.energy_kwh, 4) if b.energy_kwh else None,
+            "pending_replica_hours_delta": round((rd.pending_replica_s - b.pending_replica_s) / 3600, 4),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trace", required=True)
@@ -278,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--column", default="req_total")
     ap.add_argument("--rate-scale", type=float, default=60.0,
                     help="requests/s = count per minute * rate_scale / 60 (default 60: count becomes req/s)")
-    ap.add_argument("--plot", default=None, help="PNG path (default: OUT with .png)")
+    ap.add_argument("--plot", default=None, help="PNG path of the timeline (default: OUT with .png)")
     ap.add_argument("--days", type=float, default=None, help="replay only the first DAYS days")
     ap.add_argument("--dt", type=float, default=10.0)
     ap.add_argument("--service-s", type=float, default=2.0)
@@ -288,12 +407,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo-s", type=float, default=0.5)
     ap.add_argument("--max-replicas", type=int, default=100)
     ap.add_argument("--lead-s", type=float, default=None, help="forecast lead (default: cold start + 60 s)")
-    ap.add_argument("--quantile", type=float, default=0.85)
     ap.add_argument("--hold-s", type=float, default=180.0, help="rayfin downscale hold")
-    ap.add_argument("--forecast-bin-min", type=int, default=15)
-    ap.add_argument("--warmup-days", type=float, default=3.0)
+    ap.add_argument("--first-fold-day", type=int, default=6, help="folds: each whole day from this one on")
+    ap.add_argument("--forecast-bins", default="5,15,60")
+    ap.add_argument("--no-library", action="store_true", help="skip the per-fold statsforecast fits (slow)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--gpus-per-node", type=int, default=2)
+    ap.add_argument("--node-start-s", type=float, default=180.0)
+    ap.add_argument("--idle-timeout-s", type=float, default=300.0)
+    ap.add_argument("--gpu-idle-w", type=float, default=70.0)
+    ap.add_argument("--gpu-busy-w", type=float, default=400.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+
+    from benchmarks import autoscaling_frontier as fr
+    from benchmarks.autoscaling_forecast import compare
+    from benchmarks.autoscaling_nodes import NodeConfig
 
     t_start = time.time()
     counts = load_trace(args.trace, args.column)
@@ -307,41 +436,74 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     arrivals = rng.poisson(np.repeat(rate, per_min) * sim.dt).astype(float)
     lead = args.lead_s if args.lead_s is not None else sim.cold_start_s + 60.0
-    results = {}
-    timings = {}
-    for name, cfg in policy_configs(sim, lead, args.quantile, args.hold_s).items():
-        t0 = time.time()
-        results[name] = simulate(name, cfg, rate, arrivals, sim)
-        timings[name] = round(time.time() - t0, 2)
+    n_days = len(counts) // DAY_MIN
+    fold_days = list(range(min(args.first_fold_day, max(n_days - 1, 0)), n_days))
+    timings: dict[str, float] = {}
     t0 = time.time()
-    horizon_bins = max(1, math.ceil(lead / (args.forecast_bin_min * 60)))
-    forecast = evaluate_forecast(counts, args.rate_scale, args.forecast_bin_min, args.warmup_days, horizon_bins)
-    forecast["by_bin_min"] = {
-        str(b): round(evaluate_forecast(counts, args.rate_scale, b, args.warmup_days,
-                                        max(1, math.ceil(lead / (b * 60))))["mase"], 4)
-        for b in (5, 15, 60) if b != args.forecast_bin_min or True}
+    runs = run_frontiers(sim, lead, args.hold_s, rate, arrivals, args.workers)
+    timings["frontier_runs"] = round(time.time() - t0, 2)
+    per_day = int(round(86_400 / sim.dt))
+    for (fam, knob), r in runs.items():
+        if fam == "rayfin_calibrated" and fold_days:
+            c0, c1 = r.calibration[fold_days[0] * per_day - 1], r.calibration[-1]
+            r.metrics["forecast_miss_share"] = float((c1[1] - c0[1]) / max(c1[0] - c0[0], 1))
+        r.metrics = {**r.metrics, **dict(zip(("replica_hours_scored", "slo_violation_rate_scored"),
+                                             fr.day_metrics(r.replicas, r.p_viol, arrivals, sim.dt, fold_days)))}
+    frontier, pooled, folds = frontier_report(runs, arrivals, sim, fold_days)
+    # The single points of earlier versions, kept for continuity: Ray at its defaults and
+    # rayfin's calibrated policy at its configured budget, over the whole replay.
+    results = {"ray_default": runs[("ray_default", sim.target_ongoing)],
+               "rayfin": runs[("rayfin_calibrated", DEFAULT_BUDGET)]}
+    t0 = time.time()
+    forecast: dict[str, Any] = {"by_bin": {}}
+    for b in (int(x) for x in args.forecast_bins.split(",")):
+        h = max(1, math.ceil(lead / (b * 60)))
+        forecast["by_bin"][str(b)] = compare(counts, args.rate_scale, b, h, args.first_fold_day,
+                                             with_library=not args.no_library)
+    # by_bin_min: the MASE of the forecaster rayfin uses at each bin size, chosen per fold on the
+    # days before it (the `selected` column), so no day is scored by a choice made on it.
+    forecast["by_bin_min"] = {b: v["mase_pooled"]["selected"] for b, v in forecast["by_bin"].items()}
+    forecast["by_bin_min_over_folds"] = {b: v["mase_over_folds"]["selected"] for b, v in forecast["by_bin"].items()}
+    forecast["rayfin_model_by_bin_min"] = {b: v["mase_pooled"]["rayfin"] for b, v in forecast["by_bin"].items()}
+    forecast["mase"] = forecast["by_bin_min"].get("15")
     timings["forecast_eval"] = round(time.time() - t0, 2)
+    t0 = time.time()
+    ncfg = NodeConfig(gpus_per_node=args.gpus_per_node, node_start_s=args.node_start_s,
+                      idle_timeout_s=args.idle_timeout_s, idle_w=args.gpu_idle_w, busy_w=args.gpu_busy_w)
+    nodes = node_report(results["rayfin"], sim, ncfg, fold_days)
+    timings["nodes"] = round(time.time() - t0, 2)
     rd, rf = results["ray_default"].metrics, results["rayfin"].metrics
     targets = {
-        "slo_ratio": rf["slo_violation_rate"] / rd["slo_violation_rate"] if rd["slo_violation_rate"] else None,
-        "replica_hours_ratio": rf["replica_hours"] / rd["replica_hours"] if rd["replica_hours"] else None,
+        "slo_ratio_at_equal_cost": frontier["slo_ratio_at_equal_cost"],
+        "slo_ratio": (rf["slo_violation_rate_scored"] / rd["slo_violation_rate_scored"]
+                      if rd["slo_violation_rate_scored"] else None),
+        "replica_hours_ratio": (rf["replica_hours_scored"] / rd["replica_hours_scored"]
+                                if rd["replica_hours_scored"] else None),
+        "mase_below_1_at_every_bin": all(v < 1.0 for v in forecast["by_bin_min"].values()),
     }
-    targets["met"] = bool(targets["slo_ratio"] is not None and targets["slo_ratio"] <= 0.5
-                          and targets["replica_hours_ratio"] <= 1.05 and forecast["mase"] < 1.0)
+    targets["met"] = bool(targets["slo_ratio_at_equal_cost"] is not None
+                          and targets["slo_ratio_at_equal_cost"] <= 0.5 and targets["mase_below_1_at_every_bin"])
     out = {
         "policies": {n: {k: round(v, 6) for k, v in r.metrics.items()} for n, r in results.items()},
+        "frontier": frontier,
         "forecast": forecast,
+        "nodes": nodes,
         "targets": targets,
         "setup": {"trace": args.trace, "column": args.column, "rate_scale": args.rate_scale,
-                  "minutes": len(counts), "lead_s": lead, "quantile": args.quantile, "hold_s": args.hold_s,
-                  **sim.__dict__},
+                  "minutes": len(counts), "lead_s": lead, "hold_s": args.hold_s, "default_budget": DEFAULT_BUDGET,
+                  "fold_days": fold_days, **sim.__dict__},
         "timings_s": {**timings, "total": round(time.time() - t_start, 2)},
     }
     plot_path = Path(args.plot) if args.plot else Path(args.out).with_suffix(".png")
     plot(plot_path, rate, results, sim)
-    out["plot"] = str(plot_path)
+    front_path = plot_path.with_name(plot_path.stem + "_frontier.png")
+    fr.plot(front_path, pooled, folds, f"cost vs SLO misses, days {fold_days[0]}-{fold_days[-1]} (pooled)")
+    out["plot"], out["frontier_plot"] = str(plot_path), str(front_path)
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps({"policies": out["policies"], "forecast_mase": forecast["mase"], "targets": targets,
+    print(json.dumps({"frontier": {k: frontier[k] for k in ("slo_ratio_at_equal_cost",
+                                                           "slo_ratio_at_equal_cost_over_folds")},
+                      "forecast_by_bin_min": forecast["by_bin_min"], "targets": targets,
+                      "nodes": {k: v for k, v in nodes.items() if k.startswith("vs_")},
                       "timings_s": out["timings_s"]}, indent=2))
     return 0
 

@@ -23,13 +23,16 @@ rayfin controller persisted, so a redeploy or a Serve controller restart loses n
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from rayfin.autoscale.replicas import ReplicaParams, decide_replicas
 from rayfin.forecast import ForecastParams, ForecastState, init, predict, update
+from rayfin.forecast.conformal import ConformalParams, ConformalState, conformal_init, observe
 
 STATE_KEY = "forecast"
+CONFORMAL_KEY = "conformal"
 
 
 class PredictivePolicy:
@@ -38,9 +41,14 @@ class PredictivePolicy:
     def __init__(self, desk: str = "", lead_time_s: float = 60.0, quantile: float = 0.9,
                  target_ongoing_requests: float | None = None, quota_replicas: int | None = None,
                  downscale_hold_s: float = 120.0, downscale_band: float = 0.1,
-                 forecast: dict[str, Any] | None = None, initial_state: dict[str, Any] | None = None):
+                 forecast: dict[str, Any] | None = None, initial_state: dict[str, Any] | None = None,
+                 miss_budget: float | None = None, calibration_lr: float = 0.05):
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must be in (0, 1); got {quantile}")
+        # miss_budget set: the margin is calibrated online (rayfin.forecast.conformal) so that the
+        # share of forecast bins the load exceeds tracks it; `quantile` is then only a fallback.
+        self.conformal = (ConformalParams(budget=float(miss_budget), lr=float(calibration_lr))
+                          if miss_budget is not None else None)
         self.desk = desk
         self.lead_time_s = float(lead_time_s)
         self.quantile = float(quantile)
@@ -66,7 +74,15 @@ class PredictivePolicy:
         now = ctx.current_time if ctx.current_time is not None else time.time()
         load = float(ctx.total_num_requests or 0.0)
         fs = update(self._forecaster(state), now, load)
-        pred = predict(fs, self.lead_time_s, self.quantile, now=now)
+        z = None
+        if self.conformal is not None:
+            cs = state.get(CONFORMAL_KEY)
+            cs = (ConformalState.from_dict(cs) if isinstance(cs, dict)
+                  else cs if isinstance(cs, ConformalState) else conformal_init(self.conformal))
+            cs = observe(cs, now, load, fs, max(1, math.ceil(self.lead_time_s / fs.params.bin_s)))
+            state[CONFORMAL_KEY] = cs
+            z = cs.theta
+        pred = predict(fs, self.lead_time_s, self.quantile, now=now, z=z)
         target = self.target or ctx.config.get_target_ongoing_requests()
         params = ReplicaParams(
             load_per_replica=float(target),

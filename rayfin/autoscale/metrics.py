@@ -5,6 +5,8 @@
     rayfin_pool_demand_gpus{pool}             actual GPU demand (+ mapped serving load)
     rayfin_pool_demand_gpus_forecast{pool}    quantile forecast over the lead time
     rayfin_pool_provisioned_gpus{pool}        GPUs requested from Ray's autoscaler
+    rayfin_pool_nodes_draining{pool}, rayfin_pool_node_hours_released{pool},
+    rayfin_pool_energy_saved_kwh{pool}        drain and what it gave back (record_drain)
 
 Call from inside a Ray worker or driver (the controller loop); gauges are made on first use.
 """
@@ -46,3 +48,25 @@ def record_capacity(request: Any) -> None:
         a.set(float(plan.demand_gpus), tags={"pool": pool})
         f.set(float(plan.forecast_gpus), tags={"pool": pool})
         p.set(float(plan.gpus), tags={"pool": pool})
+
+
+def record_drain(plan: Any, account: Any) -> None:
+    """Record a `DrainPlan` and a `ReleaseAccount` (rayfin.autoscale.drain), per pool:
+
+        rayfin_pool_nodes_draining{pool}          nodes taking no new work (draining or released)
+        rayfin_pool_node_hours_released{pool}     node-hours given back so far
+        rayfin_pool_energy_saved_kwh{pool}        idle energy those nodes would have drawn
+    """
+    d = _gauge("rayfin_pool_nodes_draining", "Nodes of the pool being drained or released.", "pool")
+    h = _gauge("rayfin_pool_node_hours_released", "Node-hours given back by draining, so far.", "pool")
+    e = _gauge("rayfin_pool_energy_saved_kwh", "Idle energy not drawn by released nodes (kWh), so far.", "pool")
+    draining: dict[str, int] = {}
+    for v in plan.verdicts:
+        draining.setdefault(v.pool, 0)
+        if v.node in plan.draining:
+            draining[v.pool] += 1
+    for pool, n in draining.items():
+        d.set(float(n), tags={"pool": pool})
+    for pool in set(account.node_s) | set(draining):
+        h.set(account.node_hours(pool), tags={"pool": pool})
+        e.set(account.energy_kwh(pool), tags={"pool": pool})

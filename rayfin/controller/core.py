@@ -106,6 +106,9 @@ class ControllerCore:
         # time to declare the node dead, so a requeued job is not placed straight back there.
         self.cordoned: dict[str, float] = {}
         self.cordon_s = 20.0
+        # Islands the capacity planner is draining (rayfin.autoscale.drain): no new work is placed
+        # there, work already there runs on (unlike `unavailable`, which fails it).
+        self.draining: frozenset[str] = frozenset()
         # An admitted job whose group or runner never comes up (e.g. its node vanished mid-way)
         # goes back to the queue after this long; nothing ran, so no retry is spent.
         self.admit_timeout_s = 180.0
@@ -446,9 +449,25 @@ class ControllerCore:
                                           preempt_deadline=job.preempt_deadline,
                                           preempted_for=job.info.get("preempted_for")))
         pending.sort(key=lambda p: (p.submitted_at, p.job_id))
+        unavailable = dict(self.unavailable)
+        for island in self.draining:
+            # The whole island counts as unavailable to the policy, so neither placement nor a
+            # preemption plan frees room there; the jobs on it stay in `running`.
+            unavailable[island] = float(self.topology.island(island).gpus)
         now = self.clock()
         return ClusterSnapshot(now=now, topology=self.topology, desks=self.desks, running=tuple(running),
-                               pending=tuple(pending), unavailable=dict(self.unavailable), hints=self._hints(now))
+                               pending=tuple(pending), unavailable=unavailable, hints=self._hints(now))
+
+    def set_draining(self, islands: Any) -> frozenset[str]:
+        """The islands to drain from now on (replaces the previous set; unknown ids are an error)."""
+        ids = frozenset(islands)
+        known = {i.id for i in self.topology.islands}
+        unknown = sorted(ids - known)
+        if unknown:
+            raise InvalidRequest(field="draining", value=unknown, allowed=f"island ids {sorted(known)}")
+        with self.lock:
+            self.draining = ids
+        return ids
 
     # ---- hints for the policy (issue 17): predicted runtimes, attained service, checkpoint age ----
     def _duration_key(self, job: JobRecord) -> JobKey:

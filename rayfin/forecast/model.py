@@ -314,11 +314,13 @@ def _learn_first_season(state: ForecastState, y: float, ph: int, season: np.ndar
 
 
 def predict(state: ForecastState, horizon_s: float, quantile: float = 0.9,
-            now: float | None = None) -> Prediction:
+            now: float | None = None, z: float | None = None) -> Prediction:
     """Forecast the bins from `now` (default: the latest observation) to `now + horizon_s`.
 
     Before any bin has closed, the running mean of the open bin stands in for the level and
-    the quantile equals it (there is no error estimate yet).
+    the quantile equals it (there is no error estimate yet). `z`, when given, is the margin in
+    residual scales instead of the Gaussian z_quantile (a calibrated margin, see
+    rayfin.forecast.conformal); the scale is then floored at `min_scale` as the calibration is.
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1); got {quantile}")
@@ -337,14 +339,18 @@ def predict(state: ForecastState, horizon_s: float, quantile: float = 0.9,
         level = _fwd(p, state.acc_sum / state.acc_n)
         if seasonal:
             level -= state.season[ph]
-    z = NormalDist().inv_cdf(quantile)
+    scale = state.scale
+    if z is None:
+        z = NormalDist().inv_cdf(quantile)
+    else:
+        scale = max(scale, p.min_scale)
     base = state.bin_index if state.bin_index is not None else first
     med, up = [], []
     for b in range(first, last + 1):
         ph, wk = _phase(p, b)
         mu = level + (state.season[ph] + state.week[wk] - state.week[state.level_day] if seasonal else 0.0)
         h = max(0, b - base)
-        spread = z * state.scale * math.sqrt(1.0 + h * p.horizon_growth)
+        spread = z * scale * math.sqrt(1.0 + h * p.horizon_growth)
         med.append(_inv(p, mu))
         up.append(_inv(p, mu + spread))
     return Prediction(t0=first * p.bin_s, bin_s=p.bin_s, median=tuple(med), upper=tuple(up), quantile=quantile)

@@ -330,3 +330,32 @@ def test_finished_runtimes_become_predictions_in_the_snapshot(env):
     run(core, 3)
     clock.advance(50.0)
     assert core.snapshot().hints[nxt["job_id"]].attained_s == pytest.approx(50.0)
+
+
+def test_draining_island_takes_no_new_work_and_keeps_what_runs(env):
+    core, backend, _, _ = env
+    first = core.submit(TOK["risk"], "risk", spec(2))["job_id"]
+    run(core, 3)
+    assert core.status(TOK["risk"], first)["state"] == "RUNNING"
+    island = backend.group_of(first)[0][0]
+    risk_islands = sorted({i.id for i in core.topology.islands if i.pool == core.topology.island(island).pool})
+    core.set_draining([island])
+    # Room is left on the draining island, yet the next job lands elsewhere in the pool, or waits.
+    nxt = core.submit(TOK["risk"], "risk", spec(1))["job_id"]
+    run(core, 2)
+    placed = {i for i, _ in backend.group_of(nxt)} if backend.group_of(nxt) else set()
+    assert island not in placed
+    if len(risk_islands) == 1:
+        assert core.status(TOK["risk"], nxt)["state"] == "PENDING"
+    # The job already on the draining island keeps running: a drain is not a node loss.
+    assert core.status(TOK["risk"], first)["state"] == "RUNNING"
+    core.set_draining([])
+    run(core, 2)
+    assert core.status(TOK["risk"], nxt)["state"] in ("ADMITTED", "RUNNING")
+
+
+def test_draining_unknown_island_is_refused_with_the_field(env):
+    core, *_ = env
+    with pytest.raises(InvalidRequest) as err:
+        core.set_draining(["no-such-island"])
+    assert err.value.field == "draining"

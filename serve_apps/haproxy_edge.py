@@ -1,0 +1,125 @@
+"""Per-desk refusal inside HAProxy (C): stick-table rules, the rate map, its runtime updates.
+
+The Python edge (serve_apps/edge.py) refuses a flooding desk in the replica's HTTP server for
+about 0.5 ms of CPU a request, on the event loop the quiet desk also needs. These rules refuse
+it in the HAProxy that Serve already runs in front of the replicas, before Python sees a byte:
+
+    acl rf_predict   path_end :predict
+    txn.rf_key     = sha256(bearer token) in hex       (the map holds hashes, never tokens)
+    txn.rf_limit   = map(rates.map, rf_key)            (requests a desk may pass per window)
+    track-sc0 rf_key in table rf_desk_passed           (store gpc0_rate(window))
+    429 + Retry-After   if gpc0_rate(window) >= limit
+    sc-inc-gpc0(0)      otherwise                      (only passed requests are counted)
+
+Counting only what passes (gpc0, not http_req_rate) keeps a desk's allowed share flowing
+during its own flood: the edge passes about `limit` per window, as the token bucket does.
+
+The edge only refuses: what it passes still meets the replicas' exact quota (Python stays the
+authority), and the limit is set so a desk within its quota is never refused here:
+a token bucket of rate r and burst b passes at most b + r * W in any window W, and HAProxy's
+rate counter (the current period plus the previous one weighted by the time left) can read up
+to that count again from the period before, so limit = ceil(slack * (b + r * W)) with slack 2
+by default; the edge then cuts a flood to at most twice the desk's quota, and the exact
+gate does the rest. Keys without a map entry (no or unknown credential) are not tracked and
+pass to the replica, which answers them (401 and so on).
+
+Quota changes follow without a restart: `map_commands` gives the runtime API commands
+(`set map` / `add map` / `del map` on HAProxy's admin socket) that turn one rate map into
+another, and `rate_map` the file content, rewritten so that a reload reads the same.
+
+How the rules reach Ray's generated configuration: `patch_template` inserts them into Serve's
+HAProxy template (ray.serve._private.haproxy_templates.HAPROXY_CONFIG_TEMPLATE, Ray 2.60) ahead
+of its per-backend routing, and fails loudly if the anchor moved in another Ray version.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+ANCHOR = "    # Per-backend path ACLs"
+TABLE = "rf_desk_passed"
+
+
+@dataclass(frozen=True)
+class DeskRate:
+    rate: float          # requests/s of the desk's serving quota
+    burst: float         # bucket size
+
+    def limit(self, window_s: float, slack: float) -> int:
+        """Requests the edge lets through per window: never below what the quota allows."""
+        return max(1, math.ceil(slack * (self.burst + self.rate * window_s)))
+
+
+def credential_key(token: str) -> str:
+    """The map key of a desk credential: lower-case hex SHA-256, as the HAProxy rule computes it."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def rate_map(rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: float = 2.0) -> str:
+    """Map file content: one `<credential hash> <limit>` line per credential, sorted."""
+    _check(window_s, slack)
+    return "".join(f"{k} {r.limit(window_s, slack)}\n" for k, r in sorted(rates.items()))
+
+
+def map_commands(old: Mapping[str, DeskRate], new: Mapping[str, DeskRate], map_path: str,
+                 window_s: float = 10.0, slack: float = 2.0) -> list[str]:
+    """Runtime API commands turning the map for `old` into the map for `new` (no reload)."""
+    _check(window_s, slack)
+    cmds = []
+    for k in sorted(set(old) - set(new)):
+        cmds.append(f"del map {map_path} {k}")
+    for k in sorted(new):
+        lim = new[k].limit(window_s, slack)
+        if k not in old:
+            cmds.append(f"add map {map_path} {k} {lim}")
+        elif old[k].limit(window_s, slack) != lim:
+            cmds.append(f"set map {map_path} {k} {lim}")
+    return cmds
+
+
+def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1) -> str:
+    """The `http-request` lines for Serve's `http_frontend` (see the module docstring)."""
+    w = int(window_s)
+    if w < 1 or w != window_s:
+        raise ValueError(f"window_s must be a whole number of seconds >= 1; got {window_s}")
+    if retry_after_s < 1:
+        raise ValueError(f"retry_after_s must be >= 1; got {retry_after_s}")
+    body = ('{"error": "rate limit exceeded", "reason": "requests_per_s", "refused_by": "edge"}')
+    return (
+        "    # rayfin: per-desk refusal at the ingress (serve_apps/haproxy_edge.py)\n"
+        "    acl rf_predict path_end :predict\n"
+        "    http-request set-var(txn.rf_key) req.hdr(authorization),word(2,' '),sha2(256),hex,lower if rf_predict\n"
+        f"    http-request set-var(txn.rf_limit) var(txn.rf_key),map({map_path}) if rf_predict\n"
+        "    acl rf_known var(txn.rf_limit) -m found\n"
+        f"    http-request track-sc0 var(txn.rf_key) table {TABLE} if rf_predict rf_known\n"
+        "    acl rf_over sc_gpc0_rate(0),sub(txn.rf_limit) ge 0\n"
+        f"    http-request return status 429 content-type application/json hdr Retry-After {retry_after_s} "
+        f"hdr X-Rayfin-Edge haproxy string '{body}' if rf_predict rf_known rf_over\n"
+        "    http-request sc-inc-gpc0(0) if rf_predict rf_known\n"
+    )
+
+
+def table_backend(window_s: float = 10.0, size: int = 10_000) -> str:
+    """The stick table that counts each credential's passed requests."""
+    return (f"backend {TABLE}\n"
+            f"    stick-table type string len 64 size {size} expire {max(30, 3 * int(window_s))}s "
+            f"store gpc0,gpc0_rate({int(window_s)}s)\n")
+
+
+def patch_template(template: str, map_path: str, window_s: float = 10.0, retry_after_s: int = 1) -> str:
+    """Serve's HAProxy template with the rules in its frontend and the table appended."""
+    if ANCHOR not in template:
+        raise RuntimeError("Serve's HAProxy template has no line starting with "
+                           f"{ANCHOR.strip()!r}; this Ray version lays it out differently: "
+                           "to fix, update serve_apps/haproxy_edge.ANCHOR for it")
+    rules = frontend_rules(map_path, window_s, retry_after_s)
+    return template.replace(ANCHOR, rules + ANCHOR, 1) + "\n" + table_backend(window_s)
+
+
+def _check(window_s: float, slack: float) -> None:
+    if window_s <= 0:
+        raise ValueError(f"window_s must be > 0; got {window_s}")
+    if slack < 1:
+        raise ValueError(f"slack must be >= 1 (below 1 the edge would refuse within quota); got {slack}")

