@@ -2,8 +2,8 @@
 
 A finished job's runtime is recorded under five keys, most specific first:
 
-    (desk, user, name, gpus)   the same job submitted again (the common case in ML clusters:
-                               Helios' users re-run the same script many times, SC'21 sec. 5)
+    (desk, user, name, gpus)   the same job submitted again (the common case in ML clusters,
+                               where users re-run the same script many times; Hu et al., SC'21)
     (desk, user, gpus)         the same user's jobs of that size
     (desk, user)               the same user
     (desk, gpus)               the desk's jobs of that size

@@ -196,8 +196,9 @@ class _Cycle:
                               victim_cost=self._victim_cost())
 
     def _victim_cost(self):
-        """Order of equal-priority victims (lower first): the most recent checkpoint (seconds of
-        work at stake per GPU), or None for the default (most recently started first)."""
+        """Order of equal-priority victims (lower first): seconds of work at stake (since the last
+        checkpoint) over predicted seconds still to run, so a job that checkpointed recently and
+        has long to go is stopped first; None for the default (most recently started first)."""
         if not self.cfg.victims_by_lost_work or not self.snap.hints:
             return None
         hints, now = self.snap.hints, self.snap.now

@@ -123,3 +123,15 @@ def test_preemption_loses_the_work_since_the_last_checkpoint():
     assert s["preemptions"] == 1 and s["lost_work_gpu_hours"] == pytest.approx(530 * 4 / 3600, abs=0.01)
     # the victim restarts at t=2630 (b1 done) with 3000 s left: ends at 5630
     assert max(r.jct_s) == pytest.approx(5630.0)
+
+
+def test_benchmark_elastic_reports_policies_elastic(tmp_path):
+    out = tmp_path / "e.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.scheduling", "--trace", str(DEV), "--load", "1.0",
+                    "--desks", "3", "--limit", "200", "--windows", "4", "--latency-depths", "",
+                    "--policies", "kueue_tas_fs,rayfin", "--elastic", "--elastic-sweep", "0.5,1.0",
+                    "--no-plot", "--out", str(out)], check=True, cwd=ROOT, capture_output=True, timeout=300)
+    data = json.loads(out.read_text())
+    el = data["policies_elastic"]["rayfin"]
+    assert el["elastic_share"] == 0.5 and el["mean_jct_s"] is not None and "vs_kueue_tas_fs" in el
+    assert set(data["elastic_share_sweep"]) == {"0.5", "1.0"}
