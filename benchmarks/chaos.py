@@ -82,8 +82,8 @@ def draw_job(rng: random.Random) -> JobKind:
     return rng.choices(JOB_MIX, weights=[k.weight for k in JOB_MIX])[0]
 
 
-def submit_one(client, marker: str, i: int, kind: JobKind, rng: random.Random):
-    return client.submit(chaos_job, marker, f"j{i}", rng.uniform(*kind.seconds), gpus=kind.gpus,
+def submit_one(client, marker: str, i: int, kind: JobKind, rng: random.Random, scale: float = 1.0):
+    return client.submit(chaos_job, marker, f"j{i}", scale * rng.uniform(*kind.seconds), gpus=kind.gpus,
                          workers=kind.workers, dist_backend=None, priority=kind.priority, retries=3,
                          name=f"chaos-{i}")
 
@@ -122,6 +122,7 @@ class Chaos:
         self.run, self.admin, self.cfg, self.head_outage_s, self.log = run, admin, cfg, head_outage_s, log
         self.recovery: dict[str, list[float]] = {"controller": [], "head": [], "node_loss_seen": [],
                                                  "node_back": []}
+        self.recovered: list[dict] = []     # what each restarted controller found: adopted, requeued, ...
 
     def _note(self, line: str) -> None:
         self.log.append(line)
@@ -135,6 +136,7 @@ class Chaos:
         ray.kill(self.run.controller, no_restart=False)
         after = _wait_new_controller(self.run.controller, before and before["pid"])
         self.recovery["controller"].append(time.monotonic() - t)
+        self.recovered.append({"fault": "controller", **after["recovery"]})
         self._note(f"controller kill {k}: recovered in {self.recovery['controller'][-1]:.2f}s ({after['recovery']})")
 
     def head(self, k: int) -> None:
@@ -150,6 +152,7 @@ class Chaos:
         self.run.local.restart_gcs()
         after = _wait_new_controller(self.run.controller, before and before["pid"])
         self.recovery["head"].append(time.monotonic() - t)
+        self.recovered.append({"fault": "head", **after["recovery"]})
         self._note(f"head kill {k}: GCS down {self.head_outage_s:g}s, controller answering after "
                    f"{self.recovery['head'][-1]:.2f}s ({after['recovery']})")
 
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ledger", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--config", default="configs/local.yaml")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--job-time-scale", type=float, default=1.0, help="multiply every job's run time")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--out", default="chaos_result.json")
     a = ap.parse_args(argv)
@@ -263,7 +267,7 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
                 desk = desks[i % len(desks)]
                 kind = draw_job(rng)
                 try:
-                    job = submit_one(clients[desk], marker, i, kind, rng)
+                    job = submit_one(clients[desk], marker, i, kind, rng, a.job_time_scale)
                     accepted[job.job_id] = job
                 except QuotaExceeded:
                     refused += 1
@@ -316,10 +320,11 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
             "retried_jobs": sum(1 for s in statuses.values() if s.attempts > 0),
             "faults": {"controller": a.kills, "head": a.head_kills, "node": a.node_losses},
             "recovery": {kind: _spread(v) for kind, v in chaos.recovery.items()},
+            "recovered": chaos.recovered,
             "wall_s": time.monotonic() - t0, "chaos": chaos_log,
         }
         Path(a.out).write_text(json.dumps(result, indent=2))
-        print(json.dumps({k: v for k, v in result.items() if k not in ("chaos", "job_mix")}, indent=2))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("chaos", "job_mix", "recovered")}, indent=2))
         ok = (result["lost"] == 0 and result["duplicated"] == 0 and result["leaked_gpus"] == 0
               and result["leaked_workers"] == 0)
         print("targets: lost = duplicated = leaked_gpus = leaked_workers = 0:", "met" if ok else "MISSED")

@@ -56,10 +56,12 @@ KNOWN_GAPS = {
 
 
 @pytest.fixture(scope="module")
-def prometheus(rayfin_env):
+def prometheus(rayfin_env, connect_desk):
     """Prometheus scraping every node's metrics endpoint, as on a real cluster (the controller's
     series come from the head node, the gateway's from whichever node runs its replicas)."""
     import ray
+
+    connect_desk(None)      # this process on the session cluster (a test before may have left it)
 
     targets = sorted({f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes()
                       if n.get("Alive") and n.get("MetricsExportPort")})
@@ -71,7 +73,7 @@ def prometheus(rayfin_env):
 
 
 @pytest.fixture(scope="module")
-def serving(rayfin_env):
+def serving(rayfin_env, prometheus):
     """The gateway and one CPU model on the session cluster, equities limited to 1 request/s so
     that a burst is refused (429): the serving panels' series."""
     import httpx
