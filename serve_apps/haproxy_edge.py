@@ -125,6 +125,27 @@ def _check(window_s: float, slack: float) -> None:
         raise ValueError(f"slack must be >= 1 (below 1 the edge would refuse within quota); got {slack}")
 
 
+def desk_rates(config) -> dict[str, DeskRate]:
+    """Map entries from a RayfinConfig: each desk's credential hash and its serving rate/burst."""
+    return {d.credential_sha256: DeskRate(float(d.serving.requests_per_s), float(d.serving.burst))
+            for d in config.desks if getattr(d, "credential_sha256", None)}
+
+
+def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, python: str,
+                 window_s: float = 10.0, slack: float = 2.0) -> dict[str, str]:
+    """Write the rate map and the wrapper into `run_dir`; the variable to set before Serve starts."""
+    import os
+
+    map_path = os.path.join(run_dir, "rates.map")
+    with open(map_path, "w") as f:
+        f.write(rate_map(rates, window_s, slack))
+    script = os.path.join(run_dir, "haproxy-rayfin")
+    with open(script, "w") as f:
+        f.write(wrapper_script(python, real_binary, map_path, window_s))
+    os.chmod(script, 0o755)
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": script}
+
+
 # ---- the wrapper Serve runs as its HAProxy binary (RAY_SERVE_HAPROXY_BINARY_PATH) -------------
 
 def wrapper_script(python: str, real_binary: str, map_path: str, window_s: float = 10.0) -> str:
