@@ -407,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo-s", type=float, default=0.5)
     ap.add_argument("--max-replicas", type=int, default=100)
     ap.add_argument("--lead-s", type=float, default=None, help="forecast lead (default: cold start + 60 s)")
-    ap.add_argument("--hold-s", type=float, default=180.0, help="rayfin downscale hold")
+    ap.add_argument("--hold-s", type=float, default=600.0,
+                    help="rayfin downscale hold (600: chosen over 180 on days 3-5, before the first fold)")
     ap.add_argument("--first-fold-day", type=int, default=6, help="folds: each whole day from this one on")
     ap.add_argument("--forecast-bins", default="5,15,60")
     ap.add_argument("--no-library", action="store_true", help="skip the per-fold statsforecast fits (slow)")

@@ -113,7 +113,7 @@ def simulate_nodes(policy: str, replicas: np.ndarray, forecast_replicas: np.ndar
             fc = forecast_replicas[k]
             fc = float(want) if not math.isfinite(fc) else max(float(fc), float(want))
             plan = plan_drain([NodeLoad(n.id, "pool", G, n.used, n.draining, n.draining_since)
-                               for n in nodes], {"pool": fc + pending}, drain_params, now=t)
+                               for n in nodes], {"pool": fc}, drain_params, now=t)
             draining = plan.draining
             released = set(plan.release)
             for n in nodes:

@@ -123,3 +123,69 @@ def _check(window_s: float, slack: float) -> None:
         raise ValueError(f"window_s must be > 0; got {window_s}")
     if slack < 1:
         raise ValueError(f"slack must be >= 1 (below 1 the edge would refuse within quota); got {slack}")
+
+
+def desk_rates(config) -> dict[str, DeskRate]:
+    """Map entries from a RayfinConfig: each desk's credential hash and its serving rate/burst."""
+    return {d.credential_sha256: DeskRate(float(d.serving.requests_per_s), float(d.serving.burst))
+            for d in config.desks if getattr(d, "credential_sha256", None)}
+
+
+def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, python: str,
+                 window_s: float = 10.0, slack: float = 2.0) -> dict[str, str]:
+    """Write the rate map and the wrapper into `run_dir`; the variable to set before Serve starts."""
+    import os
+
+    map_path = os.path.join(run_dir, "rates.map")
+    with open(map_path, "w") as f:
+        f.write(rate_map(rates, window_s, slack))
+    script = os.path.join(run_dir, "haproxy-rayfin")
+    with open(script, "w") as f:
+        f.write(wrapper_script(python, real_binary, map_path, window_s))
+    os.chmod(script, 0o755)
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": script}
+
+
+# ---- the wrapper Serve runs as its HAProxy binary (RAY_SERVE_HAPROXY_BINARY_PATH) -------------
+
+def wrapper_script(python: str, real_binary: str, map_path: str, window_s: float = 10.0) -> str:
+    """A shell script for RAY_SERVE_HAPROXY_BINARY_PATH: patch the -f config, then exec HAProxy."""
+    return (f"#!/bin/sh\nexec {python} -m serve_apps.haproxy_edge --real {real_binary} "
+            f"--map {map_path} --window {window_s:g} -- \"$@\"\n")
+
+
+def patch_config_file(path: str, map_path: str, window_s: float = 10.0) -> bool:
+    """Insert the rules into a rendered config in place; False if they are there already."""
+    with open(path) as f:
+        text = f.read()
+    if "acl rf_predict" in text:
+        return False
+    with open(path, "w") as f:
+        f.write(patch_template(text, map_path, window_s))
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m serve_apps.haproxy_edge --real BIN --map PATH -- <haproxy arguments>`."""
+    import argparse
+    import os
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    ap = argparse.ArgumentParser(prog="serve_apps.haproxy_edge")
+    ap.add_argument("--real", required=True, help="the HAProxy binary to run")
+    ap.add_argument("--map", required=True, help="the rate map file (rate_map)")
+    ap.add_argument("--window", type=float, default=10.0)
+    ns = ap.parse_args(argv[:split])
+    rest = argv[split + 1:]
+    for i, a in enumerate(rest[:-1]):
+        if a == "-f":
+            if not os.path.exists(ns.map):
+                open(ns.map, "a").close()      # an empty map: nobody tracked until quotas arrive
+            patch_config_file(rest[i + 1], ns.map, ns.window)
+    os.execv(ns.real, [ns.real, *rest])
+
+
+if __name__ == "__main__":
+    main()

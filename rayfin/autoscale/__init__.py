@@ -8,6 +8,10 @@ Controller-facing API (pure; the controller persists `state.to_dict()`):
                                               desk_request_rate={"fx": 40.0}), now, settings)
     adapter.apply(request)                                  # RayAutoscalerAdapter: request_resources
     metrics.record_capacity(request)                        # forecast vs actual gauges
+
+    plan = plan_drain(nodes, {pool: plan.forecast_gpus for pool, plan in request.pools.items()},
+                      DrainParams(), now)                    # which nodes to drain / release
+    core.set_draining(islands on plan.draining nodes)       # the scheduler places nothing there
 """
 from rayfin.autoscale.config import (
     AutoscalingSettings,
@@ -15,6 +19,17 @@ from rayfin.autoscale.config import (
     ForecastSettings,
     PoolAutoscaling,
     parse_autoscaling,
+)
+from rayfin.autoscale.drain import (
+    DrainAction,
+    DrainParams,
+    DrainPlan,
+    DrainReason,
+    NodeLoad,
+    NodeVerdict,
+    ReleaseAccount,
+    account,
+    plan_drain,
 )
 from rayfin.autoscale.planner import (
     AutoscaleState,
@@ -28,6 +43,8 @@ from rayfin.autoscale.replicas import ReplicaDecision, ReplicaParams, decide_rep
 
 __all__ = [
     "AutoscaleState", "AutoscalingSettings", "CapacityRequest", "DeskAutoscaling", "DeskForecast",
+    "DrainAction", "DrainParams", "DrainPlan", "DrainReason", "NodeLoad", "NodeVerdict", "ReleaseAccount",
+    "account", "plan_drain",
     "ForecastSettings", "Observations", "PoolAutoscaling", "PoolPlan", "ReplicaDecision",
     "ReplicaParams", "decide_replicas", "parse_autoscaling", "step",
 ]

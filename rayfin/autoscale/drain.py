@@ -161,7 +161,7 @@ def _plan_pool(pool: str, nodes: list[NodeLoad], forecast: float | None,
         else:
             out.append(NodeVerdict(n.node, pool, DrainAction.WAIT if n.draining else DrainAction.DRAIN,
                                    DrainReason.DRAINING if n.draining else DrainReason.FORECAST_LOW,
-                                   f"{why}; {have:g} GPUs kept elsewhere; {n.used:g} GPUs still in use here"))
+                                   f"{why}; {have:g} GPUs kept elsewhere; {n.used:g} GPUs in use here"))
     return out
 
 

