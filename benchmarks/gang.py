@@ -51,7 +51,7 @@ def _spread(xs: list[float]) -> dict[str, float | None]:
 
 
 def _event_ts(admin, job_id: str, kind: str) -> float | None:
-    for e in admin._call("explain", job_id)["events"]:
+    for e in admin.job(job_id).explain()["events"]:
         if e["kind"] == kind:
             return e["ts"]
     return None

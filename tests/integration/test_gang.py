@@ -196,7 +196,7 @@ def test_preempted_training_checkpoints_and_resumes(connect_desk):
     assert job.status().attempts == 1
     assert len(out) == 5 and all(r["world_size"] == 5 and r["backend"] == "gloo" for r in out)
     assert 0 < out[0]["resumed_from"] < 400 and out[0]["stopped_at"] is None
-    events = [e["kind"] for e in quant._call("explain", job.job_id)["events"]]
+    events = [e["kind"] for e in job.explain()["events"]]
     assert "preemption_planned" in events and "requeued" in events
 
 
@@ -219,7 +219,7 @@ def test_a_dead_worker_fails_the_gang_whole_and_it_is_retried(connect_desk):
     victim = st.info["ranks"][2]
     os.kill(int(victim["pid"]), signal.SIGKILL)             # rank 2's process dies (as with its node)
     st = wait_for(lambda: (s := job.status()).attempts == 1 and s, timeout=120, what="gang requeued whole")
-    events = fx._call("explain", job.job_id)["events"]
+    events = job.explain()["events"]
     requeued = [e["reason"] for e in events if e["kind"] == "requeued"]
     assert requeued and "rank 2" in requeued[0] and "worker died" in requeued[0], requeued
     st = wait_for(lambda: (s := job.status()).state is JobState.RUNNING and s, timeout=240, what="second attempt")
