@@ -117,6 +117,29 @@ async def open_loop(session: aiohttp.ClientSession, url: str, headers: dict, tim
     await asyncio.gather(*[one(at) for at in times])
 
 
+async def max_loop(session: aiohttp.ClientSession, url: str, headers: dict, t0: float, seconds: float,
+                   results: list, connections: int = 8, clock=time.monotonic) -> None:
+    """`--flood max`: `connections` keep-alive senders back to back from t0 for `seconds`.
+    A refusal is told by where it was made: `429_haproxy`, `429_edge` (the replica's edge), 429."""
+    await asyncio.sleep(max(0.0, t0 - clock()))
+    end = t0 + seconds
+
+    async def sender():
+        while clock() < end:
+            sent = clock()
+            try:
+                async with session.post(url, data=BODY, headers=headers) as r:
+                    await r.read()
+                    where = r.headers.get("X-Rayfin-Edge")
+                    status = (f"429_{'haproxy' if where == 'haproxy' else 'edge'}"
+                              if r.status == 429 and where else r.status)
+                    results.append((sent, status, clock() - sent))
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                results.append((sent, 0, clock() - sent))
+
+    await asyncio.gather(*[sender() for _ in range(connections)])
+
+
 def poisson(rate: float, seconds: float, rng: random.Random) -> list[float]:
     out, t = [], 0.0
     while True:
@@ -224,7 +247,10 @@ def _flood_client(base: str, commands, results, nice: int = 0) -> None:
         os.nice(nice)
     async def phase(s, times, t0):
         out: list = []
-        await open_loop(s, PRICER, auth("flood"), times, t0, out, clock=time.monotonic)
+        if isinstance(times, tuple) and times[0] == "max":
+            await max_loop(s, PRICER, auth("flood"), t0, times[1], out)
+        else:
+            await open_loop(s, PRICER, auth("flood"), times, t0, out, clock=time.monotonic)
         return out
 
     async def go():
@@ -322,6 +348,8 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     rng = random.Random(args.seed)
     conditions = ("alone", "flood", "within") if args.within else ("alone", "flood")
     offered = {"flood": args.flood_rate * 10, "within": args.flood_rate}
+    full_flood = args.flood == "max"
+    cpu_s: dict[str, dict[str, float]] = {}          # raw CPU seconds per condition and role
     other: dict[str, list] = {c: [] for c in conditions}
     onset: dict[str, list] = {c: [] for c in offered if c in conditions}
     phases = []
@@ -340,7 +368,9 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
             quiet_times = poisson(args.quiet_rate / 2, args.phase_s + lead, rng)
             sent_all: list = []
             t0 = time.monotonic() + 0.05
-            if condition in offered:
+            if condition == "flood" and full_flood:
+                commands.put((("max", args.phase_s + lead), t0))
+            elif condition in offered:
                 commands.put((poisson(offered[condition], args.phase_s + lead, rng), t0))
             meter.delta()
             started = time.monotonic()
@@ -368,6 +398,7 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
             used = meter.delta()
             for k, v in used.items():
                 cpu[condition][k] = cpu[condition].get(k, 0.0) + v / wall / args.phases
+                cpu_s.setdefault(condition, {})[k] = cpu_s.setdefault(condition, {}).get(k, 0.0) + v
             phase["cpu_cores"] = {k: round(v / wall, 3) for k, v in used.items()}
             phases.append(phase)
             print("phase", i, phase, flush=True)
@@ -403,7 +434,8 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
         # pooled ratio a lot; it moves this one little.
         "quiet_p99_ratio_pair_median": statistics.median(
             c["flood"]["quiet_p99_ms"] / c["alone"]["quiet_p99_ms"] for c in by_cycle),
-        "flood": {"offered_rps": args.flood_rate * 10, "quota_rps": args.flood_rate, "burst": args.flood_burst,
+        "flood": {"offered_rps": "max" if full_flood else args.flood_rate * 10,
+                  "quota_rps": args.flood_rate, "burst": args.flood_burst,
                   "sent": len(other["flood"]), "span_s": round(flood_span, 3),
                   "codes": _codes(other["flood"]), "client": "separate process", "client_nice": flood_nice,
                   "serve_proxy_nice": proxy_nice,
@@ -415,6 +447,18 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
         "cpu_cores": {c: {k: round(v, 3) for k, v in d.items()} for c, d in cpu.items()},
         "phases": phases,
     }
+    out["flood_rate_rps"] = out["flood"]["achieved_rps"]
+    out["quiet_samples_per_condition"] = min(len(r) for r in quiet.values())
+    # CPU per refused request on each path: the role's CPU seconds in flood phases, less what it
+    # used in the same time alone, over the refusals made there.
+    refused = {"haproxy": sum(1 for x in other["flood"] if x[1] == "429_haproxy"),
+               "gated_replica": sum(1 for x in other["flood"] if x[1] == "429_edge")}
+    alone_s, flood_s = cpu_s.get("alone", {}), cpu_s.get("flood", {})
+    # Below 1,000 refusals on a path the difference is noise of the shared machine: not reported.
+    out["cpu_us_per_refusal"] = {
+        role: round(1e6 * (flood_s.get(role, 0.0) - alone_s.get(role, 0.0)) / n, 1) if n >= 1000 else None
+        for role, n in refused.items()}
+    out["refusals_by_path"] = refused
     # Stalls of the machine itself (a shared virtual machine: seconds-long pauses of every process
     # at once were seen) land in one phase: a phase whose p99 is over STALL_FACTOR x the median
     # phase p99 is flagged, and the ratios are also given without the cycles that hold one.
@@ -485,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-rate", type=float, default=40.0, help="quiet desk's quota (it sends at half)")
     p.add_argument("--quiet-burst", type=int, default=20)
     p.add_argument("--flood-rate", type=float, default=5.0)
+    p.add_argument("--flood", choices=("10x", "max"), default="10x",
+                   help="flood phases: 10x the flood desk's quota (open loop), or as fast as 8 connections go")
+    p.add_argument("--haproxy-edge", action=argparse.BooleanOptionalAction, default=False,
+                   help="refuse over-quota desks inside HAProxy (serve_apps/haproxy_edge.py; --ingress haproxy)")
     p.add_argument("--flood-burst", type=int, default=5)
     p.add_argument("--gateway-replicas", type=int, default=2 if (os.cpu_count() or 1) >= 4 else 1)
     p.add_argument("--model-replicas", type=int, default=1,
@@ -521,6 +569,15 @@ def main(argv: list[str] | None = None) -> int:
         installed = ingress.ingress_env(args.ingress, ingress.new_run_dir() if args.ingress == "haproxy" else "",
                                         free_port)
         os.environ.update(installed)
+    if args.haproxy_edge:
+        if args.ingress != "haproxy":
+            p.error("--haproxy-edge needs --ingress haproxy")
+        from serve_apps import haproxy_edge
+
+        run_dir = os.path.dirname(installed["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+        os.environ.update(haproxy_edge.install_edge(run_dir, haproxy_edge.desk_rates(config),
+                                                    ingress.haproxy_binary(), sys.executable))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         started = time.time()
@@ -531,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
-    result["setup"] = {"ingress": args.ingress, "layout": args.layout, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
+    result["setup"] = {"flood": args.flood, "haproxy_edge": args.haproxy_edge, "ingress": args.ingress, "layout": args.layout, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
                        "load_avg_1m": os.getloadavg()[0], "wall_s": round(time.time() - started, 1),
                        "targets": {"gateway_throughput_ratio": ">= 0.9", "quiet_p99_ratio": "<= 1.25",
                                    "flood_admitted": "<= flood_allowed"}}

@@ -86,7 +86,7 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         raise ValueError(f"window_s must be a whole number of seconds >= 1; got {window_s}")
     if retry_after_s < 1:
         raise ValueError(f"retry_after_s must be >= 1; got {retry_after_s}")
-    body = ('{"error": "rate limit exceeded", "reason": "requests_per_s", "refused_by": "edge"}')
+    body = '{"error":"rate limit exceeded","reason":"requests_per_s","refused_by":"edge"}'
     return (
         "    # rayfin: per-desk refusal at the ingress (serve_apps/haproxy_edge.py)\n"
         "    acl rf_predict path_end :predict\n"

@@ -70,7 +70,7 @@ def _send(port: int, token: str, n: int) -> dict[int, int]:
         codes[r.status] = codes.get(r.status, 0) + 1
         if r.status == 429:
             assert r.getheader("Retry-After") == "1" and r.getheader("X-Rayfin-Edge") == "haproxy"
-            assert b'"refused_by": "edge"' in body
+            assert b'"refused_by":"edge"' in body
     conn.close()
     return codes
 
