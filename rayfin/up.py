@@ -33,6 +33,7 @@ class Running:
     timings_s: dict[str, float] = field(default_factory=dict)
     serve_started: bool = False
     deploy_key: str | None = field(default=None, repr=False)
+    api_url: str | None = None
 
     def endpoint_lines(self) -> list[str]:
         lines = [f"dashboard: {self.dashboard_url or 'not started'}", f"address: {self.address}"]
@@ -40,12 +41,15 @@ class Running:
             lines.append(f"metrics: {self.metrics_url}")
         if self.serve_url:
             lines.append(f"serve: {self.serve_url}")
+        if self.api_url:
+            lines.append(f"api: {self.api_url}")
         return lines
 
     def write_state(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"address": self.address, "dashboard": self.dashboard_url,
-                                    "metrics": self.metrics_url, "serve": self.serve_url, "pid": os.getpid(),
+                                    "metrics": self.metrics_url, "serve": self.serve_url, "api": self.api_url,
+                                    "pid": os.getpid(),
                                     "controller": self.config.controller.name,
                                     "namespace": self.config.controller.namespace}))
 
@@ -84,7 +88,8 @@ def with_ledger(config: RayfinConfig, ledger_path: str | None) -> RayfinConfig:
 
 def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = True,
              dashboard: bool = True, dashboard_port: int | None = None, metrics_port: int | None = None,
-             serve_port: int | None = None) -> Running:
+             serve_port: int | None = None, api: bool = True, access_log: bool = True) -> Running:
+    """`api`: deploy the rayfin API (Serve starts for it even when no model is served)."""
     import ray
 
     from rayfin.cluster import LocalCluster
@@ -116,6 +121,11 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
             run.serve_url = _deploy_serve(config, controller, serve_port, deploy_key)
             run.serve_started = run.serve_url is not None
             timings["serve_s"] = time.monotonic() - t2
+        if api and config.api.enabled:
+            t3 = time.monotonic()
+            run.api_url = _deploy_api(config, serve_port, access_log)
+            run.serve_started = run.serve_started or run.api_url is not None
+            timings["api_s"] = time.monotonic() - t3
         timings["total_s"] = time.monotonic() - t0
         return run
     except BaseException:
@@ -134,6 +144,12 @@ def _deploy_serve(config: RayfinConfig, controller: Any, port: int | None, token
         return None
     info = deploy_from_config(config, controller=controller, http_port=port, token=token)
     return (info or {}).get("url") or f"http://{config.serve.host}:{port or config.serve.port}"
+
+
+def _deploy_api(config: RayfinConfig, port: int | None, access_log: bool) -> str:
+    from serve_apps.api_app import deploy_api
+
+    return deploy_api(config, http_port=port, access_log=access_log)
 
 
 def _head_metrics_url() -> str | None:

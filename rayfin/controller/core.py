@@ -29,7 +29,7 @@ from rayfin.controller.backend import Backend, LaunchSpec, Observation
 from rayfin.controller.ledger import JobRecord, Ledger
 from rayfin.controller.recorder import NullRecorder, Recorder
 from rayfin.controller.validate import validate_spec
-from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
+from rayfin.errors import Forbidden, InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
 from rayfin.policy.settings import Policy
 from rayfin.policy import (ClusterSnapshot, CommProfile, Decision, DeskQuota, JobState, PendingJob, Priority,
                            RunningJob, SchedulerConfig, check_quota, never_fits, schedule)
@@ -118,15 +118,15 @@ class ControllerCore:
                                action=action)
         who = matched[0]
         if desk is not None and desk != who:
-            raise Unauthorized(f"credential of desk {who!r} may not {action} for desk {desk!r}", desk=desk,
-                               action=action)
+            raise Forbidden(f"credential of desk {who!r} may not {action} for desk {desk!r}", desk=desk,
+                            action=action)
         return Principal(who)
 
     def _require_operator(self, token: str | None, desk: str | None) -> Principal:
         principal = self.authenticate(token, desk, "deploy")
         if not principal.admin:
-            raise Unauthorized("deploying serving capacity needs the admin credential or the deploy key of "
-                               "`rayfin up`; desks call models over HTTP", desk=desk, action="deploy")
+            raise Forbidden("deploying serving capacity needs the admin credential or the deploy key of "
+                            "`rayfin up`; desks call models over HTTP", desk=desk, action="deploy")
         return principal
 
     def _visible(self, principal: Principal, job_id: str) -> JobRecord:
