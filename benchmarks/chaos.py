@@ -66,14 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     from rayfin.cluster import free_port
 
-    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port())
+    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port(),
+                   serve_port=free_port(), access_log=False)
     print(f"cluster up in {time.monotonic() - t0:.1f}s ({cfg.cluster.total_gpus} GPUs)", flush=True)
     try:
-        clients = {d.name: connect(d.name, f"{d.name}-demo-token", run.address,
-                                   controller_name=cfg.controller.name, namespace=cfg.controller.namespace)
-                   for d in cfg.desks}
-        admin = connect(None, "admin-demo-token", run.address, controller_name=cfg.controller.name,
-                        namespace=cfg.controller.namespace)
+        clients = {d.name: connect(d.name, f"{d.name}-demo-token", url=run.api_url) for d in cfg.desks}
+        admin = connect(None, "admin-demo-token", url=run.api_url)
         accepted: dict[str, object] = {}
         refused = 0
         recoveries: list[float] = []

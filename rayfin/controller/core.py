@@ -83,6 +83,9 @@ class ControllerCore:
         self.policy = scheduler_config(config)
         self.active: dict[str, JobRecord] = {}
         self.unavailable: dict[str, float] = {}
+        # Island -> GPUs held by work rayfin did not start (found by policing): taken, not lost,
+        # so they shrink what the scheduler may place without marking rayfin's own jobs there lost.
+        self.held_outside: dict[str, float] = {}
         # Islands where a runner was just lost: cordoned until Ray's failure detector has had
         # time to declare the node dead, so a requeued job is not placed straight back there.
         self.cordoned: dict[str, float] = {}
@@ -125,8 +128,8 @@ class ControllerCore:
     def _require_operator(self, token: str | None, desk: str | None) -> Principal:
         principal = self.authenticate(token, desk, "deploy")
         if not principal.admin:
-            raise Forbidden("deploying serving capacity needs the admin credential or the deploy key of "
-                            "`rayfin up`; desks call models over HTTP", desk=desk, action="deploy")
+            raise Unauthorized("deploying serving capacity needs the admin credential or the deploy key of "
+                               "`rayfin up`; desks call models over HTTP", desk=desk, action="deploy")
         return principal
 
     def _visible(self, principal: Principal, job_id: str) -> JobRecord:
@@ -230,12 +233,15 @@ class ControllerCore:
             free = self.snapshot().free()
             out: dict[str, dict[str, float]] = {}
             for isl in self.topology.islands:
-                row = out.setdefault(isl.pool, {"capacity": 0.0, "lost": 0.0, "free": 0.0, "in_use": 0.0})
+                row = out.setdefault(isl.pool, {"capacity": 0.0, "lost": 0.0, "outside": 0.0, "free": 0.0,
+                                                "in_use": 0.0})
                 lost = min(float(isl.gpus), self.unavailable.get(isl.id, 0.0))
+                outside = min(float(isl.gpus) - lost, self.held_outside.get(isl.id, 0.0))
                 row["capacity"] += isl.gpus
                 row["lost"] += lost
+                row["outside"] += outside
                 row["free"] += max(0.0, free[isl.id])
-                row["in_use"] += isl.gpus - lost - max(0.0, free[isl.id])
+                row["in_use"] += isl.gpus - lost - outside - max(0.0, free[isl.id])
             return out
 
     def audit(self, token: str | None, desk: str | None = None, since: float | None = None,
@@ -394,7 +400,29 @@ class ControllerCore:
                                           preempted_for=job.info.get("preempted_for")))
         pending.sort(key=lambda p: (p.submitted_at, p.job_id))
         return ClusterSnapshot(now=self.clock(), topology=self.topology, desks=self.desks, running=tuple(running),
-                               pending=tuple(pending), unavailable=dict(self.unavailable))
+                               pending=tuple(pending), unavailable=self.not_placeable())
+
+    def not_placeable(self) -> dict[str, float]:
+        """GPUs per island the scheduler may not place on: lost with their node, or held by work
+        rayfin did not start (until policing sees them freed)."""
+        out = dict(self.unavailable)
+        caps = {i.id: float(i.gpus) for i in self.topology.islands}
+        for island, gpus in self.held_outside.items():
+            if island in caps:
+                out[island] = min(caps[island], out.get(island, 0.0) + gpus)
+        return out
+
+    def police_job(self, job_id: str, reason: str) -> bool:
+        """Fail a job whose code took GPUs outside rayfin: its runner is killed, and with it, by
+        Ray, what the runner started. Returns whether a live job was stopped."""
+        with self.lock:
+            job = self.active.get(job_id)
+            if job is None or job.kind == "serving" or job.state not in (JobState.ADMITTED.value,
+                                                                          JobState.RUNNING.value):
+                return False
+            self._release(job)
+            self._finish(job, JobState.FAILED, reason)
+            return True
 
     def _act(self, decision) -> tuple[int, int]:
         now = self.clock()

@@ -1,5 +1,6 @@
 """One local multi-node Ray cluster per test run (configs/test.yaml: 2 nodes x 2 NVLink islands
-x 4 simulated GPUs, one raylet per island), with the rayfin controller deployed on it."""
+x 4 simulated GPUs, one raylet per island), with the rayfin controller and the rayfin API (on
+Serve, no models) deployed on it. Desk clients speak HTTP to the API, as a desk's machine does."""
 from __future__ import annotations
 
 import os
@@ -20,7 +21,8 @@ def rayfin_env(tmp_path_factory) -> Running:
     from rayfin.cluster import free_port
 
     # Free ports, so a second Ray on this machine (another test run, a demo) cannot clash.
-    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port())
+    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port(),
+                   serve_port=free_port(), access_log=False)
     yield run
     run.shutdown()
 
@@ -30,9 +32,7 @@ def connect_desk(rayfin_env):
     from rayfin.sdk import connect
 
     def _connect(desk: str | None, token: str | None = None):
-        return connect(desk=desk, token=token or TOKENS[desk or "admin"], address=rayfin_env.address,
-                       controller_name=rayfin_env.config.controller.name,
-                       namespace=rayfin_env.config.controller.namespace)
+        return connect(desk=desk, token=token or TOKENS[desk or "admin"], url=rayfin_env.api_url)
 
     return _connect
 
