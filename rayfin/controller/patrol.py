@@ -38,6 +38,7 @@ class Patrol:
         self.clock = clock
         self.sightings = Sightings()
         self.creators: dict[str, str | None] = {}
+        self.dismissed: dict[str, int | None] = {}     # task id -> pid found dead (a stale state-API row)
         self.detected = 0
         self.stopped = 0
         self.last_sweep_ms = 0.0
@@ -56,17 +57,19 @@ class Patrol:
         self.next_at = now + self.settings.interval_s
         holders, owners = self.police.observe()
         holders = [self._with_creator(h, owners) for h in holders]
-        new, gone = self.sightings.merge(find(holders, owners, now), now)
+        found = [f for f in find(holders, owners, now) if self.dismissed.get(f.id, -1) != f.pid]
+        new, gone = self.sightings.merge(found, now)
+        for f in gone:
+            self._gone(f, now)
+        # Counted as taken first, so placement never waits on the stopping below.
+        held = outside_gpus(self.sightings.live.values())
+        with self.core.lock:
+            self.core.held_outside = held
         for f in new:
             self._found(f, now)
         if self.enforcing:
             for f in list(self.sightings.live.values()):
                 self._stop(f, now)
-        for f in gone:
-            self._gone(f, now)
-        held = outside_gpus(self.sightings.live.values())
-        with self.core.lock:
-            self.core.held_outside = held
         self.police.gauge(held, [i.id for i in self.core.topology.islands])
         self.last_sweep_ms = (time.perf_counter() - t0) * 1000
         return list(self.sightings.live.values())
@@ -104,6 +107,7 @@ class Patrol:
         if result == "worker gone" and f.kind == "task":
             # The state API can list a task as RUNNING for a while after its process died: it
             # holds nothing, so it is not counted as taken any longer.
+            self.dismissed[f.id] = f.pid
             self._gone(self.sightings.live.pop(f.id).copy(stopped_at=now, action=result), now)
             return
         self.sightings.live[f.id] = f.copy(action=result)

@@ -59,6 +59,7 @@ class RayPolice:
         self._agents: dict[str, Any] = {}
         self._agent_cls = ray.remote(PolicingAgent)
         self._metrics: dict[str, Any] = {}
+        self._pending: dict[tuple[str, int], Any] = {}     # (node, pid) -> the agent's answer to come
 
     # -- observe --
     def observe(self) -> tuple[list[Holder], Owners]:
@@ -124,11 +125,29 @@ class RayPolice:
                 except ValueError:
                     pass
             if f.pid and f.node_id:
-                return "worker " + ray.get(self._agent(f.node_id).kill.remote(int(f.pid)), timeout=10)
+                return self._kill(f)
         except Exception as exc:  # noqa: BLE001 - report and try again next sweep
             log.warning("could not stop %s %s: %s", f.kind, f.id, exc)
             return f"stop failed: {type(exc).__name__}"
         return "nothing to stop (no pid)"
+
+    def _kill(self, f: Finding) -> str:
+        """SIGKILL through the node's agent. The sweep does not wait for it (a new agent takes
+        seconds to start on a busy node): the answer to the last kill sent is reported instead."""
+        key = (f.node_id, int(f.pid))
+        ref = self._pending.get(key)
+        if ref is not None:
+            done, _ = ray.wait([ref], timeout=0)
+            if not done:
+                return "kill sent"
+            try:
+                answer = ray.get(ref, timeout=0)
+            except Exception as exc:  # noqa: BLE001 - the agent died with its node: send again
+                answer = f"agent failed: {type(exc).__name__}"
+            if answer in ("gone", "killed"):
+                return "worker " + answer
+        self._pending[key] = self._agent(f.node_id).kill.remote(int(f.pid))
+        return "kill sent"
 
     def _agent(self, node_id: str):
         agent = self._agents.get(node_id)
