@@ -97,6 +97,32 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supervise(args: argparse.Namespace) -> int:
+    """Keep the controller of an existing cluster alive (KubeRay: a container beside the head)."""
+    import secrets
+
+    import ray
+
+    from rayfin.supervisor import Supervisor
+
+    cfg = load_config(args.config)
+    ray.init(address=args.address, namespace=cfg.controller.namespace, log_to_driver=False, logging_level="WARNING")
+    sup = Supervisor(cfg, secrets.token_hex(16), interval_s=args.interval)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"supervising {cfg.controller.namespace}/{cfg.controller.name}", flush=True)
+    while not stop.wait(args.interval):
+        try:
+            event = sup.check_once()
+        except RayfinError as exc:
+            print(f"restart failed: {exc}", file=sys.stderr, flush=True)
+            continue
+        if event:
+            print(f"controller brought back in {event['restart_s']:.1f}s", flush=True)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rayfin.demo import run_demo
 
@@ -217,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--metrics-port", type=int)
     u.add_argument("--serve-port", type=int)
     u.set_defaults(fn=cmd_up)
+    sv = sub.add_parser("supervise", help="keep the controller of a running cluster alive (KubeRay head sidecar)")
+    sv.add_argument("--config", default=str(default_config_path()))
+    sv.add_argument("--address", default="auto")
+    sv.add_argument("--interval", type=float, default=1.0)
+    sv.set_defaults(fn=cmd_supervise)
     d = sub.add_parser("demo", help="bring up the embedded default, run a mixed workload, shut down")
     d.add_argument("--config", default=str(default_config_path()))
     d.add_argument("--no-serve", action="store_true")

@@ -34,6 +34,7 @@ class Running:
     serve_started: bool = False
     deploy_key: str | None = field(default=None, repr=False)
     api_url: str | None = None
+    supervisor: Any = None               # rayfin.supervisor.Supervisor when bring_up started one
 
     def endpoint_lines(self) -> list[str]:
         lines = [f"dashboard: {self.dashboard_url or 'not started'}", f"address: {self.address}"]
@@ -55,6 +56,9 @@ class Running:
 
     def shutdown(self) -> None:
         import ray
+
+        if self.supervisor is not None:      # first, or it would bring the controller back
+            self.supervisor.stop()
 
         if self.serve_started:
             try:
@@ -88,8 +92,10 @@ def with_ledger(config: RayfinConfig, ledger_path: str | None) -> RayfinConfig:
 
 def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = True,
              dashboard: bool = True, dashboard_port: int | None = None, metrics_port: int | None = None,
-             serve_port: int | None = None, api: bool = True, access_log: bool = True) -> Running:
-    """`api`: deploy the rayfin API (Serve starts for it even when no model is served)."""
+             serve_port: int | None = None, api: bool = True, access_log: bool = True,
+             supervise: bool = True) -> Running:
+    """`api`: deploy the rayfin API (Serve starts for it even when no model is served);
+    `supervise`: a thread that brings the controller back if it is killed for good."""
     import ray
 
     from rayfin.cluster import LocalCluster
@@ -126,6 +132,13 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
             run.api_url = _deploy_api(config, serve_port, access_log)
             run.serve_started = run.serve_started or run.api_url is not None
             timings["api_s"] = time.monotonic() - t3
+        if supervise:
+            from rayfin.supervisor import Supervisor
+
+            def adopt(handle: Any) -> None:
+                run.controller = handle
+
+            run.supervisor = Supervisor(config, deploy_key, on_restart=adopt).start()
         timings["total_s"] = time.monotonic() - t0
         return run
     except BaseException:

@@ -1,0 +1,112 @@
+"""Brings the controller back when desk code (or anything) kills it for good.
+
+The controller actor restarts by itself after a crash (`max_restarts=-1`), but
+`ray.kill(handle)` (no_restart=True by default) ends it for good, and any code in the cluster can
+look it up by name and do that (Ray has no per-user access control). The supervisor, a thread
+of `rayfin up` (and `rayfin supervise` beside the head in the KubeRay manifests), looks the
+controller up every `interval_s`; when the name is gone it starts a new one, which rebuilds from
+the ledger and re-adopts running jobs by name, and writes the kill to the audit log with what Ray
+says about it (death cause, and the job and worker that killed it where Ray tells).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from rayfin.config import RayfinConfig
+
+log = logging.getLogger("rayfin.supervisor")
+
+
+def death_of(name: str, namespace: str) -> dict[str, Any]:
+    """What Ray's state API says about the last dead actor of that name: its id, pid, node, and
+    the death cause (for `ray.kill`, Ray's message says so)."""
+    try:
+        from ray.util.state import list_actors
+
+        rows = list_actors(filters=[("name", "=", name), ("state", "=", "DEAD")], detail=True, limit=100,
+                           raise_on_missing_output=False)
+    except Exception as exc:  # noqa: BLE001 - the state API needs the dashboard
+        return {"error": f"state API: {type(exc).__name__}: {exc}"[:300]}
+    rows = [r for r in rows if (r.ray_namespace or "") == namespace]
+    if not rows:
+        return {}
+    last = rows[-1]
+    cause = last.death_cause or {}
+    ctx = cause.get("actor_died_error_context") or {}
+    return {"actor_id": last.actor_id, "pid": last.pid, "node_id": last.node_id,
+            "reason": ctx.get("reason") or "", "message": (ctx.get("error_message") or str(cause))[:1000],
+            "killed_by": {k: ctx.get(k) for k in ("owner_id", "owner_ip_address", "node_ip_address") if ctx.get(k)}}
+
+
+class Supervisor:
+    def __init__(self, config: RayfinConfig, deploy_key: str, *, interval_s: float = 1.0,
+                 on_restart: Callable[[Any], None] | None = None) -> None:
+        self.config = config
+        self.deploy_key = deploy_key
+        self.interval_s = interval_s
+        self.on_restart = on_restart
+        self.restarts: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Supervisor":
+        self._thread = threading.Thread(target=self._loop, name="rayfin-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check_once()
+            except Exception:  # noqa: BLE001 - keep watching
+                log.exception("supervisor check failed")
+
+    def alive(self) -> bool:
+        import ray
+
+        c = self.config.controller
+        try:
+            ray.get_actor(c.name, namespace=c.namespace)   # a restarting actor keeps its name
+        except ValueError:
+            return False
+        return True
+
+    def check_once(self) -> dict[str, Any] | None:
+        if self.alive() or self._stop.is_set():
+            return None
+        return self.restart()
+
+    def restart(self) -> dict[str, Any]:
+        import ray
+
+        from rayfin.controller.actor import start_controller
+
+        c = self.config.controller
+        t0 = time.monotonic()
+        death = death_of(c.name, c.namespace)
+        handle = start_controller(self.config, deploy_key=self.deploy_key)
+        took = time.monotonic() - t0
+        event = {"death": death, "restart_s": took,
+                 "recovery": ray.get(handle.ping.remote(), timeout=60)["value"]["recovery"]}
+        who = ", ".join(f"{k}={v}" for k, v in death.get("killed_by", {}).items()) or "unknown"
+        reason = (f"controller {c.name} died without restart ({death.get('reason') or '?'}: "
+                  f"{(death.get('message') or '')[:200]}); by: {who}; brought back from the ledger in {took:.1f}s")
+        reply = ray.get(handle.record_event.remote(self.deploy_key, "controller_killed", reason, event), timeout=60)
+        if not reply.get("ok"):
+            log.warning("could not audit the controller's death: %s", reply.get("error"))
+        log.warning(reason)
+        self.restarts.append(event)
+        if self.on_restart is not None:
+            self.on_restart(handle)
+        return event
+
+
+__all__ = ["Supervisor", "death_of"]
