@@ -6,7 +6,9 @@ look it up by name and do that (Ray has no per-user access control). The supervi
 of `rayfin up` (and `rayfin supervise` beside the head in the KubeRay manifests), looks the
 controller up every `interval_s`; when the name is gone it starts a new one, which rebuilds from
 the ledger and re-adopts running jobs by name, and writes the kill to the audit log with what Ray
-says about it (death cause, and the job and worker that killed it where Ray tells).
+says about it: the death cause (`RAY_KILL` for `ray.kill`) and the dead actor. Ray 2.60 does not
+record which worker called `ray.kill`, so the event names the rayfin jobs that were running at the
+time (the suspects), as re-adopted by the new controller.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def death_of(name: str, namespace: str) -> dict[str, Any]:
     ctx = cause.get("actor_died_error_context") or {}
     return {"actor_id": last.actor_id, "pid": last.pid, "node_id": last.node_id,
             "reason": ctx.get("reason") or "", "message": (ctx.get("error_message") or str(cause))[:1000],
-            "killed_by": {k: ctx.get(k) for k in ("owner_id", "owner_ip_address", "node_ip_address") if ctx.get(k)}}
+            "owner": {k: ctx.get(k) for k in ("owner_id", "owner_ip_address", "node_ip_address") if ctx.get(k)}}
 
 
 class Supervisor:
@@ -94,11 +96,12 @@ class Supervisor:
         death = death_of(c.name, c.namespace)
         handle = start_controller(self.config, deploy_key=self.deploy_key)
         took = time.monotonic() - t0
-        event = {"death": death, "restart_s": took,
-                 "recovery": ray.get(handle.ping.remote(), timeout=60)["value"]["recovery"]}
-        who = ", ".join(f"{k}={v}" for k, v in death.get("killed_by", {}).items()) or "unknown"
+        recovery = ray.get(handle.ping.remote(), timeout=60)["value"]["recovery"]
+        suspects = list(recovery.get("adopted", []))
+        event = {"death": death, "restart_s": took, "recovery": recovery, "suspects": suspects}
         reason = (f"controller {c.name} died without restart ({death.get('reason') or '?'}: "
-                  f"{(death.get('message') or '')[:200]}); by: {who}; brought back from the ledger in {took:.1f}s")
+                  f"{(death.get('message') or '')[:200]}); Ray does not say who; rayfin jobs running then: "
+                  f"{', '.join(suspects) or 'none'}; brought back from the ledger in {took:.1f}s")
         reply = ray.get(handle.record_event.remote(self.deploy_key, "controller_killed", reason, event), timeout=60)
         if not reply.get("ok"):
             log.warning("could not audit the controller's death: %s", reply.get("error"))

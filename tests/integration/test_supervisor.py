@@ -40,5 +40,7 @@ def test_controller_killed_by_job_code_comes_back_with_nothing_lost(rayfin_env, 
     kills = [e for e in admin.audit(since=t0) if e["kind"] == "controller_killed"]
     assert len(kills) == 1 and "died without restart" in kills[0]["reason"]
     assert kills[0]["data"]["death"].get("actor_id")                 # which actor died, as Ray tells
+    assert kills[0]["data"]["death"]["reason"] == "RAY_KILL"          # and how
+    assert killer.job_id in kills[0]["data"]["suspects"]             # the killer among the jobs then running
     assert ray.get(rayfin_env.controller.ping.remote(), timeout=30)["ok"]
     print(f"\nsupervisor: {kills[0]['reason']}")
