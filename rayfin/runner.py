@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
+import hmac
 import os
 import shlex
 import signal
@@ -77,8 +78,11 @@ class JobRunner:
 
     def __init__(self, job_id: str, desk: str, kind: str, payload: bytes | str, gpus: float,
                  placement: list[tuple[str, float]], placement_group_name: str, max_result_bytes: int,
-                 priority: str = "normal") -> None:
+                 priority: str = "normal", secret: str | None = None) -> None:
         self.priority = priority
+        # Only the controller holds this job's secret: start, poll (the result) and request_stop
+        # refuse any other caller, e.g. another desk's code that found this actor by name.
+        self._secret = secret
         self.ctx = JobContext(job_id, desk, gpus, tuple(tuple(p) for p in placement), placement_group_name)
         self.kind = kind
         self.payload = payload
@@ -96,7 +100,14 @@ class JobRunner:
         return (f"JobRunner(job={self.ctx.job_id}, desk={self.ctx.desk}, priority={self.priority}, "
                 f"gpus={self.ctx.gpus:g})")
 
-    def start(self) -> dict[str, Any]:
+    def _check(self, secret: str | None, action: str) -> None:
+        if self._secret is not None and not (isinstance(secret, str)
+                                             and hmac.compare_digest(secret.encode(), self._secret.encode())):
+            raise PermissionError(f"{action} of job {self.ctx.job_id} refused: only rayfin's controller may "
+                                  "drive a job's runner; use the rayfin API")
+
+    def start(self, secret: str | None = None) -> dict[str, Any]:
+        self._check(secret, "start")
         with self._lock:
             if self._thread is None:
                 self.started_at = time.time()
@@ -121,14 +132,16 @@ class JobRunner:
             "pid": os.getpid(),
         }
 
-    def poll(self) -> dict[str, Any]:
+    def poll(self, secret: str | None = None) -> dict[str, Any]:
+        self._check(secret, "poll")
         out = {"state": self.state, "error": self.error, "progress": self.ctx.progress,
                "started_at": self.started_at, "finished_at": self.finished_at}
         if self.state in ("SUCCEEDED", "FAILED"):
             out["result"] = self.result
         return out
 
-    def request_stop(self) -> None:
+    def request_stop(self, secret: str | None = None) -> None:
+        self._check(secret, "request_stop")
         self.ctx.stop_event.set()
         proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -137,6 +150,9 @@ class JobRunner:
     # -- execution --
     def _run(self) -> None:
         global _CONTEXT
+        # Ray lets a caller invoke any method by name, private ones too: only start's thread runs it.
+        if threading.current_thread() is not self._thread:
+            raise PermissionError("only the runner's own job thread runs the job")
         _CONTEXT = self.ctx
         try:
             value = self._run_entrypoint() if self.kind == "entrypoint" else self._run_callable()
@@ -157,12 +173,16 @@ class JobRunner:
             self.ctx.progress = 1.0 if self.state == "SUCCEEDED" else self.ctx.progress
 
     def _run_callable(self) -> Any:
+        if threading.current_thread() is not self._thread:
+            raise PermissionError("only the runner's own job thread runs the job")
         from ray import cloudpickle
 
         fn, args, kwargs = cloudpickle.loads(self.payload)
         return fn(*args, **kwargs)
 
     def _run_entrypoint(self) -> dict[str, Any]:
+        if threading.current_thread() is not self._thread:
+            raise PermissionError("only the runner's own job thread runs the job")
         argv = entrypoint_argv(str(self.payload))
         env = dict(os.environ, RAYFIN_JOB_ID=self.ctx.job_id, RAYFIN_DESK=self.ctx.desk)
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,

@@ -37,7 +37,7 @@ class RayfinController:
         self.ledger = SqliteLedger(self.config.controller.ledger_path)
         from placement.topology import Topology
 
-        backend = RayBackend(Topology.from_config(self.config.cluster))
+        backend = RayBackend(Topology.from_config(self.config.cluster), secret_seed=self._runner_seed())
         self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder(),
                                    deploy_key=deploy_key)
         self.recovery = self.core.recover()
@@ -48,6 +48,17 @@ class RayfinController:
         self._thread = threading.Thread(target=self._loop, name="rayfin-cycle", daemon=True)
         self._thread.start()
         self.patrol = self._patrol()
+
+    def _runner_seed(self) -> bytes:
+        """Seed of the per-job runner secrets: made once, kept in the ledger (which only the head
+        node's controller reads), so a controller brought back can still drive its runners."""
+        import secrets
+
+        seed = self.ledger.get_kv("runner_secret_seed")
+        if seed is None:
+            seed = secrets.token_bytes(32)
+            self.ledger.put_kv("runner_secret_seed", seed)
+        return bytes(seed)
 
     def _patrol(self):
         """Policing of GPU use outside rayfin, on its own thread (state API calls take a while)."""

@@ -9,6 +9,8 @@ it hands out) there, and the pool resource means Ray would refuse to place it ou
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,10 +50,16 @@ class _Live:
 
 
 class RayBackend:
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, secret_seed: bytes | None = None) -> None:
         self.topology = topology
+        self._seed = secret_seed
         self._live: dict[str, _Live] = {}
         self._runner_cls = ray.remote(JobRunner)
+
+    def _secret(self, key: str) -> str | None:
+        """The runner's secret for one reservation, derived from the controller's seed (kept in
+        the ledger), so a restarted controller can still drive the runners it re-adopts."""
+        return None if self._seed is None else hmac.new(self._seed, key.encode(), hashlib.sha256).hexdigest()
 
     # -- reserve / start --
     def reserve(self, key: str, desk: str, placement) -> None:
@@ -77,8 +85,8 @@ class RayBackend:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(live.pg, placement_group_bundle_index=0),
             ).remote(spec.job_id, spec.desk, spec.kind, spec.payload, sum(g for _, g in spec.placement),
                      [list(p) for p in spec.placement], GROUP_PREFIX + spec.name, spec.max_result_bytes,
-                     spec.priority)
-        live.start_ref = live.runner.start.remote()
+                     spec.priority, self._secret(spec.name))
+        live.start_ref = live.runner.start.remote(self._secret(spec.name))
 
     # -- observe --
     def observe(self, keys: list[str]) -> Observation:
@@ -93,7 +101,7 @@ class RayBackend:
             if live.start_ref is not None:
                 waiting[live.start_ref] = (key, "start")
             if live.runner is not None and live.poll_ref is None and live.start_ref is None:
-                live.poll_ref = live.runner.poll.remote()
+                live.poll_ref = live.runner.poll.remote(self._secret(key))
             if live.poll_ref is not None:
                 waiting[live.poll_ref] = (key, "poll")
         if waiting:
@@ -134,7 +142,7 @@ class RayBackend:
     def request_stop(self, key: str) -> None:
         live = self._live.get(key)
         if live is not None and live.runner is not None:
-            live.runner.request_stop.remote()
+            live.runner.request_stop.remote(self._secret(key))
 
     def release(self, key: str, desk: str) -> None:
         live = self._live.pop(key, None) or _Live(desk=desk)
@@ -194,4 +202,4 @@ class RayBackend:
                 return
             # start() is idempotent: if the old controller died between creating the runner and
             # starting it, this starts it; otherwise it only returns where the job runs.
-            live.start_ref = live.runner.start.remote()
+            live.start_ref = live.runner.start.remote(self._secret(key))
