@@ -53,8 +53,12 @@ class Supervisor:
         self.restarts: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._gcs: str | None = None
 
     def start(self) -> "Supervisor":
+        import ray
+
+        self._gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
         self._thread = threading.Thread(target=self._loop, name="rayfin-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -81,8 +85,17 @@ class Supervisor:
             return False
         return True
 
+    def connected(self) -> bool:
+        """Still attached to the cluster it supervises (a process may have shut Ray down or
+        attached to another cluster meanwhile, as some tests do): never start a controller elsewhere."""
+        import ray
+
+        if not ray.is_initialized():
+            return False
+        return self._gcs is None or ray.get_runtime_context().gcs_address == self._gcs
+
     def check_once(self) -> dict[str, Any] | None:
-        if self.alive() or self._stop.is_set():
+        if self._stop.is_set() or not self.connected() or self.alive():
             return None
         return self.restart()
 
