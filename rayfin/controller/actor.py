@@ -68,7 +68,9 @@ class RayfinController:
             return None
         from rayfin.controller.police_ray import RayPolice
 
-        patrol = Patrol(self.config.policing, self.core, RayPolice(self.config.controller.namespace))
+        # Model applications as `rayfin up` names them (rayfin-model-<m>) and as the RayService does (model-<m>)
+        apps = frozenset(n for m in self.config.serve.models for n in (f"rayfin-model-{m.name}", f"model-{m.name}"))
+        patrol = Patrol(self.config.policing, self.core, RayPolice(self.config.controller.namespace, apps))
 
         def loop() -> None:
             while not self._stop.is_set():

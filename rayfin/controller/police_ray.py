@@ -54,8 +54,9 @@ def _ms(value: Any) -> float | None:
 
 
 class RayPolice:
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, serving_apps: frozenset[str] = frozenset()) -> None:
         self.namespace = namespace
+        self.serving_apps = serving_apps
         self._agents: dict[str, Any] = {}
         self._agent_cls = ray.remote(PolicingAgent)
         self._metrics: dict[str, Any] = {}
@@ -96,7 +97,7 @@ class RayPolice:
                                   node_id=t.node_id or "", pid=t.worker_pid, placement_group_id=t.placement_group_id,
                                   ray_job_id=t.job_id or "", parent_actor_id=_actor_of_task(t.parent_task_id),
                                   started_at=_ms(t.start_time_ms)))
-        return holders, Owners(frozenset(rayfin_groups), names, islands)
+        return holders, Owners(frozenset(rayfin_groups), names, islands, self.serving_apps)
 
     def creator_of(self, actor_id: str) -> str | None:
         """The actor whose code created `actor_id` (through its creation task), if an actor did."""

@@ -96,13 +96,17 @@ class Owners:
     rayfin_groups: frozenset[str]
     actors: Mapping[str, tuple[str, str]]          # actor id -> (name, namespace)
     islands: Mapping[str, str]                     # Ray node id -> rayfin island id
+    serving_apps: frozenset[str] = frozenset()     # Serve applications of rayfin's models (KubeRay names)
 
     def is_rayfin(self, h: Holder) -> bool:
         if h.kind == "placement_group":
             return h.name.startswith(GROUP_PREFIX)
         if h.placement_group_id and h.placement_group_id in self.rayfin_groups:
             return True
-        return h.kind == "actor" and h.namespace == SERVE_NAMESPACE and h.name.startswith(SERVING_PREFIX)
+        if h.kind != "actor" or h.namespace != SERVE_NAMESPACE or not h.name.startswith("SERVE_REPLICA::"):
+            return False
+        app = h.name.removeprefix("SERVE_REPLICA::").split("#")[0]
+        return h.name.startswith(SERVING_PREFIX) or app in self.serving_apps
 
     def attribute(self, h: Holder) -> tuple[str, str]:
         """(desk, rayfin job id) of the code that started `h`, where Ray tells: a runner or

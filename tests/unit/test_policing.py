@@ -13,7 +13,7 @@ from tests.unit.builders import Clock, config
 RUNNER = "a" * 32                      # a runner actor of fx's job fx-0000abcd, generation 0
 OWNERS = Owners(rayfin_groups=frozenset({"pg-rayfin"}),
                 actors={RUNNER: ("job-fx-0000abcd~0", "rayfin-desk-fx"), "b" * 32: ("loner", "default")},
-                islands={"node-a": "n0-i0", "node-b": "n0-i1"})
+                islands={"node-a": "n0-i0", "node-b": "n0-i1"}, serving_apps=frozenset({"model-pricer"}))
 
 
 @pytest.mark.parametrize("holder, flagged", [
@@ -29,6 +29,8 @@ OWNERS = Owners(rayfin_groups=frozenset({"pg-rayfin"}),
     (Holder("actor", "s1", {"GPU": 0.25, "rayfin_island_n0_i0": 0.25}, name="SERVE_REPLICA::rayfin-model-p#1",
             namespace="serve"), False),                                                       # a rayfin model replica
     (Holder("actor", "s2", {"GPU": 1.0}, name="SERVE_REPLICA::someone-else#1", namespace="serve"), True),
+    (Holder("actor", "s3", {"GPU": 0.25}, name="SERVE_REPLICA::model-pricer#pricer#x", namespace="serve"), False),
+    (Holder("actor", "s4", {"GPU": 1.0}, name="SERVE_REPLICA::rayfin-model-p#1", namespace="mine"), True),
 ])
 def test_what_is_flagged(holder, flagged):
     assert bool(find([holder], OWNERS, now=10.0)) is flagged
