@@ -35,8 +35,12 @@ def test_gpu_tasks_started_outside_rayfin_are_found_stopped_audited_counted(rayf
     job = fx.submit(grab_gpus_outside_rayfin, str(marker), gpus=1, name="bypass")
     t_submit = time.time()
     # While they run, rayfin counts their GPUs as taken: in the API and in `rayfin status`.
-    held = wait_for(lambda: (p := admin.pools()) and sum(r["outside"] for r in p.values()) >= 4 and p, 90,
-                    interval=0.1, what="GPUs held outside rayfin counted as taken")
+    try:
+        held = wait_for(lambda: (p := admin.pools()) and sum(r["outside"] for r in p.values()) >= 4 and p, 90,
+                        interval=0.1, what="GPUs held outside rayfin counted as taken")
+    except AssertionError:
+        raise AssertionError(f"job: {job.status()}; policing: {admin.policing()}; pools: {admin.pools()}; "
+                             f"hogs: {marker.read_text() if marker.exists() else 'never started'}") from None
     assert all(r["capacity"] == r["lost"] + r["outside"] + r["in_use"] + r["free"] for r in held.values())
     status = _cli(rayfin_env.api_url, "status", "--token", TOKENS["admin"])
     assert "outside rayfin (enforce)" in status
