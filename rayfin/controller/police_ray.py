@@ -61,6 +61,7 @@ class RayPolice:
         self._agent_cls = ray.remote(PolicingAgent)
         self._metrics: dict[str, Any] = {}
         self._pending: dict[tuple[str, int], Any] = {}     # (node, pid) -> the agent's answer to come
+        self._names: dict[str, tuple[str, str]] = {}        # actor id -> (name, namespace), alive or not
 
     # -- observe --
     def observe(self) -> tuple[list[Holder], Owners]:
@@ -85,7 +86,12 @@ class RayPolice:
                                   ray_job_id=str(info.get("creator_job_id") or "")))
         actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000,
                              raise_on_missing_output=False)
-        names = {a.actor_id: (a.name or "", a.ray_namespace or "") for a in actors}
+        # Names of actors seen alive, kept after they die: work a killed runner started is still
+        # attributed to its desk and job while Ray tears it down.
+        self._names.update({a.actor_id: (a.name or "", a.ray_namespace or "") for a in actors})
+        while len(self._names) > 20_000:
+            self._names.pop(next(iter(self._names)))
+        names = dict(self._names)
         for a in actors:
             holders.append(Holder("actor", a.actor_id, dict(a.required_resources or {}), name=a.name or "",
                                   namespace=a.ray_namespace or "", node_id=a.node_id or "", pid=a.pid,
