@@ -2,9 +2,9 @@
 
 The controller actor restarts by itself after a crash (`max_restarts=-1`), but
 `ray.kill(handle)` (no_restart=True by default) ends it for good, and any code in the cluster can
-look it up by name and do that (Ray has no per-user access control). The supervisor, a thread
-of `rayfin up` (and `rayfin supervise` beside the head in the KubeRay manifests), looks the
-controller up every `interval_s`; when the name is gone it starts a new one, which rebuilds from
+look it up by name and do that (Ray has no per-user access control). The supervisor,
+`rayfin supervise` (a child process of `rayfin up` with its own Ray connection, and a container
+beside the head in the KubeRay manifests), looks the controller up every `interval_s`; when the name is gone it starts a new one, which rebuilds from
 the ledger and re-adopts running jobs by name, and writes the kill to the audit log with what Ray
 says about it: the death cause (`RAY_KILL` for `ray.kill`) and the dead actor. Ray 2.60 does not
 record which worker called `ray.kill`, so the event names the rayfin jobs that were running at the
@@ -55,10 +55,16 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._gcs: str | None = None
 
-    def start(self) -> "Supervisor":
+    def start_watching(self) -> "Supervisor":
+        """Remember the cluster this process is attached to: the only one it will act on."""
         import ray
 
         self._gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+        return self
+
+    def start(self) -> "Supervisor":
+        """Watch on a thread of this process (`rayfin supervise` loops in its main thread instead)."""
+        self.start_watching()
         self._thread = threading.Thread(target=self._loop, name="rayfin-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -125,4 +131,43 @@ class Supervisor:
         return event
 
 
-__all__ = ["Supervisor", "death_of"]
+DEPLOY_KEY_ENV = "RAYFIN_DEPLOY_KEY"
+
+
+def spawn_supervisor(config: RayfinConfig, address: str, deploy_key: str, interval_s: float = 1.0):
+    """`rayfin supervise` as a child process of `rayfin up`: its own Ray driver, so nothing this
+    process does with Ray (a test attaching to another cluster) can mislead it. The deploy key
+    goes through the environment, not the command line."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="rayfin-supervise-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(config.model_dump(mode="json"), f)
+    env = dict(os.environ, **{DEPLOY_KEY_ENV: deploy_key, "RAY_ADDRESS": address})
+    proc = subprocess.Popen([sys.executable, "-m", "rayfin.cli", "supervise", "--config", path, "--address", address,
+                             "--interval", str(interval_s)], env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    proc.config_path = path  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_supervisor(proc) -> None:
+    import os
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    try:
+        os.unlink(getattr(proc, "config_path", ""))
+    except OSError:
+        pass
+
+
+__all__ = ["Supervisor", "death_of", "spawn_supervisor", "stop_supervisor", "DEPLOY_KEY_ENV"]

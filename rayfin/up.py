@@ -34,7 +34,7 @@ class Running:
     serve_started: bool = False
     deploy_key: str | None = field(default=None, repr=False)
     api_url: str | None = None
-    supervisor: Any = None               # rayfin.supervisor.Supervisor when bring_up started one
+    supervisor: Any = None               # the `rayfin supervise` child process bring_up started
 
     def endpoint_lines(self) -> list[str]:
         lines = [f"dashboard: {self.dashboard_url or 'not started'}", f"address: {self.address}"]
@@ -58,7 +58,9 @@ class Running:
         import ray
 
         if self.supervisor is not None:      # first, or it would bring the controller back
-            self.supervisor.stop()
+            from rayfin.supervisor import stop_supervisor
+
+            stop_supervisor(self.supervisor)
 
         if self.serve_started:
             try:
@@ -133,12 +135,9 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
             run.serve_started = run.serve_started or run.api_url is not None
             timings["api_s"] = time.monotonic() - t3
         if supervise:
-            from rayfin.supervisor import Supervisor
+            from rayfin.supervisor import spawn_supervisor
 
-            def adopt(handle: Any) -> None:
-                run.controller = handle
-
-            run.supervisor = Supervisor(config, deploy_key, on_restart=adopt).start()
+            run.supervisor = spawn_supervisor(config, address, deploy_key)
         timings["total_s"] = time.monotonic() - t0
         return run
     except BaseException:
