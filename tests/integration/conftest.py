@@ -27,6 +27,25 @@ def rayfin_env(tmp_path_factory) -> Running:
     run.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _driver_on_session_cluster(request):
+    """Tests that use Ray directly (as the operator) run on the session cluster, even after a test
+    module shut this process's Ray down to start a private cluster (the old Ray-driver SDK
+    reconnected as a side effect; the HTTP SDK does not touch Ray)."""
+    if "rayfin_env" in request.fixturenames:
+        import ray
+
+        env = request.getfixturevalue("rayfin_env")
+        if not ray.is_initialized() or ray.get_runtime_context().gcs_address != env.address:
+            if ray.is_initialized():
+                ray.shutdown()
+            ray.init(address=env.address, namespace=env.config.controller.namespace, log_to_driver=False,
+                     logging_level="WARNING")
+            # Handles do not survive a new connection: look the controller up again.
+            env.controller = ray.get_actor(env.config.controller.name, namespace=env.config.controller.namespace)
+    yield
+
+
 @pytest.fixture(scope="session")
 def connect_desk(rayfin_env):
     from rayfin.sdk import connect
