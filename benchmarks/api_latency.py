@@ -44,6 +44,28 @@ def summarize(samples: dict[str, dict[str, list[float]]], round_medians: dict[st
     return out
 
 
+def plot(result: dict, path: str) -> None:
+    """Per-round medians of each path and call (the spread across rounds), p50 and p99 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    calls = list(result["round_medians_ms"])
+    fig, axes = plt.subplots(1, len(calls), figsize=(5 * len(calls), 4))
+    for ax, call in zip(np.atleast_1d(axes), calls):
+        rm = result["round_medians_ms"][call]
+        ax.boxplot([rm["http"], rm["ray"]], tick_labels=["HTTP API", "Ray driver"])
+        for x, route in enumerate(("http", "ray"), start=1):
+            row = result["summary"][call][route]
+            ax.scatter([x], [row["p99_ms"]], marker="v", color="red", label="p99 (all samples)" if x == 1 else None)
+        ax.set_title(f"{call}: per-round median latency (ms)")
+        ax.set_ylim(bottom=0)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/test.yaml")
@@ -51,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-round", type=int, default=100)
     ap.add_argument("--out", default="api_latency.json")
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--plot-from", default=None, help="only draw --plot from a result JSON of an earlier run")
     a = ap.parse_args(argv)
+    if a.plot_from:
+        plot(json.loads(Path(a.plot_from).read_text()), a.plot or "api_latency.png")
+        return 0
 
     import ray
 
@@ -109,18 +135,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {r['p99_ms']:.2f} ms (round medians {r['round_median_min_ms']:.2f}-{r['round_median_max_ms']:.2f})"
               f" | http/ray median x{row['median_ratio_http_over_ray']:.2f} p99 x{row['p99_ratio_http_over_ray']:.2f}")
     if a.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, call in zip(axes, samples):
-            ax.boxplot([samples[call]["http"], samples[call]["ray"]], labels=["HTTP API", "Ray driver"],
-                       showfliers=False, whis=(1, 99))
-            ax.set_title(f"{call}: latency (ms), whiskers p1-p99")
-        fig.tight_layout()
-        fig.savefig(a.plot, dpi=120)
+        plot(result, a.plot)
     return 0
 
 
