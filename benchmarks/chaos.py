@@ -247,15 +247,12 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
     marker = str(work / "starts.txt")
     t0 = time.monotonic()
     run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port(),
-                   gcs_redis=redis.address if redis else None)
+                   serve_port=free_port(), access_log=False, gcs_redis=redis.address if redis else None)
     print(f"cluster up in {time.monotonic() - t0:.1f}s ({cfg.cluster.total_gpus} GPUs, ledger "
           f"{a.ledger}, GCS {'in Redis ' + redis.address if redis else 'in memory'})", flush=True)
     try:
-        clients = {d.name: connect(d.name, f"{d.name}-demo-token", run.address,
-                                   controller_name=cfg.controller.name, namespace=cfg.controller.namespace)
-                   for d in cfg.desks}
-        admin = connect(None, "admin-demo-token", run.address, controller_name=cfg.controller.name,
-                        namespace=cfg.controller.namespace)
+        clients = {d.name: connect(d.name, f"{d.name}-demo-token", url=run.api_url) for d in cfg.desks}
+        admin = connect(None, "admin-demo-token", url=run.api_url)
         accepted: dict[str, object] = {}
         refused = unavailable = 0
         chaos_log: list[str] = []

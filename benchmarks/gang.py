@@ -87,15 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="rayfin-gang-"))
     cfg = with_ledger(load_config(a.config), str(work / "ledger.db"))
     t0 = time.monotonic()
-    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port())
+    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port(),
+                   serve_port=free_port(), access_log=False)
     print(f"cluster up in {time.monotonic() - t0:.1f}s ({cfg.cluster.total_gpus} GPUs)", flush=True)
     out: dict = {"config": a.config, "steps": a.steps, "batch": a.batch, "repeats": a.repeats,
                  "cpu_cores": os.cpu_count(), "backend": None, "by_workers": {}, "teardown": {}}
     try:
-        desk = connect(a.desk, f"{a.desk}-demo-token", run.address, controller_name=cfg.controller.name,
-                       namespace=cfg.controller.namespace)
-        admin = connect(None, "admin-demo-token", run.address, controller_name=cfg.controller.name,
-                        namespace=cfg.controller.namespace)
+        desk = connect(a.desk, f"{a.desk}-demo-token", url=run.api_url)
+        admin = connect(None, "admin-demo-token", url=run.api_url)
         order = [w for _ in range(a.repeats) for w in sizes]   # interleaved: a noisy spell hits every size
         rows: dict[int, dict[str, list]] = {w: {"steps_per_s": [], "samples_per_s": [], "start_s": []} for w in sizes}
         for w in order:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from rayfin.config import default_config_path, hash_token, load_config
-from rayfin.errors import ConfigError, RayfinError
+from rayfin.errors import ConfigError, RayfinError, Unauthorized
 
 COLOURS = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "dim": "2", "bold": "1"}
 STATE_COLOUR = {"PENDING": "yellow", "ADMITTED": "blue", "RUNNING": "blue", "SUCCEEDED": "green",
@@ -134,6 +134,36 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supervise(args: argparse.Namespace) -> int:
+    """Keep the controller of an existing cluster alive (KubeRay: a container beside the head)."""
+    import secrets
+
+    import ray
+
+    from rayfin.supervisor import Supervisor
+
+    cfg = load_config(args.config)
+    ray.init(address=args.address, namespace=cfg.controller.namespace, log_to_driver=False, logging_level="WARNING")
+    from rayfin.supervisor import DEPLOY_KEY_ENV
+
+    # `rayfin up` hands over its deploy key; a standalone supervisor (KubeRay) makes its own.
+    sup = Supervisor(cfg, os.environ.pop(DEPLOY_KEY_ENV, None) or secrets.token_hex(16), interval_s=args.interval)
+    sup.start_watching()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"supervising {cfg.controller.namespace}/{cfg.controller.name}", flush=True)
+    while not stop.wait(args.interval):
+        try:
+            event = sup.check_once()
+        except RayfinError as exc:
+            print(f"restart failed: {exc}", file=sys.stderr, flush=True)
+            continue
+        if event:
+            print(f"controller brought back in {event['restart_s']:.1f}s", flush=True)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rayfin.demo import run_demo
 
@@ -141,16 +171,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from rayfin.sdk import connect
-    from rayfin.up import STATE_FILE
+    """The same HTTP client as the SDK: the URL from --url, $RAYFIN_URL or the `api:` line of the
+    `rayfin up` on this machine; the credential from --token or $RAYFIN_TOKEN."""
+    from rayfin.errors import Unauthorized
+    from rayfin.sdk import connect, default_url
 
-    state = json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {}
-    address = args.address or os.environ.get("RAY_ADDRESS") or state.get("address")
     token = args.token or os.environ.get("RAYFIN_TOKEN")
-    name = os.environ.get("RAYFIN_CONTROLLER") or state.get("controller") or "rayfin-controller"
-    namespace = os.environ.get("RAYFIN_NAMESPACE") or state.get("namespace") or "rayfin"
-    return connect(desk=getattr(args, "desk", None), token=token, address=address, controller_name=name,
-                   namespace=namespace)
+    if not token:
+        raise Unauthorized("no credential: pass --token TOKEN or set $RAYFIN_TOKEN (a desk's token, or the "
+                           "admin token for every desk)", action=args.cmd)
+    return connect(desk=getattr(args, "desk", None), token=token, url=args.url or default_url())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -160,12 +190,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     use = _use_colour(args)
     print("\n".join(usage_lines(table, use)))
     pools = client.pools()
-    print("\n" + colour(f"{'pool':<10} {'capacity':>8} {'lost':>5} {'in use':>7} {'free':>6}", "bold", use))
+    print("\n" + colour(f"{'pool':<10} {'capacity':>8} {'lost':>5} {'in use':>7} {'free':>6} {'outside':>7}", "bold",
+                        use))
     for name, p in pools.items():
         lost = f"{p['lost']:>5g}"
+        outside = f"{p.get('outside', 0.0):>7g}"
         print(f"{name:<10} {p['capacity']:>8g} {colour(lost, 'red', use) if p['lost'] else lost} "
-              f"{p['in_use']:>7g} {p['free']:>6g}")
+              f"{p['in_use']:>7g} {p['free']:>6g} {colour(outside, 'red', use) if p.get('outside') else outside}")
+    print("\n".join(policing_lines(client.policing(), use)))
     return 0
+
+
+def policing_lines(view: dict[str, Any], use_colour: bool = False) -> list[str]:
+    """GPU use found outside rayfin (held now), one line per actor, task or placement group."""
+    found = view.get("findings") or []
+    head = (f"\noutside rayfin ({view.get('mode', '?')}): {len(found)} holding "
+            f"{sum(f.get('gpus', 0.0) for f in found):g} GPUs; {view.get('detected', 0)} found, "
+            f"{view.get('stopped', 0)} stopped since start")
+    lines = [colour(head, "red" if found else "bold", use_colour)]
+    for f in found:
+        lines.append(f"  {f['kind']:<15} {f['id'][:16]:<16} {f.get('gpus', 0.0):>4g} GPU  {f.get('island') or '-':<10} "
+                     f"desk {f.get('desk') or '?':<9} job {f.get('rayfin_job_id') or f.get('ray_job_id') or '?'}  "
+                     f"{f.get('action', '')}")
+    return lines
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -176,7 +223,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     client = _client(args)
-    info = client._call("explain", args.job)
+    info = client.explain(args.job)
     job = info["job"]
     print(f"job {job['job_id']} of desk {job['desk']}: {job['state']} ({job['gpus']:g} GPUs)")
     print(f"  now: {job['reason']}")
@@ -238,7 +285,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     client = _client(args)
     since = time.time() - args.since_s if args.since_s else None
-    for e in client._call("audit", args.desk, since, None, args.limit):
+    for e in client.audit(since, None, desk=args.desk, limit=args.limit):
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['ts']))} {e['desk'] or '-':<9} "
               f"{e['job_id'] or '-':<22} {e['kind']:<20} {e['reason']}")
     return 0
@@ -278,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--password-env", help="environment variable holding the PostgreSQL password")
     led.add_argument("--password-file", help="file holding the PostgreSQL password")
     led.set_defaults(fn=cmd_ledger)
+    sv = sub.add_parser("supervise", help="keep the controller of a running cluster alive (KubeRay head sidecar)")
+    sv.add_argument("--config", default=str(default_config_path()))
+    sv.add_argument("--address", default="auto")
+    sv.add_argument("--interval", type=float, default=1.0)
+    sv.set_defaults(fn=cmd_supervise)
     d = sub.add_parser("demo", help="bring up the embedded default, run a mixed workload, shut down")
     d.add_argument("--config", default=str(default_config_path()))
     d.add_argument("--no-serve", action="store_true")
@@ -287,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                           ("logs", cmd_logs, "a job's output, every rank's or one rank's"),
                           ("watch", cmd_watch, "live view"), ("audit", cmd_audit, "audit log")):
         c = sub.add_parser(name, help=hlp)
-        c.add_argument("--address")
+        c.add_argument("--url", help="the rayfin API (default $RAYFIN_URL, else the `api:` URL of `rayfin up`)")
         c.add_argument("--token", help="desk or admin token (default $RAYFIN_TOKEN)")
         c.add_argument("--color", choices=["auto", "always", "never"], default="auto")
         if name in ("status", "jobs", "watch", "audit"):
@@ -318,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RayfinError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        if isinstance(exc, Unauthorized) and "--token" not in str(exc):
+            print("to fix: pass --token TOKEN or set $RAYFIN_TOKEN", file=sys.stderr)
         return 1
 
 

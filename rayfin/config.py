@@ -255,6 +255,33 @@ class ServeConfig(_Model):
         "its request router with 'proxy'); replicas still account quotas exactly")
 
 
+class ApiConfig(_Model):
+    """The rayfin API (HTTP on Ray Serve, beside the inference gateway): what desks and operators
+    call instead of the controller actor, so no client needs the cluster's Ray token."""
+
+    enabled: bool = True
+    route_prefix: str = Field("/api", pattern=r"^/[a-z0-9/_-]*[a-z0-9]$",
+                              description="under serve.host:serve.port; the URL `rayfin up` prints")
+    replicas: int = Field(1, ge=1, le=64)
+    max_payload_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024,
+        description="largest pickled callable (with its arguments) or request body accepted; beyond: 413")
+    max_result_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="largest job result returned; beyond: 413")
+    controller_timeout_s: float = Field(60.0, gt=0, le=3600,
+                                        description="a controller call slower than this answers 503")
+
+
+class PolicingConfig(_Model):
+    """GPU use outside rayfin: the controller lists Ray's actors, tasks and placement groups
+    every `interval_s` and stops (`enforce`) or only reports (`report`) what holds GPUs or desk
+    pool / island resources without going through rayfin."""
+
+    mode: Literal["enforce", "report", "off"] = "enforce"
+    interval_s: float = Field(2.0, ge=0.2, le=600)
+    fail_owner_job: bool = Field(True, description="enforce: also fail the rayfin job whose code started it")
+
+
 class DashboardConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8265, ge=1, le=65535)
@@ -268,6 +295,8 @@ class RayfinConfig(_Model):
     defaults: DefaultsConfig = DefaultsConfig()
     controller: ControllerConfig = ControllerConfig()
     serve: ServeConfig = ServeConfig()
+    api: ApiConfig = ApiConfig()
+    policing: PolicingConfig = PolicingConfig()
     dashboard: DashboardConfig = DashboardConfig()
     # Sections owned by later features; kept as free-form dicts validated by their owners.
     telemetry: dict[str, Any] = Field(default_factory=dict)

@@ -50,7 +50,7 @@ def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 300
         for line in run.endpoint_lines():
             _p(line)
         _p(f"ready in {time.monotonic() - t0:.1f}s\n")
-        clients = {d: connect(desk=d, token=f"{d}-demo-token", address=run.address) for d in cfg.desk_names}
+        clients = {d: connect(desk=d, token=f"{d}-demo-token", url=run.api_url) for d in cfg.desk_names}
         submitted = []
 
         def submit(desk: str, what: str, fn) -> None:
@@ -97,7 +97,7 @@ def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 300
             if all(s.done for s in states):
                 break
             time.sleep(1.0)
-        admin = connect(desk=None, token="admin-demo-token", address=run.address)
+        admin = connect(desk=None, token="admin-demo-token", url=run.api_url)
         _p("\njobs:")
         _p("\n".join(job_lines(admin.jobs())))
         _p("\nresults:")

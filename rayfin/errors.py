@@ -5,7 +5,10 @@
     ├── RequestError
     │   ├── InvalidRequest     (field, value, allowed)
     │   ├── UnknownDesk        (desk)
-    │   ├── Unauthorized       (desk, action)
+    │   ├── Unauthorized       (desk, action)           no valid credential (HTTP 401)
+    │   │   └── Forbidden      (desk, action)           a valid credential, not for this (HTTP 403)
+    │   ├── PayloadTooLarge    (field, size, limit)     (HTTP 413)
+    │   ├── NotSupported       (action)                 this controller lacks the call (HTTP 501)
     │   ├── QuotaExceeded      (desk, requested, available, retry_after_s)
     │   └── JobNotFound        (job_id)
     ├── JobFailed              (job_id, state, reason)  raised by Job.result()
@@ -79,6 +82,27 @@ class Unauthorized(RequestError):
     def __init__(self, message: str | None = None, *, desk: str | None = None, action: str = ""):
         msg = message or f"credential not valid for desk {desk!r} (action: {action})"
         super().__init__(msg, desk=desk, action=action)
+
+
+class Forbidden(Unauthorized):
+    """The credential is valid, but not for what was asked (another desk's scope, an operator action)."""
+
+
+class PayloadTooLarge(RequestError):
+    fields = ("field", "size", "limit")
+
+    def __init__(self, message: str | None = None, *, field: str, size: int, limit: int):
+        msg = message or (f"{field} is {size} bytes; the limit is {limit}: pass large data by reference "
+                          "(a path or a table name) instead of by value")
+        super().__init__(msg, field=field, size=size, limit=limit)
+
+
+class NotSupported(RequestError):
+    fields = ("action",)
+
+    def __init__(self, message: str | None = None, *, action: str):
+        super().__init__(message or f"this rayfin controller does not support {action!r} yet; upgrade it",
+                         action=action)
 
 
 class QuotaExceeded(RequestError):

@@ -394,11 +394,10 @@ class GangWorker:
 
 
 # ---------------------------------------------------------------------------------- the runner
-class JobRunner:
-    """Rank 0 and the gang's coordinator. Decorated with @ray.remote by the Ray backend.
-
-    The controller calls `start`, `poll` and `request_stop`, each with the job's secret. `start`
-    is idempotent, so a re-adopting controller can never run a job twice."""
+class _Gang:
+    """Rank 0 and the gang's coordinator, inside the runner actor. A plain object, not the actor
+    class itself: Ray lets any caller holding the actor's handle invoke every method the actor
+    class has, underscored ones too, so the actor exposes only the secret-checked calls."""
 
     def __init__(self, secret: str, job_id: str, desk: str, kind: str, payload: bytes | str,
                  placement: list[tuple[str, float]], placement_group_name: str, slots: list[dict[str, Any]],
@@ -430,13 +429,7 @@ class JobRunner:
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
 
-    def __repr__(self) -> str:  # shown in the Ray dashboard's actor list
-        return (f"JobRunner(job={self.ctx.job_id}, desk={self.ctx.desk}, priority={self.priority}, "
-                f"gpus={self.ctx.gpus:g}, workers={self.world_size})")
-
-    # -- the controller's calls --
-    def start(self, secret: str) -> dict[str, Any]:
-        _check(self._secret, secret)
+    def start(self) -> dict[str, Any]:
         with self._lock:
             if not self._started:
                 self._started = True
@@ -452,8 +445,7 @@ class JobRunner:
         info["world_size"] = self.world_size
         return info
 
-    def poll(self, secret: str) -> dict[str, Any]:
-        _check(self._secret, secret)
+    def poll(self) -> dict[str, Any]:
         with self._lock:
             logs, self._pending_logs = self._pending_logs, []
             state = self.state
@@ -466,10 +458,6 @@ class JobRunner:
         elif state == "FAILED":
             out["result"] = self.results[0]
         return out
-
-    def request_stop(self, secret: str) -> None:
-        _check(self._secret, secret)
-        self._stop_all()
 
     # -- inside --
     def _launch(self) -> None:
@@ -595,6 +583,33 @@ class JobRunner:
                 w.request_stop.remote(self._secret)
             except Exception:  # noqa: BLE001 - a dead worker needs no stop
                 pass
+
+
+class JobRunner:
+    """The job's runner actor (rank 0 and the coordinator). Decorated with @ray.remote by the Ray
+    backend. The controller calls `start`, `poll` and `request_stop`, each with the job's secret;
+    `start` is idempotent, so a re-adopting controller can never run a job twice."""
+
+    def __init__(self, secret: str, *args: Any, **kwargs: Any) -> None:
+        self._secret = secret
+        self._gang = _Gang(secret, *args, **kwargs)
+
+    def __repr__(self) -> str:  # shown in the Ray dashboard's actor list
+        g = self._gang
+        return (f"JobRunner(job={g.ctx.job_id}, desk={g.ctx.desk}, priority={g.priority}, "
+                f"gpus={g.ctx.gpus:g}, workers={g.world_size})")
+
+    def start(self, secret: str) -> dict[str, Any]:
+        _check(self._secret, secret)
+        return self._gang.start()
+
+    def poll(self, secret: str) -> dict[str, Any]:
+        _check(self._secret, secret)
+        return self._gang.poll()
+
+    def request_stop(self, secret: str) -> None:
+        _check(self._secret, secret)
+        self._gang._stop_all()
 
 
 __all__ = ["GangWorker", "JobContext", "JobRunner", "LogBuffer", "RunnerAccessDenied", "entrypoint_argv",

@@ -1,6 +1,7 @@
-"""The Python SDK a desk quant uses.
+"""The Python SDK a desk quant uses. It speaks only HTTP to the rayfin API (`rayfin up` prints
+its URL on the `api:` line): no Ray token, no Ray driver, no `import ray`.
 
-    client = rayfin.connect(desk="fx", token="...", address="auto")
+    client = rayfin.connect(desk="fx", token="...", url="http://127.0.0.1:8000/api")
     job = client.submit(price_book, book_id, gpus=2, priority="normal", name="fx-book-7")
     job.status().state        # "PENDING" / "ADMITTED" / "RUNNING" / ...
     value = job.result(timeout=600)
@@ -8,22 +9,34 @@
 
 Arguments are checked here first (clear `InvalidRequest` naming the field), then again by the
 controller, which is the authority. Refusals arrive as typed errors with fields
-(`QuotaExceeded.desk/.requested/.available`, `Unauthorized`, `UnknownDesk`, `JobNotFound`).
+(`QuotaExceeded.desk/.requested/.available`, `Unauthorized`, `UnknownDesk`, `JobNotFound`),
+rebuilt from the API's JSON error body; the HTTP status is only the envelope.
 """
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import os
+import pickle
 import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Literal
 
-from rayfin.controller.validate import (validate_dist_backend, validate_entrypoint, validate_gpus, validate_priority,
-                                       validate_workers)
-from rayfin.errors import (ControllerUnavailable, InvalidRequest, JobFailed, JobTimeout, RayfinError, from_wire)
+import httpx
+
+from rayfin.controller.validate import validate_entrypoint, validate_gpus, validate_priority
+from rayfin.errors import (ControllerUnavailable, InvalidRequest, JobFailed, JobTimeout, RayfinError, Unauthorized,
+                           from_wire)
 from rayfin.policy.model import CommProfile, JobState
+
+DEFAULT_URL = "http://127.0.0.1:8000/api"
+UP_STATE = Path("~/.rayfin/up.json")
+HOW_TO_AUTH = "pass token=... to rayfin.connect or set $RAYFIN_TOKEN (CLI: --token or $RAYFIN_TOKEN)"
+Workers = int | Literal["per_gpu"]
 
 
 @dataclass(frozen=True)
@@ -59,16 +72,6 @@ class JobStatus:
         return self.state.terminal
 
 
-@dataclass(frozen=True)
-class LogLine:
-    rank: int
-    ts: float
-    text: str
-
-    def __str__(self) -> str:
-        return f"[rank {self.rank}] {self.text}"
-
-
 @functools.lru_cache(maxsize=1)
 def _installed_top_level_names() -> frozenset[str]:
     """Importable names of installed distributions (scanning them is slow: once per process)."""
@@ -87,7 +90,7 @@ def _ships_by_value(module_name: str | None) -> bool:
 
 
 def _pickle_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    from ray import cloudpickle
+    import cloudpickle
 
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     if module is not None and _ships_by_value(module.__name__):
@@ -97,6 +100,21 @@ def _pickle_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         finally:
             cloudpickle.unregister_pickle_by_value(module)
     return cloudpickle.dumps((fn, args, kwargs))
+
+
+def _unpickle(blob_b64: str | None) -> Any:
+    # The job's own return value, produced by the job's runner for this desk: trusted by its submitter.
+    return None if blob_b64 is None else pickle.loads(base64.b64decode(blob_b64))
+
+
+@dataclass(frozen=True)
+class LogLine:
+    rank: int
+    ts: float
+    text: str
+
+    def __str__(self) -> str:
+        return f"[rank {self.rank}] {self.text}"
 
 
 class Job:
@@ -110,13 +128,13 @@ class Job:
         return f"Job({self.job_id!r})"
 
     def status(self) -> JobStatus:
-        return JobStatus.from_public(self._client._call("status", self.job_id))
+        return JobStatus.from_public(self._client._request("GET", f"/v1/jobs/{self.job_id}"))
 
     def cancel(self) -> JobStatus:
-        return JobStatus.from_public(self._client._call("cancel", self.job_id))
+        return self._client.cancel(self.job_id)
 
     def explain(self) -> dict[str, Any]:
-        return self._client._call("explain", self.job_id)
+        return self._client.explain(self.job_id)
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.2) -> JobStatus:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -131,64 +149,78 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """The job's return value (for an entrypoint: its exit code and output tail).
         Raises JobFailed if it ended FAILED, CANCELLED or PREEMPTED; JobTimeout after `timeout`."""
-        from ray import cloudpickle
-
         self.wait(timeout)
-        r = self._client._call("result", self.job_id)
-        if r["state"] != JobState.SUCCEEDED.value:
-            raise JobFailed(f"job {self.job_id} ended {r['state']}: {r['error'] or r['reason']}",
-                            job_id=self.job_id, state=r["state"], reason=r["error"] or r["reason"])
-        return cloudpickle.loads(r["result"]) if r["result"] is not None else None
+        r = self._client._request("GET", f"/v1/jobs/{self.job_id}/result")
+        self._raise_unless_succeeded(r)
+        return _unpickle(r.get("result_b64"))
 
     def results(self, timeout: float | None = None) -> list[Any]:
-        """Every rank's return value, in rank order (one element for a one-worker job).
-        Raises like `result()`."""
-        from ray import cloudpickle
-
+        """Each worker's (rank's) return value, in rank order."""
         self.wait(timeout)
-        r = self._client._call("results", self.job_id)
-        if r["state"] != JobState.SUCCEEDED.value:
-            raise JobFailed(f"job {self.job_id} ended {r['state']}: {r['error'] or r['reason']}",
-                            job_id=self.job_id, state=r["state"], reason=r["error"] or r["reason"])
-        return [None if b is None else cloudpickle.loads(b) for b in r["results"]]
+        r = self._client._request("GET", f"/v1/jobs/{self.job_id}/results")
+        self._raise_unless_succeeded(r)
+        return [_unpickle(b) for b in r.get("results_b64") or []]
 
     def logs(self, rank: int | None = None, tail: int | None = None) -> list[LogLine]:
         """The job's output lines (every rank's, or one rank's), the last `tail` when given. Kept
         in the ledger, bounded per rank (controller.max_log_bytes): readable after the job ended."""
-        reply = self._client._call("logs", self.job_id, rank, tail)
-        return [LogLine(int(d["rank"]), float(d["ts"]), d["text"]) for d in reply["lines"]]
+        params = {k: v for k, v in (("rank", rank), ("tail", tail)) if v is not None}
+        lines = self._client._request("GET", f"/v1/jobs/{self.job_id}/logs", params=params)["lines"]
+        return [LogLine(int(d["rank"]), float(d.get("ts") or 0.0), d["text"]) for d in lines]
+
+    def _raise_unless_succeeded(self, r: dict[str, Any]) -> None:
+        if r["state"] != JobState.SUCCEEDED.value:
+            why = r.get("error") or r.get("reason") or ""
+            raise JobFailed(f"job {self.job_id} ended {r['state']}: {why}", job_id=self.job_id, state=r["state"],
+                            reason=why)
 
 
 class Client:
-    def __init__(self, desk: str, token: str | None, controller: Any, address: str | None) -> None:
+    """A desk's (or, with `desk=None` and the admin token, the operator's) session with the API."""
+
+    def __init__(self, desk: str | None, token: str | None, url: str, *, timeout_s: float = 120.0,
+                 retry_s: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
         self.desk = desk
-        self._token = token
-        self._controller = controller
-        self.address = address
+        self.url = url.rstrip("/")
+        self.retry_s = retry_s
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s, transport=transport)
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        import ray
-        from ray.exceptions import RayActorError
+    def close(self) -> None:
+        self._http.close()
 
-        try:
-            reply = ray.get(getattr(self._controller, method).remote(self._token, *args, **kwargs), timeout=120)
-        except RayActorError as exc:
-            raise ControllerUnavailable(address=self.address, reason=str(exc)[:200]) from None
-        if not reply["ok"]:
-            raise from_wire(reply["error"])
-        return reply["value"]
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                 body: dict[str, Any] | None = None) -> Any:
+        """One API call. While the controller restarts (503) or the API is briefly unreachable the
+        call is retried for `retry_s`: every call is idempotent (a submission carries its id)."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                resp = self._http.request(method, path, params=params, json=body)
+            except httpx.TransportError as exc:
+                err: RayfinError = ControllerUnavailable(address=self.url, reason=f"{type(exc).__name__}: {exc}"[:200])
+            else:
+                if resp.status_code < 400:
+                    return resp.json()
+                err = _error_from(resp, self.url)
+            if not isinstance(err, ControllerUnavailable) or time.monotonic() >= deadline:
+                raise err
+            time.sleep(0.5)
 
     # -- submit --
-    def submit(self, fn: Callable[..., Any], *args: Any, gpus: int = 1, workers: int | str = 1,
-               priority: str = "normal", name: str | None = None, comm: str = "none", retries: int | None = None,
-               dist_backend: str | None = "auto", kwargs: dict[str, Any] | None = None) -> Job:
+    def submit(self, fn: Callable[..., Any], *args: Any, gpus: int = 1, priority: str = "normal",
+               name: str | None = None, comm: str = "none", retries: int | None = None,
+               kwargs: dict[str, Any] | None = None, workers: Workers = 1,
+               dist_backend: str | None = "auto") -> Job:
         """Run `fn(*args, **kwargs)` on `gpus` GPUs of this desk's pool. Returns at once.
-
-        `workers` processes run `fn`, each on gpus / workers GPUs inside one NVLink island
-        (`"per_gpu"`: one per GPU), with ranks in topology order and the torchrun variables set.
-        With torch installed, each worker joins the default process group before `fn` runs (nccl
-        with CUDA, else gloo; `dist_backend=None` turns that off). `result()` is rank 0's value,
-        `results()` every rank's."""
+        `workers`: processes (ranks) to run it in, a count or "per_gpu"; `dist_backend`: the
+        torch.distributed backend they join ("auto", "gloo", "nccl", or None)."""
         if not callable(fn):
             raise InvalidRequest(field="fn", value=repr(fn)[:80], allowed="a Python callable")
         try:
@@ -198,92 +230,126 @@ class Client:
                                  "to fix: pass plain data, define fn at module level, open files and "
                                  "connections inside fn", field="fn", value=getattr(fn, "__name__", repr(fn)[:80]),
                                  allowed="a picklable callable and arguments") from None
-        return self._submit({"kind": "callable", "payload": payload, "gpus": gpus, "priority": priority,
-                             "name": name or getattr(fn, "__name__", "job"), "comm": comm, "retries": retries,
-                             "workers": workers, "dist_backend": dist_backend})
+        return self._submit({"kind": "callable", "payload_b64": base64.b64encode(payload).decode(), "gpus": gpus,
+                             "priority": priority, "name": name or getattr(fn, "__name__", "job"), "comm": comm,
+                             "retries": retries, "workers": workers, "dist_backend": dist_backend})
 
-    def submit_entrypoint(self, command: str, *, gpus: int = 1, workers: int | str = 1, priority: str = "normal",
-                          name: str | None = None, comm: str = "none", retries: int | None = None) -> Job:
-        """Run a command line (e.g. "python -m jobs.var_mc --paths 100000") on `gpus` GPUs, once per
-        worker, with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR and
-        MASTER_PORT set as torchrun sets them (`init_process_group("env://")` works unchanged)."""
+    def submit_entrypoint(self, command: str, *, gpus: int = 1, priority: str = "normal", name: str | None = None,
+                          comm: str = "none", retries: int | None = None, workers: Workers = 1,
+                          dist_backend: str | None = "auto") -> Job:
+        """Run a command line (e.g. "python -m jobs.var_mc --paths 100000") on `gpus` GPUs."""
         validate_entrypoint(command)
-        return self._submit({"kind": "entrypoint", "payload": command, "gpus": gpus, "priority": priority,
+        return self._submit({"kind": "entrypoint", "entrypoint": command, "gpus": gpus, "priority": priority,
                              "name": name or "entrypoint", "comm": comm, "retries": retries, "workers": workers,
-                             "dist_backend": None})
+                             "dist_backend": dist_backend})
 
     def _submit(self, spec: dict[str, Any]) -> Job:
         if not self.desk:
             raise InvalidRequest(field="desk", value=None, allowed="connect(desk=...) to submit work for a desk")
-        validate_workers(spec["workers"], validate_gpus(spec["gpus"]))
-        validate_dist_backend(spec["dist_backend"])
+        validate_gpus(spec["gpus"])
         spec["priority"] = validate_priority(spec["priority"]).label
         try:
             CommProfile(spec["comm"])
         except ValueError:
             raise InvalidRequest(field="comm", value=spec["comm"],
                                  allowed="one of " + ", ".join(c.value for c in CommProfile)) from None
+        workers = spec["workers"]
+        if workers != "per_gpu" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise InvalidRequest(field="workers", value=workers, allowed="a whole number >= 1 or 'per_gpu'")
+        if spec["dist_backend"] not in ("auto", "gloo", "nccl", None):
+            raise InvalidRequest(field="dist_backend", value=spec["dist_backend"],
+                                 allowed="'auto', 'gloo', 'nccl' or None")
         # The client proposes the id: a submission retried after a controller restart is idempotent.
         spec["job_id"] = f"{self.desk}-{secrets.token_hex(6)}"
-        return Job(self, self._call("submit", self.desk, spec)["job_id"])
+        spec["desk"] = self.desk
+        return Job(self, self._request("POST", "/v1/jobs", body=spec)["job_id"])
 
-    # -- views --
+    # -- jobs --
     def job(self, job_id: str) -> Job:
-        self._call("status", job_id)
+        self._request("GET", f"/v1/jobs/{job_id}")
         return Job(self, job_id)
 
-    def jobs(self, states: list[str] | None = None) -> list[JobStatus]:
-        return [JobStatus.from_public(d) for d in self._call("jobs", self.desk, states)]
+    def cancel(self, job_id: str) -> JobStatus:
+        return JobStatus.from_public(self._request("POST", f"/v1/jobs/{job_id}/cancel"))
 
+    def explain(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}/explain")
+
+    def jobs(self, states: list[str] | None = None, desk: str | None = None) -> list[JobStatus]:
+        params: dict[str, Any] = {"limit": 10_000}
+        if desk or self.desk:
+            params["desk"] = desk or self.desk
+        if states:
+            params["state"] = list(states)
+        return [JobStatus.from_public(d) for d in self._request("GET", "/v1/jobs", params=params)]
+
+    # -- views --
     def usage(self) -> dict[str, Any]:
         """This desk's row (nominal, in_use, borrowed, queued, ...); for an admin client with no
         desk, the whole table keyed by desk."""
-        table = self._call("usage", self.desk)
+        table = self._request("GET", "/v1/usage", params={"desk": self.desk} if self.desk else None)
         return table[self.desk] if self.desk else table
 
     def pools(self) -> dict[str, dict[str, float]]:
-        """GPUs per node pool: capacity, lost (nodes down), in use, free."""
-        return self._call("pools")
+        """GPUs per node pool: capacity, lost (nodes down), outside (held by work rayfin did not
+        start), in use, free."""
+        return self._request("GET", "/v1/pools")
 
-    def audit(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
-        return self._call("audit", self.desk, since, until)
+    def audit(self, since: float | None = None, until: float | None = None, *, desk: str | None = None,
+              limit: int = 1000) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("desk", desk or self.desk), ("since", since), ("until", until),
+                                    ("limit", limit)) if v is not None}
+        return self._request("GET", "/v1/audit", params=params)
+
+    def policing(self) -> dict[str, Any]:
+        """GPU use found outside rayfin: what holds GPUs now, and what was stopped."""
+        return self._request("GET", "/v1/policing")
 
 
-def _use_ray_token_if_present() -> None:
-    """As `ray start` does: with RAY_AUTH_MODE unset, a Ray token on this machine
-    (~/.ray/auth_token or RAY_AUTH_TOKEN) means the cluster expects it."""
+def _error_from(resp: httpx.Response, url: str) -> RayfinError:
     try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available)
-    except ImportError:  # an older Ray without token auth
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        payload = resp.json()["error"]
+        if isinstance(payload, dict) and "type" in payload:
+            return from_wire(payload)
+    except (ValueError, KeyError, TypeError):
+        pass
+    if resp.status_code >= 500:
+        return ControllerUnavailable(address=url, reason=f"HTTP {resp.status_code}: {resp.text[:200]}")
+    return RayfinError(f"HTTP {resp.status_code} from {url}: {resp.text[:200]}")
 
 
-def connect(desk: str | None, token: str | None = None, address: str | None = None, *,
-            controller_name: str = "rayfin-controller", namespace: str = "rayfin") -> Client:
-    """Connect to a running rayfin (started by `rayfin up`). `token` defaults to $RAYFIN_TOKEN,
-    `address` to $RAY_ADDRESS or "auto"."""
-    import ray
+def default_url() -> str:
+    """$RAYFIN_URL, else the `api:` URL of the `rayfin up` running on this machine, else the default."""
+    if os.environ.get("RAYFIN_URL"):
+        return os.environ["RAYFIN_URL"]
+    try:
+        api = json.loads(UP_STATE.expanduser().read_text()).get("api")
+    except (OSError, ValueError):
+        api = None
+    return api or DEFAULT_URL
 
+
+def connect(desk: str | None, token: str | None = None, url: str | None = None, *, timeout_s: float = 120.0,
+            retry_s: float = 60.0, transport: httpx.BaseTransport | None = None) -> Client:
+    """Connect to the rayfin API. `token` defaults to $RAYFIN_TOKEN, `url` to $RAYFIN_URL (else
+    the one `rayfin up` printed on its `api:` line). `desk=None` with the admin token: the
+    operator's view of every desk. Authenticates now: a bad token or desk fails here."""
     if desk is not None and (not isinstance(desk, str) or not desk):
         raise InvalidRequest(field="desk", value=desk, allowed="the name of a configured desk (None: admin view)")
     token = token if token is not None else os.environ.get("RAYFIN_TOKEN")
-    address = address or os.environ.get("RAY_ADDRESS") or "auto"
-    if not ray.is_initialized():
-        _use_ray_token_if_present()
-        try:
-            ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level="WARNING")
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ControllerUnavailable(address=address, reason=str(exc)[:200]) from None
+    if not token:
+        raise Unauthorized(f"no credential: {HOW_TO_AUTH}", desk=desk, action="connect")
+    client = Client(desk, token, url or default_url(), timeout_s=timeout_s, retry_s=retry_s, transport=transport)
     try:
-        controller = ray.get_actor(controller_name, namespace=namespace)
-    except ValueError:
-        raise ControllerUnavailable(address=address, reason=f"no actor {controller_name!r} in namespace "
-                                                             f"{namespace!r}") from None
-    client = Client(desk, token, controller, address)
-    client.usage()  # authenticates now: a bad token or desk fails here, not on first submit
+        client.usage()
+    except Unauthorized as exc:
+        client.close()
+        raise type(exc)(f"{exc.message}; to fix: {HOW_TO_AUTH}", desk=getattr(exc, "desk", desk),
+                        action=getattr(exc, "action", "connect")) from None
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
-__all__ = ["connect", "Client", "Job", "JobStatus", "LogLine", "RayfinError"]
+__all__ = ["connect", "default_url", "Client", "Job", "JobStatus", "RayfinError"]

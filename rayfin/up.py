@@ -33,6 +33,8 @@ class Running:
     timings_s: dict[str, float] = field(default_factory=dict)
     serve_started: bool = False
     deploy_key: str | None = field(default=None, repr=False)
+    api_url: str | None = None
+    supervisor: Any = None               # the `rayfin supervise` child process bring_up started
 
     def endpoint_lines(self) -> list[str]:
         lines = [f"dashboard: {self.dashboard_url or 'not started'}", f"address: {self.address}"]
@@ -43,17 +45,25 @@ class Running:
         if self.local is not None and self.local.gcs_redis:
             lines.append(f"gcs: fault tolerant, in Redis {self.local.gcs_redis} "
                          f"(namespace {self.local.storage_namespace})")
+        if self.api_url:
+            lines.append(f"api: {self.api_url}")
         return lines
 
     def write_state(self, path: Path = STATE_FILE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"address": self.address, "dashboard": self.dashboard_url,
-                                    "metrics": self.metrics_url, "serve": self.serve_url, "pid": os.getpid(),
+                                    "metrics": self.metrics_url, "serve": self.serve_url, "api": self.api_url,
+                                    "pid": os.getpid(),
                                     "controller": self.config.controller.name,
                                     "namespace": self.config.controller.namespace}))
 
     def shutdown(self) -> None:
         import ray
+
+        if self.supervisor is not None:      # first, or it would bring the controller back
+            from rayfin.supervisor import stop_supervisor
+
+            stop_supervisor(self.supervisor)
 
         if self.serve_started:
             try:
@@ -108,9 +118,12 @@ def controller_with_ledger(controller: ControllerConfig, ledger: str, *, passwor
 
 def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = True,
              dashboard: bool = True, dashboard_port: int | None = None, metrics_port: int | None = None,
-             serve_port: int | None = None, gcs_redis: str | None = None) -> Running:
+             serve_port: int | None = None, gcs_redis: str | None = None, api: bool = True,
+             access_log: bool = True, supervise: bool = True) -> Running:
     """Start (or attach to) the cluster, the controller and Serve. `gcs_redis` (HOST:PORT, or
-    $RAY_REDIS_ADDRESS) keeps a local cluster's GCS in that Redis (GCS fault tolerance)."""
+    $RAY_REDIS_ADDRESS) keeps a local cluster's GCS in that Redis (GCS fault tolerance); `api`:
+    deploy the rayfin API (Serve starts for it even when no model is served); `supervise`: bring
+    the controller back if it is killed for good."""
     import ray
 
     from rayfin.cluster import LocalCluster
@@ -143,6 +156,15 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
             run.serve_url = _deploy_serve(config, controller, serve_port, deploy_key)
             run.serve_started = run.serve_url is not None
             timings["serve_s"] = time.monotonic() - t2
+        if api and config.api.enabled:
+            t3 = time.monotonic()
+            run.api_url = _deploy_api(config, serve_port, access_log)
+            run.serve_started = run.serve_started or run.api_url is not None
+            timings["api_s"] = time.monotonic() - t3
+        if supervise:
+            from rayfin.supervisor import spawn_supervisor
+
+            run.supervisor = spawn_supervisor(config, address, deploy_key)
         timings["total_s"] = time.monotonic() - t0
         return run
     except BaseException:
@@ -161,6 +183,12 @@ def _deploy_serve(config: RayfinConfig, controller: Any, port: int | None, token
         return None
     info = deploy_from_config(config, controller=controller, http_port=port, token=token)
     return (info or {}).get("url") or f"http://{config.serve.host}:{port or config.serve.port}"
+
+
+def _deploy_api(config: RayfinConfig, port: int | None, access_log: bool) -> str:
+    from serve_apps.api_app import deploy_api
+
+    return deploy_api(config, http_port=port, access_log=access_log)
 
 
 def _head_metrics_url() -> str | None:

@@ -185,6 +185,25 @@ def _release_quietly(controller, names: list[str], token: str | None) -> None:
             log.warning("could not release serving reservation of %s", name)
 
 
+def start_serve(config: RayfinConfig, http_port: int | None, access_log: bool = True) -> dict[str, Any]:
+    """Start Serve on `serve.host` and the port (the models, the gateway and the rayfin API share
+    it by route prefix); returns the logging config the applications use."""
+    from ray import serve
+
+    sc = config.serve
+    _check_loopback(sc)
+    logging_config = {"enable_access_log": access_log}
+    # Also the proxy's own per-request log lines (global logging config, used when this call
+    # starts Serve); production keeps them with access_log=True.
+    # HAProxy ingress: one HAProxy, on the head node. Several on one host (rayfin's simulated
+    # nodes) would all bind the same ports; on a real multi-host cluster (KubeRay) the manifests
+    # run one per pod. Serve's Python proxy: its default, one per node sharing the port.
+    start_options: dict[str, Any] = {"proxy_location": "HeadOnly"} if sc.ingress == "haproxy" else {}
+    serve.start(http_options={"host": sc.host, "port": http_port or sc.port}, logging_config=logging_config,
+                **start_options)
+    return logging_config
+
+
 def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int | None = None,
                        expose_models_http: bool = False, access_log: bool = True,
                        token: str | None = None, layout: str = "gated") -> dict[str, Any]:
@@ -216,14 +235,7 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
             _release_quietly(controller, reserved, token)
             raise
 
-    logging_config = {"enable_access_log": access_log}
-    # Also the proxy's own per-request log lines (global logging config, used when this call
-    # starts Serve); production keeps them with access_log=True.
-    # HAProxy ingress: one HAProxy, on the head node. Several on one host (rayfin's simulated
-    # nodes) would all bind the same ports; on a real multi-host cluster (KubeRay) the manifests
-    # run one per pod. Serve's Python proxy: its default, one per node sharing the port.
-    start_options: dict[str, Any] = {"proxy_location": "HeadOnly"} if sc.ingress == "haproxy" else {}
-    serve.start(http_options={"host": sc.host, "port": port}, logging_config=logging_config, **start_options)
+    logging_config = start_serve(config, port, access_log)
     if layout == "gated":
         from serve_apps.gated import predict_route
 

@@ -126,7 +126,21 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
     install_env(env)
     if environ is None:
         _installed = values[HA_PROXY]
+        _refresh_imported_serve(values[HA_PROXY] == "1")
     return values
+
+
+def _refresh_imported_serve(ha_proxy: bool) -> None:
+    """Serve reads the ingress switch once, at import. In a process that already imported Serve
+    for another cluster (a test session's, with the other ingress) the driver-side check of
+    `serve.run` would still see the old value: set it to this cluster's. Processes of the new
+    cluster read their own environment."""
+    import sys
+
+    for name in ("ray.serve._private.constants", "ray.serve._private.build_app"):
+        mod = sys.modules.get(name)
+        if mod is not None and hasattr(mod, HA_PROXY):
+            setattr(mod, HA_PROXY, ha_proxy)
 
 
 def remove_run_dir(values: dict[str, str]) -> None:

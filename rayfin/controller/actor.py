@@ -37,7 +37,7 @@ class RayfinController:
         self.ledger = open_ledger(self.config.controller)
         from placement.topology import Topology
 
-        backend = RayBackend(Topology.from_config(self.config.cluster), runner_key=self._runner_key())
+        backend = RayBackend(Topology.from_config(self.config.cluster), runner_key=self._runner_seed())
         self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder(),
                                    deploy_key=deploy_key)
         self.recovery = self.core.recover()
@@ -47,17 +47,41 @@ class RayfinController:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rayfin-cycle", daemon=True)
         self._thread.start()
+        self.patrol = self._patrol()
 
-    def _runner_key(self) -> bytes:
-        """The key job secrets are derived from; kept in the ledger so a restarted controller can
-        still drive the runners it re-adopts."""
-        key = self.ledger.get_kv("runner_key")
-        if key is None:
-            import secrets
+    def _runner_seed(self) -> bytes:
+        """Seed of the per-job runner secrets: made once, kept in the ledger (which only the head
+        node's controller reads), so a controller brought back can still drive its runners."""
+        import secrets
 
-            key = secrets.token_bytes(32)
-            self.ledger.put_kv("runner_key", key)
-        return key
+        seed = self.ledger.get_kv("runner_secret_seed")
+        if seed is None:
+            seed = secrets.token_bytes(32)
+            self.ledger.put_kv("runner_secret_seed", seed)
+        return bytes(seed)
+
+    def _patrol(self):
+        """Policing of GPU use outside rayfin, on its own thread (state API calls take a while)."""
+        from rayfin.controller.patrol import Patrol
+
+        if self.config.policing.mode == "off":
+            return None
+        from rayfin.controller.police_ray import RayPolice
+
+        # Model applications as `rayfin up` names them (rayfin-model-<m>) and as the RayService does (model-<m>)
+        apps = frozenset(n for m in self.config.serve.models for n in (f"rayfin-model-{m.name}", f"model-{m.name}"))
+        patrol = Patrol(self.config.policing, self.core, RayPolice(self.config.controller.namespace, apps))
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    patrol.sweep()
+                except Exception:  # noqa: BLE001 - e.g. the dashboard restarting: try next time
+                    log.exception("policing sweep failed")
+                self._stop.wait(max(0.05, patrol.next_at - time.time()))
+
+        threading.Thread(target=loop, name="rayfin-patrol", daemon=True).start()
+        return patrol
 
     def _recorder(self):
         try:
@@ -131,6 +155,22 @@ class RayfinController:
 
     def pools(self, token):
         return _wrap(self.core.pools, token)
+
+    def policing(self, token):
+        def _view(_token):
+            who = self.core.authenticate(_token, None, "read policing")
+            if self.patrol is None:
+                return {"mode": "off", "interval_s": 0.0, "findings": [], "outside_gpus": {}}
+            return self.patrol.view(None if who.admin else who.desk)
+        return _wrap(_view, token)
+
+    def record_event(self, token, kind, reason, data=None):
+        """An operator event into the audit log (e.g. the supervisor's: the controller was killed)."""
+        def _record(_token):
+            self.core._require_operator(_token, None)
+            self.ledger.record(time.time(), "", "", str(kind)[:64], "", str(reason)[:2000], data or {})
+            return True
+        return _wrap(_record, token)
 
     def audit(self, token, desk=None, since=None, until=None, limit=1000):
         return _wrap(self.core.audit, token, desk, since, until, limit)

@@ -31,7 +31,7 @@ from rayfin.controller.backend import Backend, LaunchSpec, Observation
 from rayfin.controller.ledger import JobRecord, Ledger
 from rayfin.controller.recorder import NullRecorder, Recorder
 from rayfin.controller.validate import validate_spec
-from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
+from rayfin.errors import Forbidden, InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
 from rayfin.policy.hints import JobHint
 from rayfin.policy.settings import Policy
@@ -102,6 +102,9 @@ class ControllerCore:
         self.policy = scheduler_config(config)
         self.active: dict[str, JobRecord] = {}
         self.unavailable: dict[str, float] = {}
+        # Island -> GPUs held by work rayfin did not start (found by policing): taken, not lost,
+        # so they shrink what the scheduler may place without marking rayfin's own jobs there lost.
+        self.held_outside: dict[str, float] = {}
         # Islands where a runner was just lost: cordoned until Ray's failure detector has had
         # time to declare the node dead, so a requeued job is not placed straight back there.
         self.cordoned: dict[str, float] = {}
@@ -143,8 +146,8 @@ class ControllerCore:
                                action=action)
         who = matched[0]
         if desk is not None and desk != who:
-            raise Unauthorized(f"credential of desk {who!r} may not {action} for desk {desk!r}", desk=desk,
-                               action=action)
+            raise Forbidden(f"credential of desk {who!r} may not {action} for desk {desk!r}", desk=desk,
+                            action=action)
         return Principal(who)
 
     def _require_operator(self, token: str | None, desk: str | None) -> Principal:
@@ -284,12 +287,15 @@ class ControllerCore:
             free = self.snapshot().free()
             out: dict[str, dict[str, float]] = {}
             for isl in self.topology.islands:
-                row = out.setdefault(isl.pool, {"capacity": 0.0, "lost": 0.0, "free": 0.0, "in_use": 0.0})
+                row = out.setdefault(isl.pool, {"capacity": 0.0, "lost": 0.0, "outside": 0.0, "free": 0.0,
+                                                "in_use": 0.0})
                 lost = min(float(isl.gpus), self.unavailable.get(isl.id, 0.0))
+                outside = min(float(isl.gpus) - lost, self.held_outside.get(isl.id, 0.0))
                 row["capacity"] += isl.gpus
                 row["lost"] += lost
+                row["outside"] += outside
                 row["free"] += max(0.0, free[isl.id])
-                row["in_use"] += isl.gpus - lost - max(0.0, free[isl.id])
+                row["in_use"] += isl.gpus - lost - outside - max(0.0, free[isl.id])
             return out
 
     def audit(self, token: str | None, desk: str | None = None, since: float | None = None,
@@ -449,7 +455,7 @@ class ControllerCore:
                                           preempt_deadline=job.preempt_deadline,
                                           preempted_for=job.info.get("preempted_for")))
         pending.sort(key=lambda p: (p.submitted_at, p.job_id))
-        unavailable = dict(self.unavailable)
+        unavailable = self.not_placeable()
         for island in self.draining:
             # The whole island counts as unavailable to the policy, so neither placement nor a
             # preemption plan frees room there; the jobs on it stay in `running`.
@@ -489,6 +495,16 @@ class ControllerCore:
         if job.kind != "serving" and job.state == JobState.SUCCEEDED.value and job.started_at and job.finished_at:
             self.duration_state = self.durations.observe(self.duration_state, self._duration_key(job),
                                                          max(0.0, job.finished_at - job.started_at))
+
+    def not_placeable(self) -> dict[str, float]:
+        """GPUs per island the scheduler may not place on: lost with their node, or held by work
+        rayfin did not start (until policing sees them freed)."""
+        out = dict(self.unavailable)
+        caps = {i.id: float(i.gpus) for i in self.topology.islands}
+        for island, gpus in self.held_outside.items():
+            if island in caps:
+                out[island] = min(caps[island], out.get(island, 0.0) + gpus)
+        return out
 
     def _act(self, decision) -> tuple[int, int]:
         now = self.clock()

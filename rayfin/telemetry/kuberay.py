@@ -93,6 +93,15 @@ def _volumes() -> list[dict[str, Any]]:
     return [{"name": "rayfin-config", "configMap": {"name": "rayfin-config"}}]
 
 
+def supervisor_container(image: str, tel: TelemetryConfig, ingress: str) -> dict[str, Any]:
+    """Beside the head: `rayfin supervise` keeps the controller alive (brings it back from the
+    ledger if code in the cluster kills it for good, and audits the kill)."""
+    c = _container("rayfin-supervisor", image, tel, cpu=1, memory="1Gi", gpus=0, ingress=ingress)
+    c["command"] = ["rayfin", "supervise", "--config", f"{CONFIG_MOUNT}/config.yaml", "--address",
+                    f"127.0.0.1:{PORTS['gcs-server']}"]
+    return c
+
+
 def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[str, Any]:
     params = {"dashboard-host": "0.0.0.0", "num-gpus": "0", "num-cpus": str(config.cluster.head_num_cpus),
               "metrics-export-port": str(PORTS["metrics"]), "labels": f"{LABEL}role=head"}
@@ -107,7 +116,8 @@ def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[s
                                          "prometheus.io/path": "/metrics"}},
             "spec": {"containers": [_container("ray-head", image, tel, cpu=max(2, config.cluster.head_num_cpus),
                                                memory="16Gi", gpus=0, ports=PORTS,
-                                               ingress=config.serve.ingress)],
+                                               ingress=config.serve.ingress),
+                                    supervisor_container(image, tel, config.serve.ingress)],
                      "volumes": _volumes()},
         },
     }
@@ -188,6 +198,9 @@ def rayservice(config: RayfinConfig, *, image: str = DEFAULT_IMAGE, telemetry: T
             for m in config.serve.models]
     apps.append({"name": "gateway", "import_path": "serve_apps.deploy:rayservice_app", "route_prefix": "/",
                  "args": {"config": config_path, "app": "gateway"}})
+    if config.api.enabled:   # the rayfin API: what desks and operators call, instead of Ray
+        apps.append({"name": "rayfin-api", "import_path": "serve_apps.api_app:rayservice_api_app",
+                     "route_prefix": config.api.route_prefix, "args": {"config": config_path}})
     for a in apps:
         if a["route_prefix"] is None:
             del a["route_prefix"]

@@ -56,9 +56,11 @@ def test_job_through_rayfin_sees_exactly_its_gpu(tmp_path):
         "controller": {"ledger_path": str(tmp_path / "ledger.db"), "name": "rayfin-gpu-test"},
         "serve": {"enabled": False}, "dashboard": {"port": free_port(), "metrics_export_port": free_port()},
     }, "gpu-test")
-    run = bring_up(cfg, serve=False)
+    from rayfin.cluster import free_port
+
+    run = bring_up(cfg, serve=False, serve_port=free_port())
     try:
-        client = connect("risk", "risk-demo-token", run.address, controller_name="rayfin-gpu-test")
+        client = connect("risk", "risk-demo-token", url=run.api_url)
         info = client.submit(_inside_job, gpus=1).result(timeout=300)
         assert info["count"] == 1 and info["var"] == "cuda" and info["visible"] not in (None, "")
     finally:

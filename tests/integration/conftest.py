@@ -1,5 +1,6 @@
 """One local multi-node Ray cluster per test run (configs/test.yaml: 2 nodes x 2 NVLink islands
-x 4 simulated GPUs, one raylet per island), with the rayfin controller deployed on it."""
+x 4 simulated GPUs, one raylet per island), with the rayfin controller and the rayfin API (on
+Serve, no models) deployed on it. Desk clients speak HTTP to the API, as a desk's machine does."""
 from __future__ import annotations
 
 import os
@@ -36,9 +37,29 @@ def rayfin_env(ledger_target) -> Running:
     from rayfin.cluster import free_port
 
     # Free ports, so a second Ray on this machine (another test run, a demo) cannot clash.
-    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port())
+    run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port(),
+                   serve_port=free_port(), access_log=False)
     yield run
     run.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _driver_on_session_cluster(request):
+    """Tests that use Ray directly (as the operator) run on the session cluster, even after a test
+    module shut this process's Ray down to start a private cluster (the old Ray-driver SDK
+    reconnected as a side effect; the HTTP SDK does not touch Ray)."""
+    if "rayfin_env" in request.fixturenames:
+        import ray
+
+        env = request.getfixturevalue("rayfin_env")
+        if not ray.is_initialized() or ray.get_runtime_context().gcs_address != env.address:
+            if ray.is_initialized():
+                ray.shutdown()
+            ray.init(address=env.address, namespace=env.config.controller.namespace, log_to_driver=False,
+                     logging_level="WARNING")
+            # Handles do not survive a new connection: look the controller up again.
+            env.controller = ray.get_actor(env.config.controller.name, namespace=env.config.controller.namespace)
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +67,7 @@ def connect_desk(rayfin_env):
     from rayfin.sdk import connect
 
     def _connect(desk: str | None, token: str | None = None):
-        return connect(desk=desk, token=token or TOKENS[desk or "admin"], address=rayfin_env.address,
-                       controller_name=rayfin_env.config.controller.name,
-                       namespace=rayfin_env.config.controller.namespace)
+        return connect(desk=desk, token=token or TOKENS[desk or "admin"], url=rayfin_env.api_url)
 
     return _connect
 

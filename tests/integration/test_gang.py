@@ -79,11 +79,9 @@ def _cli(rayfin_env, monkeypatch, *argv: str) -> str:
 
     from rayfin import cli
 
-    monkeypatch.setenv("RAYFIN_CONTROLLER", rayfin_env.config.controller.name)
-    monkeypatch.setenv("RAYFIN_NAMESPACE", rayfin_env.config.controller.namespace)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = cli.main([argv[0], "--address", rayfin_env.address, "--color", "never", *argv[1:]])
+        rc = cli.main([argv[0], "--url", rayfin_env.api_url, "--color", "never", *argv[1:]])
     assert rc == 0, buf.getvalue()
     return buf.getvalue()
 

@@ -31,11 +31,8 @@ def scrape(url: str) -> dict[str, list[dict[str, str]]]:
 
 
 @pytest.fixture
-def cli_env(rayfin_env, monkeypatch):
-    """`rayfin` CLI commands in this process, pointed at the test controller (its own name/namespace)."""
-    c = rayfin_env.config.controller
-    monkeypatch.setenv("RAYFIN_CONTROLLER", c.name)
-    monkeypatch.setenv("RAYFIN_NAMESPACE", c.namespace)
+def cli_env(rayfin_env):
+    """`rayfin` CLI commands in this process, pointed at the test cluster's API."""
 
     def run(*argv: str) -> str:
         return _run_cli(rayfin_env, *argv)
@@ -49,7 +46,7 @@ def _run_cli(rayfin_env, *argv: str) -> str:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = cli.main([argv[0], "--address", rayfin_env.address, "--color", "never", *argv[1:]])
+        rc = cli.main([argv[0], "--url", rayfin_env.api_url, "--color", "never", *argv[1:]])
     assert rc == 0, buf.getvalue()
     return buf.getvalue()
 
@@ -117,7 +114,7 @@ def test_explain_says_why_a_job_waits_and_where_it_ran(rayfin_env, connect_desk,
     wait_for(lambda: "fx" in (small.status().reason or "") and small.status().state.value == "PENDING",
              timeout=10, what="small job waiting with a reason")
     out = cli_env("explain", small.job_id, "--token", TOKENS["fx"])
-    info = fx._call("explain", small.job_id)
+    info = fx.explain(small.job_id)
     assert f"job {small.job_id} of desk fx: PENDING (1 GPUs)" in out
     assert f"now: {info['job']['reason']}" in out
     assert "last decision: wait: " + "; ".join(info["decision"]["reasons"]) in out

@@ -73,6 +73,6 @@ def test_other_desk_cannot_cancel(connect_desk):
     with pytest.raises(JobNotFound):
         eq.job(job.job_id)
     with pytest.raises(JobNotFound):
-        eq._call("cancel", job.job_id)
+        eq.cancel(job.job_id)
     job.result(timeout=120)
     assert job.status().state.value == "SUCCEEDED"

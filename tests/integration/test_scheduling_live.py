@@ -30,7 +30,7 @@ def test_borrowed_job_is_reclaimed_when_lender_needs_its_nominal(connect_desk):
     assert st.state.value == "PREEMPTED"
     assert "fx" in st.reason and ("reclaim" in st.reason or "nominal" in st.reason)
     assert lender.result(timeout=120) == "done"
-    explain = eq._call("explain", borrower.job_id)
+    explain = eq.explain(borrower.job_id)
     assert any(e["kind"] == "preemption_planned" for e in explain["events"])
 
 

@@ -158,13 +158,21 @@ def test_rayservice_runs_every_configured_model_and_the_gateway():
     assert (rs["apiVersion"], rs["kind"]) == ("ray.io/v1", "RayService")
     serve_cfg = yaml.safe_load(rs["spec"]["serveConfigV2"])
     apps = {a["name"]: a for a in serve_cfg["applications"]}
-    assert set(apps) == {"gateway"} | {f"model-{m.name}" for m in cfg.serve.models}
+    assert set(apps) == {"gateway", "rayfin-api"} | {f"model-{m.name}" for m in cfg.serve.models}
     assert apps["gateway"]["route_prefix"] == "/"
     # the same cluster; a RayService leaves the GCS storage namespace to KubeRay (see gcs_fault_tolerance)
     cluster = dict(docs["raycluster.yaml"]["spec"])
     cluster["gcsFaultToleranceOptions"] = {k: v for k, v in cluster["gcsFaultToleranceOptions"].items()
                                            if k != "externalStorageNamespace"}
     assert rs["spec"]["rayClusterConfig"] == cluster
+    assert apps["rayfin-api"]["route_prefix"] == "/api"
+    assert apps["rayfin-api"]["import_path"] == "serve_apps.api_app:rayservice_api_app"
+
+
+def test_head_pod_runs_the_controller_supervisor():
+    head = _docs()["raycluster.yaml"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    (sup,) = [c for c in head if c["name"] == "rayfin-supervisor"]
+    assert sup["command"][:2] == ["rayfin", "supervise"] and "127.0.0.1:6379" in sup["command"]
 
 
 def test_generator_follows_a_different_config(tmp_path):

@@ -1,18 +1,22 @@
-"""The SDK refuses bad arguments itself, naming the field, before any call reaches Ray."""
+"""The SDK refuses bad arguments itself, naming the field, before any call reaches the API."""
+import httpx
 import pytest
 
 from rayfin.errors import InvalidRequest
 from rayfin.sdk import Client, _ships_by_value
 
 
-class NoController:
-    def __getattr__(self, name):  # any call to the controller would be a test failure
-        raise AssertionError(f"controller.{name} called for an invalid request")
+def no_api(request):  # any call to the API would be a test failure
+    raise AssertionError(f"{request.method} {request.url} called for an invalid request")
+
+
+def offline(desk):
+    return Client(desk, "fx-demo-token", "http://nowhere", retry_s=0, transport=httpx.MockTransport(no_api))
 
 
 @pytest.fixture
 def client():
-    return Client("fx", "fx-demo-token", NoController(), "nowhere")
+    return offline("fx")
 
 
 def ok(x):
@@ -56,7 +60,7 @@ def test_bad_entrypoint(client, command):
 
 def test_admin_client_cannot_submit():
     with pytest.raises(InvalidRequest) as err:
-        Client(None, "admin-demo-token", NoController(), "x").submit(ok, 1)
+        offline(None).submit(ok, 1)
     assert err.value.field == "desk"
 
 

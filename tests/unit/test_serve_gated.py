@@ -172,10 +172,17 @@ def test_rayservice_app_builds_every_application_in_the_manifest(tmp_path):
 
     rs = yaml.safe_load((ROOT / "configs" / "kuberay" / "rayservice.yaml").read_text())
     apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    from serve_apps.api_app import rayservice_api_app
+
+    builders = {"serve_apps.deploy:rayservice_app": rayservice_app,
+                "serve_apps.api_app:rayservice_api_app": rayservice_api_app}
     for a in apps:
-        assert a["import_path"] == "serve_apps.deploy:rayservice_app"
+        assert a["import_path"] in builders
         args = {**a["args"], "config": str(ROOT / "configs" / "local.yaml")}
-        assert isinstance(rayservice_app(args), Application), a["name"]
+        assert isinstance(builders[a["import_path"]](args), Application), a["name"]
+        if a["name"] == "rayfin-api":
+            assert a["route_prefix"] == "/api"
+            continue
         if a["args"]["app"] == "model":
             assert a["route_prefix"] == predict_route(a["args"]["model"])
             assert a["args"]["gateway_app"] == "gateway"

@@ -1,0 +1,209 @@
+"""Every request and reply of the rayfin API, as pydantic models (the OpenAPI document is built
+from them). Bytes travel as standard base64 in JSON: a callable's cloudpickled
+`(fn, args, kwargs)` going in, a job's cloudpickled return value coming out. The API server
+never unpickles either: only the job's own runner and the submitting client do."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DESK_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{0,31}-[0-9a-f]{8,32}$"
+B64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
+
+Priority = Literal["critical", "normal", "batch"]
+Comm = Literal["none", "allreduce"]
+DistBackend = Literal["auto", "gloo", "nccl"]
+State = Literal["PENDING", "ADMITTED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SubmitRequest(_In):
+    """A job for `desk`: a callable (`payload_b64`) or a command line (`entrypoint`)."""
+
+    desk: str = Field(..., pattern=DESK_PATTERN)
+    kind: Literal["callable", "entrypoint"]
+    payload_b64: str | None = Field(None, pattern=B64_PATTERN,
+                                    description="kind=callable: base64 of cloudpickle.dumps((fn, args, kwargs))")
+    entrypoint: str | None = Field(None, min_length=1, max_length=8192,
+                                   description="kind=entrypoint: the command line to run")
+    gpus: int = Field(1, ge=1, le=4096)
+    priority: Priority | None = Field(None, description="null: the configured default")
+    name: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    comm: Comm = "none"
+    retries: int | None = Field(None, ge=0, le=100, description="null: the configured default")
+    workers: int | Literal["per_gpu"] = Field(1, description="worker processes (ranks): a count >= 1 or "
+                                                            "'per_gpu'")
+    dist_backend: DistBackend | None = Field("auto", description="torch.distributed backend; null: none")
+    job_id: str | None = Field(None, pattern=JOB_ID_PATTERN,
+                               description="client-chosen id '<desk>-<hex>': a retried submission is idempotent")
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> "SubmitRequest":
+        if self.kind == "callable" and (self.payload_b64 is None or self.entrypoint is not None):
+            raise ValueError("kind 'callable' needs payload_b64 and no entrypoint")
+        if self.kind == "entrypoint" and (self.entrypoint is None or self.payload_b64 is not None):
+            raise ValueError("kind 'entrypoint' needs entrypoint and no payload_b64")
+        if isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers < 1:
+            raise ValueError("workers: a count >= 1 or 'per_gpu'")
+        return self
+
+
+class JobView(_Out):
+    job_id: str
+    desk: str
+    name: str = ""
+    kind: str
+    gpus: float
+    priority: int = Field(..., description="0 critical, 1 normal, 2 batch")
+    comm: str = "none"
+    state: State
+    submitted_at: float
+    max_retries: int = 0
+    attempts: int = 0
+    reason: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    placement: list[tuple[str, float]] = Field(default_factory=list, description="(island, GPUs) per bundle")
+    preempt_deadline: float | None = None
+    error: str = ""
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResultView(_Out):
+    state: State
+    reason: str = ""
+    error: str = ""
+    result_b64: str | None = Field(None, description="base64 of the cloudpickled return value")
+    size: int = 0
+
+
+class ResultsView(_Out):
+    state: State
+    reason: str = ""
+    error: str = ""
+    results_b64: list[str | None] = Field(default_factory=list, description="per rank, as result_b64")
+
+
+class LogLine(_Out):
+    rank: int
+    ts: float = Field(0.0, description="when the controller received the line (Unix seconds)")
+    text: str
+
+
+class LogsView(_Out):
+    lines: list[LogLine] = Field(default_factory=list)
+
+
+class DecisionView(_Out):
+    verdict: str
+    reasons: list[str] = Field(default_factory=list)
+    victims: list[str] = Field(default_factory=list)
+
+
+class EventView(_Out):
+    ts: float
+    kind: str
+    state: str = ""
+    reason: str = ""
+
+
+class ExplainView(_Out):
+    job: JobView
+    decision: DecisionView | None = None
+    events: list[EventView] = Field(default_factory=list)
+
+
+class UsageRow(_Out):
+    desk: str
+    nominal: float
+    max: float
+    weight: float
+    in_use: float
+    serving: float
+    borrowed: float
+    lent: float
+    queued: int
+    queued_gpus: float
+    running: int
+    oldest_wait_s: float
+
+
+class PoolRow(_Out):
+    capacity: float
+    lost: float = Field(..., description="GPUs on nodes that are down")
+    outside: float = Field(0.0, description="GPUs held by work rayfin did not start (policing)")
+    in_use: float
+    free: float
+
+
+class AuditEvent(_Out):
+    seq: int
+    ts: float
+    job_id: str = ""
+    desk: str = ""
+    kind: str
+    state: str = ""
+    reason: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Finding(_Out):
+    """Work holding GPUs or desk pool / island resources that rayfin did not create."""
+
+    kind: Literal["actor", "task", "placement_group"]
+    id: str
+    name: str = ""
+    node_id: str = ""
+    island: str = ""
+    resources: dict[str, float] = Field(default_factory=dict)
+    gpus: float = 0.0
+    ray_job_id: str = ""
+    desk: str = ""
+    rayfin_job_id: str = ""
+    first_seen: float
+    last_seen: float
+    started_at: float | None = None
+    stopped_at: float | None = None
+    action: str = ""
+
+
+class PolicingView(_Out):
+    mode: str
+    interval_s: float
+    findings: list[Finding] = Field(default_factory=list, description="what holds resources now")
+    outside_gpus: dict[str, float] = Field(default_factory=dict, description="island -> GPUs held outside rayfin")
+    detected: int = 0
+    stopped: int = 0
+
+
+class WhoAmI(_Out):
+    desk: str | None
+    admin: bool
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(..., description="the rayfin error class: InvalidRequest, Unauthorized, ...")
+    message: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorReply(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+__all__ = ["SubmitRequest", "JobView", "ResultView", "ResultsView", "LogLine", "LogsView", "ExplainView",
+           "UsageRow", "PoolRow", "AuditEvent", "Finding", "PolicingView", "WhoAmI", "ErrorReply", "ErrorBody",
+           "Health"]

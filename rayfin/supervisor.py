@@ -1,0 +1,173 @@
+"""Brings the controller back when desk code (or anything) kills it for good.
+
+The controller actor restarts by itself after a crash (`max_restarts=-1`), but
+`ray.kill(handle)` (no_restart=True by default) ends it for good, and any code in the cluster can
+look it up by name and do that (Ray has no per-user access control). The supervisor,
+`rayfin supervise` (a child process of `rayfin up` with its own Ray connection, and a container
+beside the head in the KubeRay manifests), looks the controller up every `interval_s`; when the name is gone it starts a new one, which rebuilds from
+the ledger and re-adopts running jobs by name, and writes the kill to the audit log with what Ray
+says about it: the death cause (`RAY_KILL` for `ray.kill`) and the dead actor. Ray 2.60 does not
+record which worker called `ray.kill`, so the event names the rayfin jobs that were running at the
+time (the suspects), as re-adopted by the new controller.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from rayfin.config import RayfinConfig
+
+log = logging.getLogger("rayfin.supervisor")
+
+
+def death_of(name: str, namespace: str) -> dict[str, Any]:
+    """What Ray's state API says about the last dead actor of that name: its id, pid, node, and
+    the death cause (for `ray.kill`, Ray's message says so)."""
+    try:
+        from ray.util.state import list_actors
+
+        rows = list_actors(filters=[("name", "=", name), ("state", "=", "DEAD")], detail=True, limit=100,
+                           raise_on_missing_output=False)
+    except Exception as exc:  # noqa: BLE001 - the state API needs the dashboard
+        return {"error": f"state API: {type(exc).__name__}: {exc}"[:300]}
+    rows = [r for r in rows if (r.ray_namespace or "") == namespace]
+    if not rows:
+        return {}
+    last = rows[-1]
+    cause = last.death_cause or {}
+    ctx = cause.get("actor_died_error_context") or {}
+    return {"actor_id": last.actor_id, "pid": last.pid, "node_id": last.node_id,
+            "reason": ctx.get("reason") or "", "message": (ctx.get("error_message") or str(cause))[:1000],
+            "owner": {k: ctx.get(k) for k in ("owner_id", "owner_ip_address", "node_ip_address") if ctx.get(k)}}
+
+
+class Supervisor:
+    def __init__(self, config: RayfinConfig, deploy_key: str, *, interval_s: float = 1.0,
+                 on_restart: Callable[[Any], None] | None = None) -> None:
+        self.config = config
+        self.deploy_key = deploy_key
+        self.interval_s = interval_s
+        self.on_restart = on_restart
+        self.restarts: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._gcs: str | None = None
+
+    def start_watching(self) -> "Supervisor":
+        """Remember the cluster this process is attached to: the only one it will act on."""
+        import ray
+
+        self._gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+        return self
+
+    def start(self) -> "Supervisor":
+        """Watch on a thread of this process (`rayfin supervise` loops in its main thread instead)."""
+        self.start_watching()
+        self._thread = threading.Thread(target=self._loop, name="rayfin-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check_once()
+            except Exception:  # noqa: BLE001 - keep watching
+                log.exception("supervisor check failed")
+
+    def alive(self) -> bool:
+        import ray
+
+        c = self.config.controller
+        try:
+            ray.get_actor(c.name, namespace=c.namespace)   # a restarting actor keeps its name
+        except ValueError:
+            return False
+        return True
+
+    def connected(self) -> bool:
+        """Still attached to the cluster it supervises (a process may have shut Ray down or
+        attached to another cluster meanwhile, as some tests do): never start a controller elsewhere."""
+        import ray
+
+        if not ray.is_initialized():
+            return False
+        return self._gcs is None or ray.get_runtime_context().gcs_address == self._gcs
+
+    def check_once(self) -> dict[str, Any] | None:
+        if self._stop.is_set() or not self.connected() or self.alive():
+            return None
+        return self.restart()
+
+    def restart(self) -> dict[str, Any]:
+        import ray
+
+        from rayfin.controller.actor import start_controller
+
+        c = self.config.controller
+        t0 = time.monotonic()
+        death = death_of(c.name, c.namespace)
+        handle = start_controller(self.config, deploy_key=self.deploy_key)
+        took = time.monotonic() - t0
+        recovery = ray.get(handle.ping.remote(), timeout=60)["value"]["recovery"]
+        suspects = list(recovery.get("adopted", []))
+        event = {"death": death, "restart_s": took, "recovery": recovery, "suspects": suspects}
+        reason = (f"controller {c.name} died without restart ({death.get('reason') or '?'}: "
+                  f"{(death.get('message') or '')[:200]}); Ray does not say who; rayfin jobs running then: "
+                  f"{', '.join(suspects) or 'none'}; brought back from the ledger in {took:.1f}s")
+        reply = ray.get(handle.record_event.remote(self.deploy_key, "controller_killed", reason, event), timeout=60)
+        if not reply.get("ok"):
+            log.warning("could not audit the controller's death: %s", reply.get("error"))
+        log.warning(reason)
+        self.restarts.append(event)
+        if self.on_restart is not None:
+            self.on_restart(handle)
+        return event
+
+
+DEPLOY_KEY_ENV = "RAYFIN_DEPLOY_KEY"
+
+
+def spawn_supervisor(config: RayfinConfig, address: str, deploy_key: str, interval_s: float = 1.0):
+    """`rayfin supervise` as a child process of `rayfin up`: its own Ray driver, so nothing this
+    process does with Ray (a test attaching to another cluster) can mislead it. The deploy key
+    goes through the environment, not the command line."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="rayfin-supervise-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(config.model_dump(mode="json"), f)
+    env = dict(os.environ, **{DEPLOY_KEY_ENV: deploy_key, "RAY_ADDRESS": address})
+    proc = subprocess.Popen([sys.executable, "-m", "rayfin.cli", "supervise", "--config", path, "--address", address,
+                             "--interval", str(interval_s)], env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    proc.config_path = path  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_supervisor(proc) -> None:
+    import os
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    try:
+        os.unlink(getattr(proc, "config_path", ""))
+    except OSError:
+        pass
+
+
+__all__ = ["Supervisor", "death_of", "spawn_supervisor", "stop_supervisor", "DEPLOY_KEY_ENV"]
