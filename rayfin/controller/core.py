@@ -496,6 +496,18 @@ class ControllerCore:
             self.duration_state = self.durations.observe(self.duration_state, self._duration_key(job),
                                                          max(0.0, job.finished_at - job.started_at))
 
+    def police_job(self, job_id: str, reason: str) -> bool:
+        """Fail a job whose code took GPUs outside rayfin: its runner is killed, and with it, by
+        Ray, what the runner started. Returns whether a live job was stopped."""
+        with self.lock:
+            job = self.active.get(job_id)
+            if job is None or job.kind == "serving" or job.state not in (JobState.ADMITTED.value,
+                                                                          JobState.RUNNING.value):
+                return False
+            self._release(job)
+            self._finish(job, JobState.FAILED, reason)
+            return True
+
     def not_placeable(self) -> dict[str, float]:
         """GPUs per island the scheduler may not place on: lost with their node, or held by work
         rayfin did not start (until policing sees them freed)."""
