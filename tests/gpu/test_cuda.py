@@ -41,24 +41,30 @@ def _inside_job():
             "name": t.cuda.get_device_name(0), "var": run_var(paths=100_000)["device"]}
 
 
-def test_job_through_rayfin_sees_exactly_its_gpu(tmp_path):
-    """One real GPU node: the job's CUDA_VISIBLE_DEVICES is what Ray reserved, and torch uses it."""
+def _one_gpu_node(tmp_path, name: str):
+    """A rayfin on this machine's real GPUs: one node, one island of every GPU, desk `risk`."""
+    import hashlib
+
     from rayfin.cluster import free_port
     from rayfin.config import parse_config
-    from rayfin.sdk import connect
     from rayfin.up import bring_up
 
     n = torch.cuda.device_count()
     cfg = parse_config({
         "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [n]}]}]},
-        "desks": [{"name": "risk", "nominal_gpus": n, "credential_sha256": __import__("hashlib").sha256(
-            b"risk-demo-token").hexdigest()}],
-        "controller": {"ledger_path": str(tmp_path / "ledger.db"), "name": "rayfin-gpu-test"},
+        "desks": [{"name": "risk", "nominal_gpus": n,
+                   "credential_sha256": hashlib.sha256(b"risk-demo-token").hexdigest()}],
+        "controller": {"ledger_path": str(tmp_path / "ledger.db"), "name": name},
         "serve": {"enabled": False}, "dashboard": {"port": free_port(), "metrics_export_port": free_port()},
-    }, "gpu-test")
-    from rayfin.cluster import free_port
+    }, name)
+    return n, bring_up(cfg, serve=False, serve_port=free_port())
 
-    run = bring_up(cfg, serve=False, serve_port=free_port())
+
+def test_job_through_rayfin_sees_exactly_its_gpu(tmp_path):
+    """One real GPU node: the job's CUDA_VISIBLE_DEVICES is what Ray reserved, and torch uses it."""
+    from rayfin.sdk import connect
+
+    _, run = _one_gpu_node(tmp_path, "rayfin-gpu-test")
     try:
         client = connect("risk", "risk-demo-token", url=run.api_url)
         info = client.submit(_inside_job, gpus=1).result(timeout=300)
@@ -84,22 +90,11 @@ def _nccl_rank():
 
 def test_gang_with_nccl_on_real_gpus(tmp_path):
     """One worker per real GPU, the default process group on nccl, an all-reduce across them."""
-    from rayfin.cluster import free_port
-    from rayfin.config import parse_config
     from rayfin.sdk import connect
-    from rayfin.up import bring_up
 
-    n = torch.cuda.device_count()
-    cfg = parse_config({
-        "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [n]}]}]},
-        "desks": [{"name": "risk", "nominal_gpus": n, "credential_sha256": __import__("hashlib").sha256(
-            b"risk-demo-token").hexdigest()}],
-        "controller": {"ledger_path": str(tmp_path / "ledger.db"), "name": "rayfin-gpu-gang"},
-        "serve": {"enabled": False}, "dashboard": {"port": free_port(), "metrics_export_port": free_port()},
-    }, "gpu-gang")
-    run = bring_up(cfg, serve=False)
+    n, run = _one_gpu_node(tmp_path, "rayfin-gpu-gang")
     try:
-        client = connect("risk", "risk-demo-token", run.address, controller_name="rayfin-gpu-gang")
+        client = connect("risk", "risk-demo-token", url=run.api_url)
         out = client.submit(_nccl_rank, gpus=n, workers="per_gpu", comm="allreduce").results(timeout=600)
         assert [r["rank"] for r in out] == list(range(n))
         assert all(r["backend"] == "nccl" and r["sum"] == n * (n + 1) / 2 for r in out)
