@@ -86,15 +86,20 @@ def serving(rayfin_env, prometheus):
              if d.name == "equities" else d for d in cfg.desks]
     model = {"name": "option-pricer", "kind": "option_pricer", "owner": "fx", "num_cpus_per_replica": 0,
              "fit_steps": 20, "num_replicas": 1}
-    serve_cfg = cfg.serve.model_validate({**cfg.serve.model_dump(), "enabled": True, "port": free_port(),
+    # Serve already runs on the session cluster (it hosts the rayfin API): deploy on its port, and
+    # afterwards delete only what this fixture added, so the API stays up for later tests.
+    port = urlsplit(rayfin_env.api_url).port
+    serve_cfg = cfg.serve.model_validate({**cfg.serve.model_dump(), "enabled": True, "port": port,
                                           "gateway_replicas": 1, "models": [model]})
     cfg = cfg.model_copy(update={"desks": desks, "serve": serve_cfg})
+    before = set(serve.status().applications)
     try:
         info = deploy_from_config(cfg, http_port=serve_cfg.port, access_log=False)
         with httpx.Client(base_url=info["url"], timeout=30) as client:
             yield client
     finally:
-        serve.shutdown()
+        for name in set(serve.status().applications) - before:
+            serve.delete(name)
 
 
 def call_models(client) -> dict[int, int]:
@@ -122,7 +127,8 @@ def decisions(connect_desk) -> None:
 
     with pytest.raises(QuotaExceeded):
         fx.submit(hold, 0.1, gpus=64)                         # refused: never fits the desk
-    borrower = eq.submit(hold, 300, gpus=8, priority="batch", name="prom-borrower", retries=1)
+    borrower = eq.submit(hold, 300, gpus=8, workers=2, dist_backend=None, priority="batch", name="prom-borrower",
+                         retries=1)
     wait_for(lambda: borrower.status().state.value == "RUNNING", 90, what="borrower running")
     lender = fx.submit(hold, 1.0, gpus=4, name="prom-lender")  # reclaims fx's nominal: preemption
     assert lender.result(timeout=120) == "done"
