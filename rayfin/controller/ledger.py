@@ -14,13 +14,14 @@ Tables
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 from rayfin.controller.migrations import migrations
 from rayfin.errors import ConfigError, LedgerError
@@ -314,21 +315,28 @@ class SqliteLedger:
                     raise
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    # -- jobs --
-    def put_job(self, job: JobRecord, event: tuple[str, str] | None = None, ts: float | None = None) -> None:
-        """Upsert a job; with `event=(kind, reason)` also append an audit event, in one transaction."""
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the connection's lock: committed at the end, rolled back
+        if anything in it raised."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(f"INSERT OR REPLACE INTO jobs({','.join(JOB_COLUMNS)}) "
-                                 f"VALUES({','.join('?' * len(JOB_COLUMNS))})", job_row(job))
-                if event is not None:
-                    self._db.execute("INSERT INTO events(ts, job_id, desk, kind, state, reason, data) "
-                                     "VALUES(?,?,?,?,?,?,?)", job_event(job, event, ts))
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    # -- jobs --
+    def put_job(self, job: JobRecord, event: tuple[str, str] | None = None, ts: float | None = None) -> None:
+        """Upsert a job; with `event=(kind, reason)` also append an audit event, in one transaction."""
+        with self._write() as db:
+            db.execute(f"INSERT OR REPLACE INTO jobs({','.join(JOB_COLUMNS)}) "
+                       f"VALUES({','.join('?' * len(JOB_COLUMNS))})", job_row(job))
+            if event is not None:
+                db.execute("INSERT INTO events(ts, job_id, desk, kind, state, reason, data) "
+                           "VALUES(?,?,?,?,?,?,?)", job_event(job, event, ts))
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -377,15 +385,9 @@ class SqliteLedger:
     # -- gang outputs --
     def put_results(self, job_id: str, results: Iterable[bytes | None]) -> None:
         rows = [(job_id, r, v) for r, v in enumerate(results)]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM results WHERE job_id=?", (job_id,))
-                self._db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write() as db:
+            db.execute("DELETE FROM results WHERE job_id=?", (job_id,))
+            db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", rows)
 
     def results(self, job_id: str) -> list[bytes | None]:
         with self._lock:
@@ -397,20 +399,14 @@ class SqliteLedger:
         rows = [(job_id, int(r), ts, t) for r, t in chunks if t]
         if not rows:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT INTO logs(job_id, rank, ts, text) VALUES(?,?,?,?)", rows)
-                for rank in {r[1] for r in rows}:
-                    sizes = self._db.execute("SELECT seq, LENGTH(text) FROM logs WHERE job_id=? AND rank=? "
-                                             "ORDER BY seq DESC", (job_id, rank)).fetchall()
-                    cut = chunks_to_drop(sizes, max_bytes)
-                    if cut is not None:
-                        self._db.execute("DELETE FROM logs WHERE job_id=? AND rank=? AND seq<=?", (job_id, rank, cut))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write() as db:
+            db.executemany("INSERT INTO logs(job_id, rank, ts, text) VALUES(?,?,?,?)", rows)
+            for rank in {r[1] for r in rows}:
+                sizes = db.execute("SELECT seq, LENGTH(text) FROM logs WHERE job_id=? AND rank=? "
+                                   "ORDER BY seq DESC", (job_id, rank)).fetchall()
+                cut = chunks_to_drop(sizes, max_bytes)
+                if cut is not None:
+                    db.execute("DELETE FROM logs WHERE job_id=? AND rank=? AND seq<=?", (job_id, rank, cut))
 
     def logs(self, job_id: str, rank: int | None = None, tail: int | None = None) -> list[LogLine]:
         q, args = logs_query(job_id, rank, "?")
@@ -438,25 +434,16 @@ class SqliteLedger:
     def restore(self, snapshot: LedgerSnapshot) -> None:
         """Load a snapshot into this (empty) ledger, in one transaction; event numbers kept."""
         require_schema(snapshot, self.schema_version, self.path)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                require_empty({t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                               for t in SNAPSHOT_TABLES}, self.path)
-                self._db.executemany(f"INSERT INTO jobs({','.join(JOB_COLUMNS)}) "
-                                     f"VALUES({','.join('?' * len(JOB_COLUMNS))})",
-                                     [job_row(j) for j in snapshot.jobs])
-                self._db.executemany(f"INSERT INTO events({','.join(EVENT_COLUMNS)}) "
-                                     f"VALUES({','.join('?' * len(EVENT_COLUMNS))})",
-                                     [event_row(e) for e in snapshot.events])
-                self._db.executemany("INSERT INTO kv(key, value) VALUES(?, ?)", list(snapshot.kv))
-                self._db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", list(snapshot.results))
-                self._db.executemany("INSERT INTO logs(seq, job_id, rank, ts, text) VALUES(?,?,?,?,?)",
-                                     list(snapshot.logs))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._write() as db:
+            require_empty({t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in SNAPSHOT_TABLES},
+                          self.path)
+            db.executemany(f"INSERT INTO jobs({','.join(JOB_COLUMNS)}) VALUES({','.join('?' * len(JOB_COLUMNS))})",
+                           [job_row(j) for j in snapshot.jobs])
+            db.executemany(f"INSERT INTO events({','.join(EVENT_COLUMNS)}) "
+                           f"VALUES({','.join('?' * len(EVENT_COLUMNS))})", [event_row(e) for e in snapshot.events])
+            db.executemany("INSERT INTO kv(key, value) VALUES(?, ?)", list(snapshot.kv))
+            db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", list(snapshot.results))
+            db.executemany("INSERT INTO logs(seq, job_id, rank, ts, text) VALUES(?,?,?,?,?)", list(snapshot.logs))
 
     def tables(self) -> set[str]:
         with self._lock:

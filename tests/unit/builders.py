@@ -39,3 +39,18 @@ class Clock:
 
     def advance(self, dt: float) -> None:
         self.t += dt
+
+
+def controller_env(tmp_path, **patch: Any):
+    """A ControllerCore on the FakeBackend, a SQLite ledger and an injected clock, with job ids
+    `<desk>-00000000`, `<desk>-00000001`, ...: (core, backend, clock, ledger)."""
+    from rayfin.controller.backend import FakeBackend
+    from rayfin.controller.core import ControllerCore
+    from rayfin.controller.ledger import SqliteLedger
+
+    clock = Clock()
+    ids = iter(range(1000))
+    backend = FakeBackend()
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    core = ControllerCore(config(**patch), ledger, backend, clock=clock, new_id=lambda d: f"{d}-{next(ids):08x}")
+    return core, backend, clock, ledger

@@ -5,7 +5,7 @@ from rayfin.controller.backend import FakeBackend
 from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import SqliteLedger
 from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
-from tests.unit.builders import Clock, config
+from tests.unit.builders import Clock, config, controller_env
 
 TOK = {d: f"{d}-demo-token" for d in ("equities", "fx", "risk", "admin")}
 
@@ -16,12 +16,7 @@ def spec(gpus=1, **kw):
 
 @pytest.fixture
 def env(tmp_path):
-    clock = Clock()
-    ids = iter(range(1000))
-    backend = FakeBackend()
-    ledger = SqliteLedger(tmp_path / "ledger.db")
-    core = ControllerCore(config(), ledger, backend, clock=clock, new_id=lambda d: f"{d}-{next(ids):08x}")
-    return core, backend, clock, ledger
+    return controller_env(tmp_path)
 
 
 def run(core, n=1):

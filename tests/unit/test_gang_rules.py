@@ -7,14 +7,11 @@ import pytest
 
 from placement.ranks import (WorkerRuleError, check_unit_fits, rank_layout, ring_crossings, worker_count)
 from placement.topology import Island, Topology
-from rayfin.controller.backend import FakeBackend
-from rayfin.controller.core import ControllerCore
-from rayfin.controller.ledger import SqliteLedger
 from rayfin.errors import InvalidRequest, JobNotFound
 from rayfin.policy import ClusterSnapshot, DeskQuota, PendingJob, SchedulerConfig, schedule
 from rayfin.policy.settings import Policy
 from rayfin.runner import LogBuffer
-from tests.unit.builders import Clock, config
+from tests.unit.builders import controller_env
 
 
 def topo(*nodes: tuple[str, str, list[int]]) -> Topology:
@@ -154,12 +151,7 @@ TOK = {d: f"{d}-demo-token" for d in ("fx", "risk", "quant", "admin")}
 
 @pytest.fixture
 def env(tmp_path):
-    clock = Clock()
-    ids = iter(range(1000))
-    backend = FakeBackend()
-    ledger = SqliteLedger(tmp_path / "ledger.db")
-    cfg = config(controller__max_log_bytes=2048)
-    core = ControllerCore(cfg, ledger, backend, clock=clock, new_id=lambda d: f"{d}-{next(ids):08x}")
+    core, backend, _, ledger = controller_env(tmp_path, controller__max_log_bytes=2048)
     return core, backend, ledger
 
 
