@@ -7,8 +7,8 @@ its URL on the `api:` line): no Ray token, no Ray driver, no `import ray`.
     value = job.result(timeout=600)
     client.usage()            # the desk's quota and what it holds
 
-Arguments are checked here first (clear `InvalidRequest` naming the field), then again by the
-controller, which is the authority. Refusals arrive as typed errors with fields
+Arguments are checked here first with the same `JobSpec` model the API and the controller use
+(a clear `InvalidRequest` naming the field), so a bad call never reaches the network. Refusals arrive as typed errors with fields
 (`QuotaExceeded.desk/.requested/.available`, `Unauthorized`, `UnknownDesk`, `JobNotFound`),
 rebuilt from the API's JSON error body; the HTTP status is only the envelope.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import importlib.metadata
 import json
 import os
 import pickle
@@ -26,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import cloudpickle
 import httpx
 
-from rayfin.controller.validate import validate_entrypoint, validate_gpus, validate_priority
 from rayfin.errors import (ControllerUnavailable, InvalidRequest, JobFailed, JobTimeout, RayfinError, Unauthorized,
                            from_wire)
-from rayfin.policy.model import CommProfile, JobState
+from rayfin.jobspec import JobSpec
+from rayfin.policy.model import JobState, Priority
 
 DEFAULT_URL = "http://127.0.0.1:8000/api"
 UP_STATE = Path("~/.rayfin/up.json")
@@ -59,8 +61,6 @@ class JobStatus:
 
     @classmethod
     def from_public(cls, d: dict[str, Any]) -> "JobStatus":
-        from rayfin.policy.model import Priority
-
         info = d.get("info") or {}
         return cls(d["job_id"], d["desk"], d.get("name", ""), JobState(d["state"]), d.get("reason", ""),
                    d["gpus"], Priority(d["priority"]).label, [tuple(p) for p in d.get("placement", [])],
@@ -75,8 +75,6 @@ class JobStatus:
 @functools.lru_cache(maxsize=1)
 def _installed_top_level_names() -> frozenset[str]:
     """Importable names of installed distributions (scanning them is slow: once per process)."""
-    import importlib.metadata
-
     return frozenset(importlib.metadata.packages_distributions())
 
 
@@ -90,8 +88,6 @@ def _ships_by_value(module_name: str | None) -> bool:
 
 
 def _pickle_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    import cloudpickle
-
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     if module is not None and _ships_by_value(module.__name__):
         cloudpickle.register_pickle_by_value(module)
@@ -230,39 +226,27 @@ class Client:
                                  "to fix: pass plain data, define fn at module level, open files and "
                                  "connections inside fn", field="fn", value=getattr(fn, "__name__", repr(fn)[:80]),
                                  allowed="a picklable callable and arguments") from None
-        return self._submit({"kind": "callable", "payload_b64": base64.b64encode(payload).decode(), "gpus": gpus,
-                             "priority": priority, "name": name or getattr(fn, "__name__", "job"), "comm": comm,
-                             "retries": retries, "workers": workers, "dist_backend": dist_backend})
+        return self._submit({"kind": "callable", "payload": payload, "gpus": gpus, "priority": priority,
+                             "name": name or getattr(fn, "__name__", "job"), "comm": comm, "retries": retries,
+                             "workers": workers, "dist_backend": dist_backend})
 
     def submit_entrypoint(self, command: str, *, gpus: int = 1, priority: str = "normal", name: str | None = None,
                           comm: str = "none", retries: int | None = None, workers: Workers = 1,
                           dist_backend: str | None = "auto") -> Job:
         """Run a command line (e.g. "python -m jobs.var_mc --paths 100000") on `gpus` GPUs."""
-        validate_entrypoint(command)
-        return self._submit({"kind": "entrypoint", "entrypoint": command, "gpus": gpus, "priority": priority,
+        return self._submit({"kind": "entrypoint", "payload": command, "gpus": gpus, "priority": priority,
                              "name": name or "entrypoint", "comm": comm, "retries": retries, "workers": workers,
                              "dist_backend": dist_backend})
 
-    def _submit(self, spec: dict[str, Any]) -> Job:
+    def _submit(self, fields: dict[str, Any]) -> Job:
+        # Checked whole before the desk, so a bad argument is named even on an admin client.
+        requested_workers = fields["workers"]
+        spec = JobSpec.parse(fields)
         if not self.desk:
             raise InvalidRequest(field="desk", value=None, allowed="connect(desk=...) to submit work for a desk")
-        validate_gpus(spec["gpus"])
-        spec["priority"] = validate_priority(spec["priority"]).label
-        try:
-            CommProfile(spec["comm"])
-        except ValueError:
-            raise InvalidRequest(field="comm", value=spec["comm"],
-                                 allowed="one of " + ", ".join(c.value for c in CommProfile)) from None
-        workers = spec["workers"]
-        if workers != "per_gpu" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-            raise InvalidRequest(field="workers", value=workers, allowed="a whole number >= 1 or 'per_gpu'")
-        if spec["dist_backend"] not in ("auto", "gloo", "nccl", None):
-            raise InvalidRequest(field="dist_backend", value=spec["dist_backend"],
-                                 allowed="'auto', 'gloo', 'nccl' or None")
         # The client proposes the id: a submission retried after a controller restart is idempotent.
-        spec["job_id"] = f"{self.desk}-{secrets.token_hex(6)}"
-        spec["desk"] = self.desk
-        return Job(self, self._request("POST", "/v1/jobs", body=spec)["job_id"])
+        body = spec_body(spec, self.desk, f"{self.desk}-{secrets.token_hex(6)}", requested_workers)
+        return Job(self, self._request("POST", "/v1/jobs", body=body)["job_id"])
 
     # -- jobs --
     def job(self, job_id: str) -> Job:
@@ -304,6 +288,20 @@ class Client:
     def policing(self) -> dict[str, Any]:
         """GPU use found outside rayfin: what holds GPUs now, and what was stopped."""
         return self._request("GET", "/v1/policing")
+
+
+def spec_body(spec: JobSpec, desk: str, job_id: str, workers: Any = None) -> dict[str, Any]:
+    """The API's request body for a validated spec (`rayfin.api.models.SubmitRequest`)."""
+    body: dict[str, Any] = {"desk": desk, "kind": spec.kind, "gpus": spec.gpus, "name": spec.name or None,
+                            "comm": spec.comm.value, "retries": spec.retries, "job_id": job_id,
+                            "priority": spec.priority.label if spec.priority is not None else None,
+                            "workers": workers if workers == "per_gpu" else spec.workers,
+                            "dist_backend": spec.dist_backend}
+    if isinstance(spec.payload, str):
+        body["entrypoint"] = spec.payload
+    else:
+        body["payload_b64"] = base64.b64encode(spec.payload).decode()
+    return body
 
 
 def _error_from(resp: httpx.Response, url: str) -> RayfinError:

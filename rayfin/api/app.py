@@ -33,6 +33,7 @@ from rayfin.api.errors import body_of, headers_of, status_of
 from rayfin.api.models import (DESK_PATTERN, AuditEvent, ErrorReply, ExplainView, Health, JobView, LogsView,
                                PolicingView, PoolRow, ResultsView, ResultView, State, SubmitRequest, UsageRow)
 from rayfin.errors import InvalidRequest, PayloadTooLarge, RayfinError, Unauthorized
+from rayfin.jobspec import JobSpec
 
 HOW_TO_AUTH = ("send 'Authorization: Bearer <token>' with the desk's or the admin's token "
                "(SDK: rayfin.connect(token=...) or $RAYFIN_TOKEN; CLI: --token or $RAYFIN_TOKEN)")
@@ -154,8 +155,10 @@ def decode_payload(payload_b64: str, limit: int) -> bytes:
 
 
 def controller_spec(req: SubmitRequest, limits: ApiLimits) -> dict[str, Any]:
-    """The controller's submit spec. `workers` and `dist_backend` go only when not the defaults,
-    so a controller without gang workers (which refuses unknown fields) still takes a plain job."""
+    """The controller's submit spec, checked as a `JobSpec` here (a bad one is a 422 naming the
+    field before the controller is called). `workers` and `dist_backend` go only when not the
+    defaults, so a controller without gang workers (which refuses unknown fields) still takes a
+    plain job."""
     payload: bytes | str = (decode_payload(req.payload_b64 or "", limits.max_payload_bytes)
                             if req.kind == "callable" else req.entrypoint or "")
     spec: dict[str, Any] = {"kind": req.kind, "payload": payload, "gpus": req.gpus, "priority": req.priority,
@@ -165,6 +168,7 @@ def controller_spec(req: SubmitRequest, limits: ApiLimits) -> dict[str, Any]:
         spec["workers"] = req.workers
     if req.dist_backend != "auto":
         spec["dist_backend"] = req.dist_backend
+    JobSpec.parse(spec)
     return spec
 
 

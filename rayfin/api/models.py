@@ -8,13 +8,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rayfin.jobspec import JOB_ID_PATTERN, MAX_ENTRYPOINT, MAX_GPUS_PER_JOB, MAX_NAME, MAX_RETRIES, DistBackend
+
 DESK_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
-JOB_ID_PATTERN = r"^[a-z][a-z0-9-]{0,31}-[0-9a-f]{8,32}$"
 B64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
 
+# The wire form of a `rayfin.jobspec.JobSpec` (the payload as base64 or a command line); its
+# bounds come from there, and the route turns it into a JobSpec (`api.app.controller_spec`).
 Priority = Literal["critical", "normal", "batch"]
 Comm = Literal["none", "allreduce"]
-DistBackend = Literal["auto", "gloo", "nccl"]
 State = Literal["PENDING", "ADMITTED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"]
 
 
@@ -33,13 +35,13 @@ class SubmitRequest(_In):
     kind: Literal["callable", "entrypoint"]
     payload_b64: str | None = Field(None, pattern=B64_PATTERN,
                                     description="kind=callable: base64 of cloudpickle.dumps((fn, args, kwargs))")
-    entrypoint: str | None = Field(None, min_length=1, max_length=8192,
+    entrypoint: str | None = Field(None, min_length=1, max_length=MAX_ENTRYPOINT,
                                    description="kind=entrypoint: the command line to run")
-    gpus: int = Field(1, ge=1, le=4096)
+    gpus: int = Field(1, ge=1, le=MAX_GPUS_PER_JOB)
     priority: Priority | None = Field(None, description="null: the configured default")
-    name: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
     comm: Comm = "none"
-    retries: int | None = Field(None, ge=0, le=100, description="null: the configured default")
+    retries: int | None = Field(None, ge=0, le=MAX_RETRIES, description="null: the configured default")
     workers: int | Literal["per_gpu"] = Field(1, description="worker processes (ranks): a count >= 1 or "
                                                             "'per_gpu'")
     dist_backend: DistBackend | None = Field("auto", description="torch.distributed backend; null: none")

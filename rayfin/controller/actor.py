@@ -7,19 +7,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
+from placement.topology import Topology
+from rayfin.autoscale import AutoscaleState, Observations, parse_autoscaling, step
+from rayfin.autoscale import metrics as autoscale_metrics
+from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
 from rayfin.config import RayfinConfig, parse_config
+from rayfin.controller.core import ControllerCore
+from rayfin.controller.ledger import Ledger, open_ledger
+from rayfin.controller.patrol import Patrol
+from rayfin.controller.ray_backend import RayBackend
+from rayfin.controller.recorder import Recorder
 from rayfin.errors import RayfinError
+from rayfin.reasons import ReasonCode
 
 log = logging.getLogger("rayfin.controller")
 
 
-def _wrap(fn, *args, **kwargs) -> dict[str, Any]:
+def _wrap(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         return {"ok": True, "value": fn(*args, **kwargs)}
     except RayfinError as exc:
@@ -28,15 +40,9 @@ def _wrap(fn, *args, **kwargs) -> dict[str, Any]:
 
 class RayfinController:
     def __init__(self, config_data: dict[str, Any], deploy_key: str | None = None) -> None:
-        from rayfin.controller.core import ControllerCore
-        from rayfin.controller.ledger import open_ledger
-        from rayfin.controller.ray_backend import RayBackend
-
         self.config: RayfinConfig = parse_config(config_data, "controller config")
         self.started_at = time.time()
         self.ledger = open_ledger(self.config.controller)
-        from placement.topology import Topology
-
         backend = RayBackend(Topology.from_config(self.config.cluster), runner_key=self._runner_seed())
         self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder(),
                                    deploy_key=deploy_key)
@@ -52,20 +58,17 @@ class RayfinController:
     def _runner_seed(self) -> bytes:
         """Seed of the per-job runner secrets: made once, kept in the ledger (which only the head
         node's controller reads), so a controller brought back can still drive its runners."""
-        import secrets
-
         seed = self.ledger.get_kv("runner_secret_seed")
         if seed is None:
             seed = secrets.token_bytes(32)
             self.ledger.put_kv("runner_secret_seed", seed)
         return bytes(seed)
 
-    def _patrol(self):
+    def _patrol(self) -> Patrol | None:
         """Policing of GPU use outside rayfin, on its own thread (state API calls take a while)."""
-        from rayfin.controller.patrol import Patrol
-
         if self.config.policing.mode == "off":
             return None
+        # Imported only when policing is on: it needs Ray's state API (the dashboard).
         from rayfin.controller.police_ray import RayPolice
 
         # Model applications as `rayfin up` names them (rayfin-model-<m>) and as the RayService does (model-<m>)
@@ -83,7 +86,7 @@ class RayfinController:
         threading.Thread(target=loop, name="rayfin-patrol", daemon=True).start()
         return patrol
 
-    def _recorder(self):
+    def _recorder(self) -> Recorder | None:
         try:
             from rayfin.telemetry.recorder import TelemetryRecorder  # optional: observability package
         except ImportError:
@@ -109,7 +112,7 @@ class RayfinController:
 
     # -- SDK surface --
     def ping(self) -> dict[str, Any]:
-        return {"ok": True, "value": {"pid": __import__("os").getpid(), "started_at": self.started_at,
+        return {"ok": True, "value": {"pid": os.getpid(), "started_at": self.started_at,
                                       "cycles": self.cycles, "recovery": self.recovery,
                                       "timings_ms": self.last_report}}
 
@@ -167,8 +170,9 @@ class RayfinController:
     def record_event(self, token, kind, reason, data=None):
         """An operator event into the audit log (e.g. the supervisor's: the controller was killed)."""
         def _record(_token):
-            self.core._require_operator(_token, None)
-            self.ledger.record(time.time(), "", "", str(kind)[:64], "", str(reason)[:2000], data or {})
+            self.core.require_operator(_token, None)
+            self.ledger.record(time.time(), "", "", str(kind)[:64], "", str(reason)[:2000], data or {},
+                               ReasonCode.OPERATOR)
             return True
         return _wrap(_record, token)
 
@@ -193,25 +197,19 @@ class CapacityLoop:
 
     KEY = "autoscale_state"
 
-    def __init__(self, config: RayfinConfig, ledger) -> None:
-        from rayfin.autoscale import AutoscaleState, parse_autoscaling
-        from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
-
+    def __init__(self, config: RayfinConfig, ledger: Ledger, adapter: Any = None) -> None:
         self.settings = parse_autoscaling(config.autoscaling)
         self.ledger = ledger
         raw = ledger.get_kv(self.KEY)
         self.state = AutoscaleState.from_dict(json.loads(raw)) if raw else AutoscaleState()
-        self.adapter = RayAutoscalerAdapter()
+        self.adapter = adapter if adapter is not None else RayAutoscalerAdapter()
         self.next_at = 0.0
-        self.last_request = None
+        self.last_request: Any = None
 
     def due(self, now: float) -> bool:
         return self.settings.enabled and now >= self.next_at
 
     def step(self, demand: dict[str, float], now: float) -> None:
-        from rayfin.autoscale import Observations, step
-        from rayfin.autoscale import metrics as autoscale_metrics
-
         self.next_at = now + self.settings.forecast.bin_s
         request, self.state = step(self.state, Observations(pool_demand_gpus=demand), now, self.settings)
         self.ledger.put_kv(self.KEY, json.dumps(self.state.to_dict()).encode())

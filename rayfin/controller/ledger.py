@@ -7,7 +7,9 @@ rayfin/controller/migrations/ and pass one contract suite (tests/ledger).
 Tables
     jobs    one row per job (its spec, payload, state, placement, result)
     events  append-only audit trail: every admission, refusal, preemption, state change, with
-            its reason; queryable by desk and time. The database refuses UPDATE and DELETE.
+            its reason text and code; queryable by desk and time. The database refuses UPDATE
+            and DELETE.
+    serving one row per serving deployment holding GPUs (rayfin.controller.records.ServingReservation)
     kv      small blobs of controller state (e.g. forecaster state)
     results every rank's return value of a gang job (rank 0's is also jobs.result)
     logs    each rank's output, in chunks, bounded per (job, rank) to the newest `max_bytes`
@@ -19,69 +21,21 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Union
 
 from rayfin.controller.migrations import migrations
+from rayfin.controller.records import (Event, JobKind, JobRecord, LedgerSnapshot, LogLine,  # noqa: F401 (re-export)
+                                       ServingReservation)
 from rayfin.errors import ConfigError, LedgerError
-from rayfin.policy.model import JobState
+from rayfin.reasons import ReasonCode
 
 if TYPE_CHECKING:
     from rayfin.config import ControllerConfig
 
-
-@dataclass(frozen=True)
-class JobRecord:
-    job_id: str
-    desk: str
-    name: str
-    kind: str                 # "callable" | "entrypoint" | "serving"
-    gpus: float
-    priority: int
-    comm: str
-    state: str
-    submitted_at: float
-    max_retries: int = 0
-    attempts: int = 0
-    reason: str = ""
-    started_at: float | None = None
-    finished_at: float | None = None
-    placement: tuple[tuple[str, float], ...] = ()
-    preempt_deadline: float | None = None
-    payload: bytes | None = None
-    result: bytes | None = None
-    error: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def copy(self, **changes: Any) -> "JobRecord":
-        return replace(self, **changes)
-
-    @property
-    def job_state(self) -> JobState:
-        return JobState(self.state)
-
-    def public(self) -> dict[str, Any]:
-        """What an SDK caller may see (no payload or result bytes)."""
-        d = asdict(self)
-        d.pop("payload")
-        d.pop("result")
-        d["placement"] = [list(p) for p in self.placement]
-        return d
-
-
-@dataclass(frozen=True)
-class Event:
-    seq: int
-    ts: float
-    job_id: str
-    desk: str
-    kind: str
-    state: str
-    reason: str
-    data: dict[str, Any]
-
-
+# The audit event `put_job` appends with the job row: (kind, reason text), with the reason's
+# code as a third element when it is not the job's own `reason_code`.
+JobEvent = Union[tuple[str, str], tuple[str, str, ReasonCode]]
 
 
 class Ledger(Protocol):
@@ -91,13 +45,16 @@ class Ledger(Protocol):
 
     schema_version: int
 
-    def put_job(self, job: JobRecord, event: tuple[str, str] | None = None, ts: float | None = None) -> None: ...
+    def put_job(self, job: JobRecord, event: JobEvent | None = None, ts: float | None = None) -> None: ...
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def jobs(self, *, desk: str | None = None, states: Iterable[str] | None = None,
              limit: int | None = None, blobs: bool = True) -> list[JobRecord]: ...
     def counts(self, states: Iterable[str], exclude_kind: str | None = None) -> dict[str, dict[str, int]]: ...
     def record(self, ts: float, job_id: str, desk: str, kind: str, state: str, reason: str,
-               data: dict[str, Any] | None = None) -> None: ...
+               data: dict[str, Any] | None = None, code: ReasonCode | None = None) -> None: ...
+    def put_serving(self, res: ServingReservation, event: tuple[str, str], ts: float) -> None: ...
+    def drop_serving(self, model: str, event: tuple[str, str, ReasonCode], ts: float) -> None: ...
+    def serving(self) -> list[ServingReservation]: ...
     def events(self, *, desk: str | None = None, job_id: str | None = None, since: float | None = None,
                until: float | None = None, kinds: Iterable[str] | None = None,
                limit: int = 1000) -> list[Event]: ...
@@ -113,30 +70,11 @@ class Ledger(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class LedgerSnapshot:
-    """Every row of a ledger as of one instant (read in one transaction): what
-    `rayfin ledger export` writes and `rayfin ledger import` restores (controller/ledger_io.py).
-    Serving reservations are jobs of kind "serving", so they travel with the jobs."""
-
-    schema_version: int
-    jobs: tuple[JobRecord, ...]
-    events: tuple[Event, ...]
-    kv: tuple[tuple[str, bytes], ...]
-    results: tuple[tuple[str, int, bytes | None], ...] = ()        # (job_id, rank, value)
-    logs: tuple[tuple[int, str, int, float, str], ...] = ()          # (seq, job_id, rank, ts, text)
-
-
 # The tables a snapshot carries. A contract test checks that every table of the schema is here,
 # so a migration that adds a table cannot be forgotten by export/import.
-SNAPSHOT_TABLES = ("jobs", "events", "kv", "results", "logs")
-
-
-@dataclass(frozen=True)
-class LogLine:
-    rank: int
-    ts: float
-    text: str
+SNAPSHOT_TABLES = ("jobs", "events", "kv", "results", "logs", "serving")
+# The schema version that moved serving reservations out of the jobs table (see `upgrade`).
+SERVING_TABLE_VERSION = 3
 
 
 def tail_lines(chunks: Iterable[LogLine], tail: int | None) -> list[LogLine]:
@@ -168,7 +106,10 @@ def chunks_to_drop(sizes_newest_first: Iterable[tuple[int, int]], max_bytes: int
 JOB_COLUMNS = ("job_id", "desk", "name", "kind", "gpus", "priority", "comm", "state", "submitted_at",
                "max_retries", "attempts", "reason", "started_at", "finished_at", "placement",
                "preempt_deadline", "payload", "result", "error", "info")
-EVENT_COLUMNS = ("seq", "ts", "job_id", "desk", "kind", "state", "reason", "data")
+EVENT_COLUMNS = ("seq", "ts", "job_id", "desk", "kind", "state", "reason", "data", "reason_code")
+SERVING_COLUMNS = ("model", "desk", "replicas", "gpus_per_replica", "island", "reserved_at", "reason", "reason_code")
+# Columns `record` and `put_job` write (seq is the database's).
+EVENT_INSERT = EVENT_COLUMNS[1:]
 
 
 def job_row(job: JobRecord) -> tuple[Any, ...]:
@@ -176,7 +117,7 @@ def job_row(job: JobRecord) -> tuple[Any, ...]:
     return (job.job_id, job.desk, job.name, job.kind, job.gpus, job.priority, job.comm, job.state,
             job.submitted_at, job.max_retries, job.attempts, job.reason, job.started_at, job.finished_at,
             json.dumps([list(p) for p in job.placement]), job.preempt_deadline, job.payload, job.result,
-            job.error, json.dumps(job.info, default=str))
+            job.error, json.dumps(job.stored_info(), default=str))
 
 
 def _json(value: Any, empty: Any) -> Any:
@@ -193,25 +134,74 @@ def job_from_row(row: Iterable[Any]) -> JobRecord:
     d["reason"] = d["reason"] or ""
     d["error"] = d["error"] or ""
     for blob in ("payload", "result"):
-        if d[blob] is not None:
-            d[blob] = bytes(d[blob])   # PostgreSQL hands back memoryview
+        if d[blob] is not None and not isinstance(d[blob], str):
+            d[blob] = bytes(d[blob])   # PostgreSQL hands back memoryview; an entrypoint is text
     return JobRecord(**d)
 
 
 def event_from_row(r: tuple[Any, ...]) -> Event:
-    return Event(int(r[0]), float(r[1]), r[2] or "", r[3] or "", r[4], r[5] or "", r[6] or "", _json(r[7], {}))
+    return Event(int(r[0]), float(r[1]), r[2] or "", r[3] or "", r[4], r[5] or "", r[6] or "", _json(r[7], {}),
+                 r[8] or "")
 
 
 def event_row(e: Event) -> tuple[Any, ...]:
-    return (e.seq, e.ts, e.job_id, e.desk, e.kind, e.state, e.reason, json.dumps(e.data, default=str))
+    return (e.seq, e.ts, e.job_id, e.desk, e.kind, e.state, e.reason, json.dumps(e.data, default=str),
+            e.reason_code)
 
 
-def job_event(job: JobRecord, event: tuple[str, str], ts: float | None) -> tuple[Any, ...]:
-    """(ts, job_id, desk, kind, state, reason, data) of the audit event `put_job` appends."""
-    kind, reason = event
+def event_values(ts: float, job_id: str, desk: str, kind: str, state: str, reason: str,
+                 data: dict[str, Any] | None, code: ReasonCode | str | None) -> tuple[Any, ...]:
+    """The values of `EVENT_INSERT` for one audit event."""
+    code_text = code.value if isinstance(code, ReasonCode) else (code or "")
+    return (ts, job_id, desk, kind, state, reason, json.dumps(data or {}, default=str), code_text)
+
+
+def job_event(job: JobRecord, event: JobEvent, ts: float | None) -> tuple[Any, ...]:
+    """The values of `EVENT_INSERT` for the audit event `put_job` appends."""
+    kind, reason = event[0], event[1]
+    code = event[2] if len(event) > 2 else job.reason_code  # type: ignore[misc]
     when = ts if ts is not None else (job.finished_at or job.started_at or job.submitted_at)
-    data = json.dumps({"gpus": job.gpus, "placement": job.placement, "attempts": job.attempts})
-    return (when, job.job_id, job.desk, kind, job.state, reason, data)
+    data = {"gpus": job.gpus, "placement": job.placement, "attempts": job.attempts}
+    return event_values(when, job.job_id, job.desk, kind, job.state.value, reason, data, code)
+
+
+def serving_row(r: ServingReservation) -> tuple[Any, ...]:
+    return (r.model, r.desk, r.replicas, r.gpus_per_replica, r.island, r.reserved_at, r.reason, r.reason_code.value)
+
+
+def serving_from_row(r: Iterable[Any]) -> ServingReservation:
+    d = dict(zip(SERVING_COLUMNS, r))
+    return ServingReservation(str(d["model"]), str(d["desk"]), int(d["replicas"]), float(d["gpus_per_replica"]),
+                              str(d["island"]), float(d["reserved_at"]), d["reason"] or "", d["reason_code"] or "")
+
+
+def serving_event(r: ServingReservation | None, model: str, desk: str, event: JobEvent,
+                  ts: float) -> tuple[Any, ...]:
+    """The audit event of a reservation made or dropped (job id "serve-<model>", as it always was)."""
+    code = event[2] if len(event) > 2 else (r.reason_code if r else ReasonCode.SERVING_RELEASED)  # type: ignore[misc]
+    data: dict[str, Any] = {"model": model}
+    if r is not None:
+        data.update(gpus=r.gpus, replicas=r.replicas, gpus_per_replica=r.gpus_per_replica, island=r.island)
+    return event_values(ts, f"serve-{model}", desk, event[0], "", event[1], data, code)
+
+
+def upgrade(snapshot: LedgerSnapshot) -> LedgerSnapshot:
+    """A snapshot from before the serving table, as the current schema holds it: reservations
+    that were RUNNING jobs of kind "serving" become serving rows; the others were history and
+    live on in the audit trail. Migration 0003 does the same inside a database."""
+    if snapshot.schema_version >= SERVING_TABLE_VERSION:
+        return snapshot
+    jobs, serving = [], list(snapshot.serving)
+    for j in snapshot.jobs:
+        if j.kind is not JobKind.SERVING:
+            jobs.append(j)
+        elif j.state.value == "RUNNING" and j.placement:
+            replicas = int(j.info.get("replicas", 1))
+            per = float(j.info.get("gpus_per_replica", j.gpus / max(1, replicas)))
+            serving.append(ServingReservation(j.name, j.desk, replicas, per, j.placement[0][0],
+                                              j.started_at or j.submitted_at, j.reason))
+    return LedgerSnapshot(snapshot.schema_version, tuple(jobs), snapshot.events, snapshot.kv, snapshot.results,
+                          snapshot.logs, tuple(serving))
 
 
 def jobs_query(desk: str | None, states: Iterable[str] | None, limit: int | None, blobs: bool,
@@ -280,6 +270,9 @@ def require_schema(snapshot: LedgerSnapshot, version: int, where: str) -> None:
                           ledger=where, reason="schema too new")
 
 
+_INSERT_EVENT = f"INSERT INTO events({','.join(EVENT_INSERT)}) VALUES({','.join('?' * len(EVENT_INSERT))})"
+
+
 class SqliteLedger:
     """SQLite (WAL, synchronous=FULL) ledger. Thread-safe: one connection behind a lock."""
 
@@ -329,14 +322,13 @@ class SqliteLedger:
                 raise
 
     # -- jobs --
-    def put_job(self, job: JobRecord, event: tuple[str, str] | None = None, ts: float | None = None) -> None:
+    def put_job(self, job: JobRecord, event: JobEvent | None = None, ts: float | None = None) -> None:
         """Upsert a job; with `event=(kind, reason)` also append an audit event, in one transaction."""
         with self._write() as db:
             db.execute(f"INSERT OR REPLACE INTO jobs({','.join(JOB_COLUMNS)}) "
                        f"VALUES({','.join('?' * len(JOB_COLUMNS))})", job_row(job))
             if event is not None:
-                db.execute("INSERT INTO events(ts, job_id, desk, kind, state, reason, data) "
-                           "VALUES(?,?,?,?,?,?,?)", job_event(job, event, ts))
+                db.execute(_INSERT_EVENT, job_event(job, event, ts))
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -360,10 +352,9 @@ class SqliteLedger:
 
     # -- audit events --
     def record(self, ts: float, job_id: str, desk: str, kind: str, state: str, reason: str,
-               data: dict[str, Any] | None = None) -> None:
+               data: dict[str, Any] | None = None, code: ReasonCode | None = None) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO events(ts, job_id, desk, kind, state, reason, data) VALUES(?,?,?,?,?,?,?)",
-                             (ts, job_id, desk, kind, state, reason, json.dumps(data or {}, default=str)))
+            self._db.execute(_INSERT_EVENT, event_values(ts, job_id, desk, kind, state, reason, data, code))
 
     def events(self, *, desk: str | None = None, job_id: str | None = None, since: float | None = None,
                until: float | None = None, kinds: Iterable[str] | None = None, limit: int = 1000) -> list[Event]:
@@ -371,6 +362,26 @@ class SqliteLedger:
         with self._lock:
             rows = self._db.execute(q, args).fetchall()
         return [event_from_row(r) for r in rows]
+
+    # -- serving reservations --
+    def put_serving(self, res: ServingReservation, event: tuple[str, str], ts: float) -> None:
+        """Upsert a reservation and append its audit event, in one transaction."""
+        with self._write() as db:
+            db.execute(f"INSERT OR REPLACE INTO serving({','.join(SERVING_COLUMNS)}) "
+                       f"VALUES({','.join('?' * len(SERVING_COLUMNS))})", serving_row(res))
+            db.execute(_INSERT_EVENT, serving_event(res, res.model, res.desk, event, ts))
+
+    def drop_serving(self, model: str, event: tuple[str, str, ReasonCode], ts: float) -> None:
+        """Remove a reservation (if held) and append its audit event, in one transaction."""
+        with self._write() as db:
+            row = db.execute("SELECT desk FROM serving WHERE model=?", (model,)).fetchone()
+            db.execute("DELETE FROM serving WHERE model=?", (model,))
+            db.execute(_INSERT_EVENT, serving_event(None, model, row[0] if row else "", event, ts))
+
+    def serving(self) -> list[ServingReservation]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {','.join(SERVING_COLUMNS)} FROM serving ORDER BY model").fetchall()
+        return [serving_from_row(r) for r in rows]
 
     # -- kv --
     def put_kv(self, key: str, value: bytes) -> None:
@@ -426,14 +437,17 @@ class SqliteLedger:
                 kv = self._db.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
                 results = self._db.execute("SELECT job_id, rank, value FROM results ORDER BY job_id, rank").fetchall()
                 logs = self._db.execute("SELECT seq, job_id, rank, ts, text FROM logs ORDER BY seq").fetchall()
+                serving = self._db.execute(f"SELECT {','.join(SERVING_COLUMNS)} FROM serving ORDER BY model").fetchall()
             finally:
                 self._db.execute("COMMIT")
         return LedgerSnapshot(self.schema_version, jobs, tuple(event_from_row(r) for r in events),
-                              tuple((k, bytes(v)) for k, v in kv), _results(results), _logs(logs))
+                              tuple((k, bytes(v)) for k, v in kv), _results(results), _logs(logs),
+                              tuple(serving_from_row(r) for r in serving))
 
     def restore(self, snapshot: LedgerSnapshot) -> None:
         """Load a snapshot into this (empty) ledger, in one transaction; event numbers kept."""
         require_schema(snapshot, self.schema_version, self.path)
+        snapshot = upgrade(snapshot)
         with self._write() as db:
             require_empty({t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in SNAPSHOT_TABLES},
                           self.path)
@@ -444,6 +458,9 @@ class SqliteLedger:
             db.executemany("INSERT INTO kv(key, value) VALUES(?, ?)", list(snapshot.kv))
             db.executemany("INSERT INTO results(job_id, rank, value) VALUES(?,?,?)", list(snapshot.results))
             db.executemany("INSERT INTO logs(seq, job_id, rank, ts, text) VALUES(?,?,?,?,?)", list(snapshot.logs))
+            db.executemany(f"INSERT INTO serving({','.join(SERVING_COLUMNS)}) "
+                           f"VALUES({','.join('?' * len(SERVING_COLUMNS))})",
+                           [serving_row(r) for r in snapshot.serving])
 
     def tables(self) -> set[str]:
         with self._lock:
@@ -518,6 +535,7 @@ def open_ledger(controller: "ControllerConfig") -> Ledger:
     """The ledger the config selects: PostgreSQL when `controller.ledger` is a postgresql:// URL,
     else SQLite at `controller.ledger_path`."""
     if is_postgres_url(controller.ledger):
+        # Imported here: ledger_pg imports this module, and psycopg is only needed for PostgreSQL.
         from rayfin.controller.ledger_pg import PostgresLedger
 
         return PostgresLedger(controller.ledger, password=ledger_password(controller),

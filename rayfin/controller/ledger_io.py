@@ -10,7 +10,10 @@ with the counts, so a truncated file is refused rather than half imported:
     {"kv": {"key": ..., "value_b64": ...}}
     {"result": {"job_id": ..., "rank": r, "value_b64": ...}}     a gang rank's return value
     {"log": {"seq": n, "job_id": ..., "rank": r, "ts": t, "text": ...}}
-    {"end": {"jobs": N, "events": M, "kv": K, "results": R, "logs": L}}
+    {"serving": {"model": ..., "desk": ..., "replicas": n, ...}}  a serving reservation
+    {"end": {"jobs": N, "events": M, "kv": K, "results": R, "logs": L, "serving": S}}
+
+Files from before a line kind existed load: its count is taken as 0.
 
 The snapshot is read in one transaction (`Ledger.snapshot`), so it is one instant of a live
 ledger; `import` restores it in one transaction into an empty ledger (`Ledger.restore`).
@@ -25,7 +28,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from rayfin.controller.ledger import Event, JobRecord, Ledger, LedgerSnapshot
+from rayfin.controller.ledger import Event, JobRecord, Ledger, LedgerSnapshot, ServingReservation
 from rayfin.errors import LedgerError
 
 FORMAT, VERSION = "rayfin-ledger", 1
@@ -42,21 +45,26 @@ def _unb64(s: str | None) -> bytes | None:
 
 def job_to_json(job: JobRecord) -> dict[str, Any]:
     d = asdict(job)
+    if isinstance(job.payload, str):   # an entrypoint's command line travels as text
+        d["payload_text"] = d.pop("payload")
     for k in _BLOBS:
-        d[k] = _b64(d[k])
+        d[k] = _b64(d.get(k))
     d["placement"] = [list(p) for p in job.placement]
     return d
 
 
 def job_from_json(d: dict[str, Any]) -> JobRecord:
-    known = {f.name for f in fields(JobRecord)}
+    known = {f.name for f in fields(JobRecord)} | {"payload_text"}
     unknown = set(d) - known
     if unknown:
         raise LedgerError(f"job record has fields this rayfin does not know: {sorted(unknown)}; to fix: import "
                           "with the rayfin release that exported it or a newer one", reason="unknown fields")
     d = dict(d)
+    text = d.pop("payload_text", None)
     for k in _BLOBS:
         d[k] = _unb64(d.get(k))
+    if text is not None:
+        d["payload"] = text
     d["placement"] = tuple((str(i), float(g)) for i, g in d.get("placement") or [])
     return JobRecord(**d)
 
@@ -74,8 +82,11 @@ def lines(snapshot: LedgerSnapshot, source: str) -> Iterator[str]:
         yield json.dumps({"result": {"job_id": job_id, "rank": rank, "value_b64": _b64(value)}})
     for seq, job_id, rank, ts, text in snapshot.logs:
         yield json.dumps({"log": {"seq": seq, "job_id": job_id, "rank": rank, "ts": ts, "text": text}})
+    for res in snapshot.serving:
+        yield json.dumps({"serving": asdict(res)})
     yield json.dumps({"end": {"jobs": len(snapshot.jobs), "events": len(snapshot.events), "kv": len(snapshot.kv),
-                              "results": len(snapshot.results), "logs": len(snapshot.logs)}})
+                              "results": len(snapshot.results), "logs": len(snapshot.logs),
+                              "serving": len(snapshot.serving)}})
 
 
 def export_ledger(ledger: Ledger, path: str | os.PathLike[str], source: str = "") -> LedgerSnapshot:
@@ -98,6 +109,7 @@ def read_snapshot(path: str | os.PathLike[str]) -> LedgerSnapshot:
     kv: list[tuple[str, bytes]] = []
     results: list[tuple[str, int, bytes | None]] = []
     logs: list[tuple[int, str, int, float, str]] = []
+    serving: list[ServingReservation] = []
     header: dict[str, Any] | None = None
     end: dict[str, int] | None = None
     with open(path, encoding="utf-8") as f:
@@ -125,16 +137,19 @@ def read_snapshot(path: str | os.PathLike[str]) -> LedgerSnapshot:
             elif "log" in row:
                 r = row["log"]
                 logs.append((int(r["seq"]), str(r["job_id"]), int(r["rank"]), float(r["ts"]), str(r["text"])))
+            elif "serving" in row:
+                serving.append(ServingReservation(**row["serving"]))
             elif "end" in row:
                 end = row["end"]
-                end.setdefault("results", 0)   # an export from before gang outputs existed
-                end.setdefault("logs", 0)
-    got = {"jobs": len(jobs), "events": len(events), "kv": len(kv), "results": len(results), "logs": len(logs)}
+                for kind in ("results", "logs", "serving"):   # an export from before these existed
+                    end.setdefault(kind, 0)
+    got = {"jobs": len(jobs), "events": len(events), "kv": len(kv), "results": len(results), "logs": len(logs),
+           "serving": len(serving)}
     if header is None or end != got:
         raise LedgerError(f"{path} is incomplete: its trailer says {end}, read {got}; to fix: export again",
                           ledger=str(path), reason="truncated")
     return LedgerSnapshot(int(header["schema_version"]), tuple(jobs), tuple(events), tuple(kv), tuple(results),
-                          tuple(logs))
+                          tuple(logs), tuple(serving))
 
 
 def import_ledger(ledger: Ledger, path: str | os.PathLike[str]) -> LedgerSnapshot:

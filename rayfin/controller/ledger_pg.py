@@ -14,17 +14,22 @@ itself, in one round trip.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-from rayfin.controller.ledger import (EVENT_COLUMNS, JOB_COLUMNS, SNAPSHOT_TABLES, Event, JobRecord,
-                                      LedgerSnapshot, LogLine, _logs, _results, chunks_to_drop, counts_query,
-                                      counts_table, event_from_row, event_row, events_query, job_event,
-                                      job_from_row, job_row, jobs_query, logs_query, require_empty, require_schema,
-                                      tail_lines)
+import psycopg
+from psycopg import IsolationLevel
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from rayfin.controller.ledger import (EVENT_COLUMNS, EVENT_INSERT, JOB_COLUMNS, SERVING_COLUMNS, SNAPSHOT_TABLES,
+                                      Event, JobEvent, JobRecord, LedgerSnapshot, LogLine, ServingReservation, _logs,
+                                      _results, chunks_to_drop, counts_query, counts_table, event_from_row, event_row,
+                                      event_values, events_query, job_event, job_from_row, job_row, jobs_query,
+                                      logs_query, require_empty, require_schema, serving_event, serving_from_row,
+                                      serving_row, tail_lines, upgrade)
 from rayfin.controller.migrations import migrations
 from rayfin.errors import LedgerError
+from rayfin.reasons import ReasonCode
 
 # Any constant works; it only has to be the same for every rayfin that migrates this database.
 _MIGRATION_LOCK = 0x72617966696E  # "rayfin"
@@ -33,10 +38,14 @@ _UPSERT = (f"INSERT INTO jobs({','.join(JOB_COLUMNS)}) VALUES("
            + ",".join("%s::jsonb" if c in _JSON_COLS else "%s" for c in JOB_COLUMNS) + ") "
            "ON CONFLICT (job_id) DO UPDATE SET "
            + ",".join(f"{c}=EXCLUDED.{c}" for c in JOB_COLUMNS if c != "job_id"))
-_INSERT_EVENT = "INSERT INTO events(ts, job_id, desk, kind, state, reason, data) VALUES(%s,%s,%s,%s,%s,%s,%s::jsonb)"
+_EVENT_VALUES = ",".join("%s::jsonb" if c == "data" else "%s" for c in EVENT_INSERT)
+_INSERT_EVENT = f"INSERT INTO events({','.join(EVENT_INSERT)}) VALUES({_EVENT_VALUES})"
 # The job row and its audit event in one statement: atomic on its own, one round trip.
-_UPSERT_WITH_EVENT = (f"WITH j AS ({_UPSERT} RETURNING 1) INSERT INTO events(ts, job_id, desk, kind, state, reason, "
-                      "data) SELECT %s,%s,%s,%s,%s,%s,%s::jsonb FROM j")
+_UPSERT_WITH_EVENT = (f"WITH j AS ({_UPSERT} RETURNING 1) INSERT INTO events({','.join(EVENT_INSERT)}) "
+                      f"SELECT {_EVENT_VALUES} FROM j")
+_UPSERT_SERVING = (f"INSERT INTO serving({','.join(SERVING_COLUMNS)}) "
+                   f"VALUES({','.join(['%s'] * len(SERVING_COLUMNS))}) ON CONFLICT (model) DO UPDATE SET "
+                   + ",".join(f"{c}=EXCLUDED.{c}" for c in SERVING_COLUMNS if c != "model"))
 
 
 def redact(url: str) -> str:
@@ -56,8 +65,6 @@ class PostgresLedger:
 
     def __init__(self, url: str, *, password: str | None = None, pool_size: int = 4,
                  connect_timeout_s: float = 10.0) -> None:
-        from psycopg_pool import ConnectionPool, PoolTimeout
-
         self.url = redact(url)
         # Autocommit: a single statement is its own transaction (one round trip, no BEGIN/COMMIT);
         # the operations that need several statements open one explicitly.
@@ -67,8 +74,6 @@ class PostgresLedger:
             kwargs["password"] = password
         # One plain connection first: its error says why (bad password, no such database)
         # where the pool would only report that it timed out.
-        import psycopg
-
         try:
             psycopg.connect(url, **kwargs).close()
         except psycopg.Error as exc:
@@ -90,7 +95,7 @@ class PostgresLedger:
         self.schema_version = self._migrate()
 
     # -- plumbing --
-    def _conn(self):
+    def _conn(self) -> Any:
         return self._pool.connection()
 
     def _migrate(self) -> int:
@@ -110,7 +115,7 @@ class PostgresLedger:
         return int(row[0])
 
     # -- jobs --
-    def put_job(self, job: JobRecord, event: tuple[str, str] | None = None, ts: float | None = None) -> None:
+    def put_job(self, job: JobRecord, event: JobEvent | None = None, ts: float | None = None) -> None:
         """Upsert a job; with `event=(kind, reason)` also append an audit event, in one transaction."""
         with self._conn() as conn:
             if event is None:
@@ -138,9 +143,9 @@ class PostgresLedger:
 
     # -- audit events --
     def record(self, ts: float, job_id: str, desk: str, kind: str, state: str, reason: str,
-               data: dict[str, Any] | None = None) -> None:
+               data: dict[str, Any] | None = None, code: ReasonCode | None = None) -> None:
         with self._conn() as conn:
-            conn.execute(_INSERT_EVENT, (ts, job_id, desk, kind, state, reason, json.dumps(data or {}, default=str)))
+            conn.execute(_INSERT_EVENT, event_values(ts, job_id, desk, kind, state, reason, data, code))
 
     def events(self, *, desk: str | None = None, job_id: str | None = None, since: float | None = None,
                until: float | None = None, kinds: Iterable[str] | None = None, limit: int = 1000) -> list[Event]:
@@ -148,6 +153,22 @@ class PostgresLedger:
         with self._conn() as conn:
             rows = conn.execute(q, args).fetchall()
         return [event_from_row(r) for r in rows]
+
+    # -- serving reservations --
+    def put_serving(self, res: ServingReservation, event: tuple[str, str], ts: float) -> None:
+        with self._conn() as conn, conn.transaction():
+            conn.execute(_UPSERT_SERVING, serving_row(res))
+            conn.execute(_INSERT_EVENT, serving_event(res, res.model, res.desk, event, ts))
+
+    def drop_serving(self, model: str, event: tuple[str, str, ReasonCode], ts: float) -> None:
+        with self._conn() as conn, conn.transaction():
+            row = conn.execute("DELETE FROM serving WHERE model=%s RETURNING desk", (model,)).fetchone()
+            conn.execute(_INSERT_EVENT, serving_event(None, model, row[0] if row else "", event, ts))
+
+    def serving(self) -> list[ServingReservation]:
+        with self._conn() as conn:
+            rows = conn.execute(f"SELECT {','.join(SERVING_COLUMNS)} FROM serving ORDER BY model").fetchall()
+        return [serving_from_row(r) for r in rows]
 
     # -- kv --
     def put_kv(self, key: str, value: bytes) -> None:
@@ -198,7 +219,7 @@ class PostgresLedger:
         """All rows as of one instant: a REPEATABLE READ, read-only transaction sees one snapshot
         of the database for all three tables while the controller goes on writing."""
         with self._conn() as conn:
-            conn.isolation_level = _repeatable_read()
+            conn.isolation_level = IsolationLevel.REPEATABLE_READ
             conn.read_only = True
             try:
                 with conn.transaction():
@@ -208,29 +229,34 @@ class PostgresLedger:
                     kv = conn.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
                     results = conn.execute("SELECT job_id, rank, value FROM results ORDER BY job_id, rank").fetchall()
                     logs = conn.execute("SELECT seq, job_id, rank, ts, text FROM logs ORDER BY seq").fetchall()
+                    serving = conn.execute(f"SELECT {','.join(SERVING_COLUMNS)} FROM serving "
+                                           "ORDER BY model").fetchall()
             finally:
                 conn.isolation_level = None
                 conn.read_only = None
         return LedgerSnapshot(self.schema_version, jobs, tuple(event_from_row(r) for r in events),
-                              tuple((k, bytes(v)) for k, v in kv), _results(results), _logs(logs))
+                              tuple((k, bytes(v)) for k, v in kv), _results(results), _logs(logs),
+                              tuple(serving_from_row(r) for r in serving))
 
     def restore(self, snapshot: LedgerSnapshot) -> None:
         """Load a snapshot into this (empty) ledger in one transaction; event numbers are kept
         and the sequence moved past them."""
         require_schema(snapshot, self.schema_version, self.url)
+        snapshot = upgrade(snapshot)
         with self._conn() as conn, conn.transaction():
-            conn.execute("LOCK TABLE jobs, events, kv, results, logs IN EXCLUSIVE MODE")
+            conn.execute(f"LOCK TABLE {', '.join(SNAPSHOT_TABLES)} IN EXCLUSIVE MODE")
             require_empty({t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in SNAPSHOT_TABLES},
                           self.url)
             with conn.cursor() as cur:
                 cur.executemany(_UPSERT, [job_row(j) for j in snapshot.jobs])
                 cur.executemany(f"INSERT INTO events({','.join(EVENT_COLUMNS)}) VALUES("
-                                + ",".join(["%s"] * (len(EVENT_COLUMNS) - 1)) + ",%s::jsonb)",
+                                + ",".join("%s::jsonb" if c == "data" else "%s" for c in EVENT_COLUMNS) + ")",
                                 [event_row(e) for e in snapshot.events])
                 cur.executemany("INSERT INTO kv(key, value) VALUES(%s, %s)", list(snapshot.kv))
                 cur.executemany("INSERT INTO results(job_id, rank, value) VALUES(%s,%s,%s)", list(snapshot.results))
                 cur.executemany("INSERT INTO logs(seq, job_id, rank, ts, text) VALUES(%s,%s,%s,%s,%s)",
                                 list(snapshot.logs))
+                cur.executemany(_UPSERT_SERVING, [serving_row(r) for r in snapshot.serving])
             for table in ("events", "logs"):   # numbering goes on after the restored rows
                 conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), "
                              f"GREATEST((SELECT MAX(seq) FROM {table}), 1), (SELECT COUNT(*) > 0 FROM {table}))")
@@ -243,12 +269,6 @@ class PostgresLedger:
 
     def close(self) -> None:
         self._pool.close()
-
-
-def _repeatable_read():
-    from psycopg import IsolationLevel
-
-    return IsolationLevel.REPEATABLE_READ
 
 
 def _first_line(exc: BaseException) -> str:

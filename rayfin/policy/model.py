@@ -12,6 +12,7 @@ from typing import Mapping
 
 from placement.topology import Topology
 from rayfin.policy.hints import JobHint  # noqa: F401 (used in annotations)
+from rayfin.reasons import ReasonCode
 
 Placement = tuple[tuple[str, float], ...]  # ((island_id, gpus), ...) sorted by island id
 
@@ -42,6 +43,9 @@ class JobState(str, Enum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     PREEMPTED = "PREEMPTED"
+
+    def __str__(self) -> str:   # the stored and shown form: "RUNNING", wherever it is formatted
+        return self.value
 
     @property
     def terminal(self) -> bool:
@@ -146,6 +150,7 @@ class Decision:
     victims: tuple[str, ...] = ()    # for WAIT-on-preemption: jobs being reclaimed for it
     deadline: float | None = None    # for PREEMPT: when the grace period ends
     beneficiary: str | None = None   # for PREEMPT: the pending job the GPUs are reclaimed for
+    code: ReasonCode = ReasonCode.OTHER  # why, as a code; `reasons` say it in words with the numbers
 
     @property
     def reason(self) -> str:

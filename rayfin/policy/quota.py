@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from rayfin.policy.model import DeskQuota
+from rayfin.reasons import ReasonCode
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class QuotaCheck:
     fits: bool
     borrowed: float          # GPUs of this request above nominal
     reason: str
+    code: ReasonCode = ReasonCode.WITHIN_NOMINAL
 
 
 def borrowable(desks: Mapping[str, DeskQuota], usage: Mapping[str, float], capacity: float,
@@ -47,24 +49,32 @@ def check_quota(desk: DeskQuota, gpus: float, desks: Mapping[str, DeskQuota],
     ceiling = desk.max_gpus
     if u + gpus > ceiling + 1e-9:
         return QuotaCheck(False, 0.0, f"desk {desk.name} holds {u:g} GPUs; +{gpus:g} would exceed its ceiling "
-                                      f"{ceiling:g} (nominal {desk.nominal:g} + borrowing {desk.borrowing_limit:g})")
+                                      f"{ceiling:g} (nominal {desk.nominal:g} + borrowing {desk.borrowing_limit:g})",
+                          ReasonCode.OVER_CEILING)
     above = max(0.0, u + gpus - desk.nominal) - max(0.0, u - desk.nominal)
     if above <= 1e-9:
         return QuotaCheck(True, 0.0, f"within nominal quota ({u + gpus:g}/{desk.nominal:g})")
     can = borrowable(desks, usage, capacity, exclude=desk.name)
     if above > can + 1e-9:
         return QuotaCheck(False, 0.0, f"desk {desk.name} needs to borrow {above:g} GPUs above nominal "
-                                      f"{desk.nominal:g} but the other desks lend only {max(can, 0):g} now")
+                                      f"{desk.nominal:g} but the other desks lend only {max(can, 0):g} now",
+                          ReasonCode.CANNOT_BORROW)
     return QuotaCheck(True, above, f"borrows {above:g} GPUs above nominal {desk.nominal:g} "
-                                   f"({max(can, 0):g} lendable)")
+                                   f"({max(can, 0):g} lendable)", ReasonCode.BORROWING)
+
+
+def why_never_fits(desk: DeskQuota, gpus: float, pool_capacity: float) -> tuple[ReasonCode, str] | None:
+    """Why a request can never run (refuse at once), as (code, text), or None."""
+    if gpus > desk.max_gpus:
+        return ReasonCode.OVER_CEILING, (f"desk {desk.name} may hold at most {desk.max_gpus:g} GPUs (nominal "
+                                       f"{desk.nominal:g} + borrowing {desk.borrowing_limit:g}); asked for {gpus:g}")
+    if gpus > pool_capacity:
+        return ReasonCode.POOL_TOO_SMALL, (f"desk {desk.name}'s pools {sorted(desk.pools)} have {pool_capacity:g} "
+                                           f"GPUs in all; asked for {gpus:g}")
+    return None
 
 
 def never_fits(desk: DeskQuota, gpus: float, pool_capacity: float) -> str | None:
     """Why a request can never run (refuse at once), or None."""
-    if gpus > desk.max_gpus:
-        return (f"desk {desk.name} may hold at most {desk.max_gpus:g} GPUs (nominal {desk.nominal:g} + "
-                f"borrowing {desk.borrowing_limit:g}); asked for {gpus:g}")
-    if gpus > pool_capacity:
-        return (f"desk {desk.name}'s pools {sorted(desk.pools)} have {pool_capacity:g} GPUs in all; "
-                f"asked for {gpus:g}")
-    return None
+    why = why_never_fits(desk, gpus, pool_capacity)
+    return None if why is None else why[1]

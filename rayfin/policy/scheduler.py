@@ -31,7 +31,8 @@ from rayfin.policy.model import (ClusterSnapshot, CycleDecision, Decision, DeskQ
 from rayfin.policy.node_fit import node_fit
 from rayfin.policy.ordering import JobRank, las_queue, rank_key
 from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, plan_reclaim
-from rayfin.policy.quota import check_quota, never_fits
+from rayfin.reasons import ReasonCode
+from rayfin.policy.quota import check_quota, why_never_fits
 from rayfin.policy.settings import (PlacementStrategy, Policy, QueueOrder, QuotaMode,  # noqa: F401 (re-export)
                                     SchedulerConfig)
 
@@ -93,17 +94,17 @@ class _Cycle:
             desk = self.snap.desks.get(job.desk)
             if desk is None:
                 self.refusals.append(_d(job, Verdict.REFUSE, f"unknown desk {job.desk!r}; desks are "
-                                                             f"{sorted(self.snap.desks)}"))
+                                                             f"{sorted(self.snap.desks)}", ReasonCode.UNKNOWN_DESK))
                 continue
-            why = self._never(job, desk)
-            if why:
-                self.refusals.append(_d(job, Verdict.REFUSE, why + "; to fix: ask for fewer GPUs"))
+            never = self._never(job, desk)
+            if never:
+                self.refusals.append(_d(job, Verdict.REFUSE, never[1] + "; to fix: ask for fewer GPUs", never[0]))
                 continue
             if cfg.quota is QuotaMode.NONE:
                 if cfg.las_preemption:
                     self._las_job(job, desk)
                 else:
-                    self._admit_or_wait(job, desk, "no quotas", 0.0)
+                    self._admit_or_wait(job, desk, "no quotas", 0.0, ReasonCode.NO_QUOTAS)
             elif self._entitled(job, desk):
                 self._entitled_job(job, desk)
             else:
@@ -116,7 +117,7 @@ class _Cycle:
                     if key not in why:
                         why[key] = (f"static partition: desk {job.desk} holds {self.usage[job.desk]:g}/"
                                     f"{self.snap.desks[job.desk].nominal:g} GPUs, +{job.gpus} would exceed it")
-                    self.waits.append(_d(job, Verdict.WAIT, why[key]))
+                    self.waits.append(_d(job, Verdict.WAIT, why[key], ReasonCode.STATIC_PARTITION))
             elif cfg.order is QueueOrder.FAIR_SHARE:
                 self._borrow_fair(deferred)
             else:
@@ -135,15 +136,15 @@ class _Cycle:
             cfg.rank, j, hints.get(j.job_id), now, aging_s=cfg.aging_s, las_threshold_gpu_s=cfg.las_threshold_gpu_s))
 
     # ---- step 2: never fits -----------------------------------------------------------------
-    def _never(self, job: PendingJob, desk: DeskQuota) -> str | None:
+    def _never(self, job: PendingJob, desk: DeskQuota) -> tuple[ReasonCode, str] | None:
         key = (desk.name, job.gpus)
         if key not in self._never_memo:
             self._never_memo[key] = self._never_uncached(job, desk)
         return self._never_memo[key]
 
-    def _never_uncached(self, job: PendingJob, desk: DeskQuota) -> str | None:
+    def _never_uncached(self, job: PendingJob, desk: DeskQuota) -> tuple[ReasonCode, str] | None:
         if job.gpus <= 0:
-            return f"a job must ask for at least 1 GPU; asked for {job.gpus}"
+            return ReasonCode.INVALID, f"a job must ask for at least 1 GPU; asked for {job.gpus}"
         cap = self.lay.pool_capacity(desk.pools)
         limit = self._limits.get(desk.name)
         if limit is None:
@@ -154,7 +155,7 @@ class _Cycle:
             else:
                 limit = desk
             self._limits[desk.name] = limit
-        return never_fits(limit, job.gpus, cap)
+        return why_never_fits(limit, job.gpus, cap)
 
     # ---- step 3: entitled work --------------------------------------------------------------
     def _entitled(self, job: PendingJob, desk: DeskQuota) -> bool:
@@ -164,14 +165,16 @@ class _Cycle:
 
     def _entitled_job(self, job: PendingJob, desk: DeskQuota) -> None:
         excess = self.usage[job.desk] + job.gpus - desk.nominal   # > 0: lower-priority own work in the way
+        code = ReasonCode.WITHIN_NOMINAL
         if excess <= _EPS:
             fits, why, borrowed = True, f"within nominal quota ({self.usage[job.desk] + job.gpus:g}/{desk.nominal:g})", 0.0
         elif self.cfg.quota is QuotaMode.BORROWING:
             q = check_quota(desk, job.gpus, self.snap.desks, self.usage, self.capacity)
-            fits, why, borrowed = q.fits, q.reason, q.borrowed
+            fits, why, borrowed, code = q.fits, q.reason, q.borrowed, q.code
         else:
             fits, why, borrowed = False, f"desk {job.desk} is at its nominal {desk.nominal:g}", 0.0
-        if fits and self._admit(job, desk, why, borrowed):
+            code = ReasonCode.STATIC_PARTITION
+        if fits and self._admit(job, desk, why, borrowed, code):
             return
         if self.cfg.reclaim or self.cfg.priority_preemption:
             plan = self._plan(None, job, 0.0 if fits else excess, ("entitled", fits))
@@ -179,7 +182,8 @@ class _Cycle:
                 self._apply_plan(job, plan)
                 return
         self.waits.append(_d(job, Verdict.WAIT, f"{why}; entitled, but no {job.gpus} GPUs are free in pools "
-                                                f"{sorted(desk.pools)} and none can be reclaimed"))
+                                                f"{sorted(desk.pools)} and none can be reclaimed",
+                             ReasonCode.NO_FREE_GPUS if fits else code))
 
     def _reclaim_ctx(self) -> ReclaimContext:
         if self._on_island is None:
@@ -219,7 +223,7 @@ class _Cycle:
     def _las_job(self, job: PendingJob, desk: DeskQuota) -> None:
         """No quotas; a job in LAS queue 0 that finds no room preempts queue-1 jobs (most
         attained service first)."""
-        if self._admit(job, desk, "no quotas", 0.0):
+        if self._admit(job, desk, "no quotas", 0.0, ReasonCode.NO_QUOTAS):
             return
         hints, thr = self.snap.hints, self.cfg.las_threshold_gpu_s
 
@@ -239,7 +243,7 @@ class _Cycle:
                 self._apply_plan(job, plan)
                 return
         self.waits.append(_d(job, Verdict.WAIT, f"no {job.gpus} free GPUs and no job with more attained "
-                                                f"service to preempt"))
+                                                f"service to preempt", ReasonCode.NO_FREE_GPUS))
 
     def _plan(self, ctx: ReclaimContext | None, job: PendingJob, need_own: float,
               kind: tuple) -> ReclaimPlan | None:
@@ -271,15 +275,17 @@ class _Cycle:
         self.by_prio[job.desk][int(job.priority)] += job.gpus
         for v in plan.victims:
             if v.desk == job.desk:
+                code = ReasonCode.PRIORITY
                 why = (f"preempted by higher-priority job {job.job_id} ({job.priority.label} > {v.priority.label}) "
                        f"of the same desk {job.desk}")
             else:
+                code = ReasonCode.RECLAIM
                 why = (f"reclaimed: desk {v.desk} is borrowing above its nominal "
                        f"{self.snap.desks[v.desk].nominal:g}, and desk {job.desk} needs its nominal share back "
                        f"for job {job.job_id} ({job.gpus} GPUs)")
             self.preempts.append(Decision(v.job_id, v.desk, Verdict.PREEMPT,
                                           (why, f"grace {self.cfg.preemption_grace_s:g}s, until t={deadline:g}"),
-                                          deadline=deadline, beneficiary=job.job_id))
+                                          deadline=deadline, beneficiary=job.job_id, code=code))
         names = [v.job_id for v in plan.draining + plan.victims]
         where = _LEVEL_WORDS.get(plan.level, "the pool") if plan.level is not None else "the pool"
         coming = max((v.preempt_deadline or deadline for v in plan.draining), default=now)
@@ -287,7 +293,8 @@ class _Cycle:
         self.waits.append(Decision(job.job_id, job.desk, Verdict.WAIT,
                                    (f"entitled to {job.gpus} GPUs within nominal quota; waiting for "
                                     f"{len(names)} preempted job(s) to free GPUs in {where} (by t={until:g})",),
-                                   placement=self.index.to_placement(plan.placement), victims=tuple(names)))
+                                   placement=self.index.to_placement(plan.placement), victims=tuple(names),
+                                   code=ReasonCode.AWAITING_PREEMPTION))
 
     # ---- step 4: borrowing ------------------------------------------------------------------
     def _borrow_fair(self, jobs: list[PendingJob]) -> None:
@@ -304,7 +311,8 @@ class _Cycle:
             heads[d] += 1
             if self.index.total <= 0:   # nothing left to hand out: the rest wait
                 for rest in [job] + [j for dd in queues for j in queues[dd][heads[dd]:]]:
-                    self.waits.append(_d(rest, Verdict.WAIT, f"borrowing: no free GPUs for {rest.gpus} more"))
+                    self.waits.append(_d(rest, Verdict.WAIT, f"borrowing: no free GPUs for {rest.gpus} more",
+                                         ReasonCode.NO_FREE_GPUS))
                 return
             self._borrow(job)
             if heads[d] < len(q):
@@ -318,20 +326,21 @@ class _Cycle:
         desk = self.snap.desks[job.desk]
         q = check_quota(desk, job.gpus, self.snap.desks, self.usage, self.capacity)
         if not q.fits:
-            self.waits.append(_d(job, Verdict.WAIT, q.reason))
+            self.waits.append(_d(job, Verdict.WAIT, q.reason, q.code))
             return
-        self._admit_or_wait(job, desk, q.reason, q.borrowed)
+        self._admit_or_wait(job, desk, q.reason, q.borrowed, q.code)
 
     # ---- placement --------------------------------------------------------------------------
     def _start_level(self, job: PendingJob) -> LinkLevel:
         return self.topo.ideal_level(job.gpus)
 
-    def _admit_or_wait(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float) -> None:
-        if not self._admit(job, desk, why, borrowed):
+    def _admit_or_wait(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode) -> None:
+        if not self._admit(job, desk, why, borrowed, code):
             self.waits.append(_d(job, Verdict.WAIT, f"{why}; no {job.gpus} free GPUs in pools {sorted(desk.pools)} "
-                                                    f"({self.index.pool_total(desk.pools)} free)"))
+                                                    f"({self.index.pool_total(desk.pools)} free)",
+                                 ReasonCode.NO_FREE_GPUS))
 
-    def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float) -> bool:
+    def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode) -> bool:
         if self.index.total < job.gpus:
             return False
         index = self.index.in_units(job.unit)
@@ -356,17 +365,17 @@ class _Cycle:
         self.usage[job.desk] = self.usage.get(job.desk, 0.0) + job.gpus
         self.by_prio[job.desk][int(job.priority)] += job.gpus
         self.admits.append(Decision(job.job_id, job.desk, Verdict.ADMIT, (why, how),
-                                    self.index.to_placement(pix), borrowed))
+                                    self.index.to_placement(pix), borrowed, code=code))
         return True
 
 
 _PROTO = dict(Decision("", "", Verdict.WAIT, ()).__dict__)
 
 
-def _d(job: PendingJob, verdict: Verdict, reason: str) -> Decision:
+def _d(job: PendingJob, verdict: Verdict, reason: str, code: ReasonCode) -> Decision:
     """A reason-only decision. Built from a prototype's fields rather than through the frozen
-    dataclass __init__: a long queue makes thousands of WAITs per cycle, and this is 3x cheaper."""
+    dataclass __init__: a long queue makes thousands of WAITs per cycle, and this is cheaper."""
     d = object.__new__(Decision)
     d.__dict__.update(_PROTO)
-    d.__dict__.update(job_id=job.job_id, desk=job.desk, verdict=verdict, reasons=(reason,))
+    d.__dict__.update(job_id=job.job_id, desk=job.desk, verdict=verdict, reasons=(reason,), code=code)
     return d

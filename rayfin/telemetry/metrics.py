@@ -3,7 +3,7 @@
 Names here are Ray metric names; Ray's Prometheus endpoint prefixes them with `ray_`, and a
 Counter appears as `ray_<name>_total` (histograms as `_bucket`, `_sum`, `_count`). The Grafana
 dashboard (configs/grafana/) is generated from `METRICS` and a test checks it queries nothing
-else. Tags are bounded: desks, pools, states and short reason codes, never job ids.
+else. Tags are bounded: desks, pools, states and reason codes (rayfin.reasons), never job ids.
 
 `RayMetrics` records through `ray.util.metrics` (the controller actor, the gateway replicas);
 `MemoryMetrics` keeps values in a dict for unit tests that run without Ray.
@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Literal, Mapping, Protocol
 
 Kind = Literal["gauge", "counter", "histogram"]
@@ -94,30 +95,15 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
 
 
 # ---------------------------------------------------------------------------------- reason codes
-_REASON_CODES: tuple[tuple[str, str], ...] = (
-    # (substring of the policy's human reason, short code) -- first match wins
-    ("higher-priority", "priority"),
-    ("reclaimed", "reclaim"),
-    ("may hold at most", "over_ceiling"),
-    ("would exceed its ceiling", "over_ceiling"),
-    ("gpus in all", "pool_too_small"),
-    ("at least 1 gpu", "invalid"),
-    ("never_fits", "never_fits"),
-    ("lost", "node_lost"),
-)
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
-def reason_code(reason: str) -> str:
-    """A short, bounded tag value for a human reason ("reclaimed: desk fx is borrowing ..." -> reclaim).
-
-    Metrics need few distinct tag values; the full reason goes to traces and the audit log.
-    """
-    text = (reason or "").lower()
-    for needle, code in _REASON_CODES:
-        if needle in text:
-            return code
-    # A reason that is already a short code ("rate_limited", "in_flight") is kept as it is.
-    return text if re.fullmatch(r"[a-z][a-z0-9_]{0,31}", text) else "other"
+def reason_code(code: "Enum | str | None") -> str:
+    """The metric tag value of a reason code: a `rayfin.reasons.ReasonCode` (or another enum of
+    codes, e.g. the gateway's limits) as its value, a string that is already a short code as it
+    is, anything else as "other". Prose is never read for a code: the decision carries one."""
+    value = code.value if isinstance(code, Enum) else (code or "")
+    return value if isinstance(value, str) and _CODE.fullmatch(value) else "other"
 
 
 # ---------------------------------------------------------------------------------- sinks
@@ -179,6 +165,7 @@ class RayMetrics:
     def _obj(self, spec: MetricSpec) -> Any:
         obj = self._objs.get(spec.name)
         if obj is None:
+            # Imported on first use: MemoryMetrics users (unit tests, the CLI) never load Ray.
             from ray.util import metrics as m
 
             with self._lock:

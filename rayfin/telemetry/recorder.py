@@ -171,7 +171,7 @@ class TelemetryRecorder:
                 target.add_event("wait", {**attrs, "rayfin.victims": tuple(decision.victims)}, timestamp=_ns(now))
                 target.set_attribute("rayfin.wait.reason", attrs["rayfin.decision.reason"])
         elif verdict == "preempt":
-            code = reason_code(reasons[0] if reasons else "")
+            code = reason_code(decision.code)
             self.metrics.inc("rayfin_preemptions_planned", 1, {"desk": decision.desk, "reason": code})
             jt.root.add_event("preemption_planned", attrs, timestamp=_ns(now))
             if jt.preempt is None:
@@ -179,8 +179,7 @@ class TelemetryRecorder:
                     "rayfin.preempt.reason_code": code, "rayfin.preempt.beneficiary": decision.beneficiary,
                     "rayfin.preempt.deadline": decision.deadline})
         elif verdict == "refuse":
-            self.metrics.inc("rayfin_refusals", 1, {"desk": decision.desk,
-                                                    "reason": reason_code(reasons[0] if reasons else "")})
+            self.metrics.inc("rayfin_refusals", 1, {"desk": decision.desk, "reason": reason_code(decision.code)})
             self._end(jt.queue, now)
             jt.queue = None
             self._instant("rayfin.job.refuse", jt, **attrs)
@@ -208,7 +207,7 @@ class TelemetryRecorder:
 
     @_safe
     def preempted(self, job: Any, reason: str) -> None:
-        code = reason_code(reason)
+        code = reason_code(job.reason_code)
         self.metrics.inc("rayfin_preemptions", 1, {"desk": job.desk, "reason": code})
         jt = self._trace_for(job.job_id, job.desk, job)
         now = self.clock()

@@ -7,6 +7,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from rayfin.errors import ConfigError
+from rayfin.reasons import ReasonCode
 from rayfin.telemetry import tracing
 from rayfin.telemetry.config import TelemetryConfig, parse_telemetry, telemetry_config
 from rayfin.telemetry.metrics import METRICS, MemoryMetrics, reason_code
@@ -63,11 +64,12 @@ def test_providers_export_as_configured():
     assert p._active_span_processor._span_processors == ()
 
 
+# Reasons are codes chosen by whoever decided (issue 19): the tag is the code, never read from prose.
 @pytest.mark.parametrize("reason, code", [
-    ("reclaimed: desk equities is borrowing above its nominal 4, and desk fx needs ...", "reclaim"),
-    ("preempted by higher-priority job fx-1 (critical > batch) of the same desk fx", "priority"),
-    ("desk fx may hold at most 4 GPUs (nominal 4 + borrowing 0); asked for 5", "over_ceiling"),
-    ("desk risk's pools ['risk'] have 8 GPUs in all; asked for 9", "pool_too_small"),
+    (ReasonCode.RECLAIM, "reclaim"),
+    (ReasonCode.PRIORITY, "priority"),
+    (ReasonCode.OVER_CEILING, "over_ceiling"),
+    (ReasonCode.POOL_TOO_SMALL, "pool_too_small"),
     ("never_fits", "never_fits"),
     ("requests_per_s", "requests_per_s"),
     ("something nobody planned for, in a long sentence", "other"),

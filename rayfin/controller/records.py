@@ -1,0 +1,208 @@
+"""The controller's records: what the ledger stores and the controller keeps in memory.
+
+`JobRecord` is a job's whole state, typed: its lifecycle (`state: JobState`, `kind: JobKind`),
+the reason of its last change (`reason` text and `reason_code`), and the control state the
+controller acts on (`generation`, `admitted_at`, `borrowed`, `preempted_for`, ...). `info`
+keeps only what the runner reported about where the job ran (nodes, devices, ranks), shown to
+callers and never decided on.
+
+Storage keeps the shape older ledgers have: the control fields ride in the `info` JSON column
+under their historical keys (`gen`, `admitted_at`, ...), so a ledger or an export written before
+they were typed loads unchanged, and one written now loads in an older reader's `info`.
+`ServingReservation` is a serving deployment's GPUs charged to a desk: its own record and table.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+from rayfin.policy.model import JobState
+from rayfin.reasons import ReasonCode, code_of
+
+Placement = tuple[tuple[str, float], ...]
+
+
+class JobKind(str, Enum):
+    CALLABLE = "callable"
+    ENTRYPOINT = "entrypoint"
+    # Before serving reservations had their own table they were stored as jobs of this kind;
+    # such rows still load (and are moved to the serving table by migration 0003 or on import).
+    SERVING = "serving"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# typed field -> its key in the stored `info` JSON (the key it had before it was typed)
+CONTROL_KEYS: dict[str, str] = {
+    "generation": "gen", "admitted_at": "admitted_at", "borrowed": "borrowed", "preempted_for": "preempted_for",
+    "preempt_reason": "preempt_reason", "workers": "workers", "dist_backend": "dist_backend",
+    "progress": "progress", "reason_code": "reason_code",
+}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    desk: str
+    name: str
+    kind: JobKind
+    gpus: float
+    priority: int
+    comm: str
+    state: JobState
+    submitted_at: float
+    max_retries: int = 0
+    attempts: int = 0
+    reason: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    placement: Placement = ()
+    preempt_deadline: float | None = None
+    payload: bytes | str | None = None
+    result: bytes | None = None
+    error: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    reason_code: ReasonCode = ReasonCode.QUEUED
+    # The reservation's generation: Ray objects are named "<job_id>~<generation>" and each new
+    # reservation takes the next one, so it never collides with an attempt Ray is still removing.
+    # -1: never reserved.
+    generation: int = -1
+    admitted_at: float | None = None
+    borrowed: float = 0.0            # GPUs of the current admission above the desk's nominal
+    preempted_for: str | None = None  # the pending job a preemption frees GPUs for
+    preempt_reason: str = ""         # the preemption decision's reason, while in its grace period
+    workers: int = 1
+    dist_backend: str | None = "auto"
+    progress: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Records built from strings (stored rows, older callers) get their enums; control
+        # state found in `info` under its stored key moves to its typed field.
+        set_ = object.__setattr__
+        set_(self, "state", JobState(self.state))
+        set_(self, "kind", JobKind(self.kind))
+        if self.info and any(key in self.info for key in CONTROL_KEYS.values()):
+            info = dict(self.info)
+            for name, key in CONTROL_KEYS.items():
+                if key in info:
+                    value = info.pop(key)
+                    if getattr(self, name) == _DEFAULTS[name]:
+                        set_(self, name, value)
+            set_(self, "info", info)
+        set_(self, "reason_code", code_of(self.reason_code))
+
+    def copy(self, **changes: Any) -> "JobRecord":
+        return replace(self, **changes)
+
+    @property
+    def job_state(self) -> JobState:
+        return self.state
+
+    @property
+    def key(self) -> str:
+        """The backend's name for the job's current reservation."""
+        return f"{self.job_id}~{max(0, self.generation)}"
+
+    @property
+    def unit(self) -> int:
+        """GPUs per gang worker (a job without workers is one worker)."""
+        return max(1, int(self.gpus) // max(1, int(self.workers)))
+
+    def stored_info(self) -> dict[str, Any]:
+        """`info` as stored: the runner's report plus the control fields under their keys."""
+        out = dict(self.info)
+        for name, key in CONTROL_KEYS.items():
+            value = getattr(self, name)
+            if value != _DEFAULTS[name]:
+                out[key] = value.value if isinstance(value, Enum) else value
+        return out
+
+    def public(self) -> dict[str, Any]:
+        """What an SDK caller may see (no payload or result bytes), in the shape it always had:
+        control state inside `info` under its historical keys."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_PUBLIC}
+        d["state"] = self.state.value
+        d["kind"] = self.kind.value
+        d["reason_code"] = self.reason_code.value
+        d["placement"] = [list(p) for p in self.placement]
+        info = self.stored_info()
+        info.pop("reason_code", None)
+        info.setdefault("workers", self.workers)
+        info.setdefault("dist_backend", self.dist_backend)
+        d["info"] = info
+        return d
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(JobRecord) if f.name in CONTROL_KEYS}
+_NOT_PUBLIC = {"payload", "result", "info"} | (set(CONTROL_KEYS) - {"reason_code"})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the audit trail."""
+
+    seq: int
+    ts: float
+    job_id: str
+    desk: str
+    kind: str
+    state: str
+    reason: str
+    data: dict[str, Any]
+    reason_code: str = ""     # empty in rows written before codes existed
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ServingReservation:
+    """A Serve deployment's GPUs, charged to its desk on one island: `replicas` x
+    `gpus_per_replica`. Not a job: it is never queued, scheduled or preempted."""
+
+    model: str
+    desk: str
+    replicas: int
+    gpus_per_replica: float
+    island: str
+    reserved_at: float
+    reason: str = ""
+    reason_code: ReasonCode = ReasonCode.SERVING_RESERVED
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason_code", code_of(self.reason_code))
+
+    @property
+    def gpus(self) -> float:
+        return self.replicas * self.gpus_per_replica
+
+    @property
+    def placement(self) -> Placement:
+        return ((self.island, self.gpus),)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    rank: int
+    ts: float
+    text: str
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """Every row of a ledger as of one instant (read in one transaction): what
+    `rayfin ledger export` writes and `rayfin ledger import` restores (controller/ledger_io.py)."""
+
+    schema_version: int
+    jobs: tuple[JobRecord, ...]
+    events: tuple[Event, ...]
+    kv: tuple[tuple[str, bytes], ...]
+    results: tuple[tuple[str, int, bytes | None], ...] = ()        # (job_id, rank, value)
+    logs: tuple[tuple[int, str, int, float, str], ...] = ()          # (seq, job_id, rank, ts, text)
+    serving: tuple[ServingReservation, ...] = ()
+
+
+__all__ = ["JobKind", "JobRecord", "Event", "ServingReservation", "LogLine", "LedgerSnapshot", "CONTROL_KEYS",
+           "Placement"]

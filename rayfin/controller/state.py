@@ -1,0 +1,160 @@
+"""The controller's memory and its state transitions.
+
+`ControllerState` holds what the controller knows between cycles (the active jobs, the serving
+reservations, islands lost, cordoned, draining or held outside rayfin, the last decision per
+job) and the only ways a job's state changes: `save`, `finish`, `requeue`, `lost`,
+`preempt_now`. Each writes the ledger (the job row and its audit event, in one transaction)
+before memory changes, so what callers are told is always durable.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Callable
+
+from placement.topology import Topology
+from rayfin.config import RayfinConfig
+from rayfin.controller.backend import Backend
+from rayfin.controller.ledger import JobKind, JobRecord, Ledger
+from rayfin.controller.records import ServingReservation
+from rayfin.controller.recorder import Recorder
+from rayfin.policy import Decision, DeskQuota, JobState, SchedulerConfig
+from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
+from rayfin.policy.settings import Policy
+from rayfin.reasons import ReasonCode
+
+log = logging.getLogger("rayfin.controller")
+ACTIVE = (JobState.PENDING, JobState.ADMITTED, JobState.RUNNING)
+PLACED = (JobState.ADMITTED, JobState.RUNNING)
+# Today's values, used until the config's controller section carries them.
+DEFAULT_CORDON_S = 20.0
+DEFAULT_ADMIT_TIMEOUT_S = 180.0
+
+
+def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
+    """The live controller runs the `rayfin` preset of the policy with the configured grace."""
+    return SchedulerConfig.preset(Policy.RAYFIN, preemption_grace_s=config.defaults.preemption_grace_s)
+
+
+class ControllerState:
+    def __init__(self, config: RayfinConfig, ledger: Ledger, backend: Backend, clock: Callable[[], float],
+                 recorder: Recorder) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.backend = backend
+        self.clock = clock
+        self.recorder = recorder
+        self.topology = Topology.from_config(config.cluster)
+        self.desks = {d.name: DeskQuota.from_config(d) for d in config.desks}
+        self.policy = scheduler_config(config)
+        self.lock = threading.RLock()
+        self.active: dict[str, JobRecord] = {}
+        self.serving: dict[str, ServingReservation] = {}
+        self.last_decision: dict[str, Decision] = {}
+        # Island -> GPUs lost with their node (from the backend's last observation).
+        self.unavailable: dict[str, float] = {}
+        # Island -> GPUs held by work rayfin did not start (found by policing): taken, not lost,
+        # so they shrink what the scheduler may place without marking rayfin's own jobs there lost.
+        self.held_outside: dict[str, float] = {}
+        # Islands where a runner was just lost: cordoned until Ray's failure detector has had
+        # time to declare the node dead, so a requeued job is not placed straight back there.
+        self.cordoned: dict[str, float] = {}
+        # Islands the capacity planner is draining (rayfin.autoscale.drain): no new work is placed
+        # there, work already there runs on (unlike `unavailable`, which fails it).
+        self.draining: frozenset[str] = frozenset()
+        c = config.controller
+        self.cordon_s = float(getattr(c, "cordon_s", DEFAULT_CORDON_S))
+        # An admitted job whose group or runner never comes up (e.g. its node vanished mid-way)
+        # goes back to the queue after this long; nothing ran, so no retry is spent.
+        self.admit_timeout_s = float(getattr(c, "admit_timeout_s", DEFAULT_ADMIT_TIMEOUT_S))
+        # desk -> state -> ended batch jobs: counted by the database once here, then kept up to
+        # date by `finish`, so the per-cycle usage table never rescans the ledger.
+        terminal = [s.value for s in JobState if s.terminal]
+        self.finished: defaultdict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(terminal, 0))
+        for desk, counts in ledger.counts(terminal, exclude_kind=JobKind.SERVING.value).items():
+            self.finished[desk].update(counts)
+        # Duration-aware order: runtimes of finished jobs, learnt online (see cycle.hints).
+        self.durations = DurationPredictor()
+        self.duration_state = DurationState()
+
+    # ---------------------------------------------------------------- transitions
+    def save(self, job: JobRecord, event: str, reason: str, code: ReasonCode | None = None) -> JobRecord:
+        """Write a job and its audit event; keep it in memory while it is active."""
+        self.ledger.put_job(job, (event, reason, code or job.reason_code), ts=self.clock())
+        if job.state.terminal:
+            self.active.pop(job.job_id, None)
+        else:
+            self.active[job.job_id] = job
+        return job
+
+    def finish(self, job: JobRecord, state: JobState, reason: str, code: ReasonCode) -> JobRecord:
+        old = job.state
+        job = self.save(job.copy(state=state, reason=reason, reason_code=code, finished_at=self.clock(),
+                                 preempt_deadline=None, preempt_reason="",
+                                 payload=None if state is JobState.SUCCEEDED else job.payload),
+                        state.value.lower(), reason)
+        self.last_decision.pop(job.job_id, None)
+        self._learn_duration(job)
+        self.finished[job.desk][state.value] += 1
+        self.recorder.state_changed(job, old.value)
+        return job
+
+    def requeue(self, job: JobRecord, why: str, code: ReasonCode) -> JobRecord:
+        job = job.copy(state=JobState.PENDING, attempts=job.attempts + 1, placement=(), started_at=None,
+                       preempt_deadline=None, preempt_reason="", preempted_for=None, reason_code=code,
+                       reason=f"requeued (attempt {job.attempts + 2} of {job.max_retries + 1}): {why}")
+        self.recorder.state_changed(job, JobState.RUNNING.value)
+        return self.save(job, "requeued", why)
+
+    def release(self, job: JobRecord) -> None:
+        try:
+            self.backend.release(job.key, job.desk)
+        except Exception as exc:  # noqa: BLE001 - recovery's orphan sweep retries it
+            log.warning("release %s failed: %s", job.job_id, exc)
+
+    def lost(self, job: JobRecord, why: str, code: ReasonCode) -> None:
+        """Its group or runner went away: requeue (free if it never started), else fail."""
+        self.release(job)
+        if job.state is JobState.ADMITTED:
+            # Its GPUs went away before it started: nothing ran, so no retry is spent.
+            self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: {why}",
+                               reason_code=code), "requeued", why)
+            return
+        if job.attempts < job.max_retries:
+            self.requeue(job, why, code)
+        else:
+            self.finish(job, JobState.FAILED, f"{why} (no retries left)", code)
+
+    def preempt_now(self, job: JobRecord) -> None:
+        """Its grace period is over (or it stopped inside it): take the GPUs back."""
+        self.release(job)
+        why = job.preempt_reason or job.reason
+        self.recorder.preempted(job, why)
+        if job.attempts < job.max_retries:
+            self.requeue(job, "preempted: " + why, job.reason_code)
+        else:
+            self.finish(job, JobState.PREEMPTED, why, job.reason_code)
+
+    def _learn_duration(self, job: JobRecord) -> None:
+        if job.state is JobState.SUCCEEDED and job.started_at and job.finished_at:
+            self.duration_state = self.durations.observe(self.duration_state, duration_key(job),
+                                                         max(0.0, job.finished_at - job.started_at))
+
+    # ---------------------------------------------------------------- what placement may not use
+    def not_placeable(self) -> dict[str, float]:
+        """GPUs per island the scheduler may not place on: lost with their node, or held by work
+        rayfin did not start (until policing sees them freed)."""
+        out = dict(self.unavailable)
+        caps = {i.id: float(i.gpus) for i in self.topology.islands}
+        for island, gpus in self.held_outside.items():
+            if island in caps:
+                out[island] = min(caps[island], out.get(island, 0.0) + gpus)
+        return out
+
+
+def duration_key(job: JobRecord) -> JobKey:
+    return JobKey(job.desk, job.desk, job.name, int(job.gpus))
+
+
+__all__ = ["ControllerState", "ACTIVE", "PLACED", "scheduler_config", "duration_key"]

@@ -1,0 +1,117 @@
+"""Why a decision or a state change happened, as a code plus human text (Kueue's reason map).
+
+A decision, an audit event, a job record and a metric label all carry a `ReasonCode`; the prose
+beside it (`reason`) names the numbers of that case ("desk fx holds 4/4 GPUs"). Code is never
+recovered from prose: whoever decides picks the code. The codes are a bounded set, so they are
+safe as metric tag values; add one here, with its text, rather than inventing a string.
+
+Pure: imports nothing from rayfin, so the policy core, the controller and telemetry may all
+use it.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ReasonCode(str, Enum):
+    # -- the policy: admissions
+    WITHIN_NOMINAL = "within_nominal"
+    BORROWING = "borrowing"
+    NO_QUOTAS = "no_quotas"
+    # -- the policy: waits
+    NO_FREE_GPUS = "no_free_gpus"
+    CANNOT_BORROW = "cannot_borrow"
+    OVER_CEILING = "over_ceiling"
+    STATIC_PARTITION = "static_partition"
+    AWAITING_PREEMPTION = "awaiting_preemption"
+    # -- the policy: preemptions
+    PRIORITY = "priority"
+    RECLAIM = "reclaim"
+    # -- the policy and the controller's edge: refusals
+    NEVER_FITS = "never_fits"
+    POOL_TOO_SMALL = "pool_too_small"
+    UNKNOWN_DESK = "unknown_desk"
+    INVALID = "invalid"
+    # -- the controller: a job's life
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    JOB_RAISED = "job_raised"
+    CANCELLED = "cancelled"
+    PREEMPTED = "preempted"
+    NODE_LOST = "node_lost"
+    RUNNER_LOST = "runner_lost"
+    RUNNER_NOT_STARTED = "runner_not_started"
+    RESERVE_FAILED = "reserve_failed"
+    ADMIT_TIMEOUT = "admit_timeout"
+    POLICING = "policing"
+    # -- the controller: recovery after a restart
+    READOPTED = "readopted"
+    LOST_DURING_RESTART = "lost_during_restart"
+    RECOVERED = "recovered"
+    # -- serving reservations
+    SERVING_RESERVED = "serving_reserved"
+    SERVING_REPLACED = "serving_replaced"
+    SERVING_RELEASED = "serving_released"
+    # -- anything an operator records by hand
+    OPERATOR = "operator"
+    OTHER = "other"
+
+    def __str__(self) -> str:   # a metric tag or a log line shows the code itself
+        return self.value
+
+    @property
+    def text(self) -> str:
+        return _TEXT[self]
+
+
+_TEXT: dict[ReasonCode, str] = {
+    ReasonCode.WITHIN_NOMINAL: "admitted within the desk's nominal quota",
+    ReasonCode.BORROWING: "admitted on GPUs borrowed from other desks' unused nominal",
+    ReasonCode.NO_QUOTAS: "admitted with quotas off",
+    ReasonCode.NO_FREE_GPUS: "the desk may run it, but no placement has enough free GPUs now",
+    ReasonCode.CANNOT_BORROW: "it needs GPUs above nominal and the other desks do not lend that many now",
+    ReasonCode.OVER_CEILING: "it would take the desk above nominal plus its borrowing limit",
+    ReasonCode.STATIC_PARTITION: "static partitioning: the desk is at its nominal share",
+    ReasonCode.AWAITING_PREEMPTION: "entitled; waiting for preempted jobs to free their GPUs",
+    ReasonCode.PRIORITY: "preempted for a higher-priority job of the same desk",
+    ReasonCode.RECLAIM: "preempted: its desk was borrowing GPUs that their owner reclaimed",
+    ReasonCode.NEVER_FITS: "refused: more GPUs than the desk may ever hold",
+    ReasonCode.POOL_TOO_SMALL: "refused: more GPUs than the desk's pools have",
+    ReasonCode.UNKNOWN_DESK: "refused: the desk is not configured",
+    ReasonCode.INVALID: "refused: the request is not valid",
+    ReasonCode.QUEUED: "waiting in the desk's queue",
+    ReasonCode.RUNNING: "running",
+    ReasonCode.FINISHED: "finished",
+    ReasonCode.JOB_RAISED: "the job's code raised or exited non-zero",
+    ReasonCode.CANCELLED: "cancelled by its desk or the operator",
+    ReasonCode.PREEMPTED: "preempted after its grace period",
+    ReasonCode.NODE_LOST: "a node under it was lost",
+    ReasonCode.RUNNER_LOST: "its runner was lost",
+    ReasonCode.RUNNER_NOT_STARTED: "its runner could not be started",
+    ReasonCode.RESERVE_FAILED: "its placement group could not be created",
+    ReasonCode.ADMIT_TIMEOUT: "admitted, but it did not start in time",
+    ReasonCode.POLICING: "stopped by policing: it used GPUs outside rayfin",
+    ReasonCode.READOPTED: "re-adopted by a restarted controller",
+    ReasonCode.LOST_DURING_RESTART: "its group or runner went away while the controller was down",
+    ReasonCode.RECOVERED: "the controller rebuilt its state from the ledger",
+    ReasonCode.SERVING_RESERVED: "GPUs reserved for a serving deployment",
+    ReasonCode.SERVING_REPLACED: "a serving deployment was replaced",
+    ReasonCode.SERVING_RELEASED: "a serving deployment's GPUs were given back",
+    ReasonCode.OPERATOR: "recorded by an operator or rayfin's supervisor",
+    ReasonCode.OTHER: "other",
+}
+
+
+def code_of(value: "ReasonCode | str | None") -> ReasonCode:
+    """A stored code read back: the enum member, or OTHER for an empty or unknown value (an
+    audit row written before codes existed)."""
+    if isinstance(value, ReasonCode):
+        return value
+    try:
+        return ReasonCode(value or "other")
+    except ValueError:
+        return ReasonCode.OTHER
+
+
+__all__ = ["ReasonCode", "code_of"]
