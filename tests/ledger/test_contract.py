@@ -1,6 +1,7 @@
 """One contract, two ledgers: every test runs on SQLite and on a real PostgreSQL."""
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
@@ -217,3 +218,138 @@ def test_a_snapshot_is_one_instant_under_concurrent_writes(ledger):
 def test_every_table_travels_in_a_snapshot(ledger):
     # A migration that adds a table must add it to the snapshot (and to export/import) too.
     assert ledger.tables() == set(SNAPSHOT_TABLES)
+
+
+# ---- reason codes and serving reservations (schema version 3) ----------------------------
+def test_events_carry_the_code_of_their_reason(ledger):
+    from rayfin.reasons import ReasonCode
+
+    ledger.put_job(rec(reason_code=ReasonCode.QUEUED), ("submitted", "2 GPUs"))
+    ledger.put_job(rec(state="FAILED", reason_code=ReasonCode.NODE_LOST), ("failed", "node n0 lost"))
+    ledger.put_job(rec(state="FAILED", reason_code=ReasonCode.NODE_LOST), ("failed", "again", ReasonCode.RUNNER_LOST))
+    ledger.record(5.0, "", "", "controller_recovered", "", "{}", None, ReasonCode.RECOVERED)
+    ledger.record(6.0, "", "", "note", "", "no code")
+    assert [e.reason_code for e in ledger.events()] == ["queued", "node_lost", "runner_lost", "recovered", ""]
+    assert ledger.get_job("fx-1").reason_code is ReasonCode.NODE_LOST
+
+
+def test_serving_reservations_are_their_own_rows(ledger):
+    from rayfin.controller.records import ServingReservation
+    from rayfin.reasons import ReasonCode
+
+    res = ServingReservation("pricer", "fx", 2, 0.5, "n0-i0", 3.0, "within nominal quota (1/4)")
+    ledger.put_serving(res, ("serving_reserved", res.reason), ts=3.0)
+    assert ledger.serving() == [res] and res.gpus == 1.0 and ledger.jobs() == []
+    bigger = ServingReservation("pricer", "fx", 4, 0.5, "n0-i1", 4.0)
+    ledger.put_serving(bigger, ("serving_reserved", "more replicas"), ts=4.0)
+    assert ledger.serving() == [bigger]
+    ledger.drop_serving("pricer", ("cancelled", "serving deployment released", ReasonCode.SERVING_RELEASED), ts=5.0)
+    assert ledger.serving() == []
+    evs = ledger.events(job_id="serve-pricer")
+    assert [(e.kind, e.desk, e.reason_code) for e in evs] == [("serving_reserved", "fx", "serving_reserved"),
+                                                              ("serving_reserved", "fx", "serving_reserved"),
+                                                              ("cancelled", "fx", "serving_released")]
+    assert evs[0].data["gpus"] == 1.0 and evs[0].data["island"] == "n0-i0"
+
+
+def test_serving_reservations_travel_in_a_snapshot(backend):
+    from rayfin.controller.records import ServingReservation
+
+    src = backend.new()
+    res = ServingReservation("scorer", "risk", 1, 0.25, "n1-i0", 7.0, "fits")
+    src.put_serving(res, ("serving_reserved", "fits"), ts=7.0)
+    snap = src.snapshot()
+    assert snap.serving == (res,)
+    dst = backend.new()
+    dst.restore(snap)
+    assert dst.snapshot() == snap and dst.serving() == [res]
+
+
+def test_a_snapshot_from_before_the_serving_table_moves_its_reservations(backend):
+    # An export of schema version 2 held serving reservations as RUNNING jobs of kind "serving".
+    old = LedgerSnapshot(2, (rec("serve-pricer", kind="serving", state="RUNNING", started_at=12.0,
+                                 placement=(("n0-i0", 1.0),), info={"replicas": 2, "gpus_per_replica": 0.5}),
+                             rec("serve-gone", kind="serving", state="CANCELLED"),
+                             rec("fx-1")), (), ())
+    dst = backend.new()
+    dst.restore(old)
+    assert [j.job_id for j in dst.jobs()] == ["fx-1"]
+    [res] = dst.serving()
+    assert (res.model, res.desk, res.replicas, res.gpus_per_replica, res.island, res.reserved_at) == \
+        ("n", "fx", 2, 0.5, "n0-i0", 12.0)
+
+
+def test_control_fields_are_typed_and_load_from_their_stored_keys(ledger):
+    from rayfin.controller.records import JobKind
+    from rayfin.policy import JobState
+
+    job = rec(state="ADMITTED", generation=3, admitted_at=11.0, borrowed=2.0, preempted_for="fx-9", workers=2,
+              dist_backend=None, progress=0.5, info={"node_id": "abc"})
+    assert job.state is JobState.ADMITTED and job.kind is JobKind.CALLABLE and job.key == "fx-1~3"
+    ledger.put_job(job)
+    back = ledger.get_job("fx-1")
+    assert back == job and back.info == {"node_id": "abc"}
+    # a record as an older rayfin wrote it: control state inside info under its old keys
+    legacy = rec("fx-2", info={"gen": 1, "admitted_at": 5.0, "borrowed": 1.0, "workers": 4, "dist_backend": "gloo"})
+    assert (legacy.generation, legacy.admitted_at, legacy.borrowed, legacy.workers, legacy.dist_backend,
+            legacy.info) == (1, 5.0, 1.0, 4, "gloo", {})
+    assert job.public()["info"]["gen"] == 3 and job.public()["state"] == "ADMITTED"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_a_version_2_ledger_migrates_its_serving_jobs(dialect, tmp_path, request):
+    """A ledger written by rayfin before migration 0003: the serving reservation it held as a
+    RUNNING job moves to the serving table, ended ones go (the audit trail keeps them), the
+    audit events gain an empty reason code, and batch jobs stay as they were."""
+    from rayfin.controller.ledger import JOB_COLUMNS, job_row
+    from rayfin.controller.migrations import migrations
+
+    rows = [job_row(rec("serve-pricer", kind="serving", state="RUNNING", started_at=12.0, placement=(("n0-i1", 1.0),),
+                        info={"replicas": 2, "gpus_per_replica": 0.5})),
+            job_row(rec("serve-old", kind="serving", state="CANCELLED")),
+            job_row(rec("fx-1", info={"gen": 2, "workers": 2}))]
+    cols = ",".join(JOB_COLUMNS)
+    if dialect == "sqlite":
+        from rayfin.controller.ledger import SqliteLedger, _statements
+
+        path = tmp_path / "old.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        for mig in migrations("sqlite")[:2]:
+            for stmt in _statements(mig.sql):
+                db.execute(stmt)
+        db.execute("PRAGMA user_version=2")
+        db.executemany(f"INSERT INTO jobs({cols}) VALUES({','.join('?' * len(JOB_COLUMNS))})", rows)
+        db.execute("INSERT INTO events(ts, job_id, desk, kind, state, reason, data) "
+                   "VALUES(1.0, 'serve-pricer', 'fx', 'serving_reserved', 'RUNNING', 'fits', '{}')")
+        db.close()
+        led = SqliteLedger(path)
+    else:
+        import psycopg
+
+        from rayfin.controller.ledger_pg import PostgresLedger
+
+        server = request.getfixturevalue("postgres_server")
+        url = server.create_database("version_two")
+        marks = ",".join("%s::jsonb" if c in ("placement", "info") else "%s" for c in JOB_COLUMNS)
+        with psycopg.connect(url, password=server.password, autocommit=True) as conn:
+            conn.execute("CREATE TABLE rayfin_schema_migrations(version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                         "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            for mig in migrations("postgresql")[:2]:
+                conn.execute(mig.sql)
+                conn.execute("INSERT INTO rayfin_schema_migrations(version, name) VALUES(%s, %s)",
+                             (mig.version, mig.name))
+            with conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO jobs({cols}) VALUES({marks})", rows)
+            conn.execute("INSERT INTO events(ts, job_id, desk, kind, state, reason, data) "
+                         "VALUES(1.0, 'serve-pricer', 'fx', 'serving_reserved', 'RUNNING', 'fits', '{}')")
+        led = PostgresLedger(url, password=server.password)
+    try:
+        assert led.schema_version == latest_version(dialect)
+        assert [j.job_id for j in led.jobs()] == ["fx-1"]
+        assert (led.get_job("fx-1").generation, led.get_job("fx-1").workers) == (2, 2)
+        [res] = led.serving()
+        assert (res.model, res.desk, res.replicas, res.gpus_per_replica, res.island, res.reserved_at) == \
+            ("n", "fx", 2, 0.5, "n0-i1", 12.0)
+        assert [(e.kind, e.reason_code) for e in led.events()] == [("serving_reserved", "")]
+    finally:
+        led.close()

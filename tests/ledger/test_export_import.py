@@ -71,3 +71,40 @@ def test_a_password_in_the_ledger_url_is_a_config_error(capsys):
     assert main(["ledger", "export", "x.jsonl", "--ledger", "postgresql://rayfin:secret@db:5432/rayfin"]) == 2
     err = capsys.readouterr().err
     assert "controller.ledger" in err and "must not contain a password" in err and "secret" not in err
+
+
+def test_serving_reservations_and_entrypoint_text_travel_in_an_export(tmp_path):
+    from rayfin.controller.ledger_io import export_ledger, import_ledger
+    from rayfin.controller.records import ServingReservation
+
+    src = SqliteLedger(tmp_path / "src.db")
+    src.put_job(JobRecord(job_id="fx-0001", desk="fx", name="cmd", kind="entrypoint", gpus=1, priority=1, comm="none",
+                          state="PENDING", submitted_at=1.0, payload="python -m jobs.var_mc --paths 10"),
+                ("submitted", "1 GPUs"))
+    src.put_serving(ServingReservation("pricer", "fx", 2, 0.5, "n0-i0", 2.0, "fits"), ("serving_reserved", "fits"), 2.0)
+    snap = export_ledger(src, tmp_path / "x.jsonl")
+    assert read_snapshot(tmp_path / "x.jsonl") == snap
+    dst = SqliteLedger(tmp_path / "dst.db")
+    import_ledger(dst, tmp_path / "x.jsonl")
+    assert dst.snapshot() == snap
+    assert dst.get_job("fx-0001").payload == "python -m jobs.var_mc --paths 10"
+    assert [r.model for r in dst.serving()] == ["pricer"]
+
+
+def test_an_export_from_before_serving_and_codes_loads(tmp_path):
+    # version 1 file of schema version 2: no serving lines, no counts for them, events without codes
+    import json
+
+    lines = [{"format": "rayfin-ledger", "version": 1, "schema_version": 2, "exported_at": 0, "source": "old"},
+             {"job": {"job_id": "serve-pricer", "desk": "fx", "name": "pricer", "kind": "serving", "gpus": 1.0,
+                      "priority": 2, "comm": "none", "state": "RUNNING", "submitted_at": 1.0, "started_at": 1.0,
+                      "placement": [["n0-i0", 1.0]], "payload": None, "result": None, "reason": "fits",
+                      "info": {"replicas": 2, "gpus_per_replica": 0.5}}},
+             {"event": {"seq": 1, "ts": 1.0, "job_id": "serve-pricer", "desk": "fx", "kind": "serving_reserved",
+                        "state": "RUNNING", "reason": "fits", "data": {}}},
+             {"end": {"jobs": 1, "events": 1, "kv": 0}}]
+    (tmp_path / "old.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    led = SqliteLedger(tmp_path / "l.db")
+    assert main(["ledger", "import", str(tmp_path / "old.jsonl"), "--ledger", str(tmp_path / "l.db")]) == 0
+    assert led.jobs() == [] and [(r.model, r.gpus) for r in led.serving()] == [("pricer", 1.0)]
+    assert led.events()[0].reason_code == ""
