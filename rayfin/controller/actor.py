@@ -5,7 +5,6 @@ SDK can raise the same typed error the controller decided.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -16,12 +15,10 @@ from typing import Any, Callable
 import ray
 
 from placement.topology import Topology
-from rayfin.autoscale import AutoscaleState, Observations, parse_autoscaling, step
-from rayfin.autoscale import metrics as autoscale_metrics
-from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
 from rayfin.config import RayfinConfig, parse_config
+from rayfin.controller.capacity import CapacityLoop
 from rayfin.controller.core import ControllerCore
-from rayfin.controller.ledger import Ledger, open_ledger
+from rayfin.controller.ledger import open_ledger
 from rayfin.controller.patrol import Patrol
 from rayfin.controller.ray_backend import RayBackend
 from rayfin.controller.recorder import Recorder
@@ -188,37 +185,6 @@ class RayfinController:
     def shutdown(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-class CapacityLoop:
-    """Asks Ray's autoscaler for capacity ahead of forecast demand, per desk pool, once per
-    forecast bin. The planner is pure (`rayfin.autoscale.step`); its state is persisted in the
-    ledger so a restarted controller keeps its history."""
-
-    KEY = "autoscale_state"
-
-    def __init__(self, config: RayfinConfig, ledger: Ledger, adapter: Any = None) -> None:
-        self.settings = parse_autoscaling(config.autoscaling)
-        self.ledger = ledger
-        raw = ledger.get_kv(self.KEY)
-        self.state = AutoscaleState.from_dict(json.loads(raw)) if raw else AutoscaleState()
-        self.adapter = adapter if adapter is not None else RayAutoscalerAdapter()
-        self.next_at = 0.0
-        self.last_request: Any = None
-
-    def due(self, now: float) -> bool:
-        return self.settings.enabled and now >= self.next_at
-
-    def step(self, demand: dict[str, float], now: float) -> None:
-        self.next_at = now + self.settings.forecast.bin_s
-        request, self.state = step(self.state, Observations(pool_demand_gpus=demand), now, self.settings)
-        self.ledger.put_kv(self.KEY, json.dumps(self.state.to_dict()).encode())
-        self.last_request = request
-        try:
-            self.adapter.apply(request)
-            autoscale_metrics.record_capacity(request)
-        except RayfinError as exc:  # an autoscaler that is not there must not stop scheduling
-            log.warning("capacity request not sent: %s", exc)
 
 
 def start_controller(config: RayfinConfig, *, deploy_key: str | None = None):

@@ -113,6 +113,8 @@ def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> i
     elif st.state == "LOST":
         for island, _ in job.placement:
             s.cordoned[island] = now + s.cordon_s
+            # at once, so this cycle's snapshot does not place the requeued job straight back
+            s.unavailable.setdefault(island, float(s.topology.island(island).gpus))
         s.lost(job, st.error or "runner lost", ReasonCode.RUNNER_LOST)
         return 1
     return 0

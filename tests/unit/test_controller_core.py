@@ -354,3 +354,174 @@ def test_draining_unknown_island_is_refused_with_the_field(env):
     with pytest.raises(InvalidRequest) as err:
         core.set_draining(["no-such-island"])
     assert err.value.field == "draining"
+
+
+# ---- the 20 s cordon, the capacity loop, a retried submit across a restart (issue 19) ----------
+def test_a_lost_runner_cordons_its_islands_for_cordon_s(env):
+    core, backend, clock, _ = env
+    assert core.cordon_s == 20.0                        # the default until the config carries it
+    job = core.submit(TOK["risk"], "risk", spec(4, retries=1))["job_id"]
+    run(core, 3)
+    island = backend.group_of(job)[0][0]
+    backend.lose(job, "runner died")
+    run(core)                                           # requeued and re-admitted in the same cycle
+    assert core.cordoned == {island: clock() + 20.0}
+    assert island not in {i for i, _ in backend.group_of(job)}   # not placed straight back there
+    assert core.unavailable[island] == 4.0
+    clock.advance(19.0)
+    run(core)
+    assert island in core.cordoned
+    clock.advance(1.5)                                  # 20.5 s after the loss: the cordon has lapsed
+    run(core)
+    assert core.cordoned == {} and island not in core.unavailable
+
+
+def test_cordon_keeps_a_requeued_job_waiting_when_its_pool_has_no_other_island(env):
+    core, backend, clock, _ = env
+    first = core.submit(TOK["risk"], "risk", spec(4))["job_id"]
+    lost = core.submit(TOK["risk"], "risk", spec(4, retries=1))["job_id"]
+    run(core, 3)
+    island = backend.group_of(lost)[0][0]
+    backend.lose(lost)
+    run(core)
+    # risk's pool is 2 islands of 4: one runs `first`, the other is cordoned
+    assert core.status(TOK["risk"], lost)["state"] == "PENDING"
+    assert core.status(TOK["risk"], first)["state"] == "RUNNING"
+    clock.advance(core.cordon_s + 1)
+    run(core)
+    assert core.status(TOK["risk"], lost)["state"] == "ADMITTED" and backend.group_of(lost)[0][0] == island
+
+
+class _Adapter:
+    def __init__(self, fail=False):
+        self.sent, self.fail = [], fail
+
+    def apply(self, request):
+        from rayfin.autoscale.ray_adapter import AutoscalerUnavailable
+
+        if self.fail:
+            raise AutoscalerUnavailable(bundles=1, reason="no autoscaler")
+        self.sent.append(request)
+
+
+AUTOSCALING = {"forecast": {"bin_s": 60, "season_s": 3600, "week_seasons": 1},
+               "pools": {"risk": {"lead_time_s": 120, "max_gpus": 8}}}
+
+
+def test_capacity_loop_asks_once_per_bin_and_keeps_its_state_across_a_restart(tmp_path):
+    from rayfin.controller.capacity import CapacityLoop
+
+    core, backend, clock, ledger = controller_env(tmp_path, autoscaling=AUTOSCALING)
+    adapter, recorded = _Adapter(), []
+    loop = CapacityLoop(core.config, ledger, adapter, record=recorded.append)
+    core.submit(TOK["risk"], "risk", spec(4))
+    core.submit(TOK["risk"], "risk", spec(2))
+    run(core)
+    demand = core.pool_demand()
+    assert demand["risk"] == 6.0 and demand["general"] == 0.0    # 4 admitted + 2 (admitted too: 8 fit)
+    assert loop.due(clock())
+    loop.step(demand, clock())
+    [req] = adapter.sent
+    assert req.pools["risk"].demand_gpus == 6.0 and recorded == [req] and loop.last_request is req
+    assert not loop.due(clock() + 59.0) and loop.due(clock() + 60.0)      # one step per forecast bin
+    # A restarted controller's loop reads the planner's state back from the ledger.
+    again = CapacityLoop(core.config, ledger, _Adapter(), record=lambda r: None)
+    assert again.state.to_dict() == loop.state.to_dict() and again.state.to_dict() != {}
+
+
+def test_capacity_loop_goes_on_when_the_autoscaler_is_not_there(tmp_path):
+    from rayfin.controller.capacity import CapacityLoop
+
+    core, _, clock, ledger = controller_env(tmp_path, autoscaling=AUTOSCALING)
+    loop = CapacityLoop(core.config, ledger, _Adapter(fail=True), record=lambda r: None)
+    loop.step({"risk": 3.0}, clock())                   # logged, not raised
+    assert loop.last_request is not None and ledger.get_kv(CapacityLoop.KEY) is not None
+
+
+def test_capacity_loop_off_when_autoscaling_is_disabled(tmp_path):
+    from rayfin.controller.capacity import CapacityLoop
+
+    core, _, clock, ledger = controller_env(tmp_path, autoscaling={"enabled": False})
+    assert not CapacityLoop(core.config, ledger, _Adapter(), record=lambda r: None).due(clock())
+
+
+def test_a_submit_retried_across_a_controller_restart_runs_once(tmp_path):
+    # The SDK retries a submit that got no answer (the controller died after writing it): the
+    # client-chosen id makes the retry find the job the first controller already accepted.
+    clock = Clock()
+    backend = FakeBackend()
+    first = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    job_id = "fx-00c0ffee00c0ffee"
+    first.submit(TOK["fx"], "fx", spec(2, job_id=job_id))
+    run(first, 3)
+    assert backend.start_count(job_id) == 1
+    # The controller is killed and brought back (max_restarts=-1): fresh memory, same ledger.
+    second = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    second.recover()
+    again = second.submit(TOK["fx"], "fx", spec(2, job_id=job_id))    # the SDK's retry
+    assert again["job_id"] == job_id and again["state"] == "RUNNING"
+    assert [j["job_id"] for j in second.jobs(TOK["fx"])] == [job_id]
+    run(second, 3)
+    backend.finish(job_id, result=b"once")
+    run(second)
+    assert second.status(TOK["fx"], job_id)["state"] == "SUCCEEDED"
+    assert backend.start_count(job_id) == 1                              # never run twice
+    assert [e["kind"] for e in second.audit(TOK["fx"])].count("submitted") == 1
+
+
+def test_a_submit_retried_before_the_restart_recovers_is_still_one_job(tmp_path):
+    # The retry can reach the new controller while it is still pending (not yet admitted).
+    clock = Clock()
+    backend = FakeBackend()
+    first = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    job_id = "fx-0123456789abcdef"
+    first.submit(TOK["fx"], "fx", spec(1, job_id=job_id))
+    second = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    assert second.submit(TOK["fx"], "fx", spec(1, job_id=job_id))["state"] == "PENDING"
+    second.recover()
+    run(second, 3)
+    assert backend.start_count(job_id) == 1 and len(second.jobs(TOK["admin"])) == 1
+
+
+# ---- reasons as codes; serving reservations as their own records --------------------------------
+def test_every_transition_carries_a_reason_code(env):
+    core, backend, _, _ = env
+    borrower = core.submit(TOK["equities"], "equities", spec(8, priority="batch", workers="per_gpu"))["job_id"]
+    run(core)
+    assert core.status(TOK["equities"], borrower)["reason_code"] == "borrowing"
+    run(core, 2)
+    assert core.status(TOK["equities"], borrower)["reason_code"] == "running"
+    lender = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    run(core)
+    st = core.status(TOK["equities"], borrower)
+    assert st["reason_code"] == "reclaim" and st["reason"].startswith("being preempted")
+    assert core.explain(TOK["fx"], lender)["decision"]["code"] == "awaiting_preemption"
+    backend.finish(borrower)
+    run(core)
+    st = core.status(TOK["equities"], borrower)
+    # the final reason is the decision's own text, not a prefix stripped from the record's prose
+    assert st["state"] == "PREEMPTED" and st["reason"].startswith("reclaimed: desk equities")
+    codes = {(e["kind"], e["reason_code"]) for e in core.audit(TOK["admin"])}
+    assert {("submitted", "queued"), ("admitted", "borrowing"), ("preemption_planned", "reclaim"),
+            ("preempted", "reclaim")} <= codes
+    assert all(e["reason_code"] for e in core.audit(TOK["admin"]))
+
+
+def test_serving_reservations_are_not_jobs_and_survive_a_restart(tmp_path):
+    clock = Clock()
+    backend = FakeBackend()
+    core = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    res = core.reserve_serving(TOK["admin"], "pricer", "fx", 2, 0.5)
+    assert core.reserve_serving(TOK["admin"], "pricer", "fx", 2, 0.5) == res        # the same again: a no-op
+    assert core.jobs(TOK["admin"]) == [] and core.usage(TOK["fx"])["fx"]["running"] == 0
+    with pytest.raises(JobNotFound):
+        core.status(TOK["admin"], "serve-pricer")
+    again = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock)
+    again.recover()
+    assert again.usage(TOK["fx"])["fx"]["serving"] == 1.0
+    assert again.pool_demand()["general"] == 1.0
+    assert again.release_serving(TOK["admin"], "pricer") == {"released": True, "gpus": 1.0, "desk": "fx"}
+    assert again.usage(TOK["fx"])["fx"]["serving"] == 0.0
+    assert again.release_serving(TOK["admin"], "pricer") == {"released": False}
+    kinds = [(e["kind"], e["reason_code"]) for e in again.audit(TOK["admin"]) if e["job_id"] == "serve-pricer"]
+    assert kinds == [("serving_reserved", "serving_reserved"), ("cancelled", "serving_released")]
