@@ -28,7 +28,11 @@ from rayfin.reasons import ReasonCode
 log = logging.getLogger("rayfin.controller")
 
 
-def _wrap(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+Token = str | None
+Reply = dict[str, Any]
+
+
+def _wrap(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Reply:
     try:
         return {"ok": True, "value": fn(*args, **kwargs)}
     except RayfinError as exc:
@@ -44,7 +48,8 @@ class RayfinController:
         self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder(),
                                    deploy_key=deploy_key)
         self.recovery = self.core.recover()
-        self.capacity = CapacityLoop(self.config, self.ledger)
+        # Not `self.capacity`: that name is the `capacity()` call of the SDK surface.
+        self.capacity_loop = CapacityLoop(self.config, self.ledger)
         self.cycles = 0
         self.last_report: dict[str, float] = {}
         self._stop = threading.Event()
@@ -99,84 +104,88 @@ class RayfinController:
                 self.cycles += 1
                 self.last_report = report.timings_ms
                 now = time.time()
-                if self.capacity.due(now):
+                if self.capacity_loop.due(now):
                     with self.core.lock:
                         demand = self.core.pool_demand()
-                    self.capacity.step(demand, now)
+                    self.capacity_loop.step(demand, now)
             except Exception:  # a bad cycle must not kill the loop; it is logged and retried
                 log.exception("controller cycle failed")
             self._stop.wait(max(0.0, interval - (time.perf_counter() - t)))
 
-    # -- SDK surface --
+    # -- SDK surface: every call returns {"ok": True, "value": ...} or {"ok": False, "error": ...} --
     def ping(self) -> dict[str, Any]:
         return {"ok": True, "value": {"pid": os.getpid(), "started_at": self.started_at,
                                       "cycles": self.cycles, "recovery": self.recovery,
                                       "timings_ms": self.last_report}}
 
-    def submit(self, token, desk, spec):
+    def submit(self, token: Token, desk: str, spec: dict[str, Any]) -> Reply:
         return _wrap(self.core.submit, token, desk, spec)
 
-    def status(self, token, job_id):
+    def status(self, token: Token, job_id: str) -> Reply:
         return _wrap(self.core.status, token, job_id)
 
-    def result(self, token, job_id):
+    def result(self, token: Token, job_id: str) -> Reply:
         return _wrap(self.core.result, token, job_id)
 
-    def results(self, token, job_id):
+    def results(self, token: Token, job_id: str) -> Reply:
         return _wrap(self.core.results, token, job_id)
 
-    def logs(self, token, job_id, rank=None, tail=None):
+    def logs(self, token: Token, job_id: str, rank: int | None = None, tail: int | None = None) -> Reply:
         return _wrap(self.core.logs, token, job_id, rank, tail)
 
-    def cancel(self, token, job_id):
+    def cancel(self, token: Token, job_id: str) -> Reply:
         return _wrap(self.core.cancel, token, job_id)
 
-    def jobs(self, token, desk=None, states=None, limit=1000):
+    def jobs(self, token: Token, desk: str | None = None, states: list[str] | None = None,
+             limit: int = 1000) -> Reply:
         return _wrap(self.core.jobs, token, desk, states, limit)
 
-    def usage(self, token, desk=None):
+    def usage(self, token: Token, desk: str | None = None) -> Reply:
         return _wrap(self.core.usage, token, desk)
 
-    def explain(self, token, job_id):
+    def explain(self, token: Token, job_id: str) -> Reply:
         return _wrap(self.core.explain, token, job_id)
 
-    def capacity(self, token):
-        def _view(_token):
+    def capacity(self, token: Token) -> Reply:
+        def _view(_token: Token) -> dict[str, Any]:
             self.core.authenticate(_token, None, "read capacity plan")
-            req = self.capacity.last_request
+            req = self.capacity_loop.last_request
             if req is None:
                 return {}
-            return {p: {"requested_gpus": plan.gpus, "demand_gpus": plan.demand_gpus, "forecast_gpus": plan.forecast_gpus,
-                        "reasons": list(plan.reasons)} for p, plan in req.pools.items()}
+            return {p: {"requested_gpus": plan.gpus, "demand_gpus": plan.demand_gpus,
+                        "forecast_gpus": plan.forecast_gpus, "reasons": list(plan.reasons)}
+                    for p, plan in req.pools.items()}
         return _wrap(_view, token)
 
-    def release_serving(self, token=None, *, model):
+    def release_serving(self, token: Token = None, *, model: str) -> Reply:
         return _wrap(self.core.release_serving, token, model)
 
-    def pools(self, token):
+    def pools(self, token: Token) -> Reply:
         return _wrap(self.core.pools, token)
 
-    def policing(self, token):
-        def _view(_token):
+    def policing(self, token: Token) -> Reply:
+        def _view(_token: Token) -> dict[str, Any]:
             who = self.core.authenticate(_token, None, "read policing")
             if self.patrol is None:
                 return {"mode": "off", "interval_s": 0.0, "findings": [], "outside_gpus": {}}
             return self.patrol.view(None if who.admin else who.desk)
         return _wrap(_view, token)
 
-    def record_event(self, token, kind, reason, data=None):
+    def record_event(self, token: Token, kind: str, reason: str, data: dict[str, Any] | None = None) -> Reply:
         """An operator event into the audit log (e.g. the supervisor's: the controller was killed)."""
-        def _record(_token):
+        def _record(_token: Token) -> bool:
             self.core.require_operator(_token, None)
             self.ledger.record(time.time(), "", "", str(kind)[:64], "", str(reason)[:2000], data or {},
                                ReasonCode.OPERATOR)
             return True
         return _wrap(_record, token)
 
-    def audit(self, token, desk=None, since=None, until=None, limit=1000):
+    def audit(self, token: Token, desk: str | None = None, since: float | None = None, until: float | None = None,
+              limit: int = 1000) -> Reply:
         return _wrap(self.core.audit, token, desk, since, until, limit)
 
-    def reserve_serving(self, token=None, *, model, desk, replicas, gpus_per_replica):
+    def reserve_serving(self, token: Token = None, *, model: str, desk: str, replicas: int,
+                        gpus_per_replica: float) -> Reply:
         return _wrap(self.core.reserve_serving, token, model, desk, replicas, gpus_per_replica)
 
     def config_data(self) -> dict[str, Any]:
@@ -187,7 +196,7 @@ class RayfinController:
         self._thread.join(timeout=5)
 
 
-def start_controller(config: RayfinConfig, *, deploy_key: str | None = None):
+def start_controller(config: RayfinConfig, *, deploy_key: str | None = None) -> Any:
     """Create (or find) the detached controller actor, pinned to the head node so the ledger
     file and the metrics it exports live there. Returns the actor handle.
 
@@ -203,7 +212,7 @@ def start_controller(config: RayfinConfig, *, deploy_key: str | None = None):
     return handle
 
 
-def get_controller(config_or_name: RayfinConfig | str = "rayfin-controller", namespace: str = "rayfin"):
+def get_controller(config_or_name: RayfinConfig | str = "rayfin-controller", namespace: str = "rayfin") -> Any:
     if isinstance(config_or_name, RayfinConfig):
         return ray.get_actor(config_or_name.controller.name, namespace=config_or_name.controller.namespace)
     return ray.get_actor(config_or_name, namespace=namespace)

@@ -116,17 +116,17 @@ class FakeBackend:
         self._statuses[self._key(job_id)] = RunnerStatus("LOST", error=why)
 
     # -- the protocol --
-    def reserve(self, key, desk, placement, unit=1):
+    def reserve(self, key: str, desk: str, placement: tuple[tuple[str, float], ...], unit: int = 1) -> None:
         self.groups[key] = placement
         self.units[key] = unit
         self._ready.add(key)
 
-    def start(self, spec):
+    def start(self, spec: LaunchSpec) -> None:
         self.starts[spec.name] = self.starts.get(spec.name, 0) + 1
         self.runners[spec.name] = spec
         self._statuses[spec.name] = RunnerStatus("RUNNING")
 
-    def observe(self, keys):
+    def observe(self, keys: list[str]) -> Observation:
         ready = frozenset(k for k in self._ready if k in keys)
         self._ready -= ready
         statuses = {k: s for k, s in self._statuses.items() if k in keys}
@@ -135,19 +135,19 @@ class FakeBackend:
                 statuses[k] = replace(statuses[k], logs=tuple(self._logs.pop(k)))
         return Observation(ready, statuses, dict(self.unavailable))
 
-    def request_stop(self, key):
+    def request_stop(self, key: str) -> None:
         self.stops.append(key)
 
-    def release(self, key, desk):
+    def release(self, key: str, desk: str) -> None:
         self.released.append(key)
         self.groups.pop(key, None)
         self.runners.pop(key, None)
         self._statuses.pop(key, None)
         self._ready.discard(key)
 
-    def owned(self, desks):
+    def owned(self, desks: list[str]) -> Owned:
         return Owned(frozenset(self.groups), frozenset(self.runners))
 
-    def adopt(self, key, desk, placement, running):
+    def adopt(self, key: str, desk: str, placement: tuple[tuple[str, float], ...], running: bool) -> None:
         if running and key not in self._statuses:
             self._statuses[key] = RunnerStatus("RUNNING")

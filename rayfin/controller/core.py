@@ -25,7 +25,8 @@ from rayfin.controller import recovery, serving, views
 from rayfin.controller.auth import Auth, Principal
 from rayfin.controller.backend import Backend
 from rayfin.controller.cycle import CycleReport
-from rayfin.controller.ledger import JobKind, JobRecord, Ledger
+from rayfin.controller.ledger import Ledger
+from rayfin.controller.records import JobKind, JobRecord
 from rayfin.controller.recorder import NullRecorder, Recorder
 from rayfin.controller.state import PLACED, ControllerState, scheduler_config
 from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayfin.controller.backend import LaunchSpec, Observation
-from rayfin.controller.ledger import JobRecord
+from rayfin.controller.records import JobRecord
 from rayfin.controller.state import PLACED, ControllerState, duration_key
 from rayfin.policy import (ClusterSnapshot, CommProfile, CycleDecision, JobState, PendingJob, Priority, RunningJob,
                            schedule)

@@ -28,7 +28,7 @@ from rayfin.controller.migrations import migrations
 from rayfin.controller.records import (Event, JobKind, JobRecord, LedgerSnapshot, LogLine,  # noqa: F401 (re-export)
                                        ServingReservation)
 from rayfin.errors import ConfigError, LedgerError
-from rayfin.reasons import ReasonCode
+from rayfin.reasons import ReasonCode, code_of
 
 if TYPE_CHECKING:
     from rayfin.config import ControllerConfig
@@ -84,7 +84,8 @@ def tail_lines(chunks: Iterable[LogLine], tail: int | None) -> list[LogLine]:
 
 
 def logs_query(job_id: str, rank: int | None, mark: str) -> tuple[str, list[Any]]:
-    q, args = f"SELECT rank, ts, text FROM logs WHERE job_id={mark}", [job_id]
+    q = f"SELECT rank, ts, text FROM logs WHERE job_id={mark}"
+    args: list[Any] = [job_id]
     if rank is not None:
         q += f" AND rank={mark}"
         args.append(rank)
@@ -159,7 +160,7 @@ def event_values(ts: float, job_id: str, desk: str, kind: str, state: str, reaso
 def job_event(job: JobRecord, event: JobEvent, ts: float | None) -> tuple[Any, ...]:
     """The values of `EVENT_INSERT` for the audit event `put_job` appends."""
     kind, reason = event[0], event[1]
-    code = event[2] if len(event) > 2 else job.reason_code  # type: ignore[misc]
+    code = event[2] if len(event) > 2 else job.reason_code
     when = ts if ts is not None else (job.finished_at or job.started_at or job.submitted_at)
     data = {"gpus": job.gpus, "placement": job.placement, "attempts": job.attempts}
     return event_values(when, job.job_id, job.desk, kind, job.state.value, reason, data, code)
@@ -172,13 +173,14 @@ def serving_row(r: ServingReservation) -> tuple[Any, ...]:
 def serving_from_row(r: Iterable[Any]) -> ServingReservation:
     d = dict(zip(SERVING_COLUMNS, r))
     return ServingReservation(str(d["model"]), str(d["desk"]), int(d["replicas"]), float(d["gpus_per_replica"]),
-                              str(d["island"]), float(d["reserved_at"]), d["reason"] or "", d["reason_code"] or "")
+                              str(d["island"]), float(d["reserved_at"]), d["reason"] or "",
+                              code_of(d["reason_code"]))
 
 
 def serving_event(r: ServingReservation | None, model: str, desk: str, event: JobEvent,
                   ts: float) -> tuple[Any, ...]:
     """The audit event of a reservation made or dropped (job id "serve-<model>", as it always was)."""
-    code = event[2] if len(event) > 2 else (r.reason_code if r else ReasonCode.SERVING_RELEASED)  # type: ignore[misc]
+    code = event[2] if len(event) > 2 else (r.reason_code if r else ReasonCode.SERVING_RELEASED)
     data: dict[str, Any] = {"model": model}
     if r is not None:
         data.update(gpus=r.gpus, replicas=r.replicas, gpus_per_replica=r.gpus_per_replica, island=r.island)
@@ -431,8 +433,8 @@ class SqliteLedger:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                jobs = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs ORDER BY submitted_at, job_id")
-                jobs = tuple(job_from_row(r) for r in jobs.fetchall())
+                rows = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs ORDER BY submitted_at, job_id")
+                jobs = tuple(job_from_row(r) for r in rows.fetchall())
                 events = self._db.execute(f"SELECT {','.join(EVENT_COLUMNS)} FROM events ORDER BY seq").fetchall()
                 kv = self._db.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
                 results = self._db.execute("SELECT job_id, rank, value FROM results ORDER BY job_id, rank").fetchall()
@@ -500,7 +502,7 @@ def _statements(script: str) -> list[str]:
 
 # -- choosing a backend ------------------------------------------------------------------------
 def is_postgres_url(value: str | None) -> bool:
-    return bool(value) and value.split("://", 1)[0] in ("postgresql", "postgres")
+    return value is not None and value.split("://", 1)[0] in ("postgresql", "postgres")
 
 
 def ledger_password(controller: "ControllerConfig", environ: dict[str, str] | None = None) -> str | None:
@@ -534,10 +536,15 @@ def ledger_password(controller: "ControllerConfig", environ: dict[str, str] | No
 def open_ledger(controller: "ControllerConfig") -> Ledger:
     """The ledger the config selects: PostgreSQL when `controller.ledger` is a postgresql:// URL,
     else SQLite at `controller.ledger_path`."""
-    if is_postgres_url(controller.ledger):
+    if controller.ledger is not None and is_postgres_url(controller.ledger):
         # Imported here: ledger_pg imports this module, and psycopg is only needed for PostgreSQL.
         from rayfin.controller.ledger_pg import PostgresLedger
 
         return PostgresLedger(controller.ledger, password=ledger_password(controller),
                               pool_size=controller.ledger_pool_size)
     return SqliteLedger(controller.ledger_path)
+
+
+__all__ = ["Ledger", "SqliteLedger", "JobEvent", "JobKind", "JobRecord", "Event", "ServingReservation", "LogLine",
+           "LedgerSnapshot", "SNAPSHOT_TABLES", "JOB_COLUMNS", "EVENT_COLUMNS", "SERVING_COLUMNS", "open_ledger",
+           "is_postgres_url", "ledger_password", "upgrade"]

@@ -78,8 +78,8 @@ def lines(snapshot: LedgerSnapshot, source: str) -> Iterator[str]:
         yield json.dumps({"event": asdict(e)}, default=str)
     for key, value in snapshot.kv:
         yield json.dumps({"kv": {"key": key, "value_b64": _b64(value)}})
-    for job_id, rank, value in snapshot.results:
-        yield json.dumps({"result": {"job_id": job_id, "rank": rank, "value_b64": _b64(value)}})
+    for job_id, rank, blob in snapshot.results:
+        yield json.dumps({"result": {"job_id": job_id, "rank": rank, "value_b64": _b64(blob)}})
     for seq, job_id, rank, ts, text in snapshot.logs:
         yield json.dumps({"log": {"seq": seq, "job_id": job_id, "rank": rank, "ts": ts, "text": text}})
     for res in snapshot.serving:

@@ -15,7 +15,9 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Protocol
 
+from placement.topology import Topology
 from rayfin.config import PolicingConfig
+from rayfin.controller.ledger import Ledger
 from rayfin.controller.policing import Finding, Holder, Owners, Sightings, find, outside_gpus
 
 log = logging.getLogger("rayfin.patrol")
@@ -29,8 +31,19 @@ class Police(Protocol):
     def gauge(self, held: dict[str, float], islands: list[str]) -> None: ...
 
 
+class PolicedCore(Protocol):
+    """What policing needs of the controller (ControllerCore provides it)."""
+
+    lock: Any
+    held_outside: dict[str, float]
+    topology: Topology
+    ledger: Ledger
+
+    def police_job(self, job_id: str, reason: str) -> bool: ...
+
+
 class Patrol:
-    def __init__(self, settings: PolicingConfig, core, police: Police, *,
+    def __init__(self, settings: PolicingConfig, core: PolicedCore, police: Police, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.core = core

@@ -141,7 +141,9 @@ class RayPolice:
     def _kill(self, f: Finding) -> str:
         """SIGKILL through the node's agent. The sweep does not wait for it (a new agent takes
         seconds to start on a busy node): the answer to the last kill sent is reported instead."""
-        key = (f.node_id, int(f.pid))
+        if f.pid is None:
+            return "nothing to stop (no pid)"
+        key = (f.node_id, f.pid)
         ref = self._pending.get(key)
         if ref is not None:
             done, _ = ray.wait([ref], timeout=0)
@@ -152,11 +154,11 @@ class RayPolice:
             except Exception as exc:  # noqa: BLE001 - the agent died with its node: send again
                 answer = f"agent failed: {type(exc).__name__}"
             if answer in ("gone", "killed"):
-                return "worker " + answer
-        self._pending[key] = self._agent(f.node_id).kill.remote(int(f.pid))
+                return "worker " + str(answer)
+        self._pending[key] = self._agent(f.node_id).kill.remote(f.pid)
         return "kill sent"
 
-    def _agent(self, node_id: str):
+    def _agent(self, node_id: str) -> Any:
         agent = self._agents.get(node_id)
         if agent is None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

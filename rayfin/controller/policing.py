@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 GROUP_PREFIX = "rayfin-job-"
 SERVING_PREFIX = "SERVE_REPLICA::rayfin-"
@@ -63,10 +63,10 @@ class Finding:
     action: str = ""
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
-    def copy(self, **changes) -> "Finding":
+    def copy(self, **changes: Any) -> "Finding":
         return replace(self, **changes)
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("kind", "id", "name", "node_id", "island", "resources", "gpus",
                                             "ray_job_id", "desk", "rayfin_job_id", "first_seen", "last_seen",
                                             "started_at", "stopped_at", "action")}

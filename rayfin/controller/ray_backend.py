@@ -55,7 +55,7 @@ class _Live:
     last: RunnerStatus | None = None
 
 
-def bundles_for(topology: Topology, placement, unit: int) -> list[dict[str, float]]:
+def bundles_for(topology: Topology, placement: tuple[tuple[str, float], ...], unit: int) -> list[dict[str, float]]:
     """One bundle per worker, in rank order: bundle index = rank."""
     return [{"GPU": s.gpus, island_resource(s.island): s.gpus, pool_resource(topology.island(s.island).pool): s.gpus}
             for s in rank_layout(topology, placement, unit)]
@@ -72,7 +72,7 @@ class RayBackend:
         return hmac.new(self._runner_key, key.encode(), hashlib.sha256).hexdigest()
 
     # -- reserve / start --
-    def reserve(self, key: str, desk: str, placement, unit: int = 1) -> None:
+    def reserve(self, key: str, desk: str, placement: tuple[tuple[str, float], ...], unit: int = 1) -> None:
         bundles = bundles_for(self.topology, placement, unit)
         with job_context(key.split("~")[0]):
             pg = placement_group(bundles, strategy="PACK", name=GROUP_PREFIX + key, lifetime="detached")
@@ -87,10 +87,11 @@ class RayBackend:
         if live.pg is None:
             live.pg = ray.util.get_placement_group(GROUP_PREFIX + spec.name)
         if live.runner is None:
-            slots = [s.to_dict() for s in rank_layout(self.topology, spec.placement, spec.unit)]
+            layout = rank_layout(self.topology, spec.placement, spec.unit)
+            slots = [s.to_dict() for s in layout]
             live.runner = self._runner_cls.options(
                 name=runner_name(spec.name), namespace=desk_namespace(spec.desk), lifetime="detached",
-                get_if_exists=True, num_cpus=0, num_gpus=float(slots[0]["gpus"]), max_restarts=0,
+                get_if_exists=True, num_cpus=0, num_gpus=float(layout[0].gpus), max_restarts=0,
                 max_concurrency=8,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(live.pg, placement_group_bundle_index=0),
             ).remote(self.secret(spec.name), spec.job_id, spec.desk, spec.kind, spec.payload,
@@ -143,7 +144,11 @@ class RayBackend:
                                              result=value.get("result"), progress=value.get("progress", 0.0),
                                              info=live.info, results=tuple(value.get("results") or ()),
                                              logs=tuple((int(r), t) for r, t in value.get("logs") or ()))
-        statuses = {j: self._live[j].last for j in keys if j in self._live and self._live[j].last is not None}
+        statuses: dict[str, RunnerStatus] = {}
+        for j in keys:
+            last = self._live[j].last if j in self._live else None
+            if last is not None:
+                statuses[j] = last
         for j, st in statuses.items():
             if st.logs:   # output is handed over once; the status itself is reported every cycle
                 self._live[j].last = replace(st, logs=())
@@ -203,7 +208,7 @@ class RayBackend:
             log.info("state API unavailable (%s); runners are looked up by name", exc)
         return Owned(frozenset(groups), frozenset(runners))
 
-    def adopt(self, key: str, desk: str, placement, running: bool) -> None:
+    def adopt(self, key: str, desk: str, placement: tuple[tuple[str, float], ...], running: bool) -> None:
         live = self._live.setdefault(key, _Live(desk=desk))
         try:
             live.pg = ray.util.get_placement_group(GROUP_PREFIX + key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rayfin.controller.ledger import JobKind
+from rayfin.controller.records import JobKind
 from rayfin.controller.state import ACTIVE, ControllerState
 from rayfin.policy import JobState
 from rayfin.reasons import ReasonCode

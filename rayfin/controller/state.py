@@ -16,8 +16,8 @@ from typing import Callable
 from placement.topology import Topology
 from rayfin.config import RayfinConfig
 from rayfin.controller.backend import Backend
-from rayfin.controller.ledger import JobKind, JobRecord, Ledger
-from rayfin.controller.records import ServingReservation
+from rayfin.controller.ledger import Ledger
+from rayfin.controller.records import JobKind, JobRecord, ServingReservation
 from rayfin.controller.recorder import Recorder
 from rayfin.policy import Decision, DeskQuota, JobState, SchedulerConfig
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
