@@ -43,7 +43,7 @@ class RayfinError(Exception):
             "fields": {k: getattr(self, k, None) for k in self.fields},
         }
 
-    def __reduce__(self):  # keep fields when pickled through Ray
+    def __reduce__(self) -> tuple[Any, ...]:  # keep fields when pickled through Ray
         return (_rebuild, (type(self).__name__, self.message, {k: getattr(self, k, None) for k in self.fields}))
 
 

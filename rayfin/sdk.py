@@ -92,10 +92,12 @@ def _pickle_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     if module is not None and _ships_by_value(module.__name__):
         cloudpickle.register_pickle_by_value(module)
         try:
-            return cloudpickle.dumps((fn, args, kwargs))
+            blob: bytes = cloudpickle.dumps((fn, args, kwargs))
+            return blob
         finally:
             cloudpickle.unregister_pickle_by_value(module)
-    return cloudpickle.dumps((fn, args, kwargs))
+    plain: bytes = cloudpickle.dumps((fn, args, kwargs))
+    return plain
 
 
 def _unpickle(blob_b64: str | None) -> Any:
@@ -138,7 +140,7 @@ class Job:
             st = self.status()
             if st.done:
                 return st
-            if deadline is not None and time.monotonic() >= deadline:
+            if timeout is not None and deadline is not None and time.monotonic() >= deadline:
                 raise JobTimeout(job_id=self.job_id, timeout_s=timeout)
             time.sleep(poll_s)
 
@@ -257,7 +259,8 @@ class Client:
         return JobStatus.from_public(self._request("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def explain(self, job_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/jobs/{job_id}/explain")
+        view: dict[str, Any] = self._request("GET", f"/v1/jobs/{job_id}/explain")
+        return view
 
     def jobs(self, states: list[str] | None = None, desk: str | None = None) -> list[JobStatus]:
         params: dict[str, Any] = {"limit": 10_000}
@@ -271,23 +274,26 @@ class Client:
     def usage(self) -> dict[str, Any]:
         """This desk's row (nominal, in_use, borrowed, queued, ...); for an admin client with no
         desk, the whole table keyed by desk."""
-        table = self._request("GET", "/v1/usage", params={"desk": self.desk} if self.desk else None)
+        table: dict[str, Any] = self._request("GET", "/v1/usage", params={"desk": self.desk} if self.desk else None)
         return table[self.desk] if self.desk else table
 
     def pools(self) -> dict[str, dict[str, float]]:
         """GPUs per node pool: capacity, lost (nodes down), outside (held by work rayfin did not
         start), in use, free."""
-        return self._request("GET", "/v1/pools")
+        pools: dict[str, dict[str, float]] = self._request("GET", "/v1/pools")
+        return pools
 
     def audit(self, since: float | None = None, until: float | None = None, *, desk: str | None = None,
               limit: int = 1000) -> list[dict[str, Any]]:
         params = {k: v for k, v in (("desk", desk or self.desk), ("since", since), ("until", until),
                                     ("limit", limit)) if v is not None}
-        return self._request("GET", "/v1/audit", params=params)
+        rows: list[dict[str, Any]] = self._request("GET", "/v1/audit", params=params)
+        return rows
 
     def policing(self) -> dict[str, Any]:
         """GPU use found outside rayfin: what holds GPUs now, and what was stopped."""
-        return self._request("GET", "/v1/policing")
+        view: dict[str, Any] = self._request("GET", "/v1/policing")
+        return view
 
 
 def spec_body(spec: JobSpec, desk: str, job_id: str, workers: Any = None) -> dict[str, Any]:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rayfin.api.errors import body_of, headers_of, status_of
 from rayfin.api.models import (DESK_PATTERN, AuditEvent, ErrorReply, ExplainView, Health, JobView, LogsView,
@@ -35,11 +36,15 @@ from rayfin.api.models import (DESK_PATTERN, AuditEvent, ErrorReply, ExplainView
 from rayfin.errors import InvalidRequest, PayloadTooLarge, RayfinError, Unauthorized
 from rayfin.jobspec import JobSpec
 
+if TYPE_CHECKING:   # the API process reads the config section; the app itself does not need it
+    from rayfin.config import ApiConfig
+
 HOW_TO_AUTH = ("send 'Authorization: Bearer <token>' with the desk's or the admin's token "
                "(SDK: rayfin.connect(token=...) or $RAYFIN_TOKEN; CLI: --token or $RAYFIN_TOKEN)")
 BASE64_OVERHEAD = 4 / 3
 BODY_SLACK = 64 * 1024           # JSON around the payload: options, names, an entrypoint
-ERRORS = {code: {"model": ErrorReply} for code in (400, 401, 403, 404, 409, 413, 422, 429, 501, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorReply}
+                                           for code in (400, 401, 403, 404, 409, 413, 422, 429, 501, 503)}
 
 
 class ControllerPort(Protocol):
@@ -57,7 +62,7 @@ class ApiLimits:
         return int(self.max_payload_bytes * BASE64_OVERHEAD) + BODY_SLACK
 
     @classmethod
-    def from_config(cls, api) -> "ApiLimits":
+    def from_config(cls, api: ApiConfig) -> "ApiLimits":
         return cls(api.max_payload_bytes, api.max_result_bytes)
 
 
@@ -73,10 +78,10 @@ class BodyLimit:
     """Refuses a body over `limit` bytes with 413 before it is read into memory: at once when
     Content-Length says so, else while it streams in."""
 
-    def __init__(self, app, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -84,7 +89,7 @@ class BodyLimit:
             return await _send_error(send, PayloadTooLarge(field="body", size=int(declared), limit=self.limit))
         seen = 0
 
-        async def counting():
+        async def counting() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
@@ -95,7 +100,7 @@ class BodyLimit:
         return await self.app(scope, counting, send)
 
 
-async def _send_error(send, err: RayfinError) -> None:
+async def _send_error(send: Send, err: RayfinError) -> None:
     resp = error_response(err)
     await send({"type": "http.response.start", "status": resp.status_code, "headers": resp.raw_headers})
     await send({"type": "http.response.body", "body": resp.body})
@@ -125,16 +130,16 @@ def _validation_error(exc: RequestValidationError) -> tuple[RayfinError, int]:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RayfinError)
-    async def _rayfin(_request, exc: RayfinError):
+    async def _rayfin(_request: Request, exc: RayfinError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request, exc: RequestValidationError):
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         err, code = _validation_error(exc)
         return JSONResponse(body_of(err), status_code=code)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request, exc: StarletteHTTPException):
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
         return JSONResponse({"error": {"type": kind, "message": str(exc.detail), "fields": {}}},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))

@@ -40,7 +40,7 @@ def headers_of(err: RayfinError) -> dict[str, str]:
     if code == 401:
         return {"WWW-Authenticate": "Bearer"}
     if code == 429:
-        return {"Retry-After": str(max(1, int(round(float(err.retry_after_s)))))}
+        return {"Retry-After": str(max(1, int(round(float(getattr(err, "retry_after_s", 1.0))))))}
     return {}
 
 
