@@ -28,6 +28,7 @@ from rayfin.controller.migrations import migrations
 from rayfin.controller.records import (Event, JobKind, JobRecord, LedgerSnapshot, LogLine,  # noqa: F401 (re-export)
                                        ServingReservation)
 from rayfin.errors import ConfigError, LedgerError
+from rayfin.policy.model import JobState
 from rayfin.reasons import ReasonCode, code_of
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ def upgrade(snapshot: LedgerSnapshot) -> LedgerSnapshot:
     for j in snapshot.jobs:
         if j.kind is not JobKind.SERVING:
             jobs.append(j)
-        elif j.state.value == "RUNNING" and j.placement:
+        elif j.state is JobState.RUNNING and j.placement:
             replicas = int(j.info.get("replicas", 1))
             per = float(j.info.get("gpus_per_replica", j.gpus / max(1, replicas)))
             serving.append(ServingReservation(j.name, j.desk, replicas, per, j.placement[0][0],

@@ -1,7 +1,7 @@
 """Ray side of policing: list what holds resources through Ray's state API and GCS, and stop
 what rayfin did not create. Classification is pure (`rayfin.controller.policing`).
 
-Stopping, as measured on Ray 2.60 (docs/security.md): `ray.kill` needs a handle and handles are
+Stopping (docs/security.md has the details): `ray.kill` needs a handle and handles are
 by name only, and no public API cancels a task by id. So a small agent actor per node (pinned by
 node affinity, no CPU) sends SIGKILL to the worker process; a killed task is retried by Ray on a
 new process, so every sweep stops what is still there; a placement group is removed by id; and
@@ -16,7 +16,11 @@ import signal
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group_table
+from ray._raylet import PlacementGroupID
+from ray.util.metrics import Counter, Gauge
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.state import get_actor, list_actors, list_tasks
 
 from rayfin.controller.policing import Finding, Holder, Owners
 
@@ -65,8 +69,6 @@ class RayPolice:
 
     # -- observe --
     def observe(self) -> tuple[list[Holder], Owners]:
-        from ray.util.state import list_actors, list_tasks
-
         islands = {n["NodeID"]: (n.get("Labels") or {}).get("rayfin.io/island", "")
                    for n in ray.nodes() if n.get("Alive")}
         holders: list[Holder] = []
@@ -107,8 +109,6 @@ class RayPolice:
 
     def creator_of(self, actor_id: str) -> str | None:
         """The actor whose code created `actor_id` (through its creation task), if an actor did."""
-        from ray.util.state import list_tasks
-
         rows = list_tasks(filters=[("actor_id", "=", actor_id), ("type", "=", "ACTOR_CREATION_TASK")], detail=True,
                           limit=5, raise_on_missing_output=False)
         return _actor_of_task(rows[0].parent_task_id) if rows else None
@@ -117,14 +117,9 @@ class RayPolice:
     def stop(self, f: Finding) -> str:
         try:
             if f.kind == "placement_group":
-                from ray._raylet import PlacementGroupID
-                from ray.util.placement_group import PlacementGroup, remove_placement_group
-
                 remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(f.id))))
                 return "placement group removed"
             if f.kind == "actor" and f.name:
-                from ray.util.state import get_actor
-
                 row = get_actor(f.id)
                 try:
                     ray.kill(ray.get_actor(f.name, namespace=row.ray_namespace if row else None), no_restart=True)
@@ -161,8 +156,6 @@ class RayPolice:
     def _agent(self, node_id: str) -> Any:
         agent = self._agents.get(node_id)
         if agent is None:
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
             agent = self._agent_cls.options(
                 num_cpus=0, name=f"rayfin-police-{node_id[:16]}", namespace=self.namespace, get_if_exists=True,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
@@ -172,8 +165,6 @@ class RayPolice:
     # -- metrics --
     def count(self, kind: str, action: str, desk: str) -> None:
         try:
-            from ray.util.metrics import Counter
-
             c = self._metrics.get("found")
             if c is None:
                 c = self._metrics["found"] = Counter(
@@ -185,8 +176,6 @@ class RayPolice:
 
     def gauge(self, held: dict[str, float], islands: list[str]) -> None:
         try:
-            from ray.util.metrics import Gauge
-
             g = self._metrics.get("held")
             if g is None:
                 g = self._metrics["held"] = Gauge("rayfin_outside_gpus", description="GPUs held outside rayfin",

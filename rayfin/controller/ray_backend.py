@@ -24,6 +24,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.state import list_actors
 
 from placement.ranks import rank_layout
 from placement.topology import Topology, island_resource, pool_resource
@@ -199,8 +200,6 @@ class RayBackend:
                 groups.add(name[len(GROUP_PREFIX):])
         runners = set()
         try:
-            from ray.util.state import list_actors
-
             for a in list_actors(filters=[("state", "!=", "DEAD")], limit=10000, raise_on_missing_output=False):
                 if a.name and a.name.startswith("job-") and (a.ray_namespace or "").startswith("rayfin-desk-"):
                     runners.add(a.name[4:])
