@@ -74,3 +74,46 @@ def test_admin_client_cannot_submit():
 ])
 def test_which_functions_ship_by_value(module, by_value):
     assert _ships_by_value(module) is by_value
+
+
+# ---- one JobSpec for every edge (issue 19): the SDK, the API and the controller refuse alike ----
+@pytest.mark.parametrize("fields, field, allowed", [
+    ({"gpus": 0}, "gpus", "a whole number of GPUs from 1 to 4096"),
+    ({"gpus": 2.5}, "gpus", "a whole number of GPUs from 1 to 4096"),
+    ({"priority": "asap"}, "priority", "one of batch, normal, critical"),
+    ({"comm": "infiniband"}, "comm", "one of none, allreduce"),
+    ({"retries": 101}, "retries", "a whole number from 0 to 100"),
+    ({"job_id": "FX-1"}, "job_id", "<desk>-<8 to 32 hex digits>"),
+    ({"dist_backend": "mpi"}, "dist_backend", None),
+    ({"workers": 3, "gpus": 4}, "workers", None),
+    ({"kind": "shell"}, "kind", "'callable' or 'entrypoint'"),
+    ({"payload": b""}, "fn", "a picklable Python callable"),
+    ({"kind": "entrypoint", "payload": "python -c 'oops"}, "entrypoint", None),
+    ({"colour": "red"}, "colour", None),
+])
+def test_jobspec_names_the_field_and_what_is_allowed(fields, field, allowed):
+    from rayfin.jobspec import JobSpec
+
+    with pytest.raises(InvalidRequest) as err:
+        JobSpec.parse({"kind": "callable", "payload": b"x", **fields})
+    assert err.value.field == field and err.value.allowed
+    if allowed is not None:
+        assert err.value.allowed == allowed
+    if field in fields:
+        assert err.value.value == fields[field]
+
+
+def test_jobspec_normalises_and_takes_defaults_from_the_config():
+    from rayfin.jobspec import JobSpec
+    from rayfin.policy.model import CommProfile, Priority
+
+    spec = JobSpec.parse({"kind": "callable", "payload": bytearray(b"x"), "gpus": 4.0, "workers": "per_gpu",
+                          "comm": "allreduce"})
+    assert (spec.gpus, spec.workers, spec.unit, spec.comm, spec.payload) == (4, 4, 1, CommProfile.ALLREDUCE, b"x")
+    assert spec.priority is None and spec.retries is None
+    filled = spec.with_defaults("batch", 2)
+    assert (filled.priority, filled.retries) == (Priority.BATCH, 2)
+    assert JobSpec.parse(filled) == filled                        # a validated spec passes again unchanged
+    with pytest.raises(InvalidRequest) as err:
+        JobSpec.parse("not a mapping")
+    assert err.value.field == "spec"
