@@ -72,6 +72,7 @@ class JobView(_Out):
     max_retries: int = 0
     attempts: int = 0
     reason: str = ""
+    reason_code: str = Field("", description="why, as a code (rayfin.reasons.ReasonCode); `reason` says it in words")
     started_at: float | None = None
     finished_at: float | None = None
     placement: list[tuple[str, float]] = Field(default_factory=list, description="(island, GPUs) per bundle")
@@ -107,6 +108,7 @@ class LogsView(_Out):
 
 class DecisionView(_Out):
     verdict: str
+    code: str = Field("", description="the decision's reason code")
     reasons: list[str] = Field(default_factory=list)
     victims: list[str] = Field(default_factory=list)
 
@@ -116,6 +118,7 @@ class EventView(_Out):
     kind: str
     state: str = ""
     reason: str = ""
+    reason_code: str = ""
 
 
 class ExplainView(_Out):
@@ -155,6 +158,7 @@ class AuditEvent(_Out):
     kind: str
     state: str = ""
     reason: str = ""
+    reason_code: str = Field("", description="empty in events recorded before reasons had codes")
     data: dict[str, Any] = Field(default_factory=dict)
 
 
