@@ -34,7 +34,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 _CONTEXT: "JobContext | None" = None
 _PR_SET_PDEATHSIG = 1
@@ -90,7 +90,7 @@ class JobContext:
         self.progress = max(0.0, min(1.0, float(fraction)))
 
     @property
-    def placement_group(self):
+    def placement_group(self) -> Any:
         import ray.util
 
         return ray.util.get_placement_group(self.placement_group_name)
@@ -169,7 +169,7 @@ class _Tee:
 
     def write(self, text: str) -> int:
         self._buffer.write(text)
-        return self._inner.write(text)
+        return int(self._inner.write(text))
 
     def flush(self) -> None:
         self._inner.flush()
@@ -182,13 +182,14 @@ class _Tee:
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _node_ip() -> str:
     import ray.util
 
-    return ray.util.get_node_ip_address()
+    return str(ray.util.get_node_ip_address())
 
 
 def _wants_process_group(dist_backend: str | None, world_size: int) -> bool:
@@ -218,7 +219,7 @@ class _Rank:
         self.finished_at: float | None = None
         self.raised_at: float | None = None    # when the job's code raised (orders a gang's failures)
         self._thread: threading.Thread | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
         self.env: dict[str, str] = {}
 
@@ -236,7 +237,7 @@ class _Rank:
         try:
             import ray
 
-            return (ray.get_runtime_context().get_node_labels() or {}).get("rayfin.io/island", "")
+            return str((ray.get_runtime_context().get_node_labels() or {}).get("rayfin.io/island", ""))
         except Exception:  # noqa: BLE001 - outside Ray (unit tests)
             return ""
 
@@ -335,25 +336,25 @@ class _Rank:
     def _run_entrypoint(self) -> dict[str, Any]:
         argv = entrypoint_argv(str(self.payload))
         env = dict(os.environ, **self.env)
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                      preexec_fn=_die_with_parent, text=True, bufsize=1)
+        proc = self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                             preexec_fn=_die_with_parent, text=True, bufsize=1)
         tail: list[str] = []
         size = 0
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             self.logs.write(line)
             tail.append(line)
             size += len(line)
             while size > 16000 and len(tail) > 1:
                 size -= len(tail.pop(0))
-        rc = self._proc.wait()
+        rc = proc.wait()
         out = "".join(tail)[-16000:]
         if rc != 0:
             raise RuntimeError(f"entrypoint exited with code {rc}; output tail:\n{out[-2000:]}")
         return {"returncode": 0, "output": out}
 
 
-def _context(job_id: str, desk: str, placement, pg_name: str, slot: dict[str, Any], world_size: int,
+def _context(job_id: str, desk: str, placement: Sequence[Sequence[Any]], pg_name: str, slot: dict[str, Any], world_size: int,
              checkpoint_dir: str, attempt: int) -> JobContext:
     return JobContext(job_id, desk, float(slot.get("gpus", 0.0)) * world_size,
                       tuple(tuple(p) for p in placement), pg_name, rank=int(slot["rank"]), world_size=world_size,
