@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rayfin.config import load_config
-from rayfin.telemetry import kuberay
+from rayfin import kuberay
 
 ROOT = Path(__file__).resolve().parents[2]
 
