@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = run_frontiers(sim, lead, args.hold_s, rate, arrivals, args.workers)
     timings["frontier_runs"] = round(time.time() - t0, 2)
     per_day = int(round(86_400 / sim.dt))
-    for (fam, knob), r in runs.items():
+    for (fam, _knob), r in runs.items():
         if fam == "rayfin_calibrated" and fold_days:
             c0, c1 = r.calibration[fold_days[0] * per_day - 1], r.calibration[-1]
             r.metrics["forecast_miss_share"] = float((c1[1] - c0[1]) / max(c1[0] - c0[0], 1))

@@ -157,7 +157,7 @@ def _plot(out: dict, path: Path) -> None:
         med = [out["by_workers"][str(w)][key]["median"] for w in ws]
         lo = [out["by_workers"][str(w)][key]["min"] for w in ws]
         hi = [out["by_workers"][str(w)][key]["max"] for w in ws]
-        axis.errorbar(ws, med, yerr=[[m - l for m, l in zip(med, lo)], [h - m for m, h in zip(med, hi)]],
+        axis.errorbar(ws, med, yerr=[[m - low for m, low in zip(med, lo)], [h - m for m, h in zip(med, hi)]],
                       marker="o", capsize=3, color=col, label=label)
         axis.set_ylabel(label, color=col)
     ax[0].set_xlabel("workers (median, min-max over repeats)")

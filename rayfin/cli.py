@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import signal
 import sys
 import threading
 import time
-from typing import Any
 
 from rayfin.config import ControllerConfig, default_config_path, hash_token, load_config
 from rayfin.controller.ledger import open_ledger
@@ -20,6 +18,7 @@ from rayfin.sdk import Client, connect, default_url
 from rayfin.supervisor import DEPLOY_KEY_ENV, Supervisor
 from rayfin.tables import colour, job_lines, policing_lines, usage_lines
 from rayfin.up import bring_up, controller_with_ledger, with_ledger
+
 
 def _use_colour(args: argparse.Namespace) -> bool:
     mode = getattr(args, "color", "auto")

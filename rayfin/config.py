@@ -22,7 +22,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rayfin.autoscale.config import AutoscalingSettings
-from rayfin.config_base import NAME_RE, SHA256_RE, ConfigModel, Name, config_error_from
+from rayfin.config_base import SHA256_RE, ConfigModel, Name, config_error_from
 from rayfin.errors import ConfigError
 from rayfin.telemetry.config import TelemetryConfig
 

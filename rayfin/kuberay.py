@@ -36,8 +36,10 @@ from placement.topology import Island, Topology, island_resource, pool_resource
 from rayfin.config import RayfinConfig, load_config
 from rayfin.telemetry.config import TelemetryConfig
 from rayfin.telemetry.tracing import HOOK
-from serve_apps.edge_asgi import CALLBACK as EDGE_CALLBACK, ENV as EDGE_ENV
-from serve_apps.ingress import HA_PROXY as HA_PROXY_ENV, THROUGHPUT as THROUGHPUT_ENV
+from serve_apps.edge_asgi import CALLBACK as EDGE_CALLBACK
+from serve_apps.edge_asgi import ENV as EDGE_ENV
+from serve_apps.ingress import HA_PROXY as HA_PROXY_ENV
+from serve_apps.ingress import THROUGHPUT as THROUGHPUT_ENV
 
 LABEL = "rayfin.io/"
 RAY_VERSION = "2.60.0"

@@ -319,7 +319,7 @@ class Simulator:
         them first, and a shrink waits the same grace (the job sees its new world size at a
         checkpoint boundary: no work is lost)."""
         if self.pending:
-            for xid, jid in self.extra_of.items():
+            for xid in self.extra_of:
                 x = self.running.get(xid)
                 if x is not None and x.preempt_deadline is None:
                     self.running[xid] = replace(x, preempt_deadline=t + self.cfg.preemption_grace_s)

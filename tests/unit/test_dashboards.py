@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from placement.topology import Topology, island_resource, pool_resource
-from rayfin.config import load_config
 from rayfin import kuberay
+from rayfin.config import load_config
 from rayfin.telemetry import grafana
 from rayfin.telemetry.metrics import METRICS, prometheus_names
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rayfin.config import load_config
 from rayfin import kuberay
+from rayfin.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
