@@ -96,7 +96,7 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     ray.init(address=args.address, namespace=cfg.controller.namespace, log_to_driver=False, logging_level="WARNING")
     # `rayfin up` hands over its deploy key; a standalone supervisor (KubeRay) makes its own.
-    sup = Supervisor(cfg, os.environ.pop(DEPLOY_KEY_ENV, None) or secrets.token_hex(16), interval_s=args.interval)
+    sup = Supervisor(cfg, os.environ.pop(DEPLOY_KEY_ENV, "") or secrets.token_hex(16), interval_s=args.interval)
     sup.start_watching()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

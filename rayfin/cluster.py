@@ -212,7 +212,7 @@ class LocalCluster:
         """Read by Ray when the head starts (ray/_private/node.py) and by the GCS it launches. A
         namespace of its own: a new cluster on a namespace another used restores stale state."""
         self.storage_namespace = self.storage_namespace or f"rayfin-{self.config.cluster.name}-{secrets.token_hex(4)}"
-        for key, value in (("RAY_REDIS_ADDRESS", self.gcs_redis),
+        for key, value in (("RAY_REDIS_ADDRESS", self.gcs_redis or ""),
                            ("RAY_external_storage_namespace", self.storage_namespace)):
             self._env_before.setdefault(key, os.environ.get(key))
             os.environ[key] = value

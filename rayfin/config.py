@@ -330,9 +330,9 @@ class RayfinConfig(ConfigModel):
             if m.owner not in names:
                 raise ValueError(f"serve.models[{i}].owner: unknown desk {m.owner!r}; desks are {names}")
         for i, desk in enumerate(self.desks):
-            for m in desk.models:
-                if m not in model_names:
-                    raise ValueError(f"desks[{i}].models: unknown model {m!r}; serve.models are {model_names}")
+            for name in desk.models:
+                if name not in model_names:
+                    raise ValueError(f"desks[{i}].models: unknown model {name!r}; serve.models are {model_names}")
         return self
 
     def desk(self, name: str) -> DeskConfig:

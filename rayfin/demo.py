@@ -61,8 +61,9 @@ def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 300
                 submitted.append(job)
                 _p(f"  {desk:<9} {what:<44} -> {job.job_id}")
             except QuotaExceeded as exc:
-                _p(f"  {desk:<9} {what:<44} -> REFUSED QuotaExceeded(desk={exc.desk}, requested={exc.requested:g}, "
-                   f"available={exc.available:g})")
+                f = exc.to_wire()["fields"]
+                _p(f"  {desk:<9} {what:<44} -> REFUSED QuotaExceeded(desk={f['desk']}, requested={f['requested']:g}, "
+                   f"available={f['available']:g})")
 
         _p("submitting a mixed workload:")
         submit("risk", "overnight VaR, 4 workers (entrypoint)", lambda c: c.submit_entrypoint(

@@ -66,7 +66,7 @@ def _num(v: float) -> float | int:
 
 
 def _env(tel: TelemetryConfig, ingress: str) -> list[dict[str, Any]]:
-    env = [{"name": "RAY_AUTH_MODE", "value": "token"},
+    env: list[dict[str, Any]] = [{"name": "RAY_AUTH_MODE", "value": "token"},
            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "rayfin-ray-auth", "key": "token"}}},
            {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"},
            # serve.ingress (serve_apps/ingress.py): HAProxy on every pod forwards to the replicas,

@@ -31,7 +31,7 @@ Table = Mapping[int, list[tuple[float, float]]]   # workers -> [(local batch, st
 
 
 def load_tables(profile_dir: str | Path = PROFILE_DIR) -> dict[str, Table]:
-    out = {}
+    out: dict[str, Table] = {}
     for m in MODELS:
         cells: dict[tuple[int, float], list[float]] = defaultdict(list)
         with open(Path(profile_dir) / f"{m}_placements.csv", newline="") as fh:
