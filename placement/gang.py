@@ -32,7 +32,7 @@ _EPS = 1e-9
 
 
 def first_fit(islands: Iterable[Island], free: Mapping[str, float], gpus: int) -> Placement | None:
-    """Topology-blind first fit over a free map (kept for callers of v1; see FreeIndex.first_fit)."""
+    """Topology-blind first fit over a free map (FreeIndex.first_fit is the same on arrays)."""
     need = gpus
     taken: list[tuple[str, float]] = []
     for isl in islands:

@@ -14,7 +14,7 @@ workers idle); above the largest, gradient accumulation (step time grows in prop
     speed(k) = B / step_time(k, B / k)          relative speed-up of k over g: speed(k) / speed(g)
 
 Worker counts between measured ones interpolate the throughput linearly. Never a linear speed-up
-by assumption: the measured curves flatten (bert gains about 1.3x from 8 to 16 GPUs at b0).
+by assumption: the measured curves flatten (docs/scheduling.md, "Elastic gangs").
 """
 from __future__ import annotations
 

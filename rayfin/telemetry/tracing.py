@@ -38,6 +38,7 @@ _job_spans: dict[str, trace.Span] = {}                       # job id -> root sp
 
 def build_provider(cfg: TelemetryConfig, *, processors: tuple[Any, ...] = ()) -> Any:
     """A TracerProvider exporting as `cfg` says, plus any extra span processors (tests)."""
+    # lazy: the SDK is needed only where tracing is on; the serving path imports this module
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
