@@ -29,6 +29,7 @@ from rayfin.telemetry.config import TelemetryConfig
 # How HTTP reaches the model replicas (serve_apps/ingress.py): written once, here.
 Ingress = Literal["haproxy", "proxy"]
 
+
 class LinkBandwidths(ConfigModel):
     """Bandwidth in GB/s of the slowest link between two GPUs at each level of the topology."""
 

@@ -13,7 +13,6 @@ def colour(text: str, name: str, enabled: bool) -> str:
     return f"\x1b[{COLOURS[name]}m{text}\x1b[0m" if enabled else text
 
 
-
 def usage_lines(table: dict[str, dict[str, Any]], use_colour: bool = False) -> list[str]:
     head = f"{'desk':<10} {'nominal':>7} {'in use':>7} {'serving':>7} {'borrowed':>8} {'lent':>5} {'queued':>6} " \
            f"{'running':>7} {'done':>5} {'failed':>6} {'preempt':>7}"
@@ -46,7 +45,6 @@ def job_lines(jobs: list[Any], use_colour: bool = False) -> list[str]:
 def progress_bar(fraction: float, width: int = 8) -> str:
     n = int(round(max(0.0, min(1.0, fraction)) * width))
     return "#" * n + "." * (width - n)
-
 
 
 def policing_lines(view: dict[str, Any], use_colour: bool = False) -> list[str]:
