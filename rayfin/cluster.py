@@ -55,7 +55,7 @@ def ensure_ray_token_auth() -> bool:
     and create ~/.ray/auth_token if there is none. Returns whether token auth is on."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return False
-    from ray._private.authentication import authentication_token_setup as auth
+    from ray._private.authentication import authentication_token_setup as auth  # lazy: Ray, seconds to import
 
     auth.enable_token_auth_by_default()
     auth.ensure_token_if_auth_enabled(None, create_token_if_missing=True)
@@ -254,7 +254,7 @@ class LocalCluster:
     def _forget_gcs_redis(self) -> None:
         if self.gcs_redis and self.storage_namespace:
             try:
-                from ray._private.gcs_utils import cleanup_redis_storage
+                from ray._private.gcs_utils import cleanup_redis_storage  # lazy: Ray
 
                 host, port = self.gcs_redis.rsplit(":", 1)
                 cleanup_redis_storage(host, int(port), os.environ.get("RAY_REDIS_PASSWORD", ""), False,
