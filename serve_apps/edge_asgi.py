@@ -37,7 +37,9 @@ import threading
 import uuid
 from typing import Callable
 
-from serve_apps.access import bearer_token
+from starlette.middleware import Middleware
+
+from serve_apps.access import bearer_token, header_value
 from serve_apps.edge import EdgeFilter, edge_body
 from serve_apps.quota import Refusal
 
@@ -82,22 +84,7 @@ def install_env(environ: dict | None = None) -> bool:
 
 def proxy_middlewares() -> list:
     """Serve's proxy callback: the middlewares the proxy wraps its HTTP app in."""
-    from starlette.middleware import Middleware
-
     return [Middleware(EdgeMiddleware)]
-
-
-def header_value(headers, name: bytes) -> bytes | None:
-    """The first value of a header in ASGI form ([(lowercase name, value)]), else None."""
-    for k, v in headers or ():
-        if k == name:
-            return v
-    return None
-
-
-def bearer_of(headers) -> str | None:
-    """The bearer token of a request's Authorization header, else None."""
-    return _bearer(header_value(headers, b"authorization"))
 
 
 def _bearer(authorization: bytes | None) -> str | None:

@@ -33,8 +33,11 @@ of its per-backend routing, and fails loudly if the anchor moved in another Ray 
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
+import os
+import sys
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -134,8 +137,6 @@ def desk_rates(config) -> dict[str, DeskRate]:
 def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, python: str,
                  window_s: float = 10.0, slack: float = 2.0) -> dict[str, str]:
     """Write the rate map and the wrapper into `run_dir`; the variable to set before Serve starts."""
-    import os
-
     map_path = os.path.join(run_dir, "rates.map")
     with open(map_path, "w") as f:
         f.write(rate_map(rates, window_s, slack))
@@ -167,10 +168,6 @@ def patch_config_file(path: str, map_path: str, window_s: float = 10.0) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m serve_apps.haproxy_edge --real BIN --map PATH -- <haproxy arguments>`."""
-    import argparse
-    import os
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     ap = argparse.ArgumentParser(prog="serve_apps.haproxy_edge")

