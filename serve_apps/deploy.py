@@ -51,7 +51,7 @@ def admission_settings(config: RayfinConfig, gateway_app: str = GATEWAY_APP) -> 
 
 
 def model_options(m: ServeModelConfig, resources: dict[str, float] | None, *, max_ongoing: int) -> dict[str, Any]:
-    """Serve options shared by a model's deployments (gated and plain): replicas, resources,
+    """Serve options shared by a model's deployments (with admission, and plain): replicas, resources,
     and Serve's own 429 (`Retry-After: 1`) when the model's queue is full."""
     return dict(name=m.name, num_replicas=m.num_replicas, ray_actor_options=replica_options(m, resources),
                 max_ongoing_requests=max_ongoing, max_queued_requests=m.max_queued_requests,

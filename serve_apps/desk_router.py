@@ -1,4 +1,4 @@
-"""Serve request router of the gated model applications: sheds over-quota desks in the proxy.
+"""Serve request router of the model applications: sheds over-quota desks in the proxy.
 
 Serve runs one request router per deployment in every process that calls the deployment, and
 for HTTP that is the proxy, before any replica is chosen. `DeskQuotaRouter` first asks its

@@ -1,8 +1,9 @@
 """Per-desk refusal inside HAProxy (C): stick-table rules, the rate map, its runtime updates.
 
-The Python edge (serve_apps/edge.py) refuses a flooding desk in the replica's HTTP server for
-about 0.5 ms of CPU a request, on the event loop the quiet desk also needs. These rules refuse
-it in the HAProxy that Serve already runs in front of the replicas, before Python sees a byte:
+The Python edge (serve_apps/edge.py) refuses a flooding desk in the replica's HTTP server, but
+each refusal costs Python CPU on the event loop the quiet desk also needs (docs/serving.md).
+These rules refuse it in the HAProxy that Serve already runs in front of the replicas, before
+Python sees a byte:
 
     acl rf_predict   path_end :predict
     txn.rf_key     = sha256(bearer token) in hex       (the map holds hashes, never tokens)
@@ -14,8 +15,8 @@ it in the HAProxy that Serve already runs in front of the replicas, before Pytho
 Counting only what passes (gpc0, not http_req_rate) keeps a desk's allowed share flowing
 during its own flood: the edge passes about `limit` per window, as the token bucket does.
 
-The edge only refuses: what it passes still meets the replicas' exact quota (Python stays the
-authority), and the limit is set so a desk within its quota is never refused here:
+The edge only refuses: what it passes still meets admission (serve_apps/admission.py: Python
+stays the authority), and the limit is set so a desk within its quota is never refused here:
 a token bucket of rate r and burst b passes at most b + r * W in any window W, and HAProxy's
 rate counter (the current period plus the previous one weighted by the time left) can read up
 to that count again from the period before, so limit = ceil(slack * (b + r * W)) with slack 2

@@ -3,8 +3,8 @@
     haproxy  Serve's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`, Ray's "high throughput"
              mode). HAProxy, in C, forwards each request to an ingress replica, which serves
              HTTP itself (Serve's direct ingress). No Python proxy, no actor call per request,
-             no call back for the body: on the 2-core dev machine a request costs about 1.5 ms
-             of CPU instead of about 17 ms (docs/serving.md). Each gated replica runs rayfin's
+             no call back for the body, so a request costs a fraction of the CPU it costs
+             through the proxy (figures in docs/serving.md). Each model replica runs rayfin's
              edge middleware in its own HTTP server (serve_apps/edge_asgi.py), so a desk's
              flood is refused before Serve's request handling there.
     proxy    Serve's Python proxy actor on every node; the edge middleware runs in the proxy and
