@@ -555,18 +555,20 @@ def main(argv: list[str] | None = None) -> int:
     config = bench_config(args, port)
     if args.ingress == "haproxy" and args.edge and args.edge_in == "router":
         p.error("--edge-in router needs --ingress proxy (HAProxy ingress has no Serve request router)")
+    if args.haproxy_edge and args.ingress != "haproxy":
+        p.error("--haproxy-edge needs --ingress haproxy")
+    rates = haproxy_edge.desk_rates(config) if args.haproxy_edge else None
     if args.edge and args.edge_in == "proxy":
-        installed = ingress.install(args.ingress)   # as LocalCluster does: the ingress, and the edge middleware
+        # As LocalCluster does: the ingress and the edge middleware (and the HAProxy edge).
+        installed = ingress.install(args.ingress, free_port=free_port, haproxy_edge_rates=rates)
     else:                                           # no middleware: the router alone sheds, or nothing does
         installed = ingress.ingress_env(args.ingress, ingress.new_run_dir() if args.ingress == "haproxy" else "",
                                         free_port)
+        if rates is not None:
+            run_dir = installed["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+            installed.update(haproxy_edge.install_edge(run_dir, rates, ingress.haproxy_binary(), sys.executable))
         os.environ.update(installed)
-    if args.haproxy_edge:
-        if args.ingress != "haproxy":
-            p.error("--haproxy-edge needs --ingress haproxy")
-        run_dir = os.path.dirname(installed["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
-        os.environ.update(haproxy_edge.install_edge(run_dir, haproxy_edge.desk_rates(config),
-                                                    ingress.haproxy_binary(), sys.executable))
+    if args.haproxy_edge:   # the wrapper runs `python -m serve_apps.haproxy_edge` from here
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
     # Serve reads the ingress switch when it is imported: only once the environment is set.
     import ray

@@ -12,9 +12,10 @@
     Gateway      the gateway application at "/": GET /v1/models, GET /v1/quota, GET /healthz,
                  and a predict request for a model no application serves (404, or 503 while its
                  application is down), with the same checks and status codes as GatedModel.
-"""
-from __future__ import annotations
 
+No `from __future__ import annotations` here: FastAPI reads the route methods' annotations
+(`request: Request`) at import, and strings it cannot resolve become query parameters.
+"""
 import functools
 import time
 from typing import Any

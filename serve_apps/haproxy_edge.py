@@ -44,6 +44,7 @@ from typing import Mapping
 
 ANCHOR = "    # Per-backend path ACLs"
 TABLE = "rf_desk_passed"
+WRAPPER = "haproxy-rayfin"      # the script Serve runs as its HAProxy binary
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, 
     map_path = os.path.join(run_dir, "rates.map")
     with open(map_path, "w") as f:
         f.write(rate_map(rates, window_s, slack))
-    script = os.path.join(run_dir, "haproxy-rayfin")
+    script = os.path.join(run_dir, WRAPPER)
     with open(script, "w") as f:
         f.write(wrapper_script(python, real_binary, map_path, window_s))
     os.chmod(script, 0o755)

