@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from pydantic import ValidationError
@@ -64,11 +64,10 @@ class AdmissionSettings:
     holder_ttl_s: float = 5.0
     # HAProxy ingress: each replica sheds floods in the middleware of its own HTTP server.
     edge_in_replica: bool = False
-    model_apps: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: Any, broker_app: str, model_app: Callable[[str], str] = str) -> "AdmissionSettings":
-        """From a `RayfinConfig`. `model_app(name)` names each model's Serve application."""
+    def from_config(cls, config: Any, broker_app: str) -> "AdmissionSettings":
+        """From a `RayfinConfig`; `broker_app` is the Serve application holding the broker."""
         sc = config.serve
         return cls(
             access=AccessPolicy.from_config(config),
@@ -82,7 +81,6 @@ class AdmissionSettings:
             # A replica silent this long has its permits taken back by the broker.
             holder_ttl_s=max(5.0, 10 * sc.quota_sync_interval_s),
             edge_in_replica=sc.edge_shedding and sc.ingress == "haproxy",
-            model_apps={m.name: model_app(m.name) for m in sc.models},
         )
 
 

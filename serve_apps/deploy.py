@@ -47,7 +47,7 @@ def direct_route(model: str) -> str:
 def admission_settings(config: RayfinConfig, gateway_app: str = GATEWAY_APP) -> AdmissionSettings:
     """What the model replicas, the broker and the gateway are built from (`gateway_app`: the
     Serve application that holds the broker)."""
-    return AdmissionSettings.from_config(config, gateway_app, model_app_name)
+    return AdmissionSettings.from_config(config, gateway_app)
 
 
 def model_options(m: ServeModelConfig, resources: dict[str, float] | None, *, max_ongoing: int) -> dict[str, Any]:

@@ -28,14 +28,15 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Callable, Literal, Mapping, MutableMapping, get_args
+from typing import Callable, Mapping, MutableMapping, get_args
 
+from rayfin.config import ServeConfig
 from serve_apps import haproxy_edge
 from serve_apps.edge_asgi import install_env
 from serve_apps.haproxy_edge import DeskRate
 
-Ingress = Literal["haproxy", "proxy"]
-INGRESSES: tuple[str, ...] = get_args(Ingress)
+# The choices are the config's (`serve.ingress`), written once there.
+INGRESSES: tuple[str, ...] = get_args(ServeConfig.model_fields["ingress"].annotation)
 
 HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 THROUGHPUT = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
@@ -164,4 +165,4 @@ def remove_run_dir(values: dict[str, str]) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["INGRESSES", "Ingress", "haproxy_binary", "ingress_env", "install", "new_run_dir", "remove_run_dir"]
+__all__ = ["INGRESSES", "haproxy_binary", "ingress_env", "install", "new_run_dir", "remove_run_dir"]
