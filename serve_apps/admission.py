@@ -32,6 +32,7 @@ from pydantic_core import to_json
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from rayfin.config import RayfinConfig
 from serve_apps.access import AccessPolicy, ModelEntry, bearer_of, header_value
 from serve_apps.edge_asgi import desk_of
 from serve_apps.quota import (DeskBudget, Grant, LeaseRequest, LocalLease, QuotaSpec, Refusal, Shortage,
@@ -66,7 +67,7 @@ class AdmissionSettings:
     edge_in_replica: bool = False
 
     @classmethod
-    def from_config(cls, config: Any, broker_app: str) -> "AdmissionSettings":
+    def from_config(cls, config: RayfinConfig, broker_app: str) -> "AdmissionSettings":
         """From a `RayfinConfig`; `broker_app` is the Serve application holding the broker."""
         sc = config.serve
         return cls(
@@ -84,13 +85,12 @@ class AdmissionSettings:
         )
 
 
-def admitting_replicas(config: Any) -> dict[str, int]:
+def admitting_replicas(config: RayfinConfig) -> dict[str, int]:
     """Per desk, the replicas that can admit its requests: those of the models it may call."""
     policy = AccessPolicy.from_config(config)
     by_name = {m.name: m for m in config.serve.models}
     return {d.name: max(1, sum(by_name[e.name].num_replicas for e in policy.callable_models(d.name)))
             for d in config.desks}
-
 
 
 def replicas_of(replicas: int | Mapping[str, int], desk: str) -> int:
