@@ -195,7 +195,7 @@ def rayservice(config: RayfinConfig, *, image: str = DEFAULT_IMAGE, telemetry: T
     """
     tel = telemetry or config.telemetry
     config_path = f"{CONFIG_MOUNT}/config.yaml"
-    # Gated layout (serve_apps.gated): each model's application serves its own predict route and
+    # Each model's application serves its own predict route and
     # leases quota from the broker in the application named "gateway".
     apps = [{"name": f"model-{m.name}", "import_path": "serve_apps.deploy:rayservice_app",
              "route_prefix": f"/v1/models/{m.name}:predict",

@@ -1,6 +1,6 @@
 """Gateway request telemetry: one span and one counter increment per HTTP request.
 
-Use around the gateway's route (serve_apps/gateway.py, `Gateway.predict`):
+Use around a serving route (serve_apps/deployments.py):
 
     with request_span(model) as req:
         response = await self.core.predict(model, request)
