@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-unit test-ledger test-integration test-gpu bench clean
+.PHONY: install system-deps check demo test test-unit test-ledger test-integration test-gpu bench clean
 
 install: $(STAMP)
 
@@ -25,7 +25,14 @@ system-deps:
 demo: install
 	$(BIN)/rayfin demo
 
-test: install system-deps
+# Lint, types and import layers (pyproject.toml: [tool.ruff], [tool.mypy], [tool.importlinter]);
+# under a minute, and run before any test.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
+
+test: check system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: install

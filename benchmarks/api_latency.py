@@ -25,6 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rayfin.cluster import free_port
+from rayfin.config import load_config
+from rayfin.sdk import JobStatus, connect
+from rayfin.up import bring_up, with_ledger
+
 
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
@@ -80,11 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import ray
-
-    from rayfin.cluster import free_port
-    from rayfin.config import load_config
-    from rayfin.sdk import JobStatus, connect
-    from rayfin.up import bring_up, with_ledger
 
     work = Path(tempfile.mkdtemp(prefix="rayfin-apilat-"))
     cfg = with_ledger(load_config(a.config), str(work / "ledger.db"))

@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from benchmarks import autoscaling_frontier as fr
+from benchmarks.autoscaling_forecast import compare, load_trace
+from benchmarks.autoscaling_nodes import POLICIES, NodeConfig, simulate_nodes
 from rayfin.forecast import ForecastParams, flush, init, point, update
 
 DAY_MIN = 1440
@@ -65,15 +68,6 @@ class SimResult:
     metrics: dict[str, float] = field(default_factory=dict)
     p_viol: np.ndarray | None = None   # per step: share of that step's requests over the SLO
     calibration: np.ndarray | None = None   # per step: cumulative (bins scored, forecast misses)
-
-
-def load_trace(path: str, column: str) -> np.ndarray:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or column not in rows[0]:
-        cols = list(rows[0]) if rows else []
-        raise SystemExit(f"{path}: no column {column!r}; columns are {cols}")
-    return np.array([float(r[column] or 0) for r in rows])
 
 
 class _SimClock:
@@ -317,8 +311,6 @@ def _run_member(job: tuple) -> tuple[str, float, SimResult]:
 
 def run_frontiers(sim: SimConfig, lead: float, hold: float, rate: np.ndarray, arrivals: np.ndarray,
                   workers: int) -> dict[tuple[str, float], SimResult]:
-    from concurrent.futures import ProcessPoolExecutor
-
     jobs = [(f, k, sim, lead, hold, rate, arrivals) for f, (_, knobs) in FAMILIES.items() for k in knobs]
     if workers <= 1:
         done = [_run_member(j) for j in jobs]
@@ -331,8 +323,6 @@ def run_frontiers(sim: SimConfig, lead: float, hold: float, rate: np.ndarray, ar
 def frontier_report(runs: dict[tuple[str, float], SimResult], arrivals: np.ndarray, sim: SimConfig,
                     fold_days: list[int]) -> tuple[dict, dict, dict]:
     """Pooled and per-fold frontiers and the equal-cost ratios (see benchmarks.autoscaling_frontier)."""
-    from benchmarks import autoscaling_frontier as fr
-
     def points(days) -> dict[str, list]:
         out: dict[str, list] = {}
         for (fam, knob), r in runs.items():
@@ -371,8 +361,6 @@ def frontier_report(runs: dict[tuple[str, float], SimResult], arrivals: np.ndarr
 
 
 def node_report(res: SimResult, sim: SimConfig, ncfg: Any, fold_days: list[int]) -> dict:
-    from benchmarks.autoscaling_nodes import POLICIES, simulate_nodes
-
     fc = res.forecast_load / sim.target_ongoing
     runs = {p: simulate_nodes(p, res.replicas, fc, sim.dt, ncfg, days=fold_days) for p in POLICIES}
     out: dict[str, Any] = {"replica_series": res.name, "config": ncfg.__dict__,
@@ -420,11 +408,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-busy-w", type=float, default=400.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-
-    from benchmarks import autoscaling_frontier as fr
-    from benchmarks.autoscaling_forecast import compare
-    from benchmarks.autoscaling_nodes import NodeConfig
-
     t_start = time.time()
     counts = load_trace(args.trace, args.column)
     if args.days:
@@ -444,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = run_frontiers(sim, lead, args.hold_s, rate, arrivals, args.workers)
     timings["frontier_runs"] = round(time.time() - t0, 2)
     per_day = int(round(86_400 / sim.dt))
-    for (fam, knob), r in runs.items():
+    for (fam, _knob), r in runs.items():
         if fam == "rayfin_calibrated" and fold_days:
             c0, c1 = r.calibration[fold_days[0] * per_day - 1], r.calibration[-1]
             r.metrics["forecast_miss_share"] = float((c1[1] - c0[1]) / max(c1[0] - c0[0], 1))

@@ -19,11 +19,13 @@ Protocol (the same targets for every model):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -196,9 +198,16 @@ def _summarise(folds: list[dict], bin_min: int, horizon: int, timings: dict) -> 
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmarks.autoscaling import load_trace
+def load_trace(path: str, column: str) -> np.ndarray:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or column not in rows[0]:
+        cols = list(rows[0]) if rows else []
+        raise SystemExit(f"{path}: no column {column!r}; columns are {cols}")
+    return np.array([float(r[column] or 0) for r in rows])
 
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trace", required=True)
     ap.add_argument("--column", default="req_total")
@@ -217,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         print(b, json.dumps({k: out[str(b)][k] for k in ("mase_pooled", "mase_pooled_library_origins",
                                                            "timings_s")}))
     if args.out:
-        from pathlib import Path
-
         Path(args.out).write_text(json.dumps(out, indent=2))
     return 0
 

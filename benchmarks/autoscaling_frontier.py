@@ -114,7 +114,7 @@ def plot(path, pooled: dict[str, list[Point]], folds: dict[int, dict[str, list[P
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax = axes[1]
-    for d, fams in sorted(folds.items()):
+    for _d, fams in sorted(folds.items()):
         for fam, pts in fams.items():
             pts = sorted(pts, key=lambda p: p.replica_hours)
             ax.plot([p.replica_hours for p in pts], [max(p.slo_violation_rate, RATE_FLOOR) for p in pts],

@@ -21,6 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from rayfin.autoscale import AutoscaleState, Observations, parse_autoscaling, step
+from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
+from rayfin.forecast import ForecastParams, init, update
+
 # A driver talking to a `ray start` cluster needs token auth; Ray reads this when imported.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
@@ -96,9 +100,6 @@ def kill_session(sid: int, grace_s: float = 5.0) -> int:
 
 
 def seeded_state(now: float, burst_in_s: float):
-    from rayfin.autoscale import AutoscaleState
-    from rayfin.forecast import ForecastParams, init, update
-
     p = ForecastParams(bin_s=5.0, season_s=SEASON_S, week_seasons=0, kernel_bins=0)
     start = (now + burst_in_s) % SEASON_S
     fs = init(p)
@@ -115,9 +116,6 @@ def pool_nodes(ray, pool: str) -> int:
 
 def run(out: Path, burst_in_s: float = 40.0, lead_s: float = 15.0, budget_s: float = 150.0) -> dict:
     import ray
-
-    from rayfin.autoscale import Observations, parse_autoscaling, step
-    from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
 
     ip = ray.util.get_node_ip_address()
     workdir = Path(tempfile.mkdtemp(prefix="rayfin-live-"))

@@ -41,12 +41,19 @@ from pathlib import Path
 
 import numpy as np
 
+from rayfin.cluster import free_port
+from rayfin.config import load_config
+from rayfin.errors import QuotaExceeded
+from rayfin.local_servers import PostgresServer, RedisServer
+from rayfin.sdk import connect
+from rayfin.up import bring_up, with_ledger
+
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED")
 
 
 def chaos_job(marker: str, job_tag: str, seconds: float) -> str:
     """One start line per attempt (rank 0 writes it; every rank of a gang runs this)."""
-    from rayfin.runner import job_context
+    from rayfin.runner import job_context  # in the Ray worker that runs this job
 
     ctx = job_context()
     if ctx is None or ctx.rank == 0:
@@ -211,15 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="chaos_result.json")
     a = ap.parse_args(argv)
 
-    from rayfin.config import load_config
-    from rayfin.local_servers import PostgresServer, RedisServer
-
     rng = random.Random(a.seed)
     work = Path(tempfile.mkdtemp(prefix="rayfin-chaos-"))
     servers: list = []
     try:
         cfg = load_config(a.config)
-        from rayfin.up import with_ledger
 
         if a.ledger == "postgresql":
             pg = PostgresServer().start()
@@ -239,11 +242,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
-    from rayfin.cluster import free_port
-    from rayfin.errors import QuotaExceeded
-    from rayfin.sdk import connect
-    from rayfin.up import bring_up
-
     marker = str(work / "starts.txt")
     t0 = time.monotonic()
     run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port(),

@@ -27,12 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from rayfin.cluster import free_port
+from rayfin.config import load_config
+from rayfin.sdk import connect
+from rayfin.up import bring_up, with_ledger
+
 
 def failing_rank(bad: int) -> int:
     """Every rank joins a barrier; rank `bad` raises first and says when (wall clock)."""
     import torch.distributed as dist
 
-    from rayfin.runner import job_context
+    from rayfin.runner import job_context  # in the Ray worker that runs this rank
 
     ctx = job_context()
     if ctx.rank == bad:
@@ -78,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(w < 1 for w in sizes) or a.steps < 1 or a.repeats < 1:
         ap.error("--workers must be positive integers; --steps and --repeats >= 1")
 
-    import jobs.train_signal as train_signal
-    from rayfin.cluster import free_port
-    from rayfin.config import load_config
-    from rayfin.sdk import connect
-    from rayfin.up import bring_up, with_ledger
+    import jobs.train_signal as train_signal  # lazy: imports torch (seconds)
 
     work = Path(tempfile.mkdtemp(prefix="rayfin-gang-"))
     cfg = with_ledger(load_config(a.config), str(work / "ledger.db"))
@@ -157,7 +158,7 @@ def _plot(out: dict, path: Path) -> None:
         med = [out["by_workers"][str(w)][key]["median"] for w in ws]
         lo = [out["by_workers"][str(w)][key]["min"] for w in ws]
         hi = [out["by_workers"][str(w)][key]["max"] for w in ws]
-        axis.errorbar(ws, med, yerr=[[m - l for m, l in zip(med, lo)], [h - m for m, h in zip(med, hi)]],
+        axis.errorbar(ws, med, yerr=[[m - low for m, low in zip(med, lo)], [h - m for m, h in zip(med, hi)]],
                       marker="o", capsize=3, color=col, label=label)
         axis.set_ylabel(label, color=col)
     ax[0].set_xlabel("workers (median, min-max over repeats)")

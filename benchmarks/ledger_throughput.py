@@ -27,11 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from rayfin.config import load_config
+from rayfin.controller.backend import FakeBackend
+from rayfin.controller.core import ControllerCore
+from rayfin.controller.ledger import SqliteLedger
+from rayfin.controller.ledger_pg import PostgresLedger
+from rayfin.local_servers import PostgresServer
+
 
 def one_round(ledger, config, seconds: float) -> dict[str, float]:
-    from rayfin.controller.backend import FakeBackend
-    from rayfin.controller.core import ControllerCore
-
     backend = FakeBackend()
     core = ControllerCore(config, ledger, backend)
     desks = [d.name for d in config.desks]
@@ -66,11 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="configs/local.yaml")
     ap.add_argument("--out", default="ledger_throughput.json")
     a = ap.parse_args(argv)
-
-    from rayfin.config import load_config
-    from rayfin.controller.ledger import SqliteLedger
-    from rayfin.controller.ledger_pg import PostgresLedger
-    from rayfin.local_servers import PostgresServer
 
     config = load_config(a.config)
     work = Path(tempfile.mkdtemp(prefix="rayfin-ledger-bench-"))

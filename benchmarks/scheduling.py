@@ -39,6 +39,7 @@ from rayfin.policy.settings import PlacementStrategy, Policy, SchedulerConfig
 from rayfin.sim import Simulator, desk_of, equal_desks, load_trace, summarize
 from rayfin.sim.elastic import ScalingCurves
 from rayfin.sim.load import gpus_for_load, in_window_demand, windows
+from rayfin.sim.metrics import SIZES, bounded_slowdown
 from rayfin.sim.placement_model import PROFILE_DIR, Fabric, PlacementModel, Stretch
 
 POLICIES = ("fifo", "static_demand", "kueue_tas_fs", "kueue_node", "tiresias", "sjf_oracle", "rayfin")
@@ -317,8 +318,6 @@ def plot(raw: dict, results: dict, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from rayfin.sim.metrics import SIZES, bounded_slowdown
 
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 5))
     for name, res in raw.items():

@@ -3,10 +3,10 @@
     python -m benchmarks.serve_quota --out result.json [--trace PATH --rate-scale 0.5]
 
 Starts a private Ray cluster and Serve on loopback, deploys one option-pricer model reachable
-both through the gateway and directly (/direct/option-pricer: a plain model deployment with no
-gate, its own application), then measures ("through the gateway" is, with --layout gated, the
-default, the model's own gated application at /v1/models/option-pricer:predict: quota, auth and
-validation in the model replica; with --layout hop, the old gateway -> model hop):
+both through the gateway and directly (/direct/option-pricer: plain Serve, the model deployment
+with no admission, its own application), then measures ("through the gateway" is the model's own
+application at /v1/models/option-pricer:predict, as production serves it: quota, auth and
+validation in the model replica):
 
 - gateway_throughput_ratio: closed-loop requests/s through the gateway / directly, same
   concurrency, many short rounds alternated (direct, gateway, direct, ...) so machine noise hits
@@ -43,6 +43,7 @@ import aiohttp
 
 from rayfin.cluster import free_port
 from rayfin.config import hash_token, parse_config
+from serve_apps import haproxy_edge, ingress
 from serve_apps.ingress import INGRESSES
 from serve_apps.schemas import example_body
 
@@ -548,47 +549,43 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --ingress proxy, where the edge sheds: proxy = ASGI middleware in Serve's proxy "
                         "(default), router = Serve's request router only. With --ingress haproxy the edge "
                         "is the middleware of each gated replica's HTTP server")
-    p.add_argument("--layout", choices=("gated", "hop"), default="gated",
-                   help="gated: each model's replica admits and predicts (default); hop: gateway -> model")
     args = p.parse_args(argv)
 
+    port = free_port()
+    config = bench_config(args, port)
+    if args.ingress == "haproxy" and args.edge and args.edge_in == "router":
+        p.error("--edge-in router needs --ingress proxy (HAProxy ingress has no Serve request router)")
+    if args.haproxy_edge and args.ingress != "haproxy":
+        p.error("--haproxy-edge needs --ingress haproxy")
+    rates = haproxy_edge.desk_rates(config) if args.haproxy_edge else None
+    if args.edge and args.edge_in == "proxy":
+        # As LocalCluster does: the ingress and the edge middleware (and the HAProxy edge).
+        installed = ingress.install(args.ingress, free_port=free_port, haproxy_edge_rates=rates)
+    else:                                           # no middleware: the router alone sheds, or nothing does
+        installed = ingress.ingress_env(args.ingress, ingress.new_run_dir() if args.ingress == "haproxy" else "",
+                                        free_port)
+        if rates is not None:
+            run_dir = installed["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+            installed.update(haproxy_edge.install_edge(run_dir, rates, ingress.haproxy_binary(), sys.executable))
+        os.environ.update(installed)
+    if args.haproxy_edge:   # the wrapper runs `python -m serve_apps.haproxy_edge` from here
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+    # Serve reads the ingress switch when it is imported: only once the environment is set.
     import ray
     from ray import serve
 
     from serve_apps.deploy import deploy_from_config
 
-    port = free_port()
-    config = bench_config(args, port)
-    from serve_apps import ingress
-
-    if args.ingress == "haproxy" and args.edge and args.edge_in == "router":
-        p.error("--edge-in router needs --ingress proxy (HAProxy ingress has no Serve request router)")
-    if args.edge and args.edge_in == "proxy":
-        installed = ingress.install(args.ingress)   # as LocalCluster does: the ingress, and the edge middleware
-    else:                                           # no middleware: the router alone sheds, or nothing does
-        installed = ingress.ingress_env(args.ingress, ingress.new_run_dir() if args.ingress == "haproxy" else "",
-                                        free_port)
-        os.environ.update(installed)
-    if args.haproxy_edge:
-        if args.ingress != "haproxy":
-            p.error("--haproxy-edge needs --ingress haproxy")
-        from serve_apps import haproxy_edge
-
-        run_dir = os.path.dirname(installed["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
-        os.environ.update(haproxy_edge.install_edge(run_dir, haproxy_edge.desk_rates(config),
-                                                    ingress.haproxy_binary(), sys.executable))
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         started = time.time()
-        info = deploy_from_config(config, http_port=port, expose_models_http=True, access_log=False,
-                                  layout=args.layout)
+        info = deploy_from_config(config, http_port=port, expose_models_http=True, access_log=False)
         result = asyncio.run(measure(info["url"], args))
     finally:
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
-    result["setup"] = {"flood": args.flood, "haproxy_edge": args.haproxy_edge, "ingress": args.ingress, "layout": args.layout, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
+    result["setup"] = {"flood": args.flood, "haproxy_edge": args.haproxy_edge, "ingress": args.ingress, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
                        "load_avg_1m": os.getloadavg()[0], "wall_s": round(time.time() - started, 1),
                        "targets": {"gateway_throughput_ratio": ">= 0.9", "quiet_p99_ratio": "<= 1.25",
                                    "flood_admitted": "<= flood_allowed"}}

@@ -42,7 +42,7 @@ def achieved_bandwidth(topology: Topology, placement: Placement) -> float:
 def ideal_bandwidth(topology: Topology, gpus: int, island_sizes: Iterable[int] | None = None) -> float:
     """Best bandwidth any placement of `gpus` GPUs could get on an empty cluster: NVLink if an
     island holds it, else intra-node if a node does, else intra-rack if a rack does, else inter-rack.
-    `island_sizes` (kept for callers of v1) restricts the NVLink test to those islands."""
+    `island_sizes`, when given, restricts the NVLink test to those islands."""
     if island_sizes is not None and gpus > 1 and gpus > max(list(island_sizes), default=0):
         level = max(topology.ideal_level(gpus), LinkLevel.INTRA_NODE)
     else:

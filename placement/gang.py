@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from placement.topology import Island, Layout, LinkLevel
 
@@ -31,7 +32,7 @@ _EPS = 1e-9
 
 
 def first_fit(islands: Iterable[Island], free: Mapping[str, float], gpus: int) -> Placement | None:
-    """Topology-blind first fit over a free map (kept for callers of v1; see FreeIndex.first_fit)."""
+    """Topology-blind first fit over a free map (FreeIndex.first_fit is the same on arrays)."""
     need = gpus
     taken: list[tuple[str, float]] = []
     for isl in islands:
@@ -46,12 +47,15 @@ def first_fit(islands: Iterable[Island], free: Mapping[str, float], gpus: int) -
     return None
 
 
+Mask = npt.NDArray[np.bool_] | None   # islands (or nodes) a placement may use; None: all
+
+
 class FreeIndex:
     """Free GPUs of one cycle, indexed for placement: per island, per node, per rack (numpy
     arrays, so best fit is a vectorised arg-min, not a Python scan over every island). Mutable on
     purpose: it is the cycle's scratch copy, never the snapshot."""
 
-    def __init__(self, layout: Layout, free: Sequence[float]):
+    def __init__(self, layout: Layout, free: Sequence[float] | npt.NDArray[np.float64]):
         self.lay = layout
         _, self._inode, self._irack, self._nrack = layout.arrays()
         self.free = np.maximum(np.asarray(free, dtype=np.float64), 0.0)
@@ -127,7 +131,7 @@ class FreeIndex:
                 return got, level
         return None
 
-    def _island(self, g: int, mask) -> list[tuple[int, int]] | None:
+    def _island(self, g: int, mask: Mask) -> list[tuple[int, int]] | None:
         if g > self.lay.max_island:
             return None
         ok = self._whole >= g
@@ -140,13 +144,14 @@ class FreeIndex:
                + self.rfree[self._irack[cand]])
         return [(int(cand[int(np.argmin(key))]), g)]
 
-    def _node_mask(self, mask):
+    def _node_mask(self, mask: Mask) -> Mask:
         if mask is None:
             return None
         first = np.array([isl[0] for isl in self.lay.node_islands], dtype=np.int64)
-        return mask[first]
+        node_mask: npt.NDArray[np.bool_] = mask[first]
+        return node_mask
 
-    def _node(self, g: int, mask) -> list[tuple[int, int]] | None:
+    def _node(self, g: int, mask: Mask) -> list[tuple[int, int]] | None:
         if g > self.lay.max_node:
             return None
         ok = self.nfree >= g
@@ -159,16 +164,16 @@ class FreeIndex:
         key = self.nfree[cand] * self._k2 + self.rfree[self._nrack[cand]]
         return self._fill_nodes([int(cand[int(np.argmin(key))])], g)
 
-    def _rack_nodes(self, r: int, nmask) -> list[int]:
+    def _rack_nodes(self, r: int, nmask: Mask) -> list[int]:
         nodes = [n for n in self.lay.rack_nodes[r] if self.nfree[n] > 0 and (nmask is None or nmask[n])]
         nodes.sort(key=lambda n: (-int(self.nfree[n]), n))
         return nodes
 
-    def _rack(self, g: int, mask) -> list[tuple[int, int]] | None:
+    def _rack(self, g: int, mask: Mask) -> list[tuple[int, int]] | None:
         nmask = self._node_mask(mask)
         best_key, best_nodes = None, None
-        for r in np.flatnonzero(self.rfree >= g):
-            r = int(r)
+        for rack in np.flatnonzero(self.rfree >= g):
+            r = int(rack)
             nodes = self._rack_nodes(r, nmask)
             have, used = 0, 0
             for n in nodes:
@@ -183,7 +188,7 @@ class FreeIndex:
                 best_key, best_nodes = key, nodes
         return None if best_nodes is None else self._fill_nodes(best_nodes, g)
 
-    def _cluster(self, g: int, mask) -> list[tuple[int, int]] | None:
+    def _cluster(self, g: int, mask: Mask) -> list[tuple[int, int]] | None:
         nmask = self._node_mask(mask)
         racks = sorted(np.flatnonzero(self.rfree > 0).tolist(), key=lambda r: (-int(self.rfree[r]), r))
         nodes = [n for r in racks for n in self._rack_nodes(r, nmask)]

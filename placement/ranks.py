@@ -97,14 +97,16 @@ def rank_layout(topology: Topology, placement: Iterable[tuple[str, float]], unit
             raise ValueError(f"island {island_id} holds {g:g} GPUs, not a whole number of {unit:g}-GPU workers")
         rows.append((rack_pos[isl.rack], isl.node, order[island_id], isl, int(round(n))))
     # Nodes of one rack in configuration order: their first island's position decides.
-    first = {}
+    first: dict[str, int] = {}
     for isl in topology.islands:
         first.setdefault(isl.node, order[isl.id])
     rows.sort(key=lambda r: (r[0], first[r[1]], r[2]))
     per_node: dict[str, int] = {}
     for *_, isl, n in rows:
         per_node[isl.node] = per_node.get(isl.node, 0) + n
-    slots, seen_local, node_ranks = [], {}, {}
+    slots: list[WorkerSlot] = []
+    seen_local: dict[str, int] = {}
+    node_ranks: dict[str, int] = {}
     for *_, isl, n in rows:
         node_ranks.setdefault(isl.node, len(node_ranks))
         for _ in range(n):

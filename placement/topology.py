@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+# (capacity, island_node, island_rack, node_rack): the layout as arrays, for the placement hot path.
+LayoutArrays = tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]
 
 
 class LinkLevel(IntEnum):
@@ -58,7 +64,7 @@ def pool_resource(pool: str) -> str:
 class Topology:
     islands: tuple[Island, ...]
     bandwidth: Bandwidths = Bandwidths()
-    _by_id: Mapping[str, Island] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    _by_id: Mapping[str, Island] = field(default_factory=dict, compare=False, repr=False)   # set in __post_init__
     _layout: "Layout | None" = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,7 +78,7 @@ class Topology:
         return self._layout  # type: ignore[return-value]
 
     @classmethod
-    def from_config(cls, cluster) -> "Topology":
+    def from_config(cls, cluster: Any) -> "Topology":
         """Build from a `rayfin.config.ClusterConfig` (duck-typed to keep this module config-free)."""
         islands = []
         for rack in cluster.racks:
@@ -160,31 +166,32 @@ class Layout:
     max_island: int
     max_node: int
     max_rack: int
-    _memo: dict = field(default_factory=dict, compare=False, repr=False)   # derived arrays, per pool set
+    _memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)   # derived arrays, per pool set
 
-    def pool_mask(self, pools: frozenset[str]):
+    def pool_mask(self, pools: frozenset[str]) -> npt.NDArray[np.bool_]:
         """Boolean numpy mask of the islands in `pools` (memoised)."""
         key = ("mask", pools)
         if key not in self._memo:
-            import numpy as np
             self._memo[key] = np.array([p in pools for p in self.island_pool], dtype=bool)
-        return self._memo[key]
+        mask: npt.NDArray[np.bool_] = self._memo[key]
+        return mask
 
     def pool_capacity(self, pools: frozenset[str]) -> int:
         key = ("cap", pools)
         if key not in self._memo:
             self._memo[key] = sum(c for c, p in zip(self.capacity, self.island_pool) if p in pools)
-        return self._memo[key]
+        cap: int = self._memo[key]
+        return cap
 
-    def arrays(self):
+    def arrays(self) -> LayoutArrays:
         """(capacity, island_node, island_rack, node_rack) as numpy arrays (memoised)."""
         if "arrays" not in self._memo:
-            import numpy as np
             self._memo["arrays"] = (np.array(self.capacity, dtype=np.float64),
                                     np.array(self.island_node, dtype=np.int64),
                                     np.array(self.island_rack, dtype=np.int64),
                                     np.array(self.node_rack, dtype=np.int64))
-        return self._memo["arrays"]
+        arrays: LayoutArrays = self._memo["arrays"]
+        return arrays
 
     @classmethod
     def build(cls, topo: "Topology") -> "Layout":

@@ -2,64 +2,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import secrets
 import signal
 import sys
 import threading
 import time
-from typing import Any
 
-from rayfin.config import default_config_path, hash_token, load_config
+from rayfin.config import ControllerConfig, default_config_path, hash_token, load_config
+from rayfin.controller.ledger import open_ledger
+from rayfin.controller.ledger_io import export_ledger, import_ledger
+from rayfin.demo import run_demo
 from rayfin.errors import ConfigError, RayfinError, Unauthorized
-
-COLOURS = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "dim": "2", "bold": "1"}
-STATE_COLOUR = {"PENDING": "yellow", "ADMITTED": "blue", "RUNNING": "blue", "SUCCEEDED": "green",
-                "FAILED": "red", "CANCELLED": "dim", "PREEMPTED": "red"}
-
-
-def colour(text: str, name: str, enabled: bool) -> str:
-    return f"\x1b[{COLOURS[name]}m{text}\x1b[0m" if enabled else text
+from rayfin.sdk import Client, connect, default_url
+from rayfin.supervisor import DEPLOY_KEY_ENV, Supervisor
+from rayfin.tables import colour, job_lines, policing_lines, usage_lines
+from rayfin.up import bring_up, controller_with_ledger, with_ledger
 
 
 def _use_colour(args: argparse.Namespace) -> bool:
     mode = getattr(args, "color", "auto")
     return mode == "always" or (mode == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
-
-
-# ------------------------------------------------------------------ tables
-def usage_lines(table: dict[str, dict[str, Any]], use_colour: bool = False) -> list[str]:
-    head = f"{'desk':<10} {'nominal':>7} {'in use':>7} {'serving':>7} {'borrowed':>8} {'lent':>5} {'queued':>6} " \
-           f"{'running':>7} {'done':>5} {'failed':>6} {'preempt':>7}"
-    lines = [colour(head, "bold", use_colour)]
-    for name, r in table.items():
-        borrowed = f"{r['borrowed']:>8g}"
-        if r["borrowed"] > 0:
-            borrowed = colour(borrowed, "yellow", use_colour)
-        queued = f"{r['queued']:>6d}"
-        if r["queued"]:
-            queued = colour(queued, "yellow", use_colour)
-        lines.append(f"{name:<10} {r['nominal']:>7g} {r['in_use']:>7g} {r['serving']:>7g} {borrowed} "
-                     f"{r['lent']:>5g} {queued} {r['running']:>7d} {r.get('succeeded', 0):>5d} "
-                     f"{r.get('failed', 0):>6d} {r.get('preempted', 0):>7d}")
-    return lines
-
-
-def job_lines(jobs: list[Any], use_colour: bool = False) -> list[str]:
-    lines = [colour(f"{'job':<22} {'desk':<9} {'state':<10} {'gpus':>4} {'prio':<8} {'progress':>8}  where / why",
-                    "bold", use_colour)]
-    for j in jobs:
-        where = ", ".join(f"{i}x{g:g}" for i, g in j.placement) or ""
-        why = j.reason if j.state.value in ("PENDING", "FAILED", "PREEMPTED", "CANCELLED") else where
-        bar = progress_bar(j.progress) if j.state.value == "RUNNING" else ""
-        lines.append(f"{j.job_id:<22} {j.desk:<9} {colour(f'{j.state.value:<10}', STATE_COLOUR[j.state.value], use_colour)} "
-                     f"{j.gpus:>4g} {j.priority:<8} {bar:>8}  {why[:90]}")
-    return lines
-
-
-def progress_bar(fraction: float, width: int = 8) -> str:
-    n = int(round(max(0.0, min(1.0, fraction)) * width))
-    return "#" * n + "." * (width - n)
 
 
 # ------------------------------------------------------------------ commands
@@ -76,8 +39,6 @@ def cmd_hash_token(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from rayfin.up import bring_up, with_ledger
-
     cfg = with_ledger(load_config(args.config), args.ledger, password_env=args.ledger_password_env,
                       password_file=args.ledger_password_file)
     run = bring_up(cfg, address=args.address, serve=not args.no_serve, dashboard_port=args.dashboard_port,
@@ -98,10 +59,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ledger_controller(args: argparse.Namespace):
-    from rayfin.config import ControllerConfig
-    from rayfin.up import controller_with_ledger
-
+def _ledger_controller(args: argparse.Namespace) -> ControllerConfig:
     if args.ledger:
         return controller_with_ledger(ControllerConfig(), args.ledger, password_env=args.password_env,
                                       password_file=args.password_file)
@@ -114,9 +72,6 @@ def _ledger_controller(args: argparse.Namespace):
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from rayfin.controller.ledger import open_ledger
-    from rayfin.controller.ledger_io import export_ledger, import_ledger
-
     controller = _ledger_controller(args)
     where = controller.ledger or controller.ledger_path
     ledger = open_ledger(controller)
@@ -136,18 +91,12 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 def cmd_supervise(args: argparse.Namespace) -> int:
     """Keep the controller of an existing cluster alive (KubeRay: a container beside the head)."""
-    import secrets
-
-    import ray
-
-    from rayfin.supervisor import Supervisor
+    import ray  # lazy: importing Ray takes seconds, and most commands only talk HTTP
 
     cfg = load_config(args.config)
     ray.init(address=args.address, namespace=cfg.controller.namespace, log_to_driver=False, logging_level="WARNING")
-    from rayfin.supervisor import DEPLOY_KEY_ENV
-
     # `rayfin up` hands over its deploy key; a standalone supervisor (KubeRay) makes its own.
-    sup = Supervisor(cfg, os.environ.pop(DEPLOY_KEY_ENV, None) or secrets.token_hex(16), interval_s=args.interval)
+    sup = Supervisor(cfg, os.environ.pop(DEPLOY_KEY_ENV, "") or secrets.token_hex(16), interval_s=args.interval)
     sup.start_watching()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -165,17 +114,12 @@ def cmd_supervise(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rayfin.demo import run_demo
-
     return run_demo(args.config, serve=not args.no_serve)
 
 
-def _client(args: argparse.Namespace):
+def _client(args: argparse.Namespace) -> Client:
     """The same HTTP client as the SDK: the URL from --url, $RAYFIN_URL or the `api:` line of the
     `rayfin up` on this machine; the credential from --token or $RAYFIN_TOKEN."""
-    from rayfin.errors import Unauthorized
-    from rayfin.sdk import connect, default_url
-
     token = args.token or os.environ.get("RAYFIN_TOKEN")
     if not token:
         raise Unauthorized("no credential: pass --token TOKEN or set $RAYFIN_TOKEN (a desk's token, or the "
@@ -199,20 +143,6 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{p['in_use']:>7g} {p['free']:>6g} {colour(outside, 'red', use) if p.get('outside') else outside}")
     print("\n".join(policing_lines(client.policing(), use)))
     return 0
-
-
-def policing_lines(view: dict[str, Any], use_colour: bool = False) -> list[str]:
-    """GPU use found outside rayfin (held now), one line per actor, task or placement group."""
-    found = view.get("findings") or []
-    head = (f"\noutside rayfin ({view.get('mode', '?')}): {len(found)} holding "
-            f"{sum(f.get('gpus', 0.0) for f in found):g} GPUs; {view.get('detected', 0)} found, "
-            f"{view.get('stopped', 0)} stopped since start")
-    lines = [colour(head, "red" if found else "bold", use_colour)]
-    for f in found:
-        lines.append(f"  {f['kind']:<15} {f['id'][:16]:<16} {f.get('gpus', 0.0):>4g} GPU  {f.get('island') or '-':<10} "
-                     f"desk {f.get('desk') or '?':<9} job {f.get('rayfin_job_id') or f.get('ray_job_id') or '?'}  "
-                     f"{f.get('action', '')}")
-    return lines
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

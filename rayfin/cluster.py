@@ -8,6 +8,9 @@ then never leave the island rayfin chose. Each island node carries
 and the head node (no GPUs) runs the controller, Serve and the dashboard.
 We stop only the processes this object started; never `ray stop`.
 
+How HTTP reaches Serve's replicas is set up by the caller's `ingress` (serve_apps.ingress, passed
+by rayfin.up): this module sits below the Serve applications and imports nothing from them.
+
 With `gcs_redis` (HOST:PORT) Ray's control store (GCS) keeps its tables in that Redis (Ray's GCS
 fault tolerance, `RAY_REDIS_ADDRESS`), under a storage namespace unique to this cluster: a GCS
 that dies and restarts finds its nodes, actors and placement groups again.
@@ -16,13 +19,17 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import secrets
+import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from placement.topology import Island, Topology, island_resource, pool_resource
 from rayfin.config import RayfinConfig
 from rayfin.errors import ConfigError
+from rayfin.telemetry.tracing import ray_hook, tracing_env
 
 log = logging.getLogger("rayfin.cluster")
 LABEL = "rayfin.io/"
@@ -48,7 +55,7 @@ def ensure_ray_token_auth() -> bool:
     and create ~/.ray/auth_token if there is none. Returns whether token auth is on."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return False
-    from ray._private.authentication import authentication_token_setup as auth
+    from ray._private.authentication import authentication_token_setup as auth  # lazy: Ray, seconds to import
 
     auth.enable_token_auth_by_default()
     auth.ensure_token_if_auth_enabled(None, create_token_if_missing=True)
@@ -72,7 +79,8 @@ def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tup
         return 32768, 60999
 
 
-def pick_port(rng, is_free, low: int, high: int, tries: int = 64) -> int | None:
+def pick_port(rng: random.Random, is_free: Callable[[int], bool], low: int, high: int,
+              tries: int = 64) -> int | None:
     """A random port in [low, high) that `is_free` accepts, or None after `tries` (pure)."""
     for _ in range(tries if high > low else 0):
         port = rng.randrange(low, high)
@@ -82,8 +90,6 @@ def pick_port(rng, is_free, low: int, high: int, tries: int = 64) -> int | None:
 
 
 def _bindable(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         try:
             sock.bind(("0.0.0.0", port))      # all interfaces: HAProxy's stats and metrics bind there
@@ -92,7 +98,7 @@ def _bindable(port: int) -> bool:
             return False
 
 
-def free_port(rng=None) -> int:
+def free_port(rng: random.Random | None = None) -> int:
     """A port to hand to a process that starts later (the dashboard, Serve, HAProxy).
 
     Not one from the kernel's ephemeral range: a port found free there by binding port 0 can be
@@ -102,9 +108,6 @@ def free_port(rng=None) -> int:
     their own HTTP servers (PORT_CEILING up). So: a free port between PORT_FLOOR and the lower
     of the two, not handed out before by this process, falling back to the kernel's choice when
     that span is empty or full."""
-    import random
-    import socket
-
     low, _ = ephemeral_range()
     port = pick_port(rng or random.SystemRandom(), lambda p: p not in _handed_out and _bindable(p),
                      PORT_FLOOR, min(low, PORT_CEILING))
@@ -114,6 +117,15 @@ def free_port(rng=None) -> int:
             port = sock.getsockname()[1]
     _handed_out.add(port)
     return port
+
+
+class IngressSetup(Protocol):
+    """How HTTP reaches Serve's replicas, set in the environment before Ray starts (Serve reads
+    it from each process's environment): `serve_apps.ingress` is one."""
+
+    def install(self, ingress: str) -> dict[str, str]: ...
+
+    def remove_run_dir(self, values: dict[str, str]) -> None: ...
 
 
 @dataclass
@@ -126,7 +138,8 @@ class LocalCluster:
     nodes: dict[str, Any] = field(default_factory=dict)   # island id -> ray Node
     started_s: float = 0.0
     token_auth: bool = False
-    ingress_env: dict[str, str] = field(default_factory=dict)   # what serve_apps.ingress set for it
+    ingress: IngressSetup | None = None  # None: leave the environment's ingress settings as they are
+    ingress_env: dict[str, str] = field(default_factory=dict)   # what `ingress` set for it
     gcs_redis: str | None = None         # HOST:PORT of the Redis for GCS fault tolerance
     storage_namespace: str = ""
     _env_before: dict[str, str | None] = field(default_factory=dict, repr=False)
@@ -136,18 +149,18 @@ class LocalCluster:
         return Topology.from_config(self.config.cluster)
 
     def start(self) -> str:
-        from ray.cluster_utils import Cluster
+        from ray.cluster_utils import Cluster  # lazy: importing Ray takes seconds; `rayfin --help` need not
 
         t0 = time.monotonic()
         self.token_auth = ensure_ray_token_auth()
         # How HTTP reaches the replicas (HAProxy by default) and rayfin's edge middleware, which
         # sheds a desk's flood before Serve handles it: set before Ray starts, as Serve reads them
-        # from each process's environment (serve_apps/ingress.py).
-        from serve_apps import ingress
-        try:
-            self.ingress_env = ingress.install(self.config.serve.ingress)
-        except ValueError as exc:   # no HAProxy here, or a conflicting variable: the field to change
-            raise ConfigError(str(exc), path="serve.ingress") from None
+        # from each process's environment.
+        if self.ingress is not None:
+            try:
+                self.ingress_env = self.ingress.install(self.config.serve.ingress)
+            except ValueError as exc:   # no HAProxy here, or a conflicting variable: the field to change
+                raise ConfigError(str(exc), path="serve.ingress") from None
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.
         os.environ.setdefault("RAY_num_prestart_python_workers", "0")
         if self.gcs_redis:
@@ -169,11 +182,9 @@ class LocalCluster:
                                # a busy laptop can take longer than 30 s to start a node's agent
                                "agent_register_timeout_ms": 120_000},
         }
-        from rayfin.telemetry.tracing import ray_hook, tracing_env
-
-        hook = ray_hook(self.config)
+        hook = ray_hook(self.config.telemetry)
         if hook:  # Ray's own tracing hook: Ray tasks join the job's OpenTelemetry trace
-            os.environ.update(tracing_env(self.config))  # every raylet and worker inherits these
+            os.environ.update(tracing_env(self.config.telemetry))  # every raylet and worker inherits these
             head["tracing_startup_hook"] = hook
         try:
             self.cluster = Cluster(initialize_head=True, head_node_args=head, shutdown_at_exit=True)
@@ -200,10 +211,8 @@ class LocalCluster:
     def _use_gcs_redis(self) -> None:
         """Read by Ray when the head starts (ray/_private/node.py) and by the GCS it launches. A
         namespace of its own: a new cluster on a namespace another used restores stale state."""
-        import secrets
-
         self.storage_namespace = self.storage_namespace or f"rayfin-{self.config.cluster.name}-{secrets.token_hex(4)}"
-        for key, value in (("RAY_REDIS_ADDRESS", self.gcs_redis),
+        for key, value in (("RAY_REDIS_ADDRESS", self.gcs_redis or ""),
                            ("RAY_external_storage_namespace", self.storage_namespace)):
             self._env_before.setdefault(key, os.environ.get(key))
             os.environ[key] = value
@@ -230,8 +239,6 @@ class LocalCluster:
         self.nodes[island_id] = self.cluster.add_node(wait=True, **island_node_args(island))
 
     def shutdown(self) -> None:
-        from serve_apps import ingress
-
         try:
             if self.cluster is not None:
                 if not self.gcs_running:
@@ -240,13 +247,14 @@ class LocalCluster:
         finally:
             self.cluster = None
             self.nodes.clear()
-            ingress.remove_run_dir(self.ingress_env)
+            if self.ingress is not None:
+                self.ingress.remove_run_dir(self.ingress_env)
             self._forget_gcs_redis()
 
     def _forget_gcs_redis(self) -> None:
         if self.gcs_redis and self.storage_namespace:
             try:
-                from ray._private.gcs_utils import cleanup_redis_storage
+                from ray._private.gcs_utils import cleanup_redis_storage  # lazy: Ray
 
                 host, port = self.gcs_redis.rsplit(":", 1)
                 cleanup_redis_storage(host, int(port), os.environ.get("RAY_REDIS_PASSWORD", ""), False,

@@ -3,31 +3,34 @@
 A config file (YAML) describes the cluster (racks, nodes, NVLink islands, link bandwidths),
 the desks (quotas, pools, credentials, serving quotas) and defaults. `load_config(path)`
 returns a frozen `RayfinConfig` or raises `ConfigError` whose message lists every problem as
-`field.path: got VALUE; allowed`. Decision code receives the parts it needs as arguments and
-never reads this module's globals.
+`field.path: got VALUE; allowed`. Every section is a model (`rayfin.config_base.ConfigModel`),
+parsed once here; the sections that belong to a feature keep their model beside it
+(`autoscaling`: rayfin.autoscale.config, `telemetry`: rayfin.telemetry.config) and those
+modules import only rayfin.config_base, so this module imports them and not the other way.
+Decision code receives the parts it needs as arguments and never reads this module's globals.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from rayfin.autoscale.config import AutoscalingSettings
+from rayfin.config_base import SHA256_RE, ConfigModel, Name, config_error_from
 from rayfin.errors import ConfigError
+from rayfin.telemetry.config import TelemetryConfig
 
-NAME_RE = r"^[a-z][a-z0-9-]{0,31}$"
-Name = Annotated[str, Field(pattern=NAME_RE)]
-SHA256_RE = r"^[0-9a-f]{64}$"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# How HTTP reaches the model replicas (serve_apps/ingress.py): written once, here.
+Ingress = Literal["haproxy", "proxy"]
 
 
-class LinkBandwidths(_Model):
+class LinkBandwidths(ConfigModel):
     """Bandwidth in GB/s of the slowest link between two GPUs at each level of the topology."""
 
     nvlink: float = Field(300.0, gt=0, description="between GPUs of one NVLink island")
@@ -42,7 +45,7 @@ class LinkBandwidths(_Model):
         return self
 
 
-class NodeConfig(_Model):
+class NodeConfig(ConfigModel):
     name: Name
     pool: Name = "general"
     islands: list[Annotated[int, Field(gt=0, le=64)]] = Field(
@@ -54,12 +57,12 @@ class NodeConfig(_Model):
         return sum(self.islands)
 
 
-class RackConfig(_Model):
+class RackConfig(ConfigModel):
     name: Name
     nodes: list[NodeConfig] = Field(..., min_length=1)
 
 
-class ClusterConfig(_Model):
+class ClusterConfig(ConfigModel):
     name: Name = "local"
     bandwidth_gbps: LinkBandwidths = LinkBandwidths()
     racks: list[RackConfig] = Field(..., min_length=1)
@@ -108,7 +111,7 @@ class ClusterConfig(_Model):
         return cls(racks=racks, bandwidth_gbps=bandwidth_gbps or LinkBandwidths())
 
 
-class ModelQuota(_Model):
+class ModelQuota(ConfigModel):
     """Per-desk serving quota (enforced by the gateway across all its replicas)."""
 
     requests_per_s: float = Field(50.0, gt=0, le=1_000_000)
@@ -118,7 +121,7 @@ class ModelQuota(_Model):
     window_s: float = Field(60.0, gt=0, le=86_400)
 
 
-class DeskConfig(_Model):
+class DeskConfig(ConfigModel):
     name: Name
     nominal_gpus: float = Field(..., ge=0, description="guaranteed GPUs")
     borrowing_limit: float | None = Field(
@@ -137,18 +140,18 @@ class DeskConfig(_Model):
         return float("inf") if self.borrowing_limit is None else self.nominal_gpus + self.borrowing_limit
 
 
-class AdminConfig(_Model):
+class AdminConfig(ConfigModel):
     credential_sha256: str = Field(..., pattern=SHA256_RE)
 
 
-class DefaultsConfig(_Model):
+class DefaultsConfig(ConfigModel):
     priority: Literal["critical", "normal", "batch"] = "normal"
     preemption_grace_s: float = Field(30.0, ge=0, le=86_400)
     max_retries: int = Field(0, ge=0, le=100)
     job_timeout_s: float | None = Field(None, gt=0)
 
 
-class ControllerConfig(_Model):
+class ControllerConfig(ConfigModel):
     name: Name = "rayfin-controller"
     namespace: Name = "rayfin"
     cycle_interval_s: float = Field(0.2, gt=0, le=60)
@@ -165,11 +168,13 @@ class ControllerConfig(_Model):
     max_log_bytes: int = Field(1024 * 1024, ge=1024, description="output kept per job and rank (newest kept)")
     checkpoint_dir: str = Field("", description="root of per-job checkpoint directories, on storage every "
                                                 "worker node sees; empty = 'checkpoints' beside the ledger")
+    cordon_s: float = Field(20.0, ge=0, le=3600, description="an island where a runner was just lost takes no "
+                            "new work this long: time for Ray's failure detector to declare its node dead")
+    admit_timeout_s: float = Field(180.0, gt=0, le=86_400, description="an admitted job whose placement group or "
+                                   "runner has not come up after this long goes back to the queue (no retry spent)")
 
     @property
     def checkpoint_root(self) -> str:
-        import os
-
         if self.checkpoint_dir:
             return os.path.expanduser(self.checkpoint_dir)
         base = os.path.dirname(os.path.expanduser(self.ledger_path)) if self.ledger_path != ":memory:" else ""
@@ -195,8 +200,6 @@ class ControllerConfig(_Model):
 
 def check_ledger_url(value: str) -> str:
     """A PostgreSQL URL with no password in it (the password lives in an env var or a file)."""
-    from urllib.parse import parse_qs, urlsplit
-
     scheme = value.split("://", 1)[0] if "://" in value else ""
     if scheme not in ("postgresql", "postgres"):
         raise ValueError("must be a postgresql://USER@HOST:PORT/DATABASE URL (leave it unset for the SQLite "
@@ -214,7 +217,7 @@ def check_ledger_url(value: str) -> str:
     return value
 
 
-class ServeModelConfig(_Model):
+class ServeModelConfig(ConfigModel):
     name: Name
     kind: Literal["option_pricer", "fraud_scorer"]
     owner: Name = Field(..., description="desk the replicas are charged to")
@@ -231,7 +234,7 @@ class ServeModelConfig(_Model):
                                   "null = the model's default (tests use fewer)")
 
 
-class ServeConfig(_Model):
+class ServeConfig(ConfigModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -245,7 +248,7 @@ class ServeConfig(_Model):
     quota_local_share: float = Field(
         0.75, ge=0, le=0.9, description="part of each desk's rate and burst split evenly over gateway replicas "
         "(admitted with no broker call); the quota broker lends out the rest")
-    ingress: Literal["haproxy", "proxy"] = Field(
+    ingress: Ingress = Field(
         "haproxy", description="how HTTP reaches the model replicas: 'haproxy' (Serve's HAProxy ingress: "
         "HAProxy forwards to replicas that serve HTTP themselves) or 'proxy' (Serve's Python proxy actor); "
         "see serve_apps/ingress.py")
@@ -255,7 +258,7 @@ class ServeConfig(_Model):
         "its request router with 'proxy'); replicas still account quotas exactly")
 
 
-class ApiConfig(_Model):
+class ApiConfig(ConfigModel):
     """The rayfin API (HTTP on Ray Serve, beside the inference gateway): what desks and operators
     call instead of the controller actor, so no client needs the cluster's Ray token."""
 
@@ -272,7 +275,7 @@ class ApiConfig(_Model):
                                         description="a controller call slower than this answers 503")
 
 
-class PolicingConfig(_Model):
+class PolicingConfig(ConfigModel):
     """GPU use outside rayfin: the controller lists Ray's actors, tasks and placement groups
     every `interval_s` and stops (`enforce`) or only reports (`report`) what holds GPUs or desk
     pool / island resources without going through rayfin."""
@@ -282,13 +285,13 @@ class PolicingConfig(_Model):
     fail_owner_job: bool = Field(True, description="enforce: also fail the rayfin job whose code started it")
 
 
-class DashboardConfig(_Model):
+class DashboardConfig(ConfigModel):
     host: str = "127.0.0.1"
     port: int = Field(8265, ge=1, le=65535)
     metrics_export_port: int = Field(8090, ge=1, le=65535)
 
 
-class RayfinConfig(_Model):
+class RayfinConfig(ConfigModel):
     cluster: ClusterConfig
     desks: list[DeskConfig] = Field(..., min_length=1)
     admin: AdminConfig | None = None
@@ -298,9 +301,8 @@ class RayfinConfig(_Model):
     api: ApiConfig = ApiConfig()
     policing: PolicingConfig = PolicingConfig()
     dashboard: DashboardConfig = DashboardConfig()
-    # Sections owned by later features; kept as free-form dicts validated by their owners.
-    telemetry: dict[str, Any] = Field(default_factory=dict)
-    autoscaling: dict[str, Any] = Field(default_factory=dict)
+    telemetry: TelemetryConfig = TelemetryConfig()
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RayfinConfig":
@@ -324,21 +326,14 @@ class RayfinConfig(_Model):
         if total_nominal > self.cluster.total_gpus:
             raise ValueError(f"sum of desks' nominal_gpus ({total_nominal:g}) exceeds the cluster's "
                              f"{self.cluster.total_gpus} GPUs; nominal quotas are guarantees")
-        # Sections whose models live with their features are validated here too, so
-        # `rayfin validate` catches every problem before anything starts.
-        from rayfin.autoscale.config import parse_autoscaling
-        from rayfin.telemetry.config import parse_telemetry
-
-        parse_autoscaling(self.autoscaling)
-        parse_telemetry(self.telemetry)
         model_names = [m.name for m in self.serve.models]
         for i, m in enumerate(self.serve.models):
             if m.owner not in names:
                 raise ValueError(f"serve.models[{i}].owner: unknown desk {m.owner!r}; desks are {names}")
         for i, desk in enumerate(self.desks):
-            for m in desk.models:
-                if m not in model_names:
-                    raise ValueError(f"desks[{i}].models: unknown model {m!r}; serve.models are {model_names}")
+            for name in desk.models:
+                if name not in model_names:
+                    raise ValueError(f"desks[{i}].models: unknown model {name!r}; serve.models are {model_names}")
         return self
 
     def desk(self, name: str) -> DeskConfig:
@@ -361,66 +356,6 @@ def token_matches(token: str | None, credential_sha256: str) -> bool:
     if not token:
         return False
     return hmac.compare_digest(hash_token(token), credential_sha256)
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(root)"
-
-
-def _explain(err: dict[str, Any]) -> str:
-    kind, ctx = err.get("type", ""), err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return "unknown field; remove it or check its spelling"
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "string_pattern_mismatch":
-        pat = ctx.get("pattern", "")
-        if pat == NAME_RE:
-            return "must be a lowercase name: a letter, then letters, digits or '-', at most 32 characters"
-        if pat == SHA256_RE:
-            return "must be 64 lowercase hex characters (sha256 of the token; `rayfin hash-token TOKEN`)"
-        return f"must match {pat}"
-    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
-        bound = next(iter(ctx.values()), "?")
-        return f"must be {op} {bound}"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '')}"
-    msg = err.get("msg", "invalid")
-    return msg.removeprefix("Value error, ")
-
-
-def _redacted(value: Any) -> Any:
-    """A value fit to echo in an error: a password inside a URL is replaced by ***."""
-    if isinstance(value, str) and "://" in value:
-        import re
-
-        value = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", value)
-        return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", value)
-    return value
-
-
-def config_error_from(exc: ValidationError, source: str, prefix: str = "") -> ConfigError:
-    """One ConfigError listing every problem as `path: got VALUE; what is allowed`. `prefix` is
-    the section a free-form part of the tree was validated under (e.g. "autoscaling")."""
-    problems = []
-    lines = []
-    for err in exc.errors():
-        loc = _loc(err["loc"]) if err["loc"] else ""
-        path = ".".join(p for p in (prefix, loc) if p) or "(root)"
-        value = _redacted(err.get("input"))
-        shown = "" if err.get("type") == "missing" or isinstance(value, dict) else f": got {value!r}"
-        allowed = _explain(err)
-        problems.append((path, value, allowed))
-        lines.append(f"  {path}{shown}; {allowed}")
-    head = f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
-    return ConfigError(head + "\n" + "\n".join(lines), path=problems[0][0], problems=problems)
 
 
 def parse_config(data: Any, source: str = "<config>") -> RayfinConfig:

@@ -10,17 +10,20 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from rayfin.cli import job_lines, usage_lines
 from rayfin.config import load_config
 from rayfin.errors import QuotaExceeded
+from rayfin.sdk import Client, Job, JobStatus, connect
+from rayfin.tables import job_lines, usage_lines
+from rayfin.up import bring_up, with_ledger
 
 
 def _p(msg: str) -> None:
     print(msg, flush=True)
 
 
-def workers_line(st) -> str:
+def workers_line(st: JobStatus) -> str:
     """How many workers a job ran and on which islands (from the rank layout on the job)."""
     ranks = st.info.get("ranks") or []
     on: dict[str, int] = {}
@@ -35,10 +38,9 @@ def workers_line(st) -> str:
 
 
 def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 300.0) -> int:
+    # lazy: the demo's jobs import torch (seconds), which no other `rayfin` command needs
     import jobs.train_signal as train_signal
     import jobs.var_mc as var_mc
-    from rayfin.sdk import connect
-    from rayfin.up import bring_up, with_ledger
 
     t0 = time.monotonic()
     ledger = Path(tempfile.mkdtemp(prefix="rayfin-demo-")) / "ledger.db"
@@ -51,16 +53,17 @@ def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 300
             _p(line)
         _p(f"ready in {time.monotonic() - t0:.1f}s\n")
         clients = {d: connect(desk=d, token=f"{d}-demo-token", url=run.api_url) for d in cfg.desk_names}
-        submitted = []
+        submitted: list[Job] = []
 
-        def submit(desk: str, what: str, fn) -> None:
+        def submit(desk: str, what: str, fn: Callable[[Client], Any]) -> None:
             try:
                 job = fn(clients[desk])
                 submitted.append(job)
                 _p(f"  {desk:<9} {what:<44} -> {job.job_id}")
             except QuotaExceeded as exc:
-                _p(f"  {desk:<9} {what:<44} -> REFUSED QuotaExceeded(desk={exc.desk}, requested={exc.requested:g}, "
-                   f"available={exc.available:g})")
+                f = exc.to_wire()["fields"]
+                _p(f"  {desk:<9} {what:<44} -> REFUSED QuotaExceeded(desk={f['desk']}, requested={f['requested']:g}, "
+                   f"available={f['available']:g})")
 
         _p("submitting a mixed workload:")
         submit("risk", "overnight VaR, 4 workers (entrypoint)", lambda c: c.submit_entrypoint(
@@ -115,7 +118,7 @@ def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 300
         _p("\n".join(usage_lines(admin.usage())))
         if run.serve_url:
             _p(f"\ninference over HTTP at {run.serve_url}:")
-            try:
+            try:  # lazy and guarded: the demo runs its batch jobs without the serving package too
                 from serve_apps.demo import demo_calls
 
                 for line in demo_calls(cfg, run.serve_url):

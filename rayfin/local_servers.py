@@ -13,12 +13,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pwd
 import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -84,8 +86,6 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="rayfin-pg-"))
         if os.geteuid() == 0:
             try:
-                import pwd
-
                 pw = pwd.getpwnam("postgres")
             except KeyError:
                 raise ServerError("running as root and there is no `postgres` user to run PostgreSQL as; "
@@ -119,7 +119,7 @@ class PostgresServer:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
-        import psycopg
+        import psycopg  # lazy: only the PostgreSQL server needs the driver
 
         with psycopg.connect(self.url(), password=self.password, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -249,8 +249,6 @@ class PrometheusServer:
 
     def api(self, path: str, **params: str) -> dict[str, Any]:
         """GET /api/v1/<path>; returns the decoded body (also for a 400: its error says why)."""
-        import urllib.error
-
         url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
         try:
             with urllib.request.urlopen(url, timeout=10) as r:

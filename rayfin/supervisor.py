@@ -12,7 +12,12 @@ time (the suspects), as re-adopted by the new controller.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -26,6 +31,7 @@ def death_of(name: str, namespace: str) -> dict[str, Any]:
     """What Ray's state API says about the last dead actor of that name: its id, pid, node, and
     the death cause (for `ray.kill`, Ray's message says so)."""
     try:
+        # lazy, here and below: importing Ray takes seconds, and `rayfin` commands import this module
         from ray.util.state import list_actors
 
         rows = list_actors(filters=[("name", "=", name), ("state", "=", "DEAD")], detail=True, limit=100,
@@ -108,7 +114,7 @@ class Supervisor:
     def restart(self) -> dict[str, Any]:
         import ray
 
-        from rayfin.controller.actor import start_controller
+        from rayfin.controller.actor import start_controller  # imports Ray
 
         c = self.config.controller
         t0 = time.monotonic()
@@ -134,16 +140,11 @@ class Supervisor:
 DEPLOY_KEY_ENV = "RAYFIN_DEPLOY_KEY"
 
 
-def spawn_supervisor(config: RayfinConfig, address: str, deploy_key: str, interval_s: float = 1.0):
+def spawn_supervisor(config: RayfinConfig, address: str, deploy_key: str,
+                     interval_s: float = 1.0) -> subprocess.Popen[bytes]:
     """`rayfin supervise` as a child process of `rayfin up`: its own Ray driver, so nothing this
     process does with Ray (a test attaching to another cluster) can mislead it. The deploy key
     goes through the environment, not the command line."""
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
     fd, path = tempfile.mkstemp(prefix="rayfin-supervise-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(config.model_dump(mode="json"), f)
@@ -154,10 +155,7 @@ def spawn_supervisor(config: RayfinConfig, address: str, deploy_key: str, interv
     return proc
 
 
-def stop_supervisor(proc) -> None:
-    import os
-    import subprocess
-
+def stop_supervisor(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:

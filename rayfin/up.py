@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayfin.config import ControllerConfig, RayfinConfig
+from pydantic import ValidationError
+
+from rayfin.cluster import LocalCluster
+from rayfin.config import ControllerConfig, RayfinConfig, config_error_from
+from rayfin.controller.ledger import is_postgres_url
+from rayfin.supervisor import spawn_supervisor, stop_supervisor
+from serve_apps import ingress
 
 log = logging.getLogger("rayfin.up")
 STATE_FILE = Path(os.path.expanduser("~/.rayfin/up.json"))
@@ -29,7 +35,7 @@ class Running:
     metrics_url: str | None
     serve_url: str | None
     controller: Any
-    local: Any = None                    # LocalCluster when we started one
+    local: LocalCluster | None = None    # when we started one
     timings_s: dict[str, float] = field(default_factory=dict)
     serve_started: bool = False
     deploy_key: str | None = field(default=None, repr=False)
@@ -58,11 +64,9 @@ class Running:
                                     "namespace": self.config.controller.namespace}))
 
     def shutdown(self) -> None:
-        import ray
+        import ray  # lazy here and below: importing Ray takes seconds; `rayfin --help` need not
 
         if self.supervisor is not None:      # first, or it would bring the controller back
-            from rayfin.supervisor import stop_supervisor
-
             stop_supervisor(self.supervisor)
 
         if self.serve_started:
@@ -100,11 +104,6 @@ def with_ledger(config: RayfinConfig, ledger: str | None, *, password_env: str |
 
 def controller_with_ledger(controller: ControllerConfig, ledger: str, *, password_env: str | None = None,
                            password_file: str | None = None) -> ControllerConfig:
-    from pydantic import ValidationError
-
-    from rayfin.config import config_error_from
-    from rayfin.controller.ledger import is_postgres_url
-
     data = controller.model_dump()
     if is_postgres_url(ledger):
         data.update(ledger=ledger, ledger_password_env=password_env, ledger_password_file=password_file)
@@ -126,15 +125,14 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
     the controller back if it is killed for good."""
     import ray
 
-    from rayfin.cluster import LocalCluster
-    from rayfin.controller.actor import start_controller
+    from rayfin.controller.actor import start_controller  # imports Ray
 
     t0 = time.monotonic()
     local = None
     timings: dict[str, float] = {}
     if address is None:
         local = LocalCluster(config, dashboard=dashboard, dashboard_port=dashboard_port,
-                             metrics_export_port=metrics_port,
+                             metrics_export_port=metrics_port, ingress=ingress,
                              gcs_redis=gcs_redis or os.environ.get("RAY_REDIS_ADDRESS") or None)
         address = local.start()
         timings["cluster_s"] = local.started_s
@@ -162,8 +160,6 @@ def bring_up(config: RayfinConfig, *, address: str | None = None, serve: bool = 
             run.serve_started = run.serve_started or run.api_url is not None
             timings["api_s"] = time.monotonic() - t3
         if supervise:
-            from rayfin.supervisor import spawn_supervisor
-
             run.supervisor = spawn_supervisor(config, address, deploy_key)
         timings["total_s"] = time.monotonic() - t0
         return run
@@ -186,7 +182,7 @@ def _deploy_serve(config: RayfinConfig, controller: Any, port: int | None, token
 
 
 def _deploy_api(config: RayfinConfig, port: int | None, access_log: bool) -> str:
-    from serve_apps.api_app import deploy_api
+    from serve_apps.api_app import deploy_api  # imports Ray Serve
 
     return deploy_api(config, http_port=port, access_log=access_log)
 

@@ -84,3 +84,17 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def header_value(headers, name: bytes) -> bytes | None:
+    """The first value of a header in ASGI form ([(lowercase name, value)]), else None."""
+    for k, v in headers or ():
+        if k == name:
+            return v
+    return None
+
+
+def bearer_of(headers) -> str | None:
+    """The bearer token of a request's ASGI headers, else None."""
+    authorization = header_value(headers, b"authorization")
+    return bearer_token(authorization.decode("latin-1")) if authorization is not None else None

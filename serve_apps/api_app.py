@@ -12,11 +12,13 @@ import asyncio
 import logging
 from typing import Any
 
+import ray
 from ray import serve
+from ray.exceptions import RayActorError
 
 from rayfin.api.app import ApiLimits, build_app
-from rayfin.config import RayfinConfig
-from rayfin.errors import ControllerUnavailable, NotSupported, from_wire
+from rayfin.config import RayfinConfig, load_config
+from rayfin.errors import ConfigError, ControllerUnavailable, NotSupported, from_wire
 
 log = logging.getLogger(__name__)
 API_APP = "rayfin-api"
@@ -31,8 +33,6 @@ class ActorControllerPort:
 
     async def _get(self):
         if self._handle is None:
-            import ray
-
             try:
                 self._handle = await asyncio.to_thread(ray.get_actor, self.name, namespace=self.namespace)
             except ValueError:
@@ -41,8 +41,6 @@ class ActorControllerPort:
         return self._handle
 
     async def call(self, method: str, *args: Any) -> Any:
-        from ray.exceptions import RayActorError
-
         handle = await self._get()
         try:
             fn = getattr(handle, method)
@@ -88,6 +86,8 @@ def api_url(config: RayfinConfig, port: int | None = None) -> str:
 def deploy_api(config: RayfinConfig, *, http_port: int | None = None, access_log: bool = True) -> str:
     """Start Serve if nothing started it yet (as `deploy_from_config` would) and run the API
     application; returns its URL."""
+    # Not at the top: serve_apps.deploy imports the torch models, and the API's replicas import
+    # this module and need none of that.
     from serve_apps.deploy import start_serve
 
     start_serve(config, http_port, access_log)
@@ -99,9 +99,6 @@ def deploy_api(config: RayfinConfig, *, http_port: int | None = None, access_log
 def rayservice_api_app(args: dict):
     """KubeRay RayService builder (`import_path: serve_apps.api_app:rayservice_api_app`,
     `args.config`: path of the rayfin config)."""
-    from rayfin.config import load_config
-    from rayfin.errors import ConfigError
-
     if not args or "config" not in args:
         raise ConfigError("rayservice_api_app: args.config (path of the rayfin config) is required",
                           path="args.config")

@@ -27,6 +27,8 @@ import math
 import time
 from typing import Any
 
+from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
+
 from rayfin.autoscale.replicas import ReplicaParams, decide_replicas
 from rayfin.forecast import ForecastParams, ForecastState, init, predict, update
 from rayfin.forecast.conformal import ConformalParams, ConformalState, conformal_init, observe
@@ -111,8 +113,6 @@ def predictive_autoscaling_config(*, min_replicas: int = 1, max_replicas: int = 
                                   target_ongoing_requests: float = 2.0, look_back_period_s: float = 10.0,
                                   **policy_kwargs: Any):
     """An `AutoscalingConfig` running `PredictivePolicy` with Serve's own delays off."""
-    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
-
     return AutoscalingConfig(
         min_replicas=min_replicas, max_replicas=max_replicas,
         target_ongoing_requests=target_ongoing_requests, look_back_period_s=look_back_period_s,

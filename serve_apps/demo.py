@@ -5,9 +5,11 @@ Uses the demo tokens of configs/local.yaml (the token of desk D is "D-demo-token
 from __future__ import annotations
 
 import json
+import sys
 
 import httpx
 
+from rayfin.config import default_config_path, load_config
 from serve_apps.schemas import example_body
 
 
@@ -67,10 +69,6 @@ def demo_calls(config, base_url: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from rayfin.config import default_config_path, load_config
-
     cfg = load_config(sys.argv[1] if len(sys.argv) > 1 else default_config_path())
     url = sys.argv[2] if len(sys.argv) > 2 else f"http://{cfg.serve.host}:{cfg.serve.port}"
     print("\n".join(demo_calls(cfg, url)))

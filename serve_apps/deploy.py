@@ -1,14 +1,9 @@
 """Deploy the serving stack from a RayfinConfig: one Serve application per model, plus the gateway.
 
-Layout "gated" (the default):
-
-    rayfin-model-<name>   GatedModel (auth, quota, validation and batched torch model in one
-                          replica), route "/v1/models/<name>:predict"
+    rayfin-model-<name>   GatedModel (admission and the batched torch model in one replica),
+                          route "/v1/models/<name>:predict"
     rayfin-gateway        Gateway (FastAPI ingress, route "/": GET /v1/models, /v1/quota,
                           /healthz, 404 for unknown models) + QuotaBroker (one replica)
-
-Layout "hop" (the previous one, kept for comparison): the gateway admits every predict request
-and forwards it to `ModelServer` (no HTTP route) with a DeploymentHandle call.
 
 With a controller handle, every model is first reserved in the controller's GPU ledger against
 its owning desk (`reserve_serving`); a refusal raises the controller's typed error
@@ -19,13 +14,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rayfin.config import RayfinConfig, ServeConfig, ServeModelConfig
+import ray
+from ray import serve
+from ray.serve.api import RunTarget
+from ray.serve.config import BackpressureConfig, RequestRouterConfig
+
+from rayfin.config import RayfinConfig, ServeConfig, ServeModelConfig, load_config
 from rayfin.errors import ConfigError, RayfinError, from_wire
+from serve_apps.admission import AdmissionSettings
+from serve_apps.deployments import Gateway, GatedModel, QuotaBroker, predict_route
+from serve_apps.edge import EdgeSettings
+from serve_apps.model_server import ModelServer
 
 log = logging.getLogger(__name__)
 
 GATEWAY_APP = "rayfin-gateway"
-LAYOUTS = ("gated", "hop")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -41,59 +44,15 @@ def direct_route(model: str) -> str:
     return f"/direct/{model}"
 
 
-def admitting_replicas(config: RayfinConfig) -> dict[str, int]:
-    """Gated layout: per desk, the replicas that can admit its requests (those of the models it
-    may call). Each holds 1/R of the desk's local share and permits (see docs/serving.md)."""
-    from serve_apps.access import AccessPolicy
-
-    policy = AccessPolicy.from_config(config)
-    by_name = {m.name: m for m in config.serve.models}
-    return {d.name: max(1, sum(by_name[e.name].num_replicas for e in policy.callable_models(d.name)))
-            for d in config.desks}
-
-
-def gateway_spec(config: RayfinConfig, layout: str = "gated", gateway_app: str = GATEWAY_APP) -> dict[str, Any]:
-    """Plain data the gateway (and gated model) replicas are built from (no secrets beyond the
-    token hashes)."""
-    from serve_apps.access import AccessPolicy
-    from serve_apps.quota import QuotaSpec
-
-    if layout not in LAYOUTS:
-        raise ConfigError(f"serving layout: got {layout!r}; one of {', '.join(LAYOUTS)}", path="serve")
-    sc = config.serve
-    return {
-        "layout": layout,
-        "broker_app": gateway_app,
-        "access": AccessPolicy.from_config(config).to_dict(),
-        "quotas": {d.name: vars(QuotaSpec.from_config(d.serving)) for d in config.desks},
-        "replicas": admitting_replicas(config) if layout == "gated" else sc.gateway_replicas,
-        "max_body_bytes": sc.max_body_bytes,
-        "sync_interval_s": sc.quota_sync_interval_s,
-        "local_fraction": sc.quota_local_share,
-        "model_apps": {m.name: model_app_name(m.name) for m in sc.models},
-        # HAProxy ingress: each gated replica sheds floods in the middleware of its own HTTP server.
-        "edge_in_replica": sc.edge_shedding and sc.ingress == "haproxy",
-    }
-
-
-def model_spec(m: ServeModelConfig) -> dict[str, Any]:
-    return {"name": m.name, "kind": m.kind, "gpus_per_replica": m.gpus_per_replica, "seed": m.seed, "fit_steps": m.fit_steps,
-            "max_batch_size": m.max_batch_size, "batch_wait_timeout_s": m.batch_wait_timeout_s}
-
-
-def build_model_app(m: ServeModelConfig, resources: dict[str, float] | None = None):
-    from serve_apps.model_server import ModelServer
-
-    # A batch can only fill up to max_ongoing_requests; leave room for the next batch to queue.
-    return ModelServer.options(**model_options(m, resources, max_ongoing=max(64, 4 * m.max_batch_size))
-                               ).bind(model_spec(m))
+def admission_settings(config: RayfinConfig, gateway_app: str = GATEWAY_APP) -> AdmissionSettings:
+    """What the model replicas, the broker and the gateway are built from (`gateway_app`: the
+    Serve application that holds the broker)."""
+    return AdmissionSettings.from_config(config, gateway_app)
 
 
 def model_options(m: ServeModelConfig, resources: dict[str, float] | None, *, max_ongoing: int) -> dict[str, Any]:
-    """Serve options shared by a model's deployments (plain and gated): replicas, resources,
+    """Serve options shared by a model's deployments (with admission, and plain): replicas, resources,
     and Serve's own 429 (`Retry-After: 1`) when the model's queue is full."""
-    from ray.serve.config import BackpressureConfig
-
     return dict(name=m.name, num_replicas=m.num_replicas, ray_actor_options=replica_options(m, resources),
                 max_ongoing_requests=max_ongoing, max_queued_requests=m.max_queued_requests,
                 backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1))
@@ -108,49 +67,44 @@ def replica_options(m: ServeModelConfig, resources: dict[str, float] | None) -> 
     return options
 
 
-def build_gated_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[str, float] | None = None,
+def build_model_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[str, float] | None = None,
                     gateway_app: str = GATEWAY_APP):
-    """The model's own application: gate + batched model in one replica (route: predict_route)."""
-    from serve_apps.gated import GatedModel, predict_route
-
-    spec = gateway_spec(config, "gated", gateway_app)
+    """The model's own application: admission + batched model in one replica (route: predict_route)."""
+    settings = admission_settings(config, gateway_app)
     # Quota refusals are answered by the replica itself, so it must accept more at once than the
     # model alone: a flood of refused requests must not queue behind admitted ones.
     options = model_options(m, resources, max_ongoing=max(256, 4 * m.max_batch_size))
     if config.serve.edge_shedding and config.serve.ingress == "proxy":
         # HAProxy picks the replica itself (Serve refuses a custom router there): with that
         # ingress each replica hands its edge filter to the middleware of its own HTTP server.
-        options["request_router_config"] = edge_router_config(spec, predict_route(m.name))
-    return GatedModel.options(**options).bind(spec, model_spec(m))
+        options["request_router_config"] = edge_router_config(EdgeSettings(settings.access, settings.quotas),
+                                                              predict_route(m.name))
+    return GatedModel.options(**options).bind(settings, m)
 
 
-def edge_router_config(spec: dict[str, Any], route: str):
-    """Serve's request router for a gated model: sheds desks beyond their whole quota in the
-    proxy (serve_apps/desk_router.py, serve_apps/edge.py), else Serve's default routing; it hands
-    its filter to the proxy's ASGI middleware for `route` (serve_apps/edge_asgi.py)."""
-    from ray.serve.config import RequestRouterConfig
+def build_direct_app(m: ServeModelConfig):
+    """Plain Serve, for the benchmark's baseline: the model alone, no admission, not in the GPU ledger."""
+    # A batch can only fill up to max_ongoing_requests; leave room for the next batch to queue.
+    return ModelServer.options(**model_options(m, None, max_ongoing=max(64, 4 * m.max_batch_size))).bind(m)
 
+
+def edge_router_config(edge: EdgeSettings, route: str) -> RequestRouterConfig:
+    """Serve's request router for a model application: sheds desks beyond their whole quota in
+    the proxy (serve_apps/desk_router.py, serve_apps/edge.py), else Serve's default routing; it
+    hands its filter to the proxy's ASGI middleware for `route` (serve_apps/edge_asgi.py)."""
     return RequestRouterConfig(request_router_class="serve_apps.desk_router:DeskQuotaRouter",
-                               request_router_kwargs={"access": spec["access"], "quotas": spec["quotas"],
-                                                      "route": route})
+                               request_router_kwargs={"edge": edge.to_wire(), "route": route})
 
 
-def build_gateway_app(config: RayfinConfig, layout: str = "gated", gateway_app: str = GATEWAY_APP):
-    from ray.serve.config import BackpressureConfig
-
-    from serve_apps.broker import QuotaBroker
-    from serve_apps.gateway import Gateway
-
-    spec = gateway_spec(config, layout, gateway_app)
-    broker = QuotaBroker.bind(spec["quotas"], replicas=spec["replicas"], local_fraction=spec["local_fraction"],
-                              token_ttl_s=config.serve.lease_ttl_s,
-                              holder_ttl_s=max(5.0, 10 * config.serve.quota_sync_interval_s))
+def build_gateway_app(config: RayfinConfig, gateway_app: str = GATEWAY_APP):
+    settings = admission_settings(config, gateway_app)
+    broker = QuotaBroker.bind(settings)
     return Gateway.options(
         num_replicas=config.serve.gateway_replicas,
         max_ongoing_requests=1000,
         max_queued_requests=4000,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
-    ).bind(spec, broker)
+    ).bind(settings, broker)
 
 
 def _check_loopback(sc: ServeConfig) -> None:
@@ -163,8 +117,6 @@ def _check_loopback(sc: ServeConfig) -> None:
 def _reserve(controller, m: ServeModelConfig, token: str | None) -> dict[str, float]:
     """Charge the model's replicas to its owner desk; returns the custom resources (the island the
     controller accounted them on) to add to the replicas' actor options."""
-    import ray
-
     reply = ray.get(controller.reserve_serving.remote(token, model=m.name, desk=m.owner, replicas=m.num_replicas,
                                                       gpus_per_replica=m.gpus_per_replica))
     if not reply.get("ok"):
@@ -176,8 +128,6 @@ def _release_quietly(controller, names: list[str], token: str | None) -> None:
     release = getattr(controller, "release_serving", None)
     if release is None:
         return
-    import ray
-
     for name in names:
         try:
             ray.get(release.remote(token, model=name))
@@ -188,8 +138,6 @@ def _release_quietly(controller, names: list[str], token: str | None) -> None:
 def start_serve(config: RayfinConfig, http_port: int | None, access_log: bool = True) -> dict[str, Any]:
     """Start Serve on `serve.host` and the port (the models, the gateway and the rayfin API share
     it by route prefix); returns the logging config the applications use."""
-    from ray import serve
-
     sc = config.serve
     _check_loopback(sc)
     logging_config = {"enable_access_log": access_log}
@@ -206,23 +154,18 @@ def start_serve(config: RayfinConfig, http_port: int | None, access_log: bool = 
 
 def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int | None = None,
                        expose_models_http: bool = False, access_log: bool = True,
-                       token: str | None = None, layout: str = "gated") -> dict[str, Any]:
+                       token: str | None = None) -> dict[str, Any]:
     """Deploy every model of `config.serve.models` and the gateway; return where they are.
 
-    `expose_models_http` also routes each model at /direct/<name> with no gateway in front
-    (benchmarks only: that path has no quota). `access_log=False` turns off Serve's per-request
-    log lines (benchmarks and tests; production keeps them as the audit trail). `layout`: "gated"
-    (default; serve_apps.gated) or "hop" (the gateway forwards to the model). `token` is the
-    deploy key (or admin token) the controller accepts for reserving serving GPUs.
+    `expose_models_http` also routes each model at /direct/<name> as plain Serve, with no
+    admission in front (benchmarks only: that path has no quota). `access_log=False` turns off
+    Serve's per-request log lines (benchmarks and tests; production keeps them as the audit
+    trail). `token` is the deploy key (or admin token) the controller accepts for reserving
+    serving GPUs.
     """
-    from ray import serve
-    from ray.serve.api import RunTarget
-
     sc = config.serve
     _check_loopback(sc)
     port = http_port or sc.port
-    if layout not in LAYOUTS:
-        raise ConfigError(f"serving layout: got {layout!r}; one of {', '.join(LAYOUTS)}", path="serve")
 
     resources: dict[str, dict[str, float]] = {}
     if controller is not None:
@@ -236,28 +179,19 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
             raise
 
     logging_config = start_serve(config, port, access_log)
-    if layout == "gated":
-        from serve_apps.gated import predict_route
-
-        targets = [RunTarget(build_gated_app(config, m, resources.get(m.name)), name=model_app_name(m.name),
-                             route_prefix=predict_route(m.name), logging_config=logging_config)
-                   for m in sc.models]
-        if expose_models_http:  # benchmark baseline: the plain model, no gate, not in the GPU ledger
-            targets += [RunTarget(build_model_app(m), name=direct_app_name(m.name), route_prefix=direct_route(m.name),
-                                  logging_config=logging_config) for m in sc.models]
-    else:
-        targets = [RunTarget(build_model_app(m, resources.get(m.name)), name=model_app_name(m.name),
-                             route_prefix=direct_route(m.name) if expose_models_http else None,
-                             logging_config=logging_config)
-                   for m in sc.models]
-    targets.append(RunTarget(build_gateway_app(config, layout), name=GATEWAY_APP, route_prefix="/",
+    targets = [RunTarget(build_model_app(config, m, resources.get(m.name)), name=model_app_name(m.name),
+                         route_prefix=predict_route(m.name), logging_config=logging_config)
+               for m in sc.models]
+    if expose_models_http:
+        targets += [RunTarget(build_direct_app(m), name=direct_app_name(m.name), route_prefix=direct_route(m.name),
+                              logging_config=logging_config) for m in sc.models]
+    targets.append(RunTarget(build_gateway_app(config), name=GATEWAY_APP, route_prefix="/",
                              logging_config=logging_config))
     serve.run_many(targets)
 
     base = f"http://{sc.host}:{port}"
     return {
         "url": base,
-        "layout": layout,
         "gateway": {"app": GATEWAY_APP, "replicas": sc.gateway_replicas, "url": base + "/v1/models"},
         "models": {m.name: {"app": model_app_name(m.name), "kind": m.kind, "owner": m.owner,
                             "replicas": m.num_replicas, "gpus_per_replica": m.gpus_per_replica,
@@ -270,8 +204,6 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
 
 def undeploy(config: RayfinConfig) -> None:
     """Delete the gateway and model applications (Serve itself keeps running)."""
-    from ray import serve
-
     for name in [GATEWAY_APP] + [n for m in config.serve.models for n in (model_app_name(m.name),
                                                                           direct_app_name(m.name))]:
         try:
@@ -285,29 +217,24 @@ def rayservice_app(args: dict):
 
     `args`: `config` (path of the rayfin config), `app` (`gateway` or `model`), `model` (the
     model's name, for `app: model`), optional `gateway_app` (the Serve application name of the
-    gateway, which holds the quota broker; `gateway` as in configs/kuberay/rayservice.yaml) and
-    `layout` (`gated`, the default, or `hop`). Routes come from the RayService's serveConfigV2:
-    the gateway at "/", each gated model at "/v1/models/<name>:predict" (`serve_apps.gated`).
-    GPU reservations in the controller's ledger are made by `deploy_from_config` only.
+    gateway, which holds the quota broker; `gateway` as in configs/kuberay/rayservice.yaml).
+    Routes come from the RayService's serveConfigV2: the gateway at "/", each model at
+    "/v1/models/<name>:predict". GPU reservations in the controller's ledger are made by
+    `deploy_from_config` only.
     """
-    from rayfin.config import load_config
-
     args = dict(args or {})
     if "config" not in args:
         raise ConfigError("rayservice_app: args.config (path of the rayfin config) is required", path="args.config")
     config = load_config(args["config"])
-    layout = str(args.get("layout", "gated"))
     gateway_app = str(args.get("gateway_app", "gateway"))
     kind = args.get("app")
     if kind == "gateway":
-        return build_gateway_app(config, layout, gateway_app)
+        return build_gateway_app(config, gateway_app)
     if kind == "model":
         name = args.get("model")
         models = {m.name: m for m in config.serve.models}
         if name not in models:
             raise ConfigError(f"rayservice_app: args.model: got {name!r}; one of {', '.join(models) or '(none)'}",
                               path="args.model")
-        if layout == "gated":
-            return build_gated_app(config, models[name], gateway_app=gateway_app)
-        return build_model_app(models[name])
+        return build_model_app(config, models[name], gateway_app=gateway_app)
     raise ConfigError(f"rayservice_app: args.app: got {kind!r}; one of gateway, model", path="args.app")

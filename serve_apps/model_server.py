@@ -1,9 +1,9 @@
 """The Serve deployment that runs one fitted model, with dynamic batching (`@serve.batch`).
 
-Called by the gateway through a DeploymentHandle (`predict(rows)`); `__call__` answers plain
-HTTP only when the application is given a route (benchmarks measure the model without the
-gateway that way: in the gated layout as its own `rayfin-direct-<name>` application; production
-serves models through `serve_apps.gated.GatedModel`, which subclasses this class).
+Production serves models through `serve_apps.deployments.GatedModel`, which subclasses this
+class and puts admission in front of `predict_batch`. This class alone, with its plain-HTTP
+`__call__` and no admission, is plain Serve: the benchmark's baseline
+(`rayfin-direct-<name>`, benchmarks/serve_quota.py).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from rayfin.config import ServeModelConfig
 from serve_apps.models import build
 from serve_apps.schemas import REQUEST_SCHEMAS, rows_of
 
@@ -33,21 +34,22 @@ async def run_batch(forward, flat, offload: bool):
 
 @serve.deployment
 class ModelServer:
-    def __init__(self, spec: dict) -> None:
-        torch.set_num_threads(int(spec.get("torch_threads", 1)))
-        self.name, self.kind = spec["name"], spec["kind"]
-        self.gpus = float(spec.get("gpus_per_replica", 0.0))
-        self.model = build(self.kind, seed=int(spec.get("seed", 0)), steps=spec.get("fit_steps"))
+    def __init__(self, model: ServeModelConfig) -> None:
+        # One thread: replicas share the node's cores, and these models are tiny.
+        torch.set_num_threads(1)
+        self.name, self.kind = model.name, model.kind
+        self.gpus = model.gpus_per_replica
+        self.model = build(self.kind, seed=model.seed, steps=model.fit_steps)
         self.schema = REQUEST_SCHEMAS[self.kind]
-        self.predict_batch.set_max_batch_size(int(spec["max_batch_size"]))
-        self.predict_batch.set_batch_wait_timeout_s(float(spec["batch_wait_timeout_s"]))
+        self.predict_batch.set_max_batch_size(model.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(model.batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()
         # Serve runs this class on the replica's one event loop (serve_apps/ingress.py: Ray's
         # high-throughput mode), the loop that also serves HTTP, sheds a flood at the edge and
         # answers health checks. On a GPU a batch's forward pass and copy back wait on the device
         # (with the GIL released), so it runs in a worker thread and the loop keeps serving. On
-        # the CPU it runs inline: this repository's models take about 0.1 ms a batch there, less
-        # than the hand-over to a thread would cost.
+        # the CPU it runs inline: these models' batches are cheaper than the hand-over to a
+        # thread (docs/serving.md).
         self.offload = offload_inference(self.model.device)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -72,10 +74,6 @@ class ModelServer:
 
     async def predict(self, rows: list[list[float]]) -> dict:
         return await self.predict_batch(rows)
-
-    async def predict_many(self, batch: list[list[list[float]]]) -> list[dict]:
-        """Several requests in one call (the gateway's own batch); they still join `predict_batch`."""
-        return list(await asyncio.gather(*[self.predict_batch(rows) for rows in batch]))
 
     async def __call__(self, request: Request):
         try:

@@ -1,9 +1,10 @@
-"""The `autoscaling:` section of the rayfin config, validated by its owner.
+"""The `autoscaling:` section of the rayfin config: its model lives with its feature.
 
-`RayfinConfig.autoscaling` is a free-form dict; `parse_autoscaling(cfg.autoscaling)` turns it
-into a frozen `AutoscalingSettings` or raises `ConfigError` with `autoscaling.<field>` paths.
-An empty dict is valid: forecasting on, no pool gets capacity ahead of demand until it is
-listed under `pools:` (every pool still gets its demand forecast and metrics).
+`RayfinConfig.autoscaling` is an `AutoscalingSettings`, validated once when the config is
+loaded (errors carry `autoscaling.<field>` paths); `parse_autoscaling(data)` validates the
+section on its own (a benchmark, a test). An empty section is valid: forecasting on, no pool
+gets capacity ahead of demand until it is listed under `pools:` (every pool still gets its
+demand forecast and metrics).
 
     autoscaling:
       quantile: 0.9              # provision for the P90 of forecast demand
@@ -18,19 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from rayfin.errors import ConfigError
+from rayfin.config_base import ConfigModel, parse_section
 from rayfin.forecast import ForecastParams
 
 POOL_RESOURCE_PREFIX = "rayfin_pool_"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ForecastSettings(_Model):
+class ForecastSettings(ConfigModel):
     bin_s: float = Field(60.0, gt=0, le=86_400, description="forecast resolution")
     season_s: float = Field(86_400.0, gt=0, description="daily seasonality")
     week_seasons: int = Field(7, ge=0, le=31, description="seasons per week; 0 disables day-of-week")
@@ -49,7 +46,7 @@ class ForecastSettings(_Model):
         return ForecastParams(**{**self.model_dump(), **overrides})
 
 
-class PoolAutoscaling(_Model):
+class PoolAutoscaling(ConfigModel):
     """Capacity ahead of demand for one desk pool (the pool's GPUs, as Ray resources)."""
 
     lead_time_s: float = Field(180.0, ge=0, le=86_400, description="time a node of this pool takes to start")
@@ -72,14 +69,14 @@ class PoolAutoscaling(_Model):
         return dict(self.bundle) if self.bundle else {"GPU": 1.0, f"{POOL_RESOURCE_PREFIX}{pool}": 1.0}
 
 
-class DeskAutoscaling(_Model):
+class DeskAutoscaling(ConfigModel):
     """How a desk's serving load turns into GPUs of a pool (0: forecast and export only)."""
 
     pool: str | None = None
     gpus_per_request_per_s: float = Field(0.0, ge=0, description="GPUs one request/s keeps busy")
 
 
-class AutoscalingSettings(_Model):
+class AutoscalingSettings(ConfigModel):
     enabled: bool = True
     quantile: float = Field(0.9, gt=0, lt=1, description="forecast quantile to provision for")
     release_after_s: float = Field(300.0, ge=0, le=86_400,
@@ -96,15 +93,7 @@ class AutoscalingSettings(_Model):
         return self
 
 
-def parse_autoscaling(data: dict[str, Any] | None, source: str = "autoscaling") -> AutoscalingSettings:
-    """Validate the free-form `autoscaling:` dict; errors carry `autoscaling.<path>`."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: must be a mapping; got {type(data).__name__}", path=source)
-    try:
-        return AutoscalingSettings.model_validate(data)
-    except ValidationError as exc:
-        from rayfin.config import config_error_from  # rayfin.config imports this module
-
-        raise config_error_from(exc, source, prefix=source) from None
+def parse_autoscaling(data: AutoscalingSettings | dict[str, Any] | None,
+                      source: str = "autoscaling") -> AutoscalingSettings:
+    """The `autoscaling:` section validated on its own; a model passes through unchanged."""
+    return parse_section(AutoscalingSettings, data, section=source, source=source)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 _EPS = 1e-9
 
@@ -179,12 +179,12 @@ class ReleaseAccount:
     energy_j: Mapping[str, float] = field(default_factory=dict)
     last_t: float | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"released": dict(self.released), "node_s": dict(self.node_s),
                 "energy_j": dict(self.energy_j), "last_t": self.last_t}
 
     @classmethod
-    def from_dict(cls, d: Mapping | None) -> "ReleaseAccount":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "ReleaseAccount":
         d = d or {}
         return cls(dict(d.get("released", {})), dict(d.get("node_s", {})), dict(d.get("energy_j", {})),
                    d.get("last_t"))

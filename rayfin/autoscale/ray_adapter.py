@@ -37,9 +37,10 @@ class ApplyResult:
 
 
 def _default_request_fn() -> RequestFn:
-    from ray.autoscaler.sdk import request_resources
+    from ray.autoscaler.sdk import request_resources  # lazy: the one place this package touches Ray
 
-    return request_resources
+    fn: RequestFn = request_resources
+    return fn
 
 
 class RayAutoscalerAdapter:

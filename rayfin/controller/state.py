@@ -27,9 +27,6 @@ from rayfin.reasons import ReasonCode
 log = logging.getLogger("rayfin.controller")
 ACTIVE = (JobState.PENDING, JobState.ADMITTED, JobState.RUNNING)
 PLACED = (JobState.ADMITTED, JobState.RUNNING)
-# Today's values, used until the config's controller section carries them.
-DEFAULT_CORDON_S = 20.0
-DEFAULT_ADMIT_TIMEOUT_S = 180.0
 
 
 def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
@@ -63,11 +60,10 @@ class ControllerState:
         # Islands the capacity planner is draining (rayfin.autoscale.drain): no new work is placed
         # there, work already there runs on (unlike `unavailable`, which fails it).
         self.draining: frozenset[str] = frozenset()
-        c = config.controller
-        self.cordon_s = float(getattr(c, "cordon_s", DEFAULT_CORDON_S))
+        self.cordon_s = config.controller.cordon_s
         # An admitted job whose group or runner never comes up (e.g. its node vanished mid-way)
         # goes back to the queue after this long; nothing ran, so no retry is spent.
-        self.admit_timeout_s = float(getattr(c, "admit_timeout_s", DEFAULT_ADMIT_TIMEOUT_S))
+        self.admit_timeout_s = config.controller.admit_timeout_s
         # desk -> state -> ended batch jobs: counted by the database once here, then kept up to
         # date by `finish`, so the per-cycle usage table never rescans the ledger.
         terminal = [s.value for s in JobState if s.terminal]

@@ -7,8 +7,8 @@
 The state holds the last `history_bins` closed bin means and the forecast path the model made
 at the last bin close, so `library_point` is a lookup and the state is JSON-safe
 (`to_dict` / `from_dict`), like `ForecastState`. The model is refitted from the history at
-each bin close: AutoETS on a few thousand points takes about 20 ms here, once per bin.
-statsforecast is imported only when a bin closes, so importing this module costs nothing.
+each bin close, once per bin: a fit is far slower than an update (figures in docs/autoscaling.md).
+statsforecast is imported only when a bin closes: importing this module does not load it.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+import numpy as np
 
 
 class LibraryModel(str, enum.Enum):
@@ -77,8 +79,6 @@ def library_init(params: LibraryParams | None = None) -> LibraryState:
 
 
 def _fit_path(p: LibraryParams, history: tuple[float, ...]) -> tuple[float, ...]:
-    import numpy as np
-
     y = np.asarray(history, dtype=float)
     P = p.period
     if len(y) >= P:
@@ -87,7 +87,7 @@ def _fit_path(p: LibraryParams, history: tuple[float, ...]) -> tuple[float, ...]
         snaive = (float(y[-1]),) * p.horizon_bins
     if p.model is LibraryModel.SEASONAL_NAIVE or len(y) < 2 * P:
         return snaive
-    from statsforecast.models import MSTL, AutoETS
+    from statsforecast.models import MSTL, AutoETS  # lazy: pandas and statsmodels take seconds to import
 
     if p.model is LibraryModel.MSTL:
         seasons = [P, 7 * P] if len(y) >= 8 * P else [P]

@@ -235,7 +235,7 @@ def _learn(state: ForecastState, b: int, x: float) -> ForecastState:
     run_pos = (state.run_pos[0] + err, state.run_pos[1] + 1) if cus_pos > 0 else (0.0, 0)
     run_neg = (state.run_neg[0] + err, state.run_neg[1] + 1) if cus_neg > 0 else (0.0, 0)
     alarm = run_pos if cus_pos > p.cusum_h else run_neg if cus_neg > p.cusum_h else None
-    common = dict(week=week, recent_days=recent, week_n=week_n, level_day=wk, bins_seen=state.bins_seen + 1)
+    common: dict[str, Any] = dict(week=week, recent_days=recent, week_n=week_n, level_day=wk, bins_seen=state.bins_seen + 1)
     if alarm is not None:
         # Level shift: jump by the run's mean error, restart detection, leave the season alone.
         level += alarm[0] / max(alarm[1], 1)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 Key = tuple[str, ...]
 
@@ -102,7 +102,7 @@ class DurationPredictor:
         return None
 
 
-def quantile(values, q: float) -> float:
+def quantile(values: Iterable[float], q: float) -> float:
     """Linear-interpolated q-quantile (numpy's default), in pure Python: no arrays for 32 values."""
     xs = sorted(values)
     if not xs:
@@ -110,4 +110,5 @@ def quantile(values, q: float) -> float:
     pos = q * (len(xs) - 1)
     lo = int(pos)
     hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    q_value: float = xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    return q_value

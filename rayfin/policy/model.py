@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Mapping
+from typing import Any, Mapping
 
 from placement.topology import Topology
 from rayfin.policy.hints import JobHint  # noqa: F401 (used in annotations)
@@ -73,7 +73,8 @@ class DeskQuota:
         return float("inf") if self.borrowing_limit is None else self.nominal + self.borrowing_limit
 
     @classmethod
-    def from_config(cls, desk) -> "DeskQuota":
+    def from_config(cls, desk: Any) -> "DeskQuota":
+        """From a `rayfin.config.DeskConfig` (duck-typed: the policy core sits below the config)."""
         return cls(desk.name, float(desk.nominal_gpus), desk.borrowing_limit, desk.lending_limit,
                    float(desk.weight), frozenset(desk.pools))
 

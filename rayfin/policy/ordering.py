@@ -1,6 +1,6 @@
 """In what order a cycle tries pending jobs of the same priority: a sort key per job.
 
-    SUBMISSION           submission order (Kueue's StrictFIFO / BestEffortFIFO; the old default)
+    SUBMISSION           submission order (Kueue's StrictFIFO / BestEffortFIFO)
     ATTAINED_SERVICE     discretised 2D-LAS (Tiresias, NSDI'19): queue 0 while a job's attained
                          service (GPUs x seconds run) is below `las_threshold_gpu_s`, queue 1
                          after; submission order inside a queue. Needs no duration knowledge.

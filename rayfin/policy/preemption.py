@@ -41,7 +41,7 @@ class ReclaimPlan:
     lost: float = 0.0                                          # summed victim cost (work lost)
 
     @property
-    def score(self) -> tuple:
+    def score(self) -> tuple[int, int, float, float, int]:
         """Lower is better: lowest top priority, fewest victims, least work lost (when victims are
         costed), most recently started, then fewest GPUs already coming free taken from others."""
         top = max((int(v.priority) for v in self.victims), default=-1)
@@ -58,8 +58,8 @@ class ReclaimContext:
     on_island: Sequence[Sequence[RunningJob]]   # island index -> running jobs touching it
     usage: Mapping[str, float]                  # projected usage per desk
     desks: Mapping[str, DeskQuota]
-    taken: set                                  # job ids already claimed this cycle
-    pending_ids: set
+    taken: set[str]                             # job ids already claimed this cycle
+    pending_ids: set[str]
     reclaim: bool
     priority_preemption: bool
     best_fit: bool
@@ -84,7 +84,7 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     # Upper bound per island: its free GPUs plus every candidate's GPUs on it. A domain whose
     # bound is below the job's size is skipped (the same test `_plan_in` makes, without building
     # its candidate list).
-    reach = {i: ctx.index.whole(i) for i in in_pool}
+    reach: dict[int, float] = {i: ctx.index.whole(i) for i in in_pool}
     for i in in_pool:
         for v in ctx.on_island[i]:
             if kind(v) is not None:
@@ -149,12 +149,16 @@ def _classifier(ctx: ReclaimContext, job: PendingJob) -> Callable[[RunningJob], 
     return kind
 
 
-def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind, need_own: float,
+Kind = Callable[[RunningJob], "int | None"]   # 0: GPUs already coming free; 1: a new victim; None: neither
+Chosen = list[tuple[int, RunningJob]]           # (kind, job) of the candidates taken so far
+
+
+def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, need_own: float,
              level: LinkLevel | None) -> ReclaimPlan | None:
     idx, g = ctx.index, job.gpus
     in_dom = set(dom)
     cands: dict[str, tuple[int, RunningJob]] = {}
-    bound = sum(idx.whole(i) for i in dom)
+    bound: float = sum(idx.whole(i) for i in dom)
     for i in dom:
         for v in ctx.on_island[i]:
             if v.job_id in cands:
@@ -208,15 +212,15 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind, need_ow
     return ReclaimPlan(level, placement, reserve, [v for k, v in chosen if k == 0], victims, lost)
 
 
-def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set, chosen) -> tuple[dict[int, int], dict[int, int]]:
+def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen) -> tuple[dict[int, int], dict[int, int]]:
     extra: dict[int, float] = {}
     for _, v in chosen:
         for isl, gg in v.placement:
             i = ctx.layout.index.get(isl)
-            if i in in_dom:
+            if i is not None and i in in_dom:
                 extra[i] = extra.get(i, 0.0) + gg
-    avail = {}
-    extra_whole = {}
+    avail: dict[int, int] = {}
+    extra_whole: dict[int, int] = {}
     for i in dom:
         f = ctx.index.free[i]
         avail[i] = int(f + extra.get(i, 0.0) + _EPS)
@@ -229,7 +233,7 @@ class _Tally:
     victims are added and dropped (the same sums as `_avail` / `_satisfied`, without recounting
     the whole domain at every step)."""
 
-    def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set, desk: str):
+    def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set[int], desk: str):
         self.ctx, self.in_dom, self.desk = ctx, in_dom, desk
         self.free = ctx.index.free
         self.extra: dict[int, float] = {}
@@ -242,7 +246,7 @@ class _Tally:
         at = self.ctx.layout.index.get
         for isl, gg in v.placement:
             i = at(isl)
-            if i in self.in_dom:
+            if i is not None and i in self.in_dom:
                 e = self.extra.get(i, 0.0)
                 before = int(self.free[i] + e + _EPS)
                 e += sign * gg
@@ -253,7 +257,8 @@ class _Tally:
         return self.own + _EPS >= need_own and self.total >= g
 
 
-def _satisfied(ctx, dom, in_dom, chosen, g, need_own, desk) -> bool:
+def _satisfied(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen, g: int, need_own: float,
+               desk: str) -> bool:
     own = sum(v.gpus for _, v in chosen if v.desk == desk)
     if own + _EPS < need_own:
         return False

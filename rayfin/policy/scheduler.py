@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,10 +77,10 @@ class _Cycle:
         self.taken: set[str] = set()
         self._on_island: list[list[RunningJob]] | None = None
         self._limits: dict[str, DeskQuota] = {}
-        self._never_memo: dict[tuple[str, int], str | None] = {}
+        self._never_memo: dict[tuple[str, int], tuple[ReasonCode, str] | None] = {}
         self._gen = 0                                   # bumps on every admit or reclaim (see _plan)
-        self._failed: dict[tuple, tuple[int, int]] = {}  # plan key -> (generation, fewest GPUs that failed)
-        self._beneficiaries: set | None = None
+        self._failed: dict[tuple[Any, ...], tuple[int, int]] = {}  # plan key -> (generation, fewest GPUs that failed)
+        self._beneficiaries: set[str | None] | None = None
         self.admits: list[Decision] = []
         self.preempts: list[Decision] = []
         self.waits: list[Decision] = []
@@ -111,13 +112,13 @@ class _Cycle:
                 deferred.append(job)
         if deferred:
             if cfg.quota is QuotaMode.STATIC:
-                why: dict[tuple[str, int], str] = {}
+                why_static: dict[tuple[str, int], str] = {}
                 for job in deferred:
                     key = (job.desk, job.gpus)
-                    if key not in why:
-                        why[key] = (f"static partition: desk {job.desk} holds {self.usage[job.desk]:g}/"
+                    if key not in why_static:
+                        why_static[key] = (f"static partition: desk {job.desk} holds {self.usage[job.desk]:g}/"
                                     f"{self.snap.desks[job.desk].nominal:g} GPUs, +{job.gpus} would exceed it")
-                    self.waits.append(_d(job, Verdict.WAIT, why[key], ReasonCode.STATIC_PARTITION))
+                    self.waits.append(_d(job, Verdict.WAIT, why_static[key], ReasonCode.STATIC_PARTITION))
             elif cfg.order is QueueOrder.FAIR_SHARE:
                 self._borrow_fair(deferred)
             else:
@@ -199,7 +200,7 @@ class _Cycle:
                               self.cfg.priority_preemption, self.cfg.placement is not PlacementStrategy.FIRST_FIT,
                               victim_cost=self._victim_cost())
 
-    def _victim_cost(self):
+    def _victim_cost(self) -> Callable[[RunningJob], float] | None:
         """Order of equal-priority victims (lower first): seconds of work at stake (since the last
         checkpoint) over predicted seconds still to run, so a job that checkpointed recently and
         has long to go is stopped first; None for the default (most recently started first)."""
@@ -246,7 +247,7 @@ class _Cycle:
                                                 f"service to preempt", ReasonCode.NO_FREE_GPUS))
 
     def _plan(self, ctx: ReclaimContext | None, job: PendingJob, need_own: float,
-              kind: tuple) -> ReclaimPlan | None:
+              kind: tuple[Any, ...]) -> ReclaimPlan | None:
         """plan_reclaim, with failures remembered within the cycle: while nothing was admitted or
         reclaimed since, a job of the same desk, priority and kind that asks for at least as many
         GPUs (so at a level no nearer, with no smaller own-work need) cannot succeed either. Jobs
@@ -344,6 +345,7 @@ class _Cycle:
         if self.index.total < job.gpus:
             return False
         index = self.index.in_units(job.unit)
+        pix: list[tuple[int, int]] | None
         if self.cfg.placement is PlacementStrategy.BEST_FIT:
             got = index.best_fit(job.gpus, desk.pools, self._start_level(job))
             if got is None:

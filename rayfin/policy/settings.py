@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from rayfin.policy.ordering import JobRank
 
@@ -73,7 +74,7 @@ class SchedulerConfig:
     victims_by_lost_work: bool = True  # among equal-priority victims, least work since checkpoint first
 
     @classmethod
-    def preset(cls, policy: "Policy | str", **changes) -> "SchedulerConfig":
+    def preset(cls, policy: "Policy | str", **changes: Any) -> "SchedulerConfig":
         policy = Policy(policy) if isinstance(policy, str) else policy
         base = {
             Policy.FIFO: cls(quota=QuotaMode.NONE, order=QueueOrder.FIFO, placement=PlacementStrategy.FIRST_FIT,
@@ -97,5 +98,5 @@ class SchedulerConfig:
         }[policy]
         return base.copy(**changes) if changes else base
 
-    def copy(self, **changes) -> "SchedulerConfig":
+    def copy(self, **changes: Any) -> "SchedulerConfig":
         return dataclasses.replace(self, **changes)

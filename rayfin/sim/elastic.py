@@ -14,7 +14,7 @@ workers idle); above the largest, gradient accumulation (step time grows in prop
     speed(k) = B / step_time(k, B / k)          relative speed-up of k over g: speed(k) / speed(g)
 
 Worker counts between measured ones interpolate the throughput linearly. Never a linear speed-up
-by assumption: the measured curves flatten (bert gains about 1.3x from 8 to 16 GPUs at b0).
+by assumption: the measured curves flatten (docs/scheduling.md, "Elastic gangs").
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ Table = Mapping[int, list[tuple[float, float]]]   # workers -> [(local batch, st
 
 
 def load_tables(profile_dir: str | Path = PROFILE_DIR) -> dict[str, Table]:
-    out = {}
+    out: dict[str, Table] = {}
     for m in MODELS:
         cells: dict[tuple[int, float], list[float]] = defaultdict(list)
         with open(Path(profile_dir) / f"{m}_placements.csv", newline="") as fh:

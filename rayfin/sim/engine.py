@@ -189,8 +189,9 @@ class Simulator:
         for d in dec.preempts:
             rj = self.running[d.job_id]
             self.running[d.job_id] = replace(rj, preempt_deadline=d.deadline, preempted_for=d.beneficiary)
-            heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id,
-                                         0 if d.job_id in self.extra_of else self.recs[d.job_id].epoch))
+            assert d.deadline is not None, "a preemption decision carries the end of its grace period"
+            epoch = 0 if d.job_id in self.extra_of else self.recs[d.job_id].epoch
+            heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id, epoch))
         for d in dec.admits:
             self._start(self.recs[d.job_id], d.placement, t)
 
@@ -211,7 +212,7 @@ class Simulator:
     def _predict(self, rec: _Rec) -> float | None:
         if self.predictor is None:
             return None
-        if self.predictor == "oracle":
+        if isinstance(self.predictor, str):   # "oracle": the trace's own duration
             return rec.job.duration_s
         p = self.predictor.predict(self.dstate, self._key(rec))
         return None if p is None else p.seconds
@@ -319,7 +320,7 @@ class Simulator:
         them first, and a shrink waits the same grace (the job sees its new world size at a
         checkpoint boundary: no work is lost)."""
         if self.pending:
-            for xid, jid in self.extra_of.items():
+            for xid in self.extra_of:
                 x = self.running.get(xid)
                 if x is not None and x.preempt_deadline is None:
                     self.running[xid] = replace(x, preempt_deadline=t + self.cfg.preemption_grace_s)

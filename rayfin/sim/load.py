@@ -1,6 +1,6 @@
 """How loaded a cluster is by a trace, and cutting a trace into windows.
 
-In-window demand (issue 17): at each instant t of the submission window [0, W] (W: the last
+In-window demand: at each instant t of the submission window [0, W] (W: the last
 submission), the GPUs of the jobs that would be running if capacity were unlimited (submitted
 at or before t, not yet finished: submit <= t < submit + duration), averaged over the window:
 

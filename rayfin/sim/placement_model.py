@@ -1,8 +1,9 @@
 """How much slower a multi-GPU job runs on a spread placement: three models the benchmark reports.
 
     none        no stretch: every placement runs at the trace duration.
-    linear      the old model (placement.allreduce.stretch_factor): D * ((1 - f) + f * B_ideal / B),
-                f = 0.3 for every multi-GPU job. Up to 7.9x; kept only for comparison.
+    linear      a formula (placement.allreduce.stretch_factor): D * ((1 - f) + f * B_ideal / B),
+                f = 0.3 for every multi-GPU job; reported beside the calibrated model, which is
+                measured (its reach: docs/scheduling.md, "The placement model").
     calibrated  (default) measured step times, not a formula. Each multi-GPU job gets one of six
                 model classes by a stable hash of its id (crc32), and the class's slowdown of a
                 placement that spans more nodes than the job needs:
@@ -100,7 +101,7 @@ class Stretch:
 
     kind: PlacementModel = PlacementModel.CALIBRATED
     slowdowns: Mapping[str, float] | None = None   # per class (calibrated)
-    cap: float = 2.8                               # Pollux-like Ethernet worst case (issue 17)
+    cap: float = 2.8                               # Pollux-like Ethernet worst case
     comm_fraction: float = 0.3                     # linear only
 
     @classmethod

@@ -5,7 +5,7 @@
     tracing                      exporter set-up, Ray's tracing startup hook, job_context
     serving.request_span         gateway request span + counters
     config.TelemetryConfig       the `telemetry:` config section
-    grafana / kuberay            generators of configs/grafana/ and configs/kuberay/
+    grafana                      generator of configs/grafana/ (KubeRay manifests: rayfin.kuberay)
 
 Importing this package does not import Ray.
 """

@@ -1,4 +1,7 @@
-"""The `telemetry:` section of a rayfin config, validated here (RayfinConfig keeps it free-form).
+"""The `telemetry:` section of a rayfin config: its model lives with its feature.
+
+`RayfinConfig.telemetry` is a `TelemetryConfig`, validated once when the config is loaded;
+`parse_telemetry(data)` validates the section on its own (the environment of a Ray worker, a test).
 
     telemetry:
       exporter: otlp                 # console | otlp | none (default none)
@@ -16,16 +19,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from rayfin.errors import ConfigError
+from rayfin.config_base import ConfigModel, parse_section
 
 Exporter = Literal["console", "otlp", "none"]
 
 
-class TelemetryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TelemetryConfig(ConfigModel):
     exporter: Exporter = Field("none", description="where spans go: console (stdout), otlp (a collector), none")
     otlp_endpoint: str | None = Field(
         None, min_length=1, description="OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces")
@@ -65,23 +66,11 @@ class TelemetryConfig(BaseModel):
 
 
 def parse_telemetry(data: Any, source: str = "telemetry") -> TelemetryConfig:
-    """Validate the `telemetry:` section; errors name each field as `telemetry.<field>`."""
-    from rayfin.config import config_error_from
-
-    if data is None:
-        data = {}
-    if isinstance(data, TelemetryConfig):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: must be a mapping (exporter, otlp_endpoint, service_name, ...); got "
-                          f"{type(data).__name__}", path="telemetry")
-    try:
-        return TelemetryConfig.model_validate(data)
-    except ValidationError as exc:
-        raise config_error_from(exc, source, prefix="telemetry") from None
+    """The `telemetry:` section validated on its own; errors name each field as `telemetry.<field>`."""
+    return parse_section(TelemetryConfig, data, section="telemetry", source=source,
+                         what=" (exporter, otlp_endpoint, service_name, ...)")
 
 
 def telemetry_config(config: Any) -> TelemetryConfig:
-    """The telemetry settings of a RayfinConfig (or of a plain dict / None)."""
-    section = getattr(config, "telemetry", config)
-    return parse_telemetry(section)
+    """The telemetry settings of a RayfinConfig, or a `telemetry:` section given alone."""
+    return parse_telemetry(getattr(config, "telemetry", config))

@@ -25,13 +25,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from placement.topology import Topology
 from rayfin.telemetry import tracing
-from rayfin.telemetry.config import telemetry_config
+from rayfin.telemetry.config import TelemetryConfig
 from rayfin.telemetry.metrics import MetricsSink, ray_metrics, reason_code
 
 log = logging.getLogger("rayfin.telemetry")
@@ -72,6 +73,13 @@ class _JobTrace:
         return trace.set_span_in_context(self.root)
 
 
+class HasTelemetry(Protocol):
+    """What the recorder reads of a `RayfinConfig` (this package sits below rayfin.config)."""
+
+    @property
+    def telemetry(self) -> TelemetryConfig: ...
+
+
 class TelemetryRecorder:
     """Recorder for `ControllerCore`: Ray metrics + OpenTelemetry spans.
 
@@ -79,9 +87,9 @@ class TelemetryRecorder:
     from the config's `telemetry:` section) and `clock` are injectable for tests.
     """
 
-    def __init__(self, config: Any, *, metrics: MetricsSink | None = None, tracer_provider: Any = None,
+    def __init__(self, config: HasTelemetry, *, metrics: MetricsSink | None = None, tracer_provider: Any = None,
                  clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.settings = telemetry_config(config)
+        self.settings: TelemetryConfig = config.telemetry
         self.metrics = metrics if metrics is not None else ray_metrics()
         self.tracer = tracing.tracer(self.settings, tracer_provider)
         self.clock = clock
@@ -333,8 +341,6 @@ def _job_attrs(job: Any) -> dict[str, Any]:
 def _pool_of_islands(cluster: Any) -> dict[str, tuple[str, float]]:
     if cluster is None:
         return {}
-    from placement.topology import Topology
-
     return {i.id: (i.pool, float(i.gpus)) for i in Topology.from_config(cluster).islands}
 
 

@@ -1,6 +1,6 @@
 """Gateway request telemetry: one span and one counter increment per HTTP request.
 
-Use around the gateway's route (serve_apps/gateway.py, `Gateway.predict`):
+Use around a serving route (serve_apps/deployments.py):
 
     with request_span(model) as req:
         response = await self.core.predict(model, request)
@@ -106,8 +106,8 @@ class _NoSpan:
     def __enter__(self) -> Any:
         return trace.INVALID_SPAN
 
-    def __exit__(self, *exc: Any) -> bool:
-        return False
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
 _NO_SPAN = _NoSpan()
@@ -143,7 +143,7 @@ class request_span:
             self._req.desk = self._desk
         return self._req
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         req = self._req
         if exc_type is not None:
             req.outcome, req.reason, req.status = "error", "exception", 500
@@ -165,7 +165,6 @@ class request_span:
                 pass
         finally:
             self._span_cm.__exit__(exc_type, exc, tb)   # records the exception, ends the span
-        return False
 
 
 __all__ = ["count_edge_refusal", "request_span", "serving_metrics", "ServeRequest"]

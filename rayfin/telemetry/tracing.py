@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from rayfin.telemetry.config import TelemetryConfig, telemetry_config
+from rayfin.telemetry.config import TelemetryConfig
 
 log = logging.getLogger("rayfin.telemetry")
 HOOK = "rayfin.telemetry.tracing:setup_tracing"
@@ -38,6 +38,7 @@ _job_spans: dict[str, trace.Span] = {}                       # job id -> root sp
 
 def build_provider(cfg: TelemetryConfig, *, processors: tuple[Any, ...] = ()) -> Any:
     """A TracerProvider exporting as `cfg` says, plus any extra span processors (tests)."""
+    # lazy: the SDK is needed only where tracing is on; the serving path imports this module
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
@@ -100,12 +101,12 @@ def install(cfg: TelemetryConfig) -> Any:
         return provider
 
 
-def tracer(config: Any = None, provider: Any = None) -> trace.Tracer:
-    """rayfin's tracer: from `provider` if given (tests), else the process's, set up from `config`."""
+def tracer(settings: TelemetryConfig | None = None, provider: Any = None) -> trace.Tracer:
+    """rayfin's tracer: from `provider` if given (tests), else the process's, set up from `settings`."""
     if provider is not None:
         return provider.get_tracer(TRACER_NAME)
-    if config is not None:
-        install(telemetry_config(config))
+    if settings is not None:
+        install(settings)
     return trace.get_tracer(TRACER_NAME)
 
 
@@ -117,15 +118,14 @@ def setup_tracing() -> None:
         log.exception("rayfin tracing hook failed; this worker runs without tracing")
 
 
-def tracing_env(config: Any) -> dict[str, str]:
+def tracing_env(settings: TelemetryConfig) -> dict[str, str]:
     """Environment variables to export before the cluster (and so its workers) starts."""
-    return telemetry_config(config).env()
+    return settings.env()
 
 
-def ray_hook(config: Any) -> str | None:
+def ray_hook(settings: TelemetryConfig) -> str | None:
     """The hook string to pass to Ray, or None when tracing is off."""
-    cfg = telemetry_config(config)
-    return HOOK if cfg.ray_tracing and cfg.exporter != "none" else None
+    return HOOK if settings.ray_tracing and settings.exporter != "none" else None
 
 
 # ---------------------------------------------------------------------------------- job context

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from pathlib import Path
 
 from rayfin import cli
 from tests.integration.conftest import TOKENS, wait_for

@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from rayfin.cluster import free_port
 from rayfin.local_servers import PrometheusServer
 from rayfin.telemetry.grafana import build
 from tests.integration.conftest import wait_for

@@ -189,25 +189,40 @@ def edge_where(stack) -> str:
 
 
 async def _burst(url: str, n: int) -> list[httpx.Response]:
-    # One connection per request so the proxy spreads them over both gateway replicas.
+    # One connection per request so the ingress spreads them over both model replicas.
     async def one():
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             return await c.post(PRICER, headers=auth("shared"), json=example_body("option_pricer"))
     return await asyncio.gather(*[one() for _ in range(n)])
 
 
+def answered_by(r: httpx.Response) -> str | None:
+    """The model replica whose admission answered (X-Rayfin-Gateway); None for an edge refusal."""
+    return r.headers.get("x-rayfin-gateway")
+
+
 def test_quota_is_one_budget_across_two_replicas(stack):
+    """Desk "shared" (burst 4, 0.5/s) calls the option pricer's two replicas in bursts of 24.
+    From a full bucket the desk may be admitted at most 4 + 0.5 * T by any time T, whichever
+    replica admits: each burst's running total is bounded by the time up to that burst's end.
+    Two separate budgets would let up to 8 through at once. Bursts go on (at most 6) until
+    both replicas have answered, so the bound is over a budget two replicas really shared."""
     start = time.monotonic()
-    responses = asyncio.run(_burst(stack["url"], 24)) + asyncio.run(_burst(stack["url"], 24))
-    elapsed = time.monotonic() - start
-    admitted = [r for r in responses if r.status_code == 200]
-    # One budget: burst 4 + 0.5/s. Two separate budgets would let up to 8 through at once.
-    assert len(admitted) <= 4 + 0.5 * elapsed
-    assert all(r.status_code in (200, 429) for r in responses)
-    # Most of the excess never reached a replica: Serve's proxy refused it (edge shedding). Each
-    # proxy's edge passes at most a whole quota (on a multi-node cluster, one proxy per node).
-    edge = [r for r in responses if r.status_code == 429 and r.json().get("refused_by") == "edge"]
-    assert len(edge) >= 48 - edges(stack) * (4 + 0.5 * elapsed)
+    admitted, replicas, bursts = 0, set(), 0
+    while bursts < 2 or (len(replicas) < 2 and bursts < 6):
+        began = time.monotonic()
+        responses = asyncio.run(_burst(stack["url"], 24))
+        end = time.monotonic()
+        bursts += 1
+        assert all(r.status_code in (200, 429) for r in responses)
+        admitted += sum(r.status_code == 200 for r in responses)
+        assert admitted <= 4 + 0.5 * (end - start), (bursts, admitted, end - start)
+        # Most of the excess never reached admission: an edge refused it. Each edge passes at
+        # most its bucket (4) plus what refills during this burst.
+        edge = [r for r in responses if r.status_code == 429 and r.json().get("refused_by") == "edge"]
+        assert len(edge) >= 24 - edges(stack) * (4 + 0.5 * (end - began)), (bursts, len(edge))
+        replicas |= {answered_by(r) for r in responses if answered_by(r)}
+    assert len(replicas) == 2, f"only {replicas} answered in {bursts} bursts"
 
 
 def test_flood_is_refused_in_the_proxy_before_any_replica(stack):

@@ -97,3 +97,82 @@ def test_feature_sections_are_validated_at_load(section, value, path):
     with pytest.raises(ConfigError) as err:
         parse_config(config_data(**{section: value}), "x.yaml")
     assert path in str(err.value)
+
+
+# ---------------------------------------------------------------- one typed tree (issue 19)
+def _models_in(model, seen=None):
+    """Every pydantic model class reachable from `model`'s fields."""
+    import typing
+
+    from pydantic import BaseModel
+
+    seen = set() if seen is None else seen
+    if model in seen:
+        return seen
+    seen.add(model)
+    for f in model.model_fields.values():
+        stack = [f.annotation]
+        while stack:
+            t = stack.pop()
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                _models_in(t, seen)
+            stack.extend(typing.get_args(t))
+    return seen
+
+
+def test_every_section_is_a_model_on_one_base():
+    from rayfin.autoscale.config import AutoscalingSettings
+    from rayfin.config import RayfinConfig
+    from rayfin.config_base import ConfigModel
+    from rayfin.telemetry.config import TelemetryConfig
+
+    models = _models_in(RayfinConfig)
+    assert {AutoscalingSettings, TelemetryConfig} <= models
+    assert all(issubclass(m, ConfigModel) for m in models), [m for m in models if not issubclass(m, ConfigModel)]
+    for name, field in RayfinConfig.model_fields.items():       # no free-form dict left
+        assert field.annotation is not dict and "dict[str, Any]" not in str(field.annotation), name
+
+
+def test_feature_sections_are_parsed_once_and_consumers_get_models():
+    from rayfin.autoscale import AutoscalingSettings, parse_autoscaling
+    from rayfin.telemetry.config import TelemetryConfig, parse_telemetry
+
+    cfg = parse_config(config_data(telemetry={"exporter": "console"},
+                                   autoscaling={"quantile": 0.8, "pools": {"risk": {"max_gpus": 8}}}), "x.yaml")
+    assert isinstance(cfg.telemetry, TelemetryConfig) and cfg.telemetry.exporter == "console"
+    assert isinstance(cfg.autoscaling, AutoscalingSettings) and cfg.autoscaling.pools["risk"].max_gpus == 8
+    # a model passes through the section parsers untouched: nothing is validated twice
+    assert parse_telemetry(cfg.telemetry) is cfg.telemetry and parse_autoscaling(cfg.autoscaling) is cfg.autoscaling
+
+
+def test_a_dumped_config_loads_back_equal():
+    # `rayfin up` hands its config to the supervisor process as JSON (rayfin/supervisor.py)
+    cfg = parse_config(config_data(telemetry={"exporter": "otlp", "otlp_endpoint": "http://c:4318/v1/traces"},
+                                   autoscaling={"pools": {"risk": {"lead_time_s": 60}}}), "x.yaml")
+    assert parse_config(cfg.model_dump(mode="json"), "dump") == cfg
+
+
+@pytest.mark.parametrize("patch, path, says", [
+    ({"controller__cordon_s": -1}, "controller.cordon_s", "must be >= 0"),
+    ({"controller__admit_timeout_s": 0}, "controller.admit_timeout_s", "must be > 0"),
+    ({"serve__ingress": "nginx"}, "serve.ingress", "'haproxy' or 'proxy'"),
+])
+def test_controller_tunables_and_ingress_are_checked(patch, path, says):
+    with pytest.raises(ConfigError) as err:
+        config(**patch)
+    assert path in str(err.value) and says in str(err.value), str(err.value)
+
+
+def test_controller_tunables_default_to_the_controller_s_old_constants():
+    c = config().controller
+    assert (c.cordon_s, c.admit_timeout_s) == (20.0, 180.0)
+    assert config(controller__cordon_s=5, controller__admit_timeout_s=30).controller.cordon_s == 5
+
+
+def test_the_ingress_choice_is_written_once():
+    import typing
+
+    from rayfin.config import Ingress, ServeConfig
+
+    assert typing.get_args(Ingress) == ("haproxy", "proxy")
+    assert ServeConfig.model_fields["ingress"].annotation == Ingress

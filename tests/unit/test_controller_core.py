@@ -525,3 +525,8 @@ def test_serving_reservations_are_not_jobs_and_survive_a_restart(tmp_path):
     assert again.release_serving(TOK["admin"], "pricer") == {"released": False}
     kinds = [(e["kind"], e["reason_code"]) for e in again.audit(TOK["admin"]) if e["job_id"] == "serve-pricer"]
     assert kinds == [("serving_reserved", "serving_reserved"), ("cancelled", "serving_released")]
+
+
+def test_cordon_and_admit_timeout_come_from_the_config(tmp_path):
+    core, *_ = controller_env(tmp_path, controller__cordon_s=5.0, controller__admit_timeout_s=30.0)
+    assert (core.cordon_s, core.admit_timeout_s) == (5.0, 30.0)

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from placement.topology import Topology, island_resource, pool_resource
+from rayfin import kuberay
 from rayfin.config import load_config
-from rayfin.telemetry import grafana, kuberay
+from rayfin.telemetry import grafana
 from rayfin.telemetry.metrics import METRICS, prometheus_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +116,7 @@ def test_kuberay_manifests_are_the_generated_ones(tmp_path):
     for name in ("raycluster.yaml", "rayservice.yaml"):
         body = lambda p: p.read_text().split("\n", 1)[1]  # noqa: E731 - the first line names the command
         assert body(tmp_path / name) == body(KUBERAY / name), \
-            f"regenerate: python -m rayfin.telemetry.kuberay configs/local.yaml configs/kuberay/ --otlp-endpoint {OTLP}"
+            f"regenerate: python -m rayfin.kuberay configs/local.yaml configs/kuberay/ --otlp-endpoint {OTLP}"
 
 
 def test_worker_groups_match_the_config_islands():

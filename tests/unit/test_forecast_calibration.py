@@ -9,8 +9,8 @@ import pytest
 
 from rayfin.forecast import ForecastParams, flush, init, predict, update
 from rayfin.forecast.conformal import ConformalParams, ConformalState, conformal_init, observe
-from rayfin.forecast.library import (LibraryModel, LibraryParams, LibraryState, library_flush, library_init,
-                                     library_point, library_update)
+from rayfin.forecast.library import (LibraryModel, LibraryParams, LibraryState, library_flush, library_point,
+                                     library_update)
 
 PARAMS = ForecastParams(bin_s=60.0, season_s=3600.0, week_seasons=1)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rayfin import kuberay
 from rayfin.config import load_config
-from rayfin.telemetry import kuberay
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -101,3 +101,17 @@ def test_edge_body_is_the_replicas_body_plus_where():
     assert body == {**r.body(), "refused_by": "edge"}
     assert body["error"] == "quota_exceeded" and body["limit"] == "requests_per_s" and body["desk"] == "rates"
     assert body["retry_after_s"] == pytest.approx(0.5)
+
+
+def test_edge_settings_cross_serves_json_kwargs_unchanged():
+    """Serve's request-router kwargs must be JSON: the settings go over as JSON and come back equal."""
+    import json
+
+    from serve_apps.edge import EdgeSettings
+
+    quotas = {"fx": QuotaSpec(requests_per_s=10.0, burst=5, max_in_flight=8),
+              "rates": QuotaSpec(requests_per_s=2.0, burst=1, max_in_flight=4, gpu_seconds_per_window=3.5, window_s=30.0)}
+    settings = EdgeSettings(policy(), quotas)
+    back = EdgeSettings.from_wire(json.loads(json.dumps(settings.to_wire())))
+    assert back == settings
+    assert back.filter().check("rates-token") is None and back.filter().specs == quotas

@@ -77,3 +77,23 @@ def test_no_haproxy_is_a_clear_error(monkeypatch):
     monkeypatch.delenv(ingress.HA_PROXY, raising=False)
     with pytest.raises(ValueError, match="no HAProxy binary was found.*serve.ingress: proxy"):
         ingress.install("haproxy")
+
+
+def test_install_can_add_the_haproxy_edge(monkeypatch, tmp_path):
+    """The HAProxy edge as an ingress option: the rate map and the wrapper go in this cluster's
+    HAProxy directory, and Serve is pointed at the wrapper, which runs the real binary."""
+    from serve_apps.haproxy_edge import WRAPPER, DeskRate, credential_key
+
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/opt/haproxy")
+    env: dict = {}
+    rates = {credential_key("fx-t"): DeskRate(rate=5, burst=5)}
+    values = ingress.install("haproxy", env, ports(), haproxy_edge_rates=rates)
+    try:
+        run_dir = values["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+        wrapper = env["RAY_SERVE_HAPROXY_BINARY_PATH"]
+        assert wrapper == f"{run_dir}/{WRAPPER}" and "--real /opt/haproxy" in open(wrapper).read()
+        assert open(f"{run_dir}/rates.map").read() == f"{credential_key('fx-t')} 110\n"   # ceil(2 * (5 + 5 * 10))
+    finally:
+        ingress.remove_run_dir(values)
+    with pytest.raises(ValueError, match="HAProxy edge needs serve.ingress 'haproxy'"):
+        ingress.install("proxy", {}, ports(), haproxy_edge_rates=rates)

@@ -1,11 +1,12 @@
 """Quota arithmetic of serve_apps (no Ray): token bucket, broker grants, leases, the gate."""
 import asyncio
 import pathlib
+import re
 
 import pytest
 
 from serve_apps.access import AccessPolicy, ModelEntry, bearer_token
-from serve_apps.gate import LocalBroker, QuotaGate
+from serve_apps.admission import LocalBroker, QuotaGate
 from serve_apps.quota import (DeskBudget, LeaseRequest, Limit, LocalLease, QuotaSpec, Refusal, Shortage, TokenBucket,
                               central_share, decide_grant, lease_cap, local_share, permit_spare)
 from tests.unit.builders import Clock
@@ -302,10 +303,27 @@ def test_bearer_token(header, token):
     assert bearer_token(header) == token
 
 
-@pytest.mark.parametrize("module", ["quota.py", "gate.py", "access.py"])
+ADMISSION = ["quota", "admission", "access", "edge", "edge_asgi", "haproxy_edge", "ingress", "schemas"]
+
+
+@pytest.mark.parametrize("module", ADMISSION)
 def test_decision_code_does_not_import_ray(module):
-    src = (pathlib.Path(__file__).resolve().parents[2] / "serve_apps" / module).read_text()
-    assert "import ray" not in src and "from ray" not in src
+    src = (pathlib.Path(__file__).resolve().parents[2] / "serve_apps" / f"{module}.py").read_text()
+    assert not re.search(r"^\s*(import|from) ray(\.|\s|$)", src, re.MULTILINE)
+
+
+def test_admission_imports_neither_ray_nor_serve():
+    """Importing the admission modules, what they import included, loads no Ray (a fresh
+    interpreter: this one may have imported Ray for other tests)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; " + "; ".join(f"import serve_apps.{m}" for m in ADMISSION) +
+            "; bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); print(bad); "
+            "sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=pathlib.Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_a_small_desk_is_not_starved_by_a_token_fetched_ahead():

@@ -12,6 +12,7 @@ from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import SqliteLedger
 from rayfin.errors import QuotaExceeded
 from rayfin.telemetry import tracing
+from rayfin.telemetry.config import TelemetryConfig
 from rayfin.telemetry.metrics import METRICS, MemoryMetrics
 from rayfin.telemetry.recorder import TelemetryRecorder
 from tests.unit.builders import Clock, config
@@ -32,7 +33,7 @@ class Env:
         self.metrics = MemoryMetrics()
         cfg = config(**cfg_patch)
         # publish every cycle (interval 0) so gauges are checkable after one cycle
-        cfg = cfg.model_copy(update={"telemetry": {"metrics_publish_interval_s": 0}})
+        cfg = cfg.model_copy(update={"telemetry": TelemetryConfig(metrics_publish_interval_s=0)})
         self.recorder = TelemetryRecorder(cfg, metrics=self.metrics, tracer_provider=provider, clock=self.clock)
         ids = iter(range(1000))
         self.backend = FakeBackend()

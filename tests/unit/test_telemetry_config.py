@@ -41,15 +41,15 @@ def test_parse_errors_name_the_field(data, path, words):
 
 
 def test_from_a_rayfin_config_and_back_through_the_environment():
-    cfg = config().model_copy(update={"telemetry": {"exporter": "otlp", "otlp_endpoint": "http://c:4318/v1/traces",
-                                                    "sample_ratio": 0.5}})
+    cfg = config().model_copy(update={"telemetry": parse_telemetry({
+        "exporter": "otlp", "otlp_endpoint": "http://c:4318/v1/traces", "sample_ratio": 0.5})})
     t = telemetry_config(cfg)
-    env = tracing.tracing_env(cfg)
+    env = tracing.tracing_env(cfg.telemetry)
     assert env["OTEL_TRACES_EXPORTER"] == "otlp" and env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == t.otlp_endpoint
     back = TelemetryConfig.from_env(env)
     assert (back.exporter, back.otlp_endpoint, back.sample_ratio) == ("otlp", t.otlp_endpoint, 0.5)
-    assert tracing.ray_hook(cfg) == "rayfin.telemetry.tracing:setup_tracing"
-    assert tracing.ray_hook(config()) is None                                   # exporter none: no hook
+    assert tracing.ray_hook(cfg.telemetry) == "rayfin.telemetry.tracing:setup_tracing"
+    assert tracing.ray_hook(config().telemetry) is None                                   # exporter none: no hook
     assert TelemetryConfig.from_env({"OTEL_TRACES_EXPORTER": "jaeger"}).exporter == "none"
 
 

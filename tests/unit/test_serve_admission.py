@@ -1,4 +1,4 @@
-"""Gated layout without Ray: local in-flight permits, the gate core in a model replica, the
+"""Admission without Ray: local in-flight permits, admission in a model replica, the
 gateway's 404/401/403 fallback, per-desk admitting replicas and the RayService builder."""
 import asyncio
 import json
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rayfin.config import hash_token, parse_config
-from serve_apps.gate import LocalBroker, QuotaGate, replicas_of
+from serve_apps.admission import Admission, AdmissionSettings, LocalBroker, QuotaGate, admitting_replicas, replicas_of
 from serve_apps.quota import LocalLease, QuotaSpec, Shortage, local_permits
 from serve_apps.schemas import example_body
 
@@ -85,12 +85,9 @@ def _config():
 
 
 def test_admitting_replicas_are_those_of_callable_models():
-    from serve_apps.deploy import admitting_replicas, gateway_spec
-
     cfg = _config()
     assert admitting_replicas(cfg) == {"fx": 2, "rates": 2, "risk": 3}
-    assert gateway_spec(cfg)["replicas"] == {"fx": 2, "rates": 2, "risk": 3}
-    assert gateway_spec(cfg, "hop")["replicas"] == 2
+    assert AdmissionSettings.from_config(cfg, "gw").replicas == {"fx": 2, "rates": 2, "risk": 3}
 
 
 def _request(path: str, body: bytes, headers: dict, method: str = "POST"):
@@ -109,18 +106,13 @@ def _request(path: str, body: bytes, headers: dict, method: str = "POST"):
     return Request({"type": "http", "method": method, "path": path, "headers": hdrs, "query_string": b""}, receive)
 
 
-def _core(layout="gated"):
-    from serve_apps.deploy import gateway_spec
-    from serve_apps.gateway import GatewayCore
-    from serve_apps.quota import QuotaSpec as QS
-
-    s = gateway_spec(_config(), layout)
-    broker = LocalBroker({d: QS(**q) for d, q in s["quotas"].items()}, replicas=s["replicas"],
-                         local_fraction=s["local_fraction"])
+def _core():
+    s = AdmissionSettings.from_config(_config(), "gw")
+    broker = LocalBroker.from_settings(s)
 
     async def model(name, rows):
         return {"model": name, "predictions": [0.0] * len(rows), "batch_size": 1, "gpu_seconds": 0.0, "device": "cpu"}
-    return GatewayCore(s, call_broker=broker.alease, call_model=model, replica_id="r1", permits_local=True)
+    return Admission(s, call_broker=broker.alease, call_model=model, replica_id="r1")
 
 
 def _post(core, desk, model="option-pricer", body=None, gateway=False):
@@ -168,7 +160,7 @@ def test_rayservice_app_builds_every_application_in_the_manifest(tmp_path):
     from ray.serve import Application
 
     from serve_apps.deploy import rayservice_app
-    from serve_apps.gated import predict_route
+    from serve_apps.deployments import predict_route
 
     rs = yaml.safe_load((ROOT / "configs" / "kuberay" / "rayservice.yaml").read_text())
     apps = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
@@ -247,7 +239,7 @@ def test_an_admitted_prediction_is_sent_as_jsonresponse_would_send_it():
     gateway header included, sent as two ASGI messages."""
     from starlette.responses import JSONResponse
 
-    from serve_apps.gateway import PredictionResponse
+    from serve_apps.admission import PredictionResponse
 
     result = {"model": "option-pricer", "predictions": [12.345678901234, 1e-300, 0.1 + 0.2], "batch_size": 9,
               "gpu_seconds": 0.0, "device": "cpu", "desk": "fx", "note": "déjà vu ✓"}

@@ -1,0 +1,144 @@
+"""The Serve deployments of the serving stack: thin shells around admission (serve_apps/admission.py).
+
+    GatedModel   one per model application, route "/v1/models/<name>:predict": the ingress
+                 hands the HTTP request straight to this replica, which runs `Admission` and
+                 joins the `@serve.batch` of the model (inherited from `ModelServer`), with no
+                 second Serve hop.
+    QuotaBroker  one replica, in the gateway application: every desk's central budget, leased
+                 to the GatedModel replicas in small chunks, so it sees a few calls per second
+                 per desk and replica, not one per request. Serve restarts it if it dies; a
+                 fresh broker starts every desk with a full central bucket (at most one extra
+                 central burst), and replicas live on their own shares while it is unreachable.
+    Gateway      the gateway application at "/": GET /v1/models, GET /v1/quota, GET /healthz,
+                 and a predict request for a model no application serves (404, or 503 while its
+                 application is down), with the same checks and status codes as GatedModel.
+
+No `from __future__ import annotations` here: FastAPI reads the route methods' annotations
+(`request: Request`) at import, and strings it cannot resolve become query parameters.
+"""
+import functools
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from ray import serve
+from starlette.requests import Request as StarletteRequest
+
+from rayfin.config import ServeModelConfig
+from rayfin.telemetry.serving import count_edge_refusal, request_span
+from serve_apps import edge_asgi
+from serve_apps.admission import (Admission, AdmissionSettings, LocalBroker, error_response, replicas_of)
+from serve_apps.edge import EdgeFilter
+from serve_apps.model_server import ModelServer
+from serve_apps.quota import Grant, LeaseRequest
+
+BROKER_DEPLOYMENT = "QuotaBroker"
+
+
+def predict_route(model: str) -> str:
+    """The route prefix of a model's application (also its only path)."""
+    return f"/v1/models/{model}:predict"
+
+
+def _finish(span: Any, response: Any) -> Any:
+    desk = span.desk if span.desk != "unknown" else None
+    if response.status_code == 200:
+        span.finish(status=200, desk=desk)      # no need to parse our own answer back
+    else:
+        span.finish(response, desk=desk)
+    return response
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class GatedModel(ModelServer.func_or_class):
+    def __init__(self, settings: AdmissionSettings, model: ServeModelConfig) -> None:
+        super().__init__(model)
+        self.route = predict_route(self.name)
+        self._broker_app = settings.broker_app
+        self._broker = None
+        ctx = serve.get_replica_context()
+        self.admission = Admission(settings, replica_id=ctx.replica_id.unique_id, call_broker=self._call_broker,
+                                   call_model=self._call_local)
+        if settings.edge_in_replica:
+            # HAProxy ingress: this replica serves HTTP itself, and Serve wraps its HTTP server in
+            # rayfin's edge middleware (serve_apps/edge_asgi.py), which sheds with this filter
+            # before Serve's request handling; everything it passes still meets admission.
+            edge = EdgeFilter(settings.quotas, settings.access.authenticate)
+            edge_asgi.register(self.route, edge, functools.partial(count_edge_refusal, self.name), where="replica")
+
+    async def _call_broker(self, requests: list[LeaseRequest]) -> list[Grant]:
+        if self._broker is None:
+            self._broker = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=self._broker_app)
+        return await self._broker.lease.remote(list(requests))
+
+    async def _call_local(self, model: str, rows: list[list[float]]) -> dict:
+        return dict(await self.predict_batch(rows))
+
+    async def __call__(self, request: StarletteRequest) -> Any:
+        with request_span(self.name) as span:
+            scope = request.scope            # not request.url: that builds a URL object per request
+            if scope["path"] != self.route:
+                response = error_response(404, "not_found", f"no such path {scope['path']!r}")
+            elif scope["method"] != "POST":
+                response = error_response(405, "method_not_allowed", "use POST", headers={"Allow": "POST"})
+            else:
+                response = await self.admission.predict(self.name, request, span=span)
+            return _finish(span, response)
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+class QuotaBroker:
+    def __init__(self, settings: AdmissionSettings) -> None:
+        self._broker = LocalBroker.from_settings(settings)
+
+    async def lease(self, requests: list[LeaseRequest]) -> list[Grant]:
+        return self._broker.lease(requests)
+
+    async def snapshot(self) -> dict:
+        return self._broker.snapshot()
+
+
+app = FastAPI(title="rayfin gateway", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+async def _no_broker(requests: Any) -> list:
+    raise RuntimeError("the gateway admits nothing")
+
+
+async def _no_model(model: str, rows: Any) -> dict:
+    raise RuntimeError("the gateway serves no model")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class Gateway:
+    def __init__(self, settings: AdmissionSettings, broker: Any) -> None:
+        self.settings = settings
+        self._broker = broker
+        # Only the access checks run here (`route_only`, `list_models`): nothing is admitted.
+        ctx = serve.get_replica_context()
+        self.admission = Admission(settings, replica_id=ctx.replica_id.unique_id, call_broker=_no_broker,
+                                   call_model=_no_model)
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "time": time.time()}
+
+    @app.get("/v1/models")
+    async def models(self, request: Request):
+        return self.admission.list_models(request)
+
+    @app.post("/v1/models/{model}:predict")
+    async def predict(self, model: str, request: Request):
+        with request_span(model) as span:
+            return _finish(span, self.admission.route_only(model, request, span))
+
+    @app.get("/v1/quota")
+    async def quota(self, request: Request):
+        """The calling desk's quota and the broker's central view of it (for operators and tests)."""
+        desk = self.admission.authenticate(request)
+        if desk is None:
+            return error_response(401, "unauthorized", "missing or unknown desk credential")
+        snapshot = await self._broker.snapshot.remote()
+        return {"desk": desk, "broker": snapshot.get(desk), "quota": vars(self.settings.quotas[desk]),
+                "admitting_replicas": replicas_of(self.settings.replicas, desk)}
