@@ -11,8 +11,6 @@ Decision code receives the parts it needs as arguments and never reads this modu
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from rayfin import auth
 from rayfin.autoscale.config import AutoscalingSettings
 from rayfin.config_base import SHA256_RE, ConfigModel, Name, config_error_from
 from rayfin.errors import ConfigError
@@ -347,15 +346,9 @@ class RayfinConfig(ConfigModel):
         return [d.name for d in self.desks]
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def token_matches(token: str | None, credential_sha256: str) -> bool:
-    """Constant-time comparison of a presented token against a stored hash."""
-    if not token:
-        return False
-    return hmac.compare_digest(hash_token(token), credential_sha256)
+# The one credential check lives in rayfin.auth; these names stay importable from here.
+hash_token = auth.hash_token
+token_matches = auth.token_matches
 
 
 def parse_config(data: Any, source: str = "<config>") -> RayfinConfig:

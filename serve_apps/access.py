@@ -7,9 +7,9 @@ time taken does not reveal which desk (if any) a token nearly matched.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 from dataclasses import dataclass
+
+from rayfin.auth import match_credential
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,7 @@ class AccessPolicy:
 
     def authenticate(self, token: str | None) -> str | None:
         """The desk whose credential this token is, or None."""
-        if not token:
-            return None
-        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
-        found = None
-        for desk, expected in self.credentials:  # no early exit: constant work per call
-            if hmac.compare_digest(digest, expected):
-                found = desk
-        return found
+        return match_credential(token, self.credentials)
 
     def model(self, name: str) -> ModelEntry | None:
         for m in self.models:
