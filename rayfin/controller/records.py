@@ -40,6 +40,7 @@ CONTROL_KEYS: dict[str, str] = {
     "preempt_reason": "preempt_reason", "workers": "workers", "dist_backend": "dist_backend",
     "progress": "progress", "reason_code": "reason_code",
 }
+_CONTROL_STORED = frozenset(CONTROL_KEYS.values())
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,12 @@ class JobRecord:
         # Records built from strings (stored rows, older callers) get their enums; control
         # state found in `info` under its stored key moves to its typed field.
         set_ = object.__setattr__
-        set_(self, "state", JobState(self.state))
-        set_(self, "kind", JobKind(self.kind))
-        if self.info and any(key in self.info for key in CONTROL_KEYS.values()):
+        # `copy` runs this on every state change: only strings need converting.
+        if type(self.state) is not JobState:
+            set_(self, "state", JobState(self.state))
+        if type(self.kind) is not JobKind:
+            set_(self, "kind", JobKind(self.kind))
+        if self.info and not _CONTROL_STORED.isdisjoint(self.info):
             info = dict(self.info)
             for name, key in CONTROL_KEYS.items():
                 if key in info:
@@ -91,7 +95,8 @@ class JobRecord:
                     if getattr(self, name) == _DEFAULTS[name]:
                         set_(self, name, value)
             set_(self, "info", info)
-        set_(self, "reason_code", code_of(self.reason_code))
+        if type(self.reason_code) is not ReasonCode:
+            set_(self, "reason_code", code_of(self.reason_code))
 
     def copy(self, **changes: Any) -> "JobRecord":
         return replace(self, **changes)
