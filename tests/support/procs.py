@@ -75,6 +75,18 @@ def tree(pid: int) -> set[Proc]:
     return descendants(pid) | ({(pid, st)} if st is not None else set())
 
 
+
+def session(sid: int) -> set[Proc]:
+    """Every live process of session `sid` (a command started with start_new_session=True)."""
+    out = set()
+    for pid, (_, start) in all_procs().items():
+        try:
+            if os.getsid(pid) == sid:
+                out.add((pid, start))
+        except OSError:
+            pass
+    return out
+
 def kill(procs: Iterable[Proc], grace_s: float = 5.0) -> set[Proc]:
     """SIGTERM the ones still alive, SIGKILL what is left after `grace_s`: the survivors (none, normally)."""
     left = {p for p in procs if alive(p)}
