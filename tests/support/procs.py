@@ -87,6 +87,23 @@ def session(sid: int) -> set[Proc]:
             pass
     return out
 
+
+def tagged(name: str, value: str) -> set[Proc]:
+    """Every live process whose environment holds NAME=VALUE: all that a command started with
+    that variable set, however they were started (children, daemons, new sessions), as long as
+    they kept the environment they inherited. Needs the right to read their environment."""
+    needle = f"{name}={value}".encode()
+    out = set()
+    for pid, (_, start) in all_procs().items():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    out.add((pid, start))
+        except OSError:
+            pass
+    return out
+
+
 def kill(procs: Iterable[Proc], grace_s: float = 5.0) -> set[Proc]:
     """SIGTERM the ones still alive, SIGKILL what is left after `grace_s`: the survivors (none, normally)."""
     left = {p for p in procs if alive(p)}
