@@ -46,13 +46,14 @@ def run_together(barrier_dir: str, n: int, hold_s: float = 1.0, timeout_s: float
     import uuid
     from pathlib import Path
 
+    arrived = time.time()                  # running, on its GPUs, from here to "end"
     d = Path(barrier_dir)
     (d / uuid.uuid4().hex).touch()
     deadline = time.time() + timeout_s
     while len(list(d.iterdir())) < n and time.time() < deadline:
         time.sleep(0.1)
     together = len(list(d.iterdir())) >= n
-    return {**where_am_i(hold_s), "together": together}
+    return {**where_am_i(hold_s), "start": arrived, "together": together}
 
 
 def test_two_desks_never_share_a_gpu(connect_desk, tmp_path):
