@@ -70,6 +70,7 @@ class Up:
         return "\n".join(self.lines[-60:])
 
 
+@pytest.mark.timeout(600)     # start (about 95 s here, more on a loaded machine) and stop
 def test_rayfin_up_starts_answers_and_stops_leaving_nothing(tmp_path):
     up = Up(tmp_path)
     try:

@@ -5,9 +5,9 @@ import random
 import pytest
 
 from serve_apps.edge import edge_body
-from serve_apps.quota import Limit
+from serve_apps.quota import Limit, QuotaSpec
 from tests.support.builders import Clock
-from tests.support.serve import edge
+from tests.support.serve import edge, policy
 
 
 @pytest.mark.parametrize("token", [None, "", "not-a-desk", "fx-token-but-longer"])
