@@ -7,8 +7,8 @@ environment variable only its processes carry (they inherit it, however they are
 by the process tree sampled while it runs.
 
 The config is the README's, configs/local.yaml (RAYFIN_SMOKE_CONFIG=PATH for another). The test
-cluster's shape (configs/test.yaml) with one small model was measured no faster here (90 s to
-"ready" against 96 s): the start is Ray's and Serve's, not the cluster's size."""
+cluster's smaller shape with one small model was tried and started no faster: the start is Ray's
+and Serve's, not the cluster's size."""
 from __future__ import annotations
 
 import os
@@ -70,7 +70,7 @@ class Up:
         return "\n".join(self.lines[-60:])
 
 
-@pytest.mark.timeout(600)     # start (about 95 s here, more on a loaded machine) and stop
+@pytest.mark.timeout(600)     # a whole cluster's start and stop, on a loaded machine
 def test_rayfin_up_starts_answers_and_stops_leaving_nothing(tmp_path):
     up = Up(tmp_path)
     try:
