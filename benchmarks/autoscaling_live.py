@@ -3,11 +3,12 @@
     python -m benchmarks.autoscaling_live --out live.json
 
 Starts `RAY_FAKE_CLUSTER=1 ray start --head` (Ray's fake multi-node provider) with GPU worker
-node types per pool, in a new session we own; seeds the planner with a short synthetic history
+node types per pool, on free ports, in a new session we own (`--session-file` names it for a
+caller that must be able to stop it whatever happens to this process); seeds the planner with a short synthetic history
 (a 120 s "day" with an 8-GPU burst in pool fx), then runs the controller loop once a second:
 `step(...)` -> `RayAutoscalerAdapter.apply(...)` -> `request_resources`. It records when the
 request went out, when a node of pool fx joined, when the burst started, and when the request
-was released. Every process of the session is killed at the end (never `ray stop`).
+was released. Every process of the session is killed at the end, also on SIGTERM (never `ray stop`).
 """
 from __future__ import annotations
 
@@ -23,14 +24,16 @@ from pathlib import Path
 
 from rayfin.autoscale import AutoscaleState, Observations, parse_autoscaling, step
 from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
+from rayfin.cluster import free_port_range
 from rayfin.forecast import ForecastParams, init, update
 
 # A driver talking to a `ray start` cluster needs token auth; Ray reads this when imported.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-PORT = 16420
 SEASON_S = 120.0
 BURST_S = 25.0
+HEAD_PORTS = 8           # GCS, client server, node manager, object manager, metrics, agent x2, runtime env
+WORKER_PORTS = 100
 
 
 def fake_cluster_config(gcs: str) -> dict:
@@ -54,17 +57,18 @@ def fake_cluster_config(gcs: str) -> dict:
     }
 
 
-def start_head(workdir: Path, ip: str) -> subprocess.Popen:
+def start_head(workdir: Path, ip: str, port: int, worker_port: int) -> subprocess.Popen:
+    """`ray start --head` on ports port..port+7 with workers on worker_port..worker_port+99."""
     cfg = workdir / "autoscaling.json"
-    cfg.write_text(json.dumps(fake_cluster_config(f"{ip}:{PORT}")))
+    cfg.write_text(json.dumps(fake_cluster_config(f"{ip}:{port}")))
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "token"}
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={PORT}", "--num-cpus=1",
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=1",
            "--num-gpus=0", "--include-dashboard=false", f"--autoscaling-config={cfg}",
-           f"--ray-client-server-port={PORT + 1}", f"--node-manager-port={PORT + 2}",
-           f"--object-manager-port={PORT + 3}", f"--metrics-export-port={PORT + 4}",
-           f"--dashboard-agent-listen-port={PORT + 5}", f"--dashboard-agent-grpc-port={PORT + 6}",
-           f"--runtime-env-agent-port={PORT + 7}", "--min-worker-port=16600", "--max-worker-port=16699",
-           "--block"]
+           f"--ray-client-server-port={port + 1}", f"--node-manager-port={port + 2}",
+           f"--object-manager-port={port + 3}", f"--metrics-export-port={port + 4}",
+           f"--dashboard-agent-listen-port={port + 5}", f"--dashboard-agent-grpc-port={port + 6}",
+           f"--runtime-env-agent-port={port + 7}", f"--min-worker-port={worker_port}",
+           f"--max-worker-port={worker_port + WORKER_PORTS - 1}", "--block"]
     log = open(workdir / "head.log", "w")
     # A new session: every Ray process it starts (incl. fake worker nodes) carries its id.
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -114,19 +118,23 @@ def pool_nodes(ray, pool: str) -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(f"rayfin_pool_{pool}", 0) > 0)
 
 
-def run(out: Path, burst_in_s: float = 40.0, lead_s: float = 15.0, budget_s: float = 150.0) -> dict:
+def run(out: Path, burst_in_s: float = 40.0, lead_s: float = 15.0, budget_s: float = 150.0,
+        session_file: Path | None = None) -> dict:
     import ray
 
     ip = ray.util.get_node_ip_address()
     workdir = Path(tempfile.mkdtemp(prefix="rayfin-live-"))
     t0 = time.time()
-    head = start_head(workdir, ip)
-    rec: dict = {"workdir": str(workdir)}
+    port = free_port_range(HEAD_PORTS)
+    head = start_head(workdir, ip, port, free_port_range(WORKER_PORTS))
+    if session_file is not None:
+        session_file.write_text(str(head.pid))     # its own session: the session id is its pid
+    rec: dict = {"workdir": str(workdir), "port": port}
     try:
         deadline = time.time() + 60
         while True:
             try:
-                ray.init(address=f"{ip}:{PORT}", namespace="rayfin-live", log_to_driver=False)
+                ray.init(address=f"{ip}:{port}", namespace="rayfin-live", log_to_driver=False)
                 break
             except Exception:  # noqa: BLE001 - head still starting
                 if time.time() > deadline or head.poll() is not None:
@@ -183,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="autoscaling_live.json")
     ap.add_argument("--burst-in-s", type=float, default=40.0)
     ap.add_argument("--lead-s", type=float, default=15.0)
+    ap.add_argument("--session-file", type=Path, default=None,
+                    help="write the `ray start` session's id here as soon as it starts")
     args = ap.parse_args(argv)
-    rec = run(Path(args.out), args.burst_in_s, args.lead_s)
+    # SIGTERM (a caller's timeout) unwinds through run()'s finally, which kills the session.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    rec = run(Path(args.out), args.burst_in_s, args.lead_s, session_file=args.session_file)
     print(json.dumps({k: v for k, v in rec.items() if k != "log"}, indent=2))
     return 0 if rec.get("node_ready_before_burst") else 1
 

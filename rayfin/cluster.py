@@ -119,6 +119,20 @@ def free_port(rng: random.Random | None = None) -> int:
     return port
 
 
+def free_port_range(count: int, rng: random.Random | None = None) -> int:
+    """The first of `count` consecutive free ports (a process that takes a block: `ray start`'s
+    fixed ports, a worker port range), by free_port's rules; none handed out before by this
+    process. Raises RuntimeError if no such block is free."""
+    low, _ = ephemeral_range()
+    start = pick_port(rng or random.SystemRandom(),
+                      lambda p: all(q not in _handed_out and _bindable(q) for q in range(p, p + count)),
+                      PORT_FLOOR, min(low, PORT_CEILING) - count + 1)
+    if start is None:
+        raise RuntimeError(f"no {count} consecutive free ports between {PORT_FLOOR} and {min(low, PORT_CEILING)}")
+    _handed_out.update(range(start, start + count))
+    return start
+
+
 class IngressSetup(Protocol):
     """How HTTP reaches Serve's replicas, set in the environment before Ray starts (Serve reads
     it from each process's environment): `serve_apps.ingress` is one."""

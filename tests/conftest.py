@@ -1,5 +1,7 @@
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -7,6 +9,38 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 # Ray workers import rayfin/jobs by module path: make the checkout importable for them too.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+from tests.support import procs  # noqa: E402
+
+
+# -- the reaper: nothing this test run starts outlives it -------------------------------------
+# Fixtures stop what they started; when they cannot run (pytest-timeout's thread method ends the
+# process with os._exit, a CI kill), a watcher in its own session stops every process it saw
+# below pytest, and the pids registered with it (servers that detach). RAYFIN_TEST_REAPER=0: off.
+REAPER_REGISTRY: str | None = None
+
+
+def pytest_configure(config):
+    global REAPER_REGISTRY
+    if os.environ.get("RAYFIN_TEST_REAPER", "1") == "0" or hasattr(config, "workerinput"):
+        return
+    fd, REAPER_REGISTRY = tempfile.mkstemp(prefix="rayfin-test-reaper-")
+    os.close(fd)
+    config._rayfin_reaper = subprocess.Popen(  # noqa: S603 - our own script
+        [sys.executable, str(ROOT / "tests" / "support" / "procs.py"), "--watch", str(os.getpid()),
+         "--registry", REAPER_REGISTRY],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def pytest_unconfigure(config):
+    """Say what the fixtures left running (the reaper stops it once this process exits)."""
+    reaper = getattr(config, "_rayfin_reaper", None)
+    if reaper is None:
+        return
+    left = [p for p in procs.descendants(os.getpid()) if p[0] != reaper.pid]
+    if left:
+        print(f"\nrayfin tests: {len(left)} processes left running at exit; the reaper stops them: "
+              f"{sorted(p[0] for p in left)[:20]}", file=sys.stderr)
 
 
 # -- real servers from the system packages, one of each per test run -------------------------
@@ -24,8 +58,15 @@ def postgres_server():
     from rayfin.local_servers import PostgresServer
 
     server = PostgresServer().start()
-    yield server
-    server.stop()
+    try:
+        pidfile = server.dir / "data" / "postmaster.pid"     # pg_ctl detaches the postmaster
+        procs.register(REAPER_REGISTRY, int(pidfile.read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -39,5 +80,7 @@ def redis_server():
     from rayfin.local_servers import RedisServer
 
     server = RedisServer().start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()

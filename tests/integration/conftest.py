@@ -3,21 +3,22 @@ x 4 simulated GPUs, one raylet per island), with the rayfin controller and the r
 Serve, no models) deployed on it. Desk clients speak HTTP to the API, as a desk's machine does."""
 from __future__ import annotations
 
+import atexit
+import logging
 import os
-import time
+import threading
 
 import pytest
 
 from rayfin.config import load_config
 from rayfin.up import Running, bring_up, with_ledger
+from tests.support.cluster import LEDGER_PASSWORD_ENV, TOKENS
 
-TOKENS = {d: f"{d}-demo-token" for d in ("equities", "fx", "rates", "risk", "quant", "admin")}
-
+log = logging.getLogger("tests.integration")
 
 # The session cluster's controller keeps its ledger in a real PostgreSQL (the session's server,
 # tests/conftest.py), so every integration test, controller kills included, runs on it.
 # RAYFIN_TEST_LEDGER=sqlite runs them on the embedded SQLite ledger instead.
-LEDGER_PASSWORD_ENV = "RAYFIN_TEST_LEDGER_PASSWORD"
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +40,46 @@ def rayfin_env(ledger_target) -> Running:
     # Free ports, so a second Ray on this machine (another test run, a demo) cannot clash.
     run = bring_up(cfg, serve=False, dashboard=True, dashboard_port=free_port(), metrics_port=free_port(),
                    serve_port=free_port(), access_log=False)
-    yield run
-    run.shutdown()
+    stop = _stopper(run)
+    atexit.register(stop)            # if the session ends without its teardown (an interrupt in it)
+    try:
+        yield run
+    finally:
+        stop()
+        atexit.unregister(stop)
+
+
+def _stopper(run: Running):
+    """Stop the session cluster once, from the fixture's teardown or at exit, whichever comes
+    first. A test may have left this process on a private cluster: reconnect first, so the
+    controller and Serve are stopped on the cluster they run on. Whatever survives this (or a
+    process killed before it could run) is stopped by the reaper (tests/conftest.py)."""
+    done = threading.Lock()
+
+    def stop() -> None:
+        if not done.acquire(blocking=False):
+            return
+        try:
+            _connect(run)
+        except Exception as exc:  # noqa: BLE001 - shutting down: stop what can be stopped
+            log.warning("session cluster unreachable at teardown: %s", exc)
+        run.shutdown()
+
+    return stop
+
+
+def _connect(env: Running) -> None:
+    """This process's Ray driver on the session cluster, with a fresh controller handle."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address == env.address:
+        return
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address=env.address, namespace=env.config.controller.namespace, log_to_driver=False,
+             logging_level="WARNING")
+    # Handles do not survive a new connection: look the controller up again.
+    env.controller = ray.get_actor(env.config.controller.name, namespace=env.config.controller.namespace)
 
 
 @pytest.fixture(autouse=True)
@@ -49,16 +88,7 @@ def _driver_on_session_cluster(request):
     module shut this process's Ray down to start a private cluster (the old Ray-driver SDK
     reconnected as a side effect; the HTTP SDK does not touch Ray)."""
     if "rayfin_env" in request.fixturenames:
-        import ray
-
-        env = request.getfixturevalue("rayfin_env")
-        if not ray.is_initialized() or ray.get_runtime_context().gcs_address != env.address:
-            if ray.is_initialized():
-                ray.shutdown()
-            ray.init(address=env.address, namespace=env.config.controller.namespace, log_to_driver=False,
-                     logging_level="WARNING")
-            # Handles do not survive a new connection: look the controller up again.
-            env.controller = ray.get_actor(env.config.controller.name, namespace=env.config.controller.namespace)
+        _connect(request.getfixturevalue("rayfin_env"))
     yield
 
 
@@ -70,16 +100,6 @@ def connect_desk(rayfin_env):
         return connect(desk=desk, token=token or TOKENS[desk or "admin"], url=rayfin_env.api_url)
 
     return _connect
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def pytest_collection_modifyitems(items):

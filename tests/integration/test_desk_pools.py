@@ -7,7 +7,7 @@ import time
 import pytest
 
 from rayfin.errors import JobFailed, JobNotFound, QuotaExceeded, Unauthorized
-from tests.integration.conftest import wait_for
+from tests.support.cluster import wait_for
 
 
 def where_am_i(hold_s: float = 0.0):
@@ -39,19 +39,47 @@ def test_job_runs_on_its_own_group_pool_and_gpus(connect_desk):
     assert st.cuda_visible_devices == info["cuda_visible_devices"]     # and what rayfin recorded
 
 
-def test_two_desks_never_share_a_gpu(connect_desk):
+def run_together(barrier_dir: str, n: int, hold_s: float = 1.0, timeout_s: float = 120.0) -> dict:
+    """`where_am_i` for a job that runs only alongside n - 1 others: it announces itself in
+    `barrier_dir`, waits until all n have (at most `timeout_s`), then holds `hold_s`. So the n
+    jobs provably hold their GPUs at the same time; `together` says whether they all met."""
+    import uuid
+    from pathlib import Path
+
+    arrived = time.time()                  # running, on its GPUs, from here to "end"
+    d = Path(barrier_dir)
+    (d / uuid.uuid4().hex).touch()
+    deadline = time.time() + timeout_s
+    while len(list(d.iterdir())) < n and time.time() < deadline:
+        time.sleep(0.1)
+    together = len(list(d.iterdir())) >= n
+    return {**where_am_i(hold_s), "start": arrived, "together": together}
+
+
+def test_two_desks_never_share_a_gpu(connect_desk, tmp_path):
     eq, fx = connect_desk("equities"), connect_desk("fx")
-    jobs = [eq.submit(where_am_i, 1.5, gpus=2) for _ in range(2)] + [fx.submit(where_am_i, 1.5, gpus=2) for _ in range(2)]
+    # Four 2-GPU jobs, two per desk, each desk at its nominal 4: together they fill the general
+    # pool's 8 GPUs, and each waits for the other three, so all four hold their GPUs at once.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    jobs = ([eq.submit(run_together, str(barrier), 4, gpus=2) for _ in range(2)]
+            + [fx.submit(run_together, str(barrier), 4, gpus=2) for _ in range(2)])
     infos = [(j, j.result(timeout=180)) for j in jobs]
+    assert all(i["together"] for _, i in infos), "the four jobs never ran at the same time"
+    assert max(i["start"] for _, i in infos) < min(i["end"] for _, i in infos)      # they overlapped
     desk_of = {j.job_id: j.job_id.split("-")[0] for j, _ in infos}
+    assert sorted(desk_of.values()) == ["equities", "equities", "fx", "fx"]
     for a, ia in infos:
         for b, ib in infos:
             if a.job_id >= b.job_id:
                 continue
-            overlap = ia["start"] < ib["end"] and ib["start"] < ia["end"]
-            if overlap and ia["node_id"] == ib["node_id"]:
+            if ia["node_id"] == ib["node_id"]:
                 assert not set(ia["gpu_ids"]) & set(ib["gpu_ids"]), (desk_of[a.job_id], desk_of[b.job_id])
         assert ia["labels"]["rayfin.io/pool"] == "general"
+        assert len(ia["gpu_ids"]) == 2
+    # Ray numbers GPUs per node: eight distinct (node, GPU) pairs, the whole pool, none shared.
+    held = {(i["node_id"], g) for _, i in infos for g in i["gpu_ids"]}
+    assert len(held) == 8
 
 
 def test_over_quota_is_refused_with_fields(connect_desk):
@@ -66,8 +94,13 @@ def test_cancel_frees_gpus_for_next_job(connect_desk):
     first = risk.submit(time.sleep, 300, gpus=8, workers=2, dist_backend=None, name="hog")
     wait_for(lambda: first.status().state.value == "RUNNING", what="hog running")
     second = risk.submit(where_am_i, gpus=4, name="next")
-    time.sleep(1.0)
-    st = second.status()
+
+    def decided():
+        """The controller's decision on it, not a fixed time later: admitted, or waiting for risk."""
+        s = second.status()
+        return s if s.state.value != "PENDING" or "risk" in (s.reason or "") else None
+
+    st = wait_for(decided, 60, what="a decision on the next job")
     assert st.state.value == "PENDING" and "risk" in st.reason
     assert first.cancel().state.value == "CANCELLED"
     assert second.result(timeout=120)["labels"]["rayfin.io/pool"] == "risk"

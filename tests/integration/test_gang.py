@@ -12,7 +12,7 @@ import pytest
 
 from rayfin.errors import InvalidRequest
 from rayfin.policy.model import JobState
-from tests.integration.conftest import wait_for
+from tests.support.cluster import wait_for
 
 
 def probe(hold_s: float = 0.0):

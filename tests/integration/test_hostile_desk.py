@@ -2,21 +2,8 @@
 their methods cannot stop, read or alter a risk job: the risk job succeeds with its own result."""
 from __future__ import annotations
 
-import time
-
-from tests.integration.conftest import wait_for
-
-
-def answer_after(seconds: float) -> str:
-    from rayfin.runner import job_context
-
-    ctx = job_context()
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if ctx is not None and ctx.should_stop():
-            return "stopped"
-        time.sleep(0.1)
-    return "risk's own answer"
+from tests.support.cluster import wait_for
+from tests.support.jobs import hold
 
 
 def meddle(namespace: str = "rayfin-desk-risk") -> dict[str, str]:
@@ -44,7 +31,7 @@ def meddle(namespace: str = "rayfin-desk-risk") -> dict[str, str]:
 
 def test_fx_code_cannot_stop_read_or_alter_a_risk_job(connect_desk):
     risk, fx = connect_desk("risk"), connect_desk("fx")
-    victim = risk.submit(answer_after, 12.0, gpus=2, name="victim")
+    victim = risk.submit(hold, 12.0, "risk's own answer", gpus=2, name="victim")
     wait_for(lambda: victim.status().state.value == "RUNNING", 90, what="risk job running")
     report = fx.submit(meddle, gpus=1, name="meddler").result(timeout=120)
     assert any(victim.job_id in k for k in report), report                 # it did find risk's runner

@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.integration.conftest import TOKENS, wait_for
+from tests.support.cluster import TOKENS, wait_for
 
 
 def auth(desk: str | None) -> dict[str, str]:

@@ -9,7 +9,7 @@ import urllib.request
 import ray
 from ray.util.placement_group import placement_group_table
 
-from tests.integration.conftest import wait_for
+from tests.support.cluster import wait_for
 
 
 def _status(url: str, token: str | None = None) -> int:

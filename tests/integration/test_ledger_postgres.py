@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from tests.integration.conftest import LEDGER_PASSWORD_ENV
+from tests.support.cluster import LEDGER_PASSWORD_ENV
 
 
 def test_the_controller_writes_jobs_and_audit_events_to_the_configured_ledger(rayfin_env, connect_desk,

@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 import urllib.request
 
-from rayfin import cli
-from tests.integration.conftest import TOKENS, wait_for
+from tests.support.cluster import TOKENS, cli_ok, wait_for
 
 
 def grab_gpus_outside_rayfin(marker: str, n: int = 2, hold_s: float = 120.0) -> str:
@@ -41,7 +40,7 @@ def test_gpu_tasks_started_outside_rayfin_are_found_stopped_audited_counted(rayf
         raise AssertionError(f"job: {job.status()}; policing: {admin.policing()}; pools: {admin.pools()}; "
                              f"hogs: {marker.read_text() if marker.exists() else 'never started'}") from None
     assert all(r["capacity"] == r["lost"] + r["outside"] + r["in_use"] + r["free"] for r in held.values())
-    status = _cli(rayfin_env.api_url, "status", "--token", TOKENS["admin"])
+    status = cli_ok(rayfin_env.api_url, "status", "--token", TOKENS["admin"])
     assert "outside rayfin (enforce)" in status
     view = admin.policing()
     assert view["findings"] and {f["desk"] for f in view["findings"]} == {"fx"}
@@ -71,13 +70,3 @@ def test_gpu_tasks_started_outside_rayfin_are_found_stopped_audited_counted(rayf
 
     assert wait_for(counted, 60, interval=1.0, what="the finding counted in the metric")
 
-
-def _cli(url: str, *argv: str) -> str:
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = cli.main([argv[0], "--url", url, "--color", "never", *argv[1:]])
-    assert rc == 0, buf.getvalue()
-    return buf.getvalue()

@@ -11,21 +11,10 @@ import pytest
 
 from rayfin.local_servers import PrometheusServer
 from rayfin.telemetry.grafana import build
-from tests.integration.conftest import wait_for
+from tests.support.cluster import wait_for
+from tests.support.jobs import hold
 
 SCRAPE_S = 1.0
-
-
-def hold(seconds: float) -> str:
-    from rayfin.runner import job_context
-
-    ctx = job_context()
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if ctx is not None and ctx.should_stop():
-            return "stopped"
-        time.sleep(0.1)
-    return "done"
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

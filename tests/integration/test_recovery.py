@@ -8,17 +8,8 @@ import pytest
 import ray
 
 from rayfin.errors import JobNotFound
-from tests.integration.conftest import wait_for
-
-
-def mark_and_sleep(marker: str, tag: str, first_s: float, retry_s: float = 0.5) -> str:
-    """Append `tag` to `marker` (one line per start), then sleep: long the first time, short after."""
-    p = Path(marker)
-    seen = p.read_text().splitlines().count(tag) if p.exists() else 0
-    with p.open("a") as f:
-        f.write(tag + "\n")
-    time.sleep(first_s if seen == 0 else retry_s)
-    return tag
+from tests.support.cluster import wait_for
+from tests.support.jobs import mark_and_sleep
 
 
 def test_controller_killed_mid_run_all_jobs_finish_once(rayfin_env, connect_desk, tmp_path):

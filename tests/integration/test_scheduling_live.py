@@ -1,21 +1,8 @@
 """The live controller runs the same policy as the simulator: reclaim and island-aware gangs."""
 from __future__ import annotations
 
-import time
-
-from tests.integration.conftest import wait_for
-
-
-def hold(seconds: float) -> str:
-    from rayfin.runner import job_context
-
-    ctx = job_context()
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if ctx is not None and ctx.should_stop():      # preemption grace: stop cleanly
-            return "stopped"
-        time.sleep(0.1)
-    return "done"
+from tests.support.cluster import wait_for
+from tests.support.jobs import hold
 
 
 def test_borrowed_job_is_reclaimed_when_lender_needs_its_nominal(connect_desk):

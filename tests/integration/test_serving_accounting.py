@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ray
 
-from tests.integration.conftest import wait_for
+from tests.support.cluster import wait_for
 
 
 def _call(controller, method, *args, **kwargs):

@@ -15,7 +15,7 @@ from ray.util.state import list_actors
 from rayfin.errors import QuotaExceeded
 from serve_apps.deploy import GATEWAY_APP, deploy_from_config, model_app_name
 from serve_apps.schemas import example_body
-from tests.integration.conftest import wait_for
+from tests.support.cluster import wait_for
 
 SERVED = "rc-pricer"          # fx's: 1 replica x 0.5 GPU
 SMALL, BIG = "rc-small", "rc-big"

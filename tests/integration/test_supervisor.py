@@ -7,8 +7,8 @@ from pathlib import Path
 
 import ray
 
-from tests.integration.conftest import wait_for
-from tests.integration.test_recovery import mark_and_sleep
+from tests.support.cluster import wait_for
+from tests.support.jobs import mark_and_sleep
 
 
 def kill_the_controller(name: str, namespace: str) -> str:

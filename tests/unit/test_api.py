@@ -17,25 +17,10 @@ from rayfin.controller.ledger import SqliteLedger
 from rayfin.errors import (Forbidden, InvalidRequest, JobFailed, JobNotFound, NotSupported, PayloadTooLarge,
                            QuotaExceeded, Unauthorized)
 from rayfin.sdk import connect
-from tests.unit.builders import Clock, config
+from tests.support.api import CorePort
+from tests.support.builders import Clock, config
 
 TOK = {d: f"{d}-demo-token" for d in ("equities", "fx", "risk", "admin")}
-
-
-class CorePort:
-    """ControllerPort over a ControllerCore (what the controller actor does over Ray)."""
-
-    def __init__(self, core):
-        self.core = core
-
-    async def call(self, method, *args):
-        if method == "policing":
-            self.core.authenticate(args[0], None, "read policing")
-            return {"mode": "enforce", "interval_s": 2.0, "findings": [], "outside_gpus": {}}
-        fn = getattr(self.core, method, None)
-        if fn is None:
-            raise NotSupported(action=method)
-        return fn(*args)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from rayfin.api import ApiLimits, build_app
 from rayfin.controller.backend import FakeBackend
 from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import SqliteLedger
-from tests.unit.builders import config
-from tests.unit.test_api import CorePort
+from tests.support.api import CorePort
+from tests.support.builders import config
 
 
 

@@ -4,7 +4,7 @@ import httpx
 
 from rayfin import cli
 from rayfin.up import Running
-from tests.unit.builders import config
+from tests.support.builders import config
 
 
 def test_missing_token_says_how_to_pass_one(monkeypatch, capsys):

@@ -5,7 +5,7 @@ import yaml
 from rayfin.cli import main
 from rayfin.config import hash_token, load_config, parse_config, token_matches
 from rayfin.errors import ConfigError
-from tests.unit.builders import config, config_data
+from tests.support.builders import config, config_data
 
 
 def test_shipped_configs_are_valid():

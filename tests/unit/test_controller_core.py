@@ -5,7 +5,7 @@ from rayfin.controller.backend import FakeBackend
 from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import SqliteLedger
 from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded, Unauthorized, UnknownDesk
-from tests.unit.builders import Clock, config, controller_env
+from tests.support.builders import Clock, config, controller_env
 
 TOK = {d: f"{d}-demo-token" for d in ("equities", "fx", "risk", "admin")}
 

@@ -52,3 +52,15 @@ def test_free_port_skips_a_port_in_use(monkeypatch):
         monkeypatch.setattr(cluster, "PORT_CEILING", 65536)
         monkeypatch.setattr(cluster, "PORT_FLOOR", 1024)
         assert cluster.free_port(Seq()) != busy
+
+
+def test_free_port_range_is_a_bindable_block_never_handed_out_twice():
+    low, _ = cluster.ephemeral_range()
+    first = cluster.free_port_range(8)
+    second = cluster.free_port_range(100)
+    assert cluster.PORT_FLOOR <= first and first + 8 <= min(low, cluster.PORT_CEILING)
+    assert not set(range(first, first + 8)) & set(range(second, second + 100))
+    assert cluster.free_port() not in set(range(first, first + 8)) | set(range(second, second + 100))
+    for port in range(first, first + 8):
+        with socket.socket() as sock:
+            sock.bind(("0.0.0.0", port))

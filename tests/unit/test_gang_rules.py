@@ -11,7 +11,7 @@ from rayfin.errors import InvalidRequest, JobNotFound
 from rayfin.policy import ClusterSnapshot, DeskQuota, PendingJob, SchedulerConfig, schedule
 from rayfin.policy.settings import Policy
 from rayfin.runner import LogBuffer
-from tests.unit.builders import controller_env
+from tests.support.builders import controller_env
 
 
 def topo(*nodes: tuple[str, str, list[int]]) -> Topology:

@@ -6,7 +6,7 @@ import pytest
 from rayfin.policy import SchedulerConfig, Verdict, schedule
 from rayfin.policy.hints import JobHint
 from rayfin.policy.ordering import JobRank, las_queue, rank_key
-from tests.unit.test_policy_builders import desks, pend, run, snap, topo
+from tests.support.policy import desks, pend, run, snap, topo
 
 R = JobRank
 

@@ -6,7 +6,7 @@ import pytest
 from placement.allreduce import achieved_bandwidth, ideal_bandwidth, ring_allreduce_seconds, stretch_factor
 from placement.gang import FreeIndex
 from placement.topology import LinkLevel
-from tests.unit.test_policy_builders import topo
+from tests.support.policy import topo
 
 
 def _index(t, used: dict[str, int]) -> FreeIndex:

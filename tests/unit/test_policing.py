@@ -8,7 +8,7 @@ from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import SqliteLedger
 from rayfin.controller.patrol import Patrol
 from rayfin.controller.policing import Holder, Owners, find, gpus_of, outside_gpus
-from tests.unit.builders import Clock, config
+from tests.support.builders import Clock, config
 
 RUNNER = "a" * 32                      # a runner actor of fx's job fx-0000abcd, generation 0
 OWNERS = Owners(rayfin_groups=frozenset({"pg-rayfin"}),

@@ -9,7 +9,7 @@ import pytest
 
 from rayfin.policy import (DeskQuota, Policy, QueueOrder, QuotaMode, SchedulerConfig, Verdict, check_quota,
                            never_fits, schedule)
-from tests.unit.test_policy_builders import B, C, N, by_id, desks, pend, run, snap, topo
+from tests.support.policy import B, C, N, by_id, desks, pend, run, snap, topo
 
 RAYFIN = SchedulerConfig.preset(Policy.RAYFIN)   # grace 30 s
 T = topo()

@@ -4,23 +4,10 @@ import random
 
 import pytest
 
-from rayfin.config import hash_token
-from serve_apps.access import AccessPolicy, ModelEntry
-from serve_apps.edge import EdgeFilter, edge_body
+from serve_apps.edge import edge_body
 from serve_apps.quota import Limit, QuotaSpec
-from tests.unit.builders import Clock
-
-
-def policy() -> AccessPolicy:
-    return AccessPolicy(credentials=(("fx", hash_token("fx-token")), ("rates", hash_token("rates-token"))),
-                        models=(ModelEntry(name="pricer", owner="fx", kind="option_pricer", public=True),),
-                        grants=())
-
-
-def edge(clock, fx=(10.0, 5), rates=(2.0, 1)) -> EdgeFilter:
-    quotas = {"fx": QuotaSpec(requests_per_s=fx[0], burst=fx[1], max_in_flight=8),
-              "rates": QuotaSpec(requests_per_s=rates[0], burst=rates[1], max_in_flight=8)}
-    return EdgeFilter(quotas, policy().authenticate, clock=clock)
+from tests.support.builders import Clock
+from tests.support.serve import edge, policy
 
 
 @pytest.mark.parametrize("token", [None, "", "not-a-desk", "fx-token-but-longer"])

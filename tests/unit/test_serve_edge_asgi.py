@@ -7,8 +7,8 @@ import pytest
 
 from serve_apps import edge_asgi
 from serve_apps.edge_asgi import CHECKED_HEADER, NONCE, EdgeMiddleware, marked_checked
-from tests.unit.builders import Clock
-from tests.unit.test_serve_edge import edge
+from tests.support.builders import Clock
+from tests.support.serve import edge
 
 ROUTE = "/v1/models/pricer:predict"
 

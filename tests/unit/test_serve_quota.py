@@ -9,7 +9,7 @@ from serve_apps.access import AccessPolicy, ModelEntry, bearer_token
 from serve_apps.admission import LocalBroker, QuotaGate
 from serve_apps.quota import (DeskBudget, LeaseRequest, Limit, LocalLease, QuotaSpec, Refusal, Shortage, TokenBucket,
                               central_share, decide_grant, lease_cap, local_share, permit_spare)
-from tests.unit.builders import Clock
+from tests.support.builders import Clock
 
 
 def spec(rate=10.0, burst=5, in_flight=4, gpu=None, window=60.0) -> QuotaSpec:

@@ -10,7 +10,7 @@ import pytest
 
 from rayfin.policy import DeskQuota, SchedulerConfig
 from rayfin.sim import Simulator, TraceJob, desk_of, load_trace, simulate, summarize
-from tests.unit.test_policy_builders import topo
+from tests.support.policy import topo
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = ROOT.parent / "shared" / "traces" / "gpu_jobs_dev.csv"

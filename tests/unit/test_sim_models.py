@@ -13,7 +13,7 @@ from rayfin.sim.metrics import bounded_slowdown, jain
 from rayfin.sim.placement_model import (Fabric, PlacementModel, Stretch, fabric_slowdowns, model_class,
                                         spread_slowdown)
 from rayfin.sim.trace import TraceJob
-from tests.unit.test_policy_builders import topo
+from tests.support.policy import topo
 
 PROFILES = Path(__file__).resolve().parents[3] / "shared" / "profiles" / "pollux"
 

@@ -15,7 +15,7 @@ from rayfin.telemetry import tracing
 from rayfin.telemetry.config import TelemetryConfig
 from rayfin.telemetry.metrics import METRICS, MemoryMetrics
 from rayfin.telemetry.recorder import TelemetryRecorder
-from tests.unit.builders import Clock, config
+from tests.support.builders import Clock, config
 
 TOK = {d: f"{d}-demo-token" for d in ("equities", "fx", "risk", "admin")}
 

@@ -12,7 +12,7 @@ from rayfin.telemetry import tracing
 from rayfin.telemetry.config import TelemetryConfig, parse_telemetry, telemetry_config
 from rayfin.telemetry.metrics import METRICS, MemoryMetrics, reason_code
 from rayfin.telemetry.serving import request_span
-from tests.unit.builders import config
+from tests.support.builders import config
 
 
 @pytest.mark.parametrize("data, expected", [

@@ -1,0 +1,19 @@
+"""The edge filter (serve_apps/edge.py) with two desks, fx and rates, and a public model of fx's."""
+from __future__ import annotations
+
+from rayfin.config import hash_token
+from serve_apps.access import AccessPolicy, ModelEntry
+from serve_apps.edge import EdgeFilter
+from serve_apps.quota import QuotaSpec
+
+
+def policy() -> AccessPolicy:
+    return AccessPolicy(credentials=(("fx", hash_token("fx-token")), ("rates", hash_token("rates-token"))),
+                        models=(ModelEntry(name="pricer", owner="fx", kind="option_pricer", public=True),),
+                        grants=())
+
+
+def edge(clock, fx=(10.0, 5), rates=(2.0, 1)) -> EdgeFilter:
+    quotas = {"fx": QuotaSpec(requests_per_s=fx[0], burst=fx[1], max_in_flight=8),
+              "rates": QuotaSpec(requests_per_s=rates[0], burst=rates[1], max_in_flight=8)}
+    return EdgeFilter(quotas, policy().authenticate, clock=clock)
