@@ -32,9 +32,12 @@ def death_of(name: str, namespace: str) -> dict[str, Any]:
     the death cause (for `ray.kill`, Ray's message says so)."""
     try:
         # lazy, here and below: importing Ray takes seconds, and `rayfin` commands import this module
+        import ray
         from ray.util.state import list_actors
 
-        rows = list_actors(filters=[("name", "=", name), ("state", "=", "DEAD")], detail=True, limit=100,
+        # this cluster's address: without one, the state API picks the latest cluster on the machine
+        address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+        rows = list_actors(address=address, filters=[("name", "=", name), ("state", "=", "DEAD")], detail=True, limit=100,
                            raise_on_missing_output=False)
     except Exception as exc:  # noqa: BLE001 - the state API needs the dashboard
         return {"error": f"state API: {type(exc).__name__}: {exc}"[:300]}

@@ -23,6 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.util.state import get_actor, list_actors, list_tasks
 
 from rayfin.controller.policing import Finding, Holder, Owners
+from rayfin.controller.ray_backend import state_api_address
 
 log = logging.getLogger("rayfin.police")
 
@@ -86,7 +87,7 @@ class RayPolice:
             nodes = list((info.get("bundles_to_node_id") or {}).values())
             holders.append(Holder("placement_group", pg_id, res, name=name, node_id=nodes[0] if nodes else "",
                                   ray_job_id=str(info.get("creator_job_id") or "")))
-        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000,
+        actors = list_actors(address=state_api_address(), filters=[("state", "=", "ALIVE")], detail=True, limit=10_000,
                              raise_on_missing_output=False)
         # Names of actors seen alive, kept after they die: work a killed runner started is still
         # attributed to its desk and job while Ray tears it down.
@@ -98,7 +99,7 @@ class RayPolice:
             holders.append(Holder("actor", a.actor_id, dict(a.required_resources or {}), name=a.name or "",
                                   namespace=a.ray_namespace or "", node_id=a.node_id or "", pid=a.pid,
                                   placement_group_id=a.placement_group_id, ray_job_id=a.job_id or ""))
-        tasks = list_tasks(filters=[("state", "=", "RUNNING"), ("type", "=", "NORMAL_TASK")], detail=True,
+        tasks = list_tasks(address=state_api_address(), filters=[("state", "=", "RUNNING"), ("type", "=", "NORMAL_TASK")], detail=True,
                            limit=10_000, raise_on_missing_output=False)
         for t in tasks:
             holders.append(Holder("task", t.task_id, dict(t.required_resources or {}), name=t.name or "",
@@ -109,7 +110,7 @@ class RayPolice:
 
     def creator_of(self, actor_id: str) -> str | None:
         """The actor whose code created `actor_id` (through its creation task), if an actor did."""
-        rows = list_tasks(filters=[("actor_id", "=", actor_id), ("type", "=", "ACTOR_CREATION_TASK")], detail=True,
+        rows = list_tasks(address=state_api_address(), filters=[("actor_id", "=", actor_id), ("type", "=", "ACTOR_CREATION_TASK")], detail=True,
                           limit=5, raise_on_missing_output=False)
         return _actor_of_task(rows[0].parent_task_id) if rows else None
 
@@ -120,7 +121,7 @@ class RayPolice:
                 remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(f.id))))
                 return "placement group removed"
             if f.kind == "actor" and f.name:
-                row = get_actor(f.id)
+                row = get_actor(f.id, address=state_api_address())
                 try:
                     ray.kill(ray.get_actor(f.name, namespace=row.ray_namespace if row else None), no_restart=True)
                     return "actor killed"

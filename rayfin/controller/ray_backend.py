@@ -36,6 +36,15 @@ log = logging.getLogger("rayfin.backend")
 GROUP_PREFIX = "rayfin-job-"
 
 
+def state_api_address() -> str:
+    """This cluster's GCS address for Ray's state API.
+
+    Without it the state API finds "the latest cluster started on this machine", which is another
+    cluster whenever more than one runs here (a second test session, a benchmark).
+    """
+    return str(ray.get_runtime_context().gcs_address)
+
+
 def desk_namespace(desk: str) -> str:
     return f"rayfin-desk-{desk}"
 
@@ -200,7 +209,7 @@ class RayBackend:
                 groups.add(name[len(GROUP_PREFIX):])
         runners = set()
         try:
-            for a in list_actors(filters=[("state", "!=", "DEAD")], limit=10000, raise_on_missing_output=False):
+            for a in list_actors(address=state_api_address(), filters=[("state", "!=", "DEAD")], limit=10000, raise_on_missing_output=False):
                 if a.name and a.name.startswith("job-") and (a.ray_namespace or "").startswith("rayfin-desk-"):
                     runners.add(a.name[4:])
         except Exception as exc:  # noqa: BLE001 - state API needs the dashboard; fall back to lookups
