@@ -78,7 +78,7 @@ RAYFIN = SchedulerConfig.preset(Policy.RAYFIN)
 def _recorded():
     # desk a borrows all 16 GPUs (nominal 8); b (nominal 8) asks for 4: reclaim one of a's jobs; c1 waits
     running = [run(f"x{k}", "a", (isl, 4), started=k) for k, isl in enumerate(["n0-i0", "n0-i1", "n1-i0", "n1-i1"])]
-    s = snap(T, desks(a=8, b=8), running, [pend("b1", "b", 4), pend("a9", "a", 2, t=1)], now=100.0)
+    s = snap(T, desks(a=8, b=8), running, [pend("b1", "b", 4), pend("a9", "a", 12, t=1)], now=100.0)
     return s, records_of_cycle(s, schedule(s, RAYFIN), WindowName.EOD)
 
 
@@ -106,6 +106,10 @@ def test_replay_finds_a_changed_decision_and_an_altered_snapshot():
     codes = {(m.subject, m.code) for m in changed.mismatches}
     victim = next(r.subject for r in recs if r.reason is AuditReason.PREEMPTED)
     assert (victim, ReplayCode.DECISION_MISSING) in codes
+    # static quotas: a9 (12 GPUs > a's nominal 8, no borrowing) is refused instead of queued
+    static = replay([(s, recs)], schedule_policy(SchedulerConfig.preset(Policy.STATIC)))
+    assert [(m.subject, m.code, m.recorded, m.replayed) for m in static.mismatches
+            if m.subject == "a9"] == [("a9", ReplayCode.DECISION_CHANGED, "wait", "refuse")]
     # a stored snapshot edited after the fact no longer matches its records
     altered = replay([(replace(s, now=999.0), recs)], schedule_policy(RAYFIN))
     assert {m.code for m in altered.mismatches} == {ReplayCode.SNAPSHOT_ALTERED}
