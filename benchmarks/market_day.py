@@ -377,7 +377,7 @@ def table(results: dict, doc: dict) -> str:
             ("mean_jct_other_s", "JCT other s", "{:.0f}"), ("idle_while_waiting_gpu_hours", "idle-wait GPU-h", "{:.1f}"),
             ("serving_shortfall_gpu_hours", "serve short GPU-h", "{:.2f}"),
             ("serving_shortfall_at_open_gpu_hours", "at open", "{:.3f}")]
-    lines = [f"{'policy':<14}" + "".join(f"{h:>19}" for _, h, _ in cols)]
+    lines = [f"{'policy':<14}" + "".join(f"{h:>24}" for _, h, _ in cols)]
     for p, m in results.items():
         cells = []
         for key, _, fmt in cols:
@@ -385,7 +385,7 @@ def table(results: dict, doc: dict) -> str:
             s = "-" if v is None else fmt.format(v)
             if sp and sp["min"] != sp["max"]:
                 s += f" [{fmt.format(sp['min'])},{fmt.format(sp['max'])}]"
-            cells.append(f"{s:>19}")
+            cells.append(f"{s:>24}")
         lines.append(f"{p:<14}" + "".join(cells))
     c = doc["config"]
     lines.append(f"{c['gpus']} GPUs, seeds {c['scored_seeds']} (mean [min,max]); tuned on seeds "
