@@ -233,6 +233,7 @@ def oracle_feasible(w: World, args, stretch) -> set[str]:
 def metrics(sim: MarketSimulator, w: World, feasible: set[str]) -> dict:
     hits = misses_all = 0
     late = []
+    last = max((r.end for r in sim.recs.values() if r.end is not None), default=0.0)   # unfinished: at least this late
     for jid, dl in w.deadlines.items():
         r = sim.recs[jid]
         end = r.end if r.end is not None else float("inf")
@@ -241,7 +242,7 @@ def metrics(sim: MarketSimulator, w: World, feasible: set[str]) -> dict:
         if jid in feasible:
             hits += ok
             if not ok:
-                late.append(min(end, sim.recs and max(x.end or 0 for x in sim.recs.values())) - dl)
+                late.append(min(end, last) - dl)
     jct = [r.end - r.job.submit_s for r in sim.recs.values()
            if r.end is not None and r.job.tenant not in (RISK, "@serve")]
     n = len(feasible)
