@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     # 1. tune R and the slack threshold on the tuning seeds and days only
     tune_seeds = [int(x) for x in args.tune_seeds.split(",") if x.strip()]
     grid = []
-    for rf in [float(x) for x in args.risk_grid.split(",")]:
+    for rf in [float(x) for x in args.risk_grid.split(",")] if tune_seeds else []:
         for th in [float(x) for x in args.threshold_grid.split(",")]:
             per, _ = evaluate(args, tune_seeds, args.tune_inv_day, inv, k_serve, trace, demand, stretch, rf, th,
                               policies=("rayfin", "kueue_tas_fs"))
@@ -340,8 +340,12 @@ def main(argv=None) -> int:
             grid.append({"risk_share": rf, "threshold_s": th, "hit_rate": r["deadline_hit_rate"],
                          "jct_other_vs_kueue": round(jr, 4), "misses": r["deadline_misses"]})
             print(f"  tune R={rf} th={th}: hit {r['deadline_hit_rate']} jct x{jr:.3f}", file=sys.stderr, flush=True)
-    ok = [g for g in grid if g["jct_other_vs_kueue"] <= 1.1] or grid
-    best = max(ok, key=lambda g: (g["hit_rate"] or 0, -g["jct_other_vs_kueue"]))
+    if grid:
+        ok = [g for g in grid if g["jct_other_vs_kueue"] <= 1.1] or grid
+        best = max(ok, key=lambda g: (g["hit_rate"] or 0, -g["jct_other_vs_kueue"]))
+    else:   # --tune-seeds "": no tuning, the first value of each grid (e.g. chosen in an earlier tuning run)
+        best = {"risk_share": float(args.risk_grid.split(",")[0]),
+                "threshold_s": float(args.threshold_grid.split(",")[0]), "tuned": False}
 
     # 2. score on the other seeds and days
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -415,7 +419,7 @@ def plot(raw: dict, path: Path) -> None:
             qx, qy = _steps(qs, 0, 24)
             ux, uy = _steps(us, 0, 24)
             ax.plot(qx, qy, "--", color=col, lw=1)
-            ax.plot(ux, uy, "-", color=col, lw=1.2, label=d)
+            ax.plot(ux, uy, "-", color=col, lw=2.4 if d == SERVE else 1.2, label=d)
         sx, sy = _steps([(hours(t), g) for t, g in w.serving], 0, 24)
         ax.plot(sx, sy, ":", color="k", lw=1, label="serving demand")
         ax.set_title(f"{p}: nominal quota (dashed) and GPUs in use (solid), {day.date} ({w.cal.tz.key}), "
