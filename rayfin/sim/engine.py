@@ -176,8 +176,9 @@ class Simulator:
         if not self._pending_sorted:
             self.pending = dict(sorted(self.pending.items(), key=lambda kv: (kv[1].submitted_at, kv[0])))
             self._pending_sorted = True
-        snap = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values()), tuple(self.pending.values()),
-                               hints=self._hints(t) if self.wants_hints else {})
+        hints = self._hints(t) if self.wants_hints else {}
+        snap = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values()),
+                               self._snapshot_pending(t, hints), hints=hints)
         c0, t0 = time.thread_time(), time.perf_counter()
         dec = schedule(snap, self.cfg)
         self.decision_s.append(time.perf_counter() - t0)
@@ -194,6 +195,11 @@ class Simulator:
             heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id, epoch))
         for d in dec.admits:
             self._start(self.recs[d.job_id], d.placement, t)
+
+    def _snapshot_pending(self, t: float, hints) -> tuple[PendingJob, ...]:
+        """The pending jobs a cycle sees, in the order it sees them (a hook: rayfin.sim.market
+        reorders them by deadline and raises the priority of jobs out of slack)."""
+        return tuple(self.pending.values())
 
     def _hints(self, t: float) -> dict[str, JobHint]:
         """Pending jobs' hints are fixed while they wait (made at queueing); running jobs' attained

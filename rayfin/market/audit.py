@@ -1,0 +1,167 @@
+"""An audit a compliance reviewer can replay.
+
+Every decision is an `AuditRecord`: what was decided (`verdict`) for whom, a reason code with its
+text, the quota window in force, and `snapshot_hash`, a SHA-256 of the canonical JSON of the
+snapshot the decision was made on (dataclasses as field maps, enums as their values, mappings
+with sorted keys, floats by repr; a Topology by its islands). The same snapshot always hashes the
+same, on any machine and Python run.
+
+`replay(recorded, policy)` re-runs each recorded snapshot through `policy` (a pure function from
+a snapshot to {subject: verdict}) and reports every record whose decision comes out differently,
+and every snapshot whose hash no longer matches its record (it was altered). For the same code
+version there should be none.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import Enum
+from typing import Any, Callable, Iterable, Mapping
+
+from rayfin.market.plan import WindowName
+from rayfin.policy.model import ClusterSnapshot, CycleDecision, Verdict
+
+
+class AuditReason(str, Enum):
+    ADMITTED = "admitted"
+    QUEUED = "queued"
+    PREEMPTED = "preempted"
+    REFUSED = "refused"
+    WINDOW_SWITCH = "window_switch"
+    DEADLINE_AT_RISK = "deadline_at_risk"
+    SLACK_ESCALATION = "slack_escalation"
+
+
+_BY_VERDICT = {Verdict.ADMIT: AuditReason.ADMITTED, Verdict.WAIT: AuditReason.QUEUED,
+               Verdict.PREEMPT: AuditReason.PREEMPTED, Verdict.REFUSE: AuditReason.REFUSED}
+
+
+def canonical(obj: Any) -> Any:
+    """A JSON-safe, order-stable form of `obj` (see the module docstring)."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, Enum):
+        return canonical(obj.value)
+    if isinstance(obj, float):
+        return repr(obj) if math.isfinite(obj) else str(obj)
+    if isinstance(obj, (datetime, date)):
+        return obj.isoformat()
+    if type(obj).__name__ == "Topology":
+        return {"islands": [[i.id, i.gpus, getattr(i, "pool", None)] for i in obj.islands]}
+    if dataclasses.is_dataclass(obj):
+        return {"__type": type(obj).__name__,
+                **{f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, Mapping):
+        return {str(canonical(k)): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (frozenset, set)):
+        return sorted((canonical(x) for x in obj), key=lambda x: json.dumps(x, sort_keys=True))
+    if isinstance(obj, (list, tuple)):
+        return [canonical(x) for x in obj]
+    if hasattr(obj, "model_dump"):
+        return canonical(obj.model_dump(mode="json"))
+    raise TypeError(f"cannot hash a {type(obj).__name__} in a snapshot; give it a dataclass form")
+
+
+def snapshot_hash(snapshot: Any) -> str:
+    data = json.dumps(canonical(snapshot), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    at_s: float
+    subject: str                  # job id (or "plan" for a window switch)
+    desk: str | None
+    verdict: str                  # the decision, e.g. "admit", "wait", "preempt", "refuse", "switch"
+    reason: AuditReason
+    text: str
+    window: WindowName | None
+    snapshot_hash: str
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "at_s": self.at_s, "subject": self.subject, "desk": self.desk,
+                "verdict": self.verdict, "reason": self.reason.value, "text": self.text,
+                "window": None if self.window is None else self.window.value, "snapshot_hash": self.snapshot_hash}
+
+
+def records_of_cycle(snap: ClusterSnapshot, decision: CycleDecision, window: WindowName | None,
+                     seq0: int = 0) -> tuple[AuditRecord, ...]:
+    """One record per decision of a scheduling cycle, all pointing at the snapshot's hash."""
+    h = snapshot_hash(snap)
+    return tuple(AuditRecord(seq0 + k, snap.now, d.job_id, d.desk, d.verdict.value, _BY_VERDICT[d.verdict],
+                             d.reason, window, h) for k, d in enumerate(decision.all()))
+
+
+def to_jsonl(records: Iterable[AuditRecord]) -> str:
+    return "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in records)
+
+
+def to_csv(records: Iterable[AuditRecord]) -> str:
+    rows = [r.to_dict() for r in records]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(AuditRecord)])
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+class ReplayCode(str, Enum):
+    DECISION_CHANGED = "decision_changed"
+    DECISION_MISSING = "decision_missing"     # the replay made no decision for the subject
+    SNAPSHOT_ALTERED = "snapshot_altered"     # the stored snapshot no longer hashes to the record's hash
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    seq: int
+    subject: str
+    code: ReplayCode
+    recorded: str
+    replayed: str | None
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    checked: int
+    mismatches: tuple[Mismatch, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def replay(recorded: Iterable[tuple[Any, Iterable[AuditRecord]]],
+           policy: Callable[[Any], Mapping[str, str]]) -> ReplayReport:
+    """`recorded`: (snapshot, its records) pairs; `policy(snapshot)` -> {subject: verdict}."""
+    checked, out = 0, []
+    for snap, recs in recorded:
+        recs = tuple(recs)
+        h = snapshot_hash(snap)
+        again = dict(policy(snap))
+        for r in recs:
+            checked += 1
+            if r.snapshot_hash != h:
+                out.append(Mismatch(r.seq, r.subject, ReplayCode.SNAPSHOT_ALTERED, r.snapshot_hash, h))
+                continue
+            got = again.get(r.subject)
+            if got is None:
+                out.append(Mismatch(r.seq, r.subject, ReplayCode.DECISION_MISSING, r.verdict, None))
+            elif got != r.verdict:
+                out.append(Mismatch(r.seq, r.subject, ReplayCode.DECISION_CHANGED, r.verdict, got))
+    return ReplayReport(checked, tuple(out))
+
+
+def schedule_policy(cfg) -> Callable[[ClusterSnapshot], dict[str, str]]:
+    """The scheduler as a replay policy: {job id: verdict} of `schedule(snapshot, cfg)`."""
+    from rayfin.policy.scheduler import schedule
+
+    def run(snap: ClusterSnapshot) -> dict[str, str]:
+        return {d.job_id: d.verdict.value for d in schedule(snap, cfg).all()}
+    return run
