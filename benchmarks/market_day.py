@@ -51,7 +51,7 @@ from placement.topology import Topology
 from rayfin.config import ClusterConfig
 from rayfin.market.calendar import MarketCalendar
 from rayfin.market.deadline import SlackPolicy
-from rayfin.market.plan import QuotaPlan, WindowBounds, WindowName, WindowQuota, quotas_in, timeline
+from rayfin.market.plan import QuotaPlan, WindowName, WindowQuota, quotas_in, timeline
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
 from rayfin.policy.model import DeskQuota, Priority
 from rayfin.policy.settings import PlacementStrategy, Policy, SchedulerConfig
@@ -411,7 +411,7 @@ def plot(raw: dict, path: Path) -> None:
             s.date.weekday() == 1 for s in w.sessions) else w.sessions[1]
         t0 = sim_s(w.epoch, w.cal.local_midnight(day.date))
         names = list(sim.desks)
-        hours = lambda t: (t - t0) / 3600  # noqa: E731
+        hours = lambda t, t0=t0: (t - t0) / 3600  # noqa: E731
         for k, d in enumerate(names):
             col = f"C{k}"
             qs = [(hours(t), q[k]) for t, q in sim.quota_series]

@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rayfin.market.calendar import Anchor, MarketCalendar, MarketOffset, Session
+from rayfin.config_base import config_error_from
+from rayfin.market.calendar import MarketCalendar, MarketOffset, Session
 from rayfin.market.errors import CalendarError
 from rayfin.policy.model import DeskQuota
 
@@ -112,7 +113,6 @@ class MarketSettings(_Model):
 
 def parse_market(data: Any, source: str = "<config>") -> MarketSettings:
     """Validate a mapping into MarketSettings; a ConfigError names every bad field's path."""
-    from rayfin.config import config_error_from
     try:
         return MarketSettings.model_validate(data or {})
     except ValidationError as exc:

@@ -20,7 +20,7 @@ from rayfin.policy.model import DeskQuota
 UTC = timezone.utc
 XNYS = MarketCalendar.get("XNYS")
 B = WindowBounds()
-I, E, O, W = WindowName.INTRADAY, WindowName.EOD, WindowName.OVERNIGHT, WindowName.WEEKEND_HOLIDAY
+I, E, O, W = WindowName.INTRADAY, WindowName.EOD, WindowName.OVERNIGHT, WindowName.WEEKEND_HOLIDAY  # noqa: E741 - the windows by initial, as the tables below read
 
 
 def _local(ws):
