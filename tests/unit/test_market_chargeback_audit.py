@@ -13,7 +13,7 @@ from rayfin.market.audit import (AuditReason, ReplayCode, records_of_cycle, repl
 from rayfin.market.chargeback import GroupBy, UsageRecord, WorkKind, chargeback, reconcile
 from rayfin.market.plan import WindowName
 from rayfin.policy import Policy, SchedulerConfig, schedule
-from tests.unit.test_policy_builders import desks, pend, run, snap, topo
+from tests.support.policy import desks, pend, run, snap, topo
 
 UTC = timezone.utc
 T0 = datetime(2025, 11, 25, 0, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from rayfin.policy.model import DeskQuota, Priority
 from rayfin.sim import Simulator
 from rayfin.sim.market import MarketScenario, MarketSimulator
 from rayfin.sim.trace import TraceJob
-from tests.unit.test_policy_builders import topo
+from tests.support.policy import topo
 
 T = topo()
 CFG = SchedulerConfig.preset(Policy.KUEUE_TAS_FS)
