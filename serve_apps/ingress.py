@@ -30,7 +30,7 @@ import sys
 import tempfile
 from typing import Callable, Mapping, MutableMapping, get_args
 
-from rayfin.config import ServeConfig
+from rayfin.config import RayfinConfig, ServeConfig
 from serve_apps import haproxy_edge
 from serve_apps.edge_asgi import install_env
 from serve_apps.haproxy_edge import DeskRate
@@ -147,6 +147,15 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
     return values
 
 
+def install_from_config(config: RayfinConfig, environ: MutableMapping[str, str] | None = None,
+                        free_port: Callable[[], int] | None = None) -> dict[str, str]:
+    """`install` as the config says: `serve.ingress`, and with `serve.edge: haproxy` the HAProxy
+    edge with every desk's serving rate (`LocalCluster.start` calls this, so `rayfin up` and
+    `make demo` follow the config)."""
+    rates = haproxy_edge.desk_rates(config) if config.serve.edge == "haproxy" else None
+    return install(config.serve.ingress, environ, free_port, haproxy_edge_rates=rates)
+
+
 def _refresh_imported_serve(ha_proxy: bool) -> None:
     """Serve reads the ingress switch once, at import. In a process that already imported Serve
     for another cluster (a test session's, with the other ingress) the driver-side check of
@@ -165,4 +174,5 @@ def remove_run_dir(values: dict[str, str]) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["INGRESSES", "haproxy_binary", "ingress_env", "install", "new_run_dir", "remove_run_dir"]
+__all__ = ["INGRESSES", "haproxy_binary", "ingress_env", "install", "install_from_config", "new_run_dir",
+           "remove_run_dir"]
