@@ -16,6 +16,7 @@ import ray
 
 from placement.topology import Topology
 from rayfin.config import RayfinConfig, parse_config
+from rayfin.controller import autoscale_ray
 from rayfin.controller.capacity import CapacityLoop
 from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import open_ledger
@@ -49,7 +50,8 @@ class RayfinController:
                                    deploy_key=deploy_key)
         self.recovery = self.core.recover()
         # Not `self.capacity`: that name is the `capacity()` call of the SDK surface.
-        self.capacity_loop = CapacityLoop(self.config, self.ledger)
+        self.capacity_loop = CapacityLoop(self.config, self.ledger, autoscale_ray.RayAutoscalerAdapter(),
+                                          record=autoscale_ray.record_capacity)
         self.cycles = 0
         self.last_report: dict[str, float] = {}
         self._stop = threading.Event()
