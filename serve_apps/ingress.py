@@ -138,6 +138,12 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
         if real is None:
             raise ValueError("the HAProxy edge needs an HAProxy binary (see serve.ingress 'haproxy')")
         values.update(haproxy_edge.install_edge(run_dir, haproxy_edge_rates, real, sys.executable))
+    if haproxy_edge_rates is None:
+        # An earlier cluster's HAProxy edge (its wrapper and map, removed with its directory)
+        # must not reach this one's Serve.
+        if os.path.basename(env.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")) == haproxy_edge.WRAPPER:
+            env.pop("RAY_SERVE_HAPROXY_BINARY_PATH")
+        env.pop(haproxy_edge.MAP_ENV, None)
     env.update(values)
     install_env(env)
     if environ is None:

@@ -142,3 +142,18 @@ def test_admission_settings_carry_the_edge_rates_only_when_configured():
     on = config(serve={"enabled": True, "edge": "haproxy"})
     assert AdmissionSettings.from_config(on, "gw").haproxy_edge == desk_rates(on)
     assert AdmissionSettings.from_config(config(serve={"enabled": True}), "gw").haproxy_edge is None
+
+
+def test_a_cluster_without_the_edge_drops_an_earlier_clusters_wrapper(monkeypatch):
+    from serve_apps.haproxy_edge import MAP_ENV, WRAPPER, DeskRate, credential_key
+
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/opt/haproxy")
+    env: dict = {}
+    first = ingress.install("haproxy", env, ports(), haproxy_edge_rates={credential_key("a"): DeskRate(5, 5)})
+    ingress.remove_run_dir(first)
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith(WRAPPER) and MAP_ENV in env
+    second = ingress.install("haproxy", env, ports())
+    try:
+        assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in env and MAP_ENV not in env
+    finally:
+        ingress.remove_run_dir(second)
