@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from rayfin.runner import job_context
+from rayfin.context import job_context
 
 
 @dataclass(frozen=True)
