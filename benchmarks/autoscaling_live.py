@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from rayfin.autoscale import AutoscaleState, Observations, parse_autoscaling, step
-from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
+from rayfin.controller.autoscale_ray import RayAutoscalerAdapter
 from rayfin.cluster import free_port_range
 from rayfin.forecast import ForecastParams, init, update
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from rayfin.context import job_context
+
 
 @dataclass(frozen=True)
 class Gang:
@@ -43,8 +45,4 @@ def leave(gang: Gang, started_here: bool) -> None:
 
 def context():
     """rayfin's job context, or None when run by hand."""
-    try:
-        from rayfin.runner import job_context
-    except ImportError:
-        return None
     return job_context()

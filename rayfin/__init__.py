@@ -5,7 +5,7 @@ Public SDK: `connect`, `Client`, `Job`, `JobStatus`, `JobState`, `job_context`, 
 from rayfin.errors import (ConfigError, ControllerUnavailable, InvalidRequest, JobFailed, JobNotFound, JobTimeout,
                            QuotaExceeded, RayfinError, Unauthorized, UnknownDesk)
 from rayfin.policy.model import JobState, Priority
-from rayfin.runner import job_context
+from rayfin.context import job_context
 from rayfin.sdk import Client, Job, JobStatus, connect
 
 __version__ = "0.1.0"

@@ -135,9 +135,10 @@ def free_port_range(count: int, rng: random.Random | None = None) -> int:
 
 class IngressSetup(Protocol):
     """How HTTP reaches Serve's replicas, set in the environment before Ray starts (Serve reads
-    it from each process's environment): `serve_apps.ingress` is one."""
+    it from each process's environment): `serve_apps.ingress` is one. `install_from_config`
+    reads `serve.ingress` and `serve.edge`."""
 
-    def install(self, ingress: str) -> dict[str, str]: ...
+    def install_from_config(self, config: RayfinConfig) -> dict[str, str]: ...
 
     def remove_run_dir(self, values: dict[str, str]) -> None: ...
 
@@ -172,7 +173,7 @@ class LocalCluster:
         # from each process's environment.
         if self.ingress is not None:
             try:
-                self.ingress_env = self.ingress.install(self.config.serve.ingress)
+                self.ingress_env = self.ingress.install_from_config(self.config)
             except ValueError as exc:   # no HAProxy here, or a conflicting variable: the field to change
                 raise ConfigError(str(exc), path="serve.ingress") from None
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.

@@ -27,6 +27,8 @@ from rayfin.telemetry.config import TelemetryConfig
 
 # How HTTP reaches the model replicas (serve_apps/ingress.py): written once, here.
 Ingress = Literal["haproxy", "proxy"]
+# Where a desk far beyond its quota is refused first (docs/serving.md, "Refusal inside HAProxy").
+Edge = Literal["python", "haproxy"]
 
 
 class LinkBandwidths(ConfigModel):
@@ -255,6 +257,18 @@ class ServeConfig(ConfigModel):
         True, description="refuse a desk beyond its whole request rate and burst before Serve handles the "
         "request (ASGI middleware in each gated replica's HTTP server with 'haproxy', in Serve's proxy or "
         "its request router with 'proxy'); replicas still account quotas exactly")
+    edge: Edge = Field(
+        "python", description="where a desk beyond its quota is refused first: 'python' (the edge_shedding "
+        "filter in Python) or 'haproxy' (also rules inside Serve's HAProxy, keyed by the credential's hash, "
+        "that refuse before Python sees the request and follow quota changes at run time; needs "
+        "ingress 'haproxy'); either way admission in the replicas stays the exact authority")
+
+    @model_validator(mode="after")
+    def _edge_needs_haproxy(self) -> "ServeConfig":
+        if self.edge == "haproxy" and self.ingress != "haproxy":
+            raise ValueError(f"serve.edge 'haproxy' refuses inside Serve's HAProxy ingress, but serve.ingress is "
+                             f"{self.ingress!r}; set serve.ingress: haproxy or serve.edge: python")
+        return self
 
 
 class ApiConfig(ConfigModel):

@@ -17,6 +17,7 @@ from rayfin.errors import QuotaExceeded
 from rayfin.sdk import Client, Job, JobStatus, connect
 from rayfin.tables import job_lines, usage_lines
 from rayfin.up import bring_up, with_ledger
+from serve_apps.demo import demo_calls
 
 
 def _p(msg: str) -> None:
@@ -118,13 +119,8 @@ def run_demo(config_path: str | Path, serve: bool = True, timeout_s: float = 300
         _p("\n".join(usage_lines(admin.usage())))
         if run.serve_url:
             _p(f"\ninference over HTTP at {run.serve_url}:")
-            try:  # lazy and guarded: the demo runs its batch jobs without the serving package too
-                from serve_apps.demo import demo_calls
-
-                for line in demo_calls(cfg, run.serve_url):
-                    _p("  " + line)
-            except ImportError as exc:
-                _p(f"  (serve demo unavailable: {exc})")
+            for line in demo_calls(cfg, run.serve_url):
+                _p("  " + line)
         _p(f"\ndashboard: {run.dashboard_url}")
         failed = [j for j in submitted if j.status().state.value != "SUCCEEDED"]
         _p(f"demo finished in {time.monotonic() - t0:.1f}s; {len(submitted) - len(failed)}/{len(submitted)} "

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from placement.ranks import WorkerRuleError, worker_count
@@ -79,16 +79,25 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
+    # The JSON schemas below are the wire form (the API's OpenAPI document is built from them);
+    # the validators take that form and hold the typed value.
     kind: Literal["callable", "entrypoint"]
     payload: bytes | str
-    name: str = ""
+    name: Annotated[str, WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})] = ""
     comm: CommProfile = CommProfile.NONE
-    retries: int | None = None
-    job_id: str | None = None
-    gpus: int = 1
-    priority: Priority | None = None
-    workers: int = 1
-    dist_backend: DistBackend | None = "auto"
+    retries: Annotated[int | None, WithJsonSchema({"anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES}, {"type": "null"}]})] = Field(
+        None, description="null: the configured default")
+    job_id: Annotated[str | None, WithJsonSchema({"anyOf": [{"type": "string", "pattern": JOB_ID_PATTERN},
+                                                             {"type": "null"}]})] = Field(
+        None, description="client-chosen id '<desk>-<hex>': a retried submission is idempotent")
+    gpus: Annotated[int, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_GPUS_PER_JOB})] = 1
+    priority: Annotated[Priority | None, WithJsonSchema({"anyOf": [
+        {"type": "string", "enum": [p.label for p in sorted(Priority, reverse=True)]}, {"type": "null"}]})] = Field(
+        None, description="null: the configured default")
+    workers: Annotated[int, WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "per_gpu"}]})] = Field(
+        1, description="worker processes (ranks): a count >= 1 or 'per_gpu'")
+    dist_backend: DistBackend | None = Field("auto", description="torch.distributed backend; null: none")
 
     @field_validator("kind", mode="before")
     @classmethod

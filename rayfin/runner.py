@@ -31,12 +31,18 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
-_CONTEXT: "JobContext | None" = None
+import ray
+import ray.util
+from ray import cloudpickle
+from ray.exceptions import RayError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rayfin.context import JobContext, job_context, set_job_context
+
 _PR_SET_PDEATHSIG = 1
 STOP_WAIT_S = 3.0        # after one rank fails: how long the others get to stop before they are killed
 MONITOR_INTERVAL_S = 0.25
@@ -45,60 +51,6 @@ SETTLE_S = 1.0          # after a rank fails: wait this long for a peer's death 
 
 class RunnerAccessDenied(PermissionError):
     """A call to a job's runner without the job's secret (only the controller holds it)."""
-
-
-@dataclass
-class JobContext:
-    job_id: str
-    desk: str
-    gpus: float
-    placement: tuple[tuple[str, float], ...]
-    placement_group_name: str
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    node_rank: int = 0
-    checkpoint_dir: str = ""
-    attempt: int = 0
-    stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
-    progress: float = 0.0
-
-    def should_stop(self) -> bool:
-        """True once rayfin asked this job to stop (preemption grace or cancel)."""
-        return self.stop_event.is_set()
-
-    def should_stop_all(self) -> bool:
-        """`should_stop()` agreed by every rank (an all-reduce of the flag): call it at the same
-        step on every rank, so all ranks leave the training loop at the same step and none is left
-        waiting in a collective. Without a process group it is `should_stop()`."""
-        try:
-            import torch
-            import torch.distributed as dist
-        except ImportError:
-            return self.should_stop()
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.should_stop()
-        flag = torch.tensor([1.0 if self.should_stop() else 0.0])
-        if dist.get_backend() == "nccl":
-            flag = flag.cuda()
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
-
-    def report_progress(self, fraction: float) -> None:
-        """Report progress in [0, 1]; `rayfin watch` and `job.status()` show rank 0's."""
-        self.progress = max(0.0, min(1.0, float(fraction)))
-
-    @property
-    def placement_group(self) -> Any:
-        import ray.util
-
-        return ray.util.get_placement_group(self.placement_group_name)
-
-
-def job_context() -> JobContext | None:
-    """The context of the rayfin job this code runs in, or None outside a job."""
-    return _CONTEXT
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -187,8 +139,6 @@ def _free_port() -> int:
 
 
 def _node_ip() -> str:
-    import ray.util
-
     return str(ray.util.get_node_ip_address())
 
 
@@ -224,8 +174,6 @@ class _Rank:
         self.env: dict[str, str] = {}
 
     def describe(self) -> dict[str, Any]:
-        import ray
-
         rc = ray.get_runtime_context()
         labels = rc.get_node_labels() or {}
         return {"rank": self.ctx.rank, "node_id": rc.get_node_id(), "island": labels.get("rayfin.io/island", ""),
@@ -235,8 +183,6 @@ class _Rank:
     @staticmethod
     def _island() -> str:
         try:
-            import ray
-
             return str((ray.get_runtime_context().get_node_labels() or {}).get("rayfin.io/island", ""))
         except Exception:  # noqa: BLE001 - outside Ray (unit tests)
             return ""
@@ -285,14 +231,11 @@ class _Rank:
             proc.send_signal(signal.SIGTERM)
 
     def _run(self, dist_backend: str | None) -> None:
-        global _CONTEXT
-        _CONTEXT = self.ctx
+        set_job_context(self.ctx)
         try:
             if self.ctx.checkpoint_dir:
                 Path(self.ctx.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             value = self._run_entrypoint() if self.kind == "entrypoint" else self._run_callable(dist_backend)
-            from ray import cloudpickle
-
             blob = cloudpickle.dumps(value)
             if len(blob) > self.max_result_bytes:
                 raise ValueError(f"result is {len(blob)} bytes; the limit is {self.max_result_bytes} "
@@ -310,8 +253,6 @@ class _Rank:
             self.ctx.progress = 1.0 if self.state == "SUCCEEDED" else self.ctx.progress
 
     def _run_callable(self, dist_backend: str | None) -> Any:
-        from ray import cloudpickle
-
         fn, args, kwargs = cloudpickle.loads(self.payload)
         if not _wants_process_group(dist_backend, self.ctx.world_size):
             return fn(*args, **kwargs)
@@ -462,9 +403,6 @@ class _Gang:
 
     # -- inside --
     def _launch(self) -> None:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         (job_id, desk, kind, payload, placement, pg_name, ckpt, attempt, max_result, max_log) = self._spec
         if self.world_size > 1:
             pg = ray.util.get_placement_group(pg_name)
@@ -521,9 +459,6 @@ class _Gang:
 
     def _poll_ranks(self) -> dict[int, str]:
         """One poll of every running rank; returns the ranks whose worker died, with why."""
-        import ray
-        from ray.exceptions import RayError
-
         refs = {w.poll.remote(self._secret, self._offsets[r + 1]): r + 1 for r, w in enumerate(self.workers)
                 if self.rank_state[r + 1] == "RUNNING"}
         replies: dict[int, dict[str, Any]] = {0: self.rank0.poll(self._offsets[0])}
@@ -555,8 +490,6 @@ class _Gang:
 
     def _fail(self, rank: int, state: str, error: str) -> None:
         """End the gang: tell every rank to stop, give them STOP_WAIT_S, then kill the workers."""
-        import ray
-
         if self.world_size == 1:
             self.error = error
         else:

@@ -297,7 +297,8 @@ class Client:
 
 
 def spec_body(spec: JobSpec, desk: str, job_id: str, workers: Any = None) -> dict[str, Any]:
-    """The API's request body for a validated spec (`rayfin.api.models.SubmitRequest`)."""
+    """The API's request body for a validated spec (`rayfin.api.models.SubmitRequest`: the same
+    JobSpec in its wire form)."""
     body: dict[str, Any] = {"desk": desk, "kind": spec.kind, "gpus": spec.gpus, "name": spec.name or None,
                             "comm": spec.comm.value, "retries": spec.retries, "job_id": job_id,
                             "priority": spec.priority.label if spec.priority is not None else None,

@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from rayfin.config import RayfinConfig
 from serve_apps.access import AccessPolicy, ModelEntry, bearer_of, header_value
 from serve_apps.edge_asgi import desk_of
+from serve_apps.haproxy_edge import DeskRate, desk_rates
 from serve_apps.quota import (DeskBudget, Grant, LeaseRequest, LocalLease, QuotaSpec, Refusal, Shortage,
                               decide_grant)
 from serve_apps.schemas import REQUEST_SCHEMAS, rows_of
@@ -65,6 +66,9 @@ class AdmissionSettings:
     holder_ttl_s: float = 5.0
     # HAProxy ingress: each replica sheds floods in the middleware of its own HTTP server.
     edge_in_replica: bool = False
+    # `serve.edge: haproxy`: the HAProxy edge's rates (credential hash -> rate), which the
+    # broker pushes to the running HAProxy whenever it is built with them.
+    haproxy_edge: Mapping[str, DeskRate] | None = None
 
     @classmethod
     def from_config(cls, config: RayfinConfig, broker_app: str) -> "AdmissionSettings":
@@ -82,6 +86,7 @@ class AdmissionSettings:
             # A replica silent this long has its permits taken back by the broker.
             holder_ttl_s=max(5.0, 10 * sc.quota_sync_interval_s),
             edge_in_replica=sc.edge_shedding and sc.ingress == "haproxy",
+            haproxy_edge=desk_rates(config) if sc.edge == "haproxy" else None,
         )
 
 

@@ -9,6 +9,9 @@
                  per desk and replica, not one per request. Serve restarts it if it dies; a
                  fresh broker starts every desk with a full central bucket (at most one extra
                  central burst), and replicas live on their own shares while it is unreachable.
+                 With `serve.edge: haproxy` it also pushes the desks' rates to the running
+                 HAProxy when it starts: a redeploy with changed quotas builds a new broker, so
+                 the edge follows the change without a restart (haproxy_edge.apply_rates).
     Gateway      the gateway application at "/": GET /v1/models, GET /v1/quota, GET /healthz,
                  and a predict request for a model no application serves (404, or 503 while its
                  application is down), with the same checks and status codes as GatedModel.
@@ -17,6 +20,7 @@ No `from __future__ import annotations` here: FastAPI reads the route methods' a
 (`request: Request`) at import, and strings it cannot resolve become query parameters.
 """
 import functools
+import logging
 import time
 from typing import Any
 
@@ -26,13 +30,14 @@ from starlette.requests import Request as StarletteRequest
 
 from rayfin.config import ServeModelConfig
 from rayfin.telemetry.serving import count_edge_refusal, request_span
-from serve_apps import edge_asgi
+from serve_apps import edge_asgi, haproxy_edge
 from serve_apps.admission import (Admission, AdmissionSettings, LocalBroker, error_response, replicas_of)
 from serve_apps.edge import EdgeFilter
 from serve_apps.model_server import ModelServer
 from serve_apps.quota import Grant, LeaseRequest
 
 BROKER_DEPLOYMENT = "QuotaBroker"
+log = logging.getLogger(__name__)
 
 
 def predict_route(model: str) -> str:
@@ -90,6 +95,12 @@ class GatedModel(ModelServer.func_or_class):
 class QuotaBroker:
     def __init__(self, settings: AdmissionSettings) -> None:
         self._broker = LocalBroker.from_settings(settings)
+        self.edge_update = None
+        if settings.haproxy_edge is not None:
+            self.edge_update = haproxy_edge.apply_rates_here(settings.haproxy_edge)
+            if self.edge_update is not None and not self.edge_update.ok:
+                # The map file is rewritten either way (a reload reads it); admission still holds.
+                log.warning("HAProxy edge not updated on %s", self.edge_update.failed)
 
     async def lease(self, requests: list[LeaseRequest]) -> list[Grant]:
         return self._broker.lease(requests)

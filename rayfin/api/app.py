@@ -20,7 +20,6 @@ decides, as it did for the Ray-driver SDK.
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +33,6 @@ from rayfin.api.errors import body_of, headers_of, status_of
 from rayfin.api.models import (DESK_PATTERN, AuditEvent, ErrorReply, ExplainView, Health, JobView, LogsView,
                                PolicingView, PoolRow, ResultsView, ResultView, State, SubmitRequest, UsageRow)
 from rayfin.errors import InvalidRequest, PayloadTooLarge, RayfinError, Unauthorized
-from rayfin.jobspec import JobSpec
 
 if TYPE_CHECKING:   # the API process reads the config section; the app itself does not need it
     from rayfin.config import ApiConfig
@@ -118,14 +116,17 @@ def _validation_error(exc: RequestValidationError) -> tuple[RayfinError, int]:
     if first.get("type") == "json_invalid":
         return InvalidRequest(f"body is not valid JSON ({first.get('msg', '')})", field="body", value=None,
                               allowed="a JSON object"), 400
+    ctx = first.get("ctx") or {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    field = ".".join(loc) or "body"
-    value = first.get("input")
+    # JobSpec's own refusals name the field (as the caller sent it) in their context.
+    field = str(ctx.get("field") or ".".join(loc) or "body")
+    value = ctx["value"] if "value" in ctx else first.get("input")
     value = value if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
     if isinstance(value, str) and len(value) > 80:
         value = value[:80] + "..."
+    allowed = str(ctx.get("allowed") or first.get("msg", ""))
     return InvalidRequest(f"invalid {field}: {first.get('msg', 'not allowed')}", field=field, value=value,
-                          allowed=str(first.get("msg", ""))), 422
+                          allowed=allowed), 422
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -145,35 +146,21 @@ def _install_error_handlers(app: FastAPI) -> None:
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-def decode_payload(payload_b64: str, limit: int) -> bytes:
-    if len(payload_b64) > limit * BASE64_OVERHEAD + 4:
-        raise PayloadTooLarge(field="payload_b64", size=int(len(payload_b64) / BASE64_OVERHEAD), limit=limit)
-    try:
-        raw = base64.b64decode(payload_b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(field="payload_b64", value=payload_b64[:40], allowed="standard base64") from None
-    if not raw:
-        raise InvalidRequest(field="payload_b64", value="", allowed="a non-empty cloudpickled (fn, args, kwargs)")
-    if len(raw) > limit:
-        raise PayloadTooLarge(field="payload_b64", size=len(raw), limit=limit)
-    return raw
-
-
 def controller_spec(req: SubmitRequest, limits: ApiLimits) -> dict[str, Any]:
-    """The controller's submit spec, checked as a `JobSpec` here (a bad one is a 422 naming the
-    field before the controller is called). `workers` and `dist_backend` go only when not the
-    defaults, so a controller without gang workers (which refuses unknown fields) still takes a
-    plain job."""
-    payload: bytes | str = (decode_payload(req.payload_b64 or "", limits.max_payload_bytes)
-                            if req.kind == "callable" else req.entrypoint or "")
-    spec: dict[str, Any] = {"kind": req.kind, "payload": payload, "gpus": req.gpus, "priority": req.priority,
+    """The controller's submit spec from a request FastAPI has validated as a `JobSpec`
+    (`SubmitRequest`), with the API's own payload limit. `workers` and `dist_backend` go only
+    when not the defaults, so a controller without gang workers (which refuses unknown fields)
+    still takes a plain job."""
+    if isinstance(req.payload, bytes) and len(req.payload) > limits.max_payload_bytes:
+        raise PayloadTooLarge(field="payload_b64", size=len(req.payload), limit=limits.max_payload_bytes)
+    spec: dict[str, Any] = {"kind": req.kind, "payload": req.payload, "gpus": req.gpus,
+                            "priority": req.priority.label if req.priority is not None else None,
                             "name": req.name or ("entrypoint" if req.kind == "entrypoint" else "job"),
-                            "comm": req.comm, "retries": req.retries, "job_id": req.job_id}
+                            "comm": req.comm.value, "retries": req.retries, "job_id": req.job_id}
     if req.workers != 1:
         spec["workers"] = req.workers
     if req.dist_backend != "auto":
         spec["dist_backend"] = req.dist_backend
-    JobSpec.parse(spec)
     return spec
 
 
@@ -271,4 +258,4 @@ def _view_routes(app: FastAPI, port: ControllerPort) -> None:
         return await port.call("policing", bearer(request))
 
 
-__all__ = ["ApiLimits", "ControllerPort", "build_app", "bearer", "controller_spec", "decode_payload", "HOW_TO_AUTH"]
+__all__ = ["ApiLimits", "ControllerPort", "build_app", "bearer", "controller_spec", "HOW_TO_AUTH"]

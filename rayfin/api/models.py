@@ -4,17 +4,19 @@ from them). Bytes travel as standard base64 in JSON: a callable's cloudpickled
 never unpickles either: only the job's own runner and the submitting client do."""
 from __future__ import annotations
 
-from typing import Any, Literal
+import base64
+import binascii
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
-from rayfin.jobspec import JOB_ID_PATTERN, MAX_ENTRYPOINT, MAX_GPUS_PER_JOB, MAX_NAME, MAX_RETRIES, DistBackend
+from rayfin.jobspec import MAX_ENTRYPOINT, JobSpec
 
 DESK_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 B64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
 
-# The wire form of a `rayfin.jobspec.JobSpec` (the payload as base64 or a command line); its
-# bounds come from there, and the route turns it into a JobSpec (`api.app.controller_spec`).
 Priority = Literal["critical", "normal", "batch"]
 Comm = Literal["none", "allreduce"]
 State = Literal["PENDING", "ADMITTED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"]
@@ -28,35 +30,62 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class SubmitRequest(_In):
-    """A job for `desk`: a callable (`payload_b64`) or a command line (`entrypoint`)."""
+def _body_error(allowed: str) -> PydanticCustomError:
+    return PydanticCustomError("rayfin", "{allowed}", {"field": "body", "allowed": allowed})
+
+
+class SubmitRequest(JobSpec):
+    """A job for `desk`: a callable (`payload_b64`) or a command line (`entrypoint`).
+
+    The submission model itself (`rayfin.jobspec.JobSpec`) in its wire form: the desk, and the
+    payload as base64 or a command line. Every rule is JobSpec's, checked once as FastAPI reads
+    the body; a refusal names the field as the caller sent it (`payload_b64`, `entrypoint`)."""
 
     desk: str = Field(..., pattern=DESK_PATTERN)
-    kind: Literal["callable", "entrypoint"]
+    payload: SkipJsonSchema[bytes | str] = Field(b"", exclude=True)     # set from the two below
     payload_b64: str | None = Field(None, pattern=B64_PATTERN,
                                     description="kind=callable: base64 of cloudpickle.dumps((fn, args, kwargs))")
     entrypoint: str | None = Field(None, min_length=1, max_length=MAX_ENTRYPOINT,
                                    description="kind=entrypoint: the command line to run")
-    gpus: int = Field(1, ge=1, le=MAX_GPUS_PER_JOB)
-    priority: Priority | None = Field(None, description="null: the configured default")
-    name: str | None = Field(None, min_length=1, max_length=MAX_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-    comm: Comm = "none"
-    retries: int | None = Field(None, ge=0, le=MAX_RETRIES, description="null: the configured default")
-    workers: int | Literal["per_gpu"] = Field(1, description="worker processes (ranks): a count >= 1 or "
-                                                            "'per_gpu'")
-    dist_backend: DistBackend | None = Field("auto", description="torch.distributed backend; null: none")
-    job_id: str | None = Field(None, pattern=JOB_ID_PATTERN,
-                               description="client-chosen id '<desk>-<hex>': a retried submission is idempotent")
 
-    @model_validator(mode="after")
-    def _payload_matches_kind(self) -> "SubmitRequest":
-        if self.kind == "callable" and (self.payload_b64 is None or self.entrypoint is not None):
-            raise ValueError("kind 'callable' needs payload_b64 and no entrypoint")
-        if self.kind == "entrypoint" and (self.entrypoint is None or self.payload_b64 is not None):
-            raise ValueError("kind 'entrypoint' needs entrypoint and no payload_b64")
-        if isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers < 1:
-            raise ValueError("workers: a count >= 1 or 'per_gpu'")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _wire(cls, data: Any) -> Any:
+        """`payload_b64` or `entrypoint`, as `kind` says, becomes JobSpec's `payload`."""
+        if not isinstance(data, Mapping):
+            return data                          # JobSpec refuses it, naming the field
+        data = dict(data)
+        if "payload" in data:
+            raise PydanticCustomError("rayfin", "{allowed}", {"field": "payload", "allowed": "payload_b64 "
+                                      "(kind callable) or entrypoint (kind entrypoint)"})
+        kind, b64, command = data.get("kind"), data.pop("payload_b64", None), data.pop("entrypoint", None)
+        if kind == "callable":
+            if b64 is None or command is not None:
+                raise _body_error("kind 'callable' needs payload_b64 and no entrypoint")
+            data["payload"] = _decode(b64)
+        elif kind == "entrypoint":
+            if command is None or b64 is not None:
+                raise _body_error("kind 'entrypoint' needs entrypoint and no payload_b64")
+            data["payload"] = command
+        workers = data.get("workers", 1)
+        if isinstance(workers, int) and not isinstance(workers, bool) and workers < 1:
+            raise _body_error("workers: a count >= 1 or 'per_gpu'")
+        return data
+
+
+def _decode(payload_b64: Any) -> bytes:
+    """Standard base64 to bytes; the size limit is the API's (`api.app.controller_spec`)."""
+    if not isinstance(payload_b64, str):
+        raise PydanticCustomError("rayfin", "{allowed}", {"field": "payload_b64", "allowed": "standard base64"})
+    try:
+        raw = base64.b64decode(payload_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise PydanticCustomError("rayfin", "{allowed}", {"field": "payload_b64", "allowed": "standard base64",
+                                                          "value": payload_b64[:40]}) from None
+    if not raw:
+        raise PydanticCustomError("rayfin", "{allowed}", {"field": "payload_b64", "value": "",
+                                                          "allowed": "a non-empty cloudpickled (fn, args, kwargs)"})
+    return raw
 
 
 class JobView(_Out):

@@ -6,8 +6,8 @@ Controller-facing API (pure; the controller persists `state.to_dict()`):
     state = AutoscaleState.from_dict(persisted)             # or AutoscaleState()
     request, state = step(state, Observations(pool_demand_gpus={"risk": 6.0},
                                               desk_request_rate={"fx": 40.0}), now, settings)
-    adapter.apply(request)                                  # RayAutoscalerAdapter: request_resources
-    metrics.record_capacity(request)                        # forecast vs actual gauges
+    adapter.apply(request)            # rayfin.controller.autoscale_ray.RayAutoscalerAdapter: request_resources
+    record_capacity(request)          # rayfin.controller.autoscale_ray: forecast vs actual gauges
 
     plan = plan_drain(nodes, {pool: plan.forecast_gpus for pool, plan in request.pools.items()},
                       DrainParams(), now)                    # which nodes to drain / release

@@ -13,7 +13,8 @@ over the next `lead_time_s` (a node's start time), times (1 + headroom); (4) the
 for `release_after_s`; (5) the pool's request is that many bundles. Pools not listed under
 `autoscaling.pools` are forecast and reported but get no request.
 
-The request is a value: `CapacityRequest.bundles()` is what `ray_adapter` passes to
+The request is a value: `CapacityRequest.bundles()` is what the controller's adapter
+(rayfin.controller.autoscale_ray) passes to
 `ray.autoscaler.sdk.request_resources` (one global request for all pools, as Ray keeps only
 the latest). The state is a value too: `to_dict()` is JSON-safe for the controller to persist.
 """

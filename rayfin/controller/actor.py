@@ -16,14 +16,17 @@ import ray
 
 from placement.topology import Topology
 from rayfin.config import RayfinConfig, parse_config
+from rayfin.controller import autoscale_ray
 from rayfin.controller.capacity import CapacityLoop
 from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import open_ledger
 from rayfin.controller.patrol import Patrol
+from rayfin.controller.police_ray import RayPolice
 from rayfin.controller.ray_backend import RayBackend
 from rayfin.controller.recorder import Recorder
 from rayfin.errors import RayfinError
 from rayfin.reasons import ReasonCode
+from rayfin.telemetry.recorder import TelemetryRecorder
 
 log = logging.getLogger("rayfin.controller")
 
@@ -49,7 +52,8 @@ class RayfinController:
                                    deploy_key=deploy_key)
         self.recovery = self.core.recover()
         # Not `self.capacity`: that name is the `capacity()` call of the SDK surface.
-        self.capacity_loop = CapacityLoop(self.config, self.ledger)
+        self.capacity_loop = CapacityLoop(self.config, self.ledger, autoscale_ray.RayAutoscalerAdapter(),
+                                          record=autoscale_ray.record_capacity)
         self.cycles = 0
         self.last_report: dict[str, float] = {}
         self._stop = threading.Event()
@@ -70,9 +74,6 @@ class RayfinController:
         """Policing of GPU use outside rayfin, on its own thread (state API calls take a while)."""
         if self.config.policing.mode == "off":
             return None
-        # Imported only when policing is on: it needs Ray's state API (the dashboard).
-        from rayfin.controller.police_ray import RayPolice
-
         # Model applications as `rayfin up` names them (rayfin-model-<m>) and as the RayService does (model-<m>)
         apps = frozenset(n for m in self.config.serve.models for n in (f"rayfin-model-{m.name}", f"model-{m.name}"))
         patrol = Patrol(self.config.policing, self.core, RayPolice(self.config.controller.namespace, apps))
@@ -89,10 +90,6 @@ class RayfinController:
         return patrol
 
     def _recorder(self) -> Recorder | None:
-        try:
-            from rayfin.telemetry.recorder import TelemetryRecorder  # optional: observability package
-        except ImportError:
-            return None
         return TelemetryRecorder(self.config)
 
     def _loop(self) -> None:

@@ -1,7 +1,8 @@
 """The capacity loop: asks Ray's autoscaler for capacity ahead of forecast demand, per desk
 pool, once per forecast bin. The planner is pure (`rayfin.autoscale.step`); its state is
-persisted in the ledger so a restarted controller keeps its history. The adapter to Ray is
-injected (tests pass a fake; the default calls `ray.autoscaler.sdk.request_resources`)."""
+persisted in the ledger so a restarted controller keeps its history. The adapter to Ray and the
+gauges are injected: the controller actor passes rayfin.controller.autoscale_ray's, tests fakes,
+so this module imports no Ray."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,6 @@ import logging
 from typing import Any, Callable, Protocol
 
 from rayfin.autoscale import AutoscaleState, CapacityRequest, Observations, parse_autoscaling, step
-from rayfin.autoscale import metrics as autoscale_metrics
-from rayfin.autoscale.ray_adapter import RayAutoscalerAdapter
 from rayfin.config import RayfinConfig
 from rayfin.controller.ledger import Ledger
 from rayfin.errors import RayfinError
@@ -25,13 +24,13 @@ class CapacityAdapter(Protocol):
 class CapacityLoop:
     KEY = "autoscale_state"
 
-    def __init__(self, config: RayfinConfig, ledger: Ledger, adapter: CapacityAdapter | None = None,
-                 record: Callable[[CapacityRequest], None] = autoscale_metrics.record_capacity) -> None:
+    def __init__(self, config: RayfinConfig, ledger: Ledger, adapter: CapacityAdapter,
+                 record: Callable[[CapacityRequest], None]) -> None:
         self.settings = parse_autoscaling(config.autoscaling)
         self.ledger = ledger
         raw = ledger.get_kv(self.KEY)
         self.state = AutoscaleState.from_dict(json.loads(raw)) if raw else AutoscaleState()
-        self.adapter: CapacityAdapter = adapter if adapter is not None else RayAutoscalerAdapter()
+        self.adapter = adapter
         self.record = record
         self.next_at = 0.0
         self.last_request: CapacityRequest | None = None

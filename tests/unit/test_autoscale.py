@@ -14,7 +14,7 @@ from rayfin.autoscale import (
     parse_autoscaling,
     step,
 )
-from rayfin.autoscale.ray_adapter import AutoscalerUnavailable, RayAutoscalerAdapter
+from rayfin.controller.autoscale_ray import AutoscalerUnavailable, RayAutoscalerAdapter
 from rayfin.errors import ConfigError
 from rayfin.forecast import ForecastParams, init, update
 

@@ -97,7 +97,7 @@ def test_calibrated_policy_keeps_its_margin_in_policy_state_and_resumes_from_a_d
 
 
 def test_record_drain_sets_per_pool_gauges(monkeypatch):
-    from rayfin.autoscale import metrics
+    from rayfin.controller import autoscale_ray as metrics
     from rayfin.autoscale.drain import DrainParams, NodeLoad, ReleaseAccount, account, plan_drain
 
     class G:

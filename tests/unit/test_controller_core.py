@@ -397,7 +397,7 @@ class _Adapter:
         self.sent, self.fail = [], fail
 
     def apply(self, request):
-        from rayfin.autoscale.ray_adapter import AutoscalerUnavailable
+        from rayfin.controller.autoscale_ray import AutoscalerUnavailable
 
         if self.fail:
             raise AutoscalerUnavailable(bundles=1, reason="no autoscaler")

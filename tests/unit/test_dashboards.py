@@ -21,10 +21,10 @@ _DECL = re.compile(r"""(?:Gauge|Counter|Histogram|_gauge|_counter|_histogram)\(\
 
 
 def other_exported_names() -> set[str]:
-    """Metrics declared outside rayfin.telemetry (autoscaler, forecaster, serve apps), read from
+    """Metrics declared outside rayfin.telemetry (the autoscaler seam beside the controller, forecaster, serve apps), read from
     their source: ray.util.metrics names, as Prometheus sees them."""
     names: set[str] = set()
-    for folder in ("rayfin/autoscale", "rayfin/forecast", "serve_apps"):
+    for folder in ("rayfin/controller", "rayfin/autoscale", "rayfin/forecast", "serve_apps"):
         for path in (ROOT / folder).rglob("*.py"):
             text = path.read_text()
             for m in _DECL.finditer(text):

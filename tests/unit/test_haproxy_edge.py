@@ -5,8 +5,9 @@ import hashlib
 
 import pytest
 
-from serve_apps.haproxy_edge import (ANCHOR, DeskRate, credential_key, frontend_rules, map_commands,
-                                     patch_template, rate_map)
+from serve_apps.haproxy_edge import (ANCHOR, MAP_ENV, SOCKET_ENV, DeskRate, admin_sockets, apply_rates,
+                                     apply_rates_here, credential_key, frontend_rules, map_commands,
+                                     parse_show_map, patch_template, rate_map)
 
 
 def test_limit_never_below_what_the_bucket_allows():
@@ -60,3 +61,73 @@ def test_bad_rule_settings_name_the_field(kw, field):
 def test_slack_below_one_is_refused():
     with pytest.raises(ValueError, match="slack"):
         rate_map({}, 10, 0.5)
+
+
+# ---- runtime updates: what `apply_rates` sends a running HAProxy ---------------------------------
+
+def test_show_map_answer_is_read_back_as_limits():
+    a, b = credential_key("a"), credential_key("b")
+    answer = f"0x55d5e0d8a0f0 {a} 110\n0x55d5e0d8a1a0 {b} 22\n\n"
+    assert parse_show_map(answer) == {a: 110, b: 22}
+    assert parse_show_map("Unknown map identifier. Please use #<id> or <file>.\n") == {}
+
+
+class FakeHAProxy:
+    """An admin socket's answers: `show map` lists what it holds, map commands change it."""
+
+    def __init__(self, held: dict[str, int]) -> None:
+        self.held = dict(held)
+        self.seen: list[str] = []
+
+    def __call__(self, sock: str, cmd: str) -> str:
+        self.seen.append(cmd)
+        verb, _, _, *rest = cmd.split()
+        if verb == "show":
+            return "".join(f"0x{i:x} {k} {v}\n" for i, (k, v) in enumerate(self.held.items()))
+        if verb in ("set", "add"):
+            self.held[rest[0]] = int(rest[1])
+        else:
+            self.held.pop(rest[0])
+        return "\n"
+
+
+def test_apply_rates_turns_what_haproxy_holds_into_the_new_map(tmp_path):
+    a, b, c = (credential_key(t) for t in ("a", "b", "c"))
+    map_path = str(tmp_path / "rates.map")
+    # HAProxy holds a at 110 and b; the new quotas lower a to 1/s burst 1 and add c.
+    haproxy = FakeHAProxy({a: 110, b: 22})
+    new = {a: DeskRate(1, 1), c: DeskRate(5, 5)}
+    update = apply_rates(map_path, new, ["/s1"], call=haproxy)
+    assert update.ok
+    # a: 2 x (1 + 1 x 10) = 22; c: 2 x (5 + 5 x 10) = 110; b gone
+    assert haproxy.held == {a: 22, c: 110}
+    sent = update.sent["/s1"]
+    assert sent[0] == f"del map {map_path} {b}"          # deletions first, then each key once
+    assert sorted(sent[1:]) == sorted([f"set map {map_path} {a} 22", f"add map {map_path} {c} 110"])
+    assert open(map_path).read() == rate_map(new)          # a reload reads the same limits
+    # Applied again, nothing to send: it starts from what HAProxy holds.
+    assert apply_rates(map_path, new, ["/s1"], call=haproxy).sent == {"/s1": []}
+
+
+def test_apply_rates_reports_a_socket_it_could_not_update(tmp_path):
+    map_path = str(tmp_path / "rates.map")
+
+    def gone(sock, cmd):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    update = apply_rates(map_path, {credential_key("a"): DeskRate(5, 5)}, ["/gone"], call=gone)
+    assert not update.ok and "Connection refused" in update.failed["/gone"]
+    assert open(map_path).read() == f"{credential_key('a')} 110\n"     # the file still moves
+
+
+def test_apply_rates_here_finds_the_map_and_serves_per_node_sockets(tmp_path):
+    # Serve puts each HAProxy's socket under its node id: <dir>/<node id>/admin.sock
+    (tmp_path / "node1").mkdir()
+    (tmp_path / "node1" / "admin.sock").write_text("")
+    env = {MAP_ENV: str(tmp_path / "rates.map"), SOCKET_ENV: str(tmp_path / "admin.sock")}
+    assert admin_sockets(env[SOCKET_ENV]) == [str(tmp_path / "node1" / "admin.sock")]
+    haproxy = FakeHAProxy({})
+    update = apply_rates_here({credential_key("a"): DeskRate(5, 5)}, env, call=haproxy)
+    assert update is not None and list(update.sent) == [str(tmp_path / "node1" / "admin.sock")]
+    assert haproxy.held == {credential_key("a"): 110}
+    assert apply_rates_here({}, {}) is None                 # no HAProxy edge in this cluster

@@ -97,3 +97,63 @@ def test_install_can_add_the_haproxy_edge(monkeypatch, tmp_path):
         ingress.remove_run_dir(values)
     with pytest.raises(ValueError, match="HAProxy edge needs serve.ingress 'haproxy'"):
         ingress.install("proxy", {}, ports(), haproxy_edge_rates=rates)
+
+
+def test_the_config_turns_the_haproxy_edge_on(monkeypatch):
+    """`serve.edge: haproxy` is what LocalCluster (so `rayfin up`) installs: the map holds each
+    desk's credential hash and limit; `python` (the default) installs no wrapper."""
+    from rayfin.config import ServeConfig
+    from serve_apps.haproxy_edge import MAP_ENV, rate_map, desk_rates
+    from tests.support.builders import config
+
+    assert ServeConfig().edge == "python"
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/opt/haproxy")
+    cfg = config(serve={"enabled": True, "ingress": "haproxy", "edge": "haproxy"})
+    env: dict = {}
+    values = ingress.install_from_config(cfg, env, ports())
+    try:
+        assert open(env[MAP_ENV]).read() == rate_map(desk_rates(cfg))
+        assert len(desk_rates(cfg)) == len(cfg.desks)
+    finally:
+        ingress.remove_run_dir(values)
+    env = {}
+    values = ingress.install_from_config(config(serve={"enabled": True}), env, ports())
+    try:
+        assert MAP_ENV not in env and "RAY_SERVE_HAPROXY_BINARY_PATH" not in env
+    finally:
+        ingress.remove_run_dir(values)
+
+
+def test_haproxy_edge_without_haproxy_ingress_names_the_fields():
+    from rayfin.errors import ConfigError
+    from tests.support.builders import config
+
+    with pytest.raises(ConfigError, match=r"serve.*serve.edge 'haproxy'.*serve.ingress is 'proxy'"):
+        config(serve={"ingress": "proxy", "edge": "haproxy"})
+    with pytest.raises(ConfigError, match=r"serve.edge.*'python' or 'haproxy'|serve.edge.*python.*haproxy"):
+        config(serve={"edge": "nginx"})
+
+
+def test_admission_settings_carry_the_edge_rates_only_when_configured():
+    from serve_apps.admission import AdmissionSettings
+    from serve_apps.haproxy_edge import desk_rates
+    from tests.support.builders import config
+
+    on = config(serve={"enabled": True, "edge": "haproxy"})
+    assert AdmissionSettings.from_config(on, "gw").haproxy_edge == desk_rates(on)
+    assert AdmissionSettings.from_config(config(serve={"enabled": True}), "gw").haproxy_edge is None
+
+
+def test_a_cluster_without_the_edge_drops_an_earlier_clusters_wrapper(monkeypatch):
+    from serve_apps.haproxy_edge import MAP_ENV, WRAPPER, DeskRate, credential_key
+
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/opt/haproxy")
+    env: dict = {}
+    first = ingress.install("haproxy", env, ports(), haproxy_edge_rates={credential_key("a"): DeskRate(5, 5)})
+    ingress.remove_run_dir(first)
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith(WRAPPER) and MAP_ENV in env
+    second = ingress.install("haproxy", env, ports())
+    try:
+        assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in env and MAP_ENV not in env
+    finally:
+        ingress.remove_run_dir(second)

@@ -1,4 +1,16 @@
-"""Forecast vs actual as Ray metrics (Prometheus names get Ray's `ray_` prefix).
+"""The capacity planner's two seams to Ray, beside the controller that drives them: the request
+to Ray's cluster autoscaler, and the forecast gauges. The planner itself (rayfin.autoscale)
+stays pure and imports no Ray; the controller actor (actor.py) hands these to its
+`CapacityLoop`.
+
+`RayAutoscalerAdapter.apply(request)` passes `request.bundles()` to
+`ray.autoscaler.sdk.request_resources` when they differ from what was last sent (Ray keeps
+only the latest request, cluster-wide, so all pools go in one call); `release()` clears it
+with `request_resources(bundles=[])`. Tests inject `request_fn`; Ray's exceptions become
+`AutoscalerUnavailable`.
+
+Gauges (Prometheus names get Ray's `ray_` prefix), made on first use, from inside a Ray worker
+or driver (the controller loop):
 
     rayfin_desk_request_rate{desk}            actual request rate (requests/s)
     rayfin_desk_request_rate_forecast{desk}   quantile forecast over the lead time
@@ -7,12 +19,66 @@
     rayfin_pool_provisioned_gpus{pool}        GPUs requested from Ray's autoscaler
     rayfin_pool_nodes_draining{pool}, rayfin_pool_node_hours_released{pool},
     rayfin_pool_energy_saved_kwh{pool}        drain and what it gave back (record_drain)
-
-Call from inside a Ray worker or driver (the controller loop); gauges are made on first use.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ray.autoscaler.sdk import request_resources
+from ray.util.metrics import Gauge
+
+from rayfin.autoscale.drain import DrainPlan, ReleaseAccount
+from rayfin.autoscale.planner import CapacityRequest
+from rayfin.errors import RayfinError
+
+RequestFn = Callable[..., None]
+
+
+class AutoscalerUnavailable(RayfinError):
+    """request_resources failed; the previous request (if any) still stands in Ray."""
+
+    fields = ("bundles", "reason")
+
+    def __init__(self, message: str | None = None, *, bundles: int = 0, reason: str = ""):
+        super().__init__(message or (f"could not send {bundles} bundle(s) to Ray's autoscaler: {reason}; "
+                                     "to fix: check that Ray is initialised and the cluster was started with "
+                                     "an autoscaling config (capacity ahead of demand needs one)"),
+                         bundles=bundles, reason=reason)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    sent: bool                     # False: same bundles as last time, nothing sent
+    bundles: int
+    gpus: dict[str, float]
+
+
+class RayAutoscalerAdapter:
+    def __init__(self, request_fn: RequestFn | None = None) -> None:
+        self._request_fn: RequestFn = request_fn or request_resources
+        self._last: list[dict[str, float]] | None = None
+
+    def _send(self, bundles: list[dict[str, float]]) -> None:
+        try:
+            self._request_fn(bundles=bundles)
+        except Exception as exc:  # noqa: BLE001 - Ray raises several types; map them at the seam
+            raise AutoscalerUnavailable(bundles=len(bundles), reason=f"{type(exc).__name__}: {exc}") from exc
+        self._last = bundles
+
+    def apply(self, request: CapacityRequest) -> ApplyResult:
+        bundles = request.bundles()
+        if bundles == self._last:
+            return ApplyResult(False, len(bundles), request.gpus)
+        self._send(bundles)
+        return ApplyResult(True, len(bundles), request.gpus)
+
+    def release(self) -> None:
+        """Withdraw every request (e.g. at controller shutdown)."""
+        self._send([])
+
+
+# ---- forecast vs actual as Ray metrics --------------------------------------------------------
 
 _GAUGES: dict[str, Any] = {}
 
@@ -20,8 +86,6 @@ _GAUGES: dict[str, Any] = {}
 def _gauge(name: str, description: str, tag: str) -> Any:
     g = _GAUGES.get(name)
     if g is None:
-        from ray.util.metrics import Gauge
-
         g = _GAUGES[name] = Gauge(name, description=description, tag_keys=(tag,))
     return g
 
@@ -37,7 +101,7 @@ def record_desk_forecasts(actual: Mapping[str, float], forecast: Mapping[str, fl
         f.set(float(v), tags={"desk": desk})
 
 
-def record_capacity(request: Any) -> None:
+def record_capacity(request: CapacityRequest) -> None:
     """Record a `CapacityRequest`: per desk and per pool, actual, forecast and provisioned."""
     record_desk_forecasts({d: v.actual for d, v in request.desks.items()},
                           {d: v.forecast for d, v in request.desks.items()})
@@ -50,7 +114,7 @@ def record_capacity(request: Any) -> None:
         p.set(float(plan.gpus), tags={"pool": pool})
 
 
-def record_drain(plan: Any, account: Any) -> None:
+def record_drain(plan: DrainPlan, account: ReleaseAccount) -> None:
     """Record a `DrainPlan` and a `ReleaseAccount` (rayfin.autoscale.drain), per pool:
 
         rayfin_pool_nodes_draining{pool}          nodes taking no new work (draining or released)
@@ -70,3 +134,7 @@ def record_drain(plan: Any, account: Any) -> None:
     for pool in set(account.node_s) | set(draining):
         h.set(account.node_hours(pool), tags={"pool": pool})
         e.set(account.energy_kwh(pool), tags={"pool": pool})
+
+
+__all__ = ["AutoscalerUnavailable", "ApplyResult", "RayAutoscalerAdapter", "record_capacity", "record_desk_forecasts",
+           "record_drain"]
