@@ -81,29 +81,97 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     # island, node or rack can (checked once here instead of in every domain of every level).
     if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK) is None:
         return None
-    # Upper bound per island: its free GPUs plus every candidate's GPUs on it. A domain whose
-    # bound is below the job's size is skipped (the same test `_plan_in` makes, without building
-    # its candidate list).
-    reach: dict[int, float] = {i: ctx.index.whole(i) for i in in_pool}
-    for i in in_pool:
-        for v in ctx.on_island[i]:
-            if kind(v) is not None:
-                reach[i] += sum(gg for isl, gg in v.placement if lay.index.get(isl) == i)
+    bounds = _IslandBounds(ctx, in_pool, kind, exact=need_own <= _EPS)
     for level in LinkLevel:
         if level < start or level > stop:
             continue
-        best: ReclaimPlan | None = None
-        for dom in _domains(lay, level, in_pool):
-            if sum(lay.capacity[i] for i in dom) < job.gpus or sum(reach[i] for i in dom) < job.gpus:
-                continue
-            plan = _plan_in(ctx, job, dom, kind, need_own, level)
-            if plan is not None and (best is None or plan.score < best.score):
-                best = plan
-                if plan.score[0] == -1 and not plan.victims:
-                    break   # nothing new preempted: cannot do better
+        best = _best_domain(ctx, job, need_own, level, kind, bounds, _domains(lay, level, in_pool))
         if best is not None:
             return best
     return None
+
+
+def _best_domain(ctx: ReclaimContext, job: PendingJob, need_own: float, level: LinkLevel, kind: "Kind",
+                 bounds: "_IslandBounds", domains: list[list[int]]) -> ReclaimPlan | None:
+    """The plan of the first domain (in `domains` order) with the lowest score; or, as soon as
+    one is found, the first domain that needs no new victim (nothing can do better).
+
+    Domains are tried best floor first (`_IslandBounds.score_floor`), and the search stops at the
+    first floor above the best score found: a plan at or above its floor cannot win. Ties keep
+    the earlier domain, so the result is the one the plain in-order scan returns. Domains that
+    need no new victim have the lowest floor of all, so they come first, in order."""
+    g, lay = job.gpus, ctx.layout
+    ranked = sorted((bounds.score_floor(dom, g), pos) for pos, dom in enumerate(domains)
+                    if sum(lay.capacity[i] for i in dom) >= g and bounds.reach(dom) >= g)
+    best: ReclaimPlan | None = None
+    best_pos = -1
+    for floor, pos in ranked:
+        if best is not None and floor > best.score[:4]:
+            break
+        plan = _plan_in(ctx, job, domains[pos], kind, need_own, level)
+        if plan is None:
+            continue
+        if best is None or (plan.score, pos) < (best.score, best_pos):
+            best, best_pos = plan, pos
+        if plan.score[0] == -1 and not plan.victims:
+            break   # nothing new preempted: the first such domain in order wins
+    return best
+
+
+class _IslandBounds:
+    """Per island, what any plan in a domain containing it can at best achieve, computed once per
+    `plan_reclaim` (one pass over the running jobs of the pool) so most domains are ruled out
+    without building a plan:
+
+    - reach: free GPUs plus every candidate's GPUs on the island. A domain whose reach is below
+      the job's size cannot hold it (the same test `_plan_in` makes).
+    - a floor on `ReclaimPlan.score[:4]` per domain, componentwise (so also in tuple order):
+      no new victim is needed only when the domain's free GPUs plus the GPUs already coming free
+      in it hold the job (the planner takes those first); otherwise at least one victim, whose
+      priority, cost (x GPUs) and start time are bounded by the best over the domain's new-victim
+      candidates. `_plan_in` adds own-desk victims from outside the domain when the job must
+      free its desk's own lower-priority work (need_own > 0); the floor is then not used.
+    A domain whose floor is above the best plan's score cannot replace it (a plan wins only when
+    strictly lower), so skipping it changes no decision."""
+
+    def __init__(self, ctx: ReclaimContext, in_pool: list[int], kind: "Kind", exact: bool):
+        at = ctx.layout.index.get
+        cost = ctx.victim_cost
+        self.exact = exact
+        self._reach: dict[int, float] = {}
+        self._free0: dict[int, float] = {}       # free + GPUs already coming free, per island
+        self._prio: dict[int, float] = {}        # lowest priority of a new-victim candidate
+        self._lost: dict[int, float] = {}        # lowest cost x GPUs of one
+        self._start: dict[int, float] = {}       # latest start of one
+        inf = float("inf")
+        free = ctx.index.free
+        for i in in_pool:
+            reach, k0, prio, lost, start = float(ctx.index.whole(i)), 0.0, inf, inf, -inf
+            for v in ctx.on_island[i]:
+                k = kind(v)
+                if k is None:
+                    continue
+                here = sum(gg for isl, gg in v.placement if at(isl) == i)
+                reach += here
+                if k == 0:
+                    k0 += here
+                else:
+                    prio = min(prio, int(v.priority))
+                    lost = min(lost, cost(v) * v.gpus if cost is not None else 0.0)
+                    start = max(start, v.started_at)
+            self._reach[i], self._prio[i], self._lost[i], self._start[i] = reach, prio, lost, start
+            self._free0[i] = int(free[i] + k0 + _EPS)
+
+    def reach(self, dom: list[int]) -> float:
+        return sum(self._reach[i] for i in dom)
+
+    def score_floor(self, dom: list[int], g: int) -> tuple[float, float, float, float]:
+        if not self.exact:
+            return (-1, 0, 0.0, -float("inf"))
+        if sum(self._free0[i] for i in dom) >= g:
+            return (-1, 0, 0.0, -0.0)
+        return (min(self._prio[i] for i in dom), 1, min(self._lost[i] for i in dom),
+                -max(self._start[i] for i in dom))
 
 
 def _domains(lay: Layout, level: LinkLevel, in_pool: list[int]) -> list[list[int]]:
