@@ -20,7 +20,7 @@ fewest victims, then the most recently started (its oldest victim started last).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -65,6 +65,22 @@ class ReclaimContext:
     best_fit: bool
     victim_cost: Callable[[RunningJob], float] | None = None   # equal-priority victims, lower first (per GPU)
     victim_ok: Callable[[RunningJob], bool] | None = None      # extra victims (LAS: a lower queue)
+    placed: Mapping[str, Sequence[tuple[int, float]]] | None = None   # job id -> (island index, GPUs); None: built
+    free: list[float] = field(init=False)     # index.free as Python floats (no numpy scalar per look-up)
+    whole: list[int] = field(init=False)      # whole free GPUs per island (index.whole)
+
+    def __post_init__(self) -> None:
+        self.free = self.index.free.tolist()
+        self.whole = [int(f + _EPS) for f in self.free]
+        if self.placed is None:
+            self.placed = placed_by_index(self.layout, (v for jobs in self.on_island for v in jobs))
+
+
+def placed_by_index(layout: Layout, running: Iterable[RunningJob]) -> dict[str, list[tuple[int, float]]]:
+    """Each running job's placement as (island index, GPUs), islands the layout lacks left out:
+    translated once per cycle rather than at every look-up of a plan."""
+    at = layout.index.get
+    return {v.job_id: [(i, gg) for isl, gg in v.placement if (i := at(isl)) is not None] for v in running}
 
 
 def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
@@ -79,7 +95,7 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
         return _plan_in(ctx, job, in_pool, kind, need_own, None)
     # A domain is a subset of the pool: if even the whole pool cannot be freed for the job, no
     # island, node or rack can (checked once here instead of in every domain of every level).
-    if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK) is None:
+    if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK, feasible_only=True) is None:
         return None
     bounds = _IslandBounds(ctx, in_pool, kind, exact=need_own <= _EPS)
     for level in LinkLevel:
@@ -100,9 +116,8 @@ def _best_domain(ctx: ReclaimContext, job: PendingJob, need_own: float, level: L
     first floor above the best score found: a plan at or above its floor cannot win. Ties keep
     the earlier domain, so the result is the one the plain in-order scan returns. Domains that
     need no new victim have the lowest floor of all, so they come first, in order."""
-    g, lay = job.gpus, ctx.layout
-    ranked = sorted((bounds.score_floor(dom, g), pos) for pos, dom in enumerate(domains)
-                    if sum(lay.capacity[i] for i in dom) >= g and bounds.reach(dom) >= g)
+    g = job.gpus
+    ranked = bounds.rank(domains, g)
     best: ReclaimPlan | None = None
     best_pos = -1
     for floor, pos in ranked:
@@ -135,7 +150,7 @@ class _IslandBounds:
     strictly lower), so skipping it changes no decision."""
 
     def __init__(self, ctx: ReclaimContext, in_pool: list[int], kind: "Kind", exact: bool):
-        at = ctx.layout.index.get
+        placed = ctx.placed or {}
         cost = ctx.victim_cost
         self.exact = exact
         self._reach: dict[int, float] = {}
@@ -143,15 +158,16 @@ class _IslandBounds:
         self._prio: dict[int, float] = {}        # lowest priority of a new-victim candidate
         self._lost: dict[int, float] = {}        # lowest cost x GPUs of one
         self._start: dict[int, float] = {}       # latest start of one
+        self._capacity = ctx.layout.capacity
         inf = float("inf")
-        free = ctx.index.free
+        free = ctx.free
         for i in in_pool:
-            reach, k0, prio, lost, start = float(ctx.index.whole(i)), 0.0, inf, inf, -inf
+            reach, k0, prio, lost, start = float(ctx.whole[i]), 0.0, inf, inf, -inf
             for v in ctx.on_island[i]:
                 k = kind(v)
                 if k is None:
                     continue
-                here = sum(gg for isl, gg in v.placement if at(isl) == i)
+                here = sum(gg for j, gg in placed[v.job_id] if j == i)
                 reach += here
                 if k == 0:
                     k0 += here
@@ -162,16 +178,25 @@ class _IslandBounds:
             self._reach[i], self._prio[i], self._lost[i], self._start[i] = reach, prio, lost, start
             self._free0[i] = int(free[i] + k0 + _EPS)
 
-    def reach(self, dom: list[int]) -> float:
-        return sum(self._reach[i] for i in dom)
-
-    def score_floor(self, dom: list[int], g: int) -> tuple[float, float, float, float]:
-        if not self.exact:
-            return (-1, 0, 0.0, -float("inf"))
-        if sum(self._free0[i] for i in dom) >= g:
-            return (-1, 0, 0.0, -0.0)
-        return (min(self._prio[i] for i in dom), 1, min(self._lost[i] for i in dom),
-                -max(self._start[i] for i in dom))
+    def rank(self, domains: list[list[int]], g: int) -> list[tuple[tuple[float, float, float, float], int]]:
+        """(floor, position) of each domain that could hold `g` GPUs (capacity and reach), lowest
+        floor first, then position."""
+        cap, reach, free0, prio, lost, start = (self._capacity.__getitem__, self._reach.__getitem__,
+                                                self._free0.__getitem__, self._prio.__getitem__,
+                                                self._lost.__getitem__, self._start.__getitem__)
+        out = []
+        for pos, dom in enumerate(domains):
+            if sum(map(cap, dom)) < g or sum(map(reach, dom)) < g:
+                continue
+            if not self.exact:
+                floor: tuple[float, float, float, float] = (-1, 0, 0.0, -float("inf"))
+            elif sum(map(free0, dom)) >= g:
+                floor = (-1, 0, 0.0, -0.0)
+            else:
+                floor = (min(map(prio, dom)), 1, min(map(lost, dom)), -max(map(start, dom)))
+            out.append((floor, pos))
+        out.sort()
+        return out
 
 
 def _domains(lay: Layout, level: LinkLevel, in_pool: list[int]) -> list[list[int]]:
@@ -222,11 +247,14 @@ Chosen = list[tuple[int, RunningJob]]           # (kind, job) of the candidates 
 
 
 def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, need_own: float,
-             level: LinkLevel | None) -> ReclaimPlan | None:
-    idx, g = ctx.index, job.gpus
+             level: LinkLevel | None, feasible_only: bool = False) -> ReclaimPlan | None:
+    """The plan in one domain, or None. `feasible_only`: stop once the answer is known to be a
+    plan, and return an empty one (the whole-pool test of `plan_reclaim` needs no more)."""
+    g = job.gpus
     in_dom = set(dom)
     cands: dict[str, tuple[int, RunningJob]] = {}
-    bound: float = sum(idx.whole(i) for i in dom)
+    bound: float = sum(ctx.whole[i] for i in dom)
+    placed = ctx.placed or {}
     for i in dom:
         for v in ctx.on_island[i]:
             if v.job_id in cands:
@@ -234,7 +262,7 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
             k = kind(v)
             if k is not None:
                 cands[v.job_id] = (k, v)
-                bound += sum(gg for isl, gg in v.placement if ctx.layout.index.get(isl) in in_dom)
+                bound += sum(gg for j, gg in placed[v.job_id] if j in in_dom)
     if bound < g:
         return None
     cost = ctx.victim_cost or (lambda v: 0.0)
@@ -261,6 +289,8 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
         removed[v.desk] = removed.get(v.desk, 0.0) + v.gpus
     if not tally.satisfied(g, need_own):
         return None
+    if feasible_only:
+        return ReclaimPlan(level, [], [])
     for pos in range(len(chosen) - 1, -1, -1):   # drop victims the plan turns out not to need
         v = chosen[pos][1]
         tally.add(v, -1)
@@ -283,14 +313,13 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
 def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen) -> tuple[dict[int, int], dict[int, int]]:
     extra: dict[int, float] = {}
     for _, v in chosen:
-        for isl, gg in v.placement:
-            i = ctx.layout.index.get(isl)
-            if i is not None and i in in_dom:
+        for i, gg in (ctx.placed or {})[v.job_id]:
+            if i in in_dom:
                 extra[i] = extra.get(i, 0.0) + gg
     avail: dict[int, int] = {}
     extra_whole: dict[int, int] = {}
     for i in dom:
-        f = ctx.index.free[i]
+        f = ctx.free[i]
         avail[i] = int(f + extra.get(i, 0.0) + _EPS)
         extra_whole[i] = avail[i] - int(f + _EPS)
     return avail, extra_whole
@@ -303,18 +332,16 @@ class _Tally:
 
     def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set[int], desk: str):
         self.ctx, self.in_dom, self.desk = ctx, in_dom, desk
-        self.free = ctx.index.free
+        self.free = ctx.free
         self.extra: dict[int, float] = {}
-        self.total = sum(int(self.free[i] + _EPS) for i in dom)
+        self.total = sum(ctx.whole[i] for i in dom)
         self.own = 0.0
 
     def add(self, v: RunningJob, sign: int) -> None:
         if v.desk == self.desk:
             self.own += sign * v.gpus
-        at = self.ctx.layout.index.get
-        for isl, gg in v.placement:
-            i = at(isl)
-            if i is not None and i in self.in_dom:
+        for i, gg in (self.ctx.placed or {})[v.job_id]:
+            if i in self.in_dom:
                 e = self.extra.get(i, 0.0)
                 before = int(self.free[i] + e + _EPS)
                 e += sign * gg

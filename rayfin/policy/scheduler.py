@@ -32,7 +32,7 @@ from rayfin.policy.model import (ClusterSnapshot, CycleDecision, Decision, DeskQ
                                  RunningJob, Verdict)
 from rayfin.policy.node_fit import node_fit
 from rayfin.policy.ordering import las_queue, order
-from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, plan_reclaim
+from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, placed_by_index, plan_reclaim
 from rayfin.reasons import ReasonCode
 from rayfin.policy.quota import check_quota, why_never_fits
 from rayfin.policy.settings import (PlacementStrategy, Policy, QueueOrder, QuotaMode,  # noqa: F401 (re-export)
@@ -86,6 +86,7 @@ class _Cycle:
         self._gen = 0                                   # bumps on every admit or reclaim (see _plan)
         self._failed: dict[tuple[Any, ...], tuple[int, int]] = {}  # plan key -> (generation, fewest GPUs that failed)
         self._beneficiaries: set[str | None] | None = None
+        self._lost_memo: dict[str, float] = {}
         self.admits: list[Decision] = []
         self.preempts: list[Decision] = []
         self.waits: list[Decision] = []
@@ -224,10 +225,11 @@ class _Cycle:
                     if k is not None:
                         self._on_island[k].append(v)
             self._pending_ids = {j.job_id for j in self.snap.pending}
+            self._placed = placed_by_index(self.lay, self.snap.running)
         return ReclaimContext(self.lay, self.index, self._on_island, self.usage, self.snap.desks, self.taken,
                               self._pending_ids, self.cfg.reclaim and self.cfg.quota is QuotaMode.BORROWING,
                               self.cfg.priority_preemption, self.cfg.placement is not PlacementStrategy.FIRST_FIT,
-                              victim_cost=self._victim_cost())
+                              victim_cost=self._victim_cost(), placed=self._placed)
 
     def _victim_cost(self) -> Callable[[RunningJob], float] | None:
         """Order of equal-priority victims (lower first): seconds of work at stake (since the last
@@ -236,12 +238,16 @@ class _Cycle:
         if not self.cfg.victims_by_lost_work or not self.snap.hints:
             return None
         hints, now = self.snap.hints, self.snap.now
+        known = self._lost_memo   # it reads only the snapshot: once per running job per cycle
 
         def lost(v: RunningJob) -> float:   # no checkpoint reported: all work since its start is at stake
-            h = hints.get(v.job_id)
-            age = h.checkpoint_age_s if h is not None and h.checkpoint_age_s is not None else now - v.started_at
-            left = h.remaining_s(60.0) if h is not None else None
-            return max(0.0, age) / (left or 60.0)
+            cost = known.get(v.job_id)
+            if cost is None:
+                h = hints.get(v.job_id)
+                age = h.checkpoint_age_s if h is not None and h.checkpoint_age_s is not None else now - v.started_at
+                left = h.remaining_s(60.0) if h is not None else None
+                cost = known[v.job_id] = max(0.0, age) / (left or 60.0)
+            return cost
         return lost
 
     def _stop_level(self, job: PendingJob) -> LinkLevel:
