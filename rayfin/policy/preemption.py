@@ -66,10 +66,12 @@ class ReclaimContext:
     victim_cost: Callable[[RunningJob], float] | None = None   # equal-priority victims, lower first (per GPU)
     victim_ok: Callable[[RunningJob], bool] | None = None      # extra victims (LAS: a lower queue)
     placed: Mapping[str, Sequence[tuple[int, float]]] | None = None   # job id -> (island index, GPUs); None: built
-    free: list[float] = field(init=False)     # index.free as Python floats (no numpy scalar per look-up)
-    whole: list[int] = field(init=False)      # whole free GPUs per island (index.whole)
+    free: list[float] = field(init=False, default_factory=list)   # index.free as Python floats (read_free)
+    whole: list[int] = field(init=False, default_factory=list)     # whole free GPUs per island (index.whole)
 
-    def __post_init__(self) -> None:
+    def read_free(self) -> None:
+        """Copy the free map out of numpy once per plan (a numpy scalar per look-up is slow), and
+        only when a plan is made: a context is built for many jobs that never get that far."""
         self.free = self.index.free.tolist()
         self.whole = [int(f + _EPS) for f in self.free]
         if self.placed is None:
@@ -89,6 +91,7 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     lower-priority work that must go for the job to fit the desk's quota."""
     desk = ctx.desks[job.desk]
     lay = ctx.layout
+    ctx.read_free()
     in_pool = np.flatnonzero(lay.pool_mask(desk.pools)).tolist()
     kind = _memo(_classifier(ctx, job))
     if not ctx.best_fit:
