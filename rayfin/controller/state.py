@@ -8,6 +8,7 @@ before memory changes, so what callers are told is always durable.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import defaultdict
@@ -27,6 +28,7 @@ from rayfin.reasons import ReasonCode
 log = logging.getLogger("rayfin.controller")
 ACTIVE = (JobState.PENDING, JobState.ADMITTED, JobState.RUNNING)
 PLACED = (JobState.ADMITTED, JobState.RUNNING)
+DURATION_KEY = "duration_state"   # ledger kv: the duration predictor's state (rayfin.policy.duration)
 
 
 def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
@@ -70,9 +72,10 @@ class ControllerState:
         self.finished: defaultdict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(terminal, 0))
         for desk, counts in ledger.counts(terminal, exclude_kind=JobKind.SERVING.value).items():
             self.finished[desk].update(counts)
-        # Duration-aware order: runtimes of finished jobs, learnt online (see cycle.hints).
+        # Duration-aware order: runtimes of finished jobs, learnt online (see cycle.hints) and
+        # kept in the ledger like the capacity planner's state, so a restart keeps the history.
         self.durations = DurationPredictor()
-        self.duration_state = DurationState()
+        self.duration_state = load_duration_state(ledger)
 
     # ---------------------------------------------------------------- transitions
     def save(self, job: JobRecord, event: str, reason: str, code: ReasonCode | None = None) -> JobRecord:
@@ -136,6 +139,7 @@ class ControllerState:
         if job.state is JobState.SUCCEEDED and job.started_at and job.finished_at:
             self.duration_state = self.durations.observe(self.duration_state, duration_key(job),
                                                          max(0.0, job.finished_at - job.started_at))
+            self.ledger.put_kv(DURATION_KEY, json.dumps(self.duration_state.to_dict()).encode())
 
     # ---------------------------------------------------------------- what placement may not use
     def not_placeable(self) -> dict[str, float]:
@@ -149,8 +153,23 @@ class ControllerState:
         return out
 
 
+def load_duration_state(ledger: Ledger) -> DurationState:
+    """The predictor's history as last saved, or none. A saved state that cannot be read is
+    logged and dropped: predictions then start from no history (least-attained-service order),
+    which must not stop the controller."""
+    raw = ledger.get_kv(DURATION_KEY)
+    if not raw:
+        return DurationState()
+    try:
+        return DurationState.from_dict(json.loads(raw))
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.warning("duration predictor state in the ledger (%s) unreadable, starting empty: %s", DURATION_KEY, exc)
+        return DurationState()
+
+
 def duration_key(job: JobRecord) -> JobKey:
     return JobKey(job.desk, job.desk, job.name, int(job.gpus))
 
 
-__all__ = ["ControllerState", "ACTIVE", "PLACED", "scheduler_config", "duration_key"]
+__all__ = ["ControllerState", "ACTIVE", "PLACED", "DURATION_KEY", "scheduler_config", "duration_key",
+           "load_duration_state"]

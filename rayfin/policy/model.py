@@ -140,7 +140,7 @@ class Verdict(str, Enum):
     REFUSE = "refuse"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: a cycle over a long queue makes thousands of these
 class Decision:
     job_id: str
     desk: str

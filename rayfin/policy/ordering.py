@@ -21,6 +21,9 @@ Lower keys go first (a pair: the key, then a tie-break); the sort is stable, so 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Mapping, Sequence
+
+import numpy as np
 
 from rayfin.policy.hints import NO_HINT, JobHint
 from rayfin.policy.model import PendingJob
@@ -51,3 +54,36 @@ def rank_key(rank: JobRank, job: PendingJob, hint: JobHint | None, now: float, *
         return (left, 0.0)
     wait = max(0.0, now - job.submitted_at)
     return (left / (1.0 + wait / aging_s), left)
+
+
+def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint], now: float, *,
+          aging_s: float = 3600.0, las_threshold_gpu_s: float = 3600.0, floor_s: float = 60.0) -> list[PendingJob]:
+    """`jobs` sorted by priority (highest first), then by `rank_key` (lowest first); stable, so
+    ties keep the given order. The same keys as `rank_key`, with the same float arithmetic, but
+    computed as arrays and sorted by one `np.lexsort` (stable): a queue of 10,000 jobs is ordered
+    in a few milliseconds instead of the ten or more that a per-job key function takes."""
+    n = len(jobs)
+    prio = np.fromiter((-int(j.priority) for j in jobs), dtype=np.int64, count=n)
+    if rank is JobRank.SUBMISSION or n < 2:
+        idx = np.argsort(prio, kind="stable")
+        return [jobs[i] for i in idx.tolist()]
+    hs = [hints.get(j.job_id) or NO_HINT for j in jobs]
+    attained = np.fromiter((h.attained_s for h in hs), dtype=np.float64, count=n)
+    if rank is JobRank.ATTAINED_SERVICE:
+        gpus = np.fromiter((j.gpus for j in jobs), dtype=np.float64, count=n)
+        first = (attained * gpus >= las_threshold_gpu_s).astype(np.float64)   # las_queue
+        second = np.zeros(n)
+    else:
+        known = np.fromiter((h.predicted_s is not None for h in hs), dtype=np.bool_, count=n)
+        predicted = np.fromiter((h.predicted_s or 0.0 for h in hs), dtype=np.float64, count=n)
+        left = predicted - attained
+        left = np.where(known, np.maximum(floor_s, np.where(left > 0, left, attained)),   # JobHint.remaining_s
+                        np.maximum(attained, floor_s))                                    # no prediction
+        if aging_s <= 0:
+            first, second = left, np.zeros(n)
+        else:
+            submitted = np.fromiter((j.submitted_at for j in jobs), dtype=np.float64, count=n)
+            wait = np.maximum(0.0, now - submitted)
+            first, second = left / (1.0 + wait / aging_s), left
+    idx = np.lexsort((second, first, prio))
+    return [jobs[i] for i in idx.tolist()]

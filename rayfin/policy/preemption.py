@@ -20,7 +20,7 @@ fewest victims, then the most recently started (its oldest victim started last).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -65,6 +65,24 @@ class ReclaimContext:
     best_fit: bool
     victim_cost: Callable[[RunningJob], float] | None = None   # equal-priority victims, lower first (per GPU)
     victim_ok: Callable[[RunningJob], bool] | None = None      # extra victims (LAS: a lower queue)
+    placed: Mapping[str, Sequence[tuple[int, float]]] | None = None   # job id -> (island index, GPUs); None: built
+    free: list[float] = field(init=False, default_factory=list)   # index.free as Python floats (read_free)
+    whole: list[int] = field(init=False, default_factory=list)     # whole free GPUs per island (index.whole)
+
+    def read_free(self) -> None:
+        """Copy the free map out of numpy once per plan (a numpy scalar per look-up is slow), and
+        only when a plan is made: a context is built for many jobs that never get that far."""
+        self.free = self.index.free.tolist()
+        self.whole = [int(f + _EPS) for f in self.free]
+        if self.placed is None:
+            self.placed = placed_by_index(self.layout, (v for jobs in self.on_island for v in jobs))
+
+
+def placed_by_index(layout: Layout, running: Iterable[RunningJob]) -> dict[str, list[tuple[int, float]]]:
+    """Each running job's placement as (island index, GPUs), islands the layout lacks left out:
+    translated once per cycle rather than at every look-up of a plan."""
+    at = layout.index.get
+    return {v.job_id: [(i, gg) for isl, gg in v.placement if (i := at(isl)) is not None] for v in running}
 
 
 def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
@@ -73,37 +91,115 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     lower-priority work that must go for the job to fit the desk's quota."""
     desk = ctx.desks[job.desk]
     lay = ctx.layout
+    ctx.read_free()
     in_pool = np.flatnonzero(lay.pool_mask(desk.pools)).tolist()
     kind = _memo(_classifier(ctx, job))
     if not ctx.best_fit:
         return _plan_in(ctx, job, in_pool, kind, need_own, None)
     # A domain is a subset of the pool: if even the whole pool cannot be freed for the job, no
     # island, node or rack can (checked once here instead of in every domain of every level).
-    if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK) is None:
+    if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK, feasible_only=True) is None:
         return None
-    # Upper bound per island: its free GPUs plus every candidate's GPUs on it. A domain whose
-    # bound is below the job's size is skipped (the same test `_plan_in` makes, without building
-    # its candidate list).
-    reach: dict[int, float] = {i: ctx.index.whole(i) for i in in_pool}
-    for i in in_pool:
-        for v in ctx.on_island[i]:
-            if kind(v) is not None:
-                reach[i] += sum(gg for isl, gg in v.placement if lay.index.get(isl) == i)
+    bounds = _IslandBounds(ctx, in_pool, kind, exact=need_own <= _EPS)
     for level in LinkLevel:
         if level < start or level > stop:
             continue
-        best: ReclaimPlan | None = None
-        for dom in _domains(lay, level, in_pool):
-            if sum(lay.capacity[i] for i in dom) < job.gpus or sum(reach[i] for i in dom) < job.gpus:
-                continue
-            plan = _plan_in(ctx, job, dom, kind, need_own, level)
-            if plan is not None and (best is None or plan.score < best.score):
-                best = plan
-                if plan.score[0] == -1 and not plan.victims:
-                    break   # nothing new preempted: cannot do better
+        best = _best_domain(ctx, job, need_own, level, kind, bounds, _domains(lay, level, in_pool))
         if best is not None:
             return best
     return None
+
+
+def _best_domain(ctx: ReclaimContext, job: PendingJob, need_own: float, level: LinkLevel, kind: "Kind",
+                 bounds: "_IslandBounds", domains: list[list[int]]) -> ReclaimPlan | None:
+    """The plan of the first domain (in `domains` order) with the lowest score; or, as soon as
+    one is found, the first domain that needs no new victim (nothing can do better).
+
+    Domains are tried best floor first (`_IslandBounds.score_floor`), and the search stops at the
+    first floor above the best score found: a plan at or above its floor cannot win. Ties keep
+    the earlier domain, so the result is the one the plain in-order scan returns. Domains that
+    need no new victim have the lowest floor of all, so they come first, in order."""
+    g = job.gpus
+    ranked = bounds.rank(domains, g)
+    best: ReclaimPlan | None = None
+    best_pos = -1
+    for floor, pos in ranked:
+        if best is not None and floor > best.score[:4]:
+            break
+        plan = _plan_in(ctx, job, domains[pos], kind, need_own, level)
+        if plan is None:
+            continue
+        if best is None or (plan.score, pos) < (best.score, best_pos):
+            best, best_pos = plan, pos
+        if plan.score[0] == -1 and not plan.victims:
+            break   # nothing new preempted: the first such domain in order wins
+    return best
+
+
+class _IslandBounds:
+    """Per island, what any plan in a domain containing it can at best achieve, computed once per
+    `plan_reclaim` (one pass over the running jobs of the pool) so most domains are ruled out
+    without building a plan:
+
+    - reach: free GPUs plus every candidate's GPUs on the island. A domain whose reach is below
+      the job's size cannot hold it (the same test `_plan_in` makes).
+    - a floor on `ReclaimPlan.score[:4]` per domain, componentwise (so also in tuple order):
+      no new victim is needed only when the domain's free GPUs plus the GPUs already coming free
+      in it hold the job (the planner takes those first); otherwise at least one victim, whose
+      priority, cost (x GPUs) and start time are bounded by the best over the domain's new-victim
+      candidates. `_plan_in` adds own-desk victims from outside the domain when the job must
+      free its desk's own lower-priority work (need_own > 0); the floor is then not used.
+    A domain whose floor is above the best plan's score cannot replace it (a plan wins only when
+    strictly lower), so skipping it changes no decision."""
+
+    def __init__(self, ctx: ReclaimContext, in_pool: list[int], kind: "Kind", exact: bool):
+        placed = ctx.placed or {}
+        cost = ctx.victim_cost
+        self.exact = exact
+        self._reach: dict[int, float] = {}
+        self._free0: dict[int, float] = {}       # free + GPUs already coming free, per island
+        self._prio: dict[int, float] = {}        # lowest priority of a new-victim candidate
+        self._lost: dict[int, float] = {}        # lowest cost x GPUs of one
+        self._start: dict[int, float] = {}       # latest start of one
+        self._capacity = ctx.layout.capacity
+        inf = float("inf")
+        free = ctx.free
+        for i in in_pool:
+            reach, k0, prio, lost, start = float(ctx.whole[i]), 0.0, inf, inf, -inf
+            for v in ctx.on_island[i]:
+                k = kind(v)
+                if k is None:
+                    continue
+                here = sum(gg for j, gg in placed[v.job_id] if j == i)
+                reach += here
+                if k == 0:
+                    k0 += here
+                else:
+                    prio = min(prio, int(v.priority))
+                    lost = min(lost, cost(v) * v.gpus if cost is not None else 0.0)
+                    start = max(start, v.started_at)
+            self._reach[i], self._prio[i], self._lost[i], self._start[i] = reach, prio, lost, start
+            self._free0[i] = int(free[i] + k0 + _EPS)
+
+    def rank(self, domains: list[list[int]], g: int) -> list[tuple[tuple[float, float, float, float], int]]:
+        """(floor, position) of each domain that could hold `g` GPUs (capacity and reach), lowest
+        floor first, then position."""
+        cap, reach, free0, prio, lost, start = (self._capacity.__getitem__, self._reach.__getitem__,
+                                                self._free0.__getitem__, self._prio.__getitem__,
+                                                self._lost.__getitem__, self._start.__getitem__)
+        out = []
+        for pos, dom in enumerate(domains):
+            if sum(map(cap, dom)) < g or sum(map(reach, dom)) < g:
+                continue
+            if not self.exact:
+                floor: tuple[float, float, float, float] = (-1, 0, 0.0, -float("inf"))
+            elif sum(map(free0, dom)) >= g:
+                floor = (-1, 0, 0.0, -0.0)
+            else:
+                floor = (min(map(prio, dom)), 1, min(map(lost, dom)), -max(map(start, dom)))
+            out.append((floor, pos))
+        out.sort()
+        return out
 
 
 def _domains(lay: Layout, level: LinkLevel, in_pool: list[int]) -> list[list[int]]:
@@ -154,11 +250,14 @@ Chosen = list[tuple[int, RunningJob]]           # (kind, job) of the candidates 
 
 
 def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, need_own: float,
-             level: LinkLevel | None) -> ReclaimPlan | None:
-    idx, g = ctx.index, job.gpus
+             level: LinkLevel | None, feasible_only: bool = False) -> ReclaimPlan | None:
+    """The plan in one domain, or None. `feasible_only`: stop once the answer is known to be a
+    plan, and return an empty one (the whole-pool test of `plan_reclaim` needs no more)."""
+    g = job.gpus
     in_dom = set(dom)
     cands: dict[str, tuple[int, RunningJob]] = {}
-    bound: float = sum(idx.whole(i) for i in dom)
+    bound: float = sum(ctx.whole[i] for i in dom)
+    placed = ctx.placed or {}
     for i in dom:
         for v in ctx.on_island[i]:
             if v.job_id in cands:
@@ -166,7 +265,7 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
             k = kind(v)
             if k is not None:
                 cands[v.job_id] = (k, v)
-                bound += sum(gg for isl, gg in v.placement if ctx.layout.index.get(isl) in in_dom)
+                bound += sum(gg for j, gg in placed[v.job_id] if j in in_dom)
     if bound < g:
         return None
     cost = ctx.victim_cost or (lambda v: 0.0)
@@ -193,6 +292,8 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
         removed[v.desk] = removed.get(v.desk, 0.0) + v.gpus
     if not tally.satisfied(g, need_own):
         return None
+    if feasible_only:
+        return ReclaimPlan(level, [], [])
     for pos in range(len(chosen) - 1, -1, -1):   # drop victims the plan turns out not to need
         v = chosen[pos][1]
         tally.add(v, -1)
@@ -215,14 +316,13 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
 def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen) -> tuple[dict[int, int], dict[int, int]]:
     extra: dict[int, float] = {}
     for _, v in chosen:
-        for isl, gg in v.placement:
-            i = ctx.layout.index.get(isl)
-            if i is not None and i in in_dom:
+        for i, gg in (ctx.placed or {})[v.job_id]:
+            if i in in_dom:
                 extra[i] = extra.get(i, 0.0) + gg
     avail: dict[int, int] = {}
     extra_whole: dict[int, int] = {}
     for i in dom:
-        f = ctx.index.free[i]
+        f = ctx.free[i]
         avail[i] = int(f + extra.get(i, 0.0) + _EPS)
         extra_whole[i] = avail[i] - int(f + _EPS)
     return avail, extra_whole
@@ -235,18 +335,16 @@ class _Tally:
 
     def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set[int], desk: str):
         self.ctx, self.in_dom, self.desk = ctx, in_dom, desk
-        self.free = ctx.index.free
+        self.free = ctx.free
         self.extra: dict[int, float] = {}
-        self.total = sum(int(self.free[i] + _EPS) for i in dom)
+        self.total = sum(ctx.whole[i] for i in dom)
         self.own = 0.0
 
     def add(self, v: RunningJob, sign: int) -> None:
         if v.desk == self.desk:
             self.own += sign * v.gpus
-        at = self.ctx.layout.index.get
-        for isl, gg in v.placement:
-            i = at(isl)
-            if i is not None and i in self.in_dom:
+        for i, gg in (self.ctx.placed or {})[v.job_id]:
+            if i in self.in_dom:
                 e = self.extra.get(i, 0.0)
                 before = int(self.free[i] + e + _EPS)
                 e += sign * gg

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
+from dataclasses import fields
 from typing import Any, Callable
 
 import numpy as np
@@ -30,8 +31,8 @@ from placement.topology import LinkLevel
 from rayfin.policy.model import (ClusterSnapshot, CycleDecision, Decision, DeskQuota, PendingJob, Priority,
                                  RunningJob, Verdict)
 from rayfin.policy.node_fit import node_fit
-from rayfin.policy.ordering import JobRank, las_queue, rank_key
-from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, plan_reclaim
+from rayfin.policy.ordering import las_queue, order
+from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, placed_by_index, plan_reclaim
 from rayfin.reasons import ReasonCode
 from rayfin.policy.quota import check_quota, why_never_fits
 from rayfin.policy.settings import (PlacementStrategy, Policy, QueueOrder, QuotaMode,  # noqa: F401 (re-export)
@@ -40,6 +41,10 @@ from rayfin.policy.settings import (PlacementStrategy, Policy, QueueOrder, Quota
 _EPS = 1e-9
 _LEVEL_WORDS = {LinkLevel.NVLINK: "one NVLink island", LinkLevel.INTRA_NODE: "one node",
                 LinkLevel.INTRA_RACK: "one rack", LinkLevel.INTER_RACK: "several racks"}
+
+
+_Outcome = tuple[Verdict, tuple[str], ReasonCode]   # a decision without the job: verdict, reasons, code
+_DEFER: _Outcome = (Verdict.WAIT, ("deferred to borrowing",), ReasonCode.OTHER)   # step 4 decides (by identity)
 
 
 def schedule(snap: ClusterSnapshot, cfg: SchedulerConfig = SchedulerConfig()) -> CycleDecision:
@@ -81,6 +86,7 @@ class _Cycle:
         self._gen = 0                                   # bumps on every admit or reclaim (see _plan)
         self._failed: dict[tuple[Any, ...], tuple[int, int]] = {}  # plan key -> (generation, fewest GPUs that failed)
         self._beneficiaries: set[str | None] | None = None
+        self._lost_memo: dict[str, float] = {}
         self.admits: list[Decision] = []
         self.preempts: list[Decision] = []
         self.waits: list[Decision] = []
@@ -88,37 +94,43 @@ class _Cycle:
 
     # ---- the cycle --------------------------------------------------------------------------
     def run(self) -> CycleDecision:
+        """Steps 2 and 3 per job in order, then step 4 for the jobs deferred to borrowing.
+
+        Jobs of one class (desk, priority, GPUs, worker unit) are alike to steps 2 and 3 until
+        the cycle's state changes, which it does only on an admission or a reclaim (the
+        generation `_gen` bumps): the first job of a class in a generation is decided in full,
+        and the rest of the class that waits, is refused or is deferred copies its outcome. Jobs
+        GPUs are already being reclaimed for are always decided in full (their plans differ)."""
         cfg = self.cfg
-        order = self._order()
         deferred: list[PendingJob] = []
-        for job in order:
-            desk = self.snap.desks.get(job.desk)
-            if desk is None:
-                self.refusals.append(_d(job, Verdict.REFUSE, f"unknown desk {job.desk!r}; desks are "
-                                                             f"{sorted(self.snap.desks)}", ReasonCode.UNKNOWN_DESK))
-                continue
-            never = self._never(job, desk)
-            if never:
-                self.refusals.append(_d(job, Verdict.REFUSE, never[1] + "; to fix: ask for fewer GPUs", never[0]))
-                continue
-            if cfg.quota is QuotaMode.NONE:
-                if cfg.las_preemption:
-                    self._las_job(job, desk)
-                else:
-                    self._admit_or_wait(job, desk, "no quotas", 0.0, ReasonCode.NO_QUOTAS)
-            elif self._entitled(job, desk):
-                self._entitled_job(job, desk)
+        seen: dict[tuple[Any, ...], tuple[int, _Outcome]] = {}
+        mine = self._beneficiary_ids()
+        for job in self._order():
+            key = (job.desk, job.priority, job.gpus, job.unit)
+            hit = seen.get(key)
+            if hit is not None and hit[0] == self._gen and job.job_id not in mine:
+                outcome: _Outcome | None = hit[1]
             else:
+                gen = self._gen
+                outcome = self._step(job)
+                if outcome is not None and self._gen == gen:
+                    seen[key] = (gen, outcome)
+            if outcome is None:
+                continue
+            if outcome is _DEFER:
                 deferred.append(job)
+                continue
+            verdict, why, code = outcome
+            (self.refusals if verdict is Verdict.REFUSE else self.waits).append(_d(job, verdict, why, code))
         if deferred:
             if cfg.quota is QuotaMode.STATIC:
-                why_static: dict[tuple[str, int], str] = {}
+                why_static: dict[tuple[str, int], tuple[str]] = {}
                 for job in deferred:
-                    key = (job.desk, job.gpus)
-                    if key not in why_static:
-                        why_static[key] = (f"static partition: desk {job.desk} holds {self.usage[job.desk]:g}/"
-                                    f"{self.snap.desks[job.desk].nominal:g} GPUs, +{job.gpus} would exceed it")
-                    self.waits.append(_d(job, Verdict.WAIT, why_static[key], ReasonCode.STATIC_PARTITION))
+                    static_key = (job.desk, job.gpus)
+                    if static_key not in why_static:
+                        why_static[static_key] = (f"static partition: desk {job.desk} holds {self.usage[job.desk]:g}/"
+                                           f"{self.snap.desks[job.desk].nominal:g} GPUs, +{job.gpus} would exceed it",)
+                    self.waits.append(_d(job, Verdict.WAIT, why_static[static_key], ReasonCode.STATIC_PARTITION))
             elif cfg.order is QueueOrder.FAIR_SHARE:
                 self._borrow_fair(deferred)
             else:
@@ -126,15 +138,33 @@ class _Cycle:
                     self._borrow(job)
         return CycleDecision(tuple(self.admits), tuple(self.preempts), tuple(self.waits), tuple(self.refusals))
 
+    def _step(self, job: PendingJob) -> _Outcome | None:
+        """Steps 2 and 3 for one job: its outcome (refuse, wait, or defer to borrowing), or None
+        when it was admitted, planned a reclaim, or decided by LAS (decisions already made)."""
+        cfg = self.cfg
+        desk = self.snap.desks.get(job.desk)
+        if desk is None:
+            return (Verdict.REFUSE, (f"unknown desk {job.desk!r}; desks are {sorted(self.snap.desks)}",),
+                    ReasonCode.UNKNOWN_DESK)
+        never = self._never(job, desk)
+        if never:
+            return Verdict.REFUSE, (never[1] + "; to fix: ask for fewer GPUs",), never[0]
+        if cfg.quota is QuotaMode.NONE:
+            if cfg.las_preemption:
+                self._las_job(job, desk)
+                return None
+            return self._admit_else_why(job, desk, "no quotas", 0.0, ReasonCode.NO_QUOTAS)
+        if self._entitled(job, desk):
+            return self._entitled_job(job, desk)
+        return _DEFER
+
     # ---- step 1b: order ---------------------------------------------------------------------
     def _order(self) -> list[PendingJob]:
         """Priority first, then the configured rank (policy.ordering); stable, so ties keep
         submission order."""
-        cfg, hints, now = self.cfg, self.snap.hints, self.snap.now
-        if cfg.rank is JobRank.SUBMISSION:
-            return sorted(self.snap.pending, key=lambda j: -int(j.priority))
-        return sorted(self.snap.pending, key=lambda j: (-int(j.priority),) + rank_key(
-            cfg.rank, j, hints.get(j.job_id), now, aging_s=cfg.aging_s, las_threshold_gpu_s=cfg.las_threshold_gpu_s))
+        cfg = self.cfg
+        return order(cfg.rank, self.snap.pending, self.snap.hints, self.snap.now, aging_s=cfg.aging_s,
+                     las_threshold_gpu_s=cfg.las_threshold_gpu_s)
 
     # ---- step 2: never fits -----------------------------------------------------------------
     def _never(self, job: PendingJob, desk: DeskQuota) -> tuple[ReasonCode, str] | None:
@@ -164,7 +194,8 @@ class _Cycle:
         mine = sum(self.by_prio[job.desk][int(job.priority):])
         return mine + job.gpus <= desk.nominal + _EPS
 
-    def _entitled_job(self, job: PendingJob, desk: DeskQuota) -> None:
+    def _entitled_job(self, job: PendingJob, desk: DeskQuota) -> _Outcome | None:
+        """Admit, else plan a reclaim (None: decided), else why the job waits."""
         excess = self.usage[job.desk] + job.gpus - desk.nominal   # > 0: lower-priority own work in the way
         code = ReasonCode.WITHIN_NOMINAL
         if excess <= _EPS:
@@ -176,15 +207,14 @@ class _Cycle:
             fits, why, borrowed = False, f"desk {job.desk} is at its nominal {desk.nominal:g}", 0.0
             code = ReasonCode.STATIC_PARTITION
         if fits and self._admit(job, desk, why, borrowed, code):
-            return
+            return None
         if self.cfg.reclaim or self.cfg.priority_preemption:
             plan = self._plan(None, job, 0.0 if fits else excess, ("entitled", fits))
             if plan is not None:
                 self._apply_plan(job, plan)
-                return
-        self.waits.append(_d(job, Verdict.WAIT, f"{why}; entitled, but no {job.gpus} GPUs are free in pools "
-                                                f"{sorted(desk.pools)} and none can be reclaimed",
-                             ReasonCode.NO_FREE_GPUS if fits else code))
+                return None
+        return (Verdict.WAIT, (f"{why}; entitled, but no {job.gpus} GPUs are free in pools {sorted(desk.pools)} "
+                               f"and none can be reclaimed",), ReasonCode.NO_FREE_GPUS if fits else code)
 
     def _reclaim_ctx(self) -> ReclaimContext:
         if self._on_island is None:
@@ -195,10 +225,11 @@ class _Cycle:
                     if k is not None:
                         self._on_island[k].append(v)
             self._pending_ids = {j.job_id for j in self.snap.pending}
+            self._placed = placed_by_index(self.lay, self.snap.running)
         return ReclaimContext(self.lay, self.index, self._on_island, self.usage, self.snap.desks, self.taken,
                               self._pending_ids, self.cfg.reclaim and self.cfg.quota is QuotaMode.BORROWING,
                               self.cfg.priority_preemption, self.cfg.placement is not PlacementStrategy.FIRST_FIT,
-                              victim_cost=self._victim_cost())
+                              victim_cost=self._victim_cost(), placed=self._placed)
 
     def _victim_cost(self) -> Callable[[RunningJob], float] | None:
         """Order of equal-priority victims (lower first): seconds of work at stake (since the last
@@ -207,12 +238,16 @@ class _Cycle:
         if not self.cfg.victims_by_lost_work or not self.snap.hints:
             return None
         hints, now = self.snap.hints, self.snap.now
+        known = self._lost_memo   # it reads only the snapshot: once per running job per cycle
 
         def lost(v: RunningJob) -> float:   # no checkpoint reported: all work since its start is at stake
-            h = hints.get(v.job_id)
-            age = h.checkpoint_age_s if h is not None and h.checkpoint_age_s is not None else now - v.started_at
-            left = h.remaining_s(60.0) if h is not None else None
-            return max(0.0, age) / (left or 60.0)
+            cost = known.get(v.job_id)
+            if cost is None:
+                h = hints.get(v.job_id)
+                age = h.checkpoint_age_s if h is not None and h.checkpoint_age_s is not None else now - v.started_at
+                left = h.remaining_s(60.0) if h is not None else None
+                cost = known[v.job_id] = max(0.0, age) / (left or 60.0)
+            return cost
         return lost
 
     def _stop_level(self, job: PendingJob) -> LinkLevel:
@@ -243,8 +278,14 @@ class _Cycle:
             if plan is not None:
                 self._apply_plan(job, plan)
                 return
-        self.waits.append(_d(job, Verdict.WAIT, f"no {job.gpus} free GPUs and no job with more attained "
-                                                f"service to preempt", ReasonCode.NO_FREE_GPUS))
+        self.waits.append(_d(job, Verdict.WAIT, (f"no {job.gpus} free GPUs and no job with more attained "
+                                                 f"service to preempt",), ReasonCode.NO_FREE_GPUS))
+
+    def _beneficiary_ids(self) -> set[str | None]:
+        """Jobs that GPUs already coming free (preemptions of earlier cycles) were reclaimed for."""
+        if self._beneficiaries is None:
+            self._beneficiaries = {v.preempted_for for v in self.snap.running if v.preempt_deadline is not None}
+        return self._beneficiaries
 
     def _plan(self, ctx: ReclaimContext | None, job: PendingJob, need_own: float,
               kind: tuple[Any, ...]) -> ReclaimPlan | None:
@@ -252,12 +293,10 @@ class _Cycle:
         reclaimed since, a job of the same desk, priority and kind that asks for at least as many
         GPUs (so at a level no nearer, with no smaller own-work need) cannot succeed either. Jobs
         that GPUs already coming free were reclaimed for are always planned (their victims differ)."""
-        if self._beneficiaries is None:
-            self._beneficiaries = {v.preempted_for for v in self.snap.running if v.preempt_deadline is not None}
         key = (job.desk, int(job.priority), self._stop_level(job)) + kind
         failed = self._failed.get(key)
         if failed is not None and failed[0] == self._gen and failed[1] <= job.gpus \
-                and job.job_id not in self._beneficiaries:
+                and job.job_id not in self._beneficiary_ids():
             return None
         plan = plan_reclaim(ctx or self._reclaim_ctx(), job, need_own, self._start_level(job), self._stop_level(job))
         if plan is None and (failed is None or failed[0] != self._gen or job.gpus < failed[1]):
@@ -311,9 +350,11 @@ class _Cycle:
             job = q[heads[d]]
             heads[d] += 1
             if self.index.total <= 0:   # nothing left to hand out: the rest wait
+                why: dict[int, tuple[str]] = {}
                 for rest in [job] + [j for dd in queues for j in queues[dd][heads[dd]:]]:
-                    self.waits.append(_d(rest, Verdict.WAIT, f"borrowing: no free GPUs for {rest.gpus} more",
-                                         ReasonCode.NO_FREE_GPUS))
+                    if rest.gpus not in why:
+                        why[rest.gpus] = (f"borrowing: no free GPUs for {rest.gpus} more",)
+                    self.waits.append(_d(rest, Verdict.WAIT, why[rest.gpus], ReasonCode.NO_FREE_GPUS))
                 return
             self._borrow(job)
             if heads[d] < len(q):
@@ -327,7 +368,7 @@ class _Cycle:
         desk = self.snap.desks[job.desk]
         q = check_quota(desk, job.gpus, self.snap.desks, self.usage, self.capacity)
         if not q.fits:
-            self.waits.append(_d(job, Verdict.WAIT, q.reason, q.code))
+            self.waits.append(_d(job, Verdict.WAIT, (q.reason,), q.code))
             return
         self._admit_or_wait(job, desk, q.reason, q.borrowed, q.code)
 
@@ -336,10 +377,16 @@ class _Cycle:
         return self.topo.ideal_level(job.gpus)
 
     def _admit_or_wait(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode) -> None:
-        if not self._admit(job, desk, why, borrowed, code):
-            self.waits.append(_d(job, Verdict.WAIT, f"{why}; no {job.gpus} free GPUs in pools {sorted(desk.pools)} "
-                                                    f"({self.index.pool_total(desk.pools)} free)",
-                                 ReasonCode.NO_FREE_GPUS))
+        wait = self._admit_else_why(job, desk, why, borrowed, code)
+        if wait is not None:
+            self.waits.append(_d(job, *wait))
+
+    def _admit_else_why(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float,
+                        code: ReasonCode) -> _Outcome | None:
+        if self._admit(job, desk, why, borrowed, code):
+            return None
+        return (Verdict.WAIT, (f"{why}; no {job.gpus} free GPUs in pools {sorted(desk.pools)} "
+                               f"({self.index.pool_total(desk.pools)} free)",), ReasonCode.NO_FREE_GPUS)
 
     def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode) -> bool:
         if self.index.total < job.gpus:
@@ -371,13 +418,28 @@ class _Cycle:
         return True
 
 
-_PROTO = dict(Decision("", "", Verdict.WAIT, ()).__dict__)
+def _setter(name: str) -> Callable[[Decision, Any], None]:
+    return getattr(Decision, name).__set__   # type: ignore[no-any-return]   # the slot's descriptor
 
 
-def _d(job: PendingJob, verdict: Verdict, reason: str, code: ReasonCode) -> Decision:
-    """A reason-only decision. Built from a prototype's fields rather than through the frozen
-    dataclass __init__: a long queue makes thousands of WAITs per cycle, and this is cheaper."""
-    d = object.__new__(Decision)
-    d.__dict__.update(_PROTO)
-    d.__dict__.update(job_id=job.job_id, desk=job.desk, verdict=verdict, reasons=(reason,), code=code)
+_SET_JOB, _SET_DESK, _SET_VERDICT, _SET_REASONS, _SET_CODE = (
+    _setter(n) for n in ("job_id", "desk", "verdict", "reasons", "code"))
+_SET_DEFAULTS = tuple((_setter(f.name), f.default) for f in fields(Decision)
+                      if f.name not in ("job_id", "desk", "verdict", "reasons", "code"))
+
+
+def _d(job: PendingJob, verdict: Verdict, reasons: tuple[str], code: ReasonCode) -> Decision:
+    """A reason-only decision, equal to `Decision(job.job_id, job.desk, verdict, reasons,
+    code=code)`. Its slots are filled directly rather than through the frozen dataclass
+    __init__ (one `object.__setattr__` per field): a long queue makes thousands of WAITs per
+    cycle, and this is about three times cheaper. The reasons tuple is shared by every job of
+    an outcome."""
+    d: Decision = object.__new__(Decision)
+    _SET_JOB(d, job.job_id)
+    _SET_DESK(d, job.desk)
+    _SET_VERDICT(d, verdict)
+    _SET_REASONS(d, reasons)
+    _SET_CODE(d, code)
+    for set_default, value in _SET_DEFAULTS:
+        set_default(d, value)
     return d

@@ -87,3 +87,40 @@ def test_negative_runtime_is_refused():
 ])
 def test_quantile_interpolates_like_numpy(values, q, expected):
     assert quantile(values, q) == pytest.approx(expected)
+
+
+# ---- the live controller keeps the predictor's history across a restart ------------------------
+def test_controller_restart_keeps_the_duration_history(tmp_path):
+    # Two 300 s runs of "train" on desk fx, then a new controller process on the same ledger file:
+    # its snapshot predicts 300 s for the next "train" at once (with no history it would be None).
+    from rayfin.controller.core import ControllerCore
+    from rayfin.controller.ledger import SqliteLedger
+    from rayfin.controller.state import DURATION_KEY
+    from tests.support.builders import config, controller_env
+    tok = "fx-demo-token"
+
+    core, backend, clock, ledger = controller_env(tmp_path)
+    spec = {"kind": "callable", "payload": b"x", "gpus": 1, "name": "train"}
+    for _ in range(2):
+        job = core.submit(tok, "fx", spec)["job_id"]
+        for _ in range(3):
+            core.cycle()
+        clock.advance(300.0)
+        backend.finish(job)
+        core.cycle()
+        assert core.status(tok, job)["state"] == "SUCCEEDED"
+    assert json.loads(ledger.get_kv(DURATION_KEY))["observed"] == 2
+    ledger.close()
+    again = ControllerCore(config(), SqliteLedger(tmp_path / "ledger.db"), backend, clock=clock)
+    assert again.state.duration_state.observed == 2
+    nxt = again.submit(tok, "fx", spec)["job_id"]
+    assert again.snapshot().hints[nxt].predicted_s == pytest.approx(300.0)
+
+
+def test_unreadable_saved_duration_state_starts_empty(tmp_path):
+    from rayfin.controller.state import DURATION_KEY, load_duration_state
+    from tests.support.builders import controller_env
+
+    _, _, _, ledger = controller_env(tmp_path)
+    ledger.put_kv(DURATION_KEY, b'{"history": 5}')
+    assert load_duration_state(ledger) == DurationState()

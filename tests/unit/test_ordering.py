@@ -5,7 +5,7 @@ import pytest
 
 from rayfin.policy import SchedulerConfig, Verdict, schedule
 from rayfin.policy.hints import JobHint
-from rayfin.policy.ordering import JobRank, las_queue, rank_key
+from rayfin.policy.ordering import JobRank, las_queue, order, rank_key
 from tests.support.policy import desks, pend, run, snap, topo
 
 R = JobRank
@@ -95,3 +95,30 @@ def test_victim_with_the_most_recent_checkpoint_goes_first():
     hints = {"b0": JobHint(None, 1000.0, 500.0), "b1": JobHint(None, 900.0, 900.0), "b2": JobHint(None, 950.0, 10.0)}
     d = schedule(snap(t, desks(a=8, b=4), running, pending, now=1000.0, hints=hints), SchedulerConfig.preset("rayfin"))
     assert [p.job_id for p in d.preempts] == ["b2"]
+
+
+@pytest.mark.parametrize("rank", list(R))
+@pytest.mark.parametrize("aging_s", [0.0, 3600.0])
+def test_order_is_the_stable_sort_by_priority_then_rank_key(rank, aging_s):
+    # `order` computes the keys as arrays; it must give exactly the stable sort by
+    # (-priority, rank_key) that the per-job key function gives, ties (equal keys) included.
+    import random
+
+    from rayfin.policy.model import Priority
+    rng = random.Random(7)
+    jobs, hints = [], {}
+    for i in range(400):
+        job = pend(f"j{i}", "a", rng.choice([1, 2, 4, 8]), t=float(rng.choice([0, 5, 50, 500, 5000])),
+                   prio=rng.choice(list(Priority)))
+        jobs.append(job)
+        pick = rng.random()
+        if pick < 0.6:   # predicted, some outlived their prediction, some exact ties
+            hints[job.job_id] = JobHint(float(rng.choice([10, 60, 100, 3600, 86400])),
+                                        float(rng.choice([0, 0, 30, 5000])))
+        elif pick < 0.8:
+            hints[job.job_id] = JobHint(None, float(rng.choice([0, 10, 4000])))
+    now = 6000.0
+    want = sorted(jobs, key=lambda j: (-int(j.priority),) + rank_key(rank, j, hints.get(j.job_id), now,
+                                                                     aging_s=aging_s, las_threshold_gpu_s=3600.0))
+    got = order(rank, jobs, hints, now, aging_s=aging_s, las_threshold_gpu_s=3600.0)
+    assert [j.job_id for j in got] == [j.job_id for j in want]

@@ -186,3 +186,56 @@ def test_policy_and_placement_never_import_ray():
     code = ("import sys, rayfin.policy, rayfin.policy.preemption, placement.gang, placement.allreduce, rayfin.sim;"
             "bad = [m for m in sys.modules if m == 'ray' or m.startswith('ray.')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+
+
+def test_reason_only_decisions_equal_the_dataclass():
+    # scheduler._d fills a Decision's slots directly (cheaper for long queues); it must be the
+    # same value the constructor builds, every field included.
+    from rayfin.policy.model import Decision
+    from rayfin.policy.scheduler import _d
+    from rayfin.reasons import ReasonCode
+    job = pend("j1", "a", 2)
+    got = _d(job, Verdict.WAIT, ("no room",), ReasonCode.NO_FREE_GPUS)
+    assert got == Decision("j1", "a", Verdict.WAIT, ("no room",), code=ReasonCode.NO_FREE_GPUS)
+    assert got.reason == "no room" and got.placement == () and got.deadline is None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_reclaim_search_with_floors_equals_the_plain_scan(seed, monkeypatch):
+    # plan_reclaim tries domains best score floor first and stops early; the plan must be the
+    # one the plain scan (every domain in order, strictly better replaces) returns.
+    import random
+
+    import rayfin.policy.preemption as pre
+    from rayfin.policy.hints import JobHint
+    rng = random.Random(seed)
+    t = topo(racks=2, nodes_per_rack=2)   # 2 racks x 2 nodes x 2 islands of 4 GPUs
+    islands = [i.id for i in t.islands]
+    running, hints, k = [], {}, 0
+    for isl in islands:
+        left = 4
+        while left > 0:
+            g = rng.choice([x for x in (1, 2, 4) if x <= left])
+            desk = rng.choice(["a", "b", "c"])
+            running.append(run(f"r{k}", desk, (isl, float(g)), started=float(rng.randint(0, 50)),
+                               prio=rng.choice([B, N, C])))
+            hints[f"r{k}"] = JobHint(float(rng.choice([600, 3600, 86400])), 100.0, float(rng.randint(1, 900)))
+            left -= g
+            k += 1
+    pending = [pend(f"p{i}", "a", rng.choice([1, 2, 4, 8]), t=float(i)) for i in range(6)]
+    cfg = SchedulerConfig.preset("rayfin")
+
+    def plain(ctx, job, need_own, level, kind, bounds, domains):
+        best = None
+        for dom in domains:
+            plan = pre._plan_in(ctx, job, dom, kind, need_own, level)
+            if plan is not None and (best is None or plan.score < best.score):
+                best = plan
+                if plan.score[0] == -1 and not plan.victims:
+                    break
+        return best
+    s = snap(t, desks(a=16, b=8, c=8), running, pending, now=100.0, hints=hints)
+    fast = schedule(s, cfg)
+    monkeypatch.setattr(pre, "_best_domain", plain)
+    slow = schedule(s, cfg)
+    assert fast == slow
