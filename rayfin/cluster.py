@@ -13,7 +13,9 @@ by rayfin.up): this module sits below the Serve applications and imports nothing
 
 With `gcs_redis` (HOST:PORT) Ray's control store (GCS) keeps its tables in that Redis (Ray's GCS
 fault tolerance, `RAY_REDIS_ADDRESS`), under a storage namespace unique to this cluster: a GCS
-that dies and restarts finds its nodes, actors and placement groups again.
+that dies and restarts finds its nodes, actors and placement groups again. `kill_head` and
+`restart_head` go further: every process of the head node dies, and a new head node starts on the
+same GCS address. The worker nodes reconnect to it, as they do to a new head pod on KubeRay.
 """
 from __future__ import annotations
 
@@ -263,7 +265,8 @@ class LocalCluster:
 
     @property
     def gcs_running(self) -> bool:
-        return self.cluster is not None and self.cluster.head_node._gcs_address is not None
+        head = self.cluster.head_node if self.cluster is not None else None
+        return head is not None and head._gcs_address is not None
 
     def kill_gcs(self) -> None:
         """SIGKILL Ray's GCS server on the head (a head failure, as far as the control store goes)."""
@@ -275,15 +278,15 @@ class LocalCluster:
 
     def kill_head(self) -> list[int]:
         """The head node dies as a head pod does: SIGKILL of every process of it (raylet, GCS,
-        dashboard, monitor, log monitor, and the raylet's children: node agents and the workers
-        of the actors on it, the controller's among them). Worker nodes stay up; with `gcs_redis`
+        dashboard, monitor, log monitor, and everything below them: the dashboard's modules, the
+        node agents, the workers of the actors on the head (the controller's among them) and
+        what those started, e.g. HAProxy). Worker nodes stay up; with `gcs_redis`
         their raylets wait for a GCS on the same address (`gcs_rpc_server_reconnect_timeout_s`).
         Returns the process ids killed."""
         head = self.cluster.head_node
         self._head_args["gcs_server_port"] = int(head.gcs_address.rsplit(":", 1)[1])
         own = [p.process.pid for procs in head.all_processes.values() for p in procs]
-        raylets = [p.process.pid for p in head.all_processes.get("raylet", [])]
-        pids = own + [c for r in raylets for c in descendants(r)]
+        pids = list(dict.fromkeys(own + [c for pid in own for c in descendants(pid)]))
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
