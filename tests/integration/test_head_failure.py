@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 
@@ -26,6 +27,7 @@ def small_config(tmp_path) -> str:
     return str(path)
 
 
+@pytest.mark.timeout(960)   # a gang caught by Ray's lease leak at the kill waits 300 s to be requeued
 def test_head_kill_with_gcs_in_redis_and_ledger_in_postgresql(tmp_path):
     out = tmp_path / "chaos.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.chaos", "--config", small_config(tmp_path),
