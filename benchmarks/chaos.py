@@ -9,10 +9,12 @@ id to a marker file when it starts, so a second start is seen. The faults, in a 
 
     controller  SIGKILL of the controller's process (Ray restarts the actor)      `--kills`
     node        a worker node (an NVLink island) crashes, then comes back           `--node-losses` (1)
-    head        the head's control plane dies: Ray's GCS server and the controller   `--head-kills`
-                are SIGKILLed together; the GCS restarts after `--head-outage-s` and
+    head        the head node dies: every process of it is SIGKILLed (raylet, GCS,       `--head-kills`
+                dashboard, monitors, node agents, the workers on it: the controller's);
+                after `--head-outage-s` a new head starts on the same GCS address and
                 reloads the cluster from Redis (GCS fault tolerance, a Redis this
-                benchmark starts); the controller comes back and reads its ledger
+                benchmark starts); the worker raylets reconnect, Ray restarts the
+                controller on the new head and it reads its ledger
 
 `--ledger postgresql` keeps the ledger in a PostgreSQL this benchmark starts (system package,
 temporary directory, free port); `sqlite` (the default) in a file.
@@ -32,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import tempfile
 import threading
 import time
@@ -115,6 +116,18 @@ def _wait_new_controller(controller, old_pid: int | None, timeout: float = 300.0
     raise RuntimeError(f"controller did not come back within {timeout:g}s")
 
 
+def _reconnect_driver(run):
+    """A driver attached to the dead head's raylet cannot follow actors that move (it no longer
+    hears of their restart): connect again, as a client of a restarted head pod does, and find the
+    controller by name. Returns its new handle."""
+    import ray
+
+    ray.shutdown()
+    ray.init(address=run.address, namespace=run.config.controller.namespace, log_to_driver=False,
+             logging_level="WARNING")
+    return ray.get_actor(run.config.controller.name, namespace=run.config.controller.namespace)
+
+
 def fault_schedule(kills: int, head_kills: int, node_losses: int, rng: random.Random) -> list[str]:
     """Controller and head kills in a shuffled order, the node crash (if any) in the middle."""
     faults = ["controller"] * kills + ["head"] * head_kills
@@ -148,20 +161,25 @@ class Chaos:
 
     def head(self, k: int) -> None:
         before = _ping(self.run.controller)
+        local = self.run.local
+        old_head = local.cluster.head_node.node_id
+        raylets = {i: n.all_processes["raylet"][0].process for i, n in local.nodes.items()}
         t = time.monotonic()
-        self.run.local.kill_gcs()
-        if before:
-            try:
-                os.kill(before["pid"], signal.SIGKILL)     # the controller lives on the head node
-            except ProcessLookupError:
-                pass
+        killed = local.kill_head()                          # every process of the head node
         time.sleep(self.head_outage_s)                      # the head pod being rescheduled
-        self.run.local.restart_gcs()
+        started_s = local.restart_head()           # a new head on the same GCS address
+        self.run.controller = _reconnect_driver(self.run)   # this driver's raylet died with the head
         after = _wait_new_controller(self.run.controller, before and before["pid"])
         self.recovery["head"].append(time.monotonic() - t)
-        self.recovered.append({"fault": "head", **after["recovery"]})
-        self._note(f"head kill {k}: GCS down {self.head_outage_s:g}s, controller answering after "
-                   f"{self.recovery['head'][-1]:.2f}s ({after['recovery']})")
+        self.recovered.append({"fault": "head", "killed_processes": len(killed),
+                               "new_head_start_s": round(started_s, 2),
+                               "new_head_node": local.cluster.head_node.node_id != old_head,
+                               "worker_raylets_survived": all(p.poll() is None for p in raylets.values()),
+                               "controller_moved": bool(before) and after["pid"] != before["pid"],
+                               **after["recovery"]})
+        self._note(f"head kill {k}: {len(killed)} head processes killed, down {self.head_outage_s:g}s, new head "
+                   f"started in {started_s:.1f}s, controller answering after {self.recovery['head'][-1]:.2f}s "
+                   f"({after['recovery']})")
 
     def node(self) -> None:
         island = self.cfg.cluster.nodes[0].name + "-i0"

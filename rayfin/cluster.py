@@ -13,7 +13,9 @@ by rayfin.up): this module sits below the Serve applications and imports nothing
 
 With `gcs_redis` (HOST:PORT) Ray's control store (GCS) keeps its tables in that Redis (Ray's GCS
 fault tolerance, `RAY_REDIS_ADDRESS`), under a storage namespace unique to this cluster: a GCS
-that dies and restarts finds its nodes, actors and placement groups again.
+that dies and restarts finds its nodes, actors and placement groups again. `kill_head` and
+`restart_head` go further: every process of the head node dies, and a new head node starts on the
+same GCS address. The worker nodes reconnect to it, as they do to a new head pod on KubeRay.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import logging
 import os
 import random
 import secrets
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -133,6 +136,32 @@ def free_port_range(count: int, rng: random.Random | None = None) -> int:
     return start
 
 
+def descendants(pid: int, proc: str = "/proc") -> list[int]:
+    """Every process below `pid` (children, their children, ...), from /proc; [] elsewhere."""
+    parent: dict[int, int] = {}
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return []
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{e}/stat") as f:
+                stat = f.read()
+            parent[int(e)] = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found.extend(kids)
+        frontier.extend(kids)
+    return found
+
+
 class IngressSetup(Protocol):
     """How HTTP reaches Serve's replicas, set in the environment before Ray starts (Serve reads
     it from each process's environment): `serve_apps.ingress` is one. `install_from_config`
@@ -157,6 +186,8 @@ class LocalCluster:
     ingress_env: dict[str, str] = field(default_factory=dict)   # what `ingress` set for it
     gcs_redis: str | None = None         # HOST:PORT of the Redis for GCS fault tolerance
     storage_namespace: str = ""
+    head_alive: bool = True
+    _head_args: dict[str, Any] = field(default_factory=dict, repr=False)
     _env_before: dict[str, str | None] = field(default_factory=dict, repr=False)
 
     @property
@@ -202,6 +233,7 @@ class LocalCluster:
             os.environ.update(tracing_env(self.config.telemetry))  # every raylet and worker inherits these
             head["tracing_startup_hook"] = hook
         try:
+            self._head_args = dict(head)
             self.cluster = Cluster(initialize_head=True, head_node_args=head, shutdown_at_exit=True)
             for island in self.topology.islands:
                 self.nodes[island.id] = self.cluster.add_node(wait=False, **island_node_args(island))
@@ -234,7 +266,8 @@ class LocalCluster:
 
     @property
     def gcs_running(self) -> bool:
-        return self.cluster is not None and self.cluster.head_node._gcs_address is not None
+        head = self.cluster.head_node if self.cluster is not None else None
+        return head is not None and head._gcs_address is not None
 
     def kill_gcs(self) -> None:
         """SIGKILL Ray's GCS server on the head (a head failure, as far as the control store goes)."""
@@ -243,6 +276,36 @@ class LocalCluster:
     def restart_gcs(self) -> None:
         """Start the GCS again on its port; with `gcs_redis` it reloads the cluster's state."""
         self.cluster.head_node.start_gcs_server()
+
+    def kill_head(self) -> list[int]:
+        """The head node dies as a head pod does: SIGKILL of every process of it (raylet, GCS,
+        dashboard, monitor, log monitor, and everything below them: the dashboard's modules, the
+        node agents, the workers of the actors on the head (the controller's among them) and
+        what those started, e.g. HAProxy). Worker nodes stay up; with `gcs_redis`
+        their raylets wait for a GCS on the same address (`gcs_rpc_server_reconnect_timeout_s`).
+        Returns the process ids killed."""
+        head = self.cluster.head_node
+        self._head_args["gcs_server_port"] = int(head.gcs_address.rsplit(":", 1)[1])
+        own = [p.process.pid for procs in head.all_processes.values() for p in procs]
+        pids = list(dict.fromkeys(own + [c for pid in own for c in descendants(pid)]))
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        head.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)  # reaps its children
+        self.cluster.head_node = None
+        self.head_alive = False
+        return pids
+
+    def restart_head(self) -> float:
+        """A new head node on the dead head's GCS address (and dashboard and metrics ports): with
+        `gcs_redis` its GCS reloads the cluster from Redis, the worker raylets reconnect, and Ray
+        restarts the detached actors pinned to the head (the controller) on it. Returns seconds."""
+        t0 = time.monotonic()
+        self.cluster.add_node(**self._head_args)
+        self.head_alive = True
+        return time.monotonic() - t0
 
     def remove_island(self, island_id: str, graceful: bool = True) -> None:
         """Take an island's node away (a node failure when graceful=False)."""
@@ -256,6 +319,8 @@ class LocalCluster:
     def shutdown(self) -> None:
         try:
             if self.cluster is not None:
+                if not self.head_alive:
+                    self.restart_head()     # else the worker nodes wait for a GCS that never comes
                 if not self.gcs_running:
                     self.restart_gcs()      # else the node agents, waiting for it, are orphaned
                 self.cluster.shutdown()

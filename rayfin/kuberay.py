@@ -17,7 +17,8 @@ uses locally, so placement groups, island resources and labels mean the same thi
                                               nodes again (GCS fault tolerance)
 
 `validate(doc)` checks a manifest against the ray.io/v1 CRD schema subset kept in
-configs/kuberay/schema/ (written from a pinned KubeRay release's API types).
+configs/kuberay/schema/ (written from KubeRay's v1 API types, checked against KubeRay's CRD
+at the repo, path and commit it records under `source`).
 
 It sits above both telemetry (the tracing hook and its environment) and the Serve applications
 (the ingress and edge variables every pod carries), so neither of those imports the other.

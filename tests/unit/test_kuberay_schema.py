@@ -81,3 +81,22 @@ def test_schema_catches_what_kuberay_would_refuse_or_drop(path, value, where):
         bad = _set(doc, path, value)
     errors = kuberay.validate(bad)
     assert errors and any(e.startswith(where + ":") for e in errors), errors
+
+
+def test_schema_records_the_crd_it_was_checked_against():
+    src = yaml.safe_load(kuberay.SCHEMA.read_text())["source"]
+    assert src["repo"] == "ray-project/kuberay" and src["path"].endswith("ray.io_rayclusters.yaml")
+    assert len(src["commit"]) == 40 and int(src["commit"], 16) >= 0
+    assert "spec.gcsFaultToleranceOptions" in src["checked"]
+
+
+def test_gcs_options_the_released_crd_allows_pass():
+    """redisUsername and the EnvVarSource members the CRD defines (fileKeyRef,
+    resourceFieldRef) are valid, not refused by a subset that forgot them."""
+    doc = docs()["raycluster.yaml"]
+    doc = _set(doc, "spec.gcsFaultToleranceOptions.redisUsername", {"value": "rayfin"})
+    doc = _set(doc, "spec.gcsFaultToleranceOptions.redisPassword",
+               {"valueFrom": {"fileKeyRef": {"volumeName": "redis", "path": "pw", "key": "password"}}})
+    assert kuberay.validate(doc) == []
+    bad = _set(doc, "spec.gcsFaultToleranceOptions.redisPassword", {"valueFrom": {"fileKeyRef": {"key": "password"}}})
+    assert any(e.startswith("spec.gcsFaultToleranceOptions.redisPassword") for e in kuberay.validate(bad))
