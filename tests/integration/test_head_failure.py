@@ -27,13 +27,15 @@ def small_config(tmp_path) -> str:
     return str(path)
 
 
-@pytest.mark.timeout(960)   # a gang caught by Ray's lease leak at the kill waits 300 s to be requeued
+# No gangs here: one whose workers are being created at the kill can be held 300 s by a Ray 2.60
+# lease leak (ray-project/ray#66199), too long for CI; the chaos benchmark runs gangs through head kills.
+@pytest.mark.timeout(600)
 def test_head_kill_with_gcs_in_redis_and_ledger_in_postgresql(tmp_path):
     out = tmp_path / "chaos.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.chaos", "--config", small_config(tmp_path),
-                           "--jobs", "8", "--kills", "0", "--head-kills", "1", "--node-losses", "0",
-                           "--head-outage-s", "2", "--job-time-scale", "4", "--ledger", "postgresql", "--timeout", "420", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)
+                           "--jobs", "8", "--no-gangs", "--kills", "0", "--head-kills", "1", "--node-losses", "0",
+                           "--head-outage-s", "2", "--job-time-scale", "4", "--ledger", "postgresql", "--timeout", "360", "--out", str(out)],
+                          capture_output=True, text=True, timeout=540)
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert (r["ledger"], r["gcs_fault_tolerance"]) == ("postgresql", True)
