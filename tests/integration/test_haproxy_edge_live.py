@@ -204,6 +204,7 @@ def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
         ray.shutdown()      # the ingress is fixed when a cluster starts: this test's own
     port = free_port()
     config = _edge_config(port, fx_rate=1, fx_burst=2)
+    saved = dict(os.environ)     # the ingress variables are this test's cluster's, not the session's
     installed = ingress.install_from_config(config)
     map_path = os.environ[MAP_ENV]
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -225,3 +226,5 @@ def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
+        os.environ.clear()
+        os.environ.update(saved)
