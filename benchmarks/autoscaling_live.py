@@ -22,13 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from rayfin.autoscale import AutoscaleState, Observations, parse_autoscaling, step
-from rayfin.controller.autoscale_ray import RayAutoscalerAdapter
-from rayfin.cluster import free_port_range
-from rayfin.forecast import ForecastParams, init, update
-
-# A driver talking to a `ray start` cluster needs token auth; Ray reads this when imported.
+# A driver talking to a `ray start` cluster needs token auth; Ray reads this when it is imported,
+# so it is set before anything below imports Ray.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+from rayfin.autoscale import AutoscaleState, Observations, parse_autoscaling, step  # noqa: E402
+from rayfin.cluster import free_port_range  # noqa: E402
+from rayfin.controller.autoscale_ray import RayAutoscalerAdapter  # noqa: E402
+from rayfin.forecast import ForecastParams, init, update  # noqa: E402
 
 SEASON_S = 120.0
 BURST_S = 25.0
