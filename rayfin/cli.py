@@ -8,12 +8,16 @@ import signal
 import sys
 import threading
 import time
+from datetime import date, datetime
 
-from rayfin.config import ControllerConfig, default_config_path, hash_token, load_config
+from rayfin.config import ControllerConfig, RayfinConfig, default_config_path, hash_token, load_config
 from rayfin.controller.ledger import open_ledger
 from rayfin.controller.ledger_io import export_ledger, import_ledger
 from rayfin.demo import run_demo
 from rayfin.errors import ConfigError, RayfinError, Unauthorized
+from rayfin.market.calendar import MarketCalendar
+from rayfin.market.plan import FitProblem, check_fits, format_day
+from rayfin.policy.model import DeskQuota
 from rayfin.sdk import Client, connect, default_url
 from rayfin.supervisor import DEPLOY_KEY_ENV, Supervisor
 from rayfin.tables import colour, job_lines, policing_lines, usage_lines
@@ -28,8 +32,40 @@ def _use_colour(args: argparse.Namespace) -> bool:
 # ------------------------------------------------------------------ commands
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
+    problems = quota_plan_problems(cfg)
+    for p in problems:
+        print(f"{args.file}: quota_plan: [{p.code.value}] {p.text}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"{args.file}: ok ({cfg.cluster.total_gpus} GPUs on {len(cfg.cluster.nodes)} nodes, "
-          f"{len(cfg.desks)} desks: {', '.join(cfg.desk_names)})")
+          f"{len(cfg.desks)} desks: {', '.join(cfg.desk_names)})"
+          + (f"; quota plan on {cfg.calendar.exchange} fits in every window" if cfg.calendar else ""))
+    return 0
+
+
+def quota_plan_problems(cfg: RayfinConfig) -> tuple[FitProblem, ...]:
+    """`check_fits` of the config's quota plan over every window (empty without a plan)."""
+    if cfg.quota_plan is None:
+        return ()
+    base = {d.name: DeskQuota.from_config(d) for d in cfg.desks}
+    return check_fits(cfg.quota_plan, base, float(cfg.cluster.total_gpus)).problems
+
+
+def cmd_quota_plan(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    market = cfg.market
+    if market is None:
+        raise ConfigError(f"{args.config}: no `calendar:` section, so no quota plan to show; add "
+                          "`calendar: {exchange: XNYS}` and a `quota_plan:` (README, Market clock)", path="calendar")
+    cal = MarketCalendar.get(market.calendar.exchange)
+    try:
+        day = date.fromisoformat(args.date) if args.date else datetime.now(cal.tz).date()
+    except ValueError:
+        raise ConfigError(f"--date: got {args.date!r}; expected YYYY-MM-DD", path="--date") from None
+    base = {d.name: DeskQuota.from_config(d) for d in cfg.desks}
+    print(format_day(market.quota_plan, base, cal, day))
+    for p in quota_plan_problems(cfg):
+        print(f"warning: [{p.code.value}] {p.text}", file=sys.stderr)
     return 0
 
 
@@ -227,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config file without starting anything")
     v.add_argument("file")
     v.set_defaults(fn=cmd_validate)
+    qp = sub.add_parser("quota-plan", help="print a day's market windows and each desk's quotas in them (offline)")
+    qp.add_argument("--config", default=str(default_config_path()))
+    qp.add_argument("--date", help="YYYY-MM-DD in the exchange's zone (default: today there)")
+    qp.set_defaults(fn=cmd_quota_plan)
+
     h = sub.add_parser("hash-token", help="print the sha256 to put in a desk's credential_sha256")
     h.add_argument("token")
     h.set_defaults(fn=cmd_hash_token)
