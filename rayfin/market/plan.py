@@ -24,9 +24,9 @@ from datetime import date, datetime, timedelta
 from enum import Enum
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from rayfin.config_base import config_error_from
+from rayfin.config_base import ConfigModel, config_error_from
 from rayfin.market.calendar import MarketCalendar, MarketOffset, Session
 from rayfin.market.errors import CalendarError
 from rayfin.policy.model import DeskQuota
@@ -43,8 +43,8 @@ class WindowName(str, Enum):
 
 # ---- settings (pydantic: validated at the edge, errors with field paths) ----------------------
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(ConfigModel):
+    """The config's one base (frozen, a misspelt field is an error): these are config sections."""
 
 
 class CalendarSettings(_Model):
