@@ -31,6 +31,22 @@ def test_local_config_has_a_plan_that_fits():
     assert cli.quota_plan_problems(cfg) == ()
 
 
+def test_plan_survives_the_dump_the_controller_actor_is_given():
+    """A window that leaves borrowing_limit out keeps the desk's; an explicit null is no limit.
+    The config reaches the controller actor as model_dump(mode="json") -> parse_config."""
+    from rayfin.market.plan import WindowName, quotas_in
+    from rayfin.policy.model import DeskQuota
+    data = {**config_data(), "calendar": {"exchange": "XNYS"},
+            "quota_plan": {"desks": {"fx": {"eod": {"nominal_gpus": 2}, "overnight": {"borrowing_limit": None}}}}}
+    cfg = parse_config(data)
+    again = parse_config(cfg.model_dump(mode="json"))
+    base = {d.name: DeskQuota.from_config(d) for d in cfg.desks}
+    for w in WindowName:
+        assert quotas_in(again.quota_plan, base, w) == quotas_in(cfg.quota_plan, base, w), w
+    assert quotas_in(again.quota_plan, base, WindowName.EOD)["fx"].borrowing_limit == base["fx"].borrowing_limit
+    assert quotas_in(again.quota_plan, base, WindowName.OVERNIGHT)["fx"].borrowing_limit is None
+
+
 def test_bad_exchange_is_a_config_error_naming_the_field_and_the_fix():
     with pytest.raises(ConfigError) as err:
         parse_config({**config_data(), "calendar": {"exchange": "NOPE"}})
