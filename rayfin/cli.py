@@ -98,6 +98,9 @@ def cmd_chargeback(args: argparse.Namespace) -> int:
             rates[pool] = float(value)
         except ValueError:
             raise ConfigError(f"--rate: got {item!r}; expected POOL=COST_PER_GPU_HOUR", path="--rate") from None
+    if not controller.ledger and not os.path.exists(os.path.expanduser(controller.ledger_path)):
+        raise ConfigError(f"no ledger at {controller.ledger_path}: pass --ledger PATH_OR_URL or --config of the "
+                          "deployment whose ledger to read", path="--ledger")   # and never create an empty one
     ledger = open_ledger(controller)
     try:
         records = ledger_usage(ledger, until=until.timestamp(), node_pool=node_pool)

@@ -166,3 +166,9 @@ def test_chargeback_cli_json_matches_the_ledger(run_ledger, capsys):
     direct = float(_direct_gpu_seconds(db, 0.0, until) / 3600)
     assert abs(out["total"]["gpu_hours"] - round(direct, 6)) < 1e-6
     assert abs(sum(r["gpu_hours"] for r in out["rows"]) - out["total"]["gpu_hours"]) < 1e-5
+
+
+def test_chargeback_cli_never_creates_a_ledger(tmp_path, capsys):
+    missing = tmp_path / "nope.db"
+    assert cli.main(["chargeback", "--ledger", str(missing), "--since", "0"]) == 2
+    assert "no ledger at" in capsys.readouterr().err and not missing.exists()
