@@ -17,6 +17,7 @@ Reads only (`Ledger.events`, `Ledger.jobs`); works on SQLite and PostgreSQL ledg
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
@@ -85,7 +86,12 @@ def usage_records(events: Iterable[Event], *, until: float, node_pool: Mapping[s
             close(ev.job_id, ev.ts, preempted, WorkKind.BATCH)
     for job_id in list(open_):
         close(job_id, until, False, WorkKind.SERVING if job_id.startswith("serve-") else WorkKind.BATCH)
-    return [r for r in out if r.gpus > 0]
+    # `borrowed` is the job's last admission's: keep it on that interval only
+    last: dict[str, datetime] = {}
+    for r in out:
+        last[r.job_id] = max(last.get(r.job_id, r.start), r.start)
+    return [r if not r.borrowed or r.start == last[r.job_id] else replace(r, borrowed={})
+            for r in out if r.gpus > 0]
 
 
 def ledger_usage(ledger: Ledger, *, until: float, node_pool: Mapping[str, str] | None = None) -> list[UsageRecord]:

@@ -80,6 +80,18 @@ def test_quota_plan_prints_an_early_close_day(capsys):
     assert "no session" in capsys.readouterr().out
 
 
+def test_borrowed_gpus_ride_on_the_last_admission_only():
+    from rayfin.controller.chargeback import usage_records
+    from rayfin.controller.records import Event
+
+    def ev(seq, ts, state):
+        return Event(seq, ts, "j", "fx", "x", state, "", {"gpus": 4, "placement": [["n0-i0", 4]]})
+    recs = usage_records([ev(1, 0, "ADMITTED"), ev(2, 10, "PENDING"), ev(3, 20, "RUNNING"), ev(4, 50, "SUCCEEDED")],
+                         until=100, node_pool={"n0": "general"}, borrowed={"j": 2})
+    assert [(r.start.timestamp(), r.end.timestamp(), dict(r.borrowed), r.pool) for r in recs] == [
+        (0, 10, {}, "general"), (20, 50, {UNATTRIBUTED: 2}, "general")]
+
+
 # ---- chargeback from the ledger --------------------------------------------------------------------
 def _direct_gpu_seconds(db, since, until):
     """Straight from the ledger's rows (SQL, no rayfin code): a job holds `gpus` from the event
