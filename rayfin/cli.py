@@ -1,4 +1,4 @@
-"""`rayfin` command line: validate, hash-token, up, ledger, demo, status, jobs, explain, logs, watch, audit."""
+"""`rayfin` command line: validate, quota-plan, chargeback, hash-token, up, ledger, demo, status, jobs, explain, logs, watch, audit."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,18 @@ import signal
 import sys
 import threading
 import time
+from datetime import date, datetime, timezone
 
-from rayfin.config import ControllerConfig, default_config_path, hash_token, load_config
+from rayfin.config import ControllerConfig, RayfinConfig, default_config_path, hash_token, load_config
+from rayfin.controller.chargeback import ledger_usage
 from rayfin.controller.ledger import open_ledger
 from rayfin.controller.ledger_io import export_ledger, import_ledger
 from rayfin.demo import run_demo
 from rayfin.errors import ConfigError, RayfinError, Unauthorized
+from rayfin.market.calendar import MarketCalendar
+from rayfin.market.chargeback import GroupBy, chargeback
+from rayfin.market.plan import FitProblem, check_fits, format_day
+from rayfin.policy.model import DeskQuota
 from rayfin.sdk import Client, connect, default_url
 from rayfin.supervisor import DEPLOY_KEY_ENV, Supervisor
 from rayfin.tables import colour, job_lines, policing_lines, usage_lines
@@ -28,8 +34,85 @@ def _use_colour(args: argparse.Namespace) -> bool:
 # ------------------------------------------------------------------ commands
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
+    problems = quota_plan_problems(cfg)
+    for p in problems:
+        print(f"{args.file}: quota_plan: [{p.code.value}] {p.text}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"{args.file}: ok ({cfg.cluster.total_gpus} GPUs on {len(cfg.cluster.nodes)} nodes, "
-          f"{len(cfg.desks)} desks: {', '.join(cfg.desk_names)})")
+          f"{len(cfg.desks)} desks: {', '.join(cfg.desk_names)})"
+          + (f"; quota plan on {cfg.calendar.exchange} fits in every window" if cfg.calendar else ""))
+    return 0
+
+
+def quota_plan_problems(cfg: RayfinConfig) -> tuple[FitProblem, ...]:
+    """`check_fits` of the config's quota plan over every window (empty without a plan)."""
+    if cfg.quota_plan is None:
+        return ()
+    base = {d.name: DeskQuota.from_config(d) for d in cfg.desks}
+    return check_fits(cfg.quota_plan, base, float(cfg.cluster.total_gpus)).problems
+
+
+def cmd_quota_plan(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    market = cfg.market
+    if market is None:
+        raise ConfigError(f"{args.config}: no `calendar:` section, so no quota plan to show; add "
+                          "`calendar: {exchange: XNYS}` and a `quota_plan:` (README, Market clock)", path="calendar")
+    cal = MarketCalendar.get(market.calendar.exchange)
+    try:
+        day = date.fromisoformat(args.date) if args.date else datetime.now(cal.tz).date()
+    except ValueError:
+        raise ConfigError(f"--date: got {args.date!r}; expected YYYY-MM-DD", path="--date") from None
+    base = {d.name: DeskQuota.from_config(d) for d in cfg.desks}
+    print(format_day(market.quota_plan, base, cal, day))
+    for p in quota_plan_problems(cfg):
+        print(f"warning: [{p.code.value}] {p.text}", file=sys.stderr)
+    return 0
+
+
+def _when(text: str, flag: str) -> datetime:
+    """An ISO date/time (naive = UTC) or epoch seconds."""
+    try:
+        t = datetime.fromtimestamp(float(text), tz=timezone.utc)
+    except ValueError:
+        try:
+            t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{flag}: got {text!r}; expected an ISO time (2025-11-28T14:30Z) or epoch "
+                              "seconds", path=flag) from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def cmd_chargeback(args: argparse.Namespace) -> int:
+    node_pool: dict[str, str] = {}
+    if os.path.exists(args.config):
+        node_pool = {n.name: n.pool for n in load_config(args.config).cluster.nodes}
+    controller = _ledger_controller(args)
+    since = _when(args.since, "--since")
+    until = _when(args.until, "--until") if args.until else datetime.now(timezone.utc)
+    rates: dict[str, float] = {}
+    for item in args.rate:
+        pool, _, value = item.partition("=")
+        try:
+            rates[pool] = float(value)
+        except ValueError:
+            raise ConfigError(f"--rate: got {item!r}; expected POOL=COST_PER_GPU_HOUR", path="--rate") from None
+    if not controller.ledger and not os.path.exists(os.path.expanduser(controller.ledger_path)):
+        raise ConfigError(f"no ledger at {controller.ledger_path}: pass --ledger PATH_OR_URL or --config of the "
+                          "deployment whose ledger to read", path="--ledger")   # and never create an empty one
+    ledger = open_ledger(controller)
+    try:
+        records = ledger_usage(ledger, until=until.timestamp(), node_pool=node_pool)
+    finally:
+        ledger.close()
+    for r in records:
+        rates.setdefault(r.pool, args.default_rate)
+    report = chargeback(records, since, until, rates, GroupBy(args.by))
+    if not report.rows:
+        print(f"no GPU use in the ledger between {since.isoformat()} and {until.isoformat()}", file=sys.stderr)
+        return 0
+    print({"table": report.format_table, "csv": report.to_csv, "json": report.to_json}[args.format]())
     return 0
 
 
@@ -227,6 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config file without starting anything")
     v.add_argument("file")
     v.set_defaults(fn=cmd_validate)
+    qp = sub.add_parser("quota-plan", help="print a day's market windows and each desk's quotas in them (offline)")
+    qp.add_argument("--config", default=str(default_config_path()))
+    qp.add_argument("--date", help="YYYY-MM-DD in the exchange's zone (default: today there)")
+    qp.set_defaults(fn=cmd_quota_plan)
+
+    cb = sub.add_parser("chargeback", help="GPU-hours per desk, job or model from a ledger, offline")
+    cb.add_argument("--config", default=str(default_config_path()),
+                    help="config: its ledger (unless --ledger) and its node pools (for --rate)")
+    cb.add_argument("--ledger", help="a SQLite file path or a postgresql:// URL (instead of the config's)")
+    cb.add_argument("--password-env", help="environment variable holding the PostgreSQL password")
+    cb.add_argument("--password-file", help="file holding the PostgreSQL password")
+    cb.add_argument("--since", required=True, help="ISO time (naive = UTC) or epoch seconds")
+    cb.add_argument("--until", help="ISO time or epoch seconds (default: now)")
+    cb.add_argument("--by", choices=[g.value for g in GroupBy], default="desk")
+    cb.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    cb.add_argument("--rate", action="append", default=[], metavar="POOL=COST",
+                    help="cost per GPU-hour of a pool (repeatable)")
+    cb.add_argument("--default-rate", type=float, default=1.0, help="cost per GPU-hour of a pool with no --rate")
+    cb.set_defaults(fn=cmd_chargeback)
+
     h = sub.add_parser("hash-token", help="print the sha256 to put in a desk's credential_sha256")
     h.add_argument("token")
     h.set_defaults(fn=cmd_hash_token)

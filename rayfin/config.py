@@ -23,6 +23,7 @@ from rayfin import auth
 from rayfin.autoscale.config import AutoscalingSettings
 from rayfin.config_base import SHA256_RE, ConfigModel, Name, config_error_from
 from rayfin.errors import ConfigError
+from rayfin.market.plan import CalendarSettings, MarketSettings, QuotaPlan
 from rayfin.telemetry.config import TelemetryConfig
 
 # How HTTP reaches the model replicas (serve_apps/ingress.py): written once, here.
@@ -316,9 +317,16 @@ class RayfinConfig(ConfigModel):
     dashboard: DashboardConfig = DashboardConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     autoscaling: AutoscalingSettings = AutoscalingSettings()
+    # The market clock (issue 18, rayfin.market): the exchange whose sessions the quota plan
+    # follows, and per desk the quota overrides of each window. Both optional; a plan needs a calendar.
+    calendar: CalendarSettings | None = None
+    quota_plan: QuotaPlan | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RayfinConfig":
+        if self.quota_plan is not None and self.calendar is None:
+            raise ValueError("quota_plan needs a calendar: add `calendar: {exchange: XNYS}` (or another "
+                             "exchange_calendars code)")
         names = [d.name for d in self.desks]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -358,6 +366,13 @@ class RayfinConfig(ConfigModel):
     @property
     def desk_names(self) -> list[str]:
         return [d.name for d in self.desks]
+
+    @property
+    def market(self) -> MarketSettings | None:
+        """The calendar and quota plan as rayfin.market takes them; None when no calendar is set."""
+        if self.calendar is None:
+            return None
+        return MarketSettings(calendar=self.calendar, quota_plan=self.quota_plan or QuotaPlan())
 
 
 # The one credential check lives in rayfin.auth; these names stay importable from here.

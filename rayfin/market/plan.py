@@ -24,9 +24,10 @@ from datetime import date, datetime, timedelta
 from enum import Enum
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
-from rayfin.config_base import config_error_from
+from rayfin.config_base import ConfigModel, config_error_from
 from rayfin.market.calendar import MarketCalendar, MarketOffset, Session
 from rayfin.market.errors import CalendarError
 from rayfin.policy.model import DeskQuota
@@ -43,8 +44,8 @@ class WindowName(str, Enum):
 
 # ---- settings (pydantic: validated at the edge, errors with field paths) ----------------------
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(ConfigModel):
+    """The config's one base (frozen, a misspelt field is an error): these are config sections."""
 
 
 class CalendarSettings(_Model):
@@ -60,7 +61,17 @@ class CalendarSettings(_Model):
         return v
 
 
-class ServingOverride(_Model):
+class _Override(_Model):
+    """Overrides: a field left out keeps the desk's base value, and a null one (borrowing_limit,
+    lending_limit) means "no limit". Serialized with only the fields that were set, so a dump and
+    re-parse (the controller actor gets its config that way) keeps that difference."""
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+class ServingOverride(_Override):
     """Serving quotas of a desk in one window; unset fields keep the desk's configured ones."""
 
     gpus: float | None = Field(None, ge=0, description="GPUs reserved for the desk's inference replicas")
@@ -69,7 +80,7 @@ class ServingOverride(_Model):
     max_in_flight: int | None = Field(None, ge=1)
 
 
-class WindowQuota(_Model):
+class WindowQuota(_Override):
     nominal_gpus: float | None = Field(None, ge=0)
     borrowing_limit: float | None = Field(None, ge=0)
     lending_limit: float | None = Field(None, ge=0)
