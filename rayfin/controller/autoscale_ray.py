@@ -19,6 +19,10 @@ or driver (the controller loop):
     rayfin_pool_provisioned_gpus{pool}        GPUs requested from Ray's autoscaler
     rayfin_pool_nodes_draining{pool}, rayfin_pool_node_hours_released{pool},
     rayfin_pool_energy_saved_kwh{pool}        drain and what it gave back (record_drain)
+
+`read_desk_request_counts()` is the loop's third seam, to Ray Serve: the quota broker's
+admitted-request counters per desk (serve_apps' `QuotaBroker.desk_request_counts`), from the
+gateway application as `rayfin up` names it or as the RayService does; None where neither runs.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from ray.util.metrics import Gauge
 
 from rayfin.autoscale.drain import DrainPlan, ReleaseAccount
 from rayfin.autoscale.planner import CapacityRequest
+from rayfin.controller.capacity import DeskCounts
 from rayfin.errors import RayfinError
 
 RequestFn = Callable[..., None]
@@ -138,3 +143,28 @@ def record_drain(plan: DrainPlan, account: ReleaseAccount) -> None:
 
 __all__ = ["AutoscalerUnavailable", "ApplyResult", "RayAutoscalerAdapter", "record_capacity", "record_desk_forecasts",
            "record_drain"]
+
+
+# The gateway application that holds the quota broker: as serve_apps.deploy (`rayfin up`) and as
+# rayfin.kuberay's RayService name it. Strings, not imports: serve_apps is a layer above this one.
+BROKER_APPS = ("rayfin-gateway", "gateway")
+BROKER_DEPLOYMENT = "QuotaBroker"
+
+
+def read_desk_request_counts(timeout_s: float = 2.0) -> DeskCounts | None:
+    """The broker's admitted-request counts per desk; None when Serve or the gateway is not up.
+    Raises what Serve raises for a broker that does not answer (the loop logs it, rates empty)."""
+    from ray import serve
+
+    try:
+        apps = serve.status().applications
+    except Exception:  # noqa: BLE001 - no Serve instance on this cluster: no serving, no rates
+        return None
+    for name in BROKER_APPS:
+        app = apps.get(name)
+        if app is None or BROKER_DEPLOYMENT not in app.deployments:
+            continue
+        handle = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=name)
+        raw = handle.desk_request_counts.remote().result(timeout_s=timeout_s)
+        return DeskCounts(since=float(raw["since"]), counts={str(d): int(n) for d, n in raw["counts"].items()})
+    return None
