@@ -141,14 +141,32 @@ def record_drain(plan: DrainPlan, account: ReleaseAccount) -> None:
         e.set(account.energy_kwh(pool), tags={"pool": pool})
 
 
-__all__ = ["AutoscalerUnavailable", "ApplyResult", "RayAutoscalerAdapter", "record_capacity", "record_desk_forecasts",
-           "record_drain"]
+__all__ = ["AutoscalerUnavailable", "ApplyResult", "RayAutoscalerAdapter", "read_desk_request_counts", "record_capacity",
+           "record_desk_forecasts", "record_drain"]
 
 
 # The gateway application that holds the quota broker: as serve_apps.deploy (`rayfin up`) and as
 # rayfin.kuberay's RayService name it. Strings, not imports: serve_apps is a layer above this one.
 BROKER_APPS = ("rayfin-gateway", "gateway")
 BROKER_DEPLOYMENT = "QuotaBroker"
+
+
+_broker_handles: dict[str, Any] = {}
+
+
+def _broker_handle(app: str) -> Any:
+    """One handle per gateway application, kept across bins. Its router runs on Serve's own loop
+    thread: the controller's cycle thread has no event loop, and with
+    RAY_SERVE_THROUGHPUT_OPTIMIZED (serve_apps/ingress.py) a handle would otherwise need one."""
+    from ray import serve
+
+    handle = _broker_handles.get(app)
+    if handle is None:
+        handle = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=app)
+        if not handle.is_initialized:
+            handle._init(_run_router_in_separate_loop=True)
+        _broker_handles[app] = handle
+    return handle
 
 
 def read_desk_request_counts(timeout_s: float = 2.0) -> DeskCounts | None:
@@ -164,7 +182,10 @@ def read_desk_request_counts(timeout_s: float = 2.0) -> DeskCounts | None:
         app = apps.get(name)
         if app is None or BROKER_DEPLOYMENT not in app.deployments:
             continue
-        handle = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=name)
-        raw = handle.desk_request_counts.remote().result(timeout_s=timeout_s)
+        try:
+            raw = _broker_handle(name).desk_request_counts.remote().result(timeout_s=timeout_s)
+        except Exception:
+            _broker_handles.pop(name, None)      # a fresh handle next bin (the app may be redeployed)
+            raise
         return DeskCounts(since=float(raw["since"]), counts={str(d): int(n) for d, n in raw["counts"].items()})
     return None
