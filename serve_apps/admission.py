@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from pydantic import ValidationError
@@ -109,12 +109,18 @@ def replicas_of(replicas: int | Mapping[str, int], desk: str) -> int:
 class LocalBroker:
     """The broker's state and logic: the `QuotaBroker` Serve deployment wraps one of these.
     It holds only the central part of each quota; the rest is split over the replicas' own
-    buckets."""
+    buckets.
+
+    It also adds up the requests the replicas admitted per desk (each lease request carries its
+    replica's monotonic count): `request_counts()` is what the controller's capacity loop turns
+    into each desk's request rate (rayfin/controller/capacity.py)."""
 
     def __init__(self, specs: Mapping[str, QuotaSpec], *, replicas: int | Mapping[str, int] = 1,
                  local_fraction: float = 0.0, token_ttl_s: float = 1.0, holder_ttl_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self.counting_since = wall()          # wall time: the counts below start from zero here
+        self._admitted: dict[str, dict[str, int]] = {d: {} for d in specs}   # desk -> replica -> count
         self.token_ttl_s, self.holder_ttl_s = token_ttl_s, holder_ttl_s
         now = clock()
         self.budgets = {d: DeskBudget.new(d, s, now, replicas=replicas_of(replicas, d), local_fraction=local_fraction)
@@ -129,6 +135,9 @@ class LocalBroker:
         now = self._clock()
         out = []
         for req in requests:
+            seen = self._admitted.setdefault(req.desk, {})
+            if req.admitted > seen.get(req.replica, 0):   # max: a late or repeated report cannot go back
+                seen[req.replica] = req.admitted
             budget = self.budgets[req.desk]
             grant, self.budgets[req.desk] = decide_grant(budget, req, now, token_ttl_s=self.token_ttl_s,
                                                          holder_ttl_s=self.holder_ttl_s)
@@ -137,6 +146,13 @@ class LocalBroker:
 
     async def alease(self, requests: Sequence[LeaseRequest]) -> list[Grant]:
         return self.lease(requests)
+
+    def request_counts(self) -> dict:
+        """Requests admitted per desk since `since` (wall time), all replicas, every configured desk
+        (0 when none): monotonic while this broker lives; a new broker starts again from zero.
+        A replica's admissions arrive with its next lease call (at most about a second late)."""
+        return {"since": self.counting_since,
+                "counts": {d: sum(by_replica.values()) for d, by_replica in self._admitted.items()}}
 
     def snapshot(self) -> dict:
         now = self._clock()
@@ -171,6 +187,10 @@ class QuotaGate:
         self.broker_calls = 0
         self.refusals: dict[str, int] = defaultdict(int)
         self.broker_errors = 0
+        # Requests admitted per desk (monotonic), sent with every lease request; `_reported` is
+        # what the broker has acknowledged, so an idle pass reports the last few too.
+        self.admitted: dict[str, int] = defaultdict(int)
+        self._reported: dict[str, int] = defaultdict(int)
 
     # -- hot path ---------------------------------------------------------------------------------
     async def acquire(self, desk: str) -> Refusal | None:
@@ -186,6 +206,7 @@ class QuotaGate:
             short = lease.shortage(now)
             if short is Shortage.NONE:
                 lease.admit(now)
+                self.admitted[desk] += 1
                 if lease.wants_prefetch(now) and desk not in self._syncing:
                     self._start_sync(desk, Shortage.NONE, prefetch=True)
                 return None
@@ -227,6 +248,7 @@ class QuotaGate:
         lease = self.leases[desk]
         req = lease.request(self.replica_id, self._clock(), short=short, waiters=self._waiters[desk], idle=idle,
                             prefetch=prefetch)
+        req = replace(req, admitted=self.admitted[desk])
         self.broker_calls += 1
         call = asyncio.ensure_future(self._call([req]))
         # asyncio.wait, not wait_for: a timed-out call is left to finish (its grant still counts
@@ -234,6 +256,7 @@ class QuotaGate:
         done, _ = await asyncio.wait({call}, timeout=self.broker_timeout_s)
         if call in done and call.exception() is None:
             lease.apply(req, call.result()[0], self._clock())
+            self._reported[desk] = max(self._reported[desk], req.admitted)
             return
         self.broker_errors += 1
         if call in done:
@@ -245,6 +268,7 @@ class QuotaGate:
     def _late(self, req: LeaseRequest, fut: asyncio.Future) -> None:
         if not fut.cancelled() and fut.exception() is None:
             self.leases[req.desk].apply(req, fut.result()[0], self._clock())
+            self._reported[req.desk] = max(self._reported[req.desk], req.admitted)
 
     def _fallback_grant(self, req: LeaseRequest) -> Grant:
         """No tokens from the broker (the local bucket is the fallback); permits up to 1/R."""
@@ -262,11 +286,16 @@ class QuotaGate:
         """
         now = self._clock()
         todo = [d for d, lease in self.leases.items()
-                if d not in self._syncing and (force or lease.needs_sync(now, self.sync_interval_s * 4))]
+                if d not in self._syncing and (force or lease.needs_sync(now, self.sync_interval_s * 4)
+                                               or self._unreported(d, lease, now))]
         for desk in todo:
             idle = self.leases[desk].observed_rate(now) * self.sync_interval_s * 4 < 0.5
             await self._sync(desk, Shortage.NONE, idle=idle)
         return len(todo)
+
+    def _unreported(self, desk: str, lease: LocalLease, now: float, heartbeat_s: float = 1.0) -> bool:
+        """Admissions the broker has not heard of, and no sync for a heartbeat: report them."""
+        return self.admitted[desk] > self._reported[desk] and now - lease.last_sync >= heartbeat_s
 
     async def run_background(self) -> None:
         while True:

@@ -108,6 +108,11 @@ class QuotaBroker:
     async def snapshot(self) -> dict:
         return self._broker.snapshot()
 
+    async def desk_request_counts(self) -> dict:
+        """{"since": wall time, "counts": {desk: requests admitted}}: read by the controller's
+        capacity loop once per forecast bin (LocalBroker.request_counts)."""
+        return self._broker.request_counts()
+
 
 app = FastAPI(title="rayfin gateway", docs_url=None, redoc_url=None, openapi_url=None)
 

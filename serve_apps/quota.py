@@ -163,6 +163,7 @@ class LeaseRequest:
     want_tokens: int = 0
     permits_target: int = 0
     gpu_seconds: float = 0.0  # consumed since the last report
+    admitted: int = 0         # requests this replica admitted for the desk so far (monotonic)
 
 
 @dataclass(frozen=True)

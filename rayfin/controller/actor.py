@@ -54,7 +54,8 @@ class RayfinController:
         self.recovery = self.core.recover()
         # Not `self.capacity`: that name is the `capacity()` call of the SDK surface.
         self.capacity_loop = CapacityLoop(self.config, self.ledger, autoscale_ray.RayAutoscalerAdapter(),
-                                          record=autoscale_ray.record_capacity)
+                                          record=autoscale_ray.record_capacity,
+                                          read_counts=autoscale_ray.read_desk_request_counts)
         self.cycles = 0
         self.last_report: dict[str, float] = {}
         # Everything built so far (Ray, the config, the recovered state) lives as long as the

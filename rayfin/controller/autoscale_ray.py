@@ -19,6 +19,10 @@ or driver (the controller loop):
     rayfin_pool_provisioned_gpus{pool}        GPUs requested from Ray's autoscaler
     rayfin_pool_nodes_draining{pool}, rayfin_pool_node_hours_released{pool},
     rayfin_pool_energy_saved_kwh{pool}        drain and what it gave back (record_drain)
+
+`read_desk_request_counts()` is the loop's third seam, to Ray Serve: the quota broker's
+admitted-request counters per desk (serve_apps' `QuotaBroker.desk_request_counts`), from the
+gateway application as `rayfin up` names it or as the RayService does; None where neither runs.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from ray.util.metrics import Gauge
 
 from rayfin.autoscale.drain import DrainPlan, ReleaseAccount
 from rayfin.autoscale.planner import CapacityRequest
+from rayfin.controller.capacity import DeskCounts
 from rayfin.errors import RayfinError
 
 RequestFn = Callable[..., None]
@@ -136,5 +141,51 @@ def record_drain(plan: DrainPlan, account: ReleaseAccount) -> None:
         e.set(account.energy_kwh(pool), tags={"pool": pool})
 
 
-__all__ = ["AutoscalerUnavailable", "ApplyResult", "RayAutoscalerAdapter", "record_capacity", "record_desk_forecasts",
-           "record_drain"]
+__all__ = ["AutoscalerUnavailable", "ApplyResult", "RayAutoscalerAdapter", "read_desk_request_counts", "record_capacity",
+           "record_desk_forecasts", "record_drain"]
+
+
+# The gateway application that holds the quota broker: as serve_apps.deploy (`rayfin up`) and as
+# rayfin.kuberay's RayService name it. Strings, not imports: serve_apps is a layer above this one.
+BROKER_APPS = ("rayfin-gateway", "gateway")
+BROKER_DEPLOYMENT = "QuotaBroker"
+
+
+_broker_handles: dict[str, Any] = {}
+
+
+def _broker_handle(app: str) -> Any:
+    """One handle per gateway application, kept across bins. Its router runs on Serve's own loop
+    thread: the controller's cycle thread has no event loop, and with
+    RAY_SERVE_THROUGHPUT_OPTIMIZED (serve_apps/ingress.py) a handle would otherwise need one."""
+    from ray import serve
+
+    handle = _broker_handles.get(app)
+    if handle is None:
+        handle = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=app)
+        if not handle.is_initialized:
+            handle._init(_run_router_in_separate_loop=True)
+        _broker_handles[app] = handle
+    return handle
+
+
+def read_desk_request_counts(timeout_s: float = 2.0) -> DeskCounts | None:
+    """The broker's admitted-request counts per desk; None when Serve or the gateway is not up.
+    Raises what Serve raises for a broker that does not answer (the loop logs it, rates empty)."""
+    from ray import serve
+
+    try:
+        apps = serve.status().applications
+    except Exception:  # noqa: BLE001 - no Serve instance on this cluster: no serving, no rates
+        return None
+    for name in BROKER_APPS:
+        app = apps.get(name)
+        if app is None or BROKER_DEPLOYMENT not in app.deployments:
+            continue
+        try:
+            raw = _broker_handle(name).desk_request_counts.remote().result(timeout_s=timeout_s)
+        except Exception:
+            _broker_handles.pop(name, None)      # a fresh handle next bin (the app may be redeployed)
+            raise
+        return DeskCounts(since=float(raw["since"]), counts={str(d): int(n) for d, n in raw["counts"].items()})
+    return None

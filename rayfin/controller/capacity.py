@@ -2,12 +2,18 @@
 pool, once per forecast bin. The planner is pure (`rayfin.autoscale.step`); its state is
 persisted in the ledger so a restarted controller keeps its history. The adapter to Ray and the
 gauges are injected: the controller actor passes rayfin.controller.autoscale_ray's, tests fakes,
-so this module imports no Ray."""
+so this module imports no Ray.
+
+Each desk's serving request rate comes from the quota broker's admitted-request counters
+(serve_apps/admission.py `LocalBroker.request_counts`), read once per bin by the injected
+`read_counts` (None: serving is not up, and the planner sees no desk rates). `request_rates`
+turns two readings into requests/s over the bin: pure arithmetic, the clock passed in."""
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
 
 from rayfin.autoscale import AutoscaleState, CapacityRequest, Observations, parse_autoscaling, step
 from rayfin.config import RayfinConfig
@@ -21,11 +27,51 @@ class CapacityAdapter(Protocol):
     def apply(self, request: CapacityRequest) -> Any: ...
 
 
+@dataclass(frozen=True)
+class DeskCounts:
+    """Requests admitted per desk since `since` (wall time, when the broker started counting)."""
+
+    since: float
+    counts: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class CountReading:
+    """A `DeskCounts` and when (controller clock) it was read."""
+
+    at: float
+    counts: DeskCounts
+
+
+def request_rates(previous: CountReading | None, current: DeskCounts, now: float,
+                  max_gap_s: float) -> dict[str, float]:
+    """Requests/s per desk between two readings of the broker's counters.
+
+    Against the previous reading of the same broker (same `since`): the counts' increase over
+    the time between the readings. Without one (the first reading, or a new broker whose counts
+    started again from zero): the counts over the time since the broker started, when that is
+    at most `max_gap_s` ago; an older broker's counts span too long to be a rate now, so they
+    are only the baseline for the next reading (no rates).
+    """
+    if previous is not None and previous.counts.since == current.since:
+        dt = now - previous.at
+        before = previous.counts.counts
+    elif 0.0 < now - current.since <= max_gap_s:
+        dt = now - current.since
+        before = {}
+    else:
+        return {}
+    if dt <= 0:
+        return {}
+    return {d: max(0, n - before.get(d, 0)) / dt for d, n in sorted(current.counts.items())}
+
+
 class CapacityLoop:
     KEY = "autoscale_state"
 
     def __init__(self, config: RayfinConfig, ledger: Ledger, adapter: CapacityAdapter,
-                 record: Callable[[CapacityRequest], None]) -> None:
+                 record: Callable[[CapacityRequest], None],
+                 read_counts: Callable[[], DeskCounts | None] | None = None) -> None:
         self.settings = parse_autoscaling(config.autoscaling)
         self.ledger = ledger
         raw = ledger.get_kv(self.KEY)
@@ -34,13 +80,31 @@ class CapacityLoop:
         self.record = record
         self.next_at = 0.0
         self.last_request: CapacityRequest | None = None
+        self.read_counts = read_counts
+        self.last_counts: CountReading | None = None
 
     def due(self, now: float) -> bool:
         return self.settings.enabled and now >= self.next_at
 
+    def desk_rates(self, now: float) -> dict[str, float]:
+        """Each desk's request rate over the last bin; {} when serving is not up or unreadable."""
+        if self.read_counts is None:
+            return {}
+        try:
+            counts = self.read_counts()
+        except Exception as exc:  # noqa: BLE001 - serving down or restarting must not stop scheduling
+            log.warning("desk request counts not read: %s", exc)
+            return {}
+        if counts is None:
+            return {}
+        rates = request_rates(self.last_counts, counts, now, max_gap_s=2 * self.settings.forecast.bin_s)
+        self.last_counts = CountReading(now, counts)
+        return rates
+
     def step(self, demand: dict[str, float], now: float) -> None:
         self.next_at = now + self.settings.forecast.bin_s
-        request, self.state = step(self.state, Observations(pool_demand_gpus=demand), now, self.settings)
+        obs = Observations(pool_demand_gpus=demand, desk_request_rate=self.desk_rates(now))
+        request, self.state = step(self.state, obs, now, self.settings)
         self.ledger.put_kv(self.KEY, json.dumps(self.state.to_dict()).encode())
         self.last_request = request
         try:
@@ -50,4 +114,4 @@ class CapacityLoop:
             log.warning("capacity request not sent: %s", exc)
 
 
-__all__ = ["CapacityLoop", "CapacityAdapter"]
+__all__ = ["CapacityLoop", "CapacityAdapter", "CountReading", "DeskCounts", "request_rates"]

@@ -37,10 +37,7 @@ def instantiate(expr: str) -> str:
 
 # Series the dashboard reads that the live system does not produce yet: each entry says why.
 # The test fails when one of them starts returning data, so the entry is removed with the fix.
-KNOWN_GAPS = {
-    "ray_rayfin_desk_request_rate": "the controller's CapacityLoop.step (controller/actor.py) gives the "
-                                    "planner no desk_request_rate, so no desk forecast is ever recorded",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
