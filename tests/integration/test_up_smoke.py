@@ -43,6 +43,10 @@ class Up:
         home.mkdir()
         env = {**os.environ, "HOME": str(home), TAG: self.tag}
         env.pop("RAY_ADDRESS", None)                          # never attach to the session cluster
+        # nor inherit the session cluster's ingress and GCS settings: `rayfin up` sets its own
+        for key in [k for k in env if k.startswith(("RAY_SERVE_", "RAYFIN_HAPROXY"))
+                    or k in ("RAY_REDIS_ADDRESS", "RAY_external_storage_namespace")]:
+            del env[key]
         self.ports = {"dashboard": free_port(), "metrics": free_port(), "serve": free_port()}
         cmd = [str(Path(sys.executable).parent / "rayfin"), "up", "--config", CONFIG,
                "--dashboard-port", str(self.ports["dashboard"]), "--metrics-port", str(self.ports["metrics"]),
@@ -75,8 +79,8 @@ def test_rayfin_up_starts_answers_and_stops_leaving_nothing(tmp_path):
     up = Up(tmp_path)
     try:
         t0 = time.monotonic()
-        wait_for(lambda: up.sample() and ("ready" in up.lines or up.proc.poll() is not None), 420, 1.0,
-                 what="rayfin up to print 'ready'")
+        wait_for(lambda: up.proc.poll() is not None or (up.sample() and "ready" in up.lines), 420, 1.0,
+                 what="rayfin up to print 'ready' or exit")
         assert "ready" in up.lines, f"rayfin up exited {up.proc.returncode}:\n{up.output()}"
         started_s = time.monotonic() - t0
         ep = up.endpoints()
