@@ -12,6 +12,7 @@ Decision code receives the parts it needs as arguments and never reads this modu
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -174,6 +175,16 @@ class ControllerConfig(ConfigModel):
                             "new work this long: time for Ray's failure detector to declare its node dead")
     admit_timeout_s: float = Field(180.0, gt=0, le=86_400, description="an admitted job whose placement group or "
                                    "runner has not come up after this long goes back to the queue (no retry spent)")
+    clock_start: datetime | None = Field(None, description="drills and tests only: the controller's clock reads "
+                                         "this instant (with a zone) when the controller starts, then runs at real "
+                                         "speed; every timestamp, quota window and deadline follows it")
+
+    @field_validator("clock_start")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("clock_start needs a time zone, e.g. 2025-11-28T12:55:00-05:00")
+        return value
 
     @property
     def checkpoint_root(self) -> str:

@@ -43,14 +43,25 @@ def _wrap(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Reply:
         return {"ok": False, "error": exc.to_wire()}
 
 
+def controller_clock(config: RayfinConfig, started_at: float) -> Callable[[], float]:
+    """Epoch seconds as the controller sees them: real time, or, with `controller.clock_start`
+    (drills and tests), real time shifted so that start-up reads that instant."""
+    start = config.controller.clock_start
+    if start is None:
+        return time.time
+    offset = start.timestamp() - started_at
+    return lambda: time.time() + offset
+
+
 class RayfinController:
     def __init__(self, config_data: dict[str, Any], deploy_key: str | None = None) -> None:
         self.config: RayfinConfig = parse_config(config_data, "controller config")
         self.started_at = time.time()
+        self.clock = controller_clock(self.config, self.started_at)
         self.ledger = open_ledger(self.config.controller)
         backend = RayBackend(Topology.from_config(self.config.cluster), runner_key=self._runner_seed())
         self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder(),
-                                   deploy_key=deploy_key)
+                                   deploy_key=deploy_key, clock=self.clock)
         self.recovery = self.core.recover()
         # Not `self.capacity`: that name is the `capacity()` call of the SDK surface.
         self.capacity_loop = CapacityLoop(self.config, self.ledger, autoscale_ray.RayAutoscalerAdapter(),
@@ -106,7 +117,7 @@ class RayfinController:
                 report = self.core.cycle()
                 self.cycles += 1
                 self.last_report = report.timings_ms
-                now = time.time()
+                now = self.clock()
                 if self.capacity_loop.due(now):
                     with self.core.lock:
                         demand = self.core.pool_demand()
@@ -178,7 +189,7 @@ class RayfinController:
         """An operator event into the audit log (e.g. the supervisor's: the controller was killed)."""
         def _record(_token: Token) -> bool:
             self.core.require_operator(_token, None)
-            self.ledger.record(time.time(), "", "", str(kind)[:64], "", str(reason)[:2000], data or {},
+            self.ledger.record(self.clock(), "", "", str(kind)[:64], "", str(reason)[:2000], data or {},
                                ReasonCode.OPERATOR)
             return True
         return _wrap(_record, token)
