@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from datetime import date, datetime, timezone
+from typing import Any
 
 from rayfin.config import ControllerConfig, RayfinConfig, default_config_path, hash_token, load_config
 from rayfin.controller.chargeback import ledger_usage
@@ -240,6 +241,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     job = info["job"]
     print(f"job {job['job_id']} of desk {job['desk']}: {job['state']} ({job['gpus']:g} GPUs)")
     print(f"  now: {job['reason']}")
+    for line in deadline_lines(job):
+        print(line)
     if info["decision"]:
         d = info["decision"]
         print(f"  last decision: {d['verdict']}: " + "; ".join(d["reasons"]))
@@ -254,6 +257,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for e in info["events"]:
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['kind']:<20} {e['reason']}")
     return 0
+
+
+def deadline_lines(job: dict[str, Any]) -> list[str]:
+    """`rayfin explain`'s deadline line: the deadline, the ETA and whether it is at risk (UTC)."""
+    if job.get("deadline") is None:
+        return []
+    def utc(t: float) -> str:
+        return datetime.fromtimestamp(float(t), timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    eta = "no ETA" if job.get("eta") is None else f"ETA {utc(job['eta'])}"
+    status = (job.get("deadline_status") or "on_track").replace("_", " ")
+    esc = "; slack ran out: scheduled as critical" if job.get("escalated") else ""
+    return [f"  deadline: {utc(job['deadline'])}, {eta} ({status}{esc})"]
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -310,6 +310,19 @@ class PolicingConfig(ConfigModel):
     fail_owner_job: bool = Field(True, description="enforce: also fail the rayfin job whose code started it")
 
 
+class DeadlinesConfig(ConfigModel):
+    """Jobs with a deadline (rayfin.controller.deadlines): the submit answer and the escalation."""
+
+    slack_threshold_s: float = Field(3600.0, ge=0, description="escalate a deadline job to critical when "
+                                     "deadline - now - safety x remaining falls to this")
+    safety: float = Field(1.2, ge=1.0, le=10.0, description="remaining runtime x this in the slack")
+    margin_s: float = Field(0.0, ge=0, description="an ETA later than deadline - margin_s is at risk")
+    default_runtime_s: float = Field(3600.0, gt=0, description="remaining runtime assumed, in the queue ahead, "
+                                     "for jobs with neither expected_runtime_s nor history")
+    horizon_days: float = Field(8.0, gt=0, le=60, description="how far ahead the quota plan's windows are "
+                                "read for an ETA")
+
+
 class DashboardConfig(ConfigModel):
     host: str = "127.0.0.1"
     port: int = Field(8265, ge=1, le=65535)
@@ -332,6 +345,7 @@ class RayfinConfig(ConfigModel):
     # follows, and per desk the quota overrides of each window. Both optional; a plan needs a calendar.
     calendar: CalendarSettings | None = None
     quota_plan: QuotaPlan | None = None
+    deadlines: DeadlinesConfig = DeadlinesConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RayfinConfig":

@@ -53,6 +53,12 @@ class ReasonCode(str, Enum):
     SERVING_RESERVED = "serving_reserved"
     SERVING_REPLACED = "serving_replaced"
     SERVING_RELEASED = "serving_released"
+    # -- deadlines (rayfin.controller.deadlines)
+    DEADLINE_ADMITTED = "deadline_admitted"
+    DEADLINE_AT_RISK = "deadline_at_risk"
+    DEADLINE_ON_TRACK = "deadline_on_track"
+    DEADLINE_ESCALATED = "deadline_escalated"
+    DEADLINE_INFEASIBLE = "deadline_infeasible"
     # -- anything an operator records by hand
     OPERATOR = "operator"
     OTHER = "other"
@@ -98,6 +104,11 @@ _TEXT: dict[ReasonCode, str] = {
     ReasonCode.SERVING_RESERVED: "GPUs reserved for a serving deployment",
     ReasonCode.SERVING_REPLACED: "a serving deployment was replaced",
     ReasonCode.SERVING_RELEASED: "a serving deployment's GPUs were given back",
+    ReasonCode.DEADLINE_ADMITTED: "its deadline was accepted: the ETA is before it",
+    ReasonCode.DEADLINE_AT_RISK: "its ETA is after its deadline (or cannot be estimated)",
+    ReasonCode.DEADLINE_ON_TRACK: "its ETA is back before its deadline",
+    ReasonCode.DEADLINE_ESCALATED: "its slack ran out: it borrows and reclaims as critical work",
+    ReasonCode.DEADLINE_INFEASIBLE: "refused: even started now it would end after its deadline",
     ReasonCode.OPERATOR: "recorded by an operator or rayfin's supervisor",
     ReasonCode.OTHER: "other",
 }

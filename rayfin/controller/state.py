@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable
 
 from placement.topology import Topology
 from rayfin.config import RayfinConfig
@@ -76,6 +76,8 @@ class ControllerState:
         # kept in the ledger like the capacity planner's state, so a restart keeps the history.
         self.durations = DurationPredictor()
         self.duration_state = load_duration_state(ledger)
+        # Deadlines (controller/deadlines.py): the quota plan's windows per desk, read once a minute.
+        self.deadline_cache: dict[Any, Any] = {}
 
     # ---------------------------------------------------------------- transitions
     def save(self, job: JobRecord, event: str, reason: str, code: ReasonCode | None = None) -> JobRecord:
