@@ -12,25 +12,21 @@ from tests.support.jobs import hold
 
 
 def test_deadline_job_at_risk_reclaims_borrowed_gpus_and_finishes_on_time(connect_desk):
-    eq, quant, risk = connect_desk("equities"), connect_desk("quant"), connect_desk("risk")
-    # risk holds 5 of its 8 GPUs (no island of its pool keeps 4 free) and lends 3 in quota terms;
-    # equities holds its whole nominal (4) with its own normal-priority work for 300 s...
-    held = [risk.submit(hold, 300, gpus=4, name="risk-4"), risk.submit(hold, 300, gpus=1, name="risk-1"),
-            eq.submit(hold, 300, gpus=4, name="own", expected_runtime_s=300)]
-    own = held[-1]
+    eq, quant = connect_desk("equities"), connect_desk("quant")
+    # equities holds its whole nominal (4) with its own normal-priority work for 300 s; quant
+    # (nominal 0) borrows fx's unused 4 GPUs: best fit puts it on the fuller node, the general
+    # pool's n0 (the risk pool's n1 is idle), so the general pool is full
+    own = eq.submit(hold, 300, gpus=4, name="own", expected_runtime_s=300)
+    borrowed = quant.submit(hold, 300, gpus=4, priority="batch", name="borrowed", retries=0)
+    held = [own, borrowed]
     try:
-        wait_for(lambda: all(j.status().state.value == "RUNNING" for j in held), 60,
-                 what="risk's and own work running")
-        # ...and quant (nominal 0) borrows fx's unused 4 GPUs: the only island with 4 free is general's
-        borrowed = quant.submit(hold, 300, gpus=4, priority="batch", name="borrowed", retries=0)
-        held.append(borrowed)
-        wait_for(lambda: borrowed.status().state.value == "RUNNING", 60, what="borrowed work running")
+        wait_for(lambda: all(j.status().state.value == "RUNNING" for j in held), 60, what="the cluster's work running")
         assert all(i.startswith("n0-") for i, _ in borrowed.status().placement)   # in the general pool
         # 2 GPUs more for equities, due in 2 min: at normal priority it would have to borrow, and
         # no placement has 2 free GPUs (borrowers never preempt); the queue ahead (4 x 300 GPU-s)
         # puts the ETA past the deadline
         deadline = datetime.now(timezone.utc) + timedelta(seconds=120)
-        job = eq.submit(hold, 2, gpus=2, name="eod-var", deadline=deadline, expected_runtime_s=2)
+        job = eq.submit(hold, 1, gpus=2, name="eod-var", deadline=deadline, expected_runtime_s=2)
         assert job.answer is not None and job.answer.verdict == "at_risk"
         assert job.answer.eta is not None and job.answer.eta > deadline
         st = wait_for(lambda: (s := job.status()).done and s, 60, what="deadline job done")

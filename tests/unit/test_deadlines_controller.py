@@ -354,3 +354,22 @@ def test_order_puts_deadline_jobs_first_by_deadline_inside_each_priority():
         assert [j.job_id for j in order(rank, jobs, hints, 0.0)] == ["d", "c", "b", "a"]
     no_deadlines = {"a": JobHint(10.0), "b": JobHint(100.0), "c": JobHint(50.0)}
     assert [j.job_id for j in order(JobRank.PREDICTED_REMAINING, jobs, no_deadlines, 0.0)] == ["d", "a", "c", "b"]
+
+
+def test_at_risk_and_escalation_are_metrics_once_per_transition(tmp_path):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from rayfin.telemetry.metrics import METRICS, MemoryMetrics
+    from rayfin.telemetry.recorder import TelemetryRecorder
+
+    clock, metrics = Clock(T0), MemoryMetrics()
+    cfg = config()
+    rec = TelemetryRecorder(cfg, metrics=metrics, tracer_provider=TracerProvider(), clock=clock)
+    core = ControllerCore(cfg, SqliteLedger(tmp_path / "l.db"), FakeBackend(), clock=clock, recorder=rec)
+    core.submit(TOK["fx"], "fx", spec(4, expected_runtime_s=5000))
+    run(core, 3)
+    core.submit(TOK["fx"], "fx", spec(1, deadline=at(2000), expected_runtime_s=60))   # at risk, slack < 3,600
+    run(core, 5)
+    assert metrics.get("rayfin_deadline_at_risk", desk="fx") == 1
+    assert metrics.get("rayfin_deadline_escalations", desk="fx") == 1
+    assert {"rayfin_deadline_at_risk", "rayfin_deadline_escalations"} <= set(METRICS)
