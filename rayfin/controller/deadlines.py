@@ -135,27 +135,37 @@ def _answer_text(a: SubmitAnswer) -> str:
 
 
 # ---------------------------------------------------------------- the queue ahead and capacity
-def remaining_s(s: ControllerState, job: JobRecord, now: float) -> float | None:
+def remaining_s(s: ControllerState, job: JobRecord, now: float,
+                memo: dict[tuple[str, str, int], float | None] | None = None) -> float | None:
     """Seconds the job still needs: its expected runtime or the predictor's, less what it ran
-    (JobHint.remaining_s: a job past its estimate is given as much again); None if unknown."""
+    (JobHint.remaining_s: a job past its estimate is given as much again); None if unknown.
+    `memo`: predictions by (desk, name, GPUs) within one review (a queue repeats them)."""
     total = job.expected_runtime_s
     if total is None:
-        p = s.durations.predict(s.duration_state, JobKey(job.desk, job.desk, job.name, int(job.gpus)))
-        total = None if p is None else p.seconds
+        key = (job.desk, job.name, int(job.gpus))
+        if memo is not None and key in memo:
+            total = memo[key]
+        else:
+            p = s.durations.predict(s.duration_state, JobKey(job.desk, job.desk, job.name, int(job.gpus)))
+            total = None if p is None else p.seconds
+            if memo is not None:
+                memo[key] = total
     ran = float(job.info.get("attained_s", 0.0))
     if job.state is JobState.RUNNING and job.started_at:
         ran += max(0.0, now - job.started_at)
     return JobHint(total, ran).remaining_s(1.0)
 
 
-def desk_work(s: ControllerState, desk: str, now: float) -> list[DeskWork]:
+def desk_work(s: ControllerState, desk: str, now: float,
+              memo: dict[tuple[str, str, int], float | None] | None = None) -> list[DeskWork]:
     """The desk's active jobs as the ETA sees them (unknown runtimes: `deadlines.default_runtime_s`)."""
     default = s.config.deadlines.default_runtime_s
+    memo = {} if memo is None else memo
     out = []
     for job in s.active.values():
         if job.desk != desk:
             continue
-        left = remaining_s(s, job, now)
+        left = remaining_s(s, job, now, memo)
         if job.preempt_deadline is not None:   # being preempted: its GPUs come free at the deadline
             left = max(0.0, job.preempt_deadline - now)
         out.append(DeskWork(job.job_id, job.gpus, default if left is None else left,
@@ -206,21 +216,26 @@ def review(s: ControllerState) -> None:
     policy = SlackPolicy(cfg.slack_threshold_s, cfg.safety)
     ahead: dict[str, dict[str, float]] = {}
     caps: dict[str, tuple[Any, ...]] = {}
+    memo: dict[tuple[str, str, int], float | None] = {}
     for job in jobs:
         assert job.deadline is not None
-        left = remaining_s(s, job, now)
+        left = remaining_s(s, job, now, memo)
         esc = policy.escalation(DeadlineJob(job.job_id, job.deadline, left), now, Priority(job.priority))
         escalated = job.escalated or esc.urgency is Urgency.SLACK_EXHAUSTED
         if left is None:
             finish = None
         elif job.state is JobState.PENDING:
             if job.desk not in ahead:
-                ahead[job.desk] = ahead_by_job(desk_work(s, job.desk, now))
+                ahead[job.desk] = _ahead(s, job.desk, now, memo, job.job_id)
                 caps[job.desk] = capacity(s, job.desk, now)
+            elif job.job_id not in ahead[job.desk]:      # came in since the cached view: read afresh
+                ahead[job.desk] = _ahead(s, job.desk, now, memo, job.job_id, fresh=True)
             finish = eta(now, left, job.gpus, ahead[job.desk].get(job.job_id, 0.0), caps[job.desk])
         else:
             finish = now + left
         risk = finish is None or finish > job.deadline - cfg.margin_s
+        if risk == job.deadline_risk and escalated == job.escalated and _same(finish, job.eta):
+            continue                    # nothing new: keep the record (a copy per job per cycle costs)
         new = job.copy(eta=finish, deadline_risk=risk, escalated=escalated)
         if escalated and not job.escalated:
             new = s.save(new, "deadline_escalated", esc.text, ReasonCode.DEADLINE_ESCALATED)
@@ -231,6 +246,28 @@ def review(s: ControllerState) -> None:
             new = s.save(new, code.value, f"{eta_text}, deadline {iso(job.deadline)}", code)
             s.recorder.deadline_changed(new, code)
         s.active[job.job_id] = new
+
+
+AHEAD_EVERY_S = 1.0
+
+
+def _ahead(s: ControllerState, desk: str, now: float, memo: dict[tuple[str, str, int], float | None],
+           job_id: str, fresh: bool = False) -> dict[str, float]:
+    """`ahead_by_job` of the desk, recomputed at most once a second (the queue walk is the costly
+    part of a review) unless `job_id` is missing from the last one: an ETA up to a second old."""
+    key = ("ahead", desk)
+    hit = s.deadline_cache.get(key)
+    if not fresh and hit is not None and now - hit[0] < AHEAD_EVERY_S and job_id in hit[1]:
+        cached: dict[str, float] = hit[1]
+        return cached
+    view = ahead_by_job(desk_work(s, desk, now, memo))
+    s.deadline_cache[key] = (now, view)
+    return view
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    """ETAs within a second of each other (the view shows seconds)."""
+    return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1.0)
 
 
 __all__ = ["Admission", "EPOCH", "NO_CALENDAR", "answer_view", "at_submit", "capacity", "desk_work", "iso",

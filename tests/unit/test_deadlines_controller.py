@@ -266,6 +266,10 @@ def test_jobs_table_shows_deadline_and_eta(env):
     lines = job_lines(rows)
     assert "deadline" in lines[0] and "eta" in lines[0]
     assert "11-26 21:00" in lines[1] and "?!" in lines[1]           # no runtime: no ETA, at risk
+    from rayfin.cli import deadline_lines
+    job = core.explain(TOK["fx"], rows[0].job_id)["job"]
+    assert deadline_lines(job) == ["  deadline: 2025-11-26 21:00:00Z, no ETA (at risk)"]
+    assert deadline_lines({**job, "deadline": None}) == []
 
 
 # ---------------------------------------------------------------- the API and the SDK
