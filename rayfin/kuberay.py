@@ -16,6 +16,10 @@ uses locally, so placement groups, island resources and labels mean the same thi
                                               head pod finds its actors, placement groups and
                                               nodes again (GCS fault tolerance)
 
+    serve.edge 'haproxy'                      the edge HAProxy as a sidecar of the head pod
+                                              (serve_apps/haproxy_sidecar.py) at the address
+                                              `serve.edge_runtime` gives the quota broker
+
 `validate(doc)` checks a manifest against the ray.io/v1 CRD schema subset kept in
 configs/kuberay/schema/ (written from KubeRay's v1 API types, checked against KubeRay's CRD
 at the repo, path and commit it records under `source`).

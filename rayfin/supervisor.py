@@ -53,6 +53,15 @@ def death_of(name: str, namespace: str) -> dict[str, Any]:
             "owner": {k: ctx.get(k) for k in ("owner_id", "owner_ip_address", "node_ip_address") if ctx.get(k)}}
 
 
+def node_alive(node_id: str, nodes: list[dict[str, Any]]) -> bool:
+    """Whether the node this driver is attached through is alive, by the GCS's node table
+    (`ray.nodes()`). After a head death a driver attached through the head's raylet keeps its
+    GCS connection (a new head comes up at the same address) but not its raylet: calls that
+    need it (starting a controller, calls to actors that moved) hang. Only a new connection,
+    through a live raylet, helps."""
+    return any(n.get("NodeID") == node_id and n.get("Alive") for n in nodes)
+
+
 class Supervisor:
     def __init__(self, config: RayfinConfig, deploy_key: str, *, interval_s: float = 1.0,
                  on_restart: Callable[[Any], None] | None = None) -> None:
@@ -64,12 +73,14 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._gcs: str | None = None
+        self._node: str | None = None     # the node (raylet) this driver is attached through
 
     def start_watching(self) -> "Supervisor":
         """Remember the cluster this process is attached to: the only one it will act on."""
         import ray
 
         self._gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+        self._node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return self
 
     def start(self) -> "Supervisor":
@@ -108,7 +119,9 @@ class Supervisor:
 
         if not ray.is_initialized():
             return False
-        return self._gcs is None or ray.get_runtime_context().gcs_address == self._gcs
+        if self._gcs is not None and ray.get_runtime_context().gcs_address != self._gcs:
+            return False
+        return self._node is None or node_alive(self._node, ray.nodes())
 
     def check_once(self) -> dict[str, Any] | None:
         if self._stop.is_set() or not self.connected() or self.alive():

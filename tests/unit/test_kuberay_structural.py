@@ -21,35 +21,35 @@ anyOf: [{type: integer}, {type: string}]
 pattern: ^(\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\\+|-)?(([0-9]+(\\.[0-9]*)?)|(\\.[0-9]+))))?$
 x-kubernetes-int-or-string: true
 """
-SCHEMA = yaml.safe_load(f"""
+SCHEMA = yaml.safe_load("""
 type: object
 properties:
-  apiVersion: {{type: string}}
-  kind: {{type: string}}
-  metadata: {{type: object}}
+  apiVersion: {type: string}
+  kind: {type: string}
+  metadata: {type: object}
   spec:
     type: object
     required: [template]
     x-kubernetes-validations:
-    - {{rule: "self.replicas <= 10", message: too many}}
+    - {rule: "self.replicas <= 10", message: too many}
     properties:
-      replicas: {{type: integer, format: int32}}
+      replicas: {type: integer, format: int32}
       port:
-        anyOf: [{{type: integer}}, {{type: string}}]
+        anyOf: [{type: integer}, {type: string}]
         x-kubernetes-int-or-string: true
-      limits: {{type: object}}
-      mode: {{type: string, enum: [a, b], nullable: true}}
+      limits: {type: object}
+      mode: {type: string, enum: [a, b], nullable: true}
       free:
         type: object
         x-kubernetes-preserve-unknown-fields: true
-        properties: {{known: {{type: string}}}}
+        properties: {known: {type: string}}
       embedded:
         type: object
         x-kubernetes-embedded-resource: true
         x-kubernetes-preserve-unknown-fields: true
       tags:
         type: array
-        items: {{type: string}}
+        items: {type: string}
         x-kubernetes-list-type: set
       ports:
         type: array
@@ -59,12 +59,12 @@ properties:
           type: object
           required: [port]
           properties:
-            port: {{type: integer, format: int32}}
-            protocol: {{type: string, default: TCP}}
+            port: {type: integer, format: int32}
+            protocol: {type: string, default: TCP}
       template:
         type: object
         x-kubernetes-map-type: atomic
-        properties: {{name: {{type: string}}}}
+        properties: {name: {type: string}}
 """)
 SCHEMA["properties"]["spec"]["properties"]["limits"]["additionalProperties"] = yaml.safe_load(QUANTITY)
 

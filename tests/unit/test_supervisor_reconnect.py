@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from rayfin.errors import RayfinError
-from rayfin.supervisor import LOST, Backoff, ChildConnection, connection_command, keep_connected, watch
+from rayfin.supervisor import (LOST, Backoff, ChildConnection, connection_command, keep_connected, node_alive,
+                               watch)
 
 
 class FakeTime(threading.Event):
@@ -134,3 +135,14 @@ def test_child_connection_runs_the_one_connection_command_with_the_key_and_ends_
     run_once = ChildConnection(cmd, "k" * 32, stop, popen=lambda c, env: Proc(c, env))
     assert run_once() == 0 and run_once.started == 1
     assert started[0][0] == cmd and started[0][1]["RAYFIN_DEPLOY_KEY"] == "k" * 32
+
+
+def test_a_driver_attached_through_the_dead_head_is_not_connected():
+    """After a head death the GCS is back at the same address, so the driver's GCS calls work,
+    but the raylet it was attached through is dead in the node table: reconnect."""
+    old_head, new_head, worker = "a" * 56, "b" * 56, "c" * 56
+    nodes = [{"NodeID": old_head, "Alive": False}, {"NodeID": new_head, "Alive": True},
+             {"NodeID": worker, "Alive": True}]
+    assert not node_alive(old_head, nodes)
+    assert node_alive(new_head, nodes) and node_alive(worker, nodes)
+    assert not node_alive("d" * 56, nodes)
