@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -241,7 +242,7 @@ def connection_command(config_path: str, address: str, interval_s: float) -> lis
 
 class ChildConnection:
     """`run_once` for `keep_connected`: one `rayfin supervise --one-connection` child, waited for,
-    ended (SIGTERM, then SIGKILL) when `stop` is set. The deploy key goes through the environment."""
+    ended (SIGINT, then SIGKILL after 15 s) when `stop` is set. The deploy key goes through the environment."""
 
     def __init__(self, command: list[str], deploy_key: str, stop: threading.Event,
                  popen: Callable[..., Any] = subprocess.Popen) -> None:
@@ -257,7 +258,9 @@ class ChildConnection:
                 return int(proc.wait(timeout=0.5))
             except subprocess.TimeoutExpired:
                 if self.stop.is_set():
-                    proc.terminate()
+                    # SIGINT: the child's own handler stops it cleanly (Ray's driver logs a
+                    # stack trace on SIGTERM)
+                    proc.send_signal(signal.SIGINT)
                     try:
                         proc.wait(timeout=15)
                     except subprocess.TimeoutExpired:

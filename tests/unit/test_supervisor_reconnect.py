@@ -4,6 +4,7 @@ no Ray, no processes."""
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import threading
 
@@ -126,7 +127,8 @@ def test_child_connection_runs_the_one_connection_command_with_the_key_and_ends_
             stop.set()                                   # SIGTERM to `rayfin supervise` meanwhile
             raise subprocess.TimeoutExpired("x", timeout)
 
-        def terminate(self):
+        def send_signal(self, sig):
+            assert sig == signal.SIGINT
             self.terminated = True
 
     cmd = connection_command("/etc/rayfin/config.yaml", "127.0.0.1:6379", 1.0)
