@@ -197,12 +197,14 @@ class _Cycle:
                 return
 
     def _quota_at(self, job: PendingJob, desk: DeskQuota, start_s: float) -> bool:
-        """Whether the desk's quota lets the job run at `start_s`, counting as gone every running
-        job predicted to end by then (its own desk's and the lenders')."""
+        """Whether the desk's quota would let the job run at `start_s`: its own running jobs
+        predicted to end by then count as gone; the other desks lend what they lend now (what
+        their jobs free, their own queues may take back). A job held back by quota rather than by
+        free GPUs gets no reservation: holding GPUs idle would not bring its start nearer."""
         usage = dict(self.usage)
         for v in self.snap.running:
-            if resv.predicted_end(v, self.snap.hints, self.snap.now) <= start_s:
-                usage[v.desk] = usage.get(v.desk, 0.0) - v.gpus
+            if v.desk == job.desk and resv.predicted_end(v, self.snap.hints, self.snap.now) <= start_s:
+                usage[v.desk] -= v.gpus
         if usage.get(job.desk, 0.0) + job.gpus <= desk.nominal + _EPS:
             return True
         return check_quota(desk, job.gpus, self.snap.desks, usage, self.capacity).fits
