@@ -113,8 +113,9 @@ class _Cycle:
         deferred: list[PendingJob] = []
         seen: dict[tuple[Any, ...], tuple[int, _Outcome]] = {}
         mine = self._beneficiary_ids()
+        reserving = self.resv is not None
         for job in self._order():
-            key = (job.desk, job.priority, job.gpus, job.unit, self._restricted(job))
+            key = (job.desk, job.priority, job.gpus, job.unit, reserving and self._restricted(job))
             hit = seen.get(key)
             if hit is not None and hit[0] == self._gen and job.job_id not in mine:
                 outcome: _Outcome | None = hit[1]
