@@ -17,8 +17,11 @@ Any other job may still use a reserved island if it is predicted to finish by th
 cannot delay the reservation, if the predictions hold); a job with no prediction, or a longer
 one, is placed on the other islands only, or waits (`ReasonCode.RESERVATION`). Nothing is kept
 between cycles: each cycle recomputes the reservation from the snapshot, so it is released as
-soon as the job is placed (or stops qualifying). Reclaim for entitled work (a desk's nominal
-guarantee) is not held back by a reservation, only where free GPUs are found.
+soon as the job is placed (or stops qualifying). Work within its desk's nominal quota is never
+held back (a guarantee outranks a reservation): the reservation binds jobs that borrow, and
+every job when quotas are off. No reservation is made for a job its desk's quota would not admit
+at the start (its own jobs ending by then count as gone; the other desks lend what they lend
+now): holding GPUs idle would not bring it nearer.
 
 Pure: no Ray, no clock; `now` comes from the snapshot.
 """

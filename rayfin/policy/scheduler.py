@@ -257,8 +257,8 @@ class _Cycle:
         return mine + job.gpus <= desk.nominal + _EPS
 
     def _entitled_job(self, job: PendingJob, desk: DeskQuota) -> _Outcome | None:
-        """Admit, else plan a reclaim (None: decided), else why the job waits."""
-        self._blocked = False
+        """Admit, else plan a reclaim (None: decided), else why the job waits. Not held back by a
+        reservation: the desk's nominal share is guaranteed."""
         excess = self.usage[job.desk] + job.gpus - desk.nominal   # > 0: lower-priority own work in the way
         code = ReasonCode.WITHIN_NOMINAL
         if excess <= _EPS:
@@ -269,22 +269,17 @@ class _Cycle:
         else:
             fits, why, borrowed = False, f"desk {job.desk} is at its nominal {desk.nominal:g}", 0.0
             code = ReasonCode.STATIC_PARTITION
-        if fits and self._admit(job, desk, why, borrowed, code):
+        if fits and self._admit(job, desk, why, borrowed, code, bound=False):   # a guarantee outranks a reservation
             return None
-        blocked = self._blocked
         if self.cfg.reclaim or self.cfg.priority_preemption:
-            restricted = self._restricted(job)
-            ctx = self._reclaim_ctx(self.open) if restricted else None
-            plan = self._plan(ctx, job, 0.0 if fits else excess, ("entitled", fits, restricted))
+            plan = self._plan(None, job, 0.0 if fits else excess, ("entitled", fits))
             if plan is not None:
                 self._apply_plan(job, plan)
                 return None
-        if blocked and fits:
-            return Verdict.WAIT, self._why_reserved(job), ReasonCode.RESERVATION
         return (Verdict.WAIT, (f"{why}; entitled, but no {job.gpus} GPUs are free in pools {sorted(desk.pools)} "
                                f"and none can be reclaimed",), ReasonCode.NO_FREE_GPUS if fits else code)
 
-    def _reclaim_ctx(self, index: FreeIndex | None = None) -> ReclaimContext:
+    def _reclaim_ctx(self) -> ReclaimContext:
         if self._on_island is None:
             self._on_island = [[] for _ in self.lay.capacity]
             for v in self.snap.running:
@@ -294,7 +289,7 @@ class _Cycle:
                         self._on_island[k].append(v)
             self._pending_ids = {j.job_id for j in self.snap.pending}
             self._placed = placed_by_index(self.lay, self.snap.running)
-        return ReclaimContext(self.lay, index or self.index, self._on_island, self.usage, self.snap.desks, self.taken,
+        return ReclaimContext(self.lay, self.index, self._on_island, self.usage, self.snap.desks, self.taken,
                               self._pending_ids, self.cfg.reclaim and self.cfg.quota is QuotaMode.BORROWING,
                               self.cfg.priority_preemption, self.cfg.placement is not PlacementStrategy.FIRST_FIT,
                               victim_cost=self._victim_cost(), placed=self._placed)
@@ -462,11 +457,14 @@ class _Cycle:
         return (Verdict.WAIT, (f"{why}; no {job.gpus} free GPUs in pools {sorted(desk.pools)} "
                                f"({self.index.pool_total(desk.pools)} free)",), ReasonCode.NO_FREE_GPUS)
 
-    def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode) -> bool:
+    def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode,
+               bound: bool = True) -> bool:
+        """Place and admit `job`; `bound`: the reservation applies (borrowers, and every job
+        without quotas), else it may use reserved GPUs too (work within nominal)."""
         self._blocked = False
         if self.index.total < job.gpus:
             return False
-        if self._restricted(job):
+        if bound and self._restricted(job):
             assert self.open is not None
             got = self._place(self.open, job, desk)
             if got is None:

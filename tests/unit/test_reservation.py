@@ -1,6 +1,6 @@
 """Head-of-line reservation for a long-waiting large job (rayfin.policy.reservation): it blocks a
-job that would delay it, lets through one predicted to finish in time, and is released once the
-large job is placed."""
+borrowing job that would delay it, lets through one predicted to finish in time and work within
+its desk's nominal, and is released once the large job is placed."""
 from __future__ import annotations
 
 import pytest
@@ -38,31 +38,38 @@ def test_plan_finds_the_start_and_the_islands():
     assert {lay.island_ids[i] for i in r.islands} == {"n1-i1", "n0-i0", "n0-i1"}
 
 
-@pytest.mark.parametrize("small_pred, big_submitted, cfg, verdict, code", [
-    # a 4-GPU job predicted to run 10,000 s would hold n1-i1 past the start: it waits
-    (10_000.0, 0.0, RESV, Verdict.WAIT, ReasonCode.RESERVATION),
+B, W = ReasonCode.BORROWING, ReasonCode.WITHIN_NOMINAL
+
+
+@pytest.mark.parametrize("small_desk, small_pred, big_submitted, cfg, verdict, code", [
+    # a 4-GPU job of desk b (at its nominal: it borrows from c) predicted to run 10,000 s would
+    # hold n1-i1 past the start: it waits
+    ("b", 10_000.0, 0.0, RESV, Verdict.WAIT, ReasonCode.RESERVATION),
     # predicted 1,000 s: done by NOW+1,000 < NOW+5,000, it cannot delay the large job: admitted
-    (1_000.0, 0.0, RESV, Verdict.ADMIT, ReasonCode.WITHIN_NOMINAL),
+    ("b", 1_000.0, 0.0, RESV, Verdict.ADMIT, B),
     # no prediction: it may run for ever, so it waits
-    (None, 0.0, RESV, Verdict.WAIT, ReasonCode.RESERVATION),
+    ("b", None, 0.0, RESV, Verdict.WAIT, ReasonCode.RESERVATION),
+    # desk c's job is within c's nominal: a guarantee outranks the reservation
+    ("c", 10_000.0, 0.0, RESV, Verdict.ADMIT, W),
     # reservation off (the default): greedy backfill admits it
-    (10_000.0, 0.0, SchedulerConfig.preset("rayfin"), Verdict.ADMIT, ReasonCode.WITHIN_NOMINAL),
+    ("b", 10_000.0, 0.0, SchedulerConfig.preset("rayfin"), Verdict.ADMIT, B),
     # the large job waited 2,000 s only (< reserve_after_s): no reservation
-    (10_000.0, 8_000.0, RESV, Verdict.ADMIT, ReasonCode.WITHIN_NOMINAL),
+    ("b", 10_000.0, 8_000.0, RESV, Verdict.ADMIT, B),
     # waited 10,000 s but that is < 20 x its predicted 1,000 s: no reservation
-    (10_000.0, 0.0, RESV.copy(reserve_wait_factor=20.0), Verdict.ADMIT, ReasonCode.WITHIN_NOMINAL),
+    ("b", 10_000.0, 0.0, RESV.copy(reserve_wait_factor=20.0), Verdict.ADMIT, B),
     # only jobs of >= 16 GPUs may reserve: the 12-GPU job does not
-    (10_000.0, 0.0, RESV.copy(reserve_min_gpus=16), Verdict.ADMIT, ReasonCode.WITHIN_NOMINAL),
+    ("b", 10_000.0, 0.0, RESV.copy(reserve_min_gpus=16), Verdict.ADMIT, B),
     # horizon: it would start 5,000 s from now, more than 1 x its predicted 1,000 s: no reservation
-    (10_000.0, 0.0, RESV.copy(reserve_horizon=1.0), Verdict.ADMIT, ReasonCode.WITHIN_NOMINAL),
+    ("b", 10_000.0, 0.0, RESV.copy(reserve_horizon=1.0), Verdict.ADMIT, B),
     # ... but within 10 x: reserved
-    (10_000.0, 0.0, RESV.copy(reserve_horizon=10.0), Verdict.WAIT, ReasonCode.RESERVATION),
+    ("b", 10_000.0, 0.0, RESV.copy(reserve_horizon=10.0), Verdict.WAIT, ReasonCode.RESERVATION),
 ])
-def test_reservation_blocks_only_jobs_that_would_delay_the_large_job(small_pred, big_submitted, cfg, verdict, code):
+def test_reservation_blocks_only_jobs_that_would_delay_the_large_job(small_desk, small_pred, big_submitted, cfg,
+                                                                     verdict, code):
     t, running, hints = _cluster()
-    pending = [pend("big", "a", 12, t=big_submitted), pend("small", "b", 4, t=NOW - 10.0)]
+    pending = [pend("big", "a", 12, t=big_submitted), pend("small", small_desk, 4, t=NOW - 10.0)]
     hints = {**hints, "big": JobHint(1000.0), "small": JobHint(small_pred)}
-    d = schedule(snap(t, desks(a=8, b=8), running, pending, now=NOW, hints=hints), cfg)
+    d = schedule(snap(t, desks(a=8, b=4, c=4), running, pending, now=NOW, hints=hints), cfg)
     got = by_id(d.admits + d.waits)
     assert got["small"].verdict is verdict and got["small"].code is code
     if verdict is Verdict.ADMIT:
@@ -73,19 +80,25 @@ def test_reservation_blocks_only_jobs_that_would_delay_the_large_job(small_pred,
 
 
 def test_no_reservation_for_a_job_its_desk_could_not_take_at_the_start():
-    # desk b lends at most 2 GPUs: desk a can never hold more than 8 + 2, so the 12-GPU job would
-    # leave reserved GPUs idle; no reservation, the long small job is admitted
+    # desk c lends at most 2 GPUs and b none (it is at its nominal): desk a can hold 8 + 2, so the
+    # 12-GPU job would leave reserved GPUs idle; no reservation, b's long 2-GPU job borrows c's 2
     t, running, hints = _cluster()
-    quotas = {"a": DeskQuota("a", 8.0, None, None, 1.0), "b": DeskQuota("b", 8.0, None, 2.0, 1.0)}
-    pending = [pend("big", "a", 12, t=0.0), pend("small", "b", 4, t=NOW - 10.0)]
+    quotas = {"a": DeskQuota("a", 8.0, None, None, 1.0), "b": DeskQuota("b", 4.0, None, None, 1.0),
+              "c": DeskQuota("c", 4.0, None, 2.0, 1.0)}
+    pending = [pend("big", "a", 12, t=0.0), pend("small", "b", 2, t=NOW - 10.0)]
     hints = {**hints, "big": JobHint(1000.0), "small": JobHint(10_000.0)}
     d = schedule(snap(t, quotas, running, pending, now=NOW, hints=hints), RESV)
-    assert by_id(d.admits)["small"].placement == (("n1-i1", 4.0),)
+    assert by_id(d.admits)["small"].placement == (("n1-i1", 2.0),)
+    # with c lending 4, desk a could take it at the start: reserved, and the 2-GPU job waits
+    quotas["c"] = DeskQuota("c", 4.0, None, None, 1.0)
+    d = schedule(snap(t, quotas, running, pending, now=NOW, hints=hints), RESV)
+    assert by_id(d.waits)["small"].code is ReasonCode.RESERVATION
 
 
 @pytest.mark.parametrize("gpus, verdict", [(2, Verdict.ADMIT), (4, Verdict.WAIT)])
 def test_a_long_job_may_use_free_gpus_the_reservation_does_not_need(gpus, verdict):
-    # 24 GPUs; free now: n0-i0 (4) and n1-i1 (2); n0-i1 frees at NOW+5,000. `big` (8 GPUs) starts
+    # 24 GPUs; free now: n0-i0 (4) and n1-i1 (2); n0-i1 frees at NOW+5,000. Desk b (10 of 8 GPUs)
+    # borrows. `big` (8 GPUs) starts
     # then on n0-i0 + n0-i1 (8); n1-i1's 2 GPUs are surplus (6 + 4 - 8 = 2): a long 2-GPU job may
     # take them, a long 4-GPU job finds nothing outside the reservation
     t = topo(nodes_per_rack=3)
@@ -94,7 +107,7 @@ def test_a_long_job_may_use_free_gpus_the_reservation_does_not_need(gpus, verdic
     hints = {"r2": JobHint(6000.0, 1000.0), "r3": JobHint(3e4, 1e4), "r4": JobHint(4e4, 1e4), "r5": JobHint(5e4, 1e4),
              "r6": JobHint(6e4, 1e4), "big": JobHint(1000.0), "small": JobHint(1e5)}
     pending = [pend("big", "a", 8, t=0.0), pend("small", "b", gpus, t=NOW - 10.0)]
-    d = schedule(snap(t, desks(a=12, b=12), running, pending, now=NOW, hints=hints), RESV.copy(reserve_min_gpus=8))
+    d = schedule(snap(t, desks(a=12, b=8, c=4), running, pending, now=NOW, hints=hints), RESV.copy(reserve_min_gpus=8))
     got = by_id(d.admits + d.waits)
     assert got["small"].verdict is verdict
     if verdict is Verdict.ADMIT:
@@ -104,14 +117,15 @@ def test_a_long_job_may_use_free_gpus_the_reservation_does_not_need(gpus, verdic
 
 
 def test_reservation_is_released_once_the_large_job_is_placed():
-    # empty 16-GPU cluster, submission order x1, x2, big, x3 (all but big predicted to run long).
+    # empty 16-GPU cluster, submission order x1, x2, big, x3 (all but big predicted to run long;
+    # desk b's nominal is 2, so x1, x2 and x3 borrow).
     # big (6 GPUs, min 5) qualifies: it can start now on n0 (islands n0-i0, n0-i1 reserved).
     t = topo(nodes_per_rack=2)
     cfg = RESV.copy(reserve_min_gpus=5, rank=SchedulerConfig.preset("kueue_tas_fs").rank)
     pending = [pend("x1", "b", 4, t=NOW - 5), pend("x2", "b", 4, t=NOW - 5), pend("big", "a", 6, t=0.0),
                pend("x3", "b", 2, t=NOW - 5)]
     hints = {"big": JobHint(1000.0), "x1": JobHint(1e6), "x2": JobHint(1e6), "x3": JobHint(1e6)}
-    d = schedule(snap(t, desks(a=8, b=8), (), pending, now=NOW, hints=hints), cfg)
+    d = schedule(snap(t, desks(a=8, b=2, c=6), (), pending, now=NOW, hints=hints), cfg)
     got = by_id(d.admits + d.waits)
     # x1 and x2 may not use n0 (reserved): they go to n1's islands
     assert {got["x1"].placement[0][0], got["x2"].placement[0][0]} == {"n1-i0", "n1-i1"}
@@ -122,7 +136,7 @@ def test_reservation_is_released_once_the_large_job_is_placed():
     # the next cycle: big is running, nothing is reserved; a long job takes what is free on n0
     running = [run("big", "a", *got["big"].placement), run("x1", "b", *got["x1"].placement),
                run("x2", "b", *got["x2"].placement)]
-    d = schedule(snap(t, desks(a=8, b=8), running, [pend("x4", "b", 2, t=NOW - 5)], now=NOW + 1,
+    d = schedule(snap(t, desks(a=8, b=2, c=6), running, [pend("x4", "b", 2, t=NOW - 5)], now=NOW + 1,
                       hints={"x4": JobHint(1e6)}), cfg)
     assert [a.job_id for a in d.admits] == ["x4"]
 
