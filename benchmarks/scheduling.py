@@ -44,7 +44,8 @@ from rayfin.sim.placement_model import PROFILE_DIR, Fabric, PlacementModel, Stre
 
 POLICIES = ("fifo", "static_demand", "kueue_tas_fs", "kueue_node", "tiresias", "sjf_oracle", "rayfin")
 EXTRA = ("static", "kueue", "rayfin_resv")   # allowed in --policies, not run by default
-RESERVE = {"reserve_wait_factor": 4.0, "reserve_after_s": 3600.0, "reserve_min_gpus": 9}   # rayfin_resv; CLI sets
+RESERVE = {"reserve_wait_factor": 4.0, "reserve_after_s": 3600.0, "reserve_min_gpus": 9,   # rayfin_resv; CLI sets
+           "reserve_horizon": 0.0}
 BASELINE = "kueue_tas_fs"
 CI_METRICS = ("mean_jct_s", "median_jct_s", "p95_jct_s", "mean_wait_s", "mean_bounded_slowdown",
               "p99_bounded_slowdown", "jain_fairness", "guarantee_violation_gpu_hours", "total_gpu_hours",

@@ -4,7 +4,8 @@ per-window metrics, mean bounded slowdown by job size, and each policy's paired 
 without the full-trace replay (a shorter run when the host is busy).
 
     python -m benchmarks.scheduling_scored --trace ../shared/traces/gpu_jobs_dev.csv --load 1.1 \\
-        --policies kueue_tas_fs,rayfin,rayfin_resv --out scored.json [--windows 4]
+        --policies kueue_tas_fs,rayfin,rayfin_resv --out scored.json [--windows 4] \
+        [--reserve reserve_wait_factor=16,reserve_horizon=1]
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.scheduling import BASELINE, RATIOS, ci95, ratio, run_one
+from benchmarks.scheduling import BASELINE, RATIOS, RESERVE, ci95, ratio, run_one
 from rayfin.sim import load_trace
 from rayfin.sim.load import gpus_for_load, windows
 from rayfin.sim.placement_model import PROFILE_DIR, Stretch
@@ -31,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--desks", type=int, default=6)
     ap.add_argument("--policies", default="kueue_tas_fs,rayfin,rayfin_resv")
     ap.add_argument("--out", default="scored.json")
+    ap.add_argument("--reserve", default="", help="rayfin_resv parameters, e.g. reserve_wait_factor=16,reserve_horizon=1")
     args = ap.parse_args(argv)
+    for item in filter(None, args.reserve.split(",")):
+        key, _, value = item.partition("=")
+        if key not in RESERVE:
+            ap.error(f"--reserve: unknown parameter {key!r}; allowed: {', '.join(RESERVE)}")
+        RESERVE[key] = type(RESERVE[key])(float(value))
     names = [p for p in args.policies.split(",") if p]
     run_args = SimpleNamespace(gpus_per_node=8, islands_per_node=2, nodes_per_rack=16, desks=args.desks, grace=30.0,
                                checkpoint_interval=1800.0)
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"p99 {row['p99_bounded_slowdown']:6.0f} wait {row['mean_wait_s']:6.0f} jct {row['mean_jct_s']:6.0f} "
                   f"jain {row['jain_fairness']:.2f} viol {row['guarantee_violation_fraction']} by size {sizes}",
                   flush=True)
-    out: dict = {"load": args.load, "windows": meta, "policies": {}, "wall_s": 0.0}
+    out: dict = {"load": args.load, "windows": meta, "policies": {}, "reservation": dict(RESERVE), "wall_s": 0.0}
     for name in names:
         entry: dict = {"windows": per[name], "ci95": {m: ci95([w[m] for w in per[name]]) for m in METRICS}}
         if name != BASELINE and BASELINE in per:
