@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rayfin.policy import DeskQuota, SchedulerConfig, Verdict, schedule
+from rayfin.policy import DeskQuota, QueueOrder, SchedulerConfig, Verdict, schedule
 from rayfin.policy.hints import JobHint
 from rayfin.policy.reservation import candidates, plan
 from rayfin.reasons import ReasonCode
@@ -117,26 +117,26 @@ def test_a_long_job_may_use_free_gpus_the_reservation_does_not_need(gpus, verdic
 
 
 def test_reservation_is_released_once_the_large_job_is_placed():
-    # empty 16-GPU cluster, submission order x1, x2, big, x3 (all but big predicted to run long;
-    # desk b's nominal is 2, so x1, x2 and x3 borrow).
+    # empty 16-GPU cluster; every job borrows (desks a and b have nominal 2 and 1, c lends 13) and
+    # borrowing goes in submission order: x1, x2, big, x3 (all but big predicted to run long).
     # big (6 GPUs, min 5) qualifies: it can start now on n0 (islands n0-i0, n0-i1 reserved).
     t = topo(nodes_per_rack=2)
-    cfg = RESV.copy(reserve_min_gpus=5, rank=SchedulerConfig.preset("kueue_tas_fs").rank)
+    cfg = RESV.copy(reserve_min_gpus=5, rank=SchedulerConfig.preset("kueue_tas_fs").rank, order=QueueOrder.FIFO)
     pending = [pend("x1", "b", 4, t=NOW - 5), pend("x2", "b", 4, t=NOW - 5), pend("big", "a", 6, t=0.0),
                pend("x3", "b", 2, t=NOW - 5)]
     hints = {"big": JobHint(1000.0), "x1": JobHint(1e6), "x2": JobHint(1e6), "x3": JobHint(1e6)}
-    d = schedule(snap(t, desks(a=8, b=2, c=6), (), pending, now=NOW, hints=hints), cfg)
+    d = schedule(snap(t, desks(a=2, b=1, c=13), (), pending, now=NOW, hints=hints), cfg)
     got = by_id(d.admits + d.waits)
     # x1 and x2 may not use n0 (reserved): they go to n1's islands
     assert {got["x1"].placement[0][0], got["x2"].placement[0][0]} == {"n1-i0", "n1-i1"}
     # big is placed on n0 and the reservation goes with it: x3 takes n0's last 2 GPUs
     assert {isl for isl, _ in got["big"].placement} <= {"n0-i0", "n0-i1"}
-    assert got["x3"].verdict is Verdict.ADMIT
+    assert got["x3"].verdict is Verdict.ADMIT and got["x3"].placement[0][0].startswith("n0-")
     assert "held a reservation" in got["big"].reasons[1]
     # the next cycle: big is running, nothing is reserved; a long job takes what is free on n0
     running = [run("big", "a", *got["big"].placement), run("x1", "b", *got["x1"].placement),
                run("x2", "b", *got["x2"].placement)]
-    d = schedule(snap(t, desks(a=8, b=2, c=6), running, [pend("x4", "b", 2, t=NOW - 5)], now=NOW + 1,
+    d = schedule(snap(t, desks(a=2, b=1, c=13), running, [pend("x4", "b", 2, t=NOW - 5)], now=NOW + 1,
                       hints={"x4": JobHint(1e6)}), cfg)
     assert [a.job_id for a in d.admits] == ["x4"]
 
