@@ -24,6 +24,7 @@ class ReasonCode(str, Enum):
     OVER_CEILING = "over_ceiling"
     STATIC_PARTITION = "static_partition"
     AWAITING_PREEMPTION = "awaiting_preemption"
+    RESERVATION = "reservation"
     # -- the policy: preemptions
     PRIORITY = "priority"
     RECLAIM = "reclaim"
@@ -80,6 +81,8 @@ _TEXT: dict[ReasonCode, str] = {
     ReasonCode.OVER_CEILING: "it would take the desk above nominal plus its borrowing limit",
     ReasonCode.STATIC_PARTITION: "static partitioning: the desk is at its nominal share",
     ReasonCode.AWAITING_PREEMPTION: "entitled; waiting for preempted jobs to free their GPUs",
+    ReasonCode.RESERVATION: ("the free GPUs it would use are reserved for a larger job that has waited long, "
+                             "and it is not predicted to finish before that job can start"),
     ReasonCode.PRIORITY: "preempted for a higher-priority job of the same desk",
     ReasonCode.RECLAIM: "preempted: its desk was borrowing GPUs that their owner reclaimed",
     ReasonCode.NEVER_FITS: "refused: more GPUs than the desk may ever hold",
