@@ -38,7 +38,7 @@ class JobKind(str, Enum):
 CONTROL_KEYS: dict[str, str] = {
     "generation": "gen", "admitted_at": "admitted_at", "borrowed": "borrowed", "preempted_for": "preempted_for",
     "preempt_reason": "preempt_reason", "workers": "workers", "dist_backend": "dist_backend",
-    "progress": "progress", "reason_code": "reason_code",
+    "progress": "progress", "reason_code": "reason_code", "lenders": "lenders",
 }
 _CONTROL_STORED = frozenset(CONTROL_KEYS.values())
 
@@ -77,6 +77,9 @@ class JobRecord:
     workers: int = 1
     dist_backend: str | None = "auto"
     progress: float = 0.0
+    # who lent `borrowed` (desk, GPUs) at the current admission (rayfin.policy.quota.attribute_lenders);
+    # stored as [[desk, gpus], ...] under info["lenders"]; absent in ledgers written before it
+    lenders: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         # Records built from strings (stored rows, older callers) get their enums; control
@@ -95,6 +98,8 @@ class JobRecord:
                     if getattr(self, name) == _DEFAULTS[name]:
                         set_(self, name, value)
             set_(self, "info", info)
+        if self.lenders and type(self.lenders) is not tuple:
+            set_(self, "lenders", tuple((str(d), float(g)) for d, g in self.lenders))
         if type(self.reason_code) is not ReasonCode:
             set_(self, "reason_code", code_of(self.reason_code))
 
