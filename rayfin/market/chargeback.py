@@ -200,6 +200,11 @@ class ChargebackReport:
         cell = lambda r, c: f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])  # noqa: E731
         lines = ["  ".join(f"{c:>{width[c]}}" for c in cols)]
         lines += ["  ".join(f"{cell(r, c):>{width[c]}}" for c in cols) for r in recs]
+        if self.flows:   # who lent to whom
+            wl = max(len("lender"), *(len(f.lender) for f in self.flows))
+            wb = max(len("borrower"), *(len(f.borrower) for f in self.flows))
+            lines += ["", f"{'lender':>{wl}}  ->  {'borrower':<{wb}}  gpu_hours"]
+            lines += [f"{f.lender:>{wl}}  ->  {f.borrower:<{wb}}  {float(f.gpu_h):9.2f}" for f in self.flows]
         return "\n".join(lines)
 
 
