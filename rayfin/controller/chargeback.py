@@ -4,7 +4,8 @@ A job holds GPUs from its admission (the placement group is reserved) until it l
 ADMITTED/RUNNING: one allocation interval per admission, so a retry or a requeue after a
 preemption is a new interval. Serving deployments hold GPUs from a `serving_reserved` event to
 the next one for the same model (a replacement) or to its release. An interval still open at
-`until` (or at `now`) is cut there.
+`until` (or at `now`) is cut there. Every report reads the trail from its start up to `until`
+(an allocation that began long before `since` still counts for its part inside it).
 
     interval GPUs  = the event's `gpus`, split by pool over its placement's islands
     preempted      = the interval ended in PREEMPTED, or was requeued with reason code `preempted`

@@ -186,7 +186,8 @@ def serving_event(r: ServingReservation | None, model: str, desk: str, event: Jo
     code = event[2] if len(event) > 2 else (r.reason_code if r else ReasonCode.SERVING_RELEASED)
     data: dict[str, Any] = {"model": model}
     if r is not None:
-        data.update(gpus=r.gpus, replicas=r.replicas, gpus_per_replica=r.gpus_per_replica, island=r.island)
+        data.update(gpus=r.gpus, replicas=r.replicas, gpus_per_replica=r.gpus_per_replica, island=r.island,
+                    lenders=[list(x) for x in r.lenders])
     return event_values(ts, f"serve-{model}", desk, event[0], "", event[1], data, code)
 
 

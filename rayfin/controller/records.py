@@ -98,7 +98,7 @@ class JobRecord:
                     if getattr(self, name) == _DEFAULTS[name]:
                         set_(self, name, value)
             set_(self, "info", info)
-        if self.lenders and type(self.lenders) is not tuple:
+        if type(self.lenders) is not tuple:
             set_(self, "lenders", tuple((str(d), float(g)) for d, g in self.lenders))
         if type(self.reason_code) is not ReasonCode:
             set_(self, "reason_code", code_of(self.reason_code))
@@ -180,9 +180,14 @@ class ServingReservation:
     reserved_at: float
     reason: str = ""
     reason_code: ReasonCode = ReasonCode.SERVING_RESERVED
+    # who lent the GPUs above the desk's nominal when it was reserved (chargeback): written to
+    # its `serving_reserved` audit event; the serving table keeps the reservation's shape
+    lenders: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reason_code", code_of(self.reason_code))
+        if type(self.lenders) is not tuple:
+            object.__setattr__(self, "lenders", tuple((str(d), float(g)) for d, g in self.lenders))
 
     @property
     def gpus(self) -> float:

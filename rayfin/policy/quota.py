@@ -25,7 +25,6 @@ result is sorted by lender name. Anything the tiers cannot cover (not possible a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Collection, Mapping
 
 from rayfin.policy.model import DeskQuota
@@ -67,14 +66,18 @@ def lendable(desk: DeskQuota, usage: float) -> float:
     return unused if desk.lending_limit is None else min(unused, max(0.0, desk.lending_limit))
 
 
-def _split(amount: int, weights: Mapping[str, Fraction]) -> dict[str, int]:
-    """`amount` micro-GPUs over `weights` in proportion, largest remainder (ties by name); sums exactly."""
-    total = sum(weights.values(), Fraction(0))
-    exact = {k: amount * w / total for k, w in weights.items()}
-    out = {k: int(v) for k, v in exact.items()}     # floor: all non-negative
+def _split(amount: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """`amount` micro-GPUs over integer `weights` in proportion, largest remainder (ties by
+    name); sums to `amount` exactly. Integer arithmetic only (it runs inside the cycle)."""
+    total = sum(weights.values())
+    out: dict[str, int] = {}
+    rem: dict[str, int] = {}
+    for k, w in weights.items():
+        out[k], rem[k] = divmod(amount * w, total)
     left = amount - sum(out.values())
-    for k in sorted(exact, key=lambda k: (-(exact[k] - out[k]), k))[:left]:
-        out[k] += 1
+    if left:
+        for k in sorted(rem, key=lambda k: (-rem[k], k))[:left]:
+            out[k] += 1
     return out
 
 
@@ -82,26 +85,24 @@ def attribute_lenders(borrower: str, above: float, desks: Mapping[str, DeskQuota
                       capacity: float, placed_pools: Collection[str] = ()) -> Lenders:
     """Which desks lend the `above` GPUs desk `borrower` takes above its nominal (module
     docstring): `usage` as before this admission, `placed_pools` the pools of its placement."""
-    need = round(Fraction(above) * _QUANTUM)
+    need = round(above * _QUANTUM)
     if need <= 0:
         return ()
     got: dict[str, int] = {}
     borrowed_now = sum(max(0.0, usage.get(n, 0.0) - d.nominal) for n, d in desks.items())
     spare = max(0.0, capacity - sum(d.nominal for d in desks.values()) - borrowed_now)
-    take = min(need, int(Fraction(spare) * _QUANTUM))
+    take = min(need, round(spare * _QUANTUM))
     if take > 0:
         got[UNOWNED] = take
         need -= take
+    can = {n: round(lendable(d, usage.get(n, 0.0)) * _QUANTUM) for n, d in desks.items() if n != borrower}
     pools = set(placed_pools)
-    can = {n: int(Fraction(lendable(d, usage.get(n, 0.0))) * _QUANTUM) for n, d in sorted(desks.items())
-           if n != borrower}
-    tiers = ({n for n, d in desks.items() if n in can and not pools.isdisjoint(d.pools)}, set(can))
-    for tier in tiers:
-        weights = {n: Fraction(can[n]) for n in sorted(tier) if can[n] > 0}
+    near = {n for n in can if not pools.isdisjoint(desks[n].pools)}
+    for tier in (near, set(can)):
+        weights = {n: can[n] for n in sorted(tier) if can[n] > 0}
         if need <= 0 or not weights:
             continue
-        share = _split(min(need, sum(can[n] for n in weights)), weights)
-        for n, g in share.items():
+        for n, g in _split(min(need, sum(weights.values())), weights).items():
             if g:
                 got[n] = got.get(n, 0) + g
                 can[n] -= g

@@ -231,3 +231,20 @@ def test_desk_view_of_the_pure_report():
     assert fx.rows[0].lent_gpu_h == 4 and [(f.lender, f.borrower) for f in fx.flows] == [("fx", "equities")]
     eq_jobs = chargeback(recs, h(0), h(2), {"general": 1, "risk": 1}, GroupBy.JOB, desk="equities")
     assert [r.key for r in eq_jobs.rows] == ["e1"] and eq_jobs.total.gpu_h == 12
+
+
+def test_a_serving_reservation_that_borrows_names_its_lenders(tmp_path):
+    core, backend, clock, ledger = controller_env(tmp_path)
+    t0 = clock()
+    job = core.submit(TOK["equities"], "equities", spec(4, workers="per_gpu"))["job_id"]   # its whole nominal
+    core.cycle()
+    core.reserve_serving(TOK["admin"], "pricer", "equities", 2, 1.0)                    # 2 GPUs above it
+    clock.advance(1800)
+    core.release_serving(TOK["admin"], "pricer")
+    backend.finish(job)
+    core.cycle()
+    reserved = [e for e in ledger.events(job_id="serve-pricer") if e.kind == "serving_reserved"]
+    assert reserved[0].data["lenders"] == [["fx", 2.0]]
+    rep = {r.key: r for r in ledger_report(ledger, core.config, t0, clock()).rows}
+    assert rep["equities"].serving_gpu_h == 1 and rep["equities"].borrowed_gpu_h == 1   # 2 GPUs x 30 min
+    assert rep["fx"].lent_gpu_h == 1 and UNATTRIBUTED not in rep
