@@ -18,7 +18,8 @@ from rayfin.controller.ledger_io import export_ledger, import_ledger
 from rayfin.demo import run_demo
 from rayfin.errors import ConfigError, RayfinError, Unauthorized
 from rayfin.market.calendar import MarketCalendar
-from rayfin.market.chargeback import GroupBy, chargeback
+from rayfin.market.chargeback import DEFAULT_RATE_KEY, ChargebackSettings, GroupBy, chargeback
+from rayfin.market.chargeback_plot import plot_report
 from rayfin.market.plan import FitProblem, check_fits, format_day
 from rayfin.policy.model import DeskQuota
 from rayfin.sdk import Client, connect, default_url
@@ -88,8 +89,11 @@ def _when(text: str, flag: str) -> datetime:
 
 def cmd_chargeback(args: argparse.Namespace) -> int:
     node_pool: dict[str, str] = {}
+    settings = ChargebackSettings()
     if os.path.exists(args.config):
-        node_pool = {n.name: n.pool for n in load_config(args.config).cluster.nodes}
+        cfg = load_config(args.config)
+        node_pool = {n.name: n.pool for n in cfg.cluster.nodes}
+        settings = cfg.chargeback
     controller = _ledger_controller(args)
     since = _when(args.since, "--since")
     until = _when(args.until, "--until") if args.until else datetime.now(timezone.utc)
@@ -108,9 +112,18 @@ def cmd_chargeback(args: argparse.Namespace) -> int:
         records = ledger_usage(ledger, until=until.timestamp(), node_pool=node_pool)
     finally:
         ledger.close()
-    for r in records:
-        rates.setdefault(r.pool, args.default_rate)
+    for pool in sorted({r.pool for r in records} - set(rates)):   # --rate, then the config's own, then defaults
+        if pool in settings.rates:
+            rates[pool] = settings.rates[pool]
+        elif args.default_rate is not None or DEFAULT_RATE_KEY in settings.rates:
+            rates[pool] = args.default_rate if args.default_rate is not None else settings.rates[DEFAULT_RATE_KEY]
+        else:
+            raise ConfigError(f"no rate for pool {pool!r}: pass --rate {pool}=COST or --default-rate COST, or add "
+                              f"it to the config's chargeback.rates", path="--rate")
     report = chargeback(records, since, until, rates, GroupBy(args.by))
+    if args.plot:
+        by_desk = report if report.by is GroupBy.DESK else chargeback(records, since, until, rates, GroupBy.DESK)
+        print(f"plot: {plot_report(by_desk, args.plot, settings.currency)}", file=sys.stderr)
     if not report.rows:
         print(f"no GPU use in the ledger between {since.isoformat()} and {until.isoformat()}", file=sys.stderr)
         return 0
@@ -342,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cb = sub.add_parser("chargeback", help="GPU-hours per desk, job or model from a ledger, offline")
     cb.add_argument("--config", default=str(default_config_path()),
-                    help="config: its ledger (unless --ledger) and its node pools (for --rate)")
+                    help="config: its ledger (unless --ledger), its node pools and its `chargeback.rates`")
     cb.add_argument("--ledger", help="a SQLite file path or a postgresql:// URL (instead of the config's)")
     cb.add_argument("--password-env", help="environment variable holding the PostgreSQL password")
     cb.add_argument("--password-file", help="file holding the PostgreSQL password")
@@ -352,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--format", choices=["table", "csv", "json"], default="table")
     cb.add_argument("--rate", action="append", default=[], metavar="POOL=COST",
                     help="cost per GPU-hour of a pool (repeatable)")
-    cb.add_argument("--default-rate", type=float, default=1.0, help="cost per GPU-hour of a pool with no --rate")
+    cb.add_argument("--default-rate", type=float, default=None,
+                    help="cost per GPU-hour of a pool with no --rate and no rate of its own in the config's "
+                         "`chargeback.rates` (default: the config's `default`, else 1.0)")
+    cb.add_argument("--plot", metavar="FILE.png", help="also draw GPU-hours per desk (batch / serving) and "
+                    "borrowed / lent to FILE (matplotlib)")
     cb.set_defaults(fn=cmd_chargeback)
 
     h = sub.add_parser("hash-token", help="print the sha256 to put in a desk's credential_sha256")

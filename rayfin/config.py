@@ -24,6 +24,7 @@ from rayfin import auth
 from rayfin.autoscale.config import AutoscalingSettings
 from rayfin.config_base import SHA256_RE, ConfigModel, Name, config_error_from
 from rayfin.errors import ConfigError
+from rayfin.market.chargeback import ChargebackSettings
 from rayfin.market.plan import CalendarSettings, MarketSettings, QuotaPlan
 from rayfin.telemetry.config import TelemetryConfig
 
@@ -369,6 +370,8 @@ class RayfinConfig(ConfigModel):
     calendar: CalendarSettings | None = None
     quota_plan: QuotaPlan | None = None
     deadlines: DeadlinesConfig = DeadlinesConfig()
+    # Chargeback (rayfin.market.chargeback): cost per GPU-hour per node pool (`default` for the rest).
+    chargeback: ChargebackSettings = ChargebackSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RayfinConfig":
@@ -391,6 +394,13 @@ class RayfinConfig(ConfigModel):
             if confined > cap:
                 raise ValueError(f"desks confined to pool {pool!r} are guaranteed {confined:g} GPUs "
                                  f"but the pool has {cap}; lower nominal_gpus or add nodes")
+        unknown = sorted(set(self.chargeback.rates) - set(pools) - {"default"})
+        if unknown:
+            raise ValueError(f"chargeback.rates: unknown pool(s) {unknown}; node pools are {sorted(pools)} "
+                             "(or `default`)")
+        if self.chargeback.missing(pools):
+            raise ValueError(f"chargeback.rates: no rate for pool(s) {self.chargeback.missing(pools)} and no "
+                             "`default`; give each pool a cost per GPU-hour or add `default: COST`")
         total_nominal = sum(d.nominal_gpus for d in self.desks)
         if total_nominal > self.cluster.total_gpus:
             raise ValueError(f"sum of desks' nominal_gpus ({total_nominal:g}) exceeds the cluster's "

@@ -154,6 +154,63 @@ class LogLine:
         return f"[rank {self.rank}] {self.text}"
 
 
+@dataclass(frozen=True)
+class ChargebackRow:
+    """One desk's, job's or model's GPU-hours and cost (`key` TOTAL: the total row)."""
+
+    key: str
+    gpu_hours: float
+    batch_gpu_hours: float
+    serving_gpu_hours: float
+    borrowed_gpu_hours: float
+    lent_gpu_hours: float
+    preempted_gpu_hours: float
+    cost: float
+
+    @classmethod
+    def from_view(cls, d: dict[str, Any]) -> "ChargebackRow":
+        return cls(str(d["key"]), *(float(d[f]) for f in _CHARGE_NUMBERS))
+
+
+_CHARGE_NUMBERS = ("gpu_hours", "batch_gpu_hours", "serving_gpu_hours", "borrowed_gpu_hours", "lent_gpu_hours",
+                   "preempted_gpu_hours", "cost")
+
+
+@dataclass(frozen=True)
+class ChargebackFlow:
+    """GPU-hours `lender` lent to `borrower` (lender "(unowned)": GPUs no desk is guaranteed)."""
+
+    lender: str
+    borrower: str
+    gpu_hours: float
+
+
+@dataclass(frozen=True)
+class Chargeback:
+    since: float
+    until: float
+    by: str
+    rows: tuple[ChargebackRow, ...]
+    total: ChargebackRow
+    flows: tuple[ChargebackFlow, ...]
+
+    @classmethod
+    def from_view(cls, d: dict[str, Any]) -> "Chargeback":
+        return cls(float(d["since"]), float(d["until"]), str(d["by"]),
+                   tuple(ChargebackRow.from_view(r) for r in d["rows"]), ChargebackRow.from_view(d["total"]),
+                   tuple(ChargebackFlow(str(f["lender"]), str(f["borrower"]), float(f["gpu_hours"]))
+                         for f in d["flows"]))
+
+    def row(self, key: str) -> ChargebackRow | None:
+        return next((r for r in self.rows if r.key == key), None)
+
+
+def _epoch(t: float | datetime | None) -> float | None:
+    if isinstance(t, datetime):
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    return t
+
+
 class Job:
     """Handle to a submitted job."""
 
@@ -339,6 +396,16 @@ class Client:
                                     ("limit", limit)) if v is not None}
         rows: list[dict[str, Any]] = self._request("GET", "/v1/audit", params=params)
         return rows
+
+    def chargeback(self, since: float | datetime, until: float | datetime | None = None, *,
+                   by: Literal["desk", "job", "model"] = "desk", desk: str | None = None) -> Chargeback:
+        """GPU-hours per desk / job / model over [since, until) (epoch seconds or aware datetimes;
+        naive = UTC; until None: now): batch and serving, borrowed and lent (to and from whom, in
+        `flows`), preempted, and cost at the configured rates; the same numbers as `rayfin
+        chargeback`. A desk client sees its own rows and what others borrowed from it."""
+        params = {k: v for k, v in (("since", _epoch(since)), ("until", _epoch(until)), ("by", by),
+                                    ("desk", desk or self.desk)) if v is not None}
+        return Chargeback.from_view(self._request("GET", "/v1/chargeback", params=params))
 
     def policing(self) -> dict[str, Any]:
         """GPU use found outside rayfin: what holds GPUs now, and what was stopped."""

@@ -16,12 +16,13 @@ decides, as it did for the Ray-driver SDK.
     GET  /v1/pools                         GPUs per node pool
     GET  /v1/audit?desk=&since=&until=&limit=
     GET  /v1/policing                      GPU use found outside rayfin
+    GET  /v1/chargeback?since=&until=&by=&desk=   GPU-hours, lent/borrowed, cost (a desk: its own)
 """
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rayfin.api.errors import body_of, headers_of, status_of
-from rayfin.api.models import (DESK_PATTERN, AuditEvent, ErrorReply, ExplainView, Health, JobView, LogsView,
+from rayfin.api.models import (DESK_PATTERN, AuditEvent, ChargebackView, ErrorReply, ExplainView, Health, JobView, LogsView,
                                PolicingView, PoolRow, ResultsView, ResultView, State, SubmitRequest, UsageRow)
 from rayfin.errors import InvalidRequest, PayloadTooLarge, RayfinError, Unauthorized
 
@@ -256,6 +257,12 @@ def _view_routes(app: FastAPI, port: ControllerPort) -> None:
     async def audit(request: Request, desk: str | None = DeskQ, since: float | None = Query(None, ge=0, le=1e11),
                     until: float | None = Query(None, ge=0, le=1e11), limit: int = Query(1000, ge=1, le=10_000)) -> Any:
         return await port.call("audit", bearer(request), desk, since, until, limit)
+
+    @app.get("/v1/chargeback", response_model=ChargebackView)
+    async def chargeback(request: Request, since: float = Query(..., ge=0, le=1e11),
+                         until: float | None = Query(None, ge=0, le=1e11),
+                         by: Literal["desk", "job", "model"] = Query("desk"), desk: str | None = DeskQ) -> Any:
+        return await port.call("chargeback", bearer(request), since, until, by, desk)
 
     @app.get("/v1/policing", response_model=PolicingView)
     async def policing(request: Request) -> Any:

@@ -212,6 +212,34 @@ class AuditEvent(_Out):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class ChargeRowView(_Out):
+    """One row of a chargeback (rayfin.market.chargeback): GPU-hours and cost of a desk, job or model."""
+
+    key: str = Field(description="the desk, job id or model (per `by`); TOTAL for the total row")
+    gpu_hours: float
+    batch_gpu_hours: float
+    serving_gpu_hours: float
+    borrowed_gpu_hours: float
+    lent_gpu_hours: float
+    preempted_gpu_hours: float
+    cost: float
+
+
+class ChargeFlowView(_Out):
+    lender: str = Field(description="the desk that lent, or (unowned) / (unattributed)")
+    borrower: str
+    gpu_hours: float
+
+
+class ChargebackView(_Out):
+    since: float
+    until: float
+    by: Literal["desk", "job", "model"]
+    rows: list[ChargeRowView]
+    total: ChargeRowView
+    flows: list[ChargeFlowView]
+
+
 class Finding(_Out):
     """Work holding GPUs or desk pool / island resources that rayfin did not create."""
 

@@ -198,6 +198,10 @@ class RayfinController:
               limit: int = 1000) -> Reply:
         return _wrap(self.core.audit, token, desk, since, until, limit)
 
+    def chargeback(self, token: Token, since: float, until: float | None = None, by: str = "desk",
+                   desk: str | None = None) -> Reply:
+        return _wrap(self.core.chargeback, token, since, until, by, desk)
+
     def reserve_serving(self, token: Token = None, *, model: str, desk: str, replicas: int,
                         gpus_per_replica: float) -> Reply:
         return _wrap(self.core.reserve_serving, token, model, desk, replicas, gpus_per_replica)

@@ -4,13 +4,17 @@ A job holds GPUs from its admission (the placement group is reserved) until it l
 ADMITTED/RUNNING: one allocation interval per admission, so a retry or a requeue after a
 preemption is a new interval. Serving deployments hold GPUs from a `serving_reserved` event to
 the next one for the same model (a replacement) or to its release. An interval still open at
-`until` (or at `now`) is cut there.
+`until` (or at `now`) is cut there. Every report reads the trail from its start up to `until`
+(an allocation that began long before `since` still counts for its part inside it).
 
     interval GPUs  = the event's `gpus`, split by pool over its placement's islands
     preempted      = the interval ended in PREEMPTED, or was requeued with reason code `preempted`
-    borrowed       = the job record's `borrowed` (GPUs above nominal at its last admission), on its
-                     last interval; the ledger does not record which desk lent them, so the lender
-                     is `UNATTRIBUTED`
+    borrowed       = who lent the GPUs above nominal, per interval: the opening event's
+                     `data["lenders"]` ([[desk, gpus], ...], written since the scheduler attributes
+                     them, rayfin.policy.quota.attribute_lenders; `(unowned)` for GPUs no desk is
+                     guaranteed). A ledger written before that has only the job record's
+                     `borrowed` (its last admission's): it rides on the job's last interval, lent
+                     by `UNATTRIBUTED`
 
 Reads only (`Ledger.events`, `Ledger.jobs`); works on SQLite and PostgreSQL ledgers alike.
 """
@@ -21,9 +25,11 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
+from rayfin.config import RayfinConfig
 from rayfin.controller.ledger import Ledger
 from rayfin.controller.records import Event, JobKind
-from rayfin.market.chargeback import UsageRecord, WorkKind
+from rayfin.errors import ConfigError, InvalidRequest
+from rayfin.market.chargeback import ChargebackReport, GroupBy, UsageRecord, WorkKind, chargeback
 
 UNATTRIBUTED = "(unattributed)"
 DEFAULT_POOL = "default"
@@ -53,18 +59,29 @@ def usage_records(events: Iterable[Event], *, until: float, node_pool: Mapping[s
     node_pool, borrowed, models = node_pool or {}, borrowed or {}, models or {}
     open_: dict[str, tuple[Event, float, Any]] = {}   # job id -> (opening event, gpus, placement)
     out: list[UsageRecord] = []
+    attributed: set[str] = set()    # jobs whose events say who lent (newer ledgers)
 
     def close(job_id: str, end_ts: float, preempted: bool, kind: WorkKind) -> None:
         ev, gpus, placement = open_.pop(job_id)
         end = max(ev.ts, min(end_ts, until))
         split = _pool_split(placement, gpus, node_pool)
-        lent = borrowed.get(job_id, 0.0)
+        owed: list[tuple[str, float]]
+        if "lenders" in ev.data:
+            attributed.add(job_id)
+            owed = [(str(d), float(g)) for d, g in ev.data["lenders"] or ()]
+        else:
+            owed = [(UNATTRIBUTED, borrowed.get(job_id, 0.0))]
         for pool, g in sorted(split.items()):
-            b = min(lent, g)
-            lent -= b
+            lent: dict[str, float] = {}
+            room = g
+            for k, (lender, left) in enumerate(owed):     # the lenders' GPUs fill the pools in order
+                b = min(left, room)
+                if b > 0:
+                    lent[lender] = lent.get(lender, 0.0) + b
+                    owed[k] = (lender, left - b)
+                    room -= b
             out.append(UsageRecord(job_id, ev.desk, kind, pool, g, _utc(ev.ts), _utc(end), preempted=preempted,
-                                   borrowed={UNATTRIBUTED: b} if b > 0 else {},
-                                   model=models.get(job_id) or ev.data.get("model")))
+                                   borrowed=lent, model=models.get(job_id) or ev.data.get("model")))
 
     for ev in events:
         if ev.ts > until:
@@ -86,11 +103,11 @@ def usage_records(events: Iterable[Event], *, until: float, node_pool: Mapping[s
             close(ev.job_id, ev.ts, preempted, WorkKind.BATCH)
     for job_id in list(open_):
         close(job_id, until, False, WorkKind.SERVING if job_id.startswith("serve-") else WorkKind.BATCH)
-    # `borrowed` is the job's last admission's: keep it on that interval only
+    # an old ledger's `borrowed` is the job's last admission's: keep it on that interval only
     last: dict[str, datetime] = {}
     for r in out:
         last[r.job_id] = max(last.get(r.job_id, r.start), r.start)
-    return [r if not r.borrowed or r.start == last[r.job_id] else replace(r, borrowed={})
+    return [r if not r.borrowed or r.job_id in attributed or r.start == last[r.job_id] else replace(r, borrowed={})
             for r in out if r.gpus > 0]
 
 
@@ -102,3 +119,18 @@ def ledger_usage(ledger: Ledger, *, until: float, node_pool: Mapping[str, str] |
     return usage_records(ledger.events(until=until, limit=_ALL), until=until, node_pool=node_pool,
                          borrowed=borrowed)
 
+
+
+def ledger_report(ledger: Ledger, config: RayfinConfig, since: float, until: float, by: GroupBy = GroupBy.DESK,
+                  desk: str | None = None) -> ChargebackReport:
+    """The chargeback of [since, until) from `ledger` at the config's rates and node pools (what
+    `rayfin chargeback` prints and the API returns); `desk`: that desk's own view."""
+    if until < since:
+        raise InvalidRequest(field="until", value=until, allowed=f"a time after since ({since:g})")
+    node_pool = {n.name: n.pool for n in config.cluster.nodes}
+    records = ledger_usage(ledger, until=until, node_pool=node_pool)
+    rates = config.chargeback.rates_for({r.pool for r in records} | set(node_pool.values()))
+    try:
+        return chargeback(records, _utc(since), _utc(until), rates, by, desk=desk)
+    except ValueError as exc:   # a pool without a rate: never priced at zero
+        raise ConfigError(str(exc), path="chargeback.rates") from None

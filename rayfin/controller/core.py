@@ -24,6 +24,7 @@ from rayfin.controller import cycle as cycle_mod
 from rayfin.controller import deadlines, recovery, serving, views
 from rayfin.controller.auth import Auth, Principal
 from rayfin.controller.backend import Backend
+from rayfin.controller.chargeback import ledger_report
 from rayfin.controller.cycle import CycleReport
 from rayfin.controller.ledger import Ledger
 from rayfin.controller.records import JobKind, JobRecord
@@ -31,6 +32,7 @@ from rayfin.controller.recorder import NullRecorder, Recorder
 from rayfin.controller.state import PLACED, ControllerState, scheduler_config
 from rayfin.errors import InvalidRequest, JobNotFound, QuotaExceeded
 from rayfin.jobspec import JobSpec
+from rayfin.market.chargeback import GroupBy
 from rayfin.policy import ClusterSnapshot, Decision, JobState, Priority
 from rayfin.policy.quota import why_never_fits
 from rayfin.reasons import ReasonCode
@@ -262,6 +264,20 @@ class ControllerCore:
         principal = self.authenticate(token, desk, "read audit log")
         scope = desk if (desk is not None or principal.admin) else principal.desk
         return [e.public() for e in self.ledger.events(desk=scope, since=since, until=until, limit=limit)]
+
+    def chargeback(self, token: str | None, since: float, until: float | None = None, by: str = "desk",
+                   desk: str | None = None) -> dict[str, Any]:
+        """GPU-hours, lent/borrowed (to and from whom), preempted and cost over [since, until)
+        from the ledger (rayfin.controller.chargeback). A desk sees its own view; the operator
+        every desk's, or one desk's with `desk`."""
+        principal = self.authenticate(token, desk, "read chargeback")
+        scope = desk if (desk is not None or principal.admin) else principal.desk
+        try:
+            group = GroupBy(by)
+        except ValueError:
+            raise InvalidRequest(field="by", value=by, allowed=" | ".join(g.value for g in GroupBy)) from None
+        end = self.clock() if until is None else until
+        return ledger_report(self.ledger, self.config, since, end, group, desk=scope).view()
 
     def usage_table(self) -> dict[str, dict[str, Any]]:
         return views.usage_table(self.state)

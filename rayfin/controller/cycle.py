@@ -224,7 +224,7 @@ def act(s: ControllerState, decision: CycleDecision) -> tuple[int, int]:
                             reason_code=ReasonCode.RESERVE_FAILED), "reserve_failed", str(exc)[:300])
             continue
         job = job.copy(state=JobState.ADMITTED, placement=tuple(d.placement), reason=d.reason, reason_code=d.code,
-                       borrowed=d.borrowed, admitted_at=now)
+                       borrowed=d.borrowed, lenders=d.lenders, admitted_at=now)
         s.save(job, "admitted", d.reason)
         s.last_decision[job.job_id] = d
         s.recorder.decided(d)

@@ -164,6 +164,8 @@ def job_event(job: JobRecord, event: JobEvent, ts: float | None) -> tuple[Any, .
     code = event[2] if len(event) > 2 else job.reason_code
     when = ts if ts is not None else (job.finished_at or job.started_at or job.submitted_at)
     data = {"gpus": job.gpus, "placement": job.placement, "attempts": job.attempts}
+    if job.state.value in ("ADMITTED", "RUNNING"):   # who lent this admission's borrowed GPUs (chargeback)
+        data["lenders"] = [list(x) for x in job.lenders]
     return event_values(when, job.job_id, job.desk, kind, job.state.value, reason, data, code)
 
 
@@ -184,7 +186,8 @@ def serving_event(r: ServingReservation | None, model: str, desk: str, event: Jo
     code = event[2] if len(event) > 2 else (r.reason_code if r else ReasonCode.SERVING_RELEASED)
     data: dict[str, Any] = {"model": model}
     if r is not None:
-        data.update(gpus=r.gpus, replicas=r.replicas, gpus_per_replica=r.gpus_per_replica, island=r.island)
+        data.update(gpus=r.gpus, replicas=r.replicas, gpus_per_replica=r.gpus_per_replica, island=r.island,
+                    lenders=[list(x) for x in r.lenders])
     return event_values(ts, f"serve-{model}", desk, event[0], "", event[1], data, code)
 
 

@@ -38,7 +38,7 @@ class JobKind(str, Enum):
 CONTROL_KEYS: dict[str, str] = {
     "generation": "gen", "admitted_at": "admitted_at", "borrowed": "borrowed", "preempted_for": "preempted_for",
     "preempt_reason": "preempt_reason", "workers": "workers", "dist_backend": "dist_backend",
-    "progress": "progress", "reason_code": "reason_code",
+    "progress": "progress", "reason_code": "reason_code", "lenders": "lenders",
     # deadlines (issue 18): absent in rows written before them, so older ledgers load unchanged
     "deadline": "deadline", "eta": "eta", "expected_runtime_s": "expected_runtime_s",
     "deadline_risk": "deadline_risk", "escalated": "escalated",
@@ -90,6 +90,9 @@ class JobRecord:
     expected_runtime_s: float | None = None
     deadline_risk: bool = False
     escalated: bool = False
+    # who lent `borrowed` (desk, GPUs) at the current admission (rayfin.policy.quota.attribute_lenders);
+    # stored as [[desk, gpus], ...] under info["lenders"]; absent in ledgers written before it
+    lenders: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         # Records built from strings (stored rows, older callers) get their enums; control
@@ -108,6 +111,8 @@ class JobRecord:
                     if getattr(self, name) == _DEFAULTS[name]:
                         set_(self, name, value)
             set_(self, "info", info)
+        if type(self.lenders) is not tuple:
+            set_(self, "lenders", tuple((str(d), float(g)) for d, g in self.lenders))
         if type(self.reason_code) is not ReasonCode:
             set_(self, "reason_code", code_of(self.reason_code))
 
@@ -197,9 +202,14 @@ class ServingReservation:
     reserved_at: float
     reason: str = ""
     reason_code: ReasonCode = ReasonCode.SERVING_RESERVED
+    # who lent the GPUs above the desk's nominal when it was reserved (chargeback): written to
+    # its `serving_reserved` audit event; the serving table keeps the reservation's shape
+    lenders: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reason_code", code_of(self.reason_code))
+        if type(self.lenders) is not tuple:
+            object.__setattr__(self, "lenders", tuple((str(d), float(g)) for d, g in self.lenders))
 
     @property
     def gpus(self) -> float:

@@ -14,6 +14,7 @@ from rayfin.controller.records import ServingReservation
 from rayfin.controller.state import ControllerState
 from rayfin.errors import InvalidRequest, QuotaExceeded
 from rayfin.policy import check_quota
+from rayfin.policy.quota import attribute_lenders
 from rayfin.reasons import ReasonCode
 
 
@@ -44,7 +45,11 @@ def reserve(s: ControllerState, model: str, desk: str, replicas: int, gpus_per_r
             s.ledger.record(s.clock(), f"serve-{model}", desk, "refused", "", why, {"gpus": total}, code)
             raise QuotaExceeded(f"serving deployment {model!r} ({replicas} x {gpus_per_replica:g} GPU) refused: "
                                 f"{why}", desk=desk, requested=total, available=0.0)
-        res = ServingReservation(model, desk, replicas, gpus_per_replica, options[0][1], s.clock(), q.reason)
+        island = options[0][1]
+        lenders = attribute_lenders(desk, q.borrowed, s.desks, snap.usage(), float(s.topology.total_gpus),
+                                    {i.pool for i in s.topology.islands if i.id == island}) if q.borrowed else ()
+        res = ServingReservation(model, desk, replicas, gpus_per_replica, island, s.clock(), q.reason,
+                                 lenders=lenders)
         s.ledger.put_serving(res, ("serving_reserved", q.reason), ts=res.reserved_at)
         s.serving[model] = res
     return resources(res)

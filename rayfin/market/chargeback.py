@@ -12,6 +12,12 @@ that were lent by that desk.
     preempted      = gpu_hours of records that ended in a preemption
     cost           = gpu_hours x rate[pool]  (per GPU-hour)
 
+A desk's own view (`chargeback(..., desk=D)`, what the API shows a desk): rows of D's records,
+plus the hours other desks borrowed from D (D's `lent`, and those flows); nothing else of theirs.
+
+Rates (`ChargebackSettings`, the config's `chargeback:` section): cost per GPU-hour per node pool,
+`default` for a pool without its own; the config is refused when a pool has no rate.
+
 Sums are exact: overlaps are whole microseconds and every sum is a `Fraction`, so the rows add
 up to the total and the total to the records, to the last digit (`reconcile`). Floats appear
 only in the output records.
@@ -28,7 +34,45 @@ from enum import Enum
 from fractions import Fraction
 from typing import Iterable, Mapping
 
+from pydantic import Field, field_validator
+
+from rayfin.config_base import ConfigModel
 from rayfin.market.calendar import _aware
+
+DEFAULT_RATE_KEY = "default"
+
+
+class ChargebackSettings(ConfigModel):
+    """`chargeback: {rates: {POOL or default: COST_PER_GPU_HOUR}, currency: USD}`. Without the
+    section every pool costs 1.0 per GPU-hour (cost = GPU-hours)."""
+
+    rates: dict[str, float] = Field(default_factory=lambda: {DEFAULT_RATE_KEY: 1.0},
+                                    description="cost per GPU-hour per node pool; `default` for the others")
+    currency: str = Field("USD", min_length=1, max_length=16)
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("give at least one rate, e.g. {default: 2.5} (cost per GPU-hour)")
+        bad = {k: r for k, r in v.items() if not r >= 0 or r == float("inf")}
+        if bad:
+            raise ValueError(f"rates must be finite and >= 0 (cost per GPU-hour); got {bad}")
+        return v
+
+    def missing(self, pools: Iterable[str]) -> list[str]:
+        """Pools that would have no rate (empty when a `default` is given)."""
+        return [] if DEFAULT_RATE_KEY in self.rates else sorted(set(pools) - set(self.rates))
+
+    def rates_for(self, pools: Iterable[str]) -> dict[str, float]:
+        """Rate per pool: its own, else `default` (a pool with neither is left out: `chargeback`
+        then refuses it rather than price it at zero)."""
+        pools = list(pools)
+        out = {p: self.rates[p] for p in pools if p in self.rates}
+        if DEFAULT_RATE_KEY in self.rates:
+            for p in pools:
+                out.setdefault(p, self.rates[DEFAULT_RATE_KEY])
+        return out
 
 
 class WorkKind(str, Enum):
@@ -92,6 +136,10 @@ class ChargeRow:
     def gpu_h(self) -> Fraction:
         return self.batch_gpu_h + self.serving_gpu_h
 
+    def view(self) -> dict:
+        """As `record`, keyed `key` (the API's row)."""
+        return self.record("key")
+
     def record(self, by: str) -> dict:
         return {by: self.key, "gpu_hours": _out(self.gpu_h), "batch_gpu_hours": _out(self.batch_gpu_h),
                 "serving_gpu_hours": _out(self.serving_gpu_h), "borrowed_gpu_hours": _out(self.borrowed_gpu_h),
@@ -129,6 +177,13 @@ class ChargebackReport:
                            "flows": [{"lender": f.lender, "borrower": f.borrower, "gpu_hours": _out(f.gpu_h)}
                                      for f in self.flows]}, indent=2)
 
+    def view(self) -> dict:
+        """The API's reply: rows keyed `key`, numbers as in `to_json` (the CLI's)."""
+        return {"since": self.since.timestamp(), "until": self.until.timestamp(), "by": self.by.value,
+                "rows": [r.view() for r in self.rows], "total": self.total.view(),
+                "flows": [{"lender": f.lender, "borrower": f.borrower, "gpu_hours": _out(f.gpu_h)}
+                          for f in self.flows]}
+
     def to_csv(self) -> str:
         buf = io.StringIO()
         recs = self.records()
@@ -145,19 +200,31 @@ class ChargebackReport:
         cell = lambda r, c: f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])  # noqa: E731
         lines = ["  ".join(f"{c:>{width[c]}}" for c in cols)]
         lines += ["  ".join(f"{cell(r, c):>{width[c]}}" for c in cols) for r in recs]
+        if self.flows:   # who lent to whom
+            wl = max(len("lender"), *(len(f.lender) for f in self.flows))
+            wb = max(len("borrower"), *(len(f.borrower) for f in self.flows))
+            lines += ["", f"{'lender':>{wl}}  ->  {'borrower':<{wb}}  gpu_hours"]
+            lines += [f"{f.lender:>{wl}}  ->  {f.borrower:<{wb}}  {float(f.gpu_h):9.2f}" for f in self.flows]
         return "\n".join(lines)
 
 
 def chargeback(records: Iterable[UsageRecord], since: datetime, until: datetime,
-               rates: Mapping[str, float], by: GroupBy = GroupBy.DESK) -> ChargebackReport:
+               rates: Mapping[str, float], by: GroupBy = GroupBy.DESK, desk: str | None = None) -> ChargebackReport:
     """Aggregate `records` over [since, until) (module docstring). A pool without a rate is an
-    error: a chargeback must never price GPUs at zero by omission."""
+    error: a chargeback must never price GPUs at zero by omission. `desk`: that desk's own view."""
     _aware(since), _aware(until)
     acc: dict[str, dict[str, Fraction]] = defaultdict(lambda: defaultdict(Fraction))
     flows: dict[tuple[str, str], Fraction] = defaultdict(Fraction)
     for r in records:
         us = _overlap_us(r, since, until)
         if not us:
+            continue
+        if desk is not None and r.desk != desk:     # another desk's: only what it borrowed from `desk`
+            if r.borrowed.get(desk):
+                bh = _f(r.borrowed[desk]) * Fraction(us, _H_US)
+                flows[(desk, r.desk)] += bh
+                if by is GroupBy.DESK:
+                    acc[desk]["lent"] += bh
             continue
         if r.pool not in rates:
             raise ValueError(f"no rate for pool {r.pool!r} (record {r.job_id}); configured pools: {sorted(rates)}")

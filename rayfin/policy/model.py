@@ -152,6 +152,8 @@ class Decision:
     deadline: float | None = None    # for PREEMPT: when the grace period ends
     beneficiary: str | None = None   # for PREEMPT: the pending job the GPUs are reclaimed for
     code: ReasonCode = ReasonCode.OTHER  # why, as a code; `reasons` say it in words with the numbers
+    # for ADMIT with borrowed > 0: who lent the borrowed GPUs, ((desk, GPUs), ...) by desk (quota.attribute_lenders)
+    lenders: tuple[tuple[str, float], ...] = ()
 
     @property
     def reason(self) -> str:

@@ -37,7 +37,7 @@ from rayfin.policy.ordering import las_queue, order
 from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, placed_by_index, plan_reclaim
 from rayfin.policy import reservation as resv
 from rayfin.reasons import ReasonCode
-from rayfin.policy.quota import check_quota, why_never_fits
+from rayfin.policy.quota import attribute_lenders, check_quota, why_never_fits
 from rayfin.policy.settings import (PlacementStrategy, Policy, QueueOrder, QuotaMode,  # noqa: F401 (re-export)
                                     SchedulerConfig)
 
@@ -482,10 +482,12 @@ class _Cycle:
             self._release()
             how += "; it held a reservation"
         self._gen += 1
+        lenders = attribute_lenders(job.desk, borrowed, self.snap.desks, self.usage, self.capacity,
+                                    {self.lay.island_pool[k] for k, _ in pix}) if borrowed > _EPS else ()
         self.usage[job.desk] = self.usage.get(job.desk, 0.0) + job.gpus
         self.by_prio[job.desk][int(job.priority)] += job.gpus
         self.admits.append(Decision(job.job_id, job.desk, Verdict.ADMIT, (why, how),
-                                    self.index.to_placement(pix), borrowed, code=code))
+                                    self.index.to_placement(pix), borrowed, code=code, lenders=lenders))
         return True
 
     def _place(self, free: FreeIndex, job: PendingJob, desk: DeskQuota) -> tuple[list[tuple[int, int]], str] | None:

@@ -18,7 +18,8 @@ def rec(job_id="fx-1", state="PENDING", desk="fx", submitted_at=10.0, **kw):
 
 FULL = rec(max_retries=3, attempts=1, reason="fits on n0-i0", started_at=11.5, finished_at=None,
            placement=(("n0-i0", 2.0), ("n1-i1", 0.5)), preempt_deadline=40.25, result=b"\x00\xffres",
-           error="", info={"gen": 2, "nested": {"a": [1, 2.5, "x"]}, "ok": True, "none": None})
+           error="", info={"gen": 2, "nested": {"a": [1, 2.5, "x"]}, "ok": True, "none": None},
+           borrowed=1.5, lenders=(("equities", 1.0), ("(unowned)", 0.5)))
 
 
 def test_a_job_reads_back_field_for_field(ledger):
@@ -38,7 +39,11 @@ def test_put_job_upserts_and_appends_its_event_in_one_go(ledger):
     assert [(e.kind, e.state, e.ts) for e in evs] == [("submitted", "PENDING", 10.0), ("started", "RUNNING", 12.0),
                                                        ("finished", "SUCCEEDED", 99.0)]
     assert evs[0].seq < evs[1].seq < evs[2].seq
-    assert evs[1].data == {"gpus": 2, "placement": [], "attempts": 0}
+    # a job holding GPUs (ADMITTED / RUNNING) also names who lent its borrowed ones (chargeback)
+    assert evs[1].data == {"gpus": 2, "placement": [], "attempts": 0, "lenders": []}
+    assert evs[0].data == evs[2].data == {"gpus": 2, "placement": [], "attempts": 0}
+    ledger.put_job(rec(job_id="fx-2", state="ADMITTED", borrowed=1.0, lenders=(("rates", 1.0),)), ("admitted", "x"))
+    assert ledger.events(job_id="fx-2")[0].data["lenders"] == [["rates", 1.0]]
 
 
 def test_survives_reopen(backend):

@@ -208,7 +208,8 @@ def test_openapi_document_covers_every_route(env):
     doc = c.get("/openapi.json").json()
     assert set(doc["paths"]) == {"/healthz", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel",
                                  "/v1/jobs/{job_id}/result", "/v1/jobs/{job_id}/results", "/v1/jobs/{job_id}/logs",
-                                 "/v1/jobs/{job_id}/explain", "/v1/usage", "/v1/pools", "/v1/audit", "/v1/policing"}
+                                 "/v1/jobs/{job_id}/explain", "/v1/usage", "/v1/pools", "/v1/audit", "/v1/policing",
+                                 "/v1/chargeback"}
     submit_op = doc["paths"]["/v1/jobs"]["post"]
     assert {"201", "401", "403", "409", "413", "422"} <= set(submit_op["responses"])
     props = doc["components"]["schemas"]["SubmitRequest"]["properties"]

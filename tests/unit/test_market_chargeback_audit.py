@@ -66,7 +66,9 @@ def test_chargeback_outputs_and_a_missing_rate():
     doc = json.loads(rep.to_json())
     assert doc["total"]["gpu_hours"] == 27.0 and doc["flows"][0] == {"lender": "eq", "borrower": "risk", "gpu_hours": 4.0}
     assert rep.to_csv().splitlines()[0].startswith("desk,gpu_hours,batch_gpu_hours")
-    assert "TOTAL" in rep.format_table()
+    table = rep.format_table()
+    assert "TOTAL" in table and "lender  ->  borrower  gpu_hours" in table
+    assert ["eq", "->", "risk", "4.00"] in [line.split() for line in table.splitlines()]   # who lent to whom
     with pytest.raises(ValueError, match="no rate for pool 'h100'"):
         chargeback(RECORDS, h(0), h(4), {"general": 1.0})
 
