@@ -22,10 +22,16 @@ REAPER_REGISTRY: str | None = None
 
 def pytest_configure(config):
     global REAPER_REGISTRY
-    if os.environ.get("RAYFIN_TEST_REAPER", "1") == "0" or hasattr(config, "workerinput"):
+    if os.environ.get("RAYFIN_TEST_REAPER", "1") == "0":
+        return
+    if hasattr(config, "workerinput"):
+        # An xdist worker: the reaper of the main pytest process watches it (a descendant);
+        # servers that detach are registered in that reaper's file.
+        REAPER_REGISTRY = os.environ.get("RAYFIN_TEST_REAPER_REGISTRY")
         return
     fd, REAPER_REGISTRY = tempfile.mkstemp(prefix="rayfin-test-reaper-")
     os.close(fd)
+    os.environ["RAYFIN_TEST_REAPER_REGISTRY"] = REAPER_REGISTRY
     config._rayfin_reaper = subprocess.Popen(  # noqa: S603 - our own script
         [sys.executable, str(ROOT / "tests" / "support" / "procs.py"), "--watch", str(os.getpid()),
          "--registry", REAPER_REGISTRY],
