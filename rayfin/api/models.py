@@ -69,7 +69,8 @@ class SubmitRequest(JobSpec):
             data["payload"] = command
         workers = data.get("workers", 1)
         if isinstance(workers, int) and not isinstance(workers, bool) and workers < 1:
-            raise _body_error("workers: a count >= 1 or 'per_gpu'")
+            raise PydanticCustomError("rayfin", "{allowed}", {"field": "workers", "value": workers,
+                                                              "allowed": "a count >= 1 or 'per_gpu'"})
         return data
 
 

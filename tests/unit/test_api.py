@@ -137,7 +137,7 @@ def test_submit_without_token_is_401(env):
     ({"desk": "fx", "kind": "callable", "payload_b64": "eA==", "gpus": 0}, "gpus"),
     ({"desk": "fx", "kind": "callable", "payload_b64": "eA==", "priority": "asap"}, "priority"),
     ({"desk": "fx", "kind": "callable", "payload_b64": "eA==", "comm": "infiniband"}, "comm"),
-    ({"desk": "fx", "kind": "callable", "payload_b64": "eA==", "workers": 0}, "body"),
+    ({"desk": "fx", "kind": "callable", "payload_b64": "eA==", "workers": 0}, "workers"),
     ({"desk": "fx", "kind": "callable", "payload_b64": "eA==", "dist_backend": "mpi"}, "dist_backend"),
     ({"desk": "fx", "kind": "callable"}, "body"),
     ({"desk": "fx", "kind": "callable", "payload_b64": "not base64!"}, "payload_b64"),
