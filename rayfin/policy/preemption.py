@@ -279,7 +279,7 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
                         key=lambda kv: (int(kv[1].priority), cost(kv[1]), -kv[1].started_at, kv[1].job_id))
     chosen: list[tuple[int, RunningJob]] = []
     removed: dict[str, float] = {}
-    tally = _Tally(ctx, dom, in_dom, job.desk)
+    tally = _Tally(ctx, dom, in_dom, job.desk, job.unit)
     for k, v in order:
         if tally.satisfied(g, need_own):
             break
@@ -301,7 +301,7 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
             del chosen[pos]
         else:
             tally.add(v, +1)
-    avail, extra_whole = _avail(ctx, dom, in_dom, chosen)
+    avail, extra_whole = _avail(ctx, dom, in_dom, chosen, job.unit)
     placement = _fill(ctx, dom, avail, g, level)
     reserve = []
     for i, take in placement:
@@ -313,7 +313,16 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
     return ReclaimPlan(level, placement, reserve, [v for k, v in chosen if k == 0], victims, lost)
 
 
-def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen) -> tuple[dict[int, int], dict[int, int]]:
+def _whole_units(gpus: int, unit: int) -> int:
+    """The GPUs of an island a gang of `unit`-GPU workers can use: whole workers only (a worker
+    never spans islands), so a reclaim frees enough for the gang in one round."""
+    return gpus if unit <= 1 else (gpus // unit) * unit
+
+
+def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen,
+           unit: int = 1) -> tuple[dict[int, int], dict[int, int]]:
+    """Per island of the domain: GPUs the job can use once `chosen` stop (in whole workers), and
+    how many of the island's whole GPUs those victims free."""
     extra: dict[int, float] = {}
     for _, v in chosen:
         for i, gg in (ctx.placed or {})[v.job_id]:
@@ -323,8 +332,9 @@ def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen
     extra_whole: dict[int, int] = {}
     for i in dom:
         f = ctx.free[i]
-        avail[i] = int(f + extra.get(i, 0.0) + _EPS)
-        extra_whole[i] = avail[i] - int(f + _EPS)
+        raw = int(f + extra.get(i, 0.0) + _EPS)
+        avail[i] = _whole_units(raw, unit)
+        extra_whole[i] = raw - int(f + _EPS)
     return avail, extra_whole
 
 
@@ -333,11 +343,11 @@ class _Tally:
     victims are added and dropped (the same sums as `_avail` / `_satisfied`, without recounting
     the whole domain at every step)."""
 
-    def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set[int], desk: str):
-        self.ctx, self.in_dom, self.desk = ctx, in_dom, desk
+    def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set[int], desk: str, unit: int = 1):
+        self.ctx, self.in_dom, self.desk, self.unit = ctx, in_dom, desk, unit
         self.free = ctx.free
         self.extra: dict[int, float] = {}
-        self.total = sum(ctx.whole[i] for i in dom)
+        self.total = sum(_whole_units(int(ctx.free[i] + _EPS), unit) for i in dom)
         self.own = 0.0
 
     def add(self, v: RunningJob, sign: int) -> None:
@@ -346,21 +356,21 @@ class _Tally:
         for i, gg in (self.ctx.placed or {})[v.job_id]:
             if i in self.in_dom:
                 e = self.extra.get(i, 0.0)
-                before = int(self.free[i] + e + _EPS)
+                before = _whole_units(int(self.free[i] + e + _EPS), self.unit)
                 e += sign * gg
                 self.extra[i] = e
-                self.total += int(self.free[i] + e + _EPS) - before
+                self.total += _whole_units(int(self.free[i] + e + _EPS), self.unit) - before
 
     def satisfied(self, g: int, need_own: float) -> bool:
         return self.own + _EPS >= need_own and self.total >= g
 
 
 def _satisfied(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen, g: int, need_own: float,
-               desk: str) -> bool:
+               desk: str, unit: int = 1) -> bool:
     own = sum(v.gpus for _, v in chosen if v.desk == desk)
     if own + _EPS < need_own:
         return False
-    avail, _ = _avail(ctx, dom, in_dom, chosen)
+    avail, _ = _avail(ctx, dom, in_dom, chosen, unit)
     return sum(avail.values()) >= g
 
 

@@ -129,6 +129,31 @@ def test_a_gang_that_cannot_be_cut_into_whole_workers_waits():
     assert not d.admits and [w.job_id for w in d.waits] == ["g"]
 
 
+def test_reclaim_frees_whole_workers_for_a_gang_in_one_round():
+    # fx owns the 8 GPUs (two 4-GPU islands); eq borrows 3 GPUs on each (a 2-GPU and a 1-GPU
+    # job). fx's gang of three 2-GPU workers needs 6: stopping the two 2-GPU jobs leaves 3 + 3
+    # free GPUs, which hold only two whole workers. The reclaim must count whole workers and
+    # stop a third job now, not find out a grace period later.
+    from rayfin.policy import RunningJob
+
+    t = topo(("r0", "n0", [4, 4]))
+    desks = {"fx": DeskQuota("fx", 8.0, 0.0, 0.0, 1.0, frozenset({"general"})),
+             "eq": DeskQuota("eq", 0.0, 8.0, 0.0, 1.0, frozenset({"general"}))}
+    busy = (RunningJob("big0", "eq", 2.0, (("n0-i0", 2.0),)), RunningJob("one0", "eq", 1.0, (("n0-i0", 1.0),)),
+            RunningJob("big1", "eq", 2.0, (("n0-i1", 2.0),)), RunningJob("one1", "eq", 1.0, (("n0-i1", 1.0),)))
+    snap = ClusterSnapshot(0.0, t, desks, running=busy, pending=(PendingJob("g", "fx", 6, unit=2),))
+    d = schedule(snap, SchedulerConfig.preset(Policy.RAYFIN))
+    stopped = {p.job_id for p in d.preempts}
+    (wait,) = d.waits
+    assert all(g % 2 == 0 for _, g in wait.placement), wait.placement
+    assert sum(g for _, g in wait.placement) == 6 and len(stopped) == 3, (stopped, wait.placement)
+    # Once they stop, the gang is admitted at once, in whole workers.
+    left = tuple(v for v in busy if v.job_id not in stopped)
+    d2 = schedule(ClusterSnapshot(1.0, t, desks, running=left, pending=snap.pending),
+                  SchedulerConfig.preset(Policy.RAYFIN))
+    assert len(d2.admits) == 1 and all(g % 2 == 0 for _, g in d2.admits[0].placement)
+
+
 # ---------------------------------------------------------------------------- log buffer
 def test_log_buffer_keeps_the_newest_bytes_and_offsets():
     buf = LogBuffer(1024)
