@@ -53,6 +53,11 @@ class ReasonCode(str, Enum):
     SERVING_RESERVED = "serving_reserved"
     SERVING_REPLACED = "serving_replaced"
     SERVING_RELEASED = "serving_released"
+    # -- the market clock (rayfin.controller.market_clock)
+    WINDOW_IN_FORCE = "window_in_force"
+    WINDOW_RECLAIM_AHEAD = "window_reclaim_ahead"
+    WINDOW_SWITCH = "window_switch"
+    DECISIONS_RECORDED = "decisions_recorded"
     # -- anything an operator records by hand
     OPERATOR = "operator"
     OTHER = "other"
@@ -98,6 +103,10 @@ _TEXT: dict[ReasonCode, str] = {
     ReasonCode.SERVING_RESERVED: "GPUs reserved for a serving deployment",
     ReasonCode.SERVING_REPLACED: "a serving deployment was replaced",
     ReasonCode.SERVING_RELEASED: "a serving deployment's GPUs were given back",
+    ReasonCode.WINDOW_IN_FORCE: "the quota window in force when the controller started",
+    ReasonCode.WINDOW_RECLAIM_AHEAD: "the next window's quotas apply one preemption grace before its switch",
+    ReasonCode.WINDOW_SWITCH: "the quota window switched at a market boundary",
+    ReasonCode.DECISIONS_RECORDED: "a cycle's decisions and the snapshot they were made on, kept for replay",
     ReasonCode.OPERATOR: "recorded by an operator or rayfin's supervisor",
     ReasonCode.OTHER: "other",
 }

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayfin.controller import market_clock
 from rayfin.controller.backend import LaunchSpec, Observation
 from rayfin.controller.records import JobRecord
 from rayfin.controller.state import PLACED, ControllerState, duration_key
@@ -43,10 +44,12 @@ def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
         t0 = time.perf_counter()
         live = {j.key: j.job_id for j in s.active.values() if j.state is not JobState.PENDING}
         report.finished = observe(s, s.backend.observe(list(live)), live)
+        market_clock.apply(s)
         t1 = time.perf_counter()
         snap = snapshot(s)
         t2 = time.perf_counter()
         decision = schedule(snap, s.policy)
+        market_clock.record_decisions(s, snap, decision)
         t3 = time.perf_counter()
         report.admitted, report.preempted = act(s, decision)
         t4 = time.perf_counter()
