@@ -81,3 +81,18 @@ def test_clock_caches_until_the_answer_can_change_and_survives_going_back():
     c = clock.at(z(2025, 11, 25, 21, 0))
     assert c.window.name is E and c.phase is N
     assert clock.at(z(2025, 11, 25, 18, 0)).effective is I           # back in time: recomputed
+
+
+def test_clock_answers_a_boundary_from_its_precomputed_chain(monkeypatch):
+    import rayfin.market.in_force as mod
+    clock = QuotaClock(XNYS, PLAN, BASE, LEAD)
+    clock.at(z(2025, 11, 25, 18, 0))          # computes now and the answer from 20:59Z
+    calls = []
+    real = mod.in_force
+    monkeypatch.setattr(mod, "in_force", lambda *a: calls.append(a[3]) or real(*a))
+    f = clock.at(z(2025, 11, 25, 20, 59, 0))
+    assert f.phase is R and calls == []        # the crossing cycle did no calendar work
+    clock.at(z(2025, 11, 25, 20, 59, 1))
+    assert calls == [z(2025, 11, 25, 21, 0)]   # the next cycle computed the answer from the switch
+    g = clock.at(z(2025, 11, 25, 21, 0, 0))
+    assert g.window.name is E and calls == [z(2025, 11, 25, 21, 0)]
