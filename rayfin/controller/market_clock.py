@@ -75,9 +75,9 @@ def apply(s: "ControllerState") -> InForce | None:
     except CalendarError as exc:
         # Outside the library's years (a drill clock far off): keep the quotas last applied,
         # and say so once rather than every cycle.
-        if s.in_force is not None or not getattr(s, "_calendar_warned", False):
+        if s.in_force is not None or not s.calendar_warned:
             log.warning("quota plan not applied at %s, keeping the current quotas: %s", utc(now).isoformat(), exc)
-            s._calendar_warned = True  # type: ignore[attr-defined]
+            s.calendar_warned = True
         s.in_force = None
         return None
     prev = s.in_force

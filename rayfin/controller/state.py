@@ -82,6 +82,7 @@ class ControllerState:
         # the answer last applied to `desks`. None without a `calendar:` section.
         self.quota_clock: QuotaClock | None = market_clock.quota_clock(config)
         self.in_force: InForce | None = None
+        self.calendar_warned = False
         market_clock.apply(self)
 
     # ---------------------------------------------------------------- transitions
