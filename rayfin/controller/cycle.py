@@ -49,12 +49,13 @@ def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
         snap = snapshot(s)
         t2 = time.perf_counter()
         decision = schedule(snap, s.policy)
-        market_clock.record_decisions(s, snap, decision)
         t3 = time.perf_counter()
+        market_clock.record_decisions(s, snap, decision)
+        t3a = time.perf_counter()
         report.admitted, report.preempted = act(s, decision)
         t4 = time.perf_counter()
         report.timings_ms = {"observe": (t1 - t0) * 1e3, "snapshot": (t2 - t1) * 1e3,
-                             "decide": (t3 - t2) * 1e3, "act": (t4 - t3) * 1e3}
+                             "decide": (t3 - t2) * 1e3, "audit": (t3a - t3) * 1e3, "act": (t4 - t3a) * 1e3}
         s.recorder.cycle(report, usage_table(), snap)
     return report
 

@@ -51,6 +51,9 @@ _BY_VERDICT = {Verdict.ADMIT: AuditReason.ADMITTED, Verdict.WAIT: AuditReason.QU
                Verdict.PREEMPT: AuditReason.PREEMPTED, Verdict.REFUSE: AuditReason.REFUSED}
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}   # dataclass -> its field names (dataclasses.fields is slow)
+
+
 def canonical(obj: Any) -> Any:
     """A JSON-safe, order-stable form of `obj` (see the module docstring)."""
     if obj is None or isinstance(obj, (bool, int, str)):
@@ -61,13 +64,16 @@ def canonical(obj: Any) -> Any:
         return repr(obj) if math.isfinite(obj) else str(obj)
     if isinstance(obj, (datetime, date)):
         return obj.isoformat()
-    if type(obj).__name__ == "Topology":
+    tp = type(obj)
+    if tp.__name__ == "Topology":
         # all of it (placement reads nodes, racks and bandwidths), in a form `decode` rebuilds
         return {"islands": [[i.id, i.node, i.rack, i.pool, i.gpus, i.index] for i in obj.islands],
                 "bandwidth": canonical(obj.bandwidth)}
-    if dataclasses.is_dataclass(obj):
-        return {"__type": type(obj).__name__,
-                **{f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    names = _FIELDS.get(tp)
+    if names is None and dataclasses.is_dataclass(obj):
+        names = _FIELDS[tp] = tuple(f.name for f in dataclasses.fields(obj))
+    if names is not None:
+        return {"__type": tp.__name__, **{n: canonical(getattr(obj, n)) for n in names}}
     if isinstance(obj, Mapping):
         return {str(canonical(k)): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (frozenset, set)):
@@ -79,9 +85,17 @@ def canonical(obj: Any) -> Any:
     raise TypeError(f"cannot hash a {type(obj).__name__} in a snapshot; give it a dataclass form")
 
 
+def canonical_json(obj: Any) -> str:
+    """The canonical form as compact JSON text with sorted keys: what `snapshot_hash` hashes."""
+    return json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
+
+
+def hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def snapshot_hash(snapshot: Any) -> str:
-    data = json.dumps(canonical(snapshot), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    return hash_text(canonical_json(snapshot))
 
 
 @dataclass(frozen=True)
@@ -112,9 +126,10 @@ class AuditRecord:
 
 
 def records_of_cycle(snap: ClusterSnapshot, decision: CycleDecision, window: WindowName | None,
-                     seq0: int = 0) -> tuple[AuditRecord, ...]:
-    """One record per decision of a scheduling cycle, all pointing at the snapshot's hash."""
-    h = snapshot_hash(snap)
+                     seq0: int = 0, snapshot_sha: str | None = None) -> tuple[AuditRecord, ...]:
+    """One record per decision of a scheduling cycle, all pointing at the snapshot's hash
+    (`snapshot_sha`, when the caller already has it)."""
+    h = snapshot_sha or snapshot_hash(snap)
     return tuple(AuditRecord(seq0 + k, snap.now, d.job_id, d.desk, d.verdict.value, _BY_VERDICT[d.verdict],
                              d.reason, window, h, d.code.value) for k, d in enumerate(decision.all()))
 

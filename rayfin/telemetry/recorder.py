@@ -38,7 +38,7 @@ from rayfin.telemetry.metrics import MetricsSink, ray_metrics, reason_code
 log = logging.getLogger("rayfin.telemetry")
 PRIORITY_LABELS = {0: "batch", 1: "normal", 2: "critical"}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED")
-CYCLE_STEPS = ("observe", "snapshot", "decide", "act")
+CYCLE_STEPS = ("observe", "snapshot", "decide", "audit", "act")
 
 
 def _ns(t: float) -> int:

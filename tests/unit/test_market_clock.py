@@ -156,7 +156,9 @@ def test_a_tampered_record_or_snapshot_is_one_mismatch(tmp_path):
     assert [(m.code, m.recorded, m.replayed) for m in rep.mismatches] == [(ReplayCode.DECISION_CHANGED, "wait",
                                                                           "preempt")]
     data = json.loads(json.dumps(events[k].data))
-    data["snapshot"]["now"] = repr(float(data["snapshot"]["now"]) + 1.0)   # the stored snapshot was edited
+    snap = json.loads(data["snapshot"])
+    snap["now"] = repr(float(snap["now"]) + 1.0)                 # the stored snapshot was edited
+    data["snapshot"] = json.dumps(snap)
     rep = market_clock.replay_events([replace(events[k], data=data)])
     assert {m.code for m in rep.mismatches} == {ReplayCode.SNAPSHOT_ALTERED}
 
