@@ -1,5 +1,5 @@
 """A quota window switch on the live cluster (issue 18): a second controller on the session
-cluster, its clock started (`controller.clock_start`) 14 s before a real XNYS close, with a
+cluster, its clock started (`controller.clock_start`) 10 s before a real XNYS close, with a
 quota plan that moves GPUs from equities (intraday 6, eod 2) to fx (intraday 2, eod 6) on the
 general pool's 8 GPUs, and a 4 s preemption grace. The reclaim of equities' over-quota job starts
 one grace before the close and fx is admitted at the boundary, as the ledger's events show.
@@ -22,7 +22,7 @@ from tests.support.cluster import TOKENS, wait_for
 from tests.support.jobs import hold_until
 
 CLOSE = datetime(2025, 11, 25, 21, 0, tzinfo=timezone.utc)   # Tue 16:00 New York
-LEAD_S, GRACE = 14.0, 4.0
+LEAD_S, GRACE = 10.0, 4.0
 PLAN = {"desks": {"equities": {"intraday": {"nominal_gpus": 6}, "eod": {"nominal_gpus": 2}},
                   "fx": {"intraday": {"nominal_gpus": 2, "borrowing_limit": 2}, "eod": {"nominal_gpus": 6}}}}
 
