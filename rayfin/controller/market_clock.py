@@ -94,6 +94,7 @@ def apply(s: "ControllerState") -> InForce | None:
         s.desks.update(f.quotas)
     code, kind, text = _change(prev, f, s.quota_clock.lead_s)
     s.ledger.record(now, "", "", kind, "", text, window_data(f, prev), code)
+    s.recorder.window(f.effective.value)
     log.info("quota window: %s", text)
     return f
 

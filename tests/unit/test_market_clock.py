@@ -92,6 +92,25 @@ def test_switch_moves_quota_and_reclaim_starts_one_grace_early(tmp_path):
     assert core.market(TOK["admin"])["window"] == "eod"
 
 
+def test_the_window_gauge_and_the_desks_quota_gauges_follow_the_switch(tmp_path):
+    from rayfin.telemetry.metrics import MemoryMetrics
+    from rayfin.telemetry.recorder import TelemetryRecorder
+
+    cfg = config(calendar={"exchange": "XNYS"}, quota_plan=PLAN, defaults__preemption_grace_s=GRACE,
+                 telemetry={"metrics_publish_interval_s": 0})
+    metrics, clock = MemoryMetrics(), Clock(CLOSE - 60)
+    core = ControllerCore(cfg, SqliteLedger(tmp_path / "l.db"), FakeBackend(), clock=clock,
+                          recorder=TelemetryRecorder(cfg, metrics=metrics))
+    core.cycle()
+    assert metrics.get("rayfin_quota_window", window="intraday") == 1.0
+    assert metrics.get("rayfin_gpus_nominal", desk="fx") == 2 and metrics.get("rayfin_gpus_max", desk="fx") == 4
+    clock.t = CLOSE - GRACE
+    core.cycle()
+    assert metrics.get("rayfin_quota_window", window="intraday") == 0.0
+    assert metrics.get("rayfin_quota_window", window="eod") == 1.0
+    assert metrics.get("rayfin_gpus_nominal", desk="fx") == 6 and metrics.get("rayfin_gpus_max", desk="fx") == 6
+
+
 def test_prewarm_floor_moves_the_planners_target_before_the_switch(tmp_path):
     core, _, clock, _ = market_env(tmp_path, CLOSE - 900)
     settings = parse_autoscaling({"pools": {"general": {"lead_time_s": 300}}})
