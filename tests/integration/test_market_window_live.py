@@ -4,8 +4,9 @@ quota plan that moves GPUs from equities (intraday 6, eod 2) to fx (intraday 2, 
 general pool's 8 GPUs, and a 4 s preemption grace. The reclaim of equities' over-quota job starts
 one grace before the close and fx is admitted at the boundary, as the ledger's events show.
 
-The controller has its own name, namespace and SQLite ledger, policing off; it places real
-groups on the session cluster's islands, so it cancels its jobs and is killed at the end."""
+The controller (tests/support/controllers.py) has its own name, namespace and SQLite ledger,
+policing and metrics off; it places real groups on the session cluster's islands, so it cancels
+its jobs and is killed at the end."""
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from rayfin.config import load_config
+from rayfin.config import load_config, parse_config
 from rayfin.controller import market_clock
 from rayfin.controller.ledger import SqliteLedger
 from rayfin.reasons import ReasonCode
@@ -31,7 +32,7 @@ PLAN = {"desks": {"equities": {"intraday": {"nominal_gpus": 6}, "eod": {"nominal
 def test_window_switch_moves_quota_and_reclaim_starts_one_grace_early(rayfin_env, tmp_path):
     import ray
 
-    from rayfin.controller.actor import start_controller
+    from tests.support.controllers import start_quiet_controller
 
     base = load_config("configs/test.yaml")
     data = base.model_dump(mode="json")
@@ -42,9 +43,9 @@ def test_window_switch_moves_quota_and_reclaim_starts_one_grace_early(rayfin_env
                               ledger_path=ledger_path, checkpoint_dir=str(tmp_path / "ckpt"),
                               clock_start=datetime.fromtimestamp(CLOSE.timestamp() - LEAD_S,
                                                                  timezone.utc).isoformat())
-    cfg = type(base).model_validate(data)
+    cfg = parse_config(data, "market window test")
     t0 = time.monotonic()
-    handle = start_controller(cfg)
+    handle = start_quiet_controller(cfg)
     started_s = time.monotonic() - t0
     done = tmp_path / "release"
     payload = _pickle_job(hold_until, (str(done),), {})
