@@ -43,6 +43,9 @@ from rayfin.sim.metrics import SIZES, bounded_slowdown
 from rayfin.sim.placement_model import PROFILE_DIR, Fabric, PlacementModel, Stretch
 
 POLICIES = ("fifo", "static_demand", "kueue_tas_fs", "kueue_node", "tiresias", "sjf_oracle", "rayfin")
+EXTRA = ("static", "kueue", "rayfin_resv")   # allowed in --policies, not run by default
+RESERVE = {"reserve_wait_factor": 4.0, "reserve_after_s": 3600.0, "reserve_min_gpus": 9,   # rayfin_resv; CLI sets
+           "reserve_horizon": 0.0}
 BASELINE = "kueue_tas_fs"
 CI_METRICS = ("mean_jct_s", "median_jct_s", "p95_jct_s", "mean_wait_s", "mean_bounded_slowdown",
               "p99_bounded_slowdown", "jain_fairness", "guarantee_violation_gpu_hours", "total_gpu_hours",
@@ -57,7 +60,10 @@ COLUMNS = [("mean_jct_s", "mean JCT s", "{:.0f}"), ("p95_jct_s", "p95 JCT s", "{
 
 def policy_config(name: str, grace: float) -> SchedulerConfig:
     """The benchmark's policies. Baselines that place get best fit (the strongest configuration of
-    each peer), except `kueue_node` (pods, no TAS) and `fifo` is a bare cluster's FIFO."""
+    each peer), except `kueue_node` (pods, no TAS) and `fifo` is a bare cluster's FIFO.
+    `rayfin_resv` is rayfin with the head-of-line reservation on (parameters: RESERVE)."""
+    if name == "rayfin_resv":
+        return SchedulerConfig.preset(Policy.RAYFIN, preemption_grace_s=grace, reservation=True, **RESERVE)
     if name == "static_demand":
         return SchedulerConfig.preset(Policy.STATIC, placement=PlacementStrategy.BEST_FIT, preemption_grace_s=grace)
     if name == "fifo":
@@ -83,7 +89,7 @@ def run_one(jobs, gpus: int, args, name: str, stretch: Stretch, record: bool = F
     if name == "static_demand":
         desks = demand_desks(jobs, gpus, mapping, list(desks))
     cfg = policy_config(name, args.grace)
-    predictor = "oracle" if name == "sjf_oracle" else (DurationPredictor() if name == "rayfin" else None)
+    predictor = "oracle" if name == "sjf_oracle" else (DurationPredictor() if name.startswith("rayfin") else None)
     sim = Simulator(topo, desks, cfg, mapping, record_desks=record, name=name, stretch=stretch,
                     predictor=predictor, checkpoint_interval_s=args.checkpoint_interval, elastic=curves,
                     elastic_share=share)
@@ -180,15 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--elastic", action="store_true", help="also run rayfin with elastic gangs (policies_elastic)")
     ap.add_argument("--elastic-share", type=float, default=0.5, help="share of multi-GPU jobs that are elastic")
     ap.add_argument("--elastic-sweep", default="0.25,0.5,1.0", help="shares for the full-trace sweep")
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(POLICIES), help=f"also: {', '.join(EXTRA)}")
+    ap.add_argument("--reserve-wait-factor", type=float, default=RESERVE["reserve_wait_factor"],
+                    help="rayfin_resv: reserve once a job waited this many times its predicted runtime")
+    ap.add_argument("--reserve-after", type=float, default=RESERVE["reserve_after_s"],
+                    help="rayfin_resv: ... and this many seconds")
+    ap.add_argument("--reserve-min-gpus", type=int, default=RESERVE["reserve_min_gpus"],
+                    help="rayfin_resv: only jobs of at least this many GPUs")
     ap.add_argument("--out", default="result.json")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
 
     names = [p.strip() for p in args.policies.split(",") if p.strip()]
     for n in names:
-        if n not in POLICIES + ("static", "kueue"):
+        if n not in POLICIES + EXTRA:
             ap.error(f"--policies: unknown policy {n!r}; allowed: {', '.join(POLICIES)}")
+    RESERVE.update(reserve_wait_factor=args.reserve_wait_factor, reserve_after_s=args.reserve_after,
+                   reserve_min_gpus=args.reserve_min_gpus)
     stretch = Stretch.build(args.placement_model, args.fabric, args.stretch_cap, args.comm_fraction, args.profiles)
     jobs = load_trace(args.trace, replicate=args.replicate, limit=args.limit)
     gpus = args.gpus or gpus_for_load(jobs, args.load, args.gpus_per_node)
@@ -238,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             "islands_per_node": args.islands_per_node, "nodes_per_rack": args.nodes_per_rack, "desks": args.desks,
             "in_window_demand_gpus": round(demand, 1), "replicate": args.replicate, "grace_s": args.grace,
             "checkpoint_interval_s": args.checkpoint_interval, "stretch_cap": args.stretch_cap,
+            "reservation": dict(RESERVE) if "rayfin_resv" in names else None,
             "calibrated_slowdowns": dict(stretch.slowdowns) if stretch.slowdowns else None,
             "windows": win_meta, "wall_s": round(time.perf_counter() - t_all, 1)}
     doc = {"policies": results, "load": args.load if args.gpus is None else round(demand / gpus, 3),

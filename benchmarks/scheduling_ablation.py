@@ -5,7 +5,8 @@ at a time switched back to what `kueue_tas_fs` does, on one window of the trace.
 
 Variants: `kueue_tas_fs`; `rayfin`; rayfin in submission order (no duration-aware order);
 rayfin with the newest victims first (no checkpoint-aware victims); rayfin with no aging; rayfin
-given the true durations as its predictions (what a perfect predictor would add). Prints mean
+given the true durations as its predictions (what a perfect predictor would add); rayfin with the
+head-of-line reservation (benchmarks.scheduling.RESERVE). Prints mean
 and p99 bounded slowdown, mean wait, preemptions and mean bounded slowdown by job size.
 A diagnostic, not a tuning loop: windows 1 to 3 are the scored ones (docs/scheduling.md).
 """
@@ -15,7 +16,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from benchmarks.scheduling import policy_config
+from benchmarks.scheduling import RESERVE, policy_config
 from placement.topology import Topology
 from rayfin.config import ClusterConfig
 from rayfin.policy.duration import DurationPredictor
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "rayfin, newest victims": (dataclasses.replace(rayfin, victims_by_lost_work=False), "predicted"),
         "rayfin, no aging": (dataclasses.replace(rayfin, aging_s=0.0), "predicted"),
         "rayfin, true durations": (rayfin, "oracle"),
+        "rayfin + reservation": (dataclasses.replace(rayfin, reservation=True, **RESERVE), "predicted"),
     }
     print(f"window {args.window} ({len(part)} jobs), load {args.load}: {gpus} GPUs")
     for name, (cfg, hints) in variants.items():

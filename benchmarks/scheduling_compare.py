@@ -2,6 +2,7 @@
 another commit (default `main`), on the same snapshots.
 
     python -m benchmarks.scheduling_compare [--ref main] [--depths 1000,10000] [--policies rayfin,...]
+        [--reserve-after S --reserve-wait-factor K]   (rayfin_resv: compared with the reference's rayfin)
         [--replay-windows 0,1,2,3 --limit 500 --load 1.1] [--gc on|frozen]
 
 1. Latency: the fixed-depth snapshot of `benchmarks.scheduling.decision_latency` (every island full,
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.scheduling import policy_config, run_one
+from benchmarks.scheduling import RESERVE, policy_config, run_one
 from placement.topology import Topology
 from rayfin.config import ClusterConfig
 from rayfin.policy.hints import JobHint
@@ -63,6 +64,8 @@ def old_policy(ref: str, into: Path) -> ModuleType:
 
 def old_config(mod: ModuleType, name: str, grace: float) -> Any:
     s = importlib.import_module(mod.__name__ + ".settings")
+    if name == "rayfin_resv":   # the reference has no reservation: compare with its rayfin
+        name = "rayfin"
     if name == "static_demand":
         return s.SchedulerConfig.preset(s.Policy.STATIC, placement=s.PlacementStrategy.BEST_FIT, preemption_grace_s=grace)
     if name == "fifo":
@@ -167,7 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replay-windows", default="", help="e.g. 0,1,2,3: check every decision of these windows")
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--load", type=float, default=1.1)
+    ap.add_argument("--reserve-after", type=float, default=None, help="rayfin_resv: reserve_after_s")
+    ap.add_argument("--reserve-wait-factor", type=float, default=None, help="rayfin_resv: reserve_wait_factor")
     args = ap.parse_args(argv)
+    if args.reserve_after is not None:
+        RESERVE["reserve_after_s"] = args.reserve_after
+    if args.reserve_wait_factor is not None:
+        RESERVE["reserve_wait_factor"] = args.reserve_wait_factor
     jobs = load_trace(args.trace)
     names = [p for p in args.policies.split(",") if p]
     with tempfile.TemporaryDirectory() as tmp:

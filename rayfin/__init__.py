@@ -6,9 +6,10 @@ from rayfin.errors import (ConfigError, ControllerUnavailable, InvalidRequest, J
                            QuotaExceeded, RayfinError, Unauthorized, UnknownDesk)
 from rayfin.policy.model import JobState, Priority
 from rayfin.context import job_context
-from rayfin.sdk import Client, Job, JobStatus, connect
+from rayfin.market.errors import DeadlineInfeasible
+from rayfin.sdk import Client, DeadlineAnswer, Job, JobStatus, connect
 
 __version__ = "0.1.0"
 __all__ = ["connect", "Client", "Job", "JobStatus", "JobState", "Priority", "job_context", "RayfinError",
            "ConfigError", "InvalidRequest", "UnknownDesk", "Unauthorized", "QuotaExceeded", "JobNotFound",
-           "JobFailed", "JobTimeout", "ControllerUnavailable"]
+           "JobFailed", "JobTimeout", "ControllerUnavailable", "DeadlineInfeasible", "DeadlineAnswer"]

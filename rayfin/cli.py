@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from datetime import date, datetime, timezone
+from typing import Any
 
 from rayfin.config import ControllerConfig, RayfinConfig, default_config_path, hash_token, load_config
 from rayfin.controller import market_clock
@@ -23,7 +24,8 @@ from rayfin.market.chargeback import GroupBy, chargeback
 from rayfin.market.plan import FitProblem, check_fits, format_day
 from rayfin.policy.model import DeskQuota
 from rayfin.sdk import Client, connect, default_url
-from rayfin.supervisor import DEPLOY_KEY_ENV, Supervisor
+from rayfin.supervisor import (DEPLOY_KEY_ENV, LOST, Backoff, ChildConnection, Supervisor, connection_command,
+                               keep_connected, watch)
 from rayfin.tables import colour, job_lines, policing_lines, usage_lines
 from rayfin.up import bring_up, controller_with_ledger, with_ledger
 
@@ -175,27 +177,36 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    """Keep the controller of an existing cluster alive (KubeRay: a container beside the head)."""
-    import ray  # lazy: importing Ray takes seconds, and most commands only talk HTTP
-
-    cfg = load_config(args.config)
-    ray.init(address=args.address, namespace=cfg.controller.namespace, log_to_driver=False, logging_level="WARNING")
-    # `rayfin up` hands over its deploy key; a standalone supervisor (KubeRay) makes its own.
-    sup = Supervisor(cfg, os.environ.pop(DEPLOY_KEY_ENV, "") or secrets.token_hex(16), interval_s=args.interval)
-    sup.start_watching()
+    """Keep the controller of an existing cluster alive (KubeRay: a container beside the head).
+    Each connection to the cluster is a child process (`--one-connection`); when the head dies
+    and takes it along, a new one connects to the same GCS address (rayfin/supervisor.py)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"supervising {cfg.controller.namespace}/{cfg.controller.name}", flush=True)
-    while not stop.wait(args.interval):
-        try:
-            event = sup.check_once()
-        except RayfinError as exc:
-            print(f"restart failed: {exc}", file=sys.stderr, flush=True)
-            continue
-        if event:
-            print(f"controller brought back in {event['restart_s']:.1f}s", flush=True)
-    return 0
+    # `rayfin up` hands over its deploy key; a standalone supervisor (KubeRay) makes its own,
+    # one for all its connections.
+    deploy_key = os.environ.pop(DEPLOY_KEY_ENV, "") or secrets.token_hex(16)
+    if args.one_connection:
+        return _supervise_one_connection(args, deploy_key, stop)
+    run_once = ChildConnection(connection_command(args.config, args.address, args.interval), deploy_key, stop)
+    backoff = Backoff(first_s=args.reconnect_first_s, max_s=args.reconnect_max_s, give_up_s=args.give_up_s)
+    return keep_connected(run_once, stop, backoff, address=args.address)
+
+
+def _supervise_one_connection(args: argparse.Namespace, deploy_key: str, stop: threading.Event) -> int:
+    import ray  # lazy: importing Ray takes seconds, and most commands only talk HTTP
+
+    cfg = load_config(args.config)
+    try:
+        ray.init(address=args.address, namespace=cfg.controller.namespace, log_to_driver=False,
+                 logging_level="WARNING")
+    except Exception as exc:  # noqa: BLE001 - no cluster there (yet): the parent retries
+        print(f"cannot connect to {args.address}: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr, flush=True)
+        return LOST
+    sup = Supervisor(cfg, deploy_key, interval_s=args.interval)
+    sup.start_watching()
+    print(f"supervising {cfg.controller.namespace}/{cfg.controller.name} at {args.address}", flush=True)
+    return watch(sup, stop, args.interval, lambda m: print(m, flush=True))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -242,6 +253,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     job = info["job"]
     print(f"job {job['job_id']} of desk {job['desk']}: {job['state']} ({job['gpus']:g} GPUs)")
     print(f"  now: {job['reason']}")
+    for line in deadline_lines(job):
+        print(line)
     if info["decision"]:
         d = info["decision"]
         print(f"  last decision: {d['verdict']}: " + "; ".join(d["reasons"]))
@@ -256,6 +269,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for e in info["events"]:
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['ts']))} {e['kind']:<20} {e['reason']}")
     return 0
+
+
+def deadline_lines(job: dict[str, Any]) -> list[str]:
+    """`rayfin explain`'s deadline line: the deadline, the ETA and whether it is at risk (UTC)."""
+    if job.get("deadline") is None:
+        return []
+    def utc(t: float) -> str:
+        return datetime.fromtimestamp(float(t), timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    eta = "no ETA" if job.get("eta") is None else f"ETA {utc(job['eta'])}"
+    status = (job.get("deadline_status") or "on_track").replace("_", " ")
+    esc = "; slack ran out: scheduled as critical" if job.get("escalated") else ""
+    return [f"  deadline: {utc(job['deadline'])}, {eta} ({status}{esc})"]
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -400,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--config", default=str(default_config_path()))
     sv.add_argument("--address", default="auto")
     sv.add_argument("--interval", type=float, default=1.0)
+    sv.add_argument("--reconnect-first-s", type=float, default=1.0,
+                    help="first wait before reconnecting after the connection ends (doubles each retry)")
+    sv.add_argument("--reconnect-max-s", type=float, default=30.0, help="longest wait between reconnections")
+    sv.add_argument("--give-up-s", type=float, default=600.0,
+                    help="exit when no connection lasted 30 s for this long")
+    sv.add_argument("--one-connection", action="store_true", help=argparse.SUPPRESS)
     sv.set_defaults(fn=cmd_supervise)
     d = sub.add_parser("demo", help="bring up the embedded default, run a mixed workload, shut down")
     d.add_argument("--config", default=str(default_config_path()))

@@ -249,6 +249,23 @@ class ServeModelConfig(ConfigModel):
                                   "null = the model's default (tests use fewer)")
 
 
+# HAProxy's own spelling of a runtime API (stats socket) address: a unix socket or an IPv4 TCP port.
+EDGE_ADMIN_RE = r"^(unix@/[^\s]+|ipv4@[0-9.]+:[0-9]{1,5})$"
+
+
+class EdgeRuntimeConfig(ConfigModel):
+    """Where the quota broker pushes the desks' rates to the HAProxy edge when that HAProxy does
+    not run beside it (KubeRay: a sidecar of the head pod, serve_apps/haproxy_sidecar.py). Unset,
+    the broker finds the admin sockets of the HAProxies Serve runs on its own node."""
+
+    admin: str = Field(..., pattern=EDGE_ADMIN_RE, description="the HAProxy's runtime API, as its `stats socket` "
+                       "line names it: unix@/PATH (a socket on a volume the broker shares) or ipv4@HOST:PORT")
+    map_path: str = Field(..., pattern=r"^/[^\s]+$", description="the rate map file as that HAProxy loaded it "
+                          "(its runtime API names a map by file); the broker rewrites the file too, for a reload")
+    broker_on_head: bool = Field(True, description="run the quota broker on the head node (where a head-pod "
+                                 "sidecar's loopback port or shared volume is)")
+
+
 class ServeConfig(ConfigModel):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -276,12 +293,18 @@ class ServeConfig(ConfigModel):
         "filter in Python) or 'haproxy' (also rules inside Serve's HAProxy, keyed by the credential's hash, "
         "that refuse before Python sees the request and follow quota changes at run time; needs "
         "ingress 'haproxy'); either way admission in the replicas stays the exact authority")
+    edge_runtime: EdgeRuntimeConfig | None = Field(
+        None, description="with edge 'haproxy': the runtime API address and map file of an HAProxy edge that "
+        "does not run on the broker's node (KubeRay's head-pod sidecar); unset: Serve's own HAProxies")
 
     @model_validator(mode="after")
     def _edge_needs_haproxy(self) -> "ServeConfig":
         if self.edge == "haproxy" and self.ingress != "haproxy":
             raise ValueError(f"serve.edge 'haproxy' refuses inside Serve's HAProxy ingress, but serve.ingress is "
                              f"{self.ingress!r}; set serve.ingress: haproxy or serve.edge: python")
+        if self.edge_runtime is not None and self.edge != "haproxy":
+            raise ValueError(f"serve.edge_runtime is the HAProxy edge's address, but serve.edge is {self.edge!r}; "
+                             "set serve.edge: haproxy or remove serve.edge_runtime")
         return self
 
 
@@ -312,6 +335,19 @@ class PolicingConfig(ConfigModel):
     fail_owner_job: bool = Field(True, description="enforce: also fail the rayfin job whose code started it")
 
 
+class DeadlinesConfig(ConfigModel):
+    """Jobs with a deadline (rayfin.controller.deadlines): the submit answer and the escalation."""
+
+    slack_threshold_s: float = Field(3600.0, ge=0, description="escalate a deadline job to critical when "
+                                     "deadline - now - safety x remaining falls to this")
+    safety: float = Field(1.2, ge=1.0, le=10.0, description="remaining runtime x this in the slack")
+    margin_s: float = Field(0.0, ge=0, description="an ETA later than deadline - margin_s is at risk")
+    default_runtime_s: float = Field(3600.0, gt=0, description="remaining runtime assumed, in the queue ahead, "
+                                     "for jobs with neither expected_runtime_s nor history")
+    horizon_days: float = Field(8.0, gt=0, le=60, description="how far ahead the quota plan's windows are "
+                                "read for an ETA")
+
+
 class DashboardConfig(ConfigModel):
     host: str = "127.0.0.1"
     port: int = Field(8265, ge=1, le=65535)
@@ -334,6 +370,7 @@ class RayfinConfig(ConfigModel):
     # follows, and per desk the quota overrides of each window. Both optional; a plan needs a calendar.
     calendar: CalendarSettings | None = None
     quota_plan: QuotaPlan | None = None
+    deadlines: DeadlinesConfig = DeadlinesConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RayfinConfig":

@@ -166,7 +166,7 @@ def _register() -> None:
 
 
 def _rebuild(name: str, message: str, fields: dict[str, Any]) -> RayfinError:
-    if not _TYPES:
+    if name not in _TYPES:     # a subclass defined in a module imported since (rayfin.market.errors)
         _register()
     cls = _TYPES.get(name, RayfinError)
     err = Exception.__new__(cls)

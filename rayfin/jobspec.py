@@ -8,8 +8,10 @@ SDK stays light.
 """
 from __future__ import annotations
 
+import math
 import re
 import shlex
+from datetime import datetime
 from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
@@ -30,7 +32,15 @@ JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 NAME_RE = re.compile(NAME_PATTERN)
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 DistBackend = Literal["auto", "gloo", "nccl"]
-SPEC_FIELDS = ("kind", "payload", "gpus", "priority", "name", "comm", "retries", "job_id", "workers", "dist_backend")
+SPEC_FIELDS = ("kind", "payload", "gpus", "priority", "name", "comm", "retries", "job_id", "workers", "dist_backend",
+               "deadline", "expected_runtime_s")
+MAX_RUNTIME_S = 30 * 24 * 3600.0
+# "HH:MM" (the calendar's zone) or an offset from a session's open or close ("open-30m", "close+2h")
+DEADLINE_HHMM_RE = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
+DEADLINE_OFFSET_RE = re.compile(r"^\s*(open|close)\s*(?:([+-])\s*(\d+(?:\.\d+)?)\s*([smh]))?\s*$")
+DEADLINE_FORMS = ("an aware datetime (in JSON: ISO 8601 with a UTC offset, e.g. '2026-11-30T21:00:00+00:00'), "
+                  "'HH:MM' in the calendar's zone (the next such time), or an offset from the next session's "
+                  "open or close ('open-30m', 'close+2h'); the last two need the config's `calendar:`")
 
 ALLOWED = {
     "kind": "'callable' or 'entrypoint'",
@@ -43,6 +53,8 @@ ALLOWED = {
     "dist_backend": "'auto' (nccl with CUDA, else gloo), 'gloo', 'nccl', or None (no process group)",
     "fn": "a picklable Python callable",
     "entrypoint": "a non-empty command line string",
+    "deadline": DEADLINE_FORMS,
+    "expected_runtime_s": f"seconds the job is expected to run: a number > 0 and at most {MAX_RUNTIME_S:g}",
 }
 
 
@@ -73,6 +85,30 @@ def check_entrypoint(command: Any) -> str:
     return command
 
 
+def check_deadline(v: Any) -> str | None:
+    """A deadline in its wire form: an aware datetime as ISO 8601, or the string as given
+    ("HH:MM", "open-30m"); what it means is the controller's to say (its clock and calendar)."""
+    if v is None:
+        return None
+    if isinstance(v, datetime):
+        if v.tzinfo is None or v.utcoffset() is None:
+            raise _refuse("deadline", "an aware datetime (with tzinfo, e.g. datetime.now(timezone.utc)); "
+                                      "a naive one is ambiguous. Accepted: " + DEADLINE_FORMS)
+        return v.isoformat()
+    if not isinstance(v, str) or not v.strip() or len(v) > 64:
+        raise _refuse("deadline")
+    if DEADLINE_HHMM_RE.match(v) or DEADLINE_OFFSET_RE.match(v):
+        return v.strip()
+    try:
+        t = datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise _refuse("deadline") from None
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise _refuse("deadline", "a datetime with a UTC offset (e.g. '2026-11-30T21:00:00+00:00'); a naive one "
+                                  "is ambiguous. Accepted: " + DEADLINE_FORMS)
+    return t.isoformat()
+
+
 class JobSpec(BaseModel):
     """A validated submission. `priority` and `retries` are None until `with_defaults` fills
     them from the config; `workers` is the resolved number of ranks."""
@@ -98,6 +134,10 @@ class JobSpec(BaseModel):
     workers: Annotated[int, WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "per_gpu"}]})] = Field(
         1, description="worker processes (ranks): a count >= 1 or 'per_gpu'")
     dist_backend: DistBackend | None = Field("auto", description="torch.distributed backend; null: none")
+    deadline: str | None = Field(None, description="when the job must be done: " + DEADLINE_FORMS)
+    expected_runtime_s: Annotated[float | None, WithJsonSchema({"anyOf": [
+        {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_RUNTIME_S}, {"type": "null"}]})] = Field(
+        None, description="the job's runtime if known; null: estimated from the desk's history")
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -186,6 +226,21 @@ class JobSpec(BaseModel):
         if v is not None and v not in DIST_BACKENDS:
             raise _refuse("dist_backend")
         return v
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, v: Any) -> Any:
+        return check_deadline(v)
+
+    @field_validator("expected_runtime_s", mode="before")
+    @classmethod
+    def _runtime(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or not 0 < v <= MAX_RUNTIME_S:
+            raise _refuse("expected_runtime_s")
+        return float(v)
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,10 @@ uses locally, so placement groups, island resources and labels mean the same thi
                                               head pod finds its actors, placement groups and
                                               nodes again (GCS fault tolerance)
 
+    serve.edge 'haproxy'                      the edge HAProxy as a sidecar of the head pod
+                                              (serve_apps/haproxy_sidecar.py) at the address
+                                              `serve.edge_runtime` gives the quota broker
+
 `validate(doc)` checks a manifest against the ray.io/v1 CRD schema subset kept in
 configs/kuberay/schema/ (written from KubeRay's v1 API types, checked against KubeRay's CRD
 at the repo, path and commit it records under `source`).
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,7 @@ import yaml
 
 from placement.topology import Island, Topology, island_resource, pool_resource
 from rayfin.config import RayfinConfig, load_config
+from rayfin.errors import ConfigError
 from rayfin.telemetry.config import TelemetryConfig
 from rayfin.telemetry.tracing import HOOK
 from serve_apps.edge_asgi import CALLBACK as EDGE_CALLBACK
@@ -51,6 +57,10 @@ SCHEMA = Path(__file__).resolve().parents[1] / "configs" / "kuberay" / "schema" 
 GCS_REDIS_ADDRESS = "rayfin-gcs-redis:6379"
 GCS_REDIS_SECRET = "rayfin-gcs-redis"
 PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "metrics": 8080, "serve": 8000}
+# serve.edge 'haproxy': the edge HAProxy beside the head (serve_apps/haproxy_sidecar.py), on this port,
+# in front of Serve's ingress in the same pod; its runtime API and rate map on an emptyDir both mount.
+EDGE_PORT = 8100
+EDGE_VOLUME = "rayfin-edge"
 
 
 def island_labels(island: Island) -> dict[str, str]:
@@ -108,11 +118,59 @@ def supervisor_container(image: str, tel: TelemetryConfig, ingress: str) -> dict
     return c
 
 
+def edge_dir(config: RayfinConfig) -> str | None:
+    """The folder the head container and the edge sidecar share (the rate map's, and a unix admin
+    socket's), or None without an HAProxy edge. The broker reaches the edge only through
+    `serve.edge_runtime`, so an HAProxy edge on KubeRay needs it (ConfigError otherwise)."""
+    if config.serve.edge != "haproxy":
+        return None
+    rt = config.serve.edge_runtime
+    if rt is None:
+        raise ConfigError("serve.edge_runtime: not set, but serve.edge is 'haproxy'; on KubeRay the edge runs "
+                          "beside the head and the quota broker reaches it only at a configured address. To fix: "
+                          "set serve.edge_runtime {admin: unix@/var/run/rayfin-edge/admin.sock, map_path: "
+                          "/var/run/rayfin-edge/rates.map}", path="serve.edge_runtime")
+    folder = posixpath.dirname(rt.map_path)
+    if rt.admin.startswith("unix@") and posixpath.dirname(rt.admin[len("unix@"):]) != folder:
+        raise ConfigError(f"serve.edge_runtime.admin: got {rt.admin!r}; a unix socket must be in the map's folder "
+                          f"{folder} (the one volume both containers mount), or use ipv4@127.0.0.1:PORT",
+                          path="serve.edge_runtime.admin")
+    if rt.admin.startswith("ipv4@") and not rt.admin.startswith("ipv4@127."):
+        raise ConfigError(f"serve.edge_runtime.admin: got {rt.admin!r}; the runtime API is admin level: keep it "
+                          "on loopback (ipv4@127.0.0.1:PORT) or a unix socket", path="serve.edge_runtime.admin")
+    if not rt.broker_on_head:
+        raise ConfigError("serve.edge_runtime.broker_on_head: false, but on KubeRay the edge is a sidecar of the "
+                          "head pod, reachable from that pod only", path="serve.edge_runtime.broker_on_head")
+    return folder
+
+
+def edge_sidecar(config: RayfinConfig, image: str, tel: TelemetryConfig, folder: str) -> dict[str, Any]:
+    """Beside the head: the HAProxy edge (serve_apps/haproxy_sidecar.py), from the same mounted config,
+    refusing over-quota desks before Serve's ingress in this pod; the broker updates it at run time."""
+    c = _container("rayfin-edge", image, tel, cpu=2, memory="1Gi", gpus=0, ingress=config.serve.ingress,
+                   ports={"edge": EDGE_PORT})
+    c["env"] = [{"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"}]   # no Ray token: not a Ray process
+    c["command"] = ["python", "-m", "serve_apps.haproxy_sidecar", "--config", f"{CONFIG_MOUNT}/config.yaml",
+                    "--listen", str(EDGE_PORT), "--backend", f"127.0.0.1:{PORTS['serve']}",
+                    "--cfg", f"{folder}/haproxy.cfg"]
+    c["volumeMounts"].append({"name": EDGE_VOLUME, "mountPath": folder})
+    return c
+
+
 def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[str, Any]:
     params = {"dashboard-host": "0.0.0.0", "num-gpus": "0", "num-cpus": str(config.cluster.head_num_cpus),
               "metrics-export-port": str(PORTS["metrics"]), "labels": f"{LABEL}role=head"}
     if tel.exporter != "none" and tel.ray_tracing:
         params["tracing-startup-hook"] = HOOK
+    head = _container("ray-head", image, tel, cpu=max(2, config.cluster.head_num_cpus), memory="16Gi", gpus=0,
+                      ports=PORTS, ingress=config.serve.ingress)
+    containers = [head, supervisor_container(image, tel, config.serve.ingress)]
+    volumes = _volumes()
+    folder = edge_dir(config)
+    if folder is not None:
+        head["volumeMounts"].append({"name": EDGE_VOLUME, "mountPath": folder})   # the broker's side
+        containers.append(edge_sidecar(config, image, tel, folder))
+        volumes.append({"name": EDGE_VOLUME, "emptyDir": {}})
     return {
         "serviceType": "ClusterIP",
         "rayStartParams": params,
@@ -120,11 +178,7 @@ def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[s
             "metadata": {"labels": {LABEL + "role": "head"},
                          "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORTS["metrics"]),
                                          "prometheus.io/path": "/metrics"}},
-            "spec": {"containers": [_container("ray-head", image, tel, cpu=max(2, config.cluster.head_num_cpus),
-                                               memory="16Gi", gpus=0, ports=PORTS,
-                                               ingress=config.serve.ingress),
-                                    supervisor_container(image, tel, config.serve.ingress)],
-                     "volumes": _volumes()},
+            "spec": {"containers": containers, "volumes": volumes},
         },
     }
 

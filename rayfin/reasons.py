@@ -24,6 +24,7 @@ class ReasonCode(str, Enum):
     OVER_CEILING = "over_ceiling"
     STATIC_PARTITION = "static_partition"
     AWAITING_PREEMPTION = "awaiting_preemption"
+    RESERVATION = "reservation"
     # -- the policy: preemptions
     PRIORITY = "priority"
     RECLAIM = "reclaim"
@@ -58,6 +59,12 @@ class ReasonCode(str, Enum):
     WINDOW_RECLAIM_AHEAD = "window_reclaim_ahead"
     WINDOW_SWITCH = "window_switch"
     DECISIONS_RECORDED = "decisions_recorded"
+    # -- deadlines (rayfin.controller.deadlines)
+    DEADLINE_ADMITTED = "deadline_admitted"
+    DEADLINE_AT_RISK = "deadline_at_risk"
+    DEADLINE_ON_TRACK = "deadline_on_track"
+    DEADLINE_ESCALATED = "deadline_escalated"
+    DEADLINE_INFEASIBLE = "deadline_infeasible"
     # -- anything an operator records by hand
     OPERATOR = "operator"
     OTHER = "other"
@@ -79,6 +86,8 @@ _TEXT: dict[ReasonCode, str] = {
     ReasonCode.OVER_CEILING: "it would take the desk above nominal plus its borrowing limit",
     ReasonCode.STATIC_PARTITION: "static partitioning: the desk is at its nominal share",
     ReasonCode.AWAITING_PREEMPTION: "entitled; waiting for preempted jobs to free their GPUs",
+    ReasonCode.RESERVATION: ("the free GPUs it would use are reserved for a larger job that has waited long, "
+                             "and it is not predicted to finish before that job can start"),
     ReasonCode.PRIORITY: "preempted for a higher-priority job of the same desk",
     ReasonCode.RECLAIM: "preempted: its desk was borrowing GPUs that their owner reclaimed",
     ReasonCode.NEVER_FITS: "refused: more GPUs than the desk may ever hold",
@@ -107,6 +116,11 @@ _TEXT: dict[ReasonCode, str] = {
     ReasonCode.WINDOW_RECLAIM_AHEAD: "the next window's quotas apply one preemption grace before its switch",
     ReasonCode.WINDOW_SWITCH: "the quota window switched at a market boundary",
     ReasonCode.DECISIONS_RECORDED: "a cycle's decisions and the snapshot they were made on, kept for replay",
+    ReasonCode.DEADLINE_ADMITTED: "its deadline was accepted: the ETA is before it",
+    ReasonCode.DEADLINE_AT_RISK: "its ETA is after its deadline (or cannot be estimated)",
+    ReasonCode.DEADLINE_ON_TRACK: "its ETA is back before its deadline",
+    ReasonCode.DEADLINE_ESCALATED: "its slack ran out: it borrows and reclaims as critical work",
+    ReasonCode.DEADLINE_INFEASIBLE: "refused: even started now it would end after its deadline",
     ReasonCode.OPERATOR: "recorded by an operator or rayfin's supervisor",
     ReasonCode.OTHER: "other",
 }

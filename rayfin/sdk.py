@@ -7,6 +7,11 @@ its URL on the `api:` line): no Ray token, no Ray driver, no `import ray`.
     value = job.result(timeout=600)
     client.usage()            # the desk's quota and what it holds
 
+    # A deadline ("HH:MM" or "open-30m" need the controller's `calendar:`): the answer comes back
+    # at once, admitted or at risk with the ETA; an infeasible one raises DeadlineInfeasible.
+    job = client.submit(run_var, deadline="open-30m", expected_runtime_s=3600)
+    job.answer                # DeadlineAnswer(verdict="at_risk", eta=..., deadline=..., reason=...)
+
 Arguments are checked here first with the same `JobSpec` model the API and the controller use
 (a clear `InvalidRequest` naming the field), so a bad call never reaches the network. Refusals arrive as typed errors with fields
 (`QuotaExceeded.desk/.requested/.available`, `Unauthorized`, `UnknownDesk`, `JobNotFound`),
@@ -24,6 +29,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -33,6 +39,7 @@ import httpx
 from rayfin.errors import (ControllerUnavailable, InvalidRequest, JobFailed, JobTimeout, RayfinError, Unauthorized,
                            from_wire)
 from rayfin.jobspec import JobSpec
+from rayfin.market.errors import DeadlineInfeasible  # noqa: F401 - registered for from_wire, re-exported
 from rayfin.policy.model import JobState, Priority
 
 DEFAULT_URL = "http://127.0.0.1:8000/api"
@@ -58,6 +65,10 @@ class JobStatus:
     progress: float
     cuda_visible_devices: str
     info: dict[str, Any] = field(default_factory=dict)
+    deadline: datetime | None = None     # UTC; None: no deadline
+    eta: datetime | None = None          # the controller's latest estimate of the finish
+    deadline_status: str | None = None   # "on_track" or "at_risk"
+    escalated: bool = False              # its slack ran out: scheduled as critical
 
     @classmethod
     def from_public(cls, d: dict[str, Any]) -> "JobStatus":
@@ -65,11 +76,39 @@ class JobStatus:
         return cls(d["job_id"], d["desk"], d.get("name", ""), JobState(d["state"]), d.get("reason", ""),
                    d["gpus"], Priority(d["priority"]).label, [tuple(p) for p in d.get("placement", [])],
                    d["submitted_at"], d.get("started_at"), d.get("finished_at"), d.get("attempts", 0),
-                   float(info.get("progress", 0.0)), str(info.get("cuda_visible_devices", "")), info)
+                   float(info.get("progress", 0.0)), str(info.get("cuda_visible_devices", "")), info,
+                   _utc(d.get("deadline")), _utc(d.get("eta")), d.get("deadline_status"), bool(d.get("escalated")))
 
     @property
     def done(self) -> bool:
         return self.state.terminal
+
+
+def _utc(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(float(t), timezone.utc)
+
+
+@dataclass(frozen=True)
+class DeadlineAnswer:
+    """The controller's answer to a submission with a deadline: "admitted" (the ETA is before
+    it) or "at_risk" (after it, or no runtime to estimate from). Infeasible raises instead."""
+
+    verdict: str
+    deadline: datetime
+    eta: datetime | None
+    reason: str = ""
+
+    @classmethod
+    def from_reply(cls, d: dict[str, Any] | None) -> "DeadlineAnswer | None":
+        if not d:
+            return None
+        deadline = _utc(d["deadline"])
+        assert deadline is not None
+        return cls(d["verdict"], deadline, _utc(d.get("eta")), d.get("reason", ""))
+
+    def __str__(self) -> str:
+        eta = "no ETA" if self.eta is None else f"ETA {self.eta:%Y-%m-%d %H:%M:%S}Z"
+        return f"{self.verdict}: {eta}, deadline {self.deadline:%Y-%m-%d %H:%M:%S}Z ({self.reason})"
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,9 +157,10 @@ class LogLine:
 class Job:
     """Handle to a submitted job."""
 
-    def __init__(self, client: "Client", job_id: str) -> None:
+    def __init__(self, client: "Client", job_id: str, answer: DeadlineAnswer | None = None) -> None:
         self._client = client
         self.job_id = job_id
+        self.answer = answer    # the answer to a deadline at submit; None without one
 
     def __repr__(self) -> str:
         return f"Job({self.job_id!r})"
@@ -215,10 +255,15 @@ class Client:
     def submit(self, fn: Callable[..., Any], *args: Any, gpus: int = 1, priority: str = "normal",
                name: str | None = None, comm: str = "none", retries: int | None = None,
                kwargs: dict[str, Any] | None = None, workers: Workers = 1,
-               dist_backend: str | None = "auto") -> Job:
+               dist_backend: str | None = "auto", deadline: datetime | str | None = None,
+               expected_runtime_s: float | None = None) -> Job:
         """Run `fn(*args, **kwargs)` on `gpus` GPUs of this desk's pool. Returns at once.
         `workers`: processes (ranks) to run it in, a count or "per_gpu"; `dist_backend`: the
-        torch.distributed backend they join ("auto", "gloo", "nccl", or None)."""
+        torch.distributed backend they join ("auto", "gloo", "nccl", or None).
+        `deadline`: an aware datetime, "HH:MM" in the calendar's zone, or "open-30m" / "close+2h"
+        (the string forms need the controller's `calendar:`); `expected_runtime_s`: the runtime if
+        known (else the desk's history). With a deadline, `job.answer` says admitted or at_risk
+        with the ETA; one no schedule can meet raises `DeadlineInfeasible` (earliest_finish)."""
         if not callable(fn):
             raise InvalidRequest(field="fn", value=repr(fn)[:80], allowed="a Python callable")
         try:
@@ -230,15 +275,19 @@ class Client:
                                  allowed="a picklable callable and arguments") from None
         return self._submit({"kind": "callable", "payload": payload, "gpus": gpus, "priority": priority,
                              "name": name or getattr(fn, "__name__", "job"), "comm": comm, "retries": retries,
-                             "workers": workers, "dist_backend": dist_backend})
+                             "workers": workers, "dist_backend": dist_backend, "deadline": deadline,
+                             "expected_runtime_s": expected_runtime_s})
 
     def submit_entrypoint(self, command: str, *, gpus: int = 1, priority: str = "normal", name: str | None = None,
                           comm: str = "none", retries: int | None = None, workers: Workers = 1,
-                          dist_backend: str | None = "auto") -> Job:
-        """Run a command line (e.g. "python -m jobs.var_mc --paths 100000") on `gpus` GPUs."""
+                          dist_backend: str | None = "auto", deadline: datetime | str | None = None,
+                          expected_runtime_s: float | None = None) -> Job:
+        """Run a command line (e.g. "python -m jobs.var_mc --paths 100000") on `gpus` GPUs
+        (`deadline`, `expected_runtime_s`: as for `submit`)."""
         return self._submit({"kind": "entrypoint", "payload": command, "gpus": gpus, "priority": priority,
                              "name": name or "entrypoint", "comm": comm, "retries": retries, "workers": workers,
-                             "dist_backend": dist_backend})
+                             "dist_backend": dist_backend, "deadline": deadline,
+                             "expected_runtime_s": expected_runtime_s})
 
     def _submit(self, fields: dict[str, Any]) -> Job:
         # Checked whole before the desk, so a bad argument is named even on an admin client.
@@ -248,7 +297,8 @@ class Client:
             raise InvalidRequest(field="desk", value=None, allowed="connect(desk=...) to submit work for a desk")
         # The client proposes the id: a submission retried after a controller restart is idempotent.
         body = spec_body(spec, self.desk, f"{self.desk}-{secrets.token_hex(6)}", requested_workers)
-        return Job(self, self._request("POST", "/v1/jobs", body=body)["job_id"])
+        reply = self._request("POST", "/v1/jobs", body=body)
+        return Job(self, reply["job_id"], DeadlineAnswer.from_reply(reply.get("answer")))
 
     # -- jobs --
     def job(self, job_id: str) -> Job:
@@ -304,6 +354,11 @@ def spec_body(spec: JobSpec, desk: str, job_id: str, workers: Any = None) -> dic
                             "priority": spec.priority.label if spec.priority is not None else None,
                             "workers": workers if workers == "per_gpu" else spec.workers,
                             "dist_backend": spec.dist_backend}
+    # Only when set, so an API without deadlines (which refuses unknown fields) takes a plain job.
+    if spec.deadline is not None:
+        body["deadline"] = spec.deadline
+    if spec.expected_runtime_s is not None:
+        body["expected_runtime_s"] = spec.expected_runtime_s
     if isinstance(spec.payload, str):
         body["entrypoint"] = spec.payload
     else:
@@ -357,4 +412,4 @@ def connect(desk: str | None, token: str | None = None, url: str | None = None, 
     return client
 
 
-__all__ = ["connect", "default_url", "Client", "Job", "JobStatus", "RayfinError"]
+__all__ = ["connect", "default_url", "Client", "DeadlineAnswer", "DeadlineInfeasible", "Job", "JobStatus", "RayfinError"]

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from rayfin.config import RayfinConfig
@@ -52,6 +54,15 @@ def death_of(name: str, namespace: str) -> dict[str, Any]:
             "owner": {k: ctx.get(k) for k in ("owner_id", "owner_ip_address", "node_ip_address") if ctx.get(k)}}
 
 
+def node_alive(node_id: str, nodes: list[dict[str, Any]]) -> bool:
+    """Whether the node this driver is attached through is alive, by the GCS's node table
+    (`ray.nodes()`). After a head death a driver attached through the head's raylet keeps its
+    GCS connection (a new head comes up at the same address) but not its raylet: calls that
+    need it (starting a controller, calls to actors that moved) hang. Only a new connection,
+    through a live raylet, helps."""
+    return any(n.get("NodeID") == node_id and n.get("Alive") for n in nodes)
+
+
 class Supervisor:
     def __init__(self, config: RayfinConfig, deploy_key: str, *, interval_s: float = 1.0,
                  on_restart: Callable[[Any], None] | None = None) -> None:
@@ -63,12 +74,14 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._gcs: str | None = None
+        self._node: str | None = None     # the node (raylet) this driver is attached through
 
     def start_watching(self) -> "Supervisor":
         """Remember the cluster this process is attached to: the only one it will act on."""
         import ray
 
         self._gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+        self._node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return self
 
     def start(self) -> "Supervisor":
@@ -107,7 +120,9 @@ class Supervisor:
 
         if not ray.is_initialized():
             return False
-        return self._gcs is None or ray.get_runtime_context().gcs_address == self._gcs
+        if self._gcs is not None and ray.get_runtime_context().gcs_address != self._gcs:
+            return False
+        return self._node is None or node_alive(self._node, ray.nodes())
 
     def check_once(self) -> dict[str, Any] | None:
         if self._stop.is_set() or not self.connected() or self.alive():
@@ -138,6 +153,120 @@ class Supervisor:
         if self.on_restart is not None:
             self.on_restart(handle)
         return event
+
+
+# ---- staying connected: a head death ends the connection, not the supervision -----------------------
+#
+# When the head dies (a head pod restarting, `LocalCluster.kill_head`), Ray ends a driver attached
+# through it: its raylet is gone, and past `gcs_rpc_server_reconnect_timeout_s` the core worker
+# exits the process. So the connection lives in a child process (`rayfin supervise
+# --one-connection`), and `rayfin supervise` itself, which never imports Ray, starts a new one
+# at the same GCS address when it ends: with GCS fault tolerance the new head is there, with the
+# controller and the cluster's state. Retries back off (doubling, capped) and stop after
+# `give_up_s` without a connection that lasted `healthy_s`, so a cluster gone for good ends the
+# command (a container restart or an operator takes over from there).
+
+LOST = 3        # exit status of a connection that was lost (not asked to stop)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first_s: float = 1.0
+    max_s: float = 30.0
+    give_up_s: float = 600.0     # failing this long, with no healthy connection between: give up
+    healthy_s: float = 30.0      # a connection that lasted this long resets the backoff
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first_s <= self.max_s or self.give_up_s <= 0 or self.healthy_s <= 0:
+            raise ValueError(f"bad backoff {self}")
+
+
+def keep_connected(run_once: Callable[[], int], stop: threading.Event, backoff: Backoff = Backoff(), *,
+                   address: str = "", clock: Callable[[], float] = time.monotonic) -> int:
+    """Run one connection (`run_once()`, its exit status: 0 when asked to stop) after another
+    until `stop` is set; between them wait `backoff`. Returns 0 when stopped, else the last
+    connection's status once `backoff.give_up_s` passed with no healthy connection."""
+    delay = backoff.first_s
+    failing_since: float | None = None
+    attempt = 0
+    while not stop.is_set():
+        t0 = clock()
+        rc = run_once()
+        if stop.is_set() or rc == 0:
+            return 0
+        now = clock()
+        if now - t0 >= backoff.healthy_s:     # it was up for a while: a fresh failure, not a retry
+            delay, failing_since, attempt = backoff.first_s, None, 0
+        failing_since = t0 if failing_since is None else failing_since
+        attempt += 1
+        if now - failing_since >= backoff.give_up_s:
+            log.error("supervisor: no connection to the cluster at %s for %.0f s (%d attempts, last exit %d); "
+                      "giving up", address, now - failing_since, attempt, rc)
+            return rc
+        log.warning("supervisor: connection to the cluster at %s ended (exit %d after %.1f s); "
+                    "reconnecting in %.1f s (attempt %d)", address, rc, now - t0, delay, attempt)
+        if stop.wait(delay):
+            return 0
+        delay = min(delay * 2, backoff.max_s)
+    return 0
+
+
+def watch(sup: Any, stop: threading.Event, interval_s: float, say: Callable[[str], None] = print) -> int:
+    """One connection's loop (`rayfin supervise --one-connection`): check every `interval_s`
+    until stopped (0) or the connection is gone (LOST). Exceptions other than rayfin's own end
+    the connection too: after a head death Ray's calls fail until a new driver connects."""
+    from rayfin.errors import RayfinError
+
+    while not stop.wait(interval_s):
+        if not sup.connected():
+            say("lost the cluster connection")
+            return LOST
+        try:
+            event = sup.check_once()
+        except RayfinError as exc:
+            say(f"restart failed: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - Ray's errors after a head death vary
+            say(f"lost the cluster connection: {type(exc).__name__}: {str(exc)[:300]}")
+            return LOST
+        if event:
+            say(f"controller brought back in {event['restart_s']:.1f}s")
+    return 0
+
+
+def connection_command(config_path: str, address: str, interval_s: float) -> list[str]:
+    """The child process of one connection."""
+    return [sys.executable, "-m", "rayfin.cli", "supervise", "--one-connection", "--config", config_path,
+            "--address", address, "--interval", str(interval_s)]
+
+
+class ChildConnection:
+    """`run_once` for `keep_connected`: one `rayfin supervise --one-connection` child, waited for,
+    ended (SIGINT, then SIGKILL after 15 s) when `stop` is set. The deploy key goes through the environment."""
+
+    def __init__(self, command: list[str], deploy_key: str, stop: threading.Event,
+                 popen: Callable[..., Any] = subprocess.Popen) -> None:
+        self.command, self.deploy_key, self.stop, self.popen = command, deploy_key, stop, popen
+        self.started = 0
+
+    def __call__(self) -> int:
+        env = dict(os.environ, **{DEPLOY_KEY_ENV: self.deploy_key})
+        proc = self.popen(self.command, env=env)
+        self.started += 1
+        while True:
+            try:
+                return int(proc.wait(timeout=0.5))
+            except subprocess.TimeoutExpired:
+                if self.stop.is_set():
+                    # SIGINT: the child's own handler stops it cleanly (Ray's driver logs a
+                    # stack trace on SIGTERM)
+                    proc.send_signal(signal.SIGINT)
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                    return 0
 
 
 DEPLOY_KEY_ENV = "RAYFIN_DEPLOY_KEY"
@@ -171,4 +300,5 @@ def stop_supervisor(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
-__all__ = ["Supervisor", "death_of", "spawn_supervisor", "stop_supervisor", "DEPLOY_KEY_ENV"]
+__all__ = ["Supervisor", "death_of", "spawn_supervisor", "stop_supervisor", "DEPLOY_KEY_ENV", "Backoff",
+           "keep_connected", "watch", "connection_command", "ChildConnection", "LOST"]

@@ -31,15 +31,32 @@ def usage_lines(table: dict[str, dict[str, Any]], use_colour: bool = False) -> l
 
 
 def job_lines(jobs: list[Any], use_colour: bool = False) -> list[str]:
-    lines = [colour(f"{'job':<22} {'desk':<9} {'state':<10} {'gpus':>4} {'prio':<8} {'progress':>8}  where / why",
-                    "bold", use_colour)]
+    """One line per job; with a `deadline` and `eta` column (UTC, "!" when at risk, "^" when
+    escalated to critical) when any job has a deadline."""
+    dl = any(getattr(j, "deadline", None) is not None for j in jobs)
+    extra = f" {'deadline':<12} {'eta':<12}" if dl else ""
+    lines = [colour(f"{'job':<22} {'desk':<9} {'state':<10} {'gpus':>4} {'prio':<8} {'progress':>8}{extra}  "
+                    "where / why", "bold", use_colour)]
     for j in jobs:
         where = ", ".join(f"{i}x{g:g}" for i, g in j.placement) or ""
         why = j.reason if j.state.value in ("PENDING", "FAILED", "PREEMPTED", "CANCELLED") else where
         bar = progress_bar(j.progress) if j.state.value == "RUNNING" else ""
+        cols = f" {deadline_cell(j):<12} {eta_cell(j):<12}" if dl else ""
         lines.append(f"{j.job_id:<22} {j.desk:<9} {colour(f'{j.state.value:<10}', STATE_COLOUR[j.state.value], use_colour)} "
-                     f"{j.gpus:>4g} {j.priority:<8} {bar:>8}  {why[:90]}")
+                     f"{j.gpus:>4g} {j.priority:<8} {bar:>8}{cols}  {why[:90]}")
     return lines
+
+
+def deadline_cell(j: Any) -> str:
+    d = getattr(j, "deadline", None)
+    return "" if d is None else f"{d:%m-%d %H:%M}" + ("^" if getattr(j, "escalated", False) else "")
+
+
+def eta_cell(j: Any) -> str:
+    if getattr(j, "deadline", None) is None or j.state.terminal:
+        return ""
+    e = getattr(j, "eta", None)
+    return ("?" if e is None else f"{e:%m-%d %H:%M}") + ("!" if getattr(j, "deadline_status", None) == "at_risk" else "")
 
 
 def progress_bar(fraction: float, width: int = 8) -> str:
@@ -61,4 +78,4 @@ def policing_lines(view: dict[str, Any], use_colour: bool = False) -> list[str]:
     return lines
 
 
-__all__ = ["COLOURS", "STATE_COLOUR", "colour", "job_lines", "policing_lines", "progress_bar", "usage_lines"]
+__all__ = ["COLOURS", "STATE_COLOUR", "colour", "deadline_cell", "eta_cell", "job_lines", "policing_lines", "progress_bar", "usage_lines"]

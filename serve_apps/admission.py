@@ -69,6 +69,10 @@ class AdmissionSettings:
     # `serve.edge: haproxy`: the HAProxy edge's rates (credential hash -> rate), which the
     # broker pushes to the running HAProxy whenever it is built with them.
     haproxy_edge: Mapping[str, DeskRate] | None = None
+    # `serve.edge_runtime`: where that HAProxy's runtime API and map file are, when it is not on
+    # the broker's node (KubeRay: the head pod's sidecar); None: Serve's HAProxies on this node.
+    edge_admin: str | None = None
+    edge_map: str | None = None
 
     @classmethod
     def from_config(cls, config: RayfinConfig, broker_app: str) -> "AdmissionSettings":
@@ -87,6 +91,8 @@ class AdmissionSettings:
             holder_ttl_s=max(5.0, 10 * sc.quota_sync_interval_s),
             edge_in_replica=sc.edge_shedding and sc.ingress == "haproxy",
             haproxy_edge=desk_rates(config) if sc.edge == "haproxy" else None,
+            edge_admin=sc.edge_runtime.admin if sc.edge_runtime else None,
+            edge_map=sc.edge_runtime.map_path if sc.edge_runtime else None,
         )
 
 

@@ -22,7 +22,7 @@ from ray.serve.config import BackpressureConfig, RequestRouterConfig
 from rayfin.config import RayfinConfig, ServeConfig, ServeModelConfig, load_config
 from rayfin.errors import ConfigError, RayfinError, from_wire
 from serve_apps.admission import AdmissionSettings
-from serve_apps.deployments import Gateway, GatedModel, QuotaBroker, predict_route
+from serve_apps.deployments import HEAD_RESOURCE, Gateway, GatedModel, QuotaBroker, predict_route
 from serve_apps.edge import EdgeSettings
 from serve_apps.model_server import ModelServer
 
@@ -96,9 +96,19 @@ def edge_router_config(edge: EdgeSettings, route: str) -> RequestRouterConfig:
                                request_router_kwargs={"edge": edge.to_wire(), "route": route})
 
 
+def broker_options(config: RayfinConfig) -> dict:
+    """The quota broker's placement: on the head node when the HAProxy edge it updates is a sidecar
+    of the head pod (`serve.edge_runtime.broker_on_head`), so its shared volume or loopback port is
+    the broker's too; else anywhere."""
+    rt = config.serve.edge_runtime
+    if rt is not None and rt.broker_on_head:
+        return {"ray_actor_options": {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}}
+    return {}
+
+
 def build_gateway_app(config: RayfinConfig, gateway_app: str = GATEWAY_APP):
     settings = admission_settings(config, gateway_app)
-    broker = QuotaBroker.bind(settings)
+    broker = QuotaBroker.options(**broker_options(config)).bind(settings)
     return Gateway.options(
         num_replicas=config.serve.gateway_replicas,
         max_ongoing_requests=1000,

@@ -91,13 +91,28 @@ class GatedModel(ModelServer.func_or_class):
             return _finish(span, response)
 
 
+def push_edge_rates(settings: AdmissionSettings,
+                    call: haproxy_edge.AdminCall = haproxy_edge.admin_call) -> "haproxy_edge.EdgeUpdate | None":
+    """The desks' rates to the HAProxy edge: at the address the config gives (`serve.edge_runtime`,
+    KubeRay's head-pod sidecar), else to the HAProxies Serve runs on this node."""
+    if settings.haproxy_edge is None:
+        return None
+    if settings.edge_admin and settings.edge_map:
+        return haproxy_edge.apply_rates_at(settings.edge_admin, settings.edge_map, settings.haproxy_edge, call=call)
+    return haproxy_edge.apply_rates_here(settings.haproxy_edge, call=call)
+
+
+# With `serve.edge_runtime.broker_on_head` the deploy code places it on the head node (HEAD_RESOURCE).
+HEAD_RESOURCE = "node:__internal_head__"
+
+
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
 class QuotaBroker:
     def __init__(self, settings: AdmissionSettings) -> None:
         self._broker = LocalBroker.from_settings(settings)
         self.edge_update = None
         if settings.haproxy_edge is not None:
-            self.edge_update = haproxy_edge.apply_rates_here(settings.haproxy_edge)
+            self.edge_update = push_edge_rates(settings)
             if self.edge_update is not None and not self.edge_update.ok:
                 # The map file is rewritten either way (a reload reads it); admission still holds.
                 log.warning("HAProxy edge not updated on %s", self.edge_update.failed)

@@ -183,11 +183,27 @@ def write_map(map_path: str, rates: Mapping[str, DeskRate], window_s: float = 10
 AdminCall = Callable[[str, str], str]     # (socket path, command) -> HAProxy's answer
 
 
+def admin_target(address: str) -> tuple[int, str | tuple[str, int]]:
+    """(socket family, address) of an HAProxy runtime API address, in HAProxy's own spelling:
+    `unix@/path`, `ipv4@host:port`, or a bare socket path (what Serve's variable holds)."""
+    if address.startswith("ipv4@"):
+        host, _, port = address[len("ipv4@"):].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"not an HAProxy ipv4@HOST:PORT address: {address!r}")
+        return socket.AF_INET, (host, int(port))
+    path = address[len("unix@"):] if address.startswith("unix@") else address
+    if not path.startswith("/"):
+        raise ValueError(f"not an HAProxy runtime API address (unix@/PATH or ipv4@HOST:PORT): {address!r}")
+    return socket.AF_UNIX, path
+
+
 def admin_call(sock_path: str, command: str, timeout_s: float = 2.0) -> str:
-    """One command on HAProxy's admin socket (non-interactive mode: it answers, then closes)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    """One command on HAProxy's admin socket (non-interactive mode: it answers, then closes).
+    `sock_path`: a socket path, or an address as `admin_target` reads it."""
+    family, target = admin_target(sock_path)
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
-        s.connect(sock_path)
+        s.connect(target)
         s.sendall(command.encode() + b"\n")
         chunks = []
         while chunk := s.recv(65536):
@@ -218,12 +234,16 @@ class EdgeUpdate:
 
 
 def apply_rates(map_path: str, rates: Mapping[str, DeskRate], sockets: list[str],
-                window_s: float = 10.0, slack: float = 2.0, call: AdminCall = admin_call) -> EdgeUpdate:
+                window_s: float = 10.0, slack: float = 2.0, call: AdminCall = admin_call,
+                write_file: bool = True) -> EdgeUpdate:
     """Make the edge refuse by `rates` now: rewrite the map file, then turn the map each running
     HAProxy holds (read back with `show map`, so whatever it loaded is the starting point) into
     the new one. The edge only refuses, so either order of this and admission's own change is
     safe: for a moment the edge may refuse by the old limit, never admit anything."""
-    write_map(map_path, rates, window_s, slack)
+    if write_file:
+        write_map(map_path, rates, window_s, slack)
+    else:
+        _check(window_s, slack)
     new = {k: r.limit(window_s, slack) for k, r in rates.items()}
     update = EdgeUpdate(map_path)
     for sock in sockets:
@@ -235,7 +255,7 @@ def apply_rates(map_path: str, rates: Mapping[str, DeskRate], sockets: list[str]
                 if answer:      # HAProxy answers a map command with nothing when it worked
                     raise RuntimeError(f"{cmd!r}: {answer}")
             update.sent[sock] = cmds
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             update.failed[sock] = str(exc)
     return update
 
@@ -250,6 +270,15 @@ def apply_rates_here(rates: Mapping[str, DeskRate], environ: Mapping[str, str] |
         return None
     sockets = admin_sockets(env[SOCKET_ENV]) if env.get(SOCKET_ENV) else []
     return apply_rates(map_path, rates, sockets, call=call)
+
+
+def apply_rates_at(admin: str, map_path: str, rates: Mapping[str, DeskRate],
+                   call: AdminCall = admin_call) -> EdgeUpdate:
+    """`apply_rates` for one HAProxy edge at a configured address (`serve.edge_runtime`: the
+    KubeRay head pod's sidecar, reached on a shared volume or loopback), not found on this node.
+    The map file is rewritten where this process sees its folder (a volume it shares with that
+    HAProxy); elsewhere the runtime API alone carries the change."""
+    return apply_rates(map_path, rates, [admin], call=call, write_file=os.path.isdir(os.path.dirname(map_path)))
 
 
 # ---- the wrapper Serve runs as its HAProxy binary (RAY_SERVE_HAPROXY_BINARY_PATH) -------------

@@ -24,10 +24,13 @@ HTTP frontend and the replicas bind `serve.host` (loopback). No Ray import here.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from typing import Callable, Mapping, MutableMapping, get_args
 
 from rayfin.cluster import free_port as cluster_free_port
@@ -37,6 +40,7 @@ from serve_apps.edge_asgi import install_env
 from serve_apps.haproxy_edge import DeskRate
 
 # The choices are the config's (`serve.ingress`), written once there.
+log = logging.getLogger(__name__)
 INGRESSES: tuple[str, ...] = get_args(ServeConfig.model_fields["ingress"].annotation)
 
 HA_PROXY = "RAY_SERVE_ENABLE_HA_PROXY"
@@ -177,12 +181,64 @@ def _refresh_imported_serve(ha_proxy: bool) -> None:
             setattr(mod, HA_PROXY, ha_proxy)
 
 
+def haproxy_pids(run_dir: str, proc: str = "/proc") -> list[int]:
+    """The processes running HAProxy on a config file under `run_dir` (its `-f` argument; Serve
+    puts one per node there, `<run_dir>/<node id>/haproxy.cfg`): the HAProxies of this cluster, and
+    only those, since the directory is this cluster's own (`new_run_dir`)."""
+    prefix = run_dir.rstrip("/") + "/"
+    found = []
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return []
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{e}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(a == "-f" and b.startswith(prefix) for a, b in zip(args, args[1:])):
+            found.append(int(e))
+    return sorted(found)
+
+
+def stop_haproxies(run_dir: str, proc: str = "/proc", kill: Callable[[int, int], None] = os.kill,
+                   grace_s: float = 5.0) -> list[int]:
+    """SIGTERM, then SIGKILL after `grace_s`, to this cluster's HAProxies that outlived it: Serve
+    starts them as children of its proxy actors and stops them in `serve.shutdown`, but a `rayfin
+    up` stopped by SIGTERM to its own pid (not its process group) left them running. Returns the
+    pids signalled."""
+    pids = haproxy_pids(run_dir, proc)
+    for pid in pids:
+        try:
+            kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    left = pids
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if p in haproxy_pids(run_dir, proc)]
+    for pid in left:
+        try:
+            kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
 def remove_run_dir(values: dict[str, str]) -> None:
-    """Remove the HAProxy directory `install` made (after the cluster is gone)."""
+    """After the cluster is gone: stop the HAProxies still running on its config (by pid), and
+    remove the HAProxy directory `install` made."""
     run_dir = values.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
     if run_dir and os.path.basename(run_dir).startswith("rfh-"):
+        stopped = stop_haproxies(run_dir)
+        if stopped:
+            log.warning("stopped HAProxy processes the cluster left running: %s", stopped)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-__all__ = ["INGRESSES", "haproxy_binary", "ingress_env", "install", "install_from_config", "new_run_dir",
-           "remove_run_dir"]
+__all__ = ["INGRESSES", "haproxy_binary", "haproxy_pids", "ingress_env", "install", "install_from_config",
+           "new_run_dir", "remove_run_dir", "stop_haproxies"]

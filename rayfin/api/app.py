@@ -161,6 +161,10 @@ def controller_spec(req: SubmitRequest, limits: ApiLimits) -> dict[str, Any]:
         spec["workers"] = req.workers
     if req.dist_backend != "auto":
         spec["dist_backend"] = req.dist_backend
+    if req.deadline is not None:
+        spec["deadline"] = req.deadline
+    if req.expected_runtime_s is not None:
+        spec["expected_runtime_s"] = req.expected_runtime_s
     return spec
 
 

@@ -1,17 +1,24 @@
 """rayfin's typed errors as HTTP: the status code of each, and the JSON body
-`{"error": {"type", "message", "fields"}}` the SDK turns back into the same typed error."""
+`{"error": {"type", "message", "fields"}}` the SDK turns back into the same typed error.
+
+`DeadlineInfeasible` is 422 (the request is well formed but asks for what no schedule can give:
+even started now the job ends after its deadline; not a conflict with the cluster's state, which
+409 `QuotaExceeded` is), its body naming the type and carrying `deadline` and `earliest_finish`
+(ISO 8601) and `runtime_s`."""
 from __future__ import annotations
 
 from typing import Any
 
 from rayfin.errors import (ConfigError, ControllerUnavailable, Forbidden, InvalidRequest, JobNotFound, NotSupported,
                            PayloadTooLarge, QuotaExceeded, RayfinError, RequestError, Unauthorized, UnknownDesk)
+from rayfin.market.errors import DeadlineInfeasible
 
 # Most specific first: Forbidden is an Unauthorized, every request error a RayfinError.
 STATUS: tuple[tuple[type[RayfinError], int], ...] = (
     (Forbidden, 403),
     (Unauthorized, 401),
     (InvalidRequest, 422),
+    (DeadlineInfeasible, 422),
     (UnknownDesk, 404),
     (JobNotFound, 404),
     (PayloadTooLarge, 413),

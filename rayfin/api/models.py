@@ -88,6 +88,20 @@ def _decode(payload_b64: Any) -> bytes:
     return raw
 
 
+class DeadlineAnswer(_Out):
+    """The answer to a submission with a deadline (an infeasible one is refused: 422
+    DeadlineInfeasible)."""
+
+    verdict: Literal["admitted", "at_risk"]
+    deadline: float
+    eta: float | None = None
+    deadline_iso: str = ""
+    eta_iso: str | None = None
+    reason: str = ""
+    runtime_s: float | None = None
+    runtime_source: str = ""
+
+
 class JobView(_Out):
     job_id: str
     desk: str
@@ -108,6 +122,13 @@ class JobView(_Out):
     preempt_deadline: float | None = None
     error: str = ""
     info: dict[str, Any] = Field(default_factory=dict)
+    deadline: float | None = Field(None, description="when the job must be done (epoch seconds); null: none")
+    eta: float | None = Field(None, description="the controller's latest estimate of the finish (epoch seconds)")
+    expected_runtime_s: float | None = None
+    deadline_status: Literal["on_track", "at_risk"] | None = Field(
+        None, description="at_risk: the ETA is after the deadline (or cannot be estimated)")
+    escalated: bool = Field(False, description="its slack ran out: scheduled as critical work")
+    answer: DeadlineAnswer | None = Field(None, description="submit only: the answer to a deadline")
 
 
 class ResultView(_Out):

@@ -22,7 +22,7 @@ from placement.ranks import WorkerRuleError, check_unit_fits
 from rayfin.config import RayfinConfig
 from rayfin.controller import cycle as cycle_mod
 from rayfin.autoscale import AutoscalingSettings
-from rayfin.controller import market_clock, recovery, serving, views
+from rayfin.controller import deadlines, market_clock, recovery, serving, views
 from rayfin.controller.auth import Auth, Principal
 from rayfin.controller.backend import Backend
 from rayfin.controller.cycle import CycleReport
@@ -122,18 +122,27 @@ class ControllerCore:
                 if existing is not None:  # a retried submission: idempotent
                     if existing.desk != desk:
                         raise InvalidRequest(field="job_id", value=proposed, allowed="an unused id")
-                    return existing.public()
+                    view = deadlines.answer_view(existing)
+                    return existing.public() if view is None else {**existing.public(), "answer": view}
             priority = clean.priority if clean.priority is not None else Priority.NORMAL
-            job = JobRecord(job_id=proposed or self.new_id(desk), desk=desk, name=clean.name, kind=JobKind(clean.kind),
+            job_id = proposed or self.new_id(desk)
+            # A deadline: the answer (raises for a deadline no schedule meets), kept on the record.
+            adm = deadlines.at_submit(self.state, desk, clean, priority, job_id)
+            job = JobRecord(job_id=job_id, desk=desk, name=clean.name, kind=JobKind(clean.kind),
                             gpus=float(clean.gpus), priority=int(priority), comm=clean.comm.value,
                             state=JobState.PENDING, submitted_at=self.clock(), max_retries=clean.retries or 0,
                             payload=clean.payload, reason="queued", reason_code=ReasonCode.QUEUED,
                             info={"entrypoint": clean.payload} if clean.kind == "entrypoint" else {},
-                            workers=clean.workers, dist_backend=clean.dist_backend)
+                            workers=clean.workers, dist_backend=clean.dist_backend,
+                            **(adm.fields(clean.expected_runtime_s) if adm is not None
+                               else {"expected_runtime_s": clean.expected_runtime_s}))
             self.ledger.put_job(job, ("submitted", f"{job.gpus:g} GPUs, priority {priority.label}"),
                                 ts=job.submitted_at)
             self.state.active[job.job_id] = job
         self.recorder.submitted(job)
+        if adm is not None:
+            deadlines.submitted(self.state, job, adm)
+            return {**job.public(), "answer": deadlines.answer_view(job, adm)}
         return job.public()
 
     def _refuse_what_never_fits(self, desk: str, spec: JobSpec) -> None:

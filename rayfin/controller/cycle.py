@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayfin.controller import market_clock
+from rayfin.controller import deadlines, market_clock
 from rayfin.controller.backend import LaunchSpec, Observation
 from rayfin.controller.records import JobRecord
 from rayfin.controller.state import PLACED, ControllerState, duration_key
@@ -45,6 +45,7 @@ def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
         live = {j.key: j.job_id for j in s.active.values() if j.state is not JobState.PENDING}
         report.finished = observe(s, s.backend.observe(list(live)), live)
         market_clock.apply(s)
+        deadlines.review(s)      # slack, escalation and ETA of deadline jobs (their events)
         t1 = time.perf_counter()
         snap = snapshot(s)
         t2 = time.perf_counter()
@@ -172,10 +173,10 @@ def snapshot(s: ControllerState) -> ClusterSnapshot:
     pending: list[PendingJob] = []
     for job in s.active.values():
         if job.state is JobState.PENDING:
-            pending.append(PendingJob(job.job_id, job.desk, int(job.gpus), Priority(job.priority),
+            pending.append(PendingJob(job.job_id, job.desk, int(job.gpus), deadlines.priority_of(job),
                                       job.submitted_at, CommProfile(job.comm), job.unit))
         else:
-            running.append(RunningJob(job.job_id, job.desk, job.gpus, job.placement, Priority(job.priority),
+            running.append(RunningJob(job.job_id, job.desk, job.gpus, job.placement, deadlines.priority_of(job),
                                       job.started_at or job.submitted_at, preemptible=True,
                                       preempt_deadline=job.preempt_deadline, preempted_for=job.preempted_for))
     for res in s.serving.values():
@@ -197,11 +198,14 @@ def hints(s: ControllerState, now: float) -> dict[str, JobHint]:
     """Predicted runtimes, attained service and checkpoint age, for the duration-aware order."""
     out = {}
     for job in s.active.values():
-        p = s.durations.predict(s.duration_state, duration_key(job))
+        # The submitter's expected runtime, where given, before the predictor's.
+        p = None if job.expected_runtime_s is not None else s.durations.predict(s.duration_state, duration_key(job))
+        predicted = job.expected_runtime_s if job.expected_runtime_s is not None else (p.seconds if p else None)
         ran = float(job.info.get("attained_s", 0.0)) + (now - job.started_at if job.started_at else 0.0)
         ckpt = job.info.get("checkpoint_at")
         age = now - float(ckpt) if ckpt is not None and job.started_at else None
-        out[job.job_id] = JobHint(p.seconds if p else None, ran, age)
+        # deadline_s: EDF inside the desk (policy.ordering)
+        out[job.job_id] = JobHint(predicted, ran, age, job.deadline)
     return out
 
 

@@ -17,6 +17,7 @@ class Recorder(Protocol):
     def preempted(self, job: Any, reason: str) -> None: ...
     def cycle(self, report: Any, usage: dict[str, dict[str, Any]], snapshot: Any) -> None: ...
     def window(self, effective: str) -> None: ...
+    def deadline_changed(self, job: Any, code: Any) -> None: ...
 
 
 class NullRecorder:
@@ -39,4 +40,7 @@ class NullRecorder:
         pass
 
     def window(self, effective: str) -> None:
+        pass
+
+    def deadline_changed(self, job: Any, code: Any) -> None:
         pass

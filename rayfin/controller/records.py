@@ -39,7 +39,12 @@ CONTROL_KEYS: dict[str, str] = {
     "generation": "gen", "admitted_at": "admitted_at", "borrowed": "borrowed", "preempted_for": "preempted_for",
     "preempt_reason": "preempt_reason", "workers": "workers", "dist_backend": "dist_backend",
     "progress": "progress", "reason_code": "reason_code",
+    # deadlines (issue 18): absent in rows written before them, so older ledgers load unchanged
+    "deadline": "deadline", "eta": "eta", "expected_runtime_s": "expected_runtime_s",
+    "deadline_risk": "deadline_risk", "escalated": "escalated",
 }
+# Control fields a caller sees at the top level of `public()` (the rest stay inside `info`).
+PUBLIC_CONTROL = frozenset({"reason_code", "deadline", "eta", "expected_runtime_s", "deadline_risk", "escalated"})
 _CONTROL_STORED = frozenset(CONTROL_KEYS.values())
 
 
@@ -77,6 +82,14 @@ class JobRecord:
     workers: int = 1
     dist_backend: str | None = "auto"
     progress: float = 0.0
+    # Deadlines (rayfin.controller.deadlines): epoch seconds on the controller's clock. `eta` is
+    # the last estimate of the finish; `deadline_risk` whether that misses the deadline (its
+    # transitions are audit events); `escalated` whether the slack ran out (scheduled as critical).
+    deadline: float | None = None
+    eta: float | None = None
+    expected_runtime_s: float | None = None
+    deadline_risk: bool = False
+    escalated: bool = False
 
     def __post_init__(self) -> None:
         # Records built from strings (stored rows, older callers) get their enums; control
@@ -115,6 +128,13 @@ class JobRecord:
         """GPUs per gang worker (a job without workers is one worker)."""
         return max(1, int(self.gpus) // max(1, int(self.workers)))
 
+    @property
+    def deadline_status(self) -> str | None:
+        """None (no deadline), "on_track" or "at_risk"."""
+        if self.deadline is None:
+            return None
+        return "at_risk" if self.deadline_risk else "on_track"
+
     def stored_info(self) -> dict[str, Any]:
         """`info` as stored: the runner's report plus the control fields under their keys."""
         out = dict(self.info)
@@ -133,7 +153,9 @@ class JobRecord:
         d["reason_code"] = self.reason_code.value
         d["placement"] = [list(p) for p in self.placement]
         info = self.stored_info()
-        info.pop("reason_code", None)
+        for name in PUBLIC_CONTROL:
+            info.pop(CONTROL_KEYS[name], None)
+        d["deadline_status"] = self.deadline_status
         info.setdefault("workers", self.workers)
         info.setdefault("dist_backend", self.dist_backend)
         d["info"] = info
@@ -141,7 +163,7 @@ class JobRecord:
 
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(JobRecord) if f.name in CONTROL_KEYS}
-_NOT_PUBLIC = {"payload", "result", "info"} | (set(CONTROL_KEYS) - {"reason_code"})
+_NOT_PUBLIC = {"payload", "result", "info"} | (set(CONTROL_KEYS) - PUBLIC_CONTROL)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable
 
 from placement.topology import Topology
 from rayfin.config import RayfinConfig
@@ -83,6 +83,8 @@ class ControllerState:
         self.quota_clock: QuotaClock | None = market_clock.quota_clock(config)
         self.in_force: InForce | None = None
         self.calendar_warned = False
+        # Deadlines (controller/deadlines.py): the quota plan's windows per desk, read once a minute.
+        self.deadline_cache: dict[Any, Any] = {}
         market_clock.apply(self)
 
     # ---------------------------------------------------------------- transitions

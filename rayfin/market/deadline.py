@@ -248,3 +248,71 @@ def market_order(pending: Sequence[PendingJob], deadlines: Mapping[str, Deadline
     # deadline jobs of a desk go ahead of its other work; across desks the quota decides
     out = tuple(x[3] for x in dl_jobs) + tuple(j for _, j in others)
     return out, tuple(esc)
+
+
+# ---- the queue ahead and the desk's capacity (what the controller feeds `eta`) ------------------
+
+@dataclass(frozen=True)
+class DeskWork:
+    """One job of a desk as the ETA sees it: `remaining_s` of `gpus`; running, or queued with its
+    priority and deadline (None: no deadline)."""
+
+    job_id: str
+    gpus: float
+    remaining_s: float
+    running: bool = False
+    priority: int = int(Priority.NORMAL)
+    deadline_s: float | None = None
+    submitted_at: float = 0.0
+
+
+def queue_key(w: DeskWork) -> tuple[float, int, float, float, str]:
+    """The order a desk's queue drains in: priority (highest first), deadline jobs EDF ahead of
+    the rest (market_order), then submission order."""
+    if w.deadline_s is None:
+        return (-float(w.priority), 1, 0.0, w.submitted_at, w.job_id)
+    return (-float(w.priority), 0, w.deadline_s, w.submitted_at, w.job_id)
+
+
+def ahead_by_job(work: Sequence[DeskWork]) -> dict[str, float]:
+    """For each queued job of one desk, the GPU-seconds ahead of it: every running job's remaining
+    work (it holds the desk's GPUs now) plus the queued jobs that `queue_key` puts first. One
+    sort and a running sum, so a cycle over a long queue stays linear after the sort.
+
+    Example: running 4 GPUs x 300 s left; queued A (deadline 10:00, 2 GPUs x 600 s) and B (no
+    deadline): ahead of A 1,200 GPU-s, ahead of B 1,200 + 1,200 = 2,400 GPU-s."""
+    base = sum(w.gpus * max(0.0, w.remaining_s) for w in work if w.running)
+    out: dict[str, float] = {}
+    acc = base
+    for w in sorted((w for w in work if not w.running), key=queue_key):
+        out[w.job_id] = acc
+        acc += w.gpus * max(0.0, w.remaining_s)
+    return out
+
+
+def ahead_of(job: DeskWork, work: Sequence[DeskWork]) -> float:
+    """GPU-seconds ahead of a job about to join the desk's queue (`work`: the desk's jobs now)."""
+    return ahead_by_job([w for w in work if w.job_id != job.job_id] + [job])[job.job_id]
+
+
+def capacity_steps(now_s: float, base_gpus: float,
+                   windows: Sequence[tuple[float, float, float]] = ()) -> tuple[CapacityStep, ...]:
+    """The desk's guaranteed GPUs from `now_s` on: `windows` (start_s, end_s, nominal GPUs) of the
+    quota plan, in order, where given; the base nominal before, between and after them."""
+    steps: list[CapacityStep] = []
+    t = now_s
+    for start, end, gpus in sorted(windows):
+        if end <= t:
+            continue
+        if start > t:
+            steps.append(CapacityStep(t, base_gpus))
+            t = start
+        steps.append(CapacityStep(t, gpus))
+        t = end
+    steps.append(CapacityStep(t, base_gpus))
+    # neighbours with the same GPUs are one step
+    merged = [steps[0]]
+    for s in steps[1:]:
+        if s.gpus != merged[-1].gpus:
+            merged.append(s)
+    return tuple(merged)

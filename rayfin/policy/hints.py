@@ -3,7 +3,8 @@
 Hints are optional: a snapshot without them schedules exactly as before (submission order,
 victims by priority and start time). The controller and the simulator fill them from the same
 sources: a `DurationPredictor` (rayfin.policy.duration) for `predicted_s`, the job's own record
-for `attained_s`, and the last checkpoint the job reported for `checkpoint_age_s`.
+for `attained_s`, and the last checkpoint the job reported for `checkpoint_age_s`. The controller
+also passes a job's deadline (`deadline_s`): the order puts deadline jobs first, by deadline.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class JobHint:
     predicted_s: float | None = None        # predicted total runtime; None: no history to go on
     attained_s: float = 0.0                 # seconds the job has already run, all attempts together
     checkpoint_age_s: float | None = None   # running jobs: seconds of work since the last checkpoint
+    deadline_s: float | None = None         # when the job must be done (snapshot clock); None: no deadline
 
     def remaining_s(self, floor_s: float = 1.0) -> float | None:
         """Predicted seconds still to run, or None without a prediction. A job that outlived its

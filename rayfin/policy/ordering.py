@@ -17,6 +17,11 @@
                          max(attained, floor): least attained service first.
 
 Lower keys go first (a pair: the key, then a tie-break); the sort is stable, so equal keys keep submission order.
+
+Deadlines (issue 18): inside each priority, jobs whose hint carries a `deadline_s` go before the
+others, earliest deadline first (rayfin.market.deadline.market_order's EDF; the fair-share step
+takes each desk's jobs in this order, so it is EDF inside the desk's share), then the rank above.
+Without deadlines in the hints the order is exactly the rank's.
 """
 from __future__ import annotations
 
@@ -64,8 +69,9 @@ def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint
     in a few milliseconds instead of the ten or more that a per-job key function takes."""
     n = len(jobs)
     prio = np.fromiter((-int(j.priority) for j in jobs), dtype=np.int64, count=n)
+    edf = _deadline_keys(jobs, hints) if n >= 2 else None
     if rank is JobRank.SUBMISSION or n < 2:
-        idx = np.argsort(prio, kind="stable")
+        idx = np.argsort(prio, kind="stable") if edf is None else np.lexsort((edf[1], edf[0], prio))
         return [jobs[i] for i in idx.tolist()]
     hs = [hints.get(j.job_id) or NO_HINT for j in jobs]
     attained = np.fromiter((h.attained_s for h in hs), dtype=np.float64, count=n)
@@ -85,5 +91,15 @@ def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint
             submitted = np.fromiter((j.submitted_at for j in jobs), dtype=np.float64, count=n)
             wait = np.maximum(0.0, now - submitted)
             first, second = left / (1.0 + wait / aging_s), left
-    idx = np.lexsort((second, first, prio))
+    idx = np.lexsort((second, first, prio) if edf is None else (second, first, edf[1], edf[0], prio))
     return [jobs[i] for i in idx.tolist()]
+
+
+def _deadline_keys(jobs: Sequence[PendingJob], hints: Mapping[str, JobHint]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(0 for a deadline job else 1, its deadline else 0) per job; None when no job has one."""
+    dl = [(h.deadline_s if (h := hints.get(j.job_id)) is not None else None) for j in jobs]
+    if all(d is None for d in dl):
+        return None
+    has = np.fromiter((0.0 if d is not None else 1.0 for d in dl), dtype=np.float64, count=len(jobs))
+    when = np.fromiter((d if d is not None else 0.0 for d in dl), dtype=np.float64, count=len(jobs))
+    return has, when

@@ -15,7 +15,9 @@ The cycle, in numbered steps:
              with the lowest usage / weight first, re-ranked after every admission, so a heavy
              desk cannot starve a light one; FIFO takes them in priority, submission order.
              Borrowers never preempt.
- Every job is tried in turn; one that cannot start does not block the next (greedy backfill).
+ Every job is tried in turn; one that cannot start does not block the next (greedy backfill),
+ except, with `reservation` on, a large job that has waited long holds the islands it will start
+ on: a job predicted to end after that start may not use them (policy.reservation).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from rayfin.policy.model import (ClusterSnapshot, CycleDecision, Decision, DeskQ
 from rayfin.policy.node_fit import node_fit
 from rayfin.policy.ordering import las_queue, order
 from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, placed_by_index, plan_reclaim
+from rayfin.policy import reservation as resv
 from rayfin.reasons import ReasonCode
 from rayfin.policy.quota import check_quota, why_never_fits
 from rayfin.policy.settings import (PlacementStrategy, Policy, QueueOrder, QuotaMode,  # noqa: F401 (re-export)
@@ -91,6 +94,11 @@ class _Cycle:
         self.preempts: list[Decision] = []
         self.waits: list[Decision] = []
         self.refusals: list[Decision] = []
+        self.resv: resv.Reservation | None = None
+        self.open: FreeIndex | None = None   # the free GPUs outside the reservation (None: no reservation)
+        self._blocked = False                # the last _admit failed only because of the reservation
+        if cfg.reservation and cfg.quota is not QuotaMode.STATIC:
+            self._reserve()
 
     # ---- the cycle --------------------------------------------------------------------------
     def run(self) -> CycleDecision:
@@ -105,8 +113,9 @@ class _Cycle:
         deferred: list[PendingJob] = []
         seen: dict[tuple[Any, ...], tuple[int, _Outcome]] = {}
         mine = self._beneficiary_ids()
+        reserving = self.resv is not None
         for job in self._order():
-            key = (job.desk, job.priority, job.gpus, job.unit)
+            key = (job.desk, job.priority, job.gpus, job.unit, reserving and self._restricted(job))
             hit = seen.get(key)
             if hit is not None and hit[0] == self._gen and job.job_id not in mine:
                 outcome: _Outcome | None = hit[1]
@@ -166,6 +175,59 @@ class _Cycle:
         return order(cfg.rank, self.snap.pending, self.snap.hints, self.snap.now, aging_s=cfg.aging_s,
                      las_threshold_gpu_s=cfg.las_threshold_gpu_s)
 
+    # ---- step 1c: reservation ---------------------------------------------------------------
+    def _reserve(self) -> None:
+        """Reserve for the most overdue large job that its desk's quota lets start at the
+        reservation's start (policy.reservation)."""
+        cfg, snap = self.cfg, self.snap
+        for job in resv.candidates(snap.pending, snap.hints, snap.now, min_gpus=cfg.reserve_min_gpus,
+                                   wait_factor=cfg.reserve_wait_factor, after_s=cfg.reserve_after_s)[:4]:
+            desk = snap.desks.get(job.desk)
+            if desk is None or self._never(job, desk):
+                continue
+            mask = None if self.index.all_pools <= desk.pools else self.lay.pool_mask(desk.pools)
+            r = resv.plan(job, snap.now, self.lay, self.index.free, snap.running, snap.hints, mask)
+            if r is not None and cfg.reserve_horizon > 0 and \
+                    r.start_s - snap.now > cfg.reserve_horizon * resv.runtime(job, snap.hints.get(job.job_id)):
+                continue   # too far off: the GPUs it would hold idle would cost more than its own run
+            if r is not None and cfg.quota is QuotaMode.BORROWING and not self._quota_at(job, desk, r.start_s):
+                continue   # even with the GPUs free by then its desk could not take them: do not hold them idle
+            if r is not None:
+                self.resv = r
+                self.open = FreeIndex(self.lay, resv.open_free(self.index.free, r))
+                return
+
+    def _quota_at(self, job: PendingJob, desk: DeskQuota, start_s: float) -> bool:
+        """Whether the desk's quota would let the job run at `start_s`: its own running jobs
+        predicted to end by then count as gone; the other desks lend what they lend now (what
+        their jobs free, their own queues may take back). A job held back by quota rather than by
+        free GPUs gets no reservation: holding GPUs idle would not bring its start nearer."""
+        usage = dict(self.usage)
+        for v in self.snap.running:
+            if v.desk == job.desk and resv.predicted_end(v, self.snap.hints, self.snap.now) <= start_s:
+                usage[v.desk] -= v.gpus
+        if usage.get(job.desk, 0.0) + job.gpus <= desk.nominal + _EPS:
+            return True
+        return check_quota(desk, job.gpus, self.snap.desks, usage, self.capacity).fits
+
+    def _restricted(self, job: PendingJob) -> bool:
+        """True when `job` may not use the reserved islands and that makes a difference now (they
+        hold free GPUs)."""
+        r = self.resv
+        if r is None or self.open is None or self.open.total == self.index.total:
+            return False
+        return not resv.may_use_reserved(job, r, self.snap.hints.get(job.job_id), self.snap.now)
+
+    def _release(self) -> None:
+        self.resv, self.open = None, None
+
+    def _why_reserved(self, job: PendingJob) -> tuple[str]:
+        r = self.resv
+        assert r is not None
+        return (f"the free GPUs that would hold it are reserved for job {r.job_id} ({r.gpus} GPUs, waiting "
+                f"since t={r.since_s:g}, predicted to start by t={r.start_s:g}); "
+                f"{job.job_id} is not predicted to finish by then",)
+
     # ---- step 2: never fits -----------------------------------------------------------------
     def _never(self, job: PendingJob, desk: DeskQuota) -> tuple[ReasonCode, str] | None:
         key = (desk.name, job.gpus)
@@ -195,7 +257,8 @@ class _Cycle:
         return mine + job.gpus <= desk.nominal + _EPS
 
     def _entitled_job(self, job: PendingJob, desk: DeskQuota) -> _Outcome | None:
-        """Admit, else plan a reclaim (None: decided), else why the job waits."""
+        """Admit, else plan a reclaim (None: decided), else why the job waits. Not held back by a
+        reservation: the desk's nominal share is guaranteed."""
         excess = self.usage[job.desk] + job.gpus - desk.nominal   # > 0: lower-priority own work in the way
         code = ReasonCode.WITHIN_NOMINAL
         if excess <= _EPS:
@@ -206,7 +269,7 @@ class _Cycle:
         else:
             fits, why, borrowed = False, f"desk {job.desk} is at its nominal {desk.nominal:g}", 0.0
             code = ReasonCode.STATIC_PARTITION
-        if fits and self._admit(job, desk, why, borrowed, code):
+        if fits and self._admit(job, desk, why, borrowed, code, bound=False):   # a guarantee outranks a reservation
             return None
         if self.cfg.reclaim or self.cfg.priority_preemption:
             plan = self._plan(None, job, 0.0 if fits else excess, ("entitled", fits))
@@ -307,6 +370,10 @@ class _Cycle:
         self._gen += 1
         now, deadline = self.snap.now, self.snap.now + self.cfg.preemption_grace_s
         self.index.take(plan.reserve)
+        if self.open is not None:
+            self.open.take(plan.reserve)
+        if self.resv is not None and job.job_id == self.resv.job_id:
+            self._release()   # the plan holds its GPUs from here on
         for v in plan.draining + plan.victims:
             self.taken.add(v.job_id)
             self.usage[v.desk] -= v.gpus
@@ -385,37 +452,59 @@ class _Cycle:
                         code: ReasonCode) -> _Outcome | None:
         if self._admit(job, desk, why, borrowed, code):
             return None
+        if self._blocked:
+            return Verdict.WAIT, self._why_reserved(job), ReasonCode.RESERVATION
         return (Verdict.WAIT, (f"{why}; no {job.gpus} free GPUs in pools {sorted(desk.pools)} "
                                f"({self.index.pool_total(desk.pools)} free)",), ReasonCode.NO_FREE_GPUS)
 
-    def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode) -> bool:
+    def _admit(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode,
+               bound: bool = True) -> bool:
+        """Place and admit `job`; `bound`: the reservation applies (borrowers, and every job
+        without quotas), else it may use reserved GPUs too (work within nominal)."""
+        self._blocked = False
         if self.index.total < job.gpus:
             return False
-        index = self.index.in_units(job.unit)
-        pix: list[tuple[int, int]] | None
-        if self.cfg.placement is PlacementStrategy.BEST_FIT:
-            got = index.best_fit(job.gpus, desk.pools, self._start_level(job))
+        if bound and self._restricted(job):
+            assert self.open is not None
+            got = self._place(self.open, job, desk)
+            if got is None:
+                self._blocked = self._place(self.index, job, desk) is not None
+                return False
+        else:
+            got = self._place(self.index, job, desk)
             if got is None:
                 return False
-            pix, level = got
-            how = f"best fit in {_LEVEL_WORDS[level]} (ring bound by {level.name.lower()} links)"
-        elif self.cfg.placement is PlacementStrategy.NODE_FIT:
-            pix = node_fit(self.index, job.gpus, desk.pools)
-            if pix is None:
-                return False
-            how = "first node with room for each pod"
-        else:
-            pix = index.first_fit(job.gpus, desk.pools)
-            if pix is None:
-                return False
-            how = "first fit"
+        pix, how = got
         self.index.take(pix)
+        if self.open is not None:
+            self.open.take(pix)
+        if self.resv is not None and job.job_id == self.resv.job_id:
+            self._release()
+            how += "; it held a reservation"
         self._gen += 1
         self.usage[job.desk] = self.usage.get(job.desk, 0.0) + job.gpus
         self.by_prio[job.desk][int(job.priority)] += job.gpus
         self.admits.append(Decision(job.job_id, job.desk, Verdict.ADMIT, (why, how),
                                     self.index.to_placement(pix), borrowed, code=code))
         return True
+
+    def _place(self, free: FreeIndex, job: PendingJob, desk: DeskQuota) -> tuple[list[tuple[int, int]], str] | None:
+        """Where `job` would go on `free` under the configured strategy, and how; None: nowhere."""
+        if free.total < job.gpus:
+            return None
+        index = free.in_units(job.unit)
+        pix: list[tuple[int, int]] | None
+        if self.cfg.placement is PlacementStrategy.BEST_FIT:
+            got = index.best_fit(job.gpus, desk.pools, self._start_level(job))
+            if got is None:
+                return None
+            pix, level = got
+            return pix, f"best fit in {_LEVEL_WORDS[level]} (ring bound by {level.name.lower()} links)"
+        if self.cfg.placement is PlacementStrategy.NODE_FIT:
+            pix = node_fit(free, job.gpus, desk.pools)
+            return None if pix is None else (pix, "first node with room for each pod")
+        pix = index.first_fit(job.gpus, desk.pools)
+        return None if pix is None else (pix, "first fit")
 
 
 def _setter(name: str) -> Callable[[Decision, Any], None]:

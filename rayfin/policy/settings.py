@@ -17,6 +17,10 @@ by the caller (the benchmark), not a scheduler setting. `kueue_tas_fs` is Kueue 
 Topology-Aware Scheduling (BestFit over island/node/rack domains), borrowing, reclaim and fair
 sharing: the same policy as the rayfin preset of before the duration-aware order.
 
+`reservation` (any preset with hints; off in all of them) holds islands for one large job that
+has waited long: other jobs may use them only if predicted to finish before it can start
+(EASY backfill; rayfin.policy.reservation).
+
 Every preset shares the queue mechanics: jobs are tried in order and a job that cannot start
 does not block later ones (greedy backfill), and preemption grants the same grace period.
 """
@@ -72,6 +76,12 @@ class SchedulerConfig:
     las_threshold_gpu_s: float = 3600.0   # ATTAINED_SERVICE: GPU-seconds after which a job drops to queue 1
     las_preemption: bool = False       # queue-0 jobs preempt queue-1 jobs (Tiresias; quota NONE only)
     victims_by_lost_work: bool = True  # among equal-priority victims, least work since checkpoint first
+    # head-of-line reservation (policy.reservation): off until measured (docs/scheduling.md)
+    reservation: bool = False          # reserve islands for one long-waiting large job per cycle
+    reserve_min_gpus: int = 9          # jobs of at least this many GPUs may hold a reservation
+    reserve_wait_factor: float = 4.0   # ... once they waited more than this many times their predicted runtime
+    reserve_after_s: float = 3600.0    # ... and more than this many seconds
+    reserve_horizon: float = 0.0       # > 0: only if it can start within this many times its predicted runtime
 
     @classmethod
     def preset(cls, policy: "Policy | str", **changes: Any) -> "SchedulerConfig":

@@ -112,7 +112,8 @@ class Simulator:
         self.ckpt = checkpoint_interval_s
         self.curves = elastic                  # rayfin.sim.elastic.ScalingCurves, or None: no elastic gangs
         self.elastic_share = elastic_share
-        self.wants_hints = (cfg.rank is not JobRank.SUBMISSION or cfg.las_preemption or cfg.victims_by_lost_work)
+        self.wants_hints = (cfg.rank is not JobRank.SUBMISSION or cfg.las_preemption or cfg.victims_by_lost_work
+                            or cfg.reservation)
         self.desk_of = desk_of
         self.comm_fraction = comm_fraction
         self.record_desks = record_desks
@@ -205,7 +206,7 @@ class Simulator:
         """Pending jobs' hints are fixed while they wait (made at queueing); running jobs' attained
         service and checkpoint age move with the clock."""
         hints = dict(self.hints)
-        if self.cfg.las_preemption or self.cfg.victims_by_lost_work:
+        if self.cfg.las_preemption or self.cfg.victims_by_lost_work or self.cfg.reservation:
             for jid in self.running:
                 if jid in self.extra_of:
                     continue

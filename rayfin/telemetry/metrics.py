@@ -81,6 +81,10 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _c("rayfin_preemptions_planned", "Preemptions decided (grace period started), by reason code.", "desk", "reason"),
     _c("rayfin_jobs_requeued", "Jobs sent back to the queue (preempted or lost with retries left).", "desk"),
     _c("rayfin_jobs_finished", "Jobs that reached a terminal state, by state.", "desk", "state"),
+    _c("rayfin_deadline_at_risk", "Deadline jobs that became at risk (ETA after the deadline), at submit or "
+       "later; once per transition.", "desk"),
+    _c("rayfin_deadline_escalations", "Deadline jobs whose slack ran out (scheduled as critical from then on).",
+       "desk"),
     _h("rayfin_job_wait_seconds", "Time from submission to admission.", SECONDS_BUCKETS, "desk"),
     _h("rayfin_job_duration_seconds", "Run time of finished jobs (start to end), by final state.",
        SECONDS_BUCKETS, "desk", "state"),

@@ -228,6 +228,20 @@ class TelemetryRecorder:
                           timestamp=_ns(now))
 
     @_safe
+    def deadline_changed(self, job: Any, code: Any) -> None:
+        """A deadline job became at risk, or escalated (rayfin.controller.deadlines): a counter
+        per transition and an event on the job's trace."""
+        c = reason_code(code)
+        if c == "deadline_at_risk":
+            self.metrics.inc("rayfin_deadline_at_risk", 1, {"desk": job.desk})
+        elif c == "deadline_escalated":
+            self.metrics.inc("rayfin_deadline_escalations", 1, {"desk": job.desk})
+        jt = self.traces.get(job.job_id)
+        if jt is not None:
+            jt.root.add_event(c, {"rayfin.deadline": float(job.deadline or 0.0), "rayfin.eta": float(job.eta or -1.0)},
+                              timestamp=_ns(self.clock()))
+
+    @_safe
     def cycle(self, report: Any, usage: dict[str, dict[str, Any]], snapshot: Any) -> None:
         timings = dict(getattr(report, "timings_ms", {}) or {})
         for step in CYCLE_STEPS:

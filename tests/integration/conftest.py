@@ -103,9 +103,15 @@ def connect_desk(rayfin_env):
 
 
 def pytest_collection_modifyitems(items):
+    """Mark integration tests, and put them in two lanes for `pytest -n 2 --dist loadgroup` (as
+    `make test` runs): every test on the session cluster in one worker, so only one session
+    cluster starts, and every test that starts a cluster of its own in the other, so no two
+    private clusters compete for the CPUs. Unit and ledger tests fill in around them."""
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+            lane = "session-cluster" if "rayfin_env" in getattr(item, "fixturenames", ()) else "own-cluster"
+            item.add_marker(pytest.mark.xdist_group(lane))
 
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -1,5 +1,7 @@
 """`rayfin up` as the README runs it, with Serve: it starts, answers (the gateway, the rayfin
-API, a model, the dashboard), stops on Ctrl-C, and leaves no process behind.
+API, a model, the dashboard), stops on SIGTERM to its own pid (a service manager's stop: unlike
+Ctrl-C, nothing else in its process group gets the signal), and leaves no process behind, Serve's
+HAProxy included.
 
 It runs as its own command, in its own terminal-like session, with a HOME of its own (so its
 ledger, Ray token and state file are its own) and free ports. What it started is known by an
@@ -108,10 +110,12 @@ def test_rayfin_up_starts_answers_and_stops_leaving_nothing(tmp_path):
             assert http.get(nodes, headers={"Authorization": f"Bearer {token}"}).status_code == 200
         running = up.sample()
         assert len(running) >= 5, running       # raylets, GCS, workers, the supervisor, ...
+        # serve.ingress haproxy (the config's): Serve's HAProxy runs, and must be stopped too
+        assert any(procs.name(p) == "haproxy" for p in running), running
 
-        # Ctrl-C in its terminal: SIGINT to its process group.
+        # SIGTERM to its own pid only: what rayfin up started must stop because it stops it.
         t1 = time.monotonic()
-        os.killpg(up.proc.pid, signal.SIGINT)
+        os.kill(up.proc.pid, signal.SIGTERM)
         up.proc.wait(timeout=180)
         stopped_s = time.monotonic() - t1
         assert up.proc.returncode == 0, up.output()

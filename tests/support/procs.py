@@ -44,6 +44,16 @@ def alive(proc: Proc) -> bool:
     return start_time(proc[0]) == proc[1]
 
 
+def name(proc: Proc) -> str | None:
+    """The command name (/proc/PID/comm) of a live process, None if it is gone."""
+    try:
+        with open(f"/proc/{proc[0]}/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        return None
+    return comm if alive(proc) else None
+
+
 def all_procs() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, start time) of every live process."""
     out = {}

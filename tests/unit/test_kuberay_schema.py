@@ -100,3 +100,84 @@ def test_gcs_options_the_released_crd_allows_pass():
     assert kuberay.validate(doc) == []
     bad = _set(doc, "spec.gcsFaultToleranceOptions.redisPassword", {"valueFrom": {"fileKeyRef": {"key": "password"}}})
     assert any(e.startswith("spec.gcsFaultToleranceOptions.redisPassword") for e in kuberay.validate(bad))
+
+
+@pytest.mark.parametrize("path, value, where", [
+    ("spec.rayClusterConfig.gcsFaultToleranceOptions.redisAddress", _DROP,
+     "spec.rayClusterConfig.gcsFaultToleranceOptions"),
+    ("spec.rayClusterConfig.gcsFaultToleranceOptions.redisPassword.valueFrom.secretKeyRef.key", _DROP,
+     "spec.rayClusterConfig.gcsFaultToleranceOptions.redisPassword.valueFrom.secretKeyRef"),
+    ("spec.rayClusterConfig.workerGroupSpecs.0.rayStartParams", _DROP, "spec.rayClusterConfig.workerGroupSpecs.0"),
+    ("spec.rayClusterConfig.headGroupSpec", _DROP, "spec.rayClusterConfig"),
+    ("spec.serviceUnhealthySecondThreshold", "60s", "spec.serviceUnhealthySecondThreshold"),
+    ("spec.serveConfigV2", {"applications": []}, "spec.serveConfigV2"),   # KubeRay wants the YAML text
+    ("spec.serveConfig", "applications: []", "spec"),                      # misspelt: pruned silently
+    ("spec.managedBy", "me", "spec.managedBy"),
+])
+def test_rayservice_schema_catches_what_kuberay_would_refuse_or_drop(path, value, where):
+    bad = _set(docs()["rayservice.yaml"], path, value)
+    errors = kuberay.validate(bad)
+    assert errors and any(e.startswith(where + ":") for e in errors), errors
+
+
+def test_schema_records_the_rayservice_crd_it_was_checked_against():
+    src = yaml.safe_load(kuberay.SCHEMA.read_text())["source_rayservice"]
+    assert src["path"].endswith("ray.io_rayservices.yaml") and len(src["commit"]) == 40
+    assert "spec.rayClusterConfig.gcsFaultToleranceOptions" in src["checked"]
+
+
+# ---- serve.edge: haproxy on KubeRay: the edge HAProxy as a sidecar of the head pod ----------------
+
+def _edge_config(config: str = "local.yaml", **runtime):
+    cfg = load_config(ROOT / "configs" / config)
+    serve = cfg.serve.model_dump()
+    serve.update(edge="haproxy", ingress="haproxy",
+                 edge_runtime=runtime or {"admin": "unix@/var/run/rayfin-edge/admin.sock",
+                                          "map_path": "/var/run/rayfin-edge/rates.map"})
+    return cfg.model_copy(update={"serve": type(cfg.serve).model_validate(serve)})
+
+
+def _pod(doc):
+    spec = doc["spec"].get("rayClusterConfig", doc["spec"])
+    return spec["headGroupSpec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("runtime", [{}, {"admin": "ipv4@127.0.0.1:9999", "map_path": "/run/edge/rates.map"}])
+def test_edge_sidecar_in_the_head_pod_at_the_configured_address(runtime):
+    cfg = _edge_config(**runtime)
+    rt = cfg.serve.edge_runtime
+    for doc in (kuberay.raycluster(cfg), kuberay.rayservice(cfg)):
+        assert kuberay.validate(doc) == []
+        pod = _pod(doc)
+        head, sup, edge = pod["containers"]
+        assert edge["name"] == "rayfin-edge" and edge["ports"] == [{"name": "edge", "containerPort": kuberay.EDGE_PORT}]
+        cmd = edge["command"]
+        assert cmd[:3] == ["python", "-m", "serve_apps.haproxy_sidecar"]
+        assert cmd[cmd.index("--backend") + 1] == f"127.0.0.1:{kuberay.PORTS['serve']}"     # Serve in this pod
+        assert cmd[cmd.index("--config") + 1] == f"{kuberay.CONFIG_MOUNT}/config.yaml"      # the same config
+        folder = rt.map_path.rsplit("/", 1)[0]
+        # the broker's side (the head container, where it is placed) and the sidecar share one volume
+        for c in (head, edge):
+            assert {"name": kuberay.EDGE_VOLUME, "mountPath": folder} in c["volumeMounts"]
+        assert {"name": kuberay.EDGE_VOLUME, "emptyDir": {}} in pod["volumes"]
+        assert not any(e["name"] == "RAY_AUTH_TOKEN" for e in edge["env"])                # not a Ray process
+        assert all(kuberay.EDGE_VOLUME not in str(w) for w in doc["spec"].get(
+            "rayClusterConfig", doc["spec"])["workerGroupSpecs"])                           # the head only
+
+
+def test_edge_on_kuberay_needs_an_address_the_broker_can_reach():
+    from rayfin.errors import ConfigError
+
+    cfg = load_config(ROOT / "configs" / "local.yaml")
+    serve = dict(cfg.serve.model_dump(), edge="haproxy", ingress="haproxy")
+    no_runtime = cfg.model_copy(update={"serve": type(cfg.serve).model_validate(serve)})
+    with pytest.raises(ConfigError) as e:
+        kuberay.raycluster(no_runtime)
+    assert e.value.path == "serve.edge_runtime"
+    with pytest.raises(ConfigError) as e:
+        kuberay.raycluster(_edge_config(admin="unix@/elsewhere/admin.sock", map_path="/run/edge/rates.map"))
+    assert e.value.path == "serve.edge_runtime.admin"
+    with pytest.raises(ConfigError) as e:
+        kuberay.raycluster(_edge_config(admin="ipv4@10.0.0.5:9999", map_path="/run/edge/rates.map"))
+    assert e.value.path == "serve.edge_runtime.admin"           # admin level: loopback only
+    assert "rayfin-edge" not in str(kuberay.raycluster(cfg))      # edge 'python': no sidecar

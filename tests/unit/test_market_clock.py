@@ -27,7 +27,7 @@ from tests.support.builders import Clock, config, controller_env
 UTC = timezone.utc
 CLOSE = datetime(2025, 11, 25, 21, 0, tzinfo=UTC).timestamp()
 GRACE = 10.0
-TOK = {d: f"{d}-demo-token" for d in ("equities", "fx", "admin")}
+TOK = {d: f"{d}-demo-token" for d in ("equities", "fx", "risk", "admin")}
 PLAN = {"desks": {"equities": {"intraday": {"nominal_gpus": 6}, "eod": {"nominal_gpus": 2}},
                   "fx": {"intraday": {"nominal_gpus": 2, "borrowing_limit": 2, "serving": {"gpus": 1}},
                          "eod": {"nominal_gpus": 6, "serving": {"gpus": 3}}}}}
@@ -135,6 +135,10 @@ def _recorded(tmp_path):
     for desk, gpus in (("equities", 6), ("fx", 4), ("equities", 2)):
         core.submit(TOK[desk], desk, job(gpus))
         cycles(core)
+    # a deadline job: its hint (deadline_s) and EDF order are part of the snapshot replay re-runs
+    core.submit(TOK["risk"], "risk", {**job(1), "deadline": datetime.fromtimestamp(CLOSE + 4 * 3600, UTC).isoformat(),
+                                  "expected_runtime_s": 60})
+    cycles(core)
     for t in (CLOSE - GRACE, CLOSE - 5, CLOSE, CLOSE + 1):
         clock.t = t
         cycles(core)
@@ -150,6 +154,7 @@ def test_decisions_record_export_and_replay_with_no_mismatch(tmp_path, capsys):
     assert {r.window for r in records if r.subject == "equities-00000000" and r.verdict == "preempt"} == \
         {WindowName.EOD}
     assert all(len(r.snapshot_hash) == 64 for r in records if r.subject != "plan")
+    assert any('"deadline_s":"' in e.data["snapshot"] for e in events if e.kind == market_clock.SNAPSHOT_EVENT)
     rep = market_clock.replay_events(events)
     assert rep.checked == sum(1 for r in records if r.subject != "plan") >= 4 and rep.ok, rep.mismatches
     # the CLI, offline on the same ledger file

