@@ -1,4 +1,4 @@
-"""`rayfin` command line: validate, quota-plan, chargeback, hash-token, up, ledger, demo, status, jobs, explain, logs, watch, audit."""
+"""`rayfin` command line: validate, quota-plan, chargeback, hash-token, up, ledger, replay, demo, status, jobs, explain, logs, watch, audit."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +12,13 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from rayfin.config import ControllerConfig, RayfinConfig, default_config_path, hash_token, load_config
+from rayfin.controller import market_clock
 from rayfin.controller.chargeback import ledger_usage
-from rayfin.controller.ledger import open_ledger
+from rayfin.controller.ledger import Event, Ledger, open_ledger
 from rayfin.controller.ledger_io import export_ledger, import_ledger
 from rayfin.demo import run_demo
 from rayfin.errors import ConfigError, RayfinError, Unauthorized
+from rayfin.market.audit import to_csv, to_jsonl
 from rayfin.market.calendar import MarketCalendar
 from rayfin.market.chargeback import DEFAULT_RATE_KEY, ChargebackSettings, GroupBy, chargeback
 from rayfin.market.chargeback_plot import plot_report
@@ -333,7 +335,39 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_existing_ledger(args: argparse.Namespace) -> Ledger:
+    controller = _ledger_controller(args)
+    if not controller.ledger and not os.path.exists(os.path.expanduser(controller.ledger_path)):
+        raise ConfigError(f"no ledger at {controller.ledger_path}: pass --ledger PATH_OR_URL or --config of the "
+                          "deployment whose ledger to read", path="--ledger")   # and never create an empty one
+    return open_ledger(controller)
+
+
+def _market_events(args: argparse.Namespace) -> list[Event]:
+    since = _when(args.since, "--since").timestamp() if args.since else None
+    until = _when(args.until, "--until").timestamp() if args.until else None
+    ledger = _open_existing_ledger(args)
+    try:
+        return ledger.events(since=since, until=until, kinds=[market_clock.WINDOW_EVENT, market_clock.SNAPSHOT_EVENT],
+                             limit=10**9)
+    finally:
+        ledger.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Re-run the recorded snapshots through the scheduler; exit 1 when any decision differs."""
+    rep = market_clock.replay_events(_market_events(args))
+    for m in rep.mismatches:
+        print(f"mismatch seq {m.seq} {m.subject}: {m.code.value}: recorded {m.recorded}, replayed {m.replayed}")
+    print(f"replayed {rep.checked} decisions: {len(rep.mismatches)} differ", file=sys.stderr)
+    return 0 if rep.ok else 1
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.export:
+        records = market_clock.audit_records(_market_events(args))
+        sys.stdout.write(to_jsonl(records) if args.export == "jsonl" else to_csv(records))
+        return 0
     client = _client(args)
     since = time.time() - args.since_s if args.since_s else None
     for e in client.audit(since, None, desk=args.desk, limit=args.limit):
@@ -400,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--password-env", help="environment variable holding the PostgreSQL password")
     led.add_argument("--password-file", help="file holding the PostgreSQL password")
     led.set_defaults(fn=cmd_ledger)
+    rp = sub.add_parser("replay", help="re-run recorded decisions' snapshots through the policy, offline from "
+                        "the ledger, and report any that come out differently")
+    _ledger_args(rp, since_required=True)
+    rp.set_defaults(fn=cmd_replay)
     sv = sub.add_parser("supervise", help="keep the controller of a running cluster alive (KubeRay head sidecar)")
     sv.add_argument("--config", default=str(default_config_path()))
     sv.add_argument("--address", default="auto")
@@ -438,8 +476,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "audit":
             c.add_argument("--since-s", type=float, default=0)
             c.add_argument("--limit", type=int, default=200)
+            c.add_argument("--export", choices=["jsonl", "csv"],
+                           help="offline, from the ledger: every recorded decision (reason code, quota window, "
+                           "snapshot hash) and window switch")
+            _ledger_args(c, since_required=False)
         c.set_defaults(fn=fn)
     return p
+
+
+def _ledger_args(c: argparse.ArgumentParser, since_required: bool) -> None:
+    c.add_argument("--config", default=str(default_config_path()), help="take the ledger from this config")
+    c.add_argument("--ledger", help="a SQLite file path or a postgresql:// URL (instead of the config's)")
+    c.add_argument("--password-env", help="environment variable holding the PostgreSQL password")
+    c.add_argument("--password-file", help="file holding the PostgreSQL password")
+    c.add_argument("--since", required=since_required, help="ISO time (naive = UTC) or epoch seconds")
+    c.add_argument("--until", help="ISO time or epoch seconds (default: now)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,6 +179,8 @@ class ControllerConfig(ConfigModel):
     clock_start: datetime | None = Field(None, description="drills and tests only: the controller's clock reads "
                                          "this instant (with a zone) when the controller starts, then runs at real "
                                          "speed; every timestamp, quota window and deadline follows it")
+    audit_snapshots: bool = Field(True, description="keep, for each cycle that decided something, its audit records "
+                                  "and the snapshot they were made on, so `rayfin replay` can re-run them")
 
     @field_validator("clock_start")
     @classmethod

@@ -54,6 +54,11 @@ class ReasonCode(str, Enum):
     SERVING_RESERVED = "serving_reserved"
     SERVING_REPLACED = "serving_replaced"
     SERVING_RELEASED = "serving_released"
+    # -- the market clock (rayfin.controller.market_clock)
+    WINDOW_IN_FORCE = "window_in_force"
+    WINDOW_RECLAIM_AHEAD = "window_reclaim_ahead"
+    WINDOW_SWITCH = "window_switch"
+    DECISIONS_RECORDED = "decisions_recorded"
     # -- deadlines (rayfin.controller.deadlines)
     DEADLINE_ADMITTED = "deadline_admitted"
     DEADLINE_AT_RISK = "deadline_at_risk"
@@ -107,6 +112,10 @@ _TEXT: dict[ReasonCode, str] = {
     ReasonCode.SERVING_RESERVED: "GPUs reserved for a serving deployment",
     ReasonCode.SERVING_REPLACED: "a serving deployment was replaced",
     ReasonCode.SERVING_RELEASED: "a serving deployment's GPUs were given back",
+    ReasonCode.WINDOW_IN_FORCE: "the quota window in force when the controller started",
+    ReasonCode.WINDOW_RECLAIM_AHEAD: "the next window's quotas apply one preemption grace before its switch",
+    ReasonCode.WINDOW_SWITCH: "the quota window switched at a market boundary",
+    ReasonCode.DECISIONS_RECORDED: "a cycle's decisions and the snapshot they were made on, kept for replay",
     ReasonCode.DEADLINE_ADMITTED: "its deadline was accepted: the ETA is before it",
     ReasonCode.DEADLINE_AT_RISK: "its ETA is after its deadline (or cannot be estimated)",
     ReasonCode.DEADLINE_ON_TRACK: "its ETA is back before its deadline",

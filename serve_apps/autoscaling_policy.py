@@ -18,13 +18,20 @@ Use it with Serve's own delays off, since the policy does its own smoothing:
 
 or by import path: `AutoscalingPolicy(policy_function="serve_apps.autoscaling_policy:PredictivePolicy",
 policy_kwargs={...})`, or the plain function `serve_apps.autoscaling_policy:predictive_policy`
-(all defaults). `initial_state` (a `ForecastState.to_dict()`) seeds the forecaster with history the
+(all defaults). `market` (`{"exchange": "XNYS", "quota_plan": {...the config's quota_plan...}, "gpus_per_replica":
+0.25}`) pre-warms for the quota plan: the desk's serving GPUs in the window in force one
+`lead_time_s` ahead (rayfin.market.in_force: the next window's from a replica's start time before
+the switch) set a floor of ceil(gpus / gpus_per_replica) replicas, within min and max replicas.
+The calendar is deterministic, so the policy needs no call to the controller.
+
+`initial_state` (a `ForecastState.to_dict()`) seeds the forecaster with history the
 rayfin controller persisted, so a redeploy or a Serve controller restart loses nothing.
 """
 from __future__ import annotations
 
 import math
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
@@ -32,6 +39,9 @@ from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 from rayfin.autoscale.replicas import ReplicaParams, decide_replicas
 from rayfin.forecast import ForecastParams, ForecastState, init, predict, update
 from rayfin.forecast.conformal import ConformalParams, ConformalState, conformal_init, observe
+from rayfin.market.calendar import MarketCalendar
+from rayfin.market.in_force import QuotaClock
+from rayfin.market.plan import QuotaPlan
 
 STATE_KEY = "forecast"
 CONFORMAL_KEY = "conformal"
@@ -44,7 +54,8 @@ class PredictivePolicy:
                  target_ongoing_requests: float | None = None, quota_replicas: int | None = None,
                  downscale_hold_s: float = 120.0, downscale_band: float = 0.1,
                  forecast: dict[str, Any] | None = None, initial_state: dict[str, Any] | None = None,
-                 miss_budget: float | None = None, calibration_lr: float = 0.05):
+                 miss_budget: float | None = None, calibration_lr: float = 0.05,
+                 market: dict[str, Any] | None = None):
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must be in (0, 1); got {quantile}")
         # miss_budget set: the margin is calibrated online (rayfin.forecast.conformal) so that the
@@ -60,6 +71,18 @@ class PredictivePolicy:
         self.downscale_band = float(downscale_band)
         self.params = ForecastParams(**(forecast or {}))
         self.initial_state = initial_state
+        self.market = _market_clock(market, self.lead_time_s) if market else None
+        self.gpus_per_replica = float((market or {}).get("gpus_per_replica", 1.0))
+        if self.gpus_per_replica <= 0:
+            raise ValueError(f"market.gpus_per_replica must be > 0; got {self.gpus_per_replica}")
+
+    def market_floor(self, now: float) -> tuple[int, str | None]:
+        """Replicas the quota plan reserves for the desk one lead time ahead, and that window's name."""
+        if self.market is None:
+            return 0, None
+        f = self.market.at(datetime.fromtimestamp(now, timezone.utc))
+        gpus = float(f.serving_gpus.get(self.desk, 0.0))
+        return math.ceil(gpus / self.gpus_per_replica - 1e-9), f.effective.value
 
     def _forecaster(self, policy_state: dict[str, Any]) -> ForecastState:
         fs = policy_state.get(STATE_KEY)
@@ -86,10 +109,12 @@ class PredictivePolicy:
             z = cs.theta
         pred = predict(fs, self.lead_time_s, self.quantile, now=now, z=z)
         target = self.target or ctx.config.get_target_ongoing_requests()
+        floor, window = self.market_floor(now)
+        lo, hi = int(ctx.capacity_adjusted_min_replicas), int(ctx.capacity_adjusted_max_replicas)
         params = ReplicaParams(
             load_per_replica=float(target),
-            min_replicas=int(ctx.capacity_adjusted_min_replicas),
-            max_replicas=int(ctx.capacity_adjusted_max_replicas),
+            min_replicas=min(hi, max(lo, floor)),
+            max_replicas=hi,
             quota_replicas=self.quota_replicas,
             downscale_hold_s=self.downscale_hold_s,
             downscale_band=self.downscale_band,
@@ -98,7 +123,14 @@ class PredictivePolicy:
                             state.get("below_since"))
         state.update({STATE_KEY: fs, "below_since": d.below_since, "forecast_load": pred.peak,
                       "current_load": load, "reason": d.reason, "desk": self.desk})
+        if window is not None:
+            state.update({"market_window": window, "market_floor": floor})
         return d.replicas, state
+
+
+def _market_clock(market: dict[str, Any], lead_s: float) -> QuotaClock:
+    plan = QuotaPlan.model_validate(market.get("quota_plan") or {})
+    return QuotaClock(MarketCalendar.get(str(market.get("exchange", "XNYS"))), plan, {}, lead_s)
 
 
 _DEFAULT = PredictivePolicy()

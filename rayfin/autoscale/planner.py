@@ -37,10 +37,14 @@ class Observations:
 
     pool_demand_gpus: GPUs the pool's work wants now (running + queued).
     desk_request_rate: each desk's serving request rate (requests/s) now.
+    floor_gpus: GPUs the pool must hold ready whatever the forecast says, e.g. the serving
+        reservations of the next quota window from a lead time before it starts
+        (rayfin.controller.market_clock.prewarm_floor). Not learnt by the forecaster.
     """
 
     pool_demand_gpus: Mapping[str, float] = field(default_factory=dict)
     desk_request_rate: Mapping[str, float] = field(default_factory=dict)
+    floor_gpus: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,8 @@ def step(state: AutoscaleState, observations: Observations, now: float,
             k = dcfg.gpus_per_request_per_s
             serving_now[dcfg.pool] = serving_now.get(dcfg.pool, 0.0) + k * rate
             serving_fc[dcfg.pool] = serving_fc.get(dcfg.pool, 0.0) + k * pred.peak
-    pools = sorted(set(observations.pool_demand_gpus) | set(settings.pools) | set(serving_now))
+    pools = sorted(set(observations.pool_demand_gpus) | set(settings.pools) | set(serving_now)
+                   | set(observations.floor_gpus))
     plans: dict[str, PoolPlan] = {}
     requested = dict(state.requested)
     below = dict(state.below_since)
@@ -142,6 +147,8 @@ def step(state: AutoscaleState, observations: Observations, now: float,
         pred = predict(fs, _lead(settings, pool), settings.quantile, now=now)
         actual = demand + serving_now.get(pool, 0.0)
         forecast = pred.peak + serving_fc.get(pool, 0.0)
+        floor = float(observations.floor_gpus.get(pool, 0.0))
+        forecast = max(forecast, floor)
         if pcfg is None or not settings.enabled:
             why = "autoscaling disabled" if not settings.enabled else "pool not under autoscaling.pools"
             plans[pool] = PoolPlan(pool, 0.0, (), actual, forecast, (f"no request: {why}",))
@@ -149,7 +156,7 @@ def step(state: AutoscaleState, observations: Observations, now: float,
             below.pop(pool, None)
             continue
         plans[pool], n, since = _plan_pool(pool, pcfg, actual, forecast, requested.get(pool, 0),
-                                           below.get(pool), now, settings)
+                                           below.get(pool), now, settings, floor)
         requested[pool] = n
         if since is None:
             below.pop(pool, None)
@@ -160,8 +167,8 @@ def step(state: AutoscaleState, observations: Observations, now: float,
 
 
 def _plan_pool(pool: str, cfg: PoolAutoscaling, actual: float, forecast: float, current: int,
-               below_since: float | None, now: float,
-               settings: AutoscalingSettings) -> tuple[PoolPlan, int, float | None]:
+               below_since: float | None, now: float, settings: AutoscalingSettings,
+               floor: float = 0.0) -> tuple[PoolPlan, int, float | None]:
     bundle = cfg.bundle_for(pool)
     per = float(bundle["GPU"])
     factor = 1.0 + cfg.headroom
@@ -176,5 +183,7 @@ def _plan_pool(pool: str, cfg: PoolAutoscaling, actual: float, forecast: float, 
     d = decide_replicas(actual * factor, forecast * factor, current, now, params, below_since)
     reasons = (f"lead {cfg.lead_time_s:g}s, P{settings.quantile * 100:g} forecast {forecast:.3g} GPUs, "
                f"demand now {actual:.3g} GPUs", *d.reasons)
+    if floor > 0:
+        reasons = (*reasons, f"floor {floor:g} GPUs held ready (next quota window's serving reservations)")
     plan = PoolPlan(pool, d.replicas * per, tuple(dict(bundle) for _ in range(d.replicas)), actual, forecast, reasons)
     return plan, d.replicas, d.below_since

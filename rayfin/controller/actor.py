@@ -121,7 +121,8 @@ class RayfinController:
                 if self.capacity_loop.due(now):
                     with self.core.lock:
                         demand = self.core.pool_demand()
-                    self.capacity_loop.step(demand, now)
+                        floor = self.core.prewarm_floor(self.capacity_loop.settings)
+                    self.capacity_loop.step(demand, now, floor)
             except Exception:  # a bad cycle must not kill the loop; it is logged and retried
                 log.exception("controller cycle failed")
             self._stop.wait(max(0.0, interval - (time.perf_counter() - t)))
@@ -170,6 +171,10 @@ class RayfinController:
                         "forecast_gpus": plan.forecast_gpus, "reasons": list(plan.reasons)}
                     for p, plan in req.pools.items()}
         return _wrap(_view, token)
+
+    def market(self, token: Token) -> Reply:
+        """The quota window in force, the next switch and both windows' quotas (None: no calendar)."""
+        return _wrap(self.core.market, token)
 
     def release_serving(self, token: Token = None, *, model: str) -> Reply:
         return _wrap(self.core.release_serving, token, model)

@@ -101,9 +101,12 @@ class CapacityLoop:
         self.last_counts = CountReading(now, counts)
         return rates
 
-    def step(self, demand: dict[str, float], now: float) -> None:
+    def step(self, demand: dict[str, float], now: float, floor: Mapping[str, float] | None = None) -> None:
+        """One planning bin; `floor`: GPUs per pool to hold ready whatever the forecast (the next
+        quota window's serving reservations, rayfin.controller.market_clock.prewarm_floor)."""
         self.next_at = now + self.settings.forecast.bin_s
-        obs = Observations(pool_demand_gpus=demand, desk_request_rate=self.desk_rates(now))
+        obs = Observations(pool_demand_gpus=demand, desk_request_rate=self.desk_rates(now),
+                           floor_gpus=dict(floor or {}))
         request, self.state = step(self.state, obs, now, self.settings)
         self.ledger.put_kv(self.KEY, json.dumps(self.state.to_dict()).encode())
         self.last_request = request

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Mapping
 from placement.ranks import WorkerRuleError, check_unit_fits
 from rayfin.config import RayfinConfig
 from rayfin.controller import cycle as cycle_mod
-from rayfin.controller import deadlines, recovery, serving, views
+from rayfin.autoscale import AutoscalingSettings
+from rayfin.controller import deadlines, market_clock, recovery, serving, views
 from rayfin.controller.auth import Auth, Principal
 from rayfin.controller.backend import Backend
 from rayfin.controller.chargeback import ledger_report
@@ -278,6 +279,18 @@ class ControllerCore:
             raise InvalidRequest(field="by", value=by, allowed=" | ".join(g.value for g in GroupBy)) from None
         end = self.clock() if until is None else until
         return ledger_report(self.ledger, self.config, since, end, group, desk=scope).view()
+
+    def market(self, token: str | None) -> dict[str, Any] | None:
+        """The quota window in force and the next switch (rayfin.controller.market_clock.view)."""
+        self.authenticate(token, None, "read the quota window")
+        with self.lock:
+            return market_clock.view(self.state)
+
+    def prewarm_floor(self, settings: AutoscalingSettings) -> dict[str, float]:
+        """GPUs per autoscaled pool to hold ready for the serving reservations of the window in
+        force, or of the next one from the pool's lead time before its switch."""
+        pools = {d.name: d.pools[0] for d in self.config.desks if d.pools}
+        return market_clock.prewarm_floor(self.state.in_force, settings, pools, market_clock.utc(self.clock()))
 
     def usage_table(self) -> dict[str, dict[str, Any]]:
         return views.usage_table(self.state)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayfin.controller import deadlines
+from rayfin.controller import deadlines, market_clock
 from rayfin.controller.backend import LaunchSpec, Observation
 from rayfin.controller.records import JobRecord
 from rayfin.controller.state import PLACED, ControllerState, duration_key
@@ -44,16 +44,19 @@ def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
         t0 = time.perf_counter()
         live = {j.key: j.job_id for j in s.active.values() if j.state is not JobState.PENDING}
         report.finished = observe(s, s.backend.observe(list(live)), live)
+        market_clock.apply(s)
         deadlines.review(s)      # slack, escalation and ETA of deadline jobs (their events)
         t1 = time.perf_counter()
         snap = snapshot(s)
         t2 = time.perf_counter()
         decision = schedule(snap, s.policy)
         t3 = time.perf_counter()
+        market_clock.record_decisions(s, snap, decision)
+        t3a = time.perf_counter()
         report.admitted, report.preempted = act(s, decision)
         t4 = time.perf_counter()
         report.timings_ms = {"observe": (t1 - t0) * 1e3, "snapshot": (t2 - t1) * 1e3,
-                             "decide": (t3 - t2) * 1e3, "act": (t4 - t3) * 1e3}
+                             "decide": (t3 - t2) * 1e3, "audit": (t3a - t3) * 1e3, "act": (t4 - t3a) * 1e3}
         s.recorder.cycle(report, usage_table(), snap)
     return report
 

@@ -16,6 +16,7 @@ class Recorder(Protocol):
     def state_changed(self, job: Any, old_state: str) -> None: ...
     def preempted(self, job: Any, reason: str) -> None: ...
     def cycle(self, report: Any, usage: dict[str, dict[str, Any]], snapshot: Any) -> None: ...
+    def window(self, effective: str) -> None: ...
     def deadline_changed(self, job: Any, code: Any) -> None: ...
 
 
@@ -36,6 +37,9 @@ class NullRecorder:
         pass
 
     def cycle(self, report: Any, usage: dict[str, dict[str, Any]], snapshot: Any) -> None:
+        pass
+
+    def window(self, effective: str) -> None:
         pass
 
     def deadline_changed(self, job: Any, code: Any) -> None:

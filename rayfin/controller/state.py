@@ -16,10 +16,12 @@ from typing import Any, Callable
 
 from placement.topology import Topology
 from rayfin.config import RayfinConfig
+from rayfin.controller import market_clock
 from rayfin.controller.backend import Backend
 from rayfin.controller.ledger import Ledger
 from rayfin.controller.records import JobKind, JobRecord, ServingReservation
 from rayfin.controller.recorder import Recorder
+from rayfin.market.in_force import InForce, QuotaClock
 from rayfin.policy import Decision, DeskQuota, JobState, SchedulerConfig
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
 from rayfin.policy.settings import Policy
@@ -76,8 +78,14 @@ class ControllerState:
         # kept in the ledger like the capacity planner's state, so a restart keeps the history.
         self.durations = DurationPredictor()
         self.duration_state = load_duration_state(ledger)
+        # The market clock (rayfin.controller.market_clock): the quota plan on its calendar, and
+        # the answer last applied to `desks`. None without a `calendar:` section.
+        self.quota_clock: QuotaClock | None = market_clock.quota_clock(config)
+        self.in_force: InForce | None = None
+        self.calendar_warned = False
         # Deadlines (controller/deadlines.py): the quota plan's windows per desk, read once a minute.
         self.deadline_cache: dict[Any, Any] = {}
+        market_clock.apply(self)
 
     # ---------------------------------------------------------------- transitions
     def save(self, job: JobRecord, event: str, reason: str, code: ReasonCode | None = None) -> JobRecord:

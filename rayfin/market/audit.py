@@ -6,6 +6,12 @@ snapshot the decision was made on (dataclasses as field maps, enums as their val
 with sorted keys, floats by repr; a Topology by its islands). The same snapshot always hashes the
 same, on any machine and Python run.
 
+`decode(ClusterSnapshot, canonical(snap))` rebuilds the snapshot from its canonical form (typed by
+the dataclasses' annotations; a float written as its repr, an int as an int), so a controller can
+keep the canonical JSON of a decision's snapshot and a reviewer can re-run it later. Replay checks
+the rebuilt snapshot's hash against the record's, so a lossy decode shows as an altered snapshot,
+never as a silent pass.
+
 `replay(recorded, policy)` re-runs each recorded snapshot through `policy` (a pure function from
 a snapshot to {subject: verdict}) and reports every record whose decision comes out differently,
 and every snapshot whose hash no longer matches its record (it was altered). For the same code
@@ -13,12 +19,15 @@ version there should be none.
 """
 from __future__ import annotations
 
+import collections.abc
 import csv
 import dataclasses
 import hashlib
 import io
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
@@ -42,6 +51,9 @@ _BY_VERDICT = {Verdict.ADMIT: AuditReason.ADMITTED, Verdict.WAIT: AuditReason.QU
                Verdict.PREEMPT: AuditReason.PREEMPTED, Verdict.REFUSE: AuditReason.REFUSED}
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}   # dataclass -> its field names (dataclasses.fields is slow)
+
+
 def canonical(obj: Any) -> Any:
     """A JSON-safe, order-stable form of `obj` (see the module docstring)."""
     if obj is None or isinstance(obj, (bool, int, str)):
@@ -52,11 +64,16 @@ def canonical(obj: Any) -> Any:
         return repr(obj) if math.isfinite(obj) else str(obj)
     if isinstance(obj, (datetime, date)):
         return obj.isoformat()
-    if type(obj).__name__ == "Topology":
-        return {"islands": [[i.id, i.gpus, getattr(i, "pool", None)] for i in obj.islands]}
-    if dataclasses.is_dataclass(obj):
-        return {"__type": type(obj).__name__,
-                **{f.name: canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    tp = type(obj)
+    if tp.__name__ == "Topology":
+        # all of it (placement reads nodes, racks and bandwidths), in a form `decode` rebuilds
+        return {"islands": [[i.id, i.node, i.rack, i.pool, i.gpus, i.index] for i in obj.islands],
+                "bandwidth": canonical(obj.bandwidth)}
+    names = _FIELDS.get(tp)
+    if names is None and dataclasses.is_dataclass(obj):
+        names = _FIELDS[tp] = tuple(f.name for f in dataclasses.fields(obj))
+    if names is not None:
+        return {"__type": tp.__name__, **{n: canonical(getattr(obj, n)) for n in names}}
     if isinstance(obj, Mapping):
         return {str(canonical(k)): canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
     if isinstance(obj, (frozenset, set)):
@@ -68,9 +85,17 @@ def canonical(obj: Any) -> Any:
     raise TypeError(f"cannot hash a {type(obj).__name__} in a snapshot; give it a dataclass form")
 
 
+def canonical_json(obj: Any) -> str:
+    """The canonical form as compact JSON text with sorted keys: what `snapshot_hash` hashes."""
+    return json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
+
+
+def hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def snapshot_hash(snapshot: Any) -> str:
-    data = json.dumps(canonical(snapshot), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    return hash_text(canonical_json(snapshot))
 
 
 @dataclass(frozen=True)
@@ -84,19 +109,29 @@ class AuditRecord:
     text: str
     window: WindowName | None
     snapshot_hash: str
+    code: str = ""                # the decision's ReasonCode value (rayfin.reasons), e.g. "reclaim"
 
     def to_dict(self) -> dict:
         return {"seq": self.seq, "at_s": self.at_s, "subject": self.subject, "desk": self.desk,
                 "verdict": self.verdict, "reason": self.reason.value, "text": self.text,
-                "window": None if self.window is None else self.window.value, "snapshot_hash": self.snapshot_hash}
+                "window": None if self.window is None else self.window.value, "snapshot_hash": self.snapshot_hash,
+                "code": self.code}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AuditRecord":
+        w = d.get("window")
+        return cls(int(d["seq"]), float(d["at_s"]), str(d["subject"]), d.get("desk"), str(d["verdict"]),
+                   AuditReason(d["reason"]), str(d.get("text", "")), None if w is None else WindowName(w),
+                   str(d["snapshot_hash"]), str(d.get("code", "")))
 
 
 def records_of_cycle(snap: ClusterSnapshot, decision: CycleDecision, window: WindowName | None,
-                     seq0: int = 0) -> tuple[AuditRecord, ...]:
-    """One record per decision of a scheduling cycle, all pointing at the snapshot's hash."""
-    h = snapshot_hash(snap)
+                     seq0: int = 0, snapshot_sha: str | None = None) -> tuple[AuditRecord, ...]:
+    """One record per decision of a scheduling cycle, all pointing at the snapshot's hash
+    (`snapshot_sha`, when the caller already has it)."""
+    h = snapshot_sha or snapshot_hash(snap)
     return tuple(AuditRecord(seq0 + k, snap.now, d.job_id, d.desk, d.verdict.value, _BY_VERDICT[d.verdict],
-                             d.reason, window, h) for k, d in enumerate(decision.all()))
+                             d.reason, window, h, d.code.value) for k, d in enumerate(decision.all()))
 
 
 def to_jsonl(records: Iterable[AuditRecord]) -> str:
@@ -165,3 +200,49 @@ def schedule_policy(cfg) -> Callable[[ClusterSnapshot], dict[str, str]]:
     def run(snap: ClusterSnapshot) -> dict[str, str]:
         return {d.job_id: d.verdict.value for d in schedule(snap, cfg).all()}
     return run
+
+
+# ---- decoding the canonical form ---------------------------------------------------------------
+
+def decode(tp: Any, v: Any) -> Any:
+    """The value of type `tp` whose `canonical` form is `v` (dataclasses by their annotations)."""
+    if v is None or tp is Any:
+        return v
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return decode(inner[0], v) if len(inner) == 1 else v
+    if tp is float:
+        return v if isinstance(v, int) else float(v)   # an int stays an int: it hashed as one
+    if tp in (int, str, bool):
+        return v
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tp(v)
+    if isinstance(tp, type) and tp.__name__ == "Topology":
+        return _topology(tp, v)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: decode(hints[f.name], v[f.name]) for f in dataclasses.fields(tp)
+                     if f.init and f.name in v})
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(decode(args[0], x) for x in v)
+        return tuple(decode(a, x) for a, x in zip(args, v))
+    if origin in (dict, collections.abc.Mapping):
+        return {decode(args[0], k): decode(args[1], x) for k, x in v.items()}
+    if origin in (frozenset, set):
+        return frozenset(decode(args[0], x) for x in v)
+    if origin is list:
+        return [decode(args[0], x) for x in v]
+    return v
+
+
+def _topology(tp: Any, v: Mapping[str, Any]) -> Any:
+    from placement.topology import Bandwidths, Island
+    islands = tuple(Island(str(i), str(n), str(r), str(p), int(g), int(k)) for i, n, r, p, g, k in v["islands"])
+    bw = v.get("bandwidth")
+    return tp(islands, decode(Bandwidths, bw)) if bw is not None else tp(islands)
+
+
+def snapshot_from_canonical(data: Mapping[str, Any]) -> ClusterSnapshot:
+    return typing.cast(ClusterSnapshot, decode(ClusterSnapshot, data))

@@ -71,6 +71,8 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _g("rayfin_pool_gpus_capacity", "GPUs of the pool's islands that are up.", "pool"),
     _g("rayfin_pool_gpus_free", "Free GPUs of the pool.", "pool"),
     _g("rayfin_pool_gpus_unavailable", "GPUs of the pool on lost or cordoned nodes.", "pool"),
+    _g("rayfin_quota_window", "1 for the market quota window whose quotas are in force, 0 for the others seen.",
+       "window"),
     # job life
     _c("rayfin_jobs_submitted", "Jobs accepted into a desk's queue.", "desk", "priority"),
     _c("rayfin_admissions", "Jobs admitted (GPUs reserved).", "desk", "borrowing"),

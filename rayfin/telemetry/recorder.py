@@ -38,7 +38,7 @@ from rayfin.telemetry.metrics import MetricsSink, ray_metrics, reason_code
 log = logging.getLogger("rayfin.telemetry")
 PRIORITY_LABELS = {0: "batch", 1: "normal", 2: "critical"}
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED")
-CYCLE_STEPS = ("observe", "snapshot", "decide", "act")
+CYCLE_STEPS = ("observe", "snapshot", "decide", "audit", "act")
 
 
 def _ns(t: float) -> int:
@@ -101,6 +101,7 @@ class TelemetryRecorder:
         self._pools = _pool_of_islands(getattr(config, "cluster", None))
         self._max = {d.name: (-1.0 if d.borrowing_limit is None else float(d.nominal_gpus + d.borrowing_limit))
                      for d in getattr(config, "desks", [])}
+        self._windows: set[str] = set()
 
     # ---------------------------------------------------------------- spans
     def _span(self, name: str, jt: _JobTrace, start: float | None = None, **attrs: Any) -> Span:
@@ -257,6 +258,13 @@ class TelemetryRecorder:
         self._publish_desks(usage)
         self._publish_pools(snapshot)
 
+    @_safe
+    def window(self, effective: str) -> None:
+        """The market quota window whose quotas now apply: 1 for it, 0 for those seen before."""
+        self._windows.add(effective)
+        for w in sorted(self._windows):
+            self.metrics.set("rayfin_quota_window", 1.0 if w == effective else 0.0, {"window": w})
+
     # ---------------------------------------------------------------- helpers
     def _started(self, jt: _JobTrace, job: Any) -> None:
         if jt.run is not None:
@@ -321,7 +329,7 @@ class TelemetryRecorder:
             for name, key in gauges:
                 if key in row:
                     self.metrics.set(name, float(row[key]), tags)
-            mx = self._max.get(desk, row.get("max"))
+            mx = row.get("max", self._max.get(desk))   # the row's: a quota window may change it
             if mx is not None:
                 self.metrics.set("rayfin_gpus_max", -1.0 if mx == float("inf") else float(mx), tags)
 

@@ -214,3 +214,23 @@ def test_serve_policy_scales_ahead_with_a_seeded_forecast():
     n, st = pol(ctx(0.0, 1, 3000.0 + 280.0))  # 20 s before the burst, no load yet
     assert n >= 4, st["reason"]  # P90 of ~10 ongoing / 2 per replica
     assert st["forecast_load"] >= 8.0
+
+
+def test_serve_policy_prewarms_for_the_next_quota_window():
+    """fx reserves 1 serving GPU intraday and 3 at eod (XNYS close 2025-11-25 21:00Z); with 0.5 GPU
+    a replica and a 120 s replica start, the floor goes 2 -> 6 replicas 120 s before the close."""
+    from datetime import datetime, timezone
+
+    from serve_apps.autoscaling_policy import PredictivePolicy
+
+    close = datetime(2025, 11, 25, 21, 0, tzinfo=timezone.utc).timestamp()
+    plan = {"desks": {"fx": {"intraday": {"serving": {"gpus": 1}}, "eod": {"serving": {"gpus": 3}}}}}
+    pol = PredictivePolicy(desk="fx", lead_time_s=120, market={"exchange": "XNYS", "quota_plan": plan,
+                                                               "gpus_per_replica": 0.5})
+    n, st = pol(ctx(0.0, 1, close - 600))
+    assert (n, st["market_window"], st["market_floor"]) == (2, "intraday", 2)      # ceil(1 / 0.5)
+    n, st = pol(ctx(0.0, n, close - 121, st))
+    assert n == 2
+    n, st = pol(ctx(0.0, n, close - 120, st))
+    assert (n, st["market_window"]) == (6, "eod")                                    # ceil(3 / 0.5), ahead
+    assert PredictivePolicy(desk="fx", lead_time_s=120)(ctx(0.0, 1, close - 60))[0] == 1   # no plan: no floor

@@ -174,7 +174,7 @@ def test_cycle_publishes_desk_pool_and_cycle_metrics(env):
     assert m.get("rayfin_pool_gpus_free", pool="general") == 8
     assert len(m.get("rayfin_controller_cycle_ms", step="total")) == 2
     assert set(dict(k)["step"] for k in m.series("rayfin_controller_cycle_ms")) == {
-        "observe", "snapshot", "decide", "act", "total"}
+        "observe", "snapshot", "decide", "audit", "act", "total"}
     assert m.get("rayfin_controller_cycles") == 2
 
 
