@@ -156,7 +156,7 @@ class ControllerCore:
             self.recorder.refused(desk, ReasonCode.NEVER_FITS.value)
             self.ledger.record(self.clock(), "", desk, "refused", "", why, {"gpus": spec.gpus}, code)
             raise QuotaExceeded(f"{why}; to fix: ask for fewer GPUs or raise the desk's quota", desk=desk,
-                                requested=spec.gpus, available=min(quota.max_gpus, capacity))
+                                requested=spec.gpus, available=min(quota.ever_gpus, capacity))
         try:   # a worker never spans islands: refuse what no placement could ever give
             check_unit_fits(self.topology, quota.pools, spec.gpus, spec.unit)
         except WorkerRuleError as exc:

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any, Callable
 
 from placement.topology import Topology
@@ -22,6 +23,7 @@ from rayfin.controller.ledger import Ledger
 from rayfin.controller.records import JobKind, JobRecord, ServingReservation
 from rayfin.controller.recorder import Recorder
 from rayfin.market.in_force import InForce, QuotaClock
+from rayfin.market.plan import WindowName, quotas_in
 from rayfin.policy import Decision, DeskQuota, JobState, SchedulerConfig
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
 from rayfin.policy.settings import Policy
@@ -83,6 +85,12 @@ class ControllerState:
         self.quota_clock: QuotaClock | None = market_clock.quota_clock(config)
         self.in_force: InForce | None = None
         self.calendar_warned = False
+        if config.market is not None:
+            # Until the first cycle applies a window, a submission over the base ceiling but
+            # within a window's is not refused: every desk carries the plan's largest ceiling.
+            ceil = quotas_in(config.market.quota_plan, self.desks, WindowName.INTRADAY)
+            self.desks = {n: replace(q, plan_ceiling=max(ceil[n].ever_gpus, q.max_gpus))
+                          if ceil[n].ever_gpus > q.max_gpus else q for n, q in self.desks.items()}
         # Deadlines (controller/deadlines.py): the quota plan's windows per desk, read once a minute.
         self.deadline_cache: dict[Any, Any] = {}
         market_clock.apply(self)

@@ -211,7 +211,19 @@ def next_switch(cal: MarketCalendar, bounds: WindowBounds, t: datetime) -> tuple
 # ---- quotas in force --------------------------------------------------------------------------
 
 def quotas_in(plan: QuotaPlan, base: Mapping[str, DeskQuota], window: WindowName) -> dict[str, DeskQuota]:
-    """Each desk's DeskQuota in `window`: the base with the window's overrides applied."""
+    """Each desk's DeskQuota in `window`: the base with the window's overrides applied, and the
+    desk's largest ceiling over all windows (`plan_ceiling`, set where it is above this window's),
+    so work that fits a later window waits for it rather than being refused."""
+    ceilings: dict[str, float] = {}
+    for w in WindowName:
+        for name, q in _overridden(plan, base, w).items():
+            ceilings[name] = max(ceilings.get(name, 0.0), q.max_gpus)
+    out = _overridden(plan, base, window)
+    return {name: replace(q, plan_ceiling=ceilings[name]) if ceilings[name] > q.max_gpus else q
+            for name, q in out.items()}
+
+
+def _overridden(plan: QuotaPlan, base: Mapping[str, DeskQuota], window: WindowName) -> dict[str, DeskQuota]:
     out = {}
     for name, q in base.items():
         o = plan.desks.get(name, {}).get(window)

@@ -67,10 +67,19 @@ class DeskQuota:
     lending_limit: float | None = None     # None: lends all unused nominal
     weight: float = 1.0
     pools: frozenset[str] = frozenset({"general"})
+    # The most the desk may hold in any window of a market quota plan (rayfin.market.plan), so a
+    # job over this window's ceiling but within a later one's waits instead of being refused.
+    # None: no plan, the ceiling is this quota's own.
+    plan_ceiling: float | None = None
 
     @property
     def max_gpus(self) -> float:
         return float("inf") if self.borrowing_limit is None else self.nominal + self.borrowing_limit
+
+    @property
+    def ever_gpus(self) -> float:
+        """The most the desk may ever hold: its ceiling now, or in the plan's largest window."""
+        return self.max_gpus if self.plan_ceiling is None else max(self.max_gpus, self.plan_ceiling)
 
     @classmethod
     def from_config(cls, desk: Any) -> "DeskQuota":

@@ -134,7 +134,10 @@ def check_quota(desk: DeskQuota, gpus: float, desks: Mapping[str, DeskQuota],
 
 def why_never_fits(desk: DeskQuota, gpus: float, pool_capacity: float) -> tuple[ReasonCode, str] | None:
     """Why a request can never run (refuse at once), as (code, text), or None."""
-    if gpus > desk.max_gpus:
+    if gpus > desk.ever_gpus:
+        if desk.plan_ceiling is not None:
+            return ReasonCode.OVER_CEILING, (f"desk {desk.name} may hold at most {desk.ever_gpus:g} GPUs in any "
+                                           f"window of the quota plan; asked for {gpus:g}")
         return ReasonCode.OVER_CEILING, (f"desk {desk.name} may hold at most {desk.max_gpus:g} GPUs (nominal "
                                        f"{desk.nominal:g} + borrowing {desk.borrowing_limit:g}); asked for {gpus:g}")
     if gpus > pool_capacity:

@@ -200,3 +200,19 @@ def test_without_a_calendar_nothing_changes(tmp_path):
     cycles(core)
     assert core.state.in_force is None and ledger.events(kinds=[market_clock.WINDOW_EVENT]) == []
     assert core.market(TOK["admin"]) is None and core.prewarm_floor(parse_autoscaling({})) == {}
+
+
+def test_a_job_over_this_windows_ceiling_but_within_a_later_one_waits_for_it(tmp_path):
+    # fx may hold at most 2 + 2 intraday; at eod its nominal is 6. A 6-GPU fx job submitted in
+    # the afternoon is not refused as never fitting: it waits, and is admitted at the close.
+    core, _, clock, _ = market_env(tmp_path, CLOSE - 120)
+    fx = core.submit(TOK["fx"], "fx", job(6))["job_id"]        # before any cycle applied a window
+    cycles(core)
+    st = core.status(TOK["fx"], fx)
+    assert st["state"] == "PENDING" and st["reason_code"] == ReasonCode.OVER_CEILING.value, st
+    fx2 = core.submit(TOK["fx"], "fx", job(6))["job_id"]       # and after one did
+    cycles(core)
+    assert core.status(TOK["fx"], fx2)["state"] == "PENDING"
+    clock.t = CLOSE
+    cycles(core)
+    assert core.status(TOK["fx"], fx)["state"] in ("ADMITTED", "RUNNING")
