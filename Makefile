@@ -33,7 +33,7 @@ check: install
 	$(BIN)/mypy
 
 test: check system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit

@@ -49,6 +49,19 @@ def pytest_unconfigure(config):
               f"{sorted(p[0] for p in left)[:20]}", file=sys.stderr)
 
 
+# -- two lanes under pytest-xdist (make test: -n 2): tests/support/lanes.py ----------------------
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    from tests.support.lanes import lane_of
+
+    class Lanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return lane_of(nodeid)
+
+    return Lanes(config, log)
+
+
 # -- real servers from the system packages, one of each per test run -------------------------
 # Started on first use by a test that asks for them (tests/ledger, the GCS and Prometheus
 # integration tests); `make test` installs the packages first (make system-deps).

@@ -13,6 +13,7 @@ import pytest
 from rayfin.config import load_config
 from rayfin.up import Running, bring_up, with_ledger
 from tests.support.cluster import LEDGER_PASSWORD_ENV, TOKENS
+from tests.support.lanes import SESSION_LANE, lane_of
 
 log = logging.getLogger("tests.integration")
 
@@ -103,15 +104,21 @@ def connect_desk(rayfin_env):
 
 
 def pytest_collection_modifyitems(items):
-    """Mark integration tests, and put them in two lanes for `pytest -n 2 --dist loadgroup` (as
-    `make test` runs): every test on the session cluster in one worker, so only one session
-    cluster starts, and every test that starts a cluster of its own in the other, so no two
-    private clusters compete for the CPUs. Unit and ledger tests fill in around them."""
+    """Mark integration tests, and check the lanes of `make test` (tests/support/lanes.py): a
+    test on the session cluster must not sit in a file listed as starting its own, nor the
+    other way round, or two session clusters would start."""
+    wrong = []
     for item in items:
-        if "integration" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
-            lane = "session-cluster" if "rayfin_env" in getattr(item, "fixturenames", ()) else "own-cluster"
-            item.add_marker(pytest.mark.xdist_group(lane))
+        if "integration" not in str(item.fspath):
+            continue
+        item.add_marker(pytest.mark.integration)
+        on_session = "rayfin_env" in getattr(item, "fixturenames", ())
+        if on_session != (lane_of(item.nodeid) == SESSION_LANE):
+            wrong.append(item.nodeid)
+    if wrong:
+        raise pytest.UsageError("tests/support/lanes.py: OWN_CLUSTER_FILES is wrong for "
+                                + ", ".join(wrong[:5]) + ": list a file there exactly when its tests "
+                                "do not use the session cluster (rayfin_env)")
 
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
