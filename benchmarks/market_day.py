@@ -480,8 +480,9 @@ def plot(raw: dict, path: Path) -> None:
     fig, axes = plt.subplots(len(pols), 1, figsize=(11, 4 * len(pols)), sharex=True)
     for ax, p in zip(np.atleast_1d(axes), pols):
         sim, w = raw[p]
-        day = next(s for s in w.sessions if not s.early_close and s.date.weekday() == 1) if any(
-            s.date.weekday() == 1 for s in w.sessions) else w.sessions[1]
+        inside = w.sessions[:-1]     # sessions of the run (the last one is only the horizon's open)
+        day = next((s for s in inside if not s.early_close and s.date.weekday() == 1),
+                   inside[-1] if len(inside) > 1 else w.sessions[0])
         t0 = sim_s(w.epoch, w.cal.local_midnight(day.date))
         names = list(sim.desks)
         hours = lambda t, t0=t0: (t - t0) / 3600  # noqa: E731
