@@ -234,7 +234,8 @@ def run_policy(w: World, policy: str, args, stretch, risk_nominal: float, thresh
     sim = MarketSimulator(topo, sc.switches[0][1], cfg_for(policy, args.grace), w.mapping, record_desks=record,
                           name=policy, stretch=stretch, checkpoint_interval_s=args.checkpoint_interval,
                           predictor=DurationPredictor() if policy == "rayfin" else None, scenario=sc, order=order,
-                          slack=SlackPolicy(threshold_s=threshold_s), warm_state=w.warm)
+                          slack=SlackPolicy(threshold_s=threshold_s), warm_state=w.warm,
+                          guard_deadline_class=policy == "rayfin" and getattr(args, "guard", False))
     sim.run(w.jobs)
     return sim
 
@@ -372,6 +373,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold-grid", default="1800,3600,7200", help="slack threshold, seconds")
     ap.add_argument("--inv-open-minute", default="auto",
                     help="minute of the invocation trace's day replayed at the open, or auto (see open_minute)")
+    ap.add_argument("--guard", action="store_true",
+                    help="rayfin: escalated deadline jobs never priority-preempt their desk's deadline jobs due no "
+                         "later (MarketSimulator guard_deadline_class)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (same figures)")
     ap.add_argument("--out", default="result.json")
     ap.add_argument("--no-plot", action="store_true")
@@ -436,7 +440,7 @@ def main(argv=None) -> int:
                       "serve_peak_gpus": args.serve_peak, "serving_scale_k": round(k_serve, 2),
                       "invocation_open_minute": args.open_minute,
                       "risk_frac": args.risk_frac, "grace_s": args.grace, "placement_model": args.placement_model,
-                      "jobs": args.jobs},
+                      "jobs": args.jobs, "guard": args.guard},
            "timing": {"wall_s": round(time.perf_counter() - t_all, 1), "tuning_wall_s": tune_wall,
                       "cpu_s_per_scored_seed": {p: [x["timing"]["cpu_s"] for x in per[p]] for p in POLICIES},
                       "seed_cpu_s": [x["timing"]["seed_cpu_s"] for x in per["rayfin"]],

@@ -180,8 +180,8 @@ class Simulator:
             self.pending = dict(sorted(self.pending.items(), key=lambda kv: (kv[1].submitted_at, kv[0])))
             self._pending_sorted = True
         hints = self._hints(t) if self.wants_hints else {}
-        snap = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values()),
-                               self._snapshot_pending(t, hints), hints=hints)
+        pending = self._snapshot_pending(t, hints)
+        snap = ClusterSnapshot(t, self.topo, self.desks, self._snapshot_running(t, pending), pending, hints=hints)
         if self.time_decisions:
             c0, t0 = time.thread_time(), time.perf_counter()
             dec = schedule(snap, self.cfg)
@@ -206,6 +206,11 @@ class Simulator:
         """The pending jobs a cycle sees, in the order it sees them (a hook: rayfin.sim.market
         reorders them by deadline and raises the priority of jobs out of slack)."""
         return tuple(self.pending.values())
+
+    def _snapshot_running(self, t: float, pending: tuple[PendingJob, ...]) -> tuple[RunningJob, ...]:
+        """The running jobs a cycle sees (a hook: rayfin.sim.market can show running deadline jobs
+        at their deadline class's priority)."""
+        return tuple(self.running.values())
 
     def _hints(self, t: float) -> dict[str, JobHint]:
         """Pending jobs' hints are fixed while they wait (made at queueing); running jobs' attained

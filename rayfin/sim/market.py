@@ -55,9 +55,10 @@ class MarketScenario:
 class MarketSimulator(Simulator):
     def __init__(self, *args, scenario: MarketScenario, order: str = "submission",
                  slack: SlackPolicy = SlackPolicy(), warm_state: DurationState | None = None,
-                 time_decisions: bool = False, **kw):
+                 time_decisions: bool = False, guard_deadline_class: bool = False, **kw):
         super().__init__(*args, **kw)
         self.time_decisions = time_decisions
+        self.guard = guard_deadline_class
         self.sc = scenario
         self.order = order
         self.slack = slack
@@ -154,6 +155,32 @@ class MarketSimulator(Simulator):
         if rec.job.tenant == SERVE_TENANT:
             jid = rec.job.job_id
             self.running[jid] = replace(self.running[jid], preemptible=False)
+
+    def _snapshot_running(self, t: float, pending) -> tuple:
+        """`guard_deadline_class`: a running deadline job due no later than an escalated pending
+        job of its desk is shown at that job's priority, so the escalation may borrow and reclaim
+        from other desks but never priority-preempts deadline work of its own desk that is as
+        urgent (EDF inside the desk is not undone by preemption)."""
+        run = tuple(self.running.values())
+        if not self.guard:
+            return run
+        top: dict[str, tuple[float, Priority]] = {}    # desk -> latest deadline among escalated, their priority
+        for j in pending:
+            d = self.sc.deadlines.get(j.job_id)
+            if d is not None and j.priority > self.recs[j.job_id].job.priority:
+                cur = top.get(j.desk)
+                if cur is None or d > cur[0]:
+                    top[j.desk] = (d, max(j.priority, cur[1]) if cur else j.priority)
+        if not top:
+            return run
+        out = []
+        for r in run:
+            g = top.get(r.desk)
+            d = self.sc.deadlines.get(r.job_id)
+            if g is not None and d is not None and d <= g[0] and r.priority < g[1]:
+                r = replace(r, priority=g[1])
+            out.append(r)
+        return tuple(out)
 
     # ---- order --------------------------------------------------------------------------------
     def _snapshot_pending(self, t: float, hints) -> tuple[PendingJob, ...]:

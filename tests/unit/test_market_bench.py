@@ -102,3 +102,23 @@ def test_same_results_tells_a_changed_figure_from_a_changed_timing():
     b["policies"]["x"]["misses"] = 2
     assert differences(a, b, ignore) == ["/policies/x/misses: 1 vs 2"]
     assert differences({"k": 1}, {"k": 1.0}, ignore) == ["/k: 1 vs 1.0"]
+
+
+def test_guard_keeps_an_escalated_job_from_preempting_its_desks_as_urgent_deadline_work():
+    # risk holds all 16 GPUs with "first" (due at 10,000); "late" arrives due at the same time with
+    # too little slack, escalates to critical, and without the guard preempts "first" (same desk,
+    # lower priority); with it, "first" is shown at the escalated priority and keeps running
+    desks = {"risk": DeskQuota("risk", 16.0), "a": DeskQuota("a", 0.0)}
+    jobs = [TraceJob("first", "risk", 0.0, 5000.0, 16), TraceJob("late", "risk", 100.0, 4000.0, 8)]
+    # a second (same) window at 2,000 s: a cycle then, when late's slack (10,000 - 2,000 - 1.2 x 4,000) is gone
+    sc = MarketScenario(1e9, ((0.0, desks, WindowName.EOD), (2000.0, desks, WindowName.EOD)),
+                        deadlines={"first": 10_000.0, "late": 10_000.0})
+    cfg = SchedulerConfig.preset(Policy.RAYFIN, preemption_grace_s=30.0, rank=JobRank.SUBMISSION)
+    runs = {}
+    for guard in (False, True):
+        sim = MarketSimulator(topo(), desks, cfg, {"risk": "risk"}, scenario=sc, order="market", predictor="oracle",
+                              slack=SlackPolicy(threshold_s=3600.0), guard_deadline_class=guard)
+        sim.run(jobs)
+        runs[guard] = (sim.preemptions, sim.recs["first"].end, sim.recs["late"].end)
+    assert runs[False][0] >= 1                      # the escalated job preempted its desk's own deadline work
+    assert runs[True] == (0, 5000.0, 9000.0)        # guarded: first runs through, late starts when it ends
