@@ -218,6 +218,14 @@ class SlackPolicy:
     threshold_s: float = 3600.0   # escalate when slack falls to this
     safety: float = 1.2           # remaining x safety: estimates are quantiles, not bounds
 
+    def priority(self, job: DeadlineJob, now_s: float, asked: Priority) -> Priority:
+        """`escalation(...).priority` alone (no text, no record): what a cycle's order needs."""
+        if job.remaining_s is None:
+            return asked
+        if job.deadline_s - now_s - self.safety * job.remaining_s <= self.threshold_s:
+            return max(asked, Priority.CRITICAL)
+        return asked
+
     def escalation(self, job: DeadlineJob, now_s: float, asked: Priority) -> Escalation:
         if job.remaining_s is None:
             return Escalation(job.job_id, Urgency.UNKNOWN_RUNTIME, None, asked, "no runtime estimate: EDF order only")
@@ -230,23 +238,30 @@ class SlackPolicy:
 
 
 def market_order(pending: Sequence[PendingJob], deadlines: Mapping[str, DeadlineJob], now_s: float,
-                 policy: SlackPolicy = SlackPolicy()) -> tuple[tuple[PendingJob, ...], tuple[Escalation, ...]]:
+                 policy: SlackPolicy = SlackPolicy(), *,
+                 escalations: bool = True) -> tuple[tuple[PendingJob, ...], tuple[Escalation, ...]]:
     """Pending jobs in market order (deadline jobs EDF first inside each desk, the rest in the
-    order given) with escalated priorities applied, and every deadline job's Escalation."""
+    order given) with escalated priorities applied, and every deadline job's Escalation
+    (`escalations=False`: the same order, no Escalation records, `()`; for a caller that only
+    schedules, e.g. the simulator, where formatting each record's text was a tenth of a run)."""
     esc: list[Escalation] = []
-    dl_jobs, others = [], []
-    for pos, job in enumerate(pending):
+    dl_jobs = []
+    others = [job for job in pending if job.job_id not in deadlines]
+    for pos, job in enumerate(pending) if len(others) < len(pending) else ():
         d = deadlines.get(job.job_id)
         if d is None:
-            others.append((pos, job))
             continue
-        e = policy.escalation(d, now_s, job.priority)
-        esc.append(e)
-        dl_jobs.append((d.deadline_s, job.submitted_at, pos, replace(job, priority=e.priority)
-                        if e.priority != job.priority else job))
+        if escalations:
+            e = policy.escalation(d, now_s, job.priority)
+            esc.append(e)
+            prio = e.priority
+        else:
+            prio = policy.priority(d, now_s, job.priority)
+        dl_jobs.append((d.deadline_s, job.submitted_at, pos, replace(job, priority=prio)
+                        if prio != job.priority else job))
     dl_jobs.sort(key=lambda x: (x[0], x[1], x[2]))
     # deadline jobs of a desk go ahead of its other work; across desks the quota decides
-    out = tuple(x[3] for x in dl_jobs) + tuple(j for _, j in others)
+    out = tuple(x[3] for x in dl_jobs) + tuple(others)
     return out, tuple(esc)
 
 

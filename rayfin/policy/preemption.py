@@ -29,6 +29,7 @@ from placement.topology import Layout, LinkLevel
 from rayfin.policy.model import DeskQuota, PendingJob, RunningJob
 
 _EPS = 1e-9
+_LEVELS = tuple(LinkLevel)
 
 
 @dataclass
@@ -68,6 +69,16 @@ class ReclaimContext:
     placed: Mapping[str, Sequence[tuple[int, float]]] | None = None   # job id -> (island index, GPUs); None: built
     free: list[float] = field(init=False, default_factory=list)   # index.free as Python floats (read_free)
     whole: list[int] = field(init=False, default_factory=list)     # whole free GPUs per island (index.whole)
+    # pools -> the pool's island indices and its domains per level (they depend on the layout only)
+    pool_domains: dict[frozenset[str], tuple[list[int], dict[LinkLevel, list[list[int]]]]] = field(
+        init=False, default_factory=dict)
+
+    def domains_of(self, pools: frozenset[str]) -> tuple[list[int], dict[LinkLevel, list[list[int]]]]:
+        got = self.pool_domains.get(pools)
+        if got is None:
+            in_pool = np.flatnonzero(self.layout.pool_mask(pools)).tolist()
+            got = self.pool_domains[pools] = (in_pool, {lv: _domains(self.layout, lv, in_pool) for lv in LinkLevel})
+        return got
 
     def read_free(self) -> None:
         """Copy the free map out of numpy once per plan (a numpy scalar per look-up is slow), and
@@ -90,9 +101,8 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     """Cheapest plan that lets `job` start, or None. `need_own`: GPUs of the job's own desk's
     lower-priority work that must go for the job to fit the desk's quota."""
     desk = ctx.desks[job.desk]
-    lay = ctx.layout
     ctx.read_free()
-    in_pool = np.flatnonzero(lay.pool_mask(desk.pools)).tolist()
+    in_pool, domains = ctx.domains_of(desk.pools)
     kind = _memo(_classifier(ctx, job))
     if not ctx.best_fit:
         return _plan_in(ctx, job, in_pool, kind, need_own, None)
@@ -101,10 +111,10 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK, feasible_only=True) is None:
         return None
     bounds = _IslandBounds(ctx, in_pool, kind, exact=need_own <= _EPS)
-    for level in LinkLevel:
+    for level in _LEVELS:
         if level < start or level > stop:
             continue
-        best = _best_domain(ctx, job, need_own, level, kind, bounds, _domains(lay, level, in_pool))
+        best = _best_domain(ctx, job, need_own, level, kind, bounds, domains[level])
         if best is not None:
             return best
     return None

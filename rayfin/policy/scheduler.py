@@ -84,12 +84,14 @@ class _Cycle:
         self.capacity = float(sum(lay.capacity)) - float(sum(snap.unavailable.values()))
         self.taken: set[str] = set()
         self._on_island: list[list[RunningJob]] | None = None
+        self._ctx: ReclaimContext | None = None
         self._limits: dict[str, DeskQuota] = {}
         self._never_memo: dict[tuple[str, int], tuple[ReasonCode, str] | None] = {}
         self._gen = 0                                   # bumps on every admit or reclaim (see _plan)
         self._failed: dict[tuple[Any, ...], tuple[int, int]] = {}  # plan key -> (generation, fewest GPUs that failed)
         self._beneficiaries: set[str | None] | None = None
         self._lost_memo: dict[str, float] = {}
+        self._borrow_memo: dict[tuple[Any, ...], _Outcome] = {}   # (generation, desk, GPUs, unit) -> waiting outcome
         self.admits: list[Decision] = []
         self.preempts: list[Decision] = []
         self.waits: list[Decision] = []
@@ -279,7 +281,12 @@ class _Cycle:
         return (Verdict.WAIT, (f"{why}; entitled, but no {job.gpus} GPUs are free in pools {sorted(desk.pools)} "
                                f"and none can be reclaimed",), ReasonCode.NO_FREE_GPUS if fits else code)
 
-    def _reclaim_ctx(self) -> ReclaimContext:
+    def _reclaim_ctx(self, fresh: bool = False) -> ReclaimContext:
+        """The cycle's reclaim context: one per cycle (the planner only reads it, and what it
+        reads, usage, taken and the free index, are the cycle's live objects), built on first
+        use; `fresh`: a new one the caller may change (LAS sets its own victim rules)."""
+        if not fresh and self._ctx is not None:
+            return self._ctx
         if self._on_island is None:
             self._on_island = [[] for _ in self.lay.capacity]
             for v in self.snap.running:
@@ -289,10 +296,13 @@ class _Cycle:
                         self._on_island[k].append(v)
             self._pending_ids = {j.job_id for j in self.snap.pending}
             self._placed = placed_by_index(self.lay, self.snap.running)
-        return ReclaimContext(self.lay, self.index, self._on_island, self.usage, self.snap.desks, self.taken,
-                              self._pending_ids, self.cfg.reclaim and self.cfg.quota is QuotaMode.BORROWING,
-                              self.cfg.priority_preemption, self.cfg.placement is not PlacementStrategy.FIRST_FIT,
-                              victim_cost=self._victim_cost(), placed=self._placed)
+        ctx = ReclaimContext(self.lay, self.index, self._on_island, self.usage, self.snap.desks, self.taken,
+                             self._pending_ids, self.cfg.reclaim and self.cfg.quota is QuotaMode.BORROWING,
+                             self.cfg.priority_preemption, self.cfg.placement is not PlacementStrategy.FIRST_FIT,
+                             victim_cost=self._victim_cost(), placed=self._placed)
+        if not fresh:
+            self._ctx = ctx
+        return ctx
 
     def _victim_cost(self) -> Callable[[RunningJob], float] | None:
         """Order of equal-priority victims (lower first): seconds of work at stake (since the last
@@ -333,7 +343,7 @@ class _Cycle:
             def attained(v: RunningJob) -> float:
                 h = hints.get(v.job_id)
                 return -(h.attained_s if h else 0.0)
-            ctx = self._reclaim_ctx()
+            ctx = self._reclaim_ctx(fresh=True)
             ctx.reclaim = ctx.priority_preemption = False
             ctx.victim_ok = lambda v: queue(v.job_id, v.gpus) > 0
             ctx.victim_cost = attained
@@ -432,21 +442,30 @@ class _Cycle:
         return self.usage.get(desk, 0.0) / self.snap.desks[desk].weight
 
     def _borrow(self, job: PendingJob) -> None:
+        """Step 4 for one job. Until the cycle's state changes (an admission or a reclaim bumps
+        `_gen`), a job of the same desk, size and worker unit gets the same answer: the quota
+        check reads only usage, and the placement only the free index. A waiting outcome is
+        remembered per generation and copied, as `run` does for steps 2 and 3."""
+        key = (self._gen, job.desk, job.gpus, job.unit)
+        hit = self._borrow_memo.get(key)
+        if hit is not None:
+            self.waits.append(_d(job, *hit))
+            return
         desk = self.snap.desks[job.desk]
         q = check_quota(desk, job.gpus, self.snap.desks, self.usage, self.capacity)
         if not q.fits:
-            self.waits.append(_d(job, Verdict.WAIT, (q.reason,), q.code))
-            return
-        self._admit_or_wait(job, desk, q.reason, q.borrowed, q.code)
+            out: _Outcome = (Verdict.WAIT, (q.reason,), q.code)
+        else:
+            wait = self._admit_else_why(job, desk, q.reason, q.borrowed, q.code)
+            if wait is None:
+                return
+            out = wait
+        self._borrow_memo[key] = out
+        self.waits.append(_d(job, *out))
 
     # ---- placement --------------------------------------------------------------------------
     def _start_level(self, job: PendingJob) -> LinkLevel:
         return self.topo.ideal_level(job.gpus)
-
-    def _admit_or_wait(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float, code: ReasonCode) -> None:
-        wait = self._admit_else_why(job, desk, why, borrowed, code)
-        if wait is not None:
-            self.waits.append(_d(job, *wait))
 
     def _admit_else_why(self, job: PendingJob, desk: DeskQuota, why: str, borrowed: float,
                         code: ReasonCode) -> _Outcome | None:

@@ -32,7 +32,7 @@ from rayfin.market.deadline import DeadlineJob, SlackPolicy, market_order
 from rayfin.market.plan import WindowName
 from rayfin.policy.duration import DurationState
 from rayfin.policy.model import DeskQuota, PendingJob, Priority
-from rayfin.policy.ordering import JobRank, rank_key
+from rayfin.policy.ordering import JobRank, order
 from rayfin.sim.engine import _DEADLINE, Simulator
 from rayfin.sim.trace import TraceJob
 
@@ -54,8 +54,11 @@ class MarketScenario:
 
 class MarketSimulator(Simulator):
     def __init__(self, *args, scenario: MarketScenario, order: str = "submission",
-                 slack: SlackPolicy = SlackPolicy(), warm_state: DurationState | None = None, **kw):
+                 slack: SlackPolicy = SlackPolicy(), warm_state: DurationState | None = None,
+                 time_decisions: bool = False, guard_deadline_class: bool = False, **kw):
         super().__init__(*args, **kw)
+        self.time_decisions = time_decisions
+        self.guard = guard_deadline_class
         self.sc = scenario
         self.order = order
         self.slack = slack
@@ -78,6 +81,7 @@ class MarketSimulator(Simulator):
         self._ticks = sorted(max(0.0, x) for x in times)
         self._serve_t = [s[0] for s in self.sc.serving]
         self._seeded = False
+        self._dl_pending: set[str] = set()        # pending jobs with a deadline (kept as they queue)
         return super().run(jobs)
 
     def _arrive(self, job: TraceJob, t: float) -> None:
@@ -134,6 +138,15 @@ class MarketSimulator(Simulator):
                 self._stop(rec, t)
                 rec.end = t
 
+    def _queue(self, rec) -> None:
+        super()._queue(rec)
+        if rec.job.job_id in self.sc.deadlines:
+            self._dl_pending.add(rec.job.job_id)
+
+    def _unqueue(self, rec) -> None:
+        super()._unqueue(rec)
+        self._dl_pending.discard(rec.job.job_id)
+
     def _arrive_serve(self, job: TraceJob, t: float) -> None:
         Simulator._arrive(self, job, t)
 
@@ -143,25 +156,51 @@ class MarketSimulator(Simulator):
             jid = rec.job.job_id
             self.running[jid] = replace(self.running[jid], preemptible=False)
 
+    def _snapshot_running(self, t: float, pending) -> tuple:
+        """`guard_deadline_class`: a running deadline job due no later than an escalated pending
+        job of its desk is shown at that job's priority, so the escalation may borrow and reclaim
+        from other desks but never priority-preempts deadline work of its own desk that is as
+        urgent (EDF inside the desk is not undone by preemption)."""
+        run = tuple(self.running.values())
+        if not self.guard:
+            return run
+        top: dict[str, tuple[float, Priority]] = {}    # desk -> latest deadline among escalated, their priority
+        for j in pending:
+            d = self.sc.deadlines.get(j.job_id)
+            if d is not None and j.priority > self.recs[j.job_id].job.priority:
+                cur = top.get(j.desk)
+                if cur is None or d > cur[0]:
+                    top[j.desk] = (d, max(j.priority, cur[1]) if cur else j.priority)
+        if not top:
+            return run
+        out = []
+        for r in run:
+            g = top.get(r.desk)
+            d = self.sc.deadlines.get(r.job_id)
+            if g is not None and d is not None and d <= g[0] and r.priority < g[1]:
+                r = replace(r, priority=g[1])
+            out.append(r)
+        return tuple(out)
+
     # ---- order --------------------------------------------------------------------------------
     def _snapshot_pending(self, t: float, hints) -> tuple[PendingJob, ...]:
         pend = tuple(self.pending.values())
         if self.order == "submission":
             return pend
         dl = {}
-        for j in pend:
-            d = self.sc.deadlines.get(j.job_id)
-            if d is not None:
-                h = hints.get(j.job_id)
-                rem = h.remaining_s(1.0) if h is not None else None
-                dl[j.job_id] = DeadlineJob(j.job_id, d, rem)
+        deadlines = self.sc.deadlines
+        for jid in self._dl_pending:   # a mapping: its order does not matter
+            h = hints.get(jid)
+            rem = h.remaining_s(1.0) if h is not None else None
+            dl[jid] = DeadlineJob(jid, deadlines[jid], rem)
         if self.order == "edf":
-            out, _ = market_order(pend, dl, t, SlackPolicy(threshold_s=float("-inf")))
+            out, _ = market_order(pend, dl, t, SlackPolicy(threshold_s=float("-inf")), escalations=False)
             return out
-        aging = self.cfg.aging_s
-        pend = tuple(sorted(pend, key=lambda j: (-int(j.priority),) + rank_key(
-            JobRank.PREDICTED_REMAINING, j, hints.get(j.job_id), t, aging_s=aging)))
-        out, _ = market_order(pend, dl, t, self.slack)
+        # priority, then rank_key(PREDICTED_REMAINING): `order` computes the same keys with the
+        # same float arithmetic as arrays and sorts them stably (a per-job key function was a
+        # seventh of the run time on a queue of thousands)
+        pend = tuple(order(JobRank.PREDICTED_REMAINING, pend, hints, t, aging_s=self.cfg.aging_s))
+        out, _ = market_order(pend, dl, t, self.slack, escalations=False)
         return out
 
     # ---- metrics ------------------------------------------------------------------------------
