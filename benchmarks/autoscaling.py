@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-idle-w", type=float, default=70.0)
     ap.add_argument("--gpu-busy-w", type=float, default=400.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--forecaster", default="rayfin", choices=KINDS,
+    ap.add_argument("--forecaster", default="autoets", choices=KINDS,
                     help="the rayfin policies' forecaster (serve_apps.autoscaling_policy `forecaster`)")
     args = ap.parse_args(argv)
     t_start = time.time()
