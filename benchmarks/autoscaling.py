@@ -41,6 +41,7 @@ from benchmarks import autoscaling_frontier as fr
 from benchmarks.autoscaling_forecast import compare, load_trace
 from benchmarks.autoscaling_nodes import POLICIES, NodeConfig, simulate_nodes
 from rayfin.forecast import ForecastParams, flush, init, point, update
+from rayfin.forecast.choice import KINDS
 
 DAY_MIN = 1440
 
@@ -110,7 +111,8 @@ FAMILIES = {
 DEFAULT_BUDGET = 0.1        # the calibrated policy's configured budget (set before any run)
 
 
-def make_config(family: str, knob: float, sim: SimConfig, lead_s: float, hold_s: float) -> Any:
+def make_config(family: str, knob: float, sim: SimConfig, lead_s: float, hold_s: float,
+                forecaster: str = "rayfin") -> Any:
     """The AutoscalingConfig of one member of a family."""
     from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
@@ -119,7 +121,7 @@ def make_config(family: str, knob: float, sim: SimConfig, lead_s: float, hold_s:
     if family == "ray_default":
         return AutoscalingConfig(**{**base, "target_ongoing_requests": knob})
     kwargs: dict[str, Any] = {"desk": "bench", "lead_time_s": lead_s, "quantile": 0.9,
-                              "downscale_hold_s": hold_s, "forecast": {"bin_s": 60.0}}
+                              "downscale_hold_s": hold_s, "forecast": {"bin_s": 60.0}, "forecaster": forecaster}
     if family == "rayfin_quantile":
         kwargs["quantile"] = knob
     elif family == "rayfin_calibrated":
@@ -303,15 +305,15 @@ def plot(path: Path, rate: np.ndarray, results: dict[str, SimResult], sim: SimCo
 
 def _run_member(job: tuple) -> tuple[str, float, SimResult]:
     """One family member over the whole trace (a process-pool task: arguments are plain values)."""
-    family, knob, sim, lead, hold, rate, arrivals = job
-    cfg = make_config(family, knob, sim, lead, hold)
+    family, knob, sim, lead, hold, rate, arrivals, forecaster = job
+    cfg = make_config(family, knob, sim, lead, hold, forecaster)
     res = simulate(f"{family}:{knob:g}", cfg, rate, arrivals, sim)
     return family, knob, res
 
 
 def run_frontiers(sim: SimConfig, lead: float, hold: float, rate: np.ndarray, arrivals: np.ndarray,
-                  workers: int) -> dict[tuple[str, float], SimResult]:
-    jobs = [(f, k, sim, lead, hold, rate, arrivals) for f, (_, knobs) in FAMILIES.items() for k in knobs]
+                  workers: int, forecaster: str = "rayfin") -> dict[tuple[str, float], SimResult]:
+    jobs = [(f, k, sim, lead, hold, rate, arrivals, forecaster) for f, (_, knobs) in FAMILIES.items() for k in knobs]
     if workers <= 1:
         done = [_run_member(j) for j in jobs]
     else:
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold-s", type=float, default=600.0,
                     help="rayfin downscale hold (600: chosen over 180 on days 3-5, before the first fold)")
     ap.add_argument("--first-fold-day", type=int, default=6, help="folds: each whole day from this one on")
-    ap.add_argument("--forecast-bins", default="5,15,60")
+    ap.add_argument("--forecast-bins", default="1,5,15,60")
     ap.add_argument("--no-library", action="store_true", help="skip the per-fold statsforecast fits (slow)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--gpus-per-node", type=int, default=2)
@@ -407,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-idle-w", type=float, default=70.0)
     ap.add_argument("--gpu-busy-w", type=float, default=400.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--forecaster", default="autoets", choices=KINDS,
+                    help="the rayfin policies' forecaster (serve_apps.autoscaling_policy `forecaster`)")
     args = ap.parse_args(argv)
     t_start = time.time()
     counts = load_trace(args.trace, args.column)
@@ -424,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     fold_days = list(range(min(args.first_fold_day, max(n_days - 1, 0)), n_days))
     timings: dict[str, float] = {}
     t0 = time.time()
-    runs = run_frontiers(sim, lead, args.hold_s, rate, arrivals, args.workers)
+    runs = run_frontiers(sim, lead, args.hold_s, rate, arrivals, args.workers, args.forecaster)
     timings["frontier_runs"] = round(time.time() - t0, 2)
     per_day = int(round(86_400 / sim.dt))
     for (fam, _knob), r in runs.items():
@@ -474,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         "nodes": nodes,
         "targets": targets,
         "setup": {"trace": args.trace, "column": args.column, "rate_scale": args.rate_scale,
-                  "minutes": len(counts), "lead_s": lead, "hold_s": args.hold_s, "default_budget": DEFAULT_BUDGET,
+                  "minutes": len(counts), "forecaster": args.forecaster, "lead_s": lead, "hold_s": args.hold_s, "default_budget": DEFAULT_BUDGET,
                   "fold_days": fold_days, **sim.__dict__},
         "timings_s": {**timings, "total": round(time.time() - t_start, 2)},
     }

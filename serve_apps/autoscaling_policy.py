@@ -24,8 +24,16 @@ policy_kwargs={...})`, or the plain function `serve_apps.autoscaling_policy:pred
 the switch) set a floor of ceil(gpus / gpus_per_replica) replicas, within min and max replicas.
 The calendar is deterministic, so the policy needs no call to the controller.
 
-`initial_state` (a `ForecastState.to_dict()`) seeds the forecaster with history the
-rayfin controller persisted, so a redeploy or a Serve controller restart loses nothing.
+`initial_state` (a `ForecastState.to_dict()` or `LibraryState.to_dict()`) seeds
+the forecaster with history the rayfin controller persisted, so a redeploy or a Serve controller
+restart loses nothing.
+
+`forecaster` picks the model behind the one pure interface (rayfin.forecast.choice): "rayfin"
+(the default, rayfin's own online model) or a statsforecast model ("autoets", ...;
+rayfin.forecast.library) refitted every `library["refit_bins"]` bins (default: hourly) with the
+fitted ETS recursion between refits. On the dev trace AutoETS won the fold-honest choice at
+1-minute bins (docs/autoscaling.md); the default stays "rayfin" so that a deployment without
+the `forecast` extra (statsforecast) keeps working.
 """
 from __future__ import annotations
 
@@ -37,8 +45,12 @@ from typing import Any
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
 from rayfin.autoscale.replicas import ReplicaParams, decide_replicas
-from rayfin.forecast import ForecastParams, ForecastState, init, predict, update
+from rayfin.forecast import ForecastParams
+from rayfin.forecast.choice import (Forecaster, check_kind, forecaster_from_dict, forecaster_predict,
+                                    forecaster_update, make_forecaster)
 from rayfin.forecast.conformal import ConformalParams, ConformalState, conformal_init, observe
+from rayfin.forecast.library import LibraryParams, LibraryState
+from rayfin.forecast.model import ForecastState
 from rayfin.market.calendar import MarketCalendar
 from rayfin.market.in_force import QuotaClock
 from rayfin.market.plan import QuotaPlan
@@ -55,9 +67,19 @@ class PredictivePolicy:
                  downscale_hold_s: float = 120.0, downscale_band: float = 0.1,
                  forecast: dict[str, Any] | None = None, initial_state: dict[str, Any] | None = None,
                  miss_budget: float | None = None, calibration_lr: float = 0.05,
-                 market: dict[str, Any] | None = None):
+                 market: dict[str, Any] | None = None, forecaster: str = "rayfin",
+                 library: dict[str, Any] | None = None):
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must be in (0, 1); got {quantile}")
+        # forecaster: "rayfin" (rayfin.forecast.model) or a library model ("autoets",
+        # "autoets_snaive", ...; rayfin.forecast.library) behind the same interface; `library`
+        # overrides its LibraryParams (default: refit AutoETS hourly, ETS recursion between).
+        self.kind = check_kind(forecaster)
+        self.library = {"refit_bins": max(1, int(round(3600.0 / float((forecast or {}).get("bin_s", 60.0))))),
+                        **(library or {})}
+        bad = set(self.library) - set(LibraryParams.__dataclass_fields__) - {"model"}
+        if bad:
+            raise ValueError(f"library: unknown field(s) {sorted(bad)}")
         # miss_budget set: the margin is calibrated online (rayfin.forecast.conformal) so that the
         # share of forecast bins the load exceeds tracks it; `quantile` is then only a fallback.
         self.conformal = (ConformalParams(budget=float(miss_budget), lr=float(calibration_lr))
@@ -70,6 +92,7 @@ class PredictivePolicy:
         self.downscale_hold_s = float(downscale_hold_s)
         self.downscale_band = float(downscale_band)
         self.params = ForecastParams(**(forecast or {}))
+        self.forecast = dict(forecast or {})
         self.initial_state = initial_state
         self.market = _market_clock(market, self.lead_time_s) if market else None
         self.gpus_per_replica = float((market or {}).get("gpus_per_replica", 1.0))
@@ -84,21 +107,21 @@ class PredictivePolicy:
         gpus = float(f.serving_gpus.get(self.desk, 0.0))
         return math.ceil(gpus / self.gpus_per_replica - 1e-9), f.effective.value
 
-    def _forecaster(self, policy_state: dict[str, Any]) -> ForecastState:
+    def _forecaster(self, policy_state: dict[str, Any]) -> Forecaster:
         fs = policy_state.get(STATE_KEY)
-        if isinstance(fs, ForecastState):
+        if isinstance(fs, (ForecastState, LibraryState)):
             return fs
         if isinstance(fs, dict):
-            return ForecastState.from_dict(fs)
+            return forecaster_from_dict(fs)
         if self.initial_state:
-            return ForecastState.from_dict(self.initial_state)
-        return init(self.params)
+            return forecaster_from_dict(self.initial_state)
+        return make_forecaster(self.kind, self.forecast, self.library)
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         state = dict(ctx.policy_state or {})
         now = ctx.current_time if ctx.current_time is not None else time.time()
         load = float(ctx.total_num_requests or 0.0)
-        fs = update(self._forecaster(state), now, load)
+        fs = forecaster_update(self._forecaster(state), now, load)
         z = None
         if self.conformal is not None:
             cs = state.get(CONFORMAL_KEY)
@@ -107,7 +130,7 @@ class PredictivePolicy:
             cs = observe(cs, now, load, fs, max(1, math.ceil(self.lead_time_s / fs.params.bin_s)))
             state[CONFORMAL_KEY] = cs
             z = cs.theta
-        pred = predict(fs, self.lead_time_s, self.quantile, now=now, z=z)
+        pred = forecaster_predict(fs, self.lead_time_s, self.quantile, now=now, z=z)
         target = self.target or ctx.config.get_target_ongoing_requests()
         floor, window = self.market_floor(now)
         lo, hi = int(ctx.capacity_adjusted_min_replicas), int(ctx.capacity_adjusted_max_replicas)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 from typing import Any
 
+from rayfin.forecast.library import LibraryState, library_predict
 from rayfin.forecast.model import ForecastState, predict
 
 
@@ -83,12 +84,14 @@ def conformal_init(params: ConformalParams | None = None) -> ConformalState:
     return ConformalState(params=params, theta=params.start())
 
 
-def observe(state: ConformalState, t: float, value: float, forecast: ForecastState,
+def observe(state: ConformalState, t: float, value: float, forecast: ForecastState | LibraryState,
             horizon_bins: int) -> ConformalState:
     """Add one observation; when a bin closes, score it and file the forecast `horizon_bins` on.
 
     `forecast` must already have learnt the observation (call after `update`), so the forecast
-    filed for bin b + h uses everything up to the end of bin b.
+    filed for bin b + h uses everything up to the end of bin b. It is rayfin's model
+    (`ForecastState`) or the library's (`LibraryState`): both give a median and a residual scale
+    in log(x + offset).
     """
     if not math.isfinite(value):
         return state
@@ -102,7 +105,7 @@ def observe(state: ConformalState, t: float, value: float, forecast: ForecastSta
     return replace(state, acc_sum=state.acc_sum + value, acc_n=state.acc_n + 1)
 
 
-def _close(state: ConformalState, b: int, x: float, fs: ForecastState, h: int) -> ConformalState:
+def _close(state: ConformalState, b: int, x: float, fs: ForecastState | LibraryState, h: int) -> ConformalState:
     p = state.params
     theta, bins, misses = state.theta, state.bins, state.misses
     y = math.log(max(x, 0.0) + fs.params.offset)
@@ -116,7 +119,9 @@ def _close(state: ConformalState, b: int, x: float, fs: ForecastState, h: int) -
             bins, misses = bins + 1, misses + int(miss)
     if fs.ready and fs.bins_seen >= fs.params.period:
         target = b + max(1, h)
-        med = predict(fs, 0.0, 0.5, now=target * fs.params.bin_s).median
+        pred = (library_predict(fs, 0.0, 0.5, now=target * fs.params.bin_s) if isinstance(fs, LibraryState)
+                else predict(fs, 0.0, 0.5, now=target * fs.params.bin_s))
+        med = pred.median
         if med:
             mu = math.log(med[0] + fs.params.offset)
             keep.append((target, mu, max(fs.scale, fs.params.min_scale)))

@@ -9,6 +9,17 @@ at the last bin close, so `library_point` is a lookup and the state is JSON-safe
 (`to_dict` / `from_dict`), like `ForecastState`. The model is refitted from the history at
 each bin close, once per bin: a fit is far slower than an update (figures in docs/autoscaling.md).
 statsforecast is imported only when a bin closes: importing this module does not load it.
+
+Cheap updates (`refit_bins` > 1, AutoETS and its combination): the parameters and the ETS
+state vector of the last fit are kept in the state, and between refits a bin close runs one
+step of the fitted model's own recursion (statsforecast's `pegelsresid_C`, the code its
+`forward` runs) from the stored state, then `etsforecast` for the path: microseconds, and
+equal to what `forward` over the whole history gives with the same parameters. Every
+`refit_bins` closes the parameters are re-estimated from the history.
+
+Quantiles (`library_predict`): like rayfin's model, in log space log(x + offset) the forecaster
+keeps an EW RMS of its one-bin-ahead errors (`scale`), and the q-quantile adds
+z_q * scale * sqrt(1 + h * horizon_growth); `library_predict` returns the same `Prediction`.
 """
 from __future__ import annotations
 
@@ -16,9 +27,12 @@ import enum
 import math
 import warnings
 from dataclasses import asdict, dataclass, replace
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+
+from rayfin.forecast.model import Prediction
 
 
 class LibraryModel(str, enum.Enum):
@@ -35,12 +49,19 @@ class LibraryParams:
     model: LibraryModel = LibraryModel.AUTOETS
     history_bins: int = 4032          # two weeks of 5-minute bins
     horizon_bins: int = 12            # forecast path kept after each refit
+    refit_bins: int = 1               # re-estimate parameters every this many closes; else ETS recursion
+    offset: float = 1.0               # quantiles in log(x + offset), as rayfin.forecast.model
+    scale_beta: float = 0.02
+    min_scale: float = 0.05
+    horizon_growth: float = 0.02
 
     def __post_init__(self) -> None:
         if self.bin_s <= 0 or self.season_s < self.bin_s:
             raise ValueError(f"need 0 < bin_s <= season_s; got bin_s={self.bin_s}, season_s={self.season_s}")
-        if self.history_bins < 2 or self.horizon_bins < 1:
-            raise ValueError("history_bins must be >= 2 and horizon_bins >= 1")
+        if self.history_bins < 2 or self.horizon_bins < 1 or self.refit_bins < 1:
+            raise ValueError("history_bins must be >= 2, horizon_bins and refit_bins >= 1")
+        if self.offset <= 0 or not 0 < self.scale_beta <= 1:
+            raise ValueError("need offset > 0 and 0 < scale_beta <= 1")
 
     @property
     def period(self) -> int:
@@ -56,11 +77,26 @@ class LibraryState:
     acc_sum: float = 0.0
     acc_n: int = 0
     path: tuple[float, ...] = ()      # forecast for bins last_bin + 1 .. last_bin + horizon_bins
+    # The last AutoETS fit: components (e.g. "ANNN"), (alpha, beta, gamma, phi), season length,
+    # the state vector after the newest closed bin, and closes since that fit.
+    ets_components: str = ""
+    ets_par: tuple[float, ...] = ()
+    ets_m: int = 1
+    ets_x: tuple[float, ...] = ()
+    since_fit: int = 0
+    fits: int = 0                     # parameter fits so far (diagnostics)
+    scale: float = 0.0                # EW RMS of one-bin-ahead errors in log(x + offset)
+    bins_seen: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.last_bin is not None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["params"]["model"] = self.params.model.value
-        d["history"], d["path"] = list(self.history), list(self.path)
+        for k in ("history", "path", "ets_par", "ets_x"):
+            d[k] = list(getattr(self, k))
         return d
 
     @classmethod
@@ -70,7 +106,8 @@ class LibraryState:
         p["model"] = LibraryModel(p["model"])
         d["params"] = LibraryParams(**p)
         d["history"] = tuple(float(v) for v in d.get("history", ()))
-        d["path"] = tuple(float(v) for v in d.get("path", ()))
+        for k in ("path", "ets_par", "ets_x"):
+            d[k] = tuple(float(v) for v in d.get(k, ()))
         return cls(**d)
 
 
@@ -78,25 +115,14 @@ def library_init(params: LibraryParams | None = None) -> LibraryState:
     return LibraryState(params=params or LibraryParams())
 
 
-def _fit_path(p: LibraryParams, history: tuple[float, ...]) -> tuple[float, ...]:
-    y = np.asarray(history, dtype=float)
+def _snaive(p: LibraryParams, y: np.ndarray) -> tuple[float, ...]:
     P = p.period
     if len(y) >= P:
-        snaive = tuple(float(y[len(y) - P + (h % P)]) for h in range(p.horizon_bins))
-    else:
-        snaive = (float(y[-1]),) * p.horizon_bins
-    if p.model is LibraryModel.SEASONAL_NAIVE or len(y) < 2 * P:
-        return snaive
-    from statsforecast.models import MSTL, AutoETS  # lazy: pandas and statsmodels take seconds to import
+        return tuple(float(y[len(y) - P + (h % P)]) for h in range(p.horizon_bins))
+    return (float(y[-1]),) * p.horizon_bins
 
-    if p.model is LibraryModel.MSTL:
-        seasons = [P, 7 * P] if len(y) >= 8 * P else [P]
-        model = MSTL(season_length=seasons, trend_forecaster=AutoETS(model="ZZN"))
-    else:
-        model = AutoETS(season_length=P if P <= 24 else 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mean = model.forecast(y=y, h=p.horizon_bins)["mean"]
+
+def _combine(p: LibraryParams, mean: Any, snaive: tuple[float, ...]) -> tuple[float, ...]:
     path = tuple(max(0.0, float(v)) for v in mean)
     if p.model is LibraryModel.AUTOETS_SNAIVE:
         # Forecast combination: the two err on different days (ETS lags a new day's shape,
@@ -105,11 +131,79 @@ def _fit_path(p: LibraryParams, history: tuple[float, ...]) -> tuple[float, ...]
     return path
 
 
+def _nan0(v: float) -> float:
+    return 0.0 if not math.isfinite(v) else float(v)
+
+
+def _fit(p: LibraryParams, state: LibraryState, history: tuple[float, ...]) -> LibraryState:
+    """Re-estimate the model on the history; the new path (and, for AutoETS, its fit)."""
+    y = np.asarray(history, dtype=float)
+    P = p.period
+    snaive = _snaive(p, y)
+    if p.model is LibraryModel.SEASONAL_NAIVE or len(y) < 2 * P:
+        return replace(state, path=snaive, ets_x=(), since_fit=0)
+    from statsforecast.models import MSTL, AutoETS  # lazy: pandas and statsmodels take seconds to import
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if p.model is LibraryModel.MSTL:
+            seasons = [P, 7 * P] if len(y) >= 8 * P else [P]
+            mstl = MSTL(season_length=seasons, trend_forecaster=AutoETS(model="ZZN"))
+            mean = mstl.forecast(y=y, h=p.horizon_bins)["mean"]
+            return replace(state, path=_combine(p, mean, snaive), since_fit=0, fits=state.fits + 1)
+        fitted = AutoETS(season_length=P if P <= 24 else 1).fit(y).model_
+    components = "".join(str(c) for c in fitted["components"][:4])
+    mean = _ets_forecast(components, fitted["par"][:4], int(fitted["m"]), fitted["states"][-1], p.horizon_bins)
+    return replace(state, path=_combine(p, mean, snaive), since_fit=0, fits=state.fits + 1,
+                   ets_components=components,
+                   ets_par=tuple(_nan0(v) for v in fitted["par"][:4]), ets_m=int(fitted["m"]),
+                   ets_x=tuple(float(v) for v in fitted["states"][-1]))
+
+
+def _ets_forecast(components: str, par: Any, m: int, x: Any, h: int) -> np.ndarray:
+    from statsforecast import ets as _ets
+
+    phi = 1.0 if components[3] == "N" else float(par[3])
+    f = np.full(h, np.nan)
+    _ets.etsforecast(x=np.asarray(x, dtype=float), m=m, trend=_ets.switch(components[1]),
+                     season=_ets.switch(components[2]), phi=phi, h=h, f=f)
+    return f
+
+
+def _ets_step(state: LibraryState, value: float) -> LibraryState:
+    """One bin of the fitted model's recursion from the stored state: no re-estimation."""
+    from statsforecast import ets as _ets
+
+    c, (alpha, beta, gamma, phi) = state.ets_components, state.ets_par
+    _, _, states, _ = _ets.pegelsresid_C(
+        y=np.array([value], dtype=float), m=state.ets_m, init_state=np.asarray(state.ets_x, dtype=float),
+        errortype=c[0], trendtype=c[1], seasontype=c[2], damped=c[3] != "N",
+        alpha=alpha, beta=beta, gamma=gamma, phi=phi, nmse=1)
+    x = states[-1]
+    if not np.all(np.isfinite(x)):      # the recursion failed (e.g. a zero under multiplicative error)
+        return replace(state, ets_x=())
+    mean = _ets_forecast(c, state.ets_par, state.ets_m, x, state.params.horizon_bins)
+    return replace(state, ets_x=tuple(float(v) for v in x), since_fit=state.since_fit + 1,
+                   path=_combine(state.params, mean, _snaive(state.params, np.asarray(state.history))))
+
+
 def _close(state: LibraryState) -> LibraryState:
     p = state.params
     x = state.acc_sum / max(state.acc_n, 1)
+    scale = state.scale
+    if state.path and state.last_bin is not None and state.open_bin == state.last_bin + 1:
+        e = math.log(max(x, 0.0) + p.offset) - math.log(max(state.path[0], 0.0) + p.offset)
+        scale = abs(e) if scale == 0.0 else math.sqrt((1 - p.scale_beta) * scale ** 2 + p.scale_beta * e * e)
     history = (*state.history, x)[-p.history_bins:]
-    return replace(state, history=history, last_bin=state.open_bin, path=_fit_path(p, history))
+    state = replace(state, history=history, last_bin=state.open_bin, scale=scale,
+                    bins_seen=state.bins_seen + 1)
+    cheap = (p.refit_bins > 1 and state.ets_x and state.since_fit + 1 < p.refit_bins
+             and p.model in (LibraryModel.AUTOETS, LibraryModel.AUTOETS_SNAIVE))
+    if cheap:
+        stepped = _ets_step(state, x)
+        if stepped.ets_x:
+            return stepped
+    return _fit(p, state, history)
 
 
 def library_update(state: LibraryState, t: float, value: float) -> LibraryState:
@@ -144,3 +238,35 @@ def library_point(state: LibraryState, t: float) -> float:
         return state.acc_sum / state.acc_n if state.acc_n else 0.0
     h = int(math.floor(t / state.params.bin_s)) - state.last_bin - 1
     return state.path[min(max(h, 0), len(state.path) - 1)]
+
+
+def library_predict(state: LibraryState, horizon_s: float, quantile: float = 0.9,
+                    now: float | None = None, z: float | None = None) -> Prediction:
+    """The bins covering (now, now + horizon_s], as rayfin.forecast.predict returns them.
+
+    The median is the model's path; the quantile adds z * scale * sqrt(1 + h * horizon_growth)
+    in log(x + offset), with z the Gaussian z_quantile or, when given, a calibrated margin (the
+    scale is then floored at `min_scale`, as rayfin.forecast.conformal does).
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1); got {quantile}")
+    p = state.params
+    if now is None:
+        if state.open_bin is None and state.last_bin is None:
+            return Prediction(t0=0.0, bin_s=p.bin_s, median=(), upper=(), quantile=quantile)
+        now = float((state.open_bin if state.open_bin is not None else state.last_bin or 0) * p.bin_s)
+    first = int(math.floor(now / p.bin_s))
+    last = int(math.floor((now + max(horizon_s, 0.0)) / p.bin_s))
+    scale = state.scale
+    if z is None:
+        z = NormalDist().inv_cdf(quantile)
+    else:
+        scale = max(scale, p.min_scale)
+    base = state.last_bin if state.last_bin is not None else first
+    med, up = [], []
+    for b in range(first, last + 1):
+        m = library_point(state, b * p.bin_s)
+        spread = z * scale * math.sqrt(1.0 + max(0, b - base - 1) * p.horizon_growth)
+        med.append(m)
+        up.append(max(0.0, math.exp(math.log(max(m, 0.0) + p.offset) + spread) - p.offset))
+    return Prediction(t0=first * p.bin_s, bin_s=p.bin_s, median=tuple(med), upper=tuple(up), quantile=quantile)
