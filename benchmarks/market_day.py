@@ -373,9 +373,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold-grid", default="1800,3600,7200", help="slack threshold, seconds")
     ap.add_argument("--inv-open-minute", default="auto",
                     help="minute of the invocation trace's day replayed at the open, or auto (see open_minute)")
-    ap.add_argument("--guard", action="store_true",
+    ap.add_argument("--guard", action=argparse.BooleanOptionalAction, default=True,
                     help="rayfin: escalated deadline jobs never priority-preempt their desk's deadline jobs due no "
-                         "later (MarketSimulator guard_deadline_class)")
+                         "later (guard_deadline_class; on by default, as in the controller; --no-guard for the "
+                         "ablation)")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (same figures)")
     ap.add_argument("--out", default="result.json")
     ap.add_argument("--no-plot", action="store_true")

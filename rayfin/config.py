@@ -347,6 +347,9 @@ class DeadlinesConfig(ConfigModel):
                                      "for jobs with neither expected_runtime_s nor history")
     horizon_days: float = Field(8.0, gt=0, le=60, description="how far ahead the quota plan's windows are "
                                 "read for an ETA")
+    guard_deadline_class: bool = Field(True, description="an escalated job never priority-preempts running "
+                                       "deadline work of its own desk due no later than itself "
+                                       "(rayfin.market.deadline.guard_deadline_class)")
 
 
 class DashboardConfig(ConfigModel):

@@ -21,6 +21,7 @@ from rayfin.controller.records import JobRecord
 from rayfin.controller.state import PLACED, ControllerState, duration_key
 from rayfin.policy import (ClusterSnapshot, CommProfile, CycleDecision, JobState, PendingJob, Priority, RunningJob,
                            schedule)
+from rayfin.market.deadline import guard_deadline_class
 from rayfin.policy.hints import JobHint
 from rayfin.reasons import ReasonCode
 
@@ -184,6 +185,8 @@ def snapshot(s: ControllerState) -> ClusterSnapshot:
         running.append(RunningJob(f"serve-{res.model}", res.desk, res.gpus, res.placement, Priority.CRITICAL,
                                   res.reserved_at, preemptible=False))
     pending.sort(key=lambda p: (p.submitted_at, p.job_id))
+    if s.config.deadlines.guard_deadline_class:
+        running = list(_guarded(s, running))
     unavailable = s.not_placeable()
     for island in s.draining:
         # The whole island counts as unavailable to the policy, so neither placement nor a
@@ -192,6 +195,16 @@ def snapshot(s: ControllerState) -> ClusterSnapshot:
     now = s.clock()
     return ClusterSnapshot(now=now, topology=s.topology, desks=s.desks, running=tuple(running),
                            pending=tuple(pending), unavailable=unavailable, hints=hints(s, now))
+
+
+def _guarded(s: ControllerState, running: list[RunningJob]) -> tuple[RunningJob, ...]:
+    """Escalated deadline jobs do not priority-preempt their desk's as-urgent deadline work."""
+    escalated = [(j.desk, j.deadline, Priority.CRITICAL) for j in s.active.values()
+                 if j.state is JobState.PENDING and j.escalated and j.deadline is not None]
+    if not escalated:
+        return tuple(running)
+    due = {j.job_id: j.deadline for j in s.active.values() if j.state is not JobState.PENDING and j.deadline is not None}
+    return guard_deadline_class(running, escalated, due)
 
 
 def hints(s: ControllerState, now: float) -> dict[str, JobHint]:

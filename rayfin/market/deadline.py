@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 from rayfin.market.calendar import MarketCalendar, MarketOffset, _aware
 from rayfin.market.errors import DeadlineInfeasible
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
-from rayfin.policy.model import PendingJob, Priority
+from rayfin.policy.model import PendingJob, Priority, RunningJob
 
 _HHMM = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
 
@@ -331,3 +331,29 @@ def capacity_steps(now_s: float, base_gpus: float,
         if s.gpus != merged[-1].gpus:
             merged.append(s)
     return tuple(merged)
+
+
+def guard_deadline_class(running: Sequence[RunningJob], escalated: Sequence[tuple[str, float, Priority]],
+                         deadlines: Mapping[str, float]) -> tuple[RunningJob, ...]:
+    """EDF inside a desk is not undone by preemption: a running deadline job due no later than
+    an escalated pending job of its desk is shown at that job's priority, so the escalation may
+    still borrow and reclaim from other desks but never priority-preempts its own desk's work
+    that is as urgent. Without it a night's batch, all due at once, thrashes as its jobs escalate
+    one after another and preempt each other (docs/market.md, heavy point).
+
+    `escalated`: (desk, deadline_s, priority) of each escalated pending job; `deadlines`: job id
+    -> deadline_s of the running jobs that have one."""
+    top: dict[str, tuple[float, Priority]] = {}    # desk -> latest deadline among escalated, top priority
+    for desk, due, prio in escalated:
+        cur = top.get(desk)
+        top[desk] = (due, prio) if cur is None else (max(due, cur[0]), max(prio, cur[1]))
+    if not top:
+        return tuple(running)
+    out = []
+    for r in running:
+        g = top.get(r.desk)
+        d = deadlines.get(r.job_id)
+        if g is not None and d is not None and d <= g[0] and r.priority < g[1]:
+            r = replace(r, priority=g[1])
+        out.append(r)
+    return tuple(out)

@@ -28,7 +28,7 @@ import heapq
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from rayfin.market.deadline import DeadlineJob, SlackPolicy, market_order
+from rayfin.market.deadline import DeadlineJob, SlackPolicy, guard_deadline_class, market_order
 from rayfin.market.plan import WindowName
 from rayfin.policy.duration import DurationState
 from rayfin.policy.model import DeskQuota, PendingJob, Priority
@@ -164,23 +164,9 @@ class MarketSimulator(Simulator):
         run = tuple(self.running.values())
         if not self.guard:
             return run
-        top: dict[str, tuple[float, Priority]] = {}    # desk -> latest deadline among escalated, their priority
-        for j in pending:
-            d = self.sc.deadlines.get(j.job_id)
-            if d is not None and j.priority > self.recs[j.job_id].job.priority:
-                cur = top.get(j.desk)
-                if cur is None or d > cur[0]:
-                    top[j.desk] = (d, max(j.priority, cur[1]) if cur else j.priority)
-        if not top:
-            return run
-        out = []
-        for r in run:
-            g = top.get(r.desk)
-            d = self.sc.deadlines.get(r.job_id)
-            if g is not None and d is not None and d <= g[0] and r.priority < g[1]:
-                r = replace(r, priority=g[1])
-            out.append(r)
-        return tuple(out)
+        escalated = [(j.desk, self.sc.deadlines[j.job_id], j.priority) for j in pending
+                     if j.job_id in self.sc.deadlines and j.priority > self.recs[j.job_id].job.priority]
+        return guard_deadline_class(run, escalated, self.sc.deadlines)
 
     # ---- order --------------------------------------------------------------------------------
     def _snapshot_pending(self, t: float, hints) -> tuple[PendingJob, ...]:

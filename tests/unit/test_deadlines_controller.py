@@ -377,3 +377,22 @@ def test_at_risk_and_escalation_are_metrics_once_per_transition(tmp_path):
     assert metrics.get("rayfin_deadline_at_risk", desk="fx") == 1
     assert metrics.get("rayfin_deadline_escalations", desk="fx") == 1
     assert {"rayfin_deadline_at_risk", "rayfin_deadline_escalations"} <= set(METRICS)
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_an_escalated_job_does_not_preempt_its_desks_as_urgent_deadline_work(tmp_path, guard):
+    # risk's whole pool runs `first` (due at +15,700 s, 10,000 s long); `late`, due at the same
+    # time, waits behind it and escalates when its slack runs out (first's has not). With the guard (the default) it does not
+    # priority-preempt `first`, which is as urgent: EDF inside the desk is not undone by
+    # preemption. Without it, it does (the thrashing the market benchmark's heavy point showed).
+    core, backend, clock, _, _ = make(tmp_path, deadlines={"guard_deadline_class": guard})
+    first = core.submit(TOK["risk"], "risk", spec(8, deadline=at(15700), expected_runtime_s=10000, workers="per_gpu"))["job_id"]
+    run(core, 3)
+    assert core.status(TOK["risk"], first)["state"] == "RUNNING"
+    late = core.submit(TOK["risk"], "risk", spec(8, deadline=at(15700), expected_runtime_s=2000, workers="per_gpu"))["job_id"]
+    run(core, 2)
+    clock.advance(9800)           # slack of late: 5,900 - 1.2 x 2,000 < 3,600; of first: 5,900 - 1.2 x 200
+    run(core, 2)
+    assert core.status(TOK["risk"], late)["escalated"] and not core.status(TOK["risk"], first)["escalated"]
+    preempted = core.status(TOK["risk"], first)["preempt_deadline"] is not None
+    assert preempted is (not guard)
