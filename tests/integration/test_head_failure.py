@@ -15,6 +15,8 @@ import sys
 import pytest
 import yaml
 
+from tests.support.cluster import clean_cluster_env
+
 
 def small_config(tmp_path) -> str:
     """configs/test.yaml cut to its general pool (one node, two islands): a quicker cluster."""
@@ -35,7 +37,7 @@ def test_head_kill_with_gcs_in_redis_and_ledger_in_postgresql(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.chaos", "--config", small_config(tmp_path),
                            "--jobs", "8", "--no-gangs", "--kills", "0", "--head-kills", "1", "--node-losses", "0",
                            "--head-outage-s", "2", "--job-time-scale", "4", "--ledger", "postgresql", "--timeout", "360", "--out", str(out)],
-                          capture_output=True, text=True, timeout=540)
+                          capture_output=True, text=True, timeout=540, env=clean_cluster_env())
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert (r["ledger"], r["gcs_fault_tolerance"]) == ("postgresql", True)

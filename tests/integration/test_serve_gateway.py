@@ -4,6 +4,7 @@ application (2 replicas of the option pricer, 1 of the fraud scorer) admits and 
 shedding is on (a desk beyond its whole quota is refused in Serve's proxy). That the replicas
 alone hold one budget between them is tested without Ray in tests/unit/test_serve_quota.py."""
 import asyncio
+import os
 import time
 
 import httpx
@@ -67,6 +68,7 @@ def stack(request):
         ray.shutdown()      # the ingress is fixed when a cluster starts: each mode gets its own
     # address="local": a private cluster, never someone else's running one. Its ingress runs
     # rayfin's edge middleware, as on a cluster rayfin starts.
+    saved = dict(os.environ)     # install() sets the ingress's variables here: put them back after
     installed = ingress.install(mode)
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     gpu = ray.cluster_resources().get("GPU", 0) >= 0.25
@@ -81,6 +83,8 @@ def stack(request):
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_healthz(stack):

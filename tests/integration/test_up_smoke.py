@@ -27,7 +27,7 @@ import pytest
 
 from rayfin.cluster import free_port
 from tests.support import procs
-from tests.support.cluster import wait_for
+from tests.support.cluster import clean_cluster_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,12 +43,8 @@ class Up:
         self.tag = uuid.uuid4().hex
         home = tmp_path / "home"
         home.mkdir()
-        env = {**os.environ, "HOME": str(home), TAG: self.tag}
-        env.pop("RAY_ADDRESS", None)                          # never attach to the session cluster
-        # nor inherit the session cluster's ingress and GCS settings: `rayfin up` sets its own
-        for key in [k for k in env if k.startswith(("RAY_SERVE_", "RAYFIN_HAPROXY"))
-                    or k in ("RAY_REDIS_ADDRESS", "RAY_external_storage_namespace")]:
-            del env[key]
+        # never attach to the session cluster nor inherit its ingress and GCS settings
+        env = {**clean_cluster_env(), "HOME": str(home), TAG: self.tag}
         self.ports = {"dashboard": free_port(), "metrics": free_port(), "serve": free_port()}
         cmd = [str(Path(sys.executable).parent / "rayfin"), "up", "--config", CONFIG,
                "--dashboard-port", str(self.ports["dashboard"]), "--metrics-port", str(self.ports["metrics"]),

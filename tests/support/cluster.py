@@ -41,3 +41,18 @@ def cli_ok(url: str, *argv: str) -> str:
     rc, out, err = cli(url, *argv)
     assert rc == 0, out + err
     return out
+
+
+def clean_cluster_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a subprocess that starts a cluster of its own (`rayfin up`, the chaos
+    benchmark): without another cluster's address, ingress and GCS settings, which a test in the
+    same pytest worker may have left in os.environ."""
+    import os
+
+    out = dict(os.environ if env is None else env)
+    out.pop("RAY_ADDRESS", None)
+    for key in [k for k in out if k.startswith(("RAY_SERVE_", "RAYFIN_HAPROXY"))
+                or k in ("RAY_REDIS_ADDRESS", "RAY_external_storage_namespace")]:
+        del out[key]
+    return out
+
