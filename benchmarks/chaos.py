@@ -22,7 +22,7 @@ temporary directory, free port); `sqlite` (the default) in a file.
 JSON: {"accepted", "finished", "lost", "duplicated", "leaked_gpus", "recovery": {kind: ...}, ...}
     lost         accepted jobs that never reached a terminal state or vanished from the ledger
     duplicated   jobs that started more often than their attempts (1 + requeues) allow
-    leaked_gpus  GPUs still reserved by rayfin groups/runners once everything ended
+    leaked_gpus  GPUs still reserved by rayfin groups/runners once everything ended (after --settle-s)
     leaked_workers  runner and gang-worker actors still alive once everything ended
     recovery     per fault kind: fault -> first answer from a restarted controller (controller,
                  head), or node crash -> capacity loss seen by the controller and re-add ->
@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--job-time-scale", type=float, default=1.0, help="multiply every job's run time")
     ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--settle-s", type=float, default=30.0,
+                    help="once every job ended, how long the last groups and runners may take to be released "
+                         "before what is still held counts as leaked")
     ap.add_argument("--out", default="chaos_result.json")
     ap.add_argument("--no-gangs", action="store_true",
                     help="single-worker jobs only: a gang whose workers are being created when the head dies "
@@ -321,9 +324,14 @@ def _run(a, cfg, rng: random.Random, work: Path, redis) -> int:
         duplicated = sum(1 for st in statuses.values()
                          if started.get("j" + st.name.split("-")[-1], 0) > 1 + st.attempts)
         finished = sum(1 for s in statuses.values() if s.state.terminal)
-        time.sleep(2.0)
-        leaked = _leaked_gpus()
-        leaked_workers = _leaked_workers()
+        # The last jobs' groups and runners are released by the controller's next cycles: give
+        # them a bounded time (a loaded machine is slow), then count what is still held.
+        settle = time.monotonic() + a.settle_s
+        while True:
+            leaked, leaked_workers = _leaked_gpus(), _leaked_workers()
+            if (leaked == 0 and leaked_workers == 0) or time.monotonic() >= settle:
+                break
+            time.sleep(1.0)
         result = {
             "ledger": a.ledger, "gcs_fault_tolerance": bool(redis), "head_outage_s": a.head_outage_s,
             "job_mix": [k.__dict__ | {"seconds": list(k.seconds)} for k in JOB_MIX],
