@@ -12,12 +12,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 
 from tests.support import procs  # noqa: E402
 
-# Two pytest workers (make test: -n 2) start clusters at the same time on a 2-core machine: give
-# Serve's proxies (HAProxy and the fallback proxy) longer to answer their first checks than the
-# 5 s / 10 s a quiet machine needs, so a slow start is not taken for a dead proxy.
-for _key, _value in procs.SERVE_PROXY_PATIENCE.items():
-    os.environ.setdefault(_key, _value)
-
 
 # -- the reaper: nothing this test run starts outlives it -------------------------------------
 # Fixtures stop what they started; when they cannot run (pytest-timeout's thread method ends the

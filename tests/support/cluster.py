@@ -51,9 +51,7 @@ def clean_cluster_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
     out = dict(os.environ if env is None else env)
     out.pop("RAY_ADDRESS", None)
-    from tests.support.procs import SERVE_PROXY_PATIENCE
-
-    for key in [k for k in out if (k.startswith(("RAY_SERVE_", "RAYFIN_HAPROXY")) and k not in SERVE_PROXY_PATIENCE)
+    for key in [k for k in out if k.startswith(("RAY_SERVE_", "RAYFIN_HAPROXY"))
                 or k in ("RAY_REDIS_ADDRESS", "RAY_external_storage_namespace")]:
         del out[key]
     return out

@@ -21,11 +21,6 @@ from typing import Iterable
 
 Proc = tuple[int, int]          # (pid, start time)
 
-# Serve's proxy start-up and health-check patience for clusters the tests start (tests/conftest.py
-# sets them; tests.support.cluster.clean_cluster_env keeps them).
-SERVE_PROXY_PATIENCE = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
-                        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
-
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, start time) of a live process, None if it is gone or a zombie."""
