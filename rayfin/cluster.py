@@ -136,16 +136,18 @@ def free_port_range(count: int, rng: random.Random | None = None) -> int:
     return start
 
 
+def proc_pids(proc: str = "/proc") -> list[str]:
+    """The process-id entries of /proc (as names); [] where there is no /proc."""
+    try:
+        return [e for e in os.listdir(proc) if e.isdigit()]
+    except OSError:
+        return []
+
+
 def descendants(pid: int, proc: str = "/proc") -> list[int]:
     """Every process below `pid` (children, their children, ...), from /proc; [] elsewhere."""
     parent: dict[int, int] = {}
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return []
-    for e in entries:
-        if not e.isdigit():
-            continue
+    for e in proc_pids(proc):
         try:
             with open(f"{proc}/{e}/stat") as f:
                 stat = f.read()

@@ -34,6 +34,7 @@ import time
 from typing import Callable, Mapping, MutableMapping, get_args
 
 from rayfin.cluster import free_port as cluster_free_port
+from rayfin.cluster import proc_pids
 from rayfin.config import RayfinConfig, ServeConfig
 from serve_apps import haproxy_edge
 from serve_apps.edge_asgi import install_env
@@ -187,13 +188,7 @@ def haproxy_pids(run_dir: str, proc: str = "/proc") -> list[int]:
     only those, since the directory is this cluster's own (`new_run_dir`)."""
     prefix = run_dir.rstrip("/") + "/"
     found = []
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return []
-    for e in entries:
-        if not e.isdigit():
-            continue
+    for e in proc_pids(proc):
         try:
             with open(f"{proc}/{e}/cmdline", "rb") as f:
                 args = f.read().decode(errors="replace").split("\0")
