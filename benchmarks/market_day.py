@@ -24,6 +24,9 @@ Policies (same simulator, placement model, preemption grace and checkpoint inter
 - rayfin: the quota plan (intraday: serve holds its peak reservation, risk 0; eod, overnight and
   weekend_holiday: risk holds R; the others split the rest), windows switched one grace early,
   serving pre-warmed to the plan's reservation from one grace before the open for 15 min,
+  and (unless --no-serving-floor) raised ahead of a forecast of the serving demand, one lead
+  (grace + 90 s replica start) before each 5-min step: rayfin.market.serving_floor, its headroom
+  chosen on the tuning days (choose_headroom), the GPUs taken from the batch desks' nominals,
   deadline jobs EDF inside the desk with slack escalation to critical, runtimes from the duration
   predictor (warmed on three earlier nights), other jobs as the issue-17 rayfin preset orders them.
 - kueue_tas_fs: constant quotas all day with the same total: serve its peak reservation, risk the
@@ -57,6 +60,7 @@ from rayfin.config import ClusterConfig
 from rayfin.market.calendar import MarketCalendar
 from rayfin.market.deadline import SlackPolicy
 from rayfin.market.plan import QuotaPlan, WindowName, WindowQuota, quotas_in, timeline
+from rayfin.market.serving_floor import FloorParams, choose_headroom, serving_floor, shift_quotas
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
 from rayfin.policy.model import DeskQuota, Priority
 from rayfin.policy.settings import PlacementStrategy, Policy, SchedulerConfig
@@ -69,7 +73,7 @@ from rayfin.sim.trace import TraceJob
 POLICIES = ("rayfin", "kueue_tas_fs", "edf")
 METRICS = ("deadline_hit_rate", "deadline_misses", "feasible_deadlines", "mean_lateness_s", "mean_jct_other_s",
            "idle_while_waiting_gpu_hours", "serving_shortfall_gpu_hours", "serving_shortfall_at_open_gpu_hours",
-           "deadline_misses_all", "preemptions")
+           "deadline_misses_all", "preemptions", "serving_held_above_demand_gpu_hours")
 RISK, SERVE = "risk", "serve"
 OPEN_UTC_MIN = 14 * 60 + 30
 
@@ -89,6 +93,8 @@ class World:
     serve_peak: int
     warm: DurationState
     mapping: dict[str, str]
+    # per session: (open, close, ((step time, live level at the decision, past open peaks), ...))
+    serve_obs: tuple = ()
 
 
 def sim_s(epoch: datetime, t: datetime) -> float:
@@ -121,6 +127,38 @@ def serving_scale(inv: np.ndarray, days, peak_gpus: int, open_min: int = OPEN_UT
             vals.append(inv[max(0, i - 14):i + 1].mean())
     p95 = float(np.percentile(vals, 95)) or 1e-9
     return peak_gpus / p95
+
+
+def _level(inv: np.ndarray, idx: int) -> float:
+    """The trailing 15-min mean the serving steps are sized from, at minute `idx` of the trace."""
+    return float(inv[max(0, idx - 14):idx + 1].mean()) if 0 <= idx < len(inv) else 0.0
+
+
+def open_peak(inv: np.ndarray, k: float, day: int, open_min: int, window_min: int = 30) -> int:
+    """Serving GPUs the open window of invocation day `day` asked for at its highest step."""
+    if day < 0:
+        return 0
+    return max(int(math.ceil(k * _level(inv, day * 1440 + open_min + m) - 1e-9)) for m in range(0, window_min, 5))
+
+
+def serve_observations(inv: np.ndarray, k: float, day: int, open_min: int, m: int, lead_s: float, sessions: int):
+    """What the serving floor is decided from, for the step at minute `m` of the session replaying
+    invocation day `day`: the level observed `lead_s` before the step (before the open: the
+    pre-market minutes of the trace) and the open peaks of the `sessions` days before."""
+    lead_min = int(math.ceil(lead_s / 60.0))
+    live = k * _level(inv, day * 1440 + open_min + m - lead_min)
+    past = tuple(open_peak(inv, k, day - j, open_min) for j in range(sessions, 0, -1))
+    return live, past
+
+
+def tuning_opens(inv: np.ndarray, k: float, days, open_min: int, p: FloorParams, window_min: int = 30):
+    """(live, demand, past peaks) for every open-window step of the tuning days (choose_headroom)."""
+    out = []
+    for d in days:
+        for m in range(0, window_min, 5):
+            live, past = serve_observations(inv, k, d, open_min, m, p.lead_s, p.sessions)
+            out.append((live, int(math.ceil(k * _level(inv, d * 1440 + open_min + m) - 1e-9)), past))
+    return out
 
 
 def build_world(args, seed: int, inv_day0: int, inv: np.ndarray, k_serve: float, trace: list[TraceJob],
@@ -162,20 +200,58 @@ def build_world(args, seed: int, inv_day0: int, inv: np.ndarray, k_serve: float,
             deadlines[jid] = dl
     jobs.sort(key=lambda j: j.submit_s)
     # serving steps
-    steps, opens = [], []
+    steps, opens, obs = [], [], []
+    fp = floor_params(args)
     for i, s in enumerate(sessions[:-1]):
         o, c = sim_s(epoch, s.open), sim_s(epoch, s.close)
         opens.append(o)
         d = inv_day0 + i
+        seen = []
         for m in range(0, int((c - o) // 60), 5):
             idx = d * 1440 + args.open_minute + m
             busy = inv[max(0, idx - 14):idx + 1].mean() if idx < len(inv) else 0.0
             steps.append((o + 60 * m, int(math.ceil(k_serve * busy - 1e-9))))
+            live, past = serve_observations(inv, k_serve, d, args.open_minute, m, fp.lead_s, fp.sessions)
+            seen.append((o + 60 * m, live, past))
         steps.append((c, 0))
+        obs.append((o, c, tuple(seen)))
     names = [f"desk{k}" for k in range(args.desks)]
     mapping = {j.tenant: desk_of(j.tenant, args.desks) for j in trace} | {RISK: RISK}
     return World(cal, epoch, horizon, sessions, jobs, deadlines, tuple(steps), tuple(opens), 0, names,
-                 args.serve_peak, warm, mapping)
+                 args.serve_peak, warm, mapping, tuple(obs))
+
+
+def floor_params(args) -> FloorParams:
+    return FloorParams(headroom=getattr(args, "floor_headroom", None) or 0.0, lead_s=args.grace + 90.0)
+
+
+def serving_floors(w: World, p: FloorParams) -> list[tuple[float, float, int, int]]:
+    """rayfin's serving floor: (from, to, nominal GPUs, GPUs held ready), each decided one lead
+    before its demand step (rayfin.market.serving_floor), to the next decision or the close."""
+    out = []
+    for o, c, seen in w.serve_obs:
+        for j, (s, live, past) in enumerate(seen):
+            a = s - p.lead_s
+            b = seen[j + 1][0] - p.lead_s if j + 1 < len(seen) else c
+            f = serving_floor(w.serve_peak, live, past, s < o + p.open_window_s, w.gpus, p)
+            out.append((a, b, f.gpus, f.warm_gpus))
+    return out
+
+
+def with_floors(switches, floors, donors) -> tuple:
+    """The plan's switches merged with the serving floors: at each time either changes, the
+    window's quotas with the serving desk raised to the floor in force (shift_quotas)."""
+    times = sorted({t for t, _, _ in switches} | {f[0] for f in floors} | {f[1] for f in floors})
+    out, k = [], -1
+    for t in times:
+        while k + 1 < len(switches) and switches[k + 1][0] <= t:
+            k += 1
+        if k < 0:
+            continue
+        _, q, name = switches[k]
+        g = next((f[2] for f in floors if f[0] <= t < f[1]), None)
+        out.append((t, shift_quotas(q, SERVE, g, donors) if g is not None else q, name))
+    return tuple(out)
 
 
 def plan_for(w: World, risk_nominal: float) -> tuple[QuotaPlan, dict[str, DeskQuota]]:
@@ -189,13 +265,18 @@ def plan_for(w: World, risk_nominal: float) -> tuple[QuotaPlan, dict[str, DeskQu
     return QuotaPlan(desks=day), base
 
 
-def scenario(w: World, policy: str, risk_nominal: float, grace: float) -> MarketScenario:
+def scenario(w: World, policy: str, risk_nominal: float, grace: float,
+             floor: FloorParams | None = None) -> MarketScenario:
     plan, base = plan_for(w, risk_nominal)
     ws = timeline(w.cal, plan.bounds, w.epoch, w.epoch + timedelta(seconds=w.horizon_s + 86400))
     if policy == "rayfin":
         switches = tuple((max(0.0, sim_s(w.epoch, x.start) - (grace if k else 0.0)), quotas_in(plan, base, x.name),
                           x.name) for k, x in enumerate(ws))
         prewarm = tuple((o - grace, o + 900.0, w.serve_peak) for o in w.opens)
+        if floor is not None:
+            floors = serving_floors(w, floor)
+            switches = with_floors(switches, floors, [d for d in switches[0][1] if d != SERVE])
+            prewarm += tuple((a, b, warm) for a, b, _, warm in floors)
     else:
         switches = ((0.0, constant_quotas(w, plan, base, ws), WindowName.INTRADAY),)
         prewarm = ()
@@ -229,7 +310,8 @@ def cfg_for(policy: str, grace: float) -> SchedulerConfig:
 def run_policy(w: World, policy: str, args, stretch, risk_nominal: float, threshold_s: float, record=False):
     topo = Topology.from_config(ClusterConfig.uniform(gpus=w.gpus, gpus_per_node=8, islands_per_node=2,
                                                       nodes_per_rack=16))
-    sc = scenario(w, policy, risk_nominal, args.grace)
+    sc = scenario(w, policy, risk_nominal, args.grace,
+                  floor_params(args) if getattr(args, "serving_floor", False) else None)
     order = {"rayfin": "market", "edf": "edf"}.get(policy, "submission")
     sim = MarketSimulator(topo, sc.switches[0][1], cfg_for(policy, args.grace), w.mapping, record_desks=record,
                           name=policy, stretch=stretch, checkpoint_interval_s=args.checkpoint_interval,
@@ -274,6 +356,7 @@ def metrics(sim: MarketSimulator, w: World, feasible: set[str]) -> dict:
             "idle_while_waiting_gpu_hours": round(sim.idle_wait / 3600, 2),
             "serving_shortfall_gpu_hours": round(sim.short / 3600, 3),
             "serving_shortfall_at_open_gpu_hours": round(sim.short_open / 3600, 3),
+            "serving_held_above_demand_gpu_hours": round(sim.over / 3600, 2),
             "deadline_misses_all": misses_all, "deadline_jobs": len(w.deadlines), "preemptions": sim.preemptions}
 
 
@@ -377,6 +460,12 @@ def main(argv=None) -> int:
                     help="rayfin: escalated deadline jobs never priority-preempt their desk's deadline jobs due no "
                          "later (guard_deadline_class; on by default, as in the controller; --no-guard for the "
                          "ablation)")
+    ap.add_argument("--serving-floor", action=argparse.BooleanOptionalAction, default=True,
+                    help="rayfin: serving GPUs raised one lead ahead of a forecast of the demand "
+                         "(rayfin.market.serving_floor; --no-serving-floor: the plan's reservation only)")
+    ap.add_argument("--floor-headroom", default="auto",
+                    help="headroom of the serving floor, or auto: the smallest of 0, 0.1, 0.2, 0.3, 0.5 that covers "
+                         "every open-window step of the tuning days")
     ap.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes (same figures)")
     ap.add_argument("--out", default="result.json")
     ap.add_argument("--no-plot", action="store_true")
@@ -392,6 +481,11 @@ def main(argv=None) -> int:
     args.open_minute = (open_minute(inv, tune_days) if args.inv_open_minute == "auto"
                         else int(args.inv_open_minute))
     k_serve = serving_scale(inv, tune_days, args.serve_peak, args.open_minute)
+    asked, args.floor_headroom = args.floor_headroom, 0.0
+    if args.serving_floor:
+        args.floor_headroom = (choose_headroom(tuning_opens(inv, k_serve, tune_days, args.open_minute,
+                                                            floor_params(args)), args.serve_peak, float("inf"))
+                               if asked == "auto" else float(asked))
     stretch = Stretch.build(args.placement_model, args.fabric, 2.8, 0.3, str(PROFILE_DIR))
 
     # 1. tune R and the slack threshold on the tuning seeds and days only
@@ -441,7 +535,8 @@ def main(argv=None) -> int:
                       "serve_peak_gpus": args.serve_peak, "serving_scale_k": round(k_serve, 2),
                       "invocation_open_minute": args.open_minute,
                       "risk_frac": args.risk_frac, "grace_s": args.grace, "placement_model": args.placement_model,
-                      "jobs": args.jobs, "guard": args.guard},
+                      "jobs": args.jobs, "guard": args.guard, "serving_floor": args.serving_floor,
+                      "floor_headroom": args.floor_headroom, "floor_lead_s": floor_params(args).lead_s},
            "timing": {"wall_s": round(time.perf_counter() - t_all, 1), "tuning_wall_s": tune_wall,
                       "cpu_s_per_scored_seed": {p: [x["timing"]["cpu_s"] for x in per[p]] for p in POLICIES},
                       "seed_cpu_s": [x["timing"]["seed_cpu_s"] for x in per["rayfin"]],

@@ -23,6 +23,11 @@ policy_kwargs={...})`, or the plain function `serve_apps.autoscaling_policy:pred
 `lead_time_s` ahead (rayfin.market.in_force: the next window's from a replica's start time before
 the switch) set a floor of ceil(gpus / gpus_per_replica) replicas, within min and max replicas.
 The calendar is deterministic, so the policy needs no call to the controller.
+`market.open_floor` (`{"headroom": 0.2, "sessions": 3, "window_s": 1800}`) also pre-warms the
+open from the last sessions' opens: the policy keeps, in its state, the most replicas each
+session's first `window_s` asked for (load / target), and from `lead_time_s` before an open to the
+end of its window holds at least (1 + headroom) x the highest of the last `sessions`
+(rayfin.market.serving_floor, the rule the market benchmark's serving floor uses).
 
 `initial_state` (a `ForecastState.to_dict()` or `LibraryState.to_dict()`) seeds
 the forecaster with history the rayfin controller persisted, so a redeploy or a Serve controller
@@ -51,9 +56,10 @@ from rayfin.forecast.choice import (Forecaster, check_kind, forecaster_from_dict
 from rayfin.forecast.conformal import ConformalParams, ConformalState, conformal_init, observe
 from rayfin.forecast.library import LibraryParams, LibraryState
 from rayfin.forecast.model import ForecastState
-from rayfin.market.calendar import MarketCalendar
+from rayfin.market.calendar import Anchor, MarketCalendar
 from rayfin.market.in_force import QuotaClock
 from rayfin.market.plan import QuotaPlan
+from rayfin.market.serving_floor import FloorParams, serving_floor
 
 STATE_KEY = "forecast"
 CONFORMAL_KEY = "conformal"
@@ -98,6 +104,39 @@ class PredictivePolicy:
         self.gpus_per_replica = float((market or {}).get("gpus_per_replica", 1.0))
         if self.gpus_per_replica <= 0:
             raise ValueError(f"market.gpus_per_replica must be > 0; got {self.gpus_per_replica}")
+        of = (market or {}).get("open_floor")
+        if of is not None:
+            bad = set(of) - {"headroom", "sessions", "window_s"}
+            if bad:
+                raise ValueError(f"market.open_floor: unknown field(s) {sorted(bad)}; allowed: headroom, sessions, "
+                                 "window_s")
+        self.open_floor = (FloorParams(headroom=float(of.get("headroom", 0.2)), sessions=int(of.get("sessions", 3)),
+                                       lead_s=self.lead_time_s, open_window_s=float(of.get("window_s", 1800.0)))
+                           if of is not None and self.market is not None else None)
+
+    def open_window_floor(self, now: float, replicas_needed: float, state: dict[str, Any]) -> int:
+        """The open's floor (replicas) and the open peaks kept in `state`: from `lead_time_s`
+        before an open to the end of its window, (1 + headroom) x the highest open peak of the last
+        sessions; inside the window the current need is folded into this session's peak, which
+        joins the history once the window is over. 0 outside, or without `market.open_floor`."""
+        p = self.open_floor
+        if p is None or self.market is None:
+            return 0
+        cal = self.market.cal
+        t = datetime.fromtimestamp(now, timezone.utc)
+        last = cal.previous_session(t).open.timestamp()
+        nxt = cal.next_session(t, Anchor.OPEN).open.timestamp()
+        peaks = list(state.get("open_peaks") or [])
+        cur = state.get("open_current")
+        if cur is not None and now >= cur[0] + p.open_window_s:      # that open's window is over
+            peaks = (peaks + [cur[1]])[-max(p.sessions, 1):]
+            cur = None
+        if last <= now < last + p.open_window_s:
+            cur = [last, max(replicas_needed, cur[1] if cur is not None and cur[0] == last else 0.0)]
+        state["open_peaks"], state["open_current"] = peaks, cur
+        if last <= now < last + p.open_window_s or nxt - p.lead_s <= now < nxt:
+            return serving_floor(0.0, 0.0, peaks, True, float("inf"), p).gpus
+        return 0
 
     def market_floor(self, now: float) -> tuple[int, str | None]:
         """Replicas the quota plan reserves for the desk one lead time ahead, and that window's name."""
@@ -133,6 +172,7 @@ class PredictivePolicy:
         pred = forecaster_predict(fs, self.lead_time_s, self.quantile, now=now, z=z)
         target = self.target or ctx.config.get_target_ongoing_requests()
         floor, window = self.market_floor(now)
+        floor = max(floor, self.open_window_floor(now, load / float(target), state))
         lo, hi = int(ctx.capacity_adjusted_min_replicas), int(ctx.capacity_adjusted_max_replicas)
         params = ReplicaParams(
             load_per_replica=float(target),

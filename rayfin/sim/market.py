@@ -19,7 +19,8 @@ heap, `_account`); with no scenario events it behaves exactly as the base simula
 
 Measured up to `horizon_s`: idle GPU-seconds while work waited (min(idle, pending GPUs)), and
 serving shortfall (max(0, demanded - held serving GPUs)), in market hours and in the first
-`open_window_s` after each open.
+`open_window_s` after each open, and serving GPUs held above the demand (`over`: what a pre-warm
+or a floor costs the batch desks).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class MarketSimulator(Simulator):
         self._serve_n = 0
         self._serve_ids: list[str] = []           # held or pending reservations, oldest first
         self.serve_demand = 0
-        self.idle_wait = self.short = self.short_open = 0.0
+        self.idle_wait = self.short = self.short_open = self.over = 0.0
         self.quota_series: list[tuple[float, tuple[float, ...]]] = []
         self._warmed = False
         times = {s[0] for s in self.sc.switches} | {s[0] for s in self.sc.serving}
@@ -199,7 +200,9 @@ class MarketSimulator(Simulator):
         pend = sum(p.gpus for p in self.pending.values())
         idle = max(0.0, self.capacity - self.alloc)
         self.idle_wait += min(idle, pend) * dt
-        gap = max(0.0, self.serve_demand - self.usage.get(self.sc.serve_desk, 0.0))
+        held = self.usage.get(self.sc.serve_desk, 0.0)
+        self.over += max(0.0, held - self.serve_demand) * dt
+        gap = max(0.0, self.serve_demand - held)
         if gap > 0:
             self.short += gap * dt
             k = bisect.bisect_right(self.sc.opens, t0) - 1

@@ -234,3 +234,29 @@ def test_serve_policy_prewarms_for_the_next_quota_window():
     n, st = pol(ctx(0.0, n, close - 120, st))
     assert (n, st["market_window"]) == (6, "eod")                                    # ceil(3 / 0.5), ahead
     assert PredictivePolicy(desk="fx", lead_time_s=120)(ctx(0.0, 1, close - 60))[0] == 1   # no plan: no floor
+
+
+def test_serve_policy_prewarms_the_open_from_the_last_sessions_opens():
+    """XNYS opens 14:30Z on Mon 24 and Tue 25 Nov 2025. Monday's first 30 min ask for 6 replicas
+    (load 12, target 2); from 120 s before Tuesday's open the floor is ceil(1.2 x 6) = 8 with no
+    load yet, and not a second earlier."""
+    from datetime import datetime, timezone
+
+    from serve_apps.autoscaling_policy import PredictivePolicy
+
+    mon = datetime(2025, 11, 24, 14, 30, tzinfo=timezone.utc).timestamp()
+    tue = datetime(2025, 11, 25, 14, 30, tzinfo=timezone.utc).timestamp()
+    pol = PredictivePolicy(desk="fx", lead_time_s=120, market={"exchange": "XNYS", "quota_plan": {},
+                                                               "open_floor": {"headroom": 0.2}})
+    st: dict = {}
+    for k, load in enumerate((4.0, 12.0, 8.0)):          # inside Monday's open window
+        _, st = pol(ctx(load, 1, mon + 60 + 300 * k, st))
+    assert st["open_current"] == [mon, 6.0] and st["open_peaks"] == []
+    _, st = pol(ctx(0.0, 1, mon + 1800 + 5, st))          # the window is over: Monday joins the history
+    assert st["open_peaks"] == [6.0] and st["open_current"] is None
+    n, st = pol(ctx(0.0, 1, tue - 121, dict(st, forecast=None)))
+    assert n == 1
+    n, st = pol(ctx(0.0, 1, tue - 120, dict(st, forecast=None)))
+    assert n == 8, st["reason"]
+    with pytest.raises(ValueError, match="open_floor"):
+        PredictivePolicy(market={"exchange": "XNYS", "quota_plan": {}, "open_floor": {"headrom": 0.2}})
