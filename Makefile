@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps check demo test test-parallel test-unit test-ledger test-integration test-gpu bench clean
+.PHONY: install system-deps check demo test test-serial test-unit test-ledger test-integration test-gpu bench clean
 
 install: $(STAMP)
 
@@ -32,14 +32,14 @@ check: install
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
+# Two pytest-xdist workers on two lanes (tests/support/lanes.py): the integration tests in one,
+# in collection order, one Ray cluster at a time; the tiers without Ray in the other.
 test: check system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
-
-# The same tests in two pytest-xdist workers on two lanes (tests/support/lanes.py): about 9.5 min
-# here instead of 14, but two workers starting clusters at once on 2 cores have made Serve's
-# proxy fail its start-up checks, so CI runs the serial `make test`.
-test-parallel: check system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests
+
+# The same tests in one process.
+test-serial: check system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit

@@ -13,7 +13,7 @@ import pytest
 from rayfin.config import load_config
 from rayfin.up import Running, bring_up, with_ledger
 from tests.support.cluster import LEDGER_PASSWORD_ENV, TOKENS
-from tests.support.lanes import SESSION_LANE, lane_of
+from tests.support.lanes import on_session_cluster
 
 log = logging.getLogger("tests.integration")
 
@@ -104,16 +104,16 @@ def connect_desk(rayfin_env):
 
 
 def pytest_collection_modifyitems(items):
-    """Mark integration tests, and check the lanes of `make test` (tests/support/lanes.py): a
-    test on the session cluster must not sit in a file listed as starting its own, nor the
-    other way round, or two session clusters would start."""
+    """Mark integration tests, and check tests/support/lanes.py's list of files that start a
+    cluster of their own: a test on the session cluster must not sit in such a file, nor the
+    other way round (the list says which tests may run while the session cluster is down)."""
     wrong = []
     for item in items:
         if "integration" not in str(item.fspath):
             continue
         item.add_marker(pytest.mark.integration)
         on_session = "rayfin_env" in getattr(item, "fixturenames", ())
-        if on_session != (lane_of(item.nodeid) == SESSION_LANE):
+        if on_session != on_session_cluster(item.nodeid):
             wrong.append(item.nodeid)
     if wrong:
         raise pytest.UsageError("tests/support/lanes.py: OWN_CLUSTER_FILES is wrong for "
