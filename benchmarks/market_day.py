@@ -141,23 +141,25 @@ def open_peak(inv: np.ndarray, k: float, day: int, open_min: int, window_min: in
     return max(int(math.ceil(k * _level(inv, day * 1440 + open_min + m) - 1e-9)) for m in range(0, window_min, 5))
 
 
-def serve_observations(inv: np.ndarray, k: float, day: int, open_min: int, m: int, lead_s: float, sessions: int):
-    """What the serving floor is decided from, for the step at minute `m` of the session replaying
-    invocation day `day`: the level observed `lead_s` before the step (before the open: the
-    pre-market minutes of the trace) and the open peaks of the `sessions` days before."""
-    lead_min = int(math.ceil(lead_s / 60.0))
-    live = k * _level(inv, day * 1440 + open_min + m - lead_min)
-    past = tuple(open_peak(inv, k, day - j, open_min) for j in range(sessions, 0, -1))
-    return live, past
+def live_level(inv: np.ndarray, k: float, day: int, open_min: int, m: int, lead_s: float) -> float:
+    """The serving level observed `lead_s` before the step at minute `m` of the session replaying
+    invocation day `day` (before the open: the pre-market minutes of the trace)."""
+    return k * _level(inv, day * 1440 + open_min + m - int(math.ceil(lead_s / 60.0)))
+
+
+def past_open_peaks(inv: np.ndarray, k: float, day: int, open_min: int, sessions: int) -> tuple[int, ...]:
+    """The open peaks of the `sessions` invocation days before `day`, oldest first."""
+    return tuple(open_peak(inv, k, day - j, open_min) for j in range(sessions, 0, -1))
 
 
 def tuning_opens(inv: np.ndarray, k: float, days, open_min: int, p: FloorParams, window_min: int = 30):
     """(live, demand, past peaks) for every open-window step of the tuning days (choose_headroom)."""
     out = []
     for d in days:
+        past = past_open_peaks(inv, k, d, open_min, p.sessions)
         for m in range(0, window_min, 5):
-            live, past = serve_observations(inv, k, d, open_min, m, p.lead_s, p.sessions)
-            out.append((live, int(math.ceil(k * _level(inv, d * 1440 + open_min + m) - 1e-9)), past))
+            out.append((live_level(inv, k, d, open_min, m, p.lead_s),
+                        int(math.ceil(k * _level(inv, d * 1440 + open_min + m) - 1e-9)), past))
     return out
 
 
@@ -207,12 +209,12 @@ def build_world(args, seed: int, inv_day0: int, inv: np.ndarray, k_serve: float,
         opens.append(o)
         d = inv_day0 + i
         seen = []
+        past = past_open_peaks(inv, k_serve, d, args.open_minute, fp.sessions)
         for m in range(0, int((c - o) // 60), 5):
             idx = d * 1440 + args.open_minute + m
             busy = inv[max(0, idx - 14):idx + 1].mean() if idx < len(inv) else 0.0
             steps.append((o + 60 * m, int(math.ceil(k_serve * busy - 1e-9))))
-            live, past = serve_observations(inv, k_serve, d, args.open_minute, m, fp.lead_s, fp.sessions)
-            seen.append((o + 60 * m, live, past))
+            seen.append((o + 60 * m, live_level(inv, k_serve, d, args.open_minute, m, fp.lead_s), past))
         steps.append((c, 0))
         obs.append((o, c, tuple(seen)))
     names = [f"desk{k}" for k in range(args.desks)]
@@ -242,14 +244,17 @@ def with_floors(switches, floors, donors) -> tuple:
     """The plan's switches merged with the serving floors: at each time either changes, the
     window's quotas with the serving desk raised to the floor in force (shift_quotas)."""
     times = sorted({t for t, _, _ in switches} | {f[0] for f in floors} | {f[1] for f in floors})
-    out, k = [], -1
+    floors = sorted(floors)           # each starts where the one before it ends, or later
+    out, k, j = [], -1, 0
     for t in times:
         while k + 1 < len(switches) and switches[k + 1][0] <= t:
             k += 1
+        while j < len(floors) and floors[j][1] <= t:
+            j += 1
         if k < 0:
             continue
         _, q, name = switches[k]
-        g = next((f[2] for f in floors if f[0] <= t < f[1]), None)
+        g = floors[j][2] if j < len(floors) and floors[j][0] <= t else None
         out.append((t, shift_quotas(q, SERVE, g, donors) if g is not None else q, name))
     return tuple(out)
 

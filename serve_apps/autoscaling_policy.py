@@ -113,6 +113,18 @@ class PredictivePolicy:
         self.open_floor = (FloorParams(headroom=float(of.get("headroom", 0.2)), sessions=int(of.get("sessions", 3)),
                                        lead_s=self.lead_time_s, open_window_s=float(of.get("window_s", 1800.0)))
                            if of is not None and self.market is not None else None)
+        self._opens: tuple[float, float] | None = None
+
+    def _opens_around(self, now: float) -> tuple[float, float]:
+        """The last open at or before `now` and the next one, from the calendar once per session
+        (not every tick)."""
+        c = self._opens
+        if c is None or not c[0] <= now < c[1]:
+            assert self.market is not None
+            t = datetime.fromtimestamp(now, timezone.utc)
+            c = self._opens = (self.market.cal.previous_session(t).open.timestamp(),
+                               self.market.cal.next_session(t, Anchor.OPEN).open.timestamp())
+        return c
 
     def open_window_floor(self, now: float, replicas_needed: float, state: dict[str, Any]) -> int:
         """The open's floor (replicas) and the open peaks kept in `state`: from `lead_time_s`
@@ -122,10 +134,7 @@ class PredictivePolicy:
         p = self.open_floor
         if p is None or self.market is None:
             return 0
-        cal = self.market.cal
-        t = datetime.fromtimestamp(now, timezone.utc)
-        last = cal.previous_session(t).open.timestamp()
-        nxt = cal.next_session(t, Anchor.OPEN).open.timestamp()
+        last, nxt = self._opens_around(now)
         peaks = list(state.get("open_peaks") or [])
         cur = state.get("open_current")
         if cur is not None and now >= cur[0] + p.open_window_s:      # that open's window is over

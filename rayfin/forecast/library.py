@@ -27,12 +27,11 @@ import enum
 import math
 import warnings
 from dataclasses import asdict, dataclass, replace
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
-from rayfin.forecast.model import Prediction
+from rayfin.forecast.model import Prediction, margin
 
 
 class LibraryModel(str, enum.Enum):
@@ -257,11 +256,7 @@ def library_predict(state: LibraryState, horizon_s: float, quantile: float = 0.9
         now = float((state.open_bin if state.open_bin is not None else state.last_bin or 0) * p.bin_s)
     first = int(math.floor(now / p.bin_s))
     last = int(math.floor((now + max(horizon_s, 0.0)) / p.bin_s))
-    scale = state.scale
-    if z is None:
-        z = NormalDist().inv_cdf(quantile)
-    else:
-        scale = max(scale, p.min_scale)
+    z, scale = margin(quantile, z, state.scale, p.min_scale)
     base = state.last_bin if state.last_bin is not None else first
     med, up = [], []
     for b in range(first, last + 1):

@@ -313,6 +313,15 @@ def _learn_first_season(state: ForecastState, y: float, ph: int, season: np.ndar
     return replace(state, level=level, season=tuple(season.tolist()), scale=scale, bins_seen=bins_seen)
 
 
+def margin(quantile: float, z: float | None, scale: float, min_scale: float) -> tuple[float, float]:
+    """(z, scale) of the upper quantile: the Gaussian z_quantile on the residual scale, or a
+    calibrated margin `z` (rayfin.forecast.conformal) with the scale floored at `min_scale`, as
+    the calibration is."""
+    if z is None:
+        return NormalDist().inv_cdf(quantile), scale
+    return z, max(scale, min_scale)
+
+
 def predict(state: ForecastState, horizon_s: float, quantile: float = 0.9,
             now: float | None = None, z: float | None = None) -> Prediction:
     """Forecast the bins from `now` (default: the latest observation) to `now + horizon_s`.
@@ -339,11 +348,7 @@ def predict(state: ForecastState, horizon_s: float, quantile: float = 0.9,
         level = _fwd(p, state.acc_sum / state.acc_n)
         if seasonal:
             level -= state.season[ph]
-    scale = state.scale
-    if z is None:
-        z = NormalDist().inv_cdf(quantile)
-    else:
-        scale = max(scale, p.min_scale)
+    z, scale = margin(quantile, z, state.scale, p.min_scale)
     base = state.bin_index if state.bin_index is not None else first
     med, up = [], []
     for b in range(first, last + 1):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +16,7 @@ from rayfin.autoscale import (
 from rayfin.controller.autoscale_ray import AutoscalerUnavailable, RayAutoscalerAdapter
 from rayfin.errors import ConfigError
 from rayfin.forecast import ForecastParams, init, update
+from tests.support.serve import policy_ctx
 
 
 # --- replica arithmetic -------------------------------------------------------------------
@@ -185,11 +185,7 @@ def test_adapter_maps_ray_errors():
 
 # --- Serve policy arithmetic (a hand-built context; no Ray cluster) ------------------------
 
-def ctx(load: float, target: int, now: float, state=None):
-    cfg = SimpleNamespace(get_target_ongoing_requests=lambda: 2.0)
-    return SimpleNamespace(total_num_requests=load, target_num_replicas=target, current_num_replicas=target,
-                           capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=10,
-                           policy_state=state or {}, current_time=now, config=cfg)
+ctx = policy_ctx
 
 
 def test_serve_policy_covers_current_load_and_keeps_state():

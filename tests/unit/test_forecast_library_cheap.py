@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from rayfin.forecast.choice import (KINDS, forecaster_from_dict, forecaster_pred
 from rayfin.forecast.conformal import ConformalParams, conformal_init, observe  # noqa: E402
 from rayfin.forecast.library import (LibraryModel, LibraryParams, LibraryState, library_flush,  # noqa: E402
                                      library_init, library_point, library_predict, library_update)
+from tests.support.serve import policy_ctx  # noqa: E402
 
 
 def _series(n: int, seed: int = 0) -> np.ndarray:
@@ -116,11 +116,6 @@ def test_choice_interface_makes_both_kinds_and_rejects_unknown():
         make_forecaster("prophet")
 
 
-def _ctx(load: float, target: int, now: float, state=None):
-    cfg = SimpleNamespace(get_target_ongoing_requests=lambda: 2.0)
-    return SimpleNamespace(total_num_requests=load, target_num_replicas=target, current_num_replicas=target,
-                           capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=50,
-                           policy_state=state or {}, current_time=now, config=cfg)
 
 
 def test_serve_policy_runs_on_the_library_forecaster_and_scales_ahead():
@@ -137,7 +132,7 @@ def test_serve_policy_runs_on_the_library_forecaster_and_scales_ahead():
     for k in range(3 * 3600 // 10):
         t = k * 10.0
         load = 40.0 if (t % 3600) >= 2400 else 4.0
-        n, state = pol(_ctx(load, n, t, state))
+        n, state = pol(policy_ctx(load, n, t, state, max_replicas=50))
     fs = state["forecast"]
     assert isinstance(fs, LibraryState) and fs.fits >= 1 and fs.params.refit_bins == 60
     assert state["conformal"].bins > 0
