@@ -23,6 +23,9 @@ validation in the model replica):
 - flood_admitted <= flood_allowed = sum over flood phases of burst + rate * (phase's flood span);
 - cpu_cores: CPU cores used per process role in each condition (what the flood costs, where);
 - --no-edge turns off serve.edge_shedding (the flood then reaches the replicas) for comparison;
+- --flood max with --flood-cpus 1 --system-cpus 0: the flood's client on its own core, the rest
+  on the other (a flood from another host, emulated on one machine);
+- a PNG beside the JSON (`plot`): latency CDF per condition, p99 per phase, CPU by role, rounds;
 - with --trace: arrivals replayed from an inference trace (arrival_time_s column), time-scaled
   by --rate-scale, requests dealt to desks round-robin; accepted / refused per desk.
 """
@@ -182,7 +185,7 @@ async def measure(base: str, args) -> dict:
         await closed_loop(s, PRICER, auth("bench"), 4, 0.05)
         direct, gateway = [], []
         procs = serve_processes()
-        meter = CpuMeter(procs, {"bench_client": os.getpid()})
+        meter = CpuMeter({"bench_client": os.getpid()})
         cpu = {"direct": {}, "gateway": {}}           # CPU seconds per process role, summed over rounds
 
         def metered(path: str, result: dict) -> dict:
@@ -217,7 +220,14 @@ async def measure(base: str, args) -> dict:
 
         iso = await isolation(s, base, args, procs)
         out.update(iso)
-        print("isolation", {k: v for k, v in iso.items() if k != "phases"}, flush=True)
+        if args.haproxy_edge:
+            # What HAProxy's own table counted for the flood desk (refusals are not logged): it
+            # should agree with the flood client's count of HAProxy's 429s, less entries expired.
+            counts = haproxy_edge.edge_counts(haproxy_edge.admin_sockets(os.environ[haproxy_edge.SOCKET_ENV]))
+            flood = counts.get(haproxy_edge.credential_key("flood-bench-token"))
+            out["edge_table"] = {"flood_refused": flood.refused if flood else None,
+                                 "flood_passed": flood.passed if flood else None}
+        print("isolation", {k: v for k, v in iso.items() if k not in ("phases", "_quiet_ms")}, flush=True)
 
         if args.trace:
             await asyncio.sleep(1.0)
@@ -237,13 +247,33 @@ async def measure(base: str, args) -> dict:
     return out
 
 
-def _flood_client(base: str, commands, results, nice: int = 0) -> None:
+def cpu_list(text: str | None) -> set[int] | None:
+    """`--flood-cpus 1` / `--system-cpus 0,2-3` -> {1} / {0, 2, 3}; None or '' -> None."""
+    if not text:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        try:
+            cpus.update(range(int(lo), int(hi if dash else lo) + 1))
+        except ValueError:
+            raise ValueError(f"a CPU list is like 0 or 0,2-3; got {text!r}") from None
+    bad = cpus - set(range(os.cpu_count() or 1))
+    if bad or not cpus:
+        raise ValueError(f"CPUs {sorted(bad)} are not on this machine (0-{(os.cpu_count() or 1) - 1}); got {text!r}")
+    return cpus
+
+
+def _flood_client(base: str, commands, results, nice: int = 0, cpus: set[int] | None = None) -> None:
     """Child process: the flooding desk's own client (another desk is another program). Started
     once and told when to send, so its start-up is never inside a phase. `nice`: Ray runs its
     workers (Serve's proxy and replicas) at nice 15; a client at nice 0 outranks all of them
     about 28:1 in the kernel's scheduler, so on a shared 2-core machine the load generator's own
     CPU would count as the server's interference (a desk's client runs on the desk's machines).
-    Its achieved rate is reported (`flood.achieved_rps`)."""
+    Its achieved rate is reported (`flood.achieved_rps`). `cpus`: the CPUs it may run on
+    (`--flood-cpus`: with `--system-cpus` the rest, a flood from another host, emulated)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     if nice:
         os.nice(nice)
     async def phase(s, times, t0):
@@ -270,34 +300,36 @@ def _flood_client(base: str, commands, results, nice: int = 0) -> None:
 
 
 class CpuMeter:
-    """CPU seconds used by each Ray Serve / client process between two reads (psutil)."""
+    """CPU seconds used by each Ray Serve / client process role between two reads (psutil). The
+    roles' processes are looked up again at every read: Serve reloads HAProxy as a new process
+    (a reload starts one and retires the old), and a meter holding the first pid would read 0.
+    A process first seen at a read counts from that read on."""
 
-    def __init__(self, procs: dict[str, list], extra: dict[str, int]) -> None:
-        self.procs = {name: list(ps) for name, ps in procs.items()}
+    def __init__(self, extra: dict[str, int]) -> None:
         import psutil  # Ray's copy, on sys.path once serve_processes() has run
 
-        for name, pid in extra.items():
-            self.procs.setdefault(name, []).append(psutil.Process(pid))
+        self.extra = {name: psutil.Process(pid) for name, pid in extra.items()}
         self.last = self._read()
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> dict[tuple[str, int], float]:
+        procs = serve_processes()
         out = {}
-        for name, procs in self.procs.items():
-            total = 0.0
-            for proc in procs:
+        for name, ps in [*procs.items(), *((n, [p]) for n, p in self.extra.items())]:
+            for proc in ps:
                 try:
                     t = proc.cpu_times()
-                    total += t.user + t.system
+                    out[(name, proc.pid)] = t.user + t.system
                 except Exception:  # noqa: BLE001 - process gone
                     pass
-            out[name] = total
         return out
 
     def delta(self) -> dict[str, float]:
         now = self._read()
-        d = {k: round(now[k] - self.last.get(k, 0.0), 3) for k in now}
+        d: dict[str, float] = {}
+        for (name, pid), v in now.items():
+            d[name] = d.get(name, 0.0) + (v - self.last[(name, pid)] if (name, pid) in self.last else 0.0)
         self.last = now
-        return d
+        return {k: round(v, 3) for k, v in d.items()}
 
 
 def serve_processes() -> dict[str, list]:
@@ -341,11 +373,12 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     commands, replies = ctx.Queue(), ctx.Queue()
     proxy_nice = _proxy_niceness(procs)
     flood_nice = proxy_nice if args.flood_nice < 0 else args.flood_nice
-    proc = ctx.Process(target=_flood_client, args=(base, commands, replies, flood_nice), daemon=True)
+    proc = ctx.Process(target=_flood_client, args=(base, commands, replies, flood_nice, cpu_list(args.flood_cpus)),
+                       daemon=True)
     proc.start()
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, replies.get, True, 120) == "ready"
-    meter = CpuMeter(procs, {"bench_client": os.getpid(), "flood_client": proc.pid})
+    meter = CpuMeter({"bench_client": os.getpid(), "flood_client": proc.pid})
     rng = random.Random(args.seed)
     conditions = ("alone", "flood", "within") if args.within else ("alone", "flood")
     offered = {"flood": args.flood_rate * 10, "within": args.flood_rate}
@@ -368,12 +401,12 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
             lead = args.lead_in_s if condition in offered else 0.0
             quiet_times = poisson(args.quiet_rate / 2, args.phase_s + lead, rng)
             sent_all: list = []
+            meter.delta()            # before t0: its process scan must not delay the first sends
             t0 = time.monotonic() + 0.05
             if condition == "flood" and full_flood:
                 commands.put((("max", args.phase_s + lead), t0))
             elif condition in offered:
                 commands.put((poisson(offered[condition], args.phase_s + lead, rng), t0))
-            meter.delta()
             started = time.monotonic()
             await open_loop(s, PRICER, auth("quiet"), quiet_times, t0, sent_all, clock=time.monotonic)
             results = [x for x in sent_all if x[0] >= t0 + lead]
@@ -417,6 +450,8 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     flood_span = sum(p["flood_span_s"] for p in flood_phases)
     by_cycle = [{p["condition"]: p for p in phases if p["cycle"] == i} for i in range(args.phases)]
     out = {
+        # Every served quiet request's latency per condition, for the plot (`plot`); not in the JSON.
+        "_quiet_ms": {c: [round(1000 * x[2], 3) for x in r if x[1] == 200] for c, r in quiet.items()},
         "quiet": {"rate": args.quiet_rate / 2, "quota": args.quiet_rate, "phases": args.phases,
                   "phase_s": args.phase_s, "lead_in_s": args.lead_in_s, "samples_alone": len(alone), "samples_flood": len(flooded),
                   "alone_codes": _codes(alone), "flood_codes": _codes(flooded),
@@ -459,6 +494,12 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     out["cpu_us_per_refusal"] = {
         role: round(1e6 * (flood_s.get(role, 0.0) - alone_s.get(role, 0.0)) / n, 1) if n >= 1000 else None
         for role, n in refused.items()}
+    # Serve's HAProxyManager parses every request HAProxy logs (its metrics collector, in Python):
+    # its CPU per HAProxy refusal, which the edge keeps near 0 by not logging refusals.
+    n = refused["haproxy"]
+    out["cpu_us_per_refusal"]["haproxy_manager"] = (
+        round(1e6 * (flood_s.get("haproxy_manager", 0.0) - alone_s.get("haproxy_manager", 0.0)) / n, 1)
+        if n >= 1000 else None)
     out["refusals_by_path"] = refused
     # Stalls of the machine itself (a shared virtual machine: seconds-long pauses of every process
     # at once were seen) land in one phase: a phase whose p99 is over STALL_FACTOR x the median
@@ -498,6 +539,67 @@ def _p50(results: list) -> float:
     return round(1000 * statistics.median(lat), 2) if lat else float("nan")
 
 
+ROLES = ("haproxy", "haproxy_manager", "gated_replica", "serve_controller", "bench_client", "flood_client")
+
+
+def plot(path: Path, result: dict, quiet_ms: dict[str, list[float]]) -> None:
+    """Four panels: the quiet desk's latency CDF per condition; its p99 per phase by cycle; CPU
+    cores per process role per condition; requests/s per throughput round, direct and gateway."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setup = result.get("setup", {})
+    fig, ax = plt.subplots(2, 2, figsize=(13, 9))
+    a = ax[0][0]
+    for c, lat in sorted(quiet_ms.items()):
+        if lat:
+            xs = sorted(lat)
+            a.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=f"{c} (n={len(xs)}, p99 "
+                   f"{xs[min(len(xs) - 1, int(0.99 * len(xs)))]:.1f} ms)")
+    a.set_xscale("log")
+    a.set_xlabel("quiet desk latency (ms)")
+    a.set_ylabel("CDF")
+    a.set_title(f"quiet desk: p99 ratio flood/alone {result['quiet_p99_ratio']:.2f} (target <= 1.25)")
+    a.legend(fontsize=8)
+    a.grid(True, which="both", alpha=0.3)
+    a = ax[0][1]
+    for c in sorted({p["condition"] for p in result["phases"]}):
+        ph = [p for p in result["phases"] if p["condition"] == c]
+        a.plot([p["cycle"] for p in ph], [p["quiet_p99_ms"] for p in ph], "o-", label=c)
+    a.set_xlabel("cycle")
+    a.set_ylabel("quiet p99 in the phase (ms)")
+    a.set_yscale("log")
+    a.set_title("per phase (each about 400 requests)")
+    a.legend(fontsize=8)
+    a = ax[1][0]
+    conds = list(result["cpu_cores"])
+    width = 0.8 / max(1, len(conds))
+    for j, c in enumerate(conds):
+        a.bar([i + j * width for i in range(len(ROLES))], [result["cpu_cores"][c].get(r, 0.0) for r in ROLES],
+              width, label=c)
+    a.set_xticks([i + 0.4 - width / 2 for i in range(len(ROLES))])
+    a.set_xticklabels(ROLES, rotation=20, fontsize=8)
+    a.set_ylabel("CPU cores")
+    a.set_title(f"CPU by role; flood {result['flood_rate_rps']:.0f} req/s, HAProxy "
+                f"{result['cpu_us_per_refusal'].get('haproxy')} us per refusal")
+    a.legend(fontsize=8)
+    a = ax[1][1]
+    t = result["throughput"]
+    a.plot(t["direct_rps"], "o-", label="direct (plain Serve)")
+    a.plot(t["gateway_rps"], "s-", label="gateway (rayfin)")
+    a.set_xlabel("round")
+    a.set_ylabel("requests/s")
+    a.set_title(f"throughput ratio {result['gateway_throughput_ratio']:.3f} (target >= 0.95)")
+    a.legend(fontsize=8)
+    fig.suptitle(f"benchmarks.serve_quota: flood {setup.get('flood')}, flood CPUs {setup.get('flood_cpus')}, "
+                 f"system CPUs {setup.get('system_cpus')}, load avg {setup.get('load_avg_1m', 0):.1f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="result.json")
@@ -527,6 +629,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="niceness of the flood's client process (default 0, like the quiet desk's client); "
                         "-1: that of Serve's proxy (Ray runs its workers at 15), so the load generator "
                         "competes for CPU as an equal of the Serve processes instead of outranking them")
+    p.add_argument("--flood-cpus", default=None,
+                   help="CPUs the flood's client may run on (e.g. 1); with --system-cpus set to the others, "
+                        "a flood from another host emulated on one machine: its client's CPU is not the "
+                        "server's (default: both share every CPU)")
+    p.add_argument("--system-cpus", default=None,
+                   help="CPUs for everything else: Ray, Serve, HAProxy and the quiet desk's client (e.g. 0); "
+                        "set before the cluster starts, so every process it starts inherits it")
     p.add_argument("--quiet-rate", type=float, default=40.0, help="quiet desk's quota (it sends at half)")
     p.add_argument("--quiet-burst", type=int, default=20)
     p.add_argument("--flood-rate", type=float, default=5.0)
@@ -551,6 +660,14 @@ def main(argv: list[str] | None = None) -> int:
                         "is the middleware of each gated replica's HTTP server")
     args = p.parse_args(argv)
 
+    try:
+        flood_cpus, system_cpus = cpu_list(args.flood_cpus), cpu_list(args.system_cpus)
+    except ValueError as e:
+        p.error(f"--flood-cpus / --system-cpus: {e}")
+    if flood_cpus and system_cpus and flood_cpus & system_cpus:
+        p.error(f"--flood-cpus {args.flood_cpus} and --system-cpus {args.system_cpus} overlap")
+    if system_cpus:
+        os.sched_setaffinity(0, system_cpus)   # before ray.init: the cluster's processes inherit it
     port = free_port()
     config = bench_config(args, port)
     if args.ingress == "haproxy" and args.edge and args.edge_in == "router":
@@ -586,10 +703,16 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         ingress.remove_run_dir(installed)
     result["setup"] = {"flood": args.flood, "haproxy_edge": args.haproxy_edge, "ingress": args.ingress, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
+                       "flood_cpus": sorted(flood_cpus) if flood_cpus else "all",
+                       "system_cpus": sorted(system_cpus) if system_cpus else "all",
                        "load_avg_1m": os.getloadavg()[0], "wall_s": round(time.time() - started, 1),
                        "targets": {"gateway_throughput_ratio": ">= 0.9", "quiet_p99_ratio": "<= 1.25",
                                    "flood_admitted": "<= flood_allowed"}}
+    quiet_ms = result.pop("_quiet_ms", {})
     Path(args.out).write_text(json.dumps(result, indent=2))
+    png = Path(args.out).with_suffix(".png")
+    plot(png, result, quiet_ms)
+    print(f"wrote {args.out} and {png}")
     ok = {"gateway_throughput_ratio": result["gateway_throughput_ratio"] >= 0.9,
           "quiet_p99_ratio": result["quiet_p99_ratio"] <= 1.25,
           "flood": result["flood_admitted"] <= result["flood_allowed"]}

@@ -46,6 +46,8 @@ from rayfin.telemetry.tracing import HOOK
 from serve_apps.edge_asgi import CALLBACK as EDGE_CALLBACK
 from serve_apps.edge_asgi import ENV as EDGE_ENV
 from serve_apps.ingress import HA_PROXY as HA_PROXY_ENV
+from serve_apps.ingress import MAX_HAPROXY_THREADS, haproxy_threads
+from serve_apps.ingress import NBTHREAD as NBTHREAD_ENV
 from serve_apps.ingress import THROUGHPUT as THROUGHPUT_ENV
 
 LABEL = "rayfin.io/"
@@ -76,7 +78,7 @@ def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else v
 
 
-def _env(tel: TelemetryConfig, ingress: str) -> list[dict[str, Any]]:
+def _env(tel: TelemetryConfig, ingress: str, cpu: int = MAX_HAPROXY_THREADS) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "RAY_AUTH_MODE", "value": "token"},
            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "rayfin-ray-auth", "key": "token"}}},
            {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"},
@@ -85,6 +87,8 @@ def _env(tel: TelemetryConfig, ingress: str) -> list[dict[str, Any]]:
            # Serve's defaults here, one HAProxy per pod. With HAProxy, Ray's high-throughput mode too.
            {"name": HA_PROXY_ENV, "value": "1" if ingress == "haproxy" else "0"},
            *([{"name": THROUGHPUT_ENV, "value": "1"}] if ingress == "haproxy" else []),
+           # HAProxy's threads: one per CPU of the pod, at most Serve's default 4
+           *([{"name": NBTHREAD_ENV, "value": str(haproxy_threads(cpu))}] if ingress == "haproxy" else []),
            # Serve's ingress (each gated replica's HTTP server, or the proxy) runs rayfin's edge
            # middleware (serve_apps/edge_asgi.py)
            {"name": EDGE_ENV, "value": EDGE_CALLBACK}]
@@ -97,7 +101,7 @@ def _container(name: str, image: str, tel: TelemetryConfig, *, cpu: int, memory:
     limits: dict[str, Any] = {"cpu": str(cpu), "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = gpus
-    c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "env": _env(tel, ingress),
+    c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "env": _env(tel, ingress, cpu),
                          "resources": {"limits": limits, "requests": dict(limits)},
                          "volumeMounts": [{"name": "rayfin-config", "mountPath": CONFIG_MOUNT, "readOnly": True}]}
     if ports:

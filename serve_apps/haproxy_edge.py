@@ -122,6 +122,11 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         "    acl rf_known var(txn.rf_limit) -m found\n"
         f"    http-request track-sc0 var(txn.rf_key) table {TABLE} if rf_predict rf_known\n"
         "    acl rf_over sc_gpc0_rate(0),sub(txn.rf_limit) ge 0\n"
+        # A refusal is counted in the table (gpc1, `refusals`) and not logged line by line: with
+        # Serve's metrics on, every logged request is one more line for the HAProxyManager's
+        # Python collector to parse, which cost as much CPU per refusal as HAProxy itself.
+        "    http-request sc-inc-gpc1(0) if rf_predict rf_known rf_over\n"
+        "    http-request set-log-level silent if rf_predict rf_known rf_over\n"
         f"    http-request return status 429 content-type application/json hdr Retry-After {retry_after_s} "
         f"hdr X-Rayfin-Edge haproxy string '{body}' if rf_predict rf_known rf_over\n"
         "    http-request sc-inc-gpc0(0) if rf_predict rf_known\n"
@@ -132,7 +137,7 @@ def table_backend(window_s: float = 10.0, size: int = 10_000) -> str:
     """The stick table that counts each credential's passed requests."""
     return (f"backend {TABLE}\n"
             f"    stick-table type string len 64 size {size} expire {max(30, 3 * int(window_s))}s "
-            f"store gpc0,gpc0_rate({int(window_s)}s)\n")
+            f"store gpc0,gpc0_rate({int(window_s)}s),gpc1\n")
 
 
 def patch_template(template: str, map_path: str, window_s: float = 10.0, retry_after_s: int = 1) -> str:
@@ -217,6 +222,39 @@ def admin_sockets(socket_path: str) -> list[str]:
     d, name = os.path.split(socket_path)
     found = sorted(glob.glob(os.path.join(glob.escape(d), "*", glob.escape(name))))
     return found + ([socket_path] if os.path.exists(socket_path) else [])
+
+
+@dataclass(frozen=True)
+class EdgeCounts:
+    """One credential's counters in the edge's stick table: requests passed on (gpc0) and refused
+    at the edge (gpc1) since its entry was created (entries expire after 3 windows idle)."""
+
+    passed: int
+    refused: int
+
+
+def parse_show_table(text: str) -> dict[str, EdgeCounts]:
+    """`show table rf_desk_passed` -> {credential hash: EdgeCounts}. Lines look like
+    `0x55d0c8: key=<hash> use=0 exp=29000 shard=0 gpc0=110 gpc0_rate(10000)=110 gpc1=290`."""
+    out: dict[str, EdgeCounts] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " key=" not in line:
+            continue
+        fields = dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+        out[fields["key"]] = EdgeCounts(passed=int(fields.get("gpc0", 0)), refused=int(fields.get("gpc1", 0)))
+    return out
+
+
+def edge_counts(sockets: list[str], call: Callable[[str, str], str] | None = None) -> dict[str, EdgeCounts]:
+    """The edge's counters per credential hash, summed over the HAProxies behind `sockets` (one
+    per node). What the silent refusals leave to count them by: they are not in the access log."""
+    call = call or admin_call
+    total: dict[str, EdgeCounts] = {}
+    for sock in sockets:
+        for key, c in parse_show_table(call(sock, f"show table {TABLE}")).items():
+            had = total.get(key, EdgeCounts(0, 0))
+            total[key] = EdgeCounts(had.passed + c.passed, had.refused + c.refused)
+    return total
 
 
 @dataclass

@@ -51,13 +51,34 @@ THROUGHPUT = "RAY_SERVE_THROUGHPUT_OPTIMIZED"
 # its configuration in milliseconds, and 30 s would hold every redeploy and shutdown.
 DRAIN_S = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 LOCAL_DRAIN_S = "2"
+# HAProxy's threads. Serve's default is 4 whatever the machine; on a node with fewer CPUs the
+# threads take turns on them, and on the 2-core dev machine that cost 1.8x in HAProxy CPU per
+# request and halved plain Serve's throughput with the node pinned to one core (docs/serving.md,
+# "HAProxy's threads"). rayfin sets min(4, the CPUs this node may use) unless the variable is set.
+NBTHREAD = "RAY_SERVE_HAPROXY_NBTHREAD"
+MAX_HAPROXY_THREADS = 4
+
+
+def haproxy_threads(cpus: int) -> int:
+    """HAProxy threads for a node with `cpus` CPUs: one per CPU, at most Serve's default of 4."""
+    return max(1, min(MAX_HAPROXY_THREADS, int(cpus)))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as a container's cpuset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:              # not Linux
+        return os.cpu_count() or 1
 
 _installed: str | None = None     # the HA_PROXY value `install` last set in os.environ
+_installed_threads: str | None = None    # the NBTHREAD value `install` last set there
 
 
-def ingress_env(ingress: str, run_dir: str, free_port: Callable[[], int]) -> dict[str, str]:
+def ingress_env(ingress: str, run_dir: str, free_port: Callable[[], int], cpus: int | None = None) -> dict[str, str]:
     """The environment variables a cluster with this ingress needs (pure: no side effects but
-    `free_port` calls). `run_dir` holds HAProxy's files."""
+    `free_port` calls). `run_dir` holds HAProxy's files; `cpus`: the node's CPUs, for HAProxy's
+    threads (default: those this process may use)."""
     if ingress not in INGRESSES:
         raise ValueError(f"serve.ingress: got {ingress!r}; one of {', '.join(INGRESSES)}")
     if ingress == "proxy":
@@ -83,6 +104,7 @@ def ingress_env(ingress: str, run_dir: str, free_port: Callable[[], int]) -> dic
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
         DRAIN_S: LOCAL_DRAIN_S,
+        NBTHREAD: str(haproxy_threads(usable_cpus() if cpus is None else cpus)),
     }
 
 
@@ -125,7 +147,7 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
     desks far over quota inside HAProxy (serve_apps/haproxy_edge.py). Serve then runs a wrapper
     that adds the rules to the configuration it renders, with the rate map in this cluster's
     HAProxy directory."""
-    global _installed
+    global _installed, _installed_threads
     env = os.environ if environ is None else environ
     current = env.get(HA_PROXY)
     wanted = "1" if ingress == "haproxy" else "0"
@@ -154,10 +176,14 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
         if os.path.basename(env.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")) == haproxy_edge.WRAPPER:
             env.pop("RAY_SERVE_HAPROXY_BINARY_PATH")
         env.pop(haproxy_edge.MAP_ENV, None)
+    own_threads = environ is None and env.get(NBTHREAD) == _installed_threads
+    if NBTHREAD in values and env.get(NBTHREAD) and not own_threads:
+        values.pop(NBTHREAD)           # set by the operator: theirs to choose
     env.update(values)
     install_env(env)
     if environ is None:
         _installed = values[HA_PROXY]
+        _installed_threads = values.get(NBTHREAD, _installed_threads)
         _refresh_imported_serve(values[HA_PROXY] == "1")
     return values
 

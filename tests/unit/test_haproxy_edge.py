@@ -5,9 +5,10 @@ import hashlib
 
 import pytest
 
-from serve_apps.haproxy_edge import (ANCHOR, MAP_ENV, SOCKET_ENV, DeskRate, admin_sockets, apply_rates,
-                                     apply_rates_here, credential_key, frontend_rules, map_commands,
-                                     parse_show_map, patch_template, rate_map)
+from serve_apps.haproxy_edge import (ANCHOR, MAP_ENV, SOCKET_ENV, DeskRate, EdgeCounts, admin_sockets,
+                                     apply_rates, apply_rates_here, credential_key, edge_counts,
+                                     frontend_rules, map_commands, parse_show_map, parse_show_table,
+                                     patch_template, rate_map, table_backend)
 
 
 def test_limit_never_below_what_the_bucket_allows():
@@ -70,6 +71,29 @@ def test_show_map_answer_is_read_back_as_limits():
     answer = f"0x55d5e0d8a0f0 {a} 110\n0x55d5e0d8a1a0 {b} 22\n\n"
     assert parse_show_map(answer) == {a: 110, b: 22}
     assert parse_show_map("Unknown map identifier. Please use #<id> or <file>.\n") == {}
+
+
+def test_show_table_answer_gives_passed_and_refused_per_credential():
+    a, b = credential_key("a"), credential_key("b")
+    answer = ("# table: rf_desk_passed, type: string, size:10000, used:2\n"
+              f"0x55d0c8: key={a} use=0 exp=29000 shard=0 gpc0=110 gpc0_rate(10000)=110 gpc1=290\n"
+              f"0x55d0d0: key={b} use=1 exp=28000 shard=0 gpc0=7 gpc0_rate(10000)=7 gpc1=0\n\n")
+    assert parse_show_table(answer) == {a: EdgeCounts(110, 290), b: EdgeCounts(7, 0)}
+    # Summed over the HAProxies of several nodes.
+    per_socket = {"/n1": answer, "/n2": f"0x1: key={a} use=0 exp=1 shard=0 gpc0=5 gpc0_rate(10000)=5 gpc1=10\n"}
+    seen = []
+    counts = edge_counts(["/n1", "/n2"], call=lambda sock, cmd: seen.append(cmd) or per_socket[sock])
+    assert counts[a] == EdgeCounts(115, 300) and counts[b] == EdgeCounts(7, 0)
+    assert seen == ["show table rf_desk_passed"] * 2
+
+
+def test_refusals_are_counted_and_kept_out_of_the_log():
+    rules = frontend_rules("/m", 10, 1)
+    lines = [x.strip() for x in rules.splitlines()]
+    refuse = next(i for i, x in enumerate(lines) if x.startswith("http-request return status 429"))
+    assert "http-request sc-inc-gpc1(0) if rf_predict rf_known rf_over" in lines[:refuse]
+    assert "http-request set-log-level silent if rf_predict rf_known rf_over" in lines[:refuse]
+    assert "gpc1" in table_backend(10)
 
 
 class FakeHAProxy:

@@ -157,3 +157,14 @@ def test_generated_gcs_fault_tolerance_options_pass_the_structural_schema(config
         assert check(ft, GCS_FT) == []
     bad = dict(kuberay.raycluster(cfg)["spec"]["gcsFaultToleranceOptions"], redisPasword={"value": "x"})
     assert any(e.startswith("(root):") and "redisPasword" in e for e in check(bad, GCS_FT))
+
+
+def test_every_pod_runs_haproxy_with_one_thread_per_cpu_it_is_given():
+    cfg = load_config(ROOT / "configs" / "local.yaml")
+    spec = kuberay.raycluster(cfg)["spec"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        c = group["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        cpus = int(c["resources"]["limits"]["cpu"])
+        assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == str(min(4, cpus))

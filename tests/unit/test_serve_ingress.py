@@ -44,6 +44,28 @@ def test_install_sets_the_ingress_and_the_edge_middleware(mode, flag):
         ingress.remove_run_dir(values)
 
 
+@pytest.mark.parametrize("cpus, threads", [(1, 1), (2, 2), (3, 3), (4, 4), (64, 4), (0, 1)])
+def test_haproxy_gets_one_thread_per_cpu_up_to_serves_default(cpus, threads):
+    assert ingress.haproxy_threads(cpus) == threads
+    assert ingress.ingress_env("haproxy", "/tmp/rfh-x", ports(), cpus=cpus)[ingress.NBTHREAD] == str(threads)
+    assert ingress.NBTHREAD not in ingress.ingress_env("proxy", "", ports(), cpus=cpus)
+
+
+def test_install_keeps_haproxy_threads_the_operator_set():
+    env = {ingress.NBTHREAD: "8"}
+    values = ingress.install("haproxy", env, ports())
+    try:
+        assert env[ingress.NBTHREAD] == "8" and ingress.NBTHREAD not in values
+    finally:
+        ingress.remove_run_dir(values)
+    env = {}
+    values = ingress.install("haproxy", env, ports())
+    try:
+        assert env[ingress.NBTHREAD] == str(ingress.haproxy_threads(ingress.usable_cpus()))
+    finally:
+        ingress.remove_run_dir(values)
+
+
 def test_install_refuses_a_conflicting_setting_someone_else_made():
     env = {ingress.HA_PROXY: "1"}
     with pytest.raises(ValueError, match="serve.ingress is 'proxy' but the environment has"):
