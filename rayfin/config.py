@@ -294,6 +294,11 @@ class ServeConfig(ConfigModel):
         "filter in Python) or 'haproxy' (also rules inside Serve's HAProxy, keyed by the credential's hash, "
         "that refuse before Python sees the request and follow quota changes at run time; needs "
         "ingress 'haproxy'); either way admission in the replicas stays the exact authority")
+    haproxy_request_metrics: bool = Field(
+        True, description="with ingress 'haproxy': Serve's per-request HTTP metrics (the request counts and "
+        "latencies of the Ray dashboard's Serve view), which Serve gets by parsing one HAProxy log line per "
+        "request in Python (about 50 us of CPU each on a small node); false saves that, and rayfin's own "
+        "per-desk request metrics from the replicas remain")
     edge_runtime: EdgeRuntimeConfig | None = Field(
         None, description="with edge 'haproxy': the runtime API address and map file of an HAProxy edge that "
         "does not run on the broker's node (KubeRay's head-pod sidecar); unset: Serve's own HAProxies")

@@ -48,6 +48,7 @@ from serve_apps.edge_asgi import ENV as EDGE_ENV
 from serve_apps.ingress import HA_PROXY as HA_PROXY_ENV
 from serve_apps.ingress import MAX_HAPROXY_THREADS, haproxy_threads
 from serve_apps.ingress import NBTHREAD as NBTHREAD_ENV
+from serve_apps.ingress import REQUEST_METRICS as REQUEST_METRICS_ENV
 from serve_apps.ingress import THROUGHPUT as THROUGHPUT_ENV
 
 LABEL = "rayfin.io/"
@@ -78,7 +79,8 @@ def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else v
 
 
-def _env(tel: TelemetryConfig, ingress: str, cpu: int = MAX_HAPROXY_THREADS) -> list[dict[str, Any]]:
+def _env(tel: TelemetryConfig, ingress: str, cpu: int = MAX_HAPROXY_THREADS,
+         request_metrics: bool = True) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "RAY_AUTH_MODE", "value": "token"},
            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "rayfin-ray-auth", "key": "token"}}},
            {"name": "RAYFIN_CONFIG", "value": f"{CONFIG_MOUNT}/config.yaml"},
@@ -89,6 +91,9 @@ def _env(tel: TelemetryConfig, ingress: str, cpu: int = MAX_HAPROXY_THREADS) -> 
            *([{"name": THROUGHPUT_ENV, "value": "1"}] if ingress == "haproxy" else []),
            # HAProxy's threads: one per CPU of the pod, at most Serve's default 4
            *([{"name": NBTHREAD_ENV, "value": str(haproxy_threads(cpu))}] if ingress == "haproxy" else []),
+           # serve.haproxy_request_metrics: Serve's per-request HTTP metrics, parsed from HAProxy's log
+           *([{"name": REQUEST_METRICS_ENV, "value": "1" if request_metrics else "0"}]
+             if ingress == "haproxy" else []),
            # Serve's ingress (each gated replica's HTTP server, or the proxy) runs rayfin's edge
            # middleware (serve_apps/edge_asgi.py)
            {"name": EDGE_ENV, "value": EDGE_CALLBACK}]
@@ -97,11 +102,11 @@ def _env(tel: TelemetryConfig, ingress: str, cpu: int = MAX_HAPROXY_THREADS) -> 
 
 
 def _container(name: str, image: str, tel: TelemetryConfig, *, cpu: int, memory: str, gpus: int,
-               ingress: str, ports: dict[str, int] | None = None) -> dict[str, Any]:
+               ingress: str, ports: dict[str, int] | None = None, request_metrics: bool = True) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": str(cpu), "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = gpus
-    c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "env": _env(tel, ingress, cpu),
+    c: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "env": _env(tel, ingress, cpu, request_metrics),
                          "resources": {"limits": limits, "requests": dict(limits)},
                          "volumeMounts": [{"name": "rayfin-config", "mountPath": CONFIG_MOUNT, "readOnly": True}]}
     if ports:
@@ -113,10 +118,11 @@ def _volumes() -> list[dict[str, Any]]:
     return [{"name": "rayfin-config", "configMap": {"name": "rayfin-config"}}]
 
 
-def supervisor_container(image: str, tel: TelemetryConfig, ingress: str) -> dict[str, Any]:
+def supervisor_container(image: str, tel: TelemetryConfig, ingress: str, request_metrics: bool = True) -> dict[str, Any]:
     """Beside the head: `rayfin supervise` keeps the controller alive (brings it back from the
     ledger if code in the cluster kills it for good, and audits the kill)."""
-    c = _container("rayfin-supervisor", image, tel, cpu=1, memory="1Gi", gpus=0, ingress=ingress)
+    c = _container("rayfin-supervisor", image, tel, cpu=1, memory="1Gi", gpus=0, ingress=ingress,
+                   request_metrics=request_metrics)
     c["command"] = ["rayfin", "supervise", "--config", f"{CONFIG_MOUNT}/config.yaml", "--address",
                     f"127.0.0.1:{PORTS['gcs-server']}"]
     return c
@@ -167,8 +173,9 @@ def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[s
     if tel.exporter != "none" and tel.ray_tracing:
         params["tracing-startup-hook"] = HOOK
     head = _container("ray-head", image, tel, cpu=max(2, config.cluster.head_num_cpus), memory="16Gi", gpus=0,
-                      ports=PORTS, ingress=config.serve.ingress)
-    containers = [head, supervisor_container(image, tel, config.serve.ingress)]
+                      ports=PORTS, ingress=config.serve.ingress,
+                      request_metrics=config.serve.haproxy_request_metrics)
+    containers = [head, supervisor_container(image, tel, config.serve.ingress, config.serve.haproxy_request_metrics)]
     volumes = _volumes()
     folder = edge_dir(config)
     if folder is not None:
@@ -188,7 +195,7 @@ def head_group(config: RayfinConfig, image: str, tel: TelemetryConfig) -> dict[s
 
 
 def worker_group(island: Island, node_cpus: int, image: str, tel: TelemetryConfig,
-                 ingress: str) -> dict[str, Any]:
+                 ingress: str, request_metrics: bool = True) -> dict[str, Any]:
     labels = island_labels(island)
     return {
         "groupName": island.id,
@@ -208,7 +215,7 @@ def worker_group(island: Island, node_cpus: int, image: str, tel: TelemetryConfi
                 "nodeSelector": {LABEL + "node": island.node, LABEL + "pool": island.pool},
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                 "containers": [_container("ray-worker", image, tel, cpu=node_cpus, memory=f"{32 * island.gpus}Gi",
-                                          gpus=island.gpus, ingress=ingress)],
+                                          gpus=island.gpus, ingress=ingress, request_metrics=request_metrics)],
                 "volumes": _volumes(),
             },
         },
@@ -233,7 +240,8 @@ def raycluster_spec(config: RayfinConfig, image: str, tel: TelemetryConfig, *,
     return {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": False,
             "gcsFaultToleranceOptions": gcs_fault_tolerance(config, storage_namespace=storage_namespace),
             "headGroupSpec": head_group(config, image, tel),
-            "workerGroupSpecs": [worker_group(i, cpus[i.node], image, tel, config.serve.ingress)
+            "workerGroupSpecs": [worker_group(i, cpus[i.node], image, tel, config.serve.ingress,
+                                              config.serve.haproxy_request_metrics)
                              for i in topo.islands]}
 
 

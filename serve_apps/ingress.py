@@ -56,6 +56,10 @@ LOCAL_DRAIN_S = "2"
 # request and halved plain Serve's throughput with the node pinned to one core (docs/serving.md,
 # "HAProxy's threads"). rayfin sets min(4, the CPUs this node may use) unless the variable is set.
 NBTHREAD = "RAY_SERVE_HAPROXY_NBTHREAD"
+# Serve's per-request HTTP metrics under HAProxy: one log line per request, parsed in Python by the
+# HAProxyManager actor (about 50 µs of CPU per request on the dev machine, docs/serving.md).
+# `serve.haproxy_request_metrics` in the config sets it.
+REQUEST_METRICS = "RAY_SERVE_HAPROXY_METRICS_ENABLED"
 MAX_HAPROXY_THREADS = 4
 
 
@@ -138,7 +142,8 @@ def new_run_dir() -> str:
 
 def install(ingress: str, environ: MutableMapping[str, str] | None = None,
             free_port: Callable[[], int] | None = None,
-            haproxy_edge_rates: Mapping[str, DeskRate] | None = None) -> dict[str, str]:
+            haproxy_edge_rates: Mapping[str, DeskRate] | None = None,
+            request_metrics: bool = True) -> dict[str, str]:
     """Set this ingress's variables (and the edge middleware's) in `environ` (os.environ) for a
     cluster about to start here; returns what was set. A `RAY_SERVE_ENABLE_HA_PROXY` that
     someone else put in the environment and that disagrees is an error, not overridden.
@@ -146,7 +151,11 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
     `haproxy_edge_rates` (HAProxy ingress only; `haproxy_edge.desk_rates(config)`): also refuse
     desks far over quota inside HAProxy (serve_apps/haproxy_edge.py). Serve then runs a wrapper
     that adds the rules to the configuration it renders, with the rate map in this cluster's
-    HAProxy directory."""
+    HAProxy directory.
+
+    `request_metrics` (HAProxy ingress): Serve's per-request HTTP metrics, parsed from HAProxy's
+    log in Python (`serve.haproxy_request_metrics`); rayfin's own request metrics are recorded by
+    the replicas either way."""
     global _installed, _installed_threads
     env = os.environ if environ is None else environ
     current = env.get(HA_PROXY)
@@ -165,6 +174,10 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
         free_port = cluster_free_port
     run_dir = new_run_dir() if ingress == "haproxy" else ""
     values = ingress_env(ingress, run_dir, free_port)
+    if ingress == "haproxy":
+        values[REQUEST_METRICS] = "1" if request_metrics else "0"
+    else:
+        env.pop(REQUEST_METRICS, None)
     if haproxy_edge_rates is not None:
         real = haproxy_binary()
         if real is None:
@@ -194,7 +207,8 @@ def install_from_config(config: RayfinConfig, environ: MutableMapping[str, str] 
     edge with every desk's serving rate (`LocalCluster.start` calls this, so `rayfin up` and
     `make demo` follow the config)."""
     rates = haproxy_edge.desk_rates(config) if config.serve.edge == "haproxy" else None
-    return install(config.serve.ingress, environ, free_port, haproxy_edge_rates=rates)
+    return install(config.serve.ingress, environ, free_port, haproxy_edge_rates=rates,
+                   request_metrics=config.serve.haproxy_request_metrics)
 
 
 def _refresh_imported_serve(ha_proxy: bool) -> None:

@@ -168,3 +168,9 @@ def test_every_pod_runs_haproxy_with_one_thread_per_cpu_it_is_given():
         env = {e["name"]: e.get("value") for e in c["env"]}
         cpus = int(c["resources"]["limits"]["cpu"])
         assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == str(min(4, cpus))
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"          # serve.haproxy_request_metrics
+    off = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"haproxy_request_metrics": False})})
+    spec = kuberay.raycluster(off)["spec"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"

@@ -179,3 +179,31 @@ def test_a_cluster_without_the_edge_drops_an_earlier_clusters_wrapper(monkeypatc
         assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in env and MAP_ENV not in env
     finally:
         ingress.remove_run_dir(second)
+
+
+def test_serve_request_metrics_follow_the_config():
+    from rayfin.config import parse_config
+
+    base = {"cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
+            "desks": [{"name": "fx", "nominal_gpus": 0, "credential_sha256": "0" * 64}]}
+    for flag, value in ((None, "1"), (True, "1"), (False, "0")):
+        serve = {} if flag is None else {"haproxy_request_metrics": flag}
+        cfg = parse_config({**base, "serve": serve})
+        env: dict = {}
+        values = ingress.install_from_config(cfg, env, ports())
+        try:
+            assert env[ingress.REQUEST_METRICS] == value
+        finally:
+            ingress.remove_run_dir(values)
+    # Serve's Python proxy has no HAProxy log to parse: a value left by an earlier cluster goes.
+    env = {ingress.REQUEST_METRICS: "0"}
+    ingress.install("proxy", env, ports())
+    assert ingress.REQUEST_METRICS not in env
+
+
+def test_request_metrics_setting_names_the_field():
+    from rayfin.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="haproxy_request_metrics"):
+        parse_config({"cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
+                      "desks": [{"name": "fx", "nominal_gpus": 0, "credential_sha256": "0" * 64}], "serve": {"haproxy_request_metrics": "sometimes"}})
