@@ -73,6 +73,8 @@ class AdmissionSettings:
     # the broker's node (KubeRay: the head pod's sidecar); None: Serve's HAProxies on this node.
     edge_admin: str | None = None
     edge_map: str | None = None
+    # credential hash -> desk, to name the HAProxy edge's counters in metrics
+    edge_desks: Mapping[str, str] | None = None
 
     @classmethod
     def from_config(cls, config: RayfinConfig, broker_app: str) -> "AdmissionSettings":
@@ -91,6 +93,8 @@ class AdmissionSettings:
             holder_ttl_s=max(5.0, 10 * sc.quota_sync_interval_s),
             edge_in_replica=sc.edge_shedding and sc.ingress == "haproxy",
             haproxy_edge=desk_rates(config) if sc.edge == "haproxy" else None,
+            edge_desks=({d.credential_sha256: d.name for d in config.desks if getattr(d, "credential_sha256", None)}
+                        if sc.edge == "haproxy" else None),
             edge_admin=sc.edge_runtime.admin if sc.edge_runtime else None,
             edge_map=sc.edge_runtime.map_path if sc.edge_runtime else None,
         )

@@ -21,6 +21,8 @@ No `from __future__ import annotations` here: FastAPI reads the route methods' a
 """
 import functools
 import logging
+import os
+import threading
 import time
 from typing import Any
 
@@ -29,7 +31,7 @@ from ray import serve
 from starlette.requests import Request as StarletteRequest
 
 from rayfin.config import ServeModelConfig
-from rayfin.telemetry.serving import count_edge_refusal, request_span
+from rayfin.telemetry.serving import count_edge_refusal, request_span, serving_metrics
 from serve_apps import edge_asgi, haproxy_edge
 from serve_apps.admission import (Admission, AdmissionSettings, LocalBroker, error_response, replicas_of)
 from serve_apps.edge import EdgeFilter
@@ -102,6 +104,50 @@ def push_edge_rates(settings: AdmissionSettings,
     return haproxy_edge.apply_rates_here(settings.haproxy_edge, call=call)
 
 
+EDGE_POLL_S = 5.0    # how often the broker reads the HAProxy edge's counters into metrics
+
+
+def edge_sockets(settings: AdmissionSettings) -> list[str]:
+    """The runtime API addresses of the HAProxy edge the broker watches: the configured one
+    (`serve.edge_runtime`), else every HAProxy Serve runs on this node."""
+    if settings.edge_admin:
+        return [settings.edge_admin]
+    base = os.environ.get(haproxy_edge.SOCKET_ENV)
+    return haproxy_edge.admin_sockets(base) if base else []
+
+
+def watch_edge(settings: AdmissionSettings, totals: dict[str, dict[str, int]],
+               interval_s: float = EDGE_POLL_S) -> threading.Thread:
+    """A daemon thread: every `interval_s`, the edge's passed and refused counts per desk into
+    `rayfin_serve_edge_requests` (its refusals reach no replica, so nothing else counts them),
+    and into `totals` ({desk: {"passed": n, "refused": n}} since this broker started). A read
+    that fails is logged once and retried next time."""
+    desks = dict(settings.edge_desks or {})
+    poller = haproxy_edge.EdgeCountsPoller(lambda: haproxy_edge.edge_counts(edge_sockets(settings)))
+
+    def run() -> None:
+        failing = False
+        while True:
+            try:
+                delta = poller.poll()
+                haproxy_edge.record_edge_counts(delta, desks, serving_metrics())
+                for key, c in delta.items():
+                    if key in desks:
+                        t = totals.setdefault(desks[key], {"passed": 0, "refused": 0})
+                        t["passed"] += c.passed
+                        t["refused"] += c.refused
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - metrics must not end the broker
+                if not failing:
+                    log.warning("HAProxy edge counters unreadable: %s", exc)
+                failing = True
+            time.sleep(interval_s)
+
+    t = threading.Thread(target=run, name="rayfin-edge-counters", daemon=True)
+    t.start()
+    return t
+
+
 # With `serve.edge_runtime.broker_on_head` the deploy code places it on the head node (HEAD_RESOURCE).
 HEAD_RESOURCE = "node:__internal_head__"
 
@@ -111,17 +157,24 @@ class QuotaBroker:
     def __init__(self, settings: AdmissionSettings) -> None:
         self._broker = LocalBroker.from_settings(settings)
         self.edge_update = None
+        self._edge_totals: dict[str, dict[str, int]] = {}
         if settings.haproxy_edge is not None:
             self.edge_update = push_edge_rates(settings)
             if self.edge_update is not None and not self.edge_update.ok:
                 # The map file is rewritten either way (a reload reads it); admission still holds.
                 log.warning("HAProxy edge not updated on %s", self.edge_update.failed)
+            self._edge_watch = watch_edge(settings, self._edge_totals)
 
     async def lease(self, requests: list[LeaseRequest]) -> list[Grant]:
         return self._broker.lease(requests)
 
     async def snapshot(self) -> dict:
         return self._broker.snapshot()
+
+    async def edge_counts(self) -> dict:
+        """{desk: {"passed": n, "refused": n}}: what the HAProxy edge did for each desk since this
+        broker started, as its watcher read it (every EDGE_POLL_S); {} without the edge."""
+        return {d: dict(c) for d, c in self._edge_totals.items()}
 
     async def desk_request_counts(self) -> dict:
         """{"since": wall time, "counts": {desk: requests admitted}}: read by the controller's

@@ -257,6 +257,49 @@ def edge_counts(sockets: list[str], call: Callable[[str, str], str] | None = Non
     return total
 
 
+def count_deltas(before: Mapping[str, EdgeCounts], now: Mapping[str, EdgeCounts]) -> dict[str, EdgeCounts]:
+    """What each credential's counters rose by between two reads. A table entry expires after 3
+    windows without requests and starts again from 0 when the desk comes back: a counter below
+    its last reading counts from 0. Only credentials with something new are returned."""
+    out: dict[str, EdgeCounts] = {}
+    for key, c in now.items():
+        b = before.get(key, EdgeCounts(0, 0))
+        passed = c.passed - b.passed if c.passed >= b.passed else c.passed
+        refused = c.refused - b.refused if c.refused >= b.refused else c.refused
+        if passed or refused:
+            out[key] = EdgeCounts(passed, refused)
+    return out
+
+
+class EdgeCountsPoller:
+    """Turns the table's running counters into increments: `poll()` reads (`read`, e.g.
+    `lambda: edge_counts(sockets)`) and returns what rose since the last poll. The first poll is
+    the baseline and returns nothing: what the table held before this poller started was counted
+    by whoever watched it then (a broker replaced by a redeploy), so it is not counted twice."""
+
+    def __init__(self, read: Callable[[], dict[str, EdgeCounts]]) -> None:
+        self._read = read
+        self._last: dict[str, EdgeCounts] | None = None
+
+    def poll(self) -> dict[str, EdgeCounts]:
+        now = self._read()
+        delta = {} if self._last is None else count_deltas(self._last, now)
+        self._last = now
+        return delta
+
+
+def record_edge_counts(delta: Mapping[str, EdgeCounts], desks: Mapping[str, str], sink) -> None:
+    """Increments to `rayfin_serve_edge_requests{desk, outcome=passed|refused}` on a MetricsSink;
+    `desks`: credential hash -> desk name (a hash not in it is skipped: not a desk's)."""
+    for key, c in delta.items():
+        desk = desks.get(key)
+        if desk is None:
+            continue
+        for outcome, n in (("passed", c.passed), ("refused", c.refused)):
+            if n:
+                sink.inc("rayfin_serve_edge_requests", n, {"desk": desk, "outcome": outcome})
+
+
 @dataclass
 class EdgeUpdate:
     """What `apply_rates` did: commands sent per socket, and the sockets it could not update

@@ -95,6 +95,9 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     # serving gateway (recorded by rayfin.telemetry.serving)
     _c("rayfin_serve_requests", "Gateway requests by outcome (accepted, refused, error) and reason code.",
        "desk", "model", "outcome", "reason"),
+    _c("rayfin_serve_edge_requests", "Predict requests the HAProxy edge (serve.edge: haproxy) passed on or "
+       "refused, per desk, read from HAProxy's table every few seconds (refusals there reach no replica).",
+       "desk", "outcome"),
     _h("rayfin_serve_request_seconds", "Gateway request latency of accepted requests.", REQUEST_S_BUCKETS,
        "desk", "model"),
 )}

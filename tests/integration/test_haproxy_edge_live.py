@@ -114,6 +114,18 @@ def test_flood_is_refused_in_haproxy_and_quota_changes_follow_without_restart(ed
     assert os.path.exists(f"/proc/{pid}")
 
 
+def test_the_brokers_poller_reads_what_a_real_haproxy_refused(edge):
+    from serve_apps.haproxy_edge import EdgeCountsPoller
+
+    port, _, sock, _ = edge
+    poller = EdgeCountsPoller(lambda: edge_counts([sock]))
+    key = credential_key("fx-token")
+    assert _send(port, "fx-token", 150) == {200: 110, 429: 40}
+    assert poller.poll() == {}                                    # baseline: an earlier watcher's
+    assert _send(port, "fx-token", 25) == {429: 25}
+    assert poller.poll() == {key: EdgeCounts(passed=0, refused=25)}
+
+
 def test_wrapper_patches_a_serve_style_config_that_haproxy_accepts(tmp_path):
     import sys
 
@@ -217,7 +229,16 @@ def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
         # fx may pass 2 x (2 + 1/s x 10 s) = 24 per window at the edge; HAProxy's rate (this period
         # plus the last, weighted) can let up to twice that through across a period boundary, so
         # of 100 sent at once at least 100 - 48 = 52 are refused there.
-        assert _edge_refusals(url, 100) >= 52
+        refused = _edge_refusals(url, 100)
+        assert refused >= 52
+        # The broker's watcher reads HAProxy's table into rayfin_serve_edge_requests{desk} (the
+        # refusals reach no replica); its running totals say what it recorded.
+        from serve_apps.deploy import GATEWAY_APP
+        from serve_apps.deployments import BROKER_DEPLOYMENT
+
+        broker = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=GATEWAY_APP)
+        wait_for(lambda: broker.edge_counts.remote().result().get("fx", {}).get("refused", 0) >= refused,
+                 timeout=60, what="the edge's refusals in the broker's metrics")
         # fx raised to 50/s, burst 50: 2 x (50 + 500) = 1100; the new broker pushes it to HAProxy.
         deploy_from_config(_edge_config(port, fx_rate=50, fx_burst=50), http_port=port, access_log=False)
         key = credential_key("fx-token")

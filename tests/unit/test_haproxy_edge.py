@@ -5,8 +5,9 @@ import hashlib
 
 import pytest
 
-from serve_apps.haproxy_edge import (ANCHOR, MAP_ENV, SOCKET_ENV, DeskRate, EdgeCounts, admin_sockets,
-                                     apply_rates, apply_rates_here, credential_key, edge_counts,
+from serve_apps.haproxy_edge import (ANCHOR, MAP_ENV, SOCKET_ENV, DeskRate, EdgeCounts, EdgeCountsPoller,
+                                     admin_sockets, apply_rates, apply_rates_here, count_deltas,
+                                     credential_key, edge_counts, record_edge_counts,
                                      frontend_rules, map_commands, parse_show_map, parse_show_table,
                                      patch_template, rate_map, table_backend)
 
@@ -85,6 +86,35 @@ def test_show_table_answer_gives_passed_and_refused_per_credential():
     counts = edge_counts(["/n1", "/n2"], call=lambda sock, cmd: seen.append(cmd) or per_socket[sock])
     assert counts[a] == EdgeCounts(115, 300) and counts[b] == EdgeCounts(7, 0)
     assert seen == ["show table rf_desk_passed"] * 2
+
+
+def test_counter_deltas_survive_an_entry_that_expired_and_came_back():
+    a, b = credential_key("a"), credential_key("b")
+    before = {a: EdgeCounts(100, 900), b: EdgeCounts(5, 0)}
+    now = {a: EdgeCounts(110, 1200), b: EdgeCounts(2, 7)}        # b expired, then 2 passed and 7 refused
+    assert count_deltas(before, now) == {a: EdgeCounts(10, 300), b: EdgeCounts(2, 7)}
+    assert count_deltas(now, now) == {}                         # nothing new: nothing to record
+
+
+def test_poller_takes_its_first_read_as_the_baseline():
+    a = credential_key("a")
+    reads = iter([{a: EdgeCounts(50, 500)}, {a: EdgeCounts(60, 800)}, {}])
+    poller = EdgeCountsPoller(lambda: next(reads))
+    assert poller.poll() == {}                                  # counted by an earlier broker, if any
+    assert poller.poll() == {a: EdgeCounts(10, 300)}
+    assert poller.poll() == {}                                  # the entry expired
+
+
+def test_edge_counts_become_desk_metrics():
+    from rayfin.telemetry.metrics import MemoryMetrics
+
+    a, stranger = credential_key("a"), credential_key("x")
+    sink = MemoryMetrics()
+    record_edge_counts({a: EdgeCounts(10, 300), stranger: EdgeCounts(1, 1)}, {a: "fx"}, sink)
+    record_edge_counts({a: EdgeCounts(0, 5)}, {a: "fx"}, sink)
+    assert sink.get("rayfin_serve_edge_requests", desk="fx", outcome="refused") == 305
+    assert sink.get("rayfin_serve_edge_requests", desk="fx", outcome="passed") == 10
+    assert len(sink.series("rayfin_serve_edge_requests")) == 2  # the unknown credential is not a desk
 
 
 def test_refusals_are_counted_and_kept_out_of_the_log():
