@@ -104,7 +104,10 @@ def push_edge_rates(settings: AdmissionSettings,
     return haproxy_edge.apply_rates_here(settings.haproxy_edge, call=call)
 
 
-EDGE_POLL_S = 5.0    # how often the broker reads the HAProxy edge's counters into metrics
+# How often the broker reads the HAProxy edge's counters into metrics. Serve reloads HAProxy as a
+# new process when its backends change, and the new one starts with an empty table: what the old
+# one counted since the last read is lost, so the reads are frequent.
+EDGE_POLL_S = 2.0
 
 
 def edge_sockets(settings: AdmissionSettings) -> list[str]:
@@ -123,11 +126,13 @@ def watch_edge(settings: AdmissionSettings, totals: dict[str, dict[str, int]],
     and into `totals` ({desk: {"passed": n, "refused": n}} since this broker started). A read
     that fails is logged once and retried next time."""
     desks = dict(settings.edge_desks or {})
-    poller = haproxy_edge.EdgeCountsPoller(lambda: haproxy_edge.edge_counts(edge_sockets(settings)))
+    failed: dict[str, str] = {}
+    poller = haproxy_edge.EdgeCountsPoller(lambda: haproxy_edge.edge_counts(edge_sockets(settings), failed=failed))
 
     def run() -> None:
         failing = False
         while True:
+            failed.clear()
             try:
                 delta = poller.poll()
                 haproxy_edge.record_edge_counts(delta, desks, serving_metrics())
@@ -136,7 +141,9 @@ def watch_edge(settings: AdmissionSettings, totals: dict[str, dict[str, int]],
                         t = totals.setdefault(desks[key], {"passed": 0, "refused": 0})
                         t["passed"] += c.passed
                         t["refused"] += c.refused
-                failing = False
+                if failed and not failing:
+                    log.warning("HAProxy edge counters unreadable on %s", failed)
+                failing = bool(failed)
             except Exception as exc:  # noqa: BLE001 - metrics must not end the broker
                 if not failing:
                     log.warning("HAProxy edge counters unreadable: %s", exc)

@@ -245,13 +245,23 @@ def parse_show_table(text: str) -> dict[str, EdgeCounts]:
     return out
 
 
-def edge_counts(sockets: list[str], call: Callable[[str, str], str] | None = None) -> dict[str, EdgeCounts]:
+def edge_counts(sockets: list[str], call: Callable[[str, str], str] | None = None,
+                failed: dict[str, str] | None = None) -> dict[str, EdgeCounts]:
     """The edge's counters per credential hash, summed over the HAProxies behind `sockets` (one
-    per node). What the silent refusals leave to count them by: they are not in the access log."""
+    per node). What the silent refusals leave to count them by: they are not in the access log.
+    With `failed` given, a socket that does not answer is recorded there ({socket: error}) and
+    skipped, so one stale socket does not hide the others; without it, the error is raised."""
     call = call or admin_call
     total: dict[str, EdgeCounts] = {}
     for sock in sockets:
-        for key, c in parse_show_table(call(sock, f"show table {TABLE}")).items():
+        try:
+            answer = call(sock, f"show table {TABLE}")
+        except OSError as exc:
+            if failed is None:
+                raise
+            failed[sock] = f"{type(exc).__name__}: {exc}"
+            continue
+        for key, c in parse_show_table(answer).items():
             had = total.get(key, EdgeCounts(0, 0))
             total[key] = EdgeCounts(had.passed + c.passed, had.refused + c.refused)
     return total

@@ -232,13 +232,25 @@ def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
         refused = _edge_refusals(url, 100)
         assert refused >= 52
         # The broker's watcher reads HAProxy's table into rayfin_serve_edge_requests{desk} (the
-        # refusals reach no replica); its running totals say what it recorded.
+        # refusals reach no replica); its running totals say what it recorded: never more than
+        # HAProxy refused, and some of it (Serve may reload HAProxy, whose new table starts empty,
+        # between two reads: so keep the flood going until a read lands).
         from serve_apps.deploy import GATEWAY_APP
         from serve_apps.deployments import BROKER_DEPLOYMENT
 
         broker = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=GATEWAY_APP)
-        wait_for(lambda: broker.edge_counts.remote().result().get("fx", {}).get("refused", 0) >= refused,
-                 timeout=60, what="the edge's refusals in the broker's metrics")
+
+        def recorded() -> bool:
+            nonlocal refused
+            got = broker.edge_counts.remote().result().get("fx", {}).get("refused", 0)
+            assert got <= refused, (got, refused)
+            if got:
+                return True
+            refused += _edge_refusals(url, 30)
+            time.sleep(0.5)
+            return False
+
+        wait_for(recorded, timeout=90, what="the edge's refusals in the broker's metrics")
         # fx raised to 50/s, burst 50: 2 x (50 + 500) = 1100; the new broker pushes it to HAProxy.
         deploy_from_config(_edge_config(port, fx_rate=50, fx_burst=50), http_port=port, access_log=False)
         key = credential_key("fx-token")

@@ -88,6 +88,21 @@ def test_show_table_answer_gives_passed_and_refused_per_credential():
     assert seen == ["show table rf_desk_passed"] * 2
 
 
+def test_a_stale_socket_does_not_hide_the_others_when_asked():
+    a = credential_key("a")
+
+    def call(sock, cmd):
+        if sock == "/gone":
+            raise ConnectionRefusedError("no HAProxy here")
+        return f"0x1: key={a} use=0 exp=1 shard=0 gpc0=3 gpc0_rate(10000)=3 gpc1=4\n"
+
+    failed: dict = {}
+    assert edge_counts(["/gone", "/n1"], call=call, failed=failed) == {a: EdgeCounts(3, 4)}
+    assert "ConnectionRefusedError" in failed["/gone"]
+    with pytest.raises(ConnectionRefusedError):
+        edge_counts(["/gone", "/n1"], call=call)
+
+
 def test_counter_deltas_survive_an_entry_that_expired_and_came_back():
     a, b = credential_key("a"), credential_key("b")
     before = {a: EdgeCounts(100, 900), b: EdgeCounts(5, 0)}
