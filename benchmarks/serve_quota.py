@@ -373,7 +373,7 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     commands, replies = ctx.Queue(), ctx.Queue()
     proxy_nice = _proxy_niceness(procs)
     flood_nice = proxy_nice if args.flood_nice < 0 else args.flood_nice
-    proc = ctx.Process(target=_flood_client, args=(base, commands, replies, flood_nice, cpu_list(args.flood_cpus)),
+    proc = ctx.Process(target=_flood_client, args=(base, commands, replies, flood_nice, args.flood_cpu_set),
                        daemon=True)
     proc.start()
     loop = asyncio.get_running_loop()
@@ -666,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--flood-cpus / --system-cpus: {e}")
     if flood_cpus and system_cpus and flood_cpus & system_cpus:
         p.error(f"--flood-cpus {args.flood_cpus} and --system-cpus {args.system_cpus} overlap")
+    args.flood_cpu_set = flood_cpus           # parsed once: `isolation` hands it to the flood client
     if system_cpus:
         os.sched_setaffinity(0, system_cpus)   # before ray.init: the cluster's processes inherit it
     port = free_port()

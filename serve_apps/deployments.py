@@ -31,6 +31,7 @@ from ray import serve
 from starlette.requests import Request as StarletteRequest
 
 from rayfin.config import ServeModelConfig
+from rayfin.telemetry.metrics import MemoryMetrics
 from rayfin.telemetry.serving import count_edge_refusal, request_span, serving_metrics
 from serve_apps import edge_asgi, haproxy_edge
 from serve_apps.admission import (Admission, AdmissionSettings, LocalBroker, error_response, replicas_of)
@@ -119,11 +120,11 @@ def edge_sockets(settings: AdmissionSettings) -> list[str]:
     return haproxy_edge.admin_sockets(base) if base else []
 
 
-def watch_edge(settings: AdmissionSettings, totals: dict[str, dict[str, int]],
+def watch_edge(settings: AdmissionSettings, totals: MemoryMetrics,
                interval_s: float = EDGE_POLL_S) -> threading.Thread:
     """A daemon thread: every `interval_s`, the edge's passed and refused counts per desk into
     `rayfin_serve_edge_requests` (its refusals reach no replica, so nothing else counts them),
-    and into `totals` ({desk: {"passed": n, "refused": n}} since this broker started). A read
+    on this process's metrics and on `totals` (what this broker read since it started). A read
     that fails is logged once and retried next time."""
     desks = dict(settings.edge_desks or {})
     failed: dict[str, str] = {}
@@ -135,12 +136,8 @@ def watch_edge(settings: AdmissionSettings, totals: dict[str, dict[str, int]],
             failed.clear()
             try:
                 delta = poller.poll()
-                haproxy_edge.record_edge_counts(delta, desks, serving_metrics())
-                for key, c in delta.items():
-                    if key in desks:
-                        t = totals.setdefault(desks[key], {"passed": 0, "refused": 0})
-                        t["passed"] += c.passed
-                        t["refused"] += c.refused
+                for sink in (serving_metrics(), totals):
+                    haproxy_edge.record_edge_counts(delta, desks, sink)
                 if failed and not failing:
                     log.warning("HAProxy edge counters unreadable on %s", failed)
                 failing = bool(failed)
@@ -164,7 +161,7 @@ class QuotaBroker:
     def __init__(self, settings: AdmissionSettings) -> None:
         self._broker = LocalBroker.from_settings(settings)
         self.edge_update = None
-        self._edge_totals: dict[str, dict[str, int]] = {}
+        self._edge_totals = MemoryMetrics()
         if settings.haproxy_edge is not None:
             self.edge_update = push_edge_rates(settings)
             if self.edge_update is not None and not self.edge_update.ok:
@@ -181,7 +178,11 @@ class QuotaBroker:
     async def edge_counts(self) -> dict:
         """{desk: {"passed": n, "refused": n}}: what the HAProxy edge did for each desk since this
         broker started, as its watcher read it (every EDGE_POLL_S); {} without the edge."""
-        return {d: dict(c) for d, c in self._edge_totals.items()}
+        out: dict[str, dict[str, int]] = {}
+        for (_, tags), n in list(self._edge_totals.values.items()):   # one C-level copy: the watcher writes
+            t = dict(tags)
+            out.setdefault(t["desk"], {"passed": 0, "refused": 0})[t["outcome"]] = int(n)
+        return out
 
     async def desk_request_counts(self) -> dict:
         """{"since": wall time, "counts": {desk: requests admitted}}: read by the controller's

@@ -54,7 +54,7 @@ LOCAL_DRAIN_S = "2"
 # HAProxy's threads. Serve's default is 4 whatever the machine; on a node with fewer CPUs the
 # threads take turns on them, and on the 2-core dev machine that cost 1.8x in HAProxy CPU per
 # request and halved plain Serve's throughput with the node pinned to one core (docs/serving.md,
-# "HAProxy's threads"). rayfin sets min(4, the CPUs this node may use) unless the variable is set.
+# "Fourth round"). rayfin sets min(4, the CPUs this node may use) unless the variable is set.
 NBTHREAD = "RAY_SERVE_HAPROXY_NBTHREAD"
 # Serve's per-request HTTP metrics under HAProxy: one log line per request, parsed in Python by the
 # HAProxyManager actor (about 50 µs of CPU per request on the dev machine, docs/serving.md).

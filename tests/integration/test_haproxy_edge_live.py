@@ -15,6 +15,7 @@ import time
 import pytest
 
 from rayfin.cluster import free_port
+from tests.support.haproxy import start_haproxy
 from serve_apps.haproxy_edge import (MAP_ENV, SOCKET_ENV, DeskRate, EdgeCounts, admin_sockets, apply_rates_here,
                                      credential_key, edge_counts, frontend_rules, parse_show_map, rate_map,
                                      table_backend)
@@ -51,14 +52,7 @@ def edge(tmp_path):
                    "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
                    f"frontend http_frontend\n    bind 127.0.0.1:{port}\n{frontend_rules(str(map_path), 10, 1)}"
                    f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{table_backend(10)}")
-    proc = subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    proc = start_haproxy(binary, str(cfg), port)
     yield port, str(map_path), str(sock), proc.pid
     proc.terminate()
     proc.wait(timeout=10)
@@ -286,15 +280,8 @@ def test_refusals_stay_out_of_the_request_log_that_serve_parses(tmp_path):
                    f"frontend http_frontend\n    bind 127.0.0.1:{port}\n    log {log_path} local0 info\n"
                    f"    option httplog\n{frontend_rules(str(map_path), 10, 1)}"
                    f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{table_backend(10)}")
-    proc = subprocess.Popen([binary, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_haproxy(binary, str(cfg), port)
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         lines: list[str] = []
         done = threading.Event()
 

