@@ -306,7 +306,10 @@ def constant_quotas(w: World, plan, base, ws) -> dict[str, DeskQuota]:
 def cfg_for(policy: str, grace: float) -> SchedulerConfig:
     if policy == "rayfin":
         from rayfin.policy.ordering import JobRank
-        return SchedulerConfig.preset(Policy.RAYFIN, preemption_grace_s=grace, rank=JobRank.SUBMISSION)
+        # as measured for docs/market.md: submission order, no least-attained-service swaps (added
+        # later, for the scheduling benchmark; deadline work is never their victim anyway)
+        return SchedulerConfig.preset(Policy.RAYFIN, preemption_grace_s=grace, rank=JobRank.SUBMISSION,
+                                      las_within_desk=False)
     if policy == "kueue_tas_fs":
         return SchedulerConfig.preset(Policy.KUEUE_TAS_FS, preemption_grace_s=grace)
     return SchedulerConfig.preset(Policy.FIFO, placement=PlacementStrategy.BEST_FIT, preemption_grace_s=grace)

@@ -92,8 +92,9 @@ def latency_snapshot(jobs, depth: int, gpus: int = 568, ndesks: int = 6) -> Clus
         pend.append(PendingJob(f"p{i}", desk_of(j.tenant, ndesks), j.gpus, submitted_at=float(i),
                                comm=CommProfile.ALLREDUCE if j.gpus > 1 else CommProfile.NONE))
         hints[f"p{i}"] = JobHint(j.duration_s, 0.0)
-    rhints = {r.job_id: JobHint(3600.0, 7200.0, 600.0) for r in running}
-    return ClusterSnapshot(float(depth) + 10.0, topo, desks, tuple(running), tuple(pend), hints={**hints, **rhints})
+    rhints = {r.job_id: JobHint(3600.0, 72_000.0, 600.0) for r in running}
+    return ClusterSnapshot(float(depth) + 3_610.0, topo, desks, tuple(running), tuple(pend),
+                           hints={**hints, **rhints})
 
 
 def stats(xs: list[float]) -> str:

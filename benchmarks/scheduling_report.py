@@ -50,15 +50,17 @@ def report(path: str) -> str:
         for name, m in pols.items():
             out.append(f"| {prefix}{name} | " + " | ".join(wcell(m, k, f) for k, _, f in WCOLS) + " |")
     for prefix, pols in sections:
-        r = pols.get("rayfin", {}).get("vs_kueue_tas_fs")
-        if r:
+        for name in [n for n in pols if n.startswith("rayfin")]:
+            r = pols[name].get("vs_kueue_tas_fs")
+            if not r:
+                continue
             parts = []
             for k, v in r.items():
                 ci = v["ci95"] or {}
                 rng = (f" (windows {ci['mean']:.2f}, CI {ci['lo']:.2f}..{ci['hi']:.2f})"
                        if ci.get("lo") is not None else "")
                 parts.append(f"{k} {v['full_trace']:.2f}x{rng}")
-            out += ["", f"{prefix}rayfin / kueue_tas_fs: " + "; ".join(parts)]
+            out += ["", f"{prefix}{name} / kueue_tas_fs: " + "; ".join(parts)]
     if "elastic_share_sweep" in d:
         out += ["", "elastic share sweep (full trace): " + "; ".join(
             f"{s}: mean JCT {v['mean_jct_s']:.0f} s = {v['mean_jct_vs_kueue_tas_fs']:.3f}x kueue_tas_fs, "

@@ -155,6 +155,17 @@ class DefaultsConfig(ConfigModel):
     job_timeout_s: float | None = Field(None, gt=0)
 
 
+class SchedulingConfig(ConfigModel):
+    """The live policy's switches beyond the `rayfin` preset (docs/scheduling.md)."""
+    least_attained_service: bool = Field(True, description="a desk's job that has run little may preempt the "
+                                         "desk's own jobs that have run long (never another desk's work within "
+                                         "its nominal; only jobs with retries left, never deadline work)")
+    las_threshold_gpu_hours: float = Field(10.0, gt=0, le=1_000_000,
+                                           description="GPU-hours of service after which a job may be preempted so")
+    las_min_run_s: float = Field(3600.0, ge=0, le=30 * 86_400,
+                                 description="nor before it has run this long since its last start")
+
+
 class ControllerConfig(ConfigModel):
     name: Name = "rayfin-controller"
     namespace: Name = "rayfin"
@@ -368,6 +379,7 @@ class RayfinConfig(ConfigModel):
     desks: list[DeskConfig] = Field(..., min_length=1)
     admin: AdminConfig | None = None
     defaults: DefaultsConfig = DefaultsConfig()
+    scheduling: SchedulingConfig = SchedulingConfig()
     controller: ControllerConfig = ControllerConfig()
     serve: ServeConfig = ServeConfig()
     api: ApiConfig = ApiConfig()

@@ -28,6 +28,7 @@ class ReasonCode(str, Enum):
     # -- the policy: preemptions
     PRIORITY = "priority"
     RECLAIM = "reclaim"
+    LEAST_ATTAINED = "least_attained"
     # -- the policy and the controller's edge: refusals
     NEVER_FITS = "never_fits"
     POOL_TOO_SMALL = "pool_too_small"

@@ -218,7 +218,8 @@ def hints(s: ControllerState, now: float) -> dict[str, JobHint]:
         ckpt = job.info.get("checkpoint_at")
         age = now - float(ckpt) if ckpt is not None and job.started_at else None
         # deadline_s: EDF inside the desk (policy.ordering)
-        out[job.job_id] = JobHint(predicted, ran, age, job.deadline)
+        # restartable: least-attained-service preemption takes only jobs a preemption requeues
+        out[job.job_id] = JobHint(predicted, ran, age, job.deadline, job.attempts < job.max_retries)
     return out
 
 

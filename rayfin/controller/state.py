@@ -36,8 +36,13 @@ DURATION_KEY = "duration_state"   # ledger kv: the duration predictor's state (r
 
 
 def scheduler_config(config: RayfinConfig) -> SchedulerConfig:
-    """The live controller runs the `rayfin` preset of the policy with the configured grace."""
-    return SchedulerConfig.preset(Policy.RAYFIN, preemption_grace_s=config.defaults.preemption_grace_s)
+    """The live controller runs the `rayfin` preset of the policy with the configured grace and
+    least-attained-service switches (`scheduling:`)."""
+    sc = config.scheduling
+    return SchedulerConfig.preset(Policy.RAYFIN, preemption_grace_s=config.defaults.preemption_grace_s,
+                                  las_within_desk=sc.least_attained_service,
+                                  las_desk_threshold_gpu_s=sc.las_threshold_gpu_hours * 3600.0,
+                                  las_min_run_s=sc.las_min_run_s)
 
 
 class ControllerState:
@@ -118,7 +123,10 @@ class ControllerState:
         return job
 
     def requeue(self, job: JobRecord, why: str, code: ReasonCode) -> JobRecord:
-        job = job.copy(state=JobState.PENDING, attempts=job.attempts + 1, placement=(), started_at=None,
+        # The service it got stays with it (the least-attained-service order and its hints read it).
+        ran = max(0.0, self.clock() - job.started_at) if job.started_at else 0.0
+        info = {**job.info, "attained_s": float(job.info.get("attained_s", 0.0)) + ran}
+        job = job.copy(state=JobState.PENDING, attempts=job.attempts + 1, placement=(), started_at=None, info=info,
                        preempt_deadline=None, preempt_reason="", preempted_for=None, reason_code=code,
                        reason=f"requeued (attempt {job.attempts + 2} of {job.max_retries + 1}): {why}")
         self.recorder.state_changed(job, JobState.RUNNING.value)

@@ -17,6 +17,7 @@ class JobHint:
     attained_s: float = 0.0                 # seconds the job has already run, all attempts together
     checkpoint_age_s: float | None = None   # running jobs: seconds of work since the last checkpoint
     deadline_s: float | None = None         # when the job must be done (snapshot clock); None: no deadline
+    restartable: bool = True                # a preemption requeues it (False: no retries left, it would end)
 
     def remaining_s(self, floor_s: float = 1.0) -> float | None:
         """Predicted seconds still to run, or None without a prediction. A job that outlived its

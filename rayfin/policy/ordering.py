@@ -62,9 +62,13 @@ def rank_key(rank: JobRank, job: PendingJob, hint: JobHint | None, now: float, *
 
 
 def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint], now: float, *,
-          aging_s: float = 3600.0, las_threshold_gpu_s: float = 3600.0, floor_s: float = 60.0) -> list[PendingJob]:
+          aging_s: float = 3600.0, las_threshold_gpu_s: float = 3600.0, floor_s: float = 60.0,
+          las_levels_gpu_s: float | None = None) -> list[PendingJob]:
     """`jobs` sorted by priority (highest first), then by `rank_key` (lowest first); stable, so
-    ties keep the given order. The same keys as `rank_key`, with the same float arithmetic, but
+    ties keep the given order. `las_levels_gpu_s` (PREDICTED_REMAINING, with least attained
+    service inside desks): jobs that have run that many GPU-seconds (LAS queue 1, e.g. a job
+    requeued after a long run) go after those that have not, inside each priority, so the GPUs a
+    job was preempted for go to the job it was preempted for. The same keys as `rank_key`, with the same float arithmetic, but
     computed as arrays and sorted by one `np.lexsort` (stable): a queue of 10,000 jobs is ordered
     in a few milliseconds instead of the ten or more that a per-job key function takes."""
     n = len(jobs)
@@ -91,7 +95,11 @@ def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint
             submitted = np.fromiter((j.submitted_at for j in jobs), dtype=np.float64, count=n)
             wait = np.maximum(0.0, now - submitted)
             first, second = left / (1.0 + wait / aging_s), left
-    idx = np.lexsort((second, first, prio) if edf is None else (second, first, edf[1], edf[0], prio))
+    keys: tuple[np.ndarray, ...] = (second, first)
+    if las_levels_gpu_s is not None and rank is JobRank.PREDICTED_REMAINING:
+        gpus = np.fromiter((j.gpus for j in jobs), dtype=np.float64, count=n)
+        keys += ((attained * gpus >= las_levels_gpu_s).astype(np.float64),)   # las_queue
+    idx = np.lexsort(keys + ((prio,) if edf is None else (edf[1], edf[0], prio)))
     return [jobs[i] for i in idx.tolist()]
 
 

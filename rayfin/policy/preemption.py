@@ -67,6 +67,7 @@ class ReclaimContext:
     victim_cost: Callable[[RunningJob], float] | None = None   # equal-priority victims, lower first (per GPU)
     victim_ok: Callable[[RunningJob], bool] | None = None      # extra victims (LAS: a lower queue)
     placed: Mapping[str, Sequence[tuple[int, float]]] | None = None   # job id -> (island index, GPUs); None: built
+    own_outside: bool = True    # need_own may be met by own-desk victims outside the domain (False: inside only)
     free: list[float] = field(init=False, default_factory=list)   # index.free as Python floats (read_free)
     whole: list[int] = field(init=False, default_factory=list)     # whole free GPUs per island (index.whole)
     # pools -> the pool's island indices and its domains per level (they depend on the layout only)
@@ -110,7 +111,8 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     # island, node or rack can (checked once here instead of in every domain of every level).
     if _plan_in(ctx, job, in_pool, kind, need_own, LinkLevel.INTER_RACK, feasible_only=True) is None:
         return None
-    bounds = _IslandBounds(ctx, in_pool, kind, exact=need_own <= _EPS)
+    # With own victims outside the domain allowed, a domain's own floor does not bound its plan.
+    bounds = _IslandBounds(ctx, in_pool, kind, exact=need_own <= _EPS or not ctx.own_outside)
     for level in _LEVELS:
         if level < start or level > stop:
             continue
@@ -281,7 +283,7 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, n
     cost = ctx.victim_cost or (lambda v: 0.0)
     order = sorted(cands.values(), key=lambda kv: (kv[0], int(kv[1].priority), cost(kv[1]), -kv[1].started_at,
                                                    kv[1].job_id))
-    if need_own > _EPS:   # own lower-priority work elsewhere also counts toward the quota need
+    if need_own > _EPS and ctx.own_outside:   # own lower-priority work elsewhere also counts toward the quota need
         seen = set(cands)
         extra = [(1, v) for isl in range(len(ctx.on_island)) if isl not in in_dom for v in ctx.on_island[isl]
                  if v.job_id not in seen and kind(v) == 1 and v.desk == job.desk]

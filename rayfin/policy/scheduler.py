@@ -91,6 +91,9 @@ class _Cycle:
         self._failed: dict[tuple[Any, ...], tuple[int, int]] = {}  # plan key -> (generation, fewest GPUs that failed)
         self._beneficiaries: set[str | None] | None = None
         self._lost_memo: dict[str, float] = {}
+        self._las_by_desk: dict[str, list[RunningJob]] | None = None   # _las_victims
+        self._las_ctx: dict[tuple[str, bool], ReclaimContext] = {}
+        self._las_swaps = 0
         self._borrow_memo: dict[tuple[Any, ...], _Outcome] = {}   # (generation, desk, GPUs, unit) -> waiting outcome
         self.admits: list[Decision] = []
         self.preempts: list[Decision] = []
@@ -175,7 +178,8 @@ class _Cycle:
         submission order."""
         cfg = self.cfg
         return order(cfg.rank, self.snap.pending, self.snap.hints, self.snap.now, aging_s=cfg.aging_s,
-                     las_threshold_gpu_s=cfg.las_threshold_gpu_s)
+                     las_threshold_gpu_s=cfg.las_threshold_gpu_s,
+                     las_levels_gpu_s=cfg.las_desk_threshold_gpu_s if cfg.las_within_desk else None)
 
     # ---- step 1c: reservation ---------------------------------------------------------------
     def _reserve(self) -> None:
@@ -354,6 +358,64 @@ class _Cycle:
         self.waits.append(_d(job, Verdict.WAIT, (f"no {job.gpus} free GPUs and no job with more attained "
                                                  f"service to preempt",), ReasonCode.NO_FREE_GPUS))
 
+    def _las_queue(self, job_id: str, gpus: float) -> int:
+        h = self.snap.hints.get(job_id)
+        return las_queue((h.attained_s if h else 0.0) * gpus, self.cfg.las_desk_threshold_gpu_s)
+
+    def _may_swap(self, job: PendingJob) -> bool:
+        """Could `_las_swap` do anything for this job (a cheap test, no plan)?"""
+        return (self.cfg.las_within_desk and self._las_swaps < self.cfg.las_max_per_cycle
+                and bool(self._las_victims(job.desk)) and self._las_queue(job.job_id, job.gpus) == 0)
+
+    def _las_swap(self, job: PendingJob, need_own: float, reclaim: bool) -> bool:
+        """`las_within_desk`: a job in LAS queue 0 (under `las_desk_threshold_gpu_s` of attained service)
+        that found no room preempts its own desk's queue-1 jobs of equal or lower priority (Tiresias
+        inside the desk's share: other desks' work within their nominal is never touched, so the
+        guarantees hold). A job with a deadline is never a victim: deadline work runs in EDF order,
+        which attained service must not undo. Nor is one that started less than `las_min_run_s`
+        ago, or one a preemption would end (`_las_victims`). Victims by the cycle's victim cost (least work lost first). `need_own`:
+        own GPUs that must go (a job beyond its desk's nominal frees at least its own size, so
+        its desk's usage does not grow). True when a plan was applied."""
+        if (not self.cfg.las_within_desk or self._las_swaps >= self.cfg.las_max_per_cycle
+                or self._las_queue(job.job_id, job.gpus) != 0):
+            return False
+        # Cheap bound first (most calls end here): the own GPUs that could go at all.
+        own = sum(v.gpus for v in self._las_victims(job.desk) if v.job_id not in self.taken and v.priority <= job.priority)
+        if own < max(need_own, 1.0) - _EPS:
+            return False
+        key = (job.desk, reclaim)
+        ctx = self._las_ctx.get(key)
+        if ctx is None:    # one per desk and path for the cycle: it reads the cycle's live state
+            ctx = self._las_ctx[key] = self._reclaim_ctx(fresh=True)
+            ctx.reclaim = ctx.reclaim and reclaim
+            ctx.priority_preemption = False
+            ctx.own_outside = False     # the job takes the place of its victims: they are where it runs
+            ok = {v.job_id for v in self._las_victims(job.desk)}
+            ctx.victim_ok = lambda v: v.job_id in ok
+        plan = self._plan(ctx, job, need_own, ("las_own", reclaim, need_own > _EPS))
+        if plan is None:
+            return False
+        self._apply_plan(job, plan)
+        self._las_swaps += 1
+        return True
+
+    def _las_victims(self, desk: str) -> list[RunningJob]:
+        """The desk's running jobs `_las_swap` may preempt (built once per cycle): above the LAS
+        threshold, started `las_min_run_s` ago or more, no deadline, restartable (a preemption
+        requeues it rather than ending it: the controller's jobs with retries left), preemptible,
+        not already being preempted."""
+        if self._las_by_desk is None:
+            settled = self.snap.now - self.cfg.las_min_run_s
+            hints = self.snap.hints
+            self._las_by_desk = {}
+            for v in self.snap.running:
+                h = hints.get(v.job_id)
+                if (v.preemptible and v.preempt_deadline is None and v.started_at <= settled
+                        and self._las_queue(v.job_id, v.gpus) > 0
+                        and h is not None and h.deadline_s is None and h.restartable):
+                    self._las_by_desk.setdefault(v.desk, []).append(v)
+        return self._las_by_desk.get(desk, [])
+
     def _beneficiary_ids(self) -> set[str | None]:
         """Jobs that GPUs already coming free (preemptions of earlier cycles) were reclaimed for."""
         if self._beneficiaries is None:
@@ -391,7 +453,11 @@ class _Cycle:
         self.usage[job.desk] += job.gpus
         self.by_prio[job.desk][int(job.priority)] += job.gpus
         for v in plan.victims:
-            if v.desk == job.desk:
+            if v.desk == job.desk and v.priority == job.priority:
+                code = ReasonCode.LEAST_ATTAINED
+                why = (f"preempted for job {job.job_id} of the same desk {job.desk}: it has run less "
+                       f"(least attained service first, past {self.cfg.las_desk_threshold_gpu_s:g} GPU-seconds)")
+            elif v.desk == job.desk:
                 code = ReasonCode.PRIORITY
                 why = (f"preempted by higher-priority job {job.job_id} ({job.priority.label} > {v.priority.label}) "
                        f"of the same desk {job.desk}")
@@ -426,9 +492,12 @@ class _Cycle:
             q = queues[d]
             job = q[heads[d]]
             heads[d] += 1
-            if self.index.total <= 0:   # nothing left to hand out: the rest wait
+            if self.index.total <= 0:   # nothing left to hand out: the rest wait, but for LAS swaps
                 why: dict[int, tuple[str]] = {}
                 for rest in [job] + [j for dd in queues for j in queues[dd][heads[dd]:]]:
+                    if self._may_swap(rest):
+                        self._borrow(rest)
+                        continue
                     if rest.gpus not in why:
                         why[rest.gpus] = (f"borrowing: no free GPUs for {rest.gpus} more",)
                     self.waits.append(_d(rest, Verdict.WAIT, why[rest.gpus], ReasonCode.NO_FREE_GPUS))
@@ -460,6 +529,8 @@ class _Cycle:
             if wait is None:
                 return
             out = wait
+        if self._las_swap(job, float(job.gpus), reclaim=False):
+            return
         self._borrow_memo[key] = out
         self.waits.append(_d(job, *out))
 

@@ -17,6 +17,11 @@ by the caller (the benchmark), not a scheduler setting. `kueue_tas_fs` is Kueue 
 Topology-Aware Scheduling (BestFit over island/node/rack domains), borrowing, reclaim and fair
 sharing: the same policy as the rayfin preset of before the duration-aware order.
 
+`las_within_desk` (rayfin only) adds Tiresias's least-attained-service preemption inside each
+desk's share: a job that has run under `las_desk_threshold_gpu_s` GPU-seconds may preempt its
+own desk's jobs that ran more (and at least `las_min_run_s` since their start), never another
+desk's work within its nominal, never deadline work (rayfin.policy.scheduler: _las_swap).
+
 `reservation` (any preset with hints; off in all of them) holds islands for one large job that
 has waited long: other jobs may use them only if predicted to finish before it can start
 (EASY backfill; rayfin.policy.reservation).
@@ -75,6 +80,14 @@ class SchedulerConfig:
                                        # chosen on window 0 of the dev trace only (docs/scheduling.md)
     las_threshold_gpu_s: float = 3600.0   # ATTAINED_SERVICE: GPU-seconds after which a job drops to queue 1
     las_preemption: bool = False       # queue-0 jobs preempt queue-1 jobs (Tiresias; quota NONE only)
+    # least attained service inside each desk's share (rayfin; docs/scheduling.md): a job under
+    # `las_desk_threshold_gpu_s` of attained service may preempt its own desk's jobs above it, of
+    # equal or lower priority, that ran `las_min_run_s` since their last start; never another
+    # desk's work within its nominal. Threshold and minimum run chosen on window 0 of the dev trace.
+    las_within_desk: bool = True
+    las_desk_threshold_gpu_s: float = 36_000.0
+    las_min_run_s: float = 3_600.0
+    las_max_per_cycle: int = 1         # LAS swaps one cycle may start (the next cycle, 0.2 s on, takes the next): bounds its cost
     victims_by_lost_work: bool = True  # among equal-priority victims, least work since checkpoint first
     # head-of-line reservation (policy.reservation): off until measured (docs/scheduling.md)
     reservation: bool = False          # reserve islands for one long-waiting large job per cycle
@@ -89,21 +102,22 @@ class SchedulerConfig:
         base = {
             Policy.FIFO: cls(quota=QuotaMode.NONE, order=QueueOrder.FIFO, placement=PlacementStrategy.FIRST_FIT,
                              reclaim=False, priority_preemption=False, rank=JobRank.SUBMISSION,
-                             victims_by_lost_work=False),
+                             victims_by_lost_work=False, las_within_desk=False),
             Policy.STATIC: cls(quota=QuotaMode.STATIC, order=QueueOrder.FIFO,
                                placement=PlacementStrategy.FIRST_FIT, reclaim=False, rank=JobRank.SUBMISSION,
-                               victims_by_lost_work=False),
+                               victims_by_lost_work=False, las_within_desk=False),
             Policy.KUEUE: cls(quota=QuotaMode.BORROWING, order=QueueOrder.FIFO,
                               placement=PlacementStrategy.FIRST_FIT, rank=JobRank.SUBMISSION,
-                              victims_by_lost_work=False),
-            Policy.KUEUE_TAS_FS: cls(rank=JobRank.SUBMISSION, victims_by_lost_work=False),
+                              victims_by_lost_work=False, las_within_desk=False),
+            Policy.KUEUE_TAS_FS: cls(rank=JobRank.SUBMISSION, victims_by_lost_work=False, las_within_desk=False),
             Policy.KUEUE_NODE: cls(placement=PlacementStrategy.NODE_FIT, rank=JobRank.SUBMISSION,
-                                   victims_by_lost_work=False),
+                                   victims_by_lost_work=False, las_within_desk=False),
             Policy.TIRESIAS: cls(quota=QuotaMode.NONE, order=QueueOrder.FIFO, reclaim=False,
                                  priority_preemption=False, rank=JobRank.ATTAINED_SERVICE, las_preemption=True,
-                                 victims_by_lost_work=False),
+                                 victims_by_lost_work=False, las_within_desk=False),
             Policy.SJF_ORACLE: cls(quota=QuotaMode.NONE, order=QueueOrder.FIFO, reclaim=False,
-                                   priority_preemption=False, rank=JobRank.PREDICTED_REMAINING, aging_s=0.0),
+                                   priority_preemption=False, rank=JobRank.PREDICTED_REMAINING, aging_s=0.0,
+                                   las_within_desk=False),
             Policy.RAYFIN: cls(),
         }[policy]
         return base.copy(**changes) if changes else base

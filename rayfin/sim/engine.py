@@ -17,6 +17,11 @@ and later resumes the work it had left. With an interval C, a job checkpoints ev
 running (from each start), and a preemption loses the work since its last checkpoint (counted as
 lost GPU-seconds); that is what makes a victim with a recent checkpoint cheaper.
 
+Restart: with `restart_overhead_s` R > 0, every start after a preemption, and every resize of an
+elastic gang, costs R seconds of no progress (a restart from the checkpoint: processes, the
+process group, the checkpoint reload), counted in `lost_gpu_s` with the work lost since the
+checkpoint. Every policy pays it alike.
+
 Hints (rayfin.policy.hints) for policies that read them: `predictor` "oracle" gives every job its
 true duration (the SJF oracle only); a `DurationPredictor` learns online from completed jobs (the
 same predictor the controller runs); None gives no predictions. Attained service and checkpoint
@@ -105,11 +110,15 @@ class Simulator:
     def __init__(self, topology: Topology, desks: Mapping[str, DeskQuota], cfg: SchedulerConfig,
                  desk_of: Mapping[str, str], comm_fraction: float = 0.3, record_desks: bool = False,
                  name: str = "", stretch=None, predictor: "DurationPredictor | str | None" = None,
-                 checkpoint_interval_s: float | None = None, elastic=None, elastic_share: float = 0.5):
+                 checkpoint_interval_s: float | None = None, elastic=None, elastic_share: float = 0.5,
+                 restart_overhead_s: float = 0.0):
         self.topo, self.desks, self.cfg = topology, dict(desks), cfg
         self.stretch = stretch
         self.predictor = predictor
         self.ckpt = checkpoint_interval_s
+        if restart_overhead_s < 0:
+            raise ValueError(f"restart_overhead_s must be >= 0; got {restart_overhead_s}")
+        self.restart_overhead = restart_overhead_s
         self.curves = elastic                  # rayfin.sim.elastic.ScalingCurves, or None: no elastic gangs
         self.elastic_share = elastic_share
         self.wants_hints = (cfg.rank is not JobRank.SUBMISSION or cfg.las_preemption or cfg.victims_by_lost_work
@@ -272,6 +281,9 @@ class Simulator:
         rec.started = t
         if rec.first_start is None:
             rec.first_start = t
+        elif self.restart_overhead:   # a restart after a preemption: no progress for the overhead
+            rec.work_left += self.restart_overhead / rec.stretch
+            self.lost += self.restart_overhead * j.gpus
         rec.epoch += 1
         rec.cepoch += 1
         rec.speed, rec.seg_start, rec.extra = 1.0, t, 0
@@ -327,7 +339,12 @@ class Simulator:
         return j.gpus >= 2 and (zlib.crc32(("elastic:" + j.job_id).encode()) % 1000) < self.elastic_share * 1000
 
     def _set_speed(self, rec: _Rec, t: float, speed: float) -> None:
+        """A resize: the gang restarts from its checkpoint at the new world size, so it pays the
+        restart overhead like a restart after a preemption (counted in lost work)."""
         rec.work_left = max(0.0, rec.work_left - (t - rec.seg_start) * rec.speed / rec.stretch)
+        if self.restart_overhead:
+            rec.work_left += self.restart_overhead * speed / rec.stretch
+            self.lost += self.restart_overhead * (rec.job.gpus + rec.extra)
         rec.seg_start, rec.speed = t, speed
         rec.cepoch += 1
         heapq.heappush(self.events, (t + rec.work_left * rec.stretch / speed, _COMPLETE, rec.job.job_id, rec.cepoch))

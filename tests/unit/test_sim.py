@@ -109,6 +109,12 @@ def test_elastic_gang_grows_into_idle_gpus_and_shrinks_when_someone_waits():
     assert sorted(r.jct_s) == [pytest.approx(80.0), pytest.approx(643.75)]   # k: 130 - 100 + 50
     assert sim.resizes == 3                                                   # grow, shrink, grow
     assert summarize(r)["lost_work_gpu_hours"] == 0.0 and summarize(r)["preemptions"] == 0
+    # A resize restarts the gang from its checkpoint: with a 10 s restart, growing at t=0 costs
+    # 10 s (ends at 635) and 8 GPUs x 10 s of lost work.
+    sim = Simulator(topo(), quotas, SchedulerConfig.preset("rayfin"), {"ta": "a"}, elastic=_Curve(), elastic_share=1.0,
+                    restart_overhead_s=10.0)
+    r = sim.run(jobs[:1])
+    assert r.jct_s == [pytest.approx(635.0)] and r.lost_gpu_s == pytest.approx(80.0)
 
 
 def test_preemption_loses_the_work_since_the_last_checkpoint():
@@ -135,3 +141,27 @@ def test_benchmark_elastic_reports_policies_elastic(tmp_path):
     el = data["policies_elastic"]["rayfin"]
     assert el["elastic_share"] == 0.5 and el["mean_jct_s"] is not None and "vs_kueue_tas_fs" in el
     assert set(data["elastic_share_sweep"]) == {"0.5", "1.0"}
+
+
+def test_a_restart_after_a_preemption_costs_the_overhead():
+    # As above, with a 60 s restart: the victim's work lost is 530 s + 60 s on 4 GPUs, and it ends 60 s later.
+    jobs = [TraceJob(f"a{k}", "ta", 0.0, 5000.0, 4) for k in range(4)] + [TraceJob("b1", "tb", 2500.0, 100.0, 4)]
+    quotas = {"a": DeskQuota("a", 8.0), "b": DeskQuota("b", 8.0)}
+    r = Simulator(topo(), quotas, SchedulerConfig.preset("kueue_tas_fs"), {"ta": "a", "tb": "b"},
+                  checkpoint_interval_s=1000.0, restart_overhead_s=60.0).run(jobs)
+    assert summarize(r)["lost_work_gpu_hours"] == pytest.approx(590 * 4 / 3600, abs=0.01)
+    assert max(r.jct_s) == pytest.approx(5690.0)
+    with pytest.raises(ValueError, match="restart_overhead_s"):
+        Simulator(topo(), quotas, SchedulerConfig.preset("rayfin"), {"ta": "a"}, restart_overhead_s=-1.0)
+
+
+def test_least_attained_service_inside_the_desk_in_the_simulator():
+    # desk a owns all 16 GPUs; its 16-GPU job has run 4,000 s (64,000 GPU-s, over an hour) when
+    # its 4-GPU 100 s job arrives. rayfin swaps them (grace 30 s: JCT 130 s); without the rule
+    # the short job waits for the long one (100,000 s).
+    jobs = [TraceJob("long", "ta", 0.0, 100_000.0, 16), TraceJob("short", "ta", 4_000.0, 100.0, 4)]
+    quotas = {"a": DeskQuota("a", 16.0)}
+    on = Simulator(topo(), quotas, SchedulerConfig.preset("rayfin"), {"ta": "a"}).run(jobs)
+    off = Simulator(topo(), quotas, SchedulerConfig.preset("rayfin", las_within_desk=False), {"ta": "a"}).run(jobs)
+    assert sorted(on.jct_s)[0] == pytest.approx(130.0) and summarize(on)["preemptions"] == 1
+    assert sorted(off.jct_s)[0] == pytest.approx(96_100.0) and summarize(off)["preemptions"] == 0
