@@ -178,7 +178,9 @@ def snapshot(s: ControllerState) -> ClusterSnapshot:
                                       job.submitted_at, CommProfile(job.comm), job.unit))
         else:
             running.append(RunningJob(job.job_id, job.desk, job.gpus, job.placement, deadlines.priority_of(job),
-                                      job.started_at or job.submitted_at, preemptible=True,
+                                      # admitted, not started: since its admission (not a LAS victim yet)
+                                      job.started_at or float(job.info.get("admitted_at", job.submitted_at)),
+                                      preemptible=True,
                                       preempt_deadline=job.preempt_deadline, preempted_for=job.preempted_for))
     for res in s.serving.values():
         # A serving deployment holds its GPUs like running work that is never preempted.

@@ -67,7 +67,8 @@ class ReclaimContext:
     victim_cost: Callable[[RunningJob], float] | None = None   # equal-priority victims, lower first (per GPU)
     victim_ok: Callable[[RunningJob], bool] | None = None      # extra victims (LAS: a lower queue)
     placed: Mapping[str, Sequence[tuple[int, float]]] | None = None   # job id -> (island index, GPUs); None: built
-    own_outside: bool = True    # need_own may be met by own-desk victims outside the domain (False: inside only)
+    own_outside: bool = True    # need_own may be met by own-desk victims outside the domain (False: only
+                                # the GPUs they free inside it count)
     free: list[float] = field(init=False, default_factory=list)   # index.free as Python floats (read_free)
     whole: list[int] = field(init=False, default_factory=list)     # whole free GPUs per island (index.whole)
     # pools -> the pool's island indices and its domains per level (they depend on the layout only)
@@ -363,8 +364,9 @@ class _Tally:
         self.own = 0.0
 
     def add(self, v: RunningJob, sign: int) -> None:
-        if v.desk == self.desk:
-            self.own += sign * v.gpus
+        if v.desk == self.desk:   # own_outside False: only what it frees in the domain counts
+            self.own += sign * (v.gpus if self.ctx.own_outside else
+                                sum(gg for i, gg in (self.ctx.placed or {})[v.job_id] if i in self.in_dom))
         for i, gg in (self.ctx.placed or {})[v.job_id]:
             if i in self.in_dom:
                 e = self.extra.get(i, 0.0)
@@ -379,7 +381,9 @@ class _Tally:
 
 def _satisfied(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen, g: int, need_own: float,
                desk: str, unit: int = 1) -> bool:
-    own = sum(v.gpus for _, v in chosen if v.desk == desk)
+    placed = ctx.placed or {}
+    own = sum(v.gpus if ctx.own_outside else sum(gg for i, gg in placed[v.job_id] if i in in_dom)
+              for _, v in chosen if v.desk == desk)
     if own + _EPS < need_own:
         return False
     avail, _ = _avail(ctx, dom, in_dom, chosen, unit)

@@ -353,7 +353,7 @@ class _Cycle:
             ctx.victim_cost = attained
             plan = self._plan(ctx, job, 0.0, ("las",))
             if plan is not None:
-                self._apply_plan(job, plan)
+                self._apply_plan(job, plan, las_threshold=thr)
                 return
         self.waits.append(_d(job, Verdict.WAIT, (f"no {job.gpus} free GPUs and no job with more attained "
                                                  f"service to preempt",), ReasonCode.NO_FREE_GPUS))
@@ -379,6 +379,8 @@ class _Cycle:
         if (not self.cfg.las_within_desk or self._las_swaps >= self.cfg.las_max_per_cycle
                 or self._las_queue(job.job_id, job.gpus) != 0):
             return False
+        if self.resv is not None and self._restricted(job):
+            return False    # held back by the head-of-line reservation: it may not take those GPUs either
         # Cheap bound first (most calls end here): the own GPUs that could go at all.
         own = sum(v.gpus for v in self._las_victims(job.desk) if v.job_id not in self.taken and v.priority <= job.priority)
         if own < max(need_own, 1.0) - _EPS:
@@ -395,7 +397,7 @@ class _Cycle:
         plan = self._plan(ctx, job, need_own, ("las_own", reclaim, need_own > _EPS))
         if plan is None:
             return False
-        self._apply_plan(job, plan)
+        self._apply_plan(job, plan, las_threshold=self.cfg.las_desk_threshold_gpu_s)
         self._las_swaps += 1
         return True
 
@@ -438,7 +440,9 @@ class _Cycle:
             self._failed[key] = (self._gen, job.gpus)
         return plan
 
-    def _apply_plan(self, job: PendingJob, plan: ReclaimPlan) -> None:
+    def _apply_plan(self, job: PendingJob, plan: ReclaimPlan, las_threshold: float | None = None) -> None:
+        """`las_threshold`: a least-attained-service plan (same-desk victims of equal priority are
+        preempted for service, not priority)."""
         self._gen += 1
         now, deadline = self.snap.now, self.snap.now + self.cfg.preemption_grace_s
         self.index.take(plan.reserve)
@@ -453,10 +457,10 @@ class _Cycle:
         self.usage[job.desk] += job.gpus
         self.by_prio[job.desk][int(job.priority)] += job.gpus
         for v in plan.victims:
-            if v.desk == job.desk and v.priority == job.priority:
+            if las_threshold is not None and v.desk == job.desk and v.priority == job.priority:
                 code = ReasonCode.LEAST_ATTAINED
                 why = (f"preempted for job {job.job_id} of the same desk {job.desk}: it has run less "
-                       f"(least attained service first, past {self.cfg.las_desk_threshold_gpu_s:g} GPU-seconds)")
+                       f"(least attained service first, past {las_threshold:g} GPU-seconds)")
             elif v.desk == job.desk:
                 code = ReasonCode.PRIORITY
                 why = (f"preempted by higher-priority job {job.job_id} ({job.priority.label} > {v.priority.label}) "
@@ -473,8 +477,10 @@ class _Cycle:
         where = _LEVEL_WORDS.get(plan.level, "the pool") if plan.level is not None else "the pool"
         coming = max((v.preempt_deadline or deadline for v in plan.draining), default=now)
         until = max(coming, deadline if plan.victims else now)
+        head = (f"entitled to {job.gpus} GPUs within nominal quota" if las_threshold is None else
+                f"least attained service: it has run under {las_threshold:g} GPU-seconds")
         self.waits.append(Decision(job.job_id, job.desk, Verdict.WAIT,
-                                   (f"entitled to {job.gpus} GPUs within nominal quota; waiting for "
+                                   (f"{head}; waiting for "
                                     f"{len(names)} preempted job(s) to free GPUs in {where} (by t={until:g})",),
                                    placement=self.index.to_placement(plan.placement), victims=tuple(names),
                                    code=ReasonCode.AWAITING_PREEMPTION))
@@ -518,6 +524,9 @@ class _Cycle:
         key = (self._gen, job.desk, job.gpus, job.unit)
         hit = self._borrow_memo.get(key)
         if hit is not None:
+            # The memo does not know priority or service: a job of the class may still swap.
+            if self._may_swap(job) and self._las_swap(job, float(job.gpus), reclaim=False):
+                return
             self.waits.append(_d(job, *hit))
             return
         desk = self.snap.desks[job.desk]

@@ -122,7 +122,7 @@ class Simulator:
         self.curves = elastic                  # rayfin.sim.elastic.ScalingCurves, or None: no elastic gangs
         self.elastic_share = elastic_share
         self.wants_hints = (cfg.rank is not JobRank.SUBMISSION or cfg.las_preemption or cfg.victims_by_lost_work
-                            or cfg.reservation)
+                            or cfg.reservation or cfg.las_within_desk)
         self.desk_of = desk_of
         self.comm_fraction = comm_fraction
         self.record_desks = record_desks
@@ -226,15 +226,19 @@ class Simulator:
         """Pending jobs' hints are fixed while they wait (made at queueing); running jobs' attained
         service and checkpoint age move with the clock."""
         hints = dict(self.hints)
-        if self.cfg.las_preemption or self.cfg.victims_by_lost_work or self.cfg.reservation:
+        if self.cfg.las_preemption or self.cfg.victims_by_lost_work or self.cfg.reservation or self.cfg.las_within_desk:
             for jid in self.running:
                 if jid in self.extra_of:
                     continue
                 rec = self.recs[jid]
                 ran = t - rec.started
                 age = ran % self.ckpt if self.ckpt else 0.0
-                hints[jid] = JobHint(rec.predicted, rec.run_time + ran, age)
+                hints[jid] = JobHint(rec.predicted, rec.run_time + ran, age, self._deadline_of(jid))
         return hints
+
+    def _deadline_of(self, job_id: str) -> float | None:
+        """A running job's deadline for its hint (a hook: rayfin.sim.market has deadline jobs)."""
+        return None
 
     def _predict(self, rec: _Rec) -> float | None:
         if self.predictor is None:

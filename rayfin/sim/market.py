@@ -170,6 +170,9 @@ class MarketSimulator(Simulator):
         return guard_deadline_class(run, escalated, self.sc.deadlines)
 
     # ---- order --------------------------------------------------------------------------------
+    def _deadline_of(self, job_id: str) -> float | None:
+        return self.sc.deadlines.get(job_id)
+
     def _snapshot_pending(self, t: float, hints) -> tuple[PendingJob, ...]:
         pend = tuple(self.pending.values())
         if self.order == "submission":

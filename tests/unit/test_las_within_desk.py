@@ -107,3 +107,33 @@ def test_a_requeued_job_past_the_threshold_goes_after_fresh_ones_of_its_priority
     on = order(JobRank.PREDICTED_REMAINING, jobs, hints, 10_000.0, aging_s=3_600.0, las_levels_gpu_s=THR)
     off = order(JobRank.PREDICTED_REMAINING, jobs, hints, 10_000.0, aging_s=3_600.0)
     assert [j.job_id for j in on] == ["fresh", "old"] and [j.job_id for j in off] == ["old", "fresh"]
+
+
+def test_a_job_answered_from_the_borrowing_memo_may_still_swap():
+    # desk a (nominal 0) borrows 4 GPUs for its BATCH job `old` (past the threshold). Two pending
+    # jobs of a, 4 GPUs each: `requeued` (NORMAL, itself past the threshold: no swap) goes first and
+    # its wait is remembered for the class (desk, 4 GPUs); `fresh` (BATCH, no service) may still
+    # take the place of `old`.
+    from rayfin.policy.model import Priority
+    old = run("old", "a", ("n0-i0", 4.0), prio=Priority.BATCH)
+    other = run("bjob", "b", ("n0-i1", 4.0))
+    pending = [pend("requeued", "a", 4, t=0.0), pend("fresh", "a", 4, prio=Priority.BATCH, t=5.0)]
+    hints = {"old": JobHint(None, 10_000.0), "bjob": JobHint(None, 100.0), "requeued": JobHint(None, 10_000.0),
+             "fresh": JobHint(None, 0.0)}
+    t = topo(nodes_per_rack=1, islands=(4, 4, 2))     # 2 GPUs free: the borrowing step runs per job
+    d = schedule(snap(t, desks(a=0, b=10), (old, other), pending, now=10_000.0, hints=hints), LAS)
+    assert [p.job_id for p in d.preempts] == ["old"] and d.preempts[0].beneficiary == "fresh"
+    assert {w.job_id: w.code for w in d.waits}["requeued"] is not ReasonCode.AWAITING_PREEMPTION
+
+
+def test_one_swap_per_cycle():
+    # two desks, each with a long job and a new one: the first cycle swaps one, the cap holds the other
+    t = topo(nodes_per_rack=1)
+    running = (run("oa", "a", ("n0-i0", 4.0)), run("ob", "b", ("n0-i1", 4.0)))
+    hints = {"oa": JobHint(None, 10_000.0), "ob": JobHint(None, 10_000.0)}
+    pending = [pend("na", "a", 4, t=1.0), pend("nb", "b", 4, t=2.0)]
+    d = schedule(snap(t, desks(a=2, b=2), running, pending, now=10_000.0, hints=hints), LAS)
+    assert len(d.preempts) == 1
+    d = schedule(snap(t, desks(a=2, b=2), running, pending, now=10_000.0, hints=hints), LAS.copy(las_max_per_cycle=2))
+    assert sorted(p.job_id for p in d.preempts) == ["oa", "ob"]
+    assert all("least attained service" in w.reasons[0] for w in d.waits if w.code is ReasonCode.AWAITING_PREEMPTION)

@@ -12,7 +12,7 @@ from rayfin.reasons import ReasonCode
 from tests.support.policy import by_id, desks, pend, run, snap, topo
 
 NOW = 10_000.0
-RESV = SchedulerConfig.preset("rayfin", las_within_desk=False, reservation=True, reserve_wait_factor=4.0, reserve_after_s=3600.0,
+RESV = SchedulerConfig.preset("rayfin", reservation=True, reserve_wait_factor=4.0, reserve_after_s=3600.0,
                               reserve_min_gpus=9)
 
 
