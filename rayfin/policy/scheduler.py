@@ -394,6 +394,9 @@ class _Cycle:
             ctx.own_outside = False     # the job takes the place of its victims: they are where it runs
             ok = {v.job_id for v in self._las_victims(job.desk)}
             ctx.victim_ok = lambda v: v.job_id in ok
+            if not ctx.reclaim:   # only its candidates and GPUs already coming free matter to the plan
+                ctx.on_island = [[v for v in jobs if v.job_id in ok or v.preempt_deadline is not None]
+                                 for jobs in ctx.on_island]
         plan = self._plan(ctx, job, need_own, ("las_own", reclaim, need_own > _EPS))
         if plan is None:
             return False
@@ -500,8 +503,9 @@ class _Cycle:
             heads[d] += 1
             if self.index.total <= 0:   # nothing left to hand out: the rest wait, but for LAS swaps
                 why: dict[int, tuple[str]] = {}
+                cap = self.cfg.las_max_per_cycle if self.cfg.las_within_desk else 0
                 for rest in [job] + [j for dd in queues for j in queues[dd][heads[dd]:]]:
-                    if self._may_swap(rest):
+                    if self._las_swaps < cap and self._may_swap(rest):
                         self._borrow(rest)
                         continue
                     if rest.gpus not in why:
