@@ -99,7 +99,8 @@ def run_one(jobs, gpus: int, args, name: str, stretch: Stretch, record: bool = F
     predictor = "oracle" if name == "sjf_oracle" else (DurationPredictor() if name.startswith("rayfin") else None)
     sim = Simulator(topo, desks, cfg, mapping, record_desks=record, name=name, stretch=stretch,
                     predictor=predictor, checkpoint_interval_s=args.checkpoint_interval, elastic=curves,
-                    elastic_share=share, restart_overhead_s=args.restart_overhead)
+                    elastic_share=share,
+                    restart_overhead_s=getattr(args, "restart_overhead", RESTART_OVERHEAD_S))
     r = sim.run(jobs)
     s = summarize(r)
     if curves is not None:
