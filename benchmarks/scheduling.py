@@ -27,6 +27,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -86,6 +87,13 @@ def demand_desks(jobs, capacity: int, mapping: dict[str, str], names) -> dict[st
     return {d: DeskQuota(d, capacity * share[d] / total, 0.0, None) for d in names}
 
 
+def sim_args(desks: int = 6) -> SimpleNamespace:
+    """The arguments `run_one` reads, at this benchmark's defaults: for the benchmarks that replay
+    windows through `run_one` without this command line (scheduling_compare, scheduling_scored)."""
+    return SimpleNamespace(gpus_per_node=8, islands_per_node=2, nodes_per_rack=16, desks=desks, grace=30.0,
+                           checkpoint_interval=1800.0, restart_overhead=RESTART_OVERHEAD_S)
+
+
 def run_one(jobs, gpus: int, args, name: str, stretch: Stretch, record: bool = False, curves=None,
             share: float = 0.5):
     cluster = ClusterConfig.uniform(gpus=gpus, gpus_per_node=args.gpus_per_node,
@@ -99,8 +107,7 @@ def run_one(jobs, gpus: int, args, name: str, stretch: Stretch, record: bool = F
     predictor = "oracle" if name == "sjf_oracle" else (DurationPredictor() if name.startswith("rayfin") else None)
     sim = Simulator(topo, desks, cfg, mapping, record_desks=record, name=name, stretch=stretch,
                     predictor=predictor, checkpoint_interval_s=args.checkpoint_interval, elastic=curves,
-                    elastic_share=share,
-                    restart_overhead_s=getattr(args, "restart_overhead", RESTART_OVERHEAD_S))
+                    elastic_share=share, restart_overhead_s=args.restart_overhead)
     r = sim.run(jobs)
     s = summarize(r)
     if curves is not None:

@@ -28,12 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from benchmarks.scheduling import RESERVE, RESTART_OVERHEAD_S, policy_config, run_one
+from benchmarks.scheduling import RESERVE, policy_config, run_one, sim_args
 from placement.topology import Topology
 from rayfin.config import ClusterConfig
 from rayfin.policy.hints import JobHint
@@ -142,8 +142,7 @@ def replay(old: ModuleType, jobs, wins: list[int], limit: int, load: float, name
         count["decisions"] += len(a)
         return got
     engine.schedule = both
-    args = SimpleNamespace(gpus_per_node=8, islands_per_node=2, nodes_per_rack=16, desks=6, grace=30.0,
-                           checkpoint_interval=1800.0, restart_overhead=RESTART_OVERHEAD_S)
+    args = sim_args()
     stretch = Stretch.build("calibrated", "nvlink-ib", 2.8, 0.3, str(PROFILE_DIR))
     parts = windows(jobs, 4)
     try:

@@ -13,9 +13,8 @@ import argparse
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-from benchmarks.scheduling import BASELINE, RATIOS, RESERVE, RESTART_OVERHEAD_S, ci95, ratio, run_one
+from benchmarks.scheduling import BASELINE, RATIOS, RESERVE, ci95, ratio, run_one, sim_args
 from rayfin.sim import load_trace
 from rayfin.sim.load import gpus_for_load, windows
 from rayfin.sim.placement_model import PROFILE_DIR, Stretch
@@ -40,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--reserve: unknown parameter {key!r}; allowed: {', '.join(RESERVE)}")
         RESERVE[key] = type(RESERVE[key])(float(value))
     names = [p for p in args.policies.split(",") if p]
-    run_args = SimpleNamespace(gpus_per_node=8, islands_per_node=2, nodes_per_rack=16, desks=args.desks, grace=30.0,
-                               checkpoint_interval=1800.0, restart_overhead=RESTART_OVERHEAD_S)
+    run_args = sim_args(args.desks)
     stretch = Stretch.build("calibrated", "nvlink-ib", 2.8, 0.3, str(PROFILE_DIR))
     wins = windows(load_trace(args.trace), args.windows)
     per: dict[str, list[dict]] = {n: [] for n in names}

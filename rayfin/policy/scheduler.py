@@ -92,7 +92,7 @@ class _Cycle:
         self._beneficiaries: set[str | None] | None = None
         self._lost_memo: dict[str, float] = {}
         self._las_by_desk: dict[str, list[RunningJob]] | None = None   # _las_victims
-        self._las_ctx: dict[tuple[str, bool], ReclaimContext] = {}
+        self._las_ctx: dict[str, ReclaimContext] = {}
         self._las_swaps = 0
         self._borrow_memo: dict[tuple[Any, ...], _Outcome] = {}   # (generation, desk, GPUs, unit) -> waiting outcome
         self.admits: list[Decision] = []
@@ -339,17 +339,13 @@ class _Cycle:
         if self._admit(job, desk, "no quotas", 0.0, ReasonCode.NO_QUOTAS):
             return
         hints, thr = self.snap.hints, self.cfg.las_threshold_gpu_s
-
-        def queue(job_id: str, gpus: float) -> int:
-            h = hints.get(job_id)
-            return las_queue((h.attained_s if h else 0.0) * gpus, thr)
-        if queue(job.job_id, job.gpus) == 0:
+        if self._las_queue(job.job_id, job.gpus, thr) == 0:
             def attained(v: RunningJob) -> float:
                 h = hints.get(v.job_id)
                 return -(h.attained_s if h else 0.0)
             ctx = self._reclaim_ctx(fresh=True)
             ctx.reclaim = ctx.priority_preemption = False
-            ctx.victim_ok = lambda v: queue(v.job_id, v.gpus) > 0
+            ctx.victim_ok = lambda v: self._las_queue(v.job_id, v.gpus, thr) > 0
             ctx.victim_cost = attained
             plan = self._plan(ctx, job, 0.0, ("las",))
             if plan is not None:
@@ -358,46 +354,45 @@ class _Cycle:
         self.waits.append(_d(job, Verdict.WAIT, (f"no {job.gpus} free GPUs and no job with more attained "
                                                  f"service to preempt",), ReasonCode.NO_FREE_GPUS))
 
-    def _las_queue(self, job_id: str, gpus: float) -> int:
+    def _las_queue(self, job_id: str, gpus: float, threshold_gpu_s: float | None = None) -> int:
+        """The job's LAS queue (0: under the threshold; default: the in-desk threshold)."""
         h = self.snap.hints.get(job_id)
-        return las_queue((h.attained_s if h else 0.0) * gpus, self.cfg.las_desk_threshold_gpu_s)
+        thr = self.cfg.las_desk_threshold_gpu_s if threshold_gpu_s is None else threshold_gpu_s
+        return las_queue((h.attained_s if h else 0.0) * gpus, thr)
 
     def _may_swap(self, job: PendingJob) -> bool:
         """Could `_las_swap` do anything for this job (a cheap test, no plan)?"""
         return (self.cfg.las_within_desk and self._las_swaps < self.cfg.las_max_per_cycle
                 and bool(self._las_victims(job.desk)) and self._las_queue(job.job_id, job.gpus) == 0)
 
-    def _las_swap(self, job: PendingJob, need_own: float, reclaim: bool) -> bool:
+    def _las_swap(self, job: PendingJob) -> bool:
         """`las_within_desk`: a job in LAS queue 0 (under `las_desk_threshold_gpu_s` of attained service)
         that found no room preempts its own desk's queue-1 jobs of equal or lower priority (Tiresias
         inside the desk's share: other desks' work within their nominal is never touched, so the
         guarantees hold). A job with a deadline is never a victim: deadline work runs in EDF order,
         which attained service must not undo. Nor is one that started less than `las_min_run_s`
-        ago, or one a preemption would end (`_las_victims`). Victims by the cycle's victim cost (least work lost first). `need_own`:
-        own GPUs that must go (a job beyond its desk's nominal frees at least its own size, so
-        its desk's usage does not grow). True when a plan was applied."""
-        if (not self.cfg.las_within_desk or self._las_swaps >= self.cfg.las_max_per_cycle
-                or self._las_queue(job.job_id, job.gpus) != 0):
+        ago, or one a preemption would end (`_las_victims`). Victims by the cycle's victim cost
+        (least work lost first). They must free at least the job's own size inside the domain where
+        it runs, so its desk's usage does not grow. True when a plan was applied."""
+        if not self._may_swap(job):
             return False
         if self.resv is not None and self._restricted(job):
             return False    # held back by the head-of-line reservation: it may not take those GPUs either
         # Cheap bound first (most calls end here): the own GPUs that could go at all.
         own = sum(v.gpus for v in self._las_victims(job.desk) if v.job_id not in self.taken and v.priority <= job.priority)
-        if own < max(need_own, 1.0) - _EPS:
+        if own < job.gpus - _EPS:
             return False
-        key = (job.desk, reclaim)
-        ctx = self._las_ctx.get(key)
-        if ctx is None:    # one per desk and path for the cycle: it reads the cycle's live state
-            ctx = self._las_ctx[key] = self._reclaim_ctx(fresh=True)
-            ctx.reclaim = ctx.reclaim and reclaim
-            ctx.priority_preemption = False
+        ctx = self._las_ctx.get(job.desk)
+        if ctx is None:    # one per desk for the cycle: it reads the cycle's live state
+            ctx = self._las_ctx[job.desk] = self._reclaim_ctx(fresh=True)
+            ctx.reclaim = ctx.priority_preemption = False
             ctx.own_outside = False     # the job takes the place of its victims: they are where it runs
             ok = {v.job_id for v in self._las_victims(job.desk)}
             ctx.victim_ok = lambda v: v.job_id in ok
-            if not ctx.reclaim:   # only its candidates and GPUs already coming free matter to the plan
-                ctx.on_island = [[v for v in jobs if v.job_id in ok or v.preempt_deadline is not None]
-                                 for jobs in ctx.on_island]
-        plan = self._plan(ctx, job, need_own, ("las_own", reclaim, need_own > _EPS))
+            # only its candidates and GPUs already coming free matter to the plan
+            ctx.on_island = [[v for v in jobs if v.job_id in ok or v.preempt_deadline is not None]
+                             for jobs in ctx.on_island]
+        plan = self._plan(ctx, job, float(job.gpus), ("las_own",))
         if plan is None:
             return False
         self._apply_plan(job, plan, las_threshold=self.cfg.las_desk_threshold_gpu_s)
@@ -503,9 +498,8 @@ class _Cycle:
             heads[d] += 1
             if self.index.total <= 0:   # nothing left to hand out: the rest wait, but for LAS swaps
                 why: dict[int, tuple[str]] = {}
-                cap = self.cfg.las_max_per_cycle if self.cfg.las_within_desk else 0
                 for rest in [job] + [j for dd in queues for j in queues[dd][heads[dd]:]]:
-                    if self._las_swaps < cap and self._may_swap(rest):
+                    if self._may_swap(rest):
                         self._borrow(rest)
                         continue
                     if rest.gpus not in why:
@@ -529,7 +523,7 @@ class _Cycle:
         hit = self._borrow_memo.get(key)
         if hit is not None:
             # The memo does not know priority or service: a job of the class may still swap.
-            if self._may_swap(job) and self._las_swap(job, float(job.gpus), reclaim=False):
+            if self._las_swap(job):
                 return
             self.waits.append(_d(job, *hit))
             return
@@ -542,7 +536,7 @@ class _Cycle:
             if wait is None:
                 return
             out = wait
-        if self._las_swap(job, float(job.gpus), reclaim=False):
+        if self._las_swap(job):
             return
         self._borrow_memo[key] = out
         self.waits.append(_d(job, *out))

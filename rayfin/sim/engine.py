@@ -121,8 +121,9 @@ class Simulator:
         self.restart_overhead = restart_overhead_s
         self.curves = elastic                  # rayfin.sim.elastic.ScalingCurves, or None: no elastic gangs
         self.elastic_share = elastic_share
-        self.wants_hints = (cfg.rank is not JobRank.SUBMISSION or cfg.las_preemption or cfg.victims_by_lost_work
-                            or cfg.reservation or cfg.las_within_desk)
+        # running jobs' hints (attained service, checkpoint age) move with the clock for these
+        self.running_hints = cfg.las_preemption or cfg.victims_by_lost_work or cfg.reservation or cfg.las_within_desk
+        self.wants_hints = cfg.rank is not JobRank.SUBMISSION or self.running_hints
         self.desk_of = desk_of
         self.comm_fraction = comm_fraction
         self.record_desks = record_desks
@@ -226,7 +227,7 @@ class Simulator:
         """Pending jobs' hints are fixed while they wait (made at queueing); running jobs' attained
         service and checkpoint age move with the clock."""
         hints = dict(self.hints)
-        if self.cfg.las_preemption or self.cfg.victims_by_lost_work or self.cfg.reservation or self.cfg.las_within_desk:
+        if self.running_hints:
             for jid in self.running:
                 if jid in self.extra_of:
                     continue
@@ -285,9 +286,8 @@ class Simulator:
         rec.started = t
         if rec.first_start is None:
             rec.first_start = t
-        elif self.restart_overhead:   # a restart after a preemption: no progress for the overhead
-            rec.work_left += self.restart_overhead / rec.stretch
-            self.lost += self.restart_overhead * j.gpus
+        else:                         # a restart after a preemption
+            self._pay_restart(rec, 1.0, j.gpus)
         rec.epoch += 1
         rec.cepoch += 1
         rec.speed, rec.seg_start, rec.extra = 1.0, t, 0
@@ -342,13 +342,17 @@ class Simulator:
         """A stable share of multi-GPU jobs declare workers=(asked, 2 x asked)."""
         return j.gpus >= 2 and (zlib.crc32(("elastic:" + j.job_id).encode()) % 1000) < self.elastic_share * 1000
 
+    def _pay_restart(self, rec: _Rec, speed: float, gpus: float) -> None:
+        """`restart_overhead` seconds of no progress at `speed` on `gpus`, counted as lost work."""
+        if self.restart_overhead:
+            rec.work_left += self.restart_overhead * speed / rec.stretch
+            self.lost += self.restart_overhead * gpus
+
     def _set_speed(self, rec: _Rec, t: float, speed: float) -> None:
         """A resize: the gang restarts from its checkpoint at the new world size, so it pays the
         restart overhead like a restart after a preemption (counted in lost work)."""
         rec.work_left = max(0.0, rec.work_left - (t - rec.seg_start) * rec.speed / rec.stretch)
-        if self.restart_overhead:
-            rec.work_left += self.restart_overhead * speed / rec.stretch
-            self.lost += self.restart_overhead * (rec.job.gpus + rec.extra)
+        self._pay_restart(rec, speed, rec.job.gpus + rec.extra)
         rec.seg_start, rec.speed = t, speed
         rec.cepoch += 1
         heapq.heappush(self.events, (t + rec.work_left * rec.stretch / speed, _COMPLETE, rec.job.job_id, rec.cepoch))
