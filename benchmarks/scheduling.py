@@ -32,6 +32,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from placement.topology import Topology
+from rayfin import collector
 from rayfin.config import ClusterConfig
 from rayfin.policy.duration import DurationPredictor
 from rayfin.policy.hints import JobHint
@@ -139,8 +140,8 @@ def decision_latency(jobs, gpus: int, args, names, depths) -> dict:
     """p99 wall and CPU time of one `schedule` call on a snapshot with `depth` pending jobs and a
     cluster kept full by running jobs (the worst case: nothing fits, every job is examined). The
     long-lived heap is frozen first, as the controller actor does after start-up (`gc.freeze()`
-    in rayfin/controller/actor.py), so a full collection of the benchmark's own heap does not set
-    the p99."""
+    in rayfin/controller/actor.py), and each call runs with collection paused, as the controller's
+    decide step does (rayfin.collector), so a collection does not set the p99."""
     gc.collect()
     gc.freeze()
     try:
@@ -181,10 +182,11 @@ def _decision_latency(jobs, gpus: int, args, names, depths) -> dict:
             cfg = policy_config(name, args.grace)
             wall, cpu = [], []
             for _ in range(reps):
-                c0, t0 = time.thread_time(), time.perf_counter()
-                schedule(snap, cfg)
-                wall.append((time.perf_counter() - t0) * 1000)
-                cpu.append((time.thread_time() - c0) * 1000)
+                with collector.paused():   # as the controller's decide step runs
+                    c0, t0 = time.thread_time(), time.perf_counter()
+                    schedule(snap, cfg)
+                    wall.append((time.perf_counter() - t0) * 1000)
+                    cpu.append((time.thread_time() - c0) * 1000)
             per[name] = {"p99_ms": round(float(np.percentile(wall, 99)), 2),
                          "cpu_p99_ms": round(float(np.percentile(cpu, 99)), 2),
                          "median_ms": round(float(np.median(wall)), 2), "calls": reps}

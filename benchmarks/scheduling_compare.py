@@ -17,6 +17,7 @@ The old package is `git show REF:rayfin/policy/*.py`, written to a temporary fol
 `policy_at_ref` (imports rewritten), so nothing is installed. `--gc frozen` calls `gc.freeze()`
 after the snapshots are built: the collector then skips the long-lived heap (the trace, the
 snapshot), as a long-running controller that freezes after start-up would; `on` leaves it as is.
+Each timed call runs with collection paused (rayfin.collector), as the controller's decide step does.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from benchmarks.scheduling import RESERVE, policy_config, run_one, sim_args
 from placement.topology import Topology
+from rayfin import collector
 from rayfin.config import ClusterConfig
 from rayfin.policy.hints import JobHint
 from rayfin.policy.model import ClusterSnapshot, CommProfile, PendingJob, RunningJob
@@ -116,10 +118,11 @@ def latency(old: ModuleType, jobs, depths: list[int], names: list[str], reps: in
             got: dict[str, tuple[list[float], list[float]]] = {"old": ([], []), "new": ([], [])}
             for _ in range(n):
                 for tag, fn, cfg in (("old", old_schedule, old_cfg), ("new", schedule, new_cfg)):
-                    c0, t0 = time.thread_time(), time.perf_counter()
-                    fn(snap, cfg)
-                    got[tag][1].append((time.perf_counter() - t0) * 1000)
-                    got[tag][0].append((time.thread_time() - c0) * 1000)
+                    with collector.paused():
+                        c0, t0 = time.thread_time(), time.perf_counter()
+                        fn(snap, cfg)
+                        got[tag][1].append((time.perf_counter() - t0) * 1000)
+                        got[tag][0].append((time.thread_time() - c0) * 1000)
             print(f"{depth:>6} pending  {name:14s} identical={same}  calls={n}  ms, cpu / wall:  "
                   + "  ".join(f"{tag}: {stats(got[tag][0])} / {stats(got[tag][1])}" for tag in ("old", "new")),
                   flush=True)

@@ -29,6 +29,8 @@ class ReasonCode(str, Enum):
     PRIORITY = "priority"
     RECLAIM = "reclaim"
     LEAST_ATTAINED = "least_attained"
+    ELASTIC_GROW = "elastic_grow"
+    ELASTIC_SHRINK = "elastic_shrink"
     # -- the policy and the controller's edge: refusals
     NEVER_FITS = "never_fits"
     POOL_TOO_SMALL = "pool_too_small"
@@ -91,6 +93,10 @@ _TEXT: dict[ReasonCode, str] = {
                              "and it is not predicted to finish before that job can start"),
     ReasonCode.PRIORITY: "preempted for a higher-priority job of the same desk",
     ReasonCode.RECLAIM: "preempted: its desk was borrowing GPUs that their owner reclaimed",
+    ReasonCode.LEAST_ATTAINED: ("preempted for a job of the same desk that has had less service (least attained "
+                                "service inside the desk's share); it is requeued with the service it had"),
+    ReasonCode.ELASTIC_GROW: "an elastic gang grew into idle GPUs (restarted from its checkpoint at the new size)",
+    ReasonCode.ELASTIC_SHRINK: "an elastic gang gave its extra workers back because other work waits",
     ReasonCode.NEVER_FITS: "refused: more GPUs than the desk may ever hold",
     ReasonCode.POOL_TOO_SMALL: "refused: more GPUs than the desk's pools have",
     ReasonCode.UNKNOWN_DESK: "refused: the desk is not configured",

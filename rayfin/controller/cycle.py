@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from rayfin import collector
 from rayfin.controller import deadlines, market_clock
 from rayfin.controller.backend import LaunchSpec, Observation
 from rayfin.controller.records import JobRecord
@@ -50,7 +51,8 @@ def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
         t1 = time.perf_counter()
         snap = snapshot(s)
         t2 = time.perf_counter()
-        decision = schedule(snap, s.policy)
+        with collector.paused():      # a collection inside decide would set its p99
+            decision = schedule(snap, s.policy)
         t3 = time.perf_counter()
         market_clock.record_decisions(s, snap, decision)
         t3a = time.perf_counter()

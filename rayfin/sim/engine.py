@@ -39,8 +39,9 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from placement.allreduce import stretch_factor
-from placement.gang import FreeIndex
 from placement.topology import Topology
+from rayfin import collector
+from rayfin.policy import elastic
 from rayfin.policy.duration import DurationPredictor, DurationState, JobKey
 from rayfin.policy.hints import JobHint
 from rayfin.policy.model import ClusterSnapshot, CommProfile, DeskQuota, PendingJob, Priority, RunningJob
@@ -170,7 +171,7 @@ class Simulator:
                 _, kind, jid, epoch = heapq.heappop(self.events)
                 if kind == _COMPLETE:
                     self._complete(jid, epoch, t)
-                elif jid.endswith("+x"):
+                elif jid.endswith(elastic.EXTRA_SUFFIX):
                     if jid in self.extra_of:
                         self._shrink(self.recs[self.extra_of[jid]], t)
                 else:
@@ -194,10 +195,11 @@ class Simulator:
         pending = self._snapshot_pending(t, hints)
         snap = ClusterSnapshot(t, self.topo, self.desks, self._snapshot_running(t, pending), pending, hints=hints)
         if self.time_decisions:
-            c0, t0 = time.thread_time(), time.perf_counter()
-            dec = schedule(snap, self.cfg)
-            self.decision_s.append(time.perf_counter() - t0)
-            self.decision_cpu_s.append(time.thread_time() - c0)
+            with collector.paused():   # as the controller's decide step runs
+                c0, t0 = time.thread_time(), time.perf_counter()
+                dec = schedule(snap, self.cfg)
+                self.decision_s.append(time.perf_counter() - t0)
+                self.decision_cpu_s.append(time.thread_time() - c0)
         else:
             dec = schedule(snap, self.cfg)
         for d in dec.refusals:
@@ -358,53 +360,47 @@ class Simulator:
         heapq.heappush(self.events, (t + rec.work_left * rec.stretch / speed, _COMPLETE, rec.job.job_id, rec.cepoch))
 
     def _resize(self, t: float) -> None:
-        """Shrink while anyone waits; grow into idle GPUs when no one does. Extra workers run as
-        a separate lowest-priority (BATCH) gang `<id>+x`, so reclaim and priority preemption take
-        them first, and a shrink waits the same grace (the job sees its new world size at a
-        checkpoint boundary: no work is lost)."""
+        """The elastic decisions of the policy core (rayfin.policy.elastic), as the controller
+        takes them: shrink while anyone waits (the extra workers `<id>+x` are preempted with the
+        usual grace: the job sees its new world size at a checkpoint boundary, no work is lost);
+        grow into idle GPUs when no one does, by the measured scaling curve. Gangs are declared
+        workers=(asked, 2 x asked), one GPU per worker."""
         if self.pending:
-            for xid in self.extra_of:
-                x = self.running.get(xid)
-                if x is not None and x.preempt_deadline is None:
-                    self.running[xid] = replace(x, preempt_deadline=t + self.cfg.preemption_grace_s)
-                    heapq.heappush(self.events, (t + self.cfg.preemption_grace_s, _DEADLINE, xid, 0))
+            if not self.extra_of:
+                return
+            snap = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running[x] for x in self.extra_of),
+                                   tuple(self.pending.values()))
+            gangs = [self._gang(self.extra_of[x]) for x in self.extra_of]
+            for d in elastic.shrinks(snap, gangs, self.cfg.preemption_grace_s):
+                assert d.deadline is not None
+                self.running[d.job_id] = replace(self.running[d.job_id], preempt_deadline=d.deadline)
+                heapq.heappush(self.events, (d.deadline, _DEADLINE, d.job_id, 0))
             return
-        free = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values())).free()
-        idle = int(sum(max(0.0, f) for f in free.values()))
-        if idle <= 0:
+        gangs = [self._gang(jid) for jid, rj in self.running.items()
+                 if (rec := self.recs.get(jid)) is not None and rec.elastic and not rec.extra]
+        if not gangs:
             return
-        lay = self.topo.layout
-        index = FreeIndex(lay, [free[i] for i in lay.island_ids])
-        for jid, rj in list(self.running.items()):
-            rec = self.recs.get(jid)
-            if rec is None or not rec.elastic or rec.extra or rj.preempt_deadline is not None:
-                continue
-            g = rec.job.gpus
-            best, gain = 0, 1.05        # grow only for a measured speed-up of 5% or more
-            for k in range(g + 1, min(2 * g, g + index.total) + 1):
-                s = self.curves.speedup(jid, g, k)
-                if s > gain:
-                    best, gain = k, s
-            if not best:
-                continue
-            got = index.best_fit(best - g, frozenset(lay.island_pool))
-            if got is None:
-                continue
-            index.take(got[0])
-            xid = jid + "+x"
-            self.extra_of[xid] = jid
-            rec.extra = best - g
-            self.running[xid] = RunningJob(xid, rec.desk, float(rec.extra), index.to_placement(got[0]),
-                                           Priority.BATCH, t)
+        snap = ClusterSnapshot(t, self.topo, self.desks, tuple(self.running.values()))
+        assert self.curves is not None
+        for g in elastic.grows(snap, gangs, self.curves.speedup):
+            rec = self.recs[g.job_id]
+            xid = elastic.extra_id(g.job_id)
+            self.extra_of[xid] = g.job_id
+            rec.extra = g.workers - rec.job.gpus
+            self.running[xid] = RunningJob(xid, rec.desk, float(rec.extra), g.placement, Priority.BATCH, t)
             self.alloc += rec.extra
             self.usage[rec.desk] += rec.extra
             self.resizes += 1
-            self._set_speed(rec, t, gain)
-            if index.total <= 0:
-                break
+            assert g.speedup is not None
+            self._set_speed(rec, t, g.speedup)
+
+    def _gang(self, jid: str) -> elastic.ElasticGang:
+        rec, rj = self.recs[jid], self.running[jid]
+        g = rec.job.gpus
+        return elastic.ElasticGang(jid, rec.desk, g + rec.extra, g, 2 * g, 1, resizing=rj.preempt_deadline is not None)
 
     def _drop_extra(self, rec: _Rec, t: float) -> None:
-        xid = rec.job.job_id + "+x"
+        xid = elastic.extra_id(rec.job.job_id)
         if self.running.pop(xid, None) is not None:
             self.alloc -= rec.extra
             self.usage[rec.desk] -= rec.extra
