@@ -14,6 +14,10 @@ Preemption: every rank checks `should_stop_all()` at the same step (an all-reduc
 flag, so all leave together). Then rank 0 saves model, optimiser and step to
 `job_context().checkpoint_dir` inside the grace period and the job returns. rayfin requeues it
 (with `retries`), and the next attempt finds the checkpoint and resumes from that step.
+
+Elastic: submitted with workers=(min, max), rayfin resizes the gang the same way (stop at a
+step, checkpoint, restart at the new world size). The checkpoint holds no per-rank state, so
+any world size resumes it; `world_sizes` in the result lists the sizes it ran at.
 """
 from __future__ import annotations
 
@@ -39,9 +43,10 @@ def _model(features: int, hidden: int) -> nn.Module:
                          nn.Linear(hidden, 1))
 
 
-def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
+                    sizes: list[int] | None = None) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "sizes": sizes or []}, tmp)
     os.replace(tmp, path)   # atomic: a kill mid-write leaves the previous checkpoint
 
 
@@ -56,12 +61,14 @@ def train(steps: int = 200, features: int = 32, hidden: int = 64, batch: int = 2
     model = _model(features, hidden).to(gang.device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ckpt = Path(ctx.checkpoint_dir) / CHECKPOINT if ctx is not None and ctx.checkpoint_dir else None
-    start = 0
+    start, sizes = 0, []
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=gang.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = int(state["step"])
+        sizes = list(state.get("sizes", []))
+    sizes.append(gang.world_size)     # the world sizes it has run at (an elastic gang's resizes)
     net = DistributedDataParallel(model) if gang.backend is not None else model
     gen = torch.Generator()   # re-seeded per (rank, step): a resumed run sees the data it would have seen
     first = last = None
@@ -81,10 +88,10 @@ def train(steps: int = 200, features: int = 32, hidden: int = 64, batch: int = 2
         if ctx is not None:
             ctx.report_progress(done / steps)
             if ckpt is not None and gang.is_root and checkpoint_every and done % checkpoint_every == 0:
-                save_checkpoint(ckpt, model, opt, done)
+                save_checkpoint(ckpt, model, opt, done, sizes)
             if ctx.should_stop_all():   # every rank leaves at this same step
                 if ckpt is not None and gang.is_root:
-                    save_checkpoint(ckpt, model, opt, done)
+                    save_checkpoint(ckpt, model, opt, done, sizes)
                 stopped_at = done
                 break
     seconds = time.perf_counter() - t0
@@ -92,7 +99,7 @@ def train(steps: int = 200, features: int = 32, hidden: int = 64, batch: int = 2
     if gang.backend is not None:
         dist.barrier()
     out = {"first_loss": first, "final_loss": last, "steps": steps, "resumed_from": start, "stopped_at": stopped_at,
-           "rank": gang.rank, "world_size": gang.world_size, "backend": gang.backend or "none",
+           "rank": gang.rank, "world_size": gang.world_size, "world_sizes": sizes, "backend": gang.backend or "none",
            "device": str(gang.device), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
            "seconds": round(seconds, 3), "steps_per_s": round(trained / seconds, 3) if seconds > 0 else None,
            "samples_per_s": round(trained * batch * gang.world_size / seconds, 1) if seconds > 0 else None}

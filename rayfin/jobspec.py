@@ -32,8 +32,8 @@ JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 NAME_RE = re.compile(NAME_PATTERN)
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 DistBackend = Literal["auto", "gloo", "nccl"]
-SPEC_FIELDS = ("kind", "payload", "gpus", "priority", "name", "comm", "retries", "job_id", "workers", "dist_backend",
-               "deadline", "expected_runtime_s")
+SPEC_FIELDS = ("kind", "payload", "gpus", "priority", "name", "comm", "retries", "job_id", "workers", "min_workers",
+               "dist_backend", "deadline", "expected_runtime_s")
 MAX_RUNTIME_S = 30 * 24 * 3600.0
 # "HH:MM" (the calendar's zone) or an offset from a session's open or close ("open-30m", "close+2h")
 DEADLINE_HHMM_RE = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
@@ -54,6 +54,8 @@ ALLOWED = {
     "fn": "a picklable Python callable",
     "entrypoint": "a non-empty command line string",
     "deadline": DEADLINE_FORMS,
+    "min_workers": ("an elastic gang's fewest workers: a whole number from 1 to `workers` (its most), given as "
+                    "workers=(min, max); `gpus` is what it holds at max"),
     "expected_runtime_s": f"seconds the job is expected to run: a number > 0 and at most {MAX_RUNTIME_S:g}",
 }
 
@@ -133,6 +135,11 @@ class JobSpec(BaseModel):
         None, description="null: the configured default")
     workers: Annotated[int, WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "per_gpu"}]})] = Field(
         1, description="worker processes (ranks): a count >= 1 or 'per_gpu'")
+    min_workers: Annotated[int | None, WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1},
+                                                                  {"type": "null"}]})] = Field(
+        None, description="an elastic gang's fewest workers (the SDK's workers=(min, max)): it holds min x "
+                          "gpus/workers GPUs under its quota, grows toward `workers` into idle GPUs and shrinks "
+                          "back when other work waits, restarting from its checkpoint at each resize; null: fixed")
     dist_backend: DistBackend | None = Field("auto", description="torch.distributed backend; null: none")
     deadline: str | None = Field(None, description="when the job must be done: " + DEADLINE_FORMS)
     expected_runtime_s: Annotated[float | None, WithJsonSchema({"anyOf": [
@@ -220,6 +227,23 @@ class JobSpec(BaseModel):
             raise PydanticCustomError("rayfin", "{allowed}", {"field": exc.field, "allowed": exc.allowed,
                                                               "value": exc.value}) from None
 
+    @field_validator("min_workers", mode="before")
+    @classmethod
+    def _min_workers(cls, v: Any, info: Any) -> int | None:
+        """An elastic gang's base; equal to `workers` it is a fixed gang (None)."""
+        if v is None:
+            return None
+        most = info.data.get("workers")
+        if most is None:       # workers was refused already: that is the error to report
+            return None
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+            raise PydanticCustomError("rayfin", "{allowed}", {
+                "field": "min_workers", "value": v,
+                "allowed": f"a whole number of workers from 1 to workers={most} (workers=(min, max), min <= max)"})
+        return None if v == most else v
+
     @field_validator("dist_backend", mode="before")
     @classmethod
     def _dist_backend(cls, v: Any) -> Any:
@@ -248,7 +272,23 @@ class JobSpec(BaseModel):
         if not isinstance(data, Mapping):
             raise PydanticCustomError("rayfin", "{allowed}", {"field": "spec", "allowed": "a mapping",
                                                               "value": type(data).__name__})
+        workers = data.get("workers")
+        if isinstance(workers, (list, tuple)):      # workers=(min, max): an elastic gang
+            if len(workers) != 2 or data.get("min_workers") is not None:
+                raise PydanticCustomError("rayfin", "{allowed}", {
+                    "field": "workers", "value": list(workers),
+                    "allowed": "a count >= 1, 'per_gpu', or (min, max) for an elastic gang"})
+            data = {**data, "workers": workers[1], "min_workers": workers[0]}
         return data
+
+    @model_validator(mode="after")
+    def _elastic(self) -> "JobSpec":
+        if self.min_workers is not None and self.deadline is not None:
+            raise PydanticCustomError("rayfin", "{allowed}", {
+                "field": "deadline", "value": self.deadline,
+                "allowed": "no deadline on an elastic gang (workers=(min, max)): its runtime depends on the size it "
+                           "gets; give it fixed workers to ask for a deadline"})
+        return self
 
     # -- the edges --
     @classmethod
@@ -277,6 +317,11 @@ class JobSpec(BaseModel):
     def unit(self) -> int:
         """GPUs per worker."""
         return self.gpus // self.workers
+
+    @property
+    def base_gpus(self) -> int:
+        """What its admission holds: every GPU for a fixed gang, min_workers x unit for an elastic one."""
+        return self.gpus if self.min_workers is None else self.min_workers * self.unit
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:

@@ -45,7 +45,7 @@ from rayfin.policy.model import JobState, Priority
 DEFAULT_URL = "http://127.0.0.1:8000/api"
 UP_STATE = Path("~/.rayfin/up.json")
 HOW_TO_AUTH = "pass token=... to rayfin.connect or set $RAYFIN_TOKEN (CLI: --token or $RAYFIN_TOKEN)"
-Workers = int | Literal["per_gpu"]
+Workers = int | Literal["per_gpu"] | tuple[int, int]   # (min, max): an elastic gang
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,10 @@ class Client:
                dist_backend: str | None = "auto", deadline: datetime | str | None = None,
                expected_runtime_s: float | None = None) -> Job:
         """Run `fn(*args, **kwargs)` on `gpus` GPUs of this desk's pool. Returns at once.
-        `workers`: processes (ranks) to run it in, a count or "per_gpu"; `dist_backend`: the
+        `workers`: processes (ranks) to run it in, a count or "per_gpu", or `(min, max)` for an
+        elastic gang (`gpus` is what it holds at max: it starts at min or more, grows into idle
+        GPUs and shrinks back when other work waits, restarting from its checkpoint at each
+        resize, so it must checkpoint: `job_context().checkpoint_dir`); `dist_backend`: the
         torch.distributed backend they join ("auto", "gloo", "nccl", or None).
         `deadline`: an aware datetime, "HH:MM" in the calendar's zone, or "open-30m" / "close+2h"
         (the string forms need the controller's `calendar:`); `expected_runtime_s`: the runtime if
@@ -422,6 +425,8 @@ def spec_body(spec: JobSpec, desk: str, job_id: str, workers: Any = None) -> dic
                             "workers": workers if workers == "per_gpu" else spec.workers,
                             "dist_backend": spec.dist_backend}
     # Only when set, so an API without deadlines (which refuses unknown fields) takes a plain job.
+    if spec.min_workers is not None:
+        body["min_workers"] = spec.min_workers
     if spec.deadline is not None:
         body["deadline"] = spec.deadline
     if spec.expected_runtime_s is not None:

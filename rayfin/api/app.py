@@ -160,6 +160,8 @@ def controller_spec(req: SubmitRequest, limits: ApiLimits) -> dict[str, Any]:
                             "comm": req.comm.value, "retries": req.retries, "job_id": req.job_id}
     if req.workers != 1:
         spec["workers"] = req.workers
+    if req.min_workers is not None:
+        spec["min_workers"] = req.min_workers
     if req.dist_backend != "auto":
         spec["dist_backend"] = req.dist_backend
     if req.deadline is not None:

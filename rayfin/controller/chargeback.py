@@ -7,7 +7,8 @@ the next one for the same model (a replacement) or to its release. An interval s
 `until` (or at `now`) is cut there. Every report reads the trail from its start up to `until`
 (an allocation that began long before `since` still counts for its part inside it).
 
-    interval GPUs  = the event's `gpus`, split by pool over its placement's islands
+    interval GPUs  = the event's `gpus`, split by pool over its placement's islands; an event of a
+                     holding job with other `gpus` (an elastic gang's resize) starts a new interval
     preempted      = the interval ended in PREEMPTED, or was requeued with reason code `preempted`
     borrowed       = who lent the GPUs above nominal, per interval: the opening event's
                      `data["lenders"]` ([[desk, gpus], ...], written since the scheduler attributes
@@ -95,6 +96,11 @@ def usage_records(events: Iterable[Event], *, until: float, node_pool: Mapping[s
         holding = ev.state in _HOLDING
         if holding and ev.job_id not in open_:
             open_[ev.job_id] = (ev, float(ev.data.get("gpus") or 0), ev.data.get("placement"))
+        elif holding and ev.job_id in open_ and "gpus" in ev.data and \
+                abs(float(ev.data["gpus"] or 0) - open_[ev.job_id][1]) > 1e-9:
+            # an elastic gang resized (it holds its new size from the decision on): a new interval
+            close(ev.job_id, ev.ts, False, WorkKind.BATCH)
+            open_[ev.job_id] = (ev, float(ev.data["gpus"] or 0), ev.data.get("placement"))
         elif holding and ev.job_id in open_ and not open_[ev.job_id][2] and ev.data.get("placement"):
             first, gpus, _ = open_[ev.job_id]
             open_[ev.job_id] = (first, gpus, ev.data.get("placement"))

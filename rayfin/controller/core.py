@@ -130,12 +130,14 @@ class ControllerCore:
             job_id = proposed or self.new_id(desk)
             # A deadline: the answer (raises for a deadline no schedule meets), kept on the record.
             adm = deadlines.at_submit(self.state, desk, clean, priority, job_id)
+            # An elastic gang asks for its base (min_workers); it grows into idle GPUs (controller/resize.py).
+            lo, hi = (clean.min_workers, clean.workers) if clean.min_workers is not None else (0, 0)
             job = JobRecord(job_id=job_id, desk=desk, name=clean.name, kind=JobKind(clean.kind),
-                            gpus=float(clean.gpus), priority=int(priority), comm=clean.comm.value,
+                            gpus=float(clean.base_gpus), priority=int(priority), comm=clean.comm.value,
                             state=JobState.PENDING, submitted_at=self.clock(), max_retries=clean.retries or 0,
                             payload=clean.payload, reason="queued", reason_code=ReasonCode.QUEUED,
                             info={"entrypoint": clean.payload} if clean.kind == "entrypoint" else {},
-                            workers=clean.workers, dist_backend=clean.dist_backend,
+                            workers=clean.min_workers or clean.workers, dist_backend=clean.dist_backend, min_workers=lo, max_workers=hi,
                             **(adm.fields(clean.expected_runtime_s) if adm is not None
                                else {"expected_runtime_s": clean.expected_runtime_s}))
             self.ledger.put_job(job, ("submitted", f"{job.gpus:g} GPUs, priority {priority.label}"),
@@ -150,15 +152,15 @@ class ControllerCore:
     def _refuse_what_never_fits(self, desk: str, spec: JobSpec) -> None:
         quota = self.desks[desk]
         capacity = self.topology.pool_capacity(quota.pools)
-        never = why_never_fits(quota, spec.gpus, capacity)
+        never = why_never_fits(quota, spec.base_gpus, capacity)
         if never:
             code, why = never
             self.recorder.refused(desk, ReasonCode.NEVER_FITS.value)
             self.ledger.record(self.clock(), "", desk, "refused", "", why, {"gpus": spec.gpus}, code)
             raise QuotaExceeded(f"{why}; to fix: ask for fewer GPUs or raise the desk's quota", desk=desk,
-                                requested=spec.gpus, available=min(quota.ever_gpus, capacity))
+                                requested=spec.base_gpus, available=min(quota.ever_gpus, capacity))
         try:   # a worker never spans islands: refuse what no placement could ever give
-            check_unit_fits(self.topology, quota.pools, spec.gpus, spec.unit)
+            check_unit_fits(self.topology, quota.pools, spec.base_gpus, spec.unit)
         except WorkerRuleError as exc:
             raise InvalidRequest(field=exc.field, value=exc.value, allowed=exc.allowed) from None
 

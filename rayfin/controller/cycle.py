@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayfin import collector
-from rayfin.controller import deadlines, market_clock
+from rayfin.controller import deadlines, market_clock, resize
 from rayfin.controller.backend import LaunchSpec, Observation
 from rayfin.controller.records import JobRecord
 from rayfin.controller.state import PLACED, ControllerState, duration_key
@@ -37,6 +37,7 @@ class CycleReport:
     admitted: int = 0
     preempted: int = 0
     finished: int = 0
+    resized: int = 0
 
 
 def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
@@ -57,6 +58,8 @@ def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
         market_clock.record_decisions(s, snap, decision)
         t3a = time.perf_counter()
         report.admitted, report.preempted = act(s, decision)
+        if any(j.elastic for j in s.active.values()):
+            report.resized = resize.step(s, snapshot(s))   # on what act left: who waits now
         t4 = time.perf_counter()
         report.timings_ms = {"observe": (t1 - t0) * 1e3, "snapshot": (t2 - t1) * 1e3,
                              "decide": (t3 - t2) * 1e3, "audit": (t3a - t3) * 1e3, "act": (t4 - t3a) * 1e3}
@@ -95,7 +98,9 @@ def observe(s: ControllerState, obs: Observation, live: dict[str, str]) -> int:
 def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> int:
     if st.logs:
         s.ledger.append_logs(job.job_id, st.logs, now, s.config.controller.max_log_bytes)
-    if st.state == "SUCCEEDED" and len(st.results) > 1:
+    if st.state == "SUCCEEDED" and len(st.results) > 1 and job.preempt_deadline is None \
+            and job.resize_deadline is None:
+        # only a run that ended the job: one stopped for a preemption or a resize runs again
         s.ledger.put_results(job.job_id, st.results)
     if st.state == "RUNNING" and job.state is JobState.ADMITTED:
         job = job.copy(state=JobState.RUNNING, started_at=now, reason="running", reason_code=ReasonCode.RUNNING,
@@ -108,6 +113,10 @@ def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> i
         # It stopped because it was asked to (grace period): it was preempted, and what it
         # returned (e.g. a checkpoint path) is kept.
         s.preempt_now(job.copy(result=st.result, error=st.error))
+        return 1
+    elif st.state in ("SUCCEEDED", "FAILED") and job.resize_deadline is not None:
+        # An elastic gang stopped for a resize: it starts again at its new size, from its checkpoint.
+        s.resize_now(job.copy(result=st.result, error=st.error))
         return 1
     elif st.state in ("SUCCEEDED", "FAILED"):
         s.release(job)
@@ -140,6 +149,9 @@ def _overdue(s: ControllerState, job: JobRecord, now: float) -> int:
         return 1
     if job.preempt_deadline is not None and now >= job.preempt_deadline:
         s.preempt_now(job)
+        return 1
+    if job.resize_deadline is not None and now >= job.resize_deadline:
+        s.resize_now(job)
         return 1
     return 0
 
@@ -179,11 +191,12 @@ def snapshot(s: ControllerState) -> ClusterSnapshot:
             pending.append(PendingJob(job.job_id, job.desk, int(job.gpus), deadlines.priority_of(job),
                                       job.submitted_at, CommProfile(job.comm), job.unit))
         else:
-            running.append(RunningJob(job.job_id, job.desk, job.gpus, job.placement, deadlines.priority_of(job),
-                                      # admitted, not started: since its admission (not a LAS victim yet)
-                                      job.started_at or float(job.info.get("admitted_at", job.submitted_at)),
-                                      preemptible=True,
-                                      preempt_deadline=job.preempt_deadline, preempted_for=job.preempted_for))
+            placed = RunningJob(job.job_id, job.desk, job.gpus, job.placement, deadlines.priority_of(job),
+                                # admitted, not started: since its admission (not a LAS victim yet)
+                                job.started_at or job.admitted_at or job.submitted_at,
+                                preemptible=True, preempt_deadline=job.preempt_deadline,
+                                preempted_for=job.preempted_for)
+            running.extend(resize.split(job, placed) if job.extra else (placed,))
     for res in s.serving.values():
         # A serving deployment holds its GPUs like running work that is never preempted.
         running.append(RunningJob(f"serve-{res.model}", res.desk, res.gpus, res.placement, Priority.CRITICAL,
@@ -250,6 +263,8 @@ def act(s: ControllerState, decision: CycleDecision) -> tuple[int, int]:
         s.last_decision[job.job_id] = d
         s.recorder.decided(d)
     for d in decision.preempts:
+        if resize.preempts_extra(s, d):     # an elastic gang's extra workers: a shrink
+            continue
         job = s.active.get(d.job_id)
         if job is None or job.preempt_deadline is not None:
             continue

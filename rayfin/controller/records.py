@@ -42,6 +42,9 @@ CONTROL_KEYS: dict[str, str] = {
     # deadlines (issue 18): absent in rows written before them, so older ledgers load unchanged
     "deadline": "deadline", "eta": "eta", "expected_runtime_s": "expected_runtime_s",
     "deadline_risk": "deadline_risk", "escalated": "escalated",
+    # elastic gangs: absent in rows written before them
+    "min_workers": "min_workers", "max_workers": "max_workers", "extra": "extra", "resize_to": "resize_to",
+    "resize_deadline": "resize_deadline", "resize_reason": "resize_reason", "resize_for": "resize_for",
 }
 # Control fields a caller sees at the top level of `public()` (the rest stay inside `info`).
 PUBLIC_CONTROL = frozenset({"reason_code", "deadline", "eta", "expected_runtime_s", "deadline_risk", "escalated"})
@@ -93,6 +96,18 @@ class JobRecord:
     # who lent `borrowed` (desk, GPUs) at the current admission (rayfin.policy.quota.attribute_lenders);
     # stored as [[desk, gpus], ...] under info["lenders"]; absent in ledgers written before it
     lenders: tuple[tuple[str, float], ...] = ()
+    # Elastic gangs (rayfin.policy.elastic; 0: a fixed gang). `workers` is the size it is given
+    # and `gpus` = workers x unit; its admission holds min_workers of them, `extra` is the part
+    # of `placement` above that base (the snapshot's `<id>+x`). A resize restarts the gang from
+    # its checkpoint: `resize_to` the size it restarts at, `resize_deadline` when the old runner's
+    # grace to stop ends, `resize_reason` the decision's reason.
+    min_workers: int = 0
+    max_workers: int = 0
+    extra: Placement = ()
+    resize_to: int = 0
+    resize_deadline: float | None = None
+    resize_reason: str = ""
+    resize_for: str | None = None    # a shrink's beneficiary (the pending job the GPUs go to)
 
     def __post_init__(self) -> None:
         # Records built from strings (stored rows, older callers) get their enums; control
@@ -113,6 +128,8 @@ class JobRecord:
             set_(self, "info", info)
         if type(self.lenders) is not tuple:
             set_(self, "lenders", tuple((str(d), float(g)) for d, g in self.lenders))
+        if type(self.extra) is not tuple or (self.extra and type(self.extra[0]) is not tuple):
+            set_(self, "extra", tuple((str(i), float(g)) for i, g in self.extra))
         if type(self.reason_code) is not ReasonCode:
             set_(self, "reason_code", code_of(self.reason_code))
 
@@ -132,6 +149,19 @@ class JobRecord:
     def unit(self) -> int:
         """GPUs per gang worker (a job without workers is one worker)."""
         return max(1, int(self.gpus) // max(1, int(self.workers)))
+
+    @property
+    def elastic(self) -> bool:
+        return self.max_workers > self.min_workers > 0
+
+    @property
+    def base_placement(self) -> Placement:
+        """`placement` less `extra`: what the admission holds (all of it for a fixed gang)."""
+        if not self.extra:
+            return self.placement
+        less = dict(self.extra)
+        out = tuple((i, g - less.get(i, 0.0)) for i, g in self.placement)
+        return tuple((i, g) for i, g in out if g > 1e-9)
 
     @property
     def deadline_status(self) -> str | None:

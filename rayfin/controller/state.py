@@ -20,7 +20,7 @@ from rayfin.config import RayfinConfig
 from rayfin.controller import market_clock
 from rayfin.controller.backend import Backend
 from rayfin.controller.ledger import Ledger
-from rayfin.controller.records import JobKind, JobRecord, ServingReservation
+from rayfin.controller.records import JobKind, JobRecord, Placement, ServingReservation
 from rayfin.controller.recorder import Recorder
 from rayfin.market.in_force import InForce, QuotaClock
 from rayfin.market.plan import WindowName, quotas_in
@@ -123,14 +123,47 @@ class ControllerState:
         return job
 
     def requeue(self, job: JobRecord, why: str, code: ReasonCode) -> JobRecord:
-        # The service it got stays with it (the least-attained-service order and its hints read it).
-        ran = max(0.0, self.clock() - job.started_at) if job.started_at else 0.0
-        info = {**job.info, "attained_s": float(job.info.get("attained_s", 0.0)) + ran}
-        job = job.copy(state=JobState.PENDING, attempts=job.attempts + 1, placement=(), started_at=None, info=info,
-                       preempt_deadline=None, preempt_reason="", preempted_for=None, reason_code=code,
-                       reason=f"requeued (attempt {job.attempts + 2} of {job.max_retries + 1}): {why}")
+        job = job.copy(state=JobState.PENDING, attempts=job.attempts + 1, placement=(), started_at=None,
+                       info=self._attained(job), preempt_deadline=None, preempt_reason="", preempted_for=None,
+                       reason_code=code, reason=f"requeued (attempt {job.attempts + 2} of {job.max_retries + 1}): {why}",
+                       **at_base(job))
         self.recorder.state_changed(job, JobState.RUNNING.value)
         return self.save(job, "requeued", why)
+
+    def _attained(self, job: JobRecord) -> dict[str, Any]:
+        """`info` with the service of the attempt that ends now added: it stays with the job (the
+        least-attained-service order and its hints read it)."""
+        ran = max(0.0, self.clock() - job.started_at) if job.started_at else 0.0
+        return {**job.info, "attained_s": float(job.info.get("attained_s", 0.0)) + ran}
+
+    def resize_now(self, job: JobRecord) -> JobRecord:
+        """An elastic gang's old runner has stopped (or its grace is over): reserve the size it
+        was resized to and start it again from its checkpoint. Not a retry: no attempt is spent.
+        A shrink keeps the base's placement; a growth the whole of it (base and new workers)."""
+        self.release(job)
+        unit, to = job.unit, job.resize_to or job.workers
+        placement: Placement
+        extra: Placement
+        if to <= job.min_workers:
+            placement, extra = job.base_placement, ()
+            to, code, what = job.min_workers, ReasonCode.ELASTIC_SHRINK, "shrunk"
+        else:
+            placement, extra, code, what = job.placement, job.extra, ReasonCode.ELASTIC_GROW, "grown"
+        old = job.state
+        job = job.copy(state=JobState.ADMITTED, generation=job.generation + 1, workers=to, gpus=float(to * unit),
+                       placement=placement, extra=extra, started_at=None, admitted_at=self.clock(),
+                       info=self._attained(job), resize_to=0, resize_deadline=None, resize_for=None,
+                       reason=f"{what} to {to} worker(s), restarting from its checkpoint: {job.resize_reason}",
+                       reason_code=code, resize_reason="")
+        try:
+            self.backend.reserve(job.key, job.desk, placement, unit=unit)
+        except Exception as exc:  # noqa: BLE001 - back to the queue at its base: nothing is lost
+            log.warning("reserve %s after a resize failed: %s", job.job_id, exc)
+            return self.save(job.copy(state=JobState.PENDING, placement=(), started_at=None, **at_base(job),
+                                      reason=f"placement group not created after a resize: {type(exc).__name__}",
+                                      reason_code=ReasonCode.RESERVE_FAILED), "requeued", str(exc)[:300])
+        self.recorder.state_changed(job, old.value)
+        return self.save(job, "resized", job.reason)
 
     def release(self, job: JobRecord) -> None:
         try:
@@ -144,7 +177,7 @@ class ControllerState:
         if job.state is JobState.ADMITTED:
             # Its GPUs went away before it started: nothing ran, so no retry is spent.
             self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: {why}",
-                               reason_code=code), "requeued", why)
+                               reason_code=code, **at_base(job)), "requeued", why)
             return
         if job.attempts < job.max_retries:
             self.requeue(job, why, code)
@@ -179,6 +212,15 @@ class ControllerState:
         return out
 
 
+def at_base(job: JobRecord) -> dict[str, Any]:
+    """The changes that put an elastic gang back at its base size with no resize under way (a
+    requeued gang asks for its base again); none for a fixed gang."""
+    if not job.elastic:
+        return {}
+    return {"workers": job.min_workers, "gpus": float(job.min_workers * job.unit), "extra": (), "resize_to": 0,
+            "resize_deadline": None, "resize_reason": "", "resize_for": None}
+
+
 def load_duration_state(ledger: Ledger) -> DurationState:
     """The predictor's history as last saved, or none. A saved state that cannot be read is
     logged and dropped: predictions then start from no history (least-attained-service order),
@@ -198,4 +240,4 @@ def duration_key(job: JobRecord) -> JobKey:
 
 
 __all__ = ["ControllerState", "ACTIVE", "PLACED", "DURATION_KEY", "scheduler_config", "duration_key",
-           "load_duration_state"]
+           "load_duration_state", "at_base"]

@@ -1,0 +1,133 @@
+"""Elastic gangs in the live controller (ControllerCore on the FakeBackend, injected clock): a
+gang declared workers=(min, max) is admitted at its base, grows into idle GPUs (at once while it
+has not started; through a stop and a restart from its checkpoint once it runs) and gives its
+extra workers back while other work waits, never spending a retry. Cluster: configs/test.yaml
+(16 GPUs; quant owns none and borrows; fx may not borrow; risk owns pool n1)."""
+from __future__ import annotations
+
+import pytest
+
+from rayfin.errors import InvalidRequest
+from rayfin.policy import JobState
+from tests.unit.test_deadlines_controller import TOK, kinds, make, run, spec
+
+
+def gpus_of(placement) -> float:
+    return sum(g for _, g in placement)
+
+
+def test_an_idle_cluster_starts_it_grown_and_waiting_work_shrinks_it_back(tmp_path):
+    core, backend, clock, _, ledger = make(tmp_path)
+    gang = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8)))["job_id"]
+    st = core.status(TOK["quant"], gang)
+    assert (st["gpus"], st["info"]["workers"], st["info"]["min_workers"], st["info"]["max_workers"]) == (2.0, 2, 2, 8)
+    run(core, 1)      # admitted at its base, then grown before it started: nothing to restart
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"], st["gpus"], st["reason_code"]) == ("ADMITTED", 8, 8.0, "elastic_grow")
+    run(core, 2)      # its group is ready: the runner starts, and reports running
+    assert core.status(TOK["quant"], gang)["state"] == "RUNNING"
+    launched = backend.runners[backend._key(gang)]
+    assert (gpus_of(launched.placement), launched.unit) == (8.0, 1)          # 8 one-GPU workers
+    assert backend.start_count(gang) == 1
+
+    # 16 GPUs asked with 8 free: work waits, so the gang gives its 6 extra workers back
+    waiting = [core.submit(TOK[d], d, spec(g, workers="per_gpu"))["job_id"] for d, g in
+               (("risk", 8), ("fx", 4), ("equities", 4))]
+    run(core, 1)
+    st = core.status(TOK["quant"], gang)
+    assert st["state"] == "RUNNING" and st["reason_code"] == "elastic_shrink" and st["preempt_deadline"] is None
+    assert backend.stops[-1] == backend._key(gang)                # asked to stop at a checkpoint
+    backend.finish(gang, results=(b"r0", b"r1"))                  # it checkpointed and returned
+    run(core, 3)      # stopped: reserved at its base; ready: started; running
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"], st["gpus"], st["attempts"]) == ("RUNNING", 2, 2.0, 0)   # no retry spent
+    assert gpus_of(backend.runners[backend._key(gang)].placement) == 2.0
+    assert backend.start_count(gang) == 2
+    assert {"resize_planned", "resized"} <= set(kinds(ledger, gang))
+    run(core, 3)
+    held = sum(core.status(TOK[d], j)["gpus"] for d, j in zip(("risk", "fx", "equities"), waiting)
+               if core.status(TOK[d], j)["state"] in ("ADMITTED", "RUNNING"))
+    assert held >= 8     # what it gave back went to the work that waited
+    backend.finish(gang, result=b"done")
+    run(core, 1)
+    # the values are the run that ended the job's, not those of the run stopped for the resize
+    assert core.results(TOK["quant"], gang)["results"] == [b"done"]
+
+
+def test_a_running_gang_grows_through_a_restart_when_nothing_waits(tmp_path):
+    core, backend, clock, _, ledger = make(tmp_path)
+    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
+    run(core, 2)
+    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4)))["job_id"]
+    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]      # fx may not borrow: it waits
+    run(core, 3)
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"]) == ("RUNNING", 2)         # no growth while fx's job waits
+    core.cancel(TOK["fx"], blocked)
+    run(core, 1)
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"], st["gpus"], st["reason_code"]) == ("RUNNING", 4, 4.0, "elastic_grow")
+    assert backend.stops[-1] == backend._key(gang)
+    clock.advance(5)                                               # it did not stop in its grace: taken
+    run(core, 3)
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"], st["attempts"]) == ("RUNNING", 4, 0)
+    assert gpus_of(backend.runners[backend._key(gang)].placement) == 4.0
+    assert st["info"]["attained_s"] == 5.0                         # the service before the restart is kept
+
+
+def test_a_lost_gang_is_requeued_at_its_base_and_grows_again(tmp_path):
+    core, backend, clock, _, ledger = make(tmp_path)
+    gang = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8), retries=1))["job_id"]
+    run(core, 3)
+    assert core.status(TOK["quant"], gang)["info"]["workers"] == 8
+    backend.lose(gang)     # on n0, both islands now cordoned: fx's new job, in pool n0, waits
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
+    run(core, 1)
+    st = core.status(TOK["quant"], gang)
+    # requeued at its base, and admitted again at once on n1, at its base: fx's job waits
+    assert (st["state"], st["info"]["workers"], st["gpus"], st["attempts"]) == ("ADMITTED", 2, 2.0, 1)
+    assert "extra" not in st["info"] and "resize_to" not in st["info"]     # no resize state left over
+    assert [k for k in kinds(ledger, gang) if k in ("requeued", "admitted")][-2:] == ["requeued", "admitted"]
+    run(core, 3)
+    assert core.status(TOK["quant"], gang)["info"]["workers"] == 2           # no growth while fx's job waits
+    clock.advance(120)     # the cordon is over: fx's job starts, nothing waits, the gang grows
+    run(core, 3)
+    clock.advance(5)       # (its grace to stop)
+    run(core, 3)
+    st = core.status(TOK["quant"], gang)
+    assert st["state"] == "RUNNING" and st["info"]["workers"] > 2 and st["attempts"] == 1
+
+
+@pytest.mark.parametrize("workers, field", [((0, 4), "min_workers"), ((5, 4), "min_workers"), ((1, 2, 3), "workers"),
+                                            ((1, 3), "workers")])
+def test_bad_elastic_sizes_are_refused_naming_the_field(tmp_path, workers, field):
+    core, *_ = make(tmp_path)
+    with pytest.raises(InvalidRequest) as err:
+        core.submit(TOK["quant"], "quant", spec(4, workers=workers))
+    assert err.value.field == field
+
+
+def test_min_equal_to_max_is_a_fixed_gang(tmp_path):
+    core, backend, clock, _, _ = make(tmp_path)
+    job = core.submit(TOK["quant"], "quant", spec(4, workers=(4, 4)))["job_id"]
+    run(core, 3)
+    st = core.status(TOK["quant"], job)
+    assert st["state"] == JobState.RUNNING.value and st["info"]["workers"] == 4 and "min_workers" not in st["info"]
+
+
+def test_chargeback_bills_each_size_for_the_time_it_was_held():
+    from rayfin.controller.chargeback import usage_records
+    from rayfin.controller.records import Event
+
+    def ev(seq, ts, kind, state, gpus):
+        return Event(seq, ts, "g", "quant", kind, state, "", {"gpus": gpus, "placement": [["n0-i0", gpus]]})
+    trail = [ev(1, 0, "admitted", "ADMITTED", 2), ev(2, 5, "started", "RUNNING", 2),
+             ev(3, 100, "resize_planned", "RUNNING", 8),      # grown: the new workers' GPUs are its from here
+             ev(4, 101, "resized", "ADMITTED", 8), ev(5, 103, "started", "RUNNING", 8),
+             ev(6, 300, "resize_planned", "RUNNING", 8),      # shrinking: held until the old runner stops
+             ev(7, 301, "resized", "ADMITTED", 2), ev(8, 400, "succeeded", "SUCCEEDED", 2)]
+    got = [(r.gpus, r.start.timestamp(), r.end.timestamp()) for r in usage_records(trail, until=1_000)]
+    assert got == [(2, 0, 100), (8, 100, 301), (2, 301, 400)]
+    assert sum(g * (b - a) for g, a, b in got) == 2 * 100 + 8 * 201 + 2 * 99
