@@ -25,6 +25,7 @@ import importlib.metadata
 import json
 import os
 import pickle
+import re
 import secrets
 import sys
 import time
@@ -334,7 +335,7 @@ class Client:
                                  "connections inside fn", field="fn", value=getattr(fn, "__name__", repr(fn)[:80]),
                                  allowed="a picklable callable and arguments") from None
         return self._submit({"kind": "callable", "payload": payload, "gpus": gpus, "priority": priority,
-                             "name": name or getattr(fn, "__name__", "job"), "comm": comm, "retries": retries,
+                             "name": name or default_name(fn), "comm": comm, "retries": retries,
                              "workers": workers, "dist_backend": dist_backend, "deadline": deadline,
                              "expected_runtime_s": expected_runtime_s})
 
@@ -414,6 +415,13 @@ class Client:
         """GPU use found outside rayfin: what holds GPUs now, and what was stopped."""
         view: dict[str, Any] = self._request("GET", "/v1/policing")
         return view
+
+
+def default_name(fn: Callable[..., Any]) -> str:
+    """A job's name when the caller gives none: the function's, made a valid name (`_step` ->
+    `step`, `<lambda>` -> `lambda`), so a name the caller never chose is never refused."""
+    raw = re.sub(r"[^A-Za-z0-9_.:-]", "", str(getattr(fn, "__name__", "") or ""))
+    return raw.lstrip("_.:-")[:128] or "job"
 
 
 def spec_body(spec: JobSpec, desk: str, job_id: str, workers: Any = None) -> dict[str, Any]:

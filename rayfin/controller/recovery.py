@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from rayfin.controller.records import JobKind
-from rayfin.controller.state import ACTIVE, ControllerState
+from rayfin.controller.state import ACTIVE, ControllerState, at_base
 from rayfin.policy import JobState
 from rayfin.reasons import ReasonCode
 
@@ -46,7 +46,7 @@ def recover(s: ControllerState) -> dict[str, Any]:
                 adopted.append(job.job_id)
             else:
                 s.save(job.copy(state=JobState.PENDING, placement=(), reason_code=ReasonCode.LOST_DURING_RESTART,
-                                reason="requeued: group lost while controller was down"),
+                                reason="requeued: group lost while controller was down", **at_base(job)),
                        "requeued", "group lost during restart")
                 requeued.append(job.job_id)
         expected = {j.key for j in s.active.values() if j.state is not JobState.PENDING}

@@ -131,3 +131,54 @@ def test_chargeback_bills_each_size_for_the_time_it_was_held():
     got = [(r.gpus, r.start.timestamp(), r.end.timestamp()) for r in usage_records(trail, until=1_000)]
     assert got == [(2, 0, 100), (8, 100, 301), (2, 301, 400)]
     assert sum(g * (b - a) for g, a, b in got) == 2 * 100 + 8 * 201 + 2 * 99
+
+
+def test_a_controller_restart_mid_shrink_finishes_the_resize(tmp_path):
+    from rayfin.controller.core import ControllerCore
+    from rayfin.controller.ledger import SqliteLedger
+    from tests.support.builders import config
+
+    core, backend, clock, spy, ledger = make(tmp_path)
+    gang = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8)))["job_id"]
+    run(core, 3)
+    for d, g in (("risk", 8), ("fx", 4), ("equities", 4)):
+        core.submit(TOK[d], d, spec(g, workers="per_gpu"))
+    run(core, 1)
+    assert core.status(TOK["quant"], gang)["reason_code"] == "elastic_shrink"
+    ledger.close()
+    # a new controller process on the same ledger and cluster, while the old runner still stops
+    again = ControllerCore(config(), SqliteLedger(tmp_path / "ledger.db"), backend, clock=clock, recorder=spy)
+    assert gang in again.recover()["adopted"]
+    st = again.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"], st["info"]["resize_to"]) == ("RUNNING", 8, 2)   # kept in the ledger
+    clock.advance(5)                     # past its grace: the resize completes
+    run(again, 3)
+    st = again.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"], st["gpus"], st["attempts"]) == ("RUNNING", 2, 2.0, 0)
+
+
+def _work() -> str:
+    return "trained"
+
+
+def test_the_sdk_sends_an_elastic_range_over_http_and_bad_ranges_are_named(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from rayfin.api.app import build_app
+    from rayfin.sdk import Client
+    from tests.support.api import CorePort
+
+    core, backend, clock, _, _ = make(tmp_path)
+    tc = TestClient(build_app(CorePort(core)))
+    quant = Client("quant", TOK["quant"], "http://testserver", transport=tc._transport, retry_s=0)
+    job = quant.submit(_work, gpus=4, workers=(1, 4))
+    st = job.status()
+    assert (st.gpus, st.info["workers"], st.info["min_workers"], st.info["max_workers"]) == (1.0, 1, 1, 4)
+    assert st.name == "work"     # the function's name made a valid one (`_work` alone is refused)
+    with pytest.raises(InvalidRequest) as err:        # refused in the SDK, before anything is sent
+        quant.submit(_work, gpus=4, workers=(3, 2))
+    assert err.value.field == "min_workers" and "from 1 to workers=2" in err.value.allowed
+    raw = tc.post("/v1/jobs", headers={"Authorization": f"Bearer {TOK['quant']}"},
+                  json={"desk": "quant", "kind": "entrypoint", "entrypoint": "echo hi", "gpus": 4, "workers": 4,
+                        "min_workers": 9})
+    assert raw.status_code == 422 and raw.json()["error"]["fields"]["field"] == "min_workers"
