@@ -128,7 +128,7 @@ def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> i
             s.finish(job, JobState.FAILED, why, ReasonCode.JOB_RAISED)
         return 1
     elif st.state == "LOST":
-        for island, _ in job.placement:
+        for island, _ in resize.running_on(job):    # not a growth's new islands: it never ran there
             s.cordoned[island] = now + s.cordon_s
             # at once, so this cycle's snapshot does not place the requeued job straight back
             s.unavailable.setdefault(island, float(s.topology.island(island).gpus))
@@ -139,10 +139,13 @@ def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> i
 
 def _overdue(s: ControllerState, job: JobRecord, now: float) -> int:
     """A placed job on a lost island, admitted too long ago without starting, or past its grace."""
-    lost = [i for i, _ in job.placement if i in s.unavailable]
+    lost = [i for i, _ in resize.running_on(job) if i in s.unavailable]
     if lost:
         s.lost(job, f"node of island(s) {', '.join(lost)} lost", ReasonCode.NODE_LOST)
         return 1
+    if resize.growing(job) and any(i in s.unavailable for i, _ in job.extra):
+        resize.abandon_growth(s, job)     # only the new workers' island went: back to its base
+        return 0
     admitted = job.admitted_at if job.admitted_at is not None else now
     if job.state is JobState.ADMITTED and now - admitted > s.admit_timeout_s:
         s.lost(job, f"not started within {s.admit_timeout_s:g}s of admission", ReasonCode.ADMIT_TIMEOUT)
@@ -150,8 +153,8 @@ def _overdue(s: ControllerState, job: JobRecord, now: float) -> int:
     if job.preempt_deadline is not None and now >= job.preempt_deadline:
         s.preempt_now(job)
         return 1
-    if job.resize_deadline is not None and now >= job.resize_deadline:
-        s.resize_now(job)
+    if job.resize_deadline is not None and now >= job.resize_deadline and job.preempt_deadline is None:
+        s.resize_now(job)   # (a preemption of the whole gang under way goes first: it ends in a requeue)
         return 1
     return 0
 

@@ -111,6 +111,27 @@ def grow(s: ControllerState, g: Grow) -> int:
     return 1
 
 
+def growing(job: JobRecord) -> bool:
+    """A growth is under way: the new workers' GPUs are held, the old runner has not restarted."""
+    return job.resize_deadline is not None and job.resize_to > job.min_workers and bool(job.extra) \
+        and job.state is JobState.RUNNING
+
+
+def running_on(job: JobRecord) -> Placement:
+    """The islands its runner really uses now: during a growth, not the new workers' (held for
+    the restart), else its whole placement."""
+    return job.base_placement if growing(job) else job.placement
+
+
+def abandon_growth(s: ControllerState, job: JobRecord) -> None:
+    """The island of a growth's new workers was lost before the restart: the gang restarts at its
+    base instead (the old runner was already asked to stop)."""
+    why = "the island of its new workers was lost before the restart: it restarts at its base"
+    s.save(job.copy(workers=job.min_workers, gpus=float(job.min_workers * job.unit), placement=job.base_placement,
+                    extra=(), resize_to=job.min_workers, resize_reason=why, reason="shrinking: " + why,
+                    reason_code=ReasonCode.ELASTIC_SHRINK), "resize_planned", why)
+
+
 def merge(a: Placement, b: Placement) -> Placement:
     """Two placements as one: GPUs per island summed, sorted by island."""
     out: dict[str, float] = {}
@@ -119,4 +140,5 @@ def merge(a: Placement, b: Placement) -> Placement:
     return tuple(sorted(out.items()))
 
 
-__all__ = ["gangs", "split", "step", "preempts_extra", "shrink", "grow", "merge"]
+__all__ = ["gangs", "split", "step", "preempts_extra", "shrink", "grow", "merge", "growing", "running_on",
+           "abandon_growth"]

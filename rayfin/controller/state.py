@@ -160,6 +160,7 @@ class ControllerState:
         except Exception as exc:  # noqa: BLE001 - back to the queue at its base: nothing is lost
             log.warning("reserve %s after a resize failed: %s", job.job_id, exc)
             return self.save(job.copy(state=JobState.PENDING, placement=(), started_at=None, **at_base(job),
+                                      preempt_deadline=None, preempt_reason="", preempted_for=None,
                                       reason=f"placement group not created after a resize: {type(exc).__name__}",
                                       reason_code=ReasonCode.RESERVE_FAILED), "requeued", str(exc)[:300])
         self.recorder.state_changed(job, old.value)

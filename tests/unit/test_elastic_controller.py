@@ -182,3 +182,61 @@ def test_the_sdk_sends_an_elastic_range_over_http_and_bad_ranges_are_named(tmp_p
                   json={"desk": "quant", "kind": "entrypoint", "entrypoint": "echo hi", "gpus": 4, "workers": 4,
                         "min_workers": 9})
     assert raw.status_code == 422 and raw.json()["error"]["fields"]["field"] == "min_workers"
+
+
+def test_losing_only_the_new_workers_island_during_a_growth_restarts_the_gang_at_its_base(tmp_path):
+    """The old runner never ran on the growth's new island: losing it must not fail the gang
+    (retries 0 here) nor cordon islands it never used; the growth is given up instead."""
+    core, backend, clock, _, ledger = make(tmp_path)
+    for d, g in (("equities", 3), ("risk", 4), ("fx", 4)):
+        core.submit(TOK[d], d, spec(g, workers="per_gpu"))
+    blocked = core.submit(TOK["fx"], "fx", spec(1))["job_id"]       # fx may not borrow: it waits
+    gang = core.submit(TOK["quant"], "quant", spec(2, workers=(1, 2)))["job_id"]
+    run(core, 3)
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"]) == ("RUNNING", 1)
+    core.cancel(TOK["fx"], blocked)
+    run(core, 1)
+    st = core.status(TOK["quant"], gang)
+    assert (st["info"]["workers"], st["info"]["resize_to"]) == (2, 2)           # growing
+    (new_island, _), = st["info"]["extra"]
+    base_islands = {i for i, g in st["placement"]} - {new_island} or {new_island}
+    assert new_island not in {i for i, _ in backend.runners[backend._key(gang)].placement}, "setup: other island"
+    backend.unavailable[new_island] = 4.0
+    run(core, 1)
+    st = core.status(TOK["quant"], gang)
+    assert st["state"] == "RUNNING" and st["attempts"] == 0 and st["info"]["workers"] == 1
+    assert st["reason_code"] == "elastic_shrink" and "island of its new workers was lost" in st["reason"]
+    clock.advance(5)
+    run(core, 3)
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"], st["attempts"]) == ("RUNNING", 1, 0)
+    assert {i for i, _ in st["placement"]} <= base_islands
+
+
+def test_a_preemption_of_the_whole_gang_during_a_resize_wins(tmp_path):
+    """A gang being grown and then preempted whole is requeued once, at its base, and never
+    restarted by the resize in between (the preemption's deadline is later than the resize's)."""
+    core, backend, clock, _, ledger = make(tmp_path, defaults={"preemption_grace_s": 1.0, "max_retries": 1})
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
+    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    gang = core.submit(TOK["quant"], "quant", spec(8, workers=(4, 8), priority="batch"))["job_id"]
+    run(core, 3)
+    assert core.status(TOK["quant"], gang)["info"]["workers"] == 4
+    core.cancel(TOK["fx"], blocked)
+    run(core, 1)                                    # grows: the old runner is asked to stop (1 s)
+    assert core.status(TOK["quant"], gang)["info"]["resize_to"] == 8
+    clock.advance(0.5)
+    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))     # reclaims its pool: all of the gang
+    core.submit(TOK["equities"], "equities", spec(4, workers="per_gpu"))
+    run(core, 1)
+    st = core.status(TOK["quant"], gang)
+    assert st["preempt_deadline"] is not None
+    starts, key = backend.start_count(gang), backend._key(gang)
+    clock.advance(0.7)                              # the resize's deadline passes, not the preemption's
+    run(core, 2)
+    assert (backend.start_count(gang), backend._key(gang)) == (starts, key)   # no restart meanwhile
+    clock.advance(1.0)
+    run(core, 1)
+    st = core.status(TOK["quant"], gang)
+    assert st["attempts"] == 1 and st["info"]["workers"] == 4 and "resize_to" not in st["info"]
