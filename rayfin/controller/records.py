@@ -45,6 +45,7 @@ CONTROL_KEYS: dict[str, str] = {
     # elastic gangs: absent in rows written before them
     "min_workers": "min_workers", "max_workers": "max_workers", "extra": "extra", "resize_to": "resize_to",
     "resize_deadline": "resize_deadline", "resize_reason": "resize_reason", "resize_for": "resize_for",
+    "extra_lenders": "extra_lenders",
 }
 # Control fields a caller sees at the top level of `public()` (the rest stay inside `info`).
 PUBLIC_CONTROL = frozenset({"reason_code", "deadline", "eta", "expected_runtime_s", "deadline_risk", "escalated"})
@@ -108,6 +109,8 @@ class JobRecord:
     resize_deadline: float | None = None
     resize_reason: str = ""
     resize_for: str | None = None    # a shrink's beneficiary (the pending job the GPUs go to)
+    # the part of `borrowed` / `lenders` that is the extra workers' (given back with them)
+    extra_lenders: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         # Records built from strings (stored rows, older callers) get their enums; control
@@ -128,6 +131,8 @@ class JobRecord:
             set_(self, "info", info)
         if type(self.lenders) is not tuple:
             set_(self, "lenders", tuple((str(d), float(g)) for d, g in self.lenders))
+        if type(self.extra_lenders) is not tuple:
+            set_(self, "extra_lenders", tuple((str(d), float(g)) for d, g in self.extra_lenders))
         if type(self.extra) is not tuple or (self.extra and type(self.extra[0]) is not tuple):
             set_(self, "extra", tuple((str(i), float(g)) for i, g in self.extra))
         if type(self.reason_code) is not ReasonCode:
@@ -153,6 +158,15 @@ class JobRecord:
     @property
     def elastic(self) -> bool:
         return self.max_workers > self.min_workers > 0
+
+    def without_extra_lenders(self) -> dict[str, Any]:
+        """`borrowed` and `lenders` less what the extra workers borrowed (the base's own)."""
+        if not self.extra_lenders:
+            return {}
+        less = dict(self.extra_lenders)
+        lenders = tuple((d, round(g - less.get(d, 0.0), 6)) for d, g in self.lenders)
+        return {"borrowed": max(0.0, round(self.borrowed - sum(less.values()), 6)),
+                "lenders": tuple((d, g) for d, g in lenders if g > 1e-9), "extra_lenders": ()}
 
     @property
     def base_placement(self) -> Placement:

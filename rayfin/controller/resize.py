@@ -101,7 +101,9 @@ def grow(s: ControllerState, g: Grow) -> int:
         return 0
     unit = job.unit
     job = job.copy(workers=g.workers, gpus=float(g.workers * unit), placement=merge(job.placement, g.placement),
-                   extra=g.placement, resize_to=g.workers, resize_reason=g.reason)
+                   extra=g.placement, resize_to=g.workers, resize_reason=g.reason,
+                   borrowed=job.borrowed + g.borrowed, lenders=merge_lenders(job.lenders, g.lenders),
+                   extra_lenders=g.lenders)
     if job.state is JobState.ADMITTED:
         s.resize_now(job)           # not started: it starts at the new size
     else:
@@ -129,7 +131,15 @@ def abandon_growth(s: ControllerState, job: JobRecord) -> None:
     why = "the island of its new workers was lost before the restart: it restarts at its base"
     s.save(job.copy(workers=job.min_workers, gpus=float(job.min_workers * job.unit), placement=job.base_placement,
                     extra=(), resize_to=job.min_workers, resize_reason=why, reason="shrinking: " + why,
-                    reason_code=ReasonCode.ELASTIC_SHRINK), "resize_planned", why)
+                    reason_code=ReasonCode.ELASTIC_SHRINK, **job.without_extra_lenders()), "resize_planned", why)
+
+
+def merge_lenders(a: tuple[tuple[str, float], ...], b: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+    """Two attributions of borrowed GPUs as one: GPUs per lender summed, in first-seen order."""
+    out: dict[str, float] = {}
+    for d, g in (*a, *b):
+        out[d] = round(out.get(d, 0.0) + g, 6)
+    return tuple(out.items())
 
 
 def merge(a: Placement, b: Placement) -> Placement:

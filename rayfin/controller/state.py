@@ -147,6 +147,7 @@ class ControllerState:
         if to <= job.min_workers:
             placement, extra = job.base_placement, ()
             to, code, what = job.min_workers, ReasonCode.ELASTIC_SHRINK, "shrunk"
+            job = job.copy(**job.without_extra_lenders())
         else:
             placement, extra, code, what = job.placement, job.extra, ReasonCode.ELASTIC_GROW, "grown"
         old = job.state
@@ -219,7 +220,7 @@ def at_base(job: JobRecord) -> dict[str, Any]:
     if not job.elastic:
         return {}
     return {"workers": job.min_workers, "gpus": float(job.min_workers * job.unit), "extra": (), "resize_to": 0,
-            "resize_deadline": None, "resize_reason": "", "resize_for": None}
+            "resize_deadline": None, "resize_reason": "", "resize_for": None, **job.without_extra_lenders()}
 
 
 def load_duration_state(ledger: Ledger) -> DurationState:

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 
 from placement.gang import FreeIndex
 from rayfin.policy.model import ClusterSnapshot, Decision, Placement, Verdict
-from rayfin.policy.quota import check_quota
+from rayfin.policy.quota import attribute_lenders, check_quota
 from rayfin.reasons import ReasonCode
 
 EXTRA_SUFFIX = "+x"
@@ -77,6 +77,8 @@ class Grow:
     speedup: float | None           # measured speed at `workers` over the base; None: no curve
     reasons: tuple[str, ...]
     code: ReasonCode = ReasonCode.ELASTIC_GROW
+    borrowed: float = 0.0           # of the new GPUs, how many are above the desk's nominal
+    lenders: tuple[tuple[str, float], ...] = ()    # who lends those (quota.attribute_lenders)
 
     @property
     def reason(self) -> str:
@@ -137,6 +139,8 @@ def grows(snap: ClusterSnapshot, gangs: Sequence[ElasticGang], speedup: Speedup 
             if got is None:
                 continue
             pix, level = got
+            lenders = attribute_lenders(g.desk, q.borrowed, snap.desks, usage, capacity,
+                                        {lay.island_pool[i] for i, _ in pix}) if q.borrowed > 1e-9 else ()
             index.take(pix)
             usage[g.desk] = usage.get(g.desk, 0.0) + extra
             why = (f"elastic grow: no job waits and {extra + index.total} GPUs are idle; job {g.job_id} grows from "
@@ -145,7 +149,8 @@ def grows(snap: ClusterSnapshot, gangs: Sequence[ElasticGang], speedup: Speedup 
                    else f"it declared up to {g.max_workers} workers")
             out.append(Grow(g.job_id, g.desk, k, index.to_placement(pix), gain,
                             (why, how, f"the new workers are the first taken back when work waits "
-                                       f"(lowest priority, {level.name.lower()})")))
+                                       f"(lowest priority, {level.name.lower()})"),
+                            borrowed=q.borrowed, lenders=lenders))
             break
         if index.total <= 0:
             break

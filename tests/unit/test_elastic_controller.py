@@ -26,6 +26,11 @@ def test_an_idle_cluster_starts_it_grown_and_waiting_work_shrinks_it_back(tmp_pa
     assert (st["state"], st["info"]["workers"], st["gpus"], st["reason_code"]) == ("ADMITTED", 8, 8.0, "elastic_grow")
     run(core, 2)      # its group is ready: the runner starts, and reports running
     assert core.status(TOK["quant"], gang)["state"] == "RUNNING"
+    lent = lambda st: round(sum(g for _, g in st["info"].get("lenders", ())), 6)   # noqa: E731
+    st = core.status(TOK["quant"], gang)
+    # quant owns nothing: all 8 are borrowed, and the 6 of the growth are attributed with it
+    assert (lent(st), st["info"]["borrowed"], round(sum(g for _, g in st["info"]["extra_lenders"]), 6)) == \
+        (8.0, 8.0, 6.0)
     launched = backend.runners[backend._key(gang)]
     assert (gpus_of(launched.placement), launched.unit) == (8.0, 1)          # 8 one-GPU workers
     assert backend.start_count(gang) == 1
@@ -43,6 +48,7 @@ def test_an_idle_cluster_starts_it_grown_and_waiting_work_shrinks_it_back(tmp_pa
     assert (st["state"], st["info"]["workers"], st["gpus"], st["attempts"]) == ("RUNNING", 2, 2.0, 0)   # no retry spent
     assert gpus_of(backend.runners[backend._key(gang)].placement) == 2.0
     assert backend.start_count(gang) == 2
+    assert (lent(st), st["info"]["borrowed"], "extra_lenders" in st["info"]) == (2.0, 2.0, False)
     assert {"resize_planned", "resized"} <= set(kinds(ledger, gang))
     run(core, 3)
     held = sum(core.status(TOK[d], j)["gpus"] for d, j in zip(("risk", "fx", "equities"), waiting)
