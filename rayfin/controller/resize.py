@@ -14,6 +14,8 @@ resized at once: nothing ran. No retry is spent on a resize.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rayfin.controller.records import JobRecord, Placement
 from rayfin.controller.state import PLACED, ControllerState
 from rayfin.policy import ClusterSnapshot, Decision, JobState, Priority, RunningJob
@@ -71,6 +73,7 @@ def shrink(s: ControllerState, d: Decision) -> int:
     job = s.active.get(base_of(d.job_id) or "")
     if job is None or not job.extra or job.state not in PLACED or job.preempt_deadline is not None:
         return 0      # gone, at its base already, or the whole gang is being preempted
+    d = replace(d, job_id=job.job_id)     # recorded on the job (its traces and last decision), not on `<id>+x`
     now = s.clock()
     deadline = d.deadline if d.deadline is not None else now + s.policy.preemption_grace_s
     if job.resize_deadline is not None:
