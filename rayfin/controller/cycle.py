@@ -58,8 +58,9 @@ def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
         market_clock.record_decisions(s, snap, decision)
         t3a = time.perf_counter()
         report.admitted, report.preempted = act(s, decision)
-        if any(j.elastic for j in s.active.values()):
-            report.resized = resize.step(s, snapshot(s))   # on what act left: who waits now
+        gangs = resize.gangs(s)
+        if gangs:      # on what act left (who waits now); the elastic decisions read no hints
+            report.resized = resize.step(s, gangs, snapshot(s, hints_too=False))
         t4 = time.perf_counter()
         report.timings_ms = {"observe": (t1 - t0) * 1e3, "snapshot": (t2 - t1) * 1e3,
                              "decide": (t3 - t2) * 1e3, "audit": (t3a - t3) * 1e3, "act": (t4 - t3a) * 1e3}
@@ -186,7 +187,7 @@ def launch_spec(s: ControllerState, job: JobRecord, key: str) -> LaunchSpec:
 
 
 # ---------------------------------------------------------------- snapshot
-def snapshot(s: ControllerState) -> ClusterSnapshot:
+def snapshot(s: ControllerState, hints_too: bool = True) -> ClusterSnapshot:
     running: list[RunningJob] = []
     pending: list[PendingJob] = []
     for job in s.active.values():
@@ -214,7 +215,8 @@ def snapshot(s: ControllerState) -> ClusterSnapshot:
         unavailable[island] = float(s.topology.island(island).gpus)
     now = s.clock()
     return ClusterSnapshot(now=now, topology=s.topology, desks=s.desks, running=tuple(running),
-                           pending=tuple(pending), unavailable=unavailable, hints=hints(s, now))
+                           pending=tuple(pending), unavailable=unavailable,
+                           hints=hints(s, now) if hints_too else {})
 
 
 def _guarded(s: ControllerState, running: list[RunningJob]) -> tuple[RunningJob, ...]:

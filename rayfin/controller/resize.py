@@ -42,16 +42,12 @@ def split(job: JobRecord, base: RunningJob) -> tuple[RunningJob, ...]:
     extra = RunningJob(extra_id(job.job_id), job.desk, float(sum(g for _, g in job.extra)), job.extra, Priority.BATCH,
                        base.started_at, preemptible=True, preempt_deadline=leaving,
                        preempted_for=job.preempted_for if job.preempt_deadline is not None else job.resize_for)
-    return (RunningJob(job.job_id, job.desk, float(job.min_workers * job.unit), job.base_placement, base.priority,
-                       base.started_at, base.preemptible, base.preempt_deadline, base.preempted_for), extra)
+    return replace(base, gpus=float(job.min_workers * job.unit), placement=job.base_placement), extra
 
 
-def step(s: ControllerState, snap: ClusterSnapshot) -> int:
-    """The cycle's elastic step, after `act`, on a snapshot taken after it: shrink while any
-    job waits, grow when none does. Returns the number of resizes started."""
-    elastic = gangs(s)
-    if not elastic:
-        return 0
+def step(s: ControllerState, elastic: list[ElasticGang], snap: ClusterSnapshot) -> int:
+    """The cycle's elastic step for the placed gangs (`gangs`), after `act`, on a snapshot taken
+    after it: shrink while any job waits, grow when none does. Returns the resizes started."""
     n = 0
     for d in shrinks(snap, elastic, s.policy.preemption_grace_s):
         n += shrink(s, d)
