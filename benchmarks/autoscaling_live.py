@@ -104,13 +104,13 @@ def kill_session(sid: int, grace_s: float = 5.0) -> int:
     return len(pids)
 
 
-def seeded_state(now: float, burst_in_s: float):
+def seeded_state(now: float, burst_in_s: float, burst_s: float = BURST_S):
     p = ForecastParams(bin_s=5.0, season_s=SEASON_S, week_seasons=0, kernel_bins=0)
     start = (now + burst_in_s) % SEASON_S
     fs = init(p)
     t = now - 5 * SEASON_S
     while t < now - 1:
-        fs = update(fs, t, 8.0 if (t - start) % SEASON_S < BURST_S else 0.0)
+        fs = update(fs, t, 8.0 if (t - start) % SEASON_S < burst_s else 0.0)
         t += 1.0
     return AutoscaleState(forecasts={"pool/fx": fs})
 
@@ -120,7 +120,7 @@ def pool_nodes(ray, pool: str) -> int:
 
 
 def run(out: Path, burst_in_s: float = 40.0, lead_s: float = 15.0, budget_s: float = 150.0,
-        session_file: Path | None = None) -> dict:
+        session_file: Path | None = None, burst_s: float = BURST_S) -> dict:
     import ray
 
     ip = ray.util.get_node_ip_address()
@@ -147,8 +147,8 @@ def run(out: Path, burst_in_s: float = 40.0, lead_s: float = 15.0, budget_s: flo
             "forecast": {"bin_s": 5, "season_s": SEASON_S, "week_seasons": 0, "kernel_bins": 0},
             "pools": {"fx": {"lead_time_s": lead_s, "max_gpus": 8}}})
         now = time.time()
-        state = seeded_state(now, burst_in_s)
-        burst_at, burst_end = now + burst_in_s, now + burst_in_s + BURST_S
+        state = seeded_state(now, burst_in_s, burst_s)
+        burst_at, burst_end = now + burst_in_s, now + burst_in_s + burst_s
         adapter = RayAutoscalerAdapter()
         log = []
         while time.time() < now + budget_s:
@@ -170,7 +170,7 @@ def run(out: Path, burst_in_s: float = 40.0, lead_s: float = 15.0, budget_s: flo
                 break
             time.sleep(max(0.0, 1.0 - (time.time() - t)))
         adapter.release()
-        rec.update({"times_relative_to_burst_s": True, "lead_time_s": lead_s, "burst_s": BURST_S,
+        rec.update({"times_relative_to_burst_s": True, "lead_time_s": lead_s, "burst_s": burst_s,
                     "node_ready_before_burst": rec.get("node_up_at", 1e9) < 0, "log": log})
     finally:
         try:
@@ -192,12 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="autoscaling_live.json")
     ap.add_argument("--burst-in-s", type=float, default=40.0)
     ap.add_argument("--lead-s", type=float, default=15.0)
+    ap.add_argument("--burst-s", type=float, default=BURST_S, help="how long the burst lasts")
     ap.add_argument("--session-file", type=Path, default=None,
                     help="write the `ray start` session's id here as soon as it starts")
     args = ap.parse_args(argv)
     # SIGTERM (a caller's timeout) unwinds through run()'s finally, which kills the session.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    rec = run(Path(args.out), args.burst_in_s, args.lead_s, session_file=args.session_file)
+    rec = run(Path(args.out), args.burst_in_s, args.lead_s, session_file=args.session_file, burst_s=args.burst_s)
     print(json.dumps({k: v for k, v in rec.items() if k != "log"}, indent=2))
     return 0 if rec.get("node_ready_before_burst") else 1
 

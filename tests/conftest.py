@@ -50,6 +50,14 @@ def pytest_unconfigure(config):
 
 
 # -- two lanes under pytest-xdist (make test: -n 2): tests/support/lanes.py ----------------------
+def pytest_collection_modifyitems(items):
+    """The integration tests that run beside the others (lanes.BESIDE_FILES) come last, so that in
+    their lane they start once the tests without Ray are done (the same order in every worker)."""
+    from tests.support.lanes import runs_beside
+
+    items[:] = [i for i in items if not runs_beside(i.nodeid)] + [i for i in items if runs_beside(i.nodeid)]
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
