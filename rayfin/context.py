@@ -27,10 +27,18 @@ class JobContext:
     attempt: int = 0
     stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
     progress: float = 0.0
+    # True once the job was told to stop: `should_stop()` or `should_stop_all()` said so (or its
+    # command got the SIGTERM). A job that returns without having been told finished its work,
+    # even when a stop was asked for meanwhile (a preemption's or a resize's grace period): the
+    # controller then keeps it as finished rather than running it again.
+    stop_seen: bool = False
 
     def should_stop(self) -> bool:
         """True once rayfin asked this job to stop (preemption grace or cancel)."""
-        return self.stop_event.is_set()
+        if self.stop_event.is_set():
+            self.stop_seen = True
+            return True
+        return False
 
     def should_stop_all(self) -> bool:
         """`should_stop()` agreed by every rank (an all-reduce of the flag): call it at the same
@@ -47,7 +55,9 @@ class JobContext:
         if dist.get_backend() == "nccl":
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        stop = bool(flag.item() > 0)
+        self.stop_seen = self.stop_seen or stop
+        return stop
 
     def report_progress(self, fraction: float) -> None:
         """Report progress in [0, 1]; `rayfin watch` and `job.status()` show rank 0's."""

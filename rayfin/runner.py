@@ -219,7 +219,7 @@ class _Rank:
         state = self.state   # before the logs: a finished rank's poll then carries all of its output
         text, offset = self.logs.read(log_offset)
         out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": text,
-               "log_offset": offset, "failed_at": self.raised_at}
+               "log_offset": offset, "failed_at": self.raised_at, "stopped": self.ctx.stop_seen}
         if state in ("SUCCEEDED", "FAILED"):
             out["result"] = self.result
         return out
@@ -228,6 +228,7 @@ class _Rank:
         self.ctx.stop_event.set()
         proc = self._proc
         if proc is not None and proc.poll() is None:
+            self.ctx.stop_seen = True       # a command is told by its SIGTERM
             proc.send_signal(signal.SIGTERM)
 
     def _run(self, dist_backend: str | None) -> None:
@@ -364,6 +365,7 @@ class _Gang:
         self.rank_state = ["STARTING"] * self.world_size
         self.rank_error = [""] * self.world_size
         self.rank_finished: list[float | None] = [None] * self.world_size
+        self.rank_stopped = [False] * self.world_size     # told to stop before it ended (_Rank.poll)
         self._offsets = [0] * self.world_size
         self._pending_logs: list[tuple[int, str]] = []
         self._lock = threading.Lock()
@@ -393,7 +395,7 @@ class _Gang:
             state = self.state
         out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": logs,
                "rank_states": list(self.rank_state), "started_at": self.rank0.started_at,
-               "finished_at": self.rank0.finished_at}
+               "finished_at": self.rank0.finished_at, "stopped": any(self.rank_stopped)}
         if state == "SUCCEEDED":
             out["result"] = self.results[0]
             out["results"] = list(self.results)
@@ -483,6 +485,7 @@ class _Gang:
                 self._pending_logs.append((rank, reply["logs"]))
         self._offsets[rank] = reply.get("log_offset", self._offsets[rank])
         self.rank_state[rank] = reply["state"]
+        self.rank_stopped[rank] = bool(reply.get("stopped", True))   # no word: as if told (as before)
         if reply["state"] in ("SUCCEEDED", "FAILED"):
             self.results[rank] = reply.get("result")
             self.rank_error[rank] = reply.get("error", "")

@@ -22,6 +22,9 @@ class RunnerStatus:
     info: dict[str, Any] = field(default_factory=dict)
     results: tuple[bytes | None, ...] = ()          # every rank's value, in rank order (when SUCCEEDED)
     logs: tuple[tuple[int, str], ...] = ()          # (rank, text) output since the last observation
+    # Whether the job was told to stop before it ended (rayfin.context: stop_seen); None: unknown,
+    # taken as told. A SUCCEEDED run never told finished its work, even inside a grace period.
+    stopped: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,9 @@ class FakeBackend:
         self._ready.discard(self._key(job_id))
 
     def finish(self, job_id: str, ok: bool = True, result: bytes | None = None, error: str = "",
-               results: tuple[bytes | None, ...] = ()) -> None:
+               results: tuple[bytes | None, ...] = (), stopped: bool | None = None) -> None:
         self._statuses[self._key(job_id)] = RunnerStatus("SUCCEEDED" if ok else "FAILED", error=error, result=result,
-                                                         results=results)
+                                                         results=results, stopped=stopped)
 
     def output(self, job_id: str, rank: int, text: str) -> None:
         """The job's rank `rank` printed `text`: reported once, at the next observe."""

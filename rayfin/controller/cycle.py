@@ -99,6 +99,17 @@ def observe(s: ControllerState, obs: Observation, live: dict[str, str]) -> int:
 def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> int:
     if st.logs:
         s.ledger.append_logs(job.job_id, st.logs, now, s.config.controller.max_log_bytes)
+    # A stop asked for (a preemption's or a resize's grace) that the job never saw: it ended by
+    # itself, its work done, and is finished, not run again.
+    finished_anyway = st.state == "SUCCEEDED" and st.stopped is False and (
+        job.preempt_deadline is not None or job.resize_deadline is not None)
+    if finished_anyway:
+        if resize.growing(job):   # it ran at its base to the end: the new workers never started
+            job = job.copy(workers=job.min_workers, gpus=float(job.min_workers * job.unit),
+                           placement=job.base_placement, extra=(), **job.without_extra_lenders())
+        job = job.copy(preempt_deadline=None, preempt_reason="", preempted_for=None, resize_to=0,
+                       resize_deadline=None, resize_reason="", resize_for=None)
+        s.active[job.job_id] = job
     if st.state == "SUCCEEDED" and len(st.results) > 1 and job.preempt_deadline is None \
             and job.resize_deadline is None:
         # only a run that ended the job: one stopped for a preemption or a resize runs again

@@ -153,7 +153,8 @@ class RayBackend:
                     live.last = RunnerStatus(value["state"], error=value.get("error", ""),
                                              result=value.get("result"), progress=value.get("progress", 0.0),
                                              info=live.info, results=tuple(value.get("results") or ()),
-                                             logs=tuple((int(r), t) for r, t in value.get("logs") or ()))
+                                             logs=tuple((int(r), t) for r, t in value.get("logs") or ()),
+                                             stopped=value.get("stopped"))
         statuses: dict[str, RunnerStatus] = {}
         for j in keys:
             last = self._live[j].last if j in self._live else None

@@ -290,6 +290,29 @@ def test_job_that_stops_during_grace_ends_preempted_with_its_result(env):
     assert core.status(TOK["fx"], lender)["state"] in ("ADMITTED", "RUNNING")
 
 
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_job_that_finishes_in_its_grace_without_being_told_to_stop_is_finished_not_rerun(env, retries):
+    """The stop came while it was returning (it never saw should_stop say so): its work is done.
+    It succeeds with its results, no attempt spent and not requeued (retries left) nor ended
+    preempted (none left)."""
+    core, backend, clock, _ = env
+    borrower = core.submit(TOK["equities"], "equities", spec(8, priority="batch", workers="per_gpu",
+                                                            retries=retries))["job_id"]
+    run(core, 3)
+    lender = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    run(core)
+    assert core.status(TOK["equities"], borrower)["reason"].startswith("being preempted")
+    backend.finish(borrower, result=b"all 8 done", results=(b"all 8 done", b"r1"), stopped=False)
+    run(core)
+    st = core.status(TOK["equities"], borrower)
+    assert (st["state"], st["attempts"], st["preempt_deadline"]) == ("SUCCEEDED", 0, None)
+    assert core.results(TOK["equities"], borrower)["results"] == [b"all 8 done", b"r1"]
+    assert backend.start_count(borrower) == 1
+    run(core)
+    assert core.status(TOK["fx"], lender)["state"] in ("ADMITTED", "RUNNING")
+    assert core.usage(TOK["equities"])["equities"]["succeeded"] == 1
+
+
 def test_done_counts_survive_a_restart_and_are_not_double_counted(tmp_path):
     clock = Clock()
     backend = FakeBackend()

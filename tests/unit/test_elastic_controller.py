@@ -83,6 +83,28 @@ def test_a_running_gang_grows_through_a_restart_when_nothing_waits(tmp_path):
     assert st["info"]["attained_s"] == 5.0                         # the service before the restart is kept
 
 
+def test_a_gang_that_finishes_in_a_resize_grace_without_being_told_is_finished_at_the_size_it_ran(tmp_path):
+    core, backend, clock, _, ledger = make(tmp_path)
+    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
+    run(core, 2)
+    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4)))["job_id"]
+    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    run(core, 3)
+    core.cancel(TOK["fx"], blocked)
+    run(core, 1)
+    st = core.status(TOK["quant"], gang)
+    assert (st["reason_code"], st["info"]["workers"]) == ("elastic_grow", 4)      # growing: asked to stop
+    backend.finish(gang, result=b"done", results=(b"done", b"r1"), stopped=False)  # it was returning anyway
+    run(core, 2)
+    st = core.status(TOK["quant"], gang)
+    # finished, at the size it ran at (its base): not restarted at 4 to run its work again
+    assert (st["state"], st["gpus"], st["info"]["workers"], st["attempts"]) == ("SUCCEEDED", 2.0, 2, 0)
+    assert "extra" not in st["info"] and "resize_to" not in st["info"]
+    assert backend.start_count(gang) == 1 and "resized" not in kinds(ledger, gang)
+    assert core.results(TOK["quant"], gang)["results"] == [b"done", b"r1"]
+
+
 def test_a_lost_gang_is_requeued_at_its_base_and_grows_again(tmp_path):
     core, backend, clock, _, ledger = make(tmp_path)
     gang = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8), retries=1))["job_id"]
