@@ -81,6 +81,7 @@ def observe(s: ControllerState, obs: Observation, live: dict[str, str]) -> int:
         if job is not None and job.state is JobState.ADMITTED:
             try:
                 s.backend.start(launch_spec(s, job, key))
+                s.launched.add(key)
             except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the cycle
                 log.warning("start %s failed: %s", key, exc)
                 s.lost(job, f"runner could not be started: {type(exc).__name__}: {str(exc)[:200]}",

@@ -83,7 +83,7 @@ def shrink(s: ControllerState, d: Decision) -> int:
         s.recorder.decided(d)
         return 1
     job = job.copy(resize_to=job.min_workers, resize_reason=d.reason, resize_for=d.beneficiary)
-    if job.state is JobState.ADMITTED:
+    if not started(s, job):
         s.resize_now(job)           # not started: nothing to stop
     else:
         s.backend.request_stop(job.key)
@@ -103,7 +103,7 @@ def grow(s: ControllerState, g: Grow) -> int:
                    extra=g.placement, resize_to=g.workers, resize_reason=g.reason,
                    borrowed=job.borrowed + g.borrowed, lenders=merge_lenders(job.lenders, g.lenders),
                    extra_lenders=g.lenders)
-    if job.state is JobState.ADMITTED:
+    if not started(s, job):
         s.resize_now(job)           # not started: it starts at the new size
     else:
         s.backend.request_stop(job.key)
@@ -112,10 +112,17 @@ def grow(s: ControllerState, g: Grow) -> int:
     return 1
 
 
+def started(s: ControllerState, job: JobRecord) -> bool:
+    """Whether its runner was started: running, or started in this cycle or since the last poll
+    (still ADMITTED, but its code may run). A resize of a started gang stops it with grace."""
+    return job.state is JobState.RUNNING or job.key in s.launched
+
+
 def growing(job: JobRecord) -> bool:
-    """A growth is under way: the new workers' GPUs are held, the old runner has not restarted."""
+    """A growth is under way: the new workers' GPUs are held, the old runner has not restarted
+    (a gang not started grows at once, with no grace: never under way)."""
     return job.resize_deadline is not None and job.resize_to > job.min_workers and bool(job.extra) \
-        and job.state is JobState.RUNNING
+        and job.state in (JobState.ADMITTED, JobState.RUNNING)
 
 
 def running_on(job: JobRecord) -> Placement:

@@ -58,6 +58,9 @@ class ControllerState:
         self.policy = scheduler_config(config)
         self.lock = threading.RLock()
         self.active: dict[str, JobRecord] = {}
+        # Runner keys started in this controller's life (a job stays ADMITTED until a poll says
+        # RUNNING, but its code may run from the start on): a resize then stops it with grace.
+        self.launched: set[str] = set()
         self.serving: dict[str, ServingReservation] = {}
         self.last_decision: dict[str, Decision] = {}
         # Island -> GPUs lost with their node (from the backend's last observation).
@@ -168,6 +171,7 @@ class ControllerState:
         return self.save(job, "resized", job.reason)
 
     def release(self, job: JobRecord) -> None:
+        self.launched.discard(job.key)
         try:
             self.backend.release(job.key, job.desk)
         except Exception as exc:  # noqa: BLE001 - recovery's orphan sweep retries it

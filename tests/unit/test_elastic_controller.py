@@ -105,6 +105,32 @@ def test_a_gang_that_finishes_in_a_resize_grace_without_being_told_is_finished_a
     assert core.results(TOK["quant"], gang)["results"] == [b"done", b"r1"]
 
 
+def test_a_gang_whose_runner_was_just_started_grows_through_a_stop_not_a_kill(tmp_path):
+    """Admitted, its group ready and its runner started in this cycle, before any poll said
+    RUNNING: its code may already run, so a growth asks it to stop (grace) as for a running gang,
+    instead of releasing its group (which kills the runner) at once."""
+    core, backend, clock, _, ledger = make(tmp_path)
+    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
+    run(core, 2)
+    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4)))["job_id"]
+    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]      # fx may not borrow: it waits
+    run(core, 1)
+    assert core.status(TOK["quant"], gang)["state"] == "ADMITTED" and backend.start_count(gang) == 0
+    core.cancel(TOK["fx"], blocked)
+    run(core, 1)      # its group is ready: the runner starts, and nothing waits: it grows
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["reason_code"], st["info"]["workers"]) == ("ADMITTED", "elastic_grow", 4)
+    assert backend.start_count(gang) == 1
+    assert not backend.was_released(gang) and backend.stops[-1] == backend._key(gang)
+    assert st["info"]["resize_deadline"] is not None
+    clock.advance(5)
+    run(core, 3)      # its grace is over: restarted at 4
+    st = core.status(TOK["quant"], gang)
+    assert (st["state"], st["info"]["workers"], st["attempts"]) == ("RUNNING", 4, 0)
+    assert backend.start_count(gang) == 2
+
+
 def test_a_lost_gang_is_requeued_at_its_base_and_grows_again(tmp_path):
     core, backend, clock, _, ledger = make(tmp_path)
     gang = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8), retries=1))["job_id"]
