@@ -242,7 +242,11 @@ def load_duration_state(ledger: Ledger) -> DurationState:
 
 
 def duration_key(job: JobRecord) -> JobKey:
-    return JobKey(job.desk, job.desk, job.name, int(job.gpus))
+    """The runtime history a job adds to and is predicted from. An elastic gang's size changes
+    while it runs: its key is the size it declared (max workers), so a run that ended grown or
+    shrunk and the next one, queued at its base, share one history."""
+    gpus = job.max_workers * job.unit if job.elastic else int(job.gpus)
+    return JobKey(job.desk, job.desk, job.name, int(gpus))
 
 
 __all__ = ["ControllerState", "ACTIVE", "PLACED", "DURATION_KEY", "scheduler_config", "duration_key",

@@ -131,6 +131,27 @@ def test_a_gang_whose_runner_was_just_started_grows_through_a_stop_not_a_kill(tm
     assert backend.start_count(gang) == 2
 
 
+def test_a_gangs_runtime_history_is_one_whatever_size_it_ended_at(tmp_path):
+    """Runs that ended grown teach the prediction the next run, queued at its base, gets (not
+    the history of a fixed 2-GPU job of the same name, the size the gang is queued at)."""
+    core, backend, clock, _, ledger = make(tmp_path)
+    for gpus, workers, took in ((2, None, 100.0), (2, None, 100.0), (8, (2, 8), 600.0), (8, (2, 8), 600.0)):
+        job = core.submit(TOK["quant"], "quant", spec(gpus, **({"workers": workers} if workers else {}),
+                                                      name="train"))["job_id"]
+        run(core, 3)
+        assert core.status(TOK["quant"], job)["gpus"] == gpus             # the gangs grew on the idle cluster
+        clock.advance(took)
+        backend.finish(job)
+        run(core)
+        assert core.status(TOK["quant"], job)["state"] == "SUCCEEDED"
+    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
+    run(core, 2)
+    nxt = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8), name="train"))["job_id"]
+    assert core.status(TOK["quant"], nxt)["gpus"] == 2.0                    # queued at its base
+    assert core.snapshot().hints[nxt].predicted_s == pytest.approx(600.0)
+
+
 def test_a_lost_gang_is_requeued_at_its_base_and_grows_again(tmp_path):
     core, backend, clock, _, ledger = make(tmp_path)
     gang = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8), retries=1))["job_id"]
