@@ -25,19 +25,20 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from rayfin.autoscale import AutoscalingSettings
 from rayfin.config import RayfinConfig
 from rayfin.controller.records import Event
 from rayfin.market.audit import (AuditReason, AuditRecord, Mismatch, ReplayCode, ReplayReport, canonical,
-                                 canonical_json, decode, hash_text, records_of_cycle, replay, schedule_policy,
-                                 snapshot_from_canonical)
+                                 canonical_json, decode, elastic_policy, elastic_records, hash_text, records_of_cycle,
+                                 replay, schedule_policy, snapshot_from_canonical)
 from rayfin.market.calendar import MarketCalendar
 from rayfin.market.errors import CalendarError
 from rayfin.market.in_force import InForce, Phase, QuotaClock, quota_fields
 from rayfin.market.plan import WindowName
 from rayfin.policy import ClusterSnapshot, CycleDecision, Decision, DeskQuota, SchedulerConfig
+from rayfin.policy.elastic import ElasticGang, Grow
 from rayfin.reasons import ReasonCode
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ log = logging.getLogger("rayfin.controller")
 UTC = timezone.utc
 WINDOW_EVENT = "quota_window"          # ledger event kind of window changes
 SNAPSHOT_EVENT = "decision_snapshot"   # ledger event kind of a deciding cycle's audit records
+ELASTIC_STEP = "elastic"               # its data["step"] for the elastic step's records (none: the scheduler's)
 # A snapshot above this many bytes of canonical JSON is kept as its hash only (its records still
 # are): replay then reports its records as not replayable rather than the ledger growing without
 # bound on a huge queue. 512 KiB holds thousands of jobs.
@@ -181,6 +183,30 @@ def record_decisions(s: "ControllerState", snap: ClusterSnapshot, decision: Cycl
     return len(records)
 
 
+def record_elastic(s: "ControllerState", snap: ClusterSnapshot, gangs: Sequence[ElasticGang],
+                   shrunk: Sequence[Decision], grown: Sequence[Grow]) -> int:
+    """Before they are acted on: the audit records of the elastic step's grows and shrinks, with
+    its snapshot and the gangs it was given, so `rayfin replay` re-runs them too. Returns how
+    many records were written."""
+    if not s.config.controller.audit_snapshots or not (shrunk or grown):
+        return 0
+    window = s.in_force.effective if s.in_force is not None else None
+    text = canonical_json(snap)
+    records = elastic_records(snap, shrunk, grown, window, hash_text(text))
+    data: dict[str, Any] = {"step": ELASTIC_STEP, "hash": records[0].snapshot_hash,
+                            "window": None if window is None else window.value,
+                            "records": [r.to_dict() for r in records], "gangs": canonical(list(gangs)),
+                            "grace_s": canonical(s.policy.preemption_grace_s)}
+    if len(text) <= MAX_SNAPSHOT_BYTES:
+        data["snapshot"] = text
+    else:
+        data["snapshot_bytes"] = len(text)
+    verdicts = ", ".join(f"{r.verdict} {r.subject}" for r in records[:5]) + (" ..." if len(records) > 5 else "")
+    s.ledger.record(snap.now, "", "", SNAPSHOT_EVENT, "", f"{len(records)} elastic decisions: {verdicts}", data,
+                    ReasonCode.DECISIONS_RECORDED)
+    return len(records)
+
+
 def _wait_changed(prev: Decision | None, d: Decision) -> bool:
     return prev is None or prev.reasons != d.reasons
 
@@ -224,14 +250,18 @@ def replay_events(events: Iterable[Event], policy: SchedulerConfig | None = None
             checked += len(recs)
             mismatches += [Mismatch(r.seq, r.subject, ReplayCode.DECISION_MISSING, r.verdict, None) for r in recs]
             continue
-        cfg = policy or decode(SchedulerConfig, data["policy"])
         body = data["snapshot"]
         body = json.loads(body) if isinstance(body, str) else body
-        rep = replay([(snapshot_from_canonical(body), recs)], schedule_policy(cfg))
+        if data.get("step") == ELASTIC_STEP:    # the elastic step's grows and shrinks
+            gangs = [decode(ElasticGang, g) for g in data.get("gangs", [])]
+            again = elastic_policy(gangs, decode(float, data.get("grace_s", "0.0")))
+        else:
+            again = schedule_policy(policy or decode(SchedulerConfig, data["policy"]))
+        rep = replay([(snapshot_from_canonical(body), recs)], again)
         checked += rep.checked
         mismatches.extend(rep.mismatches)
     return ReplayReport(checked, tuple(mismatches))
 
 
-__all__ = ["apply", "prewarm_floor", "quota_clock", "record_decisions", "audit_records", "replay_events", "view",
+__all__ = ["apply", "prewarm_floor", "quota_clock", "record_decisions", "record_elastic", "audit_records", "replay_events", "view",
            "window_data", "WINDOW_EVENT", "SNAPSHOT_EVENT", "MAX_SNAPSHOT_BYTES"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from rayfin.controller import market_clock
 from rayfin.controller.records import JobRecord, Placement
 from rayfin.controller.state import PLACED, ControllerState
 from rayfin.policy import ClusterSnapshot, Decision, JobState, Priority, RunningJob
@@ -48,10 +49,13 @@ def split(job: JobRecord, base: RunningJob) -> tuple[RunningJob, ...]:
 def step(s: ControllerState, elastic: list[ElasticGang], snap: ClusterSnapshot) -> int:
     """The cycle's elastic step for the placed gangs (`gangs`), after `act`, on a snapshot taken
     after it: shrink while any job waits, grow when none does. Returns the resizes started."""
+    shrunk = shrinks(snap, elastic, s.policy.preemption_grace_s)
+    grown = grows(snap, elastic)
+    market_clock.record_elastic(s, snap, elastic, shrunk, grown)    # audited, replayable (`rayfin replay`)
     n = 0
-    for d in shrinks(snap, elastic, s.policy.preemption_grace_s):
+    for d in shrunk:
         n += shrink(s, d)
-    for g in grows(snap, elastic):
+    for g in grown:
         n += grow(s, g)
     return n
 

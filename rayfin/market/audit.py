@@ -45,6 +45,7 @@ class AuditReason(str, Enum):
     WINDOW_SWITCH = "window_switch"
     DEADLINE_AT_RISK = "deadline_at_risk"
     SLACK_ESCALATION = "slack_escalation"
+    RESIZED = "resized"           # an elastic gang's grow or shrink (rayfin.policy.elastic)
 
 
 _BY_VERDICT = {Verdict.ADMIT: AuditReason.ADMITTED, Verdict.WAIT: AuditReason.QUEUED,
@@ -191,6 +192,30 @@ def replay(recorded: Iterable[tuple[Any, Iterable[AuditRecord]]],
             elif got != r.verdict:
                 out.append(Mismatch(r.seq, r.subject, ReplayCode.DECISION_CHANGED, r.verdict, got))
     return ReplayReport(checked, tuple(out))
+
+
+def elastic_records(snap: ClusterSnapshot, shrunk: Iterable[Any], grown: Iterable[Any], window: WindowName | None,
+                    snapshot_sha: str) -> tuple[AuditRecord, ...]:
+    """One record per decision of a cycle's elastic step: a shrink (a PREEMPT of `<id>+x`,
+    verdict "preempt") or a growth (verdict "grow", subject the gang)."""
+    rows = [(d.job_id, d.desk, d.verdict.value, d.reason, d.code.value) for d in shrunk]
+    rows += [(g.job_id, g.desk, "grow", g.reason, g.code.value) for g in grown]
+    return tuple(AuditRecord(k, snap.now, job, desk, verdict, AuditReason.RESIZED, text, window, snapshot_sha, code)
+                 for k, (job, desk, verdict, text, code) in enumerate(rows))
+
+
+def elastic_policy(gangs: Iterable[Any], grace_s: float) -> Callable[[ClusterSnapshot], dict[str, str]]:
+    """The elastic step as a replay policy: {subject: verdict} of `shrinks` and `grows` on the
+    snapshot, for the gangs the step was given."""
+    from rayfin.policy.elastic import grows, shrinks
+
+    gangs = list(gangs)
+
+    def run(snap: ClusterSnapshot) -> dict[str, str]:
+        out = {d.job_id: d.verdict.value for d in shrinks(snap, gangs, grace_s)}
+        out.update({g.job_id: "grow" for g in grows(snap, gangs)})
+        return out
+    return run
 
 
 def schedule_policy(cfg) -> Callable[[ClusterSnapshot], dict[str, str]]:

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import pytest
 
+import json
+from dataclasses import replace
+
+from rayfin.controller import market_clock
 from rayfin.errors import InvalidRequest
+from rayfin.market.audit import AuditReason, ReplayCode
 from rayfin.policy import JobState
 from tests.unit.test_deadlines_controller import TOK, kinds, make, run, spec
 
@@ -150,6 +155,32 @@ def test_a_gangs_runtime_history_is_one_whatever_size_it_ended_at(tmp_path):
     nxt = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8), name="train"))["job_id"]
     assert core.status(TOK["quant"], nxt)["gpus"] == 2.0                    # queued at its base
     assert core.snapshot().hints[nxt].predicted_s == pytest.approx(600.0)
+
+
+def test_grows_and_shrinks_are_audited_and_replay_to_the_same_decisions(tmp_path):
+    """The elastic step's decisions are in the audit trail (`rayfin audit --export`) with their
+    snapshot and gangs, and `rayfin replay` re-runs them: the same grow and shrink come out; an
+    edited gang (a max the growth could not have had) is reported."""
+    core, backend, clock, _, ledger = make(tmp_path)
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))       # fx at its ceiling (it may not borrow)
+    run(core, 2)
+    gang = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8)))["job_id"]
+    run(core, 3)                                                   # grown into the idle GPUs, running
+    assert core.status(TOK["quant"], gang)["info"]["workers"] == 8
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))       # over fx's ceiling: it waits, no reclaim
+    run(core, 1)
+    assert core.status(TOK["quant"], gang)["reason_code"] == "elastic_shrink"
+    events = ledger.events(kinds=[market_clock.SNAPSHOT_EVENT], limit=10**6)
+    records = market_clock.audit_records(events)
+    resized = {(r.subject, r.verdict, r.code) for r in records if r.reason is AuditReason.RESIZED}
+    assert resized == {(gang, "grow", "elastic_grow"), (gang + "+x", "preempt", "elastic_shrink")}
+    rep = market_clock.replay_events(events)
+    assert rep.ok and rep.checked == len(records), rep.mismatches
+    k, data = next((k, json.loads(json.dumps(e.data))) for k, e in enumerate(events)
+                   if (e.data or {}).get("step") == "elastic" and e.data["records"][0]["verdict"] == "grow")
+    data["gangs"][0]["max_workers"] = 2                            # the record's gang could not have grown
+    rep = market_clock.replay_events([replace(events[k], data=data)])
+    assert [(m.code, m.subject) for m in rep.mismatches] == [(ReplayCode.DECISION_MISSING, gang)]
 
 
 def test_a_lost_gang_is_requeued_at_its_base_and_grows_again(tmp_path):
