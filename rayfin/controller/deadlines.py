@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from rayfin.controller.records import JobRecord
-from rayfin.controller.state import ControllerState
+from rayfin.controller.state import ControllerState, duration_key
 from rayfin.errors import InvalidRequest
 from rayfin.jobspec import DEADLINE_FORMS, DEADLINE_HHMM_RE, DEADLINE_OFFSET_RE, JobSpec
 from rayfin.market.calendar import MarketCalendar
@@ -142,11 +142,12 @@ def remaining_s(s: ControllerState, job: JobRecord, now: float,
     `memo`: predictions by (desk, name, GPUs) within one review (a queue repeats them)."""
     total = job.expected_runtime_s
     if total is None:
-        key = (job.desk, job.name, int(job.gpus))
+        jk = duration_key(job)        # an elastic gang's: its declared size, whatever it runs at
+        key = (job.desk, job.name, jk.gpus)
         if memo is not None and key in memo:
             total = memo[key]
         else:
-            p = s.durations.predict(s.duration_state, JobKey(job.desk, job.desk, job.name, int(job.gpus)))
+            p = s.durations.predict(s.duration_state, jk)
             total = None if p is None else p.seconds
             if memo is not None:
                 memo[key] = total
@@ -168,8 +169,17 @@ def desk_work(s: ControllerState, desk: str, now: float,
         left = remaining_s(s, job, now, memo)
         if job.preempt_deadline is not None:   # being preempted: its GPUs come free at the deadline
             left = max(0.0, job.preempt_deadline - now)
-        out.append(DeskWork(job.job_id, job.gpus, default if left is None else left,
-                            job.state is not JobState.PENDING, int(priority_of(job)), job.deadline, job.submitted_at))
+        left = default if left is None else left
+        running, prio = job.state is not JobState.PENDING, int(priority_of(job))
+        gpus = job.gpus
+        extra = sum(g for _, g in job.extra) if job.elastic and running else 0.0
+        if extra > 0:
+            # An elastic gang's workers above its base leave within a grace once any work of its
+            # desk waits (rayfin.policy.elastic.shrinks): only its base holds GPUs to its end.
+            gpus -= extra
+            out.append(DeskWork(job.job_id + "+x", extra, min(left, s.policy.preemption_grace_s), running, prio,
+                                None, job.submitted_at))
+        out.append(DeskWork(job.job_id, gpus, left, running, prio, job.deadline, job.submitted_at))
     return out
 
 

@@ -14,7 +14,7 @@ from rayfin.controller import market_clock
 from rayfin.errors import InvalidRequest
 from rayfin.market.audit import AuditReason, ReplayCode
 from rayfin.policy import JobState
-from tests.unit.test_deadlines_controller import TOK, kinds, make, run, spec
+from tests.unit.test_deadlines_controller import T0, TOK, at, kinds, make, run, spec
 
 
 def gpus_of(placement) -> float:
@@ -181,6 +181,26 @@ def test_grows_and_shrinks_are_audited_and_replay_to_the_same_decisions(tmp_path
     data["gangs"][0]["max_workers"] = 2                            # the record's gang could not have grown
     rep = market_clock.replay_events([replace(events[k], data=data)])
     assert [(m.code, m.subject) for m in rep.mismatches] == [(ReplayCode.DECISION_MISSING, gang)]
+
+
+def test_a_deadline_eta_counts_a_grown_gang_at_its_base_after_a_grace(tmp_path):
+    """fx's elastic gang grew to its whole nominal (4) for 1,000 s more. A deadline job of fx's
+    would make it give its 2 extra workers back within a grace, so the ETA is a grace plus its
+    own runtime, not the gang's end plus its runtime (at risk, before)."""
+    core, backend, clock, _, ledger = make(tmp_path)
+    gang = core.submit(TOK["fx"], "fx", spec(4, workers=(2, 4), expected_runtime_s=1000))["job_id"]
+    run(core, 3)
+    assert (core.status(TOK["fx"], gang)["state"], core.status(TOK["fx"], gang)["gpus"]) == ("RUNNING", 4.0)
+    grace = core.state.policy.preemption_grace_s
+    job = core.submit(TOK["fx"], "fx", spec(2, deadline=at(1200), expected_runtime_s=300))
+    assert job["answer"]["verdict"] == "admitted", job["answer"]
+    assert job["answer"]["eta"] == pytest.approx(T0 + grace + 300)
+    run(core, 1)      # and so it goes: the gang gives its extra workers back
+    assert core.status(TOK["fx"], gang)["reason_code"] == "elastic_shrink"
+    clock.advance(grace)
+    run(core, 4)
+    assert core.status(TOK["fx"], job["job_id"])["state"] == "RUNNING"
+    assert core.status(TOK["fx"], gang)["gpus"] == 2.0
 
 
 def test_a_lost_gang_is_requeued_at_its_base_and_grows_again(tmp_path):
