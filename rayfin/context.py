@@ -11,6 +11,30 @@ from typing import Any
 _CONTEXT: JobContext | None = None
 
 
+class StopFlag(threading.Event):
+    """The job's stop flag: a `threading.Event` that remembers whether it ever answered "set" to
+    the job (`seen`), however the job asks (`should_stop()`, or the event's own `is_set()` or
+    `wait()`). Set by the runner (`request_stop`); reading it from the runner uses `asked()`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def asked(self) -> bool:
+        """Whether a stop was asked for, without counting as the job having been told."""
+        return super().is_set()
+
+    def is_set(self) -> bool:
+        told = super().is_set()
+        self.seen = self.seen or told
+        return told
+
+    def wait(self, timeout: float | None = None) -> bool:
+        told = super().wait(timeout)
+        self.seen = self.seen or told
+        return told
+
+
 @dataclass
 class JobContext:
     job_id: str
@@ -25,20 +49,22 @@ class JobContext:
     node_rank: int = 0
     checkpoint_dir: str = ""
     attempt: int = 0
-    stop_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    stop_event: StopFlag = field(default_factory=StopFlag, repr=False)
     progress: float = 0.0
-    # True once the job was told to stop: `should_stop()` or `should_stop_all()` said so (or its
-    # command got the SIGTERM). A job that returns without having been told finished its work,
-    # even when a stop was asked for meanwhile (a preemption's or a resize's grace period): the
-    # controller then keeps it as finished rather than running it again.
-    stop_seen: bool = False
+    told: bool = False     # told otherwise than through the flag: `should_stop_all`'s agreement, a SIGTERM
+
+    @property
+    def stop_seen(self) -> bool:
+        """True once the job was told to stop: its stop flag said so (`should_stop()`, or the
+        event's `is_set()`/`wait()`), `should_stop_all()` agreed it, or its command got the
+        SIGTERM. A job that returns without having been told finished its work, even when a stop
+        was asked for meanwhile (a preemption's or a resize's grace period): the controller then
+        keeps it as finished rather than running it again."""
+        return self.told or self.stop_event.seen
 
     def should_stop(self) -> bool:
         """True once rayfin asked this job to stop (preemption grace or cancel)."""
-        if self.stop_event.is_set():
-            self.stop_seen = True
-            return True
-        return False
+        return self.stop_event.is_set()
 
     def should_stop_all(self) -> bool:
         """`should_stop()` agreed by every rank (an all-reduce of the flag): call it at the same
@@ -56,7 +82,7 @@ class JobContext:
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         stop = bool(flag.item() > 0)
-        self.stop_seen = self.stop_seen or stop
+        self.told = self.told or stop
         return stop
 
     def report_progress(self, fraction: float) -> None:

@@ -225,10 +225,15 @@ class _Rank:
         return out
 
     def request_stop(self) -> None:
-        self.ctx.stop_event.set()
+        with self._lock:    # with _run_entrypoint's start: a stop asked before the command exists reaches it
+            self.ctx.stop_event.set()
+            self._signal_stop()
+
+    def _signal_stop(self) -> None:
+        """SIGTERM to a running command, which tells it (call with `_lock` held)."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
-            self.ctx.stop_seen = True       # a command is told by its SIGTERM
+            self.ctx.told = True
             proc.send_signal(signal.SIGTERM)
 
     def _run(self, dist_backend: str | None) -> None:
@@ -278,8 +283,11 @@ class _Rank:
     def _run_entrypoint(self) -> dict[str, Any]:
         argv = entrypoint_argv(str(self.payload))
         env = dict(os.environ, **self.env)
-        proc = self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                             preexec_fn=_die_with_parent, text=True, bufsize=1)
+        with self._lock:
+            proc = self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                                 preexec_fn=_die_with_parent, text=True, bufsize=1)
+            if self.ctx.stop_event.asked():    # asked to stop while it was starting
+                self._signal_stop()
         tail: list[str] = []
         size = 0
         assert proc.stdout is not None
@@ -421,6 +429,8 @@ class _Gang:
         addr, port = me["master_addr"], me["master_port"]
         ray.get([w.start.remote(self._secret, addr, port, self.dist_backend) for w in self.workers], timeout=60)
         self.rank0.start(addr, port, self.dist_backend)
+        if self._stopping.is_set():    # a stop asked while the workers were being made: they hear it too
+            self._stop_all()
         self.state = "RUNNING"
         self.rank_state = ["RUNNING"] * self.world_size
         self._monitor = threading.Thread(target=self._watch, name=f"rayfin-gang-{job_id}", daemon=True)

@@ -202,8 +202,10 @@ class ControllerState:
 
     def _learn_duration(self, job: JobRecord) -> None:
         if job.state is JobState.SUCCEEDED and job.started_at and job.finished_at:
-            self.duration_state = self.durations.observe(self.duration_state, duration_key(job),
-                                                         max(0.0, job.finished_at - job.started_at))
+            # its whole service: runs before a resize's restart (or a requeue) and the last one;
+            # the hints and the deadline ETAs subtract the same from the prediction
+            ran = float(job.info.get("attained_s", 0.0)) + max(0.0, job.finished_at - job.started_at)
+            self.duration_state = self.durations.observe(self.duration_state, duration_key(job), ran)
             self.ledger.put_kv(DURATION_KEY, json.dumps(self.duration_state.to_dict()).encode())
 
     # ---------------------------------------------------------------- what placement may not use

@@ -183,6 +183,30 @@ def test_grows_and_shrinks_are_audited_and_replay_to_the_same_decisions(tmp_path
     assert [(m.code, m.subject) for m in rep.mismatches] == [(ReplayCode.DECISION_MISSING, gang)]
 
 
+def test_a_gang_that_grew_while_running_is_learnt_with_its_whole_runtime(tmp_path):
+    """100 s at its base, a 5 s grace, then 20 s at 4 workers after its restart: 125 s, not the 20 s
+    of its last run (the hints and ETAs subtract all it ran from the prediction)."""
+    core, backend, clock, _, ledger = make(tmp_path)
+    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
+    run(core, 2)
+    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4), name="train"))["job_id"]
+    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    run(core, 3)
+    clock.advance(100)
+    core.cancel(TOK["fx"], blocked)
+    run(core, 1)                                               # grows: asked to stop
+    clock.advance(5)
+    run(core, 3)                                               # restarted at 4
+    assert core.status(TOK["quant"], gang)["info"]["workers"] == 4
+    clock.advance(20)
+    backend.finish(gang)
+    run(core)
+    assert core.status(TOK["quant"], gang)["state"] == "SUCCEEDED"
+    history = dict((tuple(k), v) for k, v in core.state.duration_state.to_dict()["history"])
+    assert history[("n", "quant", "quant", "train", "4")] == [125.0]
+
+
 def test_a_deadline_eta_counts_a_grown_gang_at_its_base_after_a_grace(tmp_path):
     """fx's elastic gang grew to its whole nominal (4) for 1,000 s more. A deadline job of fx's
     would make it give its 2 extra workers back within a grace, so the ETA is a grace plus its

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from rayfin.context import JobContext
 from rayfin.runner import _Gang, _Rank
@@ -23,6 +24,14 @@ def test_asked_is_not_told_until_the_job_looks():
     assert ctx.should_stop() is True and ctx.stop_seen is True
 
 
+def test_a_job_reading_the_event_itself_is_told_too():
+    ctx = _ctx()
+    assert ctx.stop_event.is_set() is False and ctx.stop_event.wait(0) is False and not ctx.stop_seen
+    ctx.stop_event.set()
+    assert ctx.stop_event.asked() and not ctx.stop_seen      # the runner's look does not count
+    assert ctx.stop_event.wait(0) is True and ctx.stop_seen
+
+
 def test_should_stop_all_tells_the_job_too():
     ctx = _ctx()
     ctx.stop_event.set()
@@ -36,6 +45,22 @@ def test_a_ranks_poll_says_whether_it_was_told():
     assert rank.poll(0)["stopped"] is False
     rank.ctx.should_stop()
     assert rank.poll(0)["stopped"] is True
+
+
+def test_a_command_asked_to_stop_while_it_starts_gets_its_sigterm(monkeypatch):
+    monkeypatch.setattr(_Rank, "_island", staticmethod(lambda: ""))   # (Ray's runtime context would start Ray)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)      # start() tees them: put them back after
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    rank = _Rank(_ctx(), "entrypoint", f"{sys.executable} -c 'import time; time.sleep(30)'", 1 << 20, 1 << 16)
+    rank.request_stop()                     # before the command exists: nothing to signal yet
+    assert rank.poll(0)["stopped"] is False
+    rank.start("127.0.0.1", 0, None)
+    deadline = time.monotonic() + 30
+    while rank.poll(0)["state"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = rank.poll(0)
+    assert (out["state"], out["stopped"]) == ("FAILED", True)    # SIGTERMed at its start, not after 30 s
+    assert time.monotonic() < deadline
 
 
 def test_a_command_is_told_by_its_sigterm():
