@@ -26,12 +26,14 @@ class StopFlag(threading.Event):
 
     def is_set(self) -> bool:
         told = super().is_set()
-        self.seen = self.seen or told
+        if told:            # only ever set (a read-then-write could put False back from another thread)
+            self.seen = True
         return told
 
     def wait(self, timeout: float | None = None) -> bool:
         told = super().wait(timeout)
-        self.seen = self.seen or told
+        if told:
+            self.seen = True
         return told
 
 
@@ -82,7 +84,8 @@ class JobContext:
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         stop = bool(flag.item() > 0)
-        self.told = self.told or stop
+        if stop:
+            self.told = True
         return stop
 
     def report_progress(self, fraction: float) -> None:

@@ -230,9 +230,10 @@ class _Rank:
             self._signal_stop()
 
     def _signal_stop(self) -> None:
-        """SIGTERM to a running command, which tells it (call with `_lock` held)."""
+        """SIGTERM to a running command, which tells it, once (a second signal means "exit now" to
+        many programs, which would cost it its grace). Call with `_lock` held."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None and proc.poll() is None and not self.ctx.told:
             self.ctx.told = True
             proc.send_signal(signal.SIGTERM)
 
@@ -376,7 +377,7 @@ class _Gang:
         self.rank_stopped = [False] * self.world_size     # told to stop before it ended (_Rank.poll)
         self._offsets = [0] * self.world_size
         self._pending_logs: list[tuple[int, str]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()     # start() holds it and may _fail(), which takes it too
         self._started = False
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None

@@ -253,8 +253,15 @@ def replay_events(events: Iterable[Event], policy: SchedulerConfig | None = None
         body = data["snapshot"]
         body = json.loads(body) if isinstance(body, str) else body
         if data.get("step") == ELASTIC_STEP:    # the elastic step's grows and shrinks
-            gangs = [decode(ElasticGang, g) for g in data.get("gangs", [])]
-            again = elastic_policy(gangs, decode(float, data.get("grace_s", "0.0")))
+            try:
+                gangs = [decode(ElasticGang, g) for g in data.get("gangs", [])]
+                grace = decode(float, data.get("grace_s", "0.0"))
+            except (ValueError, TypeError, KeyError) as exc:   # the stored gangs were edited into nonsense
+                checked += len(recs)
+                mismatches += [Mismatch(r.seq, r.subject, ReplayCode.SNAPSHOT_ALTERED, r.verdict,
+                                        f"stored gangs unreadable: {exc}") for r in recs]
+                continue
+            again = elastic_policy(gangs, grace)
         else:
             again = schedule_policy(policy or decode(SchedulerConfig, data["policy"]))
         rep = replay([(snapshot_from_canonical(body), recs)], again)

@@ -181,6 +181,9 @@ def test_grows_and_shrinks_are_audited_and_replay_to_the_same_decisions(tmp_path
     data["gangs"][0]["max_workers"] = 2                            # the record's gang could not have grown
     rep = market_clock.replay_events([replace(events[k], data=data)])
     assert [(m.code, m.subject) for m in rep.mismatches] == [(ReplayCode.DECISION_MISSING, gang)]
+    data["gangs"][0]["max_workers"] = 1                            # not a gang at all: reported, no crash
+    rep = market_clock.replay_events([replace(events[k], data=data)])
+    assert [(m.code, m.subject) for m in rep.mismatches] == [(ReplayCode.SNAPSHOT_ALTERED, gang)]
 
 
 def test_a_gang_that_grew_while_running_is_learnt_with_its_whole_runtime(tmp_path):

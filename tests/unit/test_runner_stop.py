@@ -86,3 +86,22 @@ def test_a_gang_was_told_when_any_rank_was():
     assert any(gang.rank_stopped)
     gang._take(0, {"state": "SUCCEEDED", "result": b"a"})    # a rank that says nothing: as if told
     assert gang.rank_stopped[0] is True
+
+
+def test_a_gang_that_cannot_start_fails_rather_than_hanging(monkeypatch):
+    """start() holds the gang's lock while it launches; a launch that raises fails the gang
+    (`_fail` takes the lock again): LOST with why, and poll answers (it hung on its own lock)."""
+    import threading
+
+    def cannot(self):
+        raise TimeoutError("workers not ready in 300 s")
+
+    monkeypatch.setattr(_Gang, "_launch", cannot)
+    monkeypatch.setattr(_Rank, "describe", lambda self: {"rank": self.ctx.rank})   # no Ray
+    gang = _Gang("s", "j-1", "fx", "callable", b"", [("n0-i0", 2.0)], "pg",
+                 [{"rank": 0, "gpus": 1.0}, {"rank": 1, "gpus": 1.0}], max_result_bytes=1 << 20)
+    done = threading.Event()
+    threading.Thread(target=lambda: (gang.start(), done.set()), daemon=True).start()
+    assert done.wait(30), "start() hung on its own lock"
+    out = gang.poll()
+    assert out["state"] == "LOST" and "gang could not start: TimeoutError" in out["error"]
