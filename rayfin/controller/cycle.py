@@ -19,7 +19,7 @@ from rayfin import collector
 from rayfin.controller import deadlines, market_clock, resize
 from rayfin.controller.backend import LaunchSpec, Observation
 from rayfin.controller.records import JobRecord
-from rayfin.controller.state import PLACED, ControllerState, duration_key
+from rayfin.controller.state import PLACED, ControllerState, at_base, duration_key
 from rayfin.policy import (ClusterSnapshot, CommProfile, CycleDecision, JobState, PendingJob, Priority, RunningJob,
                            schedule)
 from rayfin.market.deadline import guard_deadline_class
@@ -106,8 +106,7 @@ def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> i
         job.preempt_deadline is not None or job.resize_deadline is not None)
     if finished_anyway:
         if resize.growing(job):   # it ran at its base to the end: the new workers never started
-            job = job.copy(workers=job.min_workers, gpus=float(job.min_workers * job.unit),
-                           placement=job.base_placement, extra=(), **job.without_extra_lenders())
+            job = job.copy(placement=job.base_placement, **at_base(job))
         job = job.copy(preempt_deadline=None, preempt_reason="", preempted_for=None, resize_to=0,
                        resize_deadline=None, resize_reason="", resize_for=None)
         s.active[job.job_id] = job

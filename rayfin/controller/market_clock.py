@@ -168,19 +168,10 @@ def record_decisions(s: "ControllerState", snap: ClusterSnapshot, decision: Cycl
     kept = CycleDecision(decision.admits, decision.preempts, changed, decision.refusals)
     if not kept.all():
         return 0
-    window = s.in_force.effective if s.in_force is not None else None
+    window = _window_now(s)
     text = canonical_json(snap)           # once: the hash and the stored copy are the same text
     records = records_of_cycle(snap, kept, window, snapshot_sha=hash_text(text))
-    data: dict[str, Any] = {"hash": records[0].snapshot_hash, "window": None if window is None else window.value,
-                            "records": [r.to_dict() for r in records], "policy": canonical(s.policy)}
-    if len(text) <= MAX_SNAPSHOT_BYTES:
-        data["snapshot"] = text           # the hashed text itself, not re-encoded
-    else:
-        data["snapshot_bytes"] = len(text)
-    verdicts = ", ".join(f"{r.verdict} {r.subject}" for r in records[:5]) + (" ..." if len(records) > 5 else "")
-    s.ledger.record(snap.now, "", "", SNAPSHOT_EVENT, "", f"{len(records)} decisions: {verdicts}", data,
-                    ReasonCode.DECISIONS_RECORDED)
-    return len(records)
+    return _store(s, snap.now, window, text, records, {"policy": canonical(s.policy)}, "decisions")
 
 
 def record_elastic(s: "ControllerState", snap: ClusterSnapshot, gangs: Sequence[ElasticGang],
@@ -190,19 +181,31 @@ def record_elastic(s: "ControllerState", snap: ClusterSnapshot, gangs: Sequence[
     many records were written."""
     if not s.config.controller.audit_snapshots or not (shrunk or grown):
         return 0
-    window = s.in_force.effective if s.in_force is not None else None
+    window = _window_now(s)
     text = canonical_json(snap)
     records = elastic_records(snap, shrunk, grown, window, hash_text(text))
-    data: dict[str, Any] = {"step": ELASTIC_STEP, "hash": records[0].snapshot_hash,
-                            "window": None if window is None else window.value,
-                            "records": [r.to_dict() for r in records], "gangs": canonical(list(gangs)),
-                            "grace_s": canonical(s.policy.preemption_grace_s)}
+    return _store(s, snap.now, window, text, records, {"step": ELASTIC_STEP, "gangs": canonical(list(gangs)),
+                                                       "grace_s": canonical(s.policy.preemption_grace_s)},
+                  "elastic decisions")
+
+
+def _window_now(s: "ControllerState") -> WindowName | None:
+    return s.in_force.effective if s.in_force is not None else None
+
+
+def _store(s: "ControllerState", now: float, window: WindowName | None, text: str, records: Sequence[AuditRecord],
+           extra: dict[str, Any], what: str) -> int:
+    """One `decision_snapshot` event: the records, the snapshot's canonical text (the hashed text
+    itself, not re-encoded; only its size when over MAX_SNAPSHOT_BYTES) and what replay needs
+    besides (`extra`). Returns how many records were written."""
+    data: dict[str, Any] = {"hash": records[0].snapshot_hash, "window": None if window is None else window.value,
+                            "records": [r.to_dict() for r in records], **extra}
     if len(text) <= MAX_SNAPSHOT_BYTES:
         data["snapshot"] = text
     else:
         data["snapshot_bytes"] = len(text)
     verdicts = ", ".join(f"{r.verdict} {r.subject}" for r in records[:5]) + (" ..." if len(records) > 5 else "")
-    s.ledger.record(snap.now, "", "", SNAPSHOT_EVENT, "", f"{len(records)} elastic decisions: {verdicts}", data,
+    s.ledger.record(now, "", "", SNAPSHOT_EVENT, "", f"{len(records)} {what}: {verdicts}", data,
                     ReasonCode.DECISIONS_RECORDED)
     return len(records)
 
@@ -270,5 +273,5 @@ def replay_events(events: Iterable[Event], policy: SchedulerConfig | None = None
     return ReplayReport(checked, tuple(mismatches))
 
 
-__all__ = ["apply", "prewarm_floor", "quota_clock", "record_decisions", "record_elastic", "audit_records", "replay_events", "view",
-           "window_data", "WINDOW_EVENT", "SNAPSHOT_EVENT", "MAX_SNAPSHOT_BYTES"]
+__all__ = ["apply", "prewarm_floor", "quota_clock", "record_decisions", "record_elastic", "audit_records",
+           "replay_events", "view", "window_data", "WINDOW_EVENT", "SNAPSHOT_EVENT", "MAX_SNAPSHOT_BYTES"]

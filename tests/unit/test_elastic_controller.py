@@ -21,6 +21,17 @@ def gpus_of(placement) -> float:
     return sum(g for _, g in placement)
 
 
+def held_back(core, **kw) -> tuple[str, str]:
+    """risk and fx fill 12 of the 16 GPUs; quant's gang (2, 4) runs at its base while fx's job
+    waits (fx may not borrow), so it does not grow until that job goes. Returns (gang, fx's job)."""
+    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
+    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
+    run(core, 2)
+    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4), **kw))["job_id"]
+    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    return gang, blocked
+
+
 def test_an_idle_cluster_starts_it_grown_and_waiting_work_shrinks_it_back(tmp_path):
     core, backend, clock, _, ledger = make(tmp_path)
     gang = core.submit(TOK["quant"], "quant", spec(8, workers=(2, 8)))["job_id"]
@@ -67,11 +78,7 @@ def test_an_idle_cluster_starts_it_grown_and_waiting_work_shrinks_it_back(tmp_pa
 
 def test_a_running_gang_grows_through_a_restart_when_nothing_waits(tmp_path):
     core, backend, clock, _, ledger = make(tmp_path)
-    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
-    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
-    run(core, 2)
-    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4)))["job_id"]
-    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]      # fx may not borrow: it waits
+    gang, blocked = held_back(core)
     run(core, 3)
     st = core.status(TOK["quant"], gang)
     assert (st["state"], st["info"]["workers"]) == ("RUNNING", 2)         # no growth while fx's job waits
@@ -90,11 +97,7 @@ def test_a_running_gang_grows_through_a_restart_when_nothing_waits(tmp_path):
 
 def test_a_gang_that_finishes_in_a_resize_grace_without_being_told_is_finished_at_the_size_it_ran(tmp_path):
     core, backend, clock, _, ledger = make(tmp_path)
-    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
-    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
-    run(core, 2)
-    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4)))["job_id"]
-    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    gang, blocked = held_back(core)
     run(core, 3)
     core.cancel(TOK["fx"], blocked)
     run(core, 1)
@@ -115,11 +118,7 @@ def test_a_gang_whose_runner_was_just_started_grows_through_a_stop_not_a_kill(tm
     RUNNING: its code may already run, so a growth asks it to stop (grace) as for a running gang,
     instead of releasing its group (which kills the runner) at once."""
     core, backend, clock, _, ledger = make(tmp_path)
-    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
-    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
-    run(core, 2)
-    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4)))["job_id"]
-    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]      # fx may not borrow: it waits
+    gang, blocked = held_back(core)
     run(core, 1)
     assert core.status(TOK["quant"], gang)["state"] == "ADMITTED" and backend.start_count(gang) == 0
     core.cancel(TOK["fx"], blocked)
@@ -190,11 +189,7 @@ def test_a_gang_that_grew_while_running_is_learnt_with_its_whole_runtime(tmp_pat
     """100 s at its base, a 5 s grace, then 20 s at 4 workers after its restart: 125 s, not the 20 s
     of its last run (the hints and ETAs subtract all it ran from the prediction)."""
     core, backend, clock, _, ledger = make(tmp_path)
-    core.submit(TOK["risk"], "risk", spec(8, workers="per_gpu"))
-    core.submit(TOK["fx"], "fx", spec(4, workers="per_gpu"))
-    run(core, 2)
-    gang = core.submit(TOK["quant"], "quant", spec(4, workers=(2, 4), name="train"))["job_id"]
-    blocked = core.submit(TOK["fx"], "fx", spec(4))["job_id"]
+    gang, blocked = held_back(core, name="train")
     run(core, 3)
     clock.advance(100)
     core.cancel(TOK["fx"], blocked)
