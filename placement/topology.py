@@ -26,6 +26,10 @@ class LinkLevel(IntEnum):
     INTER_RACK = 3
 
 
+# A pool's island indices, and its placement domains per link level (Layout.pool_domains)
+PoolDomains = tuple[tuple[int, ...], dict[LinkLevel, tuple[tuple[int, ...], ...]]]
+
+
 @dataclass(frozen=True)
 class Bandwidths:
     nvlink: float = 300.0
@@ -182,6 +186,28 @@ class Layout:
             self._memo[key] = sum(c for c, p in zip(self.capacity, self.island_pool) if p in pools)
         cap: int = self._memo[key]
         return cap
+
+    def pool_domains(self, pools: frozenset[str]) -> PoolDomains:
+        """The islands of `pools` (indices, in order) and, per link level, the domains a job could
+        be placed in at that level: one per island, per node, per rack, or the whole pool
+        (memoised: a reclaim plan looks them up for every job it plans). Shared: read only."""
+        key = ("domains", pools)
+        if key not in self._memo:
+            in_pool = tuple(np.flatnonzero(self.pool_mask(pools)).tolist())
+            self._memo[key] = (in_pool, {lv: self._domains(lv, in_pool) for lv in LinkLevel})
+        got: PoolDomains = self._memo[key]
+        return got
+
+    def _domains(self, level: LinkLevel, in_pool: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        if level == LinkLevel.NVLINK:
+            return tuple((i,) for i in in_pool)
+        keyf = {LinkLevel.INTRA_NODE: self.island_node, LinkLevel.INTRA_RACK: self.island_rack}.get(level)
+        if keyf is None:
+            return (in_pool,)
+        groups: dict[int, list[int]] = {}
+        for i in in_pool:
+            groups.setdefault(keyf[i], []).append(i)
+        return tuple(tuple(g) for g in groups.values())
 
     def arrays(self) -> LayoutArrays:
         """(capacity, island_node, island_rack, node_rack) as numpy arrays (memoised)."""

@@ -22,14 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 
 from placement.gang import FreeIndex
-from placement.topology import Layout, LinkLevel
+from placement.topology import Layout, LinkLevel, PoolDomains
 from rayfin.policy.model import DeskQuota, PendingJob, RunningJob
 
 _EPS = 1e-9
 _LEVELS = tuple(LinkLevel)
+_UNSEEN: "int | None" = -1   # _memo: not classified yet (kinds are 0, 1 or None)
 
 
 @dataclass
@@ -67,20 +67,13 @@ class ReclaimContext:
     victim_cost: Callable[[RunningJob], float] | None = None   # equal-priority victims, lower first (per GPU)
     victim_ok: Callable[[RunningJob], bool] | None = None      # extra victims (LAS: a lower queue)
     placed: Mapping[str, Sequence[tuple[int, float]]] | None = None   # job id -> (island index, GPUs); None: built
+    gpus_at: Mapping[str, Mapping[int, float]] | None = None   # job id -> GPUs per island index; None: built
     own_outside: bool = True    # need_own may be met by own-desk victims outside the domain (False: only
                                 # the GPUs they free inside it count)
     free: list[float] = field(init=False, default_factory=list)   # index.free as Python floats (read_free)
     whole: list[int] = field(init=False, default_factory=list)     # whole free GPUs per island (index.whole)
-    # pools -> the pool's island indices and its domains per level (they depend on the layout only)
-    pool_domains: dict[frozenset[str], tuple[list[int], dict[LinkLevel, list[list[int]]]]] = field(
-        init=False, default_factory=dict)
-
-    def domains_of(self, pools: frozenset[str]) -> tuple[list[int], dict[LinkLevel, list[list[int]]]]:
-        got = self.pool_domains.get(pools)
-        if got is None:
-            in_pool = np.flatnonzero(self.layout.pool_mask(pools)).tolist()
-            got = self.pool_domains[pools] = (in_pool, {lv: _domains(self.layout, lv, in_pool) for lv in LinkLevel})
-        return got
+    def domains_of(self, pools: frozenset[str]) -> PoolDomains:
+        return self.layout.pool_domains(pools)   # they depend on the layout only: memoised there
 
     def read_free(self) -> None:
         """Copy the free map out of numpy once per plan (a numpy scalar per look-up is slow), and
@@ -89,6 +82,8 @@ class ReclaimContext:
         self.whole = [int(f + _EPS) for f in self.free]
         if self.placed is None:
             self.placed = placed_by_index(self.layout, (v for jobs in self.on_island for v in jobs))
+        if self.gpus_at is None:
+            self.gpus_at = gpus_by_island(self.placed)
 
 
 def placed_by_index(layout: Layout, running: Iterable[RunningJob]) -> dict[str, list[tuple[int, float]]]:
@@ -96,6 +91,17 @@ def placed_by_index(layout: Layout, running: Iterable[RunningJob]) -> dict[str, 
     translated once per cycle rather than at every look-up of a plan."""
     at = layout.index.get
     return {v.job_id: [(i, gg) for isl, gg in v.placement if (i := at(isl)) is not None] for v in running}
+
+
+def gpus_by_island(placed: Mapping[str, Sequence[tuple[int, float]]]) -> dict[str, dict[int, float]]:
+    """Each job's GPUs per island index (a job listing an island twice: summed), from `placed`."""
+    out: dict[str, dict[int, float]] = {}
+    for job_id, where in placed.items():
+        on: dict[int, float] = {}
+        for i, gg in where:
+            on[i] = on.get(i, 0) + gg
+        out[job_id] = on
+    return out
 
 
 def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
@@ -124,7 +130,7 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
 
 
 def _best_domain(ctx: ReclaimContext, job: PendingJob, need_own: float, level: LinkLevel, kind: "Kind",
-                 bounds: "_IslandBounds", domains: list[list[int]]) -> ReclaimPlan | None:
+                 bounds: "_IslandBounds", domains: Sequence[Sequence[int]]) -> ReclaimPlan | None:
     """The plan of the first domain (in `domains` order) with the lowest score; or, as soon as
     one is found, the first domain that needs no new victim (nothing can do better).
 
@@ -165,42 +171,61 @@ class _IslandBounds:
     A domain whose floor is above the best plan's score cannot replace it (a plan wins only when
     strictly lower), so skipping it changes no decision."""
 
-    def __init__(self, ctx: ReclaimContext, in_pool: list[int], kind: "Kind", exact: bool):
-        placed = ctx.placed or {}
+    def __init__(self, ctx: ReclaimContext, in_pool: Sequence[int], kind: "Kind", exact: bool):
+        gpus_at = ctx.gpus_at or {}
         cost = ctx.victim_cost
         self.exact = exact
-        self._reach: dict[int, float] = {}
-        self._free0: dict[int, float] = {}       # free + GPUs already coming free, per island
-        self._prio: dict[int, float] = {}        # lowest priority of a new-victim candidate
-        self._lost: dict[int, float] = {}        # lowest cost x GPUs of one
-        self._start: dict[int, float] = {}       # latest start of one
         self._capacity = ctx.layout.capacity
+        n = len(self._capacity)
         inf = float("inf")
-        free = ctx.free
+        # per island index (islands outside the pool keep these and are never asked about)
+        self._reach: list[float] = [0.0] * n      # free + every candidate's GPUs
+        self._free0: list[int] = [0] * n          # free + GPUs already coming free
+        self._prio: list[float] = [inf] * n       # lowest priority of a new-victim candidate
+        self._lost: list[float] = [inf] * n       # lowest cost x GPUs of one
+        self._start: list[float] = [-inf] * n     # latest start of one
+        free, whole, on_island = ctx.free, ctx.whole, ctx.on_island
         for i in in_pool:
-            reach, k0, prio, lost, start = float(ctx.whole[i]), 0.0, inf, inf, -inf
-            for v in ctx.on_island[i]:
+            reach, k0, prio, lost, start = float(whole[i]), 0.0, inf, inf, -inf
+            for v in on_island[i]:
                 k = kind(v)
                 if k is None:
                     continue
-                here = sum(gg for j, gg in placed[v.job_id] if j == i)
+                here = gpus_at[v.job_id][i]
                 reach += here
                 if k == 0:
                     k0 += here
-                else:
-                    prio = min(prio, int(v.priority))
-                    lost = min(lost, cost(v) * v.gpus if cost is not None else 0.0)
-                    start = max(start, v.started_at)
+                    continue
+                p = int(v.priority)
+                if p < prio:
+                    prio = p
+                c = cost(v) * v.gpus if cost is not None else 0.0
+                if c < lost:
+                    lost = c
+                if v.started_at > start:
+                    start = v.started_at
             self._reach[i], self._prio[i], self._lost[i], self._start[i] = reach, prio, lost, start
             self._free0[i] = int(free[i] + k0 + _EPS)
 
-    def rank(self, domains: list[list[int]], g: int) -> list[tuple[tuple[float, float, float, float], int]]:
+    def rank(self, domains: Sequence[Sequence[int]], g: int) -> list[tuple[tuple[float, float, float, float], int]]:
         """(floor, position) of each domain that could hold `g` GPUs (capacity and reach), lowest
         floor first, then position."""
         cap, reach, free0, prio, lost, start = (self._capacity.__getitem__, self._reach.__getitem__,
                                                 self._free0.__getitem__, self._prio.__getitem__,
                                                 self._lost.__getitem__, self._start.__getitem__)
-        out = []
+        out: list[tuple[tuple[float, float, float, float], int]] = []
+        if domains and all(len(dom) == 1 for dom in domains):   # islands: the same floors, without the sums
+            for pos, (i,) in enumerate(domains):
+                if cap(i) < g or reach(i) < g:
+                    continue
+                if not self.exact:
+                    out.append(((-1, 0, 0.0, -float("inf")), pos))
+                elif free0(i) >= g:
+                    out.append(((-1, 0, 0.0, -0.0), pos))
+                else:
+                    out.append(((prio(i), 1, lost(i), -start(i)), pos))
+            out.sort()
+            return out
         for pos, dom in enumerate(domains):
             if sum(map(cap, dom)) < g or sum(map(reach, dom)) < g:
                 continue
@@ -215,26 +240,16 @@ class _IslandBounds:
         return out
 
 
-def _domains(lay: Layout, level: LinkLevel, in_pool: list[int]) -> list[list[int]]:
-    if level == LinkLevel.NVLINK:
-        return [[i] for i in in_pool]
-    keyf = {LinkLevel.INTRA_NODE: lay.island_node, LinkLevel.INTRA_RACK: lay.island_rack}.get(level)
-    if keyf is None:
-        return [in_pool]
-    groups: dict[int, list[int]] = {}
-    for i in in_pool:
-        groups.setdefault(keyf[i], []).append(i)
-    return list(groups.values())
-
-
 def _memo(kind: Callable[[RunningJob], int | None]) -> Callable[[RunningJob], int | None]:
     """`kind` of each running job computed once per plan (it reads only what the plan never changes)."""
     seen: dict[str, int | None] = {}
+    get = seen.get
 
     def cached(v: RunningJob) -> int | None:
-        if v.job_id not in seen:
-            seen[v.job_id] = kind(v)
-        return seen[v.job_id]
+        k = get(v.job_id, _UNSEEN)
+        if k is _UNSEEN:
+            k = seen[v.job_id] = kind(v)
+        return k
     return cached
 
 
@@ -262,14 +277,14 @@ Kind = Callable[[RunningJob], "int | None"]   # 0: GPUs already coming free; 1: 
 Chosen = list[tuple[int, RunningJob]]           # (kind, job) of the candidates taken so far
 
 
-def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: list[int], kind: Kind, need_own: float,
+def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: Sequence[int], kind: Kind, need_own: float,
              level: LinkLevel | None, feasible_only: bool = False) -> ReclaimPlan | None:
     """The plan in one domain, or None. `feasible_only`: stop once the answer is known to be a
     plan, and return an empty one (the whole-pool test of `plan_reclaim` needs no more)."""
     g = job.gpus
     in_dom = set(dom)
     cands: dict[str, tuple[int, RunningJob]] = {}
-    bound: float = sum(ctx.whole[i] for i in dom)
+    bound: float = sum(map(ctx.whole.__getitem__, dom))
     placed = ctx.placed or {}
     for i in dom:
         for v in ctx.on_island[i]:
@@ -332,7 +347,7 @@ def _whole_units(gpus: int, unit: int) -> int:
     return gpus if unit <= 1 else (gpus // unit) * unit
 
 
-def _avail(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen,
+def _avail(ctx: ReclaimContext, dom: Sequence[int], in_dom: set[int], chosen: Chosen,
            unit: int = 1) -> tuple[dict[int, int], dict[int, int]]:
     """Per island of the domain: GPUs the job can use once `chosen` stop (in whole workers), and
     how many of the island's whole GPUs those victims free."""
@@ -356,11 +371,12 @@ class _Tally:
     victims are added and dropped (the same sums as `_avail` / `_satisfied`, without recounting
     the whole domain at every step)."""
 
-    def __init__(self, ctx: ReclaimContext, dom: list[int], in_dom: set[int], desk: str, unit: int = 1):
+    def __init__(self, ctx: ReclaimContext, dom: Sequence[int], in_dom: set[int], desk: str, unit: int = 1):
         self.ctx, self.in_dom, self.desk, self.unit = ctx, in_dom, desk, unit
         self.free = ctx.free
         self.extra: dict[int, float] = {}
-        self.total = sum(_whole_units(int(ctx.free[i] + _EPS), unit) for i in dom)
+        whole = map(ctx.whole.__getitem__, dom)   # int(free + eps) per island (read_free)
+        self.total = sum(whole) if unit <= 1 else sum(_whole_units(w, unit) for w in whole)
         self.own = 0.0
 
     def add(self, v: RunningJob, sign: int) -> None:
@@ -379,7 +395,7 @@ class _Tally:
         return self.own + _EPS >= need_own and self.total >= g
 
 
-def _satisfied(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Chosen, g: int, need_own: float,
+def _satisfied(ctx: ReclaimContext, dom: Sequence[int], in_dom: set[int], chosen: Chosen, g: int, need_own: float,
                desk: str, unit: int = 1) -> bool:
     placed = ctx.placed or {}
     own = sum(v.gpus if ctx.own_outside else sum(gg for i, gg in placed[v.job_id] if i in in_dom)
@@ -390,7 +406,7 @@ def _satisfied(ctx: ReclaimContext, dom: list[int], in_dom: set[int], chosen: Ch
     return sum(avail.values()) >= g
 
 
-def _fill(ctx: ReclaimContext, dom: list[int], avail: dict[int, int], g: int,
+def _fill(ctx: ReclaimContext, dom: Sequence[int], avail: dict[int, int], g: int,
           level: LinkLevel | None) -> list[tuple[int, int]]:
     lay = ctx.layout
     if level is None:    # first fit: islands in configuration order

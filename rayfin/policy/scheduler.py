@@ -34,7 +34,7 @@ from rayfin.policy.model import (ClusterSnapshot, CycleDecision, Decision, DeskQ
                                  RunningJob, Verdict)
 from rayfin.policy.node_fit import node_fit
 from rayfin.policy.ordering import las_queue, order
-from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, placed_by_index, plan_reclaim
+from rayfin.policy.preemption import ReclaimContext, ReclaimPlan, gpus_by_island, placed_by_index, plan_reclaim
 from rayfin.policy import reservation as resv
 from rayfin.reasons import ReasonCode
 from rayfin.policy.quota import attribute_lenders, check_quota, why_never_fits
@@ -300,10 +300,11 @@ class _Cycle:
                         self._on_island[k].append(v)
             self._pending_ids = {j.job_id for j in self.snap.pending}
             self._placed = placed_by_index(self.lay, self.snap.running)
+            self._gpus_at = gpus_by_island(self._placed)
         ctx = ReclaimContext(self.lay, self.index, self._on_island, self.usage, self.snap.desks, self.taken,
                              self._pending_ids, self.cfg.reclaim and self.cfg.quota is QuotaMode.BORROWING,
                              self.cfg.priority_preemption, self.cfg.placement is not PlacementStrategy.FIRST_FIT,
-                             victim_cost=self._victim_cost(), placed=self._placed)
+                             victim_cost=self._victim_cost(), placed=self._placed, gpus_at=self._gpus_at)
         if not fresh:
             self._ctx = ctx
         return ctx
@@ -433,10 +434,32 @@ class _Cycle:
         if failed is not None and failed[0] == self._gen and failed[1] <= job.gpus \
                 and job.job_id not in self._beneficiary_ids():
             return None
-        plan = plan_reclaim(ctx or self._reclaim_ctx(), job, need_own, self._start_level(job), self._stop_level(job))
+        if ctx is None and not self._may_reclaim(job):
+            plan = None
+        else:
+            plan = plan_reclaim(ctx or self._reclaim_ctx(), job, need_own, self._start_level(job),
+                                self._stop_level(job))
         if plan is None and (failed is None or failed[0] != self._gen or job.gpus < failed[1]):
             self._failed[key] = (self._gen, job.gpus)
         return plan
+
+    def _may_reclaim(self, job: PendingJob) -> bool:
+        """Whether the cycle's reclaim plan (the default context) could find anything for `job`: a
+        cheap necessary condition, read off the cycle's counters instead of every running job.
+        The planner's candidates (preemption._classifier) are GPUs already coming free, the
+        desk's own lower-priority work (priority preemption) and the work of desks borrowing above
+        their nominal (reclaim); with none of them, only free GPUs are left, and the job's pools
+        must hold enough whole free GPUs. Once a queue's first reclaims have brought every desk
+        back to its nominal, the rest of the queue's entitled jobs stop here."""
+        if self._beneficiary_ids() or self.index.pool_total(self.snap.desks[job.desk].pools) >= job.gpus:
+            return True
+        cfg = self.cfg
+        if cfg.priority_preemption and sum(self.by_prio[job.desk][:int(job.priority)]) > _EPS:
+            return True
+        if cfg.reclaim and cfg.quota is QuotaMode.BORROWING:
+            usage = self.usage
+            return any(d != job.desk and usage.get(d, 0.0) > q.nominal + _EPS for d, q in self.snap.desks.items())
+        return False
 
     def _apply_plan(self, job: PendingJob, plan: ReclaimPlan, las_threshold: float | None = None) -> None:
         """`las_threshold`: a least-attained-service plan (same-desk victims of equal priority are
@@ -498,8 +521,9 @@ class _Cycle:
             heads[d] += 1
             if self.index.total <= 0:   # nothing left to hand out: the rest wait, but for LAS swaps
                 why: dict[int, tuple[str]] = {}
+                las, most = self.cfg.las_within_desk, self.cfg.las_max_per_cycle
                 for rest in [job] + [j for dd in queues for j in queues[dd][heads[dd]:]]:
-                    if self._may_swap(rest):
+                    if las and self._las_swaps < most and self._may_swap(rest):   # (the cheap half first)
                         self._borrow(rest)
                         continue
                     if rest.gpus not in why:

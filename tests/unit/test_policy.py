@@ -239,3 +239,63 @@ def test_reclaim_search_with_floors_equals_the_plain_scan(seed, monkeypatch):
     monkeypatch.setattr(pre, "_best_domain", plain)
     slow = schedule(s, cfg)
     assert fast == slow
+
+
+
+def _random_full_cluster(seed: int):
+    import random
+
+    from rayfin.policy.hints import JobHint
+    rng = random.Random(seed)
+    t = topo(racks=2, nodes_per_rack=2)   # 32 GPUs
+    running, hints, k = [], {}, 0
+    for isl in [i.id for i in t.islands]:
+        left = 4
+        while left > 0:
+            g = rng.choice([x for x in (1, 2, 4) if x <= left])
+            running.append(run(f"r{k}", rng.choice("abcd"), (isl, float(g)), started=float(rng.randint(0, 50)),
+                               prio=rng.choice([B, N, N, C]),
+                               **({"deadline": 130.0, "preempted_for": rng.choice([None, "p0", "gone"])}
+                                  if rng.random() < 0.1 else {})))
+            hints[f"r{k}"] = JobHint(float(rng.choice([600, 3600, 86400])), 100.0, float(rng.randint(1, 900)))
+            left -= g
+            k += 1
+    pending = [pend(f"p{i}", rng.choice("abcd"), rng.choice([1, 1, 2, 4, 8]), prio=rng.choice([N, N, C]),
+                    t=float(i)) for i in range(12)]
+    return snap(t, desks(a=8, b=8, c=8, d=8), running, pending, now=100.0, hints=hints)
+
+
+@pytest.mark.parametrize("preset", ["rayfin", "kueue_tas_fs"])
+def test_reclaim_precheck_changes_no_decision(preset, monkeypatch):
+    # _Cycle._may_reclaim skips the planner when no desk borrows, no own lower-priority work can
+    # go and no GPUs are coming free: every decision must be the one the planner would have made,
+    # on 40 random full clusters; and the shortcut must have fired in some of them.
+    from rayfin.policy.scheduler import _Cycle
+    cfg = SchedulerConfig.preset(preset)
+    checked = _Cycle._may_reclaim
+    skipped = []
+
+    def counting(self, job):
+        ok = checked(self, job)
+        skipped.append(not ok)
+        return ok
+    for seed in range(40):
+        s = _random_full_cluster(seed)
+        monkeypatch.setattr(_Cycle, "_may_reclaim", counting)
+        fast = schedule(s, cfg)
+        monkeypatch.setattr(_Cycle, "_may_reclaim", lambda self, job: True)
+        assert fast == schedule(s, cfg), f"seed {seed}"
+    assert sum(skipped) >= 3 and not all(skipped)
+
+
+def test_pool_domains_by_level():
+    from placement.topology import LinkLevel
+    t = topo(racks=2, nodes_per_rack=2)   # 2 racks x 2 nodes x 2 islands
+    in_pool, by_level = t.layout.pool_domains(frozenset({"general"}))
+    assert in_pool == tuple(range(8))
+    assert by_level[LinkLevel.NVLINK] == tuple((i,) for i in range(8))
+    assert by_level[LinkLevel.INTRA_NODE] == ((0, 1), (2, 3), (4, 5), (6, 7))
+    assert by_level[LinkLevel.INTRA_RACK] == ((0, 1, 2, 3), (4, 5, 6, 7))
+    assert by_level[LinkLevel.INTER_RACK] == (tuple(range(8)),)
+    assert t.layout.pool_domains(frozenset({"general"})) is t.layout.pool_domains(frozenset({"general"}))
+    assert t.layout.pool_domains(frozenset({"other"}))[0] == ()
