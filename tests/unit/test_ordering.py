@@ -99,10 +99,14 @@ def test_victim_with_the_most_recent_checkpoint_goes_first():
 
 @pytest.mark.parametrize("rank", list(R))
 @pytest.mark.parametrize("aging_s", [0.0, 3600.0])
-def test_order_is_the_stable_sort_by_priority_then_rank_key(rank, aging_s):
+@pytest.mark.parametrize("levels", [None, 7200.0])
+@pytest.mark.parametrize("deadlines", [False, True])
+def test_order_is_the_stable_sort_by_priority_then_rank_key(rank, aging_s, levels, deadlines):
     # `order` computes the keys as arrays; it must give exactly the stable sort by
-    # (-priority, rank_key) that the per-job key function gives, ties (equal keys) included.
+    # (-priority, deadline first and earliest, LAS level, rank_key) that the per-job key function
+    # gives, ties (equal keys) included.
     import random
+    from dataclasses import replace
 
     from rayfin.policy.model import Priority
     rng = random.Random(7)
@@ -117,8 +121,20 @@ def test_order_is_the_stable_sort_by_priority_then_rank_key(rank, aging_s):
                                         float(rng.choice([0, 0, 30, 5000])))
         elif pick < 0.8:
             hints[job.job_id] = JobHint(None, float(rng.choice([0, 10, 4000])))
+        if deadlines and job.job_id in hints and rng.random() < 0.3:
+            hints[job.job_id] = replace(hints[job.job_id], deadline_s=float(rng.choice([7000, 9000])))
     now = 6000.0
-    want = sorted(jobs, key=lambda j: (-int(j.priority),) + rank_key(rank, j, hints.get(j.job_id), now,
-                                                                     aging_s=aging_s, las_threshold_gpu_s=3600.0))
-    got = order(rank, jobs, hints, now, aging_s=aging_s, las_threshold_gpu_s=3600.0)
+
+    def key(j):
+        h = hints.get(j.job_id)
+        dl = h.deadline_s if h is not None else None
+        edf = (0, dl) if dl is not None else (1, 0.0)
+        level = ((h.attained_s if h else 0.0) * j.gpus >= levels,) \
+            if levels is not None and rank is R.PREDICTED_REMAINING else ()
+        return (-int(j.priority),) + edf + level + rank_key(rank, j, h, now, aging_s=aging_s,
+                                                             las_threshold_gpu_s=3600.0)
+    want = sorted(jobs, key=key)
+    got = order(rank, jobs, hints, now, aging_s=aging_s, las_threshold_gpu_s=3600.0, las_levels_gpu_s=levels)
     assert [j.job_id for j in got] == [j.job_id for j in want]
+    if deadlines:
+        assert any(h.deadline_s is not None for h in hints.values())
