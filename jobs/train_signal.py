@@ -89,9 +89,11 @@ def train(steps: int = 200, features: int = 32, hidden: int = 64, batch: int = 2
             ctx.report_progress(done / steps)
             if ckpt is not None and gang.is_root and checkpoint_every and done % checkpoint_every == 0:
                 save_checkpoint(ckpt, model, opt, done, sizes)
+                ctx.report_checkpoint()   # a preemption now would lose only the steps since
             if ctx.should_stop_all():   # every rank leaves at this same step
                 if ckpt is not None and gang.is_root:
                     save_checkpoint(ckpt, model, opt, done, sizes)
+                    ctx.report_checkpoint()
                 stopped_at = done
                 break
     seconds = time.perf_counter() - t0

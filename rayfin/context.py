@@ -5,6 +5,7 @@ reached only from inside a running job."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,7 @@ class JobContext:
     attempt: int = 0
     stop_event: StopFlag = field(default_factory=StopFlag, repr=False)
     progress: float = 0.0
+    checkpoint_mono: float | None = None   # time.monotonic() of the last report_checkpoint(); None: none yet
     told: bool = False     # told otherwise than through the flag: `should_stop_all`'s agreement, a SIGTERM
 
     @property
@@ -91,6 +93,18 @@ class JobContext:
     def report_progress(self, fraction: float) -> None:
         """Report progress in [0, 1]; `rayfin watch` and `job.status()` show rank 0's."""
         self.progress = max(0.0, min(1.0, float(fraction)))
+
+    def report_checkpoint(self) -> None:
+        """Say that a checkpoint was just saved (call it after the save, on rank 0: a gang's
+        report is rank 0's). The controller then knows how much work a preemption of this job
+        would lose, and, among victims of equal priority, stops first the jobs that would lose
+        least (the seconds since their last checkpoint over the seconds they have left). A job
+        that never reports is taken to lose everything since its start."""
+        self.checkpoint_mono = time.monotonic()
+
+    def checkpoint_age_s(self) -> float | None:
+        """Seconds since the last `report_checkpoint()` of this attempt; None: none reported."""
+        return None if self.checkpoint_mono is None else max(0.0, time.monotonic() - self.checkpoint_mono)
 
     @property
     def placement_group(self) -> Any:

@@ -219,7 +219,8 @@ class _Rank:
         state = self.state   # before the logs: a finished rank's poll then carries all of its output
         text, offset = self.logs.read(log_offset)
         out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": text,
-               "log_offset": offset, "failed_at": self.raised_at, "stopped": self.ctx.stop_seen}
+               "log_offset": offset, "failed_at": self.raised_at, "stopped": self.ctx.stop_seen,
+               "checkpoint_age_s": self.ctx.checkpoint_age_s()}
         if state in ("SUCCEEDED", "FAILED"):
             out["result"] = self.result
         return out
@@ -404,7 +405,8 @@ class _Gang:
             state = self.state
         out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": logs,
                "rank_states": list(self.rank_state), "started_at": self.rank0.started_at,
-               "finished_at": self.rank0.finished_at, "stopped": any(self.rank_stopped)}
+               "finished_at": self.rank0.finished_at, "stopped": any(self.rank_stopped),
+               "checkpoint_age_s": self.ctx.checkpoint_age_s()}   # rank 0's report (self.ctx is rank 0's)
         if state == "SUCCEEDED":
             out["result"] = self.results[0]
             out["results"] = list(self.results)

@@ -25,6 +25,8 @@ class RunnerStatus:
     # Whether the job was told to stop before it ended (rayfin.context: stop_seen); None: unknown,
     # taken as told. A SUCCEEDED run never told finished its work, even inside a grace period.
     stopped: bool | None = None
+    # Seconds since the job's last checkpoint (JobContext.report_checkpoint, rank 0); None: none reported
+    checkpoint_age_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class FakeBackend:
                results: tuple[bytes | None, ...] = (), stopped: bool | None = None) -> None:
         self._statuses[self._key(job_id)] = RunnerStatus("SUCCEEDED" if ok else "FAILED", error=error, result=result,
                                                          results=results, stopped=stopped)
+
+    def checkpointed(self, job_id: str, age_s: float) -> None:
+        """The running job reports its last checkpoint `age_s` seconds ago (JobContext.report_checkpoint)."""
+        key = self._key(job_id)
+        self._statuses[key] = replace(self._statuses.get(key, RunnerStatus("RUNNING")), checkpoint_age_s=age_s)
 
     def output(self, job_id: str, rank: int, text: str) -> None:
         """The job's rank `rank` printed `text`: reported once, at the next observe."""

@@ -29,6 +29,7 @@ from rayfin.reasons import ReasonCode
 log = logging.getLogger("rayfin.controller")
 _RAN_ON = ("node_id", "island", "gpu_ids", "cuda_visible_devices", "pid")
 _RANK = ("rank", "island", "node_id", "cuda_visible_devices", "pid")
+CHECKPOINT_JITTER_S = 1.0   # a reported checkpoint time that moved less than this is the same checkpoint
 
 
 @dataclass
@@ -100,6 +101,13 @@ def observe(s: ControllerState, obs: Observation, live: dict[str, str]) -> int:
 def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> int:
     if st.logs:
         s.ledger.append_logs(job.job_id, st.logs, now, s.config.controller.max_log_bytes)
+    if st.checkpoint_age_s is not None and job.started_at:
+        # when its last checkpoint was, on the controller's clock (the runner reports an age, so
+        # no two clocks are compared); it sets the work a preemption would lose (hints, victims)
+        at = now - float(st.checkpoint_age_s)
+        if abs(at - float(job.info.get("checkpoint_at", -1e18))) > CHECKPOINT_JITTER_S:
+            job = job.copy(info={**job.info, "checkpoint_at": at})
+            s.active[job.job_id] = job
     # A stop asked for (a preemption's or a resize's grace) that the job never saw: it ended by
     # itself, its work done, and is finished, not run again.
     finished_anyway = st.state == "SUCCEEDED" and st.stopped is False and (
@@ -248,8 +256,8 @@ def hints(s: ControllerState, now: float) -> dict[str, JobHint]:
         p = None if job.expected_runtime_s is not None else s.durations.predict(s.duration_state, duration_key(job))
         predicted = job.expected_runtime_s if job.expected_runtime_s is not None else (p.seconds if p else None)
         ran = float(job.info.get("attained_s", 0.0)) + (now - job.started_at if job.started_at else 0.0)
-        ckpt = job.info.get("checkpoint_at")
-        age = now - float(ckpt) if ckpt is not None and job.started_at else None
+        ckpt = job.info.get("checkpoint_at")   # (a checkpoint of an earlier attempt: this one resumed from it)
+        age = now - max(float(ckpt), job.started_at) if ckpt is not None and job.started_at else None
         # deadline_s: EDF inside the desk (policy.ordering)
         # restartable: least-attained-service preemption takes only jobs a preemption requeues
         out[job.job_id] = JobHint(predicted, ran, age, job.deadline, job.attempts < job.max_retries)

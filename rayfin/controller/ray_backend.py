@@ -154,7 +154,8 @@ class RayBackend:
                                              result=value.get("result"), progress=value.get("progress", 0.0),
                                              info=live.info, results=tuple(value.get("results") or ()),
                                              logs=tuple((int(r), t) for r, t in value.get("logs") or ()),
-                                             stopped=value.get("stopped"))
+                                             stopped=value.get("stopped"),
+                                             checkpoint_age_s=value.get("checkpoint_age_s"))
         statuses: dict[str, RunnerStatus] = {}
         for j in keys:
             last = self._live[j].last if j in self._live else None

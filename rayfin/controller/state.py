@@ -195,13 +195,27 @@ class ControllerState:
 
     def preempt_now(self, job: JobRecord) -> None:
         """Its grace period is over (or it stopped inside it): take the GPUs back."""
+        stake = self.work_at_stake_s(job)
         self.release(job)
         why = job.preempt_reason or job.reason
-        self.recorder.preempted(job, why)
+        self.recorder.preempted(job, why, job.gpus * stake)
+        ckpt = job.info.get("checkpoint_at")
+        since = ("since its last checkpoint" if ckpt is not None and job.started_at and float(ckpt) >= job.started_at
+                 else "since its start (no checkpoint reported)")
+        lost = f"{stake:.0f} s of work {since} lost"
         if job.attempts < job.max_retries:
-            self.requeue(job, "preempted: " + why, job.reason_code)
+            self.requeue(job, f"preempted: {why}; {lost}", job.reason_code)
         else:
-            self.finish(job, JobState.PREEMPTED, why, job.reason_code)
+            self.finish(job, JobState.PREEMPTED, f"{why}; {lost}", job.reason_code)
+
+    def work_at_stake_s(self, job: JobRecord) -> float:
+        """Seconds of the job's current attempt since its last reported checkpoint (or since its
+        start): what stopping it now would throw away. 0 for a job not started."""
+        if not job.started_at:
+            return 0.0
+        ckpt = job.info.get("checkpoint_at")
+        since = max(float(ckpt), job.started_at) if ckpt is not None else job.started_at
+        return max(0.0, self.clock() - since)
 
     def _learn_duration(self, job: JobRecord) -> None:
         if job.state is JobState.SUCCEEDED and job.started_at and job.finished_at:

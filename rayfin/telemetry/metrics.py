@@ -78,6 +78,9 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _c("rayfin_admissions", "Jobs admitted (GPUs reserved).", "desk", "borrowing"),
     _c("rayfin_refusals", "Jobs refused, by reason code.", "desk", "reason"),
     _c("rayfin_preemptions", "Jobs preempted (grace over, GPUs taken back), by reason code.", "desk", "reason"),
+    _c("rayfin_preemption_lost_gpu_seconds", "GPU-seconds of work a preemption threw away: the victim's GPUs x "
+       "seconds since its last reported checkpoint (JobContext.report_checkpoint), or since its start.",
+       "desk", "reason"),
     _c("rayfin_preemptions_planned", "Preemptions decided (grace period started), by reason code.", "desk", "reason"),
     _c("rayfin_jobs_requeued", "Jobs sent back to the queue (preempted or lost with retries left).", "desk"),
     _c("rayfin_jobs_finished", "Jobs that reached a terminal state, by state.", "desk", "state"),

@@ -215,9 +215,10 @@ class TelemetryRecorder:
             self._finished(jt, job, old_state)
 
     @_safe
-    def preempted(self, job: Any, reason: str) -> None:
+    def preempted(self, job: Any, reason: str, lost_gpu_s: float = 0.0) -> None:
         code = reason_code(job.reason_code)
         self.metrics.inc("rayfin_preemptions", 1, {"desk": job.desk, "reason": code})
+        self.metrics.inc("rayfin_preemption_lost_gpu_seconds", lost_gpu_s, {"desk": job.desk, "reason": code})
         jt = self._trace_for(job.job_id, job.desk, job)
         now = self.clock()
         if jt.preempt is None:   # decided before a controller restart

@@ -197,6 +197,9 @@ def test_preempted_training_checkpoints_and_resumes(connect_desk):
     assert 0 < out[0]["resumed_from"] < 400 and out[0]["stopped_at"] is None
     events = [e["kind"] for e in job.explain()["events"]]
     assert "preemption_planned" in events and "requeued" in events
+    # rank 0 reported the checkpoint it saved in its grace (report_checkpoint): next to nothing lost
+    requeued = [e["reason"] for e in job.explain()["events"] if e["kind"] == "requeued"]
+    assert "of work since its last checkpoint lost" in requeued[0], requeued
 
 
 def test_bad_worker_counts_are_refused_with_the_field(connect_desk):

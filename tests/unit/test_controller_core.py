@@ -573,3 +573,53 @@ def test_runner_lost_before_it_reported_running_spends_a_retry(env):
     run(core)
     st = core.status(TOK["fx"], job)
     assert st["state"] == "FAILED" and "no retries left" in st["reason"]
+
+
+@pytest.mark.parametrize("reported", [False, True])
+def test_a_reported_checkpoint_makes_the_job_the_cheaper_victim(tmp_path, reported):
+    # equities borrows 4 of fx's GPUs with two jobs; fx claims them back. Without reports the
+    # victim is the one with less work since its start (the later one); once the earlier one
+    # reports a checkpoint 5 s ago (JobContext.report_checkpoint, through the runner's poll), it
+    # is the one that loses least, and goes. The work thrown away is counted per preemption.
+    from rayfin.controller.backend import FakeBackend
+    from rayfin.controller.core import ControllerCore
+    from rayfin.controller.ledger import SqliteLedger
+    from rayfin.controller.recorder import NullRecorder
+
+    class Spy(NullRecorder):
+        lost: list[tuple[str, float]] = []
+
+        def preempted(self, job, reason, lost_gpu_s=0.0):
+            self.lost.append((job.job_id, lost_gpu_s))
+    clock, backend, spy = Clock(), FakeBackend(), Spy()
+    ids = iter(range(100))
+    core = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock, recorder=spy,
+                          new_id=lambda d: f"{d}-{next(ids):08x}")
+    first = core.submit(TOK["equities"], "equities", spec(4, priority="batch", retries=1))["job_id"]
+    run(core, 3)
+    clock.advance(100)
+    second = core.submit(TOK["equities"], "equities", spec(4, priority="batch", retries=1))["job_id"]
+    run(core, 3)
+    assert {core.status(TOK["equities"], j)["state"] for j in (first, second)} == {"RUNNING"}
+    clock.advance(100)
+    if reported:
+        backend.checkpointed(first, 5.0)
+        run(core)
+        assert core.state.active[first].info["checkpoint_at"] == pytest.approx(clock() - 5.0)
+    core.submit(TOK["fx"], "fx", spec(4))
+    run(core)
+    victim = first if reported else second
+    assert core.status(TOK["equities"], victim)["reason"].startswith("being preempted")
+    assert not core.status(TOK["equities"], second if reported else first)["reason"].startswith("being preempted")
+    clock.advance(2)                 # the 1 s grace is over
+    if reported:
+        backend.checkpointed(first, 7.0)   # the runner reports the age at each poll: 2 s later, 7 s
+    run(core)
+    (gone, lost), = spy.lost
+    assert gone == victim
+    assert lost == pytest.approx(4 * (7.0 if reported else 102.0), abs=4 * 0.5)
+    st = core.status(TOK["equities"], victim)      # requeued (a retry left), and says what it lost
+    assert st["state"] in ("PENDING", "ADMITTED")
+    said = [e["reason"] for e in core.audit(TOK["equities"]) if e["kind"] == "requeued" and e["job_id"] == victim]
+    assert said and ("7 s of work since its last checkpoint lost" if reported else
+                     "102 s of work since its start (no checkpoint reported) lost") in said[-1]

@@ -105,3 +105,14 @@ def test_a_gang_that_cannot_start_fails_rather_than_hanging(monkeypatch):
     assert done.wait(30), "start() hung on its own lock"
     out = gang.poll()
     assert out["state"] == "LOST" and "gang could not start: TimeoutError" in out["error"]
+
+
+def test_a_ranks_poll_reports_its_last_checkpoints_age():
+    rank = _Rank(_ctx(), "callable", b"", 1 << 20, 1 << 16)
+    assert rank.ctx.checkpoint_age_s() is None and rank.poll(0)["checkpoint_age_s"] is None
+    rank.ctx.report_checkpoint()              # the job saved one (rank 0's report counts for a gang)
+    time.sleep(0.05)
+    age = rank.poll(0)["checkpoint_age_s"]
+    assert 0.04 <= age < 5.0
+    rank.ctx.report_checkpoint()
+    assert rank.poll(0)["checkpoint_age_s"] < age
