@@ -179,12 +179,9 @@ class ControllerState:
 
     def lost(self, job: JobRecord, why: str, code: ReasonCode) -> None:
         """Its group or runner went away: requeue (free if it never started), else fail."""
-        launched = job.key in self.launched    # (release forgets it)
         self.release(job)
-        if job.state is JobState.ADMITTED and not launched:
-            # Its GPUs went away before its runner was started: nothing ran, so no retry is spent.
-            # A runner that was started and died before it reported running did run the desk's
-            # code (a job that kills its node at start must not be retried for free, forever).
+        if job.state is JobState.ADMITTED:
+            # Its GPUs went away before it started: nothing ran, so no retry is spent.
             self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: {why}",
                                reason_code=code, **at_base(job)), "requeued", why)
             return

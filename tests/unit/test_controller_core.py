@@ -555,26 +555,6 @@ def test_cordon_and_admit_timeout_come_from_the_config(tmp_path):
     assert (core.cordon_s, core.admit_timeout_s) == (5.0, 30.0)
 
 
-def test_runner_lost_before_it_reported_running_spends_a_retry(env):
-    # Started (the desk's code ran) but lost before the controller saw it running: a job whose
-    # code kills its node at start must use up its retries, not be requeued for free forever.
-    core, backend, _, _ = env
-    job = core.submit(TOK["fx"], "fx", spec(1, retries=1))["job_id"]
-    run(core, 2)                               # admitted; its group ready: the runner is started
-    assert backend.start_count(job) == 1
-    assert core.status(TOK["fx"], job)["state"] == "ADMITTED"   # not yet seen running
-    backend.lose(job, "worker died at start")
-    run(core)
-    st = core.status(TOK["fx"], job)
-    assert st["attempts"] == 1 and st["state"] in ("PENDING", "ADMITTED")
-    run(core)                                  # started again, and lost again before running
-    assert backend.start_count(job) == 2
-    backend.lose(job, "worker died at start")
-    run(core)
-    st = core.status(TOK["fx"], job)
-    assert st["state"] == "FAILED" and "no retries left" in st["reason"]
-
-
 @pytest.mark.parametrize("reported", [False, True])
 def test_a_reported_checkpoint_makes_the_job_the_cheaper_victim(tmp_path, reported):
     # equities borrows 4 of fx's GPUs with two jobs; fx claims them back. Without reports the
