@@ -144,8 +144,8 @@ def decision_latency(jobs, gpus: int, args, names, depths) -> dict:
     decide step does (rayfin.collector), so a collection does not set the p99. One untimed call per
     policy and depth goes first: the first call in a process pays once for memory the allocator
     maps (about 3x a warm call here), which a controller that decides every cycle has long paid.
-    200 timed calls at up to 1,000 pending (20 at 10,000), so the p99 is the second-highest call
-    rather than the highest of 30."""
+    200 timed calls at up to 1,000 pending (20 at 10,000), so the p99 is about the third-highest
+    call rather than, as with 30, mostly the highest."""
     gc.collect()
     gc.freeze()
     try:

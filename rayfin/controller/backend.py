@@ -10,7 +10,7 @@ since last time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,16 @@ class RunnerStatus:
     stopped: bool | None = None
     # Seconds since the job's last checkpoint (JobContext.report_checkpoint, rank 0); None: none reported
     checkpoint_age_s: float | None = None
+
+
+def aged(status: RunnerStatus, asked_at: float | None, now: float) -> RunnerStatus:
+    """`status` as of `now`: a poll's reply is reported again every cycle until the next reply
+    comes, and its checkpoint age was the age when the runner answered. Aged from when the poll
+    was asked (`asked_at`, the same monotonic clock as `now`): the runner answered after that, so
+    the age is never under-stated (a stalled poll must not make a job look freshly checkpointed)."""
+    if status.checkpoint_age_s is None or asked_at is None:
+        return status
+    return replace(status, checkpoint_age_s=status.checkpoint_age_s + max(0.0, now - asked_at))
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,9 @@ class FakeBackend:
     """In-memory backend keyed like the real one. Tests drive it by job id:
     `finish(job_id, ...)`, `lose(job_id)`, `group_of(job_id)`, `start_count(job_id)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.clock = clock     # ages reported checkpoints as RayBackend does (backend.aged); None: never
+        self._ckpt_at: dict[str, float] = {}
         self.groups: dict[str, tuple[tuple[str, float], ...]] = {}
         self.units: dict[str, int] = {}
         self.runners: dict[str, LaunchSpec] = {}
@@ -117,6 +129,8 @@ class FakeBackend:
         """The running job reports its last checkpoint `age_s` seconds ago (JobContext.report_checkpoint)."""
         key = self._key(job_id)
         self._statuses[key] = replace(self._statuses.get(key, RunnerStatus("RUNNING")), checkpoint_age_s=age_s)
+        if self.clock is not None:
+            self._ckpt_at[key] = self.clock()
 
     def output(self, job_id: str, rank: int, text: str) -> None:
         """The job's rank `rank` printed `text`: reported once, at the next observe."""
@@ -140,6 +154,9 @@ class FakeBackend:
         ready = frozenset(k for k in self._ready if k in keys)
         self._ready -= ready
         statuses = {k: s for k, s in self._statuses.items() if k in keys}
+        if self.clock is not None:
+            now = self.clock()
+            statuses = {k: aged(s, self._ckpt_at.get(k), now) for k, s in statuses.items()}
         for k in list(self._logs):
             if k in statuses:
                 statuses[k] = replace(statuses[k], logs=tuple(self._logs.pop(k)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,7 +29,7 @@ from ray.util.state import list_actors
 
 from placement.ranks import rank_layout
 from placement.topology import Topology, island_resource, pool_resource
-from rayfin.controller.backend import LaunchSpec, Observation, Owned, RunnerStatus
+from rayfin.controller.backend import LaunchSpec, Observation, Owned, RunnerStatus, aged
 from rayfin.runner import JobRunner
 from rayfin.telemetry.tracing import job_context
 
@@ -63,6 +64,8 @@ class _Live:
     start_ref: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     last: RunnerStatus | None = None
+    poll_sent: float | None = None     # time.monotonic() the pending poll was asked
+    last_asked: float | None = None    # ... and that of the poll `last` answers (backend.aged)
 
 
 def bundles_for(topology: Topology, placement: tuple[tuple[str, float], ...], unit: int) -> list[dict[str, float]]:
@@ -125,6 +128,7 @@ class RayBackend:
                 waiting[live.start_ref] = (key, "start")
             if live.runner is not None and live.poll_ref is None and live.start_ref is None:
                 live.poll_ref = live.runner.poll.remote(self.secret(key))
+                live.poll_sent = time.monotonic()
             if live.poll_ref is not None:
                 waiting[live.poll_ref] = (key, "poll")
         if waiting:
@@ -150,6 +154,7 @@ class RayBackend:
                     live.last = RunnerStatus("RUNNING", info=value)
                 else:
                     live.poll_ref = None
+                    live.last_asked = live.poll_sent
                     live.last = RunnerStatus(value["state"], error=value.get("error", ""),
                                              result=value.get("result"), progress=value.get("progress", 0.0),
                                              info=live.info, results=tuple(value.get("results") or ()),
@@ -157,13 +162,15 @@ class RayBackend:
                                              stopped=value.get("stopped"),
                                              checkpoint_age_s=value.get("checkpoint_age_s"))
         statuses: dict[str, RunnerStatus] = {}
+        now = time.monotonic()
         for j in keys:
-            last = self._live[j].last if j in self._live else None
-            if last is not None:
-                statuses[j] = last
-        for j, st in statuses.items():
-            if st.logs:   # output is handed over once; the status itself is reported every cycle
-                self._live[j].last = replace(st, logs=())
+            live = self._live.get(j)
+            last = live.last if live is not None else None
+            if live is None or last is None:
+                continue
+            if last.logs:   # output is handed over once; the status itself is reported every cycle
+                live.last = replace(last, logs=())
+            statuses[j] = aged(last, live.last_asked, now)   # its checkpoint age as of now
         return Observation(frozenset(ready), statuses, self._unavailable())
 
     def _unavailable(self) -> dict[str, float]:

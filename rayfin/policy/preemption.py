@@ -312,7 +312,8 @@ def _plan_in(ctx: ReclaimContext, job: PendingJob, dom: Sequence[int], kind: Kin
         if tally.satisfied(g, need_own):
             break
         if k == 1 and v.desk != job.desk:
-            nominal = ctx.desks[v.desk].nominal
+            other = ctx.desks.get(v.desk)     # None: a desk no longer configured owns nothing
+            nominal = other.nominal if other is not None else 0.0
             if ctx.usage.get(v.desk, 0.0) - removed.get(v.desk, 0.0) <= nominal + _EPS:
                 continue   # its desk is no longer borrowing
         chosen.append((k, v))

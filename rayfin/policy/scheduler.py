@@ -488,8 +488,10 @@ class _Cycle:
                        f"of the same desk {job.desk}")
             else:
                 code = ReasonCode.RECLAIM
+                q = self.snap.desks.get(v.desk)
+                nominal = f"{q.nominal:g}" if q is not None else "0 (a desk no longer configured)"
                 why = (f"reclaimed: desk {v.desk} is borrowing above its nominal "
-                       f"{self.snap.desks[v.desk].nominal:g}, and desk {job.desk} needs its nominal share back "
+                       f"{nominal}, and desk {job.desk} needs its nominal share back "
                        f"for job {job.job_id} ({job.gpus} GPUs)")
             self.preempts.append(Decision(v.job_id, v.desk, Verdict.PREEMPT,
                                           (why, f"grace {self.cfg.preemption_grace_s:g}s, until t={deadline:g}"),

@@ -571,7 +571,8 @@ def test_a_reported_checkpoint_makes_the_job_the_cheaper_victim(tmp_path, report
 
         def preempted(self, job, reason, lost_gpu_s=0.0):
             self.lost.append((job.job_id, lost_gpu_s))
-    clock, backend, spy = Clock(), FakeBackend(), Spy()
+    clock, spy = Clock(), Spy()
+    backend = FakeBackend(clock=clock)    # a reported age grows with the clock until the next report
     ids = iter(range(100))
     core = ControllerCore(config(), SqliteLedger(tmp_path / "l.db"), backend, clock=clock, recorder=spy,
                           new_id=lambda d: f"{d}-{next(ids):08x}")
@@ -591,9 +592,7 @@ def test_a_reported_checkpoint_makes_the_job_the_cheaper_victim(tmp_path, report
     victim = first if reported else second
     assert core.status(TOK["equities"], victim)["reason"].startswith("being preempted")
     assert not core.status(TOK["equities"], second if reported else first)["reason"].startswith("being preempted")
-    clock.advance(2)                 # the 1 s grace is over
-    if reported:
-        backend.checkpointed(first, 7.0)   # the runner reports the age at each poll: 2 s later, 7 s
+    clock.advance(2)                 # the 1 s grace is over: its checkpoint is 7 s old now
     run(core)
     (gone, lost), = spy.lost
     assert gone == victim
@@ -603,3 +602,17 @@ def test_a_reported_checkpoint_makes_the_job_the_cheaper_victim(tmp_path, report
     said = [e["reason"] for e in core.audit(TOK["equities"]) if e["kind"] == "requeued" and e["job_id"] == victim]
     assert said and ("7 s of work since its last checkpoint lost" if reported else
                      "102 s of work since its start (no checkpoint reported) lost") in said[-1]
+
+
+def test_a_polls_checkpoint_age_is_aged_until_the_next_reply():
+    # RayBackend reports a poll's reply every cycle until the next one comes: the age the runner
+    # gave must grow with the time since the poll was asked, or a stalled poll would make the job
+    # look freshly checkpointed for ever.
+    from rayfin.controller.backend import RunnerStatus, aged
+    st = RunnerStatus("RUNNING", checkpoint_age_s=5.0)
+    assert aged(st, 100.0, 100.0).checkpoint_age_s == 5.0
+    assert aged(st, 100.0, 160.0).checkpoint_age_s == 65.0
+    assert aged(st, 100.0, 90.0).checkpoint_age_s == 5.0          # never younger
+    assert aged(st, None, 160.0) is st
+    none = RunnerStatus("RUNNING")
+    assert aged(none, 100.0, 160.0) is none
