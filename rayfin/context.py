@@ -99,8 +99,9 @@ class JobContext:
         report is rank 0's). The controller then knows how much work a preemption of this job
         would lose, and, among victims of equal priority, stops first the jobs that would lose
         least (the seconds since their last checkpoint over the seconds they have left). A job
-        that never reports is taken to lose everything since its start. Callable jobs only: a
-        command (entrypoint) runs in a process of its own, where there is no job context."""
+        that never reports, and writes nothing into `checkpoint_dir`, is taken to lose everything
+        since its start: rank 0's runner also sees a new file there within a few seconds
+        (rayfin.runner.CheckpointWatch), which is how a command (no job context) is seen."""
         self.checkpoint_mono = time.monotonic()
 
     def checkpoint_age_s(self) -> float | None:

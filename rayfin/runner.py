@@ -152,6 +152,63 @@ def _wants_process_group(dist_backend: str | None, world_size: int) -> bool:
     return "torch" in sys.modules
 
 
+CHECKPOINT_LOOK_S = 2.0   # how often rank 0 looks at its checkpoint_dir for a new checkpoint
+
+
+def newest_mtime(path: str) -> float | None:
+    """The newest modification time of the files in `path` and its sub-folders one level down
+    (a checkpoint is a file or a folder of files); None: no file, or no such folder."""
+    newest: float | None = None
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        with os.scandir(e.path) as sub:
+                            times = [f.stat().st_mtime for f in sub if f.is_file(follow_symlinks=False)]
+                    elif e.is_file(follow_symlinks=False):
+                        times = [e.stat().st_mtime]
+                    else:
+                        continue
+                except OSError:      # removed while we looked
+                    continue
+                if times and (newest is None or max(times) > newest):
+                    newest = max(times)
+    except OSError:
+        return None
+    return newest
+
+
+class CheckpointWatch:
+    """Rank 0 sees its job's checkpoints without the job saying so: a file of `checkpoint_dir`
+    newer than at the last look is a checkpoint saved since that look. The first look (at the
+    rank's start) is the baseline: what earlier attempts left. The moment recorded is the previous
+    look's, on this process's monotonic clock: the file system's clock (a shared volume's server)
+    is never compared with ours, and the work at stake is never under-stated. A job that calls
+    `JobContext.report_checkpoint()` is seen at once; a command, which cannot, is seen this way."""
+
+    def __init__(self, path: str, every_s: float = CHECKPOINT_LOOK_S) -> None:
+        self.path, self.every_s = path, every_s
+        self._seen: float | None = None
+        self._looked: float | None = None
+
+    def look(self, ctx: JobContext, now: float | None = None, force: bool = False) -> None:
+        """`force`: look even if the last look was less than `every_s` ago (a run that ended: a
+        checkpoint saved in its grace counts)."""
+        now = time.monotonic() if now is None else now
+        if not self.path or (not force and self._looked is not None and now - self._looked < self.every_s):
+            return
+        newest = newest_mtime(self.path)
+        before, self._looked = self._looked, now
+        if before is None:              # the baseline
+            self._seen = newest
+            return
+        if newest is not None and (self._seen is None or newest > self._seen):
+            self._seen = newest
+            if ctx.checkpoint_mono is None or ctx.checkpoint_mono < before:
+                ctx.checkpoint_mono = before
+
+
 class _Rank:
     """One rank's execution in its own process: the callable or the command, its output, its state."""
 
@@ -172,6 +229,7 @@ class _Rank:
         self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
         self.env: dict[str, str] = {}
+        self._checkpoints = CheckpointWatch(ctx.checkpoint_dir if ctx.rank == 0 else "")
 
     def describe(self) -> dict[str, Any]:
         rc = ray.get_runtime_context()
@@ -208,6 +266,7 @@ class _Rank:
             sys.stdout = _Tee(sys.__stdout__ if not isinstance(sys.stdout, _Tee) else sys.stdout._inner, self.logs)
             sys.stderr = _Tee(sys.__stderr__ if not isinstance(sys.stderr, _Tee) else sys.stderr._inner, self.logs)
             self.started_at = time.time()
+            self._checkpoints.look(self.ctx)      # the baseline: what earlier attempts left
             self.state = "RUNNING"
             # A copy of this context, so the job's own Ray calls join the job's trace.
             run = contextvars.copy_context().run
@@ -216,6 +275,7 @@ class _Rank:
             self._thread.start()
 
     def poll(self, log_offset: int) -> dict[str, Any]:
+        self._checkpoints.look(self.ctx, force=self.state in ("SUCCEEDED", "FAILED"))   # rank 0 only
         state = self.state   # before the logs: a finished rank's poll then carries all of its output
         text, offset = self.logs.read(log_offset)
         out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": text,

@@ -48,15 +48,22 @@ def fail_on_rank(bad: int):
     return ctx.rank
 
 
-def until_stopped():
-    """Loop until every rank agrees to stop; return how each rank left."""
+def until_stopped(save_every_s: float = 0.0):
+    """Loop until every rank agrees to stop; return how each rank left. `save_every_s`: rank 0
+    writes a file into its checkpoint_dir that often, and never calls report_checkpoint()."""
+    import os
+
     from rayfin.runner import job_context
 
     ctx = job_context()
-    steps = 0
+    steps, saved = 0, time.monotonic()
     while not ctx.should_stop_all():
         steps += 1
         time.sleep(0.05)
+        if save_every_s and ctx.rank == 0 and time.monotonic() - saved >= save_every_s:
+            with open(os.path.join(ctx.checkpoint_dir, "state.txt"), "w") as fh:
+                fh.write(str(steps))
+            saved = time.monotonic()
     return {"rank": ctx.rank, "steps": steps}
 
 
@@ -168,12 +175,14 @@ def test_cancel_stops_every_worker_and_frees_the_gpus(connect_desk):
 def test_preempted_gang_stops_on_every_rank(connect_desk):
     quant, risk = connect_desk("quant"), connect_desk("risk")
     # three 4-GPU workers: 12 GPUs, so one island is risk's (few workers: each costs a process start)
-    gang = quant.submit(until_stopped, gpus=12, workers=3, priority="batch", name="borrowing-gang")
+    gang = quant.submit(until_stopped, 2.0, gpus=12, workers=3, priority="batch", name="borrowing-gang")
     wait_for(lambda: gang.status().state is JobState.RUNNING, timeout=240, what="gang running")
     assert any(i.startswith("n1") for i, _ in gang.status().placement)     # it borrowed risk's GPUs
+    time.sleep(5)          # rank 0 saves twice meanwhile: its runner sees the files (CheckpointWatch)
     owner = risk.submit(probe, gpus=8, workers=2, name="reclaims")
     st = gang.wait(timeout=120)
     assert st.state is JobState.PREEMPTED, st
+    assert "of work since its last checkpoint lost" in st.reason, st.reason
     _no_gang_workers_left(gang.job_id)
     assert [r["sum"] for r in owner.results(timeout=240)] == [3.0] * 2
 

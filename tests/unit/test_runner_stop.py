@@ -116,3 +116,37 @@ def test_a_ranks_poll_reports_its_last_checkpoints_age():
     assert 0.04 <= age < 5.0
     rank.ctx.report_checkpoint()
     assert rank.poll(0)["checkpoint_age_s"] < age
+
+
+def test_rank_zero_sees_a_checkpoint_written_to_its_folder(tmp_path):
+    # A command cannot call report_checkpoint(): rank 0 sees a file of checkpoint_dir newer than
+    # at its last look. What an earlier attempt left is the baseline, not a new checkpoint.
+    import os
+
+    from rayfin.runner import CheckpointWatch
+    (tmp_path / "old.pt").write_bytes(b"attempt 0")
+    os.utime(tmp_path / "old.pt", (1000.0, 1000.0))
+    ctx = JobContext("j-1", "fx", 1.0, (("n0-i0", 1.0),), "pg", checkpoint_dir=str(tmp_path))
+    watch = CheckpointWatch(str(tmp_path), every_s=2.0)
+    watch.look(ctx, now=100.0)                       # baseline (at the rank's start)
+    watch.look(ctx, now=103.0)
+    assert ctx.checkpoint_mono is None               # nothing new
+    (tmp_path / "step").mkdir()
+    (tmp_path / "step" / "model.pt").write_bytes(b"attempt 1")   # a folder of files counts too
+    watch.look(ctx, now=104.0)                       # too soon after the last look: not looked
+    assert ctx.checkpoint_mono is None
+    watch.look(ctx, now=105.5)
+    assert ctx.checkpoint_mono == 103.0              # saved after the look at 103: never later than that
+    (tmp_path / "step" / "model.pt").write_bytes(b"again")
+    os.utime(tmp_path / "step" / "model.pt", (2e9, 2e9))
+    watch.look(ctx, now=106.0, force=True)           # the run ended: looked at once
+    assert ctx.checkpoint_mono == 105.5
+    assert CheckpointWatch("", every_s=0).look(ctx) is None     # no folder: nothing to watch
+
+
+def test_only_rank_zero_watches(tmp_path):
+    r1 = _Rank(JobContext("j-1", "fx", 1.0, (("n0-i0", 1.0),), "pg", rank=1, checkpoint_dir=str(tmp_path)),
+               "callable", b"", 1 << 20, 1 << 16)
+    r0 = _Rank(JobContext("j-1", "fx", 1.0, (("n0-i0", 1.0),), "pg", checkpoint_dir=str(tmp_path)),
+               "callable", b"", 1 << 20, 1 << 16)
+    assert r1._checkpoints.path == "" and r0._checkpoints.path == str(tmp_path)
