@@ -137,6 +137,9 @@ class DeskConfig(ConfigModel):
     credential_sha256: str = Field(..., pattern=SHA256_RE, description="sha256 hex of the desk's token")
     serving: ModelQuota = ModelQuota()
     models: list[Name] = Field(default_factory=list, description="private models this desk may call")
+    least_attained_service: bool = Field(
+        True, description="with scheduling.least_attained_service on: false keeps this desk out of it (its jobs "
+                          "never preempt its own longer-running jobs, nor are preempted for them)")
 
     @property
     def max_gpus(self) -> float:

@@ -71,6 +71,9 @@ class DeskQuota:
     # job over this window's ceiling but within a later one's waits instead of being refused.
     # None: no plan, the ceiling is this quota's own.
     plan_ceiling: float | None = None
+    # Least attained service inside the desk (SchedulerConfig.las_within_desk): False, the desk's
+    # jobs never take the place of its own longer-running jobs (nor are they taken for them).
+    las: bool = True
 
     @property
     def max_gpus(self) -> float:
@@ -85,7 +88,7 @@ class DeskQuota:
     def from_config(cls, desk: Any) -> "DeskQuota":
         """From a `rayfin.config.DeskConfig` (duck-typed: the policy core sits below the config)."""
         return cls(desk.name, float(desk.nominal_gpus), desk.borrowing_limit, desk.lending_limit,
-                   float(desk.weight), frozenset(desk.pools))
+                   float(desk.weight), frozenset(desk.pools), las=bool(getattr(desk, "least_attained_service", True)))
 
 
 @dataclass(frozen=True)

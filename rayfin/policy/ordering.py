@@ -63,12 +63,13 @@ def rank_key(rank: JobRank, job: PendingJob, hint: JobHint | None, now: float, *
 
 def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint], now: float, *,
           aging_s: float = 3600.0, las_threshold_gpu_s: float = 3600.0, floor_s: float = 60.0,
-          las_levels_gpu_s: float | None = None) -> list[PendingJob]:
+          las_levels_gpu_s: float | None = None, no_levels: frozenset[str] = frozenset()) -> list[PendingJob]:
     """`jobs` sorted by priority (highest first), then by `rank_key` (lowest first); stable, so
     ties keep the given order. `las_levels_gpu_s` (PREDICTED_REMAINING, with least attained
     service inside desks): jobs that have run that many GPU-seconds (LAS queue 1, e.g. a job
     requeued after a long run) go after those that have not, inside each priority, so the GPUs a
-    job was preempted for go to the job it was preempted for. The same keys as `rank_key`, with the same float arithmetic, but
+    job was preempted for go to the job it was preempted for; not for the jobs of the desks in
+    `no_levels` (desks that keep out of least attained service). The same keys as `rank_key`, with the same float arithmetic, but
     computed as arrays and sorted by one `np.lexsort` (stable): a queue of 10,000 jobs is ordered
     in a few milliseconds instead of the ten or more that a per-job key function takes."""
     n = len(jobs)
@@ -101,6 +102,8 @@ def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint
     if las_levels_gpu_s is not None and rank is JobRank.PREDICTED_REMAINING:
         gpus = np.fromiter((j.gpus for j in jobs), dtype=np.float64, count=n)
         level = (attained * gpus >= las_levels_gpu_s).astype(np.int64)   # las_queue
+        if no_levels:
+            level[np.fromiter((j.desk in no_levels for j in jobs), dtype=np.bool_, count=n)] = 0
         if edf is None:   # (priority, level) as one key: one pass of the sort fewer
             return _take(jobs, np.lexsort(keys + (prio * 2 + level,)))
         keys += (level,)

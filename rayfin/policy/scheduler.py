@@ -179,7 +179,8 @@ class _Cycle:
         cfg = self.cfg
         return order(cfg.rank, self.snap.pending, self.snap.hints, self.snap.now, aging_s=cfg.aging_s,
                      las_threshold_gpu_s=cfg.las_threshold_gpu_s,
-                     las_levels_gpu_s=cfg.las_desk_threshold_gpu_s if cfg.las_within_desk else None)
+                     las_levels_gpu_s=cfg.las_desk_threshold_gpu_s if cfg.las_within_desk else None,
+                     no_levels=frozenset(d for d, q in self.snap.desks.items() if not q.las))
 
     # ---- step 1c: reservation ---------------------------------------------------------------
     def _reserve(self) -> None:
@@ -365,6 +366,7 @@ class _Cycle:
         """Could `_las_swap` do anything for this job (a cheap test, no plan)?"""
         return (self.cfg.las_within_desk and self._las_swaps < self.cfg.las_max_per_cycle
                 and bool(self._las_victims(job.desk)) and self._las_queue(job.job_id, job.gpus) == 0)
+        # (a desk out of it, DeskQuota.las False, has no candidates: _las_victims)
 
     def _las_swap(self, job: PendingJob) -> bool:
         """`las_within_desk`: a job in LAS queue 0 (under `las_desk_threshold_gpu_s` of attained service)
@@ -404,14 +406,15 @@ class _Cycle:
         """The desk's running jobs `_las_swap` may preempt (built once per cycle): above the LAS
         threshold, started `las_min_run_s` ago or more, no deadline, restartable (a preemption
         requeues it rather than ending it: the controller's jobs with retries left), preemptible,
-        not already being preempted."""
+        not already being preempted, of a desk that takes part (`DeskQuota.las`)."""
         if self._las_by_desk is None:
             settled = self.snap.now - self.cfg.las_min_run_s
             hints = self.snap.hints
             self._las_by_desk = {}
+            out = {d for d, q in self.snap.desks.items() if not q.las}   # desks that keep out of it
             for v in self.snap.running:
                 h = hints.get(v.job_id)
-                if (v.preemptible and v.preempt_deadline is None and v.started_at <= settled
+                if (v.desk not in out and v.preemptible and v.preempt_deadline is None and v.started_at <= settled
                         and self._las_queue(v.job_id, v.gpus) > 0
                         and h is not None and h.deadline_s is None and h.restartable):
                     self._las_by_desk.setdefault(v.desk, []).append(v)

@@ -176,3 +176,11 @@ def test_the_ingress_choice_is_written_once():
 
     assert typing.get_args(Ingress) == ("haproxy", "proxy")
     assert ServeConfig.model_fields["ingress"].annotation == Ingress
+
+
+def test_a_desk_can_keep_out_of_least_attained_service(tmp_path):
+    from rayfin.policy.model import DeskQuota      # (as the controller and the market plan build quotas)
+    cfg = config(desks__0__least_attained_service=False)
+    quotas = {d.name: DeskQuota.from_config(d) for d in cfg.desks}
+    assert quotas[cfg.desks[0].name].las is False
+    assert all(q.las for name, q in quotas.items() if name != cfg.desks[0].name)

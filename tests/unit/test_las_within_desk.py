@@ -37,10 +37,17 @@ HINTS = {"old": JobHint(None, 10_000.0), "young": JobHint(None, 100.0), "new": J
     ("other desk within nominal", dict(a=4, b=4), (OLD_B, YOUNG_A), JobHint(None, 0.0), LAS, [], None),
     # the other victim candidate of a is young (queue 0): not a victim either
     ("own young job only", dict(a=4, b=4), (OLD_B, YOUNG_A), JobHint(None, 0.0), LAS, [], None),
+    # desk a keeps out of it (desks[].least_attained_service: false): its long job stays
+    ("desk out of it", dict(a=4, b=4), (OLD_A, YOUNG_A), JobHint(None, 0.0), LAS, [], "a-out"),
+    ("desk out of it, within nominal", dict(a=8, b=0), (OLD_A, YOUNG_A), JobHint(None, 0.0), LAS, [], "a-out"),
 ])
 def test_who_is_preempted(case, quotas, running, new_hint, cfg, preempted, code):
+    from dataclasses import replace
     hints = dict(HINTS, new=new_hint)
-    d = schedule(snap(T, desks(**quotas), running, [pend("new", "a", 4)], now=10_000.0, hints=hints), cfg)
+    qs = desks(**quotas)
+    if code == "a-out":
+        qs, code = {**qs, "a": replace(qs["a"], las=False)}, None
+    d = schedule(snap(T, qs, running, [pend("new", "a", 4)], now=10_000.0, hints=hints), cfg)
     assert [p.job_id for p in d.preempts] == preempted, case
     assert all(p.verdict is Verdict.PREEMPT and p.code is code and p.beneficiary == "new" for p in d.preempts)
     if preempted:
@@ -107,6 +114,13 @@ def test_a_requeued_job_past_the_threshold_goes_after_fresh_ones_of_its_priority
     on = order(JobRank.PREDICTED_REMAINING, jobs, hints, 10_000.0, aging_s=3_600.0, las_levels_gpu_s=THR)
     off = order(JobRank.PREDICTED_REMAINING, jobs, hints, 10_000.0, aging_s=3_600.0)
     assert [j.job_id for j in on] == ["fresh", "old"] and [j.job_id for j in off] == ["old", "fresh"]
+    # a desk that keeps out of least attained service orders as with the rule off; others as on
+    out = order(JobRank.PREDICTED_REMAINING, jobs, hints, 10_000.0, aging_s=3_600.0, las_levels_gpu_s=THR,
+                no_levels=frozenset({"a"}))
+    assert [j.job_id for j in out] == ["old", "fresh"]
+    other = order(JobRank.PREDICTED_REMAINING, jobs, hints, 10_000.0, aging_s=3_600.0, las_levels_gpu_s=THR,
+                  no_levels=frozenset({"b"}))
+    assert [j.job_id for j in other] == ["fresh", "old"]
 
 
 def test_a_job_answered_from_the_borrowing_memo_may_still_swap():
