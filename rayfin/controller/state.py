@@ -32,6 +32,10 @@ from rayfin.reasons import ReasonCode
 log = logging.getLogger("rayfin.controller")
 ACTIVE = (JobState.PENDING, JobState.ADMITTED, JobState.RUNNING)
 PLACED = (JobState.ADMITTED, JobState.RUNNING)
+# A job whose runner was started and then lost before it reported running is requeued free this
+# many times (a node may die while a gang's workers come up); after that each such loss spends a
+# retry, so a job whose code kills its node as it starts cannot go round the fleet for ever.
+FREE_LOST_STARTS = 3
 DURATION_KEY = "duration_state"   # ledger kv: the duration predictor's state (rayfin.policy.duration)
 
 
@@ -179,12 +183,19 @@ class ControllerState:
 
     def lost(self, job: JobRecord, why: str, code: ReasonCode) -> None:
         """Its group or runner went away: requeue (free if it never started), else fail."""
+        launched = job.key in self.launched and code is not ReasonCode.ADMIT_TIMEOUT   # (release forgets it)
         self.release(job)
         if job.state is JobState.ADMITTED:
-            # Its GPUs went away before it started: nothing ran, so no retry is spent.
-            self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: {why}",
-                               reason_code=code, **at_base(job)), "requeued", why)
-            return
+            # Its GPUs went away before it started: nothing ran, so no retry is spent; unless its
+            # runner was started and lost before it said it runs, more than FREE_LOST_STARTS times.
+            # (Not an admit timeout: a gang's workers may be slow to come up, that is not the job.)
+            lost_starts = int(job.info.get("lost_starts", 0)) + (1 if launched else 0)
+            if lost_starts <= FREE_LOST_STARTS:
+                self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: {why}",
+                                   reason_code=code, info={**job.info, "lost_starts": lost_starts}, **at_base(job)),
+                          "requeued", why)
+                return
+            why = f"{why} (its runner was lost as it started {lost_starts} times)"
         if job.attempts < job.max_retries:
             self.requeue(job, why, code)
         else:

@@ -616,3 +616,41 @@ def test_a_polls_checkpoint_age_is_aged_until_the_next_reply():
     assert aged(st, None, 160.0) is st
     none = RunnerStatus("RUNNING")
     assert aged(none, 100.0, 160.0) is none
+
+
+def test_a_job_that_keeps_losing_its_runner_as_it_starts_spends_retries_after_a_few(env):
+    # A runner started and lost before it reported running (its node died under it, or the
+    # job's code killed it) is requeued free FREE_LOST_STARTS times; then each such loss spends a
+    # retry, so a job that kills its node as it starts cannot go round the fleet for ever.
+    from rayfin.controller.state import FREE_LOST_STARTS
+    core, backend, clock, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(1))["job_id"]      # no retries
+    run(core)                                  # admitted
+    for n in range(FREE_LOST_STARTS):
+        run(core)                              # its runner started, not yet seen running
+        assert backend.start_count(job) == n + 1 and core.status(TOK["fx"], job)["state"] == "ADMITTED"
+        backend.lose(job, "worker died at start")
+        run(core)                              # lost: requeued free, and admitted again elsewhere
+        st = core.status(TOK["fx"], job)
+        assert st["attempts"] == 0 and st["state"] in ("PENDING", "ADMITTED"), st
+        clock.advance(core.cordon_s + 1)       # (the island it was lost on is cordoned a while)
+    run(core)
+    assert backend.start_count(job) == FREE_LOST_STARTS + 1
+    backend.lose(job, "worker died at start")
+    run(core)
+    st = core.status(TOK["fx"], job)
+    assert st["state"] == "FAILED" and "lost as it started 4 times" in st["reason"] and "no retries left" in st["reason"]
+
+
+def test_an_admit_timeout_is_never_charged(env):
+    # slow to come up (a gang's workers, a runtime env) is not the job's doing: free every time
+    core, backend, clock, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
+    run(core)                                   # admitted
+    for _ in range(5):
+        backend.never_ready(job)                # its group never comes up
+        clock.advance(core.admit_timeout_s + 1)
+        run(core)                               # timed out: requeued, and admitted again at once
+        st = core.status(TOK["fx"], job)
+        assert st["attempts"] == 0 and st["state"] in ("PENDING", "ADMITTED"), st
+    assert sum(e["kind"] == "requeued" for e in core.audit(TOK["fx"])) == 5
