@@ -153,21 +153,40 @@ def _wants_process_group(dist_backend: str | None, world_size: int) -> bool:
 
 
 CHECKPOINT_LOOK_S = 2.0   # how often rank 0 looks at its checkpoint_dir for a new checkpoint
+CHECKPOINT_LOOK_MAX = 4096   # files looked at per look, at most (a folder of many shards: the newest so far)
+_NOT_CHECKPOINTS = (".tmp", ".log", ".partial", ".lock")   # suffixes of files that are not (yet) a checkpoint
 
 
-def newest_mtime(path: str) -> float | None:
+def _counts(name: str) -> bool:
+    return not (name.startswith(".") or name.endswith(_NOT_CHECKPOINTS) or name.startswith("events.out.tfevents"))
+
+
+def newest_mtime(path: str, limit: int = CHECKPOINT_LOOK_MAX) -> float | None:
     """The newest modification time of the files in `path` and its sub-folders one level down
-    (a checkpoint is a file or a folder of files); None: no file, or no such folder."""
+    (a checkpoint is a file or a folder of files), leaving out hidden files, temporaries, logs
+    and TensorBoard events; at most `limit` files looked at. None: no file, or no such folder."""
     newest: float | None = None
+    seen = 0
     try:
         with os.scandir(path) as it:
             for e in it:
+                if seen >= limit:
+                    break
+                if not _counts(e.name):
+                    continue
                 try:
                     if e.is_dir(follow_symlinks=False):
                         with os.scandir(e.path) as sub:
-                            times = [f.stat().st_mtime for f in sub if f.is_file(follow_symlinks=False)]
+                            times = []
+                            for f in sub:
+                                if seen >= limit:
+                                    break
+                                if _counts(f.name) and f.is_file(follow_symlinks=False):
+                                    times.append(f.stat().st_mtime)
+                                    seen += 1
                     elif e.is_file(follow_symlinks=False):
                         times = [e.stat().st_mtime]
+                        seen += 1
                     else:
                         continue
                 except OSError:      # removed while we looked
@@ -184,29 +203,48 @@ class CheckpointWatch:
     newer than at the last look is a checkpoint saved since that look. The first look (at the
     rank's start) is the baseline: what earlier attempts left. The moment recorded is the previous
     look's, on this process's monotonic clock: the file system's clock (a shared volume's server)
-    is never compared with ours, and the work at stake is never under-stated. A job that calls
-    `JobContext.report_checkpoint()` is seen at once; a command, which cannot, is seen this way."""
+    is never compared with ours, and the work at stake is not under-stated. A job that calls
+    `JobContext.report_checkpoint()` is seen at once; a command, which cannot, is seen this way.
+    Looks run on a thread of their own (`watch`), so a slow volume never holds up the rank's
+    polls or the gang's monitor; the job's own thread takes a last look as the run ends, before
+    the rank reports its end (a checkpoint saved in a preemption's grace counts)."""
 
     def __init__(self, path: str, every_s: float = CHECKPOINT_LOOK_S) -> None:
         self.path, self.every_s = path, every_s
         self._seen: float | None = None
         self._looked: float | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, ctx: JobContext, done: Any, name: str) -> None:
+        """The baseline now, then a look every `every_s` on a daemon thread until `done()`."""
+        if not self.path:
+            return
+        self.look(ctx)
+
+        def loop() -> None:
+            while not done():
+                time.sleep(self.every_s)
+                if not done():
+                    self.look(ctx)
+        threading.Thread(target=loop, name=name, daemon=True).start()
 
     def look(self, ctx: JobContext, now: float | None = None, force: bool = False) -> None:
-        """`force`: look even if the last look was less than `every_s` ago (a run that ended: a
-        checkpoint saved in its grace counts)."""
-        now = time.monotonic() if now is None else now
-        if not self.path or (not force and self._looked is not None and now - self._looked < self.every_s):
+        """`force`: look even if the last look was less than `every_s` ago (the run ended)."""
+        if not self.path:
             return
-        newest = newest_mtime(self.path)
-        before, self._looked = self._looked, now
-        if before is None:              # the baseline
-            self._seen = newest
-            return
-        if newest is not None and (self._seen is None or newest > self._seen):
-            self._seen = newest
-            if ctx.checkpoint_mono is None or ctx.checkpoint_mono < before:
-                ctx.checkpoint_mono = before
+        with self._lock:
+            now = time.monotonic() if now is None else now
+            if not force and self._looked is not None and now - self._looked < self.every_s:
+                return
+            newest = newest_mtime(self.path)
+            before, self._looked = self._looked, now
+            if before is None:              # the baseline
+                self._seen = newest
+                return
+            if newest is not None and (self._seen is None or newest > self._seen):
+                self._seen = newest
+                if ctx.checkpoint_mono is None or ctx.checkpoint_mono < before:
+                    ctx.checkpoint_mono = before
 
 
 class _Rank:
@@ -266,7 +304,8 @@ class _Rank:
             sys.stdout = _Tee(sys.__stdout__ if not isinstance(sys.stdout, _Tee) else sys.stdout._inner, self.logs)
             sys.stderr = _Tee(sys.__stderr__ if not isinstance(sys.stderr, _Tee) else sys.stderr._inner, self.logs)
             self.started_at = time.time()
-            self._checkpoints.look(self.ctx)      # the baseline: what earlier attempts left
+            self._checkpoints.watch(self.ctx, lambda: self.state in ("SUCCEEDED", "FAILED"),
+                                    f"rayfin-ckpt-{c.job_id}")   # the baseline: what earlier attempts left
             self.state = "RUNNING"
             # A copy of this context, so the job's own Ray calls join the job's trace.
             run = contextvars.copy_context().run
@@ -275,7 +314,6 @@ class _Rank:
             self._thread.start()
 
     def poll(self, log_offset: int) -> dict[str, Any]:
-        self._checkpoints.look(self.ctx, force=self.state in ("SUCCEEDED", "FAILED"))   # rank 0 only
         state = self.state   # before the logs: a finished rank's poll then carries all of its output
         text, offset = self.logs.read(log_offset)
         out = {"state": state, "error": self.error, "progress": self.ctx.progress, "logs": text,
@@ -304,6 +342,7 @@ class _Rank:
             if self.ctx.checkpoint_dir:
                 Path(self.ctx.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             value = self._run_entrypoint() if self.kind == "entrypoint" else self._run_callable(dist_backend)
+            self._safe_last_look()     # a checkpoint saved as it stopped (rank 0), before the end is reported
             blob = cloudpickle.dumps(value)
             if len(blob) > self.max_result_bytes:
                 raise ValueError(f"result is {len(blob)} bytes; the limit is {self.max_result_bytes} "
@@ -312,6 +351,7 @@ class _Rank:
             self.state = "SUCCEEDED"
         except BaseException as exc:  # the job's own failure: report it, never crash the runner
             self.raised_at = self.raised_at or time.time()
+            self._safe_last_look()
             tb = traceback.format_exc(limit=8)
             self.error = f"{type(exc).__name__}: {exc}\n{tb[-4000:]}"
             self.logs.write(tb)
@@ -319,6 +359,12 @@ class _Rank:
         finally:
             self.finished_at = time.time()
             self.ctx.progress = 1.0 if self.state == "SUCCEEDED" else self.ctx.progress
+
+    def _safe_last_look(self) -> None:
+        try:
+            self._checkpoints.look(self.ctx, force=True)
+        except Exception:  # noqa: BLE001 - a look must not change how the run ends
+            pass
 
     def _run_callable(self, dist_backend: str | None) -> Any:
         fn, args, kwargs = cloudpickle.loads(self.payload)

@@ -123,8 +123,9 @@ def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> i
         # only a run that ended the job: one stopped for a preemption or a resize runs again
         s.ledger.put_results(job.job_id, st.results)
     if st.state == "RUNNING" and job.state is JobState.ADMITTED:
+        info = {k: v for k, v in job.info.items() if k != "lost_starts"}   # (losses in a row: state.lost)
         job = job.copy(state=JobState.RUNNING, started_at=now, reason="running", reason_code=ReasonCode.RUNNING,
-                       info={**job.info, **ran_on(st.info)})
+                       info={**info, **ran_on(st.info)})
         s.save(job, "started", f"running on {where(job)}")
         s.recorder.state_changed(job, JobState.ADMITTED.value)
     elif st.state == "RUNNING" and abs(job.progress - st.progress) > 1e-6:

@@ -33,8 +33,9 @@ log = logging.getLogger("rayfin.controller")
 ACTIVE = (JobState.PENDING, JobState.ADMITTED, JobState.RUNNING)
 PLACED = (JobState.ADMITTED, JobState.RUNNING)
 # A job whose runner was started and then lost before it reported running is requeued free this
-# many times (a node may die while a gang's workers come up); after that each such loss spends a
-# retry, so a job whose code kills its node as it starts cannot go round the fleet for ever.
+# many times in a row (a node may die while a gang's workers come up; the count restarts once it
+# runs); after that each such loss spends a retry, so a job whose code kills its node as it starts
+# cannot go round the fleet for ever.
 FREE_LOST_STARTS = 3
 DURATION_KEY = "duration_state"   # ledger kv: the duration predictor's state (rayfin.policy.duration)
 
@@ -195,7 +196,8 @@ class ControllerState:
                                    reason_code=code, info={**job.info, "lost_starts": lost_starts}, **at_base(job)),
                           "requeued", why)
                 return
-            why = f"{why} (its runner was lost as it started {lost_starts} times)"
+            why = f"{why} (its runner was lost as it started {lost_starts} times in a row)"
+            job = job.copy(info={**job.info, "lost_starts": lost_starts})
         if job.attempts < job.max_retries:
             self.requeue(job, why, code)
         else:

@@ -639,7 +639,32 @@ def test_a_job_that_keeps_losing_its_runner_as_it_starts_spends_retries_after_a_
     backend.lose(job, "worker died at start")
     run(core)
     st = core.status(TOK["fx"], job)
-    assert st["state"] == "FAILED" and "lost as it started 4 times" in st["reason"] and "no retries left" in st["reason"]
+    assert st["state"] == "FAILED" and "lost as it started 4 times in a row" in st["reason"]
+    assert "no retries left" in st["reason"]
+
+
+def test_the_lost_starts_count_restarts_once_the_job_runs(env):
+    # three losses as it started, then it runs: the count is of losses in a row, so its next
+    # lost start is free again (a long-lived job, an elastic gang's restarts, would run out)
+    core, backend, clock, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(1, retries=1))["job_id"]
+    run(core)
+    for _ in range(3):
+        run(core)
+        backend.lose(job, "worker died at start")
+        run(core)
+        clock.advance(core.cordon_s + 1)
+    run(core, 2)                                # started, and seen running this time
+    assert core.status(TOK["fx"], job)["state"] == "RUNNING"
+    assert "lost_starts" not in core.state.active[job].info
+    backend.lose(job, "node lost")              # lost while running: a retry spent (attempt 1)
+    run(core)
+    run(core)
+    assert core.status(TOK["fx"], job)["attempts"] == 1
+    backend.lose(job, "worker died at start")   # lost as it starts: free again
+    run(core)
+    st = core.status(TOK["fx"], job)
+    assert st["attempts"] == 1 and st["state"] in ("PENDING", "ADMITTED"), st
 
 
 def test_an_admit_timeout_is_never_charged(env):

@@ -142,6 +142,34 @@ def test_rank_zero_sees_a_checkpoint_written_to_its_folder(tmp_path):
     watch.look(ctx, now=106.0, force=True)           # the run ended: looked at once
     assert ctx.checkpoint_mono == 105.5
     assert CheckpointWatch("", every_s=0).look(ctx) is None     # no folder: nothing to watch
+    (tmp_path / "train.log").write_text("a log line")              # not a checkpoint: logs, temporaries,
+    (tmp_path / "model.pt.tmp").write_bytes(b"half")               # hidden files, TensorBoard events
+    (tmp_path / ".lock").write_bytes(b"")
+    for f in ("train.log", "model.pt.tmp", ".lock"):
+        os.utime(tmp_path / f, (3e9, 3e9))
+    watch.look(ctx, now=110.0)
+    assert ctx.checkpoint_mono == 105.5
+
+
+def test_a_rank_watches_on_a_thread_of_its_own_and_looks_once_more_as_it_ends(tmp_path, monkeypatch):
+    # The looks never run inside poll (a slow volume must not hold up the gang's monitor): a
+    # thread looks every few seconds, and the job's own thread looks once more as the run ends,
+    # so a checkpoint written just before returning counts.
+    monkeypatch.setattr(_Rank, "_island", staticmethod(lambda: ""))
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    ckpt = tmp_path / "ckpt"
+    cmd = f"{sys.executable} -c \"import os, time; time.sleep(0.3); open(os.path.join(os.environ['RAYFIN_CHECKPOINT_DIR'], 'm.pt'), 'w').write('x')\""
+    rank = _Rank(JobContext("j-1", "fx", 1.0, (("n0-i0", 1.0),), "pg", checkpoint_dir=str(ckpt)),
+                 "entrypoint", cmd, 1 << 20, 1 << 16)
+    rank._checkpoints.every_s = 3600.0       # the thread's looks are far apart: only the last look can see it
+    rank.start("127.0.0.1", 0, None)
+    deadline = time.monotonic() + 30
+    while rank.poll(0)["state"] not in ("SUCCEEDED", "FAILED") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = rank.poll(0)
+    assert out["state"] == "SUCCEEDED", out
+    assert out["checkpoint_age_s"] is not None and out["checkpoint_age_s"] < 10
 
 
 def test_only_rank_zero_watches(tmp_path):
