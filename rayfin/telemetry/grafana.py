@@ -112,12 +112,15 @@ def build() -> dict[str, Any]:
                                        (_rate("ray_rayfin_jobs_requeued_total"), "{{desk}} requeued")],
           unit="reqps")
     L.add("Jobs finished /s by state", [(_rate("ray_rayfin_jobs_finished_total", "desk, state"),
-                                         "{{desk}} {{state}}")], unit="reqps", w=12)
+                                         "{{desk}} {{state}}")], unit="reqps")
     L.add("Job duration p50 / p95", [
         (_quantile(0.5, "ray_rayfin_job_duration_seconds_bucket", "desk", '{desk=~"$desk",state="SUCCEEDED"}'),
          "{{desk}} p50"),
         (_quantile(0.95, "ray_rayfin_job_duration_seconds_bucket", "desk", '{desk=~"$desk",state="SUCCEEDED"}'),
-         "{{desk}} p95")], unit="s", w=12)
+         "{{desk}} p95")], unit="s")
+    # GPU-seconds thrown away per second: the GPUs' worth of work preemptions are wasting
+    L.add("Work lost to preemption (GPUs' worth)", [
+        (_rate("ray_rayfin_preemption_lost_gpu_seconds_total", "desk, reason"), "{{desk}} {{reason}}")])
 
     L.row("Serving")
     L.add("Requests /s accepted and refused", [
