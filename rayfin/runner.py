@@ -216,17 +216,28 @@ class CheckpointWatch:
         self._lock = threading.Lock()
 
     def watch(self, ctx: JobContext, done: Any, name: str) -> None:
-        """The baseline now, then a look every `every_s` on a daemon thread until `done()`."""
+        """On a daemon thread: the baseline, then a look every `every_s` until `done()` (nothing
+        on the caller's thread: a hung volume must not hold up the rank's start)."""
         if not self.path:
             return
-        self.look(ctx)
 
         def loop() -> None:
+            self.look(ctx)
             while not done():
                 time.sleep(self.every_s)
                 if not done():
                     self.look(ctx)
         threading.Thread(target=loop, name=name, daemon=True).start()
+
+    def last_look(self, ctx: JobContext, timeout_s: float = 5.0) -> None:
+        """A forced look as the run ends, waited for at most `timeout_s` (a hung volume must not
+        keep a finished job from reporting its end: it is then costed from its last look)."""
+        if not self.path:
+            return
+        t = threading.Thread(target=self.look, args=(ctx,), kwargs={"force": True}, daemon=True,
+                             name="rayfin-ckpt-last")
+        t.start()
+        t.join(timeout_s)
 
     def look(self, ctx: JobContext, now: float | None = None, force: bool = False) -> None:
         """`force`: look even if the last look was less than `every_s` ago (the run ended)."""
@@ -305,7 +316,7 @@ class _Rank:
             sys.stderr = _Tee(sys.__stderr__ if not isinstance(sys.stderr, _Tee) else sys.stderr._inner, self.logs)
             self.started_at = time.time()
             self._checkpoints.watch(self.ctx, lambda: self.state in ("SUCCEEDED", "FAILED"),
-                                    f"rayfin-ckpt-{c.job_id}")   # the baseline: what earlier attempts left
+                                    f"rayfin-ckpt-{c.job_id}")   # first: the baseline, what earlier attempts left
             self.state = "RUNNING"
             # A copy of this context, so the job's own Ray calls join the job's trace.
             run = contextvars.copy_context().run
@@ -362,7 +373,7 @@ class _Rank:
 
     def _safe_last_look(self) -> None:
         try:
-            self._checkpoints.look(self.ctx, force=True)
+            self._checkpoints.last_look(self.ctx)
         except Exception:  # noqa: BLE001 - a look must not change how the run ends
             pass
 

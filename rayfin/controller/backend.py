@@ -125,6 +125,10 @@ class FakeBackend:
         self._statuses[self._key(job_id)] = RunnerStatus("SUCCEEDED" if ok else "FAILED", error=error, result=result,
                                                          results=results, stopped=stopped)
 
+    def stall(self, job_id: str) -> None:
+        """Its runner was started but stays STARTING (workers slow to come up, a runtime env)."""
+        self._statuses[self._key(job_id)] = RunnerStatus("STARTING")
+
     def checkpointed(self, job_id: str, age_s: float) -> None:
         """The running job reports its last checkpoint `age_s` seconds ago (JobContext.report_checkpoint)."""
         key = self._key(job_id)

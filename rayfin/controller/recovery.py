@@ -34,7 +34,8 @@ def recover(s: ControllerState) -> dict[str, Any]:
                     s.backend.adopt(key, job.desk, job.placement, running=True)
                     if job.state is not JobState.RUNNING:
                         job = s.save(job.copy(state=JobState.RUNNING, started_at=s.clock(),
-                                              reason_code=ReasonCode.READOPTED),
+                                              reason_code=ReasonCode.READOPTED,
+                                              info={k: v for k, v in job.info.items() if k != "lost_starts"}),
                                      "started", "re-adopted after controller restart")
                         s.recorder.state_changed(job, JobState.ADMITTED.value)
                     adopted.append(job.job_id)

@@ -79,7 +79,8 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _c("rayfin_refusals", "Jobs refused, by reason code.", "desk", "reason"),
     _c("rayfin_preemptions", "Jobs preempted (grace over, GPUs taken back), by reason code.", "desk", "reason"),
     _c("rayfin_preemption_lost_gpu_seconds", "GPU-seconds of work a preemption threw away: the victim's GPUs x "
-       "seconds since its last reported checkpoint (JobContext.report_checkpoint), or since its start.",
+       "seconds since its last checkpoint (JobContext.report_checkpoint, or a new file seen in its checkpoint_dir), "
+       "or since its start.",
        "desk", "reason"),
     _c("rayfin_preemptions_planned", "Preemptions decided (grace period started), by reason code.", "desk", "reason"),
     _c("rayfin_jobs_requeued", "Jobs sent back to the queue (preempted or lost with retries left).", "desk"),

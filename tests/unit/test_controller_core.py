@@ -667,15 +667,37 @@ def test_the_lost_starts_count_restarts_once_the_job_runs(env):
     assert st["attempts"] == 1 and st["state"] in ("PENDING", "ADMITTED"), st
 
 
-def test_an_admit_timeout_is_never_charged(env):
-    # slow to come up (a gang's workers, a runtime env) is not the job's doing: free every time
+@pytest.mark.parametrize("how", ["group never ready", "runner started, slow to come up"])
+def test_an_admit_timeout_is_never_charged(env, how):
+    # slow to come up (a gang's workers, a runtime env) is not the job's doing: free every time,
+    # whether its group never came up or its runner was started and never said it runs
     core, backend, clock, _ = env
     job = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
     run(core)                                   # admitted
-    for _ in range(5):
-        backend.never_ready(job)                # its group never comes up
+    for n in range(5):
+        if how == "group never ready":
+            backend.never_ready(job)
+        else:
+            run(core)                           # its runner is started ...
+            assert backend.start_count(job) == n + 1
+            backend.stall(job)                  # ... and stays STARTING
         clock.advance(core.admit_timeout_s + 1)
         run(core)                               # timed out: requeued, and admitted again at once
         st = core.status(TOK["fx"], job)
         assert st["attempts"] == 0 and st["state"] in ("PENDING", "ADMITTED"), st
     assert sum(e["kind"] == "requeued" for e in core.audit(TOK["fx"])) == 5
+
+
+
+def test_an_earlier_attempts_checkpoint_does_not_count_for_this_one(env):
+    # the job resumed from it: what is at stake is this attempt's work since its start
+    core, backend, clock, _ = env
+    job = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
+    run(core, 3)
+    rec = core.state.active[job]
+    assert rec.state.value == "RUNNING"
+    core.state.active[job] = rec.copy(info={**rec.info, "checkpoint_at": rec.started_at - 500.0})
+    clock.advance(40)
+    assert core.state.work_at_stake_s(core.state.active[job]) == pytest.approx(40.0)
+    from rayfin.controller.cycle import hints
+    assert hints(core.state, clock())[job].checkpoint_age_s == pytest.approx(40.0)

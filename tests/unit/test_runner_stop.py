@@ -159,7 +159,7 @@ def test_a_rank_watches_on_a_thread_of_its_own_and_looks_once_more_as_it_ends(tm
     monkeypatch.setattr(sys, "stdout", sys.stdout)
     monkeypatch.setattr(sys, "stderr", sys.stderr)
     ckpt = tmp_path / "ckpt"
-    cmd = f"{sys.executable} -c \"import os, time; time.sleep(0.3); open(os.path.join(os.environ['RAYFIN_CHECKPOINT_DIR'], 'm.pt'), 'w').write('x')\""
+    cmd = f"{sys.executable} -c \"import os, time; time.sleep(1.5); open(os.path.join(os.environ['RAYFIN_CHECKPOINT_DIR'], 'm.pt'), 'w').write('x')\""
     rank = _Rank(JobContext("j-1", "fx", 1.0, (("n0-i0", 1.0),), "pg", checkpoint_dir=str(ckpt)),
                  "entrypoint", cmd, 1 << 20, 1 << 16)
     rank._checkpoints.every_s = 3600.0       # the thread's looks are far apart: only the last look can see it
@@ -178,3 +178,25 @@ def test_only_rank_zero_watches(tmp_path):
     r0 = _Rank(JobContext("j-1", "fx", 1.0, (("n0-i0", 1.0),), "pg", checkpoint_dir=str(tmp_path)),
                "callable", b"", 1 << 20, 1 << 16)
     assert r1._checkpoints.path == "" and r0._checkpoints.path == str(tmp_path)
+
+
+
+def test_the_watch_thread_sees_a_checkpoint_while_the_job_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(_Rank, "_island", staticmethod(lambda: ""))
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    ckpt = tmp_path / "ckpt"
+    cmd = (f"{sys.executable} -c \"import os, time; time.sleep(1.0); "
+           f"open(os.path.join(os.environ['RAYFIN_CHECKPOINT_DIR'], 'm.pt'), 'w').write('x'); time.sleep(20)\"")
+    rank = _Rank(JobContext("j-1", "fx", 1.0, (("n0-i0", 1.0),), "pg", checkpoint_dir=str(ckpt)),
+                 "entrypoint", cmd, 1 << 20, 1 << 16)
+    rank._checkpoints.every_s = 0.2
+    rank.start("127.0.0.1", 0, None)
+    try:
+        deadline = time.monotonic() + 15
+        while rank.poll(0)["checkpoint_age_s"] is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out = rank.poll(0)
+        assert out["state"] == "RUNNING" and out["checkpoint_age_s"] is not None, out   # seen mid-run
+    finally:
+        rank.request_stop()
