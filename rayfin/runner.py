@@ -33,7 +33,7 @@ import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import ray
 import ray.util
@@ -161,41 +161,39 @@ def _counts(name: str) -> bool:
     return not (name.startswith(".") or name.endswith(_NOT_CHECKPOINTS) or name.startswith("events.out.tfevents"))
 
 
+def _checkpoint_files(path: str, limit: int) -> Iterator[float]:
+    """The modification times of the files in `path` and its sub-folders one level down that may
+    be a checkpoint (`_counts`), at most `limit` of them; a file removed while looked at is skipped."""
+    seen = 0
+    with os.scandir(path) as it:
+        for e in it:
+            if not _counts(e.name):
+                continue
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    with os.scandir(e.path) as sub:
+                        files = [f for f in sub if _counts(f.name) and f.is_file(follow_symlinks=False)]
+                elif e.is_file(follow_symlinks=False):
+                    files = [e]
+                else:
+                    continue
+                for f in files:
+                    if seen >= limit:
+                        return
+                    seen += 1
+                    yield f.stat().st_mtime
+            except OSError:
+                continue
+
+
 def newest_mtime(path: str, limit: int = CHECKPOINT_LOOK_MAX) -> float | None:
     """The newest modification time of the files in `path` and its sub-folders one level down
     (a checkpoint is a file or a folder of files), leaving out hidden files, temporaries, logs
     and TensorBoard events; at most `limit` files looked at. None: no file, or no such folder."""
-    newest: float | None = None
-    seen = 0
     try:
-        with os.scandir(path) as it:
-            for e in it:
-                if seen >= limit:
-                    break
-                if not _counts(e.name):
-                    continue
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        with os.scandir(e.path) as sub:
-                            times = []
-                            for f in sub:
-                                if seen >= limit:
-                                    break
-                                if _counts(f.name) and f.is_file(follow_symlinks=False):
-                                    times.append(f.stat().st_mtime)
-                                    seen += 1
-                    elif e.is_file(follow_symlinks=False):
-                        times = [e.stat().st_mtime]
-                        seen += 1
-                    else:
-                        continue
-                except OSError:      # removed while we looked
-                    continue
-                if times and (newest is None or max(times) > newest):
-                    newest = max(times)
+        return max(_checkpoint_files(path, limit), default=None)
     except OSError:
         return None
-    return newest
 
 
 class CheckpointWatch:
@@ -236,7 +234,10 @@ class CheckpointWatch:
             return
         t = threading.Thread(target=self.look, args=(ctx,), kwargs={"force": True}, daemon=True,
                              name="rayfin-ckpt-last")
-        t.start()
+        try:      # never raises: it runs as the job's run ends, whose outcome it must not change
+            t.start()
+        except RuntimeError:   # no thread to be had: the job is costed from its last look
+            return
         t.join(timeout_s)
 
     def look(self, ctx: JobContext, now: float | None = None, force: bool = False) -> None:
@@ -353,7 +354,7 @@ class _Rank:
             if self.ctx.checkpoint_dir:
                 Path(self.ctx.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             value = self._run_entrypoint() if self.kind == "entrypoint" else self._run_callable(dist_backend)
-            self._safe_last_look()     # a checkpoint saved as it stopped (rank 0), before the end is reported
+            self._checkpoints.last_look(self.ctx)   # a checkpoint saved as it stopped (rank 0), before the end is reported
             blob = cloudpickle.dumps(value)
             if len(blob) > self.max_result_bytes:
                 raise ValueError(f"result is {len(blob)} bytes; the limit is {self.max_result_bytes} "
@@ -362,7 +363,7 @@ class _Rank:
             self.state = "SUCCEEDED"
         except BaseException as exc:  # the job's own failure: report it, never crash the runner
             self.raised_at = self.raised_at or time.time()
-            self._safe_last_look()
+            self._checkpoints.last_look(self.ctx)
             tb = traceback.format_exc(limit=8)
             self.error = f"{type(exc).__name__}: {exc}\n{tb[-4000:]}"
             self.logs.write(tb)
@@ -370,12 +371,6 @@ class _Rank:
         finally:
             self.finished_at = time.time()
             self.ctx.progress = 1.0 if self.state == "SUCCEEDED" else self.ctx.progress
-
-    def _safe_last_look(self) -> None:
-        try:
-            self._checkpoints.last_look(self.ctx)
-        except Exception:  # noqa: BLE001 - a look must not change how the run ends
-            pass
 
     def _run_callable(self, dist_backend: str | None) -> Any:
         fn, args, kwargs = cloudpickle.loads(self.payload)

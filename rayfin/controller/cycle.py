@@ -19,7 +19,7 @@ from rayfin import collector
 from rayfin.controller import deadlines, market_clock, resize
 from rayfin.controller.backend import LaunchSpec, Observation
 from rayfin.controller.records import JobRecord
-from rayfin.controller.state import PLACED, ControllerState, at_base, duration_key
+from rayfin.controller.state import PLACED, ControllerState, at_base, at_stake_since, duration_key, started_info
 from rayfin.policy import (ClusterSnapshot, CommProfile, CycleDecision, JobState, PendingJob, Priority, RunningJob,
                            schedule)
 from rayfin.market.deadline import guard_deadline_class
@@ -123,9 +123,8 @@ def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> i
         # only a run that ended the job: one stopped for a preemption or a resize runs again
         s.ledger.put_results(job.job_id, st.results)
     if st.state == "RUNNING" and job.state is JobState.ADMITTED:
-        info = {k: v for k, v in job.info.items() if k != "lost_starts"}   # (losses in a row: state.lost)
         job = job.copy(state=JobState.RUNNING, started_at=now, reason="running", reason_code=ReasonCode.RUNNING,
-                       info={**info, **ran_on(st.info)})
+                       info={**started_info(job), **ran_on(st.info)})
         s.save(job, "started", f"running on {where(job)}")
         s.recorder.state_changed(job, JobState.ADMITTED.value)
     elif st.state == "RUNNING" and abs(job.progress - st.progress) > 1e-6:
@@ -257,8 +256,8 @@ def hints(s: ControllerState, now: float) -> dict[str, JobHint]:
         p = None if job.expected_runtime_s is not None else s.durations.predict(s.duration_state, duration_key(job))
         predicted = job.expected_runtime_s if job.expected_runtime_s is not None else (p.seconds if p else None)
         ran = float(job.info.get("attained_s", 0.0)) + (now - job.started_at if job.started_at else 0.0)
-        ckpt = job.info.get("checkpoint_at")   # (a checkpoint of an earlier attempt: this one resumed from it)
-        age = now - max(float(ckpt), job.started_at) if ckpt is not None and job.started_at else None
+        since, _ = at_stake_since(job)   # None without a reported checkpoint: the policy counts from the start
+        age = now - since if since is not None and job.info.get("checkpoint_at") is not None else None
         # deadline_s: EDF inside the desk (policy.ordering)
         # restartable: least-attained-service preemption takes only jobs a preemption requeues
         out[job.job_id] = JobHint(predicted, ran, age, job.deadline, job.attempts < job.max_retries)

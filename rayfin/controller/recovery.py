@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from rayfin.controller.records import JobKind
-from rayfin.controller.state import ACTIVE, ControllerState, at_base
+from rayfin.controller.state import ACTIVE, ControllerState, at_base, started_info
 from rayfin.policy import JobState
 from rayfin.reasons import ReasonCode
 
@@ -35,7 +35,7 @@ def recover(s: ControllerState) -> dict[str, Any]:
                     if job.state is not JobState.RUNNING:
                         job = s.save(job.copy(state=JobState.RUNNING, started_at=s.clock(),
                                               reason_code=ReasonCode.READOPTED,
-                                              info={k: v for k, v in job.info.items() if k != "lost_starts"}),
+                                              info=started_info(job)),
                                      "started", "re-adopted after controller restart")
                         s.recorder.state_changed(job, JobState.ADMITTED.value)
                     adopted.append(job.job_id)

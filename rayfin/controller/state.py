@@ -209,9 +209,8 @@ class ControllerState:
         self.release(job)
         why = job.preempt_reason or job.reason
         self.recorder.preempted(job, why, job.gpus * stake)
-        ckpt = job.info.get("checkpoint_at")
-        since = ("since its last checkpoint" if ckpt is not None and job.started_at and float(ckpt) >= job.started_at
-                 else "since its start (no checkpoint reported)")
+        _, checkpointed = at_stake_since(job)
+        since = "since its last checkpoint" if checkpointed else "since its start (no checkpoint reported)"
         lost = f"{stake:.0f} s of work {since} lost"
         if job.attempts < job.max_retries:
             self.requeue(job, f"preempted: {why}; {lost}", job.reason_code)
@@ -221,11 +220,8 @@ class ControllerState:
     def work_at_stake_s(self, job: JobRecord) -> float:
         """Seconds of the job's current attempt since its last reported checkpoint (or since its
         start): what stopping it now would throw away. 0 for a job not started."""
-        if not job.started_at:
-            return 0.0
-        ckpt = job.info.get("checkpoint_at")
-        since = max(float(ckpt), job.started_at) if ckpt is not None else job.started_at
-        return max(0.0, self.clock() - since)
+        since, _ = at_stake_since(job)
+        return 0.0 if since is None else max(0.0, self.clock() - since)
 
     def _learn_duration(self, job: JobRecord) -> None:
         if job.state is JobState.SUCCEEDED and job.started_at and job.finished_at:
@@ -270,6 +266,23 @@ def load_duration_state(ledger: Ledger) -> DurationState:
         return DurationState()
 
 
+def at_stake_since(job: JobRecord) -> tuple[float | None, bool]:
+    """Since when the work of the job's current attempt is at stake (None: not started), and
+    whether that is a checkpoint of this attempt (else its start: an earlier attempt's checkpoint
+    is where this one resumed from)."""
+    if not job.started_at:
+        return None, False
+    ckpt = job.info.get("checkpoint_at")
+    if ckpt is None or float(ckpt) < job.started_at:
+        return job.started_at, False
+    return float(ckpt), True
+
+
+def started_info(job: JobRecord) -> dict[str, Any]:
+    """`info` as the job starts running: its count of lost starts (`lost`) restarts."""
+    return {k: v for k, v in job.info.items() if k != "lost_starts"}
+
+
 def duration_key(job: JobRecord) -> JobKey:
     """The runtime history a job adds to and is predicted from. An elastic gang's size changes
     while it runs: its key is the size it declared (max workers), so a run that ended grown or
@@ -279,4 +292,5 @@ def duration_key(job: JobRecord) -> JobKey:
 
 
 __all__ = ["ControllerState", "ACTIVE", "PLACED", "DURATION_KEY", "scheduler_config", "duration_key",
+           "at_stake_since", "started_info",
            "load_duration_state", "at_base"]

@@ -79,7 +79,7 @@ def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint
     edf = _deadline_keys(hs) if n >= 2 else None
     if rank is JobRank.SUBMISSION or n < 2:
         idx = np.argsort(prio, kind="stable") if edf is None else np.lexsort((edf[1], edf[0], prio))
-        return [jobs[i] for i in idx.tolist()]
+        return _take(jobs, idx)
     if rank is JobRank.ATTAINED_SERVICE:
         attained = np.fromiter((h.attained_s for h in hs), dtype=np.float64, count=n)
         gpus = np.fromiter((j.gpus for j in jobs), dtype=np.float64, count=n)
@@ -107,8 +107,7 @@ def order(rank: JobRank, jobs: Sequence[PendingJob], hints: Mapping[str, JobHint
         if edf is None:   # (priority, level) as one key: one pass of the sort fewer
             return _take(jobs, np.lexsort(keys + (prio * 2 + level,)))
         keys += (level,)
-    idx = np.lexsort(keys + ((prio,) if edf is None else (edf[1], edf[0], prio)))
-    return [jobs[i] for i in idx.tolist()]
+    return _take(jobs, np.lexsort(keys + ((prio,) if edf is None else (edf[1], edf[0], prio))))
 
 
 def _take(jobs: Sequence[PendingJob], idx: np.ndarray) -> list[PendingJob]:

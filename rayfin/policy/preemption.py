@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 
 from placement.gang import FreeIndex
-from placement.topology import Layout, LinkLevel, PoolDomains
+from placement.topology import Layout, LinkLevel
 from rayfin.policy.model import DeskQuota, PendingJob, RunningJob
 
 _EPS = 1e-9
@@ -72,9 +72,6 @@ class ReclaimContext:
                                 # the GPUs they free inside it count)
     free: list[float] = field(init=False, default_factory=list)   # index.free as Python floats (read_free)
     whole: list[int] = field(init=False, default_factory=list)     # whole free GPUs per island (index.whole)
-    def domains_of(self, pools: frozenset[str]) -> PoolDomains:
-        return self.layout.pool_domains(pools)   # they depend on the layout only: memoised there
-
     def read_free(self) -> None:
         """Copy the free map out of numpy once per plan (a numpy scalar per look-up is slow), and
         only when a plan is made: a context is built for many jobs that never get that far."""
@@ -110,7 +107,7 @@ def plan_reclaim(ctx: ReclaimContext, job: PendingJob, need_own: float,
     lower-priority work that must go for the job to fit the desk's quota."""
     desk = ctx.desks[job.desk]
     ctx.read_free()
-    in_pool, domains = ctx.domains_of(desk.pools)
+    in_pool, domains = ctx.layout.pool_domains(desk.pools)   # memoised there: they depend on the layout only
     kind = _memo(_classifier(ctx, job))
     if not ctx.best_fit:
         return _plan_in(ctx, job, in_pool, kind, need_own, None)
