@@ -79,7 +79,7 @@ def observe(s: ControllerState, obs: Observation, live: dict[str, str]) -> int:
         s.unavailable.setdefault(island, float(s.topology.island(island).gpus))
     for key in obs.ready:
         job = s.active.get(live.get(key, ""))
-        if job is not None and job.state is JobState.ADMITTED:
+        if job is not None and job.state is JobState.ADMITTED and job.preempt_deadline is None:
             try:
                 s.backend.start(launch_spec(s, job, key))
                 s.launched.add(key)
@@ -171,7 +171,10 @@ def _overdue(s: ControllerState, job: JobRecord, now: float) -> int:
         s.lost(job, f"not started within {s.admit_timeout_s:g}s of admission", ReasonCode.ADMIT_TIMEOUT)
         return 1
     if job.preempt_deadline is not None and now >= job.preempt_deadline:
-        s.preempt_now(job)
+        if job.state is JobState.ADMITTED and job.key not in s.launched:
+            s.preempt_unstarted(job, job.preempt_reason or job.reason, job.reason_code)   # (after a restart)
+        else:
+            s.preempt_now(job)
         return 1
     if job.resize_deadline is not None and now >= job.resize_deadline and job.preempt_deadline is None:
         s.resize_now(job)   # (a preemption of the whole gang under way goes first: it ends in a requeue)
@@ -291,6 +294,12 @@ def act(s: ControllerState, decision: CycleDecision) -> tuple[int, int]:
             continue
         job = s.active.get(d.job_id)
         if job is None or job.preempt_deadline is not None:
+            continue
+        if job.state is JobState.ADMITTED and job.key not in s.launched:
+            # no runner yet: nothing to stop gracefully, and one must not be started for it
+            s.preempt_unstarted(job, d.reason, d.code)
+            s.last_decision[job.job_id] = d
+            s.recorder.decided(d)
             continue
         deadline = d.deadline if d.deadline is not None else now + s.policy.preemption_grace_s
         s.backend.request_stop(job.key)

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from rayfin.controller.records import JobKind
-from rayfin.controller.state import ACTIVE, ControllerState, at_base, started_info
+from rayfin.controller.state import ACTIVE, ControllerState, at_base, started_info, unpreempted
 from rayfin.policy import JobState
 from rayfin.reasons import ReasonCode
 
@@ -33,7 +33,11 @@ def recover(s: ControllerState) -> dict[str, Any]:
                 if has_group or has_runner:
                     s.backend.adopt(key, job.desk, job.placement, running=True)
                     if job.state is not JobState.RUNNING:
-                        job = s.save(job.copy(state=JobState.RUNNING, started_at=s.clock(),
+                        # It started while no controller watched: its runner's start is unknown
+                        # here, but not before its admission (bounded by the admit timeout);
+                        # the restart's time would hide the service it had from LAS and the
+                        # duration history, and its work at stake from victim choice.
+                        job = s.save(job.copy(state=JobState.RUNNING, started_at=job.admitted_at or s.clock(),
                                               reason_code=ReasonCode.READOPTED,
                                               info=started_info(job)),
                                      "started", "re-adopted after controller restart")
@@ -47,7 +51,8 @@ def recover(s: ControllerState) -> dict[str, Any]:
                 adopted.append(job.job_id)
             else:
                 s.save(job.copy(state=JobState.PENDING, placement=(), reason_code=ReasonCode.LOST_DURING_RESTART,
-                                reason="requeued: group lost while controller was down", **at_base(job)),
+                                reason="requeued: group lost while controller was down", **unpreempted(),
+                                **at_base(job)),
                        "requeued", "group lost during restart")
                 requeued.append(job.job_id)
         expected = {j.key for j in s.active.values() if j.state is not JobState.PENDING}

@@ -79,10 +79,12 @@ def shrink(s: ControllerState, d: Decision) -> int:
     if job.resize_deadline is not None:
         if job.resize_to <= job.min_workers:
             return 0  # already shrinking
-        # a growth under way: it restarts at its base instead (the new workers' GPUs go back)
-        job = job.copy(resize_to=job.min_workers, resize_deadline=min(job.resize_deadline, deadline),
+        # a growth under way: it restarts at its base instead, and the new workers' GPUs (never
+        # used: the old runner still runs at its base) go back now, as when their island is lost
+        job = job.copy(workers=job.min_workers, gpus=float(job.min_workers * job.unit), placement=job.base_placement,
+                       extra=(), resize_to=job.min_workers, resize_deadline=min(job.resize_deadline, deadline),
                        resize_reason=d.reason, resize_for=d.beneficiary, reason="shrinking: " + d.reason,
-                       reason_code=ReasonCode.ELASTIC_SHRINK)
+                       reason_code=ReasonCode.ELASTIC_SHRINK, **job.without_extra_lenders())
         s.save(job, "resize_planned", d.reason)
         s.recorder.decided(d)
         return 1

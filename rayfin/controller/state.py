@@ -190,10 +190,12 @@ class ControllerState:
             # Its GPUs went away before it started: nothing ran, so no retry is spent; unless its
             # runner was started and lost before it said it runs, more than FREE_LOST_STARTS times.
             # (Not an admit timeout: a gang's workers may be slow to come up, that is not the job.)
+            # A loss with no runner started (an admit timeout, a node lost first) is always free.
             lost_starts = int(job.info.get("lost_starts", 0)) + (1 if launched else 0)
-            if lost_starts <= FREE_LOST_STARTS:
+            if not launched or lost_starts <= FREE_LOST_STARTS:
                 self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: {why}",
-                                   reason_code=code, info={**job.info, "lost_starts": lost_starts}, **at_base(job)),
+                                   reason_code=code, info={**job.info, "lost_starts": lost_starts},
+                                   **unpreempted(), **at_base(job)),
                           "requeued", why)
                 return
             why = f"{why} (its runner was lost as it started {lost_starts} times in a row)"
@@ -216,6 +218,16 @@ class ControllerState:
             self.requeue(job, f"preempted: {why}; {lost}", job.reason_code)
         else:
             self.finish(job, JobState.PREEMPTED, f"{why}; {lost}", job.reason_code)
+
+    def preempt_unstarted(self, job: JobRecord, why: str, code: ReasonCode) -> None:
+        """A victim whose runner was never started (its group still coming up): nothing of it ran,
+        so its GPUs go back at once, with no grace, and it is requeued free (no retry spent),
+        keeping its place."""
+        self.release(job)
+        self.recorder.preempted(job, why, 0.0)
+        self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: preempted: {why}",
+                           reason_code=code, **unpreempted(), **at_base(job)),
+                  "requeued", f"preempted before its runner started: {why}")
 
     def work_at_stake_s(self, job: JobRecord) -> float:
         """Seconds of the job's current attempt since its last reported checkpoint (or since its
@@ -241,6 +253,12 @@ class ControllerState:
             if island in caps:
                 out[island] = min(caps[island], out.get(island, 0.0) + gpus)
         return out
+
+
+def unpreempted() -> dict[str, Any]:
+    """The changes that clear a preemption under way: a job that goes back to the queue before
+    its deadline must not carry the deadline into its next admission (it would be stopped at once)."""
+    return {"preempt_deadline": None, "preempt_reason": "", "preempted_for": None}
 
 
 def at_base(job: JobRecord) -> dict[str, Any]:
@@ -292,5 +310,5 @@ def duration_key(job: JobRecord) -> JobKey:
 
 
 __all__ = ["ControllerState", "ACTIVE", "PLACED", "DURATION_KEY", "scheduler_config", "duration_key",
-           "at_stake_since", "started_info",
+           "at_stake_since", "started_info", "unpreempted",
            "load_duration_state", "at_base"]
