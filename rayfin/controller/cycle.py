@@ -302,10 +302,12 @@ def act(s: ControllerState, decision: CycleDecision) -> tuple[int, int]:
             s.recorder.decided(d)
             continue
         deadline = d.deadline if d.deadline is not None else now + s.policy.preemption_grace_s
-        s.backend.request_stop(job.key)
         job = job.copy(preempt_deadline=deadline, reason="being preempted: " + d.reason, reason_code=d.code,
                        preempt_reason=d.reason, preempted_for=d.beneficiary)
+        # the ledger first: a controller that dies in between must not find, after its restart,
+        # a job that stopped at a checkpoint when asked and take that for its end (SUCCEEDED)
         s.save(job, "preemption_planned", d.reason)
+        s.backend.request_stop(job.key)
         s.last_decision[job.job_id] = d
         s.recorder.decided(d)
     for d in decision.waits:

@@ -48,6 +48,10 @@ def recover(s: ControllerState) -> dict[str, Any]:
                     requeued.append(job.job_id)
             elif has_group:  # ADMITTED, group reserved, runner not yet started
                 s.backend.adopt(key, job.desk, job.placement, running=False)
+                # its admit timeout counts from now: the time the controller was down is not the
+                # group's (else the first cycle starts its runner, then times it out at once)
+                job = job.copy(admitted_at=s.clock())
+                s.active[job.job_id] = job
                 adopted.append(job.job_id)
             else:
                 s.save(job.copy(state=JobState.PENDING, placement=(), reason_code=ReasonCode.LOST_DURING_RESTART,

@@ -92,9 +92,9 @@ def shrink(s: ControllerState, d: Decision) -> int:
     if not started(s, job):
         s.resize_now(job)           # not started: nothing to stop
     else:
-        s.backend.request_stop(job.key)
         s.save(job.copy(resize_deadline=deadline, reason="shrinking: " + d.reason,
                         reason_code=ReasonCode.ELASTIC_SHRINK), "resize_planned", d.reason)
+        s.backend.request_stop(job.key)     # after the ledger knows why (see cycle.act)
     s.last_decision[job.job_id] = d
     s.recorder.decided(d)
     return 1
@@ -112,9 +112,9 @@ def grow(s: ControllerState, g: Grow) -> int:
     if not started(s, job):
         s.resize_now(job)           # not started: it starts at the new size
     else:
-        s.backend.request_stop(job.key)
         s.save(job.copy(resize_deadline=s.clock() + s.policy.preemption_grace_s, reason="growing: " + g.reason,
                         reason_code=ReasonCode.ELASTIC_GROW), "resize_planned", g.reason)
+        s.backend.request_stop(job.key)     # after the ledger knows why (see cycle.act)
     return 1
 
 

@@ -135,3 +135,43 @@ def test_a_growth_turned_shrink_gives_back_the_new_workers_at_once(tmp_path):
     core.cycle()
     st = core.status(toks["quant"], gang)
     assert st["state"] != "FAILED", st["reason"]
+
+
+def test_a_stop_is_asked_only_once_the_ledger_knows_why(tmp_path):
+    """A controller dying between asking a stop and recording it would, after its restart, take
+    the job's return at its checkpoint for its end (SUCCEEDED with a partial result)."""
+    core, backend, clock, ledger = controller_env(tmp_path)
+    seen: list[tuple[str, float | None]] = []
+    ask = backend.request_stop
+
+    def request_stop(key: str) -> None:
+        row = ledger.get_job(key.split("~")[0])
+        seen.append((key, row.preempt_deadline if row else None))
+        ask(key)
+
+    backend.request_stop = request_stop      # type: ignore[method-assign]
+    a = core.submit(TOK["equities"], "equities", spec(4))["job_id"]
+    b = core.submit(TOK["equities"], "equities", spec(4))["job_id"]
+    for _ in range(3):
+        core.cycle()
+    assert {core.status(TOK["equities"], j)["state"] for j in (a, b)} == {"RUNNING"}
+    core.submit(TOK["fx"], "fx", spec(4))
+    core.cycle()
+    assert len(seen) == 1 and seen[0][1] is not None, seen
+
+
+def test_a_group_readopted_after_a_long_restart_gets_a_fresh_admit_timeout(tmp_path):
+    core, backend, clock, ledger = controller_env(tmp_path)
+    job = core.submit(TOK["fx"], "fx", spec(1))["job_id"]
+    core.cycle()
+    backend.never_ready(job)
+    ledger.close()
+    clock.advance(core.admit_timeout_s + 60)     # the controller was down longer than the timeout
+    again = ControllerCore(config(), SqliteLedger(tmp_path / "ledger.db"), backend, clock=clock)
+    assert job in again.recover()["adopted"]
+    again.cycle()
+    rec = again.state.active[job]
+    assert rec.state.value == "ADMITTED" and not requeues(again, job)
+    backend._ready.add(rec.key)                  # its group comes up: it starts
+    again.cycle()
+    assert backend.start_count(job) == 1
