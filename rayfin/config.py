@@ -191,8 +191,9 @@ class ControllerConfig(ConfigModel):
     admit_timeout_s: float = Field(180.0, gt=0, le=86_400, description="an admitted job whose placement group or "
                                    "runner has not come up after this long goes back to the queue (no retry spent)")
     clock_start: datetime | None = Field(None, description="drills and tests only: the controller's clock reads "
-                                         "this instant (with a zone) when the controller starts, then runs at real "
-                                         "speed; every timestamp, quota window and deadline follows it")
+                                         "this instant (with a zone) when the controller first starts, then runs at "
+                                         "real speed, across controller restarts of the same `rayfin up`; every "
+                                         "timestamp, quota window and deadline follows it")
     audit_snapshots: bool = Field(True, description="keep, for each cycle that decided something, its audit records "
                                   "and the snapshot they were made on, so `rayfin replay` can re-run them")
 

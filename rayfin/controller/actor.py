@@ -6,6 +6,7 @@ SDK can raise the same typed error the controller decided.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ from placement.topology import Topology
 from rayfin.config import RayfinConfig, parse_config
 from rayfin.controller import autoscale_ray
 from rayfin.controller.capacity import CapacityLoop
+from rayfin.controller.clock import controller_clock
 from rayfin.controller.core import ControllerCore
 from rayfin.controller.ledger import open_ledger
 from rayfin.controller.patrol import Patrol
@@ -43,23 +45,14 @@ def _wrap(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Reply:
         return {"ok": False, "error": exc.to_wire()}
 
 
-def controller_clock(config: RayfinConfig, started_at: float) -> Callable[[], float]:
-    """Epoch seconds as the controller sees them: real time, or, with `controller.clock_start`
-    (drills and tests), real time shifted so that start-up reads that instant."""
-    start = config.controller.clock_start
-    if start is None:
-        return time.time
-    offset = start.timestamp() - started_at
-    return lambda: time.time() + offset
-
-
 class RayfinController:
     def __init__(self, config_data: dict[str, Any], deploy_key: str | None = None) -> None:
         self.config: RayfinConfig = parse_config(config_data, "controller config")
         self.started_at = time.time()
-        self.clock = controller_clock(self.config, self.started_at)
         self.ledger = open_ledger(self.config.controller)
-        backend = RayBackend(Topology.from_config(self.config.cluster), runner_key=self._runner_seed())
+        session = hashlib.sha256(deploy_key.encode()).hexdigest()[:16] if deploy_key else ""
+        self.clock = controller_clock(self.config, self.started_at, self.ledger, session)
+        backend = self._backend = RayBackend(Topology.from_config(self.config.cluster), runner_key=self._runner_seed())
         self.core = ControllerCore(self.config, self.ledger, backend, recorder=self._recorder(),
                                    deploy_key=deploy_key, clock=self.clock)
         self.recovery = self.core.recover()
@@ -93,7 +86,9 @@ class RayfinController:
             return None
         # Model applications as `rayfin up` names them (rayfin-model-<m>) and as the RayService does (model-<m>)
         apps = frozenset(n for m in self.config.serve.models for n in (f"rayfin-model-{m.name}", f"model-{m.name}"))
-        patrol = Patrol(self.config.policing, self.core, RayPolice(self.config.controller.namespace, apps))
+        # Rayfin's groups are the ones its backend holds (by id): a name like `rayfin-job-*` proves nothing.
+        police = RayPolice(self.config.controller.namespace, apps, held=self._backend.held_groups)
+        patrol = Patrol(self.config.policing, self.core, police)
 
         def loop() -> None:
             while not self._stop.is_set():
