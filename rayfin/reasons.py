@@ -49,6 +49,7 @@ class ReasonCode(str, Enum):
     RESERVE_FAILED = "reserve_failed"
     ADMIT_TIMEOUT = "admit_timeout"
     POLICING = "policing"
+    IMPOSTOR = "impostor"
     # -- the controller: recovery after a restart
     READOPTED = "readopted"
     LOST_DURING_RESTART = "lost_during_restart"
@@ -113,6 +114,7 @@ _TEXT: dict[ReasonCode, str] = {
     ReasonCode.RESERVE_FAILED: "its placement group could not be created",
     ReasonCode.ADMIT_TIMEOUT: "admitted, but it did not start in time",
     ReasonCode.POLICING: "stopped by policing: it used GPUs outside rayfin",
+    ReasonCode.IMPOSTOR: "an actor held a job runner's name without the job's secret, and was killed",
     ReasonCode.READOPTED: "re-adopted by a restarted controller",
     ReasonCode.LOST_DURING_RESTART: "its group or runner went away while the controller was down",
     ReasonCode.RECOVERED: "the controller rebuilt its state from the ledger",

@@ -2,7 +2,7 @@
 
 A job of W workers has one bundle per worker (bundle i = rank i, ranks in topology order, see
 placement.ranks). Rank 0 runs in the `JobRunner` actor, which is also the job's coordinator: it
-is detached and named (`job-<key>` in the desk's namespace) so a restarted controller finds it
+is detached and named (`job-<key>-<tag>` in the desk's namespace) so a restarted controller finds it
 again, and it starts one `GangWorker` actor for every other rank. The workers are owned by the
 runner, so when the runner goes (released by the controller, or its node dies) Ray stops them
 too: no worker outlives its job.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
+import hashlib
 import hmac
 import importlib.util
 import os
@@ -71,6 +72,18 @@ def entrypoint_argv(command: str) -> list[str]:
 def _check(secret: str, given: str | None) -> None:
     if not secret or not isinstance(given, str) or not hmac.compare_digest(secret.encode(), given.encode()):
         raise RunnerAccessDenied("this job's runner answers only the rayfin controller")
+
+
+PROVE_CONTEXT = b"rayfin-prove:"
+MAX_NONCE_BYTES = 64
+
+
+def proof(secret: str, nonce: bytes) -> str:
+    """What a runner holding `secret` answers to the challenge `nonce` (JobRunner.prove): an
+    HMAC under the secret, in its own domain (never the secret, nor a value `_check` accepts)."""
+    if not isinstance(nonce, bytes) or not 0 < len(nonce) <= MAX_NONCE_BYTES:
+        raise ValueError(f"a challenge is 1 to {MAX_NONCE_BYTES} bytes")
+    return hmac.new(secret.encode(), PROVE_CONTEXT + nonce, hashlib.sha256).hexdigest()
 
 
 # ---------------------------------------------------------------------------------- logs
@@ -496,6 +509,8 @@ class _Gang:
         self._monitor: threading.Thread | None = None
 
     def start(self) -> dict[str, Any]:
+        """Where the gang runs, and its state: LOST (with `error`) when its workers could not be
+        brought up, so the controller never takes a gang that never ran for a running one."""
         with self._lock:
             if not self._started:
                 self._started = True
@@ -503,7 +518,8 @@ class _Gang:
                     self._launch()
                 except Exception as exc:  # noqa: BLE001 - a rank that cannot start fails the gang
                     self._fail(-1, "LOST", f"gang could not start: {type(exc).__name__}: {str(exc)[:500]}")
-        return self.describe()
+            state, error = self.state, self.error
+        return {**self.describe(), "state": state, "error": error}
 
     def describe(self) -> dict[str, Any]:
         info = self.rank0.describe()
@@ -650,7 +666,9 @@ class _Gang:
 class JobRunner:
     """The job's runner actor (rank 0 and the coordinator). Decorated with @ray.remote by the Ray
     backend. The controller calls `start`, `poll` and `request_stop`, each with the job's secret;
-    `start` is idempotent, so a re-adopting controller can never run a job twice."""
+    `start` is idempotent, so a re-adopting controller can never run a job twice. Before it
+    trusts an actor it found by name (another one may have taken the name first), the
+    controller challenges it with `prove`, which shows the secret is held without sending it."""
 
     def __init__(self, secret: str, *args: Any, **kwargs: Any) -> None:
         self._secret = secret
@@ -660,6 +678,12 @@ class JobRunner:
         g = self._gang
         return (f"JobRunner(job={g.ctx.job_id}, desk={g.ctx.desk}, priority={g.priority}, "
                 f"gpus={g.ctx.gpus:g}, workers={g.world_size})")
+
+    def prove(self, nonce: bytes) -> str:
+        """HMAC(secret, b"rayfin-prove:" + nonce): shows the controller that this actor holds the
+        job's secret, without the controller sending it. Open to anyone: the answer to a
+        challenge reveals nothing that drives the runner (`_check` wants the secret itself)."""
+        return proof(self._secret, nonce)
 
     def start(self, secret: str) -> dict[str, Any]:
         _check(self._secret, secret)
@@ -675,4 +699,4 @@ class JobRunner:
 
 
 __all__ = ["GangWorker", "JobContext", "JobRunner", "LogBuffer", "RunnerAccessDenied", "entrypoint_argv",
-           "job_context"]
+           "job_context", "proof"]

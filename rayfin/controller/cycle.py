@@ -48,6 +48,7 @@ def run_cycle(s: ControllerState, usage_table: Any) -> CycleReport:
         t0 = time.perf_counter()
         live = {j.key: j.job_id for j in s.active.values() if j.state is not JobState.PENDING}
         report.finished = observe(s, s.backend.observe(list(live)), live)
+        s.audit_impostors()
         market_clock.apply(s)
         deadlines.review(s)      # slack, escalation and ETA of deadline jobs (their events)
         t1 = time.perf_counter()

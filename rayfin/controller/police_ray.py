@@ -7,16 +7,21 @@ node affinity, no CPU) sends SIGKILL to the worker process; a killed task is ret
 new process, so every sweep stops what is still there; a placement group is removed by id; and
 the rayfin job whose code started the work is failed, which kills its runner, and Ray then kills
 what that runner owns.
+
+Which groups are rayfin's is the controller backend's word (`held`: the ids it holds), never a
+group's name. The agents have no names (one found by name could be anyone's, answering "gone"
+to every kill): the controller keeps their handles, and drops one whose agent died.
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray._raylet import PlacementGroupID
+from ray.exceptions import RayActorError
 from ray.util.metrics import Counter, Gauge
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -59,9 +64,12 @@ def _ms(value: Any) -> float | None:
 
 
 class RayPolice:
-    def __init__(self, namespace: str, serving_apps: frozenset[str] = frozenset()) -> None:
+    def __init__(self, namespace: str, serving_apps: frozenset[str] = frozenset(), *,
+                 held: Callable[[], frozenset[str]]) -> None:
+        """`held`: the ids (hex) of the placement groups rayfin holds (RayBackend.held_groups)."""
         self.namespace = namespace
         self.serving_apps = serving_apps
+        self.held = held
         self._agents: dict[str, Any] = {}
         self._agent_cls = ray.remote(PolicingAgent)
         self._metrics: dict[str, Any] = {}
@@ -73,11 +81,8 @@ class RayPolice:
         islands = {n["NodeID"]: (n.get("Labels") or {}).get("rayfin.io/island", "")
                    for n in ray.nodes() if n.get("Alive")}
         holders: list[Holder] = []
-        rayfin_groups = set()
         for pg_id, info in placement_group_table().items():
             name = info.get("name") or ""
-            if name.startswith("rayfin-job-"):
-                rayfin_groups.add(pg_id)      # removed ones too: their runners may still be dying
             if info.get("state") == "REMOVED":
                 continue
             res: dict[str, float] = {}
@@ -106,7 +111,9 @@ class RayPolice:
                                   node_id=t.node_id or "", pid=t.worker_pid, placement_group_id=t.placement_group_id,
                                   ray_job_id=t.job_id or "", parent_actor_id=_actor_of_task(t.parent_task_id),
                                   started_at=_ms(t.start_time_ms)))
-        return holders, Owners(frozenset(rayfin_groups), names, islands, self.serving_apps)
+        # Asked last: a group rayfin made while the lists above were read is in it (the backend
+        # adds a group as it makes it), so it is never taken for a foreign one.
+        return holders, Owners(self.held(), names, islands, self.serving_apps)
 
     def creator_of(self, actor_id: str) -> str | None:
         """The actor whose code created `actor_id` (through its creation task), if an actor did."""
@@ -123,8 +130,10 @@ class RayPolice:
             if f.kind == "actor" and f.name:
                 row = get_actor(f.id, address=state_api_address())
                 try:
-                    ray.kill(ray.get_actor(f.name, namespace=row.ray_namespace if row else None), no_restart=True)
-                    return "actor killed"
+                    handle = ray.get_actor(f.name, namespace=row.ray_namespace if row else None)
+                    if handle._actor_id.hex() == f.id:     # the name may have passed to another actor
+                        ray.kill(handle, no_restart=True)
+                        return "actor killed"
                 except ValueError:
                     pass
             if f.pid and f.node_id:
@@ -147,7 +156,10 @@ class RayPolice:
                 return "kill sent"
             try:
                 answer = ray.get(ref, timeout=0)
-            except Exception as exc:  # noqa: BLE001 - the agent died with its node: send again
+            except RayActorError as exc:   # the agent died: a new one is made for the next kill
+                answer = f"agent failed: {type(exc).__name__}"
+                self._drop_agent(f.node_id)
+            except Exception as exc:  # noqa: BLE001 - send again
                 answer = f"agent failed: {type(exc).__name__}"
             if answer in ("gone", "killed"):
                 return "worker " + str(answer)
@@ -155,13 +167,22 @@ class RayPolice:
         return "kill sent"
 
     def _agent(self, node_id: str) -> Any:
+        """The node's agent: made by this controller, unnamed (nobody else can look it up and
+        nobody can slip in one of their own), its handle kept until it dies."""
         agent = self._agents.get(node_id)
         if agent is None:
             agent = self._agent_cls.options(
-                num_cpus=0, name=f"rayfin-police-{node_id[:16]}", namespace=self.namespace, get_if_exists=True,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
             self._agents[node_id] = agent
         return agent
+
+    def _drop_agent(self, node_id: str) -> None:
+        agent = self._agents.pop(node_id, None)
+        if agent is not None:
+            try:
+                ray.kill(agent, no_restart=True)
+            except Exception as exc:  # noqa: BLE001 - already gone
+                log.debug("agent on %s: %s", node_id, exc)
 
     # -- metrics --
     def count(self, kind: str, action: str, desk: str) -> None:

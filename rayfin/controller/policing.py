@@ -3,7 +3,9 @@ pool / island resources without rayfin having created them. Pure: rows in, findi
 Ray side (listing through the state API, stopping) is `rayfin.controller.police_ray`.
 
 What rayfin creates, and so may hold those resources:
-    placement groups   named `rayfin-job-<job>~<gen>` (one per admitted job)
+    placement groups   the ones the controller's backend holds now (one per admitted job), by
+                       id (`RayBackend.held_groups`): a name proves nothing, anyone can name a
+                       group `rayfin-job-...`
     actors and tasks   inside such a group (job runners, gang workers, a job's own tasks
                        scheduled into its group through `job_context().placement_group`)
     serving replicas   Serve replicas of rayfin's model applications (`SERVE_REPLICA::rayfin-...`
@@ -17,7 +19,6 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Literal, Mapping
 
-GROUP_PREFIX = "rayfin-job-"
 SERVING_PREFIX = "SERVE_REPLICA::rayfin-"
 SERVE_NAMESPACE = "serve"
 GUARDED = re.compile(r"^(GPU|rayfin_pool_|rayfin_island_)")
@@ -90,17 +91,18 @@ def gpus_of(resources: Mapping[str, float]) -> float:
 
 @dataclass(frozen=True)
 class Owners:
-    """What Ray says rayfin owns: group ids named `rayfin-job-*`, and every live actor's name
-    and namespace (to attribute work to the desk and job whose code started it)."""
+    """What rayfin owns: the ids of the placement groups the controller's backend holds (and
+    released a moment ago), and every live actor's name and namespace (to attribute work to the
+    desk and job whose code started it)."""
 
-    rayfin_groups: frozenset[str]
+    rayfin_groups: frozenset[str]                  # placement group ids (hex), RayBackend.held_groups
     actors: Mapping[str, tuple[str, str]]          # actor id -> (name, namespace)
     islands: Mapping[str, str]                     # Ray node id -> rayfin island id
     serving_apps: frozenset[str] = frozenset()     # Serve applications of rayfin's models (KubeRay names)
 
     def is_rayfin(self, h: Holder) -> bool:
         if h.kind == "placement_group":
-            return h.name.startswith(GROUP_PREFIX)
+            return h.id in self.rayfin_groups
         if h.placement_group_id and h.placement_group_id in self.rayfin_groups:
             return True
         if h.kind != "actor" or h.namespace != SERVE_NAMESPACE or not h.name.startswith("SERVE_REPLICA::"):

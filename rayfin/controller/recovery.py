@@ -64,6 +64,7 @@ def recover(s: ControllerState) -> dict[str, Any]:
             owner = s.ledger.get_job(key.split("~")[0])
             s.backend.release(key, owner.desk if owner else "")
             released.append(key)
+        s.audit_impostors()
         summary = {"adopted": adopted, "requeued": requeued, "released": released, "active": len(s.active)}
         s.ledger.record(s.clock(), "", "", "controller_recovered", "", str(summary), summary, ReasonCode.RECOVERED)
         return summary

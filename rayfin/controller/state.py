@@ -229,6 +229,16 @@ class ControllerState:
                            reason_code=code, **unpreempted(), **at_base(job)),
                   "requeued", f"preempted before its runner started: {why}")
 
+    def audit_impostors(self) -> None:
+        """An audit event per actor the backend found holding a runner's name without the job's
+        secret, and killed (RayBackend: the runner is created, or adopted, only once it proves)."""
+        take = getattr(self.backend, "take_impostors", None)
+        for e in take() if take is not None else ():
+            owner = self.ledger.get_job(e["job_id"])
+            self.ledger.record(self.clock(), e["job_id"], owner.desk if owner else "", "runner_impostor", "",
+                               f"actor {e['actor_id']} held runner name {e['name']} in namespace {e['namespace']} "
+                               f"without the job's secret ({e['why']}): killed", e, ReasonCode.IMPOSTOR)
+
     def work_at_stake_s(self, job: JobRecord) -> float:
         """Seconds of the job's current attempt since its last reported checkpoint (or since its
         start): what stopping it now would throw away. 0 for a job not started."""

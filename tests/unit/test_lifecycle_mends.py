@@ -175,3 +175,16 @@ def test_a_group_readopted_after_a_long_restart_gets_a_fresh_admit_timeout(tmp_p
     backend._ready.add(rec.key)                  # its group comes up: it starts
     again.cycle()
     assert backend.start_count(job) == 1
+
+
+def test_an_impostor_the_backend_killed_is_audited_on_the_next_cycle(tmp_path):
+    core, backend, clock, ledger = controller_env(tmp_path)
+    job = core.submit(TOK["risk"], "risk", spec(1))["job_id"]
+    found = [{"key": f"{job}~1", "job_id": job, "name": f"job-{job}~1-0123456789ab", "namespace": "rayfin-desk-risk",
+              "actor_id": "ab" * 14, "why": "a wrong answer to the challenge"}]
+    backend.take_impostors = lambda: [found.pop()] if found else []    # type: ignore[attr-defined]
+    core.cycle()
+    core.cycle()
+    (e,) = [e for e in ledger.events(job_id=job, limit=100) if e.kind == "runner_impostor"]
+    assert e.desk == "risk" and e.reason_code == "impostor" and "without the job's secret" in e.reason
+    assert e.data["actor_id"] == "ab" * 14

@@ -23,7 +23,12 @@ OWNERS = Owners(rayfin_groups=frozenset({"pg-rayfin"}),
     (Holder("task", "t4", {"rayfin_island_n0_i1": 0.5}), True),                              # island resource
     (Holder("task", "t5", {"GPU_group_pg-rayfin": 1.0}, placement_group_id="pg-rayfin"), False),  # in a job's group
     (Holder("actor", "a1", {"GPU_group_pg-x": 1.0}, placement_group_id="pg-x"), True),       # in a foreign group
-    (Holder("placement_group", "pg-rayfin", {"GPU": 4.0}, name="rayfin-job-fx-0000abcd~0"), False),
+    (Holder("placement_group", "pg-rayfin", {"GPU": 4.0}, name="rayfin-job-fx-0000abcd~0"), False),  # held by rayfin
+    (Holder("placement_group", "pg-rayfin", {"GPU": 4.0}, name="renamed"), False),           # its id decides
+    # Named like rayfin's, but not one the backend holds: anyone can name a group so.
+    (Holder("placement_group", "pg-z", {"GPU": 4.0, "rayfin_pool_risk": 4.0}, name="rayfin-job-x"), True),
+    (Holder("actor", "a2", {"GPU_group_pg-z": 1.0}, name="job-risk-0000abcd~1", namespace="rayfin-desk-risk",
+            placement_group_id="pg-z"), True),                                                # inside such a group
     (Holder("placement_group", "pg-x", {"GPU": 4.0}, name="my-own-group"), True),
     (Holder("placement_group", "pg-y", {"CPU": 4.0}, name="cpu-only"), False),
     (Holder("actor", "s1", {"GPU": 0.25, "rayfin_island_n0_i0": 0.25}, name="SERVE_REPLICA::rayfin-model-p#1",
@@ -53,6 +58,92 @@ def test_group_gpus_are_counted_once():
     inside = find([Holder("actor", "x", {"GPU_group_abc": 2.0}, node_id="node-a", placement_group_id="abc")],
                   OWNERS, 0.0)
     assert outside_gpus(pg + inside) == {"n0-i0": 2.0}
+
+
+def test_rayfins_groups_are_the_ones_its_backend_holds_and_a_released_one_for_a_while():
+    """What policing takes for rayfin's (RayBackend.held_groups): groups the backend made or
+    adopted, by id; a released one for RETIRED_S more (its runner may still be dying), then not."""
+    import time
+    from types import SimpleNamespace
+
+    from placement.topology import Topology
+    from rayfin.controller import ray_backend
+
+    backend = ray_backend.RayBackend(Topology.from_config(config().cluster), runner_key=b"k" * 32)
+
+    def group(gid):
+        return SimpleNamespace(id=SimpleNamespace(hex=lambda: gid))
+
+    backend._hold(group("aa"))
+    backend._hold(group("bb"))
+    assert backend.held_groups() == {"aa", "bb"}
+    backend._retire(group("aa"))
+    backend._retire(group("zz"))                        # never held: never becomes rayfin's
+    assert backend.held_groups() == {"aa", "bb"}
+    backend._held["aa"] = time.monotonic() - ray_backend.RETIRED_S - 1
+    assert backend.held_groups() == {"bb"}
+    owners = Owners(backend.held_groups(), {}, {})
+    assert not owners.is_rayfin(Holder("placement_group", "aa", {"GPU": 1.0}, name=backend.group_name("j~0")))
+    assert owners.is_rayfin(Holder("placement_group", "bb", {"GPU": 1.0}, name="anything"))
+
+
+def test_only_names_tagged_under_the_controllers_seed_are_its_own():
+    """Names carry a tag (an HMAC of the key under the seed, one for groups, another for runners):
+    nobody can tell the next generation's names, nor a runner's from its group's; recovery's
+    `owned()` takes a name for rayfin's only if its tag is right."""
+    from placement.topology import Topology
+    from rayfin.controller import ray_backend
+
+    topo = Topology.from_config(config().cluster)
+    mine, other = ray_backend.RayBackend(topo, runner_key=b"a" * 32), ray_backend.RayBackend(topo, runner_key=b"b" * 32)
+    key = "risk-0000abcd~1"
+    runner, group = mine.runner_name(key), mine.group_name(key)
+    assert runner.startswith(f"job-{key}-") and group.startswith(f"rayfin-job-{key}-")
+    assert runner[len("job-"):] != group[len("rayfin-job-"):]                    # the group's tag is not the runner's
+    assert mine.runner_name("risk-0000abcd~2") != runner.replace("~1", "~2")   # nor one generation's the next's
+    assert mine.tag(key, "runner") not in mine.secret(key)                      # no part of the secret
+    assert mine._key_of(runner, "job-", "runner") == key
+    assert mine._key_of(group, "rayfin-job-", "group") == key
+    for name in (f"job-{key}", other.runner_name(key), group.replace("rayfin-", "", 1), runner + "0"):
+        assert mine._key_of(name, "job-", "runner") is None, name
+    assert mine._key_of(f"rayfin-job-{key}", "rayfin-job-", "group") is None
+
+
+def test_policing_agents_are_unnamed_and_a_dead_one_is_replaced(monkeypatch):
+    """An agent found by name could be anyone's (answering "gone" to every kill): agents are made
+    unnamed and their handles kept; one whose call says it died is dropped, and the next kill on
+    that node goes to a new agent (a dead handle was reused forever)."""
+    from types import SimpleNamespace
+
+    from ray.exceptions import ActorDiedError
+
+    from rayfin.controller import police_ray
+    from rayfin.controller.policing import Finding
+
+    made, sent = [], []
+
+    class Agent:
+        def __init__(self, n):
+            self.kill = SimpleNamespace(remote=lambda pid: sent.append((n, pid)) or f"ref-{n}")
+
+    def options(**kw):
+        made.append(kw)
+        return SimpleNamespace(remote=lambda: Agent(len(made)))
+
+    police = police_ray.RayPolice("rayfin", held=frozenset)
+    monkeypatch.setattr(police, "_agent_cls", SimpleNamespace(options=options))
+    monkeypatch.setattr(police_ray.ray, "wait", lambda refs, timeout=None: (refs, []))
+
+    def get(ref, timeout=None):
+        raise ActorDiedError()
+
+    monkeypatch.setattr(police_ray.ray, "get", get)
+    monkeypatch.setattr(police_ray.ray, "kill", lambda handle, no_restart=True: None)
+    f = Finding("task", "t1", "", "ab" * 28, "n0-i0", {"GPU": 1.0}, 1.0, "", "", "", 4242, 0.0, 0.0)
+    assert police._kill(f) == "kill sent" and sent == [(1, 4242)]
+    assert "name" not in made[0] and "get_if_exists" not in made[0]
+    assert police._kill(f) == "kill sent"          # the answer: the agent died; sent again, to a new one
+    assert sent == [(1, 4242), (2, 4242)] and len(made) == 2
 
 
 class FakePolice:
