@@ -206,9 +206,6 @@ class RayfinController:
                         gpus_per_replica: float) -> Reply:
         return _wrap(self.core.reserve_serving, token, model, desk, replicas, gpus_per_replica)
 
-    def config_data(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json")
-
     def shutdown(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
