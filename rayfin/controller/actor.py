@@ -27,7 +27,7 @@ from rayfin.controller.patrol import Patrol
 from rayfin.controller.police_ray import RayPolice
 from rayfin.controller.ray_backend import RayBackend
 from rayfin.controller.recorder import Recorder
-from rayfin.errors import RayfinError
+from rayfin.errors import InvalidRequest, RayfinError
 from rayfin.reasons import ReasonCode
 from rayfin.telemetry.recorder import TelemetryRecorder
 
@@ -184,6 +184,24 @@ class RayfinController:
                 return {"mode": "off", "interval_s": 0.0, "findings": [], "outside_gpus": {}}
             return self.patrol.view(None if who.admin else who.desk)
         return _wrap(_view, token)
+
+    def set_policing_mode(self, token: Token, mode: str) -> Reply:
+        """Operator: switch policing between `enforce` and `report` while the controller runs
+        (an incident, or a second rayfin controller on the same cluster, whose groups this one
+        cannot tell from a desk's). Audited (`policing_mode`)."""
+        def _set(_token: Token) -> dict[str, str]:
+            self.core.require_operator(_token, None)
+            if mode not in ("enforce", "report"):
+                raise InvalidRequest(field="mode", value=mode, allowed="'enforce' or 'report'")
+            if self.patrol is None:
+                raise InvalidRequest("policing is off in this controller's config (policing.mode: off)",
+                                     field="mode", value=mode, allowed="a controller started with policing on")
+            was = self.patrol.settings.mode
+            self.patrol.settings = self.patrol.settings.model_copy(update={"mode": mode})
+            self.ledger.record(self.clock(), "", "", "policing_mode", "", f"policing switched from {was} to {mode}",
+                               {"mode": mode, "was": was}, ReasonCode.OPERATOR)
+            return {"mode": mode, "was": was}
+        return _wrap(_set, token)
 
     def record_event(self, token: Token, kind: str, reason: str, data: dict[str, Any] | None = None) -> Reply:
         """An operator event into the audit log (e.g. the supervisor's: the controller was killed)."""

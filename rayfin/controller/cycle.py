@@ -298,9 +298,9 @@ def act(s: ControllerState, decision: CycleDecision) -> tuple[int, int]:
             continue
         if job.state is JobState.ADMITTED and job.key not in s.launched:
             # no runner yet: nothing to stop gracefully, and one must not be started for it
-            s.preempt_unstarted(job, d.reason, d.code)
             s.last_decision[job.job_id] = d
             s.recorder.decided(d)
+            s.preempt_unstarted(job, d.reason, d.code)
             continue
         deadline = d.deadline if d.deadline is not None else now + s.policy.preemption_grace_s
         job = job.copy(preempt_deadline=deadline, reason="being preempted: " + d.reason, reason_code=d.code,

@@ -35,7 +35,7 @@ import ray
 from ray.exceptions import ActorAlreadyExistsError, GetTimeoutError, RayActorError, RayError
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from ray.util.state import list_actors
+from ray.util.state import get_actor, list_actors
 
 from placement.ranks import rank_layout
 from placement.topology import Topology, island_resource, pool_resource
@@ -48,7 +48,8 @@ GROUP_PREFIX = "rayfin-job-"
 RUNNER_PREFIX = "job-"
 TAG_HEX = 12
 _TAG = re.compile(r"^[0-9a-f]{%d}$" % TAG_HEX)
-PROVE_TIMEOUT_S = 30.0   # adopt: how long a runner found by name has to answer its challenge
+PROVE_TIMEOUT_S = 30.0   # adopt: how long a runner found by name has to answer its challenge ...
+PROVE_GIVE_UP_S = 600.0  # ... renewed while Ray still creates it (a head restart can hold that 300 s)
 CLAIM_PROVE_S = 2.0      # start, name already taken: how long its holder has to answer (the cycle waits)
 NAME_FREE_S = 2.0        # ... and, once it was killed, for its name to free
 RETIRED_S = 120.0        # a released group still counts as rayfin's this long (its actors are dying)
@@ -105,7 +106,18 @@ class _Live:
     prove_ref: Any = None
     nonce: bytes = b""
     prove_by: float = 0.0              # time.monotonic() by which it must have answered
+    prove_since: float = 0.0           # ... and when it was first asked
     stop_asked: bool = False           # a stop asked while it was being challenged: sent once it proves
+
+
+def _coming_up(handle: Any) -> bool:
+    """Whether Ray is still creating the actor behind `handle` (or cannot say: the state API is
+    down); False once it is alive, dead or unknown to Ray."""
+    try:
+        row = get_actor(handle._actor_id.hex(), address=state_api_address())
+    except Exception:  # noqa: BLE001 - the state API needs the dashboard: do not judge blind
+        return True
+    return row is not None and row.state in ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")
 
 
 def bundles_for(topology: Topology, placement: tuple[tuple[str, float], ...], unit: int) -> list[dict[str, float]]:
@@ -171,10 +183,11 @@ class RayBackend:
                 self._held[pg.id.hex()] = None
 
     def _retire(self, pg: PlacementGroup | None) -> None:
+        """A group released: still rayfin's for RETIRED_S (its runner may be dying), whether this
+        backend made it or found it (recovery's orphans, a previous controller's)."""
         if pg is not None:
             with self._held_lock:
-                if pg.id.hex() in self._held:
-                    self._held[pg.id.hex()] = time.monotonic()
+                self._held[pg.id.hex()] = time.monotonic()
 
     # -- impostors --
     def take_impostors(self) -> list[dict[str, Any]]:
@@ -345,7 +358,10 @@ class RayBackend:
         for j in keys:
             live = self._live.get(j)
             if live is not None and live.prove_ref is not None and now > live.prove_by:
-                self._settle(j, live, None)
+                if now - live.prove_since < PROVE_GIVE_UP_S and _coming_up(live.suspect):
+                    live.prove_by = now + PROVE_TIMEOUT_S     # a runner Ray has not finished creating
+                else:
+                    self._settle(j, live, None)
             last = live.last if live is not None else None
             if live is None or last is None:
                 continue
@@ -354,23 +370,52 @@ class RayBackend:
             statuses[j] = aged(last, live.last_asked, now)   # its checkpoint age as of now
         return Observation(frozenset(ready), statuses, self._unavailable())
 
+    def _shaped_as(self, pg: PlacementGroup, placement: tuple[tuple[str, float], ...]) -> bool:
+        """Whether a group found by name holds exactly the job's placement: GPUs per island, and
+        nothing but GPU and each island's own island and pool resources."""
+        try:
+            bundles = (placement_group_table(pg) or {}).get("bundles") or {}
+        except Exception as exc:  # noqa: BLE001 - cannot tell: not adopted
+            log.warning("placement group table: %s", exc)
+            return False
+        got: dict[str, float] = {}
+        for res in bundles.values():
+            islands = [i for i in self.topology.islands if island_resource(i.id) in res]
+            if len(islands) != 1:
+                return False
+            isl = islands[0]
+            allowed = {"GPU", island_resource(isl.id), pool_resource(isl.pool)}
+            if set(res) - allowed or not all(abs(float(res.get(k, 0.0)) - float(res.get("GPU", 0.0))) < 1e-6
+                                             for k in allowed):
+                return False
+            got[isl.id] = got.get(isl.id, 0.0) + float(res["GPU"])
+        want: dict[str, float] = {}
+        for island, gpus in placement:
+            want[island] = want.get(island, 0.0) + float(gpus)
+        return set(got) == set(want) and all(abs(got[i] - want[i]) < 1e-6 for i in want)
+
     def _settle(self, key: str, live: _Live, ref: Any) -> None:
         """The challenge of the actor found under `key`'s runner name was answered (`ref`), or
-        not in time (None): it becomes the job's runner and is started, or it is killed."""
+        not in time (None: the job is lost, nothing is killed as an impostor): it becomes the
+        job's runner and is started, or, with a wrong answer or none possible, it is killed."""
         suspect, nonce = live.suspect, live.nonce
         live.suspect = live.prove_ref = None
         live.nonce = b""
         if ref is None:
-            why: str | None = f"no answer to the challenge in {PROVE_TIMEOUT_S:g}s"
-        else:
-            try:
-                answer = ray.get(ref, timeout=0)
-                why = None if self._proves(key, nonce, answer) else "a wrong answer to the challenge"
-            except RayActorError as exc:   # it died: a runner lost, not an impostor
-                live.last = RunnerStatus("LOST", error=f"runner died: {type(exc).__name__}: {str(exc)[:300]}")
-                return
-            except Exception as exc:  # noqa: BLE001 - no prove method, or it raised: not our runner
-                why = f"no answer to the challenge: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            # Silence is not proof of an impostor (a loaded node, a runner stuck in creation): the
+            # job is lost, and release() kills whatever holds the name, with no impostor audit.
+            live.last = RunnerStatus("LOST", error="the runner found under its name after the controller's restart "
+                                                   "never answered its challenge")
+            return
+        why: str | None
+        try:
+            answer = ray.get(ref, timeout=0)
+            why = None if self._proves(key, nonce, answer) else "a wrong answer to the challenge"
+        except RayActorError as exc:   # it died: a runner lost, not an impostor
+            live.last = RunnerStatus("LOST", error=f"runner died: {type(exc).__name__}: {str(exc)[:300]}")
+            return
+        except Exception as exc:  # noqa: BLE001 - no prove method, or it raised: not our runner
+            why = f"no answer to the challenge: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         if why is None:
             live.runner = suspect
             # start() is idempotent: if the old controller died between creating the runner and
@@ -450,11 +495,18 @@ class RayBackend:
     def adopt(self, key: str, desk: str, placement: tuple[tuple[str, float], ...], running: bool) -> None:
         live = self._live.setdefault(key, _Live(desk=desk))
         try:
-            live.pg = ray.util.get_placement_group(self.group_name(key))
-            self._hold(live.pg)
-            live.ready_ref = live.pg.ready() if not running else None
+            pg = ray.util.get_placement_group(self.group_name(key))
         except ValueError:
-            live.pg = None
+            pg = None
+        if pg is not None and not self._shaped_as(pg, placement):
+            # Someone removed the job's group while no controller watched and made one of its own
+            # under the (readable) name, with other resources: not ours, so policing sees it.
+            log.warning("group %s does not hold the job's placement %s: not adopted", self.group_name(key), placement)
+            pg = None
+        live.pg = pg
+        if pg is not None:
+            self._hold(pg)
+            live.ready_ref = pg.ready() if not running else None
         if running:
             try:
                 found = ray.get_actor(self.runner_name(key), namespace=desk_namespace(desk))
@@ -466,6 +518,7 @@ class RayBackend:
             live.runner = None
             live.nonce = secrets.token_bytes(16)
             live.suspect, live.prove_by = found, time.monotonic() + PROVE_TIMEOUT_S
+            live.prove_since = time.monotonic()
             try:
                 live.prove_ref = found.prove.remote(live.nonce)
             except Exception as exc:  # noqa: BLE001 - no prove method: not a rayfin runner

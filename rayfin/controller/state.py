@@ -224,10 +224,12 @@ class ControllerState:
         so its GPUs go back at once, with no grace, and it is requeued free (no retry spent),
         keeping its place."""
         self.release(job)
-        self.recorder.preempted(job, why, 0.0)
-        self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: preempted: {why}",
-                           reason_code=code, **unpreempted(), **at_base(job)),
-                  "requeued", f"preempted before its runner started: {why}")
+        self.recorder.preempted(job.copy(reason_code=code), why, 0.0)
+        old = job.state
+        job = self.save(job.copy(state=JobState.PENDING, placement=(), reason=f"requeued before start: preempted: {why}",
+                                 reason_code=code, **unpreempted(), **at_base(job)),
+                        "requeued", f"preempted before its runner started: {why}")
+        self.recorder.state_changed(job, old.value)
 
     def audit_impostors(self) -> None:
         """An audit event per actor the backend found holding a runner's name without the job's

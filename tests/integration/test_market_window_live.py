@@ -44,6 +44,12 @@ def test_window_switch_moves_quota_and_reclaim_starts_one_grace_early(rayfin_env
                               clock_start=datetime.fromtimestamp(CLOSE.timestamp() - LEAD_S,
                                                                  timezone.utc).isoformat())
     cfg = parse_config(data, "market window test")
+    # The session controller polices the cluster, and only the groups its own backend holds are
+    # rayfin's to it: this controller's would be removed as foreign. Report only, for this test.
+    mode = ray.get(rayfin_env.controller.set_policing_mode.remote(TOKENS["admin"], "report"), timeout=30)
+    assert mode["ok"] and mode["value"]["mode"] == "report", mode
+    refused = ray.get(rayfin_env.controller.set_policing_mode.remote(TOKENS["fx"], "report"), timeout=30)
+    assert not refused["ok"] and refused["error"]["type"] == "Unauthorized", refused
     t0 = time.monotonic()
     handle = start_quiet_controller(cfg)
     started_s = time.monotonic() - t0
@@ -94,3 +100,4 @@ def test_window_switch_moves_quota_and_reclaim_starts_one_grace_early(rayfin_env
             ray.get(handle.cancel.remote(TOKENS["admin"], job), timeout=30)
         ray.get(handle.shutdown.remote(), timeout=30)
         ray.kill(handle)
+        ray.get(rayfin_env.controller.set_policing_mode.remote(TOKENS["admin"], "enforce"), timeout=30)

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from serve_apps.ingress import haproxy_pids, remove_run_dir, stop_haproxies
 
@@ -48,6 +50,11 @@ def test_remove_run_dir_stops_a_real_leftover_by_pid(tmp_path):
     leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-f", str(cfg)])
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
+        # until the child has exec'd, /proc shows the parent's command line (a loaded host)
+        deadline = time.monotonic() + 30
+        while str(cfg).encode() not in Path(f"/proc/{leftover.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in never started"
+            time.sleep(0.01)
         remove_run_dir({"RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(run_dir)})
         assert leftover.wait(timeout=10) == -signal.SIGTERM
         assert bystander.poll() is None and not run_dir.exists()

@@ -78,9 +78,11 @@ def test_rayfins_groups_are_the_ones_its_backend_holds_and_a_released_one_for_a_
     backend._hold(group("bb"))
     assert backend.held_groups() == {"aa", "bb"}
     backend._retire(group("aa"))
-    backend._retire(group("zz"))                        # never held: never becomes rayfin's
-    assert backend.held_groups() == {"aa", "bb"}
-    backend._held["aa"] = time.monotonic() - ray_backend.RETIRED_S - 1
+    # released without having been held here (recovery's orphans, a previous controller's): its
+    # runner may be dying too
+    backend._retire(group("zz"))
+    assert backend.held_groups() == {"aa", "bb", "zz"}
+    backend._held["aa"] = backend._held["zz"] = time.monotonic() - ray_backend.RETIRED_S - 1
     assert backend.held_groups() == {"bb"}
     owners = Owners(backend.held_groups(), {}, {})
     assert not owners.is_rayfin(Holder("placement_group", "aa", {"GPU": 1.0}, name=backend.group_name("j~0")))
@@ -224,3 +226,67 @@ def test_enforce_fails_the_rayfin_job_that_started_it(env):
 def test_off_never_sweeps(env):
     core, clock = env
     assert not Patrol(PolicingConfig(mode="off"), core, FakePolice(), clock=clock).due(clock())
+
+
+def test_a_group_found_by_name_is_adopted_only_if_it_holds_exactly_the_jobs_placement(monkeypatch):
+    """A restarted controller finds a job's group by its (readable) name: one that someone made
+    in its place, with more GPUs, another island or another desk's pool, is not the job's."""
+    from placement.topology import Topology, island_resource, pool_resource
+    from rayfin.controller import ray_backend
+
+    topo = Topology.from_config(config().cluster)
+    backend = ray_backend.RayBackend(topo, runner_key=b"k" * 32)
+    i0, i1 = topo.islands[0], topo.islands[1]
+    other_pool = next((i.pool for i in topo.islands if i.pool != i0.pool), "elsewhere")
+
+    def b(isl, gpus, pool=None):
+        return {"GPU": gpus, island_resource(isl.id): gpus, pool_resource(pool or isl.pool): gpus}
+
+    table = {}
+    monkeypatch.setattr(ray_backend, "placement_group_table", lambda pg: {"bundles": table})
+    placement = ((i0.id, 2.0),)
+    table.update({0: b(i0, 1.0), 1: b(i0, 1.0)})
+    assert backend._shaped_as(object(), placement)                  # what bundles_for makes
+    table.update({2: b(i0, 1.0)})
+    assert not backend._shaped_as(object(), placement)              # a GPU more
+    table.clear()
+    table.update({0: b(i0, 1.0), 1: b(i1, 1.0)})
+    assert not backend._shaped_as(object(), placement)              # another island
+    table.clear()
+    table.update({0: b(i0, 2.0, other_pool)})
+    assert not backend._shaped_as(object(), placement)              # another desk's pool
+    table.clear()
+    table.update({0: {**b(i0, 2.0), "CPU": 8.0}})
+    assert not backend._shaped_as(object(), placement)              # anything else
+
+
+def test_a_runner_that_never_answers_its_challenge_is_lost_not_killed_as_an_impostor(monkeypatch):
+    """After a restart, an actor under a runner's name that does not answer its challenge in time
+    may be a runner Ray is still creating (a head restart can hold that for minutes): the wait is
+    renewed while Ray says it is being created, and silence at the end is a lost runner, with no
+    kill and no impostor audit. Only a wrong answer (or none possible) is an impostor's."""
+    from types import SimpleNamespace
+
+    from placement.topology import Topology
+    from rayfin.controller import ray_backend
+
+    backend = ray_backend.RayBackend(Topology.from_config(config().cluster), runner_key=b"k" * 32)
+    handle = SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: "ab" * 16))
+    monkeypatch.setattr(ray_backend, "state_api_address", lambda: "127.0.0.1:1")   # (no Ray started)
+    states = {"PENDING_CREATION": True, "DEPENDENCIES_UNREADY": True, "RESTARTING": True, "ALIVE": False,
+              "DEAD": False}
+    for state, coming in states.items():
+        monkeypatch.setattr(ray_backend, "get_actor", lambda *a, _s=state, **k: SimpleNamespace(state=_s))
+        assert ray_backend._coming_up(handle) is coming, state
+
+    def down(*a, **k):
+        raise ConnectionError("no dashboard")
+
+    monkeypatch.setattr(ray_backend, "get_actor", down)
+    assert ray_backend._coming_up(handle)                        # cannot tell: keep waiting
+    killed = []
+    monkeypatch.setattr(ray_backend.ray, "kill", lambda h, **k: killed.append(h))
+    live = ray_backend._Live(desk="risk", suspect=handle, prove_ref=object(), nonce=b"n")
+    backend._settle("risk-1~0", live, None)
+    assert live.last is not None and live.last.state == "LOST" and "never answered" in live.last.error
+    assert not killed and backend.take_impostors() == [] and backend.impostors_killed == 0
