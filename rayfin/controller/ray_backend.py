@@ -52,6 +52,7 @@ PROVE_TIMEOUT_S = 30.0   # adopt: how long a runner found by name has to answer 
 PROVE_GIVE_UP_S = 600.0  # ... renewed while Ray still creates it (a head restart can hold that 300 s)
 CLAIM_PROVE_S = 2.0      # start, name already taken: how long its holder has to answer (the cycle waits)
 NAME_FREE_S = 2.0        # ... and, once it was killed, for its name to free
+_SILENT = "no answer to the challenge in"
 RETIRED_S = 120.0        # a released group still counts as rayfin's this long (its actors are dying)
 
 
@@ -205,7 +206,7 @@ class RayBackend:
         try:
             answer = ray.get(handle.prove.remote(nonce), timeout=timeout_s)
         except GetTimeoutError:
-            return f"no answer to the challenge in {timeout_s:g}s"
+            return f"{_SILENT} {timeout_s:g}s"
         except Exception as exc:  # noqa: BLE001 - no prove method, refused, died: not our runner
             return f"no answer to the challenge: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         return None if self._proves(key, nonce, answer) else "a wrong answer to the challenge"
@@ -284,6 +285,11 @@ class RayBackend:
             if why is None:
                 log.info("runner %s already exists and holds the job's secret: using it", name)
                 return found
+            if why.startswith(_SILENT):
+                # Silence is no proof of an impostor (a runner of an earlier controller still being
+                # created, a loaded node): the start fails, the job is requeued under a new name,
+                # and releasing this one stops whatever holds it, with no impostor audit.
+                raise RuntimeError(f"the runner's name {name} is held by an actor that gave {why}")
             self._impostor(key, namespace, found, why)
         deadline = time.monotonic() + NAME_FREE_S
         while True:

@@ -290,3 +290,31 @@ def test_a_runner_that_never_answers_its_challenge_is_lost_not_killed_as_an_impo
     backend._settle("risk-1~0", live, None)
     assert live.last is not None and live.last.state == "LOST" and "never answered" in live.last.error
     assert not killed and backend.take_impostors() == [] and backend.impostors_killed == 0
+
+
+def test_a_new_runners_name_held_by_a_silent_actor_fails_the_start_without_an_impostor_kill(monkeypatch):
+    from types import SimpleNamespace
+
+    from ray.exceptions import ActorAlreadyExistsError
+
+    from placement.topology import Topology
+    from rayfin.controller import ray_backend
+
+    backend = ray_backend.RayBackend(Topology.from_config(config().cluster), runner_key=b"k" * 32)
+    holder = SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: "cd" * 16))
+    monkeypatch.setattr(ray_backend.ray, "get_actor", lambda *a, **k: holder)
+    killed = []
+    monkeypatch.setattr(ray_backend.ray, "kill", lambda h, **k: killed.append(h))
+
+    def taken():
+        raise ActorAlreadyExistsError("taken")
+
+    monkeypatch.setattr(backend, "_challenge", lambda *a: f"{ray_backend._SILENT} 2s")
+    with pytest.raises(RuntimeError, match="no answer to the challenge"):
+        backend.claim("risk-1~0", "rayfin-desk-risk", taken)
+    assert not killed and backend.impostors_killed == 0
+    monkeypatch.setattr(backend, "_challenge", lambda *a: "a wrong answer to the challenge")
+    made = SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: "ef" * 16))
+    calls = iter([taken, lambda: made])
+    assert backend.claim("risk-1~0", "rayfin-desk-risk", lambda: next(calls)()) is made
+    assert killed == [holder] and backend.impostors_killed == 1
