@@ -101,3 +101,9 @@ def test_window_switch_moves_quota_and_reclaim_starts_one_grace_early(rayfin_env
         ray.get(handle.shutdown.remote(), timeout=30)
         ray.kill(handle)
         ray.get(rayfin_env.controller.set_policing_mode.remote(TOKENS["admin"], "enforce"), timeout=30)
+
+        def settled() -> bool:   # the session controller no longer counts this one's groups as outside
+            reply = ray.get(rayfin_env.controller.pools.remote(TOKENS["admin"]), timeout=30)
+            return reply["ok"] and all(p["outside"] == 0 and p["lost"] == 0 for p in reply["value"].values())
+
+        wait_for(settled, 60, what="the second controller's groups gone from the session controller's view")
