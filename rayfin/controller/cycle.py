@@ -19,7 +19,8 @@ from rayfin import collector
 from rayfin.controller import deadlines, market_clock, resize
 from rayfin.controller.backend import LaunchSpec, Observation
 from rayfin.controller.records import JobRecord
-from rayfin.controller.state import PLACED, ControllerState, at_base, at_stake_since, duration_key, started_info
+from rayfin.controller.state import (PLACED, ControllerState, at_base, at_stake_since, duration_key, started_info,
+                                     unpreempted)
 from rayfin.policy import (ClusterSnapshot, CommProfile, CycleDecision, JobState, PendingJob, Priority, RunningJob,
                            schedule)
 from rayfin.market.deadline import guard_deadline_class
@@ -116,7 +117,7 @@ def _runner_status(s: ControllerState, job: JobRecord, st: Any, now: float) -> i
     if finished_anyway:
         if resize.growing(job):   # it ran at its base to the end: the new workers never started
             job = job.copy(placement=job.base_placement, **at_base(job))
-        job = job.copy(preempt_deadline=None, preempt_reason="", preempted_for=None, resize_to=0,
+        job = job.copy(**unpreempted(), resize_to=0,
                        resize_deadline=None, resize_reason="", resize_for=None)
         s.active[job.job_id] = job
     if st.state == "SUCCEEDED" and len(st.results) > 1 and job.preempt_deadline is None \
@@ -172,7 +173,7 @@ def _overdue(s: ControllerState, job: JobRecord, now: float) -> int:
         s.lost(job, f"not started within {s.admit_timeout_s:g}s of admission", ReasonCode.ADMIT_TIMEOUT)
         return 1
     if job.preempt_deadline is not None and now >= job.preempt_deadline:
-        if job.state is JobState.ADMITTED and job.key not in s.launched:
+        if not resize.started(s, job):
             s.preempt_unstarted(job, job.preempt_reason or job.reason, job.reason_code)   # (after a restart)
         else:
             s.preempt_now(job)
@@ -296,7 +297,7 @@ def act(s: ControllerState, decision: CycleDecision) -> tuple[int, int]:
         job = s.active.get(d.job_id)
         if job is None or job.preempt_deadline is not None:
             continue
-        if job.state is JobState.ADMITTED and job.key not in s.launched:
+        if not resize.started(s, job):
             # no runner yet: nothing to stop gracefully, and one must not be started for it
             s.last_decision[job.job_id] = d
             s.recorder.decided(d)

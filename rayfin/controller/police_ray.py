@@ -64,10 +64,9 @@ def _ms(value: Any) -> float | None:
 
 
 class RayPolice:
-    def __init__(self, namespace: str, serving_apps: frozenset[str] = frozenset(), *,
+    def __init__(self, serving_apps: frozenset[str] = frozenset(), *,
                  held: Callable[[], frozenset[str]]) -> None:
         """`held`: the ids (hex) of the placement groups rayfin holds (RayBackend.held_groups)."""
-        self.namespace = namespace
         self.serving_apps = serving_apps
         self.held = held
         self._agents: dict[str, Any] = {}

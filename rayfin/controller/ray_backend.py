@@ -111,6 +111,11 @@ class _Live:
     stop_asked: bool = False           # a stop asked while it was being challenged: sent once it proves
 
 
+def _cannot_answer(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"no answer to the challenge: {type(exc).__name__}: {first}"
+
+
 def _coming_up(handle: Any) -> bool:
     """Whether Ray is still creating the actor behind `handle` (or cannot say: the state API is
     down); False once it is alive, dead or unknown to Ray."""
@@ -119,6 +124,15 @@ def _coming_up(handle: Any) -> bool:
     except Exception:  # noqa: BLE001 - the state API needs the dashboard: do not judge blind
         return True
     return row is not None and row.state in ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")
+
+
+def _totals(bundles: Any) -> dict[str, float]:
+    """Resources summed over bundles (rounded: float sums of GPU shares)."""
+    out: dict[str, float] = {}
+    for res in bundles:
+        for k, v in res.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return {k: round(v, 6) for k, v in out.items() if round(v, 6)}
 
 
 def bundles_for(topology: Topology, placement: tuple[tuple[str, float], ...], unit: int) -> list[dict[str, float]]:
@@ -208,7 +222,7 @@ class RayBackend:
         except GetTimeoutError:
             return f"{_SILENT} {timeout_s:g}s"
         except Exception as exc:  # noqa: BLE001 - no prove method, refused, died: not our runner
-            return f"no answer to the challenge: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            return _cannot_answer(exc)
         return None if self._proves(key, nonce, answer) else "a wrong answer to the challenge"
 
     def _impostor(self, key: str, namespace: str, handle: Any, why: str) -> None:
@@ -377,28 +391,14 @@ class RayBackend:
         return Observation(frozenset(ready), statuses, self._unavailable())
 
     def _shaped_as(self, pg: PlacementGroup, placement: tuple[tuple[str, float], ...]) -> bool:
-        """Whether a group found by name holds exactly the job's placement: GPUs per island, and
-        nothing but GPU and each island's own island and pool resources."""
+        """Whether a group found by name holds exactly what the job's own group would
+        (`bundles_for`): the same resources in the same amounts, nothing more."""
         try:
             bundles = (placement_group_table(pg) or {}).get("bundles") or {}
         except Exception as exc:  # noqa: BLE001 - cannot tell: not adopted
             log.warning("placement group table: %s", exc)
             return False
-        got: dict[str, float] = {}
-        for res in bundles.values():
-            islands = [i for i in self.topology.islands if island_resource(i.id) in res]
-            if len(islands) != 1:
-                return False
-            isl = islands[0]
-            allowed = {"GPU", island_resource(isl.id), pool_resource(isl.pool)}
-            if set(res) - allowed or not all(abs(float(res.get(k, 0.0)) - float(res.get("GPU", 0.0))) < 1e-6
-                                             for k in allowed):
-                return False
-            got[isl.id] = got.get(isl.id, 0.0) + float(res["GPU"])
-        want: dict[str, float] = {}
-        for island, gpus in placement:
-            want[island] = want.get(island, 0.0) + float(gpus)
-        return set(got) == set(want) and all(abs(got[i] - want[i]) < 1e-6 for i in want)
+        return _totals(bundles.values()) == _totals(bundles_for(self.topology, placement, 1))
 
     def _settle(self, key: str, live: _Live, ref: Any) -> None:
         """The challenge of the actor found under `key`'s runner name was answered (`ref`), or
@@ -421,7 +421,7 @@ class RayBackend:
             live.last = RunnerStatus("LOST", error=f"runner died: {type(exc).__name__}: {str(exc)[:300]}")
             return
         except Exception as exc:  # noqa: BLE001 - no prove method, or it raised: not our runner
-            why = f"no answer to the challenge: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            why = _cannot_answer(exc)
         if why is None:
             live.runner = suspect
             # start() is idempotent: if the old controller died between creating the runner and
@@ -523,8 +523,8 @@ class RayBackend:
             # until it proves it holds the secret; observe() settles that (`_settle`).
             live.runner = None
             live.nonce = secrets.token_bytes(16)
-            live.suspect, live.prove_by = found, time.monotonic() + PROVE_TIMEOUT_S
-            live.prove_since = time.monotonic()
+            live.suspect, live.prove_since = found, time.monotonic()
+            live.prove_by = live.prove_since + PROVE_TIMEOUT_S
             try:
                 live.prove_ref = found.prove.remote(live.nonce)
             except Exception as exc:  # noqa: BLE001 - no prove method: not a rayfin runner

@@ -132,7 +132,7 @@ class ControllerState:
 
     def requeue(self, job: JobRecord, why: str, code: ReasonCode) -> JobRecord:
         job = job.copy(state=JobState.PENDING, attempts=job.attempts + 1, placement=(), started_at=None,
-                       info=self._attained(job), preempt_deadline=None, preempt_reason="", preempted_for=None,
+                       info=self._attained(job), **unpreempted(),
                        reason_code=code, reason=f"requeued (attempt {job.attempts + 2} of {job.max_retries + 1}): {why}",
                        **at_base(job))
         self.recorder.state_changed(job, JobState.RUNNING.value)
@@ -169,7 +169,7 @@ class ControllerState:
         except Exception as exc:  # noqa: BLE001 - back to the queue at its base: nothing is lost
             log.warning("reserve %s after a resize failed: %s", job.job_id, exc)
             return self.save(job.copy(state=JobState.PENDING, placement=(), started_at=None, **at_base(job),
-                                      preempt_deadline=None, preempt_reason="", preempted_for=None,
+                                      **unpreempted(),
                                       reason=f"placement group not created after a resize: {type(exc).__name__}",
                                       reason_code=ReasonCode.RESERVE_FAILED), "requeued", str(exc)[:300])
         self.recorder.state_changed(job, old.value)

@@ -132,7 +132,7 @@ def test_policing_agents_are_unnamed_and_a_dead_one_is_replaced(monkeypatch):
         made.append(kw)
         return SimpleNamespace(remote=lambda: Agent(len(made)))
 
-    police = police_ray.RayPolice("rayfin", held=frozenset)
+    police = police_ray.RayPolice(held=frozenset)
     monkeypatch.setattr(police, "_agent_cls", SimpleNamespace(options=options))
     monkeypatch.setattr(police_ray.ray, "wait", lambda refs, timeout=None: (refs, []))
 
