@@ -264,28 +264,37 @@ def cpu_list(text: str | None) -> set[int] | None:
     return cpus
 
 
-def _flood_client(base: str, commands, results, nice: int = 0, cpus: set[int] | None = None) -> None:
+def _flood_client(base: str, commands, results, nice: int = 0, cpus: set[int] | None = None,
+                  connections: int = 8) -> None:
     """Child process: the flooding desk's own client (another desk is another program). Started
     once and told when to send, so its start-up is never inside a phase. `nice`: Ray runs its
     workers (Serve's proxy and replicas) at nice 15; a client at nice 0 outranks all of them
     about 28:1 in the kernel's scheduler, so on a shared 2-core machine the load generator's own
     CPU would count as the server's interference (a desk's client runs on the desk's machines).
     Its achieved rate is reported (`flood.achieved_rps`). `cpus`: the CPUs it may run on
-    (`--flood-cpus`: with `--system-cpus` the rest, a flood from another host, emulated)."""
+    (`--flood-cpus`: with `--system-cpus` the rest, a flood from another host, emulated).
+    `connections`: with `--flood max`, how many keep-alive connections send back to back."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     if nice:
         os.nice(nice)
     async def phase(s, times, t0):
         out: list = []
-        if isinstance(times, tuple) and times[0] == "max":
-            await max_loop(s, PRICER, auth("flood"), t0, times[1], out)
+        if isinstance(times, tuple) and times[0] == "busy":
+            # `--neighbour`: the client's core busy for the phase, no request sent: what any work
+            # beside the server costs it on this (virtual) machine, with nothing reaching rayfin.
+            await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+            end = t0 + times[1]
+            while time.monotonic() < end:
+                sum(range(2000))
+        elif isinstance(times, tuple) and times[0] == "max":
+            await max_loop(s, PRICER, auth("flood"), t0, times[1], out, connections=connections)
         else:
             await open_loop(s, PRICER, auth("flood"), times, t0, out, clock=time.monotonic)
         return out
 
     async def go():
-        conn = aiohttp.TCPConnector(limit=512)
+        conn = aiohttp.TCPConnector(limit=max(512, connections))
         async with aiohttp.ClientSession(base_url=base, connector=conn,
                                          timeout=aiohttp.ClientTimeout(total=30)) as s:
             results.put("ready")
@@ -373,14 +382,15 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     commands, replies = ctx.Queue(), ctx.Queue()
     proxy_nice = _proxy_niceness(procs)
     flood_nice = proxy_nice if args.flood_nice < 0 else args.flood_nice
-    proc = ctx.Process(target=_flood_client, args=(base, commands, replies, flood_nice, args.flood_cpu_set),
+    proc = ctx.Process(target=_flood_client, args=(base, commands, replies, flood_nice, args.flood_cpu_set,
+                                                   args.flood_conns),
                        daemon=True)
     proc.start()
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, replies.get, True, 120) == "ready"
     meter = CpuMeter({"bench_client": os.getpid(), "flood_client": proc.pid})
     rng = random.Random(args.seed)
-    conditions = ("alone", "flood", "within") if args.within else ("alone", "flood")
+    conditions = ("alone", "flood") + (("within",) if args.within else ()) + (("neighbour",) if args.neighbour else ())
     offered = {"flood": args.flood_rate * 10, "within": args.flood_rate}
     full_flood = args.flood == "max"
     cpu_s: dict[str, dict[str, float]] = {}          # raw CPU seconds per condition and role
@@ -405,6 +415,8 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
             t0 = time.monotonic() + 0.05
             if condition == "flood" and full_flood:
                 commands.put((("max", args.phase_s + lead), t0))
+            elif condition == "neighbour":
+                commands.put((("busy", args.phase_s), t0))
             elif condition in offered:
                 commands.put((poisson(offered[condition], args.phase_s + lead, rng), t0))
             started = time.monotonic()
@@ -418,6 +430,8 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
                      # stall (all at one moment) from a steady cost (spread over the phase)
                      "quiet_slowest": [(round(x[0] - t0 - lead, 2), round(1000 * x[2], 1))
                                        for x in sorted(results, key=lambda x: -x[2])[:5]]}
+            if condition == "neighbour":
+                await loop.run_in_executor(None, replies.get, True, 120)
             if condition in offered:
                 sent_by_other = await loop.run_in_executor(None, replies.get, True, 120)
                 sent = [x[0] for x in sent_by_other]
@@ -474,6 +488,7 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
                   "quota_rps": args.flood_rate, "burst": args.flood_burst,
                   "sent": len(other["flood"]), "span_s": round(flood_span, 3),
                   "codes": _codes(other["flood"]), "client": "separate process", "client_nice": flood_nice,
+                  "connections": args.flood_conns if full_flood else None,
                   "serve_proxy_nice": proxy_nice,
                   "achieved_rps": round(len(other["flood"]) / max(1e-9, flood_span), 1)},
         # Each flood phase starts from at most a full bucket: burst + rate * span per phase.
@@ -524,6 +539,20 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
         out["quiet_p99_within_ms"] = p99["within"]
         out["quiet_p99_within_ratio"] = p99["within"] / p99["alone"]
         out["quiet_p99_flood_over_within"] = p99["flood"] / p99["within"]
+    if args.neighbour:
+        # The control for the machine: the flood's client busy on its own core and sending
+        # nothing. neighbour / alone is what any busy neighbour costs the quiet desk here (a
+        # virtual machine's cores share the host's caches and memory bandwidth); flood /
+        # neighbour is what the flood's requests cost beyond that.
+        near = quiet["neighbour"]
+        out["neighbour"] = {"samples": len(near), "codes": _codes(near), "p50_ms": _p50(near),
+                            "p95_ms": round(pct_ms(near, 0.95), 2),
+                            "flood_client_cores": round(cpu["neighbour"].get("flood_client", 0.0), 3)}
+        out["quiet_p99_neighbour_ms"] = p99["neighbour"]
+        out["quiet_p99_neighbour_ratio"] = p99["neighbour"] / p99["alone"]
+        out["quiet_p99_flood_over_neighbour"] = p99["flood"] / p99["neighbour"]
+        out["quiet_p99_ratio_pair_median_over_neighbour"] = statistics.median(
+            c["flood"]["quiet_p99_ms"] / c["neighbour"]["quiet_p99_ms"] for c in by_cycle)
     return out
 
 
@@ -623,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the other desk starts sending this long before the quiet desk's phase is measured, so "
                         "the measured phase sees its steady flood, not the onset where its bucket's burst passes "
                         "at once (0: measure from the onset)")
+    p.add_argument("--neighbour", action=argparse.BooleanOptionalAction, default=False,
+                   help="also a control phase per cycle in which the flood's client keeps its CPU busy and "
+                        "sends nothing (with --flood-cpus: its own core): what a busy neighbour alone costs")
     p.add_argument("--within", action=argparse.BooleanOptionalAction, default=True,
                    help="also a control phase per cycle: the flood desk sending at its quota (no excess)")
     p.add_argument("--flood-nice", type=int, default=0,
@@ -640,10 +672,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-burst", type=int, default=20)
     p.add_argument("--flood-rate", type=float, default=5.0)
     p.add_argument("--flood", choices=("10x", "max"), default="10x",
-                   help="flood phases: 10x the flood desk's quota (open loop), or as fast as 8 connections go")
+                   help="flood phases: 10x the flood desk's quota (open loop), or as fast as --flood-conns "
+                        "keep-alive connections go")
+    p.add_argument("--flood-conns", type=int, default=1500,
+                   help="with --flood max: connections the flood client sends on, back to back (default "
+                        "1500). HAProxy's edge holds a storm's refusals (serve_apps/haproxy_edge.py: tarpit), "
+                        "so a client gets about one refusal per connection per hold (1 s): 1,500 "
+                        "connections keep the flood above 1,000 requests/s, where 8 (the earlier default) "
+                        "fall to about 130")
     p.add_argument("--haproxy-edge", action=argparse.BooleanOptionalAction, default=False,
                    help="refuse over-quota desks inside HAProxy (serve_apps/haproxy_edge.py; --ingress haproxy)")
     p.add_argument("--flood-burst", type=int, default=5)
+    p.add_argument("--edge-hold", type=int, default=haproxy_edge.HOLD_S,
+                   help="with --haproxy-edge: seconds HAProxy holds a storm's refusal before its 429 "
+                        f"(default {haproxy_edge.HOLD_S}; 0: refuse at once, as before the hold)")
     p.add_argument("--gateway-replicas", type=int, default=2 if (os.cpu_count() or 1) >= 4 else 1)
     p.add_argument("--model-replicas", type=int, default=1,
                    help="replicas of the model (gated and direct alike)")
@@ -659,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default), router = Serve's request router only. With --ingress haproxy the edge "
                         "is the middleware of each gated replica's HTTP server")
     args = p.parse_args(argv)
+    if not 1 <= args.flood_conns <= 8000:
+        p.error(f"--flood-conns must be 1 to 8000 (HAProxy's maxconn is 4096 by default); got {args.flood_conns}")
 
     try:
         flood_cpus, system_cpus = cpu_list(args.flood_cpus), cpu_list(args.system_cpus)
@@ -678,13 +722,15 @@ def main(argv: list[str] | None = None) -> int:
     rates = haproxy_edge.desk_rates(config) if args.haproxy_edge else None
     if args.edge and args.edge_in == "proxy":
         # As LocalCluster does: the ingress and the edge middleware (and the HAProxy edge).
-        installed = ingress.install(args.ingress, free_port=free_port, haproxy_edge_rates=rates)
+        installed = ingress.install(args.ingress, free_port=free_port, haproxy_edge_rates=rates,
+                                    edge_hold_s=args.edge_hold)
     else:                                           # no middleware: the router alone sheds, or nothing does
         installed = ingress.ingress_env(args.ingress, ingress.new_run_dir() if args.ingress == "haproxy" else "",
                                         free_port)
         if rates is not None:
             run_dir = installed["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
-            installed.update(haproxy_edge.install_edge(run_dir, rates, ingress.haproxy_binary(), sys.executable))
+            installed.update(haproxy_edge.install_edge(run_dir, rates, ingress.haproxy_binary(), sys.executable,
+                                                       hold_s=args.edge_hold))
         os.environ.update(installed)
     if args.haproxy_edge:   # the wrapper runs `python -m serve_apps.haproxy_edge` from here
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
@@ -703,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
-    result["setup"] = {"flood": args.flood, "haproxy_edge": args.haproxy_edge, "ingress": args.ingress, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
+    result["setup"] = {"flood": args.flood, "flood_conns": args.flood_conns, "edge_hold_s": args.edge_hold,
+                       "haproxy_edge": args.haproxy_edge, "ingress": args.ingress, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
                        "flood_cpus": sorted(flood_cpus) if flood_cpus else "all",
                        "system_cpus": sorted(system_cpus) if system_cpus else "all",
                        "load_avg_1m": os.getloadavg()[0], "wall_s": round(time.time() - started, 1),

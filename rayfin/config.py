@@ -314,6 +314,11 @@ class ServeConfig(ConfigModel):
         "latencies of the Ray dashboard's Serve view), which Serve gets by parsing one HAProxy log line per "
         "request in Python (about 50 us of CPU each on a small node); false saves that, and rayfin's own "
         "per-desk request metrics from the replicas remain")
+    edge_hold_s: int = Field(
+        1, ge=0, le=30, description="with edge 'haproxy': once a credential's refusals reach 4x its edge limit "
+        "in the window (or 200 a second), each further refusal is held this long in HAProxy before the same "
+        "429 with Retry-After (a tarpit), so a client sending back to back gets one refusal per connection "
+        "per hold instead of one per round trip; 0: refuse at once")
     edge_runtime: EdgeRuntimeConfig | None = Field(
         None, description="with edge 'haproxy': the runtime API address and map file of an HAProxy edge that "
         "does not run on the broker's node (KubeRay's head-pod sidecar); unset: Serve's own HAProxies")

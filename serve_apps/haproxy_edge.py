@@ -15,6 +15,18 @@ Python sees a byte:
 Counting only what passes (gpc0, not http_req_rate) keeps a desk's allowed share flowing
 during its own flood: the edge passes about `limit` per window, as the token bucket does.
 
+A storm (a retry loop, a client that ignores Retry-After) is refused more cheaply still. Once a
+credential's refusals in the window (gpc1_rate) reach `storm_factor` times its limit, or
+`storm_cap_per_s` a second whatever its quota, each further refusal is held for 0.5 to 1.5 x
+`hold_s` (at random, so the holds of a client's connections do not end together) before its 429
+(HAProxy's `tarpit` in one of the `rf_hold_<i>` backends, with the same status, body and
+Retry-After). The answer is the same,
+so a client that backs off on Retry-After sees no difference. A client sending back to back gets
+one refusal per connection per `hold_s` instead of one per round trip, and each refusal costs
+HAProxy a CPU cycle on the core that also serves the quiet desks. Only refusals are held: what
+the desk may pass still passes at once, since the storm rules apply only over the limit. The
+held connections count toward HAProxy's `maxconn`, as idle keep-alive connections already do.
+
 The edge only refuses: what it passes still meets admission (serve_apps/admission.py: Python
 stays the authority), and the limit is set so a desk within its quota is never refused here:
 a token bucket of rate r and burst b passes at most b + r * W in any window W, and HAProxy's
@@ -53,6 +65,13 @@ MAP_FILE = "rates.map"          # in the cluster's HAProxy directory
 # Set by `install_edge` for every process of the cluster: the quota broker finds the map here.
 MAP_ENV = "RAYFIN_HAPROXY_EDGE_MAP"
 SOCKET_ENV = "RAY_SERVE_HAPROXY_SOCKET_PATH"
+# A storm: refusals in the window at least STORM_FACTOR x the desk's limit, or STORM_CAP_PER_S a
+# second; its refusals are then held HOLD_S each (`tarpit`) before the same 429.
+STORM_FACTOR = 4
+STORM_CAP_PER_S = 200
+HOLD_S = 1
+HOLDS = 5                       # hold backends, 0.5 to 1.5 x HOLD_S
+HOLD_BACKEND = "rf_hold_"
 
 
 @dataclass(frozen=True)
@@ -106,14 +125,33 @@ def parse_show_map(text: str) -> dict[str, int]:
     return out
 
 
-def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1) -> str:
+def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1, *,
+                   storm_factor: int = STORM_FACTOR, storm_cap_per_s: int = STORM_CAP_PER_S,
+                   hold_s: int = HOLD_S) -> str:
     """The `http-request` lines for Serve's `http_frontend` (see the module docstring)."""
     w = int(window_s)
     if w < 1 or w != window_s:
         raise ValueError(f"window_s must be a whole number of seconds >= 1; got {window_s}")
     if retry_after_s < 1:
         raise ValueError(f"retry_after_s must be >= 1; got {retry_after_s}")
-    body = '{"error":"rate limit exceeded","reason":"requests_per_s","refused_by":"edge"}'
+    if storm_factor < 1:
+        raise ValueError(f"storm_factor must be >= 1 (refusals per window, in limits); got {storm_factor}")
+    if storm_cap_per_s < 1:
+        raise ValueError(f"storm_cap_per_s must be >= 1 refusal a second; got {storm_cap_per_s}")
+    if not 0 <= hold_s <= 30:
+        raise ValueError(f"hold_s must be 0 to 30 seconds (0: no holding); got {hold_s}")
+    answer = _answer(retry_after_s)
+    storm, calm, hold = "", "", ""
+    if hold_s:
+        # A storm's refusal goes to one of the HOLDS backends at random, each holding it a
+        # different time (`storm_backends`): the holds of a client's connections drift apart, so
+        # their refusals reach HAProxy spread out, not all at once every hold_s.
+        storm = (
+            f"    http-request set-var(txn.rf_storm) var(txn.rf_limit),mul({storm_factor}) if rf_predict rf_known rf_over\n"
+            "    acl rf_storm sc_gpc1_rate(0),sub(txn.rf_storm) ge 0\n"
+            f"    acl rf_storm sc_gpc1_rate(0) ge {storm_cap_per_s * w}\n")
+        calm = " !rf_storm"
+        hold = f"    use_backend {HOLD_BACKEND}%[rand({HOLDS})] if rf_predict rf_known rf_over rf_storm\n"
     return (
         "    # rayfin: per-desk refusal at the ingress (serve_apps/haproxy_edge.py)\n"
         "    acl rf_predict path_end :predict\n"
@@ -127,27 +165,55 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         # Python collector to parse, which cost as much CPU per refusal as HAProxy itself.
         "    http-request sc-inc-gpc1(0) if rf_predict rf_known rf_over\n"
         "    http-request set-log-level silent if rf_predict rf_known rf_over\n"
-        f"    http-request return status 429 content-type application/json hdr Retry-After {retry_after_s} "
-        f"hdr X-Rayfin-Edge haproxy string '{body}' if rf_predict rf_known rf_over\n"
-        "    http-request sc-inc-gpc0(0) if rf_predict rf_known\n"
+        + storm +
+        f"    http-request return status 429 {answer} if rf_predict rf_known rf_over{calm}\n"
+        "    http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over\n"
+        + hold
     )
+
+
+def _answer(retry_after_s: int) -> str:
+    """What follows `return status 429` / `tarpit deny_status 429`: the edge's refusal."""
+    body = '{"error":"rate limit exceeded","reason":"requests_per_s","refused_by":"edge"}'
+    return (f"content-type application/json hdr Retry-After {retry_after_s} "
+            f"hdr X-Rayfin-Edge haproxy string '{body}'")
+
+
+def storm_backends(retry_after_s: int = 1, hold_s: int = HOLD_S) -> str:
+    """The backends a storm's refusals are held in: HOLDS of them, holding 0.5 to 1.5 x hold_s
+    (mean hold_s) before the same 429 as the frontend's; none with hold_s 0."""
+    if not hold_s:
+        return ""
+    out = []
+    for i in range(HOLDS):
+        ms = round(1000 * hold_s * (0.5 + i / (HOLDS - 1)))
+        out.append(f"backend {HOLD_BACKEND}{i}\n"
+                   f"    timeout tarpit {ms}\n"
+                   f"    http-request tarpit deny_status 429 {_answer(retry_after_s)}\n")
+    return "".join(out)
+
+
+def edge_backends(window_s: float = 10.0, retry_after_s: int = 1, hold_s: int = HOLD_S) -> str:
+    """Every backend the frontend rules refer to: the table and the storm holds."""
+    return table_backend(window_s) + storm_backends(retry_after_s, hold_s)
 
 
 def table_backend(window_s: float = 10.0, size: int = 10_000) -> str:
     """The stick table that counts each credential's passed requests."""
     return (f"backend {TABLE}\n"
             f"    stick-table type string len 64 size {size} expire {max(30, 3 * int(window_s))}s "
-            f"store gpc0,gpc0_rate({int(window_s)}s),gpc1\n")
+            f"store gpc0,gpc0_rate({int(window_s)}s),gpc1,gpc1_rate({int(window_s)}s)\n")
 
 
-def patch_template(template: str, map_path: str, window_s: float = 10.0, retry_after_s: int = 1) -> str:
+def patch_template(template: str, map_path: str, window_s: float = 10.0, retry_after_s: int = 1,
+                   hold_s: int = HOLD_S) -> str:
     """Serve's HAProxy template with the rules in its frontend and the table appended."""
     if ANCHOR not in template:
         raise RuntimeError("Serve's HAProxy template has no line starting with "
                            f"{ANCHOR.strip()!r}; this Ray version lays it out differently: "
                            "to fix, update serve_apps/haproxy_edge.ANCHOR for it")
-    rules = frontend_rules(map_path, window_s, retry_after_s)
-    return template.replace(ANCHOR, rules + ANCHOR, 1) + "\n" + table_backend(window_s)
+    rules = frontend_rules(map_path, window_s, retry_after_s, hold_s=hold_s)
+    return template.replace(ANCHOR, rules + ANCHOR, 1) + "\n" + edge_backends(window_s, retry_after_s, hold_s)
 
 
 def _check(window_s: float, slack: float) -> None:
@@ -164,13 +230,13 @@ def desk_rates(config) -> dict[str, DeskRate]:
 
 
 def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, python: str,
-                 window_s: float = 10.0, slack: float = 2.0) -> dict[str, str]:
+                 window_s: float = 10.0, slack: float = 2.0, hold_s: int = HOLD_S) -> dict[str, str]:
     """Write the rate map and the wrapper into `run_dir`; the variables to set before Serve starts."""
     map_path = os.path.join(run_dir, MAP_FILE)
     write_map(map_path, rates, window_s, slack)
     script = os.path.join(run_dir, WRAPPER)
     with open(script, "w") as f:
-        f.write(wrapper_script(python, real_binary, map_path, window_s))
+        f.write(wrapper_script(python, real_binary, map_path, window_s, hold_s))
     os.chmod(script, 0o755)
     return {"RAY_SERVE_HAPROXY_BINARY_PATH": script, MAP_ENV: map_path}
 
@@ -374,20 +440,21 @@ def apply_rates_at(admin: str, map_path: str, rates: Mapping[str, DeskRate],
 
 # ---- the wrapper Serve runs as its HAProxy binary (RAY_SERVE_HAPROXY_BINARY_PATH) -------------
 
-def wrapper_script(python: str, real_binary: str, map_path: str, window_s: float = 10.0) -> str:
+def wrapper_script(python: str, real_binary: str, map_path: str, window_s: float = 10.0,
+                   hold_s: int = HOLD_S) -> str:
     """A shell script for RAY_SERVE_HAPROXY_BINARY_PATH: patch the -f config, then exec HAProxy."""
     return (f"#!/bin/sh\nexec {python} -m serve_apps.haproxy_edge --real {real_binary} "
-            f"--map {map_path} --window {window_s:g} -- \"$@\"\n")
+            f"--map {map_path} --window {window_s:g} --hold {int(hold_s)} -- \"$@\"\n")
 
 
-def patch_config_file(path: str, map_path: str, window_s: float = 10.0) -> bool:
+def patch_config_file(path: str, map_path: str, window_s: float = 10.0, hold_s: int = HOLD_S) -> bool:
     """Insert the rules into a rendered config in place; False if they are there already."""
     with open(path) as f:
         text = f.read()
     if "acl rf_predict" in text:
         return False
     with open(path, "w") as f:
-        f.write(patch_template(text, map_path, window_s))
+        f.write(patch_template(text, map_path, window_s, hold_s=hold_s))
     return True
 
 
@@ -399,13 +466,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--real", required=True, help="the HAProxy binary to run")
     ap.add_argument("--map", required=True, help="the rate map file (rate_map)")
     ap.add_argument("--window", type=float, default=10.0)
+    ap.add_argument("--hold", type=int, default=HOLD_S, help="seconds a storm's refusal is held (0: never)")
     ns = ap.parse_args(argv[:split])
     rest = argv[split + 1:]
     for i, a in enumerate(rest[:-1]):
         if a == "-f":
             if not os.path.exists(ns.map):
                 open(ns.map, "a").close()      # an empty map: nobody tracked until quotas arrive
-            patch_config_file(rest[i + 1], ns.map, ns.window)
+            patch_config_file(rest[i + 1], ns.map, ns.window, ns.hold)
     os.execv(ns.real, [ns.real, *rest])
 
 

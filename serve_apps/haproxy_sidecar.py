@@ -24,11 +24,11 @@ import os
 import sys
 from typing import Mapping
 
-from serve_apps.haproxy_edge import DeskRate, desk_rates, frontend_rules, table_backend, write_map
+from serve_apps.haproxy_edge import HOLD_S, DeskRate, desk_rates, edge_backends, frontend_rules, write_map
 
 
 def sidecar_config(*, listen_port: int, backend: str, admin: str, map_path: str, window_s: float = 10.0,
-                   retry_after_s: int = 1, maxconn: int = 4096) -> str:
+                   retry_after_s: int = 1, maxconn: int = 4096, hold_s: int = HOLD_S) -> str:
     """A standalone haproxy.cfg: the edge rules in front of one backend (Serve's ingress)."""
     if not 0 < listen_port < 65536:
         raise ValueError(f"listen port must be 1..65535; got {listen_port}")
@@ -48,21 +48,22 @@ def sidecar_config(*, listen_port: int, backend: str, admin: str, map_path: str,
         "    timeout server 120s\n"
         "frontend rayfin_edge\n"
         f"    bind :{listen_port}\n"
-        + frontend_rules(map_path, window_s, retry_after_s)
+        + frontend_rules(map_path, window_s, retry_after_s, hold_s=hold_s)
         + "    default_backend rayfin_serve\n"
         "backend rayfin_serve\n"
         f"    server serve {backend}\n"
-        + table_backend(window_s)
+        + edge_backends(window_s, retry_after_s, hold_s)
     )
 
 
 def write_files(cfg_path: str, rates: Mapping[str, DeskRate], *, listen_port: int, backend: str, admin: str,
-                map_path: str) -> None:
+                map_path: str, hold_s: int = HOLD_S) -> None:
     """The rate map and the config, each replaced whole."""
     write_map(map_path, rates)
     tmp = f"{cfg_path}.tmp"
     with open(tmp, "w") as f:
-        f.write(sidecar_config(listen_port=listen_port, backend=backend, admin=admin, map_path=map_path))
+        f.write(sidecar_config(listen_port=listen_port, backend=backend, admin=admin, map_path=map_path,
+                               hold_s=hold_s))
     os.replace(tmp, cfg_path)
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("serve_apps.haproxy_sidecar: the config has no HAProxy edge (set serve.edge: haproxy and "
                  "serve.edge_runtime)")
     write_files(args.cfg, desk_rates(config), listen_port=args.listen, backend=args.backend, admin=rt.admin,
-                map_path=rt.map_path)
+                map_path=rt.map_path, hold_s=config.serve.edge_hold_s)
     binary = haproxy_binary()
     if binary is None:
         sys.exit("serve_apps.haproxy_sidecar: no HAProxy binary (ray[serve] on Linux bundles one)")

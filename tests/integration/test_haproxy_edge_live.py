@@ -18,7 +18,7 @@ from rayfin.cluster import free_port
 from tests.support.haproxy import start_haproxy
 from serve_apps.haproxy_edge import (MAP_ENV, SOCKET_ENV, DeskRate, EdgeCounts, admin_sockets, apply_rates_here,
                                      credential_key, edge_counts, frontend_rules, parse_show_map, rate_map,
-                                     table_backend)
+                                     edge_backends)
 
 
 class _App(http.server.BaseHTTPRequestHandler):
@@ -51,7 +51,7 @@ def edge(tmp_path):
     cfg.write_text(f"global\n    stats socket {sock} mode 600 level admin\n"
                    "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
                    f"frontend http_frontend\n    bind 127.0.0.1:{port}\n{frontend_rules(str(map_path), 10, 1)}"
-                   f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{table_backend(10)}")
+                   f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{edge_backends(10)}")
     proc = start_haproxy(binary, str(cfg), port)
     yield port, str(map_path), str(sock), proc.pid
     proc.terminate()
@@ -106,6 +106,43 @@ def test_flood_is_refused_in_haproxy_and_quota_changes_follow_without_restart(ed
     assert _admin(sock, f"set map {map_path} {credential_key('fx-token')} 410").strip() == ""
     assert _send(port, "fx-token", 350) == {200: 300, 429: 50}
     assert os.path.exists(f"/proc/{pid}")
+
+
+def _one(conn: http.client.HTTPConnection, token: str) -> tuple[int, float, http.client.HTTPResponse, bytes]:
+    t = time.monotonic()
+    conn.request("POST", "/v1/models/m:predict", body=b"{}", headers={"Authorization": f"Bearer {token}"})
+    r = conn.getresponse()
+    body = r.read()
+    return r.status, time.monotonic() - t, r, body
+
+
+def test_a_storm_is_held_before_its_429_and_other_desks_are_not(edge):
+    """Past 4 x its limit of refusals in the window (storm_factor), each refusal of a credential
+    waits 0.5 to 1.5 x `hold_s` (1 s) in HAProxy before the same 429 with Retry-After: a
+    back-to-back client gets one refusal per connection per hold instead of one per round trip."""
+    port, map_path, sock, _ = edge
+    assert _admin(sock, f"add map {map_path} {credential_key('quiet-token')} 110").strip() == ""
+    _App.hits = 0
+    # limit 110 passed per window; the storm starts at 4 x 110 = 440 refusals in the window
+    t0 = time.monotonic()
+    assert _send(port, "fx-token", 110 + 440) == {200: 110, 429: 440}
+    assert time.monotonic() - t0 < 5, "refusals below the storm threshold are answered at once"
+    flood = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    held = [_one(flood, "fx-token") for _ in range(4)]
+    for status, took, r, body in held:
+        assert status == 429 and 0.45 <= took < 3, (status, took)      # held 0.5 to 1.5 s
+        assert r.getheader("Retry-After") == "1" and r.getheader("X-Rayfin-Edge") == "haproxy"
+        assert b'"refused_by":"edge"' in body
+    flood.close()                                                 # the connection stayed open between them
+    # Another desk is neither refused nor held meanwhile.
+    quiet = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    status, took, _, _ = _one(quiet, "quiet-token")
+    assert status == 200 and took < 0.5
+    quiet.close()
+    assert _App.hits == 111
+    # The held refusals are counted like the others.
+    counts = edge_counts([sock])
+    assert counts[credential_key("fx-token")] == EdgeCounts(passed=110, refused=444)
 
 
 def test_the_brokers_poller_reads_what_a_real_haproxy_refused(edge):
@@ -279,7 +316,7 @@ def test_refusals_stay_out_of_the_request_log_that_serve_parses(tmp_path):
     cfg.write_text("defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
                    f"frontend http_frontend\n    bind 127.0.0.1:{port}\n    log {log_path} local0 info\n"
                    f"    option httplog\n{frontend_rules(str(map_path), 10, 1)}"
-                   f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{table_backend(10)}")
+                   f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{edge_backends(10)}")
     proc = start_haproxy(binary, str(cfg), port)
     try:
         lines: list[str] = []

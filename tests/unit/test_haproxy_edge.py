@@ -54,7 +54,10 @@ def test_template_without_the_anchor_fails_loudly():
         patch_template("frontend x\n", "/m.map")
 
 
-@pytest.mark.parametrize("kw, field", [({"window_s": 0.5}, "window_s"), ({"retry_after_s": 0}, "retry_after_s")])
+@pytest.mark.parametrize("kw, field", [({"window_s": 0.5}, "window_s"), ({"retry_after_s": 0}, "retry_after_s"),
+                                       ({"storm_factor": 0}, "storm_factor"),
+                                       ({"storm_cap_per_s": 0}, "storm_cap_per_s"),
+                                       ({"hold_s": 31}, "hold_s"), ({"hold_s": -1}, "hold_s")])
 def test_bad_rule_settings_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
         frontend_rules("/m.map", **kw)
@@ -139,6 +142,32 @@ def test_refusals_are_counted_and_kept_out_of_the_log():
     assert "http-request sc-inc-gpc1(0) if rf_predict rf_known rf_over" in lines[:refuse]
     assert "http-request set-log-level silent if rf_predict rf_known rf_over" in lines[:refuse]
     assert "gpc1" in table_backend(10)
+
+
+def test_a_storm_is_held_with_the_same_answer_and_only_past_the_limit():
+    from serve_apps.haproxy_edge import HOLDS, edge_backends, storm_backends
+
+    lines = [x.strip() for x in frontend_rules("/m", 10, 2, storm_factor=3, storm_cap_per_s=50, hold_s=4).splitlines()]
+    refuse = next(x for x in lines if x.startswith("http-request return status 429"))
+    assert refuse.endswith("if rf_predict rf_known rf_over !rf_storm")        # a storm is not refused at once
+    assert "http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over" in lines   # nor counted as passed
+    route = next(x for x in lines if x.startswith("use_backend"))
+    assert route == f"use_backend rf_hold_%[rand({HOLDS})] if rf_predict rf_known rf_over rf_storm"
+    assert "http-request set-var(txn.rf_storm) var(txn.rf_limit),mul(3) if rf_predict rf_known rf_over" in lines
+    assert "acl rf_storm sc_gpc1_rate(0) ge 500" in lines              # 50/s over a 10 s window
+    assert lines.index("http-request sc-inc-gpc1(0) if rf_predict rf_known rf_over") < lines.index(refuse)
+    # each hold backend answers what the frontend would have, after 2 to 6 s (mean 4 s)
+    held = storm_backends(2, 4)
+    assert held.count("backend rf_hold_") == HOLDS
+    tarpits = [x.strip() for x in held.splitlines() if "tarpit deny_status" in x]
+    assert {t.removeprefix("http-request tarpit deny_status 429") for t in tarpits} == \
+        {refuse.removeprefix("http-request return status 429").removesuffix(" if rf_predict rf_known rf_over !rf_storm")}
+    holds = [int(x.split()[-1]) for x in held.splitlines() if "timeout tarpit" in x]
+    assert min(holds) == 2000 and max(holds) == 6000 and sum(holds) / len(holds) == 4000
+    assert "gpc1_rate(10s)" in table_backend(10) and "backend rf_hold_0" in edge_backends(10, 2, 4)
+    # hold_s 0: no holding at all
+    assert not any("rf_storm" in x or "use_backend" in x for x in frontend_rules("/m", 10, 1, hold_s=0).splitlines())
+    assert storm_backends(1, 0) == "" and edge_backends(10, 1, 0) == table_backend(10)
 
 
 class FakeHAProxy:

@@ -146,6 +146,35 @@ def test_the_config_turns_the_haproxy_edge_on(monkeypatch):
         ingress.remove_run_dir(values)
 
 
+def test_the_configured_hold_reaches_the_rules_haproxy_runs(monkeypatch, tmp_path):
+    """`serve.edge_hold_s` goes into the wrapper Serve runs, and from there into the rules it
+    patches into the rendered config: a tarpit of that many seconds, or none with 0."""
+    from serve_apps import haproxy_edge
+    from tests.support.builders import config
+
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/opt/haproxy")
+    for hold, expect in ((3, "timeout tarpit 4500"), (0, None)):
+        env: dict = {}
+        cfg = config(serve={"enabled": True, "ingress": "haproxy", "edge": "haproxy", "edge_hold_s": hold})
+        values = ingress.install_from_config(cfg, env, ports())
+        try:
+            wrapper = open(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).read()
+            assert f"--hold {hold} " in wrapper
+            rendered = tmp_path / f"haproxy-{hold}.cfg"
+            rendered.write_text("frontend http_frontend\n" + haproxy_edge.ANCHOR + "\n")
+            seen: list = []
+            monkeypatch.setattr(haproxy_edge.os, "execv", lambda *a: seen.append(a))
+            haproxy_edge.main(["--real", "/opt/haproxy", "--map", env[haproxy_edge.MAP_ENV],
+                               "--hold", str(hold), "--", "-f", str(rendered)])
+            text = rendered.read_text()
+            assert seen and "acl rf_predict" in text
+            assert (expect in text) if expect else ("tarpit" not in text)
+        finally:
+            ingress.remove_run_dir(values)
+    with pytest.raises(Exception, match="edge_hold_s"):
+        config(serve={"enabled": True, "ingress": "haproxy", "edge": "haproxy", "edge_hold_s": 31})
+
+
 def test_haproxy_edge_without_haproxy_ingress_names_the_fields():
     from rayfin.errors import ConfigError
     from tests.support.builders import config
