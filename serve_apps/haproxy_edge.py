@@ -16,7 +16,7 @@ Counting only what passes (gpc0, not http_req_rate) keeps a desk's allowed share
 during its own flood: the edge passes about `limit` per window, as the token bucket does.
 
 A storm (a retry loop, a client that ignores Retry-After) is refused more cheaply still. Once a
-credential's refusals in the window (gpc1_rate) reach `storm_factor` times its limit, or
+credential's refusals in the window (gpc1_rate) pass `storm_factor` times its limit, or
 `storm_cap_per_s` a second whatever its quota, each further refusal is held for 0.5 to 1.5 x
 `hold_s` (at random, so the holds of a client's connections do not end together) before its 429
 (HAProxy's `tarpit` in one of the `rf_hold_<i>` backends, with the same status, body and
@@ -72,6 +72,7 @@ STORM_CAP_PER_S = 200
 HOLD_S = 1
 HOLDS = 5                       # hold backends, 0.5 to 1.5 x HOLD_S
 HOLD_BACKEND = "rf_hold_"
+ROUTER_ACTION = "lua.route_via_ingress_request_router"   # Serve's ingress request router, when on
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,13 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         # their refusals reach HAProxy spread out, not all at once every hold_s.
         storm = (
             f"    http-request set-var(txn.rf_storm) var(txn.rf_limit),mul({storm_factor}) if rf_predict rf_known rf_over\n"
-            "    acl rf_storm sc_gpc1_rate(0),sub(txn.rf_storm) ge 0\n"
-            f"    acl rf_storm sc_gpc1_rate(0) ge {storm_cap_per_s * w}\n")
+            "    acl rf_storm sc_gpc1_rate(0),sub(txn.rf_storm) gt 0\n"
+            f"    acl rf_storm sc_gpc1_rate(0) gt {storm_cap_per_s * w}\n"
+            # Decided here, before a passed request is counted: `use_backend` is evaluated after
+            # every http-request rule, when a request that just passed may read as over the limit.
+            "    http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_over rf_storm\n")
         calm = " !rf_storm"
-        hold = f"    use_backend {HOLD_BACKEND}%[rand({HOLDS})] if rf_predict rf_known rf_over rf_storm\n"
+        hold = f"    use_backend {HOLD_BACKEND}%[rand({HOLDS})] if {{ var(txn.rf_hold) -m bool }}\n"
     return (
         "    # rayfin: per-desk refusal at the ingress (serve_apps/haproxy_edge.py)\n"
         "    acl rf_predict path_end :predict\n"
@@ -448,11 +452,18 @@ def wrapper_script(python: str, real_binary: str, map_path: str, window_s: float
 
 
 def patch_config_file(path: str, map_path: str, window_s: float = 10.0, hold_s: int = HOLD_S) -> bool:
-    """Insert the rules into a rendered config in place; False if they are there already."""
+    """Insert the rules into a rendered config in place; False if they are there already.
+
+    A held refusal goes on through Serve's later http-request rules to its `use_backend`; with
+    an ingress request router in the config those include a Lua call to Serve's Python router
+    (and its 503 when that fails), which an immediate refusal never reaches. So with a router in
+    the rendered config the storm is refused at once, not held."""
     with open(path) as f:
         text = f.read()
     if "acl rf_predict" in text:
         return False
+    if ROUTER_ACTION in text:
+        hold_s = 0
     with open(path, "w") as f:
         f.write(patch_template(text, map_path, window_s, hold_s=hold_s))
     return True

