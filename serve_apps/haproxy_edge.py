@@ -26,6 +26,8 @@ one refusal per connection per `hold_s` instead of one per round trip, and each 
 HAProxy a CPU cycle on the core that also serves the quiet desks. Only refusals are held: what
 the desk may pass still passes at once, since the storm rules apply only over the limit. The
 held connections count toward HAProxy's `maxconn`, as idle keep-alive connections already do.
+Behind a shared L7 gateway that pools upstream connections across desks, a held refusal would
+block the next request on its pooled connection: put the edge in front of such a gateway.
 
 The edge only refuses: what it passes still meets admission (serve_apps/admission.py: Python
 stays the authority), and the limit is set so a desk within its quota is never refused here:
@@ -65,8 +67,8 @@ MAP_FILE = "rates.map"          # in the cluster's HAProxy directory
 # Set by `install_edge` for every process of the cluster: the quota broker finds the map here.
 MAP_ENV = "RAYFIN_HAPROXY_EDGE_MAP"
 SOCKET_ENV = "RAY_SERVE_HAPROXY_SOCKET_PATH"
-# A storm: refusals in the window at least STORM_FACTOR x the desk's limit, or STORM_CAP_PER_S a
-# second; its refusals are then held HOLD_S each (`tarpit`) before the same 429.
+# A storm: refusals in the window past STORM_FACTOR x the desk's limit, or past STORM_CAP_PER_S a
+# second; its further refusals are then held about HOLD_S each (`tarpit`) before the same 429.
 STORM_FACTOR = 4
 STORM_CAP_PER_S = 200
 HOLD_S = 1
@@ -154,7 +156,7 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
             # Decided here, before a passed request is counted: `use_backend` is evaluated after
             # every http-request rule, when a request that just passed may read as over the limit.
             "    http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_over rf_storm\n")
-        calm = " !rf_storm"
+        calm = " !{ var(txn.rf_hold) -m bool }"     # the decision made once, not rf_storm again
         hold = f"    use_backend {HOLD_BACKEND}%[rand({HOLDS})] if {{ var(txn.rf_hold) -m bool }}\n"
     return (
         "    # rayfin: per-desk refusal at the ingress (serve_apps/haproxy_edge.py)\n"
