@@ -20,12 +20,12 @@ credential's refusals in the window (gpc1_rate) pass `storm_factor` times its li
 `storm_cap_per_s` a second whatever its quota, each further refusal is held for 0.5 to 1.5 x
 `hold_s` (at random, so the holds of a client's connections do not end together) before its 429
 (HAProxy's `tarpit` in one of the `rf_hold_<i>` backends, with the same status, body and
-Retry-After). The answer is the same,
-so a client that backs off on Retry-After sees no difference. A client sending back to back gets
-one refusal per connection per `hold_s` instead of one per round trip, and each refusal costs
-HAProxy a CPU cycle on the core that also serves the quiet desks. Only refusals are held: what
-the desk may pass still passes at once, since the storm rules apply only over the limit. The
-held connections count toward HAProxy's `maxconn`, as idle keep-alive connections already do.
+Retry-After). A client that backs off on Retry-After sees no difference. A client sending back to
+back gets one refusal per connection per `hold_s` instead of one per round trip, and each
+refusal it does not send is HAProxy CPU not taken from the core that also serves the quiet
+desks. Only refusals are held: what the desk may pass still passes at once (whether to hold is
+decided before a pass is counted). The held connections count toward HAProxy's `maxconn`, as
+idle keep-alive connections already do.
 Behind a shared L7 gateway that pools upstream connections across desks, a held refusal would
 block the next request on its pooled connection: put the edge in front of such a gateway.
 
@@ -144,6 +144,7 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
     if not 0 <= hold_s <= 30:
         raise ValueError(f"hold_s must be 0 to 30 seconds (0: no holding); got {hold_s}")
     answer = _answer(retry_after_s)
+    held = "{ var(txn.rf_hold) -m bool }"   # the one decision to hold, read by both rules below
     storm, calm, hold = "", "", ""
     if hold_s:
         # A storm's refusal goes to one of the HOLDS backends at random, each holding it a
@@ -156,8 +157,8 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
             # Decided here, before a passed request is counted: `use_backend` is evaluated after
             # every http-request rule, when a request that just passed may read as over the limit.
             "    http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_over rf_storm\n")
-        calm = " !{ var(txn.rf_hold) -m bool }"     # the decision made once, not rf_storm again
-        hold = f"    use_backend {HOLD_BACKEND}%[rand({HOLDS})] if {{ var(txn.rf_hold) -m bool }}\n"
+        calm = f" !{held}"
+        hold = f"    use_backend {HOLD_BACKEND}%[rand({HOLDS})] if {held}\n"
     return (
         "    # rayfin: per-desk refusal at the ingress (serve_apps/haproxy_edge.py)\n"
         "    acl rf_predict path_end :predict\n"
