@@ -68,6 +68,7 @@ def ensure_ray_token_auth() -> bool:
 # Ray's worker ports (--min/max-worker-port defaults) and its fixed ports stay below PORT_FLOOR;
 # Serve's replicas take their own HTTP ports from PORT_CEILING up (direct ingress, lowest first).
 PORT_FLOOR = 20000
+ZERO_GPU_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
 PORT_CEILING = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
 _handed_out: set[int] = set()       # ports this process gave out: never the same one twice
 
@@ -211,6 +212,14 @@ class LocalCluster:
                 raise ConfigError(str(exc), path="serve.ingress") from None
         # Fewer idle workers and quicker failure detection suit a laptop-sized simulated cluster.
         os.environ.setdefault("RAY_num_prestart_python_workers", "0")
+        # Work that asks for no GPU gets CUDA_VISIBLE_DEVICES="" (Ray 2.60 leaves it unset, and
+        # such a task then sees every GPU of its node: ray-project/ray#54868). Advice to CUDA, not
+        # a fence: policing checks the GPUs' own process lists (policing.gpu_processes).
+        # CUDA numbers GPUs in PCI order, as NVML does, so that the GPU policing sees a worker on
+        # is the one Ray gave it.
+        for key, value in ((ZERO_GPU_ENV, "1"), ("CUDA_DEVICE_ORDER", "PCI_BUS_ID")):
+            self._env_before.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
         if self.gcs_redis:
             self._use_gcs_redis()
         d = self.config.dashboard

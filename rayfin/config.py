@@ -359,6 +359,8 @@ class PolicingConfig(ConfigModel):
     mode: Literal["enforce", "report", "off"] = "enforce"
     interval_s: float = Field(2.0, ge=0.2, le=600)
     fail_owner_job: bool = Field(True, description="enforce: also fail the rayfin job whose code started it")
+    gpu_processes: bool = Field(True, description="on nodes with real GPUs, also check the processes NVML "
+                                "lists on them: a process on a GPU its Ray worker does not hold is a finding")
 
 
 class DeadlinesConfig(ConfigModel):

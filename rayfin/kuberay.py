@@ -96,7 +96,12 @@ def _env(tel: TelemetryConfig, ingress: str, cpu: int = MAX_HAPROXY_THREADS,
              if ingress == "haproxy" else []),
            # Serve's ingress (each gated replica's HTTP server, or the proxy) runs rayfin's edge
            # middleware (serve_apps/edge_asgi.py)
-           {"name": EDGE_ENV, "value": EDGE_CALLBACK}]
+           {"name": EDGE_ENV, "value": EDGE_CALLBACK},
+           # work that asks for no GPU gets CUDA_VISIBLE_DEVICES="" (Ray 2.60 leaves it unset: it
+           # would see every GPU of its pod)
+           {"name": "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "value": "1"},
+           # CUDA numbers GPUs as NVML does: policing compares a worker's GPUs with NVML's list
+           {"name": "CUDA_DEVICE_ORDER", "value": "PCI_BUS_ID"}]
     env += [{"name": k, "value": v} for k, v in sorted(tel.env().items())]
     return env
 

@@ -155,12 +155,14 @@ def _node_ip() -> str:
     return str(ray.util.get_node_ip_address())
 
 
-def _wants_process_group(dist_backend: str | None, world_size: int) -> bool:
-    """Initialise torch.distributed for a callable when torch is there: always for a gang, and for
-    a single worker only if the job's code already imported torch (so plain jobs pay no import)."""
+def _wants_process_group(dist_backend: str | None, world_size: int, comm: str = "none") -> bool:
+    """Initialise torch.distributed for a callable when torch is there: always for a gang or a job
+    that declared `comm="allreduce"` (a one-GPU pool runs a per-GPU gang as one worker, and its
+    code still calls the collectives), and otherwise for a single worker only if the job's code
+    already imported torch (so plain jobs pay no import)."""
     if dist_backend is None:
         return False
-    if world_size > 1:
+    if world_size > 1 or comm == "allreduce":
         return importlib.util.find_spec("torch") is not None
     return "torch" in sys.modules
 
@@ -276,9 +278,10 @@ class _Rank:
     """One rank's execution in its own process: the callable or the command, its output, its state."""
 
     def __init__(self, ctx: JobContext, kind: str, payload: bytes | str, max_result_bytes: int,
-                 max_log_bytes: int) -> None:
+                 max_log_bytes: int, comm: str = "none") -> None:
         self.ctx = ctx
         self.kind = kind
+        self.comm = comm
         self.payload = payload
         self.max_result_bytes = max_result_bytes
         self.logs = LogBuffer(max_log_bytes)
@@ -387,7 +390,7 @@ class _Rank:
 
     def _run_callable(self, dist_backend: str | None) -> Any:
         fn, args, kwargs = cloudpickle.loads(self.payload)
-        if not _wants_process_group(dist_backend, self.ctx.world_size):
+        if not _wants_process_group(dist_backend, self.ctx.world_size, self.comm):
             return fn(*args, **kwargs)
         import torch
         import torch.distributed as dist
@@ -480,7 +483,8 @@ class _Gang:
     def __init__(self, secret: str, job_id: str, desk: str, kind: str, payload: bytes | str,
                  placement: list[tuple[str, float]], placement_group_name: str, slots: list[dict[str, Any]],
                  *, max_result_bytes: int, max_log_bytes: int = 1 << 20, priority: str = "normal",
-                 dist_backend: str | None = "auto", checkpoint_dir: str = "", attempt: int = 0) -> None:
+                 dist_backend: str | None = "auto", checkpoint_dir: str = "", attempt: int = 0,
+                 comm: str = "none") -> None:
         self._secret = secret
         self.priority = priority
         self.slots = [dict(s) for s in slots] or [{"rank": 0, "gpus": sum(g for _, g in placement)}]
@@ -490,7 +494,7 @@ class _Gang:
                       checkpoint_dir, attempt, max_result_bytes, max_log_bytes)
         ctx = _context(job_id, desk, placement, placement_group_name, self.slots[0], self.world_size,
                        checkpoint_dir, attempt)
-        self.rank0 = _Rank(ctx, kind, payload, max_result_bytes, max_log_bytes)
+        self.rank0 = _Rank(ctx, kind, payload, max_result_bytes, max_log_bytes, comm)
         self.ctx = ctx
         self.workers: list[Any] = []         # handles of ranks 1..W-1
         self.where: list[dict[str, Any]] = []

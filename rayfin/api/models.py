@@ -242,9 +242,10 @@ class ChargebackView(_Out):
 
 
 class Finding(_Out):
-    """Work holding GPUs or desk pool / island resources that rayfin did not create."""
+    """Work holding GPUs or desk pool / island resources that rayfin did not create, or a process
+    on a real GPU that its Ray worker does not hold (`gpu_process`)."""
 
-    kind: Literal["actor", "task", "placement_group"]
+    kind: Literal["actor", "task", "placement_group", "gpu_process"]
     id: str
     name: str = ""
     node_id: str = ""

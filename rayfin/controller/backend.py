@@ -69,6 +69,7 @@ class LaunchSpec:
     checkpoint_dir: str = ""
     attempt: int = 0
     max_log_bytes: int = 1 << 20
+    comm: str = "none"       # "allreduce": a one-worker job gets a process group too
 
     @property
     def name(self) -> str:

@@ -233,6 +233,24 @@ class ControllerCore:
             self.state.finish(job, JobState.FAILED, reason, ReasonCode.POLICING)
             return True
 
+    def gpu_assignments(self) -> dict[tuple[str, int], frozenset[int]]:
+        """(Ray node id, pid) -> the GPU indices Ray gave that rank of a running job, as its
+        runner reported them at start (CUDA_VISIBLE_DEVICES): policing checks that a rank's
+        processes stay on them."""
+        out: dict[tuple[str, int], frozenset[int]] = {}
+        with self.lock:
+            for job in self.state.active.values():
+                if job.state not in PLACED:
+                    continue
+                for r in job.info.get("ranks") or []:
+                    try:
+                        gpus = frozenset(int(g) for g in str(r.get("cuda_visible_devices") or "").split(",") if g)
+                        if r.get("node_id") and r.get("pid") and gpus:
+                            out[(str(r["node_id"]), int(r["pid"]))] = gpus
+                    except (TypeError, ValueError):
+                        continue
+        return out
+
     # ---------------------------------------------------------------- views
     def usage(self, token: str | None, desk: str | None = None) -> dict[str, dict[str, Any]]:
         principal = self.authenticate(token, desk, "read usage")

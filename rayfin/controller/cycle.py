@@ -207,7 +207,7 @@ def launch_spec(s: ControllerState, job: JobRecord, key: str) -> LaunchSpec:
     return LaunchSpec(job.job_id, job.desk, job.kind.value, job.payload, job.placement, c.max_result_bytes, key=key,
                       priority=Priority(job.priority).label, unit=job.unit, dist_backend=job.dist_backend,
                       checkpoint_dir=os.path.join(c.checkpoint_root, job.desk, job.job_id),
-                      attempt=job.attempts, max_log_bytes=c.max_log_bytes)
+                      attempt=job.attempts, max_log_bytes=c.max_log_bytes, comm=job.comm)
 
 
 # ---------------------------------------------------------------- snapshot

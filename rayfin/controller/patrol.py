@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol
 from placement.topology import Topology
 from rayfin.config import PolicingConfig
 from rayfin.controller.ledger import Ledger
-from rayfin.controller.policing import Finding, Holder, Owners, Sightings, find, outside_gpus
+from rayfin.controller.policing import Finding, Holder, Owners, Sightings, find, find_on_gpus, outside_gpus
 
 log = logging.getLogger("rayfin.patrol")
 
@@ -40,6 +40,7 @@ class PolicedCore(Protocol):
     ledger: Ledger
 
     def police_job(self, job_id: str, reason: str) -> bool: ...
+    def gpu_assignments(self) -> dict[tuple[str, int], frozenset[int]]: ...
 
 
 class Patrol:
@@ -52,6 +53,7 @@ class Patrol:
         self.sightings = Sightings()
         self.creators: dict[str, str | None] = {}
         self.dismissed: dict[str, int | None] = {}     # task id -> pid found dead (a stale state-API row)
+        self.suspects: dict[str, Finding] = {}         # GPU processes seen once: a finding when seen again
         self.detected = 0
         self.stopped = 0
         self.last_sweep_ms = 0.0
@@ -71,6 +73,7 @@ class Patrol:
         holders, owners = self.police.observe()
         holders = [self._with_creator(h, owners) for h in holders]
         found = [f for f in find(holders, owners, now) if self.dismissed.get(f.id, -1) != f.pid]
+        found += self._on_gpus(holders, owners, now)
         new, gone = self.sightings.merge(found, now)
         for f in gone:
             self._gone(f, now)
@@ -86,6 +89,18 @@ class Patrol:
         self.police.gauge(held, [i.id for i in self.core.topology.islands])
         self.last_sweep_ms = (time.perf_counter() - t0) * 1000
         return list(self.sightings.live.values())
+
+    def _on_gpus(self, holders: list[Holder], owners: Owners, now: float) -> list[Finding]:
+        """Processes on GPUs their Ray worker does not hold, once seen in two sweeps in a row (a
+        task that started between NVML's list and the state API's looks like one for a sweep).
+        No list this sweep (an agent starting): what was found on GPUs stays as it was."""
+        if owners.gpu_procs is None:
+            return [f for f in self.sightings.live.values() if f.kind == "gpu_process"]
+        seen = find_on_gpus(owners.gpu_procs, holders, owners, now, self.core.gpu_assignments())
+        first = {f.id: self.suspects.get(f.id, f) for f in seen}
+        self.suspects = first
+        return [f.copy(started_at=f.started_at or first[f.id].first_seen) for f in seen
+                if first[f.id].first_seen < now]
 
     def _with_creator(self, h: Holder, owners: Owners) -> Holder:
         """An actor's creator is not in its row: ask once, only for actors that policing flags."""
@@ -110,10 +125,18 @@ class Patrol:
                                 {**f.public(), "detect_s": detect_s, "mode": self.settings.mode})
         self.police.count(f.kind, action, f.desk)
         log.warning("outside rayfin: %s", reason)
+        if self.enforcing and f.kind == "gpu_process":
+            # Killed before its job is failed: the agent kills the worker with the commands it
+            # started; a worker that Ray ends first (its owner gone) would leave them on the GPU.
+            self._stop(self.sightings.live[f.id], now)
         if self.enforcing and self.settings.fail_owner_job and f.rayfin_job_id:
-            self.core.police_job(f.rayfin_job_id, f"policing: the job started a {f.kind} holding "
-                                 f"{f.gpus:g} GPUs outside rayfin; use the job's own placement group "
-                                 "(rayfin.job_context().placement_group)")
+            if f.kind == "gpu_process":
+                why = (f"policing: the job's code used a GPU it does not hold ({f.reasons[0]}); ask for the "
+                       "GPUs in the job's request, or run the work in the job's own placement group")
+            else:
+                why = (f"policing: the job started a {f.kind} holding {f.gpus:g} GPUs outside rayfin; use the "
+                       "job's own placement group (rayfin.job_context().placement_group)")
+            self.core.police_job(f.rayfin_job_id, why)
 
     def _stop(self, f: Finding, now: float) -> None:
         result = self.police.stop(f)

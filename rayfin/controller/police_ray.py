@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import subprocess
+import time
 from typing import Any, Callable
 
 import ray
@@ -27,31 +30,108 @@ from ray.util.placement_group import PlacementGroup, placement_group_table, remo
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray.util.state import get_actor, list_actors, list_tasks
 
-from rayfin.controller.policing import Finding, Holder, Owners
+from rayfin.controller.policing import Finding, GpuProcess, Holder, Owners, parse_nvidia_smi
 from rayfin.controller.ray_backend import state_api_address
 
 log = logging.getLogger("rayfin.police")
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ")
+    except OSError:
+        return None
+
+
+def _is_ray_worker(cmd: bytes) -> bool:
+    return b"default_worker.py" in cmd or cmd.startswith(b"ray::")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[1])   # the field after the state letter
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, parents before their children."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = _parent(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop(0)
+        if p != os.getpid() and p not in out:
+            out.append(p)
+            todo.extend(children.get(p, []))
+    return out
+
+
 class PolicingAgent:
     """One per node. Kills a Ray worker process by pid, and only a Ray worker (never the raylet,
-    the GCS or anything else that happens to reuse a pid)."""
+    the GCS or anything else that happens to reuse a pid). Lists the processes on the node's GPUs
+    (nvidia-smi, i.e. NVML) with the Ray worker each runs in or under."""
+
+    def gpu_processes(self) -> dict[str, Any]:
+        smi = shutil.which("nvidia-smi")
+        if smi is None:
+            return {"ok": False, "why": "no nvidia-smi on this node"}
+        try:
+            gpus = subprocess.run([smi, "--query-gpu=index,uuid", "--format=csv,noheader"], capture_output=True,
+                                  text=True, timeout=10)
+            apps = subprocess.run([smi, "--query-compute-apps=pid,gpu_uuid,used_memory", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"ok": False, "why": f"nvidia-smi: {type(exc).__name__}"}
+        if gpus.returncode != 0 or apps.returncode != 0:
+            return {"ok": False, "why": f"nvidia-smi exited {gpus.returncode or apps.returncode}: "
+                                        f"{(gpus.stderr or apps.stderr).strip()[:200]}"}
+        procs = []
+        for gpu, uuid, pid, mib in parse_nvidia_smi(gpus.stdout, apps.stdout):
+            cmd, worker, walk = _cmdline(pid) or b"", None, pid
+            for _ in range(64):            # the nearest Ray worker: the process itself or an ancestor
+                c = _cmdline(walk)
+                if c is not None and _is_ray_worker(c):
+                    worker = walk
+                    break
+                nxt = _parent(walk)
+                if nxt is None or nxt <= 1:
+                    break
+                walk = nxt
+            procs.append({"pid": pid, "gpu": gpu, "uuid": uuid, "used_mib": mib, "worker_pid": worker,
+                          "cmd": cmd.decode(errors="replace")[:200]})
+        return {"ok": True, "procs": procs}
 
     def kill(self, pid: int) -> str:
-        try:
-            with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ")
-        except OSError:
+        cmd = _cmdline(pid)
+        if cmd is None:
             return "gone"
-        if b"default_worker.py" not in cmd and not cmd.startswith(b"ray::"):
+        if not _is_ray_worker(cmd):
             return "not a ray worker"
         if pid == os.getpid():
             return "self"
+        # Its children first (a command it started on a GPU would live on under init otherwise).
+        for child in reversed(_descendants(pid)):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return "gone"
         return "killed"
+
+
+def _real_gpus(resources: dict[str, Any]) -> bool:
+    return float(resources.get("GPU", 0)) > 0 and any(k.startswith("accelerator_type:") for k in resources)
 
 
 def _actor_of_task(task_id: str | None) -> str | None:
@@ -65,20 +145,30 @@ def _ms(value: Any) -> float | None:
 
 class RayPolice:
     def __init__(self, serving_apps: frozenset[str] = frozenset(), *,
-                 held: Callable[[], frozenset[str]]) -> None:
-        """`held`: the ids (hex) of the placement groups rayfin holds (RayBackend.held_groups)."""
+                 held: Callable[[], frozenset[str]], gpu_processes: bool = True) -> None:
+        """`held`: the ids (hex) of the placement groups rayfin holds (RayBackend.held_groups);
+        `gpu_processes`: also list the processes on real GPUs (policing.gpu_processes)."""
         self.serving_apps = serving_apps
+        self.gpu_processes = gpu_processes
         self.held = held
         self._agents: dict[str, Any] = {}
         self._agent_cls = ray.remote(PolicingAgent)
         self._metrics: dict[str, Any] = {}
         self._pending: dict[tuple[str, int], Any] = {}     # (node, pid) -> the agent's answer to come
         self._names: dict[str, tuple[str, str]] = {}        # actor id -> (name, namespace), alive or not
+        self._gpu_asks: dict[str, Any] = {}                 # node -> the agent's GPU process list to come
+        self._no_nvml: dict[str, float] = {}                # node -> when it said it has no nvidia-smi
 
     # -- observe --
     def observe(self) -> tuple[list[Holder], Owners]:
-        islands = {n["NodeID"]: (n.get("Labels") or {}).get("rayfin.io/island", "")
-                   for n in ray.nodes() if n.get("Alive")}
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        islands = {n["NodeID"]: (n.get("Labels") or {}).get("rayfin.io/island", "") for n in alive}
+        # Asked first, answered after the state API below: a process seen on a GPU is seen with
+        # the task or actor it ran then (a later one only makes it a suspect for one sweep).
+        # Only nodes where Ray found real GPUs (it adds `accelerator_type:<model>`); simulated
+        # GPUs have none, so a laptop's cluster starts no agent for this.
+        if self.gpu_processes:
+            self._ask_gpus([n["NodeID"] for n in alive if _real_gpus(n.get("Resources") or {})])
         holders: list[Holder] = []
         for pg_id, info in placement_group_table().items():
             name = info.get("name") or ""
@@ -110,9 +200,47 @@ class RayPolice:
                                   node_id=t.node_id or "", pid=t.worker_pid, placement_group_id=t.placement_group_id,
                                   ray_job_id=t.job_id or "", parent_actor_id=_actor_of_task(t.parent_task_id),
                                   started_at=_ms(t.start_time_ms)))
+        gpu_procs = self._gpu_answers()
         # Asked last: a group rayfin made while the lists above were read is in it (the backend
         # adds a group as it makes it), so it is never taken for a foreign one.
-        return holders, Owners(self.held(), names, islands, self.serving_apps)
+        return holders, Owners(self.held(), names, islands, self.serving_apps, gpu_procs,
+                               {n["NodeID"]: n.get("NodeManagerAddress") or "" for n in alive})
+
+    def _ask_gpus(self, node_ids: list[str]) -> None:
+        now = time.monotonic()
+        for node in node_ids:
+            if node not in self._gpu_asks and now - self._no_nvml.get(node, -1e9) > 300:
+                self._gpu_asks[node] = self._agent(node).gpu_processes.remote()
+
+    def _gpu_answers(self) -> tuple[GpuProcess, ...] | None:
+        """Every GPU node's processes, or None while some node's answer is still to come (its
+        agent starting): policing then keeps what it found on GPUs before."""
+        if not self._gpu_asks:
+            return ()
+        done, _ = ray.wait(list(self._gpu_asks.values()), num_returns=len(self._gpu_asks), timeout=1.0)
+        if len(done) < len(self._gpu_asks):
+            return None
+        out: dict[tuple[int, str], GpuProcess] = {}
+        for node, ref in list(self._gpu_asks.items()):
+            del self._gpu_asks[node]
+            try:
+                answer = ray.get(ref, timeout=0)
+            except RayActorError:
+                self._drop_agent(node)
+                return None
+            except Exception as exc:  # noqa: BLE001 - ask again next sweep
+                log.warning("GPU processes on %s: %s", node[:12], exc)
+                return None
+            if not answer.get("ok"):
+                self._no_nvml[node] = time.monotonic()
+                log.info("GPU processes on %s not checked: %s", node[:12], answer.get("why"))
+                continue
+            for p in answer["procs"]:
+                # Simulated nodes on one machine all see its GPUs: each process once.
+                out.setdefault((int(p["pid"]), p["uuid"]), GpuProcess(
+                    node, int(p["pid"]), int(p["gpu"]), p["uuid"], float(p["used_mib"]),
+                    None if p["worker_pid"] is None else int(p["worker_pid"]), p.get("cmd", "")))
+        return tuple(out.values())
 
     def creator_of(self, actor_id: str) -> str | None:
         """The actor whose code created `actor_id` (through its creation task), if an actor did."""

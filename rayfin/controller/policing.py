@@ -12,9 +12,16 @@ What rayfin creates, and so may hold those resources:
                        in Serve's namespace), charged to their desk by `reserve_serving`
 Everything else holding a guarded resource is a finding. Ray reports resources inside a group as
 `GPU_group_<pg id>` (and `..._group_<i>_<pg id>`): the group decides, not the key.
+
+A GPU is also used without holding any of those: Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for
+work that asks for no GPU (ray-project/ray#54868), and code can set it itself. So the processes
+NVML lists on each node's GPUs (`GpuProcess`, from `nvidia-smi` on the node) are checked too: a
+process on a GPU must run in (or under) a Ray worker that holds GPUs now, and on no more distinct
+GPUs than it holds (`find_on_gpus`).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Literal, Mapping
@@ -24,7 +31,7 @@ SERVE_NAMESPACE = "serve"
 GUARDED = re.compile(r"^(GPU|rayfin_pool_|rayfin_island_)")
 DESK_NAMESPACE = re.compile(r"^rayfin-desk-(?P<desk>[a-z][a-z0-9-]*)$")
 
-Kind = Literal["actor", "task", "placement_group"]
+Kind = Literal["actor", "task", "placement_group", "gpu_process"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,13 @@ class Owners:
     actors: Mapping[str, tuple[str, str]]          # actor id -> (name, namespace)
     islands: Mapping[str, str]                     # Ray node id -> rayfin island id
     serving_apps: frozenset[str] = frozenset()     # Serve applications of rayfin's models (KubeRay names)
+    gpu_procs: tuple["GpuProcess", ...] | None = ()  # what NVML lists on the GPU nodes; None: not read this sweep
+    machines: Mapping[str, str] = field(default_factory=dict)   # Ray node id -> its host's address
+
+    def machine(self, node_id: str) -> str:
+        """Pids are a host's: simulated nodes on one host share them (a task on the head node can
+        be the process that NVML lists under a GPU node)."""
+        return self.machines.get(node_id) or node_id
 
     def is_rayfin(self, h: Holder) -> bool:
         if h.kind == "placement_group":
@@ -139,6 +153,102 @@ def find(holders: Iterable[Holder], owners: Owners, now: float) -> list[Finding]
     return out
 
 
+@dataclass(frozen=True)
+class GpuProcess:
+    """One process that NVML lists on one of a node's GPUs."""
+
+    node_id: str
+    pid: int
+    gpu: int                      # the GPU's index on its node (NVML order)
+    uuid: str
+    used_mib: float
+    worker_pid: int | None        # the Ray worker it is, or runs under (nearest ancestor); None: not under Ray
+    cmd: str = ""
+
+
+def parse_nvidia_smi(gpus_csv: str, apps_csv: str) -> list[tuple[int, str, int, float]]:
+    """(GPU index, uuid, pid, MiB used) for each compute process, from
+    `nvidia-smi --query-gpu=index,uuid --format=csv,noheader` and
+    `nvidia-smi --query-compute-apps=pid,gpu_uuid,used_memory --format=csv,noheader`."""
+    index: dict[str, int] = {}
+    for line in gpus_csv.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 2 and parts[0].isdigit():
+            index[parts[1]] = int(parts[0])
+    out = []
+    for line in apps_csv.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 3 or not parts[0].isdigit() or parts[1] not in index:
+            continue
+        m = re.match(r"^([\d.]+)", parts[2])
+        out.append((index[parts[1]], parts[1], int(parts[0]), float(m.group(1)) if m else 0.0))
+    return out
+
+
+def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners: Owners, now: float,
+                 assigned: Mapping[tuple[str, int], frozenset[int]] | None = None) -> list[Finding]:
+    """Processes on a GPU whose Ray worker holds no GPU now, or fewer than the distinct GPUs its
+    processes use, or (for a rank of a rayfin job, whose GPUs its runner reported: `assigned`,
+    (Ray node id, pid) -> GPU indices) a GPU other than its own; and processes on a GPU under no
+    Ray worker at all. One finding per worker (or per such process), keyed by node and pid.
+    `holders`: every live actor and running task (their GPUs by worker pid). GPU indices are
+    NVML's; rayfin's nodes set CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA's are the same."""
+    given = {(owners.machine(node), pid): gpus for (node, pid), gpus in (assigned or {}).items()}
+    held: dict[tuple[str, int], float] = {}
+    rows: dict[tuple[str, int], Holder] = {}
+    for h in holders:
+        if h.kind == "placement_group" or h.pid is None:
+            continue
+        key = (owners.machine(h.node_id), int(h.pid))
+        held[key] = held.get(key, 0.0) + gpus_of(h.resources)
+        if key not in rows or (h.parent_actor_id and not rows[key].parent_actor_id):
+            rows[key] = h
+    used: dict[tuple[str, int], list[GpuProcess]] = {}
+    for p in procs:
+        used.setdefault((owners.machine(p.node_id), p.worker_pid if p.worker_pid is not None else p.pid), []).append(p)
+    out = []
+    for (host, pid), ps in sorted(used.items()):
+        node = ps[0].node_id
+        gpus = sorted({p.gpu for p in ps})
+        mib = sum(p.used_mib for p in ps)
+        on = f"GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))} ({mib:g} MiB)"
+        have = held.get((host, pid), 0.0)
+        under_ray = ps[0].worker_pid is not None
+        mine = given.get((host, pid))
+        strays = sorted(set(gpus) - mine) if mine is not None and have > 0 else []
+        if under_ray and have > 0 and len(gpus) <= math.ceil(have - 1e-9) and not strays:
+            continue
+        if not under_ray:
+            reason = f"process {pid} is on {on} and runs under no Ray worker"
+        elif have <= 0:
+            reason = f"Ray worker {pid} is on {on} but holds no GPU"
+        elif strays:
+            reason = (f"Ray worker {pid} is on {on} but was given GPU{'s' if len(mine or ()) > 1 else ''} "
+                      f"{', '.join(map(str, sorted(mine or ())))}")
+        else:
+            reason = f"Ray worker {pid} is on {on} but holds {have:g}"
+        # Counted as taken: what is beyond the worker's own GPUs. A process under no Ray worker
+        # cannot be stopped by policing (it only kills Ray workers) and may be the operator's own
+        # (a driver on the node): reported, not counted, or it could hold a GPU from rayfin forever.
+        if not under_ray:
+            extra = 0.0
+        elif strays:
+            extra = float(len(strays))
+        else:
+            extra = float(len(gpus) - (math.ceil(have - 1e-9) if have > 0 else 0))
+        row = rows.get((host, pid))
+        desk, job = owners.attribute(row) if row is not None else ("", "")
+        reasons = [reason + " (CUDA_VISIBLE_DEVICES is advice, not a fence)"]
+        if row is not None and row.name:
+            reasons.append(f"running {row.kind} {row.name}")
+        if desk:
+            reasons.append(f"started by desk {desk}'s job {job or '?'}")
+        out.append(Finding("gpu_process", f"gpu:{node}:{pid}", ps[0].cmd[:120], node, owners.islands.get(node, ""),
+                           {"GPU": extra}, extra, row.ray_job_id if row else "", desk, job,
+                           pid, now, now, row.started_at if row else None, reasons=tuple(reasons)))
+    return out
+
+
 def outside_gpus(findings: Iterable[Finding]) -> dict[str, float]:
     """Island -> GPUs held outside rayfin now: the controller counts them as taken. Tasks and
     actors inside a foreign group are counted once, through the group."""
@@ -175,4 +285,5 @@ class Sightings:
         return new, gone
 
 
-__all__ = ["Holder", "Finding", "Owners", "find", "guarded", "gpus_of", "outside_gpus", "Sightings"]
+__all__ = ["Holder", "Finding", "Owners", "GpuProcess", "find", "find_on_gpus", "parse_nvidia_smi", "guarded",
+           "gpus_of", "outside_gpus", "Sightings"]

@@ -274,7 +274,7 @@ class RayBackend:
                          [list(p) for p in spec.placement], self.group_name(spec.name), slots,
                          max_result_bytes=spec.max_result_bytes, max_log_bytes=spec.max_log_bytes,
                          priority=spec.priority, dist_backend=spec.dist_backend, checkpoint_dir=spec.checkpoint_dir,
-                         attempt=spec.attempt)
+                         attempt=spec.attempt, comm=spec.comm)
 
             live.runner = self.claim(spec.name, namespace, make)
         live.start_ref = live.runner.start.remote(self.secret(spec.name))

@@ -21,6 +21,17 @@ def where_am_i(hold_s: float = 0.0):
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "start": start, "end": time.time()}
 
 
+def gpu_env_of_a_task_without_gpus():
+    """Runs inside a job: what a Ray task that asked for no GPU is told about GPUs."""
+    import ray
+
+    @ray.remote(num_gpus=0, num_cpus=0)
+    def look():
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    return {"job": os.environ.get("CUDA_VISIBLE_DEVICES"), "task": ray.get(look.remote(), timeout=60)}
+
+
 def boom():
     raise ZeroDivisionError("the model diverged")
 
@@ -125,6 +136,15 @@ def test_entrypoint_job_runs_var_mc(connect_desk):
 
     res = json.loads(out["output"].strip().splitlines()[-1])
     assert res["var"] > 0 and res["es"] >= res["var"] and res["cuda_visible_devices"] != ""
+
+
+def test_a_task_that_asks_for_no_gpu_is_shown_none(connect_desk):
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES unset for work without GPUs, so on a real GPU node it
+    sees every GPU (measured on an H200 machine: torch used it). rayfin's nodes set Ray's
+    RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO: such a task is told "". (Advice only: policing checks the
+    processes on the GPUs themselves, tests/gpu.)"""
+    out = connect_desk("fx").submit(gpu_env_of_a_task_without_gpus, gpus=1).result(timeout=120)
+    assert out["job"] not in (None, "") and out["task"] == ""
 
 
 def test_desk_isolation_over_the_sdk(connect_desk):

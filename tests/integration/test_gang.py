@@ -144,6 +144,24 @@ def test_per_gpu_gang_uses_every_reserved_gpu(connect_desk, rayfin_env, monkeypa
     _no_gang_workers_left(job.job_id)
 
 
+def one_rank_allreduce():
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([5.0])
+    dist.all_reduce(t)
+    return {"world": dist.get_world_size(), "backend": dist.get_backend(), "sum": t.item()}
+
+
+def test_a_one_worker_allreduce_job_gets_a_process_group(connect_desk):
+    """`workers="per_gpu"` on one GPU is a gang of one, and its code still calls the collectives.
+    Found on a real one-GPU machine: the group was made only for two workers or more, or when the
+    job's code had imported torch before it ran (here torch is imported inside the function)."""
+    fx = connect_desk("fx")
+    out = fx.submit(one_rank_allreduce, gpus=1, workers="per_gpu", comm="allreduce").result(timeout=120)
+    assert out == {"world": 1, "backend": "gloo", "sum": 5.0}
+
+
 def test_entrypoint_gang_with_env_rendezvous(connect_desk):
     fx = connect_desk("fx")
     job = fx.submit_entrypoint("python -m jobs.allreduce_bench --size-mb 0.25 --iters 2 --warmup 1", gpus=4,

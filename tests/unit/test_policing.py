@@ -13,7 +13,8 @@ from tests.support.builders import Clock, config
 RUNNER = "a" * 32                      # a runner actor of fx's job fx-0000abcd, generation 0
 OWNERS = Owners(rayfin_groups=frozenset({"pg-rayfin"}),
                 actors={RUNNER: ("job-fx-0000abcd~0", "rayfin-desk-fx"), "b" * 32: ("loner", "default")},
-                islands={"node-a": "n0-i0", "node-b": "n0-i1"}, serving_apps=frozenset({"model-pricer"}))
+                islands={"node-a": "n0-i0", "node-b": "n0-i1"}, serving_apps=frozenset({"model-pricer"}),
+                machines={"node-a": "10.0.0.1", "node-b": "10.0.0.2", "node-c": "10.0.0.1"})
 
 
 @pytest.mark.parametrize("holder, flagged", [
@@ -318,3 +319,200 @@ def test_a_new_runners_name_held_by_a_silent_actor_fails_the_start_without_an_im
     calls = iter([taken, lambda: made])
     assert backend.claim("risk-1~0", "rayfin-desk-risk", lambda: next(calls)()) is made
     assert killed == [holder] and backend.impostors_killed == 1
+
+
+# -- processes on real GPUs (NVML), beside what Ray says each worker holds --------------------
+SMI_GPUS = "0, GPU-c14a3bfe-0770-1da8-9fe4-63ac11c51201\n1, GPU-0000aaaa-0000-0000-0000-000000000001\n"
+# As nvidia-smi printed it on an H200 machine (pid 2783: a Ray task with num_gpus=0 that put 1.6 GiB on the GPU)
+SMI_APPS = ("2783, GPU-c14a3bfe-0770-1da8-9fe4-63ac11c51201, 1634 MiB\n"
+            "2780, GPU-c14a3bfe-0770-1da8-9fe4-63ac11c51201, 1634 MiB\n"
+            "[Not Supported], GPU-c14a3bfe-0770-1da8-9fe4-63ac11c51201, 3 MiB\n")
+
+
+def test_nvidia_smi_rows_are_read_by_gpu_index():
+    from rayfin.controller.policing import parse_nvidia_smi
+
+    assert parse_nvidia_smi(SMI_GPUS, SMI_APPS) == [
+        (0, "GPU-c14a3bfe-0770-1da8-9fe4-63ac11c51201", 2783, 1634.0),
+        (0, "GPU-c14a3bfe-0770-1da8-9fe4-63ac11c51201", 2780, 1634.0)]
+    assert parse_nvidia_smi("", SMI_APPS) == []          # an unknown uuid is not guessed at
+
+
+def _proc(pid, gpu, worker, node="node-a"):
+    from rayfin.controller.policing import GpuProcess
+
+    return GpuProcess(node, pid, gpu, f"GPU-{gpu}", 1000.0, worker, cmd=f"ray::proc{pid}")
+
+
+@pytest.mark.parametrize("procs, holders, flagged", [
+    # a runner holding one GPU, on one GPU: its own
+    ([_proc(10, 0, 10)], [Holder("actor", "r", {"GPU_group_pg-rayfin": 1.0}, node_id="node-a", pid=10)], []),
+    # an entrypoint's command: a child of the runner, on the runner's one GPU
+    ([_proc(11, 0, 10)], [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=10)], []),
+    # a task that asked for no GPU and used one anyway (CUDA_VISIBLE_DEVICES unset by Ray 2.60)
+    ([_proc(20, 0, 20)], [Holder("task", "t", {"CPU": 1.0}, node_id="node-a", pid=20, parent_actor_id=RUNNER)],
+     ["gpu:node-a:20"]),
+    # an idle worker keeping a CUDA context after its task ended: holds nothing now
+    ([_proc(21, 0, 21)], [], ["gpu:node-a:21"]),
+    # a one-GPU worker whose child set CUDA_VISIBLE_DEVICES=0,1 and used both
+    ([_proc(31, 0, 30), _proc(31, 1, 30)], [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=30)],
+     ["gpu:node-a:30"]),
+    # two half-GPU tasks in one worker's history; fractional holds round up to one GPU
+    ([_proc(40, 0, 40)], [Holder("task", "t", {"GPU": 0.5}, node_id="node-a", pid=40)], []),
+    # the same pid on another node is another process
+    ([_proc(10, 0, 10, node="node-b")], [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=10)],
+     ["gpu:node-b:10"]),
+    # a process on a GPU under no Ray worker (double-forked away, or not Ray's at all)
+    ([_proc(50, 1, None)], [], ["gpu:node-a:50"]),
+    # simulated nodes on one host: the GPU node's NVML lists a runner that Ray placed on node-c
+    ([_proc(10, 0, 10)], [Holder("actor", "r", {"GPU": 1.0}, node_id="node-c", pid=10)], []),
+])
+def test_what_is_flagged_on_gpus(procs, holders, flagged):
+    from rayfin.controller.policing import find_on_gpus
+
+    assert [f.id for f in find_on_gpus(procs, holders, OWNERS, now=10.0)] == flagged
+
+
+def test_a_gpu_process_is_attributed_and_counted_as_taken():
+    from rayfin.controller.policing import find_on_gpus
+
+    task = Holder("task", "t", {"CPU": 1.0}, name="sneak", node_id="node-a", pid=20, parent_actor_id=RUNNER,
+                  started_at=7.0)
+    (f,) = find_on_gpus([_proc(20, 0, 20)], [task], OWNERS, now=10.0)
+    assert (f.kind, f.desk, f.rayfin_job_id, f.island, f.gpus, f.pid) == ("gpu_process", "fx", "fx-0000abcd",
+                                                                          "n0-i0", 1.0, 20)
+    assert "holds no GPU" in f.reasons[0] and "running task sneak" in f.reasons
+    assert outside_gpus([f]) == {"n0-i0": 1.0}
+    from rayfin.api.models import Finding as FindingView
+
+    assert FindingView.model_validate(f.public()).kind == "gpu_process"    # what GET /v1/policing answers
+    over = [_proc(31, 0, 30), _proc(31, 1, 30), _proc(31, 2, 30)]
+    (g,) = find_on_gpus(over, [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=30)], OWNERS, now=10.0)
+    assert g.gpus == 2.0 and "holds 1" in g.reasons[0]          # what is beyond its own GPU is taken
+    (h,) = find_on_gpus([_proc(50, 1, None)], [], OWNERS, now=10.0)
+    assert h.gpus == 0.0 and "under no Ray worker" in h.reasons[0]   # reported; policing cannot stop it
+
+
+class GpuPolice(FakePolice):
+    def __init__(self):
+        super().__init__()
+        self.procs = ()
+
+    def observe(self):
+        from dataclasses import replace
+
+        return list(self.holders), replace(OWNERS, gpu_procs=self.procs)
+
+
+def test_patrol_stops_a_gpu_process_seen_in_two_sweeps_and_fails_its_job(env):
+    """One sweep is a suspicion (a task may have started between NVML's list and the state API's);
+    the second makes it a finding: audited, counted as taken, the worker killed, and the rayfin job
+    whose code started it failed. A list that did not come this sweep changes nothing."""
+    core, clock = env
+    police = GpuPolice()
+    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    failed = []
+    core.police_job = lambda job, why: failed.append((job, why, list(police.stops))) or True
+    police.procs = (_proc(20, 0, 20),)
+    police.holders = [Holder("task", "t", {"CPU": 1.0}, node_id="node-a", pid=20, parent_actor_id=RUNNER)]
+    patrol.sweep()
+    assert police.stops == [] and not [e for e in core.ledger.events() if e.kind == "outside_found"]
+    clock.advance(2.0)
+    patrol.sweep()
+    (ev,) = [e for e in core.ledger.events() if e.kind == "outside_found"]
+    assert ev.data["kind"] == "gpu_process" and ev.data["gpus"] == 1.0 and ev.data["detect_s"] == 2.0
+    assert set(police.stops) == {"gpu:node-a:20"} and core.not_placeable() == {"n0-i0": 1.0}
+    assert failed and failed[0][0] == "fx-0000abcd" and "does not hold" in failed[0][1]
+    assert failed[0][2] == ["gpu:node-a:20"]       # the kill went out before the job was failed
+    clock.advance(2.0)
+    police.procs = None                                   # an agent still starting: nothing changes
+    patrol.sweep()
+    assert not [e for e in core.ledger.events() if e.kind == "outside_stopped"]
+    clock.advance(2.0)
+    police.procs, police.holders = (), []
+    patrol.sweep()
+    (gone,) = [e for e in core.ledger.events() if e.kind == "outside_stopped"]
+    assert gone.data["kind"] == "gpu_process" and core.not_placeable() == {}
+
+
+def test_a_gpu_process_seen_once_is_not_a_finding(env):
+    core, clock = env
+    police = GpuPolice()
+    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    police.procs = (_proc(20, 0, 20),)
+    patrol.sweep()
+    clock.advance(2.0)
+    police.procs = ()                      # its task showed up holding the GPU, or it ended
+    patrol.sweep()
+    clock.advance(2.0)
+    police.procs = (_proc(20, 0, 20),)     # seen again after a gap: a suspect again, not yet a finding
+    patrol.sweep()
+    assert police.stops == [] and not [e for e in core.ledger.events() if e.kind == "outside_found"]
+
+
+def test_the_agent_walks_up_to_the_ray_worker_and_kills_it_with_its_children(tmp_path, monkeypatch):
+    """The node agent on real processes (no GPU here: a stand-in nvidia-smi names the process):
+    a command that a Ray worker started, on a GPU, is put on that worker; a kill of the worker takes
+    the command too (it would otherwise live on under init, on the GPU)."""
+    import os
+    import subprocess
+    import time
+
+    from rayfin.controller.police_ray import PolicingAgent, _descendants
+
+    worker = subprocess.Popen(["bash", "-c", 'exec -a "ray::Sneak.run" bash -c "sleep 300 & wait"'])
+    try:
+        deadline = time.monotonic() + 10
+        while not _descendants(worker.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (child,) = _descendants(worker.pid)
+        smi = tmp_path / "nvidia-smi"
+        smi.write_text('#!/bin/sh\ncase "$1" in --query-gpu*) echo "0, GPU-x";; '
+                       f'*) echo "{child}, GPU-x, 512 MiB";; esac\n')
+        smi.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+        agent = PolicingAgent()
+        answer = agent.gpu_processes()
+        assert answer["ok"] and answer["procs"] == [{"pid": child, "gpu": 0, "uuid": "GPU-x", "used_mib": 512.0,
+                                                     "worker_pid": worker.pid, "cmd": "sleep 300 "}]
+        assert agent.kill(child) == "not a ray worker"          # only Ray workers are killed
+        assert agent.kill(worker.pid) == "killed"
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        state = open(f"/proc/{child}/stat").read().split(")")[-1].split()[0] if os.path.exists(f"/proc/{child}") else "gone"
+        assert state in ("gone", "Z")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def test_a_rank_on_a_gpu_it_was_not_given_is_flagged():
+    """Counting alone misses a one-GPU rank that moved onto another GPU of its node (still one
+    GPU). For rayfin's ranks the runner reported which GPUs Ray gave it: that set decides."""
+    from rayfin.controller.policing import find_on_gpus
+
+    runner = Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=10)
+    given = {("node-a", 10): frozenset({0})}
+    assert find_on_gpus([_proc(11, 0, 10)], [runner], OWNERS, 10.0, given) == []
+    assert find_on_gpus([_proc(11, 1, 10)], [runner], OWNERS, 10.0) == []          # by count: unseen
+    (f,) = find_on_gpus([_proc(11, 1, 10)], [runner], OWNERS, 10.0, given)
+    assert "on GPU 1" in f.reasons[0] and "was given GPU 0" in f.reasons[0] and f.gpus == 1.0
+    # reported on the GPU node, placed (by Ray's books) on node-c of the same host
+    assert find_on_gpus([_proc(11, 1, 10)], [runner], OWNERS, 10.0, {("node-c", 10): frozenset({0})}) != []
+
+
+def test_the_gpus_each_running_rank_was_given(env):
+    from dataclasses import replace
+
+    core, _ = env
+    job = core.submit("fx-demo-token", "fx", {"kind": "callable", "payload": b"x", "gpus": 2})
+    for _ in range(3):
+        core.cycle()
+    rec = core.state.active[job["job_id"]]
+    core.state.active[job["job_id"]] = replace(rec, info={**rec.info, "ranks": [
+        {"rank": 0, "node_id": "node-a", "pid": 10, "cuda_visible_devices": "0"},
+        {"rank": 1, "node_id": "node-a", "pid": 12, "cuda_visible_devices": "1,3"},
+        {"rank": 2, "node_id": "node-a", "pid": None, "cuda_visible_devices": "2"}]})
+    assert core.gpu_assignments() == {("node-a", 10): frozenset({0}), ("node-a", 12): frozenset({1, 3})}
