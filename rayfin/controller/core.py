@@ -28,6 +28,7 @@ from rayfin.controller.backend import Backend
 from rayfin.controller.chargeback import ledger_report
 from rayfin.controller.cycle import CycleReport
 from rayfin.controller.ledger import Ledger
+from rayfin.controller.policing import RankGpus
 from rayfin.controller.records import JobKind, JobRecord
 from rayfin.controller.recorder import NullRecorder, Recorder
 from rayfin.controller.state import PLACED, ControllerState, scheduler_config
@@ -233,11 +234,11 @@ class ControllerCore:
             self.state.finish(job, JobState.FAILED, reason, ReasonCode.POLICING)
             return True
 
-    def gpu_assignments(self) -> dict[tuple[str, int], frozenset[int]]:
-        """(Ray node id, pid) -> the GPU indices Ray gave that rank of a running job, as its
-        runner reported them at start (CUDA_VISIBLE_DEVICES): policing checks that a rank's
-        processes stay on them."""
-        out: dict[tuple[str, int], frozenset[int]] = {}
+    def gpu_assignments(self) -> dict[tuple[str, int], RankGpus]:
+        """(Ray node id, pid) -> a running job's rank: its job, desk and the GPU indices Ray gave
+        it, as its runner reported them at start (CUDA_VISIBLE_DEVICES). Policing checks that a
+        rank's processes stay on them, and names the job of a rank that does not."""
+        out: dict[tuple[str, int], RankGpus] = {}
         with self.lock:
             for job in self.state.active.values():
                 if job.state not in PLACED:
@@ -246,7 +247,7 @@ class ControllerCore:
                     try:
                         gpus = frozenset(int(g) for g in str(r.get("cuda_visible_devices") or "").split(",") if g)
                         if r.get("node_id") and r.get("pid") and gpus:
-                            out[(str(r["node_id"]), int(r["pid"]))] = gpus
+                            out[(str(r["node_id"]), int(r["pid"]))] = RankGpus(job.job_id, job.desk, gpus)
                     except (TypeError, ValueError):
                         continue
         return out

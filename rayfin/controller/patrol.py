@@ -18,7 +18,8 @@ from typing import Any, Callable, Protocol
 from placement.topology import Topology
 from rayfin.config import PolicingConfig
 from rayfin.controller.ledger import Ledger
-from rayfin.controller.policing import Finding, Holder, Owners, Sightings, find, find_on_gpus, outside_gpus
+from rayfin.controller.policing import (Finding, Holder, Owners, RankGpus, Sightings, find, find_on_gpus,
+                                       outside_gpus)
 
 log = logging.getLogger("rayfin.patrol")
 
@@ -40,7 +41,7 @@ class PolicedCore(Protocol):
     ledger: Ledger
 
     def police_job(self, job_id: str, reason: str) -> bool: ...
-    def gpu_assignments(self) -> dict[tuple[str, int], frozenset[int]]: ...
+    def gpu_assignments(self) -> dict[tuple[str, int], RankGpus]: ...
 
 
 class Patrol:
@@ -54,6 +55,7 @@ class Patrol:
         self.creators: dict[str, str | None] = {}
         self.dismissed: dict[str, int | None] = {}     # task id -> pid found dead (a stale state-API row)
         self.suspects: dict[str, Finding] = {}         # GPU processes seen once: a finding when seen again
+        self.on_gpu_since: dict[tuple[str, int], float] = {}   # (node, worker pid) -> first seen on a GPU
         self.detected = 0
         self.stopped = 0
         self.last_sweep_ms = 0.0
@@ -96,7 +98,9 @@ class Patrol:
         No list this sweep (an agent starting): what was found on GPUs stays as it was."""
         if owners.gpu_procs is None:
             return [f for f in self.sightings.live.values() if f.kind == "gpu_process"]
-        seen = find_on_gpus(owners.gpu_procs, holders, owners, now, self.core.gpu_assignments())
+        keys = {(p.node_id, p.worker_pid if p.worker_pid is not None else p.pid) for p in owners.gpu_procs}
+        self.on_gpu_since = {k: self.on_gpu_since.get(k, now) for k in keys}
+        seen = find_on_gpus(owners.gpu_procs, holders, owners, now, self.core.gpu_assignments(), self.on_gpu_since)
         first = {f.id: self.suspects.get(f.id, f) for f in seen}
         self.suspects = first
         return [f.copy(started_at=f.started_at or first[f.id].first_seen) for f in seen

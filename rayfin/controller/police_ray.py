@@ -34,6 +34,7 @@ from rayfin.controller.policing import Finding, GpuProcess, Holder, Owners, pars
 from rayfin.controller.ray_backend import state_api_address
 
 log = logging.getLogger("rayfin.police")
+LIST_LIMIT = 10_000       # rows asked of the state API per list
 
 
 def _cmdline(pid: int) -> bytes | None:
@@ -48,13 +49,41 @@ def _is_ray_worker(cmd: bytes) -> bool:
     return b"default_worker.py" in cmd or cmd.startswith(b"ray::")
 
 
-def _parent(pid: int) -> int | None:
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat from the state letter on (field 3 is [0]): the name in parentheses may
+    hold spaces."""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as f:
             stat = f.read()
-        return int(stat[stat.rindex(b")") + 2:].split()[1])   # the field after the state letter
-    except (OSError, ValueError, IndexError):
+        return stat[stat.rindex(b")") + 2:].split()
+    except (OSError, ValueError):
         return None
+
+
+def _parent(pid: int) -> int | None:
+    st = _stat(pid)
+    try:
+        return int(st[1]) if st else None
+    except (ValueError, IndexError):
+        return None
+
+
+def _started(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (field 22): with the pid, who it is."""
+    st = _stat(pid)
+    try:
+        return int(st[19]) if st else None
+    except (ValueError, IndexError):
+        return None
+
+
+def _holds_a_gpu(pid: int) -> bool:
+    """Whether the process has an NVIDIA device open: the pid NVML gave is one of this pid
+    namespace's (in a container without the host's pids, NVML's pids are the host's)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/nvidia") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
 
 
 def _descendants(pid: int) -> list[int]:
@@ -82,7 +111,7 @@ class PolicingAgent:
     def gpu_processes(self) -> dict[str, Any]:
         smi = shutil.which("nvidia-smi")
         if smi is None:
-            return {"ok": False, "why": "no nvidia-smi on this node"}
+            return {"ok": False, "why": "no nvidia-smi on this node", "back_off": True}
         try:
             gpus = subprocess.run([smi, "--query-gpu=index,uuid", "--format=csv,noheader"], capture_output=True,
                                   text=True, timeout=10)
@@ -94,7 +123,12 @@ class PolicingAgent:
             return {"ok": False, "why": f"nvidia-smi exited {gpus.returncode or apps.returncode}: "
                                         f"{(gpus.stderr or apps.stderr).strip()[:200]}"}
         procs = []
-        for gpu, uuid, pid, mib in parse_nvidia_smi(gpus.stdout, apps.stdout):
+        rows = parse_nvidia_smi(gpus.stdout, apps.stdout)
+        mine = [r for r in rows if _holds_a_gpu(r[2])]
+        if rows and not mine:
+            return {"ok": False, "back_off": True, "why": "none of the pids NVML lists is a process here with a GPU "
+                    "open (another pid namespace: a container without the host's pids)"}
+        for gpu, uuid, pid, mib in mine:      # the others ended since NVML listed them
             cmd, worker, walk = _cmdline(pid) or b"", None, pid
             for _ in range(64):            # the nearest Ray worker: the process itself or an ancestor
                 c = _cmdline(walk)
@@ -105,16 +139,23 @@ class PolicingAgent:
                 if nxt is None or nxt <= 1:
                     break
                 walk = nxt
+            title = (_cmdline(worker) or b"") if worker is not None else b""
             procs.append({"pid": pid, "gpu": gpu, "uuid": uuid, "used_mib": mib, "worker_pid": worker,
-                          "cmd": cmd.decode(errors="replace")[:200]})
+                          "cmd": cmd.decode(errors="replace")[:200],
+                          "worker_title": title.decode(errors="replace")[:200],
+                          "worker_start": _started(worker) if worker is not None else None})
         return {"ok": True, "procs": procs}
 
-    def kill(self, pid: int) -> str:
+    def kill(self, pid: int, start: int | None = None) -> str:
+        """SIGKILL to a Ray worker and what it started; `start` (clock ticks, from
+        `gpu_processes`): only if the pid is still that process, not a worker that reused it."""
         cmd = _cmdline(pid)
         if cmd is None:
             return "gone"
         if not _is_ray_worker(cmd):
             return "not a ray worker"
+        if start is not None and _started(pid) != start:
+            return "gone"
         if pid == os.getpid():
             return "self"
         # Its children first (a command it started on a GPU would live on under init otherwise).
@@ -181,8 +222,10 @@ class RayPolice:
             nodes = list((info.get("bundles_to_node_id") or {}).values())
             holders.append(Holder("placement_group", pg_id, res, name=name, node_id=nodes[0] if nodes else "",
                                   ray_job_id=str(info.get("creator_job_id") or "")))
-        actors = list_actors(address=state_api_address(), filters=[("state", "=", "ALIVE")], detail=True, limit=10_000,
-                             raise_on_missing_output=False)
+        # Actors being created too: an __init__ runs on the GPU before Ray calls the actor ALIVE.
+        actors = list_actors(address=state_api_address(), filters=[("state", "!=", "DEAD")], detail=True,
+                             limit=LIST_LIMIT, raise_on_missing_output=False)
+        truncated = len(actors) >= LIST_LIMIT
         # Names of actors seen alive, kept after they die: work a killed runner started is still
         # attributed to its desk and job while Ray tears it down.
         self._names.update({a.actor_id: (a.name or "", a.ray_namespace or "") for a in actors})
@@ -190,17 +233,22 @@ class RayPolice:
             self._names.pop(next(iter(self._names)))
         names = dict(self._names)
         for a in actors:
+            if a.state != "ALIVE" and not a.pid:
+                continue                   # waiting for resources or a node: no process yet
             holders.append(Holder("actor", a.actor_id, dict(a.required_resources or {}), name=a.name or "",
                                   namespace=a.ray_namespace or "", node_id=a.node_id or "", pid=a.pid,
-                                  placement_group_id=a.placement_group_id, ray_job_id=a.job_id or ""))
+                                  placement_group_id=a.placement_group_id, ray_job_id=a.job_id or "",
+                                  alive=a.state == "ALIVE"))
         tasks = list_tasks(address=state_api_address(), filters=[("state", "=", "RUNNING"), ("type", "=", "NORMAL_TASK")], detail=True,
-                           limit=10_000, raise_on_missing_output=False)
+                           limit=LIST_LIMIT, raise_on_missing_output=False)
+        truncated = truncated or len(tasks) >= LIST_LIMIT
         for t in tasks:
             holders.append(Holder("task", t.task_id, dict(t.required_resources or {}), name=t.name or "",
                                   node_id=t.node_id or "", pid=t.worker_pid, placement_group_id=t.placement_group_id,
                                   ray_job_id=t.job_id or "", parent_actor_id=_actor_of_task(t.parent_task_id),
                                   started_at=_ms(t.start_time_ms)))
-        gpu_procs = self._gpu_answers()
+        # A list cut at its limit would make busy workers look idle: GPUs are not judged on it.
+        gpu_procs = None if truncated else self._gpu_answers()
         # Asked last: a group rayfin made while the lists above were read is in it (the backend
         # adds a group as it makes it), so it is never taken for a foreign one.
         return holders, Owners(self.held(), names, islands, self.serving_apps, gpu_procs,
@@ -214,33 +262,41 @@ class RayPolice:
 
     def _gpu_answers(self) -> tuple[GpuProcess, ...] | None:
         """Every GPU node's processes, or None while some node's answer is still to come (its
-        agent starting): policing then keeps what it found on GPUs before."""
+        agent starting) or failed: policing then keeps what it found on GPUs before. A node with
+        no nvidia-smi, or whose NVML pids are not its own, is not asked again for 5 minutes."""
         if not self._gpu_asks:
             return ()
         done, _ = ray.wait(list(self._gpu_asks.values()), num_returns=len(self._gpu_asks), timeout=1.0)
-        if len(done) < len(self._gpu_asks):
-            return None
+        complete = len(done) == len(self._gpu_asks)
         out: dict[tuple[int, str], GpuProcess] = {}
         for node, ref in list(self._gpu_asks.items()):
-            del self._gpu_asks[node]
+            if ref not in done:
+                continue
+            del self._gpu_asks[node]          # answered: asked again next sweep
             try:
                 answer = ray.get(ref, timeout=0)
             except RayActorError:
                 self._drop_agent(node)
-                return None
+                complete = False
+                continue
             except Exception as exc:  # noqa: BLE001 - ask again next sweep
                 log.warning("GPU processes on %s: %s", node[:12], exc)
-                return None
+                complete = False
+                continue
             if not answer.get("ok"):
-                self._no_nvml[node] = time.monotonic()
                 log.info("GPU processes on %s not checked: %s", node[:12], answer.get("why"))
+                if answer.get("back_off"):
+                    self._no_nvml[node] = time.monotonic()
+                else:
+                    complete = False
                 continue
             for p in answer["procs"]:
                 # Simulated nodes on one machine all see its GPUs: each process once.
                 out.setdefault((int(p["pid"]), p["uuid"]), GpuProcess(
                     node, int(p["pid"]), int(p["gpu"]), p["uuid"], float(p["used_mib"]),
-                    None if p["worker_pid"] is None else int(p["worker_pid"]), p.get("cmd", "")))
-        return tuple(out.values())
+                    None if p["worker_pid"] is None else int(p["worker_pid"]), p.get("cmd", ""),
+                    p.get("worker_title", ""), p.get("worker_start")))
+        return tuple(out.values()) if complete else None
 
     def creator_of(self, actor_id: str) -> str | None:
         """The actor whose code created `actor_id` (through its creation task), if an actor did."""
@@ -288,9 +344,10 @@ class RayPolice:
                 self._drop_agent(f.node_id)
             except Exception as exc:  # noqa: BLE001 - send again
                 answer = f"agent failed: {type(exc).__name__}"
+            del self._pending[key]           # answered: a later finding on a reused pid is sent anew
             if answer in ("gone", "killed"):
                 return "worker " + str(answer)
-        self._pending[key] = self._agent(f.node_id).kill.remote(f.pid)
+        self._pending[key] = self._agent(f.node_id).kill.remote(f.pid, f.pid_start)
         return "kill sent"
 
     def _agent(self, node_id: str) -> Any:

@@ -49,6 +49,7 @@ class Holder:
     ray_job_id: str = ""
     parent_actor_id: str | None = None     # the actor whose code started it, if an actor did
     started_at: float | None = None
+    alive: bool = True                     # False: an actor still being created (its __init__ runs)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Finding:
     stopped_at: float | None = None
     action: str = ""
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    pid_start: int | None = None           # the process's start (clock ticks): a reused pid is not it
 
     def copy(self, **changes: Any) -> "Finding":
         return replace(self, **changes)
@@ -141,7 +143,7 @@ def find(holders: Iterable[Holder], owners: Owners, now: float) -> list[Finding]
     out = []
     for h in holders:
         res = guarded(h.resources)
-        if not res or owners.is_rayfin(h):
+        if not res or not h.alive or owners.is_rayfin(h):
             continue
         desk, job = owners.attribute(h)
         reasons = [f"{h.kind} holds {', '.join(f'{k}={v:g}' for k, v in sorted(res.items()))} "
@@ -164,6 +166,17 @@ class GpuProcess:
     used_mib: float
     worker_pid: int | None        # the Ray worker it is, or runs under (nearest ancestor); None: not under Ray
     cmd: str = ""
+    worker_title: str = ""        # the worker's process title: "ray::IDLE" when it runs nothing
+    worker_start: int | None = None   # the worker's start time (clock ticks since boot)
+
+
+@dataclass(frozen=True)
+class RankGpus:
+    """A running rayfin job's rank: the GPU indices Ray gave it, as its runner reported them."""
+
+    job_id: str
+    desk: str
+    gpus: frozenset[int]
 
 
 def parse_nvidia_smi(gpus_csv: str, apps_csv: str) -> list[tuple[int, str, int, float]]:
@@ -186,14 +199,21 @@ def parse_nvidia_smi(gpus_csv: str, apps_csv: str) -> list[tuple[int, str, int, 
 
 
 def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners: Owners, now: float,
-                 assigned: Mapping[tuple[str, int], frozenset[int]] | None = None) -> list[Finding]:
-    """Processes on a GPU whose Ray worker holds no GPU now, or fewer than the distinct GPUs its
-    processes use, or (for a rank of a rayfin job, whose GPUs its runner reported: `assigned`,
-    (Ray node id, pid) -> GPU indices) a GPU other than its own; and processes on a GPU under no
-    Ray worker at all. One finding per worker (or per such process), keyed by node and pid.
-    `holders`: every live actor and running task (their GPUs by worker pid). GPU indices are
-    NVML's; rayfin's nodes set CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA's are the same."""
-    given = {(owners.machine(node), pid): gpus for (node, pid), gpus in (assigned or {}).items()}
+                 assigned: Mapping[tuple[str, int], RankGpus] | None = None,
+                 since: Mapping[tuple[str, int], float] | None = None) -> list[Finding]:
+    """Ray workers whose processes are on a GPU while the worker holds none, or fewer than the
+    distinct GPUs they use, or (a running rayfin job's rank, `assigned`: (Ray node id, pid) ->
+    what its runner reported) a GPU other than the ones Ray gave it; idle workers that kept a GPU
+    context; and processes on a GPU under no Ray worker at all (reported only).
+
+    `holders`: every live actor (those being created too, `alive=False`) and running task, for
+    the GPUs each worker holds; a worker with no row that is not idle by its title is left alone
+    this sweep (the state API may not list its task yet, or dropped it). `since`: (node, worker
+    pid) -> when it was first seen on a GPU. A task is blamed (its desk and job named, so the job
+    can be failed) only if it started before that: Ray reuses a worker, and a context an earlier
+    task left must not be charged to the next one. One finding per worker and row. GPU indices
+    are NVML's; rayfin's nodes set CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA's are the same."""
+    given = {(owners.machine(node), pid): r for (node, pid), r in (assigned or {}).items()}
     held: dict[tuple[str, int], float] = {}
     rows: dict[tuple[str, int], Holder] = {}
     for h in holders:
@@ -214,17 +234,23 @@ def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners:
         on = f"GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))} ({mib:g} MiB)"
         have = held.get((host, pid), 0.0)
         under_ray = ps[0].worker_pid is not None
-        mine = given.get((host, pid))
-        strays = sorted(set(gpus) - mine) if mine is not None and have > 0 else []
+        row = rows.get((host, pid))
+        rank = given.get((host, pid))
+        idle = ps[0].worker_title.startswith("ray::IDLE")
+        if under_ray and row is None and rank is None and not idle:
+            continue                     # busy, but the state API does not show with what: next sweep
+        strays = sorted(set(gpus) - rank.gpus) if rank is not None and have > 0 else []
         if under_ray and have > 0 and len(gpus) <= math.ceil(have - 1e-9) and not strays:
             continue
         if not under_ray:
             reason = f"process {pid} is on {on} and runs under no Ray worker"
+        elif have <= 0 and row is None:
+            reason = f"Ray worker {pid} is on {on} and runs nothing (a context an ended task left)"
         elif have <= 0:
             reason = f"Ray worker {pid} is on {on} but holds no GPU"
-        elif strays:
-            reason = (f"Ray worker {pid} is on {on} but was given GPU{'s' if len(mine or ()) > 1 else ''} "
-                      f"{', '.join(map(str, sorted(mine or ())))}")
+        elif strays and rank is not None:
+            reason = (f"Ray worker {pid} is on {on} but was given GPU{'s' if len(rank.gpus) > 1 else ''} "
+                      f"{', '.join(map(str, sorted(rank.gpus)))}")
         else:
             reason = f"Ray worker {pid} is on {on} but holds {have:g}"
         # Counted as taken: what is beyond the worker's own GPUs. A process under no Ray worker
@@ -236,16 +262,27 @@ def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners:
             extra = float(len(strays))
         else:
             extra = float(len(gpus) - (math.ceil(have - 1e-9) if have > 0 else 0))
-        row = rows.get((host, pid))
-        desk, job = owners.attribute(row) if row is not None else ("", "")
+        if rank is not None:
+            desk, job = rank.desk, rank.job_id
+        elif row is not None:
+            desk, job = owners.attribute(row)
+        else:
+            desk, job = "", ""
         reasons = [reason + " (CUDA_VISIBLE_DEVICES is advice, not a fence)"]
         if row is not None and row.name:
             reasons.append(f"running {row.kind} {row.name}")
+        first = (since or {}).get((node, pid))
+        if (desk and row is not None and row.kind == "task" and rank is None and first is not None
+                and row.started_at is not None and row.started_at > first):
+            reasons.append(f"not charged to desk {desk}: the worker was on the GPU before this task started "
+                           "(Ray reused it)")
+            desk, job = "", ""
         if desk:
             reasons.append(f"started by desk {desk}'s job {job or '?'}")
-        out.append(Finding("gpu_process", f"gpu:{node}:{pid}", ps[0].cmd[:120], node, owners.islands.get(node, ""),
-                           {"GPU": extra}, extra, row.ray_job_id if row else "", desk, job,
-                           pid, now, now, row.started_at if row else None, reasons=tuple(reasons)))
+        out.append(Finding("gpu_process", f"gpu:{node}:{pid}:{row.id if row is not None else 'none'}", ps[0].cmd[:120],
+                           node, owners.islands.get(node, ""), {"GPU": extra}, extra,
+                           row.ray_job_id if row else "", desk, job, pid, now, now,
+                           row.started_at if row else None, reasons=tuple(reasons), pid_start=ps[0].worker_start))
     return out
 
 
@@ -285,5 +322,5 @@ class Sightings:
         return new, gone
 
 
-__all__ = ["Holder", "Finding", "Owners", "GpuProcess", "find", "find_on_gpus", "parse_nvidia_smi", "guarded",
+__all__ = ["Holder", "Finding", "Owners", "GpuProcess", "RankGpus", "find", "find_on_gpus", "parse_nvidia_smi", "guarded",
            "gpus_of", "outside_gpus", "Sightings"]
