@@ -49,6 +49,13 @@ def _is_ray_worker(cmd: bytes) -> bool:
     return b"default_worker.py" in cmd or cmd.startswith(b"ray::")
 
 
+def _raylet_started(pid: int) -> bool:
+    """A Ray worker is started by the raylet: a process can retitle itself ray::..., but not
+    make the raylet its parent."""
+    parent = _parent(pid)
+    return parent is not None and b"raylet" in (_cmdline(parent) or b"")
+
+
 def _stat(pid: int) -> list[bytes] | None:
     """/proc/<pid>/stat from the state letter on (field 3 is [0]): the name in parentheses may
     hold spaces."""
@@ -132,10 +139,10 @@ class PolicingAgent:
             cmd, worker, walk = _cmdline(pid) or b"", None, pid
             for _ in range(64):            # the nearest Ray worker: the process itself or an ancestor
                 c = _cmdline(walk)
-                if c is not None and _is_ray_worker(c):
+                nxt = _parent(walk)
+                if c is not None and _is_ray_worker(c) and _raylet_started(walk):
                     worker = walk
                     break
-                nxt = _parent(walk)
                 if nxt is None or nxt <= 1:
                     break
                 walk = nxt
@@ -152,7 +159,7 @@ class PolicingAgent:
         cmd = _cmdline(pid)
         if cmd is None:
             return "gone"
-        if not _is_ray_worker(cmd):
+        if not _is_ray_worker(cmd) or not _raylet_started(pid):
             return "not a ray worker"
         if start is not None and _started(pid) != start:
             return "gone"

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Literal, Mapping
 SERVING_PREFIX = "SERVE_REPLICA::rayfin-"
 SERVE_NAMESPACE = "serve"
 GUARDED = re.compile(r"^(GPU|rayfin_pool_|rayfin_island_)")
+UNLISTED_S = 30.0      # a busy worker on a GPU that the state API never lists: a finding after this
 DESK_NAMESPACE = re.compile(r"^rayfin-desk-(?P<desk>[a-z][a-z0-9-]*)$")
 
 Kind = Literal["actor", "task", "placement_group", "gpu_process"]
@@ -237,15 +238,18 @@ def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners:
         row = rows.get((host, pid))
         rank = given.get((host, pid))
         idle = ps[0].worker_title.startswith("ray::IDLE")
-        if under_ray and row is None and rank is None and not idle:
-            continue                     # busy, but the state API does not show with what: next sweep
+        first = (since or {}).get((node, pid))
+        if under_ray and row is None and rank is None and not idle and (first is None or now - first < UNLISTED_S):
+            continue                     # busy, but the state API does not show with what (yet): wait
         strays = sorted(set(gpus) - rank.gpus) if rank is not None and have > 0 else []
         if under_ray and have > 0 and len(gpus) <= math.ceil(have - 1e-9) and not strays:
             continue
         if not under_ray:
             reason = f"process {pid} is on {on} and runs under no Ray worker"
-        elif have <= 0 and row is None:
+        elif have <= 0 and row is None and idle:
             reason = f"Ray worker {pid} is on {on} and runs nothing (a context an ended task left)"
+        elif have <= 0 and row is None:
+            reason = f"Ray worker {pid} is on {on} and Ray has listed no task or actor on it for {UNLISTED_S:g}s"
         elif have <= 0:
             reason = f"Ray worker {pid} is on {on} but holds no GPU"
         elif strays and rank is not None:
@@ -271,7 +275,6 @@ def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners:
         reasons = [reason + " (CUDA_VISIBLE_DEVICES is advice, not a fence)"]
         if row is not None and row.name:
             reasons.append(f"running {row.kind} {row.name}")
-        first = (since or {}).get((node, pid))
         if (desk and row is not None and row.kind == "task" and rank is None and first is not None
                 and row.started_at is not None and row.started_at > first):
             reasons.append(f"not charged to desk {desk}: the worker was on the GPU before this task started "
