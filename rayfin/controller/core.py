@@ -243,13 +243,21 @@ class ControllerCore:
             for job in self.state.active.values():
                 if job.state not in PLACED:
                     continue
+                ranks: list[tuple[str, int, frozenset[int]]] = []
                 for r in job.info.get("ranks") or []:
                     try:
                         gpus = frozenset(int(g) for g in str(r.get("cuda_visible_devices") or "").split(",") if g)
                         if r.get("node_id") and r.get("pid") and gpus:
-                            out[(str(r["node_id"]), int(r["pid"]))] = RankGpus(job.job_id, job.desk, gpus)
+                            ranks.append((str(r["node_id"]), int(r["pid"]), gpus))
                     except (TypeError, ValueError):
                         continue
+                # A rank may touch its siblings' GPUs on its node (nccl peers, a shared
+                # CUDA_VISIBLE_DEVICES): the job's GPUs there are its own.
+                per_node: dict[str, frozenset[int]] = {}
+                for node, _, gpus in ranks:
+                    per_node[node] = per_node.get(node, frozenset()) | gpus
+                for node, pid, _ in ranks:
+                    out[(node, pid)] = RankGpus(job.job_id, job.desk, per_node[node])
         return out
 
     # ---------------------------------------------------------------- views

@@ -18,10 +18,13 @@ from typing import Any, Callable, Protocol
 from placement.topology import Topology
 from rayfin.config import PolicingConfig
 from rayfin.controller.ledger import Ledger
-from rayfin.controller.policing import (Finding, Holder, Owners, RankGpus, Sightings, find, find_on_gpus,
-                                       outside_gpus)
+from rayfin.controller.policing import (Finding, Holder, Owners, RankGpus, Sightings, WorkerKey, WorkerSeen, find,
+                                       find_on_gpus, gpus_of, outside_gpus)
 
 log = logging.getLogger("rayfin.patrol")
+
+
+STALE_S = 60.0     # a GPU node's findings are kept this long after its last process list
 
 
 class Police(Protocol):
@@ -55,7 +58,8 @@ class Patrol:
         self.creators: dict[str, str | None] = {}
         self.dismissed: dict[str, int | None] = {}     # task id -> pid found dead (a stale state-API row)
         self.suspects: dict[str, Finding] = {}         # GPU processes seen once: a finding when seen again
-        self.on_gpu_since: dict[tuple[str, int], float] = {}   # (node, worker pid) -> first seen on a GPU
+        self.workers: dict[WorkerKey, WorkerSeen] = {}  # what find_on_gpus remembers between sweeps
+        self.read_at: dict[str, float] = {}            # GPU node -> when its process list last came
         self.detected = 0
         self.stopped = 0
         self.last_sweep_ms = 0.0
@@ -93,18 +97,42 @@ class Patrol:
         return list(self.sightings.live.values())
 
     def _on_gpus(self, holders: list[Holder], owners: Owners, now: float) -> list[Finding]:
-        """Processes on GPUs their Ray worker does not hold, once seen in two sweeps in a row (a
-        task that started between NVML's list and the state API's looks like one for a sweep).
-        No list this sweep (an agent starting): what was found on GPUs stays as it was."""
-        if owners.gpu_procs is None:
-            return [f for f in self.sightings.live.values() if f.kind == "gpu_process"]
-        keys = {(p.node_id, p.worker_pid if p.worker_pid is not None else p.pid) for p in owners.gpu_procs}
-        self.on_gpu_since = {k: self.on_gpu_since.get(k, now) for k in keys}
-        seen = find_on_gpus(owners.gpu_procs, holders, owners, now, self.core.gpu_assignments(), self.on_gpu_since)
+        """Processes on GPUs their Ray worker does not hold, once seen in two sweeps in a row on
+        the same worker (a task that started between NVML's list and the state API's looks like one
+        for a sweep). A node whose list did not come this sweep keeps what was found there, for up
+        to STALE_S after its last list; then its findings lapse (a node that never answers must
+        not hold GPUs as taken for ever)."""
+        for node in owners.gpu_read:
+            self.read_at[node] = now
+        for node in owners.gpu_unread:
+            self.read_at.setdefault(node, now)
+        kept = [f for f in self.sightings.live.values()
+                if f.kind == "gpu_process" and f.node_id in owners.gpu_unread
+                and now - self.read_at.get(f.node_id, now) < STALE_S]
+        holders = [self._creator_for_gpu(h, owners) for h in holders]
+        seen, memory = find_on_gpus(owners.gpu_procs, holders, owners, now, self.core.gpu_assignments(),
+                                    self.workers)
+        self.workers = {**{k: v for k, v in self.workers.items() if k[0] in owners.gpu_unread}, **memory}
         first = {f.id: self.suspects.get(f.id, f) for f in seen}
-        self.suspects = first
-        return [f.copy(started_at=f.started_at or first[f.id].first_seen) for f in seen
-                if first[f.id].first_seen < now]
+        self.suspects = {**{i: f for i, f in self.suspects.items() if f.node_id in owners.gpu_unread}, **first}
+        return kept + [f.copy(started_at=f.started_at or first[f.id].first_seen) for f in seen
+                       if first[f.id].first_seen < now]
+
+    def _creator_for_gpu(self, h: Holder, owners: Owners) -> Holder:
+        """An actor's creator, asked once, for actors on a GPU node that holds GPUs they may not:
+        without it, an actor that a desk's job made is stopped but its job is never named."""
+        if h.kind != "actor" or h.parent_actor_id or h.pid is None or owners.is_rayfin(h) or gpus_of(h.resources) > 0:
+            return h
+        on_gpu = {(owners.machine(p.node_id), p.worker_pid) for p in owners.gpu_procs}
+        if (owners.machine(h.node_id), int(h.pid)) not in on_gpu:
+            return h
+        if h.id not in self.creators:
+            try:
+                self.creators[h.id] = self.police.creator_of(h.id)
+            except Exception as exc:  # noqa: BLE001 - attribution is best effort
+                log.debug("creator of %s: %s", h.id, exc)
+                self.creators[h.id] = None
+        return replace(h, parent_actor_id=self.creators[h.id])
 
     def _with_creator(self, h: Holder, owners: Owners) -> Holder:
         """An actor's creator is not in its row: ask once, only for actors that policing flags."""
@@ -121,7 +149,7 @@ class Patrol:
     def _found(self, f: Finding, now: float) -> None:
         self.detected += 1
         detect_s = None if f.started_at is None else max(0.0, now - f.started_at)
-        action = "stopping" if self.enforcing else "reported"
+        action = "stopping" if self.enforcing and f.stoppable else "reported"
         self.sightings.live[f.id] = f.copy(action=action)
         where = f"{f.island or f.node_id[:12] or '?'}"
         reason = "; ".join(f.reasons) + f"; on {where}; {action}"
@@ -143,6 +171,9 @@ class Patrol:
             self.core.police_job(f.rayfin_job_id, why)
 
     def _stop(self, f: Finding, now: float) -> None:
+        if not f.stoppable:
+            self.sightings.live[f.id] = f.copy(action="reported (not a Ray worker: not stopped)")
+            return
         result = self.police.stop(f)
         if result == "worker gone" and f.kind == "task":
             # The state API can list a task as RUNNING for a while after its process died: it

@@ -35,6 +35,7 @@ from rayfin.controller.ray_backend import state_api_address
 
 log = logging.getLogger("rayfin.police")
 LIST_LIMIT = 10_000       # rows asked of the state API per list
+AGENT_OVERDUE_S = 30.0    # an agent that has not listed its GPUs in this long is replaced
 
 
 def _cmdline(pid: int) -> bytes | None:
@@ -50,10 +51,17 @@ def _is_ray_worker(cmd: bytes) -> bool:
 
 
 def _raylet_started(pid: int) -> bool:
-    """A Ray worker is started by the raylet: a process can retitle itself ray::..., but not
-    make the raylet its parent."""
+    """A Ray worker is started by a raylet: a process can retitle itself ray::..., but not
+    make the raylet its parent. A raylet is a process run from this node's raylet binary (the
+    agent's own parent's), or, outside Ray (tests), one whose first argument names a raylet."""
     parent = _parent(pid)
-    return parent is not None and b"raylet" in (_cmdline(parent) or b"")
+    if parent is None:
+        return False
+    argv0 = (_cmdline(parent) or b"").split(b" ")[0]
+    mine = (_cmdline(os.getppid()) or b"").split(b" ")[0]
+    if mine.endswith(b"/raylet"):
+        return argv0 == mine
+    return argv0.endswith(b"raylet")
 
 
 def _stat(pid: int) -> list[bytes] | None:
@@ -89,6 +97,8 @@ def _holds_a_gpu(pid: int) -> bool:
     namespace's (in a container without the host's pids, NVML's pids are the host's)."""
     try:
         return any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/dev/nvidia") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except PermissionError:     # not ours to read (not dumpable, another user): it exists here
+        return os.path.exists(f"/proc/{pid}")
     except OSError:
         return False
 
@@ -153,9 +163,10 @@ class PolicingAgent:
                           "worker_start": _started(worker) if worker is not None else None})
         return {"ok": True, "procs": procs}
 
-    def kill(self, pid: int, start: int | None = None) -> str:
+    def kill(self, pid: int, start: int | None = None, idle: bool = False) -> str:
         """SIGKILL to a Ray worker and what it started; `start` (clock ticks, from
-        `gpu_processes`): only if the pid is still that process, not a worker that reused it."""
+        `gpu_processes`): only if the pid is still that process, not a worker that reused it;
+        `idle`: only if it still runs nothing (Ray may have just given it a task)."""
         cmd = _cmdline(pid)
         if cmd is None:
             return "gone"
@@ -163,6 +174,8 @@ class PolicingAgent:
             return "not a ray worker"
         if start is not None and _started(pid) != start:
             return "gone"
+        if idle and not cmd.startswith(b"ray::IDLE"):
+            return "busy now"
         if pid == os.getpid():
             return "self"
         # Its children first (a command it started on a GPU would live on under init otherwise).
@@ -193,10 +206,14 @@ def _ms(value: Any) -> float | None:
 
 class RayPolice:
     def __init__(self, serving_apps: frozenset[str] = frozenset(), *,
-                 held: Callable[[], frozenset[str]], gpu_processes: bool = True) -> None:
+                 held: Callable[[], frozenset[str]], gpu_processes: bool = True,
+                 runners: Callable[[], dict[str, tuple[str, str]]] | None = None) -> None:
         """`held`: the ids (hex) of the placement groups rayfin holds (RayBackend.held_groups);
-        `gpu_processes`: also list the processes on real GPUs (policing.gpu_processes)."""
+        `gpu_processes`: also list the processes on real GPUs (policing.gpu_processes);
+        `runners`: actor id -> (desk, job) of rayfin's runners (RayBackend.runner_ids), the only
+        actors whose work is charged to a job."""
         self.serving_apps = serving_apps
+        self.runners = runners
         self.gpu_processes = gpu_processes
         self.held = held
         self._agents: dict[str, Any] = {}
@@ -205,6 +222,7 @@ class RayPolice:
         self._pending: dict[tuple[str, int], Any] = {}     # (node, pid) -> the agent's answer to come
         self._names: dict[str, tuple[str, str]] = {}        # actor id -> (name, namespace), alive or not
         self._gpu_asks: dict[str, Any] = {}                 # node -> the agent's GPU process list to come
+        self._gpu_asked_at: dict[str, float] = {}           # ... asked then (time.monotonic)
         self._no_nvml: dict[str, float] = {}                # node -> when it said it has no nvidia-smi
 
     # -- observe --
@@ -254,56 +272,69 @@ class RayPolice:
                                   node_id=t.node_id or "", pid=t.worker_pid, placement_group_id=t.placement_group_id,
                                   ray_job_id=t.job_id or "", parent_actor_id=_actor_of_task(t.parent_task_id),
                                   started_at=_ms(t.start_time_ms)))
-        # A list cut at its limit would make busy workers look idle: GPUs are not judged on it.
-        gpu_procs = None if truncated else self._gpu_answers()
+        procs, read, unread = self._gpu_answers()
+        if truncated:     # a list cut at its limit would make busy workers look idle: not judged on it
+            procs, read, unread = (), frozenset(), read | unread
         # Asked last: a group rayfin made while the lists above were read is in it (the backend
         # adds a group as it makes it), so it is never taken for a foreign one.
-        return holders, Owners(self.held(), names, islands, self.serving_apps, gpu_procs,
-                               {n["NodeID"]: n.get("NodeManagerAddress") or "" for n in alive})
+        return holders, Owners(self.held(), names, islands, self.serving_apps, procs, read, unread,
+                               {n["NodeID"]: n.get("NodeManagerAddress") or "" for n in alive},
+                               self.runners() if self.runners is not None else None)
 
     def _ask_gpus(self, node_ids: list[str]) -> None:
         now = time.monotonic()
         for node in node_ids:
+            asked = self._gpu_asked_at.get(node)
+            if node in self._gpu_asks and asked is not None and now - asked > AGENT_OVERDUE_S:
+                log.warning("GPU processes on %s: no answer in %.0fs; a new agent", node[:12], now - asked)
+                del self._gpu_asks[node]
+                self._drop_agent(node)
             if node not in self._gpu_asks and now - self._no_nvml.get(node, -1e9) > 300:
                 self._gpu_asks[node] = self._agent(node).gpu_processes.remote()
+                self._gpu_asked_at[node] = now
 
-    def _gpu_answers(self) -> tuple[GpuProcess, ...] | None:
-        """Every GPU node's processes, or None while some node's answer is still to come (its
-        agent starting) or failed: policing then keeps what it found on GPUs before. A node with
-        no nvidia-smi, or whose NVML pids are not its own, is not asked again for 5 minutes."""
+    def _gpu_answers(self) -> tuple[tuple[GpuProcess, ...], frozenset[str], frozenset[str]]:
+        """The processes on the GPUs of every node that answered, the nodes that did, and the
+        nodes whose answer is still to come (an agent starting) or failed: policing keeps what it
+        found on those. A node with no nvidia-smi, or whose NVML pids are not its own, is not
+        asked again for 5 minutes."""
         if not self._gpu_asks:
-            return ()
+            return (), frozenset(), frozenset()
         done, _ = ray.wait(list(self._gpu_asks.values()), num_returns=len(self._gpu_asks), timeout=1.0)
-        complete = len(done) == len(self._gpu_asks)
         out: dict[tuple[int, str], GpuProcess] = {}
+        read: set[str] = set()
+        unread: set[str] = set()
         for node, ref in list(self._gpu_asks.items()):
             if ref not in done:
+                unread.add(node)
                 continue
             del self._gpu_asks[node]          # answered: asked again next sweep
             try:
                 answer = ray.get(ref, timeout=0)
             except RayActorError:
                 self._drop_agent(node)
-                complete = False
+                unread.add(node)
                 continue
             except Exception as exc:  # noqa: BLE001 - ask again next sweep
                 log.warning("GPU processes on %s: %s", node[:12], exc)
-                complete = False
+                unread.add(node)
                 continue
             if not answer.get("ok"):
                 log.info("GPU processes on %s not checked: %s", node[:12], answer.get("why"))
                 if answer.get("back_off"):
                     self._no_nvml[node] = time.monotonic()
+                    read.add(node)            # nothing to keep from it: it cannot be checked
                 else:
-                    complete = False
+                    unread.add(node)
                 continue
+            read.add(node)
             for p in answer["procs"]:
                 # Simulated nodes on one machine all see its GPUs: each process once.
                 out.setdefault((int(p["pid"]), p["uuid"]), GpuProcess(
                     node, int(p["pid"]), int(p["gpu"]), p["uuid"], float(p["used_mib"]),
                     None if p["worker_pid"] is None else int(p["worker_pid"]), p.get("cmd", ""),
                     p.get("worker_title", ""), p.get("worker_start")))
-        return tuple(out.values()) if complete else None
+        return tuple(out.values()), frozenset(read), frozenset(unread)
 
     def creator_of(self, actor_id: str) -> str | None:
         """The actor whose code created `actor_id` (through its creation task), if an actor did."""
@@ -354,7 +385,7 @@ class RayPolice:
             del self._pending[key]           # answered: a later finding on a reused pid is sent anew
             if answer in ("gone", "killed"):
                 return "worker " + str(answer)
-        self._pending[key] = self._agent(f.node_id).kill.remote(f.pid, f.pid_start)
+        self._pending[key] = self._agent(f.node_id).kill.remote(f.pid, f.pid_start, f.idle)
         return "kill sent"
 
     def _agent(self, node_id: str) -> Any:

@@ -73,6 +73,8 @@ class Finding:
     action: str = ""
     reasons: tuple[str, ...] = field(default_factory=tuple)
     pid_start: int | None = None           # the process's start (clock ticks): a reused pid is not it
+    stoppable: bool = True                 # False: reported only (a process under no Ray worker)
+    idle: bool = False                     # an idle worker's context: killed only if still idle
 
     def copy(self, **changes: Any) -> "Finding":
         return replace(self, **changes)
@@ -109,8 +111,13 @@ class Owners:
     actors: Mapping[str, tuple[str, str]]          # actor id -> (name, namespace)
     islands: Mapping[str, str]                     # Ray node id -> rayfin island id
     serving_apps: frozenset[str] = frozenset()     # Serve applications of rayfin's models (KubeRay names)
-    gpu_procs: tuple["GpuProcess", ...] | None = ()  # what NVML lists on the GPU nodes; None: not read this sweep
+    gpu_procs: tuple["GpuProcess", ...] = ()       # what NVML lists on the GPU nodes read this sweep
+    gpu_read: frozenset[str] = frozenset()          # GPU nodes whose list came this sweep
+    gpu_unread: frozenset[str] = frozenset()        # GPU nodes whose list did not come this sweep
     machines: Mapping[str, str] = field(default_factory=dict)   # Ray node id -> its host's address
+    # actor id -> (desk, job id) of the runners rayfin's backend made (RayBackend.runner_ids).
+    # None: by name and namespace, which anyone can imitate (kept for the tests of old rows).
+    runners: Mapping[str, tuple[str, str]] | None = None
 
     def machine(self, node_id: str) -> str:
         """Pids are a host's: simulated nodes on one host share them (a task on the head node can
@@ -128,8 +135,11 @@ class Owners:
         return h.name.startswith(SERVING_PREFIX) or app in self.serving_apps
 
     def attribute(self, h: Holder) -> tuple[str, str]:
-        """(desk, rayfin job id) of the code that started `h`, where Ray tells: a runner or
-        worker actor lives in `rayfin-desk-<desk>` and its name carries `<job id>~<generation>`."""
+        """(desk, rayfin job id) of the code that started `h`: its parent actor is one of the
+        runners rayfin's backend made (`runners`). Without that list, by the parent's namespace
+        `rayfin-desk-<desk>` and a name that carries `<job id>~<generation>`."""
+        if self.runners is not None:
+            return self.runners.get(h.parent_actor_id or "", ("", ""))
         name, namespace = self.actors.get(h.parent_actor_id or "", ("", ""))
         m = DESK_NAMESPACE.match(namespace)
         if not m:
@@ -199,21 +209,37 @@ def parse_nvidia_smi(gpus_csv: str, apps_csv: str) -> list[tuple[int, str, int, 
     return out
 
 
+@dataclass(frozen=True)
+class WorkerSeen:
+    """What policing remembers of a worker (or a process under none) on a GPU, from sweep to
+    sweep: `find_on_gpus` takes it in and gives it back."""
+
+    first_on_gpu: float                    # first sweep that saw it on a GPU
+    rowless_since: float | None = None     # first sweep of the run of sweeps with no row for it
+    last_row: Holder | None = None         # its last row in the state API ...
+    last_title: str = ""                   # ... and its process title then
+
+
+WorkerKey = tuple[str, int, "int | None"]    # (Ray node id, worker pid, worker start)
+
+
 def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners: Owners, now: float,
                  assigned: Mapping[tuple[str, int], RankGpus] | None = None,
-                 since: Mapping[tuple[str, int], float] | None = None) -> list[Finding]:
+                 seen: Mapping[WorkerKey, WorkerSeen] | None = None
+                 ) -> tuple[list[Finding], dict[WorkerKey, WorkerSeen]]:
     """Ray workers whose processes are on a GPU while the worker holds none, or fewer than the
     distinct GPUs they use, or (a running rayfin job's rank, `assigned`: (Ray node id, pid) ->
-    what its runner reported) a GPU other than the ones Ray gave it; idle workers that kept a GPU
-    context; and processes on a GPU under no Ray worker at all (reported only).
+    what its runner reported) a GPU that is not its job's on that node; idle workers that kept a
+    GPU context; and processes on a GPU under no Ray worker at all (reported only). Returns the
+    findings (one per worker, keyed by node, pid and start) and what to remember for next sweep.
 
     `holders`: every live actor (those being created too, `alive=False`) and running task, for
-    the GPUs each worker holds; a worker with no row that is not idle by its title is left alone
-    this sweep (the state API may not list its task yet, or dropped it). `since`: (node, worker
-    pid) -> when it was first seen on a GPU. A task is blamed (its desk and job named, so the job
-    can be failed) only if it started before that: Ray reuses a worker, and a context an earlier
-    task left must not be charged to the next one. One finding per worker and row. GPU indices
-    are NVML's; rayfin's nodes set CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA's are the same."""
+    the GPUs each worker holds. A worker whose row is gone but whose title is unchanged keeps its
+    last row (Ray evicts old task events; a GCS error lists nothing); a busy worker with no row is
+    left alone for UNLISTED_S from the first sweep without one. A task is blamed (its desk and
+    job named, so the job can be failed) only if it started before its worker was first seen on
+    the GPU: Ray reuses workers, and a context an earlier task left is not the next one's doing.
+    GPU indices are NVML's; rayfin's nodes set CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA's agree."""
     given = {(owners.machine(node), pid): r for (node, pid), r in (assigned or {}).items()}
     held: dict[tuple[str, int], float] = {}
     rows: dict[tuple[str, int], Holder] = {}
@@ -227,19 +253,30 @@ def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners:
     used: dict[tuple[str, int], list[GpuProcess]] = {}
     for p in procs:
         used.setdefault((owners.machine(p.node_id), p.worker_pid if p.worker_pid is not None else p.pid), []).append(p)
-    out = []
+    out: list[Finding] = []
+    memory: dict[WorkerKey, WorkerSeen] = {}
     for (host, pid), ps in sorted(used.items()):
-        node = ps[0].node_id
+        node, title, start = ps[0].node_id, ps[0].worker_title, ps[0].worker_start
+        wkey: WorkerKey = (node, pid, start)
+        prev = (seen or {}).get(wkey) or WorkerSeen(first_on_gpu=now)
         gpus = sorted({p.gpu for p in ps})
         mib = sum(p.used_mib for p in ps)
         on = f"GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))} ({mib:g} MiB)"
-        have = held.get((host, pid), 0.0)
         under_ray = ps[0].worker_pid is not None
-        row = rows.get((host, pid))
+        idle = title.startswith("ray::IDLE")
+        row, have = rows.get((host, pid)), held.get((host, pid), 0.0)
+        if row is not None:
+            memory[wkey] = WorkerSeen(prev.first_on_gpu, None, row, title)
+        elif prev.last_row is not None and title == prev.last_title and not idle:
+            row, have = prev.last_row, gpus_of(prev.last_row.resources)     # the same work: its row is gone
+            memory[wkey] = prev
+        else:
+            memory[wkey] = WorkerSeen(prev.first_on_gpu, prev.rowless_since if prev.rowless_since is not None
+                                      else now)
         rank = given.get((host, pid))
-        idle = ps[0].worker_title.startswith("ray::IDLE")
-        first = (since or {}).get((node, pid))
-        if under_ray and row is None and rank is None and not idle and (first is None or now - first < UNLISTED_S):
+        since_rowless = memory[wkey].rowless_since
+        rowless_for = 0.0 if since_rowless is None else now - since_rowless
+        if under_ray and row is None and rank is None and not idle and rowless_for < UNLISTED_S:
             continue                     # busy, but the state API does not show with what (yet): wait
         strays = sorted(set(gpus) - rank.gpus) if rank is not None and have > 0 else []
         if under_ray and have > 0 and len(gpus) <= math.ceil(have - 1e-9) and not strays:
@@ -249,12 +286,12 @@ def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners:
         elif have <= 0 and row is None and idle:
             reason = f"Ray worker {pid} is on {on} and runs nothing (a context an ended task left)"
         elif have <= 0 and row is None:
-            reason = f"Ray worker {pid} is on {on} and Ray has listed no task or actor on it for {UNLISTED_S:g}s"
+            reason = f"Ray worker {pid} is on {on} and Ray has listed no task or actor on it for {rowless_for:.0f}s"
         elif have <= 0:
             reason = f"Ray worker {pid} is on {on} but holds no GPU"
         elif strays and rank is not None:
-            reason = (f"Ray worker {pid} is on {on} but was given GPU{'s' if len(rank.gpus) > 1 else ''} "
-                      f"{', '.join(map(str, sorted(rank.gpus)))}")
+            reason = (f"Ray worker {pid} is on {on} but its job has GPU{'s' if len(rank.gpus) > 1 else ''} "
+                      f"{', '.join(map(str, sorted(rank.gpus)))} there")
         else:
             reason = f"Ray worker {pid} is on {on} but holds {have:g}"
         # Counted as taken: what is beyond the worker's own GPUs. A process under no Ray worker
@@ -275,18 +312,18 @@ def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners:
         reasons = [reason + " (CUDA_VISIBLE_DEVICES is advice, not a fence)"]
         if row is not None and row.name:
             reasons.append(f"running {row.kind} {row.name}")
-        if (desk and row is not None and row.kind == "task" and rank is None and first is not None
-                and row.started_at is not None and row.started_at > first):
+        if (desk and row is not None and row.kind == "task" and rank is None
+                and row.started_at is not None and row.started_at > prev.first_on_gpu):
             reasons.append(f"not charged to desk {desk}: the worker was on the GPU before this task started "
                            "(Ray reused it)")
             desk, job = "", ""
         if desk:
             reasons.append(f"started by desk {desk}'s job {job or '?'}")
-        out.append(Finding("gpu_process", f"gpu:{node}:{pid}:{row.id if row is not None else 'none'}", ps[0].cmd[:120],
-                           node, owners.islands.get(node, ""), {"GPU": extra}, extra,
-                           row.ray_job_id if row else "", desk, job, pid, now, now,
-                           row.started_at if row else None, reasons=tuple(reasons), pid_start=ps[0].worker_start))
-    return out
+        out.append(Finding("gpu_process", f"gpu:{node}:{pid}:{start}", ps[0].cmd[:120], node,
+                           owners.islands.get(node, ""), {"GPU": extra}, extra, row.ray_job_id if row else "", desk,
+                           job, pid, now, now, row.started_at if row else None, reasons=tuple(reasons),
+                           pid_start=start, stoppable=under_ray, idle=idle and row is None))
+    return out, memory
 
 
 def outside_gpus(findings: Iterable[Finding]) -> dict[str, float]:
@@ -295,7 +332,7 @@ def outside_gpus(findings: Iterable[Finding]) -> dict[str, float]:
     groups = {f.id for f in findings if f.kind == "placement_group"}
     held: dict[str, float] = {}
     for f in findings:
-        if f.stopped_at is not None or not f.island:
+        if f.stopped_at is not None or not f.island or not f.gpus:
             continue
         if f.kind != "placement_group" and any(k.endswith(g) for g in groups for k in f.resources):
             continue
@@ -325,5 +362,5 @@ class Sightings:
         return new, gone
 
 
-__all__ = ["Holder", "Finding", "Owners", "GpuProcess", "RankGpus", "find", "find_on_gpus", "parse_nvidia_smi", "guarded",
+__all__ = ["Holder", "Finding", "Owners", "GpuProcess", "RankGpus", "WorkerSeen", "find", "find_on_gpus", "parse_nvidia_smi", "guarded",
            "gpus_of", "outside_gpus", "Sightings"]

@@ -181,6 +181,16 @@ class RayBackend:
         return parsed[0]
 
     # -- the groups rayfin holds (policing) --
+    def runner_ids(self) -> dict[str, tuple[str, str]]:
+        """Actor id (hex) -> (desk, job id) of every runner this backend made or adopted (after
+        its challenge). Policing names the job whose code started something only through these:
+        anyone can create an actor under a runner-like name in a desk's namespace."""
+        out: dict[str, tuple[str, str]] = {}
+        for key, live in list(self._live.items()):
+            if live.runner is not None:
+                out[live.runner._actor_id.hex()] = (live.desk, key.split("~")[0])
+        return out
+
     def held_groups(self) -> frozenset[str]:
         """Ids (hex, as in `placement_group_table()`) of the placement groups this backend holds,
         and of those it released in the last RETIRED_S (their runners may still be dying). Policing

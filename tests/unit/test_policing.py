@@ -14,7 +14,8 @@ RUNNER = "a" * 32                      # a runner actor of fx's job fx-0000abcd,
 OWNERS = Owners(rayfin_groups=frozenset({"pg-rayfin"}),
                 actors={RUNNER: ("job-fx-0000abcd~0", "rayfin-desk-fx"), "b" * 32: ("loner", "default")},
                 islands={"node-a": "n0-i0", "node-b": "n0-i1"}, serving_apps=frozenset({"model-pricer"}),
-                machines={"node-a": "10.0.0.1", "node-b": "10.0.0.2", "node-c": "10.0.0.1"})
+                machines={"node-a": "10.0.0.1", "node-b": "10.0.0.2", "node-c": "10.0.0.1"},
+                runners={RUNNER: ("fx", "fx-0000abcd")})
 
 
 @pytest.mark.parametrize("holder, flagged", [
@@ -127,7 +128,7 @@ def test_policing_agents_are_unnamed_and_a_dead_one_is_replaced(monkeypatch):
 
     class Agent:
         def __init__(self, n):
-            self.kill = SimpleNamespace(remote=lambda pid, start=None: sent.append((n, pid)) or f"ref-{n}")
+            self.kill = SimpleNamespace(remote=lambda pid, start=None, idle=False: sent.append((n, pid)) or f"ref-{n}")
 
     def options(**kw):
         made.append(kw)
@@ -338,15 +339,17 @@ def test_nvidia_smi_rows_are_read_by_gpu_index():
     assert parse_nvidia_smi("", SMI_APPS) == []          # an unknown uuid is not guessed at
 
 
-def _proc(pid, gpu, worker, node="node-a", title=None):
+def _proc(pid, gpu, worker, node="node-a", title=None, start=7):
     from rayfin.controller.policing import GpuProcess
 
     return GpuProcess(node, pid, gpu, f"GPU-{gpu}", 1000.0, worker, cmd=f"python child of {worker}",
-                      worker_title=title or f"ray::work{worker}")
+                      worker_title=title or f"ray::work{worker}", worker_start=start)
 
 
-def _ids(found):
-    return [f.id for f in found]
+def _gpu(procs, holders, now=10.0, assigned=None, seen=None, owners=OWNERS):
+    from rayfin.controller.policing import find_on_gpus
+
+    return find_on_gpus(procs, holders, owners, now, assigned, seen)
 
 
 @pytest.mark.parametrize("procs, holders, flagged", [
@@ -356,97 +359,126 @@ def _ids(found):
     ([_proc(11, 0, 10)], [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=10)], []),
     # a task that asked for no GPU and used one anyway (CUDA_VISIBLE_DEVICES unset by Ray 2.60)
     ([_proc(20, 0, 20)], [Holder("task", "t", {"CPU": 1.0}, node_id="node-a", pid=20, parent_actor_id=RUNNER)],
-     ["gpu:node-a:20:t"]),
+     ["gpu:node-a:20:7"]),
     # an actor still in its __init__ (not ALIVE yet) that holds no GPU and uses one
     ([_proc(22, 0, 22)], [Holder("actor", "a", {"CPU": 1.0}, node_id="node-a", pid=22, alive=False)],
-     ["gpu:node-a:22:a"]),
+     ["gpu:node-a:22:7"]),
     # ... and one that holds its GPU: its own
     ([_proc(23, 0, 23)], [Holder("actor", "a", {"GPU": 1.0}, node_id="node-a", pid=23, alive=False)], []),
     # an idle worker keeping a CUDA context after its task ended
-    ([_proc(21, 0, 21, title="ray::IDLE")], [], ["gpu:node-a:21:none"]),
-    # a busy worker the state API does not list (yet, or it dropped the row): left for next sweep
+    ([_proc(21, 0, 21, title="ray::IDLE")], [], ["gpu:node-a:21:7"]),
+    # a busy worker the state API does not list (yet, or it dropped the row): left alone for now
     ([_proc(24, 0, 24, title="ray::train")], [], []),
     # a one-GPU worker whose child set CUDA_VISIBLE_DEVICES=0,1 and used both
     ([_proc(31, 0, 30), _proc(31, 1, 30)], [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=30)],
-     ["gpu:node-a:30:r"]),
+     ["gpu:node-a:30:7"]),
     # two half-GPU tasks in one worker's history; fractional holds round up to one GPU
     ([_proc(40, 0, 40)], [Holder("task", "t", {"GPU": 0.5}, node_id="node-a", pid=40)], []),
     # the same pid on another host is another process: there it runs nothing
     ([_proc(10, 0, 10, node="node-b", title="ray::IDLE")], [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=10)],
-     ["gpu:node-b:10:none"]),
+     ["gpu:node-b:10:7"]),
     # a process on a GPU under no Ray worker (double-forked away, or not Ray's at all)
-    ([_proc(50, 1, None, title="")], [], ["gpu:node-a:50:none"]),
+    ([_proc(50, 1, None, title="", start=None)], [], ["gpu:node-a:50:None"]),
     # simulated nodes on one host: the GPU node's NVML lists a runner that Ray placed on node-c
     ([_proc(10, 0, 10)], [Holder("actor", "r", {"GPU": 1.0}, node_id="node-c", pid=10)], []),
 ])
 def test_what_is_flagged_on_gpus(procs, holders, flagged):
-    from rayfin.controller.policing import find_on_gpus
-
-    assert _ids(find_on_gpus(procs, holders, OWNERS, now=10.0)) == flagged
+    assert [f.id for f in _gpu(procs, holders)[0]] == flagged
 
 
 def test_a_gpu_process_is_attributed_and_counted_as_taken():
-    from rayfin.controller.policing import find_on_gpus
-
     task = Holder("task", "t", {"CPU": 1.0}, name="sneak", node_id="node-a", pid=20, parent_actor_id=RUNNER,
                   started_at=7.0)
-    (f,) = find_on_gpus([_proc(20, 0, 20)], [task], OWNERS, now=10.0, since={("node-a", 20): 8.0})
-    assert (f.kind, f.desk, f.rayfin_job_id, f.island, f.gpus, f.pid) == ("gpu_process", "fx", "fx-0000abcd",
-                                                                          "n0-i0", 1.0, 20)
-    assert "holds no GPU" in f.reasons[0] and "running task sneak" in f.reasons
+    (f,), _ = _gpu([_proc(20, 0, 20)], [task])
+    assert (f.kind, f.desk, f.rayfin_job_id, f.island, f.gpus, f.pid, f.pid_start) == (
+        "gpu_process", "fx", "fx-0000abcd", "n0-i0", 1.0, 20, 7)
+    assert "holds no GPU" in f.reasons[0] and "running task sneak" in f.reasons and f.stoppable
     assert outside_gpus([f]) == {"n0-i0": 1.0}
     from rayfin.api.models import Finding as FindingView
 
     assert FindingView.model_validate(f.public()).kind == "gpu_process"    # what GET /v1/policing answers
     over = [_proc(31, 0, 30), _proc(31, 1, 30), _proc(31, 2, 30)]
-    (g,) = find_on_gpus(over, [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=30)], OWNERS, now=10.0)
+    (g,), _ = _gpu(over, [Holder("actor", "r", {"GPU": 1.0}, node_id="node-a", pid=30)])
     assert g.gpus == 2.0 and "holds 1" in g.reasons[0]          # what is beyond its own GPU is taken
-    (h,) = find_on_gpus([_proc(50, 1, None, title="")], [], OWNERS, now=10.0)
-    assert h.gpus == 0.0 and "under no Ray worker" in h.reasons[0]   # reported; policing cannot stop it
+    (h,), _ = _gpu([_proc(50, 1, None, title="", start=None)], [])
+    assert h.gpus == 0.0 and "under no Ray worker" in h.reasons[0] and not h.stoppable   # reported only
+    (i,), _ = _gpu([_proc(21, 0, 21, title="ray::IDLE")], [])
+    assert i.idle and "runs nothing" in i.reasons[0]           # killed only if still idle
 
 
-def test_a_busy_worker_ray_never_lists_is_a_finding_after_a_while():
-    """Left alone while the state API may only be late; not forever (a worker whose task events
-    are lost, or off: enable_task_events=False, would otherwise use a GPU unseen)."""
-    from rayfin.controller.policing import UNLISTED_S, find_on_gpus
+def test_only_rayfins_own_runners_name_a_job():
+    """Anyone can create an actor named like a runner in a desk's namespace; work it starts is not
+    charged to that desk's job. Only the runners rayfin's backend made (by actor id) name one."""
+    from dataclasses import replace
 
-    busy = [_proc(24, 0, 24, title="ray::train")]
-    assert find_on_gpus(busy, [], OWNERS, now=10.0, since={("node-a", 24): 10.0 - UNLISTED_S + 1}) == []
-    (f,) = find_on_gpus(busy, [], OWNERS, now=10.0, since={("node-a", 24): 10.0 - UNLISTED_S})
+    impostor = "c" * 32
+    owners = replace(OWNERS, actors={**OWNERS.actors, impostor: ("job-fx-0000abcd~7", "rayfin-desk-fx")})
+    task = Holder("task", "t", {"CPU": 1.0}, node_id="node-a", pid=20, parent_actor_id=impostor, started_at=7.0)
+    (f,), _ = _gpu([_proc(20, 0, 20)], [task], owners=owners)
+    assert (f.desk, f.rayfin_job_id) == ("", "")
+    (g,) = find([replace(task, resources={"GPU": 1.0})], owners, 10.0)
+    assert (g.desk, g.rayfin_job_id) == ("", "")
+    assert replace(owners, runners=None).attribute(task) == ("fx", "fx-0000abcd")   # what a name alone gave
+
+
+def test_a_busy_worker_is_judged_by_its_last_row_or_after_a_while_without_one():
+    """The state API loses rows (old task events are evicted; a GCS error lists nothing): a worker
+    whose row is gone but whose title is the same keeps its last row, however long; a busy worker
+    that was never listed is a finding UNLISTED_S after the first sweep without a row."""
+    from rayfin.controller.policing import UNLISTED_S
+
+    gpu_task = Holder("task", "t", {"GPU": 1.0}, name="train", node_id="node-a", pid=24, started_at=1.0)
+    p = [_proc(24, 0, 24, title="ray::train")]
+    found, seen = _gpu(p, [gpu_task], now=10.0)
+    assert found == []
+    found, seen = _gpu(p, [], now=10.0 + 10 * UNLISTED_S, seen=seen)          # the row is gone
+    assert found == []
+    found, seen = _gpu([_proc(24, 0, 24, title="ray::other")], [], now=20.0 + 10 * UNLISTED_S, seen=seen)
+    assert found == []                                            # another task now, not listed: wait ...
+    found, seen = _gpu([_proc(24, 0, 24, title="ray::other")], [], now=20.0 + 11 * UNLISTED_S, seen=seen)
+    (f,) = found                                                   # ... UNLISTED_S from the first sweep without
     assert "listed no task or actor" in f.reasons[0] and (f.desk, f.gpus) == ("", 1.0)
 
 
 def test_a_reused_worker_is_not_charged_to_the_next_desk():
     """Ray reuses a worker for the next task: a GPU context one task left is not the next task's
     doing. A task is blamed only if it started before its worker was first seen on the GPU; the
-    worker is still a finding (it holds a GPU it was not given), its desk and job are not named."""
-    from rayfin.controller.policing import find_on_gpus
+    worker is still a finding, its desk and job are not named."""
+    from rayfin.controller.policing import WorkerSeen
 
+    seen = {("node-a", 20, 7): WorkerSeen(first_on_gpu=8.0)}
     victim = Holder("task", "t2", {"CPU": 1.0}, name="price", node_id="node-a", pid=20, parent_actor_id=RUNNER,
                     started_at=9.0)
-    (f,) = find_on_gpus([_proc(20, 0, 20)], [victim], OWNERS, now=10.0, since={("node-a", 20): 8.0})
+    (f,), _ = _gpu([_proc(20, 0, 20)], [victim], seen=seen)
     assert (f.desk, f.rayfin_job_id) == ("", "") and "Ray reused it" in "; ".join(f.reasons)
     culprit = Holder("task", "t1", {"CPU": 1.0}, name="sneak", node_id="node-a", pid=20, parent_actor_id=RUNNER,
                      started_at=7.5)
-    (g,) = find_on_gpus([_proc(20, 0, 20)], [culprit], OWNERS, now=10.0, since={("node-a", 20): 8.0})
-    assert (g.desk, g.rayfin_job_id) == ("fx", "fx-0000abcd") and g.id != f.id
+    (g,), _ = _gpu([_proc(20, 0, 20)], [culprit], seen=seen)
+    assert (g.desk, g.rayfin_job_id) == ("fx", "fx-0000abcd")
 
 
 class GpuPolice(FakePolice):
     def __init__(self):
         super().__init__()
         self.procs = ()
+        self.unread = frozenset()
 
     def observe(self):
         from dataclasses import replace
 
-        return list(self.holders), replace(OWNERS, gpu_procs=self.procs)
+        read = frozenset({p.node_id for p in self.procs} | {"node-a"}) - self.unread
+        return list(self.holders), replace(OWNERS, gpu_procs=tuple(self.procs), gpu_read=read,
+                                           gpu_unread=self.unread)
+
+
+def _events(core, kind):
+    return [e for e in core.ledger.events() if e.kind == kind]
 
 
 def test_patrol_stops_a_gpu_process_seen_in_two_sweeps_and_fails_its_job(env):
     """One sweep is a suspicion (a task may have started between NVML's list and the state API's);
     the second makes it a finding: audited, counted as taken, the worker killed, and the rayfin job
-    whose code started it failed. A list that did not come this sweep changes nothing."""
+    whose code started it failed. A node whose list did not come keeps its findings a while."""
     core, clock = env
     police = GpuPolice()
     patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
@@ -456,44 +488,73 @@ def test_patrol_stops_a_gpu_process_seen_in_two_sweeps_and_fails_its_job(env):
     police.holders = [Holder("task", "t", {"CPU": 1.0}, node_id="node-a", pid=20, parent_actor_id=RUNNER,
                              started_at=99.0)]
     patrol.sweep()
-    assert police.stops == [] and not [e for e in core.ledger.events() if e.kind == "outside_found"]
+    assert police.stops == [] and not _events(core, "outside_found")
     clock.advance(2.0)
     patrol.sweep()
-    (ev,) = [e for e in core.ledger.events() if e.kind == "outside_found"]
+    (ev,) = _events(core, "outside_found")
     assert ev.data["kind"] == "gpu_process" and ev.data["gpus"] == 1.0 and ev.data["detect_s"] == 3.0
-    assert set(police.stops) == {"gpu:node-a:20:t"} and core.not_placeable() == {"n0-i0": 1.0}
+    assert set(police.stops) == {"gpu:node-a:20:7"} and core.not_placeable() == {"n0-i0": 1.0}
     assert failed and failed[0][0] == "fx-0000abcd" and "does not hold" in failed[0][1]
-    assert failed[0][2] == ["gpu:node-a:20:t"]       # the kill went out before the job was failed
+    assert failed[0][2] == ["gpu:node-a:20:7"]       # the kill went out before the job was failed
     clock.advance(2.0)
-    police.procs = None                                   # an agent still starting: nothing changes
+    police.procs, police.unread = (), frozenset({"node-a"})      # node-a's agent did not answer
     patrol.sweep()
-    assert not [e for e in core.ledger.events() if e.kind == "outside_stopped"]
+    assert not _events(core, "outside_stopped") and core.not_placeable() == {"n0-i0": 1.0}
     clock.advance(2.0)
-    police.procs, police.holders = (), []
+    police.unread, police.holders = frozenset(), []
     patrol.sweep()
-    (gone,) = [e for e in core.ledger.events() if e.kind == "outside_stopped"]
+    (gone,) = _events(core, "outside_stopped")
     assert gone.data["kind"] == "gpu_process" and core.not_placeable() == {}
 
 
-def test_a_worker_reused_between_two_sweeps_is_a_new_suspect(env):
-    """Desk A's task leaves a context, desk B's task gets the worker: the second sweep sees another
-    row on that worker, a suspect of its own, and B's job is not failed for A's context."""
+def test_a_node_that_never_answers_lets_its_findings_lapse(env):
+    from rayfin.controller.patrol import STALE_S
+
+    core, clock = env
+    police = GpuPolice()
+    patrol = Patrol(PolicingConfig(mode="report", interval_s=2.0), core, police, clock=clock)
+    police.procs = (_proc(21, 0, 21, title="ray::IDLE"),)
+    patrol.sweep()
+    clock.advance(2.0)
+    patrol.sweep()
+    assert core.not_placeable() == {"n0-i0": 1.0}
+    police.procs, police.unread = (), frozenset({"node-a"})
+    clock.advance(STALE_S - 1)
+    patrol.sweep()
+    assert core.not_placeable() == {"n0-i0": 1.0}
+    clock.advance(2.0)
+    patrol.sweep()
+    assert core.not_placeable() == {} and len(_events(core, "outside_stopped")) == 1
+
+
+def test_a_stream_of_short_tasks_on_one_worker_is_caught(env):
+    """A new task on the same worker at every sweep: the worker is what is seen twice, not the
+    task. Which task is blamed is the rows' business (here the first one, before the context)."""
     core, clock = env
     police = GpuPolice()
     patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
     failed = []
     core.police_job = lambda job, why: failed.append(job) or True
     police.procs = (_proc(20, 0, 20),)
-    police.holders = [Holder("task", "a", {"CPU": 1.0}, node_id="node-a", pid=20, started_at=99.0)]
+    for n in range(3):
+        police.holders = [Holder("task", f"t{n}", {"CPU": 1.0}, node_id="node-a", pid=20, parent_actor_id=RUNNER,
+                                 started_at=clock() - 0.5)]
+        patrol.sweep()
+        clock.advance(2.0)
+    assert police.stops and failed == []      # stopped; the tasks after the first started on a worker already on it
+
+
+def test_a_process_under_no_ray_worker_is_reported_not_stopped(env):
+    core, clock = env
+    police = GpuPolice()
+    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    police.procs = (_proc(50, 0, None, title="", start=None),)
     patrol.sweep()
     clock.advance(2.0)
-    police.holders = [Holder("task", "b", {"CPU": 1.0}, node_id="node-a", pid=20, parent_actor_id=RUNNER,
-                             started_at=101.0)]
     patrol.sweep()
-    assert police.stops == [] and failed == []
-    clock.advance(2.0)
-    patrol.sweep()                                        # b seen twice: its worker is stopped ...
-    assert police.stops and failed == []                  # ... but b started after the context was there
+    (ev,) = _events(core, "outside_found")
+    assert police.stops == [] and core.not_placeable() == {}
+    assert patrol.view(None)["findings"][0]["action"].startswith("reported")
 
 
 def test_a_gpu_process_seen_once_is_not_a_finding(env):
@@ -508,7 +569,7 @@ def test_a_gpu_process_seen_once_is_not_a_finding(env):
     clock.advance(2.0)
     police.procs = (_proc(20, 0, 20, title="ray::IDLE"),)     # seen again after a gap: a suspect again
     patrol.sweep()
-    assert police.stops == [] and not [e for e in core.ledger.events() if e.kind == "outside_found"]
+    assert police.stops == [] and not _events(core, "outside_found")
 
 
 def test_the_agent_walks_up_to_the_ray_worker_and_kills_it_with_its_children(tmp_path, monkeypatch):
@@ -567,25 +628,23 @@ def test_the_agent_walks_up_to_the_ray_worker_and_kills_it_with_its_children(tmp
         raylet.wait(timeout=10)
 
 
-def test_a_rank_on_a_gpu_it_was_not_given_is_flagged():
+def test_a_rank_on_a_gpu_not_its_jobs_is_flagged():
     """Counting alone misses a one-GPU rank that moved onto another GPU of its node (still one
-    GPU). For rayfin's ranks the runner reported which GPUs Ray gave it: that set decides."""
-    from rayfin.controller.policing import find_on_gpus
-
+    GPU). For rayfin's ranks the runner reported which GPUs Ray gave the job there: that decides."""
     from rayfin.controller.policing import RankGpus
 
     # a gang worker: an unnamed actor, so only the runner's report says whose it is
     worker = Holder("actor", "w", {"GPU_group_0_pg-rayfin": 1.0, "GPU_group_pg-rayfin": 1.0}, node_id="node-a", pid=10,
                     placement_group_id="pg-rayfin")
-    given = {("node-a", 10): RankGpus("fx-0000abcd", "fx", frozenset({0}))}
-    assert find_on_gpus([_proc(11, 0, 10)], [worker], OWNERS, 10.0, given) == []
-    assert find_on_gpus([_proc(11, 1, 10)], [worker], OWNERS, 10.0) == []          # by count: unseen
-    (f,) = find_on_gpus([_proc(11, 1, 10)], [worker], OWNERS, 10.0, given)
-    assert "on GPU 1" in f.reasons[0] and "was given GPU 0" in f.reasons[0] and f.gpus == 1.0
+    given = {("node-a", 10): RankGpus("fx-0000abcd", "fx", frozenset({0, 1}))}
+    assert _gpu([_proc(11, 0, 10)], [worker], assigned=given)[0] == []
+    assert _gpu([_proc(11, 1, 10)], [worker], assigned=given)[0] == []             # a sibling rank's GPU
+    assert _gpu([_proc(11, 2, 10)], [worker])[0] == []                             # by count: unseen
+    (f,), _ = _gpu([_proc(11, 2, 10)], [worker], assigned=given)
+    assert "on GPU 2" in f.reasons[0] and "its job has GPUs 0, 1" in f.reasons[0] and f.gpus == 1.0
     assert (f.desk, f.rayfin_job_id) == ("fx", "fx-0000abcd")                        # named by the report
     # reported on the GPU node, placed (by Ray's books) on node-c of the same host
-    assert find_on_gpus([_proc(11, 1, 10)], [worker], OWNERS, 10.0,
-                        {("node-c", 10): RankGpus("fx-0000abcd", "fx", frozenset({0}))}) != []
+    assert _gpu([_proc(11, 2, 10)], [worker], assigned={("node-c", 10): given[("node-a", 10)]})[0] != []
 
 
 def test_the_gpus_each_running_rank_was_given(env):
@@ -603,5 +662,5 @@ def test_the_gpus_each_running_rank_was_given(env):
     from rayfin.controller.policing import RankGpus
 
     jid = job["job_id"]
-    assert core.gpu_assignments() == {("node-a", 10): RankGpus(jid, "fx", frozenset({0})),
-                                      ("node-a", 12): RankGpus(jid, "fx", frozenset({1, 3}))}
+    both = RankGpus(jid, "fx", frozenset({0, 1, 3}))                  # the job's GPUs on the node
+    assert core.gpu_assignments() == {("node-a", 10): both, ("node-a", 12): both}
