@@ -77,6 +77,10 @@ class Patrol:
         now = self.clock()
         self.next_at = now + self.settings.interval_s
         holders, owners = self.police.observe()
+        ranks = self.core.gpu_assignments()
+        owners = replace(owners, rank_actors={
+            h.id: (r.desk, r.job_id) for h in holders if h.kind == "actor" and h.pid is not None
+            for r in [ranks.get((h.node_id, int(h.pid)))] if r is not None})
         holders = [self._with_creator(h, owners) for h in holders]
         found = [f for f in find(holders, owners, now) if self.dismissed.get(f.id, -1) != f.pid]
         found += self._on_gpus(holders, owners, now)
@@ -161,7 +165,7 @@ class Patrol:
             # Killed before its job is failed: the agent kills the worker with the commands it
             # started; a worker that Ray ends first (its owner gone) would leave them on the GPU.
             self._stop(self.sightings.live[f.id], now)
-        if self.enforcing and self.settings.fail_owner_job and f.rayfin_job_id:
+        if self.enforcing and self.settings.fail_owner_job and f.rayfin_job_id and f.stoppable:
             if f.kind == "gpu_process":
                 why = (f"policing: the job's code used a GPU it does not hold ({f.reasons[0]}); ask for the "
                        "GPUs in the job's request, or run the work in the job's own placement group")

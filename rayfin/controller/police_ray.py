@@ -50,18 +50,36 @@ def _is_ray_worker(cmd: bytes) -> bool:
     return b"default_worker.py" in cmd or cmd.startswith(b"ray::")
 
 
-def _raylet_started(pid: int) -> bool:
-    """A Ray worker is started by a raylet: a process can retitle itself ray::..., but not
-    make the raylet its parent. A raylet is a process run from this node's raylet binary (the
-    agent's own parent's), or, outside Ray (tests), one whose first argument names a raylet."""
-    parent = _parent(pid)
-    if parent is None:
-        return False
-    argv0 = (_cmdline(parent) or b"").split(b" ")[0]
+def _is_raylet(pid: int) -> bool:
+    """A process run from this node's raylet binary (the agent's own parent's), or, outside Ray
+    (tests), one whose first argument names a raylet."""
+    argv0 = (_cmdline(pid) or b"").split(b" ")[0]
     mine = (_cmdline(os.getppid()) or b"").split(b" ")[0]
     if mine.endswith(b"/raylet"):
         return argv0 == mine
     return argv0.endswith(b"raylet")
+
+
+def _worker_of(pid: int) -> int | None:
+    """The Ray worker that `pid` is or runs under: walking up to a raylet, the process nearest
+    the raylet that is titled ray::... (a worker, even when Ray launched it through a wrapper
+    such as nsys or uv), else one running default_worker.py (a worker not yet titled). A
+    process can retitle itself ray::busy, but it is then below its worker, not nearest the
+    raylet; a chain that reaches no raylet is under no Ray worker."""
+    chain: list[int] = []
+    walk = pid
+    for _ in range(64):
+        if _is_raylet(walk):
+            titled = [p for p in chain if (_cmdline(p) or b"").startswith(b"ray::")]
+            fresh = [p for p in chain if b"default_worker.py" in (_cmdline(p) or b"")]
+            found = titled or fresh
+            return found[-1] if found else None
+        chain.append(walk)
+        nxt = _parent(walk)
+        if nxt is None or nxt <= 1:
+            return None
+        walk = nxt
+    return None
 
 
 def _stat(pid: int) -> list[bytes] | None:
@@ -143,19 +161,10 @@ class PolicingAgent:
         rows = parse_nvidia_smi(gpus.stdout, apps.stdout)
         mine = [r for r in rows if _holds_a_gpu(r[2])]
         if rows and not mine:
-            return {"ok": False, "back_off": True, "why": "none of the pids NVML lists is a process here with a GPU "
-                    "open (another pid namespace: a container without the host's pids)"}
+            return {"ok": False, "other_namespace": True, "why": "none of the pids NVML lists is a process here "
+                    "with a GPU open (another pid namespace: a container without the host's pids)"}
         for gpu, uuid, pid, mib in mine:      # the others ended since NVML listed them
-            cmd, worker, walk = _cmdline(pid) or b"", None, pid
-            for _ in range(64):            # the nearest Ray worker: the process itself or an ancestor
-                c = _cmdline(walk)
-                nxt = _parent(walk)
-                if c is not None and _is_ray_worker(c) and _raylet_started(walk):
-                    worker = walk
-                    break
-                if nxt is None or nxt <= 1:
-                    break
-                walk = nxt
+            cmd, worker = _cmdline(pid) or b"", _worker_of(pid)
             title = (_cmdline(worker) or b"") if worker is not None else b""
             procs.append({"pid": pid, "gpu": gpu, "uuid": uuid, "used_mib": mib, "worker_pid": worker,
                           "cmd": cmd.decode(errors="replace")[:200],
@@ -170,7 +179,7 @@ class PolicingAgent:
         cmd = _cmdline(pid)
         if cmd is None:
             return "gone"
-        if not _is_ray_worker(cmd) or not _raylet_started(pid):
+        if not _is_ray_worker(cmd) or _worker_of(pid) != pid:
             return "not a ray worker"
         if start is not None and _started(pid) != start:
             return "gone"
@@ -219,10 +228,12 @@ class RayPolice:
         self._agents: dict[str, Any] = {}
         self._agent_cls = ray.remote(PolicingAgent)
         self._metrics: dict[str, Any] = {}
-        self._pending: dict[tuple[str, int], Any] = {}     # (node, pid) -> the agent's answer to come
+        self._pending: dict[tuple[str, int, int | None], tuple[Any, Any]] = {}   # (node, pid, start) -> (answer to come, agent)
         self._names: dict[str, tuple[str, str]] = {}        # actor id -> (name, namespace), alive or not
         self._gpu_asks: dict[str, Any] = {}                 # node -> the agent's GPU process list to come
         self._gpu_asked_at: dict[str, float] = {}           # ... asked then (time.monotonic)
+        self._gpu_asked_of: dict[str, Any] = {}             # ... of that agent
+        self._ns_strikes: dict[str, int] = {}               # node -> reads in a row with NVML's pids not its own
         self._no_nvml: dict[str, float] = {}                # node -> when it said it has no nvidia-smi
 
     # -- observe --
@@ -288,10 +299,11 @@ class RayPolice:
             if node in self._gpu_asks and asked is not None and now - asked > AGENT_OVERDUE_S:
                 log.warning("GPU processes on %s: no answer in %.0fs; a new agent", node[:12], now - asked)
                 del self._gpu_asks[node]
-                self._drop_agent(node)
+                self._drop_agent(node, self._gpu_asked_of.pop(node, None))
             if node not in self._gpu_asks and now - self._no_nvml.get(node, -1e9) > 300:
-                self._gpu_asks[node] = self._agent(node).gpu_processes.remote()
-                self._gpu_asked_at[node] = now
+                agent = self._agent(node)
+                self._gpu_asks[node] = agent.gpu_processes.remote()
+                self._gpu_asked_at[node], self._gpu_asked_of[node] = now, agent
 
     def _gpu_answers(self) -> tuple[tuple[GpuProcess, ...], frozenset[str], frozenset[str]]:
         """The processes on the GPUs of every node that answered, the nodes that did, and the
@@ -312,18 +324,24 @@ class RayPolice:
             try:
                 answer = ray.get(ref, timeout=0)
             except RayActorError:
-                self._drop_agent(node)
+                self._drop_agent(node, self._gpu_asked_of.pop(node, None))
                 unread.add(node)
                 continue
             except Exception as exc:  # noqa: BLE001 - ask again next sweep
                 log.warning("GPU processes on %s: %s", node[:12], exc)
                 unread.add(node)
                 continue
+            prior = self._ns_strikes.pop(node, 0)
+            strikes = prior + 1 if answer.get("other_namespace") else 0
+            if strikes:
+                self._ns_strikes[node] = strikes
             if not answer.get("ok"):
                 log.info("GPU processes on %s not checked: %s", node[:12], answer.get("why"))
-                if answer.get("back_off"):
+                # No nvidia-smi, or NVML's pids another namespace's three reads in a row (once can
+                # be processes that just ended): not asked for 5 minutes, nothing kept from it.
+                if answer.get("back_off") or strikes >= 3:
                     self._no_nvml[node] = time.monotonic()
-                    read.add(node)            # nothing to keep from it: it cannot be checked
+                    read.add(node)
                 else:
                     unread.add(node)
                 continue
@@ -369,8 +387,8 @@ class RayPolice:
         seconds to start on a busy node): the answer to the last kill sent is reported instead."""
         if f.pid is None:
             return "nothing to stop (no pid)"
-        key = (f.node_id, f.pid)
-        ref = self._pending.get(key)
+        key = (f.node_id, f.pid, f.pid_start)
+        ref, agent = self._pending.get(key, (None, None))
         if ref is not None:
             done, _ = ray.wait([ref], timeout=0)
             if not done:
@@ -379,13 +397,16 @@ class RayPolice:
                 answer = ray.get(ref, timeout=0)
             except RayActorError as exc:   # the agent died: a new one is made for the next kill
                 answer = f"agent failed: {type(exc).__name__}"
-                self._drop_agent(f.node_id)
+                self._drop_agent(f.node_id, agent)
             except Exception as exc:  # noqa: BLE001 - send again
                 answer = f"agent failed: {type(exc).__name__}"
             del self._pending[key]           # answered: a later finding on a reused pid is sent anew
             if answer in ("gone", "killed"):
                 return "worker " + str(answer)
-        self._pending[key] = self._agent(f.node_id).kill.remote(f.pid, f.pid_start, f.idle)
+        while len(self._pending) > 1000:          # answers nobody came back for (findings gone)
+            self._pending.pop(next(iter(self._pending)))
+        agent = self._agent(f.node_id)
+        self._pending[key] = (agent.kill.remote(f.pid, f.pid_start, f.idle), agent)
         return "kill sent"
 
     def _agent(self, node_id: str) -> Any:
@@ -398,7 +419,11 @@ class RayPolice:
             self._agents[node_id] = agent
         return agent
 
-    def _drop_agent(self, node_id: str) -> None:
+    def _drop_agent(self, node_id: str, which: Any = None) -> None:
+        """Forget (and kill) the node's agent; `which`: only if it is still that one (an error
+        from an agent already replaced must not take its successor down)."""
+        if which is not None and self._agents.get(node_id) is not which:
+            return
         agent = self._agents.pop(node_id, None)
         if agent is not None:
             try:

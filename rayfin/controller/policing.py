@@ -118,6 +118,8 @@ class Owners:
     # actor id -> (desk, job id) of the runners rayfin's backend made (RayBackend.runner_ids).
     # None: by name and namespace, which anyone can imitate (kept for the tests of old rows).
     runners: Mapping[str, tuple[str, str]] | None = None
+    # actor id -> (desk, job id) of gang workers, matched to the ranks their runner reported
+    rank_actors: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def machine(self, node_id: str) -> str:
         """Pids are a host's: simulated nodes on one host share them (a task on the head node can
@@ -139,7 +141,8 @@ class Owners:
         runners rayfin's backend made (`runners`). Without that list, by the parent's namespace
         `rayfin-desk-<desk>` and a name that carries `<job id>~<generation>`."""
         if self.runners is not None:
-            return self.runners.get(h.parent_actor_id or "", ("", ""))
+            parent = h.parent_actor_id or ""
+            return self.runners.get(parent) or self.rank_actors.get(parent) or ("", "")
         name, namespace = self.actors.get(h.parent_actor_id or "", ("", ""))
         m = DESK_NAMESPACE.match(namespace)
         if not m:
@@ -278,9 +281,11 @@ def find_on_gpus(procs: Iterable[GpuProcess], holders: Iterable[Holder], owners:
         rowless_for = 0.0 if since_rowless is None else now - since_rowless
         if under_ray and row is None and rank is None and not idle and rowless_for < UNLISTED_S:
             continue                     # busy, but the state API does not show with what (yet): wait
-        strays = sorted(set(gpus) - rank.gpus) if rank is not None and have > 0 else []
-        if under_ray and have > 0 and len(gpus) <= math.ceil(have - 1e-9) and not strays:
-            continue
+        strays = sorted(set(gpus) - rank.gpus) if rank is not None else []
+        if rank is not None and not strays:
+            continue                     # a rank on its job's GPUs of that node (its siblings' too)
+        if rank is None and have > 0 and len(gpus) <= math.ceil(have - 1e-9):
+            continue                     # by Ray's books it holds them (under a launch wrapper or not)
         if not under_ray:
             reason = f"process {pid} is on {on} and runs under no Ray worker"
         elif have <= 0 and row is None and idle:
@@ -356,7 +361,10 @@ class Sightings:
                 self.live[f.id] = f
                 new.append(f)
             else:
-                self.live[f.id] = old.copy(last_seen=now, pid=f.pid, node_id=f.node_id, island=f.island or old.island)
+                # What the worker does now (idle or not, why), with when it was first found.
+                self.live[f.id] = old.copy(last_seen=now, pid=f.pid, node_id=f.node_id, island=f.island or old.island,
+                                           idle=f.idle, pid_start=f.pid_start, reasons=f.reasons,
+                                           resources=f.resources, gpus=f.gpus)
         for fid in [i for i in self.live if i not in seen]:
             gone.append(self.live.pop(fid).copy(stopped_at=now))
         return new, gone

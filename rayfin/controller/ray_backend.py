@@ -151,6 +151,7 @@ class RayBackend:
         # what policing takes for rayfin's (held_groups). Read by the patrol's thread.
         self._held: dict[str, float | None] = {}
         self._held_lock = threading.Lock()
+        self._retired_runners: dict[str, tuple[str, str, float]] = {}   # actor id -> (desk, job, released at)
         # Actors found under a runner's name that could not prove they are it, and were killed.
         self.impostors: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self.impostors_killed = 0
@@ -186,10 +187,21 @@ class RayBackend:
         its challenge). Policing names the job whose code started something only through these:
         anyone can create an actor under a runner-like name in a desk's namespace."""
         out: dict[str, tuple[str, str]] = {}
+        now = time.monotonic()
+        with self._held_lock:
+            for aid in [a for a, (_, _, t) in self._retired_runners.items() if now - t > RETIRED_S]:
+                del self._retired_runners[aid]
+            out.update({a: (desk, job) for a, (desk, job, _) in self._retired_runners.items()})
         for key, live in list(self._live.items()):
             if live.runner is not None:
                 out[live.runner._actor_id.hex()] = (live.desk, key.split("~")[0])
         return out
+
+    def _retire_runner(self, runner: Any, desk: str, key: str) -> None:
+        """What a released runner started is still its job's while Ray tears it down (runner_ids
+        names it for RETIRED_S more)."""
+        with self._held_lock:
+            self._retired_runners[runner._actor_id.hex()] = (desk, key.split("~")[0], time.monotonic())
 
     def held_groups(self) -> frozenset[str]:
         """Ids (hex, as in `placement_group_table()`) of the placement groups this backend holds,
@@ -462,6 +474,8 @@ class RayBackend:
     def release(self, key: str, desk: str) -> None:
         live = self._live.pop(key, None) or _Live(desk=desk)
         runners = [h for h in (live.runner, live.suspect) if h is not None]
+        if live.runner is not None:
+            self._retire_runner(live.runner, desk, key)
         if not runners:
             # By name: this controller's, and the untagged name of the rayfin before tags.
             for name in (self.runner_name(key), runner_name(key)):

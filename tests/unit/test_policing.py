@@ -584,14 +584,18 @@ def test_the_agent_walks_up_to_the_ray_worker_and_kills_it_with_its_children(tmp
     from rayfin.controller import police_ray
     from rayfin.controller.police_ray import PolicingAgent, _descendants
 
+    # raylet -> a launch wrapper (as nsys or uv start default_worker.py) -> the worker -> its command
     (tmp_path / "worker.sh").write_text('(exec -a "ray::busy" sleep 300) & wait\n')
-    (tmp_path / "raylet.sh").write_text(f'bash -c \'exec -a "ray::Sneak.run" bash {tmp_path}/worker.sh\' & wait\n')
+    (tmp_path / "default_worker.py.sh").write_text(
+        f'bash -c \'exec -a "ray::Sneak.run" bash {tmp_path}/worker.sh\' & wait\n')
+    (tmp_path / "raylet.sh").write_text(f"bash -c 'exec -a nsys bash {tmp_path}/default_worker.py.sh' & wait\n")
     raylet = subprocess.Popen(["bash", "-c", f"exec -a fake-raylet bash {tmp_path}/raylet.sh"])
     try:
         deadline = time.monotonic() + 10
-        while len(_descendants(raylet.pid)) < 2 and time.monotonic() < deadline:
+        while len(_descendants(raylet.pid)) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        worker, child = _descendants(raylet.pid)
+        wrapper, worker, child = _descendants(raylet.pid)
+        assert police_ray._worker_of(child) == worker and police_ray._worker_of(wrapper) == wrapper
         smi = tmp_path / "nvidia-smi"
         smi.write_text('#!/bin/sh\ncase "$1" in --query-gpu*) echo "0, GPU-x";; '
                        f'*) echo "{child}, GPU-x, 512 MiB";; esac\n')
@@ -601,7 +605,7 @@ def test_the_agent_walks_up_to_the_ray_worker_and_kills_it_with_its_children(tmp
         # No GPU here, so the process has no /dev/nvidia* open: read as NVML speaking of another
         # pid namespace (a container without the host's pids), and not trusted.
         other = agent.gpu_processes()
-        assert not other["ok"] and other["back_off"] and "pid namespace" in other["why"]
+        assert not other["ok"] and other["other_namespace"] and "pid namespace" in other["why"]
         monkeypatch.setattr(police_ray, "_holds_a_gpu", lambda pid: True)
         answer = agent.gpu_processes()
         start = police_ray._started(worker)
@@ -664,3 +668,136 @@ def test_the_gpus_each_running_rank_was_given(env):
     jid = job["job_id"]
     both = RankGpus(jid, "fx", frozenset({0, 1, 3}))                  # the job's GPUs on the node
     assert core.gpu_assignments() == {("node-a", 10): both, ("node-a", 12): both}
+
+
+def test_gpu_lists_are_read_node_by_node(monkeypatch):
+    """One node's failure does not stop the check on the others: each answer is read on its own;
+    a node with no nvidia-smi is read (nothing to keep) and not asked for 5 minutes; a failed or
+    missing answer leaves that node unread (its findings kept a while) and is asked again."""
+    from rayfin.controller import police_ray
+
+    police = police_ray.RayPolice(held=frozenset)
+    answers = {"n1": {"ok": True, "procs": [{"pid": 5, "gpu": 0, "uuid": "GPU-a", "used_mib": 10.0, "worker_pid": 5,
+                                             "cmd": "x", "worker_title": "ray::IDLE", "worker_start": 3}]},
+               "n2": {"ok": False, "why": "no nvidia-smi on this node", "back_off": True},
+               "n3": {"ok": False, "why": "nvidia-smi exited 9"},
+               "n4": RuntimeError("the agent raised")}
+    police._gpu_asks = {n: f"ref-{n}" for n in (*answers, "n5")}            # n5 has not answered yet
+    monkeypatch.setattr(police_ray.ray, "wait",
+                        lambda refs, num_returns, timeout: ([r for r in refs if r != "ref-n5"], ["ref-n5"]))
+
+    def get(ref, timeout=None):
+        a = answers[ref[4:]]
+        if isinstance(a, Exception):
+            raise a
+        return a
+    monkeypatch.setattr(police_ray.ray, "get", get)
+    procs, read, unread = police._gpu_answers()
+    assert [(p.node_id, p.pid, p.worker_title, p.worker_start) for p in procs] == [("n1", 5, "ray::IDLE", 3)]
+    assert read == {"n1", "n2"} and unread == {"n3", "n4", "n5"}
+    assert set(police._gpu_asks) == {"n5"} and set(police._no_nvml) == {"n2"}
+
+
+def test_a_silent_agent_is_replaced(monkeypatch):
+    import time
+
+    from rayfin.controller import police_ray
+
+    police = police_ray.RayPolice(held=frozenset)
+    made, dropped = [], []
+    monkeypatch.setattr(police, "_agent", lambda node: made.append(node) or type(
+        "A", (), {"gpu_processes": type("M", (), {"remote": staticmethod(lambda: f"ref{len(made)}")})})())
+    monkeypatch.setattr(police, "_drop_agent", lambda node, which=None: dropped.append(node))
+    police._ask_gpus(["n1"])
+    police._ask_gpus(["n1"])                                   # still waiting: not asked twice
+    assert made == ["n1"] and dropped == []
+    police._gpu_asked_at["n1"] = time.monotonic() - police_ray.AGENT_OVERDUE_S - 1
+    police._ask_gpus(["n1"])
+    assert dropped == ["n1"] and made == ["n1", "n1"] and police._gpu_asks["n1"] == "ref2"
+
+
+def test_a_rank_may_use_its_jobs_gpus_beyond_its_own_count():
+    """nccl peers, a shared CUDA_VISIBLE_DEVICES: a one-GPU rank on its own GPU and a sibling's is
+    its job's business, not a finding (by count alone it would be: "holds 1")."""
+    from rayfin.controller.policing import RankGpus
+
+    rank = Holder("actor", "w", {"GPU": 1.0}, node_id="node-a", pid=10)
+    given = {("node-a", 10): RankGpus("fx-0000abcd", "fx", frozenset({0, 1}))}
+    assert _gpu([_proc(10, 0, 10), _proc(10, 1, 10)], [rank], assigned=given)[0] == []
+    assert _gpu([_proc(10, 0, 10), _proc(10, 1, 10)], [rank])[0] != []
+
+
+def test_a_process_whose_own_pid_holds_its_gpu_is_its_own():
+    """Under a launch wrapper that the walk could not place, the process's own row still holds the
+    GPU: judged by Ray's books, not flagged."""
+    task = Holder("task", "t", {"GPU": 1.0}, node_id="node-a", pid=60)
+    assert _gpu([_proc(60, 0, None, title="", start=None)], [task])[0] == []
+
+
+def test_a_finding_follows_what_its_worker_does_now(env):
+    """First seen idle, then busy with a stray task: the kill must not keep asking "only if idle"."""
+    core, clock = env
+    police = GpuPolice()
+    sent = []
+    police.stop = lambda f: sent.append(f.idle) or "kill sent"
+    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    police.procs = (_proc(21, 0, 21, title="ray::IDLE"),)
+    patrol.sweep()
+    clock.advance(2.0)
+    patrol.sweep()
+    police.procs = (_proc(21, 0, 21, title="ray::stray"),)
+    police.holders = [Holder("task", "s", {"CPU": 1.0}, node_id="node-a", pid=21, started_at=clock())]
+    clock.advance(2.0)
+    patrol.sweep()
+    assert sent[0] is True and sent[-1] is False
+
+
+def test_a_finding_policing_cannot_stop_fails_no_job(env):
+    core, clock = env
+    police = GpuPolice()
+    failed = []
+    core.police_job = lambda job, why: failed.append(job) or True
+    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    # a process under no Ray worker whose pid the state API names in a runner's task
+    police.procs = (_proc(61, 0, None, title="", start=None),)
+    police.holders = [Holder("task", "t", {"CPU": 1.0}, node_id="node-a", pid=61, parent_actor_id=RUNNER, started_at=1.0)]
+    for _ in range(2):
+        patrol.sweep()
+        clock.advance(2.0)
+    assert _events(core, "outside_found") and failed == [] and police.stops == []
+
+
+def test_work_a_gang_worker_started_is_charged_to_its_job(env):
+    """Gang workers have no names: their rank's report (node, pid) names the job."""
+    core, clock = env
+    police = FakePolice()
+    gang_worker = Holder("actor", "g" * 32, {"GPU_group_pg-rayfin": 1.0}, node_id="node-a", pid=12,
+                         placement_group_id="pg-rayfin")
+    rogue = Holder("task", "t1", {"GPU": 1.0}, node_id="node-a", pid=70, parent_actor_id="g" * 32)
+    police.holders = [gang_worker, rogue]
+    from rayfin.controller.policing import RankGpus
+
+    core.gpu_assignments = lambda: {("node-a", 12): RankGpus("fx-0000beef", "fx", frozenset({0}))}
+    core.police_job = lambda job, why: True
+    patrol = Patrol(PolicingConfig(mode="report", interval_s=2.0), core, police, clock=clock)
+    patrol.sweep()
+    (ev,) = _events(core, "outside_found")
+    assert (ev.desk, ev.job_id) == ("fx", "fx-0000beef")
+
+
+def test_a_released_runner_still_names_its_job_for_a_while():
+    import time
+    from types import SimpleNamespace
+
+    from placement.topology import Topology
+    from rayfin.controller import ray_backend
+
+    backend = ray_backend.RayBackend(Topology.from_config(config().cluster), runner_key=b"k" * 32)
+    runner = SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: "ab" * 16))
+    backend._live["fx-0000abcd~0"] = ray_backend._Live(desk="fx", runner=runner)
+    assert backend.runner_ids() == {"ab" * 16: ("fx", "fx-0000abcd")}
+    del backend._live["fx-0000abcd~0"]                 # released (release() also kills it, through Ray)
+    backend._retire_runner(runner, "fx", "fx-0000abcd~0")
+    assert backend.runner_ids() == {"ab" * 16: ("fx", "fx-0000abcd")}
+    backend._retired_runners["ab" * 16] = ("fx", "fx-0000abcd", time.monotonic() - ray_backend.RETIRED_S - 1)
+    assert backend.runner_ids() == {}
