@@ -83,7 +83,7 @@ class Patrol:
             for r in [ranks.get((h.node_id, int(h.pid)))] if r is not None})
         holders = [self._with_creator(h, owners) for h in holders]
         found = [f for f in find(holders, owners, now) if self.dismissed.get(f.id, -1) != f.pid]
-        found += self._on_gpus(holders, owners, now)
+        found += self._on_gpus(holders, owners, now, ranks)
         new, gone = self.sightings.merge(found, now)
         for f in gone:
             self._gone(f, now)
@@ -93,6 +93,9 @@ class Patrol:
             self.core.held_outside = held
         for f in new:
             self._found(f, now)
+        for f in self.sightings.attributed:
+            if self.enforcing and self.settings.fail_owner_job and f.stoppable:
+                self.core.police_job(f.rayfin_job_id, self._why(f))
         if self.enforcing:
             for f in list(self.sightings.live.values()):
                 self._stop(f, now)
@@ -100,7 +103,8 @@ class Patrol:
         self.last_sweep_ms = (time.perf_counter() - t0) * 1000
         return list(self.sightings.live.values())
 
-    def _on_gpus(self, holders: list[Holder], owners: Owners, now: float) -> list[Finding]:
+    def _on_gpus(self, holders: list[Holder], owners: Owners, now: float,
+                 ranks: dict[tuple[str, int], RankGpus]) -> list[Finding]:
         """Processes on GPUs their Ray worker does not hold, once seen in two sweeps in a row on
         the same worker (a task that started between NVML's list and the state API's looks like one
         for a sweep). A node whose list did not come this sweep keeps what was found there, for up
@@ -114,8 +118,7 @@ class Patrol:
                 if f.kind == "gpu_process" and f.node_id in owners.gpu_unread
                 and now - self.read_at.get(f.node_id, now) < STALE_S]
         holders = [self._creator_for_gpu(h, owners) for h in holders]
-        seen, memory = find_on_gpus(owners.gpu_procs, holders, owners, now, self.core.gpu_assignments(),
-                                    self.workers)
+        seen, memory = find_on_gpus(owners.gpu_procs, holders, owners, now, ranks, self.workers)
         self.workers = {**{k: v for k, v in self.workers.items() if k[0] in owners.gpu_unread}, **memory}
         first = {f.id: self.suspects.get(f.id, f) for f in seen}
         self.suspects = {**{i: f for i, f in self.suspects.items() if f.node_id in owners.gpu_unread}, **first}
@@ -166,13 +169,15 @@ class Patrol:
             # started; a worker that Ray ends first (its owner gone) would leave them on the GPU.
             self._stop(self.sightings.live[f.id], now)
         if self.enforcing and self.settings.fail_owner_job and f.rayfin_job_id and f.stoppable:
-            if f.kind == "gpu_process":
-                why = (f"policing: the job's code used a GPU it does not hold ({f.reasons[0]}); ask for the "
-                       "GPUs in the job's request, or run the work in the job's own placement group")
-            else:
-                why = (f"policing: the job started a {f.kind} holding {f.gpus:g} GPUs outside rayfin; use the "
-                       "job's own placement group (rayfin.job_context().placement_group)")
-            self.core.police_job(f.rayfin_job_id, why)
+            self.core.police_job(f.rayfin_job_id, self._why(f))
+
+    @staticmethod
+    def _why(f: Finding) -> str:
+        if f.kind == "gpu_process":
+            return (f"policing: the job's code used a GPU it does not hold ({f.reasons[0]}); ask for the "
+                    "GPUs in the job's request, or run the work in the job's own placement group")
+        return (f"policing: the job started a {f.kind} holding {f.gpus:g} GPUs outside rayfin; use the "
+                "job's own placement group (rayfin.job_context().placement_group)")
 
     def _stop(self, f: Finding, now: float) -> None:
         if not f.stoppable:

@@ -351,9 +351,11 @@ class Sightings:
     are gone (stopped, or ended by themselves)."""
 
     live: dict[str, Finding] = field(default_factory=dict)
+    attributed: list[Finding] = field(default_factory=list)   # last merge: live ones that now name a job
 
     def merge(self, found: list[Finding], now: float) -> tuple[list[Finding], list[Finding]]:
         new, gone = [], []
+        self.attributed = []
         seen = {f.id for f in found}
         for f in found:
             old = self.live.get(f.id)
@@ -361,6 +363,9 @@ class Sightings:
                 self.live[f.id] = f
                 new.append(f)
             else:
+                if not old.rayfin_job_id and f.rayfin_job_id:   # e.g. a runner proved itself after a restart
+                    old = old.copy(desk=f.desk, rayfin_job_id=f.rayfin_job_id)
+                    self.attributed.append(old)
                 # What the worker does now (idle or not, why), with when it was first found.
                 self.live[f.id] = old.copy(last_seen=now, pid=f.pid, node_id=f.node_id, island=f.island or old.island,
                                            idle=f.idle, pid_start=f.pid_start, reasons=f.reasons,

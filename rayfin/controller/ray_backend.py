@@ -200,8 +200,11 @@ class RayBackend:
     def _retire_runner(self, runner: Any, desk: str, key: str) -> None:
         """What a released runner started is still its job's while Ray tears it down (runner_ids
         names it for RETIRED_S more)."""
+        now = time.monotonic()
         with self._held_lock:
-            self._retired_runners[runner._actor_id.hex()] = (desk, key.split("~")[0], time.monotonic())
+            for aid in [a for a, (_, _, t) in self._retired_runners.items() if now - t > RETIRED_S]:
+                del self._retired_runners[aid]
+            self._retired_runners[runner._actor_id.hex()] = (desk, key.split("~")[0], now)
 
     def held_groups(self) -> frozenset[str]:
         """Ids (hex, as in `placement_group_table()`) of the placement groups this backend holds,

@@ -801,3 +801,24 @@ def test_a_released_runner_still_names_its_job_for_a_while():
     assert backend.runner_ids() == {"ab" * 16: ("fx", "fx-0000abcd")}
     backend._retired_runners["ab" * 16] = ("fx", "fx-0000abcd", time.monotonic() - ray_backend.RETIRED_S - 1)
     assert backend.runner_ids() == {}
+
+
+def test_a_finding_that_comes_to_name_its_job_fails_it_then(env):
+    """After a restart a runner is trusted only once it proves itself: what its code started may be
+    found first with no job. When a later sweep names the job, the job is failed then."""
+    core, clock = env
+    police = FakePolice()
+    failed = []
+    core.police_job = lambda job, why: failed.append(job) or True
+    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    from dataclasses import replace
+
+    rogue = Holder("task", "t1", {"GPU": 1.0}, node_id="node-a", pid=70, parent_actor_id=RUNNER)
+    police.holders = [rogue]
+    police.observe = lambda: (list(police.holders), replace(OWNERS, runners={}))      # not proven yet
+    patrol.sweep()
+    assert failed == [] and _events(core, "outside_found")[0].job_id == ""
+    clock.advance(2.0)
+    police.observe = lambda: (list(police.holders), OWNERS)                          # proven
+    patrol.sweep()
+    assert failed == ["fx-0000abcd"] and len(_events(core, "outside_found")) == 1
