@@ -68,9 +68,10 @@ def ensure_ray_token_auth() -> bool:
 # Ray's worker ports (--min/max-worker-port defaults) and its fixed ports stay below PORT_FLOOR;
 # Serve's replicas take their own HTTP ports from PORT_CEILING up (direct ingress, lowest first).
 PORT_FLOOR = 20000
-ZERO_GPU_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
 PORT_CEILING = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
 _handed_out: set[int] = set()       # ports this process gave out: never the same one twice
+# Ray's switch that tells work asking for no GPU CUDA_VISIBLE_DEVICES="" (LocalCluster.start)
+ZERO_GPU_ENV = "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"
 
 
 def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:

@@ -88,7 +88,7 @@ class RayfinController:
         apps = frozenset(n for m in self.config.serve.models for n in (f"rayfin-model-{m.name}", f"model-{m.name}"))
         # Rayfin's groups are the ones its backend holds (by id): a name like `rayfin-job-*` proves nothing.
         police = RayPolice(apps, held=self._backend.held_groups, gpu_processes=self.config.policing.gpu_processes,
-                           runners=getattr(self._backend, "runner_ids", None))
+                           runners=self._backend.runner_ids)
         patrol = Patrol(self.config.policing, self.core, police)
 
         def loop() -> None:

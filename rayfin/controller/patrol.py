@@ -117,7 +117,8 @@ class Patrol:
         kept = [f for f in self.sightings.live.values()
                 if f.kind == "gpu_process" and f.node_id in owners.gpu_unread
                 and now - self.read_at.get(f.node_id, now) < STALE_S]
-        holders = [self._creator_for_gpu(h, owners) for h in holders]
+        on_gpu = {(owners.machine(p.node_id), p.worker_pid) for p in owners.gpu_procs}
+        holders = [self._creator_for_gpu(h, owners, on_gpu) for h in holders]
         seen, memory = find_on_gpus(owners.gpu_procs, holders, owners, now, ranks, self.workers)
         self.workers = {**{k: v for k, v in self.workers.items() if k[0] in owners.gpu_unread}, **memory}
         first = {f.id: self.suspects.get(f.id, f) for f in seen}
@@ -125,33 +126,30 @@ class Patrol:
         return kept + [f.copy(started_at=f.started_at or first[f.id].first_seen) for f in seen
                        if first[f.id].first_seen < now]
 
-    def _creator_for_gpu(self, h: Holder, owners: Owners) -> Holder:
-        """An actor's creator, asked once, for actors on a GPU node that holds GPUs they may not:
-        without it, an actor that a desk's job made is stopped but its job is never named."""
+    def _creator_for_gpu(self, h: Holder, owners: Owners, on_gpu: set[tuple[str, int | None]]) -> Holder:
+        """An actor's creator, for an actor on a GPU (`on_gpu`: (host, worker pid)) that holds
+        none: without it, an actor that a desk's job made is stopped but its job is never named."""
         if h.kind != "actor" or h.parent_actor_id or h.pid is None or owners.is_rayfin(h) or gpus_of(h.resources) > 0:
             return h
-        on_gpu = {(owners.machine(p.node_id), p.worker_pid) for p in owners.gpu_procs}
         if (owners.machine(h.node_id), int(h.pid)) not in on_gpu:
             return h
-        if h.id not in self.creators:
-            try:
-                self.creators[h.id] = self.police.creator_of(h.id)
-            except Exception as exc:  # noqa: BLE001 - attribution is best effort
-                log.debug("creator of %s: %s", h.id, exc)
-                self.creators[h.id] = None
-        return replace(h, parent_actor_id=self.creators[h.id])
+        return replace(h, parent_actor_id=self._creator(h.id))
 
     def _with_creator(self, h: Holder, owners: Owners) -> Holder:
         """An actor's creator is not in its row: ask once, only for actors that policing flags."""
         if h.kind != "actor" or h.parent_actor_id or owners.is_rayfin(h) or not find([h], owners, 0.0):
             return h
-        if h.id not in self.creators:
+        return replace(h, parent_actor_id=self._creator(h.id))
+
+    def _creator(self, actor_id: str) -> str | None:
+        """The actor whose code created `actor_id`, asked of Ray once and remembered."""
+        if actor_id not in self.creators:
             try:
-                self.creators[h.id] = self.police.creator_of(h.id)
+                self.creators[actor_id] = self.police.creator_of(actor_id)
             except Exception as exc:  # noqa: BLE001 - attribution is best effort
-                log.debug("creator of %s: %s", h.id, exc)
-                self.creators[h.id] = None
-        return replace(h, parent_actor_id=self.creators[h.id])
+                log.debug("creator of %s: %s", actor_id, exc)
+                self.creators[actor_id] = None
+        return self.creators[actor_id]
 
     def _found(self, f: Finding, now: float) -> None:
         self.detected += 1

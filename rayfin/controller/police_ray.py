@@ -14,6 +14,7 @@ to every kill): the controller keeps their handles, and drops one whose agent di
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -50,11 +51,17 @@ def _is_ray_worker(cmd: bytes) -> bool:
     return b"default_worker.py" in cmd or cmd.startswith(b"ray::")
 
 
+@functools.lru_cache(maxsize=1)
+def _my_raylet() -> bytes:
+    """The raylet binary that started this agent (its parent's first argument): read once."""
+    return (_cmdline(os.getppid()) or b"").split(b" ")[0]
+
+
 def _is_raylet(pid: int) -> bool:
     """A process run from this node's raylet binary (the agent's own parent's), or, outside Ray
     (tests), one whose first argument names a raylet."""
     argv0 = (_cmdline(pid) or b"").split(b" ")[0]
-    mine = (_cmdline(os.getppid()) or b"").split(b" ")[0]
+    mine = _my_raylet()
     if mine.endswith(b"/raylet"):
         return argv0 == mine
     return argv0.endswith(b"raylet")
@@ -93,21 +100,22 @@ def _stat(pid: int) -> list[bytes] | None:
         return None
 
 
-def _parent(pid: int) -> int | None:
+def _stat_field(pid: int, field: int) -> int | None:
+    """Field `field` (1-based, as in proc(5)) of /proc/<pid>/stat, a number; None if unreadable."""
     st = _stat(pid)
     try:
-        return int(st[1]) if st else None
+        return int(st[field - 3]) if st else None
     except (ValueError, IndexError):
         return None
+
+
+def _parent(pid: int) -> int | None:
+    return _stat_field(pid, 4)
 
 
 def _started(pid: int) -> int | None:
     """When the process started, in clock ticks since boot (field 22): with the pid, who it is."""
-    st = _stat(pid)
-    try:
-        return int(st[19]) if st else None
-    except (ValueError, IndexError):
-        return None
+    return _stat_field(pid, 22)
 
 
 def _holds_a_gpu(pid: int) -> bool:

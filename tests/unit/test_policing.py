@@ -471,6 +471,11 @@ class GpuPolice(FakePolice):
                                            gpu_unread=self.unread)
 
 
+def _gpu_patrol(core, clock, mode="enforce"):
+    police = GpuPolice()
+    return police, Patrol(PolicingConfig(mode=mode, interval_s=2.0), core, police, clock=clock)
+
+
 def _events(core, kind):
     return [e for e in core.ledger.events() if e.kind == kind]
 
@@ -480,8 +485,7 @@ def test_patrol_stops_a_gpu_process_seen_in_two_sweeps_and_fails_its_job(env):
     the second makes it a finding: audited, counted as taken, the worker killed, and the rayfin job
     whose code started it failed. A node whose list did not come keeps its findings a while."""
     core, clock = env
-    police = GpuPolice()
-    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    police, patrol = _gpu_patrol(core, clock, "enforce")
     failed = []
     core.police_job = lambda job, why: failed.append((job, why, list(police.stops))) or True
     police.procs = (_proc(20, 0, 20),)
@@ -511,8 +515,7 @@ def test_a_node_that_never_answers_lets_its_findings_lapse(env):
     from rayfin.controller.patrol import STALE_S
 
     core, clock = env
-    police = GpuPolice()
-    patrol = Patrol(PolicingConfig(mode="report", interval_s=2.0), core, police, clock=clock)
+    police, patrol = _gpu_patrol(core, clock, "report")
     police.procs = (_proc(21, 0, 21, title="ray::IDLE"),)
     patrol.sweep()
     clock.advance(2.0)
@@ -531,8 +534,7 @@ def test_a_stream_of_short_tasks_on_one_worker_is_caught(env):
     """A new task on the same worker at every sweep: the worker is what is seen twice, not the
     task. Which task is blamed is the rows' business (here the first one, before the context)."""
     core, clock = env
-    police = GpuPolice()
-    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    police, patrol = _gpu_patrol(core, clock, "enforce")
     failed = []
     core.police_job = lambda job, why: failed.append(job) or True
     police.procs = (_proc(20, 0, 20),)
@@ -546,8 +548,7 @@ def test_a_stream_of_short_tasks_on_one_worker_is_caught(env):
 
 def test_a_process_under_no_ray_worker_is_reported_not_stopped(env):
     core, clock = env
-    police = GpuPolice()
-    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    police, patrol = _gpu_patrol(core, clock, "enforce")
     police.procs = (_proc(50, 0, None, title="", start=None),)
     patrol.sweep()
     clock.advance(2.0)
@@ -559,8 +560,7 @@ def test_a_process_under_no_ray_worker_is_reported_not_stopped(env):
 
 def test_a_gpu_process_seen_once_is_not_a_finding(env):
     core, clock = env
-    police = GpuPolice()
-    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
+    police, patrol = _gpu_patrol(core, clock, "enforce")
     police.procs = (_proc(20, 0, 20, title="ray::IDLE"),)
     patrol.sweep()
     clock.advance(2.0)
@@ -737,10 +737,9 @@ def test_a_process_whose_own_pid_holds_its_gpu_is_its_own():
 def test_a_finding_follows_what_its_worker_does_now(env):
     """First seen idle, then busy with a stray task: the kill must not keep asking "only if idle"."""
     core, clock = env
-    police = GpuPolice()
+    police, patrol = _gpu_patrol(core, clock)
     sent = []
     police.stop = lambda f: sent.append(f.idle) or "kill sent"
-    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
     police.procs = (_proc(21, 0, 21, title="ray::IDLE"),)
     patrol.sweep()
     clock.advance(2.0)
@@ -754,10 +753,9 @@ def test_a_finding_follows_what_its_worker_does_now(env):
 
 def test_a_finding_policing_cannot_stop_fails_no_job(env):
     core, clock = env
-    police = GpuPolice()
+    police, patrol = _gpu_patrol(core, clock)
     failed = []
     core.police_job = lambda job, why: failed.append(job) or True
-    patrol = Patrol(PolicingConfig(mode="enforce", interval_s=2.0), core, police, clock=clock)
     # a process under no Ray worker whose pid the state API names in a runner's task
     police.procs = (_proc(61, 0, None, title="", start=None),)
     police.holders = [Holder("task", "t", {"CPU": 1.0}, node_id="node-a", pid=61, parent_actor_id=RUNNER, started_at=1.0)]
