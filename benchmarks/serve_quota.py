@@ -53,6 +53,7 @@ from serve_apps.schemas import example_body
 PRICER = "/v1/models/option-pricer:predict"
 DIRECT = "/direct/option-pricer"
 STALL_FACTOR = 4.0
+THROUGHPUT_TARGET = 0.95     # gateway_throughput_ratio, issue 21 (0.9 before it)
 
 
 def bench_config(args, port: int):
@@ -400,6 +401,20 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
     cycle_results: list[dict[str, list]] = [{} for _ in range(args.phases)]   # cycle -> condition -> quiet
     cpu: dict[str, dict[str, float]] = {c: {} for c in conditions}
     shuffler = random.Random(args.seed + 1)   # its own stream: the arrival times stay those of the seed
+    if args.warmup_s > 0:
+        # Unmeasured: the quiet desk alone for `warmup_s` after the throughput rounds. In earlier
+        # runs the first measured phase (always an "alone" one) stalled at 85 to 169 ms p99 while
+        # no later phase did; the warm-up's own p99 is reported, not pooled.
+        warm: list = []
+        t0 = time.monotonic() + 0.05
+        await open_loop(s, PRICER, auth("quiet"), poisson(args.quiet_rate / 2, args.warmup_s, random.Random(args.seed + 2)),
+                        t0, warm, clock=time.monotonic)
+        warmup = {"seconds": args.warmup_s, "samples": len(warm), "codes": _codes(warm),
+                  "p50_ms": _p50(warm), "p99_ms": round(p99_ms(warm), 2)}
+        print("warm-up", warmup, flush=True)
+        await asyncio.sleep(args.gap_s)
+    else:
+        warmup = {"seconds": 0}
     for i in range(args.phases):
         order = list(conditions)
         if args.shuffle:                          # no condition always follows the same one
@@ -497,6 +512,7 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
         # Mean CPU cores used per process role during each condition's phases (what the flood costs).
         "cpu_cores": {c: {k: round(v, 3) for k, v in d.items()} for c, d in cpu.items()},
         "phases": phases,
+        "warmup": warmup,
     }
     out["flood_rate_rps"] = out["flood"]["achieved_rps"]
     out["quiet_samples_per_condition"] = min(len(r) for r in quiet.values())
@@ -620,7 +636,7 @@ def plot(path: Path, result: dict, quiet_ms: dict[str, list[float]]) -> None:
     a.plot(t["gateway_rps"], "s-", label="gateway (rayfin)")
     a.set_xlabel("round")
     a.set_ylabel("requests/s")
-    a.set_title(f"throughput ratio {result['gateway_throughput_ratio']:.3f} (target >= 0.95)")
+    a.set_title(f"throughput ratio {result['gateway_throughput_ratio']:.3f} (target >= {THROUGHPUT_TARGET})")
     a.legend(fontsize=8)
     fig.suptitle(f"benchmarks.serve_quota: flood {setup.get('flood')}, flood CPUs {setup.get('flood_cpus')}, "
                  f"system CPUs {setup.get('system_cpus')}, load avg {setup.get('load_avg_1m', 0):.1f}")
@@ -648,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
                    help="shuffle the order of the conditions in each cycle (seeded)")
     p.add_argument("--gap-s", type=float, default=1.0, help="pause after each phase")
+    p.add_argument("--warmup-s", type=float, default=4.0,
+                   help="seconds of unmeasured quiet traffic before the first phase (0: none)")
     p.add_argument("--lead-in-s", type=float, default=1.0,
                    help="the other desk starts sending this long before the quiet desk's phase is measured, so "
                         "the measured phase sees its steady flood, not the onset where its bucket's burst passes "
@@ -749,22 +767,22 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
-    result["setup"] = {"flood": args.flood, "flood_conns": args.flood_conns, "edge_hold_s": args.edge_hold,
+    result["setup"] = {"flood": args.flood, "flood_conns": args.flood_conns, "edge_hold_s": args.edge_hold, "storm_holds_passes": bool(args.edge_hold), "warmup_s": args.warmup_s,
                        "haproxy_edge": args.haproxy_edge, "ingress": args.ingress, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
                        "flood_cpus": sorted(flood_cpus) if flood_cpus else "all",
                        "system_cpus": sorted(system_cpus) if system_cpus else "all",
                        "load_avg_1m": os.getloadavg()[0], "wall_s": round(time.time() - started, 1),
-                       "targets": {"gateway_throughput_ratio": ">= 0.9", "quiet_p99_ratio": "<= 1.25",
+                       "targets": {"gateway_throughput_ratio": f">= {THROUGHPUT_TARGET}", "quiet_p99_ratio": "<= 1.25",
                                    "flood_admitted": "<= flood_allowed"}}
     quiet_ms = result.pop("_quiet_ms", {})
     Path(args.out).write_text(json.dumps(result, indent=2))
     png = Path(args.out).with_suffix(".png")
     plot(png, result, quiet_ms)
     print(f"wrote {args.out} and {png}")
-    ok = {"gateway_throughput_ratio": result["gateway_throughput_ratio"] >= 0.9,
+    ok = {"gateway_throughput_ratio": result["gateway_throughput_ratio"] >= THROUGHPUT_TARGET,
           "quiet_p99_ratio": result["quiet_p99_ratio"] <= 1.25,
           "flood": result["flood_admitted"] <= result["flood_allowed"]}
-    print(f"gateway_throughput_ratio {result['gateway_throughput_ratio']:.3f} (target >= 0.9) "
+    print(f"gateway_throughput_ratio {result['gateway_throughput_ratio']:.3f} (target >= {THROUGHPUT_TARGET}) "
           f"direct {result['throughput']['direct_rps']} gateway {result['throughput']['gateway_rps']} req/s")
     print(f"quiet p99 alone {result['quiet_p99_alone_ms']:.1f} ms, with flood {result['quiet_p99_flood_ms']:.1f} ms, "
           f"ratio {result['quiet_p99_ratio']:.3f} (target <= 1.25; median of per-phase-pair ratios "

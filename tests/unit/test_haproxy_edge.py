@@ -144,7 +144,7 @@ def test_refusals_are_counted_and_kept_out_of_the_log():
     assert "gpc1" in table_backend(10)
 
 
-def test_a_storm_is_held_with_the_same_answer_and_only_past_the_limit():
+def test_a_storm_is_held_with_the_same_answer_passes_included():
     from serve_apps.haproxy_edge import HOLDS, edge_backends, storm_backends
 
     lines = [x.strip() for x in frontend_rules("/m", 10, 2, storm_factor=3, storm_cap_per_s=50, hold_s=4).splitlines()]
@@ -152,14 +152,20 @@ def test_a_storm_is_held_with_the_same_answer_and_only_past_the_limit():
     # a storm is not refused at once; read off the one decision (another HAProxy thread may move
     # the counters between two rules, and rf_storm read twice could then answer neither way)
     assert refuse.endswith("if rf_predict rf_known rf_over !{ var(txn.rf_hold) -m bool }")
-    assert "http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over" in lines   # nor counted as passed
+    held = "{ var(txn.rf_hold) -m bool }"
+    count_pass = f"http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over !{held}"
+    assert count_pass in lines                                          # nor counted as passed
     route = next(x for x in lines if x.startswith("use_backend"))
     assert route == f"use_backend rf_hold_%[rand({HOLDS})] if {{ var(txn.rf_hold) -m bool }}"
     # whether to hold is decided before a passed request is counted (use_backend runs after every
     # http-request rule, when a request that just passed may already read as over the limit)
-    decide = "http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_over rf_storm"
-    assert lines.index(decide) < lines.index("http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over")
-    assert "http-request set-var(txn.rf_storm) var(txn.rf_limit),mul(3) if rf_predict rf_known rf_over" in lines
+    # While it storms, a request under the limit is held too (the penalty box), counted as refused
+    # and not logged: the decision reads the storm alone, not rf_over.
+    decide = "http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_storm"
+    assert lines.index(decide) < lines.index(count_pass)
+    assert lines.index(decide) < lines.index(f"http-request sc-inc-gpc1(0) if rf_predict rf_known !rf_over {held}")
+    assert f"http-request set-log-level silent if rf_predict rf_known !rf_over {held}" in lines
+    assert "http-request set-var(txn.rf_storm) var(txn.rf_limit),mul(3) if rf_predict rf_known" in lines
     assert "acl rf_storm sc_gpc1_rate(0) gt 500" in lines              # 50/s over a 10 s window
     assert lines.index("http-request sc-inc-gpc1(0) if rf_predict rf_known rf_over") < lines.index(refuse)
     # each hold backend answers what the frontend would have, after 2 to 6 s (mean 4 s)
