@@ -237,7 +237,6 @@ class RayPolice:
         self._agent_cls = ray.remote(PolicingAgent)
         self._metrics: dict[str, Any] = {}
         self._pending: dict[tuple[str, int, int | None], tuple[Any, Any]] = {}   # (node, pid, start) -> (answer to come, agent)
-        self._names: dict[str, tuple[str, str]] = {}        # actor id -> (name, namespace), alive or not
         self._gpu_asks: dict[str, Any] = {}                 # node -> the agent's GPU process list to come
         self._gpu_asked_at: dict[str, float] = {}           # ... asked then (time.monotonic)
         self._gpu_asked_of: dict[str, Any] = {}             # ... of that agent
@@ -270,12 +269,6 @@ class RayPolice:
         actors = list_actors(address=state_api_address(), filters=[("state", "!=", "DEAD")], detail=True,
                              limit=LIST_LIMIT, raise_on_missing_output=False)
         truncated = len(actors) >= LIST_LIMIT
-        # Names of actors seen alive, kept after they die: work a killed runner started is still
-        # attributed to its desk and job while Ray tears it down.
-        self._names.update({a.actor_id: (a.name or "", a.ray_namespace or "") for a in actors})
-        while len(self._names) > 20_000:
-            self._names.pop(next(iter(self._names)))
-        names = dict(self._names)
         for a in actors:
             if a.state != "ALIVE" and not a.pid:
                 continue                   # waiting for resources or a node: no process yet
@@ -296,9 +289,9 @@ class RayPolice:
             procs, read, unread = (), frozenset(), read | unread
         # Asked last: a group rayfin made while the lists above were read is in it (the backend
         # adds a group as it makes it), so it is never taken for a foreign one.
-        return holders, Owners(self.held(), names, islands, self.serving_apps, procs, read, unread,
+        return holders, Owners(self.held(), islands, self.serving_apps, procs, read, unread,
                                {n["NodeID"]: n.get("NodeManagerAddress") or "" for n in alive},
-                               self.runners() if self.runners is not None else None)
+                               self.runners() if self.runners is not None else {})
 
     def _ask_gpus(self, node_ids: list[str]) -> None:
         now = time.monotonic()

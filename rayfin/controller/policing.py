@@ -30,7 +30,6 @@ SERVING_PREFIX = "SERVE_REPLICA::rayfin-"
 SERVE_NAMESPACE = "serve"
 GUARDED = re.compile(r"^(GPU|rayfin_pool_|rayfin_island_)")
 UNLISTED_S = 30.0      # a busy worker on a GPU that the state API never lists: a finding after this
-DESK_NAMESPACE = re.compile(r"^rayfin-desk-(?P<desk>[a-z][a-z0-9-]*)$")
 
 Kind = Literal["actor", "task", "placement_group", "gpu_process"]
 
@@ -104,20 +103,19 @@ def gpus_of(resources: Mapping[str, float]) -> float:
 @dataclass(frozen=True)
 class Owners:
     """What rayfin owns: the ids of the placement groups the controller's backend holds (and
-    released a moment ago), and every live actor's name and namespace (to attribute work to the
-    desk and job whose code started it)."""
+    released a moment ago), and the actors it made (to attribute work to the desk and job whose
+    code started it, by actor id: never by a name or namespace, which anyone can take)."""
 
     rayfin_groups: frozenset[str]                  # placement group ids (hex), RayBackend.held_groups
-    actors: Mapping[str, tuple[str, str]]          # actor id -> (name, namespace)
     islands: Mapping[str, str]                     # Ray node id -> rayfin island id
     serving_apps: frozenset[str] = frozenset()     # Serve applications of rayfin's models (KubeRay names)
     gpu_procs: tuple["GpuProcess", ...] = ()       # what NVML lists on the GPU nodes read this sweep
     gpu_read: frozenset[str] = frozenset()          # GPU nodes whose list came this sweep
     gpu_unread: frozenset[str] = frozenset()        # GPU nodes whose list did not come this sweep
     machines: Mapping[str, str] = field(default_factory=dict)   # Ray node id -> its host's address
-    # actor id -> (desk, job id) of the runners rayfin's backend made (RayBackend.runner_ids).
-    # None: by name and namespace, which anyone can imitate (kept for the tests of old rows).
-    runners: Mapping[str, tuple[str, str]] | None = None
+    # actor id -> (desk, job id) of the runners rayfin's backend made (RayBackend.runner_ids): the
+    # only way work is named after a job. Names and namespaces are not read: anyone can take them.
+    runners: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # actor id -> (desk, job id) of gang workers, matched to the ranks their runner reported
     rank_actors: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -138,18 +136,10 @@ class Owners:
 
     def attribute(self, h: Holder) -> tuple[str, str]:
         """(desk, rayfin job id) of the code that started `h`: its parent actor is one of the
-        runners rayfin's backend made (`runners`). Without that list, by the parent's namespace
-        `rayfin-desk-<desk>` and a name that carries `<job id>~<generation>`."""
-        if self.runners is not None:
-            parent = h.parent_actor_id or ""
-            return self.runners.get(parent) or self.rank_actors.get(parent) or ("", "")
-        name, namespace = self.actors.get(h.parent_actor_id or "", ("", ""))
-        m = DESK_NAMESPACE.match(namespace)
-        if not m:
-            return "", ""
-        desk = m.group("desk")
-        job = re.search(rf"(?<![a-z0-9])({re.escape(desk)}-[0-9a-f]{{8,32}})~\d+", name)
-        return desk, job.group(1) if job else ""
+        runners rayfin's backend made (`runners`) or a gang worker matched to a rank they
+        reported (`rank_actors`); ("", "") otherwise, whatever the parent is named."""
+        parent = h.parent_actor_id or ""
+        return self.runners.get(parent) or self.rank_actors.get(parent) or ("", "")
 
 
 def find(holders: Iterable[Holder], owners: Owners, now: float) -> list[Finding]:

@@ -12,7 +12,6 @@ from tests.support.builders import Clock, config
 
 RUNNER = "a" * 32                      # a runner actor of fx's job fx-0000abcd, generation 0
 OWNERS = Owners(rayfin_groups=frozenset({"pg-rayfin"}),
-                actors={RUNNER: ("job-fx-0000abcd~0", "rayfin-desk-fx"), "b" * 32: ("loner", "default")},
                 islands={"node-a": "n0-i0", "node-b": "n0-i1"}, serving_apps=frozenset({"model-pricer"}),
                 machines={"node-a": "10.0.0.1", "node-b": "10.0.0.2", "node-c": "10.0.0.1"},
                 runners={RUNNER: ("fx", "fx-0000abcd")})
@@ -86,7 +85,7 @@ def test_rayfins_groups_are_the_ones_its_backend_holds_and_a_released_one_for_a_
     assert backend.held_groups() == {"aa", "bb", "zz"}
     backend._held["aa"] = backend._held["zz"] = time.monotonic() - ray_backend.RETIRED_S - 1
     assert backend.held_groups() == {"bb"}
-    owners = Owners(backend.held_groups(), {}, {})
+    owners = Owners(backend.held_groups(), {})
     assert not owners.is_rayfin(Holder("placement_group", "aa", {"GPU": 1.0}, name=backend.group_name("j~0")))
     assert owners.is_rayfin(Holder("placement_group", "bb", {"GPU": 1.0}, name="anything"))
 
@@ -213,10 +212,9 @@ def test_enforce_fails_the_rayfin_job_that_started_it(env):
     for _ in range(3):
         core.cycle()
     assert core.status("fx-demo-token", job["job_id"])["state"] == "RUNNING"
-    owners_actor = {RUNNER: (f"job-{job['job_id']}~0", "rayfin-desk-fx")}
     police = FakePolice()
     police.observe = lambda: ([Holder("task", "t1", {"GPU": 4.0}, node_id="node-b", parent_actor_id=RUNNER)],
-                              Owners(frozenset(), owners_actor, OWNERS.islands))
+                              Owners(frozenset(), OWNERS.islands, runners={RUNNER: ("fx", job["job_id"])}))
     patrol = Patrol(PolicingConfig(mode="enforce"), core, police, clock=clock)
     patrol.sweep()
     st = core.status("fx-demo-token", job["job_id"])
@@ -411,14 +409,14 @@ def test_only_rayfins_own_runners_name_a_job():
     charged to that desk's job. Only the runners rayfin's backend made (by actor id) name one."""
     from dataclasses import replace
 
-    impostor = "c" * 32
-    owners = replace(OWNERS, actors={**OWNERS.actors, impostor: ("job-fx-0000abcd~7", "rayfin-desk-fx")})
+    impostor = "c" * 32                # say it is named "job-fx-0000abcd~7" in namespace rayfin-desk-fx
     task = Holder("task", "t", {"CPU": 1.0}, node_id="node-a", pid=20, parent_actor_id=impostor, started_at=7.0)
-    (f,), _ = _gpu([_proc(20, 0, 20)], [task], owners=owners)
+    (f,), _ = _gpu([_proc(20, 0, 20)], [task], owners=OWNERS)
     assert (f.desk, f.rayfin_job_id) == ("", "")
-    (g,) = find([replace(task, resources={"GPU": 1.0})], owners, 10.0)
+    (g,) = find([replace(task, resources={"GPU": 1.0})], OWNERS, 10.0)
     assert (g.desk, g.rayfin_job_id) == ("", "")
-    assert replace(owners, runners=None).attribute(task) == ("fx", "fx-0000abcd")   # what a name alone gave
+    # The same task started by the runner rayfin made is charged to its job.
+    assert OWNERS.attribute(replace(task, parent_actor_id=RUNNER)) == ("fx", "fx-0000abcd")
 
 
 def test_a_busy_worker_is_judged_by_its_last_row_or_after_a_while_without_one():
