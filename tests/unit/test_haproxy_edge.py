@@ -23,7 +23,9 @@ def test_map_holds_hashes_not_tokens():
     assert k == hashlib.sha256(b"fx-secret").hexdigest()
     text = rate_map({k: DeskRate(5, 5), credential_key("risk"): DeskRate(1, 2)}, 10, 2)
     assert "fx-secret" not in text
-    assert f"{k} 110\n" in text and text.count("\n") == 2
+    # each credential: its window's limit, and 2 x (5 + 5/s x 1 s) = 20 a second
+    assert f"{k} 110\n{k}_1s 20\n" in text and text.count("\n") == 4
+    assert rate_map({k: DeskRate(5, 5)}, 1, 2) == f"{k} 20\n"         # a 1 s window: no second entry
 
 
 def test_quota_change_becomes_runtime_commands():
@@ -31,9 +33,11 @@ def test_quota_change_becomes_runtime_commands():
     old = {a: DeskRate(5, 5), b: DeskRate(1, 1)}
     new = {a: DeskRate(10, 5), c: DeskRate(1, 1)}
     cmds = map_commands(old, new, "/m.map", 10, 2)
-    # a: 2 x (5 + 100) = 210 (was 110): set; b removed: del; c new: add 2 x (1 + 10) = 22
-    assert cmds[0] == f"del map /m.map {b}"
-    assert sorted(cmds[1:]) == sorted([f"set map /m.map {a} 210", f"add map /m.map {c} 22"])
+    # a: 2 x (5 + 100) = 210 (was 110) and 2 x (5 + 10) = 30 a second (was 20): set; b removed:
+    # del both; c new: add 2 x (1 + 10) = 22 and 2 x (1 + 1) = 4
+    assert sorted(cmds[:2]) == [f"del map /m.map {b}", f"del map /m.map {b}_1s"]
+    assert sorted(cmds[2:]) == sorted([f"set map /m.map {a} 210", f"set map /m.map {a}_1s 30",
+                                       f"add map /m.map {c} 22", f"add map /m.map {c}_1s 4"])
     assert map_commands(new, new, "/m.map") == []
 
 
@@ -223,11 +227,13 @@ def test_apply_rates_turns_what_haproxy_holds_into_the_new_map(tmp_path):
     new = {a: DeskRate(1, 1), c: DeskRate(5, 5)}
     update = apply_rates(map_path, new, ["/s1"], call=haproxy)
     assert update.ok
-    # a: 2 x (1 + 1 x 10) = 22; c: 2 x (5 + 5 x 10) = 110; b gone
-    assert haproxy.held == {a: 22, c: 110}
+    # a: 2 x (1 + 1 x 10) = 22 and 2 x (1 + 1) = 4 a second; c: 110 and 20; b gone. HAProxy held
+    # no per-second entries (a map from before them): they are added.
+    assert haproxy.held == {a: 22, c: 110, f"{a}_1s": 4, f"{c}_1s": 20}
     sent = update.sent["/s1"]
     assert sent[0] == f"del map {map_path} {b}"          # deletions first, then each key once
-    assert sorted(sent[1:]) == sorted([f"set map {map_path} {a} 22", f"add map {map_path} {c} 110"])
+    assert sorted(sent[1:]) == sorted([f"set map {map_path} {a} 22", f"add map {map_path} {a}_1s 4",
+                                       f"add map {map_path} {c} 110", f"add map {map_path} {c}_1s 20"])
     assert open(map_path).read() == rate_map(new)          # a reload reads the same limits
     # Applied again, nothing to send: it starts from what HAProxy holds.
     assert apply_rates(map_path, new, ["/s1"], call=haproxy).sent == {"/s1": []}
@@ -241,7 +247,7 @@ def test_apply_rates_reports_a_socket_it_could_not_update(tmp_path):
 
     update = apply_rates(map_path, {credential_key("a"): DeskRate(5, 5)}, ["/gone"], call=gone)
     assert not update.ok and "Connection refused" in update.failed["/gone"]
-    assert open(map_path).read() == f"{credential_key('a')} 110\n"     # the file still moves
+    assert open(map_path).read() == f"{credential_key('a')} 110\n{credential_key('a')}_1s 20\n"  # the file still moves
 
 
 def test_apply_rates_here_finds_the_map_and_serves_per_node_sockets(tmp_path):
@@ -253,5 +259,25 @@ def test_apply_rates_here_finds_the_map_and_serves_per_node_sockets(tmp_path):
     haproxy = FakeHAProxy({})
     update = apply_rates_here({credential_key("a"): DeskRate(5, 5)}, env, call=haproxy)
     assert update is not None and list(update.sent) == [str(tmp_path / "node1" / "admin.sock")]
-    assert haproxy.held == {credential_key("a"): 110}
+    assert haproxy.held == {credential_key("a"): 110, credential_key("a") + "_1s": 20}
     assert apply_rates_here({}, {}) is None                 # no HAProxy edge in this cluster
+
+
+def test_passes_are_also_limited_per_second_from_the_maps_second_entry():
+    from serve_apps.haproxy_edge import NO_LIMIT, SHORT_TABLE
+
+    lines = [x.strip() for x in frontend_rules("/m", 10, 1).splitlines()]
+    # the per-second limit from `<hash>_1s`, NO_LIMIT where the map has none (never refuse then)
+    assert ("http-request set-var(txn.rf_limit1) var(txn.rf_key),concat(_1s),map(/m,"
+            f"{NO_LIMIT}) if rf_predict rf_known") in lines
+    assert f"http-request track-sc1 var(txn.rf_key) table {SHORT_TABLE} if rf_predict rf_known" in lines
+    # over either limit is over (two lines of one acl are ORed), and a pass counts in both tables
+    assert lines.count("acl rf_over sc_gpc0_rate(0),sub(txn.rf_limit) ge 0") == 1
+    assert lines.count("acl rf_over sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0") == 1
+    held = "{ var(txn.rf_hold) -m bool }"
+    assert f"http-request sc-inc-gpc0(1) if rf_predict rf_known !rf_over !{held}" in lines
+    assert lines.index("acl rf_over sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0") < lines.index(
+        next(x for x in lines if x.startswith("http-request return status 429")))
+    assert f"backend {SHORT_TABLE}" in table_backend(10) and "gpc0_rate(1s)" in table_backend(10)
+    # a 1 s window is its own per-second limit: no second table or rule
+    assert "rf_limit1" not in frontend_rules("/m", 1, 1) and SHORT_TABLE not in table_backend(1)

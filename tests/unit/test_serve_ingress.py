@@ -114,7 +114,8 @@ def test_install_can_add_the_haproxy_edge(monkeypatch, tmp_path):
         run_dir = values["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
         wrapper = env["RAY_SERVE_HAPROXY_BINARY_PATH"]
         assert wrapper == f"{run_dir}/{WRAPPER}" and "--real /opt/haproxy" in open(wrapper).read()
-        assert open(f"{run_dir}/rates.map").read() == f"{credential_key('fx-t')} 110\n"   # ceil(2 * (5 + 5 * 10))
+        # ceil(2 * (5 + 5 * 10)) a window, and ceil(2 * (5 + 5)) a second
+        assert open(f"{run_dir}/rates.map").read() == f"{credential_key('fx-t')} 110\n{credential_key('fx-t')}_1s 20\n"
     finally:
         ingress.remove_run_dir(values)
     with pytest.raises(ValueError, match="HAProxy edge needs serve.ingress 'haproxy'"):
