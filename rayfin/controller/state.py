@@ -139,10 +139,13 @@ class ControllerState:
         return self.save(job, "requeued", why)
 
     def _attained(self, job: JobRecord) -> dict[str, Any]:
-        """`info` with the service of the attempt that ends now added: it stays with the job (the
-        least-attained-service order and its hints read it)."""
+        """`info` as an attempt ends and the job goes back to wait or restarts: the attempt's
+        service added (it stays with the job: the least-attained-service order and its hints read
+        it), and its ranks dropped (their pids and GPUs were that attempt's; policing must not
+        take a process that reuses such a pid for the job before the next runner reports)."""
         ran = max(0.0, self.clock() - job.started_at) if job.started_at else 0.0
-        return {**job.info, "attained_s": float(job.info.get("attained_s", 0.0)) + ran}
+        kept = {k: v for k, v in job.info.items() if k != "ranks"}
+        return {**kept, "attained_s": float(job.info.get("attained_s", 0.0)) + ran}
 
     def resize_now(self, job: JobRecord) -> JobRecord:
         """An elastic gang's old runner has stopped (or its grace is over): reserve the size it

@@ -666,6 +666,15 @@ def test_the_gpus_each_running_rank_was_given(env):
     jid = job["job_id"]
     both = RankGpus(jid, "fx", frozenset({0, 1, 3}))                  # the job's GPUs on the node
     assert core.gpu_assignments() == {("node-a", 10): both, ("node-a", 12): both}
+    # Requeued and placed again: the last attempt's ranks are not this one's (a pid of theirs
+    # may be reused by anyone) until its new runner reports.
+    from rayfin.reasons import ReasonCode
+
+    core.state.requeue(core.state.active[jid], "node lost", ReasonCode.NODE_LOST)
+    assert "ranks" not in core.state.active[jid].info
+    for _ in range(3):
+        core.cycle()
+    assert core.state.active[jid].state.value in ("ADMITTED", "RUNNING") and core.gpu_assignments() == {}
 
 
 def test_gpu_lists_are_read_node_by_node(monkeypatch):
