@@ -23,7 +23,7 @@ per-second limit ceil(slack * (b + r)) refuses nothing within quota either.
 
 A storm (a retry loop, a client that ignores Retry-After) is refused more cheaply still. Once a
 credential's refusals in the window (gpc1_rate) pass `storm_factor` times its limit, or
-`storm_cap_per_s` a second whatever its quota, each further refusal is held for 0.5 to 1.5 x
+`storm_cap_per_s` a second whatever its quota (and its limit), each further refusal is held for 0.5 to 1.5 x
 `hold_s` (at random, so the holds of a client's connections do not end together) before its 429
 (HAProxy's `tarpit` in one of the `rf_hold_<i>` backends, with the same status, body and
 Retry-After). A client that backs off on Retry-After sees no difference. A client sending back to
@@ -188,13 +188,18 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         storm = (
             f"    http-request set-var(txn.rf_storm) var(txn.rf_limit),mul({storm_factor}) if rf_predict rf_known\n"
             "    acl rf_storm sc_gpc1_rate(0),sub(txn.rf_storm) gt 0\n"
-            f"    acl rf_storm sc_gpc1_rate(0) gt {storm_cap_per_s * w}\n"
+            # The cap path also needs more refusals than the desk's limit: held passes count as
+            # refusals, and a desk back within its quota sends no more than the limit in a window
+            # (as the rate counter reads it), so its own held requests cannot keep its storm going.
+            f"    acl rf_storm_cap sc_gpc1_rate(0) gt {storm_cap_per_s * w}\n"
+            "    acl rf_beyond sc_gpc1_rate(0),sub(txn.rf_limit) gt 0\n"
             # Decided here, before a passed request is counted: `use_backend` is evaluated after
             # every http-request rule, when a request that just passed may read as over the limit.
             # While the credential storms, every request of it is held, those under its limit too:
             # its quota is spent many times over, and what it would pass lands on the replica that
             # serves the other desks (docs/serving.md, "the storming desk's passes").
-            "    http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_storm\n"
+            "    http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_storm || "
+            "rf_predict rf_known rf_storm_cap rf_beyond\n"
             # A pass held in a storm is a refusal like any other: counted, and not logged.
             f"    http-request sc-inc-gpc1(0) if rf_predict rf_known !rf_over {held}\n"
             f"    http-request set-log-level silent if rf_predict rf_known !rf_over {held}\n")

@@ -165,12 +165,14 @@ def test_a_storm_is_held_with_the_same_answer_passes_included():
     # http-request rule, when a request that just passed may already read as over the limit)
     # While it storms, a request under the limit is held too (the penalty box), counted as refused
     # and not logged: the decision reads the storm alone, not rf_over.
-    decide = "http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_storm"
+    decide = ("http-request set-var(txn.rf_hold) bool(1) if rf_predict rf_known rf_storm || "
+              "rf_predict rf_known rf_storm_cap rf_beyond")
     assert lines.index(decide) < lines.index(count_pass)
     assert lines.index(decide) < lines.index(f"http-request sc-inc-gpc1(0) if rf_predict rf_known !rf_over {held}")
     assert f"http-request set-log-level silent if rf_predict rf_known !rf_over {held}" in lines
     assert "http-request set-var(txn.rf_storm) var(txn.rf_limit),mul(3) if rf_predict rf_known" in lines
-    assert "acl rf_storm sc_gpc1_rate(0) gt 500" in lines              # 50/s over a 10 s window
+    assert "acl rf_storm_cap sc_gpc1_rate(0) gt 500" in lines          # 50/s over a 10 s window,
+    assert "acl rf_beyond sc_gpc1_rate(0),sub(txn.rf_limit) gt 0" in lines    # and past the desk's limit
     assert lines.index("http-request sc-inc-gpc1(0) if rf_predict rf_known rf_over") < lines.index(refuse)
     # each hold backend answers what the frontend would have, after 2 to 6 s (mean 4 s)
     held = storm_backends(2, 4)
