@@ -174,11 +174,11 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
     short_track, short_over = "", ""
     if w > SHORT_S:
         # The short window: its own table and limit; a credential whose map has no short entry
-        # reads NO_LIMIT. Two `acl rf_over` lines: over either limit is over.
+        # reads NO_LIMIT. Two `acl rf_over_now` lines: over either limit is over.
         short_track = (
             f"    http-request set-var(txn.rf_limit1) var(txn.rf_key),concat({SHORT_KEY}),map({map_path},{NO_LIMIT}) if rf_predict rf_known\n"
             f"    http-request track-sc1 var(txn.rf_key) table {SHORT_TABLE} if rf_predict rf_known\n")
-        short_over = "    acl rf_over sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0\n"
+        short_over = "    acl rf_over_now sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0\n"
     held = "{ var(txn.rf_hold) -m bool }"   # the one decision to hold, read by both rules below
     storm, calm, hold = "", "", ""
     if hold_s:
@@ -213,8 +213,13 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         "    acl rf_known var(txn.rf_limit) -m found\n"
         f"    http-request track-sc0 var(txn.rf_key) table {TABLE} if rf_predict rf_known\n"
         + short_track +
-        "    acl rf_over sc_gpc0_rate(0),sub(txn.rf_limit) ge 0\n"
+        "    acl rf_over_now sc_gpc0_rate(0),sub(txn.rf_limit) ge 0\n"
         + short_over +
+        # Read off the counters once: HAProxy's threads may move them between two rules, and a
+        # request read as over by one rule and under by the next would pass uncounted, or be
+        # counted both ways. Every rule below reads the one decision.
+        "    http-request set-var(txn.rf_over) bool(1) if rf_predict rf_known rf_over_now\n"
+        "    acl rf_over var(txn.rf_over) -m bool\n"
         # A refusal is counted in the table (gpc1, `refusals`) and not logged line by line: with
         # Serve's metrics on, every logged request is one more line for the HAProxyManager's
         # Python collector to parse, which cost as much CPU per refusal as HAProxy itself.

@@ -266,6 +266,22 @@ def test_a_storming_desk_passes_nothing_until_its_storm_is_over(capped_edge):
     assert edge_counts([sock])[key] == EdgeCounts(passed=33, refused=counts.refused)
 
 
+def test_a_quota_raised_past_the_storm_lets_the_desk_through_at_once(capped_edge):
+    """The storm line moves with the desk's limit: an operator who raises a storming desk's quota
+    above what it is sending takes it out of the box at once, without waiting for the window."""
+    port, map_path, sock, _ = capped_edge
+    flood = _flood(port, "fx-token", 2.5)
+    time.sleep(1.0)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    assert _one(conn, "fx-token")[0] == 429                             # boxed
+    assert _admin(sock, f"set map {map_path} {credential_key('fx-token')} 100000").strip() == ""
+    status, took, _, _ = _one(conn, "fx-token")
+    assert status == 200 and took < 0.45, (status, took)
+    conn.close()
+    for t in flood:
+        t.join(10)
+
+
 def test_a_desk_back_within_its_quota_leaves_the_box_while_it_keeps_sending(capped_edge):
     """Held passes count as refusals, so a desk whose quota is above the storm cap (10/s here)
     must not keep itself in the box by sending within its quota after a storm: the cap path

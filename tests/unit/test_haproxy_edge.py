@@ -274,11 +274,16 @@ def test_passes_are_also_limited_per_second_from_the_maps_second_entry():
             f"{NO_LIMIT}) if rf_predict rf_known") in lines
     assert f"http-request track-sc1 var(txn.rf_key) table {SHORT_TABLE} if rf_predict rf_known" in lines
     # over either limit is over (two lines of one acl are ORed), and a pass counts in both tables
-    assert lines.count("acl rf_over sc_gpc0_rate(0),sub(txn.rf_limit) ge 0") == 1
-    assert lines.count("acl rf_over sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0") == 1
+    assert lines.count("acl rf_over_now sc_gpc0_rate(0),sub(txn.rf_limit) ge 0") == 1
+    assert lines.count("acl rf_over_now sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0") == 1
+    # the counters are read once, into the decision every later rule reads
+    decide = "http-request set-var(txn.rf_over) bool(1) if rf_predict rf_known rf_over_now"
+    assert lines.count(decide) == 1 and "acl rf_over var(txn.rf_over) -m bool" in lines
+    assert lines.index("acl rf_over_now sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0") < lines.index(decide)
+    assert not [x for x in lines[lines.index(decide) + 1:] if "sc_gpc0_rate" in x]
     held = "{ var(txn.rf_hold) -m bool }"
     assert f"http-request sc-inc-gpc0(1) if rf_predict rf_known !rf_over !{held}" in lines
-    assert lines.index("acl rf_over sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0") < lines.index(
+    assert lines.index("acl rf_over_now sc_gpc0_rate(1),sub(txn.rf_limit1) ge 0") < lines.index(
         next(x for x in lines if x.startswith("http-request return status 429")))
     assert f"backend {SHORT_TABLE}" in table_backend(10) and "gpc0_rate(1s)" in table_backend(10)
     # a 1 s window is its own per-second limit: no second table or rule
