@@ -109,6 +109,11 @@ def credential_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def has_short_window(window_s: float) -> bool:
+    """Whether a window is long enough to be given the per-SHORT_S limit as well."""
+    return int(window_s) > SHORT_S
+
+
 def map_limits(rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: float = 2.0) -> dict[str, int]:
     """The map's entries: each credential's limit per window, and (for a window longer than
     SHORT_S) its limit per SHORT_S under `<hash>_1s`. Both bound the same token bucket, so
@@ -117,14 +122,18 @@ def map_limits(rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: flo
     out: dict[str, int] = {}
     for k, r in rates.items():
         out[k] = r.limit(window_s, slack)
-        if window_s > SHORT_S:
+        if has_short_window(window_s):
             out[k + SHORT_KEY] = r.limit(SHORT_S, slack)
     return out
 
 
 def rate_map(rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: float = 2.0) -> str:
     """Map file content: `<key> <limit>` lines (`map_limits`), sorted."""
-    return "".join(f"{k} {v}\n" for k, v in sorted(map_limits(rates, window_s, slack).items()))
+    return _map_text(map_limits(rates, window_s, slack))
+
+
+def _map_text(limits: Mapping[str, int]) -> str:
+    return "".join(f"{k} {v}\n" for k, v in sorted(limits.items()))
 
 
 def map_commands(old: Mapping[str, DeskRate], new: Mapping[str, DeskRate], map_path: str,
@@ -172,7 +181,7 @@ def frontend_rules(map_path: str, window_s: float = 10.0, retry_after_s: int = 1
         raise ValueError(f"hold_s must be 0 to 30 seconds (0: no holding); got {hold_s}")
     answer = _answer(retry_after_s)
     short_track, short_over = "", ""
-    if w > SHORT_S:
+    if has_short_window(w):
         # The short window: its own table and limit; a credential whose map has no short entry
         # reads NO_LIMIT. Two `acl rf_over_now` lines: over either limit is over.
         short_track = (
@@ -265,7 +274,7 @@ def table_backend(window_s: float = 10.0, size: int = 10_000) -> str:
     out = (f"backend {TABLE}\n"
            f"    stick-table type string len 64 size {size} expire {max(30, 3 * int(window_s))}s "
            f"store gpc0,gpc0_rate({int(window_s)}s),gpc1,gpc1_rate({int(window_s)}s)\n")
-    if int(window_s) > SHORT_S:
+    if has_short_window(window_s):
         out += (f"backend {SHORT_TABLE}\n"
                 f"    stick-table type string len 64 size {size} expire 30s store gpc0,gpc0_rate({SHORT_S}s)\n")
     return out
@@ -309,9 +318,13 @@ def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, 
 
 def write_map(map_path: str, rates: Mapping[str, DeskRate], window_s: float = 10.0, slack: float = 2.0) -> None:
     """The map file, replaced whole (a reload never reads half a file)."""
+    _write_limits(map_path, map_limits(rates, window_s, slack))
+
+
+def _write_limits(map_path: str, limits: Mapping[str, int]) -> None:
     tmp = f"{map_path}.tmp"
     with open(tmp, "w") as f:
-        f.write(rate_map(rates, window_s, slack))
+        f.write(_map_text(limits))
     os.replace(tmp, map_path)
 
 
@@ -463,11 +476,9 @@ def apply_rates(map_path: str, rates: Mapping[str, DeskRate], sockets: list[str]
     HAProxy holds (read back with `show map`, so whatever it loaded is the starting point) into
     the new one. The edge only refuses, so either order of this and admission's own change is
     safe: for a moment the edge may refuse by the old limit, never admit anything."""
-    if write_file:
-        write_map(map_path, rates, window_s, slack)
-    else:
-        _check(window_s, slack)
     new = map_limits(rates, window_s, slack)
+    if write_file:
+        _write_limits(map_path, new)
     update = EdgeUpdate(map_path)
     for sock in sockets:
         try:
