@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import gc
 import json
 import os
 import random
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import aiohttp
 
+from benchmarks import gc_pauses
 from rayfin.cluster import free_port
 from rayfin.config import hash_token, parse_config
 from serve_apps import haproxy_edge, ingress
@@ -68,7 +70,7 @@ def bench_config(args, port: int):
             desk("flood", requests_per_s=args.flood_rate, burst=args.flood_burst, max_in_flight=64),
         ],
         "serve": {"port": port, "gateway_replicas": args.gateway_replicas, "edge_shedding": args.edge,
-                  "ingress": args.ingress,
+                  "ingress": args.ingress, "replica_niceness": args.replica_niceness,
                   **({} if args.local_share is None else {"quota_local_share": args.local_share}), "models": [
             {"name": "option-pricer", "kind": "option_pricer", "owner": "bench", "num_cpus_per_replica": 0,
              "num_replicas": args.model_replicas,
@@ -184,8 +186,18 @@ async def measure(base: str, args) -> dict:
         # Warm both paths (first calls set up routing).
         await closed_loop(s, DIRECT, {"Content-Type": "application/json"}, 4, 0.05)
         await closed_loop(s, PRICER, auth("bench"), 4, 0.05)
+        # The client's own garbage collector (benchmarks/gc_pauses.py): this process is also the
+        # Ray driver, and a full collection of its heap stalls the loop that times every request.
+        out["client_gc"] = {"mode": args.client_gc, "objects": len(gc.get_objects())}
+        if args.client_gc == "freeze":
+            out["client_gc"].update(gc_pauses.freeze())
+        print("client gc", out["client_gc"], flush=True)
+        pauses = gc_pauses.GcPauses(time.monotonic).__enter__()
         direct, gateway = [], []
         procs = serve_processes()
+        # What each process role runs at (serve.replica_niceness; Ray's workers start at 15).
+        out["thread_niceness"] = thread_niceness(procs)
+        print("thread niceness", out["thread_niceness"], flush=True)
         meter = CpuMeter({"bench_client": os.getpid()})
         cpu = {"direct": {}, "gateway": {}}           # CPU seconds per process role, summed over rounds
 
@@ -219,7 +231,9 @@ async def measure(base: str, args) -> dict:
                                             for d, g in zip(direct, gateway)]
         print("throughput", out["throughput"], flush=True)
 
-        iso = await isolation(s, base, args, procs)
+        iso = await isolation(s, base, args, procs, pauses)
+        pauses.__exit__()
+        out["client_gc"]["whole_run"] = gc_pauses.summary(pauses.pauses)
         out.update(iso)
         if args.haproxy_edge:
             # What HAProxy's own table counted for the flood desk (refusals are not logged): it
@@ -355,6 +369,24 @@ def serve_processes() -> dict[str, list]:
     return procs
 
 
+def thread_niceness(procs: dict[str, list]) -> dict[str, dict[str, int]]:
+    """Per process role, how many of its threads run at each niceness (Linux keeps one per thread)."""
+    out: dict[str, dict[str, int]] = {}
+    for role, ps in sorted(procs.items()):
+        for proc in ps:
+            try:
+                tids = [t.id for t in proc.threads()]
+            except Exception:  # noqa: BLE001 - process gone
+                continue
+            for tid in tids:
+                try:
+                    n = str(os.getpriority(os.PRIO_PROCESS, tid))
+                except OSError:
+                    continue
+                out.setdefault(role, {})[n] = out.setdefault(role, {}).get(n, 0) + 1
+    return out
+
+
 def _proxy_niceness(procs: dict[str, list]) -> int:
     """The niceness Ray runs Serve's ingress at: its proxy, or with HAProxy ingress the gated
     replica, which serves HTTP itself (Ray starts its workers at nice 15 by default)."""
@@ -372,7 +404,8 @@ def _role(cmdline: str) -> str | None:
     return None
 
 
-async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, list]) -> dict:
+async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, list],
+                    pauses: gc_pauses.GcPauses | None = None) -> dict:
     """Quiet desk at half its quota; phases alternate alone / with a flood (another process sending
     at 10x the flood desk's quota) / with that desk sending at its quota ("within", the control:
     what any second desk using its quota costs), so machine noise falls on every condition alike.
@@ -439,7 +472,10 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
             results = [x for x in sent_all if x[0] >= t0 + lead]
             if condition in onset:
                 onset[condition].extend(x for x in sent_all if x[0] < t0 + lead)
-            phase = {"cycle": i, "condition": condition, "quiet_codes": _codes(results), "quiet_p50_ms": _p50(results),
+            phase = {"cycle": i, "condition": condition, "t0_monotonic": round(t0 + lead, 4),
+                     "quiet_codes": _codes(results), "quiet_p50_ms": _p50(results),
+                     # the client's own GC pauses in the phase (a full collection stalls its loop)
+                     "client_gc": pauses.between(t0, time.monotonic()) if pauses is not None else None,
                      "quiet_p99_ms": round(p99_ms(results), 2),
                      # the slowest quiet requests: (seconds into the phase, ms), to tell a one-off
                      # stall (all at one moment) from a steady cost (spread over the phase)
@@ -714,6 +750,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ingress", choices=INGRESSES, default="haproxy",
                    help="serve.ingress: haproxy = Serve's HAProxy ingress, replicas serve HTTP (default, as "
                         "rayfin's clusters run it); proxy = Serve's Python proxy actor")
+    p.add_argument("--replica-niceness", type=lambda v: None if v == "ray" else int(v), default=0,
+                   help="serve.replica_niceness of the gated and the direct replicas alike (default 0, the "
+                        "config's default; 'ray': Ray's worker nice 15; serve_apps/priority.py)")
+    p.add_argument("--client-gc", choices=("freeze", "default"), default="freeze",
+                   help="the benchmark client's garbage collector: freeze = collect and freeze its start-up "
+                        "heap before measuring (what Serve does in its proxy and replicas), so a full "
+                        "collection of the Ray driver's heap does not stall the loop that times the quiet "
+                        "desk; default = Python's defaults (benchmarks/gc_pauses.py; each phase reports "
+                        "the pauses as `client_gc`)")
     p.add_argument("--edge-in", choices=("proxy", "router"), default="proxy",
                    help="with --ingress proxy, where the edge sheds: proxy = ASGI middleware in Serve's proxy "
                         "(default), router = Serve's request router only. With --ingress haproxy the edge "
@@ -741,14 +786,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.edge and args.edge_in == "proxy":
         # As LocalCluster does: the ingress and the edge middleware (and the HAProxy edge).
         installed = ingress.install(args.ingress, free_port=free_port, haproxy_edge_rates=rates,
-                                    edge_hold_s=args.edge_hold)
+                                    edge_hold_s=args.edge_hold, niceness=args.replica_niceness)
     else:                                           # no middleware: the router alone sheds, or nothing does
         installed = ingress.ingress_env(args.ingress, ingress.new_run_dir() if args.ingress == "haproxy" else "",
                                         free_port)
         if rates is not None:
             run_dir = installed["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
             installed.update(haproxy_edge.install_edge(run_dir, rates, ingress.haproxy_binary(), sys.executable,
-                                                       hold_s=args.edge_hold))
+                                                       hold_s=args.edge_hold, niceness=args.replica_niceness))
         os.environ.update(installed)
     if args.haproxy_edge:   # the wrapper runs `python -m serve_apps.haproxy_edge` from here
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
@@ -767,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
-    result["setup"] = {"flood": args.flood, "flood_conns": args.flood_conns, "edge_hold_s": args.edge_hold, "storm_holds_passes": bool(args.edge_hold), "warmup_s": args.warmup_s,
+    result["setup"] = {"replica_niceness": args.replica_niceness, "flood": args.flood, "flood_conns": args.flood_conns, "edge_hold_s": args.edge_hold, "storm_holds_passes": bool(args.edge_hold), "warmup_s": args.warmup_s,
                        "haproxy_edge": args.haproxy_edge, "ingress": args.ingress, "edge_shedding": args.edge, "edge_in": args.edge_in if args.edge else None, "gateway_replicas": args.gateway_replicas, "cpus": os.cpu_count(),
                        "flood_cpus": sorted(flood_cpus) if flood_cpus else "all",
                        "system_cpus": sorted(system_cpus) if system_cpus else "all",

@@ -75,6 +75,8 @@ class AdmissionSettings:
     edge_map: str | None = None
     # credential hash -> desk, to name the HAProxy edge's counters in metrics
     edge_desks: Mapping[str, str] | None = None
+    # `serve.replica_niceness`: the CPU niceness the serving replicas set for themselves (priority.py)
+    replica_niceness: int | None = None
 
     @classmethod
     def from_config(cls, config: RayfinConfig, broker_app: str) -> "AdmissionSettings":
@@ -97,6 +99,7 @@ class AdmissionSettings:
                         if sc.edge == "haproxy" else None),
             edge_admin=sc.edge_runtime.admin if sc.edge_runtime else None,
             edge_map=sc.edge_runtime.map_path if sc.edge_runtime else None,
+            replica_niceness=sc.replica_niceness,
         )
 
 

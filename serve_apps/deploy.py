@@ -82,10 +82,13 @@ def build_model_app(config: RayfinConfig, m: ServeModelConfig, resources: dict[s
     return GatedModel.options(**options).bind(settings, m)
 
 
-def build_direct_app(m: ServeModelConfig):
-    """Plain Serve, for the benchmark's baseline: the model alone, no admission, not in the GPU ledger."""
+def build_direct_app(m: ServeModelConfig, niceness: int | None = None):
+    """Plain Serve, for the benchmark's baseline: the model alone, no admission, not in the GPU ledger.
+    `niceness`: the gated replicas' (`serve.replica_niceness`), so that the baseline differs from
+    them by admission alone, not by CPU priority."""
     # A batch can only fill up to max_ongoing_requests; leave room for the next batch to queue.
-    return ModelServer.options(**model_options(m, None, max_ongoing=max(64, 4 * m.max_batch_size))).bind(m)
+    return ModelServer.options(**model_options(m, None, max_ongoing=max(64, 4 * m.max_batch_size))).bind(
+        m, niceness=niceness)
 
 
 def edge_router_config(edge: EdgeSettings, route: str) -> RequestRouterConfig:
@@ -193,7 +196,7 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
                          route_prefix=predict_route(m.name), logging_config=logging_config)
                for m in sc.models]
     if expose_models_http:
-        targets += [RunTarget(build_direct_app(m), name=direct_app_name(m.name), route_prefix=direct_route(m.name),
+        targets += [RunTarget(build_direct_app(m, config.serve.replica_niceness), name=direct_app_name(m.name), route_prefix=direct_route(m.name),
                               logging_config=logging_config) for m in sc.models]
     targets.append(RunTarget(build_gateway_app(config), name=GATEWAY_APP, route_prefix="/",
                              logging_config=logging_config))

@@ -71,6 +71,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from serve_apps.priority import set_niceness
+
 ANCHOR = "    # Per-backend path ACLs"
 TABLE = "rf_desk_passed"
 WRAPPER = "haproxy-rayfin"      # the script Serve runs as its HAProxy binary
@@ -305,13 +307,16 @@ def desk_rates(config) -> dict[str, DeskRate]:
 
 
 def install_edge(run_dir: str, rates: Mapping[str, DeskRate], real_binary: str, python: str,
-                 window_s: float = 10.0, slack: float = 2.0, hold_s: int = HOLD_S) -> dict[str, str]:
-    """Write the rate map and the wrapper into `run_dir`; the variables to set before Serve starts."""
+                 window_s: float = 10.0, slack: float = 2.0, hold_s: int = HOLD_S,
+                 niceness: int | None = None) -> dict[str, str]:
+    """Write the rate map and the wrapper into `run_dir`; the variables to set before Serve starts.
+    `niceness` (`serve.replica_niceness`): what the wrapper sets before it becomes HAProxy, which
+    Serve otherwise starts at the nice 15 of the Ray worker that runs it (serve_apps/priority.py)."""
     map_path = os.path.join(run_dir, MAP_FILE)
     write_map(map_path, rates, window_s, slack)
     script = os.path.join(run_dir, WRAPPER)
     with open(script, "w") as f:
-        f.write(wrapper_script(python, real_binary, map_path, window_s, hold_s))
+        f.write(wrapper_script(python, real_binary, map_path, window_s, hold_s, niceness))
     os.chmod(script, 0o755)
     return {"RAY_SERVE_HAPROXY_BINARY_PATH": script, MAP_ENV: map_path}
 
@@ -517,11 +522,24 @@ def apply_rates_at(admin: str, map_path: str, rates: Mapping[str, DeskRate],
 
 # ---- the wrapper Serve runs as its HAProxy binary (RAY_SERVE_HAPROXY_BINARY_PATH) -------------
 
-def wrapper_script(python: str, real_binary: str, map_path: str, window_s: float = 10.0,
-                   hold_s: int = HOLD_S) -> str:
-    """A shell script for RAY_SERVE_HAPROXY_BINARY_PATH: patch the -f config, then exec HAProxy."""
-    return (f"#!/bin/sh\nexec {python} -m serve_apps.haproxy_edge --real {real_binary} "
-            f"--map {map_path} --window {window_s:g} --hold {int(hold_s)} -- \"$@\"\n")
+def wrapper_script(python: str, real_binary: str, map_path: str | None, window_s: float = 10.0,
+                   hold_s: int = HOLD_S, niceness: int | None = None) -> str:
+    """A shell script for RAY_SERVE_HAPROXY_BINARY_PATH: patch the -f config (with a map: the
+    edge's rules), set the niceness (with one), then exec HAProxy."""
+    nice = "" if niceness is None else f" --nice {int(niceness)}"
+    rules = "" if map_path is None else f" --map {map_path} --window {window_s:g} --hold {int(hold_s)}"
+    return f"#!/bin/sh\nexec {python} -m serve_apps.haproxy_edge --real {real_binary}{rules}{nice} -- \"$@\"\n"
+
+
+def install_niceness_wrapper(run_dir: str, real_binary: str, python: str, niceness: int) -> dict[str, str]:
+    """Without the edge, the wrapper only sets HAProxy's niceness (`serve.replica_niceness`): at
+    Ray's worker nice 15 it would lose its core to the replicas it forwards to, at 0, whenever
+    they are busy (serve_apps/priority.py)."""
+    script = os.path.join(run_dir, WRAPPER)
+    with open(script, "w") as f:
+        f.write(wrapper_script(python, real_binary, None, niceness=niceness))
+    os.chmod(script, 0o755)
+    return {"RAY_SERVE_HAPROXY_BINARY_PATH": script}
 
 
 def patch_config_file(path: str, map_path: str, window_s: float = 10.0, hold_s: int = HOLD_S) -> bool:
@@ -543,21 +561,27 @@ def patch_config_file(path: str, map_path: str, window_s: float = 10.0, hold_s: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m serve_apps.haproxy_edge --real BIN --map PATH -- <haproxy arguments>`."""
+    """`python -m serve_apps.haproxy_edge --real BIN [--map PATH] [--nice N] -- <haproxy arguments>`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     ap = argparse.ArgumentParser(prog="serve_apps.haproxy_edge")
     ap.add_argument("--real", required=True, help="the HAProxy binary to run")
-    ap.add_argument("--map", required=True, help="the rate map file (rate_map)")
+    ap.add_argument("--map", default=None, help="the rate map file (rate_map); none: no edge rules")
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--hold", type=int, default=HOLD_S, help="seconds a storm's refusal is held (0: never)")
+    ap.add_argument("--nice", type=int, default=None, help="niceness to run HAProxy at (serve.replica_niceness)")
     ns = ap.parse_args(argv[:split])
     rest = argv[split + 1:]
-    for i, a in enumerate(rest[:-1]):
+    for i, a in enumerate(rest[:-1] if ns.map else ()):
         if a == "-f":
             if not os.path.exists(ns.map):
                 open(ns.map, "a").close()      # an empty map: nobody tracked until quotas arrive
             patch_config_file(rest[i + 1], ns.map, ns.window, ns.hold)
+    if ns.nice is not None:
+        # One thread here, and exec keeps it: HAProxy starts at this niceness.
+        got = set_niceness(ns.nice)
+        if got.refused:
+            print(f"serve_apps.haproxy_edge: {got.refused}", file=sys.stderr)
     os.execv(ns.real, [ns.real, *rest])
 
 

@@ -143,7 +143,8 @@ def new_run_dir() -> str:
 def install(ingress: str, environ: MutableMapping[str, str] | None = None,
             free_port: Callable[[], int] | None = None,
             haproxy_edge_rates: Mapping[str, DeskRate] | None = None,
-            request_metrics: bool = True, edge_hold_s: int = haproxy_edge.HOLD_S) -> dict[str, str]:
+            request_metrics: bool = True, edge_hold_s: int = haproxy_edge.HOLD_S,
+            niceness: int | None = None) -> dict[str, str]:
     """Set this ingress's variables (and the edge middleware's) in `environ` (os.environ) for a
     cluster about to start here; returns what was set. A `RAY_SERVE_ENABLE_HA_PROXY` that
     someone else put in the environment and that disagrees is an error, not overridden.
@@ -152,6 +153,8 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
     desks far over quota inside HAProxy (serve_apps/haproxy_edge.py). Serve then runs a wrapper
     that adds the rules to the configuration it renders, with the rate map in this cluster's
     HAProxy directory. `edge_hold_s`: how long it holds a storm's refusals (0: never).
+    `niceness` (`serve.replica_niceness`): the wrapper runs HAProxy at it (None: the niceness of
+    the Ray worker that starts HAProxy, 15).
 
     `request_metrics` (HAProxy ingress): Serve's per-request HTTP metrics, parsed from HAProxy's
     log in Python (`serve.haproxy_request_metrics`); rayfin's own request metrics are recorded by
@@ -183,13 +186,16 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
         if real is None:
             raise ValueError("the HAProxy edge needs an HAProxy binary (see serve.ingress 'haproxy')")
         values.update(haproxy_edge.install_edge(run_dir, haproxy_edge_rates, real, sys.executable,
-                                                hold_s=edge_hold_s))
+                                                hold_s=edge_hold_s, niceness=niceness))
     if haproxy_edge_rates is None:
         # An earlier cluster's HAProxy edge (its wrapper and map, removed with its directory)
         # must not reach this one's Serve.
         if os.path.basename(env.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")) == haproxy_edge.WRAPPER:
             env.pop("RAY_SERVE_HAPROXY_BINARY_PATH")
         env.pop(haproxy_edge.MAP_ENV, None)
+        real = haproxy_binary() if ingress == "haproxy" and niceness is not None else None
+        if real is not None:
+            values.update(haproxy_edge.install_niceness_wrapper(run_dir, real, sys.executable, niceness))
     own_threads = environ is None and env.get(NBTHREAD) == _installed_threads
     if NBTHREAD in values and env.get(NBTHREAD) and not own_threads:
         values.pop(NBTHREAD)           # set by the operator: theirs to choose
@@ -209,7 +215,8 @@ def install_from_config(config: RayfinConfig, environ: MutableMapping[str, str] 
     `make demo` follow the config)."""
     rates = haproxy_edge.desk_rates(config) if config.serve.edge == "haproxy" else None
     return install(config.serve.ingress, environ, free_port, haproxy_edge_rates=rates,
-                   request_metrics=config.serve.haproxy_request_metrics, edge_hold_s=config.serve.edge_hold_s)
+                   request_metrics=config.serve.haproxy_request_metrics, edge_hold_s=config.serve.edge_hold_s,
+                   niceness=config.serve.replica_niceness)
 
 
 def _refresh_imported_serve(ha_proxy: bool) -> None:

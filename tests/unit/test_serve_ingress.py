@@ -142,6 +142,13 @@ def test_the_config_turns_the_haproxy_edge_on(monkeypatch):
     env = {}
     values = ingress.install_from_config(config(serve={"enabled": True}), env, ports())
     try:
+        # No edge rules; the wrapper left only sets HAProxy's niceness (serve.replica_niceness: 0)
+        assert MAP_ENV not in env and "--map" not in open(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).read()
+    finally:
+        ingress.remove_run_dir(values)
+    env = {}
+    values = ingress.install_from_config(config(serve={"enabled": True, "replica_niceness": None}), env, ports())
+    try:
         assert MAP_ENV not in env and "RAY_SERVE_HAPROXY_BINARY_PATH" not in env
     finally:
         ingress.remove_run_dir(values)
@@ -237,3 +244,38 @@ def test_request_metrics_setting_names_the_field():
     with pytest.raises(ConfigError, match="haproxy_request_metrics"):
         parse_config({"cluster": {"racks": [{"name": "r0", "nodes": [{"name": "n0", "islands": [4]}]}]},
                       "desks": [{"name": "fx", "nominal_gpus": 0, "credential_sha256": "0" * 64}], "serve": {"haproxy_request_metrics": "sometimes"}})
+
+
+def test_the_haproxy_edge_wrapper_runs_haproxy_at_the_replica_niceness(monkeypatch, tmp_path):
+    """`serve.replica_niceness` reaches the wrapper Serve runs as its HAProxy binary, which sets it
+    just before it becomes HAProxy (exec keeps it); null leaves HAProxy at Ray's worker niceness."""
+    from serve_apps import haproxy_edge
+    from serve_apps.priority import Niceness
+    from tests.support.builders import config
+
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/opt/haproxy")
+    for nice in (0, None):
+        env: dict = {}
+        cfg = config(serve={"enabled": True, "ingress": "haproxy", "edge": "haproxy", "replica_niceness": nice})
+        values = ingress.install_from_config(cfg, env, ports())
+        try:
+            wrapper = open(env["RAY_SERVE_HAPROXY_BINARY_PATH"]).read()
+            assert ("--nice 0 " in wrapper) if nice == 0 else ("--nice" not in wrapper)
+        finally:
+            ingress.remove_run_dir(values)
+    set_to: list = []
+    monkeypatch.setattr(haproxy_edge, "set_niceness", lambda n: set_to.append(n) or Niceness(n, 1, 1))
+    monkeypatch.setattr(haproxy_edge.os, "execv", lambda *a: set_to.append("exec"))
+    rendered = tmp_path / "haproxy.cfg"
+    rendered.write_text("frontend http_frontend\n" + haproxy_edge.ANCHOR + "\n")
+    haproxy_edge.main(["--real", "/opt/haproxy", "--map", str(tmp_path / "rates.map"), "--nice", "0", "--",
+                       "-f", str(rendered)])
+    assert set_to == [0, "exec"]                 # the niceness first, then HAProxy
+    assert "acl rf_predict" in rendered.read_text()
+    # Without the edge: the wrapper sets the niceness and leaves the config as Serve rendered it.
+    set_to.clear()
+    plain = tmp_path / "plain.cfg"
+    plain.write_text("frontend http_frontend\n" + haproxy_edge.ANCHOR + "\n")
+    before = plain.read_text()
+    haproxy_edge.main(["--real", "/opt/haproxy", "--nice", "0", "--", "-f", str(plain)])
+    assert set_to == [0, "exec"] and plain.read_text() == before

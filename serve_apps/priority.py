@@ -1,0 +1,71 @@
+"""CPU priority of the serving processes: inference at the node's normal priority, batch below it.
+
+Ray starts every worker process at nice 15 (the raylet's `worker_niceness`), so that workers
+yield the CPU to Ray's own daemons. A Serve replica is a worker too. With every process of a
+node at nice 0 but the replicas, any of them that wakes up (the raylet, the GCS, the dashboard
+agent's periodic scans, a client on the same host) takes the replica's core almost entirely
+while it runs: the kernel weighs nice 0 against nice 15 about 28 to 1. On the benchmark's node
+that showed as pauses of 30 to 80 ms in a replica whose core was mostly idle, every few seconds,
+which decided the quiet desk's p99 (docs/serving.md, "Seventh round").
+
+rayfin's serving deployments therefore set their own threads to `serve.replica_niceness`
+(default 0, the normal priority) when they start and again at every Serve health check (threads
+started later inherit the niceness of the thread that starts them, which may not be ours yet).
+Desks' batch workers stay at Ray's 15, so on a node that runs both, inference outranks batch.
+
+Linux keeps a niceness per thread: `set_niceness` sets it for every thread of this process
+(/proc/self/task). Lowering a niceness needs CAP_SYS_NICE or an RLIMIT_NICE that allows it; where
+it is refused the replica logs it once and serves at Ray's priority. No Ray import here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Niceness:
+    """What `set_niceness` did: the niceness asked for, the threads seen, how many it changed,
+    and why it could not change the others (None when nothing was refused)."""
+
+    target: int | None
+    threads: int
+    changed: int
+    refused: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "threads": self.threads, "changed": self.changed, "refused": self.refused}
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:               # no /proc (not Linux): the calling thread, which is the process elsewhere
+        return [0]
+
+
+def set_niceness(target: int | None) -> Niceness:
+    """Set every thread of this process to niceness `target` (None: leave them as they are)."""
+    if target is None:
+        return Niceness(None, 0, 0)
+    tids = _threads()
+    changed, refused = 0, None
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) != target:
+                os.setpriority(os.PRIO_PROCESS, tid, target)
+                changed += 1
+        except ProcessLookupError:          # the thread ended meanwhile
+            continue
+        except PermissionError as exc:
+            refused = (f"niceness {target} refused ({exc.strerror}): lowering a niceness needs CAP_SYS_NICE or "
+                       "RLIMIT_NICE; set serve.replica_niceness to null to keep Ray's")
+    if refused and refused not in _warned:
+        _warned.add(refused)
+        log.warning("serving replica (pid %d): %s", os.getpid(), refused)
+    return Niceness(target, len(tids), changed, refused)
