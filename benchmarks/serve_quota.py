@@ -192,74 +192,78 @@ async def measure(base: str, args) -> dict:
         if args.client_gc == "freeze":
             out["client_gc"].update(gc_pauses.freeze())
         print("client gc", out["client_gc"], flush=True)
-        pauses = gc_pauses.GcPauses(time.monotonic).__enter__()
-        direct, gateway = [], []
-        procs = serve_processes()
-        # What each process role runs at (serve.replica_niceness; Ray's workers start at 15).
-        out["thread_niceness"] = thread_niceness(procs)
-        print("thread niceness", out["thread_niceness"], flush=True)
-        meter = CpuMeter({"bench_client": os.getpid()})
-        cpu = {"direct": {}, "gateway": {}}           # CPU seconds per process role, summed over rounds
-
-        def metered(path: str, result: dict) -> dict:
-            for k, v in meter.delta().items():
-                cpu[path][k] = cpu[path].get(k, 0.0) + v
-            return result
-
-        meter.delta()
-        for _ in range(args.rounds):                 # each round's CPU read right after it
-            direct.append(metered("direct", await closed_loop(s, DIRECT, {"Content-Type": "application/json"},
-                                                              args.concurrency, args.round_s)))
-            gateway.append(metered("gateway", await closed_loop(s, PRICER, auth("bench"), args.concurrency,
-                                                                args.round_s)))
-        d_rps = sum(r["requests"] for r in direct) / (args.rounds * args.round_s)
-        g_rps = sum(r["requests"] for r in gateway) / (args.rounds * args.round_s)
-        out["throughput"] = {"concurrency": args.concurrency, "rounds": args.rounds, "round_s": args.round_s,
-                             "direct_rps": [round(r["rps"], 1) for r in direct],
-                             "gateway_rps": [round(r["rps"], 1) for r in gateway],
-                             "gateway_codes": [r["codes"] for r in gateway]}
-        out["gateway_throughput_ratio"] = g_rps / d_rps
-        # Where the CPU went, per request served (µs, by process role): less noisy than requests/s
-        # on a shared machine, and it says what the gate costs (gated_replica against
-        # direct_replica) and what it does not (HAProxy, the client).
-        served = {"direct": sum(r["requests"] for r in direct), "gateway": sum(r["requests"] for r in gateway)}
-        out["throughput"]["cpu_us_per_request"] = {
-            path: {k: round(1e6 * v / max(1, served[path]), 1) for k, v in sorted(used.items()) if v > 0}
-            for path, used in cpu.items()}
-        # Each gateway round over the direct round just before it: how much one noisy round moved it.
-        out["throughput"]["pair_ratios"] = [round(g["requests"] / max(1, d["requests"]), 3)
-                                            for d, g in zip(direct, gateway)]
-        print("throughput", out["throughput"], flush=True)
-
-        iso = await isolation(s, base, args, procs, pauses)
-        pauses.__exit__()
+        with gc_pauses.GcPauses(time.monotonic) as pauses:
+            await _measured(s, base, args, out, pauses)
         out["client_gc"]["whole_run"] = gc_pauses.summary(pauses.pauses)
-        out.update(iso)
-        if args.haproxy_edge:
-            # What HAProxy's own table counted for the flood desk (refusals are not logged): it
-            # should agree with the flood client's count of HAProxy's 429s, less entries expired.
-            counts = haproxy_edge.edge_counts(haproxy_edge.admin_sockets(os.environ[haproxy_edge.SOCKET_ENV]))
-            flood = counts.get(haproxy_edge.credential_key("flood-bench-token"))
-            out["edge_table"] = {"flood_refused": flood.refused if flood else None,
-                                 "flood_passed": flood.passed if flood else None}
-        print("isolation", {k: v for k, v in iso.items() if k not in ("phases", "_quiet_ms")}, flush=True)
-
-        if args.trace:
-            await asyncio.sleep(1.0)
-            times = read_trace(Path(args.trace), args.rate_scale, args.trace_s)
-            desks = ["quiet", "flood", "bench"]
-            per: dict[str, list] = {d: [] for d in desks}
-            t0 = time.perf_counter() + 0.05
-            await asyncio.gather(*[open_loop(s, PRICER, auth(d), times[i::len(desks)], t0, per[d])
-                                   for i, d in enumerate(desks)])
-            out["trace"] = {"path": str(args.trace), "rate_scale": args.rate_scale, "seconds": args.trace_s,
-                            "requests": len(times),
-                            "per_desk": {d: {"accepted": sum(1 for x in r if x[1] == 200),
-                                             "refused": sum(1 for x in r if x[1] in (429, "429_edge")),
-                                             "refused_at_edge": sum(1 for x in r if x[1] == "429_edge"),
-                                             "other": sum(1 for x in r if x[1] not in (200, 429, "429_edge")),
-                                             "p99_ms": p99_ms(r)} for d, r in per.items()}}
     return out
+
+
+async def _measured(s: aiohttp.ClientSession, base: str, args, out: dict, pauses: gc_pauses.GcPauses) -> None:
+    """The throughput rounds, the isolation phases and the trace replay, into `out`."""
+    direct, gateway = [], []
+    procs = serve_processes()
+    # What each process role runs at (serve.replica_niceness; Ray's workers start at 15).
+    out["thread_niceness"] = thread_niceness(procs)
+    print("thread niceness", out["thread_niceness"], flush=True)
+    meter = CpuMeter({"bench_client": os.getpid()})
+    cpu = {"direct": {}, "gateway": {}}           # CPU seconds per process role, summed over rounds
+
+    def metered(path: str, result: dict) -> dict:
+        for k, v in meter.delta().items():
+            cpu[path][k] = cpu[path].get(k, 0.0) + v
+        return result
+
+    meter.delta()
+    for _ in range(args.rounds):                 # each round's CPU read right after it
+        direct.append(metered("direct", await closed_loop(s, DIRECT, {"Content-Type": "application/json"},
+                                                          args.concurrency, args.round_s)))
+        gateway.append(metered("gateway", await closed_loop(s, PRICER, auth("bench"), args.concurrency,
+                                                            args.round_s)))
+    d_rps = sum(r["requests"] for r in direct) / (args.rounds * args.round_s)
+    g_rps = sum(r["requests"] for r in gateway) / (args.rounds * args.round_s)
+    out["throughput"] = {"concurrency": args.concurrency, "rounds": args.rounds, "round_s": args.round_s,
+                         "direct_rps": [round(r["rps"], 1) for r in direct],
+                         "gateway_rps": [round(r["rps"], 1) for r in gateway],
+                         "gateway_codes": [r["codes"] for r in gateway]}
+    out["gateway_throughput_ratio"] = g_rps / d_rps
+    # Where the CPU went, per request served (µs, by process role): less noisy than requests/s
+    # on a shared machine, and it says what the gate costs (gated_replica against
+    # direct_replica) and what it does not (HAProxy, the client).
+    served = {"direct": sum(r["requests"] for r in direct), "gateway": sum(r["requests"] for r in gateway)}
+    out["throughput"]["cpu_us_per_request"] = {
+        path: {k: round(1e6 * v / max(1, served[path]), 1) for k, v in sorted(used.items()) if v > 0}
+        for path, used in cpu.items()}
+    # Each gateway round over the direct round just before it: how much one noisy round moved it.
+    out["throughput"]["pair_ratios"] = [round(g["requests"] / max(1, d["requests"]), 3)
+                                        for d, g in zip(direct, gateway)]
+    print("throughput", out["throughput"], flush=True)
+
+    iso = await isolation(s, base, args, procs, pauses)
+    out.update(iso)
+    if args.haproxy_edge:
+        # What HAProxy's own table counted for the flood desk (refusals are not logged): it
+        # should agree with the flood client's count of HAProxy's 429s, less entries expired.
+        counts = haproxy_edge.edge_counts(haproxy_edge.admin_sockets(os.environ[haproxy_edge.SOCKET_ENV]))
+        flood = counts.get(haproxy_edge.credential_key("flood-bench-token"))
+        out["edge_table"] = {"flood_refused": flood.refused if flood else None,
+                             "flood_passed": flood.passed if flood else None}
+    print("isolation", {k: v for k, v in iso.items() if k not in ("phases", "_quiet_ms")}, flush=True)
+
+    if args.trace:
+        await asyncio.sleep(1.0)
+        times = read_trace(Path(args.trace), args.rate_scale, args.trace_s)
+        desks = ["quiet", "flood", "bench"]
+        per: dict[str, list] = {d: [] for d in desks}
+        t0 = time.perf_counter() + 0.05
+        await asyncio.gather(*[open_loop(s, PRICER, auth(d), times[i::len(desks)], t0, per[d])
+                               for i, d in enumerate(desks)])
+        out["trace"] = {"path": str(args.trace), "rate_scale": args.rate_scale, "seconds": args.trace_s,
+                        "requests": len(times),
+                        "per_desk": {d: {"accepted": sum(1 for x in r if x[1] == 200),
+                                         "refused": sum(1 for x in r if x[1] in (429, "429_edge")),
+                                         "refused_at_edge": sum(1 for x in r if x[1] == "429_edge"),
+                                         "other": sum(1 for x in r if x[1] not in (200, 429, "429_edge")),
+                                         "p99_ms": p99_ms(r)} for d, r in per.items()}}
 
 
 def cpu_list(text: str | None) -> set[int] | None:
@@ -388,8 +392,8 @@ def thread_niceness(procs: dict[str, list]) -> dict[str, dict[str, int]]:
 
 
 def _proxy_niceness(procs: dict[str, list]) -> int:
-    """The niceness Ray runs Serve's ingress at: its proxy, or with HAProxy ingress the gated
-    replica, which serves HTTP itself (Ray starts its workers at nice 15 by default)."""
+    """The niceness Serve's ingress runs at: its proxy, or with HAProxy ingress the gated replica,
+    which serves HTTP itself (serve.replica_niceness, `--replica-niceness`; Ray's workers: 15)."""
     proxies = procs.get("serve_proxy") or procs.get("gated_replica") or []
     return proxies[0].nice() if proxies else 0
 
@@ -474,8 +478,8 @@ async def isolation(s: aiohttp.ClientSession, base: str, args, procs: dict[str, 
                 onset[condition].extend(x for x in sent_all if x[0] < t0 + lead)
             phase = {"cycle": i, "condition": condition, "t0_monotonic": round(t0 + lead, 4),
                      "quiet_codes": _codes(results), "quiet_p50_ms": _p50(results),
-                     # the client's own GC pauses in the phase (a full collection stalls its loop)
-                     "client_gc": pauses.between(t0, time.monotonic()) if pauses is not None else None,
+                     # the client's own GC pauses in the measured phase (a full collection stalls its loop)
+                     "client_gc": pauses.between(t0 + lead, time.monotonic()) if pauses is not None else None,
                      "quiet_p99_ms": round(p99_ms(results), 2),
                      # the slowest quiet requests: (seconds into the phase, ms), to tell a one-off
                      # stall (all at one moment) from a steady cost (spread over the phase)
@@ -794,6 +798,11 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = installed["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
             installed.update(haproxy_edge.install_edge(run_dir, rates, ingress.haproxy_binary(), sys.executable,
                                                        hold_s=args.edge_hold, niceness=args.replica_niceness))
+        elif args.ingress == "haproxy" and args.replica_niceness is not None:
+            # HAProxy at the replicas' niceness here too, so that edge on and off differ by the edge alone
+            run_dir = installed["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]
+            installed.update(haproxy_edge.install_niceness_wrapper(run_dir, ingress.haproxy_binary(),
+                                                                   sys.executable, args.replica_niceness))
         os.environ.update(installed)
     if args.haproxy_edge:   # the wrapper runs `python -m serve_apps.haproxy_edge` from here
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))

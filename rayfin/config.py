@@ -324,10 +324,12 @@ class ServeConfig(ConfigModel):
         "does not run on the broker's node (KubeRay's head-pod sidecar); unset: Serve's own HAProxies")
     replica_niceness: int | None = Field(
         0, ge=-20, le=19, description="CPU niceness of rayfin's serving replicas (models, gateway, quota broker) "
-        "and, with edge 'haproxy', of the HAProxy it wraps: Ray starts every worker at nice 15, below its own "
-        "daemons, and a replica at 15 loses its core for tens of ms whenever one of them runs. 0 (the "
-        "default) serves at the node's normal priority, above desks' batch workers (still 15); null keeps "
-        "Ray's. Lowering a niceness needs CAP_SYS_NICE or RLIMIT_NICE, else the replica logs it and keeps 15")
+        "and of their ingress (the HAProxy Serve starts, through rayfin's wrapper, or Serve's Python proxy): "
+        "Ray starts every worker at nice 15, below its own daemons, and a replica at 15 loses its core for "
+        "tens of ms whenever one of them runs. 0 (the default) serves at the node's normal priority, above "
+        "desks' batch workers (still 15); null keeps Ray's. Lowering a niceness needs an RLIMIT_NICE that "
+        "allows it (soft limit 20 for 0) or CAP_SYS_NICE; without, the replica goes as low as allowed and "
+        "logs it")
 
     @model_validator(mode="after")
     def _edge_needs_haproxy(self) -> "ServeConfig":

@@ -41,6 +41,7 @@ from starlette.middleware import Middleware
 
 from serve_apps.access import bearer_token, header_value
 from serve_apps.edge import EdgeFilter, edge_body
+from serve_apps.priority import niceness_from_env, set_niceness
 from serve_apps.quota import Refusal
 
 log = logging.getLogger("ray.serve")
@@ -83,7 +84,10 @@ def install_env(environ: dict | None = None) -> bool:
 
 
 def proxy_middlewares() -> list:
-    """Serve's proxy callback: the middlewares the proxy wraps its HTTP app in."""
+    """Serve's proxy callback: the middlewares the proxy wraps its HTTP app in. Also where the
+    proxy (and, with HAProxy ingress, a replica's HTTP server) takes `serve.replica_niceness`
+    (serve_apps/priority.py), so that the ingress runs at the replicas' priority."""
+    set_niceness(niceness_from_env())
     return [Middleware(EdgeMiddleware)]
 
 

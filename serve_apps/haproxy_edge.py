@@ -66,6 +66,7 @@ import glob
 import hashlib
 import math
 import os
+import shlex
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -526,9 +527,10 @@ def wrapper_script(python: str, real_binary: str, map_path: str | None, window_s
                    hold_s: int = HOLD_S, niceness: int | None = None) -> str:
     """A shell script for RAY_SERVE_HAPROXY_BINARY_PATH: patch the -f config (with a map: the
     edge's rules), set the niceness (with one), then exec HAProxy."""
+    q = shlex.quote
     nice = "" if niceness is None else f" --nice {int(niceness)}"
-    rules = "" if map_path is None else f" --map {map_path} --window {window_s:g} --hold {int(hold_s)}"
-    return f"#!/bin/sh\nexec {python} -m serve_apps.haproxy_edge --real {real_binary}{rules}{nice} -- \"$@\"\n"
+    rules = "" if map_path is None else f" --map {q(map_path)} --window {window_s:g} --hold {int(hold_s)}"
+    return f"#!/bin/sh\nexec {q(python)} -m serve_apps.haproxy_edge --real {q(real_binary)}{rules}{nice} -- \"$@\"\n"
 
 
 def install_niceness_wrapper(run_dir: str, real_binary: str, python: str, niceness: int) -> dict[str, str]:

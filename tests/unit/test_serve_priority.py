@@ -76,3 +76,48 @@ def test_the_config_names_the_field_and_its_range():
     assert config(serve={"enabled": True, "replica_niceness": None}).serve.replica_niceness is None
     with pytest.raises(Exception, match="replica_niceness"):
         config(serve={"enabled": True, "replica_niceness": 20})
+
+
+def test_refused_below_the_rlimit_floor_it_goes_as_low_as_the_limit_allows(monkeypatch):
+    """RLIMIT_NICE soft 10 allows 10: a replica at 15 asked for 0 ends at 10, and says why."""
+    calls: list = []
+
+    def setp(which, tid, n):
+        if n < 10:
+            raise PermissionError(13, "Permission denied")
+        calls.append((tid, n))
+
+    monkeypatch.setattr(priority, "_threads", lambda: [7, 8])
+    monkeypatch.setattr(priority.os, "getpriority", lambda which, tid: 15)
+    monkeypatch.setattr(priority.os, "setpriority", setp)
+    monkeypatch.setattr(priority, "_floor", lambda: 10)
+    monkeypatch.setattr(priority, "_warned", set())
+    got = set_niceness(0)
+    assert calls == [(7, 10), (8, 10)] and got.changed == 2
+    assert "RLIMIT_NICE allows 10" in got.refused
+
+
+def test_the_niceness_reaches_the_ingress_through_the_environment():
+    from serve_apps import ingress
+    from serve_apps.priority import NICENESS_ENV, niceness_from_env
+
+    assert niceness_from_env({NICENESS_ENV: "0"}) == 0 and niceness_from_env({}) is None
+    assert niceness_from_env({NICENESS_ENV: "x"}) is None
+    env: dict = {}
+    ingress.install("proxy", env, lambda: 0, niceness=0)
+    assert env[NICENESS_ENV] == "0"                  # Serve's proxy reads it in rayfin's callback
+    ingress.install("proxy", env, lambda: 0, niceness=None)
+    assert NICENESS_ENV not in env
+
+
+def test_the_proxy_callback_sets_the_niceness_it_is_given(monkeypatch):
+    from serve_apps import edge_asgi
+    from serve_apps.priority import NICENESS_ENV
+
+    seen: list = []
+    monkeypatch.setattr(edge_asgi, "set_niceness", lambda n: seen.append(n))
+    monkeypatch.setenv(NICENESS_ENV, "0")
+    assert edge_asgi.proxy_middlewares()
+    monkeypatch.delenv(NICENESS_ENV)
+    edge_asgi.proxy_middlewares()
+    assert seen == [0, None]
