@@ -69,7 +69,8 @@ def stack(request):
     # address="local": a private cluster, never someone else's running one. Its ingress runs
     # rayfin's edge middleware, as on a cluster rayfin starts.
     saved = dict(os.environ)     # install() sets the ingress's variables here: put them back after
-    installed = ingress.install(mode)
+    # As LocalCluster does (ingress.install_from_config): the ingress at serve.replica_niceness
+    installed = ingress.install(mode, niceness=0)
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     gpu = ray.cluster_resources().get("GPU", 0) >= 0.25
     port = free_port()
@@ -78,13 +79,68 @@ def stack(request):
         info = deploy_from_config(config, http_port=port, access_log=False)
         with httpx.Client(base_url=info["url"], timeout=30) as client:
             yield {"client": client, "url": info["url"], "config": config, "gpu": gpu, "port": port,
-                   "ingress": mode}
+                   "ingress": mode, "installed": installed}
     finally:
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
         os.environ.clear()
         os.environ.update(saved)
+
+
+def _pids_of(needle: str) -> list[int]:
+    """Processes whose command line holds `needle` (Ray sets a worker's to its actor's name)."""
+    out = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/cmdline", "rb") as f:
+                    if needle.encode() in f.read():
+                        out.append(int(e))
+            except OSError:
+                continue
+    return out
+
+
+def _thread_niceness(pids) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                out.setdefault(pid, set()).add(os.getpriority(os.PRIO_PROCESS, int(tid)))
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux keeps a niceness per thread")
+def test_serving_runs_at_the_normal_priority_not_rays_worker_niceness(stack):
+    """serve.replica_niceness (default 0): every thread of the model replicas, and the ingress in
+    front of them (the HAProxy Serve starts, or Serve's Python proxy), at 0, where Ray starts its
+    workers at 15; Ray's own controller actor keeps 15 (the setting is rayfin's serving, not Ray's)."""
+    from serve_apps import ingress
+
+    replicas = _pids_of("ServeReplica:rayfin-model-option-pricer")
+    assert replicas
+    deadline = time.monotonic() + 30
+    while True:                 # threads a replica starts after its health check catch up within 10 s
+        got = _thread_niceness(replicas)
+        if all(v == {0} for v in got.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert got and all(v == {0} for v in got.values()), got
+    if stack["ingress"] == "haproxy":
+        front = ingress.haproxy_pids(stack["installed"]["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    else:
+        front = _pids_of("ray::ProxyActor")
+    assert front and all(0 in v for v in _thread_niceness(front).values())
+    if stack["ingress"] == "haproxy":
+        assert all(v == {0} for v in _thread_niceness(front).values())
+    assert any(15 in v for v in _thread_niceness(_pids_of("ray::ServeController")).values())
 
 
 def test_healthz(stack):
