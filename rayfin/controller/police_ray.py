@@ -195,7 +195,14 @@ class PolicingAgent:
             return "busy now"
         if pid == os.getpid():
             return "self"
-        # Its children first (a command it started on a GPU would live on under init otherwise).
+        # Stopped first, so that it cannot react to what follows (a shell waiting on its command
+        # would exit once the command is killed, and the pid be gone before our SIGKILL: a kill
+        # we caused, read as "gone", seen on a loaded machine). Then its children (a command it
+        # started on a GPU would live on under init otherwise), then it.
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            return "gone"
         for child in reversed(_descendants(pid)):
             try:
                 os.kill(child, signal.SIGKILL)
