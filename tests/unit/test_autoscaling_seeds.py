@@ -1,0 +1,50 @@
+"""benchmarks/autoscaling_seeds.py: the equal-cost ratio summed up over runs that differ only in the seed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import autoscaling_seeds as seeds
+
+SETUP = {"trace": "t.csv", "forecaster": "autoets", "hold_s": 600.0, "fold_days": [6, 7]}
+
+
+def run(seed: int, ratio: float, quantile: float = 0.4, **setup) -> dict:
+    return {"setup": {**SETUP, "seed": seed, **setup},
+            "frontier": {"slo_ratio_at_equal_cost": ratio,
+                         "slo_ratio_at_equal_cost_over_folds": {"median": ratio - 0.05, "min": 0.1, "max": 0.9, "n": 2},
+                         "rayfin_quantile": {"slo_ratio_at_equal_cost_pooled": {"geomean": quantile}}},
+            "targets": {"mase_below_1_at_every_bin": True}}
+
+
+def test_mean_spread_and_how_many_seeds_meet_the_target():
+    s = seeds.summarize([("b.json", run(1, 0.6)), ("a.json", run(0, 0.4)), ("c.json", run(2, 0.5))])
+    assert [row["seed"] for row in s["seeds"]] == [0, 1, 2]
+    r = s["slo_ratio_at_equal_cost"]
+    assert r["n"] == 3 and r["mean"] == pytest.approx(0.5) and r["sd"] == pytest.approx(0.1)
+    assert r["se"] == pytest.approx(0.1 / 3 ** 0.5, abs=1e-4) and (r["min"], r["max"]) == (0.4, 0.6)
+    assert s["seeds_meeting_target"] == 2                    # 0.4 and 0.5 (<= 0.5), not 0.6
+    assert s["median_over_folds"]["mean"] == pytest.approx(0.45)
+    assert s["mase_below_1_in_every_run"] is True
+
+
+def test_runs_that_differ_in_more_than_the_seed_are_refused():
+    with pytest.raises(ValueError, match="hold_s"):
+        seeds.summarize([("a", run(0, 0.4)), ("b", run(1, 0.4, hold_s=180.0))])
+    with pytest.raises(ValueError, match="seed appears twice"):
+        seeds.summarize([("a", run(0, 0.4)), ("b", run(0, 0.5))])
+
+
+def test_the_command_writes_json_and_a_plot(tmp_path, capsys):
+    paths = []
+    for seed, ratio in ((0, 0.45), (1, 0.55)):
+        p = tmp_path / f"seed{seed}.json"
+        p.write_text(json.dumps(run(seed, ratio)))
+        paths.append(str(p))
+    out = tmp_path / "summary.json"
+    assert seeds.main([*paths, "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["slo_ratio_at_equal_cost"]["mean"] == pytest.approx(0.5) and got["seeds_meeting_target"] == 1
+    assert (tmp_path / "summary.png").stat().st_size > 1000
+    assert "mean 0.500" in capsys.readouterr().out
