@@ -10,7 +10,9 @@ target. This reads the runs' JSON (nothing is re-run), and writes per seed the c
 family's pooled ratio, its median and range over folds and the fixed-quantile family's ratio,
 then their mean, standard deviation, standard error and range, the share of seeds that meet the
 target, and a PNG (one point per seed, the mean with +-2 standard errors, the target).
-Runs that differ in anything but the seed are refused: their ratios do not estimate one thing.
+Runs whose recorded `setup` differs in anything but the seed are refused: their ratios would not
+estimate one thing. `setup` holds the trace, the policy and simulator settings and the folds,
+not the code's commit or `--no-library` (which changes no frontier figure).
 """
 from __future__ import annotations
 
@@ -29,8 +31,12 @@ MAY_DIFFER = {"seed", "no_library", "library", "out"}
 def seed_row(result: dict, path: str) -> dict:
     fr = result["frontier"]
     folds = fr["slo_ratio_at_equal_cost_over_folds"]
+    budget = result["setup"].get("default_budget")
+    points = fr["rayfin_calibrated"]["slo_ratio_at_equal_cost_pooled"]["per_point"]
     return {"path": path, "seed": result["setup"].get("seed"),
             "slo_ratio_at_equal_cost": fr["slo_ratio_at_equal_cost"],
+            # the configured budget's own point (the policy as shipped), pooled over the folds
+            "at_default_budget": next((p["ratio"] for p in points if p["knob"] == budget), None),
             "over_folds": {k: folds[k] for k in ("median", "min", "max", "n")},
             "fixed_quantile": fr["rayfin_quantile"]["slo_ratio_at_equal_cost_pooled"]["geomean"],
             "mase_below_1_at_every_bin": result.get("targets", {}).get("mase_below_1_at_every_bin")}
@@ -43,17 +49,22 @@ def comparable(setups: list[dict]) -> list[str]:
 
 
 def spread(values: list[float]) -> dict:
+    """Mean, standard deviation and standard error (None for a single run), range."""
     n = len(values)
-    sd = statistics.stdev(values) if n > 1 else 0.0
-    return {"n": n, "mean": round(statistics.fmean(values), 4), "sd": round(sd, 4),
-            "se": round(sd / math.sqrt(n), 4), "min": min(values), "max": max(values)}
+    sd = statistics.stdev(values) if n > 1 else None
+    return {"n": n, "mean": round(statistics.fmean(values), 4), "sd": None if sd is None else round(sd, 4),
+            "se": None if sd is None else round(sd / math.sqrt(n), 4), "min": min(values), "max": max(values)}
 
 
 def summarize(results: list[tuple[str, dict]]) -> dict:
     differing = comparable([r["setup"] for _, r in results])
     if differing:
         raise ValueError(f"runs differ in more than the seed: {', '.join(differing)}")
-    rows = sorted((seed_row(r, p) for p, r in results), key=lambda row: row["seed"])
+    rows = [seed_row(r, p) for p, r in results]
+    unseeded = [row["path"] for row in rows if not isinstance(row["seed"], int)]
+    if unseeded:
+        raise ValueError(f"no setup.seed in {', '.join(unseeded)}")
+    rows.sort(key=lambda row: row["seed"])
     seeds = [row["seed"] for row in rows]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed appears twice: {seeds}")
@@ -63,6 +74,8 @@ def summarize(results: list[tuple[str, dict]]) -> dict:
             "seeds_meeting_target": sum(v <= TARGET for v in ratios),
             "median_over_folds": spread([row["over_folds"]["median"] for row in rows]),
             "fixed_quantile": spread([row["fixed_quantile"] for row in rows]),
+            "at_default_budget": (spread([row["at_default_budget"] for row in rows])
+                                  if all(row["at_default_budget"] is not None for row in rows) else None),
             "mase_below_1_in_every_run": all(row["mase_below_1_at_every_bin"] for row in rows)}
 
 
@@ -82,8 +95,9 @@ def plot(summary: dict, path: Path) -> None:
                 fmt="_", color="0.6", ecolor="0.75", capsize=3, label="median and range over folds")
     ax.plot(xs, [row["slo_ratio_at_equal_cost"] for row in rows], "o", color="C0", label="pooled, per seed")
     ax.plot(xs, [row["fixed_quantile"] for row in rows], "x", color="C2", label="fixed-quantile family, pooled")
-    ax.axhspan(s["mean"] - 2 * s["se"], s["mean"] + 2 * s["se"], color="C0", alpha=0.15)
-    ax.axhline(s["mean"], color="C0", lw=1, label=f"mean {s['mean']:.3f} (+-2 se)")
+    if s["se"] is not None:
+        ax.axhspan(s["mean"] - 2 * s["se"], s["mean"] + 2 * s["se"], color="C0", alpha=0.15)
+    ax.axhline(s["mean"], color="C0", lw=1, label=f"mean {s['mean']:.3f}" + (" (+-2 se)" if s["se"] else ""))
     ax.axhline(summary["target"], color="C3", ls="--", label=f"target <= {summary['target']}")
     ax.set_xlabel("arrival seed")
     ax.set_ylabel("SLO share at equal cost, rayfin / Ray")
@@ -117,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in summary["seeds"]:
         f = row["over_folds"]
         print(f"seed {row['seed']}: {row['slo_ratio_at_equal_cost']:.3f} (folds: median {f['median']:.2f}, "
-              f"{f['min']:.2f} to {f['max']:.2f}); fixed quantile {row['fixed_quantile']:.3f}")
+              f"{f['min']:.2f} to {f['max']:.2f}); fixed quantile {row['fixed_quantile']:.3f}; "
+              f"configured budget alone {row['at_default_budget']}")
     s = summary["slo_ratio_at_equal_cost"]
-    print(f"slo_ratio_at_equal_cost over {s['n']} seeds: mean {s['mean']:.3f}, sd {s['sd']:.3f}, se {s['se']:.3f}, "
+    sd = "n/a" if s["sd"] is None else f"{s['sd']:.3f}, se {s['se']:.3f}"
+    print(f"slo_ratio_at_equal_cost over {s['n']} seeds: mean {s['mean']:.3f}, sd {sd}, "
           f"range {s['min']:.3f} to {s['max']:.3f}; {summary['seeds_meeting_target']} of {s['n']} seeds <= "
           f"{TARGET}; wrote {out}")
     return 0

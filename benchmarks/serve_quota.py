@@ -40,7 +40,9 @@ import os
 import random
 import statistics
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -52,7 +54,8 @@ from serve_apps import haproxy_edge, ingress
 from serve_apps.ingress import INGRESSES
 from serve_apps.schemas import example_body
 
-PRICER = "/v1/models/option-pricer:predict"
+MODEL = "option-pricer"
+PRICER = f"/v1/models/{MODEL}:predict"
 DIRECT = "/direct/option-pricer"
 STALL_FACTOR = 4.0
 THROUGHPUT_TARGET = 0.95     # gateway_throughput_ratio, issue 21 (0.9 before it)
@@ -83,6 +86,77 @@ def auth(desk: str) -> dict[str, str]:
 
 
 BODY = json.dumps(example_body("option_pricer")).encode()
+
+
+@dataclass(frozen=True)
+class ReplicaCounts:
+    """What a model replica has run so far, or in one round (`ReplicaCounts.delta`): batches by
+    size, and its garbage collections per generation (0, 1, 2)."""
+
+    batches: dict[int, int]
+    gc: tuple[int, ...]
+
+    def delta(self, before: "ReplicaCounts") -> "ReplicaCounts":
+        return ReplicaCounts({k: v - before.batches.get(k, 0) for k, v in self.batches.items()
+                              if v > before.batches.get(k, 0)},
+                             tuple(a - b for a, b in zip(self.gc, before.gc)))
+
+    @property
+    def batch_mean(self) -> float | None:
+        n = sum(self.batches.values())
+        return round(sum(k * v for k, v in self.batches.items()) / n, 2) if n else None
+
+
+def round_counts(before: ReplicaCounts | None, after: ReplicaCounts | None) -> ReplicaCounts | None:
+    """One round's counts; None when either read failed."""
+    return None if before is None or after is None else after.delta(before)
+
+
+def sum_batches(counts: list[ReplicaCounts | None]) -> dict[int, int]:
+    total: dict[int, int] = {}
+    for c in counts:
+        for k, v in (c.batches if c else {}).items():
+            total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
+class BatchSizes:
+    """Reads a path's model replica (`ModelServer.info()`: `batch_sizes`, `gc_collections`) before
+    and after each throughput round. Only with one replica per path (`--model-replicas 1`, the
+    default): a handle call reaches one replica, so with more the before and after reads could
+    come from different ones. A read that fails or takes over `timeout_s` gives None (that round
+    reports no counts); the rounds themselves never wait on it.
+    rayfin's ingress runs Serve's handles on the caller's event loop (high-throughput mode), so
+    the handles live on an event loop of their own in a daemon thread, which is still open when
+    `serve.shutdown()` reaches the cached handles after the client's loop has ended."""
+
+    def __init__(self, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
+        self.handles: dict = {}
+        self.failed: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="bench-batch-sizes", daemon=True).start()
+
+    async def _info(self, path: str) -> dict:
+        if path not in self.handles:
+            from ray import serve
+
+            from serve_apps.deploy import direct_app_name, model_app_name
+            app = direct_app_name(MODEL) if path == "direct" else model_app_name(MODEL)
+            self.handles[path] = serve.get_deployment_handle(MODEL, app_name=app)
+        return await self.handles[path].info.remote()
+
+    async def read(self, path: str) -> ReplicaCounts | None:
+        try:
+            info = await asyncio.wait_for(
+                asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._info(path), self.loop)), self.timeout_s)
+            return ReplicaCounts({int(k): int(v) for k, v in info["batch_sizes"].items()},
+                                 tuple(int(n) for n in info.get("gc_collections", ())))
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: the measurement goes on without it
+            if not self.failed:
+                print(f"replica counts unreadable ({type(exc).__name__}: {exc}); rounds report none", flush=True)
+            self.failed.append(path)
+            return None
 
 
 async def closed_loop(session: aiohttp.ClientSession, url: str, headers: dict, concurrency: int,
@@ -221,16 +295,24 @@ async def _measured(s: aiohttp.ClientSession, base: str, args, out: dict, pauses
     # period alone. Drawn, it falls on either path alike.
     order_rng = random.Random(args.seed + 3)
     orders = []
-    for _ in range(args.rounds):                 # each round's CPU read right after it
+    batches = BatchSizes() if args.model_replicas == 1 else None
+
+    async def one_round(path: str) -> dict:
+        before = await batches.read(path) if batches else None
+        meter.delta()                            # the read's CPU is not the round's
+        if path == "direct":
+            r = await closed_loop(s, DIRECT, {"Content-Type": "application/json"}, args.concurrency, args.round_s)
+        else:
+            r = await closed_loop(s, PRICER, auth("bench"), args.concurrency, args.round_s)
+        r = metered(path, r)                     # each round's CPU read right after it
+        r["replica"] = round_counts(before, await batches.read(path) if batches else None)
+        return r
+
+    for _ in range(args.rounds):
         first = order_rng.choice(("direct", "gateway"))
         orders.append(first)
         for path in (("direct", "gateway") if first == "direct" else ("gateway", "direct")):
-            if path == "direct":
-                direct.append(metered("direct", await closed_loop(s, DIRECT, {"Content-Type": "application/json"},
-                                                                  args.concurrency, args.round_s)))
-            else:
-                gateway.append(metered("gateway", await closed_loop(s, PRICER, auth("bench"), args.concurrency,
-                                                                    args.round_s)))
+            (direct if path == "direct" else gateway).append(await one_round(path))
     d_rps = sum(r["requests"] for r in direct) / (args.rounds * args.round_s)
     g_rps = sum(r["requests"] for r in gateway) / (args.rounds * args.round_s)
     out["throughput"] = {"concurrency": args.concurrency, "rounds": args.rounds, "round_s": args.round_s,
@@ -245,6 +327,17 @@ async def _measured(s: aiohttp.ClientSession, base: str, args, out: dict, pauses
     out["throughput"]["cpu_us_per_request"] = {
         path: {k: round(1e6 * v / max(1, served[path]), 1) for k, v in sorted(used.items()) if v > 0}
         for path, used in cpu.items()}
+    # The model's batches in each round (sizes, from each replica's own count): a closed loop of
+    # `concurrency` clients fills a batch only if their requests reach the replica within the
+    # batch wait; the mean size says whether one path's batches ran smaller than the other's.
+    # (None per round where the replica was not read: --model-replicas > 1, or a failed read.)
+    paths = (("direct", direct), ("gateway", gateway))
+    out["throughput"]["batch_mean"] = {path: [r["replica"].batch_mean if r["replica"] else None for r in rounds]
+                                       for path, rounds in paths}
+    out["throughput"]["batch_sizes"] = {path: sum_batches([r["replica"] for r in rounds]) for path, rounds in paths}
+    # The replica's garbage collections per round, generations 0, 1, 2.
+    out["throughput"]["replica_gc"] = {path: [list(r["replica"].gc) if r["replica"] else None for r in rounds]
+                                       for path, rounds in paths}
     # Each gateway round over the direct round of its pair: how much one noisy round moved it.
     out["throughput"]["pair_ratios"] = [round(g["requests"] / max(1, d["requests"]), 3)
                                         for d, g in zip(direct, gateway)]
@@ -828,7 +921,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started = time.time()
         info = deploy_from_config(config, http_port=port, expose_models_http=True, access_log=False)
+        print("direct routes", info.get("direct_routes"), flush=True)
         result = asyncio.run(measure(info["url"], args))
+        # Whether HAProxy sent every application straight to its replicas before the first round
+        # (deploy_from_config waits for it): before, the first rounds through the gateway went
+        # through Serve's proxy at a tenth of the rate (docs/serving.md, "Eighth round").
+        result["direct_routes"] = info.get("direct_routes")
     finally:
         serve.shutdown()
         ray.shutdown()

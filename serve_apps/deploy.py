@@ -12,6 +12,7 @@ its owning desk (`reserve_serving`); a refusal raises the controller's typed err
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray
@@ -21,6 +22,7 @@ from ray.serve.config import BackpressureConfig, RequestRouterConfig
 
 from rayfin.config import RayfinConfig, ServeConfig, ServeModelConfig, load_config
 from rayfin.errors import ConfigError, RayfinError, from_wire
+from serve_apps import haproxy_edge, ingress
 from serve_apps.admission import AdmissionSettings
 from serve_apps.deployments import HEAD_RESOURCE, Gateway, GatedModel, QuotaBroker, predict_route
 from serve_apps.edge import EdgeSettings
@@ -167,14 +169,16 @@ def start_serve(config: RayfinConfig, http_port: int | None, access_log: bool = 
 
 def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int | None = None,
                        expose_models_http: bool = False, access_log: bool = True,
-                       token: str | None = None) -> dict[str, Any]:
+                       token: str | None = None, direct_routes_timeout_s: float = 30.0) -> dict[str, Any]:
     """Deploy every model of `config.serve.models` and the gateway; return where they are.
 
     `expose_models_http` also routes each model at /direct/<name> as plain Serve, with no
     admission in front (benchmarks only: that path has no quota). `access_log=False` turns off
     Serve's per-request log lines (benchmarks and tests; production keeps them as the audit
     trail). `token` is the deploy key (or admin token) the controller accepts for reserving
-    serving GPUs.
+    serving GPUs. With HAProxy ingress on this machine it returns once HAProxy sends every
+    application's requests straight to its replicas, not through Serve's proxy (at most
+    `direct_routes_timeout_s`; `direct_routes` in the answer says how it went).
     """
     sc = config.serve
     _check_loopback(sc)
@@ -201,10 +205,12 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
     targets.append(RunTarget(build_gateway_app(config), name=GATEWAY_APP, route_prefix="/",
                              logging_config=logging_config))
     serve.run_many(targets)
+    routes = wait_for_direct_routes_here(sc, [t.name for t in targets], timeout_s=direct_routes_timeout_s)
 
     base = f"http://{sc.host}:{port}"
     return {
         "url": base,
+        "direct_routes": routes.as_dict() if routes else None,
         "gateway": {"app": GATEWAY_APP, "replicas": sc.gateway_replicas, "url": base + "/v1/models"},
         "models": {m.name: {"app": model_app_name(m.name), "kind": m.kind, "owner": m.owner,
                             "replicas": m.num_replicas, "gpus_per_replica": m.gpus_per_replica,
@@ -213,6 +219,21 @@ def deploy_from_config(config: RayfinConfig, *, controller=None, http_port: int 
                             "direct_url": base + direct_route(m.name) if expose_models_http else None}
                    for m in sc.models},
     }
+
+
+def wait_for_direct_routes_here(sc: ServeConfig, apps: list[str], timeout_s: float = 30.0) -> "ingress.DirectRoutes | None":
+    """`ingress.wait_for_direct_routes` on the HAProxies of this cluster on this machine (whose
+    admin sockets `ingress.install` put in this process's environment); None where there are
+    none to ask (Serve's proxy ingress, or a cluster started elsewhere)."""
+    base = os.environ.get(haproxy_edge.SOCKET_ENV)
+    if sc.ingress != "haproxy" or not base or timeout_s <= 0:
+        return None
+    routes = ingress.wait_for_direct_routes(apps, lambda: haproxy_edge.admin_sockets(base), timeout_s=timeout_s)
+    if not routes.ready:
+        log.warning("HAProxy does not yet send every application straight to its replicas after %.0f s (%s): "
+                    "until it does, their requests go through Serve's proxy: %s", routes.waited_s, routes.reason,
+                    routes.backends)
+    return routes
 
 
 def undeploy(config: RayfinConfig) -> None:

@@ -37,7 +37,7 @@ from serve_apps import edge_asgi, haproxy_edge
 from serve_apps.admission import (Admission, AdmissionSettings, LocalBroker, error_response, replicas_of)
 from serve_apps.edge import EdgeFilter
 from serve_apps.model_server import ModelServer
-from serve_apps.priority import set_niceness
+from serve_apps.priority import AtNiceness
 from serve_apps.quota import Grant, LeaseRequest
 
 BROKER_DEPLOYMENT = "QuotaBroker"
@@ -63,8 +63,13 @@ class GatedModel(ModelServer.func_or_class):
     def __init__(self, settings: AdmissionSettings, model: ServeModelConfig) -> None:
         super().__init__(model, niceness=settings.replica_niceness)
         self.route = predict_route(self.name)
-        self._broker_app = settings.broker_app
-        self._broker = None
+        # The broker's handle is made here, not at the first lease: `get_deployment_handle` waits on
+        # Serve's controller (`ray.get`, and the controller runs at Ray's niceness 15), which on the
+        # request loop stalled every request of this replica for up to 2 s under load at its
+        # first lease. Not checked against the controller: the gateway application holding the
+        # broker may be deployed after this one.
+        self._broker = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=settings.broker_app,
+                                                   _check_exists=False)
         ctx = serve.get_replica_context()
         self.admission = Admission(settings, replica_id=ctx.replica_id.unique_id, call_broker=self._call_broker,
                                    call_model=self._call_local)
@@ -76,8 +81,6 @@ class GatedModel(ModelServer.func_or_class):
             edge_asgi.register(self.route, edge, functools.partial(count_edge_refusal, self.name), where="replica")
 
     async def _call_broker(self, requests: list[LeaseRequest]) -> list[Grant]:
-        if self._broker is None:
-            self._broker = serve.get_deployment_handle(BROKER_DEPLOYMENT, app_name=self._broker_app)
         return await self._broker.lease.remote(list(requests))
 
     async def _call_local(self, model: str, rows: list[list[float]]) -> dict:
@@ -158,10 +161,9 @@ HEAD_RESOURCE = "node:__internal_head__"
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-class QuotaBroker:
+class QuotaBroker(AtNiceness):
     def __init__(self, settings: AdmissionSettings) -> None:
-        self._niceness = settings.replica_niceness
-        self.priority = set_niceness(self._niceness)      # every replica's leases go through it
+        self.hold_niceness(settings.replica_niceness)      # every replica's leases go through it
         self._broker = LocalBroker.from_settings(settings)
         self.edge_update = None
         self._edge_totals = MemoryMetrics()
@@ -171,9 +173,6 @@ class QuotaBroker:
                 # The map file is rewritten either way (a reload reads it); admission still holds.
                 log.warning("HAProxy edge not updated on %s", self.edge_update.failed)
             self._edge_watch = watch_edge(settings, self._edge_totals)
-
-    def check_health(self) -> None:
-        self.priority = set_niceness(self._niceness)
 
     async def lease(self, requests: list[LeaseRequest]) -> list[Grant]:
         return self._broker.lease(requests)
@@ -209,18 +208,15 @@ async def _no_model(model: str, rows: Any) -> dict:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
-class Gateway:
+class Gateway(AtNiceness):
     def __init__(self, settings: AdmissionSettings, broker: Any) -> None:
         self.settings = settings
-        self.priority = set_niceness(settings.replica_niceness)
+        self.hold_niceness(settings.replica_niceness)
         self._broker = broker
         # Only the access checks run here (`route_only`, `list_models`): nothing is admitted.
         ctx = serve.get_replica_context()
         self.admission = Admission(settings, replica_id=ctx.replica_id.unique_id, call_broker=_no_broker,
                                    call_model=_no_model)
-
-    def check_health(self) -> None:
-        self.priority = set_niceness(self.settings.replica_niceness)
 
     @app.get("/healthz")
     async def healthz(self) -> dict:

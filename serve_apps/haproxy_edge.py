@@ -66,6 +66,7 @@ import glob
 import hashlib
 import math
 import os
+import re
 import shlex
 import socket
 import sys
@@ -416,6 +417,54 @@ def edge_counts(sockets: list[str], call: Callable[[str, str], str] | None = Non
             had = total.get(key, EdgeCounts(0, 0))
             total[key] = EdgeCounts(had.passed + c.passed, had.refused + c.refused)
     return total
+
+
+def backend_name(app: str) -> str:
+    """The HAProxy backend Serve writes for an HTTP application (Ray 2.60:
+    `HAProxyManager._generate_backend_name` and `get_safe_name`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"http-{app}".replace("#", "-").replace("/", "."))
+
+
+@dataclass(frozen=True)
+class BackendState:
+    """One backend in HAProxy's `show stat`: its replicas (primary servers) up and in all, and
+    whether its backup (Serve's Python proxy, used only while no replica is up) is up."""
+
+    primary_up: int
+    primary: int
+    backup_up: int
+
+    @property
+    def direct(self) -> bool:
+        """Requests go straight to a replica's own HTTP server, not through the backup proxy."""
+        return self.primary_up > 0
+
+
+def backend_states(stat_csv: str) -> dict[str, BackendState]:
+    """Per backend, from the CSV answer of `show stat` (header `# pxname,svname,...`). A server
+    counts as up while its status reads UP (also "UP 1/2", up but failing checks); DOWN, "DOWN
+    1/2" (rising), MAINT and "no check" do not."""
+    lines = [ln for ln in stat_csv.splitlines() if ln.strip()]
+    if not lines or not lines[0].startswith("#"):
+        return {}
+    cols = lines[0].lstrip("# ").split(",")
+    try:
+        px, sv, status, bck = (cols.index(c) for c in ("pxname", "svname", "status", "bck"))
+    except ValueError:
+        return {}
+    counts: dict[str, list[int]] = {}
+    for line in lines[1:]:
+        f = line.split(",")
+        if len(f) <= max(px, sv, status, bck) or f[sv] in ("FRONTEND", "BACKEND"):
+            continue
+        c = counts.setdefault(f[px], [0, 0, 0])
+        up = f[status].startswith("UP")
+        if f[bck] == "1":
+            c[2] += up
+        else:
+            c[0] += up
+            c[1] += 1
+    return {name: BackendState(*c) for name, c in counts.items()}
 
 
 def count_deltas(before: Mapping[str, EdgeCounts], now: Mapping[str, EdgeCounts]) -> dict[str, EdgeCounts]:

@@ -31,6 +31,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, MutableMapping, get_args
 
 from rayfin.cluster import free_port as cluster_free_port
@@ -298,5 +299,56 @@ def remove_run_dir(values: dict[str, str]) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class DirectRoutes:
+    """Whether HAProxy sends each application's requests straight to its replicas.
+
+    After a deploy, and after each reload, HAProxy health-checks the replicas' HTTP servers, and
+    until one passes it sends that application's requests to its backup, Serve's Python proxy on
+    the head, which calls the replica through an actor call and fetches the body with another:
+    a few hundred requests per second where the direct path serves thousands (docs/serving.md).
+    `reason`: "direct" (every backend has a replica up on every HAProxy), "timeout" (not within
+    the wait; `backends` says which), "no_admin_socket" (no HAProxy of this cluster on this
+    machine to ask: a cluster started elsewhere, or Serve's proxy ingress)."""
+
+    ready: bool
+    reason: str
+    waited_s: float
+    backends: dict[str, dict] = field(default_factory=dict)   # backend -> state on each HAProxy
+
+    def as_dict(self) -> dict:
+        return {"ready": self.ready, "reason": self.reason, "waited_s": round(self.waited_s, 2),
+                "backends": self.backends}
+
+
+def wait_for_direct_routes(apps: list[str], sockets: Callable[[], list[str]],
+                           call: haproxy_edge.AdminCall = haproxy_edge.admin_call, timeout_s: float = 30.0,
+                           poll_s: float = 0.25, clock: Callable[[], float] = time.monotonic,
+                           sleep: Callable[[float], None] = time.sleep) -> DirectRoutes:
+    """Wait until every HAProxy behind `sockets()` (read again each poll: Serve may start one
+    late) has a replica up in the backend of each application in `apps`."""
+    start = clock()
+    names = {haproxy_edge.backend_name(a): a for a in apps}
+    while True:
+        socks = sockets()
+        seen: dict[str, dict] = {}
+        ready = bool(socks)
+        for sock in socks:
+            try:
+                states = haproxy_edge.backend_states(call(sock, "show stat"))
+            except OSError:
+                states = {}
+            for name in names:
+                st = states.get(name)
+                seen.setdefault(name, {})[sock] = None if st is None else vars(st)
+                ready = ready and st is not None and st.direct
+        waited = clock() - start
+        if ready:
+            return DirectRoutes(True, "direct", waited, seen)
+        if waited >= timeout_s:
+            return DirectRoutes(False, "timeout" if socks else "no_admin_socket", waited, seen)
+        sleep(poll_s)
+
+
 __all__ = ["INGRESSES", "haproxy_binary", "haproxy_pids", "ingress_env", "install", "install_from_config",
-           "new_run_dir", "remove_run_dir", "stop_haproxies"]
+           "DirectRoutes", "new_run_dir", "remove_run_dir", "stop_haproxies", "wait_for_direct_routes"]

@@ -8,6 +8,7 @@ class and puts admission in front of `predict_batch`. This class alone, with its
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from starlette.responses import JSONResponse
 
 from rayfin.config import ServeModelConfig
 from serve_apps.models import build
-from serve_apps.priority import set_niceness
+from serve_apps.priority import AtNiceness
 from serve_apps.schemas import REQUEST_SCHEMAS, rows_of
 
 
@@ -35,11 +36,10 @@ async def run_batch(forward, flat, offload: bool):
 
 
 @serve.deployment
-class ModelServer:
+class ModelServer(AtNiceness):
     def __init__(self, model: ServeModelConfig, niceness: int | None = None) -> None:
         # Serve at the node's normal priority, not Ray's worker nice 15 (serve_apps/priority.py).
-        self.niceness = niceness
-        self.priority = set_niceness(niceness)
+        self.hold_niceness(niceness)
         # One thread: replicas share the node's cores, and these models are tiny.
         torch.set_num_threads(1)
         self.name, self.kind = model.name, model.kind
@@ -88,11 +88,8 @@ class ModelServer:
                                 status_code=422)
         return await self.predict(rows_of(body))
 
-    def check_health(self) -> None:
-        """Serve's health check (every 10 s): also brings threads started since to the niceness."""
-        self.priority = set_niceness(self.niceness)
-
     def info(self) -> dict:
         return {"model": self.name, "kind": self.kind, "device": self.model.device, "gpus": self.gpus,
                 "fit": self.model.fit_metrics, "batch_sizes": dict(self.batch_sizes),
-                "priority": self.priority.as_dict(), "nice": os.nice(0)}
+                "priority": self.priority.as_dict(), "nice": os.nice(0),
+                "gc_collections": [g["collections"] for g in gc.get_stats()]}   # per generation, since start

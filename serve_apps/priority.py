@@ -101,6 +101,23 @@ def set_niceness(target: int | None) -> Niceness:
     return Niceness(target, len(tids), changed, refused)
 
 
+class AtNiceness:
+    """For rayfin's Serve deployment classes: `hold_niceness(n)` in the constructor sets every
+    thread to `n` (`set_niceness`), and Serve's health check (every 10 s) brings threads started
+    since to it. `priority` is what the last pass did (for `info()` and tests)."""
+
+    niceness: int | None = None
+    priority: Niceness = Niceness(None, 0, 0)
+
+    def hold_niceness(self, niceness: int | None) -> None:
+        self.niceness = niceness
+        self.priority = set_niceness(niceness)
+
+    def check_health(self) -> None:
+        """Serve's health check: also brings threads started since to the niceness."""
+        self.priority = set_niceness(self.niceness)
+
+
 def niceness_from_env(environ: dict | None = None) -> int | None:
     """`NICENESS_ENV` as an int; None when unset or not a number."""
     raw = (os.environ if environ is None else environ).get(NICENESS_ENV, "")

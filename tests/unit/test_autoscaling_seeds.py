@@ -7,14 +7,16 @@ import pytest
 
 from benchmarks import autoscaling_seeds as seeds
 
-SETUP = {"trace": "t.csv", "forecaster": "autoets", "hold_s": 600.0, "fold_days": [6, 7]}
+SETUP = {"trace": "t.csv", "forecaster": "autoets", "hold_s": 600.0, "fold_days": [6, 7], "default_budget": 0.1}
 
 
 def run(seed: int, ratio: float, quantile: float = 0.4, **setup) -> dict:
     return {"setup": {**SETUP, "seed": seed, **setup},
             "frontier": {"slo_ratio_at_equal_cost": ratio,
                          "slo_ratio_at_equal_cost_over_folds": {"median": ratio - 0.05, "min": 0.1, "max": 0.9, "n": 2},
-                         "rayfin_quantile": {"slo_ratio_at_equal_cost_pooled": {"geomean": quantile}}},
+                         "rayfin_quantile": {"slo_ratio_at_equal_cost_pooled": {"geomean": quantile}},
+                         "rayfin_calibrated": {"slo_ratio_at_equal_cost_pooled": {"per_point": [
+                             {"knob": 0.05, "ratio": 0.3}, {"knob": 0.1, "ratio": ratio + 0.1}]}}},
             "targets": {"mase_below_1_at_every_bin": True}}
 
 
@@ -27,6 +29,16 @@ def test_mean_spread_and_how_many_seeds_meet_the_target():
     assert s["seeds_meeting_target"] == 2                    # 0.4 and 0.5 (<= 0.5), not 0.6
     assert s["median_over_folds"]["mean"] == pytest.approx(0.45)
     assert s["mase_below_1_in_every_run"] is True
+    assert s["at_default_budget"]["mean"] == pytest.approx(0.6)     # the budget-0.1 point, not 0.05's
+
+
+def test_one_run_has_no_spread_and_a_run_without_a_seed_is_named():
+    s = seeds.summarize([("a.json", run(0, 0.4))])
+    assert s["slo_ratio_at_equal_cost"]["sd"] is None and s["slo_ratio_at_equal_cost"]["se"] is None
+    unseeded = run(0, 0.4)
+    del unseeded["setup"]["seed"]
+    with pytest.raises(ValueError, match="no setup.seed in b.json"):
+        seeds.summarize([("b.json", unseeded)])
 
 
 def test_runs_that_differ_in_more_than_the_seed_are_refused():

@@ -121,3 +121,25 @@ def test_the_proxy_callback_sets_the_niceness_it_is_given(monkeypatch):
     monkeypatch.delenv(NICENESS_ENV)
     edge_asgi.proxy_middlewares()
     assert seen == [0, None]
+
+
+def test_a_deployment_holds_its_niceness_at_start_and_at_every_health_check(monkeypatch):
+    # The mixin rayfin's Serve deployments share: the constructor's pass, then Serve's health
+    # check re-applies the same target (threads started since are brought to it).
+    calls = []
+    monkeypatch.setattr(priority, "set_niceness", lambda t: calls.append(t) or Niceness(t, 4, len(calls)))
+
+    class Deployment(priority.AtNiceness):
+        def __init__(self, niceness):
+            self.hold_niceness(niceness)
+
+    d = Deployment(0)
+    assert calls == [0] and d.niceness == 0 and d.priority == Niceness(0, 4, 1)
+    d.check_health()
+    assert calls == [0, 0] and d.priority == Niceness(0, 4, 2)
+    assert Deployment(None).priority == Niceness(None, 4, 3)    # None passes through (leave as is)
+    from serve_apps.model_server import ModelServer
+    from serve_apps.deployments import Gateway, QuotaBroker
+    for cls in (ModelServer, QuotaBroker, Gateway):              # Serve finds the health check on each
+        assert issubclass(cls.func_or_class, priority.AtNiceness)
+        assert cls.func_or_class.check_health is priority.AtNiceness.check_health
