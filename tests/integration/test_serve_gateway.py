@@ -79,13 +79,34 @@ def stack(request):
         info = deploy_from_config(config, http_port=port, access_log=False)
         with httpx.Client(base_url=info["url"], timeout=30) as client:
             yield {"client": client, "url": info["url"], "config": config, "gpu": gpu, "port": port,
-                   "ingress": mode, "installed": installed}
+                   "ingress": mode, "installed": installed, "info": info}
     finally:
         serve.shutdown()
         ray.shutdown()
         ingress.remove_run_dir(installed)
         os.environ.clear()
         os.environ.update(saved)
+
+
+def test_deploy_returns_once_haproxy_sends_every_application_straight_to_its_replicas(stack):
+    # Until Serve has added a replica to HAProxy's configuration (seconds after the application
+    # runs), HAProxy sends its requests to the backup, Serve's Python proxy, at a tenth of the rate.
+    from serve_apps import haproxy_edge
+    from serve_apps.deploy import GATEWAY_APP, model_app_name
+
+    routes = stack["info"]["direct_routes"]
+    if stack["ingress"] == "proxy":
+        assert routes is None                     # no HAProxy: nothing to wait for
+        return
+    assert routes["ready"] and routes["reason"] == "direct", routes
+    sockets = haproxy_edge.admin_sockets(os.environ[haproxy_edge.SOCKET_ENV])
+    assert sockets
+    apps = [model_app_name(m.name) for m in stack["config"].serve.models] + [GATEWAY_APP]
+    for sock in sockets:
+        states = haproxy_edge.backend_states(haproxy_edge.admin_call(sock, "show stat"))
+        for app in apps:
+            st = states[haproxy_edge.backend_name(app)]
+            assert st.direct and st.primary >= 1, (app, st)
 
 
 def _pids_of(needle: str) -> list[int]:
