@@ -311,10 +311,13 @@ class DirectRoutes:
     the wait; `backends` says which), "no_admin_socket" (no HAProxy of this cluster on this
     machine to ask: a cluster started elsewhere, or Serve's proxy ingress)."""
 
-    ready: bool
     reason: str
     waited_s: float
     backends: dict[str, dict] = field(default_factory=dict)   # backend -> state on each HAProxy
+
+    @property
+    def ready(self) -> bool:
+        return self.reason == "direct"
 
     def as_dict(self) -> dict:
         return {"ready": self.ready, "reason": self.reason, "waited_s": round(self.waited_s, 2),
@@ -328,7 +331,7 @@ def wait_for_direct_routes(apps: list[str], sockets: Callable[[], list[str]],
     """Wait until every HAProxy behind `sockets()` (read again each poll: Serve may start one
     late) has a replica up in the backend of each application in `apps`."""
     start = clock()
-    names = {haproxy_edge.backend_name(a): a for a in apps}
+    names = [haproxy_edge.backend_name(a) for a in apps]
     while True:
         socks = sockets()
         seen: dict[str, dict] = {}
@@ -344,9 +347,9 @@ def wait_for_direct_routes(apps: list[str], sockets: Callable[[], list[str]],
                 ready = ready and st is not None and st.direct
         waited = clock() - start
         if ready:
-            return DirectRoutes(True, "direct", waited, seen)
+            return DirectRoutes("direct", waited, seen)
         if waited >= timeout_s:
-            return DirectRoutes(False, "timeout" if socks else "no_admin_socket", waited, seen)
+            return DirectRoutes("timeout" if socks else "no_admin_socket", waited, seen)
         sleep(poll_s)
 
 

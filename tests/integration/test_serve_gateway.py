@@ -13,7 +13,7 @@ import pytest
 from rayfin.config import hash_token, parse_config
 from rayfin.errors import QuotaExceeded
 from serve_apps.schemas import example_body
-from rayfin.cluster import free_port
+from rayfin.cluster import free_port, proc_pids
 
 pytestmark = pytest.mark.integration
 
@@ -112,14 +112,13 @@ def test_deploy_returns_once_haproxy_sends_every_application_straight_to_its_rep
 def _pids_of(needle: str) -> list[int]:
     """Processes whose command line holds `needle` (Ray sets a worker's to its actor's name)."""
     out = []
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                with open(f"/proc/{e}/cmdline", "rb") as f:
-                    if needle.encode() in f.read():
-                        out.append(int(e))
-            except OSError:
-                continue
+    for e in proc_pids():
+        try:
+            with open(f"/proc/{e}/cmdline", "rb") as f:
+                if needle.encode() in f.read():
+                    out.append(int(e))
+        except OSError:
+            continue
     return out
 
 
