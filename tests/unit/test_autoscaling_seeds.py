@@ -60,3 +60,14 @@ def test_the_command_writes_json_and_a_plot(tmp_path, capsys):
     assert got["slo_ratio_at_equal_cost"]["mean"] == pytest.approx(0.5) and got["seeds_meeting_target"] == 1
     assert (tmp_path / "summary.png").stat().st_size > 1000
     assert "mean 0.500" in capsys.readouterr().out
+
+
+def test_the_target_is_read_off_the_mean_and_its_upper_bound():
+    # mean 0.45, but four draws this far apart leave 0.5 inside the bound: not met
+    wide = seeds.summarize([("a", run(0, 0.35)), ("b", run(1, 0.55)), ("c", run(2, 0.40)), ("d", run(3, 0.50))])
+    r = wide["slo_ratio_at_equal_cost"]
+    assert r["bound"] == "upper" and r["t"] == pytest.approx(2.353)
+    assert r["bound_95"] == pytest.approx(0.45 + 2.353 * r["se"], abs=1e-3) and r["bound_95"] > 0.5
+    assert wide["target_met_on_the_mean"] is False
+    tight = seeds.summarize([("a", run(0, 0.44)), ("b", run(1, 0.46)), ("c", run(2, 0.45)), ("d", run(3, 0.45))])
+    assert tight["slo_ratio_at_equal_cost"]["bound_95"] < 0.5 and tight["target_met_on_the_mean"] is True
