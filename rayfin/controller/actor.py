@@ -18,6 +18,7 @@ import ray
 
 from placement.topology import Topology
 from rayfin.config import RayfinConfig, parse_config
+from rayfin import unpickle_guard_ray
 from rayfin.controller import autoscale_ray
 from rayfin.controller.capacity import CapacityLoop
 from rayfin.controller.clock import controller_clock
@@ -47,6 +48,9 @@ def _wrap(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Reply:
 
 class RayfinController:
     def __init__(self, config_data: dict[str, Any], deploy_key: str | None = None) -> None:
+        # First: from here on a caller's arguments are unpickled as data only, so desk code that
+        # calls this actor cannot run inside it (rayfin/unpickle_guard.py, docs/security.md).
+        unpickle_guard_ray.install()
         self.config: RayfinConfig = parse_config(config_data, "controller config")
         self.started_at = time.time()
         self.ledger = open_ledger(self.config.controller)
@@ -127,7 +131,9 @@ class RayfinController:
     def ping(self) -> dict[str, Any]:
         return {"ok": True, "value": {"pid": os.getpid(), "started_at": self.started_at,
                                       "cycles": self.cycles, "recovery": self.recovery,
-                                      "timings_ms": self.last_report}}
+                                      "timings_ms": self.last_report,
+                                      "unpickle_guard": {"installed": unpickle_guard_ray.installed(),
+                                                         **unpickle_guard_ray.refusals()}}}
 
     def submit(self, token: Token, desk: str, spec: dict[str, Any]) -> Reply:
         return _wrap(self.core.submit, token, desk, spec)
