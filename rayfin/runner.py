@@ -42,7 +42,6 @@ from ray import cloudpickle
 from ray.exceptions import RayError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rayfin import unpickle_guard_ray
 from rayfin.context import JobContext, job_context, set_job_context
 
 _PR_SET_PDEATHSIG = 1
@@ -450,9 +449,6 @@ class GangWorker:
                  placement: list[tuple[str, float]], placement_group_name: str, slot: dict[str, Any],
                  world_size: int, checkpoint_dir: str, attempt: int, max_result_bytes: int,
                  max_log_bytes: int) -> None:
-        # Another desk's code that calls this rank cannot run code in it through an argument; the
-        # job's own threads unpickle as before (rayfin/unpickle_guard_ray.py).
-        unpickle_guard_ray.install(scope=unpickle_guard_ray.on_ray_task_thread)
         self._secret = secret
         ctx = _context(job_id, desk, placement, placement_group_name, slot, world_size, checkpoint_dir, attempt)
         self.rank = _Rank(ctx, kind, payload, max_result_bytes, max_log_bytes)
@@ -679,9 +675,6 @@ class JobRunner:
     controller challenges it with `prove`, which shows the secret is held without sending it."""
 
     def __init__(self, secret: str, *args: Any, **kwargs: Any) -> None:
-        # As GangWorker: a caller's arguments are data on Ray's task threads, where `prove`,
-        # `start`, `poll` and `request_stop` run; the job's threads are not touched.
-        unpickle_guard_ray.install(scope=unpickle_guard_ray.on_ray_task_thread)
         self._secret = secret
         self._gang = _Gang(secret, *args, **kwargs)
 

@@ -1,33 +1,39 @@
-"""What rayfin's own processes may unpickle from a caller: data, never code.
+"""What the controller may unpickle from a caller: data, never code.
 
 Ray passes a method's arguments as pickles, and unpickling runs whatever callable the pickle
 names. Any job on the cluster can call any actor it can name, so without a guard desk code runs
-inside the actor it calls before the method has looked at a token: a pickled
-`exec("...")` sent to a controller method that refuses the call has already run in the
-controller, which holds the ledger and the runner-secret seed (docs/security.md).
+inside the actor it calls before the method has looked at a token: a pickled `exec("...")` sent
+to a controller method that refuses the call has already run in the controller, which holds the
+ledger and the runner-secret seed (docs/security.md, point 7).
 
 `GuardedUnpickler` resolves a pickle's globals through `decide`, which allows only:
-- the built-in data types (int, str, list, dict, ...), the built-in exception classes;
+- the built-in data types (int, str, list, dict, ...) and the built-in exception classes;
 - a short list of standard-library data types and pickle helpers (`EXACT`: datetime, Decimal,
-  UUID, OrderedDict, `copyreg`'s object rebuilders), numpy's array rebuilders, and Ray's own
-  rebuilders of object refs and actor handles;
-- data classes of rayfin's own packages and Ray's (`DATA_MODULES`): dataclasses, pydantic models,
-  enums, named tuples and exceptions, looked up by type, never a function and never a class that
-  does work when built (an actor, a server).
+  UUID, OrderedDict, `copyreg`'s object rebuilders), rayfin's error rebuilder, Ray's rebuilders
+  of object refs and actor handles, its id types and placement groups;
+- data classes defined in rayfin's packages or Ray's (`DATA_MODULES`): dataclasses, pydantic
+  models, enums, named tuples and exceptions, found in a module this process has already
+  imported (a name never imports anything) and defined there (not re-exported).
 
-Everything else (a function, `exec`, `os.system`, a cloudpickled lambda, a class of another
-package) is refused with `Refused`, which names it. Pure: no Ray; the Ray adapter is
-`rayfin.controller.unpickle_guard_ray`.
+It also refuses to set state (`BUILD`) on anything but an instance of a class it resolved in the
+same pickle: not on a class, an enum member, a module or a function, so a pickle built from
+allowed names cannot rewrite the process's classes. Everything else (a function, `exec`,
+`os.system`, `getattr` beyond an enum member, a cloudpickled lambda, a class of another package)
+is refused with `Refused`, which names it.
+
+This raises the cost of one attack; it is not a security boundary (docs/security.md lists the
+ways around it). Pure: no Ray; the Ray adapter is `rayfin.controller.unpickle_guard_ray`.
 """
 from __future__ import annotations
 
 import builtins
 import dataclasses
 import enum
-import importlib
 import io
 import pickle
+import sys
 import threading
+import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -42,10 +48,6 @@ EXACT = frozenset({
     ("collections", "defaultdict"),
     ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"), ("datetime", "timedelta"),
     ("datetime", "timezone"), ("decimal", "Decimal"), ("uuid", "UUID"), ("fractions", "Fraction"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     # rayfin's typed errors keep their fields through Ray with this rebuilder (rayfin/errors.py)
     ("rayfin.errors", "_rebuild"),
     # Ray's rebuilders of the references it lets one pass inside an argument
@@ -66,7 +68,8 @@ DATA_MODULES = ("rayfin", "placement", "serve_apps", "ray")
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    reason: str          # builtin | exact | data_class | builtin_not_data | not_data | module_not_allowed | missing
+    reason: str   # builtin | exact | data_class | builtin_not_data | not_data | not_defined_there |
+    #               module_not_loaded | module_not_allowed | missing
 
 
 class Refused(pickle.UnpicklingError):
@@ -74,8 +77,8 @@ class Refused(pickle.UnpicklingError):
 
     def __init__(self, module: str, name: str, reason: str) -> None:
         self.module, self.name, self.reason = module, name, reason
-        super().__init__(f"refused to unpickle {module}.{name} ({reason}): rayfin's actors take data "
-                         "arguments only (docs/security.md, 'Arguments are data')")
+        super().__init__(f"refused to unpickle {module}.{name} ({reason}): the controller takes data "
+                         "arguments only (docs/security.md, point 7)")
 
     def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:     # goes back to the caller as itself
         return Refused, (self.module, self.name, self.reason)
@@ -83,14 +86,14 @@ class Refused(pickle.UnpicklingError):
 
 def data_class(obj: Any) -> bool:
     """A class whose instances are data: a dataclass, a pydantic model, an enum, a named tuple or
-    an exception. Not a function, and not any other class (its constructor may do work)."""
+    an exception. Not a function, and not any other class."""
     if not isinstance(obj, type):
         return False
     if dataclasses.is_dataclass(obj) or issubclass(obj, (enum.Enum, BaseException)):
         return True
     if issubclass(obj, tuple) and hasattr(obj, "_fields"):
         return True
-    return any(c.__module__.startswith("pydantic") and c.__name__ == "BaseModel" for c in obj.__mro__)
+    return any(c.__module__.startswith("pydantic") and c.__name__ == "BaseModel" for c in obj.__mro__[1:])
 
 
 def _in_data_modules(module: str) -> bool:
@@ -98,8 +101,8 @@ def _in_data_modules(module: str) -> bool:
 
 
 def decide(module: str, name: str, resolve: Callable[[str, str], Any]) -> Verdict:
-    """May a pickle's global `module.name` be looked up? `resolve` imports it (for rayfin's own
-    modules only, to check it is a data class)."""
+    """May a pickle's global `module.name` be looked up? `resolve` finds it in a module already
+    imported (it raises KeyError for one that is not: a name never imports anything)."""
     if module == "builtins":
         obj = getattr(builtins, name, None)
         if name in SAFE_BUILTINS:
@@ -112,14 +115,20 @@ def decide(module: str, name: str, resolve: Callable[[str, str], Any]) -> Verdic
     if _in_data_modules(module) and "." not in name:
         try:
             obj = resolve(module, name)
-        except (ImportError, AttributeError):
+        except KeyError:
+            return Verdict(False, "module_not_loaded")
+        except AttributeError:
             return Verdict(False, "missing")
-        return Verdict(True, "data_class") if data_class(obj) else Verdict(False, "not_data")
+        if not data_class(obj):
+            return Verdict(False, "not_data")
+        if getattr(obj, "__module__", None) != module or getattr(obj, "__qualname__", None) != name:
+            return Verdict(False, "not_defined_there")     # re-exported from another package
+        return Verdict(True, "data_class")
     return Verdict(False, "module_not_allowed")
 
 
-def _resolve(module: str, name: str) -> Any:
-    return getattr(importlib.import_module(module), name)
+def _loaded(module: str, name: str) -> Any:
+    return getattr(sys.modules[module], name)
 
 
 def enum_member(cls: Any, name: str) -> Any:
@@ -131,18 +140,42 @@ def enum_member(cls: Any, name: str) -> Any:
     raise Refused("builtins", "getattr", "getattr_not_enum_member")
 
 
-class GuardedUnpickler(pickle.Unpickler):
+_NEVER_BUILT = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, enum.Enum)
+
+
+class GuardedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its opcodes can be overridden, unlike the C one's), with
+    `find_class` through `decide` and `BUILD` only on instances of classes resolved here."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file: Any, *, buffers: Iterable[Any] | None = None) -> None:
+        super().__init__(file, fix_imports=False, buffers=buffers)
+        self._resolved: set[int] = set()     # ids of the classes this pickle named (kept alive by the module)
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("builtins", "getattr"):
             return enum_member
-        verdict = decide(module, name, _resolve)
+        verdict = decide(module, name, _loaded)
         if not verdict.allowed:
             raise Refused(module, name, verdict.reason)
-        return super().find_class(module, name)
+        obj = _loaded(module, name) if verdict.reason == "data_class" else super().find_class(module, name)
+        if isinstance(obj, type):
+            self._resolved.add(id(obj))
+        return obj
+
+    def load_build(self) -> None:
+        inst = self.stack[-2]    # type: ignore[attr-defined]  # the pure-Python unpickler's stack
+        if isinstance(inst, _NEVER_BUILT) or id(type(inst)) not in self._resolved:
+            kind = type(inst)
+            raise Refused(kind.__module__, kind.__qualname__, "build_not_allowed")
+        super().load_build()     # type: ignore[misc]
+
+    dispatch[pickle.BUILD[0]] = load_build    # type: ignore[assignment]
 
 
 def loads(data: bytes | memoryview, *, buffers: Iterable[Any] | None = None) -> Any:
-    """`pickle.loads` that refuses anything but data (`decide`)."""
+    """`pickle.loads` that refuses anything but data (`decide`, `GuardedUnpickler.load_build`)."""
     return GuardedUnpickler(io.BytesIO(data), buffers=buffers).load()
 
 

@@ -18,8 +18,7 @@ import ray
 
 from placement.topology import Topology
 from rayfin.config import RayfinConfig, parse_config
-from rayfin import unpickle_guard_ray
-from rayfin.controller import autoscale_ray
+from rayfin.controller import autoscale_ray, unpickle_guard_ray
 from rayfin.controller.capacity import CapacityLoop
 from rayfin.controller.clock import controller_clock
 from rayfin.controller.core import ControllerCore
