@@ -47,7 +47,7 @@ EXACT = frozenset({
     ("collections", "OrderedDict"), ("collections", "deque"), ("collections", "Counter"),
     ("collections", "defaultdict"),
     ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"), ("datetime", "timedelta"),
-    ("datetime", "timezone"), ("decimal", "Decimal"), ("uuid", "UUID"), ("fractions", "Fraction"),
+    ("datetime", "timezone"), ("decimal", "Decimal"), ("uuid", "UUID"),
     # rayfin's typed errors keep their fields through Ray with this rebuilder (rayfin/errors.py)
     ("rayfin.errors", "_rebuild"),
     # Ray's rebuilders of the references it lets one pass inside an argument

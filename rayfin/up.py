@@ -77,7 +77,7 @@ class Running:
             except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
                 log.warning("serve shutdown: %s", exc)
         try:
-            ray.get(self.controller.shutdown.remote(), timeout=10)
+            ray.get(self.controller.shutdown.remote(self.deploy_key), timeout=10)
             ray.kill(self.controller, no_restart=True)
         except Exception as exc:  # noqa: BLE001
             log.warning("controller shutdown: %s", exc)

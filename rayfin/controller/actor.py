@@ -27,7 +27,7 @@ from rayfin.controller.patrol import Patrol
 from rayfin.controller.police_ray import RayPolice
 from rayfin.controller.ray_backend import RayBackend
 from rayfin.controller.recorder import Recorder
-from rayfin.errors import InvalidRequest, RayfinError
+from rayfin.errors import Forbidden, InvalidRequest, RayfinError
 from rayfin.reasons import ReasonCode
 from rayfin.telemetry.recorder import TelemetryRecorder
 
@@ -47,8 +47,9 @@ def _wrap(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Reply:
 
 class RayfinController:
     def __init__(self, config_data: dict[str, Any], deploy_key: str | None = None) -> None:
-        # First: from here on a caller's arguments are unpickled as data only, so desk code that
-        # calls this actor cannot run inside it (rayfin/unpickle_guard.py, docs/security.md).
+        # First: from here on what a caller sends is unpickled as data only, which refuses the
+        # direct ways for desk code to run inside this actor through an argument. Not a boundary
+        # (rayfin/unpickle_guard.py; docs/security.md, point 7, lists the ways around it).
         unpickle_guard_ray.install()
         self.config: RayfinConfig = parse_config(config_data, "controller config")
         self.started_at = time.time()
@@ -230,9 +231,17 @@ class RayfinController:
                         gpus_per_replica: float) -> Reply:
         return _wrap(self.core.reserve_serving, token, model, desk, replicas, gpus_per_replica)
 
-    def shutdown(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def shutdown(self, token: Token = None) -> Reply:
+        """Stop the cycle and the policing patrol, before the actor is killed: the deploy key of
+        `rayfin up` or the admin credential. Any job can call this actor, and a stopped loop in a
+        live actor is never restarted, so a desk must not be able to."""
+        def _stop(_token: Token) -> None:
+            if not self.core.auth.authenticate(_token, None, "deploy").admin:
+                raise Forbidden("stopping the controller needs the admin credential or the deploy key of "
+                                "`rayfin up`", action="shutdown")
+            self._stop.set()
+            self._thread.join(timeout=5)
+        return _wrap(_stop, token)
 
 
 def start_controller(config: RayfinConfig, *, deploy_key: str | None = None) -> Any:

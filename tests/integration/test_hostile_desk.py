@@ -343,7 +343,10 @@ def plant_code_in_the_controller(name: str, namespace: str, marker: str) -> dict
              "submit(code in the spec)": lambda: ctl.submit.remote("t", "fx", {"payload": Plant()}),
              "status(code in an error)": lambda: ctl.status.remote(
                  RayTaskError("f", "traceback", PlantedError("x")), "job"),
-             "__ray_call__(function)": lambda: ctl.__ray_call__.remote(read_the_seed)}
+             "__ray_call__(function)": lambda: ctl.__ray_call__.remote(read_the_seed),
+             # not code, but as quiet: a stopped scheduling loop in a live actor is never restarted
+             "shutdown()": lambda: ctl.shutdown.remote(),
+             "shutdown(desk token)": lambda: ctl.shutdown.remote("fx-token-guess")}
     out: dict[str, str] = {}
     for label, call in calls.items():
         try:
@@ -370,10 +373,13 @@ def test_fx_code_cannot_run_code_inside_the_controller_through_an_argument(conne
         assert "refused to unpickle" in report[label], report
     # The error could not be unpickled (Ray's UnserializableException), so the call failed.
     assert "UnserializableException" in report["status(code in an error)"], report
+    # The controller's own stop needs the admin credential or the deploy key.
+    assert all(report[k] in ("refused by the method: Unauthorized", "refused by the method: Forbidden")
+               for k in ("shutdown()", "shutdown(desk token)")), report
     ping = ray.get(rayfin_env.controller.ping.remote(), timeout=30)["value"]
     guard = ping["unpickle_guard"]
     assert guard["installed"] is True
     assert guard["by_global"].get("builtins.exec", 0) >= 3, guard           # named in what it refused
     assert any("_make_function" in g for g in guard["by_global"]), guard    # the cloudpickled function
-    # The controller still serves: a job of the same desk runs to its own result.
+    # The controller still serves (its loop was not stopped): a job of the same desk runs to its result.
     assert fx.submit(hold, 0.1, "after", gpus=1, name="after").result(timeout=120) == "after"

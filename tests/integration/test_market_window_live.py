@@ -98,7 +98,7 @@ def test_window_switch_moves_quota_and_reclaim_starts_one_grace_early(rayfin_env
         done.touch()
         for job in ids:
             ray.get(handle.cancel.remote(TOKENS["admin"], job), timeout=30)
-        ray.get(handle.shutdown.remote(), timeout=30)
+        assert ray.get(handle.shutdown.remote(TOKENS["admin"]), timeout=30)["ok"]
         ray.kill(handle)
         ray.get(rayfin_env.controller.set_policing_mode.remote(TOKENS["admin"], "enforce"), timeout=30)
 
