@@ -37,9 +37,11 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+# Not `bytes`, `bytearray` or `range`: pickle protocol 5 writes bytes and bytearrays as data, and
+# as callables they turn a small number into gigabytes (`bytearray(10**10)`, `list(range(10**9))`).
 SAFE_BUILTINS = frozenset({
-    "bool", "int", "float", "complex", "str", "bytes", "bytearray", "list", "tuple", "dict", "set",
-    "frozenset", "slice", "range", "NoneType", "Ellipsis", "NotImplemented", "object",
+    "bool", "int", "float", "complex", "str", "list", "tuple", "dict", "set", "frozenset", "slice",
+    "NoneType", "Ellipsis", "NotImplemented", "object",
 })
 
 EXACT = frozenset({
