@@ -17,12 +17,10 @@ not the code's commit or `--no-library` (which changes no frontier figure).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-from benchmarks.spread import meets, spread
+from benchmarks.spread import meets, setup_differences, spread, summarize_files
 
 TARGET = 0.5
 # What may differ between the runs summed up: the seed, and what does not touch the frontier.
@@ -43,14 +41,8 @@ def seed_row(result: dict, path: str) -> dict:
             "mase_below_1_at_every_bin": result.get("targets", {}).get("mase_below_1_at_every_bin")}
 
 
-def comparable(setups: list[dict]) -> list[str]:
-    """The setup keys (other than MAY_DIFFER) whose values differ between runs."""
-    keys = set().union(*setups) - MAY_DIFFER
-    return sorted(k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in setups}) > 1)
-
-
 def summarize(results: list[tuple[str, dict]]) -> dict:
-    differing = comparable([r["setup"] for _, r in results])
+    differing = setup_differences([r["setup"] for _, r in results], MAY_DIFFER)
     if differing:
         raise ValueError(f"runs differ in more than the seed: {', '.join(differing)}")
     rows = [seed_row(r, p) for p, r in results]
@@ -105,24 +97,8 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="JSON files written by benchmarks.autoscaling, one per seed")
-    p.add_argument("--out", default="autoscaling_seeds.json")
-    args = p.parse_args(argv)
-    results = []
-    for path in args.runs:
-        try:
-            results.append((path, json.loads(Path(path).read_text())))
-        except (OSError, ValueError) as e:
-            p.error(f"{path}: {e}")
-    try:
-        summary = summarize(results)
-    except (KeyError, ValueError) as e:
-        p.error(str(e))
-    out = Path(args.out)
-    summary["plot"] = str(out.with_suffix(".png"))
-    out.write_text(json.dumps(summary, indent=1))
-    plot(summary, out.with_suffix(".png"))
+    summary, out = summarize_files(argv, description=__doc__, runs_help="JSON files written by benchmarks.autoscaling, one per seed",
+                                   default_out="autoscaling_seeds.json", summarize=summarize, plot=plot)
     for row in summary["seeds"]:
         f = row["over_folds"]
         print(f"seed {row['seed']}: {row['slo_ratio_at_equal_cost']:.3f} (folds: median {f['median']:.2f}, "

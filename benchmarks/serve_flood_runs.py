@@ -13,12 +13,10 @@ recorded `setup` differs in more than the wall time and the load at the start ar
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-from benchmarks.spread import meets, spread
+from benchmarks.spread import meets, setup_differences, spread, summarize_files
 
 THROUGHPUT_TARGET = 0.95    # gateway / plain Serve, at least
 ISOLATION_TARGET = 1.25     # quiet desk's p99 with the full flood / alone, at most
@@ -40,18 +38,13 @@ def run_row(result: dict, path: str) -> dict:
             "flood_admitted": result["flood_admitted"], "flood_allowed": result["flood_allowed"]}
 
 
-def differing(setups: list[dict]) -> list[str]:
-    keys = set().union(*setups) - MAY_DIFFER
-    return sorted(k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in setups}) > 1)
-
-
 def summarize(results: list[tuple[str, dict]]) -> dict:
     if not results:
         raise ValueError("no runs")
     missing = [p for p, r in results if "setup" not in r or r.get("setup", {}).get("flood") != "max"]
     if missing:
         raise ValueError(f"not a --flood max run: {', '.join(missing)}")
-    diff = differing([r["setup"] for _, r in results])
+    diff = setup_differences([r["setup"] for _, r in results], MAY_DIFFER)
     if diff:
         raise ValueError(f"runs differ in their setup: {', '.join(diff)}")
     rows = [run_row(r, p) for p, r in results]
@@ -101,24 +94,9 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="JSON files written by benchmarks.serve_quota --flood max")
-    p.add_argument("--out", default="serve_flood_runs.json")
-    args = p.parse_args(argv)
-    results = []
-    for path in args.runs:
-        try:
-            results.append((path, json.loads(Path(path).read_text())))
-        except (OSError, ValueError) as e:
-            p.error(f"{path}: {e}")
-    try:
-        summary = summarize(results)
-    except (KeyError, ValueError) as e:
-        p.error(str(e))
-    out = Path(args.out)
-    summary["plot"] = str(out.with_suffix(".png"))
-    out.write_text(json.dumps(summary, indent=1))
-    plot(summary, out.with_suffix(".png"))
+    summary, out = summarize_files(argv, description=__doc__,
+                                   runs_help="JSON files written by benchmarks.serve_quota --flood max",
+                                   default_out="serve_flood_runs.json", summarize=summarize, plot=plot)
     for row in summary["runs"]:
         print(f"{Path(row['path']).stem}: throughput {row['gateway_throughput_ratio']:.3f} (pair median "
               f"{row['pair_ratio_median']:.3f}); quiet p99 {row['quiet_p99_alone_ms']:.1f} -> "

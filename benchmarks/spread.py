@@ -1,5 +1,7 @@
 """The spread of one figure over repeated runs (seeds, or full benchmark runs one after another),
-and a one-sided 95% bound on its mean, for targets read off the mean rather than off one run.
+and a one-sided 95% bound on its mean, for targets read off the mean rather than off one run;
+and the command both summaries of runs share (`summarize_files`: read the runs' JSON, refuse runs
+set up differently, write the summary's JSON and PNG).
 
     spread([0.947, 0.967, 0.990], bound="lower")
     -> {"n": 3, "mean": 0.968, "sd": 0.0215, "se": 0.0124, "min": 0.947, "max": 0.99,
@@ -10,9 +12,12 @@ estimated from them): mean - t * se for a floor target, mean + t * se for a ceil
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import statistics
-from typing import Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 # One-sided 95% quantiles of Student's t (0.95), by degrees of freedom; past 30, the normal's.
 T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833,
@@ -56,3 +61,36 @@ def meets(s: dict, target: float) -> bool:
     if s["bound"] == "lower":
         return s["mean"] >= target and s["bound_95"] >= target
     return s["mean"] <= target and s["bound_95"] <= target
+
+
+def setup_differences(setups: list[dict], may_differ: set[str]) -> list[str]:
+    """The setup keys (other than `may_differ`) whose values differ between runs."""
+    keys = set().union(*setups) - may_differ
+    return sorted(k for k in keys if len({json.dumps(s.get(k), sort_keys=True) for s in setups}) > 1)
+
+
+def summarize_files(argv: list[str] | None, *, description: str, runs_help: str, default_out: str,
+                    summarize: Callable[[list[tuple[str, dict]]], dict],
+                    plot: Callable[[dict, Path], None]) -> tuple[dict[str, Any], Path]:
+    """The command line of a summary of runs: JSON files in, `summarize` over them (a KeyError or
+    ValueError is a usage error naming the problem), the summary's JSON at `--out` and its PNG
+    beside it. Returns the summary and where it went."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help=runs_help)
+    p.add_argument("--out", default=default_out)
+    args = p.parse_args(argv)
+    results = []
+    for path in args.runs:
+        try:
+            results.append((path, json.loads(Path(path).read_text())))
+        except (OSError, ValueError) as e:
+            p.error(f"{path}: {e}")
+    try:
+        summary = summarize(results)
+    except (KeyError, ValueError) as e:
+        p.error(str(e))
+    out = Path(args.out)
+    summary["plot"] = str(out.with_suffix(".png"))
+    out.write_text(json.dumps(summary, indent=1))
+    plot(summary, out.with_suffix(".png"))
+    return summary, out
